@@ -1,0 +1,439 @@
+//! Node configuration (`ae-config/pacsd.toml`) and known remote AEs (`ae-config/peers.toml`):
+//! serde/TOML with documented defaults, unknown keys refused, values validated with the key named.
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+/// The AE title a fresh node answers to.
+pub const DEFAULT_AE_TITLE: &str = "PACSD";
+/// The registered DICOM port (PS3.8 Annex G lists 104 and 11112; 11112 needs no privilege).
+pub const DEFAULT_PORT: u16 = 11112;
+/// Receive PDU size we announce: 256 KiB keeps per-PDU overhead negligible for images.
+pub const DEFAULT_MAX_PDU: u32 = 262_144;
+/// PS3.8 9.3.1: the smallest receive size worth announcing; dicom-ul refuses less.
+pub const MIN_MAX_PDU: u32 = 4_096;
+/// Largest PDU size we accept to announce (16 MiB): bounds a single read buffer.
+pub const MAX_MAX_PDU: u32 = 16 * 1024 * 1024;
+
+/// Errors found while loading configuration; every message names the file and the key.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("reading config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("parsing config file {path}: {source}")]
+    Parse {
+        path: PathBuf,
+        source: Box<toml::de::Error>,
+    },
+    #[error("invalid value for `{key}`: {reason}")]
+    Invalid { key: String, reason: String },
+}
+
+fn invalid(key: &str, reason: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        key: key.to_string(),
+        reason: reason.into(),
+    }
+}
+
+/// A DIMSE service a remote AE may use on this node.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Service {
+    Echo,
+    Store,
+    Find,
+    Move,
+    Get,
+}
+
+/// The whole node configuration (`pacsd.toml`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    pub node: NodeConfig,
+    pub timeouts: TimeoutConfig,
+    pub index: IndexConfig,
+    pub storage: StorageConfig,
+    pub access: AccessConfig,
+    /// Known remote AEs, loaded from `access.peers_file` (not a key of pacsd.toml).
+    #[serde(skip)]
+    pub peers: Vec<Peer>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct NodeConfig {
+    /// AE title this node answers to; associations called with another title are rejected.
+    pub ae_title: String,
+    /// Address to listen on.
+    pub bind: String,
+    /// TCP port to listen on (0 = any free port, for tests).
+    pub port: u16,
+    /// Maximum PDU length we receive (announced in A-ASSOCIATE-AC).
+    pub max_pdu: u32,
+    /// Concurrent associations; a permit is taken before accept, so excess clients wait in
+    /// the kernel backlog instead of being half-served.
+    pub max_associations: usize,
+    /// Largest data set accepted in one C-STORE, in bytes (bounds memory per association).
+    pub max_object_size: u64,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TimeoutConfig {
+    /// ARTIM (PS3.8 9.1.5): time to receive the A-ASSOCIATE-RQ after TCP connect.
+    pub artim_secs: f64,
+    /// Time an established association may stay silent between PDUs before it is aborted.
+    pub idle_secs: f64,
+    /// Time allowed to write one PDU to a peer that stops reading.
+    pub write_secs: f64,
+    /// Deadline for finishing in-flight work after SIGINT/SIGTERM.
+    pub shutdown_secs: f64,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct IndexConfig {
+    /// SQLite database file (created with its directory when missing).
+    pub path: PathBuf,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StorageConfig {
+    /// Replica locations: a plain directory path or an object_store URL (`file:///abs/path`,
+    /// `memory://name` for tests).
+    pub replicas: Vec<String>,
+    /// Replicas that must hold an object before C-STORE answers success; default majority.
+    pub write_quorum: Option<usize>,
+    /// Key prefix inside every replica.
+    pub prefix: String,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AccessConfig {
+    /// File listing known remote AEs (relative paths are taken from pacsd.toml's directory).
+    pub peers_file: Option<PathBuf>,
+    /// Services an AE that is not in the peers file may use. Empty = reject unknown AEs.
+    pub unknown_ae_services: BTreeSet<Service>,
+}
+
+/// A known remote application entity.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Peer {
+    pub ae_title: String,
+    pub host: String,
+    pub port: u16,
+    /// Services this AE may use on this node.
+    #[serde(default)]
+    pub services: BTreeSet<Service>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PeersFile {
+    #[serde(default)]
+    peer: Vec<Peer>,
+}
+
+impl Default for NodeConfig {
+    fn default() -> Self {
+        NodeConfig {
+            ae_title: DEFAULT_AE_TITLE.to_string(),
+            bind: "0.0.0.0".to_string(),
+            port: DEFAULT_PORT,
+            max_pdu: DEFAULT_MAX_PDU,
+            max_associations: 64,
+            max_object_size: 2 * 1024 * 1024 * 1024,
+        }
+    }
+}
+
+impl Default for TimeoutConfig {
+    fn default() -> Self {
+        TimeoutConfig {
+            artim_secs: 30.0,
+            idle_secs: 300.0,
+            write_secs: 60.0,
+            shutdown_secs: 30.0,
+        }
+    }
+}
+
+impl Default for IndexConfig {
+    fn default() -> Self {
+        IndexConfig {
+            path: PathBuf::from("data/index.sqlite"),
+        }
+    }
+}
+
+impl Default for StorageConfig {
+    fn default() -> Self {
+        StorageConfig {
+            replicas: vec![
+                "data/replica-1".to_string(),
+                "data/replica-2".to_string(),
+                "data/replica-3".to_string(),
+            ],
+            write_quorum: None,
+            prefix: "dicom".to_string(),
+        }
+    }
+}
+
+impl Default for AccessConfig {
+    fn default() -> Self {
+        AccessConfig {
+            peers_file: None,
+            unknown_ae_services: [Service::Echo, Service::Store].into_iter().collect(),
+        }
+    }
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            node: NodeConfig::default(),
+            timeouts: TimeoutConfig::default(),
+            index: IndexConfig::default(),
+            storage: StorageConfig::default(),
+            access: AccessConfig::default(),
+            peers: Vec::new(),
+        }
+    }
+}
+
+impl TimeoutConfig {
+    pub fn artim(&self) -> Duration {
+        Duration::from_secs_f64(self.artim_secs)
+    }
+    pub fn idle(&self) -> Duration {
+        Duration::from_secs_f64(self.idle_secs)
+    }
+    pub fn write(&self) -> Duration {
+        Duration::from_secs_f64(self.write_secs)
+    }
+    pub fn shutdown(&self) -> Duration {
+        Duration::from_secs_f64(self.shutdown_secs)
+    }
+}
+
+impl StorageConfig {
+    /// The effective write quorum: configured, or a majority of the replicas.
+    pub fn effective_quorum(&self) -> usize {
+        self.write_quorum.unwrap_or(self.replicas.len() / 2 + 1)
+    }
+}
+
+impl Config {
+    /// Load `pacsd.toml` and the peers file it names, then validate.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        let mut config: Config = toml::from_str(&text).map_err(|e| ConfigError::Parse {
+            path: path.to_path_buf(),
+            source: Box::new(e),
+        })?;
+        if let Some(peers) = config.access.peers_file.clone() {
+            let peers = if peers.is_relative() {
+                path.parent().unwrap_or(Path::new(".")).join(peers)
+            } else {
+                peers
+            };
+            config.access.peers_file = Some(peers.clone());
+            config.peers = load_peers(&peers)?;
+        }
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Check every value; the first problem found is returned with its key.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        validate_ae_title("node.ae_title", &self.node.ae_title)?;
+        if self.node.bind.parse::<std::net::IpAddr>().is_err() {
+            return Err(invalid("node.bind", format!("`{}` is not an IP address", self.node.bind)));
+        }
+        if !(MIN_MAX_PDU..=MAX_MAX_PDU).contains(&self.node.max_pdu) {
+            return Err(invalid(
+                "node.max_pdu",
+                format!("{} is outside {MIN_MAX_PDU}..={MAX_MAX_PDU}", self.node.max_pdu),
+            ));
+        }
+        if self.node.max_associations == 0 {
+            return Err(invalid("node.max_associations", "must be at least 1"));
+        }
+        if self.node.max_object_size < 1024 {
+            return Err(invalid("node.max_object_size", "must be at least 1024 bytes"));
+        }
+        for (key, v) in [
+            ("timeouts.artim_secs", self.timeouts.artim_secs),
+            ("timeouts.idle_secs", self.timeouts.idle_secs),
+            ("timeouts.write_secs", self.timeouts.write_secs),
+            ("timeouts.shutdown_secs", self.timeouts.shutdown_secs),
+        ] {
+            if !(v.is_finite() && v > 0.0 && v <= 86_400.0) {
+                return Err(invalid(key, format!("{v} is not a number of seconds in (0, 86400]")));
+            }
+        }
+        let n = self.storage.replicas.len();
+        if n == 0 {
+            return Err(invalid("storage.replicas", "at least one replica is required"));
+        }
+        let w = self.storage.effective_quorum();
+        if w == 0 || w > n {
+            return Err(invalid(
+                "storage.write_quorum",
+                format!("{w} is not between 1 and the number of replicas ({n})"),
+            ));
+        }
+        for (i, r) in self.storage.replicas.iter().enumerate() {
+            if r.trim().is_empty() {
+                return Err(invalid(&format!("storage.replicas[{i}]"), "empty location"));
+            }
+        }
+        if self.storage.prefix.contains("..") || self.storage.prefix.starts_with('/') {
+            return Err(invalid("storage.prefix", "must be a relative key prefix without `..`"));
+        }
+        let mut seen = BTreeSet::new();
+        for (i, p) in self.peers.iter().enumerate() {
+            validate_ae_title(&format!("peer[{i}].ae_title"), &p.ae_title)?;
+            if !seen.insert(p.ae_title.trim().to_string()) {
+                return Err(invalid(
+                    &format!("peer[{i}].ae_title"),
+                    format!("`{}` is listed twice", p.ae_title),
+                ));
+            }
+            if p.host.trim().is_empty() {
+                return Err(invalid(&format!("peer[{i}].host"), "empty host"));
+            }
+        }
+        Ok(())
+    }
+
+    /// The known peer with this AE title (AE titles compare without padding, case-sensitively,
+    /// as PS3.5 6.2 defines them).
+    pub fn peer(&self, ae_title: &str) -> Option<&Peer> {
+        let ae = ae_title.trim();
+        self.peers.iter().find(|p| p.ae_title.trim() == ae)
+    }
+
+    /// Services the calling AE may use: its peers entry, or the policy for unknown AEs.
+    pub fn services_for(&self, calling_ae: &str) -> BTreeSet<Service> {
+        match self.peer(calling_ae) {
+            Some(p) => p.services.clone(),
+            None => self.access.unknown_ae_services.clone(),
+        }
+    }
+}
+
+/// Load a peers file (`[[peer]]` tables).
+pub fn load_peers(path: &Path) -> Result<Vec<Peer>, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    let file: PeersFile = toml::from_str(&text).map_err(|e| ConfigError::Parse {
+        path: path.to_path_buf(),
+        source: Box::new(e),
+    })?;
+    Ok(file.peer)
+}
+
+/// PS3.5 Table 6.2-1 (AE): 1-16 characters of the default repertoire, no backslash or
+/// control characters, not all spaces.
+pub fn validate_ae_title(key: &str, ae: &str) -> Result<(), ConfigError> {
+    if ae.trim().is_empty() {
+        return Err(invalid(key, "an AE title may not be empty"));
+    }
+    if ae.len() > 16 {
+        return Err(invalid(key, format!("`{ae}` is longer than 16 characters")));
+    }
+    if ae.chars().any(|c| !(' '..='~').contains(&c) || c == '\\') {
+        return Err(invalid(key, format!("`{ae}` has characters outside the default repertoire")));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Config, ConfigError> {
+        let c: Config = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: "t.toml".into(),
+            source: Box::new(e),
+        })?;
+        c.validate()?;
+        Ok(c)
+    }
+
+    #[test]
+    fn defaults_are_the_embedded_node() {
+        let c = parse("").unwrap();
+        assert_eq!(c.node.ae_title, "PACSD");
+        assert_eq!(c.node.port, 11112);
+        assert_eq!(c.storage.replicas.len(), 3);
+        assert_eq!(c.storage.effective_quorum(), 2);
+        assert!(c.access.unknown_ae_services.contains(&Service::Store));
+        assert!(!c.access.unknown_ae_services.contains(&Service::Find));
+    }
+
+    #[test]
+    fn unknown_key_is_named() {
+        let err = parse("[node]\nae_titel = \"X\"\n").unwrap_err().to_string();
+        assert!(err.contains("ae_titel"), "{err}");
+    }
+
+    #[test]
+    fn invalid_values_name_their_key() {
+        let cases = [
+            ("[node]\nae_title = \"THIS_TITLE_IS_TOO_LONG\"", "node.ae_title"),
+            ("[node]\nmax_pdu = 10", "node.max_pdu"),
+            ("[node]\nbind = \"nowhere\"", "node.bind"),
+            ("[storage]\nreplicas = []", "storage.replicas"),
+            ("[storage]\nreplicas = [\"a\"]\nwrite_quorum = 2", "storage.write_quorum"),
+            ("[timeouts]\nidle_secs = -1.0", "timeouts.idle_secs"),
+        ];
+        for (text, key) in cases {
+            let err = parse(text).unwrap_err().to_string();
+            assert!(err.contains(key), "{text}: {err}");
+        }
+    }
+
+    #[test]
+    fn quorum_defaults_to_majority() {
+        for (n, w) in [(1, 1), (2, 2), (3, 2), (4, 3), (5, 3)] {
+            let s = StorageConfig {
+                replicas: (0..n).map(|i| format!("r{i}")).collect(),
+                ..StorageConfig::default()
+            };
+            assert_eq!(s.effective_quorum(), w, "n={n}");
+        }
+    }
+
+    #[test]
+    fn services_follow_peers_then_policy() {
+        let mut c = parse("[access]\nunknown_ae_services = [\"echo\"]").unwrap();
+        c.peers = vec![Peer {
+            ae_title: "WS1".into(),
+            host: "127.0.0.1".into(),
+            port: 104,
+            services: [Service::Find, Service::Move].into_iter().collect(),
+        }];
+        assert!(c.services_for("WS1 ").contains(&Service::Move));
+        assert!(!c.services_for("WS1").contains(&Service::Store));
+        assert_eq!(c.services_for("OTHER").into_iter().collect::<Vec<_>>(), vec![Service::Echo]);
+    }
+}

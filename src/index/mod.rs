@@ -1,0 +1,667 @@
+//! The SQLite index: one writer thread with group commit, readers in parallel (WAL), schema
+//! in numbered .sql migrations, a change log with a monotonically increasing seq.
+
+pub mod record;
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::thread;
+
+use rusqlite::{Connection, OptionalExtension, Transaction, params};
+use tokio::sync::oneshot;
+use tracing::{debug, error, warn};
+
+pub use record::{InstanceRecord, RecordError};
+
+/// Numbered migrations; `PRAGMA user_version` holds how many have been applied.
+const MIGRATIONS: &[&str] = &[include_str!("migrations/0001_init.sql")];
+
+/// Most write jobs folded into one transaction (one fsync) by the group commit.
+const MAX_GROUP: usize = 256;
+
+/// Reader connections kept open for queries.
+const READER_POOL: usize = 8;
+
+#[derive(Debug, thiserror::Error)]
+pub enum IndexError {
+    #[error("opening index {path}: {source}")]
+    Open {
+        path: PathBuf,
+        source: rusqlite::Error,
+    },
+    #[error("migrating index schema to version {version}: {source}")]
+    Migrate {
+        version: usize,
+        source: rusqlite::Error,
+    },
+    #[error("index database is at schema version {found}, newer than this pacsd ({known})")]
+    TooNew { found: usize, known: usize },
+    #[error("committing to the index: {0}")]
+    Commit(rusqlite::Error),
+    #[error("querying the index: {0}")]
+    Query(#[from] rusqlite::Error),
+    #[error("encoding change-log record: {0}")]
+    Encode(#[from] serde_json::Error),
+    #[error("the index writer has stopped")]
+    WriterGone,
+}
+
+/// Result of inserting an instance.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum InsertOutcome {
+    /// A new row; `seq` is its change-log position.
+    Inserted { seq: i64 },
+    /// The SOP Instance UID was already indexed; nothing changed.
+    AlreadyPresent { sha256: String },
+}
+
+/// What the index knows of a stored instance.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredInstance {
+    pub sop_instance_uid: String,
+    pub study_instance_uid: String,
+    pub series_instance_uid: String,
+    pub storage_key: String,
+    pub size: u64,
+    pub sha256: String,
+    pub transfer_syntax_uid: String,
+}
+
+/// Row counts, for status and tests.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Counts {
+    pub patients: u64,
+    pub studies: u64,
+    pub series: u64,
+    pub instances: u64,
+    pub changelog: u64,
+    pub repair_queue: u64,
+}
+
+/// An entry of the repair queue.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RepairEntry {
+    pub storage_key: String,
+    pub replica: String,
+    pub reason: String,
+}
+
+struct InsertJob {
+    record: InstanceRecord,
+    /// Replicas (location, error) that missed the object's write.
+    missed: Vec<(String, String)>,
+    reply: oneshot::Sender<Result<InsertOutcome, IndexError>>,
+}
+
+/// Handle to the index. Cloning is cheap; the writer thread ends when the last handle drops.
+#[derive(Clone)]
+pub struct Index {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    path: PathBuf,
+    writer: Mutex<Option<std::sync::mpsc::Sender<InsertJob>>>,
+    readers: Mutex<Vec<Connection>>,
+    writer_thread: Mutex<Option<thread::JoinHandle<()>>>,
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        self.writer.lock().expect("writer lock").take();
+        if let Some(h) = self.writer_thread.lock().expect("thread lock").take() {
+            let _ = h.join();
+        }
+    }
+}
+
+fn open_connection(path: &Path) -> Result<Connection, IndexError> {
+    let conn = Connection::open(path).map_err(|source| IndexError::Open {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    // WAL: readers never block the writer. synchronous=FULL: a commit is on disk before the
+    // C-STORE response that depends on it (the durability contract, step 2).
+    conn.execute_batch(
+        "PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL; PRAGMA foreign_keys=ON; \
+         PRAGMA busy_timeout=10000;",
+    )
+    .map_err(|source| IndexError::Open {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    Ok(conn)
+}
+
+fn migrate(conn: &mut Connection) -> Result<(), IndexError> {
+    let current: usize = conn
+        .query_row("PRAGMA user_version", [], |r| r.get::<_, i64>(0))
+        .map_err(|source| IndexError::Migrate { version: 0, source })? as usize;
+    if current > MIGRATIONS.len() {
+        return Err(IndexError::TooNew {
+            found: current,
+            known: MIGRATIONS.len(),
+        });
+    }
+    for (i, sql) in MIGRATIONS.iter().enumerate().skip(current) {
+        let version = i + 1;
+        let tx = conn
+            .transaction()
+            .map_err(|source| IndexError::Migrate { version, source })?;
+        tx.execute_batch(sql)
+            .and_then(|_| tx.pragma_update(None, "user_version", version as i64))
+            .and_then(|_| tx.commit())
+            .map_err(|source| IndexError::Migrate { version, source })?;
+    }
+    Ok(())
+}
+
+impl Index {
+    /// Open (creating and migrating) the index at `path` and start its writer thread.
+    pub fn open(path: &Path) -> Result<Index, IndexError> {
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir).map_err(|e| IndexError::Open {
+                path: path.to_path_buf(),
+                source: rusqlite::Error::ToSqlConversionFailure(Box::new(e)),
+            })?;
+        }
+        let mut writer_conn = open_connection(path)?;
+        migrate(&mut writer_conn)?;
+        let readers = (0..READER_POOL)
+            .map(|_| open_connection(path))
+            .collect::<Result<Vec<_>, _>>()?;
+        let (tx, rx) = std::sync::mpsc::channel::<InsertJob>();
+        let handle = thread::Builder::new()
+            .name("index-writer".into())
+            .spawn(move || writer_loop(writer_conn, rx))
+            .expect("spawning the index writer thread");
+        Ok(Index {
+            inner: Arc::new(Inner {
+                path: path.to_path_buf(),
+                writer: Mutex::new(Some(tx)),
+                readers: Mutex::new(readers),
+                writer_thread: Mutex::new(Some(handle)),
+            }),
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.inner.path
+    }
+
+    /// Insert an instance (idempotent on SOP Instance UID) and queue repairs for the replicas
+    /// that missed its write, in one transaction. Returns once the commit is durable.
+    pub async fn insert(
+        &self,
+        record: InstanceRecord,
+        missed: Vec<(String, String)>,
+    ) -> Result<InsertOutcome, IndexError> {
+        let (reply, rx) = oneshot::channel();
+        {
+            let guard = self.inner.writer.lock().expect("writer lock");
+            let sender = guard.as_ref().ok_or(IndexError::WriterGone)?;
+            sender
+                .send(InsertJob {
+                    record,
+                    missed,
+                    reply,
+                })
+                .map_err(|_| IndexError::WriterGone)?;
+        }
+        rx.await.map_err(|_| IndexError::WriterGone)?
+    }
+
+    /// Run `f` on a reader connection in the blocking pool.
+    pub async fn read<T, F>(&self, f: F) -> Result<T, IndexError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection) -> Result<T, IndexError> + Send + 'static,
+    {
+        let inner = self.inner.clone();
+        tokio::task::spawn_blocking(move || {
+            let conn = inner.readers.lock().expect("reader pool").pop();
+            let conn = match conn {
+                Some(c) => c,
+                None => open_connection(&inner.path)?,
+            };
+            let result = f(&conn);
+            let mut pool = inner.readers.lock().expect("reader pool");
+            if pool.len() < READER_POOL {
+                pool.push(conn);
+            }
+            result
+        })
+        .await
+        .expect("index reader task panicked")
+    }
+
+    /// The stored instance with this SOP Instance UID, if indexed.
+    pub async fn instance(&self, sop_instance_uid: &str) -> Result<Option<StoredInstance>, IndexError> {
+        let uid = sop_instance_uid.to_string();
+        self.read(move |c| {
+            c.query_row(
+                "SELECT i.sop_instance_uid, st.study_instance_uid, se.series_instance_uid,
+                        i.storage_key, i.size, i.sha256, i.transfer_syntax_uid
+                 FROM instance i JOIN series se ON i.series_fk = se.id
+                 JOIN study st ON se.study_fk = st.id
+                 WHERE i.sop_instance_uid = ?1",
+                params![uid],
+                |r| {
+                    Ok(StoredInstance {
+                        sop_instance_uid: r.get(0)?,
+                        study_instance_uid: r.get(1)?,
+                        series_instance_uid: r.get(2)?,
+                        storage_key: r.get(3)?,
+                        size: r.get::<_, i64>(4)? as u64,
+                        sha256: r.get(5)?,
+                        transfer_syntax_uid: r.get(6)?,
+                    })
+                },
+            )
+            .optional()
+            .map_err(IndexError::from)
+        })
+        .await
+    }
+
+    pub async fn counts(&self) -> Result<Counts, IndexError> {
+        self.read(|c| {
+            let n = |sql: &str| c.query_row(sql, [], |r| r.get::<_, i64>(0)).map(|v| v as u64);
+            Ok(Counts {
+                patients: n("SELECT count(*) FROM patient")?,
+                studies: n("SELECT count(*) FROM study")?,
+                series: n("SELECT count(*) FROM series")?,
+                instances: n("SELECT count(*) FROM instance")?,
+                changelog: n("SELECT count(*) FROM changelog")?,
+                repair_queue: n("SELECT count(*) FROM repair_queue")?,
+            })
+        })
+        .await
+    }
+
+    pub async fn repair_queue(&self) -> Result<Vec<RepairEntry>, IndexError> {
+        self.read(|c| {
+            let mut stmt = c.prepare(
+                "SELECT storage_key, replica, reason FROM repair_queue ORDER BY id",
+            )?;
+            let rows = stmt.query_map([], |r| {
+                Ok(RepairEntry {
+                    storage_key: r.get(0)?,
+                    replica: r.get(1)?,
+                    reason: r.get(2)?,
+                })
+            })?;
+            Ok(rows.collect::<Result<Vec<_>, _>>()?)
+        })
+        .await
+    }
+
+    /// The precomputed counts of a study: (series, instances, modalities in study).
+    pub async fn study_counts(&self, study_uid: &str) -> Result<Option<(i64, i64, String)>, IndexError> {
+        let uid = study_uid.to_string();
+        self.read(move |c| {
+            c.query_row(
+                "SELECT num_series, num_instances, modalities_in_study FROM study
+                 WHERE study_instance_uid = ?1",
+                params![uid],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+            )
+            .optional()
+            .map_err(IndexError::from)
+        })
+        .await
+    }
+}
+
+/// The single writer: waits for a job, folds every job already queued (up to MAX_GROUP) into
+/// the same transaction, commits once, then answers each job. A job that fails rolls back to
+/// its own savepoint and fails alone; a failed commit fails the whole group.
+fn writer_loop(mut conn: Connection, rx: std::sync::mpsc::Receiver<InsertJob>) {
+    while let Ok(first) = rx.recv() {
+        let mut jobs = vec![first];
+        while jobs.len() < MAX_GROUP {
+            match rx.try_recv() {
+                Ok(j) => jobs.push(j),
+                Err(_) => break,
+            }
+        }
+        let tx = match conn.transaction() {
+            Ok(tx) => tx,
+            Err(e) => {
+                error!(error = %e, "index: cannot begin a transaction");
+                for j in jobs {
+                    let _ = j.reply.send(Err(IndexError::Commit(clone_err(&e))));
+                }
+                continue;
+            }
+        };
+        let mut results = Vec::with_capacity(jobs.len());
+        let mut tx = tx;
+        for job in &jobs {
+            results.push(apply_insert(&mut tx, &job.record, &job.missed));
+        }
+        match tx.commit() {
+            Ok(()) => {
+                debug!(group = jobs.len(), "index group committed");
+                for (job, res) in jobs.into_iter().zip(results) {
+                    let _ = job.reply.send(res);
+                }
+            }
+            Err(e) => {
+                error!(error = %e, group = jobs.len(), "index commit failed");
+                for job in jobs {
+                    let _ = job.reply.send(Err(IndexError::Commit(clone_err(&e))));
+                }
+            }
+        }
+    }
+}
+
+fn clone_err(e: &rusqlite::Error) -> rusqlite::Error {
+    rusqlite::Error::ToSqlConversionFailure(e.to_string().into())
+}
+
+/// Insert one instance inside a savepoint of the group transaction.
+fn apply_insert(
+    tx: &mut Transaction<'_>,
+    rec: &InstanceRecord,
+    missed: &[(String, String)],
+) -> Result<InsertOutcome, IndexError> {
+    let sp = tx.savepoint().map_err(IndexError::Commit)?;
+    let res = insert_rows(&sp, rec, missed);
+    match res {
+        Ok(outcome) => {
+            sp.commit().map_err(IndexError::Commit)?;
+            Ok(outcome)
+        }
+        Err(e) => {
+            warn!(sop = %rec.sop_instance_uid, error = %e, "index insert rolled back");
+            drop(sp); // rolls back to the savepoint
+            Err(e)
+        }
+    }
+}
+
+fn insert_rows(
+    c: &Connection,
+    rec: &InstanceRecord,
+    missed: &[(String, String)],
+) -> Result<InsertOutcome, IndexError> {
+    if let Some(sha256) = c
+        .query_row(
+            "SELECT sha256 FROM instance WHERE sop_instance_uid = ?1",
+            params![rec.sop_instance_uid],
+            |r| r.get::<_, String>(0),
+        )
+        .optional()?
+    {
+        return Ok(InsertOutcome::AlreadyPresent { sha256 });
+    }
+
+    // Patient, identified by (PatientID, IssuerOfPatientID).
+    let patient_fk: i64 = match c
+        .query_row(
+            "SELECT id FROM patient WHERE patient_id = ?1 AND issuer_of_patient_id = ?2",
+            params![rec.patient_id, rec.issuer_of_patient_id],
+            |r| r.get(0),
+        )
+        .optional()?
+    {
+        Some(id) => id,
+        None => {
+            c.execute(
+                "INSERT INTO patient (patient_id, issuer_of_patient_id, patient_name,
+                                      patient_birth_date, patient_sex)
+                 VALUES (?1, ?2, ?3, ?4, ?5)",
+                params![
+                    rec.patient_id,
+                    rec.issuer_of_patient_id,
+                    rec.patient_name,
+                    rec.patient_birth_date,
+                    rec.patient_sex
+                ],
+            )?;
+            c.last_insert_rowid()
+        }
+    };
+
+    // Study: the first instance's patient owns it; a later instance naming another patient
+    // for the same study is indexed under the study as it stands (logged).
+    let (study_fk, study_patient_fk, new_study) = match c
+        .query_row(
+            "SELECT id, patient_fk FROM study WHERE study_instance_uid = ?1",
+            params![rec.study_instance_uid],
+            |r| Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)?)),
+        )
+        .optional()?
+    {
+        Some((id, p)) => (id, p, false),
+        None => {
+            c.execute(
+                "INSERT INTO study (patient_fk, study_instance_uid, study_date, study_time,
+                                    accession_number, study_id, study_description,
+                                    referring_physician_name)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+                params![
+                    patient_fk,
+                    rec.study_instance_uid,
+                    rec.study_date,
+                    rec.study_time,
+                    rec.accession_number,
+                    rec.study_id,
+                    rec.study_description,
+                    rec.referring_physician_name
+                ],
+            )?;
+            (c.last_insert_rowid(), patient_fk, true)
+        }
+    };
+    if study_patient_fk != patient_fk {
+        warn!(study = %rec.study_instance_uid, sop = %rec.sop_instance_uid,
+              "instance names a different patient than its study; indexed under the study's patient");
+    }
+
+    let (series_fk, new_series) = match c
+        .query_row(
+            "SELECT id FROM series WHERE series_instance_uid = ?1",
+            params![rec.series_instance_uid],
+            |r| r.get::<_, i64>(0),
+        )
+        .optional()?
+    {
+        Some(id) => (id, false),
+        None => {
+            c.execute(
+                "INSERT INTO series (study_fk, series_instance_uid, modality, series_number,
+                                     series_description, body_part_examined, series_date,
+                                     series_time)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+                params![
+                    study_fk,
+                    rec.series_instance_uid,
+                    rec.modality,
+                    rec.series_number,
+                    rec.series_description,
+                    rec.body_part_examined,
+                    rec.series_date,
+                    rec.series_time
+                ],
+            )?;
+            (c.last_insert_rowid(), true)
+        }
+    };
+
+    c.execute(
+        "INSERT INTO instance (series_fk, sop_instance_uid, sop_class_uid, instance_number,
+                               number_of_frames, rows, columns, specific_character_set,
+                               transfer_syntax_uid, storage_key, size, sha256,
+                               calling_ae_title, received_at)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13,
+                 strftime('%Y-%m-%dT%H:%M:%fZ', 'now'))",
+        params![
+            series_fk,
+            rec.sop_instance_uid,
+            rec.sop_class_uid,
+            rec.instance_number,
+            rec.number_of_frames,
+            rec.rows,
+            rec.columns,
+            rec.specific_character_set,
+            rec.transfer_syntax_uid,
+            rec.storage_key,
+            rec.size as i64,
+            rec.sha256,
+            rec.calling_ae_title
+        ],
+    )?;
+
+    // Precomputed counts (PS3.4 C.3.4 Number of ... Related ...).
+    let patient_of_study = study_patient_fk;
+    c.execute(
+        "UPDATE series SET num_instances = num_instances + 1 WHERE id = ?1",
+        params![series_fk],
+    )?;
+    c.execute(
+        "UPDATE study SET num_instances = num_instances + 1, num_series = num_series + ?2
+         WHERE id = ?1",
+        params![study_fk, i64::from(new_series)],
+    )?;
+    c.execute(
+        "UPDATE patient SET num_instances = num_instances + 1, num_series = num_series + ?2,
+                            num_studies = num_studies + ?3
+         WHERE id = ?1",
+        params![patient_of_study, i64::from(new_series), i64::from(new_study)],
+    )?;
+    if new_series {
+        c.execute(
+            "UPDATE study SET modalities_in_study = coalesce((
+                 SELECT group_concat(m, '\\') FROM (
+                     SELECT DISTINCT modality AS m FROM series
+                     WHERE study_fk = ?1 AND modality IS NOT NULL AND modality <> ''
+                     ORDER BY modality)), '')
+             WHERE id = ?1",
+            params![study_fk],
+        )?;
+    }
+
+    for (replica, reason) in missed {
+        c.execute(
+            "INSERT INTO repair_queue (storage_key, replica, reason, queued_at)
+             VALUES (?1, ?2, ?3, strftime('%Y-%m-%dT%H:%M:%fZ', 'now'))
+             ON CONFLICT (storage_key, replica) DO UPDATE SET reason = excluded.reason",
+            params![rec.storage_key, replica, reason],
+        )?;
+    }
+
+    c.execute(
+        "INSERT INTO changelog (at, kind, sop_instance_uid, record)
+         VALUES (strftime('%Y-%m-%dT%H:%M:%fZ', 'now'), 'instance', ?1, ?2)",
+        params![rec.sop_instance_uid, serde_json::to_string(rec)?],
+    )?;
+    Ok(InsertOutcome::Inserted {
+        seq: c.last_insert_rowid(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rec(study: &str, series: &str, sop: &str, modality: &str) -> InstanceRecord {
+        InstanceRecord {
+            patient_id: "P1".into(),
+            issuer_of_patient_id: String::new(),
+            patient_name: Some("Doe^Jane".into()),
+            patient_birth_date: None,
+            patient_sex: None,
+            study_instance_uid: study.into(),
+            study_date: Some("20240101".into()),
+            study_time: None,
+            accession_number: None,
+            study_id: None,
+            study_description: None,
+            referring_physician_name: None,
+            series_instance_uid: series.into(),
+            modality: Some(modality.into()),
+            series_number: Some(1),
+            series_description: None,
+            body_part_examined: None,
+            series_date: None,
+            series_time: None,
+            sop_instance_uid: sop.into(),
+            sop_class_uid: "1.2.840.10008.5.1.4.1.1.2".into(),
+            instance_number: Some(1),
+            number_of_frames: None,
+            rows: None,
+            columns: None,
+            specific_character_set: None,
+            transfer_syntax_uid: "1.2.840.10008.1.2.1".into(),
+            storage_key: format!("dicom/{study}/{series}/{sop}.dcm"),
+            size: 10,
+            sha256: "00".into(),
+            calling_ae_title: None,
+        }
+    }
+
+    #[tokio::test]
+    async fn insert_is_idempotent_and_counts_follow() {
+        let dir = tempfile::tempdir().unwrap();
+        let idx = Index::open(&dir.path().join("i.sqlite")).unwrap();
+        let a = idx.insert(rec("1.1", "1.1.1", "1.1.1.1", "CT"), vec![]).await.unwrap();
+        assert_eq!(a, InsertOutcome::Inserted { seq: 1 });
+        idx.insert(rec("1.1", "1.1.2", "1.1.2.1", "PR"), vec![]).await.unwrap();
+        idx.insert(rec("1.1", "1.1.2", "1.1.2.2", "PR"), vec![]).await.unwrap();
+        let again = idx.insert(rec("1.1", "1.1.1", "1.1.1.1", "CT"), vec![]).await.unwrap();
+        assert!(matches!(again, InsertOutcome::AlreadyPresent { .. }));
+        let c = idx.counts().await.unwrap();
+        assert_eq!((c.patients, c.studies, c.series, c.instances, c.changelog), (1, 1, 2, 3, 3));
+        assert_eq!(idx.study_counts("1.1").await.unwrap(), Some((2, 3, "CT\\PR".into())));
+    }
+
+    #[tokio::test]
+    async fn concurrent_inserts_are_grouped_and_all_committed() {
+        let dir = tempfile::tempdir().unwrap();
+        let idx = Index::open(&dir.path().join("i.sqlite")).unwrap();
+        let jobs = (0..200).map(|i| {
+            let idx = idx.clone();
+            tokio::spawn(async move {
+                idx.insert(rec("1.2", "1.2.1", &format!("1.2.1.{i}"), "MR"), vec![]).await
+            })
+        });
+        let results = futures::future::join_all(jobs).await;
+        let mut seqs: Vec<i64> = results
+            .into_iter()
+            .map(|r| match r.unwrap().unwrap() {
+                InsertOutcome::Inserted { seq } => seq,
+                other => panic!("{other:?}"),
+            })
+            .collect();
+        seqs.sort();
+        assert_eq!(seqs, (1..=200).collect::<Vec<_>>());
+        assert_eq!(idx.counts().await.unwrap().instances, 200);
+    }
+
+    #[tokio::test]
+    async fn missed_replicas_are_queued_for_repair() {
+        let dir = tempfile::tempdir().unwrap();
+        let idx = Index::open(&dir.path().join("i.sqlite")).unwrap();
+        idx.insert(rec("1.3", "1.3.1", "1.3.1.1", "CT"), vec![("r2".into(), "disk full".into())])
+            .await
+            .unwrap();
+        let q = idx.repair_queue().await.unwrap();
+        assert_eq!(q.len(), 1);
+        assert_eq!(q[0].replica, "r2");
+        assert_eq!(q[0].storage_key, "dicom/1.3/1.3.1/1.3.1.1.dcm");
+    }
+
+    #[test]
+    fn reopening_keeps_schema_version() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("i.sqlite");
+        drop(Index::open(&p).unwrap());
+        drop(Index::open(&p).unwrap());
+        let c = Connection::open(&p).unwrap();
+        let v: i64 = c.query_row("PRAGMA user_version", [], |r| r.get(0)).unwrap();
+        assert_eq!(v as usize, MIGRATIONS.len());
+    }
+}

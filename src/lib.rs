@@ -1,0 +1,12 @@
+//! pacsd: a DICOM archive node (PACS SCP). See DESIGN.md for the architecture and the
+//! durability contract; `node::Node` wires the parts together.
+
+pub mod config;
+pub mod dimse;
+pub mod index;
+pub mod net;
+pub mod node;
+pub mod part10;
+pub mod service;
+pub mod storage;
+pub mod tools;

@@ -1,0 +1,197 @@
+//! The `pacsd` command line: `serve` runs the node; `echo`, `store` are SCU tools; `index`
+//! maintains the index.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::{Args, Parser, Subcommand};
+use pacsd::config::Config;
+use pacsd::net::scu::ScuOptions;
+use pacsd::node::Node;
+
+#[derive(Parser)]
+#[command(name = "pacsd", version, about = "A DICOM archive node: C-ECHO and C-STORE into replicated storage with a SQLite index")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the node. Without --config it runs on the embedded default: AE title PACSD,
+    /// port 11112, index and three local replica directories under ./data.
+    Serve {
+        /// Node configuration (see ae-config/pacsd.toml).
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+        /// Override the listening port.
+        #[arg(long)]
+        port: Option<u16>,
+    },
+    /// Send a C-ECHO to a DICOM node and print the status and round-trip time.
+    Echo(Remote),
+    /// Send DICOM files (directories are walked recursively) with C-STORE.
+    Store {
+        #[command(flatten)]
+        remote: Remote,
+        /// Parallel associations.
+        #[arg(long, short, default_value_t = 1)]
+        jobs: usize,
+        /// Do not draw a progress bar.
+        #[arg(long)]
+        no_progress: bool,
+        /// Files or directories to send.
+        #[arg(required = true)]
+        paths: Vec<PathBuf>,
+    },
+    /// Index maintenance.
+    Index {
+        #[command(subcommand)]
+        command: IndexCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum IndexCommand {
+    /// Rebuild the index from the objects in storage (run with the node stopped; the old
+    /// database is kept as .bak).
+    Rebuild {
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+    },
+    /// Print row counts and the repair queue length.
+    Stats {
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+    },
+}
+
+#[derive(Args, Clone)]
+struct Remote {
+    /// Host of the remote node.
+    #[arg(long, default_value = "127.0.0.1")]
+    host: String,
+    /// Port of the remote node.
+    #[arg(long, short, default_value_t = 11112)]
+    port: u16,
+    /// AE title of the remote node (called AE).
+    #[arg(long, default_value = "PACSD")]
+    called: String,
+    /// Our AE title (calling AE).
+    #[arg(long, default_value = "PACSD_SCU")]
+    calling: String,
+    /// Seconds to wait for the connection and for each answer.
+    #[arg(long, default_value_t = 30.0)]
+    timeout: f64,
+}
+
+impl Remote {
+    fn options(&self) -> ScuOptions {
+        ScuOptions {
+            addr: format!("{}:{}", self.host, self.port),
+            calling_ae: self.calling.clone(),
+            called_ae: self.called.clone(),
+            timeout: Duration::from_secs_f64(self.timeout.max(0.1)),
+        }
+    }
+}
+
+fn load_config(path: Option<&PathBuf>) -> anyhow::Result<Config> {
+    match path {
+        Some(p) => Ok(Config::load(p)?),
+        None => {
+            let c = Config::default();
+            c.validate()?;
+            Ok(c)
+        }
+    }
+}
+
+fn init_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("pacsd=info"));
+    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+}
+
+async fn wait_for_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .expect("installing the SIGTERM handler");
+        tokio::select! {
+            _ = ctrl_c => {},
+            _ = term.recv() => {},
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    init_tracing();
+    match run(Cli::parse()).await {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("pacsd: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    match cli.command {
+        Command::Serve { config, port } => {
+            let mut config = load_config(config.as_ref())?;
+            if let Some(p) = port {
+                config.node.port = p;
+            }
+            let deadline = config.timeouts.shutdown();
+            let node = Node::open(config)?.spawn().await?;
+            wait_for_signal().await;
+            tracing::info!("signal received: finishing in-flight messages, then stopping");
+            node.trigger().trigger();
+            if tokio::time::timeout(deadline + Duration::from_secs(5), node.stopped()).await.is_err() {
+                anyhow::bail!("shutdown did not finish within {deadline:?}");
+            }
+            tracing::info!("stopped");
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Echo(remote) => {
+            let (code, rtt) = pacsd::tools::echo(&remote.options()).await?;
+            println!("C-ECHO {}:{} ({}): status {code:04X} in {:.1} ms", remote.host, remote.port, remote.called, rtt.as_secs_f64() * 1e3);
+            Ok(if code == 0 { ExitCode::SUCCESS } else { ExitCode::from(1) })
+        }
+        Command::Store { remote, jobs, no_progress, paths } => {
+            let files = pacsd::tools::collect_files(&paths)?;
+            let s = pacsd::tools::store(&remote.options(), files, jobs, !no_progress).await?;
+            for (path, why) in &s.failures {
+                eprintln!("failed: {}: {why}", path.display());
+            }
+            println!(
+                "{} stored ({} with warnings), {} failed, {:.1} MB in {:.2} s: {:.1} instances/s, {:.1} MB/s",
+                s.succeeded, s.warnings, s.failed, s.bytes as f64 / 1e6, s.elapsed.as_secs_f64(), s.per_second(), s.mb_per_second()
+            );
+            Ok(if s.failed == 0 { ExitCode::SUCCESS } else { ExitCode::from(1) })
+        }
+        Command::Index { command: IndexCommand::Rebuild { config } } => {
+            let config = load_config(config.as_ref())?;
+            let s = pacsd::node::rebuild_index(&config, true).await.context("rebuilding the index")?;
+            println!("{} objects in storage: {} indexed, {} skipped (see log)", s.objects, s.indexed, s.skipped);
+            Ok(if s.skipped == 0 { ExitCode::SUCCESS } else { ExitCode::from(1) })
+        }
+        Command::Index { command: IndexCommand::Stats { config } } => {
+            let config = load_config(config.as_ref())?;
+            let index = pacsd::index::Index::open(&config.index.path)?;
+            let c = index.counts().await?;
+            println!(
+                "patients {}\nstudies {}\nseries {}\ninstances {}\nchangelog {}\nrepair_queue {}",
+                c.patients, c.studies, c.series, c.instances, c.changelog, c.repair_queue
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}

@@ -1,0 +1,664 @@
+//! The acceptor side of an association: A-ASSOCIATE negotiation (PS3.8 7.1, 9.3.2-9.3.3),
+//! P-DATA reassembly into DIMSE messages (PS3.8 9.3.5, Annex E), release and abort.
+//! This file and `scu.rs` are the only users of dicom-ul.
+
+use std::collections::BTreeSet;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::BytesMut;
+use dicom_ul::pdu::{
+    AbortRQServiceProviderReason, AbortRQSource, AssociationAC, AssociationRJ,
+    AssociationRJResult, AssociationRJServiceProviderASCEReason, AssociationRJServiceUserReason,
+    AssociationRJSource, PDataValue, PDataValueType, PresentationContextResult,
+    PresentationContextResultReason, UserVariableItem,
+};
+use dicom_ul::{Pdu, read_pdu, write_pdu};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tracing::{debug, info, warn};
+
+use crate::config::{Config, Service};
+use crate::dimse::{Command, CommandError};
+use crate::net::syntax::{choose_transfer_syntax, service_of};
+
+/// PS3.7 A.2.1: the DICOM Application Context Name.
+pub const APPLICATION_CONTEXT: &str = "1.2.840.10008.3.1.1.1";
+/// pacsd's Implementation Class UID (a UUID-derived 2.25 UID, PS3.5 B.2).
+pub const IMPLEMENTATION_CLASS_UID: &str = "2.25.190365820596473950347311417655442305513";
+/// Implementation Version Name (at most 16 characters, PS3.7 D.3.3.2.3).
+pub const IMPLEMENTATION_VERSION_NAME: &str = concat!("PACSD_", env!("CARGO_PKG_VERSION"));
+/// Largest A-ASSOCIATE-RQ we read: 128 contexts with many transfer syntaxes fit in 1 MiB.
+const MAX_ASSOCIATE_RQ: u32 = 1024 * 1024;
+/// Our sending PDU size when the peer announces 0 ("no limit", PS3.8 D.1.1).
+const UNLIMITED_PEER_PDU: u32 = 1024 * 1024;
+/// PDU header (type, reserved, length) and PDV item header (length, context id, flags).
+const PDU_HEADER: usize = 6;
+const PDV_HEADER: usize = 6;
+
+#[derive(Debug, thiserror::Error)]
+pub enum NetError {
+    #[error("reading from {peer}: {source}")]
+    Read {
+        peer: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("writing to {peer}: {source}")]
+    Write {
+        peer: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("peer {peer} closed the connection")]
+    Closed { peer: SocketAddr },
+    #[error("timed out waiting for {what} from {peer} after {after:?}")]
+    Timeout {
+        peer: SocketAddr,
+        what: &'static str,
+        after: Duration,
+    },
+    #[error("decoding a PDU from {peer}: {reason}")]
+    BadPdu { peer: SocketAddr, reason: String },
+    #[error("encoding a PDU: {0}")]
+    Encode(String),
+    #[error("association rejected: {0}")]
+    Rejected(String),
+    #[error("protocol error from {peer}: {reason}")]
+    Protocol { peer: SocketAddr, reason: String },
+    #[error("bad command set: {0}")]
+    Command(#[from] CommandError),
+}
+
+/// A presentation context accepted for this association.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AcceptedContext {
+    pub id: u8,
+    pub abstract_syntax: String,
+    pub transfer_syntax: String,
+    pub service: Service,
+}
+
+/// A complete DIMSE message: command set and, when announced, its data set bytes.
+#[derive(Debug)]
+pub struct DimseMessage {
+    pub context_id: u8,
+    pub command: Command,
+    /// The data set as received, or `None` when the command announced none.
+    pub data: Option<Vec<u8>>,
+    /// The data set exceeded the size limit and was discarded while it was drained.
+    pub oversize: Option<u64>,
+}
+
+/// What the next read produced.
+#[derive(Debug)]
+pub enum Incoming {
+    Message(DimseMessage),
+    /// The requestor released the association (A-RELEASE-RP already sent).
+    Released,
+    /// The requestor aborted the association.
+    Aborted,
+}
+
+/// Limits and identity the acceptor applies.
+#[derive(Debug, Clone)]
+pub struct AcceptorPolicy {
+    pub config: Arc<Config>,
+}
+
+/// Reassembly state kept in the association so that `next()` can be cancelled safely.
+#[derive(Debug, Default)]
+struct Partial {
+    context_id: Option<u8>,
+    command: Vec<u8>,
+    command_done: Option<Command>,
+    data: Vec<u8>,
+    data_len: u64,
+    oversize: bool,
+}
+
+/// An established association, acceptor side.
+pub struct Association {
+    socket: TcpStream,
+    peer: SocketAddr,
+    read_buf: BytesMut,
+    write_buf: Vec<u8>,
+    /// What we announced as our receive limit.
+    our_max_pdu: u32,
+    /// What the requestor can receive.
+    peer_max_pdu: u32,
+    contexts: Vec<AcceptedContext>,
+    calling_ae: String,
+    called_ae: String,
+    idle_timeout: Duration,
+    write_timeout: Duration,
+    max_object_size: u64,
+    partial: Partial,
+}
+
+fn reject(result: AssociationRJResult, source: AssociationRJSource) -> Pdu {
+    Pdu::AssociationRJ(AssociationRJ { result, source })
+}
+
+impl Association {
+    /// Run the acceptor side of association establishment on a fresh connection: read the
+    /// A-ASSOCIATE-RQ within the ARTIM time, check called and calling AE titles, negotiate
+    /// presentation contexts and PDU size, and answer AC or RJ.
+    pub async fn accept(socket: TcpStream, policy: &AcceptorPolicy) -> Result<Association, NetError> {
+        let config = &policy.config;
+        let peer = socket
+            .peer_addr()
+            .map_err(|source| NetError::Read {
+                peer: ([0, 0, 0, 0], 0).into(),
+                source,
+            })?;
+        socket.set_nodelay(true).map_err(|source| NetError::Write { peer, source })?;
+        let mut assoc = Association {
+            socket,
+            peer,
+            read_buf: BytesMut::with_capacity(64 * 1024),
+            write_buf: Vec::with_capacity(64 * 1024),
+            our_max_pdu: config.node.max_pdu,
+            peer_max_pdu: dicom_ul::pdu::DEFAULT_MAX_PDU,
+            contexts: Vec::new(),
+            calling_ae: String::new(),
+            called_ae: String::new(),
+            idle_timeout: config.timeouts.idle(),
+            write_timeout: config.timeouts.write(),
+            max_object_size: config.node.max_object_size,
+            partial: Partial::default(),
+        };
+        let artim = config.timeouts.artim();
+        let pdu = match tokio::time::timeout(artim, assoc.read_pdu(MAX_ASSOCIATE_RQ)).await {
+            Ok(r) => r?,
+            Err(_) => {
+                return Err(NetError::Timeout {
+                    peer,
+                    what: "A-ASSOCIATE-RQ",
+                    after: artim,
+                });
+            }
+        };
+        let rq = match pdu {
+            Pdu::AssociationRQ(rq) => rq,
+            other => {
+                let reason = format!("expected A-ASSOCIATE-RQ, got {}", other.short_description());
+                assoc.send_abort(AbortRQServiceProviderReason::UnexpectedPdu).await;
+                return Err(NetError::Protocol { peer, reason });
+            }
+        };
+        assoc.calling_ae = rq.calling_ae_title.trim().to_string();
+        assoc.called_ae = rq.called_ae_title.trim().to_string();
+
+        // PS3.8 9.3.2: only bit 0 of the protocol version is tested.
+        if rq.protocol_version & 1 == 0 {
+            assoc
+                .reject_with(
+                    reject(
+                        AssociationRJResult::Permanent,
+                        AssociationRJSource::ServiceProviderASCE(
+                            AssociationRJServiceProviderASCEReason::ProtocolVersionNotSupported,
+                        ),
+                    ),
+                    "protocol version not supported",
+                )
+                .await?;
+            unreachable!("reject_with always returns an error");
+        }
+        if rq.application_context_name.trim_end_matches(['\0', ' ']) != APPLICATION_CONTEXT {
+            return assoc
+                .reject_with(
+                    reject(
+                        AssociationRJResult::Permanent,
+                        AssociationRJSource::ServiceUser(
+                            AssociationRJServiceUserReason::ApplicationContextNameNotSupported,
+                        ),
+                    ),
+                    "application context name not supported",
+                )
+                .await;
+        }
+        if assoc.called_ae != config.node.ae_title.trim() {
+            let why = format!("called AE title `{}` is not `{}`", assoc.called_ae, config.node.ae_title);
+            return assoc
+                .reject_with(
+                    reject(
+                        AssociationRJResult::Permanent,
+                        AssociationRJSource::ServiceUser(
+                            AssociationRJServiceUserReason::CalledAETitleNotRecognized,
+                        ),
+                    ),
+                    &why,
+                )
+                .await;
+        }
+        let allowed: BTreeSet<Service> = config.services_for(&assoc.calling_ae);
+        if allowed.is_empty() {
+            let why = format!("calling AE title `{}` is not a known peer", assoc.calling_ae);
+            return assoc
+                .reject_with(
+                    reject(
+                        AssociationRJResult::Permanent,
+                        AssociationRJSource::ServiceUser(
+                            AssociationRJServiceUserReason::CallingAETitleNotRecognized,
+                        ),
+                    ),
+                    &why,
+                )
+                .await;
+        }
+
+        for uv in &rq.user_variables {
+            if let UserVariableItem::MaxLength(len) = uv {
+                assoc.peer_max_pdu = if *len == 0 { UNLIMITED_PEER_PDU } else { (*len).min(UNLIMITED_PEER_PDU) };
+            }
+        }
+
+        let mut results = Vec::with_capacity(rq.presentation_contexts.len());
+        for pc in &rq.presentation_contexts {
+            let abstract_syntax = pc.abstract_syntax.trim_end_matches(['\0', ' ']).to_string();
+            let (reason, ts) = match service_of(&abstract_syntax) {
+                None => (PresentationContextResultReason::AbstractSyntaxNotSupported, None),
+                Some(service) if !allowed.contains(&service) => {
+                    (PresentationContextResultReason::UserRejection, None)
+                }
+                Some(service) => match choose_transfer_syntax(service, &pc.transfer_syntaxes) {
+                    Some(ts) => {
+                        assoc.contexts.push(AcceptedContext {
+                            id: pc.id,
+                            abstract_syntax: abstract_syntax.clone(),
+                            transfer_syntax: ts.to_string(),
+                            service,
+                        });
+                        (PresentationContextResultReason::Acceptance, Some(ts.to_string()))
+                    }
+                    None => (PresentationContextResultReason::TransferSyntaxesNotSupported, None),
+                },
+            };
+            debug!(id = pc.id, %abstract_syntax, ?reason, ts = ts.as_deref().unwrap_or("-"), "presentation context");
+            results.push(PresentationContextResult {
+                id: pc.id,
+                reason,
+                // PS3.8 9.3.3.2: the field is not significant unless accepted; send ILE.
+                transfer_syntax: ts.unwrap_or_else(|| "1.2.840.10008.1.2".to_string()),
+            });
+        }
+
+        let ac = Pdu::AssociationAC(AssociationAC {
+            protocol_version: 1,
+            calling_ae_title: rq.calling_ae_title.clone(),
+            called_ae_title: rq.called_ae_title.clone(),
+            application_context_name: APPLICATION_CONTEXT.to_string(),
+            presentation_contexts: results,
+            user_variables: vec![
+                UserVariableItem::MaxLength(assoc.our_max_pdu),
+                UserVariableItem::ImplementationClassUID(IMPLEMENTATION_CLASS_UID.to_string()),
+                UserVariableItem::ImplementationVersionName(IMPLEMENTATION_VERSION_NAME.to_string()),
+            ],
+        });
+        assoc.send_pdu(&ac).await?;
+        info!(
+            calling_ae = %assoc.calling_ae,
+            peer = %peer,
+            accepted = assoc.contexts.len(),
+            proposed = rq.presentation_contexts.len(),
+            peer_max_pdu = assoc.peer_max_pdu,
+            "association accepted"
+        );
+        Ok(assoc)
+    }
+
+    async fn reject_with<T>(&mut self, pdu: Pdu, why: &str) -> Result<T, NetError> {
+        info!(calling_ae = %self.calling_ae, peer = %self.peer, reason = why, "association rejected");
+        self.send_pdu(&pdu).await?;
+        let _ = self.socket.shutdown().await;
+        Err(NetError::Rejected(why.to_string()))
+    }
+
+    pub fn peer(&self) -> SocketAddr {
+        self.peer
+    }
+
+    pub fn calling_ae(&self) -> &str {
+        &self.calling_ae
+    }
+
+    pub fn called_ae(&self) -> &str {
+        &self.called_ae
+    }
+
+    pub fn contexts(&self) -> &[AcceptedContext] {
+        &self.contexts
+    }
+
+    pub fn context(&self, id: u8) -> Option<&AcceptedContext> {
+        self.contexts.iter().find(|c| c.id == id)
+    }
+
+    /// Whether part of a DIMSE message has been received but not all of it.
+    pub fn mid_message(&self) -> bool {
+        self.partial.context_id.is_some()
+    }
+
+    /// Read the next DIMSE message, waiting at most the idle timeout for each PDU.
+    /// Cancel-safe: partial messages are kept in `self` and resumed by the next call.
+    pub async fn next(&mut self) -> Result<Incoming, NetError> {
+        loop {
+            let pdu = match tokio::time::timeout(self.idle_timeout, self.read_pdu(self.our_max_pdu)).await {
+                Ok(r) => r?,
+                Err(_) => {
+                    self.send_abort(AbortRQServiceProviderReason::ReasonNotSpecified).await;
+                    return Err(NetError::Timeout {
+                        peer: self.peer,
+                        what: "the next PDU",
+                        after: self.idle_timeout,
+                    });
+                }
+            };
+            match pdu {
+                Pdu::PData { data } => {
+                    for pdv in data {
+                        if let Some(msg) = self.absorb(pdv).await? {
+                            return Ok(Incoming::Message(msg));
+                        }
+                    }
+                }
+                Pdu::ReleaseRQ => {
+                    if self.mid_message() {
+                        warn!(peer = %self.peer, "release requested in the middle of a message; partial message dropped");
+                    }
+                    self.send_pdu(&Pdu::ReleaseRP).await?;
+                    let _ = self.socket.shutdown().await;
+                    return Ok(Incoming::Released);
+                }
+                Pdu::AbortRQ { source } => {
+                    debug!(peer = %self.peer, ?source, "association aborted by peer");
+                    return Ok(Incoming::Aborted);
+                }
+                other => {
+                    let reason = format!("unexpected {}", other.short_description());
+                    self.send_abort(AbortRQServiceProviderReason::UnexpectedPdu).await;
+                    return Err(NetError::Protocol {
+                        peer: self.peer,
+                        reason,
+                    });
+                }
+            }
+        }
+    }
+
+    /// Add one PDV to the message being reassembled; returns the message when it is complete.
+    async fn absorb(&mut self, pdv: PDataValue) -> Result<Option<DimseMessage>, NetError> {
+        let peer = self.peer;
+        let protocol = |reason: String| NetError::Protocol { peer, reason };
+        if self.context(pdv.presentation_context_id).is_none() {
+            self.send_abort(AbortRQServiceProviderReason::InvalidPduParameter).await;
+            return Err(protocol(format!(
+                "PDV on presentation context {} that was not accepted",
+                pdv.presentation_context_id
+            )));
+        }
+        match self.partial.context_id {
+            Some(id) if id != pdv.presentation_context_id => {
+                self.send_abort(AbortRQServiceProviderReason::InvalidPduParameter).await;
+                return Err(protocol(format!(
+                    "PDV on context {} while a message on context {id} is incomplete",
+                    pdv.presentation_context_id
+                )));
+            }
+            _ => self.partial.context_id = Some(pdv.presentation_context_id),
+        }
+        match pdv.value_type {
+            PDataValueType::Command => {
+                if self.partial.command_done.is_some() {
+                    self.send_abort(AbortRQServiceProviderReason::UnexpectedPdu).await;
+                    return Err(protocol("command fragment after a complete command set".into()));
+                }
+                if self.partial.command.len() + pdv.data.len() > crate::dimse::MAX_COMMAND_SET {
+                    self.send_abort(AbortRQServiceProviderReason::InvalidPduParameter).await;
+                    return Err(protocol("command set larger than the limit".into()));
+                }
+                self.partial.command.extend_from_slice(&pdv.data);
+                if !pdv.is_last {
+                    return Ok(None);
+                }
+                let command = match Command::decode(&self.partial.command) {
+                    Ok(c) => c,
+                    Err(e) => {
+                        self.send_abort(AbortRQServiceProviderReason::InvalidPduParameter).await;
+                        return Err(e.into());
+                    }
+                };
+                if !command.has_data_set() {
+                    let context_id = pdv.presentation_context_id;
+                    self.partial = Partial::default();
+                    return Ok(Some(DimseMessage {
+                        context_id,
+                        command,
+                        data: None,
+                        oversize: None,
+                    }));
+                }
+                self.partial.command_done = Some(command);
+                Ok(None)
+            }
+            PDataValueType::Data => {
+                if self.partial.command_done.is_none() {
+                    self.send_abort(AbortRQServiceProviderReason::UnexpectedPdu).await;
+                    return Err(protocol("data fragment before the command set".into()));
+                }
+                self.partial.data_len += pdv.data.len() as u64;
+                if self.partial.data_len > self.max_object_size {
+                    // Drain without keeping: the message still gets a proper failure response.
+                    if !self.partial.oversize {
+                        warn!(peer = %self.peer, limit = self.max_object_size, "data set over the size limit; draining");
+                    }
+                    self.partial.oversize = true;
+                    self.partial.data = Vec::new();
+                } else if self.partial.data.is_empty() {
+                    self.partial.data = pdv.data;
+                } else {
+                    self.partial.data.extend_from_slice(&pdv.data);
+                }
+                if !pdv.is_last {
+                    return Ok(None);
+                }
+                let partial = std::mem::take(&mut self.partial);
+                Ok(Some(DimseMessage {
+                    context_id: pdv.presentation_context_id,
+                    command: partial.command_done.expect("checked above"),
+                    data: (!partial.oversize).then_some(partial.data),
+                    oversize: partial.oversize.then_some(partial.data_len),
+                }))
+            }
+        }
+    }
+
+    /// Send a command set (and nothing else) on a presentation context.
+    pub async fn send_command(&mut self, context_id: u8, command: &Command) -> Result<(), NetError> {
+        let bytes = command.encode()?;
+        self.send_pdvs(context_id, PDataValueType::Command, &bytes).await
+    }
+
+    /// Send a data set on a presentation context, fragmented to the peer's PDU size.
+    pub async fn send_data(&mut self, context_id: u8, data: &[u8]) -> Result<(), NetError> {
+        self.send_pdvs(context_id, PDataValueType::Data, data).await
+    }
+
+    async fn send_pdvs(&mut self, context_id: u8, value_type: PDataValueType, bytes: &[u8]) -> Result<(), NetError> {
+        send_fragments(
+            &mut self.socket,
+            self.peer,
+            &mut self.write_buf,
+            self.peer_max_pdu,
+            self.write_timeout,
+            context_id,
+            value_type,
+            bytes,
+        )
+        .await
+    }
+
+    async fn send_pdu(&mut self, pdu: &Pdu) -> Result<(), NetError> {
+        self.write_buf.clear();
+        write_pdu(&mut self.write_buf, pdu).map_err(|e| NetError::Encode(e.to_string()))?;
+        write_all(&mut self.socket, self.peer, &self.write_buf, self.write_timeout).await
+    }
+
+    /// Send A-ABORT (service provider) best-effort and close the connection.
+    pub async fn send_abort(&mut self, reason: AbortRQServiceProviderReason) {
+        let pdu = Pdu::AbortRQ {
+            source: AbortRQSource::ServiceProvider(reason),
+        };
+        if let Err(e) = self.send_pdu(&pdu).await {
+            debug!(peer = %self.peer, error = %e, "could not send A-ABORT");
+        }
+        let _ = self.socket.shutdown().await;
+    }
+
+    /// Abort as the service user (used on shutdown).
+    pub async fn abort(&mut self) {
+        let pdu = Pdu::AbortRQ {
+            source: AbortRQSource::ServiceUser,
+        };
+        let _ = self.send_pdu(&pdu).await;
+        let _ = self.socket.shutdown().await;
+    }
+
+    async fn read_pdu(&mut self, max_pdu: u32) -> Result<Pdu, NetError> {
+        read_pdu_from(&mut self.socket, self.peer, &mut self.read_buf, max_pdu).await
+    }
+}
+
+/// Read one PDU, bounded by `max_pdu` (strict: a longer PDU is an error, not an allocation).
+/// Cancel-safe: bytes read so far stay in `buf`.
+pub(crate) async fn read_pdu_from(
+    socket: &mut TcpStream,
+    peer: SocketAddr,
+    buf: &mut BytesMut,
+    max_pdu: u32,
+) -> Result<Pdu, NetError> {
+    loop {
+        let mut cursor = std::io::Cursor::new(&buf[..]);
+        match read_pdu(&mut cursor, max_pdu, true) {
+            Ok(Some(pdu)) => {
+                let used = cursor.position() as usize;
+                let _ = buf.split_to(used);
+                return Ok(pdu);
+            }
+            Ok(None) => {}
+            Err(e) => {
+                return Err(NetError::BadPdu {
+                    peer,
+                    reason: e.to_string(),
+                });
+            }
+        }
+        if buf.capacity() - buf.len() < 64 * 1024 {
+            buf.reserve(256 * 1024);
+        }
+        let n = socket
+            .read_buf(buf)
+            .await
+            .map_err(|source| NetError::Read { peer, source })?;
+        if n == 0 {
+            return Err(NetError::Closed { peer });
+        }
+    }
+}
+
+async fn write_all(socket: &mut TcpStream, peer: SocketAddr, bytes: &[u8], timeout: Duration) -> Result<(), NetError> {
+    match tokio::time::timeout(timeout, socket.write_all(bytes)).await {
+        Ok(r) => r.map_err(|source| NetError::Write { peer, source }),
+        Err(_) => Err(NetError::Timeout {
+            peer,
+            what: "the peer to read",
+            after: timeout,
+        }),
+    }
+}
+
+/// Write `bytes` as P-DATA-TF PDUs of at most `peer_max_pdu`, one PDV each, the last flagged.
+#[allow(clippy::too_many_arguments)]
+pub(crate) async fn send_fragments(
+    socket: &mut TcpStream,
+    peer: SocketAddr,
+    write_buf: &mut Vec<u8>,
+    peer_max_pdu: u32,
+    timeout: Duration,
+    context_id: u8,
+    value_type: PDataValueType,
+    bytes: &[u8],
+) -> Result<(), NetError> {
+    // PDU length counts the PDV item: 4-byte item length + context id + control header.
+    let max_chunk = (peer_max_pdu as usize).saturating_sub(PDV_HEADER).max(1);
+    let control = |last: bool| -> u8 {
+        let mut c = 0u8;
+        if value_type == PDataValueType::Command {
+            c |= 1;
+        }
+        if last {
+            c |= 2;
+        }
+        c
+    };
+    let mut chunks = bytes.chunks(max_chunk).peekable();
+    if bytes.is_empty() {
+        // An empty data set is still one (empty, last) fragment.
+        write_buf.clear();
+        push_pdata(write_buf, context_id, control(true), &[]);
+        return write_all(socket, peer, write_buf, timeout).await;
+    }
+    while let Some(chunk) = chunks.next() {
+        let last = chunks.peek().is_none();
+        write_buf.clear();
+        push_pdata(write_buf, context_id, control(last), chunk);
+        write_all(socket, peer, write_buf, timeout).await?;
+    }
+    Ok(())
+}
+
+/// Encode one P-DATA-TF PDU holding one PDV (PS3.8 9.3.5 and E.2). Written by hand so that a
+/// large data set is framed without copying it into a `PDataValue` first.
+fn push_pdata(out: &mut Vec<u8>, context_id: u8, control: u8, data: &[u8]) {
+    let item_len = (data.len() + 2) as u32;
+    let pdu_len = item_len + 4;
+    out.reserve(PDU_HEADER + pdu_len as usize);
+    out.extend_from_slice(&[0x04, 0x00]);
+    out.extend_from_slice(&pdu_len.to_be_bytes());
+    out.extend_from_slice(&item_len.to_be_bytes());
+    out.push(context_id);
+    out.push(control);
+    out.extend_from_slice(data);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hand_framed_pdata_matches_dicom_ul() {
+        for (control, vt, last) in [
+            (3u8, PDataValueType::Command, true),
+            (0u8, PDataValueType::Data, false),
+            (2u8, PDataValueType::Data, true),
+        ] {
+            let data = vec![7u8; 1000];
+            let mut ours = Vec::new();
+            push_pdata(&mut ours, 5, control, &data);
+            let mut theirs = Vec::new();
+            write_pdu(
+                &mut theirs,
+                &Pdu::PData {
+                    data: vec![PDataValue {
+                        presentation_context_id: 5,
+                        value_type: vt,
+                        is_last: last,
+                        data: data.clone(),
+                    }],
+                },
+            )
+            .unwrap();
+            assert_eq!(ours, theirs);
+        }
+    }
+}

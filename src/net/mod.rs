@@ -1,0 +1,13 @@
+//! The DICOM network side: listener (accept loop, limits), association (the only dicom-ul
+//! acceptor code), syntaxes accepted, outbound SCU associations. Knows nothing of the index
+//! or storage: complete DIMSE messages go to a `MessageHandler`.
+
+pub mod association;
+pub mod listener;
+pub mod scu;
+pub mod shutdown;
+pub mod syntax;
+
+pub use association::{AcceptedContext, AcceptorPolicy, Association, DimseMessage, Incoming, NetError};
+pub use listener::{MessageHandler, run};
+pub use shutdown::{Shutdown, ShutdownTrigger};

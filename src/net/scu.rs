@@ -1,0 +1,290 @@
+//! Outbound associations (requestor side, PS3.8 9.3.2): `pacsd echo`, `pacsd store`, and
+//! later C-MOVE sub-associations. TCP_NODELAY, a connect timeout and a timeout on every wait.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use bytes::BytesMut;
+use dicom_ul::pdu::{
+    AbortRQSource, AssociationRQ, PDataValueType, PresentationContextProposed,
+    PresentationContextResultReason, UserVariableItem,
+};
+use dicom_ul::{Pdu, write_pdu};
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpStream;
+
+use super::association::{
+    APPLICATION_CONTEXT, IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME, NetError,
+    read_pdu_from, send_fragments,
+};
+use crate::dimse::{Command, CommandField, MAX_COMMAND_SET, Status};
+
+/// Receive size we announce as requestor.
+const SCU_MAX_PDU: u32 = 262_144;
+
+/// Where and as whom to connect.
+#[derive(Debug, Clone)]
+pub struct ScuOptions {
+    pub addr: String,
+    pub calling_ae: String,
+    pub called_ae: String,
+    /// Connect timeout and the limit on every later wait for the peer.
+    pub timeout: Duration,
+}
+
+/// A presentation context to propose.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProposedContext {
+    pub abstract_syntax: String,
+    pub transfer_syntaxes: Vec<String>,
+}
+
+/// A presentation context the acceptor accepted.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NegotiatedContext {
+    pub id: u8,
+    pub abstract_syntax: String,
+    pub transfer_syntax: String,
+}
+
+/// An established association, requestor side.
+pub struct ScuAssociation {
+    socket: TcpStream,
+    peer: SocketAddr,
+    read_buf: BytesMut,
+    write_buf: Vec<u8>,
+    peer_max_pdu: u32,
+    contexts: Vec<NegotiatedContext>,
+    timeout: Duration,
+    next_message_id: u16,
+}
+
+impl ScuAssociation {
+    /// Connect and negotiate. A rejection is `NetError::Rejected` with the reason spelled out.
+    pub async fn connect(opts: &ScuOptions, proposed: &[ProposedContext]) -> Result<ScuAssociation, NetError> {
+        if proposed.is_empty() || proposed.len() > 128 {
+            return Err(NetError::Encode(format!(
+                "{} presentation contexts proposed; PS3.8 allows 1 to 128",
+                proposed.len()
+            )));
+        }
+        let socket = match tokio::time::timeout(opts.timeout, TcpStream::connect(&opts.addr)).await {
+            Ok(Ok(s)) => s,
+            Ok(Err(source)) => {
+                return Err(NetError::Write {
+                    peer: ([0, 0, 0, 0], 0).into(),
+                    source: std::io::Error::new(source.kind(), format!("connecting to {}: {source}", opts.addr)),
+                });
+            }
+            Err(_) => {
+                return Err(NetError::Timeout {
+                    peer: ([0, 0, 0, 0], 0).into(),
+                    what: "TCP connect",
+                    after: opts.timeout,
+                });
+            }
+        };
+        let peer = socket.peer_addr().map_err(|source| NetError::Read {
+            peer: ([0, 0, 0, 0], 0).into(),
+            source,
+        })?;
+        socket.set_nodelay(true).map_err(|source| NetError::Write { peer, source })?;
+        let mut assoc = ScuAssociation {
+            socket,
+            peer,
+            read_buf: BytesMut::with_capacity(64 * 1024),
+            write_buf: Vec::with_capacity(64 * 1024),
+            peer_max_pdu: dicom_ul::pdu::DEFAULT_MAX_PDU,
+            contexts: Vec::new(),
+            timeout: opts.timeout,
+            next_message_id: 1,
+        };
+        let rq = Pdu::AssociationRQ(AssociationRQ {
+            protocol_version: 1,
+            calling_ae_title: opts.calling_ae.clone(),
+            called_ae_title: opts.called_ae.clone(),
+            application_context_name: APPLICATION_CONTEXT.to_string(),
+            presentation_contexts: proposed
+                .iter()
+                .enumerate()
+                .map(|(i, p)| PresentationContextProposed {
+                    id: (2 * i + 1) as u8,
+                    abstract_syntax: p.abstract_syntax.clone(),
+                    transfer_syntaxes: p.transfer_syntaxes.clone(),
+                })
+                .collect(),
+            user_variables: vec![
+                UserVariableItem::MaxLength(SCU_MAX_PDU),
+                UserVariableItem::ImplementationClassUID(IMPLEMENTATION_CLASS_UID.to_string()),
+                UserVariableItem::ImplementationVersionName(IMPLEMENTATION_VERSION_NAME.to_string()),
+            ],
+        });
+        assoc.send_pdu(&rq).await?;
+        match assoc.read_pdu().await? {
+            Pdu::AssociationAC(ac) => {
+                for uv in &ac.user_variables {
+                    if let UserVariableItem::MaxLength(len) = uv {
+                        assoc.peer_max_pdu = if *len == 0 { 1024 * 1024 } else { (*len).min(16 * 1024 * 1024) };
+                    }
+                }
+                for pc in ac.presentation_contexts {
+                    if pc.reason != PresentationContextResultReason::Acceptance {
+                        continue;
+                    }
+                    let idx = (pc.id as usize).saturating_sub(1) / 2;
+                    if let Some(p) = proposed.get(idx) {
+                        assoc.contexts.push(NegotiatedContext {
+                            id: pc.id,
+                            abstract_syntax: p.abstract_syntax.clone(),
+                            transfer_syntax: pc.transfer_syntax.trim_end_matches(['\0', ' ']).to_string(),
+                        });
+                    }
+                }
+                Ok(assoc)
+            }
+            Pdu::AssociationRJ(rj) => Err(NetError::Rejected(format!("{:?} / {:?}", rj.result, rj.source))),
+            Pdu::AbortRQ { source } => Err(NetError::Rejected(format!("aborted during negotiation: {source:?}"))),
+            other => Err(NetError::Protocol {
+                peer,
+                reason: format!("expected A-ASSOCIATE-AC, got {}", other.short_description()),
+            }),
+        }
+    }
+
+    pub fn contexts(&self) -> &[NegotiatedContext] {
+        &self.contexts
+    }
+
+    /// The accepted context for this abstract syntax, preferring the given transfer syntax.
+    pub fn context_for(&self, abstract_syntax: &str, preferred_ts: &str) -> Option<&NegotiatedContext> {
+        let matching = || self.contexts.iter().filter(|c| c.abstract_syntax == abstract_syntax);
+        matching()
+            .find(|c| c.transfer_syntax == preferred_ts)
+            .or_else(|| matching().next())
+    }
+
+    fn message_id(&mut self) -> u16 {
+        let id = self.next_message_id;
+        self.next_message_id = self.next_message_id.wrapping_add(1).max(1);
+        id
+    }
+
+    /// C-ECHO (PS3.7 9.1.5).
+    pub async fn echo(&mut self) -> Result<Status, NetError> {
+        let ctx = self
+            .contexts
+            .iter()
+            .find(|c| c.abstract_syntax == dicom_dictionary_std::uids::VERIFICATION)
+            .map(|c| c.id)
+            .ok_or_else(|| NetError::Rejected("Verification context not accepted".into()))?;
+        let id = self.message_id();
+        self.send_command(ctx, &Command::echo_rq(id)).await?;
+        self.read_response(CommandField::CEchoRsp).await
+    }
+
+    /// C-STORE (PS3.7 9.1.1) of a data set already encoded in the context's transfer syntax.
+    pub async fn store(&mut self, context_id: u8, sop_class: &str, sop_instance: &str, data: &[u8]) -> Result<Status, NetError> {
+        let id = self.message_id();
+        self.send_command(context_id, &Command::store_rq(id, sop_class, sop_instance)).await?;
+        self.send_data(context_id, data).await?;
+        self.read_response(CommandField::CStoreRsp).await
+    }
+
+    pub async fn send_command(&mut self, context_id: u8, command: &Command) -> Result<(), NetError> {
+        let bytes = command.encode()?;
+        send_fragments(&mut self.socket, self.peer, &mut self.write_buf, self.peer_max_pdu, self.timeout, context_id, PDataValueType::Command, &bytes).await
+    }
+
+    pub async fn send_data(&mut self, context_id: u8, data: &[u8]) -> Result<(), NetError> {
+        send_fragments(&mut self.socket, self.peer, &mut self.write_buf, self.peer_max_pdu, self.timeout, context_id, PDataValueType::Data, data).await
+    }
+
+    /// Write raw bytes to the socket (tests use it to cut a message short).
+    pub async fn send_raw(&mut self, bytes: &[u8]) -> Result<(), NetError> {
+        self.socket
+            .write_all(bytes)
+            .await
+            .map_err(|source| NetError::Write { peer: self.peer, source })
+    }
+
+    /// Read one response command set (no data set expected) and return its status.
+    pub async fn read_response(&mut self, expected: CommandField) -> Result<Status, NetError> {
+        let mut command = Vec::new();
+        loop {
+            match self.read_pdu().await? {
+                Pdu::PData { data } => {
+                    for pdv in data {
+                        if pdv.value_type != PDataValueType::Command {
+                            continue;
+                        }
+                        command.extend_from_slice(&pdv.data);
+                        if command.len() > MAX_COMMAND_SET {
+                            return Err(NetError::Protocol { peer: self.peer, reason: "response command set too large".into() });
+                        }
+                        if pdv.is_last {
+                            let rsp = Command::decode(&command)?;
+                            if rsp.command_field != expected as u16 {
+                                return Err(NetError::Protocol {
+                                    peer: self.peer,
+                                    reason: format!("expected {expected:?}, got command field {:#06x}", rsp.command_field),
+                                });
+                            }
+                            return Ok(Status {
+                                code: rsp.status.unwrap_or(0xFFFF),
+                                comment: rsp.error_comment,
+                            });
+                        }
+                    }
+                }
+                Pdu::AbortRQ { source } => {
+                    return Err(NetError::Rejected(format!("association aborted by peer: {source:?}")));
+                }
+                other => {
+                    return Err(NetError::Protocol {
+                        peer: self.peer,
+                        reason: format!("unexpected {}", other.short_description()),
+                    });
+                }
+            }
+        }
+    }
+
+    /// A-RELEASE (PS3.8 7.2).
+    pub async fn release(mut self) -> Result<(), NetError> {
+        self.send_pdu(&Pdu::ReleaseRQ).await?;
+        match self.read_pdu().await {
+            Ok(Pdu::ReleaseRP) | Err(NetError::Closed { .. }) => {}
+            Ok(other) => {
+                return Err(NetError::Protocol {
+                    peer: self.peer,
+                    reason: format!("expected A-RELEASE-RP, got {}", other.short_description()),
+                });
+            }
+            Err(e) => return Err(e),
+        }
+        let _ = self.socket.shutdown().await;
+        Ok(())
+    }
+
+    /// A-ABORT as service user.
+    pub async fn abort(mut self) {
+        let _ = self.send_pdu(&Pdu::AbortRQ { source: AbortRQSource::ServiceUser }).await;
+        let _ = self.socket.shutdown().await;
+    }
+
+    async fn send_pdu(&mut self, pdu: &Pdu) -> Result<(), NetError> {
+        self.write_buf.clear();
+        write_pdu(&mut self.write_buf, pdu).map_err(|e| NetError::Encode(e.to_string()))?;
+        match tokio::time::timeout(self.timeout, self.socket.write_all(&self.write_buf)).await {
+            Ok(r) => r.map_err(|source| NetError::Write { peer: self.peer, source }),
+            Err(_) => Err(NetError::Timeout { peer: self.peer, what: "the peer to read", after: self.timeout }),
+        }
+    }
+
+    async fn read_pdu(&mut self) -> Result<Pdu, NetError> {
+        match tokio::time::timeout(self.timeout, read_pdu_from(&mut self.socket, self.peer, &mut self.read_buf, SCU_MAX_PDU)).await {
+            Ok(r) => r,
+            Err(_) => Err(NetError::Timeout { peer: self.peer, what: "a PDU", after: self.timeout }),
+        }
+    }
+}

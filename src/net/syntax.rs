@@ -1,0 +1,129 @@
+//! Which abstract and transfer syntaxes this node accepts (PS3.4 Annex B, PS3.5 Section 10),
+//! taken from the dicom-rs dictionaries rather than a hand-typed list.
+
+use dicom_core::dictionary::{UidDictionary, UidType};
+use dicom_dictionary_std::StandardSopClassDictionary;
+use dicom_dictionary_std::uids;
+use dicom_encoding::transfer_syntax::TransferSyntaxIndex;
+use dicom_transfer_syntax_registry::TransferSyntaxRegistry;
+
+use crate::config::Service;
+
+/// The service an abstract syntax belongs to, if this node provides it.
+pub fn service_of(abstract_syntax: &str) -> Option<Service> {
+    if abstract_syntax == uids::VERIFICATION {
+        Some(Service::Echo)
+    } else if is_storage_sop_class(abstract_syntax) {
+        Some(Service::Store)
+    } else {
+        None
+    }
+}
+
+/// Whether `uid` is a Storage SOP Class of the standard (PS3.4 Annex B, B.5), current or
+/// retired, as listed by dicom-dictionary-std: a SOP class whose name says "Storage", other
+/// than the Storage Commitment service and the DICOMDIR (Media Storage Directory) class,
+/// which are not stored over the network.
+pub fn is_storage_sop_class(uid: &str) -> bool {
+    StandardSopClassDictionary
+        .by_uid(uid)
+        .is_some_and(|e| e.r#type == UidType::SopClass && is_storage_name(e.name))
+}
+
+/// The naming rule of PS3.6 Table A-1 for Storage SOP classes.
+pub fn is_storage_name(name: &str) -> bool {
+    name.split(' ').any(|w| w == "Storage")
+        && !name.starts_with("Storage Commitment")
+        && !name.starts_with("Media Storage Directory")
+}
+
+/// Transfer syntaxes accepted for storage, stored as received: every syntax in the dicom-rs
+/// registry whose data set encoding can be read (pixel data is never decoded on ingest, so
+/// an encapsulated syntax needs no codec here). Sorted by UID.
+pub fn storage_transfer_syntaxes() -> Vec<&'static str> {
+    let mut v: Vec<&'static str> = TransferSyntaxRegistry
+        .iter()
+        .filter(|ts| !ts.is_unsupported())
+        .map(|ts| ts.uid())
+        .filter(|uid| *uid != uids::JPIP_REFERENCED && *uid != uids::JPIPHTJ2K_REFERENCED)
+        .collect();
+    v.sort_unstable();
+    v.dedup();
+    v
+}
+
+/// Whether `ts` may be accepted for storage.
+pub fn is_storage_transfer_syntax(ts: &str) -> bool {
+    TransferSyntaxRegistry
+        .get(ts)
+        .is_some_and(|t| !t.is_unsupported())
+        && storage_transfer_syntaxes().contains(&ts)
+}
+
+/// Verification (C-ECHO) carries no data set: the two uncompressed little-endian syntaxes.
+pub const ECHO_TRANSFER_SYNTAXES: [&str; 2] =
+    [uids::EXPLICIT_VR_LITTLE_ENDIAN, uids::IMPLICIT_VR_LITTLE_ENDIAN];
+
+/// Pick the transfer syntax for a proposed context: the first proposed one we accept, which
+/// honours the requestor's order of preference (PS3.8 9.3.2.2).
+pub fn choose_transfer_syntax<'a>(service: Service, proposed: &'a [String]) -> Option<&'a str> {
+    proposed
+        .iter()
+        .map(|s| s.trim_end_matches(['\0', ' ']))
+        .find(|ts| match service {
+            Service::Echo => ECHO_TRANSFER_SYNTAXES.contains(ts),
+            _ => is_storage_transfer_syntax(ts),
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn storage_classes_come_from_the_dictionary() {
+        assert!(is_storage_sop_class(uids::CT_IMAGE_STORAGE));
+        assert!(is_storage_sop_class(uids::ENHANCED_SR_STORAGE));
+        assert!(is_storage_sop_class(uids::ENCAPSULATED_PDF_STORAGE));
+        assert!(is_storage_sop_class(uids::TWELVE_LEAD_ECG_WAVEFORM_STORAGE));
+        assert!(is_storage_sop_class(uids::RT_PLAN_STORAGE));
+        assert!(!is_storage_sop_class(uids::STORAGE_COMMITMENT_PUSH_MODEL));
+        assert!(!is_storage_sop_class(uids::MEDIA_STORAGE_DIRECTORY_STORAGE));
+        assert!(!is_storage_sop_class(uids::VERIFICATION));
+        assert!(!is_storage_sop_class(uids::STUDY_ROOT_QUERY_RETRIEVE_INFORMATION_MODEL_FIND));
+        assert!(!is_storage_sop_class("1.2.3.4"));
+    }
+
+    #[test]
+    fn transfer_syntaxes_cover_native_and_encapsulated() {
+        let ts = storage_transfer_syntaxes();
+        for uid in [
+            uids::IMPLICIT_VR_LITTLE_ENDIAN,
+            uids::EXPLICIT_VR_LITTLE_ENDIAN,
+            uids::EXPLICIT_VR_BIG_ENDIAN,
+            uids::DEFLATED_EXPLICIT_VR_LITTLE_ENDIAN,
+            uids::JPEG_BASELINE8_BIT,
+            uids::JPEG_LOSSLESS_SV1,
+            uids::JPEGLS_LOSSLESS,
+            uids::JPEG2000_LOSSLESS,
+            uids::RLE_LOSSLESS,
+        ] {
+            assert!(ts.contains(&uid), "{uid} missing from {ts:?}");
+        }
+    }
+
+    #[test]
+    fn requestor_preference_wins() {
+        let proposed = vec![
+            "1.2.3.999".to_string(),
+            uids::JPEG_BASELINE8_BIT.to_string(),
+            uids::EXPLICIT_VR_LITTLE_ENDIAN.to_string(),
+        ];
+        assert_eq!(choose_transfer_syntax(Service::Store, &proposed), Some(uids::JPEG_BASELINE8_BIT));
+        assert_eq!(
+            choose_transfer_syntax(Service::Echo, &proposed),
+            Some(uids::EXPLICIT_VR_LITTLE_ENDIAN)
+        );
+        assert_eq!(choose_transfer_syntax(Service::Store, &["1.2.3".to_string()]), None);
+    }
+}

@@ -1,0 +1,224 @@
+//! Wires configuration, index, storage, services and the listener together; ordered start
+//! (storage, index, then listener) and shutdown (stop accepting, finish in-flight messages,
+//! then close the index).
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use tokio::net::TcpListener;
+use tracing::info;
+
+use crate::config::Config;
+use crate::index::{Index, IndexError};
+use crate::net::{AcceptorPolicy, Shutdown, ShutdownTrigger};
+use crate::service::{Services, StoreService};
+use crate::storage::{Storage, StorageError};
+
+#[derive(Debug, thiserror::Error)]
+pub enum NodeError {
+    #[error("opening storage: {0}")]
+    Storage(#[from] StorageError),
+    #[error("opening index: {0}")]
+    Index(#[from] IndexError),
+    #[error("binding {addr}: {source}")]
+    Bind {
+        addr: String,
+        source: std::io::Error,
+    },
+}
+
+/// A node with its storage and index open, ready to listen.
+pub struct Node {
+    pub config: Arc<Config>,
+    pub index: Index,
+    pub storage: Arc<Storage>,
+}
+
+/// A node serving in the background (tests and `serve`).
+pub struct RunningNode {
+    pub addr: SocketAddr,
+    pub index: Index,
+    pub storage: Arc<Storage>,
+    trigger: ShutdownTrigger,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Node {
+    pub fn open(config: Config) -> Result<Node, NodeError> {
+        let storage = Arc::new(Storage::open(
+            &config.storage.replicas,
+            config.storage.write_quorum,
+            &config.storage.prefix,
+        )?);
+        let index = Index::open(&config.index.path)?;
+        Ok(Node {
+            config: Arc::new(config),
+            index,
+            storage,
+        })
+    }
+
+    pub async fn bind(&self) -> Result<TcpListener, NodeError> {
+        let addr = format!("{}:{}", self.config.node.bind, self.config.node.port);
+        TcpListener::bind(&addr)
+            .await
+            .map_err(|source| NodeError::Bind { addr, source })
+    }
+
+    /// Serve on `listener` until `shutdown` fires and open associations have finished.
+    pub async fn run(self, listener: TcpListener, shutdown: Shutdown) {
+        let services = Arc::new(Services {
+            store: Arc::new(StoreService::new(
+                self.index.clone(),
+                self.storage.clone(),
+                self.config.node.max_object_size,
+            )),
+        });
+        let policy = AcceptorPolicy {
+            config: self.config.clone(),
+        };
+        crate::net::run(listener, policy, services, shutdown).await;
+        info!("all associations closed; closing the index");
+        drop(self.index);
+    }
+
+    /// Bind and serve in a background task; the returned handle stops it.
+    pub async fn spawn(self) -> Result<RunningNode, NodeError> {
+        let listener = self.bind().await?;
+        let addr = listener.local_addr().map_err(|source| NodeError::Bind {
+            addr: "local address".into(),
+            source,
+        })?;
+        let (trigger, shutdown) = ShutdownTrigger::new();
+        let index = self.index.clone();
+        let storage = self.storage.clone();
+        info!(
+            ae_title = %self.config.node.ae_title,
+            %addr,
+            replicas = storage.replicas().len(),
+            write_quorum = storage.quorum().needed(),
+            index = %index.path().display(),
+            "pacsd listening"
+        );
+        let task = tokio::spawn(self.run(listener, shutdown));
+        Ok(RunningNode {
+            addr,
+            index,
+            storage,
+            trigger,
+            task,
+        })
+    }
+}
+
+impl RunningNode {
+    /// Stop accepting, let open associations finish their message, and wait.
+    pub async fn stop(self) {
+        self.trigger.trigger();
+        let _ = self.task.await;
+    }
+
+    /// Wait until the node stops by itself (never, unless it is triggered elsewhere).
+    pub async fn stopped(self) {
+        let _ = self.task.await;
+    }
+
+    pub fn trigger(&self) -> ShutdownTrigger {
+        self.trigger.clone()
+    }
+}
+
+/// Outcome of `rebuild_index`.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct RebuildSummary {
+    pub objects: u64,
+    pub indexed: u64,
+    pub skipped: u64,
+}
+
+/// Rebuild the index from what is in storage: every object key is read, its header parsed
+/// and indexed into a fresh database, which then replaces the old one (kept as `.bak`).
+/// Run it with the node stopped.
+pub async fn rebuild_index(config: &Config, progress: bool) -> Result<RebuildSummary, NodeError> {
+    use crate::index::record;
+    use crate::storage::parse_object_key;
+    use sha2::{Digest, Sha256};
+
+    let storage = Storage::open(&config.storage.replicas, config.storage.write_quorum, &config.storage.prefix)?;
+    let target = config.index.path.clone();
+    let fresh = target.with_extension("rebuild.sqlite");
+    for suffix in ["", "-wal", "-shm"] {
+        let _ = std::fs::remove_file(format!("{}{suffix}", fresh.display()));
+    }
+    let index = Index::open(&fresh)?;
+    let keys: Vec<String> = storage
+        .list_keys()
+        .await?
+        .into_iter()
+        .filter(|k| parse_object_key(storage.prefix(), k).is_some())
+        .collect();
+    let bar = if progress {
+        let b = indicatif::ProgressBar::new(keys.len() as u64);
+        b.set_style(
+            indicatif::ProgressStyle::with_template("{elapsed_precise} [{bar:40}] {pos}/{len} {per_sec} {msg}")
+                .expect("valid template")
+                .progress_chars("=> "),
+        );
+        b
+    } else {
+        indicatif::ProgressBar::hidden()
+    };
+    let mut summary = RebuildSummary::default();
+    for key in keys {
+        summary.objects += 1;
+        bar.inc(1);
+        let indexed = async {
+            let bytes = storage.get(&key).await.map_err(|e| e.to_string())?;
+            let (meta, offset) = crate::part10::split(&bytes).map_err(|e| e.to_string())?;
+            let ts = meta.transfer_syntax().to_string();
+            let header = record::parse_header(&bytes[offset..], &ts).map_err(|e| e.to_string())?;
+            let mut rec = record::extract(&header).map_err(|e| e.to_string())?;
+            let (study, series, sop) = parse_object_key(storage.prefix(), &key).ok_or("bad key")?;
+            if (rec.study_instance_uid.as_str(), rec.series_instance_uid.as_str(), rec.sop_instance_uid.as_str())
+                != (study.as_str(), series.as_str(), sop.as_str())
+            {
+                return Err("object's UIDs do not match its key".to_string());
+            }
+            rec.transfer_syntax_uid = ts;
+            rec.storage_key = key.clone();
+            rec.size = bytes.len() as u64;
+            rec.sha256 = hex::encode(Sha256::digest(&bytes));
+            rec.calling_ae_title = meta.source_application_entity_title().map(|s| s.trim().to_string());
+            index.insert(rec, Vec::new()).await.map_err(|e| e.to_string())?;
+            Ok::<(), String>(())
+        }
+        .await;
+        match indexed {
+            Ok(()) => summary.indexed += 1,
+            Err(e) => {
+                summary.skipped += 1;
+                tracing::warn!(key, error = %e, "object not indexed");
+            }
+        }
+    }
+    bar.finish_and_clear();
+    drop(index);
+    if target.exists() {
+        let backup = target.with_extension("sqlite.bak");
+        std::fs::rename(&target, &backup).map_err(|e| NodeError::Bind {
+            addr: format!("moving {} aside", target.display()),
+            source: e,
+        })?;
+        for suffix in ["-wal", "-shm"] {
+            let _ = std::fs::remove_file(format!("{}{suffix}", target.display()));
+        }
+    }
+    std::fs::rename(&fresh, &target).map_err(|e| NodeError::Bind {
+        addr: format!("installing {}", target.display()),
+        source: e,
+    })?;
+    for suffix in ["-wal", "-shm"] {
+        let _ = std::fs::remove_file(format!("{}{suffix}", fresh.display()));
+    }
+    Ok(summary)
+}

@@ -1,0 +1,75 @@
+//! DIMSE services, one file each, dispatched on the command field. Only this layer builds
+//! responses and statuses; `net` carries bytes, `index` and `storage` keep them.
+
+pub mod echo;
+pub mod store;
+
+use std::sync::Arc;
+
+use tracing::{debug, warn};
+
+use crate::config::Service;
+use crate::dimse::{Command, CommandField, Status, status};
+use crate::net::{Association, DimseMessage, MessageHandler, NetError};
+
+pub use store::StoreService;
+
+/// Every service this node provides, behind one dispatcher.
+pub struct Services {
+    pub store: Arc<StoreService>,
+}
+
+impl MessageHandler for Services {
+    async fn handle(&self, assoc: &mut Association, msg: DimseMessage) -> Result<(), NetError> {
+        let DimseMessage {
+            context_id,
+            command,
+            data,
+            oversize,
+        } = msg;
+        let context = assoc
+            .context(context_id)
+            .cloned()
+            .expect("net only delivers messages on accepted contexts");
+        debug!(command = command.command_field, context = context_id, "DIMSE request");
+        let response = match (command.field(), context.service) {
+            (Some(CommandField::CEchoRq), Service::Echo) => echo::respond(&command),
+            (Some(CommandField::CStoreRq), Service::Store) => {
+                let status = self
+                    .store
+                    .store(&context, assoc.calling_ae(), &command, data, oversize)
+                    .await;
+                Command::response_to(&command, CommandField::CStoreRsp, status)
+            }
+            (Some(CommandField::CCancelRq), _) => {
+                // PS3.7 9.3.2.3: a C-CANCEL for an operation that is not (or no longer)
+                // running is ignored; it has no response of its own.
+                return Ok(());
+            }
+            (field, _) => {
+                warn!(command = command.command_field, abstract_syntax = %context.abstract_syntax,
+                      "command not supported on this presentation context");
+                unsupported_response(&command, field)
+            }
+        };
+        assoc.send_command(context_id, &response).await
+    }
+}
+
+/// PS3.7 C.5.24 (0211, unrecognized operation) for a request we do not provide here.
+fn unsupported_response(request: &Command, field: Option<CommandField>) -> Command {
+    // The response command field is the request's with bit 15 set (PS3.7 E.1-1).
+    let rsp_field = request.command_field | 0x8000;
+    let comment = match field {
+        Some(f) => format!("{f:?} is not provided on this presentation context"),
+        None => format!("unknown command field {:#06x}", request.command_field),
+    };
+    Command {
+        command_field: rsp_field,
+        ..Command::response_to(
+            request,
+            CommandField::CEchoRsp,
+            Status::with_comment(status::UNRECOGNIZED_OPERATION, comment),
+        )
+    }
+}

@@ -1,0 +1,269 @@
+//! C-STORE SCP (PS3.4 Annex B, PS3.7 9.1.1) under the durability contract: validate, write
+//! the Part 10 object to W of N replicas, commit the index row, and only then answer Success.
+//! Data before metadata; an object whose index commit failed is removed again.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use bytes::Bytes;
+use sha2::{Digest, Sha256};
+use tracing::{debug, info, warn};
+
+use crate::dimse::{Command, Status, status};
+use crate::index::record::{self, RecordError};
+use crate::index::{Index, IndexError, InsertOutcome};
+use crate::net::AcceptedContext;
+use crate::part10;
+use crate::storage::{Storage, StorageError, Uid, object_key};
+
+/// Why a C-STORE did not succeed; `to_status` is the one place these become DIMSE statuses.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("data set of {size} bytes exceeds the node's limit of {limit} bytes")]
+    TooLarge { size: u64, limit: u64 },
+    #[error("command has no data set")]
+    NoDataSet,
+    #[error("Affected SOP Class UID missing or invalid in the command")]
+    BadCommandSopClass,
+    #[error("Affected SOP Instance UID missing or invalid in the command")]
+    BadCommandSopInstance,
+    #[error("command SOP class {command} differs from the presentation context's {context}")]
+    ContextMismatch { command: String, context: String },
+    #[error("{0}")]
+    Record(#[from] RecordError),
+    #[error("data set {attribute} {found} does not match the command's {expected}")]
+    DataSetMismatch {
+        attribute: &'static str,
+        found: String,
+        expected: String,
+    },
+    #[error("storage: {0}")]
+    Storage(#[from] StorageError),
+    #[error("index: {0}")]
+    Index(#[from] IndexError),
+    #[error("building the Part 10 file: {0}")]
+    Part10(#[from] part10::Part10Error),
+}
+
+impl StoreError {
+    /// The single mapping from store failures to C-STORE statuses (PS3.4 B.2.3).
+    pub fn to_status(&self) -> Status {
+        let code = match self {
+            StoreError::TooLarge { .. } | StoreError::Storage(_) | StoreError::Index(_) => {
+                status::OUT_OF_RESOURCES
+            }
+            StoreError::ContextMismatch { .. } => status::SOP_CLASS_NOT_SUPPORTED,
+            StoreError::DataSetMismatch { .. } => status::DATA_SET_DOES_NOT_MATCH_SOP_CLASS,
+            StoreError::NoDataSet
+            | StoreError::BadCommandSopClass
+            | StoreError::BadCommandSopInstance
+            | StoreError::Record(_) => status::CANNOT_UNDERSTAND,
+            StoreError::Part10(_) => status::PROCESSING_FAILURE,
+        };
+        let comment = match self {
+            // Keep the comment short and useful: the quorum figures, not every path.
+            StoreError::Storage(StorageError::QuorumNotMet { ok, total, needed, .. }) => {
+                format!("write quorum not met: {ok} of {total} replicas, {needed} needed")
+            }
+            StoreError::Index(_) => "index commit failed; object not kept".to_string(),
+            other => other.to_string(),
+        };
+        Status::with_comment(code, comment)
+    }
+}
+
+/// The C-STORE business side: storage, index, and a per-SOP-Instance lock so that two
+/// associations sending the same instance cannot interleave write and commit.
+pub struct StoreService {
+    pub index: Index,
+    pub storage: Arc<Storage>,
+    max_object_size: u64,
+    in_flight: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+}
+
+impl StoreService {
+    pub fn new(index: Index, storage: Arc<Storage>, max_object_size: u64) -> StoreService {
+        StoreService {
+            index,
+            storage,
+            max_object_size,
+            in_flight: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Handle one C-STORE-RQ; the returned status is what the SCU is told.
+    pub async fn store(
+        &self,
+        context: &AcceptedContext,
+        calling_ae: &str,
+        command: &Command,
+        data: Option<Vec<u8>>,
+        oversize: Option<u64>,
+    ) -> Status {
+        match self.try_store(context, calling_ae, command, data, oversize).await {
+            Ok(()) => Status::success(),
+            Err(e) => {
+                warn!(
+                    sop = command.affected_sop_instance_uid.as_deref().unwrap_or("-"),
+                    error = %e,
+                    "C-STORE failed"
+                );
+                e.to_status()
+            }
+        }
+    }
+
+    async fn try_store(
+        &self,
+        context: &AcceptedContext,
+        calling_ae: &str,
+        command: &Command,
+        data: Option<Vec<u8>>,
+        oversize: Option<u64>,
+    ) -> Result<(), StoreError> {
+        if let Some(size) = oversize {
+            return Err(StoreError::TooLarge {
+                size,
+                limit: self.max_object_size,
+            });
+        }
+        let data = data.ok_or(StoreError::NoDataSet)?;
+        let sop_class = command
+            .affected_sop_class_uid
+            .as_deref()
+            .and_then(|u| Uid::parse(u).ok())
+            .ok_or(StoreError::BadCommandSopClass)?;
+        let sop_instance = command
+            .affected_sop_instance_uid
+            .as_deref()
+            .and_then(|u| Uid::parse(u).ok())
+            .ok_or(StoreError::BadCommandSopInstance)?;
+        if sop_class.as_str() != context.abstract_syntax {
+            return Err(StoreError::ContextMismatch {
+                command: sop_class.to_string(),
+                context: context.abstract_syntax.clone(),
+            });
+        }
+
+        // Parse only up to Pixel Data, off the async threads.
+        let ts = context.transfer_syntax.clone();
+        let data = Bytes::from(data);
+        let parse_input = data.clone();
+        let mut rec = tokio::task::spawn_blocking(move || {
+            let header = record::parse_header(&parse_input, &ts)?;
+            record::extract(&header)
+        })
+        .await
+        .expect("record extraction panicked")?;
+        if rec.sop_class_uid != sop_class.as_str() {
+            return Err(StoreError::DataSetMismatch {
+                attribute: "SOPClassUID",
+                found: rec.sop_class_uid,
+                expected: sop_class.to_string(),
+            });
+        }
+        if rec.sop_instance_uid != sop_instance.as_str() {
+            return Err(StoreError::DataSetMismatch {
+                attribute: "SOPInstanceUID",
+                found: rec.sop_instance_uid,
+                expected: sop_instance.to_string(),
+            });
+        }
+        let uids = rec.uids()?;
+
+        let lock = self.lock_for(sop_instance.as_str());
+        let _guard = lock.lock().await;
+        let result = self.store_locked(&mut rec, &uids, context, calling_ae, &data).await;
+        drop(_guard);
+        self.release_lock(sop_instance.as_str(), lock);
+        result
+    }
+
+    async fn store_locked(
+        &self,
+        rec: &mut record::InstanceRecord,
+        uids: &record::InstanceUids,
+        context: &AcceptedContext,
+        calling_ae: &str,
+        data: &Bytes,
+    ) -> Result<(), StoreError> {
+        // Idempotent re-send: the first acknowledged version is kept (documented in the
+        // conformance statement); a different content is logged, never silently swapped in.
+        if let Some(existing) = self.index.instance(uids.sop_instance.as_str()).await? {
+            let file = part10::build(
+                uids.sop_class.as_str(),
+                uids.sop_instance.as_str(),
+                &context.transfer_syntax,
+                calling_ae,
+                data,
+            )?;
+            let sha = hex::encode(Sha256::digest(&file));
+            if sha == existing.sha256 {
+                debug!(sop = %uids.sop_instance, "instance already stored with identical content");
+            } else {
+                warn!(sop = %uids.sop_instance, "instance re-sent with different content; the stored version is kept");
+            }
+            return Ok(());
+        }
+
+        let file = part10::build(
+            uids.sop_class.as_str(),
+            uids.sop_instance.as_str(),
+            &context.transfer_syntax,
+            calling_ae,
+            data,
+        )?;
+        let key = object_key(self.storage.prefix(), &uids.study, &uids.series, &uids.sop_instance);
+        rec.transfer_syntax_uid = context.transfer_syntax.clone();
+        rec.storage_key = key.clone();
+        rec.size = file.len() as u64;
+        rec.sha256 = hex::encode(Sha256::digest(&file));
+        rec.calling_ae_title = Some(calling_ae.to_string()).filter(|s| !s.is_empty());
+
+        // 1. Data: W of N replicas.
+        let outcome = self.storage.put(&key, Bytes::from(file)).await?;
+        let missed = outcome
+            .missed
+            .iter()
+            .map(|(i, e)| (self.storage.replicas()[*i].location.clone(), e.clone()))
+            .collect();
+
+        // 2. Metadata: the index row (and repair entries for replicas that missed it).
+        match self.index.insert(rec.clone(), missed).await {
+            Ok(InsertOutcome::Inserted { seq }) => {
+                info!(
+                    sop = %uids.sop_instance,
+                    study = %uids.study,
+                    bytes = rec.size,
+                    replicas = outcome.written.len(),
+                    seq,
+                    "stored"
+                );
+                Ok(())
+            }
+            Ok(InsertOutcome::AlreadyPresent { .. }) => Ok(()),
+            Err(e) => {
+                // Undo: the object must not stay visible without its index row.
+                self.storage.delete_from(&key, &outcome.written).await;
+                Err(e.into())
+            }
+        }
+    }
+
+    fn lock_for(&self, uid: &str) -> Arc<tokio::sync::Mutex<()>> {
+        self.in_flight
+            .lock()
+            .expect("in-flight map")
+            .entry(uid.to_string())
+            .or_default()
+            .clone()
+    }
+
+    fn release_lock(&self, uid: &str, lock: Arc<tokio::sync::Mutex<()>>) {
+        let mut map = self.in_flight.lock().expect("in-flight map");
+        // Two references: the map's and ours. Nobody else waits: remove the entry.
+        if Arc::strong_count(&lock) == 2 {
+            map.remove(uid);
+        }
+    }
+}

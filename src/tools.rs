@@ -1,0 +1,273 @@
+//! SCU tools for operators: `pacsd echo` and `pacsd store` (files and directories, several
+//! associations in parallel, progress and a summary). Kept in the library so tests use them.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use dicom_dictionary_std::uids;
+use indicatif::{ProgressBar, ProgressStyle};
+
+use crate::net::NetError;
+use crate::net::scu::{ProposedContext, ScuAssociation, ScuOptions};
+use crate::part10;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ToolError {
+    #[error("{0}")]
+    Net(#[from] NetError),
+    #[error("reading {path}: {source}")]
+    Read { path: PathBuf, source: std::io::Error },
+    #[error("{path}: {reason}")]
+    NotDicom { path: PathBuf, reason: String },
+    #[error("no DICOM files found")]
+    NothingToSend,
+}
+
+/// C-ECHO once; returns the status code and the round-trip time.
+pub async fn echo(opts: &ScuOptions) -> Result<(u16, Duration), ToolError> {
+    let start = Instant::now();
+    let mut assoc = ScuAssociation::connect(
+        opts,
+        &[ProposedContext {
+            abstract_syntax: uids::VERIFICATION.to_string(),
+            transfer_syntaxes: vec![
+                uids::EXPLICIT_VR_LITTLE_ENDIAN.to_string(),
+                uids::IMPLICIT_VR_LITTLE_ENDIAN.to_string(),
+            ],
+        }],
+    )
+    .await?;
+    let status = assoc.echo().await?;
+    assoc.release().await?;
+    Ok((status.code, start.elapsed()))
+}
+
+/// One file to send, with what its file meta says.
+#[derive(Debug, Clone)]
+pub struct Outgoing {
+    pub path: PathBuf,
+    pub sop_class: String,
+    pub sop_instance: String,
+    pub transfer_syntax: String,
+}
+
+/// Outcome of `store`.
+#[derive(Debug, Default, Clone)]
+pub struct StoreSummary {
+    pub sent: u64,
+    pub succeeded: u64,
+    pub warnings: u64,
+    pub failed: u64,
+    pub bytes: u64,
+    pub elapsed: Duration,
+    /// (file, status or error) for every failure.
+    pub failures: Vec<(PathBuf, String)>,
+}
+
+impl StoreSummary {
+    pub fn per_second(&self) -> f64 {
+        self.succeeded as f64 / self.elapsed.as_secs_f64().max(1e-9)
+    }
+    pub fn mb_per_second(&self) -> f64 {
+        self.bytes as f64 / 1e6 / self.elapsed.as_secs_f64().max(1e-9)
+    }
+}
+
+/// Every regular file under the given files and directories (recursive), sorted.
+pub fn collect_files(inputs: &[PathBuf]) -> Result<Vec<PathBuf>, ToolError> {
+    fn walk(p: &Path, out: &mut Vec<PathBuf>) -> Result<(), ToolError> {
+        let meta = std::fs::metadata(p).map_err(|source| ToolError::Read { path: p.to_path_buf(), source })?;
+        if meta.is_dir() {
+            let mut entries: Vec<_> = std::fs::read_dir(p)
+                .map_err(|source| ToolError::Read { path: p.to_path_buf(), source })?
+                .filter_map(|e| e.ok().map(|e| e.path()))
+                .collect();
+            entries.sort();
+            for e in entries {
+                walk(&e, out)?;
+            }
+        } else if meta.is_file() {
+            out.push(p.to_path_buf());
+        }
+        Ok(())
+    }
+    let mut out = Vec::new();
+    for p in inputs {
+        walk(p, &mut out)?;
+    }
+    Ok(out)
+}
+
+/// Read a file's meta group (only the first part of the file is read).
+pub fn inspect(path: &Path) -> Result<Outgoing, ToolError> {
+    use std::io::Read;
+    let mut head = Vec::with_capacity(16 * 1024);
+    std::fs::File::open(path)
+        .and_then(|f| f.take(64 * 1024).read_to_end(&mut head))
+        .map_err(|source| ToolError::Read { path: path.to_path_buf(), source })?;
+    let (meta, _) = part10::split(&head).map_err(|e| ToolError::NotDicom {
+        path: path.to_path_buf(),
+        reason: e.to_string(),
+    })?;
+    Ok(Outgoing {
+        path: path.to_path_buf(),
+        sop_class: meta.media_storage_sop_class_uid().to_string(),
+        sop_instance: meta.media_storage_sop_instance_uid().to_string(),
+        transfer_syntax: meta.transfer_syntax().to_string(),
+    })
+}
+
+/// Send files with C-STORE over `jobs` parallel associations. Files that are not DICOM are
+/// counted as failures and skipped; the data set is sent as stored in the file, on a context
+/// proposed with the file's own transfer syntax.
+pub async fn store(opts: &ScuOptions, files: Vec<PathBuf>, jobs: usize, progress: bool) -> Result<StoreSummary, ToolError> {
+    if files.is_empty() {
+        return Err(ToolError::NothingToSend);
+    }
+    let mut summary = StoreSummary::default();
+    let mut outgoing = Vec::with_capacity(files.len());
+    for f in files {
+        match inspect(&f) {
+            Ok(o) => outgoing.push(o),
+            Err(e) => {
+                summary.failed += 1;
+                summary.failures.push((f, e.to_string()));
+            }
+        }
+    }
+    let bar = if progress {
+        let b = ProgressBar::new(outgoing.len() as u64);
+        b.set_style(
+            ProgressStyle::with_template("{elapsed_precise} [{bar:40}] {pos}/{len} {per_sec} {msg}")
+                .expect("valid template")
+                .progress_chars("=> "),
+        );
+        b
+    } else {
+        ProgressBar::hidden()
+    };
+    let jobs = jobs.clamp(1, 64);
+    let mut shards: Vec<Vec<Outgoing>> = vec![Vec::new(); jobs];
+    for (i, o) in outgoing.into_iter().enumerate() {
+        shards[i % jobs].push(o);
+    }
+    let bytes = Arc::new(AtomicU64::new(0));
+    let start = Instant::now();
+    let mut handles = Vec::new();
+    for shard in shards.into_iter().filter(|s| !s.is_empty()) {
+        let opts = opts.clone();
+        let bar = bar.clone();
+        let bytes = bytes.clone();
+        handles.push(tokio::spawn(async move { store_shard(&opts, shard, &bar, &bytes).await }));
+    }
+    for h in handles {
+        let part = h.await.expect("store worker panicked");
+        summary.sent += part.sent;
+        summary.succeeded += part.succeeded;
+        summary.warnings += part.warnings;
+        summary.failed += part.failed;
+        summary.failures.extend(part.failures);
+    }
+    bar.finish_and_clear();
+    summary.elapsed = start.elapsed();
+    summary.bytes = bytes.load(Ordering::Relaxed);
+    Ok(summary)
+}
+
+async fn store_shard(opts: &ScuOptions, shard: Vec<Outgoing>, bar: &ProgressBar, bytes: &AtomicU64) -> StoreSummary {
+    let mut summary = StoreSummary::default();
+    // One context per (SOP class, transfer syntax) found in the shard.
+    let mut pairs: BTreeMap<(String, String), ()> = BTreeMap::new();
+    for o in &shard {
+        pairs.insert((o.sop_class.clone(), o.transfer_syntax.clone()), ());
+    }
+    let proposed: Vec<ProposedContext> = pairs
+        .keys()
+        .map(|(class, ts)| ProposedContext {
+            abstract_syntax: class.clone(),
+            transfer_syntaxes: vec![ts.clone()],
+        })
+        .collect();
+    let fail_all = |summary: &mut StoreSummary, files: &[Outgoing], why: String| {
+        for o in files {
+            summary.failed += 1;
+            summary.failures.push((o.path.clone(), why.clone()));
+            bar.inc(1);
+        }
+    };
+    let mut assoc = match ScuAssociation::connect(opts, &proposed).await {
+        Ok(a) => a,
+        Err(e) => {
+            fail_all(&mut summary, &shard, format!("association failed: {e}"));
+            return summary;
+        }
+    };
+    for (i, o) in shard.iter().enumerate() {
+        let ctx = assoc
+            .context_for(&o.sop_class, &o.transfer_syntax)
+            .filter(|c| c.transfer_syntax == o.transfer_syntax)
+            .map(|c| c.id);
+        let Some(ctx) = ctx else {
+            summary.failed += 1;
+            summary.failures.push((
+                o.path.clone(),
+                format!("no presentation context accepted for {} in {}", o.sop_class, o.transfer_syntax),
+            ));
+            bar.inc(1);
+            continue;
+        };
+        let file = match tokio::fs::read(&o.path).await {
+            Ok(b) => b,
+            Err(e) => {
+                summary.failed += 1;
+                summary.failures.push((o.path.clone(), e.to_string()));
+                bar.inc(1);
+                continue;
+            }
+        };
+        let offset = match part10::split(&file) {
+            Ok((_, off)) => off,
+            Err(e) => {
+                summary.failed += 1;
+                summary.failures.push((o.path.clone(), e.to_string()));
+                bar.inc(1);
+                continue;
+            }
+        };
+        summary.sent += 1;
+        match assoc.store(ctx, &o.sop_class, &o.sop_instance, &file[offset..]).await {
+            Ok(st) if st.is_success() => {
+                summary.succeeded += 1;
+                bytes.fetch_add((file.len() - offset) as u64, Ordering::Relaxed);
+            }
+            Ok(st) if st.is_warning() => {
+                summary.succeeded += 1;
+                summary.warnings += 1;
+                bytes.fetch_add((file.len() - offset) as u64, Ordering::Relaxed);
+            }
+            Ok(st) => {
+                summary.failed += 1;
+                summary.failures.push((
+                    o.path.clone(),
+                    format!("status {:04X}{}", st.code, st.comment.map(|c| format!(": {c}")).unwrap_or_default()),
+                ));
+            }
+            Err(e) => {
+                // The association is gone: everything left in this shard fails.
+                summary.failed += 1;
+                summary.failures.push((o.path.clone(), e.to_string()));
+                bar.inc(1);
+                fail_all(&mut summary, &shard[i + 1..], format!("association lost: {e}"));
+                return summary;
+            }
+        }
+        bar.inc(1);
+    }
+    if let Err(e) = assoc.release().await {
+        tracing::debug!(error = %e, "release failed");
+    }
+    summary
+}
