@@ -9,4 +9,5 @@ pub mod node;
 pub mod part10;
 pub mod service;
 pub mod storage;
+pub mod synth;
 pub mod tools;

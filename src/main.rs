@@ -46,6 +46,24 @@ enum Command {
         #[arg(required = true)]
         paths: Vec<PathBuf>,
     },
+    /// Write synthetic CT-like instances (for tests and benchmarks).
+    Synth {
+        /// Output directory.
+        #[arg(long, short)]
+        out: PathBuf,
+        /// Number of studies.
+        #[arg(long, default_value_t = 1)]
+        studies: u32,
+        /// Images per study.
+        #[arg(long, default_value_t = 10)]
+        per_study: u32,
+        /// Rows and columns of each image (0 = no pixel data).
+        #[arg(long, default_value_t = 512)]
+        size: u16,
+        /// Number of the first study (keeps UIDs of separate corpora apart).
+        #[arg(long, default_value_t = 1)]
+        first_study: u32,
+    },
     /// Index maintenance.
     Index {
         #[command(subcommand)]
@@ -176,6 +194,11 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 s.succeeded, s.warnings, s.failed, s.bytes as f64 / 1e6, s.elapsed.as_secs_f64(), s.per_second(), s.mb_per_second()
             );
             Ok(if s.failed == 0 { ExitCode::SUCCESS } else { ExitCode::from(1) })
+        }
+        Command::Synth { out, studies, per_study, size, first_study } => {
+            let n = pacsd::synth::write_corpus(&out, first_study, studies, per_study, size).map_err(anyhow::Error::msg)?;
+            println!("wrote {n} instances under {}", out.display());
+            Ok(ExitCode::SUCCESS)
         }
         Command::Index { command: IndexCommand::Rebuild { config } } => {
             let config = load_config(config.as_ref())?;

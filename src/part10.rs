@@ -20,24 +20,22 @@ pub enum Part10Error {
     Build(String),
 }
 
-/// Wrap a received data set into a Part 10 file with pacsd's file meta group.
+/// Wrap a received data set into a Part 10 file with pacsd's file meta group. The file is a
+/// pure function of its arguments (no sender AE, no time), so a re-sent instance produces the
+/// same bytes and the same checksum; the sender is recorded in the index instead.
 pub fn build(
     sop_class_uid: &str,
     sop_instance_uid: &str,
     transfer_syntax_uid: &str,
-    source_ae: &str,
     dataset: &[u8],
 ) -> Result<Vec<u8>, Part10Error> {
-    let mut meta = FileMetaTableBuilder::new()
+    let meta = FileMetaTableBuilder::new()
         .media_storage_sop_class_uid(sop_class_uid)
         .media_storage_sop_instance_uid(sop_instance_uid)
         .transfer_syntax(transfer_syntax_uid)
         .implementation_class_uid(IMPLEMENTATION_CLASS_UID)
-        .implementation_version_name(IMPLEMENTATION_VERSION_NAME);
-    if !source_ae.trim().is_empty() {
-        meta = meta.source_application_entity_title(source_ae.trim());
-    }
-    let meta = meta.build().map_err(|e| Part10Error::Build(e.to_string()))?;
+        .implementation_version_name(IMPLEMENTATION_VERSION_NAME)
+        .build().map_err(|e| Part10Error::Build(e.to_string()))?;
     let mut out = Vec::with_capacity(PREAMBLE_LEN + 4 + 256 + dataset.len());
     out.resize(PREAMBLE_LEN, 0);
     out.extend_from_slice(MAGIC);
@@ -68,7 +66,7 @@ mod tests {
     #[test]
     fn build_then_split_gives_back_the_data_set() {
         let data = b"\x08\x00\x16\x00\x04\x00\x00\x001.2\0".to_vec();
-        let file = build("1.2.840.10008.5.1.4.1.1.7", "1.2.3", "1.2.840.10008.1.2", "MOD1", &data).unwrap();
+        let file = build("1.2.840.10008.5.1.4.1.1.7", "1.2.3", "1.2.840.10008.1.2", &data).unwrap();
         assert_eq!(&file[128..132], b"DICM");
         let (meta, offset) = split(&file).unwrap();
         assert_eq!(meta.transfer_syntax(), "1.2.840.10008.1.2");

@@ -209,6 +209,21 @@ impl ScuAssociation {
 
     /// Read one response command set (no data set expected) and return its status.
     pub async fn read_response(&mut self, expected: CommandField) -> Result<Status, NetError> {
+        let rsp = self.read_command().await?;
+        if rsp.command_field != expected as u16 {
+            return Err(NetError::Protocol {
+                peer: self.peer,
+                reason: format!("expected {expected:?}, got command field {:#06x}", rsp.command_field),
+            });
+        }
+        Ok(Status {
+            code: rsp.status.unwrap_or(0xFFFF),
+            comment: rsp.error_comment,
+        })
+    }
+
+    /// Read the next command set (data fragments, if any, are skipped).
+    pub async fn read_command(&mut self) -> Result<Command, NetError> {
         let mut command = Vec::new();
         loop {
             match self.read_pdu().await? {
@@ -222,17 +237,7 @@ impl ScuAssociation {
                             return Err(NetError::Protocol { peer: self.peer, reason: "response command set too large".into() });
                         }
                         if pdv.is_last {
-                            let rsp = Command::decode(&command)?;
-                            if rsp.command_field != expected as u16 {
-                                return Err(NetError::Protocol {
-                                    peer: self.peer,
-                                    reason: format!("expected {expected:?}, got command field {:#06x}", rsp.command_field),
-                                });
-                            }
-                            return Ok(Status {
-                                code: rsp.status.unwrap_or(0xFFFF),
-                                comment: rsp.error_comment,
-                            });
+                            return Ok(Command::decode(&command)?);
                         }
                     }
                 }

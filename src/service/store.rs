@@ -187,41 +187,41 @@ impl StoreService {
         calling_ae: &str,
         data: &Bytes,
     ) -> Result<(), StoreError> {
+        let file = part10::build(
+            uids.sop_class.as_str(),
+            uids.sop_instance.as_str(),
+            &context.transfer_syntax,
+            data,
+        )?;
+        let sha256 = hex::encode(Sha256::digest(&file));
+
         // Idempotent re-send: the first acknowledged version is kept (documented in the
         // conformance statement); a different content is logged, never silently swapped in.
         if let Some(existing) = self.index.instance(uids.sop_instance.as_str()).await? {
-            let file = part10::build(
-                uids.sop_class.as_str(),
-                uids.sop_instance.as_str(),
-                &context.transfer_syntax,
-                calling_ae,
-                data,
-            )?;
-            let sha = hex::encode(Sha256::digest(&file));
-            if sha == existing.sha256 {
+            if sha256 == existing.sha256 {
                 debug!(sop = %uids.sop_instance, "instance already stored with identical content");
             } else {
                 warn!(sop = %uids.sop_instance, "instance re-sent with different content; the stored version is kept");
             }
             return Ok(());
         }
-
-        let file = part10::build(
-            uids.sop_class.as_str(),
-            uids.sop_instance.as_str(),
-            &context.transfer_syntax,
-            calling_ae,
-            data,
-        )?;
         let key = object_key(self.storage.prefix(), &uids.study, &uids.series, &uids.sop_instance);
         rec.transfer_syntax_uid = context.transfer_syntax.clone();
         rec.storage_key = key.clone();
         rec.size = file.len() as u64;
-        rec.sha256 = hex::encode(Sha256::digest(&file));
+        rec.sha256 = sha256;
         rec.calling_ae_title = Some(calling_ae.to_string()).filter(|s| !s.is_empty());
 
-        // 1. Data: W of N replicas.
-        let outcome = self.storage.put(&key, Bytes::from(file)).await?;
+        // 1. Data: W of N replicas. A write below quorum is undone where it landed.
+        let outcome = match self.storage.put(&key, Bytes::from(file)).await {
+            Ok(o) => o,
+            Err(e) => {
+                if let StorageError::QuorumNotMet { written, .. } = &e {
+                    self.storage.delete_from(&key, written).await;
+                }
+                return Err(e.into());
+            }
+        };
         let missed = outcome
             .missed
             .iter()

@@ -36,6 +36,8 @@ pub enum StorageError {
         ok: usize,
         total: usize,
         errors: Vec<String>,
+        /// Replicas that did take the write (the caller undoes them).
+        written: Vec<usize>,
     },
     #[error("reading `{key}` failed on every replica: {}", errors.join("; "))]
     ReadFailed { key: String, errors: Vec<String> },
@@ -146,6 +148,7 @@ impl Storage {
                     .iter()
                     .map(|(i, e)| format!("{}: {e}", self.replicas[*i].location))
                     .collect(),
+                written: outcome.written,
             })
         }
     }

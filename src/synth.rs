@@ -1,0 +1,127 @@
+//! Synthetic DICOM instances for tests and benchmarks (`pacsd synth`): CT-like 512x512
+//! 16-bit images and small secondary-capture objects, with deterministic UIDs.
+
+use std::path::Path;
+
+use dicom_core::{DataElement, PrimitiveValue, VR};
+use dicom_dictionary_std::{tags, uids};
+use dicom_object::meta::FileMetaTableBuilder;
+use dicom_object::{FileDicomObject, InMemDicomObject};
+
+/// UID root for synthetic data: 2.25 + a fixed random number (PS3.5 B.2), so it can never
+/// collide with a real device's UIDs.
+pub const SYNTH_ROOT: &str = "2.25.61171899517253458302";
+
+/// What one synthetic instance looks like.
+#[derive(Debug, Clone)]
+pub struct Spec {
+    pub patient_id: String,
+    pub patient_name: String,
+    pub study_uid: String,
+    pub series_uid: String,
+    pub sop_uid: String,
+    pub sop_class: String,
+    pub modality: String,
+    pub instance_number: i32,
+    /// Rows = columns; 0 writes no pixel data.
+    pub size: u16,
+    pub transfer_syntax: String,
+}
+
+impl Spec {
+    /// A CT image `n` of series `series` of study `study`, `size`x`size` 16-bit.
+    pub fn ct(study: u32, series: u32, n: u32, size: u16) -> Spec {
+        Spec {
+            patient_id: format!("PAT{:05}", study % 1000),
+            patient_name: format!("Synthetic^Patient{:05}", study % 1000),
+            study_uid: format!("{SYNTH_ROOT}.{study}"),
+            series_uid: format!("{SYNTH_ROOT}.{study}.{series}"),
+            sop_uid: format!("{SYNTH_ROOT}.{study}.{series}.{n}"),
+            sop_class: uids::CT_IMAGE_STORAGE.to_string(),
+            modality: "CT".into(),
+            instance_number: n as i32,
+            size,
+            transfer_syntax: uids::EXPLICIT_VR_LITTLE_ENDIAN.to_string(),
+        }
+    }
+
+    /// Build the data set.
+    pub fn dataset(&self) -> InMemDicomObject {
+        let mut o = InMemDicomObject::new_empty();
+        let s = |v: &str| PrimitiveValue::from(v);
+        o.put(DataElement::new(tags::SPECIFIC_CHARACTER_SET, VR::CS, s("ISO_IR 192")));
+        o.put(DataElement::new(tags::SOP_CLASS_UID, VR::UI, s(&self.sop_class)));
+        o.put(DataElement::new(tags::SOP_INSTANCE_UID, VR::UI, s(&self.sop_uid)));
+        o.put(DataElement::new(tags::STUDY_DATE, VR::DA, s("20240315")));
+        o.put(DataElement::new(tags::STUDY_TIME, VR::TM, s("101500")));
+        o.put(DataElement::new(tags::ACCESSION_NUMBER, VR::SH, s("ACC0001")));
+        o.put(DataElement::new(tags::MODALITY, VR::CS, s(&self.modality)));
+        o.put(DataElement::new(tags::REFERRING_PHYSICIAN_NAME, VR::PN, s("Referrer^Rita")));
+        o.put(DataElement::new(tags::STUDY_DESCRIPTION, VR::LO, s("Synthetic study")));
+        o.put(DataElement::new(tags::SERIES_DESCRIPTION, VR::LO, s("Synthetic series")));
+        o.put(DataElement::new(tags::PATIENT_NAME, VR::PN, s(&self.patient_name)));
+        o.put(DataElement::new(tags::PATIENT_ID, VR::LO, s(&self.patient_id)));
+        o.put(DataElement::new(tags::PATIENT_BIRTH_DATE, VR::DA, s("19700101")));
+        o.put(DataElement::new(tags::PATIENT_SEX, VR::CS, s("O")));
+        o.put(DataElement::new(tags::STUDY_INSTANCE_UID, VR::UI, s(&self.study_uid)));
+        o.put(DataElement::new(tags::SERIES_INSTANCE_UID, VR::UI, s(&self.series_uid)));
+        o.put(DataElement::new(tags::STUDY_ID, VR::SH, s("1")));
+        o.put(DataElement::new(tags::SERIES_NUMBER, VR::IS, s("1")));
+        o.put(DataElement::new(tags::INSTANCE_NUMBER, VR::IS, s(&self.instance_number.to_string())));
+        if self.size > 0 {
+            let n = self.size as usize;
+            o.put(DataElement::new(tags::SAMPLES_PER_PIXEL, VR::US, PrimitiveValue::from(1u16)));
+            o.put(DataElement::new(tags::PHOTOMETRIC_INTERPRETATION, VR::CS, s("MONOCHROME2")));
+            o.put(DataElement::new(tags::ROWS, VR::US, PrimitiveValue::from(self.size)));
+            o.put(DataElement::new(tags::COLUMNS, VR::US, PrimitiveValue::from(self.size)));
+            o.put(DataElement::new(tags::BITS_ALLOCATED, VR::US, PrimitiveValue::from(16u16)));
+            o.put(DataElement::new(tags::BITS_STORED, VR::US, PrimitiveValue::from(12u16)));
+            o.put(DataElement::new(tags::HIGH_BIT, VR::US, PrimitiveValue::from(11u16)));
+            o.put(DataElement::new(tags::PIXEL_REPRESENTATION, VR::US, PrimitiveValue::from(0u16)));
+            o.put(DataElement::new(tags::RESCALE_INTERCEPT, VR::DS, s("-1024")));
+            o.put(DataElement::new(tags::RESCALE_SLOPE, VR::DS, s("1")));
+            // A gradient with the instance number mixed in, so no two images are identical.
+            let seed = self.instance_number as u32;
+            let pixels: Vec<u16> = (0..n * n)
+                .map(|i| {
+                    let (x, y) = ((i % n) as u32, (i / n) as u32);
+                    ((x * 3 + y * 5 + seed * 7) % 4096) as u16
+                })
+                .collect();
+            o.put(DataElement::new(tags::PIXEL_DATA, VR::OW, PrimitiveValue::U16(pixels.into())));
+        }
+        o
+    }
+
+    /// Write the instance as a Part 10 file.
+    pub fn write(&self, path: &Path) -> Result<(), String> {
+        let meta = FileMetaTableBuilder::new()
+            .media_storage_sop_class_uid(self.sop_class.as_str())
+            .media_storage_sop_instance_uid(self.sop_uid.as_str())
+            .transfer_syntax(self.transfer_syntax.as_str())
+            .build()
+            .map_err(|e| e.to_string())?;
+        let file = FileDicomObject::new_empty_with_meta(meta);
+        let mut file = file;
+        for e in self.dataset() {
+            file.put(e);
+        }
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir).map_err(|e| e.to_string())?;
+        }
+        file.write_to_file(path).map_err(|e| format!("writing {}: {e}", path.display()))
+    }
+}
+
+/// Write a corpus: `studies` studies of `per_study` CT images of `size`x`size` under `dir`.
+pub fn write_corpus(dir: &Path, first_study: u32, studies: u32, per_study: u32, size: u16) -> Result<usize, String> {
+    let mut n = 0;
+    for st in first_study..first_study + studies {
+        for i in 1..=per_study {
+            let spec = Spec::ct(st, 1, i, size);
+            spec.write(&dir.join(format!("{st}/{i}.dcm")))?;
+            n += 1;
+        }
+    }
+    Ok(n)
+}

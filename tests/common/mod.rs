@@ -1,0 +1,155 @@
+//! Shared test harness: an in-process node on 127.0.0.1:0 with its own temporary data
+//! directory, DCMTK tools run with TCP_NODELAY=1, and synthetic DICOM files.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use pacsd::config::Config;
+use pacsd::net::scu::{ProposedContext, ScuAssociation, ScuOptions};
+use pacsd::node::{Node, RunningNode};
+
+pub struct TestNode {
+    pub node: RunningNode,
+    pub config: Config,
+    pub dir: tempfile::TempDir,
+}
+
+/// A config for a node whose data lives under `dir` (3 local replicas, port 0).
+pub fn config_in(dir: &Path) -> Config {
+    let mut c = Config::default();
+    c.node.bind = "127.0.0.1".into();
+    c.node.port = 0;
+    c.index.path = dir.join("index.sqlite");
+    c.storage.replicas = (1..=3).map(|i| dir.join(format!("replica-{i}")).display().to_string()).collect();
+    c.timeouts.shutdown_secs = 5.0;
+    c
+}
+
+impl TestNode {
+    pub async fn start() -> TestNode {
+        Self::start_with(|_| {}).await
+    }
+
+    pub async fn start_with(tweak: impl FnOnce(&mut Config)) -> TestNode {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut config = config_in(dir.path());
+        tweak(&mut config);
+        config.validate().expect("test config is valid");
+        let node = Node::open(config.clone()).expect("open node").spawn().await.expect("spawn node");
+        TestNode { node, config, dir }
+    }
+
+    pub fn port(&self) -> u16 {
+        self.node.addr.port()
+    }
+
+    pub fn scu(&self, calling: &str) -> ScuOptions {
+        ScuOptions {
+            addr: format!("127.0.0.1:{}", self.port()),
+            calling_ae: calling.into(),
+            called_ae: "PACSD".into(),
+            timeout: Duration::from_secs(20),
+        }
+    }
+
+    pub fn replica_dir(&self, i: usize) -> PathBuf {
+        PathBuf::from(&self.config.storage.replicas[i])
+    }
+
+    /// Every regular file under a replica directory.
+    pub fn files_in_replica(&self, i: usize) -> Vec<PathBuf> {
+        let dir = self.replica_dir(i);
+        if !dir.is_dir() {
+            return Vec::new();
+        }
+        pacsd::tools::collect_files(&[dir]).unwrap_or_default()
+    }
+
+    pub async fn instances(&self) -> u64 {
+        self.node.index.counts().await.unwrap().instances
+    }
+}
+
+/// Run a DCMTK tool with TCP_NODELAY=1 (its Nagle delay would dominate otherwise) and a
+/// hard time limit.
+pub fn dcmtk(tool: &str, args: &[&str]) -> Output {
+    let mut child = Command::new(tool)
+        .args(args)
+        .env("TCP_NODELAY", "1")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("running {tool} (is DCMTK installed?): {e}"));
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        if child.try_wait().expect("wait").is_some() {
+            return child.wait_with_output().expect("output");
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("{tool} {args:?} did not finish in 120 s");
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// DCMTK runs blocking; run it off the async runtime the node lives on.
+pub async fn dcmtk_async(tool: &'static str, args: Vec<String>) -> Output {
+    tokio::task::spawn_blocking(move || {
+        let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+        dcmtk(tool, &refs)
+    })
+    .await
+    .unwrap()
+}
+
+pub fn text(o: &Output) -> String {
+    format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr))
+}
+
+/// Write `n` small synthetic CT files (64x64) of one study under `dir`.
+pub fn small_corpus(dir: &Path, study: u32, n: u32) -> Vec<PathBuf> {
+    (1..=n)
+        .map(|i| {
+            let p = dir.join(format!("{study}-{i}.dcm"));
+            pacsd::synth::Spec::ct(study, 1, i, 64).write(&p).unwrap();
+            p
+        })
+        .collect()
+}
+
+/// Open an association proposing CT Image Storage in Explicit VR LE.
+pub async fn ct_association(opts: &ScuOptions) -> ScuAssociation {
+    ScuAssociation::connect(
+        opts,
+        &[ProposedContext {
+            abstract_syntax: dicom_dictionary_std::uids::CT_IMAGE_STORAGE.into(),
+            transfer_syntaxes: vec![dicom_dictionary_std::uids::EXPLICIT_VR_LITTLE_ENDIAN.into()],
+        }],
+    )
+    .await
+    .expect("association")
+}
+
+/// Encode a synthetic instance's data set in Explicit VR LE.
+pub fn encode(spec: &pacsd::synth::Spec) -> Vec<u8> {
+    let mut out = Vec::new();
+    spec.dataset()
+        .write_dataset_with_ts(&mut out, &dicom_transfer_syntax_registry::entries::EXPLICIT_VR_LITTLE_ENDIAN.erased())
+        .unwrap();
+    out
+}
+
+/// Poll `f` until it returns true or `limit` passes.
+pub async fn eventually(limit: Duration, mut f: impl AsyncFnMut() -> bool) -> bool {
+    let deadline = Instant::now() + limit;
+    while Instant::now() < deadline {
+        if f().await {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    false
+}
