@@ -275,3 +275,36 @@ async fn concurrent_associations_all_land() {
     let c = n.node.index.counts().await.unwrap();
     assert_eq!((c.studies, c.instances), (7, 55));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_finishes_the_message_in_flight() {
+    let n = TestNode::start().await;
+    let mut assoc = ct_association(&n.scu("TESTSCU")).await;
+    let ctx = assoc.contexts()[0].id;
+    let spec = Spec::ct(80, 1, 1, 64);
+    let data = encode(&spec);
+    assoc.send_command(ctx, &Command::store_rq(1, &spec.sop_class, &spec.sop_uid)).await.unwrap();
+    let (first, rest) = data.split_at(data.len() / 2);
+    let mut pdu = vec![0x04, 0x00];
+    pdu.extend_from_slice(&((first.len() + 6) as u32).to_be_bytes());
+    pdu.extend_from_slice(&((first.len() + 2) as u32).to_be_bytes());
+    pdu.extend_from_slice(&[ctx, 0x00]);
+    pdu.extend_from_slice(first);
+    assoc.send_raw(&pdu).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+
+    // Shutdown arrives while the object is half received.
+    let trigger = n.node.trigger();
+    trigger.trigger();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+
+    // The rest of the object still gets stored and acknowledged...
+    assoc.send_data(ctx, rest).await.unwrap();
+    let st = assoc.read_response(pacsd::dimse::CommandField::CStoreRsp).await.unwrap();
+    assert!(st.is_success(), "{st:?}");
+    assert!(n.node.index.instance(&spec.sop_uid).await.unwrap().is_some());
+    // ...and then the association is ended by the node, and the listener is gone.
+    let after = tokio::time::timeout(Duration::from_secs(3), assoc.read_command()).await;
+    assert!(matches!(after, Ok(Err(_))), "the node should abort the association after the message");
+    assert!(tokio::net::TcpStream::connect(n.node.addr).await.is_err());
+}
