@@ -1,10 +1,11 @@
 //! Which abstract and transfer syntaxes this node accepts (PS3.4 Annex B, PS3.5 Section 10),
 //! taken from the dicom-rs dictionaries rather than a hand-typed list.
 
+use std::sync::OnceLock;
+
 use dicom_core::dictionary::{UidDictionary, UidType};
 use dicom_dictionary_std::StandardSopClassDictionary;
 use dicom_dictionary_std::uids;
-use dicom_encoding::transfer_syntax::TransferSyntaxIndex;
 use dicom_transfer_syntax_registry::TransferSyntaxRegistry;
 
 use crate::config::Service;
@@ -37,27 +38,36 @@ pub fn is_storage_name(name: &str) -> bool {
         && !name.starts_with("Media Storage Directory")
 }
 
+/// JPIP "referenced" syntaxes carry a URL to a JPIP server instead of pixel data (PS3.5
+/// A.6, A.7): an archive that acknowledged them would not hold the image, so they are refused.
+const JPIP_REFERENCED: [&str; 4] = [
+    uids::JPIP_REFERENCED,
+    uids::JPIP_REFERENCED_DEFLATE,
+    uids::JPIPHTJ2K_REFERENCED,
+    uids::JPIPHTJ2K_REFERENCED_DEFLATE,
+];
+
 /// Transfer syntaxes accepted for storage, stored as received: every syntax in the dicom-rs
 /// registry whose data set encoding can be read (pixel data is never decoded on ingest, so
-/// an encapsulated syntax needs no codec here). Sorted by UID.
-pub fn storage_transfer_syntaxes() -> Vec<&'static str> {
-    let mut v: Vec<&'static str> = TransferSyntaxRegistry
-        .iter()
-        .filter(|ts| !ts.is_unsupported())
-        .map(|ts| ts.uid())
-        .filter(|uid| *uid != uids::JPIP_REFERENCED && *uid != uids::JPIPHTJ2K_REFERENCED)
-        .collect();
-    v.sort_unstable();
-    v.dedup();
-    v
+/// an encapsulated syntax needs no codec here), less the JPIP referenced ones. Sorted by UID.
+pub fn storage_transfer_syntaxes() -> &'static [&'static str] {
+    static LIST: OnceLock<Vec<&'static str>> = OnceLock::new();
+    LIST.get_or_init(|| {
+        let mut v: Vec<&'static str> = TransferSyntaxRegistry
+            .iter()
+            .filter(|ts| !ts.is_unsupported())
+            .map(|ts| ts.uid())
+            .filter(|uid| !JPIP_REFERENCED.contains(uid))
+            .collect();
+        v.sort_unstable();
+        v.dedup();
+        v
+    })
 }
 
 /// Whether `ts` may be accepted for storage.
 pub fn is_storage_transfer_syntax(ts: &str) -> bool {
-    TransferSyntaxRegistry
-        .get(ts)
-        .is_some_and(|t| !t.is_unsupported())
-        && storage_transfer_syntaxes().contains(&ts)
+    storage_transfer_syntaxes().contains(&ts)
 }
 
 /// Verification (C-ECHO) carries no data set: the two uncompressed little-endian syntaxes.
@@ -109,6 +119,9 @@ mod tests {
             uids::RLE_LOSSLESS,
         ] {
             assert!(ts.contains(&uid), "{uid} missing from {ts:?}");
+        }
+        for uid in JPIP_REFERENCED {
+            assert!(!is_storage_transfer_syntax(uid), "{uid} is a reference, not an image");
         }
     }
 
