@@ -4,6 +4,7 @@
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
+use std::time::Instant;
 
 use bytes::Bytes;
 use sha2::{Digest, Sha256};
@@ -70,6 +71,35 @@ impl StoreError {
         };
         Status::with_comment(code, comment)
     }
+}
+
+/// What `prepare` makes of a received data set.
+struct Prepared {
+    rec: record::InstanceRecord,
+    uids: record::InstanceUids,
+    /// The Part 10 file to store.
+    file: Bytes,
+}
+
+/// CPU work of a C-STORE (runs on the blocking pool): parse up to Pixel Data, extract and
+/// validate the record, wrap the data set into a Part 10 file.
+fn prepare(data: &[u8], transfer_syntax: &str) -> Result<Prepared, StoreError> {
+    let header = record::parse_header(data, transfer_syntax)?;
+    let rec = record::extract(&header)?;
+    let uids = rec.uids()?;
+    let file = part10::build(uids.sop_class.as_str(), uids.sop_instance.as_str(), transfer_syntax, data)?;
+    Ok(Prepared {
+        rec,
+        uids,
+        file: Bytes::from(file),
+    })
+}
+
+/// Hex SHA-256 of a stored object, on the blocking pool.
+async fn sha256_hex(bytes: Bytes) -> String {
+    tokio::task::spawn_blocking(move || hex::encode(Sha256::digest(&bytes)))
+        .await
+        .expect("hashing panicked")
 }
 
 /// The C-STORE business side: storage, index, and a per-SOP-Instance lock so that two
@@ -145,16 +175,32 @@ impl StoreService {
             });
         }
 
-        // Parse only up to Pixel Data, off the async threads.
+        // The per-instance lock is held from the duplicate check to the index commit, so two
+        // associations sending the same instance cannot interleave.
+        let lock = self.lock_for(sop_instance.as_str());
+        let guard = lock.lock().await;
+        let result = self.store_locked(context, calling_ae, &sop_class, &sop_instance, data).await;
+        drop(guard);
+        self.release_lock(sop_instance.as_str(), lock);
+        result
+    }
+
+    async fn store_locked(
+        &self,
+        context: &AcceptedContext,
+        calling_ae: &str,
+        sop_class: &Uid,
+        sop_instance: &Uid,
+        data: Vec<u8>,
+    ) -> Result<(), StoreError> {
+        // Parse and wrap the data set off the async threads while the index is asked whether
+        // the instance is already stored.
         let ts = context.transfer_syntax.clone();
-        let data = Bytes::from(data);
-        let parse_input = data.clone();
-        let mut rec = tokio::task::spawn_blocking(move || {
-            let header = record::parse_header(&parse_input, &ts)?;
-            record::extract(&header)
-        })
-        .await
-        .expect("record extraction panicked")?;
+        let (prepared, existing) = tokio::join!(
+            tokio::task::spawn_blocking(move || prepare(&data, &ts)),
+            self.index.instance(sop_instance.as_str())
+        );
+        let Prepared { mut rec, uids, file } = prepared.expect("record extraction panicked")?;
         if rec.sop_class_uid != sop_class.as_str() {
             return Err(StoreError::DataSetMismatch {
                 attribute: "SOPClassUID",
@@ -169,36 +215,11 @@ impl StoreService {
                 expected: sop_instance.to_string(),
             });
         }
-        let uids = rec.uids()?;
-
-        let lock = self.lock_for(sop_instance.as_str());
-        let _guard = lock.lock().await;
-        let result = self.store_locked(&mut rec, &uids, context, calling_ae, &data).await;
-        drop(_guard);
-        self.release_lock(sop_instance.as_str(), lock);
-        result
-    }
-
-    async fn store_locked(
-        &self,
-        rec: &mut record::InstanceRecord,
-        uids: &record::InstanceUids,
-        context: &AcceptedContext,
-        calling_ae: &str,
-        data: &Bytes,
-    ) -> Result<(), StoreError> {
-        let file = part10::build(
-            uids.sop_class.as_str(),
-            uids.sop_instance.as_str(),
-            &context.transfer_syntax,
-            data,
-        )?;
-        let sha256 = hex::encode(Sha256::digest(&file));
 
         // Idempotent re-send: the first acknowledged version is kept (documented in the
         // conformance statement); a different content is logged, never silently swapped in.
-        if let Some(existing) = self.index.instance(uids.sop_instance.as_str()).await? {
-            if sha256 == existing.sha256 {
+        if let Some(existing) = existing? {
+            if sha256_hex(file).await == existing.sha256 {
                 debug!(sop = %uids.sop_instance, "instance already stored with identical content");
             } else {
                 warn!(sop = %uids.sop_instance, "instance re-sent with different content; the stored version is kept");
@@ -206,14 +227,16 @@ impl StoreService {
             return Ok(());
         }
         let key = object_key(self.storage.prefix(), &uids.study, &uids.series, &uids.sop_instance);
-        rec.transfer_syntax_uid = context.transfer_syntax.clone();
         rec.storage_key = key.clone();
+        rec.transfer_syntax_uid = context.transfer_syntax.clone();
         rec.size = file.len() as u64;
-        rec.sha256 = sha256;
         rec.calling_ae_title = Some(calling_ae.to_string()).filter(|s| !s.is_empty());
 
-        // 1. Data: W of N replicas. A write below quorum is undone where it landed.
-        let outcome = match self.storage.put(&key, Bytes::from(file)).await {
+        // 1. Data: W of N replicas (the checksum is computed while the replicas write).
+        //    A write below quorum is undone where it landed.
+        let started = Instant::now();
+        let (put, sha256) = tokio::join!(self.storage.put(&key, file.clone()), sha256_hex(file));
+        let outcome = match put {
             Ok(o) => o,
             Err(e) => {
                 if let StorageError::QuorumNotMet { written, .. } = &e {
@@ -222,6 +245,8 @@ impl StoreService {
                 return Err(e.into());
             }
         };
+        rec.sha256 = sha256;
+        let put_time = started.elapsed();
         let missed = outcome
             .missed
             .iter()
@@ -229,6 +254,7 @@ impl StoreService {
             .collect();
 
         // 2. Metadata: the index row (and repair entries for replicas that missed it).
+        let started = Instant::now();
         match self.index.insert(rec.clone(), missed).await {
             Ok(InsertOutcome::Inserted { seq }) => {
                 info!(
@@ -237,6 +263,8 @@ impl StoreService {
                     bytes = rec.size,
                     replicas = outcome.written.len(),
                     seq,
+                    put_us = put_time.as_micros() as u64,
+                    index_us = started.elapsed().as_micros() as u64,
                     "stored"
                 );
                 Ok(())

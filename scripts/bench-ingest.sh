@@ -1,0 +1,149 @@
+#!/usr/bin/env bash
+# Ingest benchmark: the same corpora stored with DCMTK storescu into
+#   pacsd (3 local replicas, quorum 2), pacsd (1 replica), DCMTK storescp (file sink), Orthanc,
+# over 1 association and over 4 parallel associations, all in one run on loopback.
+# Prints instances/s and MB/s for each and the ratios to Orthanc.
+#
+# Usage: scripts/bench-ingest.sh [CT_COUNT] [SMALL_COUNT]     (defaults 1000 and 5000)
+# Needs: dcmtk and orthanc from Debian's packages (installed if missing, as root).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+CT_COUNT=${1:-1000}
+SMALL_COUNT=${2:-5000}
+export TCP_NODELAY=1
+
+if ! command -v storescu >/dev/null || ! command -v Orthanc >/dev/null; then
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq && apt-get install -y -qq dcmtk orthanc >/dev/null
+fi
+cargo build --release --quiet
+PACSD=target/release/pacsd
+
+WORK=$(mktemp -d /tmp/pacsd-bench.XXXXXX)
+PIDS=()
+cleanup() {
+    for p in "${PIDS[@]:-}"; do kill "$p" 2>/dev/null || true; done
+    wait 2>/dev/null || true
+    rm -rf "$WORK"
+}
+trap cleanup EXIT
+
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1]); s.close()'; }
+
+wait_echo() { # aet port
+    for _ in $(seq 1 300); do
+        if echoscu -aec "$1" 127.0.0.1 "$2" >/dev/null 2>&1; then return 0; fi
+        sleep 0.1
+    done
+    echo "server $1 on port $2 did not answer C-ECHO" >&2; return 1
+}
+
+echo "== generating corpora in $WORK"
+# 4 studies each, so 4 parallel associations get one study directory each.
+$PACSD synth -o "$WORK/ct" --studies 4 --per-study $((CT_COUNT / 4)) --size 512 --first-study 1000 >/dev/null
+$PACSD synth -o "$WORK/small" --studies 4 --per-study $((SMALL_COUNT / 4)) --size 64 --first-study 2000 >/dev/null
+for c in ct small; do
+    n=$(find "$WORK/$c" -type f | wc -l)
+    bytes=$(du -sb "$WORK/$c" | cut -f1)
+    echo "$c: $n files, $((bytes / 1000000)) MB"
+done
+
+# start_<target> <data dir> <port> ; sets PID, AET
+start_pacsd() { # replicas dir port
+    local replicas=$1 dir=$2 port=$3
+    local list=""
+    for i in $(seq 1 "$replicas"); do list="$list\"$dir/r$i\","; done
+    cat >"$dir.toml" <<EOF
+[node]
+bind = "127.0.0.1"
+port = $port
+[index]
+path = "$dir/index.sqlite"
+[storage]
+replicas = [${list%,}]
+EOF
+    RUST_LOG=pacsd=warn $PACSD serve --config "$dir.toml" >"$dir.log" 2>&1 &
+    PID=$!; AET=PACSD
+}
+start_storescp() { # dir port
+    mkdir -p "$1"
+    storescp --fork -aet STORESCP +xa -od "$1" "$2" >"$1.log" 2>&1 &
+    PID=$!; AET=STORESCP
+}
+start_orthanc() { # dir port
+    mkdir -p "$1"
+    cat >"$1.json" <<EOF
+{
+  "Name": "bench", "StorageDirectory": "$1/storage", "IndexDirectory": "$1/index",
+  "DicomAet": "ORTHANC", "DicomPort": $2, "DicomServerEnabled": true,
+  "HttpServerEnabled": false, "HttpPort": $(free_port), "RemoteAccessAllowed": false,
+  "DicomCheckCalledAet": false, "DicomAlwaysAllowStore": true, "DicomAlwaysAllowEcho": true,
+  "StorageCompression": false, "Plugins": [], "SaveJobs": false
+}
+EOF
+    Orthanc "$1.json" >"$1.log" 2>&1 &
+    PID=$!; AET=ORTHANC
+}
+
+RESULTS="$WORK/results.txt"
+: >"$RESULTS"
+run_case() { # target corpus parallel
+    local target=$1 corpus=$2 par=$3
+    local dir="$WORK/srv-$target-$corpus-$par" port
+    port=$(free_port)
+    case $target in
+        pacsd3) start_pacsd 3 "$dir" "$port" ;;
+        pacsd1) start_pacsd 1 "$dir" "$port" ;;
+        storescp) start_storescp "$dir" "$port" ;;
+        orthanc) start_orthanc "$dir" "$port" ;;
+    esac
+    local pid=$PID aet=$AET
+    PIDS+=("$pid")
+    wait_echo "$aet" "$port"
+    local n bytes t0 t1 failed=0
+    n=$(find "$WORK/$corpus" -type f | wc -l)
+    bytes=$(du -sb "$WORK/$corpus" | cut -f1)
+    t0=$(date +%s.%N)
+    if [ "$par" = 1 ]; then
+        storescu -aec "$aet" +sd +r 127.0.0.1 "$port" "$WORK/$corpus" >"$dir.client.log" 2>&1 || failed=1
+    else
+        local cpids=()
+        for study in "$WORK/$corpus"/*/; do
+            storescu -aec "$aet" +sd +r 127.0.0.1 "$port" "$study" >>"$dir.client.log" 2>&1 &
+            cpids+=($!)
+        done
+        for c in "${cpids[@]}"; do wait "$c" || failed=1; done
+    fi
+    t1=$(date +%s.%N)
+    kill "$pid" 2>/dev/null || true
+    wait "$pid" 2>/dev/null || true
+    if [ "$failed" != 0 ]; then echo "!! $target $corpus x$par: storescu reported failures (see $dir.client.log)" >&2; fi
+    python3 - "$target" "$corpus" "$par" "$n" "$bytes" "$t0" "$t1" >>"$RESULTS" <<'PY'
+import sys
+t, c, p, n, b, t0, t1 = sys.argv[1:]
+dt = float(t1) - float(t0)
+print(f"{t} {c} {p} {int(n)/dt:.1f} {int(b)/1e6/dt:.1f} {dt:.2f}")
+PY
+    rm -rf "$dir"
+}
+
+for corpus in ct small; do
+    for par in 1 4; do
+        for target in orthanc storescp pacsd1 pacsd3; do
+            echo "== $target, $corpus, $par association(s)"
+            run_case "$target" "$corpus" "$par"
+        done
+    done
+done
+
+echo
+python3 - "$RESULTS" <<'PY'
+import sys
+rows = [l.split() for l in open(sys.argv[1])]
+print(f"{'target':10} {'corpus':6} {'assoc':>5} {'inst/s':>9} {'MB/s':>8} {'secs':>7} {'x Orthanc':>9}")
+base = {(r[1], r[2]): float(r[3]) for r in rows if r[0] == "orthanc"}
+for t, c, p, ips, mbs, secs in rows:
+    ratio = float(ips) / base[(c, p)] if (c, p) in base else float("nan")
+    print(f"{t:10} {c:6} {p:>5} {ips:>9} {mbs:>8} {secs:>7} {ratio:>9.2f}")
+PY
