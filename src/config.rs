@@ -54,7 +54,7 @@ pub enum Service {
 }
 
 /// The whole node configuration (`pacsd.toml`).
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
     pub node: NodeConfig,
@@ -200,19 +200,6 @@ impl Default for AccessConfig {
     }
 }
 
-impl Default for Config {
-    fn default() -> Self {
-        Config {
-            node: NodeConfig::default(),
-            timeouts: TimeoutConfig::default(),
-            index: IndexConfig::default(),
-            storage: StorageConfig::default(),
-            access: AccessConfig::default(),
-            peers: Vec::new(),
-        }
-    }
-}
-
 impl TimeoutConfig {
     pub fn artim(&self) -> Duration {
         Duration::from_secs_f64(self.artim_secs)
@@ -263,19 +250,28 @@ impl Config {
     pub fn validate(&self) -> Result<(), ConfigError> {
         validate_ae_title("node.ae_title", &self.node.ae_title)?;
         if self.node.bind.parse::<std::net::IpAddr>().is_err() {
-            return Err(invalid("node.bind", format!("`{}` is not an IP address", self.node.bind)));
+            return Err(invalid(
+                "node.bind",
+                format!("`{}` is not an IP address", self.node.bind),
+            ));
         }
         if !(MIN_MAX_PDU..=MAX_MAX_PDU).contains(&self.node.max_pdu) {
             return Err(invalid(
                 "node.max_pdu",
-                format!("{} is outside {MIN_MAX_PDU}..={MAX_MAX_PDU}", self.node.max_pdu),
+                format!(
+                    "{} is outside {MIN_MAX_PDU}..={MAX_MAX_PDU}",
+                    self.node.max_pdu
+                ),
             ));
         }
         if self.node.max_associations == 0 {
             return Err(invalid("node.max_associations", "must be at least 1"));
         }
         if self.node.max_object_size < 1024 {
-            return Err(invalid("node.max_object_size", "must be at least 1024 bytes"));
+            return Err(invalid(
+                "node.max_object_size",
+                "must be at least 1024 bytes",
+            ));
         }
         for (key, v) in [
             ("timeouts.artim_secs", self.timeouts.artim_secs),
@@ -284,12 +280,18 @@ impl Config {
             ("timeouts.shutdown_secs", self.timeouts.shutdown_secs),
         ] {
             if !(v.is_finite() && v > 0.0 && v <= 86_400.0) {
-                return Err(invalid(key, format!("{v} is not a number of seconds in (0, 86400]")));
+                return Err(invalid(
+                    key,
+                    format!("{v} is not a number of seconds in (0, 86400]"),
+                ));
             }
         }
         let n = self.storage.replicas.len();
         if n == 0 {
-            return Err(invalid("storage.replicas", "at least one replica is required"));
+            return Err(invalid(
+                "storage.replicas",
+                "at least one replica is required",
+            ));
         }
         let w = self.storage.effective_quorum();
         if w == 0 || w > n {
@@ -304,7 +306,10 @@ impl Config {
             }
         }
         if self.storage.prefix.contains("..") || self.storage.prefix.starts_with('/') {
-            return Err(invalid("storage.prefix", "must be a relative key prefix without `..`"));
+            return Err(invalid(
+                "storage.prefix",
+                "must be a relative key prefix without `..`",
+            ));
         }
         let mut seen = BTreeSet::new();
         for (i, p) in self.peers.iter().enumerate() {
@@ -361,7 +366,10 @@ pub fn validate_ae_title(key: &str, ae: &str) -> Result<(), ConfigError> {
         return Err(invalid(key, format!("`{ae}` is longer than 16 characters")));
     }
     if ae.chars().any(|c| !(' '..='~').contains(&c) || c == '\\') {
-        return Err(invalid(key, format!("`{ae}` has characters outside the default repertoire")));
+        return Err(invalid(
+            key,
+            format!("`{ae}` has characters outside the default repertoire"),
+        ));
     }
     Ok(())
 }
@@ -399,11 +407,17 @@ mod tests {
     #[test]
     fn invalid_values_name_their_key() {
         let cases = [
-            ("[node]\nae_title = \"THIS_TITLE_IS_TOO_LONG\"", "node.ae_title"),
+            (
+                "[node]\nae_title = \"THIS_TITLE_IS_TOO_LONG\"",
+                "node.ae_title",
+            ),
             ("[node]\nmax_pdu = 10", "node.max_pdu"),
             ("[node]\nbind = \"nowhere\"", "node.bind"),
             ("[storage]\nreplicas = []", "storage.replicas"),
-            ("[storage]\nreplicas = [\"a\"]\nwrite_quorum = 2", "storage.write_quorum"),
+            (
+                "[storage]\nreplicas = [\"a\"]\nwrite_quorum = 2",
+                "storage.write_quorum",
+            ),
             ("[timeouts]\nidle_secs = -1.0", "timeouts.idle_secs"),
         ];
         for (text, key) in cases {
@@ -434,6 +448,9 @@ mod tests {
         }];
         assert!(c.services_for("WS1 ").contains(&Service::Move));
         assert!(!c.services_for("WS1").contains(&Service::Store));
-        assert_eq!(c.services_for("OTHER").into_iter().collect::<Vec<_>>(), vec![Service::Echo]);
+        assert_eq!(
+            c.services_for("OTHER").into_iter().collect::<Vec<_>>(),
+            vec![Service::Echo]
+        );
     }
 }

@@ -12,7 +12,11 @@ use pacsd::net::scu::ScuOptions;
 use pacsd::node::Node;
 
 #[derive(Parser)]
-#[command(name = "pacsd", version, about = "A DICOM archive node: C-ECHO and C-STORE into replicated storage with a SQLite index")]
+#[command(
+    name = "pacsd",
+    version,
+    about = "A DICOM archive node: C-ECHO and C-STORE into replicated storage with a SQLite index"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -177,7 +181,10 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             wait_for_signal().await;
             tracing::info!("signal received: finishing in-flight messages, then stopping");
             node.trigger().trigger();
-            if tokio::time::timeout(deadline + Duration::from_secs(5), node.stopped()).await.is_err() {
+            if tokio::time::timeout(deadline + Duration::from_secs(5), node.stopped())
+                .await
+                .is_err()
+            {
                 anyhow::bail!("shutdown did not finish within {deadline:?}");
             }
             tracing::info!("stopped");
@@ -185,10 +192,25 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Echo(remote) => {
             let (code, rtt) = pacsd::tools::echo(&remote.options()).await?;
-            println!("C-ECHO {}:{} ({}): status {code:04X} in {:.1} ms", remote.host, remote.port, remote.called, rtt.as_secs_f64() * 1e3);
-            Ok(if code == 0 { ExitCode::SUCCESS } else { ExitCode::from(1) })
+            println!(
+                "C-ECHO {}:{} ({}): status {code:04X} in {:.1} ms",
+                remote.host,
+                remote.port,
+                remote.called,
+                rtt.as_secs_f64() * 1e3
+            );
+            Ok(if code == 0 {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(1)
+            })
         }
-        Command::Store { remote, jobs, no_progress, paths } => {
+        Command::Store {
+            remote,
+            jobs,
+            no_progress,
+            paths,
+        } => {
             let files = pacsd::tools::collect_files(&paths)?;
             let s = pacsd::tools::store(&remote.options(), files, jobs, !no_progress).await?;
             for (path, why) in &s.failures {
@@ -196,22 +218,52 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             }
             println!(
                 "{} stored ({} with warnings), {} failed, {:.1} MB in {:.2} s: {:.1} instances/s, {:.1} MB/s",
-                s.succeeded, s.warnings, s.failed, s.bytes as f64 / 1e6, s.elapsed.as_secs_f64(), s.per_second(), s.mb_per_second()
+                s.succeeded,
+                s.warnings,
+                s.failed,
+                s.bytes as f64 / 1e6,
+                s.elapsed.as_secs_f64(),
+                s.per_second(),
+                s.mb_per_second()
             );
-            Ok(if s.failed == 0 { ExitCode::SUCCESS } else { ExitCode::from(1) })
+            Ok(if s.failed == 0 {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(1)
+            })
         }
-        Command::Synth { out, studies, per_study, size, first_study } => {
-            let n = pacsd::synth::write_corpus(&out, first_study, studies, per_study, size).map_err(anyhow::Error::msg)?;
+        Command::Synth {
+            out,
+            studies,
+            per_study,
+            size,
+            first_study,
+        } => {
+            let n = pacsd::synth::write_corpus(&out, first_study, studies, per_study, size)
+                .map_err(anyhow::Error::msg)?;
             println!("wrote {n} instances under {}", out.display());
             Ok(ExitCode::SUCCESS)
         }
-        Command::Index { command: IndexCommand::Rebuild { config } } => {
+        Command::Index {
+            command: IndexCommand::Rebuild { config },
+        } => {
             let config = load_config(config.as_ref())?;
-            let s = pacsd::node::rebuild_index(&config, true).await.context("rebuilding the index")?;
-            println!("{} objects in storage: {} indexed, {} skipped (see log)", s.objects, s.indexed, s.skipped);
-            Ok(if s.skipped == 0 { ExitCode::SUCCESS } else { ExitCode::from(1) })
+            let s = pacsd::node::rebuild_index(&config, true)
+                .await
+                .context("rebuilding the index")?;
+            println!(
+                "{} objects in storage: {} indexed, {} skipped (see log)",
+                s.objects, s.indexed, s.skipped
+            );
+            Ok(if s.skipped == 0 {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(1)
+            })
         }
-        Command::Index { command: IndexCommand::Stats { config } } => {
+        Command::Index {
+            command: IndexCommand::Stats { config },
+        } => {
             let config = load_config(config.as_ref())?;
             let index = pacsd::index::Index::open(&config.index.path)?;
             let c = index.counts().await?;

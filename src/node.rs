@@ -25,6 +25,19 @@ pub enum NodeError {
         addr: String,
         source: std::io::Error,
     },
+    #[error("{what}: {source}")]
+    Io {
+        what: String,
+        source: std::io::Error,
+    },
+}
+
+/// Remove a SQLite database's write-ahead log and shared-memory files (after a rename
+/// of the main file, so that no stale WAL is replayed into a different database).
+fn remove_sqlite_sidecars(db: &std::path::Path) {
+    for suffix in ["-wal", "-shm"] {
+        let _ = std::fs::remove_file(format!("{}{suffix}", db.display()));
+    }
 }
 
 /// A node with its storage and index open, ready to listen.
@@ -144,12 +157,15 @@ pub async fn rebuild_index(config: &Config, progress: bool) -> Result<RebuildSum
     use crate::storage::parse_object_key;
     use sha2::{Digest, Sha256};
 
-    let storage = Storage::open(&config.storage.replicas, config.storage.write_quorum, &config.storage.prefix)?;
+    let storage = Storage::open(
+        &config.storage.replicas,
+        config.storage.write_quorum,
+        &config.storage.prefix,
+    )?;
     let target = config.index.path.clone();
     let fresh = target.with_extension("rebuild.sqlite");
-    for suffix in ["", "-wal", "-shm"] {
-        let _ = std::fs::remove_file(format!("{}{suffix}", fresh.display()));
-    }
+    let _ = std::fs::remove_file(&fresh);
+    remove_sqlite_sidecars(&fresh);
     let index = Index::open(&fresh)?;
     let keys: Vec<String> = storage
         .list_keys()
@@ -160,9 +176,11 @@ pub async fn rebuild_index(config: &Config, progress: bool) -> Result<RebuildSum
     let bar = if progress {
         let b = indicatif::ProgressBar::new(keys.len() as u64);
         b.set_style(
-            indicatif::ProgressStyle::with_template("{elapsed_precise} [{bar:40}] {pos}/{len} {per_sec} {msg}")
-                .expect("valid template")
-                .progress_chars("=> "),
+            indicatif::ProgressStyle::with_template(
+                "{elapsed_precise} [{bar:40}] {pos}/{len} {per_sec} {msg}",
+            )
+            .expect("valid template")
+            .progress_chars("=> "),
         );
         b
     } else {
@@ -179,8 +197,11 @@ pub async fn rebuild_index(config: &Config, progress: bool) -> Result<RebuildSum
             let header = record::parse_header(&bytes[offset..], &ts).map_err(|e| e.to_string())?;
             let mut rec = record::extract(&header).map_err(|e| e.to_string())?;
             let (study, series, sop) = parse_object_key(storage.prefix(), &key).ok_or("bad key")?;
-            if (rec.study_instance_uid.as_str(), rec.series_instance_uid.as_str(), rec.sop_instance_uid.as_str())
-                != (study.as_str(), series.as_str(), sop.as_str())
+            if (
+                rec.study_instance_uid.as_str(),
+                rec.series_instance_uid.as_str(),
+                rec.sop_instance_uid.as_str(),
+            ) != (study.as_str(), series.as_str(), sop.as_str())
             {
                 return Err("object's UIDs do not match its key".to_string());
             }
@@ -188,8 +209,13 @@ pub async fn rebuild_index(config: &Config, progress: bool) -> Result<RebuildSum
             rec.storage_key = key.clone();
             rec.size = bytes.len() as u64;
             rec.sha256 = hex::encode(Sha256::digest(&bytes));
-            rec.calling_ae_title = meta.source_application_entity_title().map(|s| s.trim().to_string());
-            index.insert(rec, Vec::new()).await.map_err(|e| e.to_string())?;
+            rec.calling_ae_title = meta
+                .source_application_entity_title()
+                .map(|s| s.trim().to_string());
+            index
+                .insert(rec, Vec::new())
+                .await
+                .map_err(|e| e.to_string())?;
             Ok::<(), String>(())
         }
         .await;
@@ -205,20 +231,16 @@ pub async fn rebuild_index(config: &Config, progress: bool) -> Result<RebuildSum
     drop(index);
     if target.exists() {
         let backup = target.with_extension("sqlite.bak");
-        std::fs::rename(&target, &backup).map_err(|e| NodeError::Bind {
-            addr: format!("moving {} aside", target.display()),
-            source: e,
+        std::fs::rename(&target, &backup).map_err(|source| NodeError::Io {
+            what: format!("moving {} aside", target.display()),
+            source,
         })?;
-        for suffix in ["-wal", "-shm"] {
-            let _ = std::fs::remove_file(format!("{}{suffix}", target.display()));
-        }
+        remove_sqlite_sidecars(&target);
     }
-    std::fs::rename(&fresh, &target).map_err(|e| NodeError::Bind {
-        addr: format!("installing {}", target.display()),
-        source: e,
+    std::fs::rename(&fresh, &target).map_err(|source| NodeError::Io {
+        what: format!("installing {}", target.display()),
+        source,
     })?;
-    for suffix in ["-wal", "-shm"] {
-        let _ = std::fs::remove_file(format!("{}{suffix}", fresh.display()));
-    }
+    remove_sqlite_sidecars(&fresh);
     Ok(summary)
 }

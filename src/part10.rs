@@ -35,11 +35,13 @@ pub fn build(
         .transfer_syntax(transfer_syntax_uid)
         .implementation_class_uid(IMPLEMENTATION_CLASS_UID)
         .implementation_version_name(IMPLEMENTATION_VERSION_NAME)
-        .build().map_err(|e| Part10Error::Build(e.to_string()))?;
+        .build()
+        .map_err(|e| Part10Error::Build(e.to_string()))?;
     let mut out = Vec::with_capacity(PREAMBLE_LEN + 4 + 256 + dataset.len());
     out.resize(PREAMBLE_LEN, 0);
     out.extend_from_slice(MAGIC);
-    meta.write(&mut out).map_err(|e| Part10Error::Build(e.to_string()))?;
+    meta.write(&mut out)
+        .map_err(|e| Part10Error::Build(e.to_string()))?;
     out.extend_from_slice(dataset);
     Ok(out)
 }
@@ -47,15 +49,17 @@ pub fn build(
 /// Split a Part 10 file into its file meta table and the offset where the data set starts.
 /// Files without the 128-byte preamble (starting at `DICM`) are accepted too.
 pub fn split(bytes: &[u8]) -> Result<(FileMetaTable, usize), Part10Error> {
-    let start = if bytes.len() >= PREAMBLE_LEN + 4 && &bytes[PREAMBLE_LEN..PREAMBLE_LEN + 4] == MAGIC {
-        PREAMBLE_LEN
-    } else if bytes.len() >= 4 && &bytes[..4] == MAGIC {
-        0
-    } else {
-        return Err(Part10Error::NotPart10);
-    };
+    let start =
+        if bytes.len() >= PREAMBLE_LEN + 4 && &bytes[PREAMBLE_LEN..PREAMBLE_LEN + 4] == MAGIC {
+            PREAMBLE_LEN
+        } else if bytes.len() >= 4 && &bytes[..4] == MAGIC {
+            0
+        } else {
+            return Err(Part10Error::NotPart10);
+        };
     let mut cursor = Cursor::new(&bytes[start..]);
-    let meta = FileMetaTable::from_reader(&mut cursor).map_err(|e| Part10Error::Meta(e.to_string()))?;
+    let meta =
+        FileMetaTable::from_reader(&mut cursor).map_err(|e| Part10Error::Meta(e.to_string()))?;
     Ok((meta, start + cursor.position() as usize))
 }
 
@@ -66,7 +70,13 @@ mod tests {
     #[test]
     fn build_then_split_gives_back_the_data_set() {
         let data = b"\x08\x00\x16\x00\x04\x00\x00\x001.2\0".to_vec();
-        let file = build("1.2.840.10008.5.1.4.1.1.7", "1.2.3", "1.2.840.10008.1.2", &data).unwrap();
+        let file = build(
+            "1.2.840.10008.5.1.4.1.1.7",
+            "1.2.3",
+            "1.2.840.10008.1.2",
+            &data,
+        )
+        .unwrap();
         assert_eq!(&file[128..132], b"DICM");
         let (meta, offset) = split(&file).unwrap();
         assert_eq!(meta.transfer_syntax(), "1.2.840.10008.1.2");

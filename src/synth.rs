@@ -49,36 +49,124 @@ impl Spec {
     pub fn dataset(&self) -> InMemDicomObject {
         let mut o = InMemDicomObject::new_empty();
         let s = |v: &str| PrimitiveValue::from(v);
-        o.put(DataElement::new(tags::SPECIFIC_CHARACTER_SET, VR::CS, s("ISO_IR 192")));
-        o.put(DataElement::new(tags::SOP_CLASS_UID, VR::UI, s(&self.sop_class)));
-        o.put(DataElement::new(tags::SOP_INSTANCE_UID, VR::UI, s(&self.sop_uid)));
+        o.put(DataElement::new(
+            tags::SPECIFIC_CHARACTER_SET,
+            VR::CS,
+            s("ISO_IR 192"),
+        ));
+        o.put(DataElement::new(
+            tags::SOP_CLASS_UID,
+            VR::UI,
+            s(&self.sop_class),
+        ));
+        o.put(DataElement::new(
+            tags::SOP_INSTANCE_UID,
+            VR::UI,
+            s(&self.sop_uid),
+        ));
         o.put(DataElement::new(tags::STUDY_DATE, VR::DA, s("20240315")));
         o.put(DataElement::new(tags::STUDY_TIME, VR::TM, s("101500")));
-        o.put(DataElement::new(tags::ACCESSION_NUMBER, VR::SH, s("ACC0001")));
+        o.put(DataElement::new(
+            tags::ACCESSION_NUMBER,
+            VR::SH,
+            s("ACC0001"),
+        ));
         o.put(DataElement::new(tags::MODALITY, VR::CS, s(&self.modality)));
-        o.put(DataElement::new(tags::REFERRING_PHYSICIAN_NAME, VR::PN, s("Referrer^Rita")));
-        o.put(DataElement::new(tags::STUDY_DESCRIPTION, VR::LO, s("Synthetic study")));
-        o.put(DataElement::new(tags::SERIES_DESCRIPTION, VR::LO, s("Synthetic series")));
-        o.put(DataElement::new(tags::PATIENT_NAME, VR::PN, s(&self.patient_name)));
-        o.put(DataElement::new(tags::PATIENT_ID, VR::LO, s(&self.patient_id)));
-        o.put(DataElement::new(tags::PATIENT_BIRTH_DATE, VR::DA, s("19700101")));
+        o.put(DataElement::new(
+            tags::REFERRING_PHYSICIAN_NAME,
+            VR::PN,
+            s("Referrer^Rita"),
+        ));
+        o.put(DataElement::new(
+            tags::STUDY_DESCRIPTION,
+            VR::LO,
+            s("Synthetic study"),
+        ));
+        o.put(DataElement::new(
+            tags::SERIES_DESCRIPTION,
+            VR::LO,
+            s("Synthetic series"),
+        ));
+        o.put(DataElement::new(
+            tags::PATIENT_NAME,
+            VR::PN,
+            s(&self.patient_name),
+        ));
+        o.put(DataElement::new(
+            tags::PATIENT_ID,
+            VR::LO,
+            s(&self.patient_id),
+        ));
+        o.put(DataElement::new(
+            tags::PATIENT_BIRTH_DATE,
+            VR::DA,
+            s("19700101"),
+        ));
         o.put(DataElement::new(tags::PATIENT_SEX, VR::CS, s("O")));
-        o.put(DataElement::new(tags::STUDY_INSTANCE_UID, VR::UI, s(&self.study_uid)));
-        o.put(DataElement::new(tags::SERIES_INSTANCE_UID, VR::UI, s(&self.series_uid)));
+        o.put(DataElement::new(
+            tags::STUDY_INSTANCE_UID,
+            VR::UI,
+            s(&self.study_uid),
+        ));
+        o.put(DataElement::new(
+            tags::SERIES_INSTANCE_UID,
+            VR::UI,
+            s(&self.series_uid),
+        ));
         o.put(DataElement::new(tags::STUDY_ID, VR::SH, s("1")));
         o.put(DataElement::new(tags::SERIES_NUMBER, VR::IS, s("1")));
-        o.put(DataElement::new(tags::INSTANCE_NUMBER, VR::IS, s(&self.instance_number.to_string())));
+        o.put(DataElement::new(
+            tags::INSTANCE_NUMBER,
+            VR::IS,
+            s(&self.instance_number.to_string()),
+        ));
         if self.size > 0 {
             let n = self.size as usize;
-            o.put(DataElement::new(tags::SAMPLES_PER_PIXEL, VR::US, PrimitiveValue::from(1u16)));
-            o.put(DataElement::new(tags::PHOTOMETRIC_INTERPRETATION, VR::CS, s("MONOCHROME2")));
-            o.put(DataElement::new(tags::ROWS, VR::US, PrimitiveValue::from(self.size)));
-            o.put(DataElement::new(tags::COLUMNS, VR::US, PrimitiveValue::from(self.size)));
-            o.put(DataElement::new(tags::BITS_ALLOCATED, VR::US, PrimitiveValue::from(16u16)));
-            o.put(DataElement::new(tags::BITS_STORED, VR::US, PrimitiveValue::from(12u16)));
-            o.put(DataElement::new(tags::HIGH_BIT, VR::US, PrimitiveValue::from(11u16)));
-            o.put(DataElement::new(tags::PIXEL_REPRESENTATION, VR::US, PrimitiveValue::from(0u16)));
-            o.put(DataElement::new(tags::RESCALE_INTERCEPT, VR::DS, s("-1024")));
+            o.put(DataElement::new(
+                tags::SAMPLES_PER_PIXEL,
+                VR::US,
+                PrimitiveValue::from(1u16),
+            ));
+            o.put(DataElement::new(
+                tags::PHOTOMETRIC_INTERPRETATION,
+                VR::CS,
+                s("MONOCHROME2"),
+            ));
+            o.put(DataElement::new(
+                tags::ROWS,
+                VR::US,
+                PrimitiveValue::from(self.size),
+            ));
+            o.put(DataElement::new(
+                tags::COLUMNS,
+                VR::US,
+                PrimitiveValue::from(self.size),
+            ));
+            o.put(DataElement::new(
+                tags::BITS_ALLOCATED,
+                VR::US,
+                PrimitiveValue::from(16u16),
+            ));
+            o.put(DataElement::new(
+                tags::BITS_STORED,
+                VR::US,
+                PrimitiveValue::from(12u16),
+            ));
+            o.put(DataElement::new(
+                tags::HIGH_BIT,
+                VR::US,
+                PrimitiveValue::from(11u16),
+            ));
+            o.put(DataElement::new(
+                tags::PIXEL_REPRESENTATION,
+                VR::US,
+                PrimitiveValue::from(0u16),
+            ));
+            o.put(DataElement::new(
+                tags::RESCALE_INTERCEPT,
+                VR::DS,
+                s("-1024"),
+            ));
             o.put(DataElement::new(tags::RESCALE_SLOPE, VR::DS, s("1")));
             // A gradient with the instance number mixed in, so no two images are identical.
             let seed = self.instance_number as u32;
@@ -88,7 +176,11 @@ impl Spec {
                     ((x * 3 + y * 5 + seed * 7) % 4096) as u16
                 })
                 .collect();
-            o.put(DataElement::new(tags::PIXEL_DATA, VR::OW, PrimitiveValue::U16(pixels.into())));
+            o.put(DataElement::new(
+                tags::PIXEL_DATA,
+                VR::OW,
+                PrimitiveValue::U16(pixels.into()),
+            ));
         }
         o
     }
@@ -109,12 +201,19 @@ impl Spec {
         if let Some(dir) = path.parent() {
             std::fs::create_dir_all(dir).map_err(|e| e.to_string())?;
         }
-        file.write_to_file(path).map_err(|e| format!("writing {}: {e}", path.display()))
+        file.write_to_file(path)
+            .map_err(|e| format!("writing {}: {e}", path.display()))
     }
 }
 
 /// Write a corpus: `studies` studies of `per_study` CT images of `size`x`size` under `dir`.
-pub fn write_corpus(dir: &Path, first_study: u32, studies: u32, per_study: u32, size: u16) -> Result<usize, String> {
+pub fn write_corpus(
+    dir: &Path,
+    first_study: u32,
+    studies: u32,
+    per_study: u32,
+    size: u16,
+) -> Result<usize, String> {
     let mut n = 0;
     for st in first_study..first_study + studies {
         for i in 1..=per_study {

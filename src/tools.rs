@@ -19,7 +19,10 @@ pub enum ToolError {
     #[error("{0}")]
     Net(#[from] NetError),
     #[error("reading {path}: {source}")]
-    Read { path: PathBuf, source: std::io::Error },
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("{path}: {reason}")]
     NotDicom { path: PathBuf, reason: String },
     #[error("no DICOM files found")]
@@ -79,10 +82,16 @@ impl StoreSummary {
 /// Every regular file under the given files and directories (recursive), sorted.
 pub fn collect_files(inputs: &[PathBuf]) -> Result<Vec<PathBuf>, ToolError> {
     fn walk(p: &Path, out: &mut Vec<PathBuf>) -> Result<(), ToolError> {
-        let meta = std::fs::metadata(p).map_err(|source| ToolError::Read { path: p.to_path_buf(), source })?;
+        let meta = std::fs::metadata(p).map_err(|source| ToolError::Read {
+            path: p.to_path_buf(),
+            source,
+        })?;
         if meta.is_dir() {
             let mut entries: Vec<_> = std::fs::read_dir(p)
-                .map_err(|source| ToolError::Read { path: p.to_path_buf(), source })?
+                .map_err(|source| ToolError::Read {
+                    path: p.to_path_buf(),
+                    source,
+                })?
                 .filter_map(|e| e.ok().map(|e| e.path()))
                 .collect();
             entries.sort();
@@ -107,7 +116,10 @@ pub fn inspect(path: &Path) -> Result<Outgoing, ToolError> {
     let mut head = Vec::with_capacity(16 * 1024);
     std::fs::File::open(path)
         .and_then(|f| f.take(64 * 1024).read_to_end(&mut head))
-        .map_err(|source| ToolError::Read { path: path.to_path_buf(), source })?;
+        .map_err(|source| ToolError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
     let (meta, _) = part10::split(&head).map_err(|e| ToolError::NotDicom {
         path: path.to_path_buf(),
         reason: e.to_string(),
@@ -123,7 +135,12 @@ pub fn inspect(path: &Path) -> Result<Outgoing, ToolError> {
 /// Send files with C-STORE over `jobs` parallel associations. Files that are not DICOM are
 /// counted as failures and skipped; the data set is sent as stored in the file, on a context
 /// proposed with the file's own transfer syntax.
-pub async fn store(opts: &ScuOptions, files: Vec<PathBuf>, jobs: usize, progress: bool) -> Result<StoreSummary, ToolError> {
+pub async fn store(
+    opts: &ScuOptions,
+    files: Vec<PathBuf>,
+    jobs: usize,
+    progress: bool,
+) -> Result<StoreSummary, ToolError> {
     if files.is_empty() {
         return Err(ToolError::NothingToSend);
     }
@@ -141,9 +158,11 @@ pub async fn store(opts: &ScuOptions, files: Vec<PathBuf>, jobs: usize, progress
     let bar = if progress {
         let b = ProgressBar::new(outgoing.len() as u64);
         b.set_style(
-            ProgressStyle::with_template("{elapsed_precise} [{bar:40}] {pos}/{len} {per_sec} {msg}")
-                .expect("valid template")
-                .progress_chars("=> "),
+            ProgressStyle::with_template(
+                "{elapsed_precise} [{bar:40}] {pos}/{len} {per_sec} {msg}",
+            )
+            .expect("valid template")
+            .progress_chars("=> "),
         );
         b
     } else {
@@ -161,7 +180,9 @@ pub async fn store(opts: &ScuOptions, files: Vec<PathBuf>, jobs: usize, progress
         let opts = opts.clone();
         let bar = bar.clone();
         let bytes = bytes.clone();
-        handles.push(tokio::spawn(async move { store_shard(&opts, shard, &bar, &bytes).await }));
+        handles.push(tokio::spawn(async move {
+            store_shard(&opts, shard, &bar, &bytes).await
+        }));
     }
     for h in handles {
         let part = h.await.expect("store worker panicked");
@@ -177,7 +198,12 @@ pub async fn store(opts: &ScuOptions, files: Vec<PathBuf>, jobs: usize, progress
     Ok(summary)
 }
 
-async fn store_shard(opts: &ScuOptions, shard: Vec<Outgoing>, bar: &ProgressBar, bytes: &AtomicU64) -> StoreSummary {
+async fn store_shard(
+    opts: &ScuOptions,
+    shard: Vec<Outgoing>,
+    bar: &ProgressBar,
+    bytes: &AtomicU64,
+) -> StoreSummary {
     let mut summary = StoreSummary::default();
     // One context per (SOP class, transfer syntax) found in the shard.
     let mut pairs: BTreeMap<(String, String), ()> = BTreeMap::new();
@@ -214,7 +240,10 @@ async fn store_shard(opts: &ScuOptions, shard: Vec<Outgoing>, bar: &ProgressBar,
             summary.failed += 1;
             summary.failures.push((
                 o.path.clone(),
-                format!("no presentation context accepted for {} in {}", o.sop_class, o.transfer_syntax),
+                format!(
+                    "no presentation context accepted for {} in {}",
+                    o.sop_class, o.transfer_syntax
+                ),
             ));
             bar.inc(1);
             continue;
@@ -238,7 +267,10 @@ async fn store_shard(opts: &ScuOptions, shard: Vec<Outgoing>, bar: &ProgressBar,
             }
         };
         summary.sent += 1;
-        match assoc.store(ctx, &o.sop_class, &o.sop_instance, &file[offset..]).await {
+        match assoc
+            .store(ctx, &o.sop_class, &o.sop_instance, &file[offset..])
+            .await
+        {
             Ok(st) if st.is_success() => {
                 summary.succeeded += 1;
                 bytes.fetch_add((file.len() - offset) as u64, Ordering::Relaxed);
@@ -252,7 +284,11 @@ async fn store_shard(opts: &ScuOptions, shard: Vec<Outgoing>, bar: &ProgressBar,
                 summary.failed += 1;
                 summary.failures.push((
                     o.path.clone(),
-                    format!("status {:04X}{}", st.code, st.comment.map(|c| format!(": {c}")).unwrap_or_default()),
+                    format!(
+                        "status {:04X}{}",
+                        st.code,
+                        st.comment.map(|c| format!(": {c}")).unwrap_or_default()
+                    ),
                 ));
             }
             Err(e) => {
@@ -260,7 +296,11 @@ async fn store_shard(opts: &ScuOptions, shard: Vec<Outgoing>, bar: &ProgressBar,
                 summary.failed += 1;
                 summary.failures.push((o.path.clone(), e.to_string()));
                 bar.inc(1);
-                fail_all(&mut summary, &shard[i + 1..], format!("association lost: {e}"));
+                fail_all(
+                    &mut summary,
+                    &shard[i + 1..],
+                    format!("association lost: {e}"),
+                );
                 return summary;
             }
         }

@@ -15,7 +15,9 @@ const BIN: &str = env!("CARGO_BIN_EXE_pacsd");
 
 fn write_config(dir: &Path, extra: &str) -> std::path::PathBuf {
     let p = dir.join("pacsd.toml");
-    let replicas: Vec<String> = (1..=3).map(|i| format!("\"{}\"", dir.join(format!("r{i}")).display())).collect();
+    let replicas: Vec<String> = (1..=3)
+        .map(|i| format!("\"{}\"", dir.join(format!("r{i}")).display()))
+        .collect();
     std::fs::write(
         &p,
         format!(
@@ -47,15 +49,22 @@ fn serve(config: &Path) -> (Child, u16, mpsc::Receiver<String>) {
     });
     let deadline = Instant::now() + Duration::from_secs(30);
     while Instant::now() < deadline {
-        if let Ok(line) = rx.recv_timeout(Duration::from_millis(100)) {
-            if line.contains("pacsd listening") {
-                let addr = line.split("addr=").nth(1).unwrap().split_whitespace().next().unwrap();
-                let port = addr.rsplit(':').next().unwrap().parse().unwrap();
-                return (child, port, rx);
-            }
+        if let Ok(line) = rx.recv_timeout(Duration::from_millis(100))
+            && line.contains("pacsd listening")
+        {
+            let addr = line
+                .split("addr=")
+                .nth(1)
+                .unwrap()
+                .split_whitespace()
+                .next()
+                .unwrap();
+            let port = addr.rsplit(':').next().unwrap().parse().unwrap();
+            return (child, port, rx);
         }
     }
     let _ = child.kill();
+    let _ = child.wait();
     panic!("pacsd did not report listening within 30 s");
 }
 
@@ -86,18 +95,43 @@ fn serve_store_sigterm_then_rebuild_the_index() {
     let src = dir.path().join("src");
     small_corpus(&src, 90, 4);
     small_corpus(&src, 91, 3);
-    let store = dcmtk("storescu", &["-aec", "PACSD", "+sd", "127.0.0.1", &port_s, src.to_str().unwrap()]);
+    let store = dcmtk(
+        "storescu",
+        &[
+            "-aec",
+            "PACSD",
+            "+sd",
+            "127.0.0.1",
+            &port_s,
+            src.to_str().unwrap(),
+        ],
+    );
     assert!(store.status.success(), "{}", text(&store));
     // pacsd's own SCU tools against the binary.
     let own_echo = pacsd(&["echo", "--port", &port_s]);
     assert!(own_echo.status.success(), "{}", text(&own_echo));
     assert!(String::from_utf8_lossy(&own_echo.stdout).contains("status 0000"));
-    let own_store = pacsd(&["store", "--port", &port_s, "--jobs", "2", "--no-progress", src.to_str().unwrap()]);
+    let own_store = pacsd(&[
+        "store",
+        "--port",
+        &port_s,
+        "--jobs",
+        "2",
+        "--no-progress",
+        src.to_str().unwrap(),
+    ]);
     assert!(own_store.status.success(), "{}", text(&own_store));
-    assert!(String::from_utf8_lossy(&own_store.stdout).contains("7 stored"), "{}", text(&own_store));
+    assert!(
+        String::from_utf8_lossy(&own_store.stdout).contains("7 stored"),
+        "{}",
+        text(&own_store)
+    );
 
     // SIGTERM: clean exit within the shutdown deadline.
-    let kill = Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
+    let kill = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
     assert!(kill.success());
     let st = wait_exit(&mut child, Duration::from_secs(15)).expect("pacsd exits after SIGTERM");
     assert!(st.success(), "exit status {st:?}");
@@ -105,22 +139,45 @@ fn serve_store_sigterm_then_rebuild_the_index() {
     assert!(log.iter().any(|l| l.contains("signal received")), "{log:?}");
 
     let stats = pacsd(&["index", "stats", "--config", config.to_str().unwrap()]);
-    assert!(String::from_utf8_lossy(&stats.stdout).contains("instances 7"), "{}", text(&stats));
+    assert!(
+        String::from_utf8_lossy(&stats.stdout).contains("instances 7"),
+        "{}",
+        text(&stats)
+    );
 
     // Lose the index; rebuild it from storage.
     std::fs::remove_file(dir.path().join("index.sqlite")).unwrap();
     let rebuild = pacsd(&["index", "rebuild", "--config", config.to_str().unwrap()]);
     assert!(rebuild.status.success(), "{}", text(&rebuild));
-    assert!(String::from_utf8_lossy(&rebuild.stdout).contains("7 indexed, 0 skipped"), "{}", text(&rebuild));
+    assert!(
+        String::from_utf8_lossy(&rebuild.stdout).contains("7 indexed, 0 skipped"),
+        "{}",
+        text(&rebuild)
+    );
     let stats = pacsd(&["index", "stats", "--config", config.to_str().unwrap()]);
     let out = String::from_utf8_lossy(&stats.stdout).to_string();
-    assert!(out.contains("studies 2") && out.contains("instances 7"), "{out}");
+    assert!(
+        out.contains("studies 2") && out.contains("instances 7"),
+        "{out}"
+    );
 
     // The rebuilt index serves: a duplicate is recognised, not re-added.
     let (mut child, port, _logs) = serve(&config);
-    let again = dcmtk("storescu", &["-aec", "PACSD", "+sd", "127.0.0.1", &port.to_string(), src.to_str().unwrap()]);
+    let again = dcmtk(
+        "storescu",
+        &[
+            "-aec",
+            "PACSD",
+            "+sd",
+            "127.0.0.1",
+            &port.to_string(),
+            src.to_str().unwrap(),
+        ],
+    );
     assert!(again.status.success(), "{}", text(&again));
-    let _ = Command::new("kill").args(["-TERM", &child.id().to_string()]).status();
+    let _ = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status();
     assert!(wait_exit(&mut child, Duration::from_secs(15)).is_some());
     let stats = pacsd(&["index", "stats", "--config", config.to_str().unwrap()]);
     assert!(String::from_utf8_lossy(&stats.stdout).contains("instances 7"));
@@ -130,11 +187,18 @@ fn serve_store_sigterm_then_rebuild_the_index() {
 fn bad_config_stops_start_up_naming_the_key() {
     let dir = tempfile::tempdir().unwrap();
     for (extra, key) in [
-        ("\n[access]\nunknown_ae_servics = []\n", "unknown_ae_servics"),
+        (
+            "\n[access]\nunknown_ae_servics = []\n",
+            "unknown_ae_servics",
+        ),
         ("write_quorum = 5\n", "storage.write_quorum"),
     ] {
         let config = write_config(dir.path(), extra);
-        let out = Command::new(BIN).args(["serve", "--config"]).arg(&config).output().unwrap();
+        let out = Command::new(BIN)
+            .args(["serve", "--config"])
+            .arg(&config)
+            .output()
+            .unwrap();
         assert_eq!(out.status.code(), Some(2), "{}", text(&out));
         assert!(text(&out).contains(key), "{}", text(&out));
     }
@@ -142,7 +206,11 @@ fn bad_config_stops_start_up_naming_the_key() {
 
 #[test]
 fn shipped_example_config_loads() {
-    let c = pacsd::config::Config::load(Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/ae-config/pacsd.toml"))).unwrap();
+    let c = pacsd::config::Config::load(Path::new(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/ae-config/pacsd.toml"
+    )))
+    .unwrap();
     let d = pacsd::config::Config::default();
     assert_eq!(c.node.ae_title, d.node.ae_title);
     assert_eq!(c.node.port, d.node.port);
@@ -153,7 +221,15 @@ fn shipped_example_config_loads() {
 
 #[test]
 fn help_explains_every_subcommand() {
-    for args in [vec!["--help"], vec!["serve", "--help"], vec!["echo", "--help"], vec!["store", "--help"], vec!["index", "--help"], vec!["index", "rebuild", "--help"], vec!["synth", "--help"]] {
+    for args in [
+        vec!["--help"],
+        vec!["serve", "--help"],
+        vec!["echo", "--help"],
+        vec!["store", "--help"],
+        vec!["index", "--help"],
+        vec!["index", "rebuild", "--help"],
+        vec!["synth", "--help"],
+    ] {
         let out = pacsd(&args);
         assert!(out.status.success(), "{args:?}");
         let s = String::from_utf8_lossy(&out.stdout);

@@ -21,8 +21,13 @@ const STATEMENT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/conformance/statem
 fn table(doc: &str, name: &str) -> BTreeMap<String, String> {
     let begin = format!("<!-- BEGIN {name} -->");
     let end = format!("<!-- END {name} -->");
-    let start = doc.find(&begin).unwrap_or_else(|| panic!("marker {begin} missing")) + begin.len();
-    let stop = doc.find(&end).unwrap_or_else(|| panic!("marker {end} missing"));
+    let start = doc
+        .find(&begin)
+        .unwrap_or_else(|| panic!("marker {begin} missing"))
+        + begin.len();
+    let stop = doc
+        .find(&end)
+        .unwrap_or_else(|| panic!("marker {end} missing"));
     doc[start..stop]
         .lines()
         .filter(|l| l.starts_with("| ") && l.contains('`'))
@@ -57,7 +62,11 @@ fn dictionary_sop_class_uids() -> Vec<String> {
         .split("[[package]]")
         .find(|p| p.contains("name = \"dicom-dictionary-std\""))
         .and_then(|p| p.lines().find(|l| l.starts_with("version = ")))
-        .map(|l| l.trim_start_matches("version = ").trim_matches('"').to_string())
+        .map(|l| {
+            l.trim_start_matches("version = ")
+                .trim_matches('"')
+                .to_string()
+        })
         .expect("dicom-dictionary-std in Cargo.lock");
     let cargo_home = std::env::var("CARGO_HOME")
         .map(PathBuf::from)
@@ -66,11 +75,16 @@ fn dictionary_sop_class_uids() -> Vec<String> {
     let uids_rs = std::fs::read_dir(&src_root)
         .unwrap_or_else(|e| panic!("reading {}: {e}", src_root.display()))
         .filter_map(|e| e.ok())
-        .map(|e| e.path().join(format!("dicom-dictionary-std-{version}/src/uids.rs")))
+        .map(|e| {
+            e.path()
+                .join(format!("dicom-dictionary-std-{version}/src/uids.rs"))
+        })
         .find(|p| p.exists())
         .expect("dicom-dictionary-std source in the cargo registry");
     let text = std::fs::read_to_string(uids_rs).unwrap();
-    let start = text.find("pub(crate) const SOP_CLASSES").expect("SOP_CLASSES table");
+    let start = text
+        .find("pub(crate) const SOP_CLASSES")
+        .expect("SOP_CLASSES table");
     let body = &text[start..];
     let body = &body[..body.find("\n];").unwrap()];
     body.lines()
@@ -81,11 +95,19 @@ fn dictionary_sop_class_uids() -> Vec<String> {
 
 fn expected_sop_classes() -> BTreeMap<String, String> {
     let all = dictionary_sop_class_uids();
-    assert!(all.len() > 300, "parsed only {} SOP classes from the dictionary source", all.len());
+    assert!(
+        all.len() > 300,
+        "parsed only {} SOP classes from the dictionary source",
+        all.len()
+    );
     all.into_iter()
         .filter(|uid| is_storage_sop_class(uid))
         .map(|uid| {
-            let name = StandardSopClassDictionary.by_uid(&uid).unwrap().name.to_string();
+            let name = StandardSopClassDictionary
+                .by_uid(&uid)
+                .unwrap()
+                .name
+                .to_string();
             (uid, name)
         })
         .collect()
@@ -94,7 +116,12 @@ fn expected_sop_classes() -> BTreeMap<String, String> {
 fn expected_transfer_syntaxes() -> BTreeMap<String, String> {
     storage_transfer_syntaxes()
         .iter()
-        .map(|uid| (uid.to_string(), TransferSyntaxRegistry.get(uid).unwrap().name().to_string()))
+        .map(|uid| {
+            (
+                uid.to_string(),
+                TransferSyntaxRegistry.get(uid).unwrap().name().to_string(),
+            )
+        })
         .collect()
 }
 
@@ -104,8 +131,16 @@ fn tables_match_the_code() {
     let sop = expected_sop_classes();
     let ts = expected_transfer_syntaxes();
     if std::env::var("PACSD_BLESS").is_ok() {
-        let doc = replace_table(&doc, "storage-sop-classes", &render(&sop, "| SOP class | UID |"));
-        let doc = replace_table(&doc, "transfer-syntaxes", &render(&ts, "| Transfer syntax | UID |"));
+        let doc = replace_table(
+            &doc,
+            "storage-sop-classes",
+            &render(&sop, "| SOP class | UID |"),
+        );
+        let doc = replace_table(
+            &doc,
+            "transfer-syntaxes",
+            &render(&ts, "| Transfer syntax | UID |"),
+        );
         std::fs::write(STATEMENT, doc).unwrap();
         return;
     }
@@ -113,7 +148,10 @@ fn tables_match_the_code() {
     let doc_ts = table(&doc, "transfer-syntaxes");
     let missing: Vec<_> = sop.keys().filter(|k| !doc_sop.contains_key(*k)).collect();
     let extra: Vec<_> = doc_sop.keys().filter(|k| !sop.contains_key(*k)).collect();
-    assert!(missing.is_empty() && extra.is_empty(), "SOP class table out of date: missing {missing:?}, extra {extra:?} (PACSD_BLESS=1 regenerates)");
+    assert!(
+        missing.is_empty() && extra.is_empty(),
+        "SOP class table out of date: missing {missing:?}, extra {extra:?} (PACSD_BLESS=1 regenerates)"
+    );
     assert_eq!(doc_sop, sop, "SOP class names differ from the dictionary");
     assert_eq!(doc_ts, ts, "transfer syntax table differs from the code");
     for uid in doc_sop.keys() {
@@ -135,12 +173,23 @@ async fn the_node_accepts_exactly_what_the_statement_lists() {
     for chunk in classes.chunks(120) {
         let proposed: Vec<ProposedContext> = chunk
             .iter()
-            .map(|uid| ProposedContext { abstract_syntax: uid.to_string(), transfer_syntaxes: vec![uids::EXPLICIT_VR_LITTLE_ENDIAN.into()] })
+            .map(|uid| ProposedContext {
+                abstract_syntax: uid.to_string(),
+                transfer_syntaxes: vec![uids::EXPLICIT_VR_LITTLE_ENDIAN.into()],
+            })
             .collect();
         let assoc = ScuAssociation::connect(&opts, &proposed).await.unwrap();
-        let accepted: Vec<&str> = assoc.contexts().iter().map(|c| c.abstract_syntax.as_str()).collect();
+        let accepted: Vec<&str> = assoc
+            .contexts()
+            .iter()
+            .map(|c| c.abstract_syntax.as_str())
+            .collect();
         for uid in chunk {
-            assert!(accepted.contains(&uid.as_str()), "{uid} ({}) listed but refused", doc_sop[*uid]);
+            assert!(
+                accepted.contains(&uid.as_str()),
+                "{uid} ({}) listed but refused",
+                doc_sop[*uid]
+            );
         }
         assoc.release().await.unwrap();
     }
@@ -148,10 +197,17 @@ async fn the_node_accepts_exactly_what_the_statement_lists() {
     // Every listed transfer syntax, one context each, for CT Image Storage.
     let proposed: Vec<ProposedContext> = doc_ts
         .keys()
-        .map(|ts| ProposedContext { abstract_syntax: uids::CT_IMAGE_STORAGE.into(), transfer_syntaxes: vec![ts.clone()] })
+        .map(|ts| ProposedContext {
+            abstract_syntax: uids::CT_IMAGE_STORAGE.into(),
+            transfer_syntaxes: vec![ts.clone()],
+        })
         .collect();
     let assoc = ScuAssociation::connect(&opts, &proposed).await.unwrap();
-    let accepted: Vec<&str> = assoc.contexts().iter().map(|c| c.transfer_syntax.as_str()).collect();
+    let accepted: Vec<&str> = assoc
+        .contexts()
+        .iter()
+        .map(|c| c.transfer_syntax.as_str())
+        .collect();
     for ts in doc_ts.keys() {
         assert!(accepted.contains(&ts.as_str()), "{ts} listed but refused");
     }
@@ -159,20 +215,40 @@ async fn the_node_accepts_exactly_what_the_statement_lists() {
 
     // Things not listed are refused.
     let refused = [
-        (uids::STORAGE_COMMITMENT_PUSH_MODEL, uids::IMPLICIT_VR_LITTLE_ENDIAN),
-        (uids::STUDY_ROOT_QUERY_RETRIEVE_INFORMATION_MODEL_FIND, uids::IMPLICIT_VR_LITTLE_ENDIAN),
+        (
+            uids::STORAGE_COMMITMENT_PUSH_MODEL,
+            uids::IMPLICIT_VR_LITTLE_ENDIAN,
+        ),
+        (
+            uids::STUDY_ROOT_QUERY_RETRIEVE_INFORMATION_MODEL_FIND,
+            uids::IMPLICIT_VR_LITTLE_ENDIAN,
+        ),
         ("1.3.12.2.1107.5.9.1", uids::IMPLICIT_VR_LITTLE_ENDIAN),
         (uids::CT_IMAGE_STORAGE, uids::JPIP_REFERENCED),
         (uids::CT_IMAGE_STORAGE, "1.2.3.4.5.6"),
     ];
     let mut proposed: Vec<ProposedContext> = refused
         .iter()
-        .map(|(a, t)| ProposedContext { abstract_syntax: a.to_string(), transfer_syntaxes: vec![t.to_string()] })
+        .map(|(a, t)| ProposedContext {
+            abstract_syntax: a.to_string(),
+            transfer_syntaxes: vec![t.to_string()],
+        })
         .collect();
-    proposed.push(ProposedContext { abstract_syntax: uids::VERIFICATION.into(), transfer_syntaxes: vec![uids::IMPLICIT_VR_LITTLE_ENDIAN.into()] });
+    proposed.push(ProposedContext {
+        abstract_syntax: uids::VERIFICATION.into(),
+        transfer_syntaxes: vec![uids::IMPLICIT_VR_LITTLE_ENDIAN.into()],
+    });
     let assoc = ScuAssociation::connect(&opts, &proposed).await.unwrap();
-    assert_eq!(assoc.contexts().len(), 1, "only Verification should be accepted: {:?}", assoc.contexts());
-    assert!(doc.contains("`1.2.840.10008.1.1`"), "Verification must be in the statement");
+    assert_eq!(
+        assoc.contexts().len(),
+        1,
+        "only Verification should be accepted: {:?}",
+        assoc.contexts()
+    );
+    assert!(
+        doc.contains("`1.2.840.10008.1.1`"),
+        "Verification must be in the statement"
+    );
     assoc.release().await.unwrap();
 }
 
@@ -180,8 +256,19 @@ async fn the_node_accepts_exactly_what_the_statement_lists() {
 fn statuses_in_the_statement_are_the_codes_the_code_uses() {
     use pacsd::dimse::status::*;
     let doc = std::fs::read_to_string(STATEMENT).unwrap();
-    for code in [SUCCESS, OUT_OF_RESOURCES, DATA_SET_DOES_NOT_MATCH_SOP_CLASS, CANNOT_UNDERSTAND, SOP_CLASS_NOT_SUPPORTED, PROCESSING_FAILURE, UNRECOGNIZED_OPERATION] {
-        assert!(doc.contains(&format!("| {code:04X} |")) || doc.contains(&format!("{code:04X} (")), "status {code:04X} not documented");
+    for code in [
+        SUCCESS,
+        OUT_OF_RESOURCES,
+        DATA_SET_DOES_NOT_MATCH_SOP_CLASS,
+        CANNOT_UNDERSTAND,
+        SOP_CLASS_NOT_SUPPORTED,
+        PROCESSING_FAILURE,
+        UNRECOGNIZED_OPERATION,
+    ] {
+        assert!(
+            doc.contains(&format!("| {code:04X} |")) || doc.contains(&format!("{code:04X} (")),
+            "status {code:04X} not documented"
+        );
     }
     assert!(doc.contains(pacsd::net::association::IMPLEMENTATION_CLASS_UID));
     assert!(doc.contains(pacsd::net::association::IMPLEMENTATION_VERSION_NAME));

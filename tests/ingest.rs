@@ -14,19 +14,55 @@ use pacsd::synth::Spec;
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn echoscu_gets_success() {
     let n = TestNode::start().await;
-    let out = dcmtk_async("echoscu", vec!["-v".into(), "-aec".into(), "PACSD".into(), "127.0.0.1".into(), n.port().to_string()]).await;
+    let out = dcmtk_async(
+        "echoscu",
+        vec![
+            "-v".into(),
+            "-aec".into(),
+            "PACSD".into(),
+            "127.0.0.1".into(),
+            n.port().to_string(),
+        ],
+    )
+    .await;
     assert!(out.status.success(), "{}", text(&out));
-    assert!(text(&out).contains("Received Echo Response (Success)"), "{}", text(&out));
+    assert!(
+        text(&out).contains("Received Echo Response (Success)"),
+        "{}",
+        text(&out)
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn wrong_called_ae_is_rejected_with_reason() {
     let n = TestNode::start().await;
-    let out = dcmtk_async("echoscu", vec!["-aec".into(), "NOT_PACSD".into(), "127.0.0.1".into(), n.port().to_string()]).await;
+    let out = dcmtk_async(
+        "echoscu",
+        vec![
+            "-aec".into(),
+            "NOT_PACSD".into(),
+            "127.0.0.1".into(),
+            n.port().to_string(),
+        ],
+    )
+    .await;
     assert!(!out.status.success());
-    assert!(text(&out).contains("Called AE Title Not Recognized"), "{}", text(&out));
+    assert!(
+        text(&out).contains("Called AE Title Not Recognized"),
+        "{}",
+        text(&out)
+    );
     // The node keeps serving.
-    let ok = dcmtk_async("echoscu", vec!["-aec".into(), "PACSD".into(), "127.0.0.1".into(), n.port().to_string()]).await;
+    let ok = dcmtk_async(
+        "echoscu",
+        vec![
+            "-aec".into(),
+            "PACSD".into(),
+            "127.0.0.1".into(),
+            n.port().to_string(),
+        ],
+    )
+    .await;
     assert!(ok.status.success(), "{}", text(&ok));
 }
 
@@ -35,24 +71,68 @@ async fn calling_ae_policy_from_peers() {
     let n = TestNode::start_with(|c| {
         c.access.unknown_ae_services.clear();
         c.peers = vec![
-            Peer { ae_title: "MODALITY1".into(), host: "127.0.0.1".into(), port: 104, services: [Service::Echo, Service::Store].into_iter().collect() },
-            Peer { ae_title: "ECHOONLY".into(), host: "127.0.0.1".into(), port: 104, services: [Service::Echo].into_iter().collect() },
+            Peer {
+                ae_title: "MODALITY1".into(),
+                host: "127.0.0.1".into(),
+                port: 104,
+                services: [Service::Echo, Service::Store].into_iter().collect(),
+            },
+            Peer {
+                ae_title: "ECHOONLY".into(),
+                host: "127.0.0.1".into(),
+                port: 104,
+                services: [Service::Echo].into_iter().collect(),
+            },
         ];
     })
     .await;
     let port = n.port().to_string();
-    let unknown = dcmtk_async("echoscu", vec!["-aet".into(), "STRANGER".into(), "-aec".into(), "PACSD".into(), "127.0.0.1".into(), port.clone()]).await;
+    let unknown = dcmtk_async(
+        "echoscu",
+        vec![
+            "-aet".into(),
+            "STRANGER".into(),
+            "-aec".into(),
+            "PACSD".into(),
+            "127.0.0.1".into(),
+            port.clone(),
+        ],
+    )
+    .await;
     assert!(!unknown.status.success());
-    assert!(text(&unknown).contains("Calling AE Title Not Recognized"), "{}", text(&unknown));
+    assert!(
+        text(&unknown).contains("Calling AE Title Not Recognized"),
+        "{}",
+        text(&unknown)
+    );
 
-    let known = dcmtk_async("echoscu", vec!["-aet".into(), "MODALITY1".into(), "-aec".into(), "PACSD".into(), "127.0.0.1".into(), port.clone()]).await;
+    let known = dcmtk_async(
+        "echoscu",
+        vec![
+            "-aet".into(),
+            "MODALITY1".into(),
+            "-aec".into(),
+            "PACSD".into(),
+            "127.0.0.1".into(),
+            port.clone(),
+        ],
+    )
+    .await;
     assert!(known.status.success(), "{}", text(&known));
 
     // A peer allowed only C-ECHO gets its storage contexts refused and stores nothing.
     let files = small_corpus(n.dir.path(), 5, 1);
     let store = dcmtk_async(
         "storescu",
-        vec!["-aet".into(), "ECHOONLY".into(), "-aec".into(), "PACSD".into(), "127.0.0.1".into(), port, files[0].display().to_string()],
+        vec![
+            "-aet".into(),
+            "ECHOONLY".into(),
+            "-aec".into(),
+            "PACSD".into(),
+            "127.0.0.1".into(),
+            port,
+            files[0].display().to_string(),
+        ],
     )
     .await;
     assert!(!store.status.success(), "{}", text(&store));
@@ -66,25 +146,50 @@ async fn storescu_objects_land_on_every_replica_byte_exact_and_indexed() {
     let files = small_corpus(src.path(), 11, 6);
     let out = dcmtk_async(
         "storescu",
-        vec!["-aec".into(), "PACSD".into(), "+sd".into(), "127.0.0.1".into(), n.port().to_string(), src.path().display().to_string()],
+        vec![
+            "-aec".into(),
+            "PACSD".into(),
+            "+sd".into(),
+            "127.0.0.1".into(),
+            n.port().to_string(),
+            src.path().display().to_string(),
+        ],
     )
     .await;
     assert!(out.status.success(), "{}", text(&out));
     let c = n.node.index.counts().await.unwrap();
     assert_eq!((c.patients, c.studies, c.series, c.instances), (1, 1, 1, 6));
-    assert_eq!(n.node.index.study_counts(&Spec::ct(11, 1, 1, 64).study_uid).await.unwrap(), Some((1, 6, "CT".into())));
+    assert_eq!(
+        n.node
+            .index
+            .study_counts(&Spec::ct(11, 1, 1, 64).study_uid)
+            .await
+            .unwrap(),
+        Some((1, 6, "CT".into()))
+    );
     for i in 0..3 {
         assert_eq!(n.files_in_replica(i).len(), 6, "replica {i}");
     }
     // The stored data set is the one sent, byte for byte (storescu sent it unchanged: same TS).
     for (k, f) in files.iter().enumerate() {
         let spec = Spec::ct(11, 1, k as u32 + 1, 64);
-        let inst = n.node.index.instance(&spec.sop_uid).await.unwrap().expect("indexed");
+        let inst = n
+            .node
+            .index
+            .instance(&spec.sop_uid)
+            .await
+            .unwrap()
+            .expect("indexed");
         let stored = n.node.storage.get(&inst.storage_key).await.unwrap();
         let original = std::fs::read(f).unwrap();
         let (_, so) = pacsd::part10::split(&stored).unwrap();
         let (_, oo) = pacsd::part10::split(&original).unwrap();
-        assert_eq!(&stored[so..], &original[oo..], "data set of {}", f.display());
+        assert_eq!(
+            &stored[so..],
+            &original[oo..],
+            "data set of {}",
+            f.display()
+        );
         assert_eq!(inst.size, stored.len() as u64);
         assert_eq!(inst.transfer_syntax_uid, uids::EXPLICIT_VR_LITTLE_ENDIAN);
     }
@@ -96,7 +201,18 @@ async fn resending_is_idempotent() {
     let src = tempfile::tempdir().unwrap();
     let files = small_corpus(src.path(), 12, 2);
     for _ in 0..3 {
-        let out = dcmtk_async("storescu", vec!["-aec".into(), "PACSD".into(), "127.0.0.1".into(), n.port().to_string(), files[0].display().to_string(), files[1].display().to_string()]).await;
+        let out = dcmtk_async(
+            "storescu",
+            vec![
+                "-aec".into(),
+                "PACSD".into(),
+                "127.0.0.1".into(),
+                n.port().to_string(),
+                files[0].display().to_string(),
+                files[1].display().to_string(),
+            ],
+        )
+        .await;
         assert!(out.status.success(), "{}", text(&out));
     }
     let c = n.node.index.counts().await.unwrap();
@@ -111,37 +227,99 @@ async fn invalid_or_mismatched_uids_fail_clearly_and_write_nothing() {
     let ctx = assoc.contexts()[0].id;
 
     let cases: Vec<(&str, Spec, u16, &str)> = vec![
-        ("bad study UID", Spec { study_uid: "1.2.abc".into(), ..Spec::ct(20, 1, 1, 8) }, status::CANNOT_UNDERSTAND, "StudyInstanceUID"),
-        ("path traversal in series UID", Spec { series_uid: "../../etc".into(), ..Spec::ct(20, 1, 2, 8) }, status::CANNOT_UNDERSTAND, "SeriesInstanceUID"),
-        ("empty series UID", Spec { series_uid: "".into(), ..Spec::ct(20, 1, 3, 8) }, status::CANNOT_UNDERSTAND, "SeriesInstanceUID"),
-        ("UID over 64 chars", Spec { study_uid: format!("1.{}", "2".repeat(70)), ..Spec::ct(20, 1, 4, 8) }, status::CANNOT_UNDERSTAND, "StudyInstanceUID"),
+        (
+            "bad study UID",
+            Spec {
+                study_uid: "1.2.abc".into(),
+                ..Spec::ct(20, 1, 1, 8)
+            },
+            status::CANNOT_UNDERSTAND,
+            "StudyInstanceUID",
+        ),
+        (
+            "path traversal in series UID",
+            Spec {
+                series_uid: "../../etc".into(),
+                ..Spec::ct(20, 1, 2, 8)
+            },
+            status::CANNOT_UNDERSTAND,
+            "SeriesInstanceUID",
+        ),
+        (
+            "empty series UID",
+            Spec {
+                series_uid: "".into(),
+                ..Spec::ct(20, 1, 3, 8)
+            },
+            status::CANNOT_UNDERSTAND,
+            "SeriesInstanceUID",
+        ),
+        (
+            "UID over 64 chars",
+            Spec {
+                study_uid: format!("1.{}", "2".repeat(70)),
+                ..Spec::ct(20, 1, 4, 8)
+            },
+            status::CANNOT_UNDERSTAND,
+            "StudyInstanceUID",
+        ),
     ];
     for (what, spec, code, needle) in cases {
-        let st = assoc.store(ctx, &spec.sop_class, &spec.sop_uid, &encode(&spec)).await.unwrap();
+        let st = assoc
+            .store(ctx, &spec.sop_class, &spec.sop_uid, &encode(&spec))
+            .await
+            .unwrap();
         assert_eq!(st.code, code, "{what}: {st:?}");
         let comment = st.comment.unwrap_or_default();
-        assert!(comment.contains(needle), "{what}: comment `{comment}` should name {needle}");
+        assert!(
+            comment.contains(needle),
+            "{what}: comment `{comment}` should name {needle}"
+        );
     }
 
     // Data set SOP Instance UID differs from the command's Affected SOP Instance UID.
     let spec = Spec::ct(21, 1, 1, 8);
-    let st = assoc.store(ctx, &spec.sop_class, "1.2.3.4.5", &encode(&spec)).await.unwrap();
+    let st = assoc
+        .store(ctx, &spec.sop_class, "1.2.3.4.5", &encode(&spec))
+        .await
+        .unwrap();
     assert_eq!(st.code, status::DATA_SET_DOES_NOT_MATCH_SOP_CLASS, "{st:?}");
 
     // Data set SOP Class differs from the command's.
-    let mr = Spec { sop_class: uids::MR_IMAGE_STORAGE.into(), ..Spec::ct(21, 1, 2, 8) };
-    let st = assoc.store(ctx, uids::CT_IMAGE_STORAGE, &mr.sop_uid, &encode(&mr)).await.unwrap();
+    let mr = Spec {
+        sop_class: uids::MR_IMAGE_STORAGE.into(),
+        ..Spec::ct(21, 1, 2, 8)
+    };
+    let st = assoc
+        .store(ctx, uids::CT_IMAGE_STORAGE, &mr.sop_uid, &encode(&mr))
+        .await
+        .unwrap();
     assert_eq!(st.code, status::DATA_SET_DOES_NOT_MATCH_SOP_CLASS, "{st:?}");
 
     // Garbage that does not parse.
-    let st = assoc.store(ctx, uids::CT_IMAGE_STORAGE, "1.2.3.4.6", &[0xFF; 37]).await.unwrap();
+    let st = assoc
+        .store(ctx, uids::CT_IMAGE_STORAGE, "1.2.3.4.6", &[0xFF; 37])
+        .await
+        .unwrap();
     assert!((0xC000..=0xCFFF).contains(&st.code), "{st:?}");
 
     // An unknown command on the association gets 0211, and the association keeps working.
-    let weird = Command { command_field: 0x0123, message_id: Some(99), data_set_type: pacsd::dimse::NO_DATA_SET, ..Command::default() };
+    let weird = Command {
+        command_field: 0x0123,
+        message_id: Some(99),
+        data_set_type: pacsd::dimse::NO_DATA_SET,
+        ..Command::default()
+    };
     assoc.send_command(ctx, &weird).await.unwrap();
     let rsp = assoc.read_command().await.unwrap();
-    assert_eq!((rsp.command_field, rsp.status, rsp.message_id_being_responded_to), (0x8123, Some(status::UNRECOGNIZED_OPERATION), Some(99)));
+    assert_eq!(
+        (
+            rsp.command_field,
+            rsp.status,
+            rsp.message_id_being_responded_to
+        ),
+        (0x8123, Some(status::UNRECOGNIZED_OPERATION), Some(99))
+    );
 
     assert_eq!(n.instances().await, 0);
     for i in 0..3 {
@@ -149,7 +327,10 @@ async fn invalid_or_mismatched_uids_fail_clearly_and_write_nothing() {
     }
     // Still able to store a good one on the same association.
     let good = Spec::ct(22, 1, 1, 8);
-    let st = assoc.store(ctx, &good.sop_class, &good.sop_uid, &encode(&good)).await.unwrap();
+    let st = assoc
+        .store(ctx, &good.sop_class, &good.sop_uid, &encode(&good))
+        .await
+        .unwrap();
     assert!(st.is_success(), "{st:?}");
     assert_eq!(n.instances().await, 1);
 }
@@ -157,36 +338,48 @@ async fn invalid_or_mismatched_uids_fail_clearly_and_write_nothing() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_replica_down_still_meets_quorum_and_queues_repair() {
     let n = TestNode::start().await;
-    // Make replica 3 unwritable: replace its directory with a plain file (root ignores modes).
-    let r3 = n.replica_dir(2);
-    std::fs::remove_dir_all(&r3).unwrap();
-    std::fs::write(&r3, b"not a directory").unwrap();
+    n.break_replica(2);
 
     let src = tempfile::tempdir().unwrap();
     let files = small_corpus(src.path(), 30, 3);
-    let out = dcmtk_async("storescu", vec!["-aec".into(), "PACSD".into(), "+sd".into(), "127.0.0.1".into(), n.port().to_string(), src.path().display().to_string()]).await;
+    let out = dcmtk_async(
+        "storescu",
+        vec![
+            "-aec".into(),
+            "PACSD".into(),
+            "+sd".into(),
+            "127.0.0.1".into(),
+            n.port().to_string(),
+            src.path().display().to_string(),
+        ],
+    )
+    .await;
     assert!(out.status.success(), "{}", text(&out));
     assert_eq!(n.instances().await, 3);
     assert_eq!(n.files_in_replica(0).len(), 3);
     assert_eq!(n.files_in_replica(1).len(), 3);
     let queue = n.node.index.repair_queue().await.unwrap();
     assert_eq!(queue.len(), 3, "{queue:?}");
-    assert!(queue.iter().all(|e| e.replica == n.config.storage.replicas[2]));
+    assert!(
+        queue
+            .iter()
+            .all(|e| e.replica == n.config.storage.replicas[2])
+    );
     drop(files);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn quorum_lost_fails_with_a700_and_indexes_nothing() {
     let n = TestNode::start().await;
-    for i in [1, 2] {
-        let r = n.replica_dir(i);
-        std::fs::remove_dir_all(&r).unwrap();
-        std::fs::write(&r, b"not a directory").unwrap();
-    }
+    n.break_replica(1);
+    n.break_replica(2);
     let mut assoc = ct_association(&n.scu("TESTSCU")).await;
     let ctx = assoc.contexts()[0].id;
     let spec = Spec::ct(31, 1, 1, 16);
-    let st = assoc.store(ctx, &spec.sop_class, &spec.sop_uid, &encode(&spec)).await.unwrap();
+    let st = assoc
+        .store(ctx, &spec.sop_class, &spec.sop_uid, &encode(&spec))
+        .await
+        .unwrap();
     assert_eq!(st.code, status::OUT_OF_RESOURCES, "{st:?}");
     assert!(st.comment.unwrap().contains("1 of 3 replicas, 2 needed"));
     assert_eq!(n.instances().await, 0);
@@ -195,11 +388,30 @@ async fn quorum_lost_fails_with_a700_and_indexes_nothing() {
     // storescu sees the failure too.
     let src = tempfile::tempdir().unwrap();
     let files = small_corpus(src.path(), 32, 1);
-    let out = dcmtk_async("storescu", vec!["-v".into(), "-aec".into(), "PACSD".into(), "127.0.0.1".into(), n.port().to_string(), files[0].display().to_string()]).await;
-    assert!(text(&out).contains("Refused: OutOfResources"), "{}", text(&out));
+    let out = dcmtk_async(
+        "storescu",
+        vec![
+            "-v".into(),
+            "-aec".into(),
+            "PACSD".into(),
+            "127.0.0.1".into(),
+            n.port().to_string(),
+            files[0].display().to_string(),
+        ],
+    )
+    .await;
+    assert!(
+        text(&out).contains("Refused: OutOfResources"),
+        "{}",
+        text(&out)
+    );
     assert_eq!(n.instances().await, 0);
     // The node keeps serving.
-    assert_eq!(assoc.echo().await.map(|s| s.code).ok(), None, "no echo context on this association");
+    assert_eq!(
+        assoc.echo().await.map(|s| s.code).ok(),
+        None,
+        "no echo context on this association"
+    );
     let (code, _) = pacsd::tools::echo(&n.scu("TESTSCU")).await.unwrap();
     assert_eq!(code, 0);
 }
@@ -211,7 +423,10 @@ async fn abrupt_disconnect_mid_object_leaves_nothing_visible() {
     let ctx = assoc.contexts()[0].id;
     let spec = Spec::ct(40, 1, 1, 64);
     let data = encode(&spec);
-    assoc.send_command(ctx, &Command::store_rq(1, &spec.sop_class, &spec.sop_uid)).await.unwrap();
+    assoc
+        .send_command(ctx, &Command::store_rq(1, &spec.sop_class, &spec.sop_uid))
+        .await
+        .unwrap();
     // Half of the data set in one P-DATA-TF whose PDV is not flagged last (PS3.8 E.2).
     let half = &data[..data.len() / 2];
     let mut pdu = vec![0x04, 0x00];
@@ -237,12 +452,18 @@ async fn oversize_data_set_is_refused_and_drained() {
     let mut assoc = ct_association(&n.scu("TESTSCU")).await;
     let ctx = assoc.contexts()[0].id;
     let big = Spec::ct(50, 1, 1, 64); // 8 KiB of pixels
-    let st = assoc.store(ctx, &big.sop_class, &big.sop_uid, &encode(&big)).await.unwrap();
+    let st = assoc
+        .store(ctx, &big.sop_class, &big.sop_uid, &encode(&big))
+        .await
+        .unwrap();
     assert_eq!(st.code, status::OUT_OF_RESOURCES);
     assert!(st.comment.unwrap().contains("exceeds"));
     // Same association, small object: still works.
     let small = Spec::ct(50, 1, 2, 0);
-    let st = assoc.store(ctx, &small.sop_class, &small.sop_uid, &encode(&small)).await.unwrap();
+    let st = assoc
+        .store(ctx, &small.sop_class, &small.sop_uid, &encode(&small))
+        .await
+        .unwrap();
     assert!(st.is_success(), "{st:?}");
     assert_eq!(n.instances().await, 1);
 }
@@ -265,13 +486,28 @@ async fn concurrent_associations_all_land() {
     for study in 70..73 {
         let dir = src.path().join(format!("d{study}"));
         small_corpus(&dir, study, 5);
-        dcmtk_runs.push(dcmtk_async("storescu", vec!["-aec".into(), "PACSD".into(), "+sd".into(), "127.0.0.1".into(), n.port().to_string(), dir.display().to_string()]));
+        dcmtk_runs.push(dcmtk_async(
+            "storescu",
+            vec![
+                "-aec".into(),
+                "PACSD".into(),
+                "+sd".into(),
+                "127.0.0.1".into(),
+                n.port().to_string(),
+                dir.display().to_string(),
+            ],
+        ));
     }
     for out in futures::future::join_all(dcmtk_runs).await {
         assert!(out.status.success(), "{}", text(&out));
     }
     let summary = ours.await.unwrap();
-    assert_eq!((summary.succeeded, summary.failed), (40, 0), "{:?}", summary.failures);
+    assert_eq!(
+        (summary.succeeded, summary.failed),
+        (40, 0),
+        "{:?}",
+        summary.failures
+    );
     let c = n.node.index.counts().await.unwrap();
     assert_eq!((c.studies, c.instances), (7, 55));
 }
@@ -283,7 +519,10 @@ async fn shutdown_finishes_the_message_in_flight() {
     let ctx = assoc.contexts()[0].id;
     let spec = Spec::ct(80, 1, 1, 64);
     let data = encode(&spec);
-    assoc.send_command(ctx, &Command::store_rq(1, &spec.sop_class, &spec.sop_uid)).await.unwrap();
+    assoc
+        .send_command(ctx, &Command::store_rq(1, &spec.sop_class, &spec.sop_uid))
+        .await
+        .unwrap();
     let (first, rest) = data.split_at(data.len() / 2);
     let mut pdu = vec![0x04, 0x00];
     pdu.extend_from_slice(&((first.len() + 6) as u32).to_be_bytes());
@@ -300,11 +539,160 @@ async fn shutdown_finishes_the_message_in_flight() {
 
     // The rest of the object still gets stored and acknowledged...
     assoc.send_data(ctx, rest).await.unwrap();
-    let st = assoc.read_response(pacsd::dimse::CommandField::CStoreRsp).await.unwrap();
+    let st = assoc
+        .read_response(pacsd::dimse::CommandField::CStoreRsp)
+        .await
+        .unwrap();
     assert!(st.is_success(), "{st:?}");
-    assert!(n.node.index.instance(&spec.sop_uid).await.unwrap().is_some());
+    assert!(
+        n.node
+            .index
+            .instance(&spec.sop_uid)
+            .await
+            .unwrap()
+            .is_some()
+    );
     // ...and then the association is ended by the node, and the listener is gone.
     let after = tokio::time::timeout(Duration::from_secs(3), assoc.read_command()).await;
-    assert!(matches!(after, Ok(Err(_))), "the node should abort the association after the message");
+    assert!(
+        matches!(after, Ok(Err(_))),
+        "the node should abort the association after the message"
+    );
     assert!(tokio::net::TcpStream::connect(n.node.addr).await.is_err());
+}
+
+/// Every family of transfer syntax is stored as received: DCMTK re-encodes one source image
+/// as Deflated, Big Endian, Implicit LE, JPEG Lossless, JPEG-LS and RLE, storescu sends each
+/// in its own syntax, and the stored data set equals the file's byte for byte.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_transfer_syntax_family_is_stored_as_received() {
+    let n = TestNode::start().await;
+    let src = tempfile::tempdir().unwrap();
+    // (converter, its flags, resulting syntax, the storescu flag that proposes it)
+    let variants: Vec<(&str, Vec<&str>, &str, &str)> = vec![
+        (
+            "dcmconv",
+            vec!["+td"],
+            uids::DEFLATED_EXPLICIT_VR_LITTLE_ENDIAN,
+            "-xd",
+        ),
+        ("dcmconv", vec!["+tb"], "1.2.840.10008.1.2.2", "-xb"), // Explicit VR Big Endian (retired)
+        (
+            "dcmconv",
+            vec!["+ti"],
+            uids::IMPLICIT_VR_LITTLE_ENDIAN,
+            "-xi",
+        ),
+        ("dcmcjpeg", vec!["+e1"], uids::JPEG_LOSSLESS_SV1, "-xs"),
+        ("dcmcjpls", vec![], uids::JPEGLS_LOSSLESS, "-xt"),
+        ("dcmcrle", vec![], uids::RLE_LOSSLESS, "-xr"),
+    ];
+    let mut sent = Vec::new();
+    for (k, (tool, flags, ts, propose)) in variants.iter().enumerate() {
+        let spec = Spec::ct(95, 1, k as u32 + 1, 64);
+        let plain = src.path().join(format!("plain{k}.dcm"));
+        spec.write(&plain).unwrap();
+        let out_path = src.path().join(format!("v{k}.dcm"));
+        let mut args: Vec<&str> = flags.clone();
+        let (p, o) = (
+            plain.to_str().unwrap().to_string(),
+            out_path.to_str().unwrap().to_string(),
+        );
+        args.push(&p);
+        args.push(&o);
+        let conv = dcmtk(tool, &args);
+        assert!(conv.status.success(), "{tool}: {}", text(&conv));
+        let meta = pacsd::tools::inspect(&out_path).unwrap();
+        assert_eq!(&meta.transfer_syntax, ts, "{tool} {flags:?}");
+        // storescu proposes that syntax (and must not convert: -v shows any conversion).
+        let out = dcmtk_async(
+            "storescu",
+            vec![
+                "-v".into(),
+                propose.to_string(),
+                "-aec".into(),
+                "PACSD".into(),
+                "127.0.0.1".into(),
+                n.port().to_string(),
+                o.clone(),
+            ],
+        )
+        .await;
+        assert!(out.status.success(), "{ts}: {}", text(&out));
+        assert!(
+            text(&out).contains("Received Store Response (Success)"),
+            "{ts}: {}",
+            text(&out)
+        );
+        sent.push((spec, out_path, *ts));
+    }
+    for (spec, path, ts) in &sent {
+        let inst = n
+            .node
+            .index
+            .instance(&spec.sop_uid)
+            .await
+            .unwrap()
+            .unwrap_or_else(|| panic!("{ts} not indexed"));
+        assert_eq!(&inst.transfer_syntax_uid, ts);
+        let stored = n.node.storage.get(&inst.storage_key).await.unwrap();
+        let original = std::fs::read(path).unwrap();
+        let (meta, so) = pacsd::part10::split(&stored).unwrap();
+        let (_, oo) = pacsd::part10::split(&original).unwrap();
+        assert_eq!(meta.transfer_syntax(), *ts);
+        assert_eq!(
+            &stored[so..],
+            &original[oo..],
+            "{ts}: data set not stored as received"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn artim_and_idle_timeouts_close_silent_connections() {
+    let n = TestNode::start_with(|c| {
+        c.timeouts.artim_secs = 0.3;
+        c.timeouts.idle_secs = 0.5;
+    })
+    .await;
+    // TCP connect, then silence: closed after ARTIM.
+    let mut raw = tokio::net::TcpStream::connect(n.node.addr).await.unwrap();
+    let mut buf = [0u8; 16];
+    let r = tokio::time::timeout(
+        Duration::from_secs(3),
+        tokio::io::AsyncReadExt::read(&mut raw, &mut buf),
+    )
+    .await;
+    assert!(
+        matches!(r, Ok(Ok(0)) | Ok(Err(_))),
+        "connection should be closed after ARTIM: {r:?}"
+    );
+
+    // Established association, then silence: aborted after the idle time.
+    let mut assoc = ct_association(&n.scu("IDLE")).await;
+    let r = tokio::time::timeout(Duration::from_secs(3), assoc.read_command()).await;
+    assert!(
+        matches!(r, Ok(Err(_))),
+        "association should be aborted after idle_secs: {r:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn association_limit_makes_the_next_client_wait() {
+    let n = TestNode::start_with(|c| c.node.max_associations = 1).await;
+    let first = ct_association(&n.scu("FIRST")).await;
+    // The second connects at TCP level but is not negotiated while the first is open.
+    let opts = n.scu("SECOND");
+    let second = tokio::spawn(async move { ct_association(&opts).await });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        !second.is_finished(),
+        "second association was served beyond the limit"
+    );
+    first.release().await.unwrap();
+    let second = tokio::time::timeout(Duration::from_secs(5), second)
+        .await
+        .expect("served once the first ended")
+        .unwrap();
+    second.release().await.unwrap();
 }

@@ -101,8 +101,9 @@ impl Command {
                 bytes.len()
             )));
         }
-        let obj = InMemDicomObject::read_dataset_with_ts(bytes, &IMPLICIT_VR_LITTLE_ENDIAN.erased())
-            .map_err(|e| CommandError::Decode(e.to_string()))?;
+        let obj =
+            InMemDicomObject::read_dataset_with_ts(bytes, &IMPLICIT_VR_LITTLE_ENDIAN.erased())
+                .map_err(|e| CommandError::Decode(e.to_string()))?;
         let u16_of = |t: Tag| obj.get(t).and_then(|e| e.to_int::<u16>().ok());
         let str_of = |t: Tag| {
             obj.get(t)
@@ -110,7 +111,8 @@ impl Command {
                 .map(|s| s.trim_end_matches(['\0', ' ']).trim_start().to_string())
         };
         Ok(Command {
-            command_field: u16_of(tags::COMMAND_FIELD).ok_or(CommandError::Missing("CommandField"))?,
+            command_field: u16_of(tags::COMMAND_FIELD)
+                .ok_or(CommandError::Missing("CommandField"))?,
             message_id: u16_of(tags::MESSAGE_ID),
             message_id_being_responded_to: u16_of(tags::MESSAGE_ID_BEING_RESPONDED_TO),
             affected_sop_class_uid: str_of(tags::AFFECTED_SOP_CLASS_UID),
@@ -133,22 +135,42 @@ impl Command {
             obj.put(DataElement::new(tag, vr, v));
         };
         if let Some(v) = &self.affected_sop_class_uid {
-            put(tags::AFFECTED_SOP_CLASS_UID, VR::UI, PrimitiveValue::from(v.as_str()));
+            put(
+                tags::AFFECTED_SOP_CLASS_UID,
+                VR::UI,
+                PrimitiveValue::from(v.as_str()),
+            );
         }
-        put(tags::COMMAND_FIELD, VR::US, PrimitiveValue::from(self.command_field));
+        put(
+            tags::COMMAND_FIELD,
+            VR::US,
+            PrimitiveValue::from(self.command_field),
+        );
         if let Some(v) = self.message_id {
             put(tags::MESSAGE_ID, VR::US, PrimitiveValue::from(v));
         }
         if let Some(v) = self.message_id_being_responded_to {
-            put(tags::MESSAGE_ID_BEING_RESPONDED_TO, VR::US, PrimitiveValue::from(v));
+            put(
+                tags::MESSAGE_ID_BEING_RESPONDED_TO,
+                VR::US,
+                PrimitiveValue::from(v),
+            );
         }
         if let Some(v) = &self.move_destination {
-            put(tags::MOVE_DESTINATION, VR::AE, PrimitiveValue::from(v.as_str()));
+            put(
+                tags::MOVE_DESTINATION,
+                VR::AE,
+                PrimitiveValue::from(v.as_str()),
+            );
         }
         if let Some(v) = self.priority {
             put(tags::PRIORITY, VR::US, PrimitiveValue::from(v));
         }
-        put(tags::COMMAND_DATA_SET_TYPE, VR::US, PrimitiveValue::from(self.data_set_type));
+        put(
+            tags::COMMAND_DATA_SET_TYPE,
+            VR::US,
+            PrimitiveValue::from(self.data_set_type),
+        );
         if let Some(v) = self.status {
             put(tags::STATUS, VR::US, PrimitiveValue::from(v));
         }
@@ -158,13 +180,25 @@ impl Command {
             put(tags::ERROR_COMMENT, VR::LO, PrimitiveValue::from(v));
         }
         if let Some(v) = &self.affected_sop_instance_uid {
-            put(tags::AFFECTED_SOP_INSTANCE_UID, VR::UI, PrimitiveValue::from(v.as_str()));
+            put(
+                tags::AFFECTED_SOP_INSTANCE_UID,
+                VR::UI,
+                PrimitiveValue::from(v.as_str()),
+            );
         }
         if let Some(v) = &self.move_originator_ae_title {
-            put(tags::MOVE_ORIGINATOR_APPLICATION_ENTITY_TITLE, VR::AE, PrimitiveValue::from(v.as_str()));
+            put(
+                tags::MOVE_ORIGINATOR_APPLICATION_ENTITY_TITLE,
+                VR::AE,
+                PrimitiveValue::from(v.as_str()),
+            );
         }
         if let Some(v) = self.move_originator_message_id {
-            put(tags::MOVE_ORIGINATOR_MESSAGE_ID, VR::US, PrimitiveValue::from(v));
+            put(
+                tags::MOVE_ORIGINATOR_MESSAGE_ID,
+                VR::US,
+                PrimitiveValue::from(v),
+            );
         }
         let mut body = Vec::with_capacity(256);
         obj.write_dataset_with_ts(&mut body, &IMPLICIT_VR_LITTLE_ENDIAN.erased())
@@ -179,8 +213,14 @@ impl Command {
 
     /// The response to `request` with the given command field and status (PS3.7 9.3).
     pub fn response_to(request: &Command, field: CommandField, status: Status) -> Command {
+        Command::response_with_field(request, field as u16, status)
+    }
+
+    /// As `response_to`, for a command field that has no `CommandField` (an unknown request
+    /// is answered with its own field with bit 15 set, PS3.7 E.1-1).
+    pub fn response_with_field(request: &Command, command_field: u16, status: Status) -> Command {
         Command {
-            command_field: field as u16,
+            command_field,
             message_id_being_responded_to: request.message_id,
             affected_sop_class_uid: request.affected_sop_class_uid.clone(),
             affected_sop_instance_uid: request.affected_sop_instance_uid.clone(),

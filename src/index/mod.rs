@@ -24,6 +24,11 @@ const READER_POOL: usize = 8;
 
 #[derive(Debug, thiserror::Error)]
 pub enum IndexError {
+    #[error("creating the index directory {path}: {source}")]
+    CreateDir {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("opening index {path}: {source}")]
     Open {
         path: PathBuf,
@@ -134,9 +139,9 @@ fn open_connection(path: &Path) -> Result<Connection, IndexError> {
 }
 
 fn migrate(conn: &mut Connection) -> Result<(), IndexError> {
-    let current: usize = conn
-        .query_row("PRAGMA user_version", [], |r| r.get::<_, i64>(0))
-        .map_err(|source| IndexError::Migrate { version: 0, source })? as usize;
+    let current: usize =
+        conn.query_row("PRAGMA user_version", [], |r| r.get::<_, i64>(0))
+            .map_err(|source| IndexError::Migrate { version: 0, source })? as usize;
     if current > MIGRATIONS.len() {
         return Err(IndexError::TooNew {
             found: current,
@@ -160,9 +165,9 @@ impl Index {
     /// Open (creating and migrating) the index at `path` and start its writer thread.
     pub fn open(path: &Path) -> Result<Index, IndexError> {
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            std::fs::create_dir_all(dir).map_err(|e| IndexError::Open {
-                path: path.to_path_buf(),
-                source: rusqlite::Error::ToSqlConversionFailure(Box::new(e)),
+            std::fs::create_dir_all(dir).map_err(|source| IndexError::CreateDir {
+                path: dir.to_path_buf(),
+                source,
             })?;
         }
         let mut writer_conn = open_connection(path)?;
@@ -236,7 +241,10 @@ impl Index {
     }
 
     /// The stored instance with this SOP Instance UID, if indexed.
-    pub async fn instance(&self, sop_instance_uid: &str) -> Result<Option<StoredInstance>, IndexError> {
+    pub async fn instance(
+        &self,
+        sop_instance_uid: &str,
+    ) -> Result<Option<StoredInstance>, IndexError> {
         let uid = sop_instance_uid.to_string();
         self.read(move |c| {
             c.query_row(
@@ -266,7 +274,10 @@ impl Index {
 
     pub async fn counts(&self) -> Result<Counts, IndexError> {
         self.read(|c| {
-            let n = |sql: &str| c.query_row(sql, [], |r| r.get::<_, i64>(0)).map(|v| v as u64);
+            let n = |sql: &str| {
+                c.query_row(sql, [], |r| r.get::<_, i64>(0))
+                    .map(|v| v as u64)
+            };
             Ok(Counts {
                 patients: n("SELECT count(*) FROM patient")?,
                 studies: n("SELECT count(*) FROM study")?,
@@ -281,9 +292,8 @@ impl Index {
 
     pub async fn repair_queue(&self) -> Result<Vec<RepairEntry>, IndexError> {
         self.read(|c| {
-            let mut stmt = c.prepare(
-                "SELECT storage_key, replica, reason FROM repair_queue ORDER BY id",
-            )?;
+            let mut stmt =
+                c.prepare("SELECT storage_key, replica, reason FROM repair_queue ORDER BY id")?;
             let rows = stmt.query_map([], |r| {
                 Ok(RepairEntry {
                     storage_key: r.get(0)?,
@@ -297,7 +307,10 @@ impl Index {
     }
 
     /// The precomputed counts of a study: (series, instances, modalities in study).
-    pub async fn study_counts(&self, study_uid: &str) -> Result<Option<(i64, i64, String)>, IndexError> {
+    pub async fn study_counts(
+        &self,
+        study_uid: &str,
+    ) -> Result<Option<(i64, i64, String)>, IndexError> {
         let uid = study_uid.to_string();
         self.read(move |c| {
             c.query_row(
@@ -530,7 +543,11 @@ fn insert_rows(
         "UPDATE patient SET num_instances = num_instances + 1, num_series = num_series + ?2,
                             num_studies = num_studies + ?3
          WHERE id = ?1",
-        params![patient_of_study, i64::from(new_series), i64::from(new_study)],
+        params![
+            patient_of_study,
+            i64::from(new_series),
+            i64::from(new_study)
+        ],
     )?;
     if new_series {
         c.execute(
@@ -607,15 +624,31 @@ mod tests {
     async fn insert_is_idempotent_and_counts_follow() {
         let dir = tempfile::tempdir().unwrap();
         let idx = Index::open(&dir.path().join("i.sqlite")).unwrap();
-        let a = idx.insert(rec("1.1", "1.1.1", "1.1.1.1", "CT"), vec![]).await.unwrap();
+        let a = idx
+            .insert(rec("1.1", "1.1.1", "1.1.1.1", "CT"), vec![])
+            .await
+            .unwrap();
         assert_eq!(a, InsertOutcome::Inserted { seq: 1 });
-        idx.insert(rec("1.1", "1.1.2", "1.1.2.1", "PR"), vec![]).await.unwrap();
-        idx.insert(rec("1.1", "1.1.2", "1.1.2.2", "PR"), vec![]).await.unwrap();
-        let again = idx.insert(rec("1.1", "1.1.1", "1.1.1.1", "CT"), vec![]).await.unwrap();
+        idx.insert(rec("1.1", "1.1.2", "1.1.2.1", "PR"), vec![])
+            .await
+            .unwrap();
+        idx.insert(rec("1.1", "1.1.2", "1.1.2.2", "PR"), vec![])
+            .await
+            .unwrap();
+        let again = idx
+            .insert(rec("1.1", "1.1.1", "1.1.1.1", "CT"), vec![])
+            .await
+            .unwrap();
         assert!(matches!(again, InsertOutcome::AlreadyPresent { .. }));
         let c = idx.counts().await.unwrap();
-        assert_eq!((c.patients, c.studies, c.series, c.instances, c.changelog), (1, 1, 2, 3, 3));
-        assert_eq!(idx.study_counts("1.1").await.unwrap(), Some((2, 3, "CT\\PR".into())));
+        assert_eq!(
+            (c.patients, c.studies, c.series, c.instances, c.changelog),
+            (1, 1, 2, 3, 3)
+        );
+        assert_eq!(
+            idx.study_counts("1.1").await.unwrap(),
+            Some((2, 3, "CT\\PR".into()))
+        );
     }
 
     #[tokio::test]
@@ -625,7 +658,8 @@ mod tests {
         let jobs = (0..200).map(|i| {
             let idx = idx.clone();
             tokio::spawn(async move {
-                idx.insert(rec("1.2", "1.2.1", &format!("1.2.1.{i}"), "MR"), vec![]).await
+                idx.insert(rec("1.2", "1.2.1", &format!("1.2.1.{i}"), "MR"), vec![])
+                    .await
             })
         });
         let results = futures::future::join_all(jobs).await;
@@ -645,9 +679,12 @@ mod tests {
     async fn missed_replicas_are_queued_for_repair() {
         let dir = tempfile::tempdir().unwrap();
         let idx = Index::open(&dir.path().join("i.sqlite")).unwrap();
-        idx.insert(rec("1.3", "1.3.1", "1.3.1.1", "CT"), vec![("r2".into(), "disk full".into())])
-            .await
-            .unwrap();
+        idx.insert(
+            rec("1.3", "1.3.1", "1.3.1.1", "CT"),
+            vec![("r2".into(), "disk full".into())],
+        )
+        .await
+        .unwrap();
         let q = idx.repair_queue().await.unwrap();
         assert_eq!(q.len(), 1);
         assert_eq!(q[0].replica, "r2");
@@ -661,7 +698,9 @@ mod tests {
         drop(Index::open(&p).unwrap());
         drop(Index::open(&p).unwrap());
         let c = Connection::open(&p).unwrap();
-        let v: i64 = c.query_row("PRAGMA user_version", [], |r| r.get(0)).unwrap();
+        let v: i64 = c
+            .query_row("PRAGMA user_version", [], |r| r.get(0))
+            .unwrap();
         assert_eq!(v as usize, MIGRATIONS.len());
     }
 }

@@ -5,7 +5,9 @@ use std::io::{BufReader, Cursor};
 
 use dicom_core::Tag;
 use dicom_dictionary_std::tags;
+use dicom_encoding::transfer_syntax::{Codec, TransferSyntaxIndex};
 use dicom_object::{DicomCollector, InMemDicomObject};
+use dicom_transfer_syntax_registry::TransferSyntaxRegistry;
 use serde::{Deserialize, Serialize};
 
 use crate::storage::{Uid, UidError};
@@ -91,7 +93,23 @@ fn uid_attr(attribute: &'static str, value: &str) -> Result<Uid, RecordError> {
 }
 
 /// Parse the data set bytes (encoded in `transfer_syntax`) up to Pixel Data.
-pub fn parse_header(dataset: &[u8], transfer_syntax: &str) -> Result<InMemDicomObject, RecordError> {
+pub fn parse_header(
+    dataset: &[u8],
+    transfer_syntax: &str,
+) -> Result<InMemDicomObject, RecordError> {
+    let parse_error = |reason: String| RecordError::Parse {
+        transfer_syntax: transfer_syntax.to_string(),
+        reason,
+    };
+    let ts = TransferSyntaxRegistry
+        .get(transfer_syntax)
+        .ok_or_else(|| parse_error("unknown transfer syntax".into()))?;
+    if matches!(ts.codec(), Codec::Dataset(Some(_))) {
+        // A whole-data-set codec (Deflated Explicit VR LE): the header streamer does not
+        // inflate, so the data set is read in full (still without decoding pixel data).
+        return InMemDicomObject::read_dataset_with_ts(dataset, ts)
+            .map_err(|e| parse_error(e.to_string()));
+    }
     let mut collector = DicomCollector::new_with_ts(
         BufReader::new(Cursor::new(dataset)),
         transfer_syntax.to_string(),
@@ -99,10 +117,7 @@ pub fn parse_header(dataset: &[u8], transfer_syntax: &str) -> Result<InMemDicomO
     let mut obj = InMemDicomObject::new_empty();
     collector
         .read_dataset_up_to_pixeldata(&mut obj)
-        .map_err(|e| RecordError::Parse {
-            transfer_syntax: transfer_syntax.to_string(),
-            reason: e.to_string(),
-        })?;
+        .map_err(|e| parse_error(e.to_string()))?;
     Ok(obj)
 }
 
@@ -166,7 +181,11 @@ fn text(obj: &InMemDicomObject, tag: Tag) -> Option<String> {
         .map(|s| s.trim_end_matches(['\0', ' ']).trim_start_matches(' '))
         .collect::<Vec<_>>()
         .join("\\");
-    if joined.is_empty() { None } else { Some(joined) }
+    if joined.is_empty() {
+        None
+    } else {
+        Some(joined)
+    }
 }
 
 fn int(obj: &InMemDicomObject, tag: Tag) -> Option<i64> {

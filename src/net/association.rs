@@ -9,10 +9,10 @@ use std::time::Duration;
 
 use bytes::BytesMut;
 use dicom_ul::pdu::{
-    AbortRQServiceProviderReason, AbortRQSource, AssociationAC, AssociationRJ,
-    AssociationRJResult, AssociationRJServiceProviderASCEReason, AssociationRJServiceUserReason,
-    AssociationRJSource, PDataValue, PDataValueType, PresentationContextResult,
-    PresentationContextResultReason, UserVariableItem,
+    AbortRQServiceProviderReason, AbortRQSource, AssociationAC, AssociationRJ, AssociationRJResult,
+    AssociationRJServiceProviderASCEReason, AssociationRJServiceUserReason, AssociationRJSource,
+    PDataValue, PDataValueType, PresentationContextResult, PresentationContextResultReason,
+    UserVariableItem,
 };
 use dicom_ul::{Pdu, read_pdu, write_pdu};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -143,15 +143,18 @@ impl Association {
     /// Run the acceptor side of association establishment on a fresh connection: read the
     /// A-ASSOCIATE-RQ within the ARTIM time, check called and calling AE titles, negotiate
     /// presentation contexts and PDU size, and answer AC or RJ.
-    pub async fn accept(socket: TcpStream, policy: &AcceptorPolicy) -> Result<Association, NetError> {
+    pub async fn accept(
+        socket: TcpStream,
+        policy: &AcceptorPolicy,
+    ) -> Result<Association, NetError> {
         let config = &policy.config;
-        let peer = socket
-            .peer_addr()
-            .map_err(|source| NetError::Read {
-                peer: ([0, 0, 0, 0], 0).into(),
-                source,
-            })?;
-        socket.set_nodelay(true).map_err(|source| NetError::Write { peer, source })?;
+        let peer = socket.peer_addr().map_err(|source| NetError::Read {
+            peer: ([0, 0, 0, 0], 0).into(),
+            source,
+        })?;
+        socket
+            .set_nodelay(true)
+            .map_err(|source| NetError::Write { peer, source })?;
         let mut assoc = Association {
             socket,
             peer,
@@ -182,7 +185,9 @@ impl Association {
             Pdu::AssociationRQ(rq) => rq,
             other => {
                 let reason = format!("expected A-ASSOCIATE-RQ, got {}", other.short_description());
-                assoc.send_abort(AbortRQServiceProviderReason::UnexpectedPdu).await;
+                assoc
+                    .send_abort(AbortRQServiceProviderReason::UnexpectedPdu)
+                    .await;
                 return Err(NetError::Protocol { peer, reason });
             }
         };
@@ -191,7 +196,7 @@ impl Association {
 
         // PS3.8 9.3.2: only bit 0 of the protocol version is tested.
         if rq.protocol_version & 1 == 0 {
-            assoc
+            return assoc
                 .reject_with(
                     reject(
                         AssociationRJResult::Permanent,
@@ -201,8 +206,7 @@ impl Association {
                     ),
                     "protocol version not supported",
                 )
-                .await?;
-            unreachable!("reject_with always returns an error");
+                .await;
         }
         if rq.application_context_name.trim_end_matches(['\0', ' ']) != APPLICATION_CONTEXT {
             return assoc
@@ -218,7 +222,10 @@ impl Association {
                 .await;
         }
         if assoc.called_ae != config.node.ae_title.trim() {
-            let why = format!("called AE title `{}` is not `{}`", assoc.called_ae, config.node.ae_title);
+            let why = format!(
+                "called AE title `{}` is not `{}`",
+                assoc.called_ae, config.node.ae_title
+            );
             return assoc
                 .reject_with(
                     reject(
@@ -233,7 +240,10 @@ impl Association {
         }
         let allowed: BTreeSet<Service> = config.services_for(&assoc.calling_ae);
         if allowed.is_empty() {
-            let why = format!("calling AE title `{}` is not a known peer", assoc.calling_ae);
+            let why = format!(
+                "calling AE title `{}` is not a known peer",
+                assoc.calling_ae
+            );
             return assoc
                 .reject_with(
                     reject(
@@ -249,7 +259,11 @@ impl Association {
 
         for uv in &rq.user_variables {
             if let UserVariableItem::MaxLength(len) = uv {
-                assoc.peer_max_pdu = if *len == 0 { UNLIMITED_PEER_PDU } else { (*len).min(UNLIMITED_PEER_PDU) };
+                assoc.peer_max_pdu = if *len == 0 {
+                    UNLIMITED_PEER_PDU
+                } else {
+                    (*len).min(UNLIMITED_PEER_PDU)
+                };
             }
         }
 
@@ -257,7 +271,10 @@ impl Association {
         for pc in &rq.presentation_contexts {
             let abstract_syntax = pc.abstract_syntax.trim_end_matches(['\0', ' ']).to_string();
             let (reason, ts) = match service_of(&abstract_syntax) {
-                None => (PresentationContextResultReason::AbstractSyntaxNotSupported, None),
+                None => (
+                    PresentationContextResultReason::AbstractSyntaxNotSupported,
+                    None,
+                ),
                 Some(service) if !allowed.contains(&service) => {
                     (PresentationContextResultReason::UserRejection, None)
                 }
@@ -269,9 +286,15 @@ impl Association {
                             transfer_syntax: ts.to_string(),
                             service,
                         });
-                        (PresentationContextResultReason::Acceptance, Some(ts.to_string()))
+                        (
+                            PresentationContextResultReason::Acceptance,
+                            Some(ts.to_string()),
+                        )
                     }
-                    None => (PresentationContextResultReason::TransferSyntaxesNotSupported, None),
+                    None => (
+                        PresentationContextResultReason::TransferSyntaxesNotSupported,
+                        None,
+                    ),
                 },
             };
             debug!(id = pc.id, %abstract_syntax, ?reason, ts = ts.as_deref().unwrap_or("-"), "presentation context");
@@ -292,7 +315,9 @@ impl Association {
             user_variables: vec![
                 UserVariableItem::MaxLength(assoc.our_max_pdu),
                 UserVariableItem::ImplementationClassUID(IMPLEMENTATION_CLASS_UID.to_string()),
-                UserVariableItem::ImplementationVersionName(IMPLEMENTATION_VERSION_NAME.to_string()),
+                UserVariableItem::ImplementationVersionName(
+                    IMPLEMENTATION_VERSION_NAME.to_string(),
+                ),
             ],
         });
         assoc.send_pdu(&ac).await?;
@@ -343,10 +368,13 @@ impl Association {
     /// Cancel-safe: partial messages are kept in `self` and resumed by the next call.
     pub async fn next(&mut self) -> Result<Incoming, NetError> {
         loop {
-            let pdu = match tokio::time::timeout(self.idle_timeout, self.read_pdu(self.our_max_pdu)).await {
+            let pdu = match tokio::time::timeout(self.idle_timeout, self.read_pdu(self.our_max_pdu))
+                .await
+            {
                 Ok(r) => r?,
                 Err(_) => {
-                    self.send_abort(AbortRQServiceProviderReason::ReasonNotSpecified).await;
+                    self.send_abort(AbortRQServiceProviderReason::ReasonNotSpecified)
+                        .await;
                     return Err(NetError::Timeout {
                         peer: self.peer,
                         what: "the next PDU",
@@ -376,7 +404,8 @@ impl Association {
                 }
                 other => {
                     let reason = format!("unexpected {}", other.short_description());
-                    self.send_abort(AbortRQServiceProviderReason::UnexpectedPdu).await;
+                    self.send_abort(AbortRQServiceProviderReason::UnexpectedPdu)
+                        .await;
                     return Err(NetError::Protocol {
                         peer: self.peer,
                         reason,
@@ -391,7 +420,8 @@ impl Association {
         let peer = self.peer;
         let protocol = |reason: String| NetError::Protocol { peer, reason };
         if self.context(pdv.presentation_context_id).is_none() {
-            self.send_abort(AbortRQServiceProviderReason::InvalidPduParameter).await;
+            self.send_abort(AbortRQServiceProviderReason::InvalidPduParameter)
+                .await;
             return Err(protocol(format!(
                 "PDV on presentation context {} that was not accepted",
                 pdv.presentation_context_id
@@ -399,7 +429,8 @@ impl Association {
         }
         match self.partial.context_id {
             Some(id) if id != pdv.presentation_context_id => {
-                self.send_abort(AbortRQServiceProviderReason::InvalidPduParameter).await;
+                self.send_abort(AbortRQServiceProviderReason::InvalidPduParameter)
+                    .await;
                 return Err(protocol(format!(
                     "PDV on context {} while a message on context {id} is incomplete",
                     pdv.presentation_context_id
@@ -410,11 +441,15 @@ impl Association {
         match pdv.value_type {
             PDataValueType::Command => {
                 if self.partial.command_done.is_some() {
-                    self.send_abort(AbortRQServiceProviderReason::UnexpectedPdu).await;
-                    return Err(protocol("command fragment after a complete command set".into()));
+                    self.send_abort(AbortRQServiceProviderReason::UnexpectedPdu)
+                        .await;
+                    return Err(protocol(
+                        "command fragment after a complete command set".into(),
+                    ));
                 }
                 if self.partial.command.len() + pdv.data.len() > crate::dimse::MAX_COMMAND_SET {
-                    self.send_abort(AbortRQServiceProviderReason::InvalidPduParameter).await;
+                    self.send_abort(AbortRQServiceProviderReason::InvalidPduParameter)
+                        .await;
                     return Err(protocol("command set larger than the limit".into()));
                 }
                 self.partial.command.extend_from_slice(&pdv.data);
@@ -424,7 +459,8 @@ impl Association {
                 let command = match Command::decode(&self.partial.command) {
                     Ok(c) => c,
                     Err(e) => {
-                        self.send_abort(AbortRQServiceProviderReason::InvalidPduParameter).await;
+                        self.send_abort(AbortRQServiceProviderReason::InvalidPduParameter)
+                            .await;
                         return Err(e.into());
                     }
                 };
@@ -443,7 +479,8 @@ impl Association {
             }
             PDataValueType::Data => {
                 if self.partial.command_done.is_none() {
-                    self.send_abort(AbortRQServiceProviderReason::UnexpectedPdu).await;
+                    self.send_abort(AbortRQServiceProviderReason::UnexpectedPdu)
+                        .await;
                     return Err(protocol("data fragment before the command set".into()));
                 }
                 self.partial.data_len += pdv.data.len() as u64;
@@ -474,9 +511,14 @@ impl Association {
     }
 
     /// Send a command set (and nothing else) on a presentation context.
-    pub async fn send_command(&mut self, context_id: u8, command: &Command) -> Result<(), NetError> {
+    pub async fn send_command(
+        &mut self,
+        context_id: u8,
+        command: &Command,
+    ) -> Result<(), NetError> {
         let bytes = command.encode()?;
-        self.send_pdvs(context_id, PDataValueType::Command, &bytes).await
+        self.send_pdvs(context_id, PDataValueType::Command, &bytes)
+            .await
     }
 
     /// Send a data set on a presentation context, fragmented to the peer's PDU size.
@@ -484,7 +526,12 @@ impl Association {
         self.send_pdvs(context_id, PDataValueType::Data, data).await
     }
 
-    async fn send_pdvs(&mut self, context_id: u8, value_type: PDataValueType, bytes: &[u8]) -> Result<(), NetError> {
+    async fn send_pdvs(
+        &mut self,
+        context_id: u8,
+        value_type: PDataValueType,
+        bytes: &[u8],
+    ) -> Result<(), NetError> {
         send_fragments(
             &mut self.socket,
             self.peer,
@@ -501,7 +548,13 @@ impl Association {
     async fn send_pdu(&mut self, pdu: &Pdu) -> Result<(), NetError> {
         self.write_buf.clear();
         write_pdu(&mut self.write_buf, pdu).map_err(|e| NetError::Encode(e.to_string()))?;
-        write_all(&mut self.socket, self.peer, &self.write_buf, self.write_timeout).await
+        write_all(
+            &mut self.socket,
+            self.peer,
+            &self.write_buf,
+            self.write_timeout,
+        )
+        .await
     }
 
     /// Send A-ABORT (service provider) best-effort and close the connection.
@@ -566,7 +619,12 @@ pub(crate) async fn read_pdu_from(
     }
 }
 
-async fn write_all(socket: &mut TcpStream, peer: SocketAddr, bytes: &[u8], timeout: Duration) -> Result<(), NetError> {
+async fn write_all(
+    socket: &mut TcpStream,
+    peer: SocketAddr,
+    bytes: &[u8],
+    timeout: Duration,
+) -> Result<(), NetError> {
     match tokio::time::timeout(timeout, socket.write_all(bytes)).await {
         Ok(r) => r.map_err(|source| NetError::Write { peer, source }),
         Err(_) => Err(NetError::Timeout {

@@ -82,10 +82,16 @@ pub async fn run<H: MessageHandler>(
         );
     }
     drop(listener);
-    info!(open = tasks.len(), "listener stopped; waiting for open associations");
+    info!(
+        open = tasks.len(),
+        "listener stopped; waiting for open associations"
+    );
     let drain = async { while tasks.join_next().await.is_some() {} };
     if tokio::time::timeout(drain_deadline, drain).await.is_err() {
-        warn!(left = tasks.len(), "shutdown deadline passed; aborting remaining associations");
+        warn!(
+            left = tasks.len(),
+            "shutdown deadline passed; aborting remaining associations"
+        );
         tasks.shutdown().await;
     }
 }
@@ -137,7 +143,9 @@ async fn serve_association<H: MessageHandler>(
             }
             Err(NetError::Closed { .. }) => {
                 if assoc.mid_message() {
-                    warn!("peer closed the connection in the middle of a message; nothing of it was kept");
+                    warn!(
+                        "peer closed the connection in the middle of a message; nothing of it was kept"
+                    );
                 } else {
                     debug!("peer closed the connection");
                 }

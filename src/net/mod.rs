@@ -8,6 +8,8 @@ pub mod scu;
 pub mod shutdown;
 pub mod syntax;
 
-pub use association::{AcceptedContext, AcceptorPolicy, Association, DimseMessage, Incoming, NetError};
+pub use association::{
+    AcceptedContext, AcceptorPolicy, Association, DimseMessage, Incoming, NetError,
+};
 pub use listener::{MessageHandler, run};
 pub use shutdown::{Shutdown, ShutdownTrigger};

@@ -61,19 +61,26 @@ pub struct ScuAssociation {
 
 impl ScuAssociation {
     /// Connect and negotiate. A rejection is `NetError::Rejected` with the reason spelled out.
-    pub async fn connect(opts: &ScuOptions, proposed: &[ProposedContext]) -> Result<ScuAssociation, NetError> {
+    pub async fn connect(
+        opts: &ScuOptions,
+        proposed: &[ProposedContext],
+    ) -> Result<ScuAssociation, NetError> {
         if proposed.is_empty() || proposed.len() > 128 {
             return Err(NetError::Encode(format!(
                 "{} presentation contexts proposed; PS3.8 allows 1 to 128",
                 proposed.len()
             )));
         }
-        let socket = match tokio::time::timeout(opts.timeout, TcpStream::connect(&opts.addr)).await {
+        let socket = match tokio::time::timeout(opts.timeout, TcpStream::connect(&opts.addr)).await
+        {
             Ok(Ok(s)) => s,
             Ok(Err(source)) => {
                 return Err(NetError::Write {
                     peer: ([0, 0, 0, 0], 0).into(),
-                    source: std::io::Error::new(source.kind(), format!("connecting to {}: {source}", opts.addr)),
+                    source: std::io::Error::new(
+                        source.kind(),
+                        format!("connecting to {}: {source}", opts.addr),
+                    ),
                 });
             }
             Err(_) => {
@@ -88,7 +95,9 @@ impl ScuAssociation {
             peer: ([0, 0, 0, 0], 0).into(),
             source,
         })?;
-        socket.set_nodelay(true).map_err(|source| NetError::Write { peer, source })?;
+        socket
+            .set_nodelay(true)
+            .map_err(|source| NetError::Write { peer, source })?;
         let mut assoc = ScuAssociation {
             socket,
             peer,
@@ -116,7 +125,9 @@ impl ScuAssociation {
             user_variables: vec![
                 UserVariableItem::MaxLength(SCU_MAX_PDU),
                 UserVariableItem::ImplementationClassUID(IMPLEMENTATION_CLASS_UID.to_string()),
-                UserVariableItem::ImplementationVersionName(IMPLEMENTATION_VERSION_NAME.to_string()),
+                UserVariableItem::ImplementationVersionName(
+                    IMPLEMENTATION_VERSION_NAME.to_string(),
+                ),
             ],
         });
         assoc.send_pdu(&rq).await?;
@@ -124,7 +135,11 @@ impl ScuAssociation {
             Pdu::AssociationAC(ac) => {
                 for uv in &ac.user_variables {
                     if let UserVariableItem::MaxLength(len) = uv {
-                        assoc.peer_max_pdu = if *len == 0 { 1024 * 1024 } else { (*len).min(16 * 1024 * 1024) };
+                        assoc.peer_max_pdu = if *len == 0 {
+                            1024 * 1024
+                        } else {
+                            (*len).min(16 * 1024 * 1024)
+                        };
                     }
                 }
                 for pc in ac.presentation_contexts {
@@ -136,14 +151,22 @@ impl ScuAssociation {
                         assoc.contexts.push(NegotiatedContext {
                             id: pc.id,
                             abstract_syntax: p.abstract_syntax.clone(),
-                            transfer_syntax: pc.transfer_syntax.trim_end_matches(['\0', ' ']).to_string(),
+                            transfer_syntax: pc
+                                .transfer_syntax
+                                .trim_end_matches(['\0', ' '])
+                                .to_string(),
                         });
                     }
                 }
                 Ok(assoc)
             }
-            Pdu::AssociationRJ(rj) => Err(NetError::Rejected(format!("{:?} / {:?}", rj.result, rj.source))),
-            Pdu::AbortRQ { source } => Err(NetError::Rejected(format!("aborted during negotiation: {source:?}"))),
+            Pdu::AssociationRJ(rj) => Err(NetError::Rejected(format!(
+                "{:?} / {:?}",
+                rj.result, rj.source
+            ))),
+            Pdu::AbortRQ { source } => Err(NetError::Rejected(format!(
+                "aborted during negotiation: {source:?}"
+            ))),
             other => Err(NetError::Protocol {
                 peer,
                 reason: format!("expected A-ASSOCIATE-AC, got {}", other.short_description()),
@@ -156,8 +179,16 @@ impl ScuAssociation {
     }
 
     /// The accepted context for this abstract syntax, preferring the given transfer syntax.
-    pub fn context_for(&self, abstract_syntax: &str, preferred_ts: &str) -> Option<&NegotiatedContext> {
-        let matching = || self.contexts.iter().filter(|c| c.abstract_syntax == abstract_syntax);
+    pub fn context_for(
+        &self,
+        abstract_syntax: &str,
+        preferred_ts: &str,
+    ) -> Option<&NegotiatedContext> {
+        let matching = || {
+            self.contexts
+                .iter()
+                .filter(|c| c.abstract_syntax == abstract_syntax)
+        };
         matching()
             .find(|c| c.transfer_syntax == preferred_ts)
             .or_else(|| matching().next())
@@ -183,20 +214,51 @@ impl ScuAssociation {
     }
 
     /// C-STORE (PS3.7 9.1.1) of a data set already encoded in the context's transfer syntax.
-    pub async fn store(&mut self, context_id: u8, sop_class: &str, sop_instance: &str, data: &[u8]) -> Result<Status, NetError> {
+    pub async fn store(
+        &mut self,
+        context_id: u8,
+        sop_class: &str,
+        sop_instance: &str,
+        data: &[u8],
+    ) -> Result<Status, NetError> {
         let id = self.message_id();
-        self.send_command(context_id, &Command::store_rq(id, sop_class, sop_instance)).await?;
+        self.send_command(context_id, &Command::store_rq(id, sop_class, sop_instance))
+            .await?;
         self.send_data(context_id, data).await?;
         self.read_response(CommandField::CStoreRsp).await
     }
 
-    pub async fn send_command(&mut self, context_id: u8, command: &Command) -> Result<(), NetError> {
+    pub async fn send_command(
+        &mut self,
+        context_id: u8,
+        command: &Command,
+    ) -> Result<(), NetError> {
         let bytes = command.encode()?;
-        send_fragments(&mut self.socket, self.peer, &mut self.write_buf, self.peer_max_pdu, self.timeout, context_id, PDataValueType::Command, &bytes).await
+        send_fragments(
+            &mut self.socket,
+            self.peer,
+            &mut self.write_buf,
+            self.peer_max_pdu,
+            self.timeout,
+            context_id,
+            PDataValueType::Command,
+            &bytes,
+        )
+        .await
     }
 
     pub async fn send_data(&mut self, context_id: u8, data: &[u8]) -> Result<(), NetError> {
-        send_fragments(&mut self.socket, self.peer, &mut self.write_buf, self.peer_max_pdu, self.timeout, context_id, PDataValueType::Data, data).await
+        send_fragments(
+            &mut self.socket,
+            self.peer,
+            &mut self.write_buf,
+            self.peer_max_pdu,
+            self.timeout,
+            context_id,
+            PDataValueType::Data,
+            data,
+        )
+        .await
     }
 
     /// Write raw bytes to the socket (tests use it to cut a message short).
@@ -204,7 +266,10 @@ impl ScuAssociation {
         self.socket
             .write_all(bytes)
             .await
-            .map_err(|source| NetError::Write { peer: self.peer, source })
+            .map_err(|source| NetError::Write {
+                peer: self.peer,
+                source,
+            })
     }
 
     /// Read one response command set (no data set expected) and return its status.
@@ -213,7 +278,10 @@ impl ScuAssociation {
         if rsp.command_field != expected as u16 {
             return Err(NetError::Protocol {
                 peer: self.peer,
-                reason: format!("expected {expected:?}, got command field {:#06x}", rsp.command_field),
+                reason: format!(
+                    "expected {expected:?}, got command field {:#06x}",
+                    rsp.command_field
+                ),
             });
         }
         Ok(Status {
@@ -234,7 +302,10 @@ impl ScuAssociation {
                         }
                         command.extend_from_slice(&pdv.data);
                         if command.len() > MAX_COMMAND_SET {
-                            return Err(NetError::Protocol { peer: self.peer, reason: "response command set too large".into() });
+                            return Err(NetError::Protocol {
+                                peer: self.peer,
+                                reason: "response command set too large".into(),
+                            });
                         }
                         if pdv.is_last {
                             return Ok(Command::decode(&command)?);
@@ -242,7 +313,9 @@ impl ScuAssociation {
                     }
                 }
                 Pdu::AbortRQ { source } => {
-                    return Err(NetError::Rejected(format!("association aborted by peer: {source:?}")));
+                    return Err(NetError::Rejected(format!(
+                        "association aborted by peer: {source:?}"
+                    )));
                 }
                 other => {
                     return Err(NetError::Protocol {
@@ -273,7 +346,11 @@ impl ScuAssociation {
 
     /// A-ABORT as service user.
     pub async fn abort(mut self) {
-        let _ = self.send_pdu(&Pdu::AbortRQ { source: AbortRQSource::ServiceUser }).await;
+        let _ = self
+            .send_pdu(&Pdu::AbortRQ {
+                source: AbortRQSource::ServiceUser,
+            })
+            .await;
         let _ = self.socket.shutdown().await;
     }
 
@@ -281,15 +358,31 @@ impl ScuAssociation {
         self.write_buf.clear();
         write_pdu(&mut self.write_buf, pdu).map_err(|e| NetError::Encode(e.to_string()))?;
         match tokio::time::timeout(self.timeout, self.socket.write_all(&self.write_buf)).await {
-            Ok(r) => r.map_err(|source| NetError::Write { peer: self.peer, source }),
-            Err(_) => Err(NetError::Timeout { peer: self.peer, what: "the peer to read", after: self.timeout }),
+            Ok(r) => r.map_err(|source| NetError::Write {
+                peer: self.peer,
+                source,
+            }),
+            Err(_) => Err(NetError::Timeout {
+                peer: self.peer,
+                what: "the peer to read",
+                after: self.timeout,
+            }),
         }
     }
 
     async fn read_pdu(&mut self) -> Result<Pdu, NetError> {
-        match tokio::time::timeout(self.timeout, read_pdu_from(&mut self.socket, self.peer, &mut self.read_buf, SCU_MAX_PDU)).await {
+        match tokio::time::timeout(
+            self.timeout,
+            read_pdu_from(&mut self.socket, self.peer, &mut self.read_buf, SCU_MAX_PDU),
+        )
+        .await
+        {
             Ok(r) => r,
-            Err(_) => Err(NetError::Timeout { peer: self.peer, what: "a PDU", after: self.timeout }),
+            Err(_) => Err(NetError::Timeout {
+                peer: self.peer,
+                what: "a PDU",
+                after: self.timeout,
+            }),
         }
     }
 }

@@ -31,7 +31,11 @@ impl MessageHandler for Services {
             .context(context_id)
             .cloned()
             .expect("net only delivers messages on accepted contexts");
-        debug!(command = command.command_field, context = context_id, "DIMSE request");
+        debug!(
+            command = command.command_field,
+            context = context_id,
+            "DIMSE request"
+        );
         let response = match (command.field(), context.service) {
             (Some(CommandField::CEchoRq), Service::Echo) => echo::respond(&command),
             (Some(CommandField::CStoreRq), Service::Store) => {
@@ -64,12 +68,9 @@ fn unsupported_response(request: &Command, field: Option<CommandField>) -> Comma
         Some(f) => format!("{f:?} is not provided on this presentation context"),
         None => format!("unknown command field {:#06x}", request.command_field),
     };
-    Command {
-        command_field: rsp_field,
-        ..Command::response_to(
-            request,
-            CommandField::CEchoRsp,
-            Status::with_comment(status::UNRECOGNIZED_OPERATION, comment),
-        )
-    }
+    Command::response_with_field(
+        request,
+        rsp_field,
+        Status::with_comment(status::UNRECOGNIZED_OPERATION, comment),
+    )
 }

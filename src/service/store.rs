@@ -63,7 +63,9 @@ impl StoreError {
         };
         let comment = match self {
             // Keep the comment short and useful: the quorum figures, not every path.
-            StoreError::Storage(StorageError::QuorumNotMet { ok, total, needed, .. }) => {
+            StoreError::Storage(StorageError::QuorumNotMet {
+                ok, total, needed, ..
+            }) => {
                 format!("write quorum not met: {ok} of {total} replicas, {needed} needed")
             }
             StoreError::Index(_) => "index commit failed; object not kept".to_string(),
@@ -87,7 +89,12 @@ fn prepare(data: &[u8], transfer_syntax: &str) -> Result<Prepared, StoreError> {
     let header = record::parse_header(data, transfer_syntax)?;
     let rec = record::extract(&header)?;
     let uids = rec.uids()?;
-    let file = part10::build(uids.sop_class.as_str(), uids.sop_instance.as_str(), transfer_syntax, data)?;
+    let file = part10::build(
+        uids.sop_class.as_str(),
+        uids.sop_instance.as_str(),
+        transfer_syntax,
+        data,
+    )?;
     Ok(Prepared {
         rec,
         uids,
@@ -130,7 +137,10 @@ impl StoreService {
         data: Option<Vec<u8>>,
         oversize: Option<u64>,
     ) -> Status {
-        match self.try_store(context, calling_ae, command, data, oversize).await {
+        match self
+            .try_store(context, calling_ae, command, data, oversize)
+            .await
+        {
             Ok(()) => Status::success(),
             Err(e) => {
                 warn!(
@@ -179,7 +189,9 @@ impl StoreService {
         // associations sending the same instance cannot interleave.
         let lock = self.lock_for(sop_instance.as_str());
         let guard = lock.lock().await;
-        let result = self.store_locked(context, calling_ae, &sop_class, &sop_instance, data).await;
+        let result = self
+            .store_locked(context, calling_ae, &sop_class, &sop_instance, data)
+            .await;
         drop(guard);
         self.release_lock(sop_instance.as_str(), lock);
         result
@@ -200,7 +212,11 @@ impl StoreService {
             tokio::task::spawn_blocking(move || prepare(&data, &ts)),
             self.index.instance(sop_instance.as_str())
         );
-        let Prepared { mut rec, uids, file } = prepared.expect("record extraction panicked")?;
+        let Prepared {
+            mut rec,
+            uids,
+            file,
+        } = prepared.expect("record extraction panicked")?;
         if rec.sop_class_uid != sop_class.as_str() {
             return Err(StoreError::DataSetMismatch {
                 attribute: "SOPClassUID",
@@ -226,7 +242,12 @@ impl StoreService {
             }
             return Ok(());
         }
-        let key = object_key(self.storage.prefix(), &uids.study, &uids.series, &uids.sop_instance);
+        let key = object_key(
+            self.storage.prefix(),
+            &uids.study,
+            &uids.series,
+            &uids.sop_instance,
+        );
         rec.storage_key = key.clone();
         rec.transfer_syntax_uid = context.transfer_syntax.clone();
         rec.size = file.len() as u64;

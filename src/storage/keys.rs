@@ -60,7 +60,10 @@ pub fn object_key(prefix: &str, study: &Uid, series: &Uid, sop: &Uid) -> String 
     if prefix.is_empty() {
         format!("{study}/{series}/{sop}.dcm")
     } else {
-        format!("{}/{study}/{series}/{sop}.dcm", prefix.trim_end_matches('/'))
+        format!(
+            "{}/{study}/{series}/{sop}.dcm",
+            prefix.trim_end_matches('/')
+        )
     }
 }
 
@@ -69,7 +72,8 @@ pub fn parse_object_key(prefix: &str, key: &str) -> Option<(Uid, Uid, Uid)> {
     let rest = if prefix.is_empty() {
         key
     } else {
-        key.strip_prefix(prefix.trim_end_matches('/'))?.strip_prefix('/')?
+        key.strip_prefix(prefix.trim_end_matches('/'))?
+            .strip_prefix('/')?
     };
     let mut parts = rest.split('/');
     let (study, series, file) = (parts.next()?, parts.next()?, parts.next()?);
@@ -77,7 +81,11 @@ pub fn parse_object_key(prefix: &str, key: &str) -> Option<(Uid, Uid, Uid)> {
         return None;
     }
     let sop = file.strip_suffix(".dcm")?;
-    Some((Uid::parse(study).ok()?, Uid::parse(series).ok()?, Uid::parse(sop).ok()?))
+    Some((
+        Uid::parse(study).ok()?,
+        Uid::parse(series).ok()?,
+        Uid::parse(sop).ok()?,
+    ))
 }
 
 #[cfg(test)]
@@ -98,23 +106,57 @@ mod tests {
     fn refuses_what_could_escape_a_path_or_sql() {
         assert_eq!(Uid::parse(""), Err(UidError::Empty));
         assert_eq!(Uid::parse("\0"), Err(UidError::Empty));
-        assert!(matches!(Uid::parse("../../etc/passwd"), Err(UidError::BadCharacter(_))));
-        assert!(matches!(Uid::parse("1.2'; DROP TABLE x"), Err(UidError::BadCharacter(_))));
-        assert!(matches!(Uid::parse("1.2/3"), Err(UidError::BadCharacter(_))));
-        assert!(matches!(Uid::parse("1..2"), Err(UidError::EmptyComponent(_))));
-        assert!(matches!(Uid::parse(".1.2"), Err(UidError::EmptyComponent(_))));
-        assert!(matches!(Uid::parse("1.2."), Err(UidError::EmptyComponent(_))));
-        assert!(matches!(Uid::parse(&"1".repeat(65)), Err(UidError::TooLong(_))));
-        assert!(matches!(Uid::parse("1.2.a"), Err(UidError::BadCharacter(_))));
+        assert!(matches!(
+            Uid::parse("../../etc/passwd"),
+            Err(UidError::BadCharacter(_))
+        ));
+        assert!(matches!(
+            Uid::parse("1.2'; DROP TABLE x"),
+            Err(UidError::BadCharacter(_))
+        ));
+        assert!(matches!(
+            Uid::parse("1.2/3"),
+            Err(UidError::BadCharacter(_))
+        ));
+        assert!(matches!(
+            Uid::parse("1..2"),
+            Err(UidError::EmptyComponent(_))
+        ));
+        assert!(matches!(
+            Uid::parse(".1.2"),
+            Err(UidError::EmptyComponent(_))
+        ));
+        assert!(matches!(
+            Uid::parse("1.2."),
+            Err(UidError::EmptyComponent(_))
+        ));
+        assert!(matches!(
+            Uid::parse(&"1".repeat(65)),
+            Err(UidError::TooLong(_))
+        ));
+        assert!(matches!(
+            Uid::parse("1.2.a"),
+            Err(UidError::BadCharacter(_))
+        ));
     }
 
     #[test]
     fn keys_round_trip() {
-        let (a, b, c) = (Uid::parse("1.2").unwrap(), Uid::parse("1.3").unwrap(), Uid::parse("1.4").unwrap());
+        let (a, b, c) = (
+            Uid::parse("1.2").unwrap(),
+            Uid::parse("1.3").unwrap(),
+            Uid::parse("1.4").unwrap(),
+        );
         let k = object_key("dicom", &a, &b, &c);
         assert_eq!(k, "dicom/1.2/1.3/1.4.dcm");
-        assert_eq!(parse_object_key("dicom", &k), Some((a.clone(), b.clone(), c.clone())));
-        assert_eq!(parse_object_key("", &object_key("", &a, &b, &c)), Some((a, b, c)));
+        assert_eq!(
+            parse_object_key("dicom", &k),
+            Some((a.clone(), b.clone(), c.clone()))
+        );
+        assert_eq!(
+            parse_object_key("", &object_key("", &a, &b, &c)),
+            Some((a, b, c))
+        );
         assert_eq!(parse_object_key("dicom", "dicom/1.2/x/1.4.dcm"), None);
         assert_eq!(parse_object_key("dicom", "dicom/1.2/1.3/1.4.jpg"), None);
     }

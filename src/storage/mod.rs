@@ -157,14 +157,17 @@ impl Storage {
     /// Failures are logged: the repair scan finds unindexed objects later.
     pub async fn delete_from(&self, key: &str, replicas: &[usize]) {
         let Ok(path) = store_path(key) else { return };
-        let deletes = replicas.iter().filter_map(|&i| self.replicas.get(i)).map(|r| {
-            let path = path.clone();
-            async move {
-                if let Err(e) = r.store.delete(&path).await {
-                    warn!(replica = %r.location, key = %path, error = %e, "undo delete failed");
+        let deletes = replicas
+            .iter()
+            .filter_map(|&i| self.replicas.get(i))
+            .map(|r| {
+                let path = path.clone();
+                async move {
+                    if let Err(e) = r.store.delete(&path).await {
+                        warn!(replica = %r.location, key = %path, error = %e, "undo delete failed");
+                    }
                 }
-            }
-        });
+            });
         join_all(deletes).await;
     }
 
@@ -191,7 +194,9 @@ impl Storage {
 
     /// Whether replica `i` holds `key` (used by tests and verification).
     pub async fn exists_on(&self, i: usize, key: &str) -> bool {
-        let Ok(path) = store_path(key) else { return false };
+        let Ok(path) = store_path(key) else {
+            return false;
+        };
         match self.replicas.get(i) {
             Some(r) => r.store.head(&path).await.is_ok(),
             None => false,
@@ -261,7 +266,8 @@ fn open_replica(location: &str) -> Result<Replica, StorageError> {
         } else {
             PathBuf::from(location)
         };
-        std::fs::create_dir_all(&dir).map_err(|e| fail(format!("creating {}: {e}", dir.display())))?;
+        std::fs::create_dir_all(&dir)
+            .map_err(|e| fail(format!("creating {}: {e}", dir.display())))?;
         let dir = dir
             .canonicalize()
             .map_err(|e| fail(format!("resolving {}: {e}", dir.display())))?;
@@ -284,15 +290,26 @@ mod tests {
     async fn memory_replicas_write_and_read() {
         let locs: Vec<String> = (0..3).map(|i| format!("memory://r{i}")).collect();
         let s = Storage::open(&locs, None, "dicom").unwrap();
-        let out = s.put("dicom/1.2/1.3/1.4.dcm", Bytes::from_static(b"abc")).await.unwrap();
+        let out = s
+            .put("dicom/1.2/1.3/1.4.dcm", Bytes::from_static(b"abc"))
+            .await
+            .unwrap();
         assert_eq!(out.written, vec![0, 1, 2]);
         assert_eq!(&s.get("dicom/1.2/1.3/1.4.dcm").await.unwrap()[..], b"abc");
-        assert_eq!(s.list_keys().await.unwrap(), vec!["dicom/1.2/1.3/1.4.dcm".to_string()]);
+        assert_eq!(
+            s.list_keys().await.unwrap(),
+            vec!["dicom/1.2/1.3/1.4.dcm".to_string()]
+        );
     }
 
     #[test]
     fn unknown_scheme_is_refused_by_name() {
-        let err = Storage::open(&["gopher://x".into()], None, "").unwrap_err().to_string();
-        assert!(err.contains("gopher://x") && err.contains("unsupported scheme"), "{err}");
+        let err = Storage::open(&["gopher://x".into()], None, "")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("gopher://x") && err.contains("unsupported scheme"),
+            "{err}"
+        );
     }
 }

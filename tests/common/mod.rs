@@ -22,7 +22,9 @@ pub fn config_in(dir: &Path) -> Config {
     c.node.bind = "127.0.0.1".into();
     c.node.port = 0;
     c.index.path = dir.join("index.sqlite");
-    c.storage.replicas = (1..=3).map(|i| dir.join(format!("replica-{i}")).display().to_string()).collect();
+    c.storage.replicas = (1..=3)
+        .map(|i| dir.join(format!("replica-{i}")).display().to_string())
+        .collect();
     c.timeouts.shutdown_secs = 5.0;
     c
 }
@@ -37,7 +39,11 @@ impl TestNode {
         let mut config = config_in(dir.path());
         tweak(&mut config);
         config.validate().expect("test config is valid");
-        let node = Node::open(config.clone()).expect("open node").spawn().await.expect("spawn node");
+        let node = Node::open(config.clone())
+            .expect("open node")
+            .spawn()
+            .await
+            .expect("spawn node");
         TestNode { node, config, dir }
     }
 
@@ -65,6 +71,14 @@ impl TestNode {
             return Vec::new();
         }
         pacsd::tools::collect_files(&[dir]).unwrap_or_default()
+    }
+
+    /// Make replica `i` unwritable: replace its directory with a plain file (as root,
+    /// permission bits would not stop writes).
+    pub fn break_replica(&self, i: usize) {
+        let r = self.replica_dir(i);
+        std::fs::remove_dir_all(&r).unwrap();
+        std::fs::write(&r, b"not a directory").unwrap();
     }
 
     pub async fn instances(&self) -> u64 {
@@ -106,7 +120,11 @@ pub async fn dcmtk_async(tool: &'static str, args: Vec<String>) -> Output {
 }
 
 pub fn text(o: &Output) -> String {
-    format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr))
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
 }
 
 /// Write `n` small synthetic CT files (64x64) of one study under `dir`.
@@ -137,7 +155,10 @@ pub async fn ct_association(opts: &ScuOptions) -> ScuAssociation {
 pub fn encode(spec: &pacsd::synth::Spec) -> Vec<u8> {
     let mut out = Vec::new();
     spec.dataset()
-        .write_dataset_with_ts(&mut out, &dicom_transfer_syntax_registry::entries::EXPLICIT_VR_LITTLE_ENDIAN.erased())
+        .write_dataset_with_ts(
+            &mut out,
+            &dicom_transfer_syntax_registry::entries::EXPLICIT_VR_LITTLE_ENDIAN.erased(),
+        )
         .unwrap();
     out
 }
