@@ -62,6 +62,7 @@ pub struct Config {
     pub index: IndexConfig,
     pub storage: StorageConfig,
     pub access: AccessConfig,
+    pub query: QueryConfig,
     /// Known remote AEs, loaded from `access.peers_file` (not a key of pacsd.toml).
     #[serde(skip)]
     pub peers: Vec<Peer>,
@@ -124,6 +125,26 @@ pub struct AccessConfig {
     pub peers_file: Option<PathBuf>,
     /// Services an AE that is not in the peers file may use. Empty = reject unknown AEs.
     pub unknown_ae_services: BTreeSet<Service>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct QueryConfig {
+    /// A C-FIND matching more than this many entities is refused (A700 with an ErrorComment)
+    /// instead of being truncated. 0 = no limit.
+    pub max_results: u64,
+    /// PersonName matching ignores case, as workstations expect (PS3.4 C.2.2.2.1 leaves it
+    /// to the SCP).
+    pub pn_case_insensitive: bool,
+}
+
+impl Default for QueryConfig {
+    fn default() -> Self {
+        QueryConfig {
+            max_results: 10_000,
+            pn_case_insensitive: true,
+        }
+    }
 }
 
 /// A known remote application entity.

@@ -50,6 +50,29 @@ enum Command {
         #[arg(required = true)]
         paths: Vec<PathBuf>,
     },
+    /// Query a DICOM node with C-FIND and print the matches as a table or JSON.
+    Find {
+        #[command(flatten)]
+        remote: Remote,
+        /// Information model.
+        #[arg(long, value_enum, default_value = "study")]
+        model: pacsd::tools::QueryModel,
+        /// Query/Retrieve level: PATIENT, STUDY, SERIES or IMAGE.
+        #[arg(long, short, default_value = "STUDY")]
+        level: String,
+        /// Key as Keyword=value or gggg,eeee=value; an empty value asks for the attribute.
+        #[arg(long = "key", short = 'k')]
+        keys: Vec<String>,
+        /// Specific Character Set of the query, e.g. "ISO_IR 192".
+        #[arg(long)]
+        charset: Option<String>,
+        /// Ask for relational queries (extended negotiation).
+        #[arg(long)]
+        relational: bool,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
     /// Write synthetic CT-like instances (for tests and benchmarks).
     Synth {
         /// Output directory.
@@ -227,6 +250,45 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 s.mb_per_second()
             );
             Ok(if s.failed == 0 {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(1)
+            })
+        }
+        Command::Find {
+            remote,
+            model,
+            level,
+            keys,
+            charset,
+            relational,
+            json,
+        } => {
+            let spec = pacsd::tools::FindSpec {
+                model,
+                level,
+                keys,
+                charset,
+                relational,
+                cancel_after: None,
+            };
+            let r = pacsd::tools::find(&remote.options(), &spec).await?;
+            if json {
+                println!("{}", r.to_json());
+            } else {
+                println!("{}", r.to_table());
+            }
+            eprintln!(
+                "{} match(es); final status {:04X}{}",
+                r.matches.len(),
+                r.status.code,
+                r.status
+                    .comment
+                    .as_ref()
+                    .map(|c| format!(": {c}"))
+                    .unwrap_or_default()
+            );
+            Ok(if r.status.is_success() {
                 ExitCode::SUCCESS
             } else {
                 ExitCode::from(1)

@@ -11,7 +11,7 @@ use tracing::info;
 use crate::config::Config;
 use crate::index::{Index, IndexError};
 use crate::net::{AcceptorPolicy, Shutdown, ShutdownTrigger};
-use crate::service::{Services, StoreService};
+use crate::service::{FindService, Services, StoreService};
 use crate::storage::{Storage, StorageError};
 
 #[derive(Debug, thiserror::Error)]
@@ -86,6 +86,13 @@ impl Node {
                 self.storage.clone(),
                 self.config.node.max_object_size,
             )),
+            find: Arc::new(FindService {
+                index: self.index.clone(),
+                storage: self.storage.clone(),
+                ae_title: self.config.node.ae_title.clone(),
+                max_results: self.config.query.max_results,
+                pn_case_insensitive: self.config.query.pn_case_insensitive,
+            }),
         });
         let policy = AcceptorPolicy {
             config: self.config.clone(),

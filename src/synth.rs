@@ -23,6 +23,13 @@ pub struct Spec {
     pub sop_class: String,
     pub modality: String,
     pub instance_number: i32,
+    pub study_date: String,
+    pub study_time: String,
+    pub accession_number: String,
+    pub study_description: String,
+    pub referring_physician: String,
+    /// Specific Character Set written into the data set (text is encoded with it).
+    pub charset: String,
     /// Rows = columns; 0 writes no pixel data.
     pub size: u16,
     pub transfer_syntax: String,
@@ -40,6 +47,12 @@ impl Spec {
             sop_class: uids::CT_IMAGE_STORAGE.to_string(),
             modality: "CT".into(),
             instance_number: n as i32,
+            study_date: "20240315".into(),
+            study_time: "101500".into(),
+            accession_number: format!("ACC{study:05}"),
+            study_description: "Synthetic study".into(),
+            referring_physician: "Referrer^Rita".into(),
+            charset: "ISO_IR 192".into(),
             size,
             transfer_syntax: uids::EXPLICIT_VR_LITTLE_ENDIAN.to_string(),
         }

@@ -311,3 +311,224 @@ async fn store_shard(
     }
     summary
 }
+
+/// Which Query/Retrieve model `pacsd find` uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum QueryModel {
+    Patient,
+    Study,
+}
+
+impl QueryModel {
+    pub fn find_sop_class(self) -> &'static str {
+        match self {
+            QueryModel::Patient => uids::PATIENT_ROOT_QUERY_RETRIEVE_INFORMATION_MODEL_FIND,
+            QueryModel::Study => uids::STUDY_ROOT_QUERY_RETRIEVE_INFORMATION_MODEL_FIND,
+        }
+    }
+}
+
+/// A C-FIND to run: level, keys as `Keyword=value` or `gggg,eeee=value` (empty value:
+/// return only), optional Specific Character Set, relational negotiation.
+#[derive(Debug, Clone)]
+pub struct FindSpec {
+    pub model: QueryModel,
+    pub level: String,
+    pub keys: Vec<String>,
+    pub charset: Option<String>,
+    pub relational: bool,
+    pub cancel_after: Option<usize>,
+}
+
+/// What a C-FIND returned.
+#[derive(Debug, Clone)]
+pub struct FindResult {
+    /// The requested keys (tag, keyword), in order.
+    pub columns: Vec<(dicom_core::Tag, String)>,
+    pub matches: Vec<dicom_object::InMemDicomObject>,
+    pub status: crate::dimse::Status,
+}
+
+fn parse_key(key: &str) -> Result<(dicom_core::Tag, dicom_core::VR, String, String), String> {
+    use dicom_core::dictionary::{DataDictionary, DataDictionaryEntry, VirtualVr};
+    let (name, value) = key.split_once('=').unwrap_or((key, ""));
+    let dict = dicom_dictionary_std::StandardDataDictionary;
+    let entry = if let Some((g, e)) = name.split_once(',') {
+        let g = u16::from_str_radix(g.trim_start_matches('('), 16)
+            .map_err(|_| format!("bad tag `{name}`"))?;
+        let e = u16::from_str_radix(e.trim_end_matches(')'), 16)
+            .map_err(|_| format!("bad tag `{name}`"))?;
+        dict.by_tag(dicom_core::Tag(g, e))
+    } else {
+        dict.by_name(name)
+    }
+    .ok_or_else(|| format!("unknown attribute `{name}`"))?;
+    let vr = match entry.vr() {
+        VirtualVr::Exact(vr) => vr,
+        _ => dicom_core::VR::LO,
+    };
+    Ok((
+        entry.tag_range().inner(),
+        vr,
+        entry.alias().to_string(),
+        value.to_string(),
+    ))
+}
+
+/// Run one C-FIND (an association of its own) and collect the matches.
+pub async fn find(opts: &ScuOptions, spec: &FindSpec) -> Result<FindResult, ToolError> {
+    use dicom_core::{DataElement, PrimitiveValue, VR};
+    use dicom_dictionary_std::tags;
+    use dicom_encoding::text::SpecificCharacterSet;
+    use dicom_transfer_syntax_registry::entries::EXPLICIT_VR_LITTLE_ENDIAN;
+
+    let bad = |reason: String| ToolError::NotDicom {
+        path: PathBuf::from("<query>"),
+        reason,
+    };
+    let mut ident = dicom_object::InMemDicomObject::new_empty();
+    ident.put(DataElement::new(
+        tags::QUERY_RETRIEVE_LEVEL,
+        VR::CS,
+        PrimitiveValue::from(spec.level.as_str()),
+    ));
+    if let Some(cs) = &spec.charset {
+        ident.put(DataElement::new(
+            tags::SPECIFIC_CHARACTER_SET,
+            VR::CS,
+            PrimitiveValue::from(cs.as_str()),
+        ));
+    }
+    let mut columns = Vec::new();
+    for k in &spec.keys {
+        let (tag, vr, name, value) = parse_key(k).map_err(bad)?;
+        let v = if value.is_empty() {
+            PrimitiveValue::Empty
+        } else {
+            PrimitiveValue::from(value)
+        };
+        ident.put(DataElement::new(tag, vr, v));
+        columns.push((tag, name));
+    }
+    let cs = spec
+        .charset
+        .as_deref()
+        .and_then(SpecificCharacterSet::from_code)
+        .unwrap_or_default();
+    let ts = EXPLICIT_VR_LITTLE_ENDIAN.erased();
+    let mut bytes = Vec::new();
+    ident
+        .write_dataset_with_ts_cs(&mut bytes, &ts, cs)
+        .map_err(|e| bad(e.to_string()))?;
+
+    let sop = spec.model.find_sop_class();
+    let extended = if spec.relational {
+        vec![(sop.to_string(), vec![1, 1])]
+    } else {
+        Vec::new()
+    };
+    let mut assoc = ScuAssociation::connect_with(
+        opts,
+        &[ProposedContext {
+            abstract_syntax: sop.to_string(),
+            transfer_syntaxes: vec![uids::EXPLICIT_VR_LITTLE_ENDIAN.to_string()],
+        }],
+        &extended,
+    )
+    .await?;
+    let ctx = assoc
+        .context_for(sop, uids::EXPLICIT_VR_LITTLE_ENDIAN)
+        .map(|c| c.id)
+        .ok_or_else(|| {
+            NetError::Rejected(format!(
+                "{sop} not accepted (is `find` allowed for this AE?)"
+            ))
+        })?;
+    let (raw, status) = assoc.find(ctx, sop, &bytes, spec.cancel_after).await?;
+    assoc.release().await?;
+    let matches = raw
+        .iter()
+        .map(|b| {
+            dicom_object::InMemDicomObject::read_dataset_with_ts(&b[..], &ts)
+                .map_err(|e| bad(e.to_string()))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(FindResult {
+        columns,
+        matches,
+        status,
+    })
+}
+
+impl FindResult {
+    /// The text of `tag` in match `i` (multi-valued joined by `\`).
+    pub fn value(&self, i: usize, tag: dicom_core::Tag) -> Option<String> {
+        let e = self.matches.get(i)?.get(tag)?;
+        let v = e.to_multi_str().ok()?;
+        Some(
+            v.iter()
+                .map(|s| s.trim_end_matches(['\0', ' ']))
+                .collect::<Vec<_>>()
+                .join("\\"),
+        )
+    }
+
+    /// One JSON object per match, keyed by keyword.
+    pub fn to_json(&self) -> String {
+        let rows: Vec<serde_json::Value> = (0..self.matches.len())
+            .map(|i| {
+                let obj: serde_json::Map<String, serde_json::Value> = self
+                    .columns
+                    .iter()
+                    .map(|(tag, name)| {
+                        (
+                            name.clone(),
+                            self.value(i, *tag)
+                                .map(serde_json::Value::String)
+                                .unwrap_or(serde_json::Value::Null),
+                        )
+                    })
+                    .collect();
+                serde_json::Value::Object(obj)
+            })
+            .collect();
+        serde_json::to_string_pretty(&rows).expect("JSON of strings")
+    }
+
+    /// A plain text table, one row per match.
+    pub fn to_table(&self) -> String {
+        let cells: Vec<Vec<String>> = (0..self.matches.len())
+            .map(|i| {
+                self.columns
+                    .iter()
+                    .map(|(t, _)| self.value(i, *t).unwrap_or_default())
+                    .collect()
+            })
+            .collect();
+        let widths: Vec<usize> = self
+            .columns
+            .iter()
+            .enumerate()
+            .map(|(c, (_, name))| {
+                cells
+                    .iter()
+                    .map(|r| r[c].chars().count())
+                    .chain([name.len()])
+                    .max()
+                    .unwrap_or(0)
+            })
+            .collect();
+        let line = |vals: Vec<String>| {
+            vals.iter()
+                .zip(&widths)
+                .map(|(v, w)| format!("{v:<w$}"))
+                .collect::<Vec<_>>()
+                .join("  ")
+                .trim_end()
+                .to_string()
+        };
+        let mut out = vec![line(self.columns.iter().map(|(_, n)| n.clone()).collect())];
+        out.extend(cells.into_iter().map(line));
+        out.join("\n")
+    }
+}

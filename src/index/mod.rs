@@ -1,6 +1,7 @@
 //! The SQLite index: one writer thread with group commit, readers in parallel (WAL), schema
 //! in numbered .sql migrations, a change log with a monotonically increasing seq.
 
+pub mod query;
 pub mod record;
 
 use std::path::{Path, PathBuf};
@@ -135,7 +136,20 @@ fn open_connection(path: &Path) -> Result<Connection, IndexError> {
         path: path.to_path_buf(),
         source,
     })?;
+    query::register_functions(&conn).map_err(|source| IndexError::Open {
+        path: path.to_path_buf(),
+        source,
+    })?;
     Ok(conn)
+}
+
+/// Outcome of `Index::find`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FindOutcome {
+    /// The matches (each the query's `select` columns as text).
+    Rows(Vec<Vec<Option<String>>>),
+    /// More matches than the limit; nothing is returned.
+    TooMany { matches: u64, limit: u64 },
 }
 
 fn migrate(conn: &mut Connection) -> Result<(), IndexError> {
@@ -302,6 +316,21 @@ impl Index {
                 })
             })?;
             Ok(rows.collect::<Result<Vec<_>, _>>()?)
+        })
+        .await
+    }
+
+    /// Run a C-FIND query. With a non-zero `limit`, a query matching more rows is refused
+    /// as a whole (never silently truncated).
+    pub async fn find(&self, q: query::Query, limit: u64) -> Result<FindOutcome, IndexError> {
+        self.read(move |c| {
+            if limit > 0 {
+                let matches = query::count(c, &q)?;
+                if matches > limit {
+                    return Ok(FindOutcome::TooMany { matches, limit });
+                }
+            }
+            Ok(FindOutcome::Rows(query::rows(c, &q)?))
         })
         .await
     }

@@ -76,6 +76,32 @@ pub struct AcceptedContext {
     pub abstract_syntax: String,
     pub transfer_syntax: String,
     pub service: Service,
+    /// Agreed SOP class extended negotiation bytes (PS3.7 D.3.3.5), empty if none.
+    pub extended: Vec<u8>,
+}
+
+impl AcceptedContext {
+    /// C-FIND extended negotiation byte 1: relational queries (PS3.4 C.5.1.1.1).
+    pub fn relational(&self) -> bool {
+        self.extended.first().copied().unwrap_or(0) == 1
+    }
+
+    /// C-FIND extended negotiation byte 2: combined date-time matching.
+    pub fn combined_datetime(&self) -> bool {
+        self.extended.get(1).copied().unwrap_or(0) == 1
+    }
+}
+
+/// Our answer to a C-FIND SOP class extended negotiation request (PS3.4 C.5.1.1): relational
+/// queries and combined date-time matching are supported, fuzzy semantic PN matching,
+/// timezone adjustment, empty value and multiple value matching are not.
+fn negotiate_find(requested: &[u8]) -> Vec<u8> {
+    requested
+        .iter()
+        .take(7)
+        .enumerate()
+        .map(|(i, &b)| u8::from(i < 2 && b == 1))
+        .collect()
 }
 
 /// A complete DIMSE message: command set and, when announced, its data set bytes.
@@ -267,6 +293,17 @@ impl Association {
             }
         }
 
+        let requested_ext: Vec<(String, Vec<u8>)> = rq
+            .user_variables
+            .iter()
+            .filter_map(|uv| match uv {
+                UserVariableItem::SopClassExtendedNegotiationSubItem(sop, bytes) => {
+                    Some((sop.trim_end_matches(['\0', ' ']).to_string(), bytes.clone()))
+                }
+                _ => None,
+            })
+            .collect();
+        let mut ext_replies: Vec<UserVariableItem> = Vec::new();
         let mut results = Vec::with_capacity(rq.presentation_contexts.len());
         for pc in &rq.presentation_contexts {
             let abstract_syntax = pc.abstract_syntax.trim_end_matches(['\0', ' ']).to_string();
@@ -280,11 +317,29 @@ impl Association {
                 }
                 Some(service) => match choose_transfer_syntax(service, &pc.transfer_syntaxes) {
                     Some(ts) => {
+                        let extended = match requested_ext
+                            .iter()
+                            .find(|(sop, _)| *sop == abstract_syntax)
+                        {
+                            Some((sop, bytes)) if service == Service::Find => {
+                                let agreed = negotiate_find(bytes);
+                                let reply = UserVariableItem::SopClassExtendedNegotiationSubItem(
+                                    sop.clone(),
+                                    agreed.clone(),
+                                );
+                                if !ext_replies.contains(&reply) {
+                                    ext_replies.push(reply);
+                                }
+                                agreed
+                            }
+                            _ => Vec::new(),
+                        };
                         assoc.contexts.push(AcceptedContext {
                             id: pc.id,
                             abstract_syntax: abstract_syntax.clone(),
                             transfer_syntax: ts.to_string(),
                             service,
+                            extended,
                         });
                         (
                             PresentationContextResultReason::Acceptance,
@@ -507,6 +562,46 @@ impl Association {
                     oversize: partial.oversize.then_some(partial.data_len),
                 }))
             }
+        }
+    }
+
+    /// Non-blocking check, between the responses of a long operation, for a C-CANCEL-RQ
+    /// (PS3.7 9.3.2.3). Whatever else has arrived stays buffered for `next()`; an A-ABORT or a
+    /// closed connection is an error (the operation has nobody left to answer).
+    pub fn cancel_requested(&mut self) -> Result<bool, NetError> {
+        loop {
+            match self.socket.try_read_buf(&mut self.read_buf) {
+                Ok(0) => return Err(NetError::Closed { peer: self.peer }),
+                Ok(_) => continue,
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+                Err(source) => {
+                    return Err(NetError::Read {
+                        peer: self.peer,
+                        source,
+                    });
+                }
+            }
+        }
+        let mut cursor = std::io::Cursor::new(&self.read_buf[..]);
+        let parsed = read_pdu(&mut cursor, self.our_max_pdu, true);
+        let used = cursor.position() as usize;
+        match parsed {
+            Ok(Some(Pdu::PData { data }))
+                if data.len() == 1
+                    && data[0].value_type == PDataValueType::Command
+                    && data[0].is_last
+                    && Command::decode(&data[0].data).is_ok_and(|c| {
+                        c.field() == Some(crate::dimse::CommandField::CCancelRq)
+                    }) =>
+            {
+                let _ = self.read_buf.split_to(used);
+                Ok(true)
+            }
+            Ok(Some(Pdu::AbortRQ { .. })) => {
+                let _ = self.read_buf.split_to(used);
+                Err(NetError::Closed { peer: self.peer })
+            }
+            _ => Ok(false),
         }
     }
 

@@ -65,6 +65,16 @@ impl ScuAssociation {
         opts: &ScuOptions,
         proposed: &[ProposedContext],
     ) -> Result<ScuAssociation, NetError> {
+        Self::connect_with(opts, proposed, &[]).await
+    }
+
+    /// As `connect`, also asking for SOP class extended negotiation (PS3.7 D.3.3.5), e.g.
+    /// relational queries for a FIND SOP class.
+    pub async fn connect_with(
+        opts: &ScuOptions,
+        proposed: &[ProposedContext],
+        extended: &[(String, Vec<u8>)],
+    ) -> Result<ScuAssociation, NetError> {
         if proposed.is_empty() || proposed.len() > 128 {
             return Err(NetError::Encode(format!(
                 "{} presentation contexts proposed; PS3.8 allows 1 to 128",
@@ -128,7 +138,12 @@ impl ScuAssociation {
                 UserVariableItem::ImplementationVersionName(
                     IMPLEMENTATION_VERSION_NAME.to_string(),
                 ),
-            ],
+            ]
+            .into_iter()
+            .chain(extended.iter().map(|(sop, bytes)| {
+                UserVariableItem::SopClassExtendedNegotiationSubItem(sop.clone(), bytes.clone())
+            }))
+            .collect(),
         });
         assoc.send_pdu(&rq).await?;
         match assoc.read_pdu().await? {
@@ -213,6 +228,50 @@ impl ScuAssociation {
         self.read_response(CommandField::CEchoRsp).await
     }
 
+    /// C-FIND (PS3.7 9.1.2): send the identifier, collect every Pending identifier and the
+    /// final status. With `cancel_after` = Some(n), a C-CANCEL is sent after n responses.
+    pub async fn find(
+        &mut self,
+        context_id: u8,
+        sop_class: &str,
+        identifier: &[u8],
+        cancel_after: Option<usize>,
+    ) -> Result<(Vec<Vec<u8>>, Status), NetError> {
+        let id = self.message_id();
+        let rq = Command {
+            command_field: CommandField::CFindRq as u16,
+            message_id: Some(id),
+            affected_sop_class_uid: Some(sop_class.to_string()),
+            priority: Some(0),
+            data_set_type: crate::dimse::DATA_SET_PRESENT,
+            ..Command::default()
+        };
+        self.send_command(context_id, &rq).await?;
+        self.send_data(context_id, identifier).await?;
+        let mut matches = Vec::new();
+        loop {
+            if cancel_after == Some(matches.len()) {
+                let cancel = Command {
+                    command_field: CommandField::CCancelRq as u16,
+                    message_id_being_responded_to: Some(id),
+                    data_set_type: crate::dimse::NO_DATA_SET,
+                    ..Command::default()
+                };
+                self.send_command(context_id, &cancel).await?;
+            }
+            let (rsp, data) = self.read_message().await?;
+            let status = Status {
+                code: rsp.status.unwrap_or(0xFFFF),
+                comment: rsp.error_comment,
+            };
+            if matches!(status.code, 0xFF00 | 0xFF01) {
+                matches.push(data.unwrap_or_default());
+            } else {
+                return Ok((matches, status));
+            }
+        }
+    }
+
     /// C-STORE (PS3.7 9.1.1) of a data set already encoded in the context's transfer syntax.
     pub async fn store(
         &mut self,
@@ -290,25 +349,49 @@ impl ScuAssociation {
         })
     }
 
-    /// Read the next command set (data fragments, if any, are skipped).
+    /// Read the next command set (a data set that follows it is read and dropped).
     pub async fn read_command(&mut self) -> Result<Command, NetError> {
+        Ok(self.read_message().await?.0)
+    }
+
+    /// Read the next DIMSE message: its command set and, when announced, its data set.
+    pub async fn read_message(&mut self) -> Result<(Command, Option<Vec<u8>>), NetError> {
         let mut command = Vec::new();
+        let mut decoded: Option<Command> = None;
+        let mut data = Vec::new();
         loop {
             match self.read_pdu().await? {
-                Pdu::PData { data } => {
-                    for pdv in data {
-                        if pdv.value_type != PDataValueType::Command {
-                            continue;
-                        }
-                        command.extend_from_slice(&pdv.data);
-                        if command.len() > MAX_COMMAND_SET {
-                            return Err(NetError::Protocol {
-                                peer: self.peer,
-                                reason: "response command set too large".into(),
-                            });
-                        }
-                        if pdv.is_last {
-                            return Ok(Command::decode(&command)?);
+                Pdu::PData { data: pdvs } => {
+                    for pdv in pdvs {
+                        match (&decoded, pdv.value_type) {
+                            (None, PDataValueType::Command) => {
+                                command.extend_from_slice(&pdv.data);
+                                if command.len() > MAX_COMMAND_SET {
+                                    return Err(NetError::Protocol {
+                                        peer: self.peer,
+                                        reason: "response command set too large".into(),
+                                    });
+                                }
+                                if pdv.is_last {
+                                    let c = Command::decode(&command)?;
+                                    if !c.has_data_set() {
+                                        return Ok((c, None));
+                                    }
+                                    decoded = Some(c);
+                                }
+                            }
+                            (Some(_), PDataValueType::Data) => {
+                                data.extend_from_slice(&pdv.data);
+                                if pdv.is_last {
+                                    return Ok((decoded.take().expect("checked"), Some(data)));
+                                }
+                            }
+                            _ => {
+                                return Err(NetError::Protocol {
+                                    peer: self.peer,
+                                    reason: "PDV out of order".into(),
+                                });
+                            }
                         }
                     }
                 }

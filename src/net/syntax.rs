@@ -10,10 +10,19 @@ use dicom_transfer_syntax_registry::TransferSyntaxRegistry;
 
 use crate::config::Service;
 
+/// Query/Retrieve FIND SOP classes (PS3.4 C.6): Patient Root, Study Root, Patient/Study Only.
+pub const FIND_SOP_CLASSES: [&str; 3] = [
+    uids::PATIENT_ROOT_QUERY_RETRIEVE_INFORMATION_MODEL_FIND,
+    uids::STUDY_ROOT_QUERY_RETRIEVE_INFORMATION_MODEL_FIND,
+    "1.2.840.10008.5.1.4.1.2.3.1",
+];
+
 /// The service an abstract syntax belongs to, if this node provides it.
 pub fn service_of(abstract_syntax: &str) -> Option<Service> {
     if abstract_syntax == uids::VERIFICATION {
         Some(Service::Echo)
+    } else if FIND_SOP_CLASSES.contains(&abstract_syntax) {
+        Some(Service::Find)
     } else if is_storage_sop_class(abstract_syntax) {
         Some(Service::Store)
     } else {
@@ -70,7 +79,8 @@ pub fn is_storage_transfer_syntax(ts: &str) -> bool {
     storage_transfer_syntaxes().contains(&ts)
 }
 
-/// Verification (C-ECHO) carries no data set: the two uncompressed little-endian syntaxes.
+/// Verification (C-ECHO) carries no data set, and C-FIND identifiers are small: the two
+/// uncompressed little-endian syntaxes.
 pub const ECHO_TRANSFER_SYNTAXES: [&str; 2] = [
     uids::EXPLICIT_VR_LITTLE_ENDIAN,
     uids::IMPLICIT_VR_LITTLE_ENDIAN,
@@ -83,7 +93,7 @@ pub fn choose_transfer_syntax(service: Service, proposed: &[String]) -> Option<&
         .iter()
         .map(|s| s.trim_end_matches(['\0', ' ']))
         .find(|ts| match service {
-            Service::Echo => ECHO_TRANSFER_SYNTAXES.contains(ts),
+            Service::Echo | Service::Find => ECHO_TRANSFER_SYNTAXES.contains(ts),
             _ => is_storage_transfer_syntax(ts),
         })
 }

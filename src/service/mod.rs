@@ -2,6 +2,8 @@
 //! responses and statuses; `net` carries bytes, `index` and `storage` keep them.
 
 pub mod echo;
+pub mod find;
+pub mod query;
 pub mod store;
 
 use std::sync::Arc;
@@ -12,11 +14,13 @@ use crate::config::Service;
 use crate::dimse::{Command, CommandField, Status, status};
 use crate::net::{Association, DimseMessage, MessageHandler, NetError};
 
+pub use find::FindService;
 pub use store::StoreService;
 
 /// Every service this node provides, behind one dispatcher.
 pub struct Services {
     pub store: Arc<StoreService>,
+    pub find: Arc<FindService>,
 }
 
 impl MessageHandler for Services {
@@ -44,6 +48,9 @@ impl MessageHandler for Services {
                     .store(&context, assoc.calling_ae(), &command, data, oversize)
                     .await;
                 Command::response_to(&command, CommandField::CStoreRsp, status)
+            }
+            (Some(CommandField::CFindRq), Service::Find) => {
+                return self.find.find(assoc, &context, &command, data).await;
             }
             (Some(CommandField::CCancelRq), _) => {
                 // PS3.7 9.3.2.3: a C-CANCEL for an operation that is not (or no longer)

@@ -1,0 +1,314 @@
+//! C-FIND SCP (PS3.4 C.4.1, PS3.7 9.1.2): the identifier becomes an index query; each match
+//! is one Pending response holding exactly the requested keys; C-CANCEL stops the stream;
+//! the final response is Success, Cancel or a failure with an ErrorComment.
+
+use std::sync::Arc;
+
+use dicom_core::{DataElement, PrimitiveValue, Tag, VR};
+use dicom_dictionary_std::tags;
+use dicom_encoding::TransferSyntaxIndex;
+use dicom_encoding::text::{SpecificCharacterSet, TextCodec};
+use dicom_object::InMemDicomObject;
+use dicom_transfer_syntax_registry::TransferSyntaxRegistry;
+use tracing::{debug, info, warn};
+
+use crate::dimse::{Command, CommandField, DATA_SET_PRESENT, Status, status};
+use crate::index::{FindOutcome, Index, IndexError, record};
+use crate::net::{AcceptedContext, Association, NetError};
+use crate::service::query::{
+    FindRequest, IdentifierError, MatchOptions, Model, Returned, parse_identifier,
+};
+use crate::storage::Storage;
+
+/// PS3.4 C.4.1.1.4: Pending, matches are continuing.
+pub const PENDING: u16 = 0xFF00;
+/// Pending, but one or more optional keys were not supported for existence or matching.
+pub const PENDING_WARNING: u16 = 0xFF01;
+/// Matching terminated due to Cancel request.
+pub const CANCELED: u16 = 0xFE00;
+/// PS3.4 C.4.1.1.4: Error, identifier does not match SOP class.
+pub const IDENTIFIER_DOES_NOT_MATCH: u16 = 0xA900;
+/// Failed: unable to process.
+pub const UNABLE_TO_PROCESS: u16 = 0xC000;
+
+/// Why a C-FIND failed before any match was sent; `to_status` is the one mapping to statuses.
+#[derive(Debug, thiserror::Error)]
+pub enum FindError {
+    #[error("identifier missing")]
+    NoIdentifier,
+    #[error("cannot parse identifier: {0}")]
+    Parse(String),
+    #[error("{0}")]
+    Identifier(#[from] IdentifierError),
+    #[error("query matches {matches} entities, more than the limit of {limit}; narrow it")]
+    TooMany { matches: u64, limit: u64 },
+    #[error("index: {0}")]
+    Index(#[from] IndexError),
+    #[error("not a FIND SOP class")]
+    NotFind,
+}
+
+impl FindError {
+    pub fn to_status(&self) -> Status {
+        let code = match self {
+            FindError::Identifier(
+                IdentifierError::MissingLevel
+                | IdentifierError::UnknownLevel(_)
+                | IdentifierError::LevelNotInModel { .. }
+                | IdentifierError::KeyBelowLevel { .. }
+                | IdentifierError::MissingUniqueKey { .. },
+            )
+            | FindError::NoIdentifier => IDENTIFIER_DOES_NOT_MATCH,
+            FindError::Identifier(IdentifierError::BadValue { .. }) | FindError::Parse(_) => {
+                UNABLE_TO_PROCESS
+            }
+            FindError::TooMany { .. } | FindError::Index(_) => status::OUT_OF_RESOURCES,
+            FindError::NotFind => status::SOP_CLASS_NOT_SUPPORTED,
+        };
+        Status::with_comment(code, self.to_string())
+    }
+}
+
+/// The C-FIND business side: the index, storage (IMAGE-level header keys) and settings.
+pub struct FindService {
+    pub index: Index,
+    pub storage: Arc<Storage>,
+    pub ae_title: String,
+    pub max_results: u64,
+    pub pn_case_insensitive: bool,
+}
+
+impl FindService {
+    /// Answer one C-FIND-RQ on `assoc`, streaming Pending responses.
+    pub async fn find(
+        &self,
+        assoc: &mut Association,
+        context: &AcceptedContext,
+        request: &Command,
+        data: Option<Vec<u8>>,
+    ) -> Result<(), NetError> {
+        let (matches, req) = match self.run(context, data).await {
+            Ok(r) => r,
+            Err(e) => {
+                warn!(error = %e, "C-FIND refused");
+                let rsp = Command::response_to(request, CommandField::CFindRsp, e.to_status());
+                return assoc.send_command(context.id, &rsp).await;
+            }
+        };
+        let pending = if req.unsupported.is_empty() {
+            PENDING
+        } else {
+            PENDING_WARNING
+        };
+        let total = matches.len();
+        let mut sent = 0usize;
+        for row in &matches {
+            if assoc.cancel_requested()? {
+                info!(sent, total, "C-FIND cancelled by the SCU");
+                let rsp = Command::response_to(
+                    request,
+                    CommandField::CFindRsp,
+                    Status::with_comment(CANCELED, "cancelled"),
+                );
+                return assoc.send_command(context.id, &rsp).await;
+            }
+            let identifier = match self
+                .response_identifier(&req, row, &context.transfer_syntax)
+                .await
+            {
+                Ok(i) => i,
+                Err(e) => {
+                    warn!(error = %e, "cannot encode a C-FIND response");
+                    let rsp = Command::response_to(
+                        request,
+                        CommandField::CFindRsp,
+                        Status::with_comment(UNABLE_TO_PROCESS, e),
+                    );
+                    return assoc.send_command(context.id, &rsp).await;
+                }
+            };
+            let mut rsp = Command::response_to(
+                request,
+                CommandField::CFindRsp,
+                Status {
+                    code: pending,
+                    comment: None,
+                },
+            );
+            rsp.data_set_type = DATA_SET_PRESENT;
+            assoc.send_command(context.id, &rsp).await?;
+            assoc.send_data(context.id, &identifier).await?;
+            sent += 1;
+        }
+        debug!(
+            level = req.query.level.code(),
+            matches = total,
+            "C-FIND done"
+        );
+        let rsp = Command::response_to(request, CommandField::CFindRsp, Status::success());
+        assoc.send_command(context.id, &rsp).await
+    }
+
+    async fn run(
+        &self,
+        context: &AcceptedContext,
+        data: Option<Vec<u8>>,
+    ) -> Result<(Vec<Vec<Option<String>>>, FindRequest), FindError> {
+        let model = Model::of_find_sop_class(&context.abstract_syntax).ok_or(FindError::NotFind)?;
+        let data = data.ok_or(FindError::NoIdentifier)?;
+        let ts = TransferSyntaxRegistry
+            .get(&context.transfer_syntax)
+            .ok_or_else(|| {
+                FindError::Parse(format!(
+                    "unknown transfer syntax {}",
+                    context.transfer_syntax
+                ))
+            })?;
+        let obj = InMemDicomObject::read_dataset_with_ts(&data[..], ts)
+            .map_err(|e| FindError::Parse(e.to_string()))?;
+        let opts = MatchOptions {
+            relational: context.relational(),
+            combined_datetime: context.combined_datetime(),
+            pn_case_insensitive: self.pn_case_insensitive,
+        };
+        let req = parse_identifier(&obj, model, opts)?;
+        match self.index.find(req.query.clone(), self.max_results).await? {
+            FindOutcome::Rows(rows) => Ok((rows, req)),
+            FindOutcome::TooMany { matches, limit } => Err(FindError::TooMany { matches, limit }),
+        }
+    }
+
+    /// The identifier of one Pending response: SpecificCharacterSet, QueryRetrieveLevel,
+    /// RetrieveAETitle and exactly the requested keys, encoded in the context's syntax.
+    async fn response_identifier(
+        &self,
+        req: &FindRequest,
+        row: &[Option<String>],
+        ts_uid: &str,
+    ) -> Result<Vec<u8>, String> {
+        let mut obj = InMemDicomObject::new_empty();
+        let mut header: Option<InMemDicomObject> = None;
+        for r in &req.returned {
+            match r {
+                Returned::Indexed { tag, vr, select } => {
+                    put_text(&mut obj, *tag, *vr, row.get(*select).cloned().flatten());
+                }
+                Returned::Header { tag, vr } => {
+                    if header.is_none() {
+                        let key = row.last().cloned().flatten().unwrap_or_default();
+                        header = Some(self.read_header(&key).await.unwrap_or_else(|e| {
+                            warn!(key, error = %e, "cannot read the stored header for an IMAGE-level key");
+                            InMemDicomObject::new_empty()
+                        }));
+                    }
+                    match header.as_ref().and_then(|h| h.get(*tag)) {
+                        Some(e) => {
+                            obj.put(e.clone());
+                        }
+                        None => put_text(&mut obj, *tag, *vr, None),
+                    }
+                }
+                Returned::EmptySequence(tag) => {
+                    obj.put(DataElement::new(
+                        *tag,
+                        VR::SQ,
+                        dicom_core::value::DataSetSequence::<InMemDicomObject>::empty(),
+                    ));
+                }
+                Returned::Empty { tag, vr } => put_text(&mut obj, *tag, *vr, None),
+                Returned::Availability => put_text(
+                    &mut obj,
+                    tags::INSTANCE_AVAILABILITY,
+                    VR::CS,
+                    Some("ONLINE".into()),
+                ),
+            }
+        }
+        obj.put(DataElement::new(
+            tags::QUERY_RETRIEVE_LEVEL,
+            VR::CS,
+            PrimitiveValue::from(req.query.level.code()),
+        ));
+        obj.put(DataElement::new(
+            tags::RETRIEVE_AE_TITLE,
+            VR::AE,
+            PrimitiveValue::from(self.ae_title.as_str()),
+        ));
+
+        // Answer in the SCU's character set when it can carry every value, else in UTF-8.
+        let non_ascii = row.iter().flatten().any(|v| !v.is_ascii()) || header.is_some();
+        let charset = choose_charset(req.charset.as_deref(), row, non_ascii);
+        if let Some(cs) = &charset {
+            obj.put(DataElement::new(
+                tags::SPECIFIC_CHARACTER_SET,
+                VR::CS,
+                PrimitiveValue::from(cs.as_str()),
+            ));
+        }
+        let cs = charset
+            .as_deref()
+            .and_then(SpecificCharacterSet::from_code)
+            .unwrap_or_default();
+        let ts = TransferSyntaxRegistry
+            .get(ts_uid)
+            .ok_or("unknown transfer syntax")?;
+        let mut out = Vec::with_capacity(512);
+        obj.write_dataset_with_ts_cs(&mut out, ts, cs)
+            .map_err(|e| e.to_string())?;
+        Ok(out)
+    }
+
+    async fn read_header(&self, key: &str) -> Result<InMemDicomObject, String> {
+        let bytes = self.storage.get(key).await.map_err(|e| e.to_string())?;
+        tokio::task::spawn_blocking(move || {
+            let (meta, offset) = crate::part10::split(&bytes).map_err(|e| e.to_string())?;
+            record::parse_header(&bytes[offset..], meta.transfer_syntax())
+                .map_err(|e| e.to_string())
+        })
+        .await
+        .map_err(|e| e.to_string())?
+    }
+}
+
+/// The SCU's own character set if it is a single one dicom-rs can encode and every value fits
+/// in it; otherwise ISO_IR 192 when any value needs more than ASCII; otherwise none.
+fn choose_charset(
+    requested: Option<&str>,
+    row: &[Option<String>],
+    non_ascii: bool,
+) -> Option<String> {
+    if let Some(code) = requested.filter(|c| !c.contains('\\')) {
+        if let Some(cs) = SpecificCharacterSet::from_code(code) {
+            let fits = row.iter().flatten().all(|v| {
+                cs.encode(v)
+                    .ok()
+                    .and_then(|b| cs.decode(&b).ok())
+                    .as_deref()
+                    == Some(v.as_str())
+            });
+            if fits {
+                return Some(code.to_string());
+            }
+        }
+    }
+    non_ascii.then(|| "ISO_IR 192".to_string())
+}
+
+fn put_text(obj: &mut InMemDicomObject, tag: Tag, vr: VR, value: Option<String>) {
+    let v = match value {
+        None => PrimitiveValue::Empty,
+        Some(s) if vr == VR::US => s
+            .parse::<u16>()
+            .map(PrimitiveValue::from)
+            .unwrap_or(PrimitiveValue::Empty),
+        // PS3.5 6.2: a UI value of odd length is padded with NUL, not space.
+        Some(mut s) if vr == VR::UI => {
+            if s.len() % 2 == 1 {
+                s.push('\0');
+            }
+            PrimitiveValue::from(s)
+        }
+        Some(s) => PrimitiveValue::from(s),
+    };
+    obj.put(DataElement::new(tag, vr, v));
+}
