@@ -504,34 +504,29 @@ mod tests {
             ],
         );
         let r = parse_identifier(&o, Model::StudyRoot, OPTS).unwrap();
-        let m: Vec<_> = r
-            .query
-            .conditions
-            .iter()
-            .map(|c| (c.column, c.matcher.clone()))
-            .collect();
+        let m = |col: Column| {
+            r.query
+                .conditions
+                .iter()
+                .find(|c| c.column == col)
+                .map(|c| c.matcher.clone())
+        };
         assert_eq!(
-            m[0],
-            (Column::PatientName, Matcher::Wildcard("DOE*".into()))
+            m(Column::PatientName),
+            Some(Matcher::Wildcard("DOE*".into()))
         );
         assert_eq!(
-            m[1],
-            (
-                Column::StudyDate,
-                Matcher::Range {
-                    from: Some("20200101".into()),
-                    to: None
-                }
-            )
+            m(Column::StudyDate),
+            Some(Matcher::Range {
+                from: Some("20200101".into()),
+                to: None
+            })
         );
         assert_eq!(
-            m[2],
-            (
-                Column::StudyInstanceUid,
-                Matcher::UidList(vec!["1.2".into(), "1.3".into()])
-            )
+            m(Column::StudyInstanceUid),
+            Some(Matcher::UidList(vec!["1.2".into(), "1.3".into()]))
         );
-        assert_eq!(m[3], (Column::AccessionNumber, Matcher::Universal));
+        assert_eq!(m(Column::AccessionNumber), Some(Matcher::Universal));
     }
 
     #[test]
