@@ -62,77 +62,35 @@ impl Spec {
     pub fn dataset(&self) -> InMemDicomObject {
         let mut o = InMemDicomObject::new_empty();
         let s = |v: &str| PrimitiveValue::from(v);
-        o.put(DataElement::new(
-            tags::SPECIFIC_CHARACTER_SET,
-            VR::CS,
-            s("ISO_IR 192"),
-        ));
-        o.put(DataElement::new(
-            tags::SOP_CLASS_UID,
-            VR::UI,
-            s(&self.sop_class),
-        ));
-        o.put(DataElement::new(
-            tags::SOP_INSTANCE_UID,
-            VR::UI,
-            s(&self.sop_uid),
-        ));
-        o.put(DataElement::new(tags::STUDY_DATE, VR::DA, s("20240315")));
-        o.put(DataElement::new(tags::STUDY_TIME, VR::TM, s("101500")));
-        o.put(DataElement::new(
-            tags::ACCESSION_NUMBER,
-            VR::SH,
-            s("ACC0001"),
-        ));
-        o.put(DataElement::new(tags::MODALITY, VR::CS, s(&self.modality)));
-        o.put(DataElement::new(
-            tags::REFERRING_PHYSICIAN_NAME,
-            VR::PN,
-            s("Referrer^Rita"),
-        ));
-        o.put(DataElement::new(
-            tags::STUDY_DESCRIPTION,
-            VR::LO,
-            s("Synthetic study"),
-        ));
-        o.put(DataElement::new(
-            tags::SERIES_DESCRIPTION,
-            VR::LO,
-            s("Synthetic series"),
-        ));
-        o.put(DataElement::new(
-            tags::PATIENT_NAME,
-            VR::PN,
-            s(&self.patient_name),
-        ));
-        o.put(DataElement::new(
-            tags::PATIENT_ID,
-            VR::LO,
-            s(&self.patient_id),
-        ));
-        o.put(DataElement::new(
-            tags::PATIENT_BIRTH_DATE,
-            VR::DA,
-            s("19700101"),
-        ));
-        o.put(DataElement::new(tags::PATIENT_SEX, VR::CS, s("O")));
-        o.put(DataElement::new(
-            tags::STUDY_INSTANCE_UID,
-            VR::UI,
-            s(&self.study_uid),
-        ));
-        o.put(DataElement::new(
-            tags::SERIES_INSTANCE_UID,
-            VR::UI,
-            s(&self.series_uid),
-        ));
-        o.put(DataElement::new(tags::STUDY_ID, VR::SH, s("1")));
-        o.put(DataElement::new(tags::SERIES_NUMBER, VR::IS, s("1")));
-        o.put(DataElement::new(
-            tags::INSTANCE_NUMBER,
-            VR::IS,
-            s(&self.instance_number.to_string()),
-        ));
+        let instance_number = self.instance_number.to_string();
+        let text: [(dicom_core::Tag, VR, &str); 19] = [
+            (tags::SPECIFIC_CHARACTER_SET, VR::CS, &self.charset),
+            (tags::SOP_CLASS_UID, VR::UI, &self.sop_class),
+            (tags::SOP_INSTANCE_UID, VR::UI, &self.sop_uid),
+            (tags::STUDY_DATE, VR::DA, &self.study_date),
+            (tags::STUDY_TIME, VR::TM, &self.study_time),
+            (tags::ACCESSION_NUMBER, VR::SH, &self.accession_number),
+            (tags::MODALITY, VR::CS, &self.modality),
+            (
+                tags::REFERRING_PHYSICIAN_NAME,
+                VR::PN,
+                &self.referring_physician,
+            ),
+            (tags::STUDY_DESCRIPTION, VR::LO, &self.study_description),
+            (tags::SERIES_DESCRIPTION, VR::LO, "Synthetic series"),
+            (tags::PATIENT_NAME, VR::PN, &self.patient_name),
+            (tags::PATIENT_ID, VR::LO, &self.patient_id),
+            (tags::PATIENT_BIRTH_DATE, VR::DA, "19700101"),
+            (tags::PATIENT_SEX, VR::CS, "O"),
+            (tags::STUDY_INSTANCE_UID, VR::UI, &self.study_uid),
+            (tags::SERIES_INSTANCE_UID, VR::UI, &self.series_uid),
+            (tags::STUDY_ID, VR::SH, "1"),
+            (tags::SERIES_NUMBER, VR::IS, "1"),
+            (tags::INSTANCE_NUMBER, VR::IS, &instance_number),
+        ];
+        for (tag, vr, value) in text {
+            o.put(DataElement::new(tag, vr, s(value)));
+        }
         if self.size > 0 {
             let n = self.size as usize;
             o.put(DataElement::new(

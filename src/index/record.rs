@@ -191,3 +191,33 @@ fn text(obj: &InMemDicomObject, tag: Tag) -> Option<String> {
 fn int(obj: &InMemDicomObject, tag: Tag) -> Option<i64> {
     obj.get(tag)?.to_int::<i64>().ok()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use dicom_transfer_syntax_registry::entries::EXPLICIT_VR_LITTLE_ENDIAN;
+
+    fn encoded(spec: &crate::synth::Spec) -> Vec<u8> {
+        let mut out = Vec::new();
+        spec.dataset()
+            .write_dataset_with_ts(&mut out, &EXPLICIT_VR_LITTLE_ENDIAN.erased())
+            .unwrap();
+        out
+    }
+
+    #[test]
+    fn text_is_decoded_with_the_data_sets_character_set() {
+        for (charset, name) in [
+            ("ISO_IR 100", "Müller^Jürgen"),
+            ("ISO_IR 192", "Dvořák^Antonín"),
+            ("", "Doe^John"),
+        ] {
+            let mut spec = crate::synth::Spec::ct(1, 1, 1, 8);
+            spec.charset = charset.into();
+            spec.patient_name = name.into();
+            let bytes = encoded(&spec);
+            let rec = extract(&parse_header(&bytes, "1.2.840.10008.1.2.1").unwrap()).unwrap();
+            assert_eq!(rec.patient_name.as_deref(), Some(name), "{charset}");
+        }
+    }
+}

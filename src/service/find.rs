@@ -101,8 +101,7 @@ impl FindService {
             PENDING_WARNING
         };
         let total = matches.len();
-        let mut sent = 0usize;
-        for row in &matches {
+        for (sent, row) in matches.iter().enumerate() {
             if assoc.cancel_requested()? {
                 info!(sent, total, "C-FIND cancelled by the SCU");
                 let rsp = Command::response_to(
@@ -138,7 +137,6 @@ impl FindService {
             rsp.data_set_type = DATA_SET_PRESENT;
             assoc.send_command(context.id, &rsp).await?;
             assoc.send_data(context.id, &identifier).await?;
-            sent += 1;
         }
         debug!(
             level = req.query.level.code(),
@@ -277,18 +275,18 @@ fn choose_charset(
     row: &[Option<String>],
     non_ascii: bool,
 ) -> Option<String> {
-    if let Some(code) = requested.filter(|c| !c.contains('\\')) {
-        if let Some(cs) = SpecificCharacterSet::from_code(code) {
-            let fits = row.iter().flatten().all(|v| {
-                cs.encode(v)
-                    .ok()
-                    .and_then(|b| cs.decode(&b).ok())
-                    .as_deref()
-                    == Some(v.as_str())
-            });
-            if fits {
-                return Some(code.to_string());
-            }
+    if let Some(code) = requested.filter(|c| !c.contains('\\'))
+        && let Some(cs) = SpecificCharacterSet::from_code(code)
+    {
+        let fits = row.iter().flatten().all(|v| {
+            cs.encode(v)
+                .ok()
+                .and_then(|b| cs.decode(&b).ok())
+                .as_deref()
+                == Some(v.as_str())
+        });
+        if fits {
+            return Some(code.to_string());
         }
     }
     non_ascii.then(|| "ISO_IR 192".to_string())
