@@ -921,3 +921,87 @@ fn pacsd_find_prints_table_and_json() {
     assert!(t.contains("P003") && t.contains("A300"), "{t}");
     drop(rt);
 }
+
+/// PS3.5 H.3.1 (Japanese, ISO 2022 IR 87) and I.2 (Korean, ISO 2022 IR 149) person names.
+const YAMADA: &[u8] =
+    b"Yamada^Tarou=\x1b$B;3ED\x1b(B^\x1b$BB@O:\x1b(B=\x1b$B$d$^$@\x1b(B^\x1b$B$?$m$&\x1b(B";
+const HONG: &[u8] =
+    b"Hong^Gildong=\x1b$)C\xfb\xf3^\x1b$)C\xd1\xce\xd4\xd7=\x1b$)C\xc8\xab^\x1b$)C\xb1\xe6\xb5\xbf";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn iso_2022_japanese_and_korean_are_decoded_matched_and_answered() {
+    let n = TestNode::start_with(|c| {
+        c.access.unknown_ae_services.insert(Service::Find);
+    })
+    .await;
+    // Files whose PN bytes are exactly the standard's examples (written byte for byte: the
+    // first character set value is the ISO 646 default).
+    let dir = n.dir.path().join("iso2022");
+    let latin1 = |b: &[u8]| b.iter().map(|c| char::from(*c)).collect::<String>();
+    let jp = spec(7, 1, 1, |s| {
+        s.patient_id = "PJ1".into();
+        s.patient_name = latin1(YAMADA);
+        s.charset = "\\ISO 2022 IR 87".into();
+    });
+    let kr = spec(8, 1, 1, |s| {
+        s.patient_id = "PK1".into();
+        s.patient_name = latin1(HONG);
+        s.charset = "\\ISO 2022 IR 149".into();
+    });
+    let (jp_path, kr_path) = (dir.join("jp.dcm"), dir.join("kr.dcm"));
+    jp.write(&jp_path).unwrap();
+    kr.write(&kr_path).unwrap();
+    let out = dcmtk_async(
+        "storescu",
+        vec![
+            "-aec".into(),
+            "PACSD".into(),
+            "127.0.0.1".into(),
+            n.port().to_string(),
+            jp_path.display().to_string(),
+            kr_path.display().to_string(),
+        ],
+    )
+    .await;
+    assert!(out.status.success(), "{}", text(&out));
+
+    let query = |charset: &str, name: &[u8]| {
+        let mut a = args(&[
+            "-S",
+            "-k",
+            "QueryRetrieveLevel=STUDY",
+            "-k",
+            "PatientID",
+            "-k",
+        ]);
+        a.push(OsString::from(format!("SpecificCharacterSet={charset}")));
+        a.push("-k".into());
+        let mut k = b"PatientName=".to_vec();
+        k.extend_from_slice(name);
+        a.push(OsString::from_vec(k));
+        findscu(n.port(), a)
+    };
+    // Japanese: ideographic "山田*" in ISO 2022 IR 87; the answer is the original bytes.
+    let out = query("\\ISO 2022 IR 87", b"\x1b$B;3ED\x1b(B*");
+    assert_eq!(out.values("0010,0020"), vec!["PJ1"], "{}", out.text);
+    assert_eq!(out.matches[0]["0010,0010"], YAMADA.to_vec());
+    assert_eq!(out.matches[0]["0008,0005"], b"\\ISO 2022 IR 87".to_vec());
+    // The alphabetic group matches too, case-insensitively.
+    assert_eq!(
+        query("\\ISO 2022 IR 87", b"yamada*").values("0010,0020"),
+        vec!["PJ1"]
+    );
+    // Korean: phonetic "홍*" in ISO 2022 IR 149.
+    let out = query("\\ISO 2022 IR 149", b"\x1b$)C\xc8\xab*");
+    assert_eq!(out.values("0010,0020"), vec!["PK1"], "{}", out.text);
+    assert_eq!(out.matches[0]["0010,0010"], HONG.to_vec());
+    // The same names asked in UTF-8 are found and answered in UTF-8.
+    let out = query("ISO_IR 192", "山田*".as_bytes());
+    assert_eq!(out.values("0010,0020"), vec!["PJ1"]);
+    assert_eq!(
+        String::from_utf8_lossy(&out.matches[0]["0010,0010"]),
+        "Yamada^Tarou=山田^太郎=やまだ^たろう"
+    );
+    let out = query("ISO_IR 192", "==홍^길동".as_bytes());
+    assert_eq!(out.values("0010,0020"), vec!["PK1"], "{}", out.text);
+}

@@ -181,6 +181,11 @@ fn text(obj: &InMemDicomObject, tag: Tag) -> Option<String> {
         .map(|s| s.trim_end_matches(['\0', ' ']).trim_start_matches(' '))
         .collect::<Vec<_>>()
         .join("\\");
+    let charset = obj
+        .get(tags::SPECIFIC_CHARACTER_SET)
+        .and_then(|e| e.to_multi_str().ok())
+        .map(|v| v.join("\\"));
+    let joined = crate::charset::redecode(joined, charset.as_deref());
     if joined.is_empty() {
         None
     } else {

@@ -186,10 +186,24 @@ impl FindService {
     ) -> Result<Vec<u8>, String> {
         let mut obj = InMemDicomObject::new_empty();
         let mut header: Option<InMemDicomObject> = None;
+        let has_header_keys = req
+            .returned
+            .iter()
+            .any(|r| matches!(r, Returned::Header { .. }));
+        let (charset, iso2022) = choose_charset(req.charset.as_deref(), row, has_header_keys);
         for r in &req.returned {
             match r {
                 Returned::Indexed { tag, vr, select } => {
-                    put_text(&mut obj, *tag, *vr, row.get(*select).cloned().flatten());
+                    let mut value = row.get(*select).cloned().flatten();
+                    if let (true, Some(code), Some(v)) =
+                        (iso2022, charset.as_deref(), value.as_ref())
+                    {
+                        // Written byte for byte under the ISO 646 first value (see charset.rs).
+                        let bytes =
+                            crate::charset::encode_iso2022(v, code).ok_or("value not encodable")?;
+                        value = Some(bytes.iter().map(|b| char::from(*b)).collect());
+                    }
+                    put_text(&mut obj, *tag, *vr, value);
                 }
                 Returned::Header { tag, vr } => {
                     if header.is_none() {
@@ -233,9 +247,6 @@ impl FindService {
             PrimitiveValue::from(self.ae_title.as_str()),
         ));
 
-        // Answer in the SCU's character set when it can carry every value, else in UTF-8.
-        let non_ascii = row.iter().flatten().any(|v| !v.is_ascii()) || header.is_some();
-        let charset = choose_charset(req.charset.as_deref(), row, non_ascii);
         if let Some(cs) = &charset {
             obj.put(DataElement::new(
                 tags::SPECIFIC_CHARACTER_SET,
@@ -243,10 +254,10 @@ impl FindService {
                 PrimitiveValue::from(cs.as_str()),
             ));
         }
-        let cs = charset
-            .as_deref()
-            .and_then(SpecificCharacterSet::from_code)
-            .unwrap_or_default();
+        let cs = match (iso2022, charset.as_deref()) {
+            (false, Some(code)) => SpecificCharacterSet::from_code(code).unwrap_or_default(),
+            _ => SpecificCharacterSet::default(),
+        };
         let ts = TransferSyntaxRegistry
             .get(ts_uid)
             .ok_or("unknown transfer syntax")?;
@@ -268,28 +279,43 @@ impl FindService {
     }
 }
 
-/// The SCU's own character set if it is a single one dicom-rs can encode and every value fits
-/// in it; otherwise ISO_IR 192 when any value needs more than ASCII; otherwise none.
+/// The character set of a response, and whether it uses ISO 2022 code extensions (encoded
+/// by `charset::encode_iso2022`). The SCU's own character set is used when it can carry every
+/// value: a single set dicom-rs encodes, or Japanese/Korean ISO 2022 sets; otherwise
+/// ISO_IR 192 when any value needs more than ASCII (or header keys may), else none.
 fn choose_charset(
     requested: Option<&str>,
     row: &[Option<String>],
-    non_ascii: bool,
-) -> Option<String> {
-    if let Some(code) = requested.filter(|c| !c.contains('\\'))
-        && let Some(cs) = SpecificCharacterSet::from_code(code)
-    {
-        let fits = row.iter().flatten().all(|v| {
-            cs.encode(v)
-                .ok()
-                .and_then(|b| cs.decode(&b).ok())
-                .as_deref()
-                == Some(v.as_str())
-        });
-        if fits {
-            return Some(code.to_string());
+    header_keys: bool,
+) -> (Option<String>, bool) {
+    let non_ascii = || row.iter().flatten().any(|v| !v.is_ascii());
+    if let Some(code) = requested {
+        if crate::charset::needs_iso2022(code) {
+            let fits = !header_keys
+                && row
+                    .iter()
+                    .flatten()
+                    .all(|v| crate::charset::encode_iso2022(v, code).is_some());
+            if fits {
+                return (Some(code.to_string()), true);
+            }
+        } else if let Some(cs) = SpecificCharacterSet::from_code(code) {
+            let fits = row.iter().flatten().all(|v| {
+                cs.encode(v)
+                    .ok()
+                    .and_then(|b| cs.decode(&b).ok())
+                    .as_deref()
+                    == Some(v.as_str())
+            });
+            if fits && !header_keys {
+                return (Some(code.to_string()), false);
+            }
         }
     }
-    non_ascii.then(|| "ISO_IR 192".to_string())
+    (
+        (header_keys || non_ascii()).then(|| "ISO_IR 192".to_string()),
+        false,
+    )
 }
 
 fn put_text(obj: &mut InMemDicomObject, tag: Tag, vr: VR, value: Option<String>) {

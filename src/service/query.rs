@@ -259,14 +259,19 @@ pub struct MatchOptions {
 }
 
 fn text_value(obj: &InMemDicomObject, tag: Tag) -> Option<String> {
-    obj.get(tag).and_then(|e| {
+    let joined = obj.get(tag).and_then(|e| {
         e.to_multi_str().ok().map(|v| {
             v.iter()
                 .map(|s| s.trim_end_matches(['\0', ' ']).trim_start().to_string())
                 .collect::<Vec<_>>()
                 .join("\\")
         })
-    })
+    })?;
+    if tag == tags::SPECIFIC_CHARACTER_SET {
+        return Some(joined);
+    }
+    let charset = text_value(obj, tags::SPECIFIC_CHARACTER_SET);
+    Some(crate::charset::redecode(joined, charset.as_deref()))
 }
 
 /// Build the index query for an identifier under `model`.
