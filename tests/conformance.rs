@@ -46,6 +46,42 @@ fn render(rows: &BTreeMap<String, String>, header: &str) -> String {
     s
 }
 
+fn render_keys(rows: &BTreeMap<String, String>) -> String {
+    let mut s = "\n| Level | Attribute | Matching | Tag |\n|---|---|---|---|\n".to_string();
+    let mut sorted: Vec<(&String, &String)> = rows.iter().collect();
+    let order = |l: &str| {
+        ["PATIENT", "STUDY", "SERIES", "IMAGE"]
+            .iter()
+            .position(|x| l.starts_with(x))
+            .unwrap_or(9)
+    };
+    sorted.sort_by_key(|(tag, v)| (order(v), (*tag).clone()));
+    for (tag, v) in sorted {
+        s.push_str(&format!("| {v} | `{tag}` |\n"));
+    }
+    s
+}
+
+/// The rows of the find-keys table: tag -> "level | keyword | matching".
+fn key_table(doc: &str) -> BTreeMap<String, String> {
+    let begin = "<!-- BEGIN find-keys -->";
+    let start = doc.find(begin).expect("find-keys marker") + begin.len();
+    let stop = doc
+        .find("<!-- END find-keys -->")
+        .expect("find-keys end marker");
+    doc[start..stop]
+        .lines()
+        .filter(|l| l.starts_with("| ") && l.contains('`'))
+        .map(|l| {
+            let cells: Vec<&str> = l.trim_matches('|').split('|').map(str::trim).collect();
+            (
+                cells[3].trim_matches('`').to_string(),
+                format!("{} | {} | {}", cells[0], cells[1], cells[2]),
+            )
+        })
+        .collect()
+}
+
 fn replace_table(doc: &str, name: &str, body: &str) -> String {
     let begin = format!("<!-- BEGIN {name} -->");
     let end = format!("<!-- END {name} -->");
@@ -113,6 +149,32 @@ fn expected_sop_classes() -> BTreeMap<String, String> {
         .collect()
 }
 
+/// The C-FIND key table: (tag, "level | keyword | matching") from the code's key list.
+fn expected_find_keys() -> BTreeMap<String, String> {
+    use pacsd::index::query::Kind;
+    pacsd::service::query::KEYS
+        .iter()
+        .map(|k| {
+            let matching = match k.column.kind() {
+                Kind::Text => "single value, universal, wildcard",
+                Kind::PersonName => {
+                    "single value, universal, wildcard (component groups, case-insensitive option)"
+                }
+                Kind::Uid => "single value, universal, list of UIDs",
+                Kind::Date | Kind::Time => "single value, universal, range",
+                Kind::Integer => "single value, universal",
+                Kind::Set => "universal, any of the listed values",
+                Kind::Computed => "return only",
+            };
+            let tag = format!("({:04X},{:04X})", k.tag.group(), k.tag.element());
+            (
+                tag,
+                format!("{} | {} | {}", k.column.level().code(), k.name, matching),
+            )
+        })
+        .collect()
+}
+
 fn expected_transfer_syntaxes() -> BTreeMap<String, String> {
     storage_transfer_syntaxes()
         .iter()
@@ -141,11 +203,17 @@ fn tables_match_the_code() {
             "transfer-syntaxes",
             &render(&ts, "| Transfer syntax | UID |"),
         );
+        let doc = replace_table(&doc, "find-keys", &render_keys(&expected_find_keys()));
         std::fs::write(STATEMENT, doc).unwrap();
         return;
     }
     let doc_sop = table(&doc, "storage-sop-classes");
     let doc_ts = table(&doc, "transfer-syntaxes");
+    assert_eq!(
+        key_table(&doc),
+        expected_find_keys(),
+        "C-FIND key table differs from the code (PACSD_BLESS=1 regenerates)"
+    );
     let missing: Vec<_> = sop.keys().filter(|k| !doc_sop.contains_key(*k)).collect();
     let extra: Vec<_> = doc_sop.keys().filter(|k| !sop.contains_key(*k)).collect();
     assert!(
@@ -272,4 +340,49 @@ fn statuses_in_the_statement_are_the_codes_the_code_uses() {
     }
     assert!(doc.contains(pacsd::net::association::IMPLEMENTATION_CLASS_UID));
     assert!(doc.contains(pacsd::net::association::IMPLEMENTATION_VERSION_NAME));
+}
+
+/// The FIND SOP classes of section 3.4 are accepted (for an AE allowed to query), in the two
+/// little-endian syntaxes only.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn find_sop_classes_are_accepted_as_listed() {
+    let doc = std::fs::read_to_string(STATEMENT).unwrap();
+    let n = TestNode::start_with(|c| {
+        c.access
+            .unknown_ae_services
+            .insert(pacsd::config::Service::Find);
+    })
+    .await;
+    let mut proposed = Vec::new();
+    for (uid, _) in pacsd::service::query::FIND_SOP_CLASSES {
+        assert!(
+            doc.contains(&format!("`{uid}`")),
+            "{uid} missing from the statement"
+        );
+        for ts in [
+            uids::EXPLICIT_VR_LITTLE_ENDIAN,
+            uids::IMPLICIT_VR_LITTLE_ENDIAN,
+            uids::JPEG_BASELINE8_BIT,
+        ] {
+            proposed.push(ProposedContext {
+                abstract_syntax: uid.to_string(),
+                transfer_syntaxes: vec![ts.to_string()],
+            });
+        }
+    }
+    let assoc = ScuAssociation::connect(&n.scu("Q"), &proposed)
+        .await
+        .unwrap();
+    let accepted: Vec<(String, String)> = assoc
+        .contexts()
+        .iter()
+        .map(|c| (c.abstract_syntax.clone(), c.transfer_syntax.clone()))
+        .collect();
+    assert_eq!(accepted.len(), 6, "{accepted:?}");
+    assert!(
+        accepted
+            .iter()
+            .all(|(_, ts)| ts != uids::JPEG_BASELINE8_BIT)
+    );
+    assoc.release().await.unwrap();
 }
