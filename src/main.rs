@@ -73,6 +73,21 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Time C-FIND queries over one association: each --query runs --rounds times; prints
+    /// p50/p99 latency per query.
+    FindLatency {
+        #[command(flatten)]
+        remote: Remote,
+        /// Information model.
+        #[arg(long, value_enum, default_value = "study")]
+        model: pacsd::tools::QueryModel,
+        /// Runs of each query.
+        #[arg(long, default_value_t = 50)]
+        rounds: usize,
+        /// A query as LABEL|LEVEL|Key=value;Key=value (repeatable).
+        #[arg(long = "query", short = 'q', required = true)]
+        queries: Vec<String>,
+    },
     /// Write synthetic CT-like instances (for tests and benchmarks).
     Synth {
         /// Output directory.
@@ -81,7 +96,10 @@ enum Command {
         /// Number of studies.
         #[arg(long, default_value_t = 1)]
         studies: u32,
-        /// Images per study.
+        /// Series per study.
+        #[arg(long, default_value_t = 1)]
+        series: u32,
+        /// Images per series.
         #[arg(long, default_value_t = 10)]
         per_study: u32,
         /// Rows and columns of each image (0 = no pixel data).
@@ -105,6 +123,24 @@ enum IndexCommand {
     Rebuild {
         #[arg(long, short)]
         config: Option<PathBuf>,
+    },
+    /// Fill the index with synthetic studies directly, without objects (for query
+    /// benchmarks; run with the node stopped).
+    FillSynthetic {
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+        /// Number of studies.
+        #[arg(long, default_value_t = 1000)]
+        studies: u32,
+        /// Series per study.
+        #[arg(long, default_value_t = 5)]
+        series: u32,
+        /// Instances per series.
+        #[arg(long, default_value_t = 10)]
+        instances: u32,
+        /// Number of the first study.
+        #[arg(long, default_value_t = 1)]
+        first_study: u32,
     },
     /// Print row counts and the repair queue length.
     Stats {
@@ -294,14 +330,63 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 ExitCode::from(1)
             })
         }
+        Command::FindLatency {
+            remote,
+            model,
+            rounds,
+            queries,
+        } => {
+            let mut parsed = Vec::new();
+            for q in &queries {
+                let mut parts = q.splitn(3, '|');
+                let (Some(label), Some(level), keys) = (parts.next(), parts.next(), parts.next())
+                else {
+                    anyhow::bail!("--query `{q}` is not LABEL|LEVEL|Key=value;...");
+                };
+                let keys = keys
+                    .unwrap_or("")
+                    .split(';')
+                    .filter(|k| !k.is_empty())
+                    .map(str::to_string)
+                    .collect();
+                let spec = pacsd::tools::FindSpec {
+                    model,
+                    level: level.to_string(),
+                    keys,
+                    charset: None,
+                    relational: false,
+                    cancel_after: None,
+                };
+                parsed.push((label.to_string(), spec));
+            }
+            let reports =
+                pacsd::tools::find_latency(&remote.options(), model, &parsed, rounds).await?;
+            println!(
+                "{:<24} {:>8} {:>10} {:>10} {:>10} {:>7}",
+                "query", "matches", "p50 ms", "p99 ms", "max ms", "status"
+            );
+            for r in &reports {
+                println!(
+                    "{:<24} {:>8} {:>10.3} {:>10.3} {:>10.3} {:>7}",
+                    r.label,
+                    r.matches,
+                    r.quantile(0.5).as_secs_f64() * 1e3,
+                    r.quantile(0.99).as_secs_f64() * 1e3,
+                    r.quantile(1.0).as_secs_f64() * 1e3,
+                    format!("{:04X}", r.status)
+                );
+            }
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Synth {
             out,
             studies,
+            series,
             per_study,
             size,
             first_study,
         } => {
-            let n = pacsd::synth::write_corpus(&out, first_study, studies, per_study, size)
+            let n = pacsd::synth::write_corpus(&out, first_study, studies, series, per_study, size)
                 .map_err(anyhow::Error::msg)?;
             println!("wrote {n} instances under {}", out.display());
             Ok(ExitCode::SUCCESS)
@@ -322,6 +407,34 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             } else {
                 ExitCode::from(1)
             })
+        }
+        Command::Index {
+            command:
+                IndexCommand::FillSynthetic {
+                    config,
+                    studies,
+                    series,
+                    instances,
+                    first_study,
+                },
+        } => {
+            let config = load_config(config.as_ref())?;
+            let total = u64::from(studies) * u64::from(series) * u64::from(instances);
+            let bar = indicatif::ProgressBar::new(total);
+            let records = (first_study..first_study + studies).flat_map(move |st| {
+                (1..=series).flat_map(move |se| {
+                    (1..=instances).map(move |n| {
+                        pacsd::synth::record(&pacsd::synth::corpus_spec(st, se, n, 0))
+                    })
+                })
+            });
+            let path = config.index.path.clone();
+            let n = tokio::task::spawn_blocking(move || {
+                pacsd::index::bulk_load(&path, records, 10_000, |n| bar.set_position(n))
+            })
+            .await??;
+            println!("{n} instances added to {}", config.index.path.display());
+            Ok(ExitCode::SUCCESS)
         }
         Command::Index {
             command: IndexCommand::Stats { config },

@@ -47,7 +47,7 @@ impl Spec {
             sop_class: uids::CT_IMAGE_STORAGE.to_string(),
             modality: "CT".into(),
             instance_number: n as i32,
-            study_date: "20240315".into(),
+            study_date: synthetic_date(study),
             study_time: "101500".into(),
             accession_number: format!("ACC{study:05}"),
             study_description: "Synthetic study".into(),
@@ -177,21 +177,97 @@ impl Spec {
     }
 }
 
-/// Write a corpus: `studies` studies of `per_study` CT images of `size`x`size` under `dir`.
+/// A study date that spreads studies over about 20 years (one day per study number), so that
+/// date-range queries over a synthetic corpus are selective.
+pub fn synthetic_date(study: u32) -> String {
+    // Civil-from-days (Howard Hinnant's algorithm), days counted from 2005-01-01.
+    let z = 12_784 + (study % 7_300) as i64 + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1_460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!("{y:04}{m:02}{d:02}")
+}
+
+/// The index record of a synthetic instance, as ingest would make it (for filling an index
+/// directly in benchmarks; the object itself is not written).
+pub fn record(spec: &Spec) -> crate::index::InstanceRecord {
+    crate::index::InstanceRecord {
+        patient_id: spec.patient_id.clone(),
+        issuer_of_patient_id: String::new(),
+        patient_name: Some(spec.patient_name.clone()),
+        patient_birth_date: Some("19700101".into()),
+        patient_sex: Some("O".into()),
+        study_instance_uid: spec.study_uid.clone(),
+        study_date: Some(spec.study_date.clone()),
+        study_time: Some(spec.study_time.clone()),
+        accession_number: Some(spec.accession_number.clone()),
+        study_id: Some("1".into()),
+        study_description: Some(spec.study_description.clone()),
+        referring_physician_name: Some(spec.referring_physician.clone()),
+        series_instance_uid: spec.series_uid.clone(),
+        modality: Some(spec.modality.clone()),
+        series_number: Some(1),
+        series_description: Some("Synthetic series".into()),
+        body_part_examined: None,
+        series_date: None,
+        series_time: None,
+        sop_instance_uid: spec.sop_uid.clone(),
+        sop_class_uid: spec.sop_class.clone(),
+        instance_number: Some(i64::from(spec.instance_number)),
+        number_of_frames: None,
+        rows: None,
+        columns: None,
+        specific_character_set: Some(spec.charset.clone()),
+        transfer_syntax_uid: spec.transfer_syntax.clone(),
+        storage_key: format!("synthetic/{}", spec.sop_uid),
+        size: 0,
+        sha256: String::new(),
+        calling_ae_title: None,
+    }
+}
+
+/// Instance `n` of series `series` of study `study` in a synthetic corpus: the series'
+/// modality cycles through CT, MR, CR, US, PR so that modality queries are selective.
+pub fn corpus_spec(study: u32, series: u32, n: u32, size: u16) -> Spec {
+    let mut spec = Spec::ct(study, series, n, size);
+    spec.modality = ["CT", "MR", "CR", "US", "PR"][(series.max(1) as usize - 1) % 5].to_string();
+    spec
+}
+
+/// Write a corpus under `dir`: `studies` studies (one directory each) of `series` series of
+/// `per_series` images of `size`x`size`.
 pub fn write_corpus(
     dir: &Path,
     first_study: u32,
     studies: u32,
-    per_study: u32,
+    series: u32,
+    per_series: u32,
     size: u16,
 ) -> Result<usize, String> {
     let mut n = 0;
     for st in first_study..first_study + studies {
-        for i in 1..=per_study {
-            let spec = Spec::ct(st, 1, i, size);
-            spec.write(&dir.join(format!("{st}/{i}.dcm")))?;
-            n += 1;
+        for se in 1..=series {
+            for i in 1..=per_series {
+                corpus_spec(st, se, i, size).write(&dir.join(format!("{st}/{se}-{i}.dcm")))?;
+                n += 1;
+            }
         }
     }
     Ok(n)
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn synthetic_dates_are_valid_and_spread() {
+        assert_eq!(super::synthetic_date(0), "20050101");
+        assert_eq!(super::synthetic_date(59), "20050301");
+        assert_eq!(super::synthetic_date(365), "20060101");
+        assert_ne!(super::synthetic_date(1), super::synthetic_date(2));
+    }
 }

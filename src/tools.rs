@@ -375,33 +375,25 @@ fn parse_key(key: &str) -> Result<(dicom_core::Tag, dicom_core::VR, String, Stri
     ))
 }
 
-/// Run one C-FIND (an association of its own) and collect the matches.
-pub async fn find(opts: &ScuOptions, spec: &FindSpec) -> Result<FindResult, ToolError> {
+/// The identifier of a C-FIND (Explicit VR LE) and its requested keys (tag, keyword).
+pub fn find_identifier(
+    spec: &FindSpec,
+) -> Result<(Vec<u8>, Vec<(dicom_core::Tag, String)>), ToolError> {
     use dicom_core::{DataElement, PrimitiveValue, VR};
     use dicom_dictionary_std::tags;
     use dicom_encoding::text::SpecificCharacterSet;
     use dicom_transfer_syntax_registry::entries::EXPLICIT_VR_LITTLE_ENDIAN;
 
-    let bad = |reason: String| ToolError::NotDicom {
-        path: PathBuf::from("<query>"),
-        reason,
-    };
     let mut ident = dicom_object::InMemDicomObject::new_empty();
-    ident.put(DataElement::new(
-        tags::QUERY_RETRIEVE_LEVEL,
-        VR::CS,
-        PrimitiveValue::from(spec.level.as_str()),
-    ));
+    let level = PrimitiveValue::from(spec.level.as_str());
+    ident.put(DataElement::new(tags::QUERY_RETRIEVE_LEVEL, VR::CS, level));
     if let Some(cs) = &spec.charset {
-        ident.put(DataElement::new(
-            tags::SPECIFIC_CHARACTER_SET,
-            VR::CS,
-            PrimitiveValue::from(cs.as_str()),
-        ));
+        let cs = PrimitiveValue::from(cs.as_str());
+        ident.put(DataElement::new(tags::SPECIFIC_CHARACTER_SET, VR::CS, cs));
     }
     let mut columns = Vec::new();
     for k in &spec.keys {
-        let (tag, vr, name, value) = parse_key(k).map_err(bad)?;
+        let (tag, vr, name, value) = parse_key(k).map_err(bad_query)?;
         let v = if value.is_empty() {
             PrimitiveValue::Empty
         } else {
@@ -415,27 +407,38 @@ pub async fn find(opts: &ScuOptions, spec: &FindSpec) -> Result<FindResult, Tool
         .as_deref()
         .and_then(SpecificCharacterSet::from_code)
         .unwrap_or_default();
-    let ts = EXPLICIT_VR_LITTLE_ENDIAN.erased();
     let mut bytes = Vec::new();
     ident
-        .write_dataset_with_ts_cs(&mut bytes, &ts, cs)
-        .map_err(|e| bad(e.to_string()))?;
+        .write_dataset_with_ts_cs(&mut bytes, &EXPLICIT_VR_LITTLE_ENDIAN.erased(), cs)
+        .map_err(|e| bad_query(e.to_string()))?;
+    Ok((bytes, columns))
+}
 
-    let sop = spec.model.find_sop_class();
-    let extended = if spec.relational {
+fn bad_query(reason: String) -> ToolError {
+    ToolError::NotDicom {
+        path: PathBuf::from("<query>"),
+        reason,
+    }
+}
+
+/// Open an association for C-FIND in `model` (optionally relational); returns it with the
+/// accepted context id.
+pub async fn find_association(
+    opts: &ScuOptions,
+    model: QueryModel,
+    relational: bool,
+) -> Result<(ScuAssociation, u8), ToolError> {
+    let sop = model.find_sop_class();
+    let extended = if relational {
         vec![(sop.to_string(), vec![1, 1])]
     } else {
         Vec::new()
     };
-    let mut assoc = ScuAssociation::connect_with(
-        opts,
-        &[ProposedContext {
-            abstract_syntax: sop.to_string(),
-            transfer_syntaxes: vec![uids::EXPLICIT_VR_LITTLE_ENDIAN.to_string()],
-        }],
-        &extended,
-    )
-    .await?;
+    let context = ProposedContext {
+        abstract_syntax: sop.to_string(),
+        transfer_syntaxes: vec![uids::EXPLICIT_VR_LITTLE_ENDIAN.to_string()],
+    };
+    let assoc = ScuAssociation::connect_with(opts, &[context], &extended).await?;
     let ctx = assoc
         .context_for(sop, uids::EXPLICIT_VR_LITTLE_ENDIAN)
         .map(|c| c.id)
@@ -444,13 +447,23 @@ pub async fn find(opts: &ScuOptions, spec: &FindSpec) -> Result<FindResult, Tool
                 "{sop} not accepted (is `find` allowed for this AE?)"
             ))
         })?;
+    Ok((assoc, ctx))
+}
+
+/// Run one C-FIND (an association of its own) and collect the matches.
+pub async fn find(opts: &ScuOptions, spec: &FindSpec) -> Result<FindResult, ToolError> {
+    use dicom_transfer_syntax_registry::entries::EXPLICIT_VR_LITTLE_ENDIAN;
+    let (bytes, columns) = find_identifier(spec)?;
+    let (mut assoc, ctx) = find_association(opts, spec.model, spec.relational).await?;
+    let sop = spec.model.find_sop_class();
     let (raw, status) = assoc.find(ctx, sop, &bytes, spec.cancel_after).await?;
     assoc.release().await?;
+    let ts = EXPLICIT_VR_LITTLE_ENDIAN.erased();
     let matches = raw
         .iter()
         .map(|b| {
             dicom_object::InMemDicomObject::read_dataset_with_ts(&b[..], &ts)
-                .map_err(|e| bad(e.to_string()))
+                .map_err(|e| bad_query(e.to_string()))
         })
         .collect::<Result<Vec<_>, _>>()?;
     Ok(FindResult {
@@ -458,6 +471,66 @@ pub async fn find(opts: &ScuOptions, spec: &FindSpec) -> Result<FindResult, Tool
         matches,
         status,
     })
+}
+
+/// Latencies of one labelled query run repeatedly over a single association.
+#[derive(Debug, Clone)]
+pub struct LatencyReport {
+    pub label: String,
+    pub samples: Vec<Duration>,
+    /// Matches of the last run.
+    pub matches: usize,
+    /// Final status of the last run.
+    pub status: u16,
+}
+
+impl LatencyReport {
+    /// The q-quantile (0.0..=1.0) of the samples, nearest rank.
+    pub fn quantile(&self, q: f64) -> Duration {
+        let mut v = self.samples.clone();
+        v.sort();
+        if v.is_empty() {
+            return Duration::ZERO;
+        }
+        let rank = ((q * v.len() as f64).ceil() as usize).clamp(1, v.len());
+        v[rank - 1]
+    }
+}
+
+/// Run each query `rounds` times, interleaved, over one association, timing each C-FIND from
+/// request to final response.
+pub async fn find_latency(
+    opts: &ScuOptions,
+    model: QueryModel,
+    queries: &[(String, FindSpec)],
+    rounds: usize,
+) -> Result<Vec<LatencyReport>, ToolError> {
+    let (mut assoc, ctx) = find_association(opts, model, false).await?;
+    let sop = model.find_sop_class();
+    let prepared = queries
+        .iter()
+        .map(|(label, spec)| find_identifier(spec).map(|(bytes, _)| (label.clone(), bytes)))
+        .collect::<Result<Vec<_>, _>>()?;
+    let mut reports: Vec<LatencyReport> = prepared
+        .iter()
+        .map(|(label, _)| LatencyReport {
+            label: label.clone(),
+            samples: Vec::with_capacity(rounds),
+            matches: 0,
+            status: 0,
+        })
+        .collect();
+    for _ in 0..rounds {
+        for (i, (_, bytes)) in prepared.iter().enumerate() {
+            let started = Instant::now();
+            let (matches, status) = assoc.find(ctx, sop, bytes, None).await?;
+            reports[i].samples.push(started.elapsed());
+            reports[i].matches = matches.len();
+            reports[i].status = status.code;
+        }
+    }
+    assoc.release().await?;
+    Ok(reports)
 }
 
 impl FindResult {

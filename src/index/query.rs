@@ -336,13 +336,34 @@ impl Query {
         let combined = self.combined_study_datetime
             && self.has_condition(Column::StudyDate)
             && self.has_condition(Column::StudyTime);
+        // Below PATIENT level, patient conditions go into a subquery over the (small) patient
+        // table, evaluated once, instead of being tested on every joined study row; the
+        // inner `p` alias shadows the outer one, so column SQL is shared. Its text comes
+        // first, so its parameters are bound first.
+        let mut patient_params: Vec<Value> = Vec::new();
+        let mut patient_wheres: Vec<String> = Vec::new();
         for c in &self.conditions {
             if combined && matches!(c.column, Column::StudyDate | Column::StudyTime) {
                 continue;
             }
-            if let Some(w) = condition_sql(c, self.pn_case_insensitive, &mut params) {
+            if self.level > Level::Patient && c.column.level() == Level::Patient {
+                if let Some(w) = condition_sql(c, self.pn_case_insensitive, &mut patient_params) {
+                    patient_wheres.push(w);
+                }
+            } else if let Some(w) = condition_sql(c, self.pn_case_insensitive, &mut params) {
                 wheres.push(w);
             }
+        }
+        if !patient_wheres.is_empty() {
+            wheres.insert(
+                0,
+                format!(
+                    "st.patient_fk IN (SELECT p.id FROM patient p WHERE {})",
+                    patient_wheres.join(" AND ")
+                ),
+            );
+            patient_params.append(&mut params);
+            params = patient_params;
         }
         if combined {
             wheres.push(self.combined_datetime_sql(&mut params));
@@ -587,6 +608,29 @@ mod tests {
             "{sql}"
         );
         assert_eq!(params.len(), 3);
+    }
+
+    #[test]
+    fn patient_conditions_become_a_subquery_with_their_parameters_first() {
+        let (sql, params) = q(
+            Level::Study,
+            vec![
+                Condition {
+                    column: Column::AccessionNumber,
+                    matcher: Matcher::Single("A1".into()),
+                },
+                Condition {
+                    column: Column::PatientId,
+                    matcher: Matcher::Single("P1".into()),
+                },
+            ],
+        )
+        .to_sql(false);
+        assert!(sql.contains("WHERE st.patient_fk IN (SELECT p.id FROM patient p WHERE p.patient_id = ?) AND st.accession_number = ?"), "{sql}");
+        assert_eq!(
+            params,
+            vec![Value::Text("P1".into()), Value::Text("A1".into())]
+        );
     }
 
     #[test]

@@ -87,6 +87,7 @@ impl FindService {
         request: &Command,
         data: Option<Vec<u8>>,
     ) -> Result<(), NetError> {
+        let started = std::time::Instant::now();
         let (matches, req) = match self.run(context, data).await {
             Ok(r) => r,
             Err(e) => {
@@ -141,6 +142,7 @@ impl FindService {
         debug!(
             level = req.query.level.code(),
             matches = total,
+            elapsed_us = started.elapsed().as_micros() as u64,
             "C-FIND done"
         );
         let rsp = Command::response_to(request, CommandField::CFindRsp, Status::success());
