@@ -344,7 +344,7 @@ pub struct FindSpec {
 #[derive(Debug, Clone)]
 pub struct FindResult {
     /// The requested keys (tag, keyword), in order.
-    pub columns: Vec<(dicom_core::Tag, String)>,
+    pub columns: FindColumns,
     pub matches: Vec<dicom_object::InMemDicomObject>,
     pub status: crate::dimse::Status,
 }
