@@ -375,10 +375,11 @@ fn parse_key(key: &str) -> Result<(dicom_core::Tag, dicom_core::VR, String, Stri
     ))
 }
 
-/// The identifier of a C-FIND (Explicit VR LE) and its requested keys (tag, keyword).
-pub fn find_identifier(
-    spec: &FindSpec,
-) -> Result<(Vec<u8>, Vec<(dicom_core::Tag, String)>), ToolError> {
+/// Requested keys of a C-FIND: (tag, keyword), in order.
+pub type FindColumns = Vec<(dicom_core::Tag, String)>;
+
+/// The identifier of a C-FIND (Explicit VR LE) and its requested keys.
+pub fn find_identifier(spec: &FindSpec) -> Result<(Vec<u8>, FindColumns), ToolError> {
     use dicom_core::{DataElement, PrimitiveValue, VR};
     use dicom_dictionary_std::tags;
     use dicom_encoding::text::SpecificCharacterSet;
