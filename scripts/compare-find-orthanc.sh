@@ -95,6 +95,8 @@ for q in "${QUERIES[@]}"; do
     if ! python3 - "$WORK/$name.pacsd" "$WORK/$name.orthanc" "$name" <<'PY'
 import re, sys
 def parse(path):
+    # Values are compared as text, decoded with each response's own SpecificCharacterSet
+    # (Orthanc adds ISO_IR 100 to every answer; pacsd adds a set only when one is needed).
     blocks, status, cur = [], None, None
     for raw in open(path, 'rb').read().split(b'\n'):
         line = raw.decode('latin-1')
@@ -105,9 +107,15 @@ def parse(path):
             cur = None
         elif cur is not None:
             m = re.search(r'\(([0-9a-f]{4},[0-9a-f]{4})\) (\w\w) (.*?)\s+#', line)
-            if m and m.group(1) not in ('0008,0054',):   # RetrieveAETitle differs by design
-                cur[m.group(1)] = m.group(3).strip()
-    return sorted(tuple(sorted(b.items())) for b in blocks), status
+            if m:
+                cur[m.group(1)] = m.group(3).strip().strip('[]').rstrip('\x00 ').encode('latin-1')
+    out = []
+    for b in blocks:
+        cs = b.pop('0008,0005', b'').decode()
+        b.pop('0008,0054', None)   # RetrieveAETitle differs by design
+        enc = 'utf-8' if 'ISO_IR 192' in cs else 'latin-1'
+        out.append(tuple(sorted((k, v.decode(enc, 'replace')) for k, v in b.items())))
+    return sorted(out), status
 p, o = parse(sys.argv[1]), parse(sys.argv[2])
 if p == o:
     print(f"same      {sys.argv[3]}: {len(p[0])} matches, {p[1]}")
