@@ -1005,3 +1005,74 @@ async fn iso_2022_japanese_and_korean_are_decoded_matched_and_answered() {
     let out = query("ISO_IR 192", "==홍^길동".as_bytes());
     assert_eq!(out.values("0010,0020"), vec!["PK1"], "{}", out.text);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sequences_and_the_patient_study_only_model() {
+    let n = node_with_corpus(|_| {}).await;
+    // A sequence key (with an empty item key) is universal: every study matches, and the
+    // sequence comes back (zero-length).
+    let out = findscu(
+        n.port(),
+        args(&[
+            "-S",
+            "-k",
+            "QueryRetrieveLevel=STUDY",
+            "-k",
+            "PatientID",
+            "-k",
+            "ReferencedStudySequence",
+            "-k",
+            "ProcedureCodeSequence[0].CodeValue",
+        ]),
+    );
+    assert_eq!(out.status, "Success", "{}", out.text);
+    assert_eq!(out.matches.len(), 6);
+    assert!(
+        out.matches
+            .iter()
+            .all(|m| m.contains_key("0008,1110") && m.contains_key("0008,1032")),
+        "{}",
+        out.text
+    );
+    // Patient/Study Only: PATIENT and STUDY levels, not SERIES.
+    let out = findscu(
+        n.port(),
+        args(&[
+            "-O",
+            "-k",
+            "QueryRetrieveLevel=PATIENT",
+            "-k",
+            "PatientName=Smith*",
+            "-k",
+            "PatientID",
+        ]),
+    );
+    assert_eq!(out.values("0010,0020"), vec!["P003"], "{}", out.text);
+    let out = findscu(
+        n.port(),
+        args(&[
+            "-O",
+            "-k",
+            "QueryRetrieveLevel=STUDY",
+            "-k",
+            "PatientID=P003",
+            "-k",
+            "AccessionNumber",
+        ]),
+    );
+    assert_eq!(out.values("0008,0050"), vec!["A300"], "{}", out.text);
+    let out = findscu(
+        n.port(),
+        args(&[
+            "-O",
+            "-k",
+            "QueryRetrieveLevel=SERIES",
+            "-k",
+            "PatientID=P003",
+            "-k",
+            &format!("StudyInstanceUID={}", uid(3)),
+        ]),
+    );
+    assert!(out.matches.is_empty());
+    assert!(out.status.starts_with("Error"), "{}", out.text);
+}
