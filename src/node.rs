@@ -11,7 +11,7 @@ use tracing::info;
 use crate::config::Config;
 use crate::index::{Index, IndexError};
 use crate::net::{AcceptorPolicy, Shutdown, ShutdownTrigger};
-use crate::service::{FindService, Services, StoreService};
+use crate::service::{FindService, RetrieveService, Services, StoreService};
 use crate::storage::{Storage, StorageError};
 
 #[derive(Debug, thiserror::Error)]
@@ -92,6 +92,11 @@ impl Node {
                 ae_title: self.config.node.ae_title.clone(),
                 max_results: self.config.query.max_results,
                 pn_case_insensitive: self.config.query.pn_case_insensitive,
+            }),
+            retrieve: Arc::new(RetrieveService {
+                index: self.index.clone(),
+                storage: self.storage.clone(),
+                config: self.config.clone(),
             }),
         });
         let policy = AcceptorPolicy {

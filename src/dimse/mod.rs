@@ -82,6 +82,11 @@ pub struct Command {
     pub move_originator_ae_title: Option<String>,
     pub move_originator_message_id: Option<u16>,
     pub error_comment: Option<String>,
+    /// PS3.7 C.4.2.1.x: sub-operation counters of C-MOVE and C-GET responses.
+    pub remaining: Option<u16>,
+    pub completed: Option<u16>,
+    pub failed: Option<u16>,
+    pub warning: Option<u16>,
 }
 
 impl Command {
@@ -125,6 +130,10 @@ impl Command {
             move_originator_ae_title: str_of(tags::MOVE_ORIGINATOR_APPLICATION_ENTITY_TITLE),
             move_originator_message_id: u16_of(tags::MOVE_ORIGINATOR_MESSAGE_ID),
             error_comment: str_of(tags::ERROR_COMMENT),
+            remaining: u16_of(tags::NUMBER_OF_REMAINING_SUBOPERATIONS),
+            completed: u16_of(tags::NUMBER_OF_COMPLETED_SUBOPERATIONS),
+            failed: u16_of(tags::NUMBER_OF_FAILED_SUBOPERATIONS),
+            warning: u16_of(tags::NUMBER_OF_WARNING_SUBOPERATIONS),
         })
     }
 
@@ -178,6 +187,16 @@ impl Command {
             // PS3.7 C.4.1.1.3: ErrorComment is LO, at most 64 characters.
             let v: String = v.chars().filter(|c| *c != '\\').take(64).collect();
             put(tags::ERROR_COMMENT, VR::LO, PrimitiveValue::from(v));
+        }
+        for (tag, v) in [
+            (tags::NUMBER_OF_REMAINING_SUBOPERATIONS, self.remaining),
+            (tags::NUMBER_OF_COMPLETED_SUBOPERATIONS, self.completed),
+            (tags::NUMBER_OF_FAILED_SUBOPERATIONS, self.failed),
+            (tags::NUMBER_OF_WARNING_SUBOPERATIONS, self.warning),
+        ] {
+            if let Some(v) = v {
+                put(tag, VR::US, PrimitiveValue::from(v));
+            }
         }
         if let Some(v) = &self.affected_sop_instance_uid {
             put(

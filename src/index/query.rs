@@ -93,6 +93,8 @@ pub enum Column {
     Columns,
     /// Not a DICOM attribute: where the object is stored (for IMAGE-level header reads).
     StorageKey,
+    /// Not a DICOM attribute: the transfer syntax the object was stored in (retrieve).
+    StoredTransferSyntax,
 }
 
 impl Column {
@@ -127,7 +129,7 @@ impl Column {
             | SeriesTime
             | NumberOfSeriesRelatedInstances => Level::Series,
             SopInstanceUid | SopClassUid | InstanceNumber | NumberOfFrames | Rows | Columns
-            | StorageKey => Level::Image,
+            | StorageKey | StoredTransferSyntax => Level::Image,
         }
     }
 
@@ -147,7 +149,8 @@ impl Column {
             | NumberOfStudyRelatedInstances
             | NumberOfSeriesRelatedInstances
             | SopClassesInStudy
-            | StorageKey => Kind::Computed,
+            | StorageKey
+            | StoredTransferSyntax => Kind::Computed,
             PatientId | IssuerOfPatientId | PatientSex | AccessionNumber | StudyId
             | StudyDescription | Modality | SeriesDescription | BodyPartExamined => Kind::Text,
         }
@@ -195,6 +198,7 @@ impl Column {
             Rows => "i.rows",
             Columns => "i.columns",
             StorageKey => "i.storage_key",
+            StoredTransferSyntax => "i.transfer_syntax_uid",
         }
     }
 }

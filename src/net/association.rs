@@ -78,6 +78,8 @@ pub struct AcceptedContext {
     pub service: Service,
     /// Agreed SOP class extended negotiation bytes (PS3.7 D.3.3.5), empty if none.
     pub extended: Vec<u8>,
+    /// The requestor takes the SCP role on this (storage) context: C-GET sends C-STOREs here.
+    pub requestor_scp: bool,
 }
 
 impl AcceptedContext {
@@ -159,6 +161,8 @@ pub struct Association {
     write_timeout: Duration,
     max_object_size: u64,
     partial: Partial,
+    /// Message ID for requests this node sends on the association (C-GET sub-operations).
+    next_message_id: u16,
 }
 
 fn reject(result: AssociationRJResult, source: AssociationRJSource) -> Pdu {
@@ -195,6 +199,7 @@ impl Association {
             write_timeout: config.timeouts.write(),
             max_object_size: config.node.max_object_size,
             partial: Partial::default(),
+            next_message_id: 1,
         };
         let artim = config.timeouts.artim();
         let pdu = match tokio::time::timeout(artim, assoc.read_pdu(MAX_ASSOCIATE_RQ)).await {
@@ -303,16 +308,37 @@ impl Association {
                 _ => None,
             })
             .collect();
+        let requested_roles: Vec<(String, dicom_ul::pdu::RequestorRoles)> = rq
+            .user_variables
+            .iter()
+            .filter_map(|uv| match uv {
+                UserVariableItem::ScuScpRoleSelectionSubItem(sop, roles) => {
+                    Some((sop.trim_end_matches(['\0', ' ']).to_string(), *roles))
+                }
+                _ => None,
+            })
+            .collect();
         let mut ext_replies: Vec<UserVariableItem> = Vec::new();
         let mut results = Vec::with_capacity(rq.presentation_contexts.len());
         for pc in &rq.presentation_contexts {
             let abstract_syntax = pc.abstract_syntax.trim_end_matches(['\0', ' ']).to_string();
+            // A storage context serves C-STORE from the requestor, and (with SCP/SCU role
+            // selection, PS3.7 D.3.3.4) C-STOREs back to it for C-GET.
+            let requestor_scp = requested_roles
+                .iter()
+                .any(|(sop, r)| *sop == abstract_syntax && r.scp);
+            let permitted = |service: Service| {
+                allowed.contains(&service)
+                    || (service == Service::Store
+                        && requestor_scp
+                        && allowed.contains(&Service::Get))
+            };
             let (reason, ts) = match service_of(&abstract_syntax) {
                 None => (
                     PresentationContextResultReason::AbstractSyntaxNotSupported,
                     None,
                 ),
-                Some(service) if !allowed.contains(&service) => {
+                Some(service) if !permitted(service) => {
                     (PresentationContextResultReason::UserRejection, None)
                 }
                 Some(service) => match choose_transfer_syntax(service, &pc.transfer_syntaxes) {
@@ -334,12 +360,32 @@ impl Association {
                             }
                             _ => Vec::new(),
                         };
+                        let get_role = service == Service::Store
+                            && requestor_scp
+                            && allowed.contains(&Service::Get);
+                        if get_role {
+                            let requested_scu = requested_roles
+                                .iter()
+                                .find(|(sop, _)| *sop == abstract_syntax)
+                                .is_some_and(|(_, r)| r.scu);
+                            let reply = UserVariableItem::ScuScpRoleSelectionSubItem(
+                                abstract_syntax.clone(),
+                                dicom_ul::pdu::RequestorRoles {
+                                    scu: requested_scu,
+                                    scp: true,
+                                },
+                            );
+                            if !ext_replies.contains(&reply) {
+                                ext_replies.push(reply);
+                            }
+                        }
                         assoc.contexts.push(AcceptedContext {
                             id: pc.id,
                             abstract_syntax: abstract_syntax.clone(),
                             transfer_syntax: ts.to_string(),
                             service,
                             extended,
+                            requestor_scp: get_role,
                         });
                         (
                             PresentationContextResultReason::Acceptance,
@@ -412,6 +458,13 @@ impl Association {
 
     pub fn context(&self, id: u8) -> Option<&AcceptedContext> {
         self.contexts.iter().find(|c| c.id == id)
+    }
+
+    /// A fresh Message ID for a request this node sends (PS3.7 9.1.1.1.1).
+    pub fn next_message_id(&mut self) -> u16 {
+        let id = self.next_message_id;
+        self.next_message_id = self.next_message_id.wrapping_add(1).max(1);
+        id
     }
 
     /// Whether part of a DIMSE message has been received but not all of it.

@@ -228,6 +228,26 @@ impl ScuAssociation {
         self.read_response(CommandField::CEchoRsp).await
     }
 
+    /// C-STORE as a C-MOVE sub-operation: carries the Move Originator AE Title and Message ID
+    /// (PS3.7 9.1.1.1.9).
+    pub async fn store_from_move(
+        &mut self,
+        context_id: u8,
+        sop_class: &str,
+        sop_instance: &str,
+        data: &[u8],
+        originator_ae: &str,
+        originator_id: u16,
+    ) -> Result<Status, NetError> {
+        let id = self.message_id();
+        let mut rq = Command::store_rq(id, sop_class, sop_instance);
+        rq.move_originator_ae_title = Some(originator_ae.to_string());
+        rq.move_originator_message_id = Some(originator_id);
+        self.send_command(context_id, &rq).await?;
+        self.send_data(context_id, data).await?;
+        self.read_response(CommandField::CStoreRsp).await
+    }
+
     /// C-FIND (PS3.7 9.1.2): send the identifier, collect every Pending identifier and the
     /// final status. With `cancel_after` = Some(n), a C-CANCEL is sent after n responses.
     pub async fn find(

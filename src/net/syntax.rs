@@ -17,12 +17,30 @@ pub const FIND_SOP_CLASSES: [&str; 3] = [
     "1.2.840.10008.5.1.4.1.2.3.1",
 ];
 
+/// Query/Retrieve MOVE SOP classes (PS3.4 C.6).
+pub const MOVE_SOP_CLASSES: [&str; 3] = [
+    uids::PATIENT_ROOT_QUERY_RETRIEVE_INFORMATION_MODEL_MOVE,
+    uids::STUDY_ROOT_QUERY_RETRIEVE_INFORMATION_MODEL_MOVE,
+    "1.2.840.10008.5.1.4.1.2.3.2",
+];
+
+/// Query/Retrieve GET SOP classes (PS3.4 C.6).
+pub const GET_SOP_CLASSES: [&str; 3] = [
+    uids::PATIENT_ROOT_QUERY_RETRIEVE_INFORMATION_MODEL_GET,
+    uids::STUDY_ROOT_QUERY_RETRIEVE_INFORMATION_MODEL_GET,
+    "1.2.840.10008.5.1.4.1.2.3.3",
+];
+
 /// The service an abstract syntax belongs to, if this node provides it.
 pub fn service_of(abstract_syntax: &str) -> Option<Service> {
     if abstract_syntax == uids::VERIFICATION {
         Some(Service::Echo)
     } else if FIND_SOP_CLASSES.contains(&abstract_syntax) {
         Some(Service::Find)
+    } else if MOVE_SOP_CLASSES.contains(&abstract_syntax) {
+        Some(Service::Move)
+    } else if GET_SOP_CLASSES.contains(&abstract_syntax) {
+        Some(Service::Get)
     } else if is_storage_sop_class(abstract_syntax) {
         Some(Service::Store)
     } else {
@@ -93,7 +111,9 @@ pub fn choose_transfer_syntax(service: Service, proposed: &[String]) -> Option<&
         .iter()
         .map(|s| s.trim_end_matches(['\0', ' ']))
         .find(|ts| match service {
-            Service::Echo | Service::Find => ECHO_TRANSFER_SYNTAXES.contains(ts),
+            Service::Echo | Service::Find | Service::Move | Service::Get => {
+                ECHO_TRANSFER_SYNTAXES.contains(ts)
+            }
             _ => is_storage_transfer_syntax(ts),
         })
 }

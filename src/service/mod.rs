@@ -4,6 +4,7 @@
 pub mod echo;
 pub mod find;
 pub mod query;
+pub mod retrieve;
 pub mod store;
 
 use std::sync::Arc;
@@ -15,12 +16,14 @@ use crate::dimse::{Command, CommandField, Status, status};
 use crate::net::{Association, DimseMessage, MessageHandler, NetError};
 
 pub use find::FindService;
+pub use retrieve::RetrieveService;
 pub use store::StoreService;
 
 /// Every service this node provides, behind one dispatcher.
 pub struct Services {
     pub store: Arc<StoreService>,
     pub find: Arc<FindService>,
+    pub retrieve: Arc<RetrieveService>,
 }
 
 impl MessageHandler for Services {
@@ -51,6 +54,12 @@ impl MessageHandler for Services {
             }
             (Some(CommandField::CFindRq), Service::Find) => {
                 return self.find.find(assoc, &context, &command, data).await;
+            }
+            (Some(CommandField::CMoveRq), Service::Move) => {
+                return self.retrieve.move_(assoc, &context, &command, data).await;
+            }
+            (Some(CommandField::CGetRq), Service::Get) => {
+                return self.retrieve.get(assoc, &context, &command, data).await;
             }
             (Some(CommandField::CCancelRq), _) => {
                 // PS3.7 9.3.2.3: a C-CANCEL for an operation that is not (or no longer)

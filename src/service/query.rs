@@ -38,6 +38,22 @@ impl Model {
             .map(|(_, m)| *m)
     }
 
+    /// The model of a MOVE or GET SOP class.
+    pub fn of_retrieve_sop_class(uid: &str) -> Option<Model> {
+        use crate::net::syntax::{GET_SOP_CLASSES, MOVE_SOP_CLASSES};
+        let models = [
+            Model::PatientRoot,
+            Model::StudyRoot,
+            Model::PatientStudyOnly,
+        ];
+        MOVE_SOP_CLASSES
+            .iter()
+            .zip(models)
+            .chain(GET_SOP_CLASSES.iter().zip(models))
+            .find(|(u, _)| **u == uid)
+            .map(|(_, m)| m)
+    }
+
     pub fn levels(self) -> &'static [Level] {
         match self {
             Model::PatientRoot => &[Level::Patient, Level::Study, Level::Series, Level::Image],
