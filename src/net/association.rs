@@ -120,7 +120,7 @@ pub struct DimseMessage {
 /// What the next read produced.
 #[derive(Debug)]
 pub enum Incoming {
-    Message(DimseMessage),
+    Message(Box<DimseMessage>),
     /// The requestor released the association (A-RELEASE-RP already sent).
     Released,
     /// The requestor aborted the association.
@@ -494,7 +494,7 @@ impl Association {
                 Pdu::PData { data } => {
                     for pdv in data {
                         if let Some(msg) = self.absorb(pdv).await? {
-                            return Ok(Incoming::Message(msg));
+                            return Ok(Incoming::Message(Box::new(msg)));
                         }
                     }
                 }

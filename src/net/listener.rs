@@ -128,7 +128,7 @@ async fn serve_association<H: MessageHandler>(
         };
         match incoming {
             Ok(Incoming::Message(msg)) => {
-                if let Err(e) = handler.handle(&mut assoc, msg).await {
+                if let Err(e) = handler.handle(&mut assoc, *msg).await {
                     info!(error = %e, "association ended while answering");
                     return;
                 }
