@@ -88,6 +88,26 @@ enum Command {
         #[arg(long = "query", short = 'q', required = true)]
         queries: Vec<String>,
     },
+    /// Ask a DICOM node to send instances to a destination AE with C-MOVE.
+    Move {
+        #[command(flatten)]
+        remote: Remote,
+        /// Destination AE title (must be known to the remote node).
+        #[arg(long)]
+        dest: String,
+        /// Information model.
+        #[arg(long, value_enum, default_value = "study")]
+        model: pacsd::tools::QueryModel,
+        /// Query/Retrieve level: PATIENT, STUDY, SERIES or IMAGE.
+        #[arg(long, short, default_value = "STUDY")]
+        level: String,
+        /// Unique keys as Keyword=value (e.g. StudyInstanceUID=1.2.3).
+        #[arg(long = "key", short = 'k')]
+        keys: Vec<String>,
+        /// Do not draw a progress bar.
+        #[arg(long)]
+        no_progress: bool,
+    },
     /// Write synthetic CT-like instances (for tests and benchmarks).
     Synth {
         /// Output directory.
@@ -377,6 +397,41 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 );
             }
             Ok(ExitCode::SUCCESS)
+        }
+        Command::Move {
+            remote,
+            dest,
+            model,
+            level,
+            keys,
+            no_progress,
+        } => {
+            let spec = pacsd::tools::FindSpec {
+                model,
+                level,
+                keys,
+                charset: None,
+                relational: false,
+                cancel_after: None,
+            };
+            let r = pacsd::tools::move_to(&remote.options(), &spec, &dest, !no_progress).await?;
+            println!(
+                "C-MOVE to {dest}: status {:04X}{}; {} completed, {} failed, {} warning",
+                r.status.code,
+                r.status
+                    .comment
+                    .as_ref()
+                    .map(|c| format!(" ({c})"))
+                    .unwrap_or_default(),
+                r.completed,
+                r.failed,
+                r.warning
+            );
+            Ok(if r.status.is_success() {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(1)
+            })
         }
         Command::Synth {
             out,

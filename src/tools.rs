@@ -606,3 +606,90 @@ impl FindResult {
         out.join("\n")
     }
 }
+
+impl QueryModel {
+    pub fn move_sop_class(self) -> &'static str {
+        match self {
+            QueryModel::Patient => uids::PATIENT_ROOT_QUERY_RETRIEVE_INFORMATION_MODEL_MOVE,
+            QueryModel::Study => uids::STUDY_ROOT_QUERY_RETRIEVE_INFORMATION_MODEL_MOVE,
+        }
+    }
+}
+
+/// Outcome of a C-MOVE: the final response's status and counters.
+#[derive(Debug, Clone)]
+pub struct MoveResult {
+    pub status: crate::dimse::Status,
+    pub completed: u16,
+    pub failed: u16,
+    pub warning: u16,
+    pub pending_responses: usize,
+}
+
+/// C-MOVE the instances selected by `spec` (level and unique keys) to `destination`.
+pub async fn move_to(
+    opts: &ScuOptions,
+    spec: &FindSpec,
+    destination: &str,
+    progress: bool,
+) -> Result<MoveResult, ToolError> {
+    let (bytes, _) = find_identifier(spec)?;
+    let sop = spec.model.move_sop_class();
+    let context = ProposedContext {
+        abstract_syntax: sop.to_string(),
+        transfer_syntaxes: vec![
+            uids::EXPLICIT_VR_LITTLE_ENDIAN.to_string(),
+            uids::IMPLICIT_VR_LITTLE_ENDIAN.to_string(),
+        ],
+    };
+    let extended = if spec.relational {
+        vec![(sop.to_string(), vec![1])]
+    } else {
+        Vec::new()
+    };
+    let mut assoc = ScuAssociation::connect_with(opts, &[context], &extended).await?;
+    let ctx = assoc
+        .contexts()
+        .iter()
+        .find(|c| c.abstract_syntax == sop)
+        .map(|c| c.id)
+        .ok_or_else(|| {
+            NetError::Rejected(format!(
+                "{sop} not accepted (is `move` allowed for this AE?)"
+            ))
+        })?;
+    let bar = if progress {
+        ProgressBar::new(0)
+    } else {
+        ProgressBar::hidden()
+    };
+    bar.set_style(
+        ProgressStyle::with_template("{elapsed_precise} [{bar:40}] {pos}/{len} {msg}")
+            .expect("valid template")
+            .progress_chars("=> "),
+    );
+    let mut pending = 0usize;
+    let last = assoc
+        .move_to(ctx, sop, destination, &bytes, spec.cancel_after, |rsp| {
+            pending += 1;
+            let done = u64::from(rsp.completed.unwrap_or(0))
+                + u64::from(rsp.failed.unwrap_or(0))
+                + u64::from(rsp.warning.unwrap_or(0));
+            bar.set_length(done + u64::from(rsp.remaining.unwrap_or(0)));
+            bar.set_position(done);
+            bar.set_message(format!("{} failed", rsp.failed.unwrap_or(0)));
+        })
+        .await?;
+    bar.finish_and_clear();
+    assoc.release().await?;
+    Ok(MoveResult {
+        status: crate::dimse::Status {
+            code: last.status.unwrap_or(0xFFFF),
+            comment: last.error_comment,
+        },
+        completed: last.completed.unwrap_or(0),
+        failed: last.failed.unwrap_or(0),
+        warning: last.warning.unwrap_or(0),
+        pending_responses: pending,
+    })
+}

@@ -228,6 +228,51 @@ impl ScuAssociation {
         self.read_response(CommandField::CEchoRsp).await
     }
 
+    /// C-MOVE (PS3.7 9.1.4): send the identifier, follow the Pending responses and return the
+    /// final response (with its counters). With `cancel_after` = Some(n), a C-CANCEL is sent
+    /// after n Pending responses.
+    pub async fn move_to(
+        &mut self,
+        context_id: u8,
+        sop_class: &str,
+        destination: &str,
+        identifier: &[u8],
+        cancel_after: Option<usize>,
+        mut on_pending: impl FnMut(&Command),
+    ) -> Result<Command, NetError> {
+        let id = self.message_id();
+        let rq = Command {
+            command_field: CommandField::CMoveRq as u16,
+            message_id: Some(id),
+            affected_sop_class_uid: Some(sop_class.to_string()),
+            priority: Some(0),
+            move_destination: Some(destination.to_string()),
+            data_set_type: crate::dimse::DATA_SET_PRESENT,
+            ..Command::default()
+        };
+        self.send_command(context_id, &rq).await?;
+        self.send_data(context_id, identifier).await?;
+        let mut pending = 0usize;
+        loop {
+            if cancel_after == Some(pending) {
+                let cancel = Command {
+                    command_field: CommandField::CCancelRq as u16,
+                    message_id_being_responded_to: Some(id),
+                    data_set_type: crate::dimse::NO_DATA_SET,
+                    ..Command::default()
+                };
+                self.send_command(context_id, &cancel).await?;
+            }
+            let (rsp, _) = self.read_message().await?;
+            if rsp.status == Some(0xFF00) {
+                pending += 1;
+                on_pending(&rsp);
+            } else {
+                return Ok(rsp);
+            }
+        }
+    }
+
     /// C-STORE as a C-MOVE sub-operation: carries the Move Originator AE Title and Message ID
     /// (PS3.7 9.1.1.1.9).
     pub async fn store_from_move(

@@ -1,0 +1,497 @@
+//! C-MOVE and C-GET against real clients and destinations: DCMTK movescu with a DCMTK storescp
+//! destination, getscu, and pacsd's own SCU (cancel, destination killed mid-move).
+
+mod common;
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::*;
+use dicom_dictionary_std::{tags, uids};
+use pacsd::config::{Peer, Service};
+use pacsd::synth::Spec;
+use pacsd::tools::{FindSpec, QueryModel};
+
+/// A DCMTK storescp destination on a free loopback port, killed on drop.
+struct Destination {
+    child: Child,
+    port: u16,
+    dir: tempfile::TempDir,
+}
+
+impl Destination {
+    fn start(extra: &[&str]) -> Destination {
+        let dir = tempfile::tempdir().unwrap();
+        let port = TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let child = Command::new("storescp")
+            .args(["-aet", "DEST", "+B", "-od"])
+            .arg(dir.path())
+            .args(extra)
+            .arg(port.to_string())
+            .env("TCP_NODELAY", "1")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("storescp (DCMTK) installed");
+        let d = Destination { child, port, dir };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            let echo = dcmtk("echoscu", &["-aec", "DEST", "127.0.0.1", &port.to_string()]);
+            if echo.status.success() {
+                return d;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!("storescp did not start");
+    }
+
+    fn files(&self) -> Vec<PathBuf> {
+        pacsd::tools::collect_files(&[self.dir.path().to_path_buf()]).unwrap_or_default()
+    }
+
+    fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Destination {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+async fn node_with(dest_port: u16, specs: &[Spec]) -> TestNode {
+    let n = TestNode::start_with(|c| {
+        c.access
+            .unknown_ae_services
+            .extend([Service::Find, Service::Move, Service::Get]);
+        c.peers = vec![Peer {
+            ae_title: "DEST".into(),
+            host: "127.0.0.1".into(),
+            port: dest_port,
+            services: Default::default(),
+        }];
+    })
+    .await;
+    let dir = n.dir.path().join("src");
+    let files: Vec<PathBuf> = specs
+        .iter()
+        .enumerate()
+        .map(|(i, s)| {
+            let p = dir.join(format!("{i}.dcm"));
+            s.write(&p).unwrap();
+            p
+        })
+        .collect();
+    let r = pacsd::tools::store(&n.scu("LOADER"), files, 2, false)
+        .await
+        .unwrap();
+    assert_eq!(r.failed, 0, "{:?}", r.failures);
+    n
+}
+
+fn data_set(path: &Path) -> Vec<u8> {
+    let bytes = std::fs::read(path).unwrap();
+    let (_, off) = pacsd::part10::split(&bytes).unwrap();
+    bytes[off..].to_vec()
+}
+
+fn pixel_data(path: &Path) -> Vec<u8> {
+    let obj = dicom_object::open_file(path).unwrap();
+    obj.element(tags::PIXEL_DATA)
+        .unwrap()
+        .to_bytes()
+        .unwrap()
+        .into_owned()
+}
+
+fn sop_uid(path: &Path) -> String {
+    let obj = dicom_object::open_file(path).unwrap();
+    obj.element(tags::SOP_INSTANCE_UID)
+        .unwrap()
+        .to_str()
+        .unwrap()
+        .trim_end_matches('\0')
+        .to_string()
+}
+
+fn two_studies() -> Vec<Spec> {
+    let mut v = Vec::new();
+    for (study, series, n) in [(1, 1, 1), (1, 1, 2), (1, 2, 1), (2, 1, 1), (2, 1, 2)] {
+        let mut s = Spec::ct(study, series, n, 32);
+        s.patient_id = format!("P{study}");
+        v.push(s);
+    }
+    v
+}
+
+fn movescu(port: u16, args: &[&str]) -> String {
+    let mut a = vec!["-v", "-aec", "PACSD", "-aem", "DEST"];
+    a.extend_from_slice(args);
+    let p = port.to_string();
+    a.extend_from_slice(&["127.0.0.1", &p]);
+    text(&dcmtk("movescu", &a))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn movescu_every_level_arrives_byte_identical() {
+    let dest = Destination::start(&[]);
+    let specs = two_studies();
+    let n = node_with(dest.port, &specs).await;
+    let port = n.port();
+    let study1 = specs[0].study_uid.clone();
+
+    let out = tokio::task::spawn_blocking(move || {
+        movescu(
+            port,
+            &[
+                "-S",
+                "-k",
+                "QueryRetrieveLevel=STUDY",
+                "-k",
+                &format!("StudyInstanceUID={study1}"),
+            ],
+        )
+    })
+    .await
+    .unwrap();
+    assert!(
+        out.contains("Received Final Move Response (Success)"),
+        "{out}"
+    );
+    assert_eq!(dest.files().len(), 3);
+    // Byte-identical data sets (stored in Explicit VR LE, destination accepts it; storescp +B).
+    for f in dest.files() {
+        let uid = sop_uid(&f);
+        let spec = specs
+            .iter()
+            .find(|s| s.sop_uid == uid)
+            .expect("a sent instance");
+        let inst = n.node.index.instance(&spec.sop_uid).await.unwrap().unwrap();
+        let stored = n.node.storage.get(&inst.storage_key).await.unwrap();
+        let (_, off) = pacsd::part10::split(&stored).unwrap();
+        assert_eq!(data_set(&f), stored[off..].to_vec(), "{uid}");
+    }
+
+    // SERIES and IMAGE level (Study Root), PATIENT level (Patient Root).
+    let (s2, se2, i2) = (
+        specs[3].study_uid.clone(),
+        specs[3].series_uid.clone(),
+        specs[4].sop_uid.clone(),
+    );
+    let out = tokio::task::spawn_blocking(move || {
+        let a = movescu(
+            port,
+            &[
+                "-S",
+                "-k",
+                "QueryRetrieveLevel=SERIES",
+                "-k",
+                &format!("StudyInstanceUID={s2}"),
+                "-k",
+                &format!("SeriesInstanceUID={se2}"),
+            ],
+        );
+        let b = movescu(
+            port,
+            &[
+                "-S",
+                "-k",
+                "QueryRetrieveLevel=IMAGE",
+                "-k",
+                &format!("StudyInstanceUID={s2}"),
+                "-k",
+                &format!("SeriesInstanceUID={se2}"),
+                "-k",
+                &format!("SOPInstanceUID={i2}"),
+            ],
+        );
+        let c = movescu(
+            port,
+            &[
+                "-P",
+                "-k",
+                "QueryRetrieveLevel=PATIENT",
+                "-k",
+                "PatientID=P2",
+            ],
+        );
+        format!("{a}\n{b}\n{c}")
+    })
+    .await
+    .unwrap();
+    assert_eq!(
+        out.matches("Received Final Move Response (Success)")
+            .count(),
+        3,
+        "{out}"
+    );
+    // 3 + 2 (series) + 1 (image) + 2 (patient) sub-operations; storescp overwrites same UIDs.
+    assert_eq!(dest.files().len(), 5);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unknown_destination_is_a801() {
+    let dest = Destination::start(&[]);
+    let specs = two_studies();
+    let n = node_with(dest.port, &specs).await;
+    let port = n.port().to_string();
+    let study = specs[0].study_uid.clone();
+    let out = tokio::task::spawn_blocking(move || {
+        text(&dcmtk(
+            "movescu",
+            &[
+                "-v",
+                "-S",
+                "-aec",
+                "PACSD",
+                "-aem",
+                "NOBODY",
+                "-k",
+                "QueryRetrieveLevel=STUDY",
+                "-k",
+                &format!("StudyInstanceUID={study}"),
+                "127.0.0.1",
+                &port,
+            ],
+        ))
+    })
+    .await
+    .unwrap();
+    assert!(out.contains("MoveDestinationUnknown"), "{out}");
+    assert!(dest.files().is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn getscu_receives_every_instance_on_the_same_association() {
+    let specs = two_studies();
+    let n = node_with(1, &specs).await;
+    let out_dir = tempfile::tempdir().unwrap();
+    let (port, study, od) = (
+        n.port().to_string(),
+        specs[0].study_uid.clone(),
+        out_dir.path().display().to_string(),
+    );
+    let out = tokio::task::spawn_blocking(move || {
+        text(&dcmtk(
+            "getscu",
+            &[
+                "-v",
+                "-S",
+                "-aec",
+                "PACSD",
+                "-od",
+                &od,
+                "-k",
+                "QueryRetrieveLevel=STUDY",
+                "-k",
+                &format!("StudyInstanceUID={study}"),
+                "127.0.0.1",
+                &port,
+            ],
+        ))
+    })
+    .await
+    .unwrap();
+    assert!(
+        out.contains("Number of Completed Suboperations : 3"),
+        "{out}"
+    );
+    assert!(
+        out.contains("Number of Failed Suboperations    : 0"),
+        "{out}"
+    );
+    let files = pacsd::tools::collect_files(&[out_dir.path().to_path_buf()]).unwrap();
+    assert_eq!(files.len(), 3);
+    for f in files {
+        let uid = sop_uid(&f);
+        let original = n.dir.path().join("src").join(format!(
+            "{}.dcm",
+            specs.iter().position(|s| s.sop_uid == uid).unwrap()
+        ));
+        assert_eq!(pixel_data(&f), pixel_data(&original), "{uid}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn implicit_only_destination_gets_re_encoded_images_and_compressed_ones_fail_clearly() {
+    let dest = Destination::start(&["+xi"]);
+    let mut specs = two_studies();
+    specs.truncate(3); // study 1
+    let n = node_with(dest.port, &specs).await;
+    let port = n.port();
+    let study = specs[0].study_uid.clone();
+    let out = tokio::task::spawn_blocking(move || {
+        movescu(
+            port,
+            &[
+                "-S",
+                "-k",
+                "QueryRetrieveLevel=STUDY",
+                "-k",
+                &format!("StudyInstanceUID={study}"),
+            ],
+        )
+    })
+    .await
+    .unwrap();
+    assert!(
+        out.contains("Received Final Move Response (Success)"),
+        "{out}"
+    );
+    let files = dest.files();
+    assert_eq!(files.len(), 3);
+    for f in &files {
+        let obj = dicom_object::open_file(f).unwrap();
+        assert_eq!(
+            obj.meta().transfer_syntax(),
+            uids::IMPLICIT_VR_LITTLE_ENDIAN,
+            "destination only accepts ILE"
+        );
+        let uid = sop_uid(f);
+        let i = specs.iter().position(|s| s.sop_uid == uid).unwrap();
+        assert_eq!(
+            pixel_data(f),
+            pixel_data(&n.dir.path().join("src").join(format!("{i}.dcm"))),
+            "pixels of {uid}"
+        );
+    }
+
+    // A JPEG-LS object cannot be decompressed by this build: the sub-operation fails and is
+    // counted; nothing in another syntax is sent.
+    let plain = n.dir.path().join("plain.dcm");
+    let jls = n.dir.path().join("jls.dcm");
+    let s = Spec::ct(9, 1, 1, 32);
+    s.write(&plain).unwrap();
+    assert!(
+        dcmtk(
+            "dcmcjpls",
+            &[plain.to_str().unwrap(), jls.to_str().unwrap()]
+        )
+        .status
+        .success()
+    );
+    let port_s = port.to_string();
+    let stored = dcmtk(
+        "storescu",
+        &[
+            "-xt",
+            "-aec",
+            "PACSD",
+            "127.0.0.1",
+            &port_s,
+            jls.to_str().unwrap(),
+        ],
+    );
+    assert!(stored.status.success(), "{}", text(&stored));
+    let study = s.study_uid.clone();
+    let out = tokio::task::spawn_blocking(move || {
+        movescu(
+            port,
+            &[
+                "-S",
+                "-k",
+                "QueryRetrieveLevel=STUDY",
+                "-k",
+                &format!("StudyInstanceUID={study}"),
+            ],
+        )
+    })
+    .await
+    .unwrap();
+    assert!(
+        out.contains("Refused: OutOfResourcesSubOperations")
+            || out.contains("A702")
+            || out.contains("a702"),
+        "{out}"
+    );
+    assert_eq!(
+        dest.files().len(),
+        3,
+        "nothing sent in a syntax the destination did not accept"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancel_and_destination_killed_mid_move() {
+    let mut dest = Destination::start(&[]);
+    let specs: Vec<Spec> = (1..=300).map(|i| Spec::ct(40, 1, i, 32)).collect();
+    let n = node_with(dest.port, &specs).await;
+    let spec = FindSpec {
+        model: QueryModel::Study,
+        level: "STUDY".into(),
+        keys: vec![format!("StudyInstanceUID={}", specs[0].study_uid)],
+        charset: None,
+        relational: false,
+        cancel_after: Some(5),
+    };
+
+    // C-CANCEL after 5 Pending responses.
+    let r = pacsd::tools::move_to(&n.scu("MOVER"), &spec, "DEST", false)
+        .await
+        .unwrap();
+    assert_eq!(r.status.code, 0xFE00, "{r:?}");
+    assert!(r.completed >= 5 && (r.completed as usize) < 300, "{r:?}");
+
+    // Destination killed while the move runs: counts add up, the node keeps serving.
+    let before = dest.files().len();
+    let opts = n.scu("MOVER");
+    let all = FindSpec {
+        cancel_after: None,
+        ..spec
+    };
+    let moving =
+        tokio::spawn(async move { pacsd::tools::move_to(&opts, &all, "DEST", false).await });
+    assert!(
+        eventually(Duration::from_secs(20), async || dest.files().len()
+            >= before + 10)
+        .await
+    );
+    dest.kill();
+    let r = moving.await.unwrap().unwrap();
+    assert!(matches!(r.status.code, 0xB000 | 0xA702), "{r:?}");
+    assert!(r.failed > 0, "{r:?}");
+    assert_eq!(
+        u32::from(r.completed) + u32::from(r.failed) + u32::from(r.warning),
+        300,
+        "{r:?}"
+    );
+    let (code, _) = pacsd::tools::echo(&n.scu("AFTER")).await.unwrap();
+    assert_eq!(code, 0);
+}
+
+#[test]
+fn pacsd_move_cli() {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let dest = Destination::start(&[]);
+    let specs = two_studies();
+    let n = rt.block_on(node_with(dest.port, &specs));
+    let out = Command::new(env!("CARGO_BIN_EXE_pacsd"))
+        .args([
+            "move",
+            "--port",
+            &n.port().to_string(),
+            "--dest",
+            "DEST",
+            "--no-progress",
+            "-k",
+            &format!("StudyInstanceUID={}", specs[3].study_uid),
+        ])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("2 completed, 0 failed"),
+        "{}",
+        text(&out)
+    );
+    assert_eq!(dest.files().len(), 2);
+    drop(rt);
+}
