@@ -321,7 +321,7 @@ async fn getscu_receives_every_instance_on_the_same_association() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn implicit_only_destination_gets_re_encoded_images_and_compressed_ones_fail_clearly() {
+async fn implicit_only_destination_gets_re_encoded_and_decompressed_images() {
     let dest = Destination::start(&["+xi"]);
     let mut specs = two_studies();
     specs.truncate(3); // study 1
@@ -364,59 +364,102 @@ async fn implicit_only_destination_gets_re_encoded_images_and_compressed_ones_fa
         );
     }
 
-    // A JPEG-LS object cannot be decompressed by this build: the sub-operation fails and is
-    // counted; nothing in another syntax is sent.
-    let plain = n.dir.path().join("plain.dcm");
-    let jls = n.dir.path().join("jls.dcm");
-    let s = Spec::ct(9, 1, 1, 32);
-    s.write(&plain).unwrap();
-    assert!(
-        dcmtk(
-            "dcmcjpls",
-            &[plain.to_str().unwrap(), jls.to_str().unwrap()]
-        )
-        .status
-        .success()
-    );
+    // Compressed objects (stored as received) are decompressed for this destination with
+    // dicom-pixeldata; lossless codecs give back the original pixels exactly.
+    let variants: [(&str, Vec<&str>, &str, &str); 3] = [
+        ("dcmcjpeg", vec!["+e1"], "-xs", uids::JPEG_LOSSLESS_SV1),
+        ("dcmcjpls", vec![], "-xt", uids::JPEGLS_LOSSLESS),
+        ("dcmcrle", vec![], "-xr", uids::RLE_LOSSLESS),
+    ];
     let port_s = port.to_string();
-    let stored = dcmtk(
-        "storescu",
-        &[
-            "-xt",
-            "-aec",
-            "PACSD",
-            "127.0.0.1",
-            &port_s,
-            jls.to_str().unwrap(),
-        ],
-    );
-    assert!(stored.status.success(), "{}", text(&stored));
-    let study = s.study_uid.clone();
-    let out = tokio::task::spawn_blocking(move || {
-        movescu(
-            port,
-            &[
-                "-S",
-                "-k",
-                "QueryRetrieveLevel=STUDY",
-                "-k",
-                &format!("StudyInstanceUID={study}"),
-            ],
+    for (k, (tool, flags, propose, ts)) in variants.iter().enumerate() {
+        let s = Spec::ct(9, 1, k as u32 + 1, 32);
+        let plain = n.dir.path().join(format!("plain{k}.dcm"));
+        let compressed = n.dir.path().join(format!("c{k}.dcm"));
+        s.write(&plain).unwrap();
+        let mut a: Vec<&str> = flags.clone();
+        let (p, c) = (
+            plain.to_str().unwrap().to_string(),
+            compressed.to_str().unwrap().to_string(),
+        );
+        a.push(&p);
+        a.push(&c);
+        assert!(dcmtk(tool, &a).status.success(), "{tool}");
+        let stored = dcmtk(
+            "storescu",
+            &[propose, "-aec", "PACSD", "127.0.0.1", &port_s, &c],
+        );
+        assert!(stored.status.success(), "{}", text(&stored));
+        let inst = n.node.index.instance(&s.sop_uid).await.unwrap().unwrap();
+        assert_eq!(inst.transfer_syntax_uid, *ts, "stored as received");
+        let (study, sop) = (s.study_uid.clone(), s.sop_uid.clone());
+        let before = dest.files().len();
+        let out = tokio::task::spawn_blocking(move || {
+            movescu(
+                port,
+                &[
+                    "-S",
+                    "-k",
+                    "QueryRetrieveLevel=IMAGE",
+                    "-k",
+                    &format!("StudyInstanceUID={study}"),
+                    "-k",
+                    &format!("SeriesInstanceUID={study}.1"),
+                    "-k",
+                    &format!("SOPInstanceUID={sop}"),
+                ],
+            )
+        })
+        .await
+        .unwrap();
+        assert!(
+            out.contains("Received Final Move Response (Success)"),
+            "{ts}: {out}"
+        );
+        assert_eq!(dest.files().len(), before + 1);
+        let received = dest
+            .files()
+            .into_iter()
+            .find(|f| sop_uid(f) == s.sop_uid)
+            .unwrap();
+        let obj = dicom_object::open_file(&received).unwrap();
+        assert_eq!(
+            obj.meta().transfer_syntax(),
+            uids::IMPLICIT_VR_LITTLE_ENDIAN
+        );
+        assert_eq!(
+            pixel_data(&received),
+            pixel_data(&plain),
+            "{ts}: pixels differ after decompression"
+        );
+    }
+}
+
+#[test]
+fn undecodable_pixel_data_is_an_error_not_a_wrong_syntax() {
+    // An encapsulated object whose fragments are garbage: transcoding reports why.
+    let s = Spec::ct(3, 1, 1, 0);
+    let mut ds = Vec::new();
+    s.dataset()
+        .write_dataset_with_ts(
+            &mut ds,
+            &dicom_transfer_syntax_registry::entries::EXPLICIT_VR_LITTLE_ENDIAN.erased(),
         )
-    })
-    .await
-    .unwrap();
-    assert!(
-        out.contains("Refused: OutOfResourcesSubOperations")
-            || out.contains("A702")
-            || out.contains("a702"),
-        "{out}"
+        .unwrap();
+    let file =
+        pacsd::part10::build(&s.sop_class, &s.sop_uid, uids::JPEG_LOSSLESS_SV1, &ds).unwrap();
+    let err = pacsd::service::retrieve::transcode(
+        &file,
+        uids::JPEG_LOSSLESS_SV1,
+        uids::IMPLICIT_VR_LITTLE_ENDIAN,
     );
-    assert_eq!(
-        dest.files().len(),
-        3,
-        "nothing sent in a syntax the destination did not accept"
+    assert!(err.is_err());
+    let into_compressed = pacsd::service::retrieve::transcode(
+        &file,
+        uids::EXPLICIT_VR_LITTLE_ENDIAN,
+        uids::JPEG_LOSSLESS_SV1,
     );
+    assert!(into_compressed.unwrap_err().contains("not done"));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

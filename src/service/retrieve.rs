@@ -531,23 +531,43 @@ fn pick_context<'c>(
     ))
 }
 
-/// Re-encode a stored object's data set from `from` to `to` when neither needs pixel-data
-/// codecs (native little/big endian, implicit/explicit, deflated).
+/// The stored object's data set in syntax `to`. Native syntaxes (little/big endian,
+/// implicit/explicit, deflated) are re-encoded element by element; encapsulated pixel data
+/// (JPEG, JPEG-LS, JPEG 2000, RLE) is decoded with dicom-pixeldata into native pixel data.
+/// Encoding *into* a compressed syntax is never needed: only the stored syntax and the two
+/// native little-endian ones are proposed.
 pub fn transcode(file: &[u8], from: &str, to: &str) -> Result<Vec<u8>, String> {
+    use dicom_pixeldata::Transcode;
     let reg = TransferSyntaxRegistry;
     let (src, dst) = (
         reg.get(from).ok_or("unknown stored syntax")?,
         reg.get(to).ok_or("unknown target syntax")?,
     );
-    if src.is_encapsulated_pixel_data() || dst.is_encapsulated_pixel_data() {
+    if dst.is_encapsulated_pixel_data() {
         return Err(format!(
-            "transcoding {from} to {to} needs pixel data decoding, which this build does not do"
+            "encoding into {to} is not done (only native targets are proposed)"
         ));
+    }
+    let mut out = Vec::with_capacity(file.len());
+    if src.is_encapsulated_pixel_data() {
+        // Part 10 without the 128-byte preamble: from `DICM` on (meta, then data set).
+        let start = if file.get(128..132) == Some(b"DICM".as_slice()) {
+            128
+        } else {
+            0
+        };
+        let mut obj = dicom_object::OpenFileOptions::new()
+            .from_reader(&file[start..])
+            .map_err(|e| format!("reading the stored object: {e}"))?;
+        obj.transcode(dst)
+            .map_err(|e| format!("decoding {from} pixel data: {e}"))?;
+        obj.write_dataset_with_ts(&mut out, dst)
+            .map_err(|e| e.to_string())?;
+        return Ok(out);
     }
     let (_, offset) = crate::part10::split(file).map_err(|e| e.to_string())?;
     let obj =
         InMemDicomObject::read_dataset_with_ts(&file[offset..], src).map_err(|e| e.to_string())?;
-    let mut out = Vec::with_capacity(file.len());
     obj.write_dataset_with_ts(&mut out, dst)
         .map_err(|e| e.to_string())?;
     Ok(out)
