@@ -108,6 +108,26 @@ enum Command {
         #[arg(long)]
         no_progress: bool,
     },
+    /// Retrieve instances from a DICOM node with C-GET into a directory.
+    Get {
+        #[command(flatten)]
+        remote: Remote,
+        /// Directory the received files are written to (named by SOP Instance UID).
+        #[arg(long, short)]
+        out: PathBuf,
+        /// Information model.
+        #[arg(long, value_enum, default_value = "study")]
+        model: pacsd::tools::QueryModel,
+        /// Query/Retrieve level: PATIENT, STUDY, SERIES or IMAGE.
+        #[arg(long, short, default_value = "STUDY")]
+        level: String,
+        /// Unique keys as Keyword=value (e.g. StudyInstanceUID=1.2.3).
+        #[arg(long = "key", short = 'k')]
+        keys: Vec<String>,
+        /// Do not draw a progress bar.
+        #[arg(long)]
+        no_progress: bool,
+    },
     /// Write synthetic CT-like instances (for tests and benchmarks).
     Synth {
         /// Output directory.
@@ -417,6 +437,42 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let r = pacsd::tools::move_to(&remote.options(), &spec, &dest, !no_progress).await?;
             println!(
                 "C-MOVE to {dest}: status {:04X}{}; {} completed, {} failed, {} warning",
+                r.status.code,
+                r.status
+                    .comment
+                    .as_ref()
+                    .map(|c| format!(" ({c})"))
+                    .unwrap_or_default(),
+                r.completed,
+                r.failed,
+                r.warning
+            );
+            Ok(if r.status.is_success() {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(1)
+            })
+        }
+        Command::Get {
+            remote,
+            out,
+            model,
+            level,
+            keys,
+            no_progress,
+        } => {
+            let spec = pacsd::tools::FindSpec {
+                model,
+                level,
+                keys,
+                charset: None,
+                relational: false,
+                cancel_after: None,
+            };
+            let r = pacsd::tools::get_into(&remote.options(), &spec, &out, !no_progress).await?;
+            println!(
+                "C-GET into {}: status {:04X}{}; {} completed, {} failed, {} warning",
+                out.display(),
                 r.status.code,
                 r.status
                     .comment

@@ -11,7 +11,7 @@ use dicom_dictionary_std::uids;
 use indicatif::{ProgressBar, ProgressStyle};
 
 use crate::net::NetError;
-use crate::net::scu::{ProposedContext, ScuAssociation, ScuOptions};
+use crate::net::scu::{Negotiation, ProposedContext, ScuAssociation, ScuOptions};
 use crate::part10;
 
 #[derive(Debug, thiserror::Error)]
@@ -435,11 +435,15 @@ pub async fn find_association(
     } else {
         Vec::new()
     };
+    let negotiation = Negotiation {
+        extended,
+        ..Negotiation::default()
+    };
     let context = ProposedContext {
         abstract_syntax: sop.to_string(),
         transfer_syntaxes: vec![uids::EXPLICIT_VR_LITTLE_ENDIAN.to_string()],
     };
-    let assoc = ScuAssociation::connect_with(opts, &[context], &extended).await?;
+    let assoc = ScuAssociation::connect_with(opts, &[context], &negotiation).await?;
     let ctx = assoc
         .context_for(sop, uids::EXPLICIT_VR_LITTLE_ENDIAN)
         .map(|c| c.id)
@@ -647,7 +651,11 @@ pub async fn move_to(
     } else {
         Vec::new()
     };
-    let mut assoc = ScuAssociation::connect_with(opts, &[context], &extended).await?;
+    let negotiation = Negotiation {
+        extended,
+        ..Negotiation::default()
+    };
+    let mut assoc = ScuAssociation::connect_with(opts, &[context], &negotiation).await?;
     let ctx = assoc
         .contexts()
         .iter()
@@ -678,6 +686,166 @@ pub async fn move_to(
             bar.set_length(done + u64::from(rsp.remaining.unwrap_or(0)));
             bar.set_position(done);
             bar.set_message(format!("{} failed", rsp.failed.unwrap_or(0)));
+        })
+        .await?;
+    bar.finish_and_clear();
+    assoc.release().await?;
+    Ok(MoveResult {
+        status: crate::dimse::Status {
+            code: last.status.unwrap_or(0xFFFF),
+            comment: last.error_comment,
+        },
+        completed: last.completed.unwrap_or(0),
+        failed: last.failed.unwrap_or(0),
+        warning: last.warning.unwrap_or(0),
+        pending_responses: pending,
+    })
+}
+
+impl QueryModel {
+    pub fn get_sop_class(self) -> &'static str {
+        match self {
+            QueryModel::Patient => uids::PATIENT_ROOT_QUERY_RETRIEVE_INFORMATION_MODEL_GET,
+            QueryModel::Study => uids::STUDY_ROOT_QUERY_RETRIEVE_INFORMATION_MODEL_GET,
+        }
+    }
+}
+
+/// Storage SOP classes `pacsd get` can receive (an association has at most 128 contexts, so
+/// the common ones, as DCMTK getscu does).
+pub const GET_STORAGE_CLASSES: &[&str] = &[
+    uids::CT_IMAGE_STORAGE,
+    uids::ENHANCED_CT_IMAGE_STORAGE,
+    uids::MR_IMAGE_STORAGE,
+    uids::ENHANCED_MR_IMAGE_STORAGE,
+    uids::COMPUTED_RADIOGRAPHY_IMAGE_STORAGE,
+    uids::DIGITAL_X_RAY_IMAGE_STORAGE_FOR_PRESENTATION,
+    uids::DIGITAL_X_RAY_IMAGE_STORAGE_FOR_PROCESSING,
+    uids::DIGITAL_MAMMOGRAPHY_X_RAY_IMAGE_STORAGE_FOR_PRESENTATION,
+    uids::DIGITAL_MAMMOGRAPHY_X_RAY_IMAGE_STORAGE_FOR_PROCESSING,
+    uids::ULTRASOUND_IMAGE_STORAGE,
+    uids::ULTRASOUND_MULTI_FRAME_IMAGE_STORAGE,
+    uids::SECONDARY_CAPTURE_IMAGE_STORAGE,
+    uids::MULTI_FRAME_GRAYSCALE_BYTE_SECONDARY_CAPTURE_IMAGE_STORAGE,
+    uids::MULTI_FRAME_GRAYSCALE_WORD_SECONDARY_CAPTURE_IMAGE_STORAGE,
+    uids::MULTI_FRAME_TRUE_COLOR_SECONDARY_CAPTURE_IMAGE_STORAGE,
+    uids::X_RAY_ANGIOGRAPHIC_IMAGE_STORAGE,
+    uids::X_RAY_RADIOFLUOROSCOPIC_IMAGE_STORAGE,
+    uids::NUCLEAR_MEDICINE_IMAGE_STORAGE,
+    uids::POSITRON_EMISSION_TOMOGRAPHY_IMAGE_STORAGE,
+    uids::ENHANCED_PET_IMAGE_STORAGE,
+    uids::RT_IMAGE_STORAGE,
+    uids::RT_DOSE_STORAGE,
+    uids::RT_STRUCTURE_SET_STORAGE,
+    uids::RT_PLAN_STORAGE,
+    uids::BASIC_TEXT_SR_STORAGE,
+    uids::ENHANCED_SR_STORAGE,
+    uids::COMPREHENSIVE_SR_STORAGE,
+    uids::KEY_OBJECT_SELECTION_DOCUMENT_STORAGE,
+    uids::X_RAY_RADIATION_DOSE_SR_STORAGE,
+    uids::GRAYSCALE_SOFTCOPY_PRESENTATION_STATE_STORAGE,
+    uids::SEGMENTATION_STORAGE,
+    uids::ENCAPSULATED_PDF_STORAGE,
+    uids::VL_PHOTOGRAPHIC_IMAGE_STORAGE,
+    uids::VL_ENDOSCOPIC_IMAGE_STORAGE,
+    uids::VIDEO_ENDOSCOPIC_IMAGE_STORAGE,
+    uids::OPHTHALMIC_PHOTOGRAPHY8_BIT_IMAGE_STORAGE,
+    uids::VL_WHOLE_SLIDE_MICROSCOPY_IMAGE_STORAGE,
+    uids::BREAST_TOMOSYNTHESIS_IMAGE_STORAGE,
+    uids::ENHANCED_XA_IMAGE_STORAGE,
+    uids::TWELVE_LEAD_ECG_WAVEFORM_STORAGE,
+];
+
+/// Transfer syntaxes `pacsd get` accepts for received objects (stored as received).
+const GET_TRANSFER_SYNTAXES: &[&str] = &[
+    uids::EXPLICIT_VR_LITTLE_ENDIAN,
+    uids::IMPLICIT_VR_LITTLE_ENDIAN,
+    uids::DEFLATED_EXPLICIT_VR_LITTLE_ENDIAN,
+    uids::JPEG_BASELINE8_BIT,
+    uids::JPEG_EXTENDED12_BIT,
+    uids::JPEG_LOSSLESS,
+    uids::JPEG_LOSSLESS_SV1,
+    uids::JPEGLS_LOSSLESS,
+    uids::JPEGLS_NEAR_LOSSLESS,
+    uids::JPEG2000_LOSSLESS,
+    uids::JPEG2000,
+    uids::RLE_LOSSLESS,
+];
+
+/// C-GET the instances selected by `spec` into `out_dir` as Part 10 files named by SOP
+/// Instance UID.
+pub async fn get_into(
+    opts: &ScuOptions,
+    spec: &FindSpec,
+    out_dir: &Path,
+    progress: bool,
+) -> Result<MoveResult, ToolError> {
+    std::fs::create_dir_all(out_dir).map_err(|source| ToolError::Read {
+        path: out_dir.to_path_buf(),
+        source,
+    })?;
+    let (bytes, _) = find_identifier(spec)?;
+    let sop = spec.model.get_sop_class();
+    let mut proposed = vec![ProposedContext {
+        abstract_syntax: sop.to_string(),
+        transfer_syntaxes: vec![
+            uids::EXPLICIT_VR_LITTLE_ENDIAN.to_string(),
+            uids::IMPLICIT_VR_LITTLE_ENDIAN.to_string(),
+        ],
+    }];
+    proposed.extend(GET_STORAGE_CLASSES.iter().map(|c| {
+        ProposedContext {
+            abstract_syntax: c.to_string(),
+            transfer_syntaxes: GET_TRANSFER_SYNTAXES
+                .iter()
+                .map(|t| t.to_string())
+                .collect(),
+        }
+    }));
+    let negotiation = Negotiation {
+        extended: Vec::new(),
+        scp_role_for: GET_STORAGE_CLASSES.iter().map(|c| c.to_string()).collect(),
+    };
+    let mut assoc = ScuAssociation::connect_with(opts, &proposed, &negotiation).await?;
+    let ctx = assoc
+        .contexts()
+        .iter()
+        .find(|c| c.abstract_syntax == sop)
+        .map(|c| c.id)
+        .ok_or_else(|| {
+            NetError::Rejected(format!(
+                "{sop} not accepted (is `get` allowed for this AE?)"
+            ))
+        })?;
+    let bar = if progress {
+        ProgressBar::new(0)
+    } else {
+        ProgressBar::hidden()
+    };
+    let mut pending = 0usize;
+    let store = |class: &str, inst: &str, ts: &str, data: Vec<u8>| -> crate::dimse::Status {
+        use crate::dimse::{Status, status};
+        let Ok(uid) = crate::storage::Uid::parse(inst) else {
+            return Status::with_comment(status::CANNOT_UNDERSTAND, "invalid SOP Instance UID");
+        };
+        let written = part10::build(class, uid.as_str(), ts, &data)
+            .map_err(|e| e.to_string())
+            .and_then(|file| {
+                std::fs::write(out_dir.join(format!("{uid}.dcm")), file).map_err(|e| e.to_string())
+            });
+        match written {
+            Ok(()) => Status::success(),
+            Err(e) => Status::with_comment(status::OUT_OF_RESOURCES, e),
+        }
+    };
+    let last = assoc
+        .get(ctx, sop, &bytes, store, |rsp| {
+            pending += 1;
+            let done = u64::from(rsp.completed.unwrap_or(0))
+                + u64::from(rsp.failed.unwrap_or(0))
+                + u64::from(rsp.warning.unwrap_or(0));
+            bar.set_length(done + u64::from(rsp.remaining.unwrap_or(0)));
+            bar.set_position(done);
         })
         .await?;
     bar.finish_and_clear();

@@ -541,3 +541,44 @@ fn pacsd_move_cli() {
     assert_eq!(dest.files().len(), 2);
     drop(rt);
 }
+
+#[test]
+fn pacsd_get_cli_writes_every_instance() {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let specs = two_studies();
+    let n = rt.block_on(node_with(1, &specs));
+    let out_dir = tempfile::tempdir().unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_pacsd"))
+        .args([
+            "get",
+            "--port",
+            &n.port().to_string(),
+            "--no-progress",
+            "-o",
+        ])
+        .arg(out_dir.path())
+        .args(["-k", &format!("StudyInstanceUID={}", specs[0].study_uid)])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("3 completed, 0 failed"),
+        "{}",
+        text(&out)
+    );
+    for s in &specs[..3] {
+        let got = out_dir.path().join(format!("{}.dcm", s.sop_uid));
+        let inst = rt
+            .block_on(n.node.index.instance(&s.sop_uid))
+            .unwrap()
+            .unwrap();
+        let stored = rt.block_on(n.node.storage.get(&inst.storage_key)).unwrap();
+        assert_eq!(
+            std::fs::read(&got).unwrap(),
+            stored.to_vec(),
+            "{} differs from the stored object",
+            s.sop_uid
+        );
+    }
+    drop(rt);
+}

@@ -32,6 +32,15 @@ pub struct ScuOptions {
     pub timeout: Duration,
 }
 
+/// Optional negotiation items of an A-ASSOCIATE-RQ.
+#[derive(Debug, Clone, Default)]
+pub struct Negotiation {
+    /// SOP class extended negotiation (PS3.7 D.3.3.5), e.g. relational queries.
+    pub extended: Vec<(String, Vec<u8>)>,
+    /// SOP classes for which we ask to be SCP (C-GET receives C-STOREs on them).
+    pub scp_role_for: Vec<String>,
+}
+
 /// A presentation context to propose.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ProposedContext {
@@ -57,6 +66,8 @@ pub struct ScuAssociation {
     contexts: Vec<NegotiatedContext>,
     timeout: Duration,
     next_message_id: u16,
+    /// Presentation context of the last message read (C-GET answers C-STOREs on it).
+    last_context_id: u8,
 }
 
 impl ScuAssociation {
@@ -65,7 +76,7 @@ impl ScuAssociation {
         opts: &ScuOptions,
         proposed: &[ProposedContext],
     ) -> Result<ScuAssociation, NetError> {
-        Self::connect_with(opts, proposed, &[]).await
+        Self::connect_with(opts, proposed, &Negotiation::default()).await
     }
 
     /// As `connect`, also asking for SOP class extended negotiation (PS3.7 D.3.3.5), e.g.
@@ -73,7 +84,7 @@ impl ScuAssociation {
     pub async fn connect_with(
         opts: &ScuOptions,
         proposed: &[ProposedContext],
-        extended: &[(String, Vec<u8>)],
+        negotiation: &Negotiation,
     ) -> Result<ScuAssociation, NetError> {
         if proposed.is_empty() || proposed.len() > 128 {
             return Err(NetError::Encode(format!(
@@ -117,6 +128,7 @@ impl ScuAssociation {
             contexts: Vec::new(),
             timeout: opts.timeout,
             next_message_id: 1,
+            last_context_id: 0,
         };
         let rq = Pdu::AssociationRQ(AssociationRQ {
             protocol_version: 1,
@@ -140,8 +152,18 @@ impl ScuAssociation {
                 ),
             ]
             .into_iter()
-            .chain(extended.iter().map(|(sop, bytes)| {
+            .chain(negotiation.extended.iter().map(|(sop, bytes)| {
                 UserVariableItem::SopClassExtendedNegotiationSubItem(sop.clone(), bytes.clone())
+            }))
+            .chain(negotiation.scp_role_for.iter().map(|sop| {
+                // PS3.7 D.3.3.4: we take the SCP role (receive C-STOREs) for C-GET.
+                UserVariableItem::ScuScpRoleSelectionSubItem(
+                    sop.clone(),
+                    dicom_ul::pdu::RequestorRoles {
+                        scu: false,
+                        scp: true,
+                    },
+                )
             }))
             .collect(),
         });
@@ -269,6 +291,60 @@ impl ScuAssociation {
                 on_pending(&rsp);
             } else {
                 return Ok(rsp);
+            }
+        }
+    }
+
+    /// C-GET (PS3.7 9.1.3): send the identifier, store every C-STORE the SCP sends back on this
+    /// association with `on_store(sop_class, sop_instance, transfer_syntax, data set)` (its
+    /// result is the status we answer), and return the final C-GET response.
+    pub async fn get(
+        &mut self,
+        context_id: u8,
+        sop_class: &str,
+        identifier: &[u8],
+        mut on_store: impl FnMut(&str, &str, &str, Vec<u8>) -> Status,
+        mut on_pending: impl FnMut(&Command),
+    ) -> Result<Command, NetError> {
+        let id = self.message_id();
+        let rq = Command {
+            command_field: CommandField::CGetRq as u16,
+            message_id: Some(id),
+            affected_sop_class_uid: Some(sop_class.to_string()),
+            priority: Some(0),
+            data_set_type: crate::dimse::DATA_SET_PRESENT,
+            ..Command::default()
+        };
+        self.send_command(context_id, &rq).await?;
+        self.send_data(context_id, identifier).await?;
+        loop {
+            let (msg, data) = self.read_message().await?;
+            match msg.field() {
+                Some(CommandField::CStoreRq) => {
+                    let ctx = self.last_context_id;
+                    let ts = self
+                        .contexts
+                        .iter()
+                        .find(|c| c.id == ctx)
+                        .map(|c| c.transfer_syntax.clone())
+                        .unwrap_or_default();
+                    let class = msg.affected_sop_class_uid.clone().unwrap_or_default();
+                    let inst = msg.affected_sop_instance_uid.clone().unwrap_or_default();
+                    let status = on_store(&class, &inst, &ts, data.unwrap_or_default());
+                    let rsp = Command::response_to(&msg, CommandField::CStoreRsp, status);
+                    self.send_command(ctx, &rsp).await?;
+                }
+                Some(CommandField::CGetRsp) if msg.status == Some(0xFF00) => on_pending(&msg),
+                Some(CommandField::CGetRsp) => return Ok(msg),
+                _ => {
+                    return Err(NetError::Protocol {
+                        peer: self.peer,
+                        reason: format!(
+                            "unexpected command {:#06x} during C-GET",
+                            msg.command_field
+                        ),
+                    });
+                }
             }
         }
     }
@@ -428,6 +504,7 @@ impl ScuAssociation {
             match self.read_pdu().await? {
                 Pdu::PData { data: pdvs } => {
                     for pdv in pdvs {
+                        self.last_context_id = pdv.presentation_context_id;
                         match (&decoded, pdv.value_type) {
                             (None, PDataValueType::Command) => {
                                 command.extend_from_slice(&pdv.data);
