@@ -342,19 +342,27 @@ fn statuses_in_the_statement_are_the_codes_the_code_uses() {
     assert!(doc.contains(pacsd::net::association::IMPLEMENTATION_VERSION_NAME));
 }
 
-/// The FIND SOP classes of section 3.4 are accepted (for an AE allowed to query), in the two
-/// little-endian syntaxes only.
+/// The FIND, MOVE and GET SOP classes of section 3.4 are accepted (for an AE allowed to use
+/// them), in the two little-endian syntaxes only.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn find_sop_classes_are_accepted_as_listed() {
+async fn query_retrieve_sop_classes_are_accepted_as_listed() {
     let doc = std::fs::read_to_string(STATEMENT).unwrap();
     let n = TestNode::start_with(|c| {
+        use pacsd::config::Service;
         c.access
             .unknown_ae_services
-            .insert(pacsd::config::Service::Find);
+            .extend([Service::Find, Service::Move, Service::Get]);
     })
     .await;
     let mut proposed = Vec::new();
-    for (uid, _) in pacsd::service::query::FIND_SOP_CLASSES {
+    let retrieve = pacsd::net::syntax::MOVE_SOP_CLASSES
+        .iter()
+        .chain(pacsd::net::syntax::GET_SOP_CLASSES.iter());
+    for uid in pacsd::service::query::FIND_SOP_CLASSES
+        .iter()
+        .map(|(u, _)| u)
+        .chain(retrieve)
+    {
         assert!(
             doc.contains(&format!("`{uid}`")),
             "{uid} missing from the statement"
@@ -378,7 +386,7 @@ async fn find_sop_classes_are_accepted_as_listed() {
         .iter()
         .map(|c| (c.abstract_syntax.clone(), c.transfer_syntax.clone()))
         .collect();
-    assert_eq!(accepted.len(), 6, "{accepted:?}");
+    assert_eq!(accepted.len(), 18, "{accepted:?}");
     assert!(
         accepted
             .iter()
