@@ -814,14 +814,22 @@ pub(crate) async fn send_fragments(
         push_pdata(write_buf, context_id, control(true), &[]);
         return write_all(socket, peer, write_buf, timeout).await;
     }
+    // Several PDUs go out in one write (up to WRITE_BATCH bytes): a peer with a small receive
+    // PDU (16 KiB is common) would otherwise cost a system call per 16 KiB.
+    write_buf.clear();
     while let Some(chunk) = chunks.next() {
         let last = chunks.peek().is_none();
-        write_buf.clear();
         push_pdata(write_buf, context_id, control(last), chunk);
-        write_all(socket, peer, write_buf, timeout).await?;
+        if last || write_buf.len() >= WRITE_BATCH {
+            write_all(socket, peer, write_buf, timeout).await?;
+            write_buf.clear();
+        }
     }
     Ok(())
 }
+
+/// Bytes of P-DATA-TF PDUs gathered before one socket write.
+const WRITE_BATCH: usize = 256 * 1024;
 
 /// Encode one P-DATA-TF PDU holding one PDV (PS3.8 9.3.5 and E.2). Written by hand so that a
 /// large data set is framed without copying it into a `PDataValue` first.
