@@ -32,6 +32,8 @@ pub struct Spec {
     pub charset: String,
     /// Rows = columns; 0 writes no pixel data.
     pub size: u16,
+    /// 8 bits per pixel instead of 12 stored in 16.
+    pub eight_bit: bool,
     pub transfer_syntax: String,
 }
 
@@ -54,6 +56,7 @@ impl Spec {
             referring_physician: "Referrer^Rita".into(),
             charset: "ISO_IR 192".into(),
             size,
+            eight_bit: false,
             transfer_syntax: uids::EXPLICIT_VR_LITTLE_ENDIAN.to_string(),
         }
     }
@@ -93,65 +96,49 @@ impl Spec {
         }
         if self.size > 0 {
             let n = self.size as usize;
-            o.put(DataElement::new(
-                tags::SAMPLES_PER_PIXEL,
-                VR::US,
-                PrimitiveValue::from(1u16),
-            ));
+            // 8-bit images (for codecs such as JPEG baseline) or 12-in-16-bit CT-like ones.
+            let (allocated, stored) = if self.eight_bit {
+                (8u16, 8u16)
+            } else {
+                (16, 12)
+            };
+            let us = |v: u16| PrimitiveValue::from(v);
+            o.put(DataElement::new(tags::SAMPLES_PER_PIXEL, VR::US, us(1)));
             o.put(DataElement::new(
                 tags::PHOTOMETRIC_INTERPRETATION,
                 VR::CS,
                 s("MONOCHROME2"),
             ));
-            o.put(DataElement::new(
-                tags::ROWS,
-                VR::US,
-                PrimitiveValue::from(self.size),
-            ));
-            o.put(DataElement::new(
-                tags::COLUMNS,
-                VR::US,
-                PrimitiveValue::from(self.size),
-            ));
+            o.put(DataElement::new(tags::ROWS, VR::US, us(self.size)));
+            o.put(DataElement::new(tags::COLUMNS, VR::US, us(self.size)));
             o.put(DataElement::new(
                 tags::BITS_ALLOCATED,
                 VR::US,
-                PrimitiveValue::from(16u16),
+                us(allocated),
             ));
-            o.put(DataElement::new(
-                tags::BITS_STORED,
-                VR::US,
-                PrimitiveValue::from(12u16),
-            ));
-            o.put(DataElement::new(
-                tags::HIGH_BIT,
-                VR::US,
-                PrimitiveValue::from(11u16),
-            ));
-            o.put(DataElement::new(
-                tags::PIXEL_REPRESENTATION,
-                VR::US,
-                PrimitiveValue::from(0u16),
-            ));
+            o.put(DataElement::new(tags::BITS_STORED, VR::US, us(stored)));
+            o.put(DataElement::new(tags::HIGH_BIT, VR::US, us(stored - 1)));
+            o.put(DataElement::new(tags::PIXEL_REPRESENTATION, VR::US, us(0)));
             o.put(DataElement::new(
                 tags::RESCALE_INTERCEPT,
                 VR::DS,
                 s("-1024"),
             ));
             o.put(DataElement::new(tags::RESCALE_SLOPE, VR::DS, s("1")));
-            // A gradient with the instance number mixed in, so no two images are identical.
+            // A smooth gradient with the instance number mixed in, so no two images are
+            // identical (and lossy codecs stay close to it).
             let seed = self.instance_number as u32;
-            let pixels: Vec<u16> = (0..n * n)
-                .map(|i| {
-                    let (x, y) = ((i % n) as u32, (i / n) as u32);
-                    ((x * 3 + y * 5 + seed * 7) % 4096) as u16
-                })
-                .collect();
-            o.put(DataElement::new(
-                tags::PIXEL_DATA,
-                VR::OW,
-                PrimitiveValue::U16(pixels.into()),
-            ));
+            let value = |i: usize| {
+                let (x, y) = ((i % n) as u32, (i / n) as u32);
+                x * 3 + y * 5 + seed * 7
+            };
+            let pixels = if self.eight_bit {
+                PrimitiveValue::U8((0..n * n).map(|i| (value(i) % 256) as u8).collect())
+            } else {
+                PrimitiveValue::U16((0..n * n).map(|i| (value(i) % 4096) as u16).collect())
+            };
+            let vr = if self.eight_bit { VR::OB } else { VR::OW };
+            o.put(DataElement::new(tags::PIXEL_DATA, vr, pixels));
         }
         o
     }
