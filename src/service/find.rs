@@ -16,7 +16,7 @@ use crate::dimse::{Command, CommandField, DATA_SET_PRESENT, Status, status};
 use crate::index::{FindOutcome, Index, IndexError, record};
 use crate::net::{AcceptedContext, Association, NetError};
 use crate::service::query::{
-    FindRequest, IdentifierError, MatchOptions, Model, Returned, parse_identifier,
+    FindRequest, IdentifierError, MatchOptions, Model, Returned, read_identifier,
 };
 use crate::storage::Storage;
 
@@ -34,10 +34,6 @@ pub const UNABLE_TO_PROCESS: u16 = 0xC000;
 /// Why a C-FIND failed before any match was sent; `to_status` is the one mapping to statuses.
 #[derive(Debug, thiserror::Error)]
 pub enum FindError {
-    #[error("identifier missing")]
-    NoIdentifier,
-    #[error("cannot parse identifier: {0}")]
-    Parse(String),
     #[error("{0}")]
     Identifier(#[from] IdentifierError),
     #[error("query matches {matches} entities, more than the limit of {limit}; narrow it")]
@@ -51,17 +47,7 @@ pub enum FindError {
 impl FindError {
     pub fn to_status(&self) -> Status {
         let code = match self {
-            FindError::Identifier(
-                IdentifierError::MissingLevel
-                | IdentifierError::UnknownLevel(_)
-                | IdentifierError::LevelNotInModel { .. }
-                | IdentifierError::KeyBelowLevel { .. }
-                | IdentifierError::MissingUniqueKey { .. },
-            )
-            | FindError::NoIdentifier => IDENTIFIER_DOES_NOT_MATCH,
-            FindError::Identifier(IdentifierError::BadValue { .. }) | FindError::Parse(_) => {
-                UNABLE_TO_PROCESS
-            }
+            FindError::Identifier(e) => e.status_code(),
             FindError::TooMany { .. } | FindError::Index(_) => status::OUT_OF_RESOURCES,
             FindError::NotFind => status::SOP_CLASS_NOT_SUPPORTED,
         };
@@ -155,23 +141,12 @@ impl FindService {
         data: Option<Vec<u8>>,
     ) -> Result<(Vec<Vec<Option<String>>>, FindRequest), FindError> {
         let model = Model::of_find_sop_class(&context.abstract_syntax).ok_or(FindError::NotFind)?;
-        let data = data.ok_or(FindError::NoIdentifier)?;
-        let ts = TransferSyntaxRegistry
-            .get(&context.transfer_syntax)
-            .ok_or_else(|| {
-                FindError::Parse(format!(
-                    "unknown transfer syntax {}",
-                    context.transfer_syntax
-                ))
-            })?;
-        let obj = InMemDicomObject::read_dataset_with_ts(&data[..], ts)
-            .map_err(|e| FindError::Parse(e.to_string()))?;
         let opts = MatchOptions {
             relational: context.relational(),
             combined_datetime: context.combined_datetime(),
             pn_case_insensitive: self.pn_case_insensitive,
         };
-        let req = parse_identifier(&obj, model, opts)?;
+        let req = read_identifier(data, &context.transfer_syntax, model, opts)?;
         match self.index.find(req.query.clone(), self.max_results).await? {
             FindOutcome::Rows(rows) => Ok((rows, req)),
             FindOutcome::TooMany { matches, limit } => Err(FindError::TooMany { matches, limit }),

@@ -214,6 +214,10 @@ pub fn key_def(tag: Tag) -> Option<&'static KeyDef> {
 /// Why an identifier cannot be answered; `status` tells which DIMSE status it becomes.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum IdentifierError {
+    #[error("identifier missing")]
+    NoIdentifier,
+    #[error("cannot parse identifier: {0}")]
+    Parse(String),
     #[error("QueryRetrieveLevel (0008,0052) is missing")]
     MissingLevel,
     #[error("QueryRetrieveLevel `{0}` is not PATIENT, STUDY, SERIES or IMAGE")]
@@ -237,6 +241,38 @@ pub enum IdentifierError {
         value: String,
         reason: String,
     },
+}
+
+impl IdentifierError {
+    /// PS3.4 C.4.1.1.4 / C.4.2.1.5: A900 when the identifier does not match the SOP class
+    /// (structure), C000 when a value cannot be processed.
+    pub fn status_code(&self) -> u16 {
+        use crate::service::find::{IDENTIFIER_DOES_NOT_MATCH, UNABLE_TO_PROCESS};
+        match self {
+            IdentifierError::Parse(_) | IdentifierError::BadValue { .. } => UNABLE_TO_PROCESS,
+            _ => IDENTIFIER_DOES_NOT_MATCH,
+        }
+    }
+}
+
+/// Decode a request's identifier in its presentation context's transfer syntax and translate
+/// it under `model`.
+pub fn read_identifier(
+    data: Option<Vec<u8>>,
+    transfer_syntax: &str,
+    model: Model,
+    opts: MatchOptions,
+) -> Result<FindRequest, IdentifierError> {
+    use dicom_encoding::TransferSyntaxIndex;
+    let data = data.ok_or(IdentifierError::NoIdentifier)?;
+    let ts = dicom_transfer_syntax_registry::TransferSyntaxRegistry
+        .get(transfer_syntax)
+        .ok_or_else(|| {
+            IdentifierError::Parse(format!("unknown transfer syntax {transfer_syntax}"))
+        })?;
+    let obj = InMemDicomObject::read_dataset_with_ts(&data[..], ts)
+        .map_err(|e| IdentifierError::Parse(e.to_string()))?;
+    parse_identifier(&obj, model, opts)
 }
 
 /// What the identifier asks for: the index query, and how to build each response.

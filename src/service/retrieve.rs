@@ -21,7 +21,7 @@ use crate::index::{FindOutcome, Index, IndexError};
 use crate::net::scu::{ProposedContext, ScuAssociation, ScuOptions};
 use crate::net::{AcceptedContext, Association, Incoming, NetError};
 use crate::service::find::CANCELED;
-use crate::service::query::{IdentifierError, MatchOptions, Model, parse_identifier};
+use crate::service::query::{IdentifierError, MatchOptions, Model, read_identifier};
 use crate::storage::Storage;
 
 /// PS3.4 C.4.2.1.5: Refused, Move Destination unknown.
@@ -38,10 +38,6 @@ const PREFETCH: usize = 4;
 /// Why a retrieve could not start; `to_status` is the one mapping to statuses.
 #[derive(Debug, thiserror::Error)]
 pub enum RetrieveError {
-    #[error("identifier missing")]
-    NoIdentifier,
-    #[error("cannot parse identifier: {0}")]
-    Parse(String),
     #[error("{0}")]
     Identifier(#[from] IdentifierError),
     #[error("move destination `{0}` is not a known AE")]
@@ -60,11 +56,7 @@ impl RetrieveError {
             RetrieveError::UnknownDestination(_) | RetrieveError::NoDestination => {
                 MOVE_DESTINATION_UNKNOWN
             }
-            RetrieveError::Identifier(IdentifierError::BadValue { .. })
-            | RetrieveError::Parse(_) => crate::service::find::UNABLE_TO_PROCESS,
-            RetrieveError::Identifier(_) | RetrieveError::NoIdentifier => {
-                crate::service::find::IDENTIFIER_DOES_NOT_MATCH
-            }
+            RetrieveError::Identifier(e) => e.status_code(),
             RetrieveError::Index(_) => status::OUT_OF_RESOURCES,
             RetrieveError::NotRetrieve => status::SOP_CLASS_NOT_SUPPORTED,
         };
@@ -119,23 +111,12 @@ impl RetrieveService {
     ) -> Result<Vec<Item>, RetrieveError> {
         let model = Model::of_retrieve_sop_class(&context.abstract_syntax)
             .ok_or(RetrieveError::NotRetrieve)?;
-        let data = data.ok_or(RetrieveError::NoIdentifier)?;
-        let ts = TransferSyntaxRegistry
-            .get(&context.transfer_syntax)
-            .ok_or_else(|| {
-                RetrieveError::Parse(format!(
-                    "unknown transfer syntax {}",
-                    context.transfer_syntax
-                ))
-            })?;
-        let obj = InMemDicomObject::read_dataset_with_ts(&data[..], ts)
-            .map_err(|e| RetrieveError::Parse(e.to_string()))?;
         let opts = MatchOptions {
             relational: context.relational(),
             combined_datetime: false,
             pn_case_insensitive: self.config.query.pn_case_insensitive,
         };
-        let mut query = parse_identifier(&obj, model, opts)?.query;
+        let mut query = read_identifier(data, &context.transfer_syntax, model, opts)?.query;
         query.level = Level::Image;
         query.select = vec![
             Column::SopInstanceUid,
