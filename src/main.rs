@@ -230,6 +230,15 @@ fn load_config(path: Option<&PathBuf>) -> anyhow::Result<Config> {
     }
 }
 
+/// 0 for a Success status, 1 otherwise.
+fn exit_code(status: &pacsd::dimse::Status) -> ExitCode {
+    if status.is_success() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    }
+}
+
 fn init_tracing() {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("pacsd=info"));
@@ -426,32 +435,10 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             keys,
             no_progress,
         } => {
-            let spec = pacsd::tools::FindSpec {
-                model,
-                level,
-                keys,
-                charset: None,
-                relational: false,
-                cancel_after: None,
-            };
+            let spec = pacsd::tools::FindSpec::retrieve(model, level, keys);
             let r = pacsd::tools::move_to(&remote.options(), &spec, &dest, !no_progress).await?;
-            println!(
-                "C-MOVE to {dest}: status {:04X}{}; {} completed, {} failed, {} warning",
-                r.status.code,
-                r.status
-                    .comment
-                    .as_ref()
-                    .map(|c| format!(" ({c})"))
-                    .unwrap_or_default(),
-                r.completed,
-                r.failed,
-                r.warning
-            );
-            Ok(if r.status.is_success() {
-                ExitCode::SUCCESS
-            } else {
-                ExitCode::from(1)
-            })
+            println!("C-MOVE to {dest}: {r}");
+            Ok(exit_code(&r.status))
         }
         Command::Get {
             remote,
@@ -461,33 +448,10 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             keys,
             no_progress,
         } => {
-            let spec = pacsd::tools::FindSpec {
-                model,
-                level,
-                keys,
-                charset: None,
-                relational: false,
-                cancel_after: None,
-            };
+            let spec = pacsd::tools::FindSpec::retrieve(model, level, keys);
             let r = pacsd::tools::get_into(&remote.options(), &spec, &out, !no_progress).await?;
-            println!(
-                "C-GET into {}: status {:04X}{}; {} completed, {} failed, {} warning",
-                out.display(),
-                r.status.code,
-                r.status
-                    .comment
-                    .as_ref()
-                    .map(|c| format!(" ({c})"))
-                    .unwrap_or_default(),
-                r.completed,
-                r.failed,
-                r.warning
-            );
-            Ok(if r.status.is_success() {
-                ExitCode::SUCCESS
-            } else {
-                ExitCode::from(1)
-            })
+            println!("C-GET into {}: {r}", out.display());
+            Ok(exit_code(&r.status))
         }
         Command::Synth {
             out,

@@ -620,6 +620,59 @@ impl QueryModel {
     }
 }
 
+impl FindSpec {
+    /// A retrieve request: level and unique keys only.
+    pub fn retrieve(model: QueryModel, level: String, keys: Vec<String>) -> FindSpec {
+        FindSpec {
+            model,
+            level,
+            keys,
+            charset: None,
+            relational: false,
+            cancel_after: None,
+        }
+    }
+}
+
+impl MoveResult {
+    fn from_final(last: crate::dimse::Command, pending_responses: usize) -> MoveResult {
+        MoveResult {
+            status: crate::dimse::Status {
+                code: last.status.unwrap_or(0xFFFF),
+                comment: last.error_comment,
+            },
+            completed: last.completed.unwrap_or(0),
+            failed: last.failed.unwrap_or(0),
+            warning: last.warning.unwrap_or(0),
+            pending_responses,
+        }
+    }
+}
+
+/// Advance a retrieve progress bar from a Pending response's counters.
+fn show_progress(bar: &ProgressBar, rsp: &crate::dimse::Command) {
+    let done = u64::from(rsp.completed.unwrap_or(0))
+        + u64::from(rsp.failed.unwrap_or(0))
+        + u64::from(rsp.warning.unwrap_or(0));
+    bar.set_length(done + u64::from(rsp.remaining.unwrap_or(0)));
+    bar.set_position(done);
+    bar.set_message(format!("{} failed", rsp.failed.unwrap_or(0)));
+}
+
+impl std::fmt::Display for MoveResult {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "status {:04X}", self.status.code)?;
+        if let Some(c) = &self.status.comment {
+            write!(f, " ({c})")?;
+        }
+        write!(
+            f,
+            "; {} completed, {} failed, {} warning",
+            self.completed, self.failed, self.warning
+        )
+    }
+}
+
 /// Outcome of a C-MOVE: the final response's status and counters.
 #[derive(Debug, Clone)]
 pub struct MoveResult {
@@ -680,26 +733,12 @@ pub async fn move_to(
     let last = assoc
         .move_to(ctx, sop, destination, &bytes, spec.cancel_after, |rsp| {
             pending += 1;
-            let done = u64::from(rsp.completed.unwrap_or(0))
-                + u64::from(rsp.failed.unwrap_or(0))
-                + u64::from(rsp.warning.unwrap_or(0));
-            bar.set_length(done + u64::from(rsp.remaining.unwrap_or(0)));
-            bar.set_position(done);
-            bar.set_message(format!("{} failed", rsp.failed.unwrap_or(0)));
+            show_progress(&bar, rsp);
         })
         .await?;
     bar.finish_and_clear();
     assoc.release().await?;
-    Ok(MoveResult {
-        status: crate::dimse::Status {
-            code: last.status.unwrap_or(0xFFFF),
-            comment: last.error_comment,
-        },
-        completed: last.completed.unwrap_or(0),
-        failed: last.failed.unwrap_or(0),
-        warning: last.warning.unwrap_or(0),
-        pending_responses: pending,
-    })
+    Ok(MoveResult::from_final(last, pending))
 }
 
 impl QueryModel {
@@ -841,23 +880,10 @@ pub async fn get_into(
     let last = assoc
         .get(ctx, sop, &bytes, store, |rsp| {
             pending += 1;
-            let done = u64::from(rsp.completed.unwrap_or(0))
-                + u64::from(rsp.failed.unwrap_or(0))
-                + u64::from(rsp.warning.unwrap_or(0));
-            bar.set_length(done + u64::from(rsp.remaining.unwrap_or(0)));
-            bar.set_position(done);
+            show_progress(&bar, rsp);
         })
         .await?;
     bar.finish_and_clear();
     assoc.release().await?;
-    Ok(MoveResult {
-        status: crate::dimse::Status {
-            code: last.status.unwrap_or(0xFFFF),
-            comment: last.error_comment,
-        },
-        completed: last.completed.unwrap_or(0),
-        failed: last.failed.unwrap_or(0),
-        warning: last.warning.unwrap_or(0),
-        pending_responses: pending,
-    })
+    Ok(MoveResult::from_final(last, pending))
 }

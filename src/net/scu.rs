@@ -262,28 +262,19 @@ impl ScuAssociation {
         cancel_after: Option<usize>,
         mut on_pending: impl FnMut(&Command),
     ) -> Result<Command, NetError> {
-        let id = self.message_id();
-        let rq = Command {
-            command_field: CommandField::CMoveRq as u16,
-            message_id: Some(id),
-            affected_sop_class_uid: Some(sop_class.to_string()),
-            priority: Some(0),
-            move_destination: Some(destination.to_string()),
-            data_set_type: crate::dimse::DATA_SET_PRESENT,
-            ..Command::default()
-        };
-        self.send_command(context_id, &rq).await?;
-        self.send_data(context_id, identifier).await?;
+        let id = self
+            .send_request(
+                context_id,
+                CommandField::CMoveRq,
+                sop_class,
+                Some(destination),
+                identifier,
+            )
+            .await?;
         let mut pending = 0usize;
         loop {
             if cancel_after == Some(pending) {
-                let cancel = Command {
-                    command_field: CommandField::CCancelRq as u16,
-                    message_id_being_responded_to: Some(id),
-                    data_set_type: crate::dimse::NO_DATA_SET,
-                    ..Command::default()
-                };
-                self.send_command(context_id, &cancel).await?;
+                self.send_cancel(context_id, id).await?;
             }
             let (rsp, _) = self.read_message().await?;
             if rsp.status == Some(0xFF00) {
@@ -306,17 +297,14 @@ impl ScuAssociation {
         mut on_store: impl FnMut(&str, &str, &str, Vec<u8>) -> Status,
         mut on_pending: impl FnMut(&Command),
     ) -> Result<Command, NetError> {
-        let id = self.message_id();
-        let rq = Command {
-            command_field: CommandField::CGetRq as u16,
-            message_id: Some(id),
-            affected_sop_class_uid: Some(sop_class.to_string()),
-            priority: Some(0),
-            data_set_type: crate::dimse::DATA_SET_PRESENT,
-            ..Command::default()
-        };
-        self.send_command(context_id, &rq).await?;
-        self.send_data(context_id, identifier).await?;
+        self.send_request(
+            context_id,
+            CommandField::CGetRq,
+            sop_class,
+            None,
+            identifier,
+        )
+        .await?;
         loop {
             let (msg, data) = self.read_message().await?;
             match msg.field() {
@@ -369,6 +357,41 @@ impl ScuAssociation {
         self.read_response(CommandField::CStoreRsp).await
     }
 
+    /// Send a C-FIND/C-MOVE/C-GET request with its identifier; returns its Message ID.
+    async fn send_request(
+        &mut self,
+        context_id: u8,
+        field: CommandField,
+        sop_class: &str,
+        move_destination: Option<&str>,
+        identifier: &[u8],
+    ) -> Result<u16, NetError> {
+        let id = self.message_id();
+        let rq = Command {
+            command_field: field as u16,
+            message_id: Some(id),
+            affected_sop_class_uid: Some(sop_class.to_string()),
+            priority: Some(0),
+            move_destination: move_destination.map(str::to_string),
+            data_set_type: crate::dimse::DATA_SET_PRESENT,
+            ..Command::default()
+        };
+        self.send_command(context_id, &rq).await?;
+        self.send_data(context_id, identifier).await?;
+        Ok(id)
+    }
+
+    /// C-CANCEL-RQ for the operation with Message ID `id` (PS3.7 9.3.2.3).
+    async fn send_cancel(&mut self, context_id: u8, id: u16) -> Result<(), NetError> {
+        let cancel = Command {
+            command_field: CommandField::CCancelRq as u16,
+            message_id_being_responded_to: Some(id),
+            data_set_type: crate::dimse::NO_DATA_SET,
+            ..Command::default()
+        };
+        self.send_command(context_id, &cancel).await
+    }
+
     /// C-FIND (PS3.7 9.1.2): send the identifier, collect every Pending identifier and the
     /// final status. With `cancel_after` = Some(n), a C-CANCEL is sent after n responses.
     pub async fn find(
@@ -378,27 +401,19 @@ impl ScuAssociation {
         identifier: &[u8],
         cancel_after: Option<usize>,
     ) -> Result<(Vec<Vec<u8>>, Status), NetError> {
-        let id = self.message_id();
-        let rq = Command {
-            command_field: CommandField::CFindRq as u16,
-            message_id: Some(id),
-            affected_sop_class_uid: Some(sop_class.to_string()),
-            priority: Some(0),
-            data_set_type: crate::dimse::DATA_SET_PRESENT,
-            ..Command::default()
-        };
-        self.send_command(context_id, &rq).await?;
-        self.send_data(context_id, identifier).await?;
+        let id = self
+            .send_request(
+                context_id,
+                CommandField::CFindRq,
+                sop_class,
+                None,
+                identifier,
+            )
+            .await?;
         let mut matches = Vec::new();
         loop {
             if cancel_after == Some(matches.len()) {
-                let cancel = Command {
-                    command_field: CommandField::CCancelRq as u16,
-                    message_id_being_responded_to: Some(id),
-                    data_set_type: crate::dimse::NO_DATA_SET,
-                    ..Command::default()
-                };
-                self.send_command(context_id, &cancel).await?;
+                self.send_cancel(context_id, id).await?;
             }
             let (rsp, data) = self.read_message().await?;
             let status = Status {
