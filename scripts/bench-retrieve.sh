@@ -8,28 +8,13 @@
 # Needs: dcmtk and orthanc from Debian's packages (installed if missing, as root).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+source scripts/lib.sh
 N=${1:-2000}
 STUDIES=4
-export TCP_NODELAY=1
-if ! command -v movescu >/dev/null || ! command -v Orthanc >/dev/null; then
-    export DEBIAN_FRONTEND=noninteractive
-    apt-get update -qq && apt-get install -y -qq dcmtk orthanc >/dev/null
-fi
+need storescu:dcmtk Orthanc:orthanc
 cargo build --release --quiet
 PACSD=$PWD/target/release/pacsd
-WORK=$(mktemp -d /tmp/pacsd-bench-retrieve.XXXXXX)
-PIDS=()
-cleanup() {
-    for p in "${PIDS[@]:-}"; do kill "$p" 2>/dev/null || true; done
-    wait 2>/dev/null || true
-    rm -rf "$WORK"
-}
-trap cleanup EXIT
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1]); s.close()'; }
-wait_echo() {
-    for _ in $(seq 1 300); do echoscu -aec "$1" 127.0.0.1 "$2" >/dev/null 2>&1 && return 0; sleep 0.1; done
-    echo "no C-ECHO answer from $1:$2" >&2; return 1
-}
+workdir bench-retrieve
 
 echo "== corpus: $N instances in $STUDIES studies"
 $PACSD synth -o "$WORK/corpus" --studies $STUDIES --per-study $((N / STUDIES)) --size 512 --first-study 3000 | tail -1

@@ -7,26 +7,11 @@
 # Needs: dcmtk and orthanc from Debian's packages (installed if missing, as root).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-export TCP_NODELAY=1
-if ! command -v findscu >/dev/null || ! command -v Orthanc >/dev/null; then
-    export DEBIAN_FRONTEND=noninteractive
-    apt-get update -qq && apt-get install -y -qq dcmtk orthanc >/dev/null
-fi
+source scripts/lib.sh
+need storescu:dcmtk Orthanc:orthanc
 cargo build --release --quiet
 PACSD=$PWD/target/release/pacsd
-WORK=$(mktemp -d /tmp/pacsd-compare.XXXXXX)
-PIDS=()
-cleanup() {
-    for p in "${PIDS[@]:-}"; do kill "$p" 2>/dev/null || true; done
-    wait 2>/dev/null || true
-    rm -rf "$WORK"
-}
-trap cleanup EXIT
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1]); s.close()'; }
-wait_echo() {
-    for _ in $(seq 1 300); do echoscu -aec "$1" 127.0.0.1 "$2" >/dev/null 2>&1 && return 0; sleep 0.1; done
-    echo "no C-ECHO answer from $1:$2" >&2; return 1
-}
+workdir compare-find-orthanc
 
 # Corpus: 12 studies x 2 series x 3 images, plus one Latin-1 and one UTF-8 patient name.
 $PACSD synth -o "$WORK/corpus" --studies 12 --series 2 --per-study 3 --size 0 --first-study 100 >/dev/null

@@ -1,0 +1,40 @@
+# Shared helpers of the benchmark and comparison scripts (sourced, not run).
+# shellcheck shell=bash
+
+export TCP_NODELAY=1   # DCMTK tools: no Nagle delay on their sockets
+
+# Install Debian packages that provide the given commands, if any is missing (as root).
+# Usage: need CMD:PACKAGE ...
+need() {
+    local missing=()
+    for pair in "$@"; do
+        command -v "${pair%%:*}" >/dev/null 2>&1 || missing+=("${pair##*:}")
+    done
+    if [ "${#missing[@]}" -gt 0 ]; then
+        export DEBIAN_FRONTEND=noninteractive
+        apt-get update -qq && apt-get install -y -qq "${missing[@]}" >/dev/null
+    fi
+}
+
+# A work directory removed on exit, with every PID in PIDS killed first.
+# Usage: workdir NAME  (sets WORK)
+workdir() {
+    WORK=$(mktemp -d "/tmp/pacsd-$1.XXXXXX")
+    PIDS=()
+    trap 'for p in "${PIDS[@]:-}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$WORK"' EXIT
+}
+
+# A free TCP port on loopback.
+free_port() {
+    python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1]); s.close()'
+}
+
+# Wait (at most 60 s) until AET on PORT answers C-ECHO.
+wait_echo() {
+    for _ in $(seq 1 600); do
+        echoscu -aec "$1" 127.0.0.1 "$2" >/dev/null 2>&1 && return 0
+        sleep 0.1
+    done
+    echo "no C-ECHO answer from $1:$2" >&2
+    return 1
+}
