@@ -200,6 +200,15 @@ mod tests {
         assert_eq!(decode_iso2022(HONG), "Hong^Gildong=洪^吉洞=홍^길동");
     }
 
+    /// PS3.5 K.2, Chinese with ISO 2022 IR 58 (GB 2312 in G1).
+    #[test]
+    fn decodes_the_chinese_example() {
+        let wang = b"Wang^XiaoDong=\x1b$)A\xcd\xf5^\x1b$)A\xd0\xa1\xb6\xab=";
+        assert_eq!(decode_iso2022(wang), "Wang^XiaoDong=王^小东=");
+        // Chinese answers are not encoded back to ISO 2022 (they go out in ISO_IR 192).
+        assert!(encode_iso2022("王^小东", "\\ISO 2022 IR 58").is_none());
+    }
+
     #[test]
     fn encodes_back_to_the_same_bytes() {
         assert_eq!(
