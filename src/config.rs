@@ -116,6 +116,8 @@ pub struct StorageConfig {
     pub write_quorum: Option<usize>,
     /// Key prefix inside every replica.
     pub prefix: String,
+    /// Seconds between passes of the background repair worker (repair queue).
+    pub repair_interval_secs: f64,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -208,6 +210,7 @@ impl Default for StorageConfig {
             ],
             write_quorum: None,
             prefix: "dicom".to_string(),
+            repair_interval_secs: 60.0,
         }
     }
 }
@@ -299,6 +302,10 @@ impl Config {
             ("timeouts.idle_secs", self.timeouts.idle_secs),
             ("timeouts.write_secs", self.timeouts.write_secs),
             ("timeouts.shutdown_secs", self.timeouts.shutdown_secs),
+            (
+                "storage.repair_interval_secs",
+                self.storage.repair_interval_secs,
+            ),
         ] {
             if !(v.is_finite() && v > 0.0 && v <= 86_400.0) {
                 return Err(invalid(

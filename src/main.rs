@@ -149,10 +149,31 @@ enum Command {
         #[arg(long, default_value_t = 1)]
         first_study: u32,
     },
+    /// Replica maintenance.
+    Storage {
+        #[command(subcommand)]
+        command: StorageCommand,
+    },
     /// Index maintenance.
     Index {
         #[command(subcommand)]
         command: IndexCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum StorageCommand {
+    /// Check every indexed object on every replica (exists, size, SHA-256); bad copies are
+    /// queued for repair. Exit status 1 when any was found.
+    Verify {
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+    },
+    /// Heal every replica copy in the repair queue from a good copy (the node's background
+    /// worker does the same periodically).
+    Repair {
+        #[arg(long, short)]
+        config: Option<PathBuf>,
     },
 }
 
@@ -452,6 +473,39 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let r = pacsd::tools::get_into(&remote.options(), &spec, &out, !no_progress).await?;
             println!("C-GET into {}: {r}", out.display());
             Ok(exit_code(&r.status))
+        }
+        Command::Storage { command } => {
+            let (config, verify) = match command {
+                StorageCommand::Verify { config } => (config, true),
+                StorageCommand::Repair { config } => (config, false),
+            };
+            let node = Node::open(load_config(config.as_ref())?)?;
+            if verify {
+                let s = pacsd::node::verify_all(&node.index, &node.storage, true).await?;
+                println!(
+                    "{} objects checked on {} replicas: {} bad copies (queued for repair)",
+                    s.objects,
+                    node.storage.replicas().len(),
+                    s.bad_copies
+                );
+                Ok(if s.bad_copies == 0 {
+                    ExitCode::SUCCESS
+                } else {
+                    ExitCode::from(1)
+                })
+            } else {
+                let s = pacsd::node::repair_pass(&node.index, &node.storage).await?;
+                let left = node.index.counts().await?.repair_queue;
+                println!(
+                    "{} repaired, {} failed, {} dropped; {left} left in the repair queue",
+                    s.repaired, s.failed, s.dropped
+                );
+                Ok(if left == 0 {
+                    ExitCode::SUCCESS
+                } else {
+                    ExitCode::from(1)
+                })
+            }
         }
         Command::Synth {
             out,

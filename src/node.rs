@@ -5,6 +5,8 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
+use std::time::Duration;
+
 use tokio::net::TcpListener;
 use tracing::info;
 
@@ -78,8 +80,15 @@ impl Node {
             .map_err(|source| NodeError::Bind { addr, source })
     }
 
-    /// Serve on `listener` until `shutdown` fires and open associations have finished.
+    /// Serve on `listener` until `shutdown` fires and open associations have finished; the
+    /// repair worker runs beside it.
     pub async fn run(self, listener: TcpListener, shutdown: Shutdown) {
+        let worker = tokio::spawn(repair_worker(
+            self.index.clone(),
+            self.storage.clone(),
+            Duration::from_secs_f64(self.config.storage.repair_interval_secs),
+            shutdown.clone(),
+        ));
         let services = Arc::new(Services {
             store: Arc::new(StoreService::new(
                 self.index.clone(),
@@ -103,6 +112,7 @@ impl Node {
             config: self.config.clone(),
         };
         crate::net::run(listener, policy, services, shutdown).await;
+        let _ = worker.await;
         info!("all associations closed; closing the index");
         drop(self.index);
     }
@@ -255,4 +265,122 @@ pub async fn rebuild_index(config: &Config, progress: bool) -> Result<RebuildSum
     })?;
     remove_sqlite_sidecars(&fresh);
     Ok(summary)
+}
+
+/// Outcome of one repair pass.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct RepairSummary {
+    pub repaired: u64,
+    pub failed: u64,
+    /// Entries for replicas no longer configured, dropped.
+    pub dropped: u64,
+}
+
+/// Work through the repair queue once: heal every listed replica from a good copy (checked
+/// against the recorded SHA-256) and clear the entries that succeeded.
+pub async fn repair_pass(index: &Index, storage: &Storage) -> Result<RepairSummary, IndexError> {
+    use crate::storage::repair::{Expected, RepairError};
+    let mut s = RepairSummary::default();
+    for (key, replica, size, sha256) in index.repair_tasks().await? {
+        let expected = Expected {
+            key: key.clone(),
+            size,
+            sha256,
+        };
+        match storage.repair(&replica, &expected).await {
+            Ok(()) => {
+                index.clear_repair(&key, &replica).await?;
+                s.repaired += 1;
+            }
+            Err(RepairError::UnknownReplica(_)) => {
+                tracing::warn!(
+                    replica,
+                    key,
+                    "repair entry for a replica that is no longer configured; dropped"
+                );
+                index.clear_repair(&key, &replica).await?;
+                s.dropped += 1;
+            }
+            Err(e) => {
+                tracing::debug!(error = %e, "repair failed; will retry");
+                s.failed += 1;
+            }
+        }
+    }
+    if s != RepairSummary::default() {
+        info!(
+            repaired = s.repaired,
+            failed = s.failed,
+            dropped = s.dropped,
+            "repair pass"
+        );
+    }
+    Ok(s)
+}
+
+/// The background repair worker: one pass per interval until shutdown.
+async fn repair_worker(
+    index: Index,
+    storage: Arc<Storage>,
+    interval: Duration,
+    mut shutdown: Shutdown,
+) {
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(interval) => {}
+            _ = shutdown.wait() => return,
+        }
+        if let Err(e) = repair_pass(&index, &storage).await {
+            tracing::warn!(error = %e, "repair pass failed");
+        }
+    }
+}
+
+/// Outcome of `verify_all`.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct VerifySummary {
+    pub objects: u64,
+    /// Replica copies missing, unreadable or not matching size and checksum (now queued).
+    pub bad_copies: u64,
+}
+
+/// Check every indexed object on every replica (exists, size, SHA-256) and queue a repair for
+/// every bad copy.
+pub async fn verify_all(
+    index: &Index,
+    storage: &Storage,
+    progress: bool,
+) -> Result<VerifySummary, IndexError> {
+    use crate::storage::repair::Expected;
+    let total = index.counts().await?.instances;
+    let bar = if progress {
+        indicatif::ProgressBar::new(total)
+    } else {
+        indicatif::ProgressBar::hidden()
+    };
+    let mut s = VerifySummary::default();
+    let mut after = 0i64;
+    loop {
+        let batch = index.objects(after, 1000).await?;
+        let Some(last) = batch.last() else { break };
+        after = last.0;
+        for (_, key, size, sha256) in batch {
+            let expected = Expected {
+                key: key.clone(),
+                size,
+                sha256,
+            };
+            for (replica, problem) in storage.verify(&expected).await {
+                tracing::warn!(replica, key, %problem, "bad replica copy");
+                index
+                    .queue_repair(&key, &replica, &problem.to_string())
+                    .await?;
+                s.bad_copies += 1;
+            }
+            s.objects += 1;
+            bar.inc(1);
+        }
+    }
+    bar.finish_and_clear();
+    Ok(s)
 }

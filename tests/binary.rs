@@ -228,6 +228,10 @@ fn help_explains_every_subcommand() {
         vec!["store", "--help"],
         vec!["index", "--help"],
         vec!["index", "rebuild", "--help"],
+        vec!["storage", "verify", "--help"],
+        vec!["find", "--help"],
+        vec!["move", "--help"],
+        vec!["get", "--help"],
         vec!["synth", "--help"],
     ] {
         let out = pacsd(&args);

@@ -92,11 +92,23 @@ pub struct RepairEntry {
     pub reason: String,
 }
 
+/// A maintenance write run by the writer thread inside its group transaction.
+type Maintenance = Box<dyn FnOnce(&Connection) -> Result<(), IndexError> + Send>;
+
+/// What the single writer does for one job.
+enum Work {
+    Insert {
+        record: Box<InstanceRecord>,
+        /// Replicas (location, error) that missed the object's write.
+        missed: Vec<(String, String)>,
+    },
+    /// Repair-queue bookkeeping and other small writes.
+    Apply(Maintenance),
+}
+
 struct InsertJob {
-    record: InstanceRecord,
-    /// Replicas (location, error) that missed the object's write.
-    missed: Vec<(String, String)>,
-    reply: oneshot::Sender<Result<InsertOutcome, IndexError>>,
+    work: Work,
+    reply: oneshot::Sender<Result<Option<InsertOutcome>, IndexError>>,
 }
 
 /// Handle to the index. Cloning is cheap; the writer thread ends when the last handle drops.
@@ -221,13 +233,104 @@ impl Index {
             let sender = guard.as_ref().ok_or(IndexError::WriterGone)?;
             sender
                 .send(InsertJob {
-                    record,
-                    missed,
+                    work: Work::Insert {
+                        record: Box::new(record),
+                        missed,
+                    },
                     reply,
                 })
                 .map_err(|_| IndexError::WriterGone)?;
         }
-        rx.await.map_err(|_| IndexError::WriterGone)?
+        rx.await
+            .map_err(|_| IndexError::WriterGone)?
+            .map(|o| o.expect("an insert job answers with its outcome"))
+    }
+
+    /// Run a small write (repair-queue bookkeeping) on the single writer, in its group commit.
+    async fn apply(&self, f: Maintenance) -> Result<(), IndexError> {
+        let (reply, rx) = oneshot::channel();
+        {
+            let guard = self.inner.writer.lock().expect("writer lock");
+            let sender = guard.as_ref().ok_or(IndexError::WriterGone)?;
+            sender
+                .send(InsertJob {
+                    work: Work::Apply(f),
+                    reply,
+                })
+                .map_err(|_| IndexError::WriterGone)?;
+        }
+        rx.await.map_err(|_| IndexError::WriterGone)?.map(|_| ())
+    }
+
+    /// Queue a repair of `storage_key` on `replica` (verification found a bad copy).
+    pub async fn queue_repair(
+        &self,
+        storage_key: &str,
+        replica: &str,
+        reason: &str,
+    ) -> Result<(), IndexError> {
+        let (k, r, why) = (
+            storage_key.to_string(),
+            replica.to_string(),
+            reason.to_string(),
+        );
+        self.apply(Box::new(move |c| {
+            c.execute(
+                "INSERT INTO repair_queue (storage_key, replica, reason, queued_at)
+                 VALUES (?1, ?2, ?3, strftime('%Y-%m-%dT%H:%M:%fZ', 'now'))
+                 ON CONFLICT (storage_key, replica) DO UPDATE SET reason = excluded.reason",
+                params![k, r, why],
+            )?;
+            Ok(())
+        }))
+        .await
+    }
+
+    /// Remove a repair-queue entry (the replica was healed, or is no longer configured).
+    pub async fn clear_repair(&self, storage_key: &str, replica: &str) -> Result<(), IndexError> {
+        let (k, r) = (storage_key.to_string(), replica.to_string());
+        self.apply(Box::new(move |c| {
+            c.execute(
+                "DELETE FROM repair_queue WHERE storage_key = ?1 AND replica = ?2",
+                params![k, r],
+            )?;
+            Ok(())
+        }))
+        .await
+    }
+
+    /// Every indexed object with its recorded size and checksum, in index order, from `after`
+    /// (an instance row id) on, at most `limit` of them: (row id, key, size, sha256).
+    pub async fn objects(
+        &self,
+        after: i64,
+        limit: usize,
+    ) -> Result<Vec<(i64, String, u64, String)>, IndexError> {
+        self.read(move |c| {
+            let mut stmt = c.prepare_cached(
+                "SELECT id, storage_key, size, sha256 FROM instance WHERE id > ?1 ORDER BY id LIMIT ?2",
+            )?;
+            let rows = stmt.query_map(params![after, limit as i64], |r| {
+                Ok((r.get(0)?, r.get(1)?, r.get::<_, i64>(2)? as u64, r.get(3)?))
+            })?;
+            Ok(rows.collect::<Result<Vec<_>, _>>()?)
+        })
+        .await
+    }
+
+    /// Repair-queue entries with what their object must be: (key, replica, size, sha256).
+    pub async fn repair_tasks(&self) -> Result<Vec<(String, String, u64, String)>, IndexError> {
+        self.read(|c| {
+            let mut stmt = c.prepare(
+                "SELECT q.storage_key, q.replica, i.size, i.sha256 FROM repair_queue q
+                 JOIN instance i ON i.storage_key = q.storage_key ORDER BY q.id",
+            )?;
+            let rows = stmt.query_map([], |r| {
+                Ok((r.get(0)?, r.get(1)?, r.get::<_, i64>(2)? as u64, r.get(3)?))
+            })?;
+            Ok(rows.collect::<Result<Vec<_>, _>>()?)
+        })
+        .await
     }
 
     /// Run `f` on a reader connection in the blocking pool.
@@ -407,8 +510,8 @@ fn writer_loop(mut conn: Connection, rx: std::sync::mpsc::Receiver<InsertJob>) {
         };
         let mut results = Vec::with_capacity(jobs.len());
         let mut tx = tx;
-        for job in &jobs {
-            results.push(apply_insert(&mut tx, &job.record, &job.missed));
+        for job in jobs.iter_mut() {
+            results.push(apply_job(&mut tx, &mut job.work));
         }
         match tx.commit() {
             Ok(()) => {
@@ -431,21 +534,27 @@ fn clone_err(e: &rusqlite::Error) -> rusqlite::Error {
     rusqlite::Error::ToSqlConversionFailure(e.to_string().into())
 }
 
-/// Insert one instance inside a savepoint of the group transaction.
-fn apply_insert(
+/// Run one job inside a savepoint of the group transaction, so that its failure rolls back
+/// only its own rows.
+fn apply_job(
     tx: &mut Transaction<'_>,
-    rec: &InstanceRecord,
-    missed: &[(String, String)],
-) -> Result<InsertOutcome, IndexError> {
+    work: &mut Work,
+) -> Result<Option<InsertOutcome>, IndexError> {
     let sp = tx.savepoint().map_err(IndexError::Commit)?;
-    let res = insert_rows(&sp, rec, missed);
+    let res = match work {
+        Work::Insert { record, missed } => insert_rows(&sp, record, missed).map(Some),
+        Work::Apply(f) => {
+            let f = std::mem::replace(f, Box::new(|_| Ok(())));
+            f(&sp).map(|()| None)
+        }
+    };
     match res {
         Ok(outcome) => {
             sp.commit().map_err(IndexError::Commit)?;
             Ok(outcome)
         }
         Err(e) => {
-            warn!(sop = %rec.sop_instance_uid, error = %e, "index insert rolled back");
+            warn!(error = %e, "index job rolled back");
             drop(sp); // rolls back to the savepoint
             Err(e)
         }

@@ -3,6 +3,7 @@
 
 pub mod keys;
 pub mod quorum;
+pub mod repair;
 
 use std::path::PathBuf;
 use std::sync::Arc;
