@@ -95,18 +95,8 @@ enum Command {
         /// Destination AE title (must be known to the remote node).
         #[arg(long)]
         dest: String,
-        /// Information model.
-        #[arg(long, value_enum, default_value = "study")]
-        model: pacsd::tools::QueryModel,
-        /// Query/Retrieve level: PATIENT, STUDY, SERIES or IMAGE.
-        #[arg(long, short, default_value = "STUDY")]
-        level: String,
-        /// Unique keys as Keyword=value (e.g. StudyInstanceUID=1.2.3).
-        #[arg(long = "key", short = 'k')]
-        keys: Vec<String>,
-        /// Do not draw a progress bar.
-        #[arg(long)]
-        no_progress: bool,
+        #[command(flatten)]
+        what: RetrieveArgs,
     },
     /// Retrieve instances from a DICOM node with C-GET into a directory.
     Get {
@@ -115,18 +105,8 @@ enum Command {
         /// Directory the received files are written to (named by SOP Instance UID).
         #[arg(long, short)]
         out: PathBuf,
-        /// Information model.
-        #[arg(long, value_enum, default_value = "study")]
-        model: pacsd::tools::QueryModel,
-        /// Query/Retrieve level: PATIENT, STUDY, SERIES or IMAGE.
-        #[arg(long, short, default_value = "STUDY")]
-        level: String,
-        /// Unique keys as Keyword=value (e.g. StudyInstanceUID=1.2.3).
-        #[arg(long = "key", short = 'k')]
-        keys: Vec<String>,
-        /// Do not draw a progress bar.
-        #[arg(long)]
-        no_progress: bool,
+        #[command(flatten)]
+        what: RetrieveArgs,
     },
     /// Write synthetic CT-like instances (for tests and benchmarks).
     Synth {
@@ -208,6 +188,29 @@ enum IndexCommand {
         #[arg(long, short)]
         config: Option<PathBuf>,
     },
+}
+
+/// What to retrieve (C-MOVE, C-GET).
+#[derive(Args, Clone)]
+struct RetrieveArgs {
+    /// Information model.
+    #[arg(long, value_enum, default_value = "study")]
+    model: pacsd::tools::QueryModel,
+    /// Query/Retrieve level: PATIENT, STUDY, SERIES or IMAGE.
+    #[arg(long, short, default_value = "STUDY")]
+    level: String,
+    /// Unique keys as Keyword=value (e.g. StudyInstanceUID=1.2.3).
+    #[arg(long = "key", short = 'k')]
+    keys: Vec<String>,
+    /// Do not draw a progress bar.
+    #[arg(long)]
+    no_progress: bool,
+}
+
+impl RetrieveArgs {
+    fn spec(self) -> pacsd::tools::FindSpec {
+        pacsd::tools::FindSpec::retrieve(self.model, self.level, self.keys)
+    }
 }
 
 #[derive(Args, Clone)]
@@ -448,29 +451,15 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
-        Command::Move {
-            remote,
-            dest,
-            model,
-            level,
-            keys,
-            no_progress,
-        } => {
-            let spec = pacsd::tools::FindSpec::retrieve(model, level, keys);
-            let r = pacsd::tools::move_to(&remote.options(), &spec, &dest, !no_progress).await?;
+        Command::Move { remote, dest, what } => {
+            let progress = !what.no_progress;
+            let r = pacsd::tools::move_to(&remote.options(), &what.spec(), &dest, progress).await?;
             println!("C-MOVE to {dest}: {r}");
             Ok(exit_code(&r.status))
         }
-        Command::Get {
-            remote,
-            out,
-            model,
-            level,
-            keys,
-            no_progress,
-        } => {
-            let spec = pacsd::tools::FindSpec::retrieve(model, level, keys);
-            let r = pacsd::tools::get_into(&remote.options(), &spec, &out, !no_progress).await?;
+        Command::Get { remote, out, what } => {
+            let progress = !what.no_progress;
+            let r = pacsd::tools::get_into(&remote.options(), &what.spec(), &out, progress).await?;
             println!("C-GET into {}: {r}", out.display());
             Ok(exit_code(&r.status))
         }
@@ -549,7 +538,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         } => {
             let config = load_config(config.as_ref())?;
             let total = u64::from(studies) * u64::from(series) * u64::from(instances);
-            let bar = indicatif::ProgressBar::new(total);
+            let bar = pacsd::tools::progress_bar(true, total);
             let records = (first_study..first_study + studies).flat_map(move |st| {
                 (1..=series).flat_map(move |se| {
                     (1..=instances).map(move |n| {

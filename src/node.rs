@@ -195,19 +195,7 @@ pub async fn rebuild_index(config: &Config, progress: bool) -> Result<RebuildSum
         .into_iter()
         .filter(|k| parse_object_key(storage.prefix(), k).is_some())
         .collect();
-    let bar = if progress {
-        let b = indicatif::ProgressBar::new(keys.len() as u64);
-        b.set_style(
-            indicatif::ProgressStyle::with_template(
-                "{elapsed_precise} [{bar:40}] {pos}/{len} {per_sec} {msg}",
-            )
-            .expect("valid template")
-            .progress_chars("=> "),
-        );
-        b
-    } else {
-        indicatif::ProgressBar::hidden()
-    };
+    let bar = crate::tools::progress_bar(progress, keys.len() as u64);
     let mut summary = RebuildSummary::default();
     for key in keys {
         summary.objects += 1;
@@ -353,11 +341,7 @@ pub async fn verify_all(
 ) -> Result<VerifySummary, IndexError> {
     use crate::storage::repair::Expected;
     let total = index.counts().await?.instances;
-    let bar = if progress {
-        indicatif::ProgressBar::new(total)
-    } else {
-        indicatif::ProgressBar::hidden()
-    };
+    let bar = crate::tools::progress_bar(progress, total);
     let mut s = VerifySummary::default();
     let mut after = 0i64;
     loop {

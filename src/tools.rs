@@ -155,19 +155,7 @@ pub async fn store(
             }
         }
     }
-    let bar = if progress {
-        let b = ProgressBar::new(outgoing.len() as u64);
-        b.set_style(
-            ProgressStyle::with_template(
-                "{elapsed_precise} [{bar:40}] {pos}/{len} {per_sec} {msg}",
-            )
-            .expect("valid template")
-            .progress_chars("=> "),
-        );
-        b
-    } else {
-        ProgressBar::hidden()
-    };
+    let bar = progress_bar(progress, outgoing.len() as u64);
     let jobs = jobs.clamp(1, 64);
     let mut shards: Vec<Vec<Outgoing>> = vec![Vec::new(); jobs];
     for (i, o) in outgoing.into_iter().enumerate() {
@@ -444,14 +432,7 @@ pub async fn find_association(
         transfer_syntaxes: vec![uids::EXPLICIT_VR_LITTLE_ENDIAN.to_string()],
     };
     let assoc = ScuAssociation::connect_with(opts, &[context], &negotiation).await?;
-    let ctx = assoc
-        .context_for(sop, uids::EXPLICIT_VR_LITTLE_ENDIAN)
-        .map(|c| c.id)
-        .ok_or_else(|| {
-            NetError::Rejected(format!(
-                "{sop} not accepted (is `find` allowed for this AE?)"
-            ))
-        })?;
+    let ctx = accepted_context(&assoc, sop, "find")?;
     Ok((assoc, ctx))
 }
 
@@ -649,6 +630,34 @@ impl MoveResult {
     }
 }
 
+/// A progress bar on the terminal (hidden when `show` is false) for `len` items.
+pub fn progress_bar(show: bool, len: u64) -> ProgressBar {
+    if !show {
+        return ProgressBar::hidden();
+    }
+    let bar = ProgressBar::new(len);
+    bar.set_style(
+        ProgressStyle::with_template("{elapsed_precise} [{bar:40}] {pos}/{len} {per_sec} {msg}")
+            .expect("valid template")
+            .progress_chars("=> "),
+    );
+    bar
+}
+
+/// The accepted presentation context for `sop`, or why the node refused it.
+fn accepted_context(assoc: &ScuAssociation, sop: &str, service: &str) -> Result<u8, NetError> {
+    assoc
+        .contexts()
+        .iter()
+        .find(|c| c.abstract_syntax == sop)
+        .map(|c| c.id)
+        .ok_or_else(|| {
+            NetError::Rejected(format!(
+                "{sop} not accepted (is `{service}` allowed for this AE?)"
+            ))
+        })
+}
+
 /// Advance a retrieve progress bar from a Pending response's counters.
 fn show_progress(bar: &ProgressBar, rsp: &crate::dimse::Command) {
     let done = u64::from(rsp.completed.unwrap_or(0))
@@ -709,26 +718,8 @@ pub async fn move_to(
         ..Negotiation::default()
     };
     let mut assoc = ScuAssociation::connect_with(opts, &[context], &negotiation).await?;
-    let ctx = assoc
-        .contexts()
-        .iter()
-        .find(|c| c.abstract_syntax == sop)
-        .map(|c| c.id)
-        .ok_or_else(|| {
-            NetError::Rejected(format!(
-                "{sop} not accepted (is `move` allowed for this AE?)"
-            ))
-        })?;
-    let bar = if progress {
-        ProgressBar::new(0)
-    } else {
-        ProgressBar::hidden()
-    };
-    bar.set_style(
-        ProgressStyle::with_template("{elapsed_precise} [{bar:40}] {pos}/{len} {msg}")
-            .expect("valid template")
-            .progress_chars("=> "),
-    );
+    let ctx = accepted_context(&assoc, sop, "move")?;
+    let bar = progress_bar(progress, 0);
     let mut pending = 0usize;
     let last = assoc
         .move_to(ctx, sop, destination, &bytes, spec.cancel_after, |rsp| {
@@ -846,21 +837,8 @@ pub async fn get_into(
         scp_role_for: GET_STORAGE_CLASSES.iter().map(|c| c.to_string()).collect(),
     };
     let mut assoc = ScuAssociation::connect_with(opts, &proposed, &negotiation).await?;
-    let ctx = assoc
-        .contexts()
-        .iter()
-        .find(|c| c.abstract_syntax == sop)
-        .map(|c| c.id)
-        .ok_or_else(|| {
-            NetError::Rejected(format!(
-                "{sop} not accepted (is `get` allowed for this AE?)"
-            ))
-        })?;
-    let bar = if progress {
-        ProgressBar::new(0)
-    } else {
-        ProgressBar::hidden()
-    };
+    let ctx = accepted_context(&assoc, sop, "get")?;
+    let bar = progress_bar(progress, 0);
     let mut pending = 0usize;
     let store = |class: &str, inst: &str, ts: &str, data: Vec<u8>| -> crate::dimse::Status {
         use crate::dimse::{Status, status};
