@@ -774,7 +774,10 @@ async fn c_cancel_stops_the_stream() {
         r.matches.len()
     );
 
-    // findscu --cancel 1: cancel after the first response.
+    // findscu --cancel 1: cancel after the first response. The node would otherwise write all
+    // 400 small responses into the socket before findscu reads the first one, so each response
+    // here asks for an attribute read from the stored object's header (BitsAllocated), which
+    // paces the stream the way a slow query would.
     let mut a = args(&[
         "-S",
         "--cancel",
@@ -783,6 +786,8 @@ async fn c_cancel_stops_the_stream() {
         "QueryRetrieveLevel=IMAGE",
         "-k",
         "SOPInstanceUID",
+        "-k",
+        "(0028,0100)",
     ]);
     for k in &keys[..2] {
         a.push("-k".into());
