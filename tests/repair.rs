@@ -142,3 +142,51 @@ fn verify_finds_bad_copies_and_repair_heals_them() {
     assert!(String::from_utf8_lossy(&verify.stdout).contains("0 bad copies"));
     drop(rt);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_unavailable_at_start_up_is_treated_as_down_then_healed() {
+    // Replica 3's directory cannot be created: its parent is a regular file.
+    let blocker = tempfile::tempdir().unwrap();
+    let parent = blocker.path().join("mount");
+    std::fs::write(&parent, b"not mounted").unwrap();
+    let r3 = parent.join("replica-3");
+    let n = TestNode::start_with(|c| {
+        c.storage.repair_interval_secs = 0.2;
+        c.storage.replicas[2] = r3.display().to_string();
+    })
+    .await;
+    let src = tempfile::tempdir().unwrap();
+    small_corpus(src.path(), 62, 2);
+    let out = dcmtk_async(
+        "storescu",
+        vec![
+            "-aec".into(),
+            "PACSD".into(),
+            "+sd".into(),
+            "127.0.0.1".into(),
+            n.port().to_string(),
+            src.path().display().to_string(),
+        ],
+    )
+    .await;
+    assert!(
+        out.status.success(),
+        "node with 2 of 3 replicas meets quorum: {}",
+        text(&out)
+    );
+    assert_eq!(n.node.index.repair_queue().await.unwrap().len(), 2);
+
+    // The "mount" appears: the replica opens on next use and the worker fills it.
+    std::fs::remove_file(&parent).unwrap();
+    assert!(
+        eventually(Duration::from_secs(10), async || n
+            .node
+            .index
+            .repair_queue()
+            .await
+            .unwrap()
+            .is_empty())
+        .await
+    );
+    assert_eq!(pacsd::tools::collect_files(&[r3]).unwrap().len(), 2);
+}

@@ -16,7 +16,7 @@ use object_store::local::LocalFileSystem;
 use object_store::memory::InMemory;
 use object_store::path::Path as StorePath;
 use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
-use tracing::{debug, warn};
+use tracing::{debug, error, info, warn};
 
 pub use keys::{Uid, UidError, object_key, parse_object_key};
 pub use quorum::Quorum;
@@ -56,7 +56,32 @@ pub enum StorageError {
 pub struct Replica {
     /// The configured location, as written in the config (stable across restarts).
     pub location: String,
-    store: Arc<dyn ObjectStore>,
+    /// Where a local replica lives (`None` for memory stores).
+    dir: Option<PathBuf>,
+    /// The open store; `None` while the replica is unavailable (e.g. its directory could not be
+    /// created at start-up): it is then treated as down and opening is retried on every use.
+    store: std::sync::Mutex<Option<Arc<dyn ObjectStore>>>,
+}
+
+impl Replica {
+    /// The replica's store, opening it first if it was unavailable so far.
+    fn store(&self) -> Result<Arc<dyn ObjectStore>, object_store::Error> {
+        let mut guard = self.store.lock().expect("replica lock");
+        if let Some(s) = guard.as_ref() {
+            return Ok(s.clone());
+        }
+        let dir = self
+            .dir
+            .as_ref()
+            .expect("only local replicas can be unavailable");
+        let store = open_local(dir).map_err(|reason| object_store::Error::Generic {
+            store: "replica",
+            source: format!("replica unavailable: {reason}").into(),
+        })?;
+        info!(replica = %self.location, "replica available again");
+        *guard = Some(store.clone());
+        Ok(store)
+    }
 }
 
 /// Which replicas took a write and which missed it (the latter go to the repair queue).
@@ -118,7 +143,8 @@ impl Storage {
             let payload = PutPayload::from_bytes(bytes.clone());
             let path = path.clone();
             async move {
-                match tokio::time::timeout(REPLICA_OP_TIMEOUT, r.store.put(&path, payload)).await {
+                let write = async { r.store()?.put(&path, payload).await };
+                match tokio::time::timeout(REPLICA_OP_TIMEOUT, write).await {
                     Ok(Ok(_)) => Ok(()),
                     Ok(Err(e)) => Err(e.to_string()),
                     Err(_) => Err(format!("timed out after {REPLICA_OP_TIMEOUT:?}")),
@@ -164,7 +190,7 @@ impl Storage {
             .map(|r| {
                 let path = path.clone();
                 async move {
-                    if let Err(e) = r.store.delete(&path).await {
+                    if let Err(e) = async { r.store()?.delete(&path).await }.await {
                         warn!(replica = %r.location, key = %path, error = %e, "undo delete failed");
                     }
                 }
@@ -177,7 +203,7 @@ impl Storage {
         let path = store_path(key)?;
         let mut errors = Vec::new();
         for r in &self.replicas {
-            let read = async { r.store.get(&path).await?.bytes().await };
+            let read = async { r.store()?.get(&path).await?.bytes().await };
             match tokio::time::timeout(REPLICA_OP_TIMEOUT, read).await {
                 Ok(Ok(b)) => return Ok(b),
                 Ok(Err(e)) => {
@@ -199,7 +225,10 @@ impl Storage {
             return false;
         };
         match self.replicas.get(i) {
-            Some(r) => r.store.head(&path).await.is_ok(),
+            Some(r) => match r.store() {
+                Ok(store) => store.head(&path).await.is_ok(),
+                Err(_) => false,
+            },
             None => false,
         }
     }
@@ -215,7 +244,18 @@ impl Storage {
         let mut reachable = 0;
         let mut last_err = None;
         for r in &self.replicas {
-            let mut stream = r.store.list(prefix.as_ref());
+            let store = match r.store() {
+                Ok(store) => store,
+                Err(source) => {
+                    warn!(replica = %r.location, error = %source, "replica unavailable for listing");
+                    last_err = Some(StorageError::List {
+                        replica: r.location.clone(),
+                        source,
+                    });
+                    continue;
+                }
+            };
+            let mut stream = store.list(prefix.as_ref());
             let mut ok = true;
             while let Some(item) = stream.next().await {
                 match item {
@@ -247,40 +287,54 @@ fn store_path(key: &str) -> Result<StorePath, StorageError> {
 }
 
 /// Open one replica from its configured location: a directory path, `file:///abs/dir` or
-/// `memory://name`. Other schemes (S3, HDFS) are not built yet and are refused by name.
+/// `memory://name`. Other schemes (S3, HDFS) are not built yet and are refused by name. A local
+/// directory that cannot be created or opened is reported and the replica starts as down.
 fn open_replica(location: &str) -> Result<Replica, StorageError> {
-    let fail = |reason: String| StorageError::OpenReplica {
-        location: location.to_string(),
-        reason,
-    };
-    let store: Arc<dyn ObjectStore> = if location.starts_with("memory://") {
-        Arc::new(InMemory::new())
-    } else {
-        let dir = if let Some(rest) = location.strip_prefix("file://") {
-            PathBuf::from(rest)
-        } else if location.contains("://") {
-            return Err(fail(
+    if location.starts_with("memory://") {
+        let store: Arc<dyn ObjectStore> = Arc::new(InMemory::new());
+        return Ok(Replica {
+            location: location.to_string(),
+            dir: None,
+            store: std::sync::Mutex::new(Some(store)),
+        });
+    }
+    let dir = if let Some(rest) = location.strip_prefix("file://") {
+        PathBuf::from(rest)
+    } else if location.contains("://") {
+        return Err(StorageError::OpenReplica {
+            location: location.to_string(),
+            reason:
                 "unsupported scheme: this build stores to local directories (`file://` or a path) \
-                 and `memory://`"
+                     and `memory://`"
                     .to_string(),
-            ));
-        } else {
-            PathBuf::from(location)
-        };
-        std::fs::create_dir_all(&dir)
-            .map_err(|e| fail(format!("creating {}: {e}", dir.display())))?;
-        let dir = dir
-            .canonicalize()
-            .map_err(|e| fail(format!("resolving {}: {e}", dir.display())))?;
-        let fs = LocalFileSystem::new_with_prefix(&dir)
-            .map_err(|e| fail(e.to_string()))?
-            .with_fsync(true);
-        Arc::new(fs)
+        });
+    } else {
+        PathBuf::from(location)
+    };
+    let store = match open_local(&dir) {
+        Ok(s) => Some(s),
+        Err(reason) => {
+            error!(replica = location, %reason, "replica unavailable at start-up; treated as down until it can be opened");
+            None
+        }
     };
     Ok(Replica {
         location: location.to_string(),
-        store,
+        dir: Some(dir),
+        store: std::sync::Mutex::new(store),
     })
+}
+
+/// A local directory replica (created if missing), with fsync on every write.
+fn open_local(dir: &std::path::Path) -> Result<Arc<dyn ObjectStore>, String> {
+    std::fs::create_dir_all(dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
+    let dir = dir
+        .canonicalize()
+        .map_err(|e| format!("resolving {}: {e}", dir.display()))?;
+    let fs = LocalFileSystem::new_with_prefix(&dir)
+        .map_err(|e| e.to_string())?
+        .with_fsync(true);
+    Ok(Arc::new(fs))
 }
 
 #[cfg(test)]

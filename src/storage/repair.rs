@@ -80,7 +80,7 @@ impl Storage {
             return Some(Problem::Unreadable("invalid key".into()));
         };
         let replica = &self.replicas[i];
-        let read = async { replica.store.get(&path).await?.bytes().await };
+        let read = async { replica.store()?.get(&path).await?.bytes().await };
         match tokio::time::timeout(super::REPLICA_OP_TIMEOUT, read).await {
             Err(_) => Some(Problem::Unreadable("timed out".into())),
             Ok(Err(object_store::Error::NotFound { .. })) => Some(Problem::Missing),
@@ -115,7 +115,7 @@ impl Storage {
             .enumerate()
             .filter(|(i, _)| *i != target)
         {
-            match r.store.get(&path).await {
+            match async { r.store()?.get(&path).await }.await {
                 Ok(res) => match res.bytes().await {
                     Ok(b) if check(&b, expected).is_none() => {
                         good = Some(b);
@@ -134,9 +134,7 @@ impl Storage {
             }
         }
         let good = good.ok_or_else(|| RepairError::NoGoodCopy(expected.key.clone()))?;
-        self.replicas[target]
-            .store
-            .put(&path, good.into())
+        async { self.replicas[target].store()?.put(&path, good.into()).await }
             .await
             .map_err(|e| RepairError::Write {
                 key: expected.key.clone(),
