@@ -83,6 +83,10 @@ impl Node {
     /// Serve on `listener` until `shutdown` fires and open associations have finished; the
     /// repair worker runs beside it.
     pub async fn run(self, listener: TcpListener, shutdown: Shutdown) {
+        // Report unreachable replicas at once (they are treated as down, never a crash); the
+        // listener does not wait for the probe.
+        let probe = self.storage.clone();
+        tokio::spawn(async move { probe.probe().await });
         let worker = tokio::spawn(repair_worker(
             self.index.clone(),
             self.storage.clone(),

@@ -95,6 +95,10 @@ pub enum Column {
     StorageKey,
     /// Not a DICOM attribute: the transfer syntax the object was stored in (retrieve).
     StoredTransferSyntax,
+    /// Not a DICOM attribute: bytes of the stored object (checked on every read).
+    StoredSize,
+    /// Not a DICOM attribute: hex SHA-256 of the stored object (checked on every read).
+    StoredSha256,
 }
 
 impl Column {
@@ -129,7 +133,7 @@ impl Column {
             | SeriesTime
             | NumberOfSeriesRelatedInstances => Level::Series,
             SopInstanceUid | SopClassUid | InstanceNumber | NumberOfFrames | Rows | Columns
-            | StorageKey | StoredTransferSyntax => Level::Image,
+            | StorageKey | StoredTransferSyntax | StoredSize | StoredSha256 => Level::Image,
         }
     }
 
@@ -150,7 +154,9 @@ impl Column {
             | NumberOfSeriesRelatedInstances
             | SopClassesInStudy
             | StorageKey
-            | StoredTransferSyntax => Kind::Computed,
+            | StoredTransferSyntax
+            | StoredSize
+            | StoredSha256 => Kind::Computed,
             PatientId | IssuerOfPatientId | PatientSex | AccessionNumber | StudyId
             | StudyDescription | Modality | SeriesDescription | BodyPartExamined => Kind::Text,
         }
@@ -199,6 +205,8 @@ impl Column {
             Columns => "i.columns",
             StorageKey => "i.storage_key",
             StoredTransferSyntax => "i.transfer_syntax_uid",
+            StoredSize => "i.size",
+            StoredSha256 => "i.sha256",
         }
     }
 }

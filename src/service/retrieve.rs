@@ -22,7 +22,7 @@ use crate::net::scu::{ProposedContext, ScuAssociation, ScuOptions};
 use crate::net::{AcceptedContext, Association, Incoming, NetError};
 use crate::service::find::CANCELED;
 use crate::service::query::{IdentifierError, MatchOptions, Model, read_identifier};
-use crate::storage::Storage;
+use crate::storage::{Expected, Storage};
 
 /// PS3.4 C.4.2.1.5: Refused, Move Destination unknown.
 pub const MOVE_DESTINATION_UNKNOWN: u16 = 0xA801;
@@ -71,6 +71,8 @@ pub struct Item {
     pub sop_class_uid: String,
     pub transfer_syntax: String,
     pub storage_key: String,
+    pub size: u64,
+    pub sha256: String,
 }
 
 /// The sub-operation counters (PS3.7 C.4.2.1.x).
@@ -123,6 +125,8 @@ impl RetrieveService {
             Column::SopClassUid,
             Column::StoredTransferSyntax,
             Column::StorageKey,
+            Column::StoredSize,
+            Column::StoredSha256,
         ];
         let rows = match self.index.find(query, 0).await? {
             FindOutcome::Rows(r) => r,
@@ -137,6 +141,8 @@ impl RetrieveService {
                     sop_class_uid: it.next().unwrap_or_default(),
                     transfer_syntax: it.next().unwrap_or_default(),
                     storage_key: it.next().unwrap_or_default(),
+                    size: it.next().and_then(|s| s.parse().ok()).unwrap_or_default(),
+                    sha256: it.next().unwrap_or_default(),
                 }
             })
             .collect())
@@ -452,12 +458,15 @@ impl RetrieveService {
     fn prefetch(&self, items: Vec<Item>) -> mpsc::Receiver<(Item, Result<Bytes, String>)> {
         let (tx, rx) = mpsc::channel(PREFETCH);
         let storage = self.storage.clone();
+        let index = self.index.clone();
         tokio::spawn(async move {
             for item in items {
-                let bytes = storage
-                    .get(&item.storage_key)
-                    .await
-                    .map_err(|e| e.to_string());
+                let expected = Expected {
+                    key: item.storage_key.clone(),
+                    size: item.size,
+                    sha256: item.sha256.clone(),
+                };
+                let bytes = read_object(&storage, &index, &expected).await;
                 if tx.send((item, bytes)).await.is_err() {
                     break;
                 }
@@ -662,4 +671,24 @@ async fn send_final(
     } else {
         assoc.send_command(ctx, &rsp).await
     }
+}
+
+/// Read a stored object through the checked (striped for large objects) read path; replicas
+/// found holding a bad copy are queued for repair.
+pub async fn read_object(
+    storage: &Storage,
+    index: &Index,
+    expected: &Expected,
+) -> Result<Bytes, String> {
+    let verified = storage.read(expected).await.map_err(|e| e.to_string())?;
+    for (i, problem) in &verified.bad_copies {
+        let replica = &storage.replicas()[*i].location;
+        if let Err(e) = index
+            .queue_repair(&expected.key, replica, &problem.to_string())
+            .await
+        {
+            tracing::warn!(key = %expected.key, replica, error = %e, "could not queue a repair");
+        }
+    }
+    Ok(verified.bytes)
 }

@@ -1,28 +1,43 @@
 //! Replicated object storage: every object is written to all replicas in parallel and counts
 //! as stored once W of N hold it; reads fall through to the next replica. No DICOM here.
 
+pub mod backend;
+pub mod health;
 pub mod keys;
 pub mod quorum;
 pub mod repair;
+pub mod striped;
 
-use std::path::PathBuf;
-use std::sync::Arc;
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use futures::StreamExt;
 use futures::future::join_all;
-use object_store::local::LocalFileSystem;
-use object_store::memory::InMemory;
 use object_store::path::Path as StorePath;
 use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
 use tracing::{debug, error, info, warn};
 
+pub use backend::Location;
+pub use health::ReplicaHealth;
 pub use keys::{Uid, UidError, object_key, parse_object_key};
 pub use quorum::Quorum;
+pub use repair::{Expected, Problem};
 
-/// Longest time one replica may take for one put or get before it counts as failed.
+/// Longest time one replica may take for one put or whole-object get before it counts as
+/// failed.
 pub const REPLICA_OP_TIMEOUT: Duration = Duration::from_secs(60);
+/// Once the write quorum is met, how long the remaining replicas may still take before they
+/// are counted as missed (and queued for repair) so that a hung replica never holds a C-STORE.
+pub const STRAGGLER_GRACE: Duration = Duration::from_secs(2);
+/// Objects at least this large are read striped across replicas; smaller ones take one GET.
+pub const STRIPE_THRESHOLD: u64 = 4 << 20;
+/// One small read (a whole object below the stripe threshold) longer than this fails over to
+/// the next replica.
+pub const SMALL_READ_TIMEOUT: Duration = Duration::from_secs(10);
+/// Bytes of objects being assembled by reads at any one time (in 64 KiB permits).
+pub const READ_BUDGET: u64 = 512 << 20;
+const PERMIT_BYTES: u64 = 64 << 10;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StorageError {
@@ -56,11 +71,10 @@ pub enum StorageError {
 pub struct Replica {
     /// The configured location, as written in the config (stable across restarts).
     pub location: String,
-    /// Where a local replica lives (`None` for memory stores).
-    dir: Option<PathBuf>,
-    /// The open store; `None` while the replica is unavailable (e.g. its directory could not be
-    /// created at start-up): it is then treated as down and opening is retried on every use.
-    store: std::sync::Mutex<Option<Arc<dyn ObjectStore>>>,
+    parsed: Location,
+    /// The open store; `None` while the replica could not be opened (e.g. its directory could
+    /// not be created at start-up): it is then treated as down and opening is retried on use.
+    store: Mutex<Option<Arc<dyn ObjectStore>>>,
 }
 
 impl Replica {
@@ -70,17 +84,20 @@ impl Replica {
         if let Some(s) = guard.as_ref() {
             return Ok(s.clone());
         }
-        let dir = self
-            .dir
-            .as_ref()
-            .expect("only local replicas can be unavailable");
-        let store = open_local(dir).map_err(|reason| object_store::Error::Generic {
-            store: "replica",
-            source: format!("replica unavailable: {reason}").into(),
-        })?;
+        let store = self
+            .parsed
+            .open()
+            .map_err(|reason| object_store::Error::Generic {
+                store: "replica",
+                source: format!("replica unavailable: {reason}").into(),
+            })?;
         info!(replica = %self.location, "replica available again");
         *guard = Some(store.clone());
         Ok(store)
+    }
+
+    pub fn is_remote(&self) -> bool {
+        self.parsed.is_remote()
     }
 }
 
@@ -91,17 +108,44 @@ pub struct PutOutcome {
     pub missed: Vec<(usize, String)>,
 }
 
-/// The replica set with its write quorum.
+/// The replica set with its write quorum and what is known about each replica's health.
 #[derive(Debug)]
 pub struct Storage {
     replicas: Vec<Replica>,
     quorum: Quorum,
     prefix: String,
+    health: Mutex<Vec<ReplicaHealth>>,
+    read_budget: tokio::sync::Semaphore,
+}
+
+/// Why one replica could not give its copy.
+#[derive(Debug)]
+enum CopyError {
+    Missing(String),
+    Failed(String),
+}
+
+impl std::fmt::Display for CopyError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            CopyError::Missing(e) | CopyError::Failed(e) => f.write_str(e),
+        }
+    }
+}
+
+/// An object read back and checked against its recorded size and checksum, with the replicas
+/// found holding a bad copy on the way (the caller queues them for repair).
+#[derive(Debug)]
+pub struct Verified {
+    pub bytes: Bytes,
+    pub bad_copies: Vec<(usize, Problem)>,
+    /// How a striped read went (None: the object came from one replica).
+    pub stripe: Option<striped::StripeReport>,
 }
 
 impl Storage {
     /// Open every replica location (creating local directories) with the given quorum
-    /// (`None` = majority).
+    /// (`None` = majority). A replica that cannot be opened is reported and starts as down.
     pub fn open(
         locations: &[String],
         quorum: Option<usize>,
@@ -111,14 +155,43 @@ impl Storage {
             .iter()
             .map(|l| open_replica(l))
             .collect::<Result<Vec<_>, _>>()?;
+        Self::with_replicas(replicas, quorum, prefix)
+    }
+
+    /// A replica set from stores built by the caller (benchmarks and fault tests wrap real
+    /// stores, e.g. in object_store's `ThrottledStore`, to make one replica slow).
+    pub fn from_stores(
+        stores: Vec<(String, Arc<dyn ObjectStore>)>,
+        quorum: Option<usize>,
+        prefix: &str,
+    ) -> Result<Storage, StorageError> {
+        let replicas = stores
+            .into_iter()
+            .map(|(location, store)| Replica {
+                location,
+                parsed: Location::Memory,
+                store: Mutex::new(Some(store)),
+            })
+            .collect();
+        Self::with_replicas(replicas, quorum, prefix)
+    }
+
+    fn with_replicas(
+        replicas: Vec<Replica>,
+        quorum: Option<usize>,
+        prefix: &str,
+    ) -> Result<Storage, StorageError> {
         let quorum = match quorum {
             Some(w) => Quorum::new(w, replicas.len())?,
             None => Quorum::majority(replicas.len())?,
         };
+        let health = Mutex::new(vec![ReplicaHealth::default(); replicas.len()]);
         Ok(Storage {
             replicas,
             quorum,
             prefix: prefix.trim_end_matches('/').to_string(),
+            health,
+            read_budget: tokio::sync::Semaphore::new((READ_BUDGET / PERMIT_BYTES) as usize),
         })
     }
 
@@ -134,34 +207,110 @@ impl Storage {
         &self.replicas
     }
 
-    /// Write `bytes` under `key` to every replica in parallel. Success when at least W
-    /// replicas confirmed a durable write (LocalFileSystem: temp file, fsync, rename, fsync
-    /// dir); the error carries every replica's failure.
-    pub async fn put(&self, key: &str, bytes: Bytes) -> Result<PutOutcome, StorageError> {
-        let path = store_path(key)?;
-        let writes = self.replicas.iter().map(|r| {
-            let payload = PutPayload::from_bytes(bytes.clone());
-            let path = path.clone();
-            async move {
-                let write = async { r.store()?.put(&path, payload).await };
-                match tokio::time::timeout(REPLICA_OP_TIMEOUT, write).await {
-                    Ok(Ok(_)) => Ok(()),
-                    Ok(Err(e)) => Err(e.to_string()),
-                    Err(_) => Err(format!("timed out after {REPLICA_OP_TIMEOUT:?}")),
-                }
-            }
+    /// A snapshot of what is known about each replica (status commands, tests).
+    pub fn health(&self) -> Vec<ReplicaHealth> {
+        self.health.lock().expect("health").clone()
+    }
+
+    fn note_failure(&self, i: usize, error: &str) {
+        self.health.lock().expect("health")[i].fail(Instant::now(), error);
+    }
+
+    fn note_success(&self, i: usize) {
+        self.health.lock().expect("health")[i].succeed();
+    }
+
+    /// Check that every replica answers (a listing of one level); unreachable ones are logged
+    /// clearly and marked down. Returns the errors by replica.
+    pub async fn probe(&self) -> Vec<(usize, String)> {
+        let checks = self.replicas.iter().enumerate().map(|(i, r)| async move {
+            let check = async {
+                let store = r.store()?;
+                store.list_with_delimiter(None).await.map(|_| ())
+            };
+            let result = match tokio::time::timeout(Duration::from_secs(5), check).await {
+                Ok(Ok(())) => Ok(()),
+                Ok(Err(e)) => Err(e.to_string()),
+                Err(_) => Err("no answer within 5 s".to_string()),
+            };
+            (i, result)
         });
-        let results = join_all(writes).await;
-        let mut outcome = PutOutcome::default();
-        for (i, r) in results.into_iter().enumerate() {
-            match r {
-                Ok(()) => outcome.written.push(i),
+        let mut down = Vec::new();
+        for (i, result) in join_all(checks).await {
+            match result {
+                Ok(()) => self.note_success(i),
                 Err(e) => {
-                    warn!(replica = %self.replicas[i].location, key, error = %e, "replica write failed");
-                    outcome.missed.push((i, e));
+                    error!(replica = %self.replicas[i].location, error = %e, "replica unreachable; treated as down until it answers (writes it misses are queued for repair)");
+                    self.note_failure(i, &e);
+                    down.push((i, e));
                 }
             }
         }
+        down
+    }
+
+    /// Write `bytes` under `key` to every replica in parallel. Success when at least W
+    /// replicas confirmed a durable write (LocalFileSystem: temp file, fsync, rename, fsync
+    /// dir); the error carries every replica's failure. Once W replicas have answered, the
+    /// others get `STRAGGLER_GRACE` more; one still not done then counts as missed.
+    pub async fn put(&self, key: &str, bytes: Bytes) -> Result<PutOutcome, StorageError> {
+        let path = store_path(key)?;
+        let mut writes: futures::stream::FuturesUnordered<_> = self
+            .replicas
+            .iter()
+            .enumerate()
+            .map(|(i, r)| {
+                let payload = PutPayload::from_bytes(bytes.clone());
+                let path = path.clone();
+                async move {
+                    let write = async { r.store()?.put(&path, payload).await };
+                    let result = match tokio::time::timeout(REPLICA_OP_TIMEOUT, write).await {
+                        Ok(Ok(_)) => Ok(()),
+                        Ok(Err(e)) => Err(e.to_string()),
+                        Err(_) => Err(format!("timed out after {REPLICA_OP_TIMEOUT:?}")),
+                    };
+                    (i, result)
+                }
+            })
+            .collect();
+        let mut outcome = PutOutcome::default();
+        let mut answered = vec![false; self.replicas.len()];
+        let mut deadline: Option<tokio::time::Instant> = None;
+        loop {
+            let next = match deadline {
+                None => writes.next().await,
+                Some(d) => match tokio::time::timeout_at(d, writes.next()).await {
+                    Ok(next) => next,
+                    Err(_) => break,
+                },
+            };
+            let Some((i, result)) = next else { break };
+            answered[i] = true;
+            match result {
+                Ok(()) => {
+                    self.note_success(i);
+                    outcome.written.push(i);
+                }
+                Err(e) => {
+                    warn!(replica = %self.replicas[i].location, key, error = %e, "replica write failed");
+                    self.note_failure(i, &e);
+                    outcome.missed.push((i, e));
+                }
+            }
+            if deadline.is_none() && self.quorum.is_met(outcome.written.len()) {
+                deadline = Some(tokio::time::Instant::now() + STRAGGLER_GRACE);
+            }
+        }
+        for (i, done) in answered.iter().enumerate() {
+            if !done {
+                let e = format!("no answer within {STRAGGLER_GRACE:?} after the quorum was met");
+                warn!(replica = %self.replicas[i].location, key, error = %e, "replica write abandoned");
+                self.note_failure(i, &e);
+                outcome.missed.push((i, e));
+            }
+        }
+        outcome.written.sort_unstable();
+        outcome.missed.sort_by_key(|(i, _)| *i);
         if self.quorum.is_met(outcome.written.len()) {
             Ok(outcome)
         } else {
@@ -198,25 +347,176 @@ impl Storage {
         join_all(deletes).await;
     }
 
-    /// Read a whole object, trying replicas in order until one answers.
+    /// Read a whole object, trying replicas in order until one answers (no checksum: used
+    /// when rebuilding the index, where nothing is recorded yet).
     pub async fn get(&self, key: &str) -> Result<Bytes, StorageError> {
         let path = store_path(key)?;
         let mut errors = Vec::new();
-        for r in &self.replicas {
-            let read = async { r.store()?.get(&path).await?.bytes().await };
-            match tokio::time::timeout(REPLICA_OP_TIMEOUT, read).await {
-                Ok(Ok(b)) => return Ok(b),
-                Ok(Err(e)) => {
-                    debug!(replica = %r.location, key, error = %e, "read failed, trying next replica");
-                    errors.push(format!("{}: {e}", r.location));
+        let order = health::read_order(&self.health(), Instant::now());
+        for i in order {
+            match self.get_whole(i, &path, REPLICA_OP_TIMEOUT).await {
+                Ok(b) => return Ok(b),
+                Err(e) => {
+                    debug!(replica = %self.replicas[i].location, key, error = %e, "read failed, trying next replica");
+                    errors.push(format!("{}: {e}", self.replicas[i].location));
                 }
-                Err(_) => errors.push(format!("{}: timed out", r.location)),
             }
         }
         Err(StorageError::ReadFailed {
             key: key.to_string(),
             errors,
         })
+    }
+
+    /// One whole-object GET from replica `i`, timed for the latency and bandwidth averages.
+    async fn get_whole(
+        &self,
+        i: usize,
+        path: &StorePath,
+        timeout: Duration,
+    ) -> Result<Bytes, CopyError> {
+        let t0 = Instant::now();
+        let read = async {
+            let res = self.replicas[i].store()?.get(path).await?;
+            self.health.lock().expect("health")[i].observe_latency(t0.elapsed());
+            res.bytes().await
+        };
+        match tokio::time::timeout(timeout, read).await {
+            Ok(Ok(b)) => {
+                let mut h = self.health.lock().expect("health");
+                h[i].observe_transfer(b.len() as u64, t0.elapsed());
+                h[i].succeed();
+                Ok(b)
+            }
+            Ok(Err(e @ object_store::Error::NotFound { .. })) => {
+                Err(CopyError::Missing(e.to_string()))
+            }
+            Ok(Err(e)) => {
+                self.note_failure(i, &e.to_string());
+                Err(CopyError::Failed(e.to_string()))
+            }
+            Err(_) => {
+                self.note_failure(i, "timed out");
+                Err(CopyError::Failed(format!("timed out after {timeout:?}")))
+            }
+        }
+    }
+
+    /// Read an object and check it against what was recorded when it was acknowledged.
+    ///
+    /// Objects of at least `STRIPE_THRESHOLD` bytes are read striped across the healthy
+    /// replicas; smaller ones with one GET from the replica with the best recent latency. A
+    /// copy that does not match (size or SHA-256) is never returned: the read falls back to
+    /// whole copies from each replica in turn, and every bad copy found is reported.
+    pub async fn read(&self, expected: &Expected) -> Result<Verified, StorageError> {
+        let path = store_path(&expected.key)?;
+        let permits = expected
+            .size
+            .div_ceil(PERMIT_BYTES)
+            .clamp(1, READ_BUDGET / PERMIT_BYTES) as u32;
+        let _budget = self
+            .read_budget
+            .acquire_many(permits)
+            .await
+            .expect("read budget never closed");
+        let now = Instant::now();
+        let up: Vec<usize> = {
+            let h = self.health.lock().expect("health");
+            (0..self.replicas.len())
+                .filter(|&i| h[i].is_up(now))
+                .collect()
+        };
+        let mut errors = Vec::new();
+        if expected.size >= STRIPE_THRESHOLD && up.len() >= 2 {
+            let stores: Vec<(usize, Arc<dyn ObjectStore>)> = up
+                .iter()
+                .filter_map(|&i| self.replicas[i].store().ok().map(|s| (i, s)))
+                .collect();
+            let striped = striped::StripedRead {
+                stores,
+                path: &path,
+                size: expected.size,
+                health: &self.health,
+                names: self.replicas.iter().map(|r| r.location.clone()).collect(),
+            };
+            match striped.run().await {
+                Ok((buf, report)) => {
+                    debug!(key = %expected.key, bytes_from = ?report.bytes_from, dropped = ?report.dropped, "striped read");
+                    if repair::check(&buf, expected).is_none() {
+                        return Ok(Verified {
+                            bytes: Bytes::from(buf),
+                            bad_copies: Vec::new(),
+                            stripe: Some(report),
+                        });
+                    }
+                    warn!(key = %expected.key, "striped read does not match the recorded checksum; reading whole copies to find the bad one");
+                    return self.read_whole_copies(&path, expected, true).await;
+                }
+                Err(e) => {
+                    warn!(key = %expected.key, errors = ?e, "striped read failed; trying whole copies");
+                    errors.extend(e);
+                }
+            }
+        }
+        match self.read_whole_copies(&path, expected, false).await {
+            Err(StorageError::ReadFailed { key, errors: more }) => {
+                errors.extend(more);
+                Err(StorageError::ReadFailed { key, errors })
+            }
+            other => other,
+        }
+    }
+
+    /// Whole-object reads, best latency first, until one matches. With `check_all`, every
+    /// replica is read so that all bad copies are found (after a striped read went wrong).
+    async fn read_whole_copies(
+        &self,
+        path: &StorePath,
+        expected: &Expected,
+        check_all: bool,
+    ) -> Result<Verified, StorageError> {
+        let mut good = None;
+        let mut bad_copies = Vec::new();
+        let mut errors = Vec::new();
+        let timeout = if expected.size < STRIPE_THRESHOLD {
+            SMALL_READ_TIMEOUT
+        } else {
+            REPLICA_OP_TIMEOUT
+        };
+        for i in health::read_order(&self.health(), Instant::now()) {
+            let location = &self.replicas[i].location;
+            match self.get_whole(i, path, timeout).await {
+                Ok(b) => match repair::check(&b, expected) {
+                    None => {
+                        good.get_or_insert(b);
+                        if !check_all {
+                            break;
+                        }
+                    }
+                    Some(problem) => {
+                        warn!(replica = %location, key = %expected.key, %problem, "bad copy");
+                        errors.push(format!("{location}: {problem}"));
+                        bad_copies.push((i, problem));
+                    }
+                },
+                Err(CopyError::Missing(e)) => {
+                    bad_copies.push((i, Problem::Missing));
+                    errors.push(format!("{location}: {e}"));
+                }
+                Err(CopyError::Failed(e)) => errors.push(format!("{location}: {e}")),
+            }
+        }
+        match good {
+            Some(bytes) => Ok(Verified {
+                bytes,
+                bad_copies,
+                stripe: None,
+            }),
+            None => Err(StorageError::ReadFailed {
+                key: expected.key.clone(),
+                errors,
+            }),
+        }
     }
 
     /// Whether replica `i` holds `key` (used by tests and verification).
@@ -286,55 +586,31 @@ fn store_path(key: &str) -> Result<StorePath, StorageError> {
     StorePath::parse(key).map_err(|_| StorageError::BadKey(key.to_string()))
 }
 
-/// Open one replica from its configured location: a directory path, `file:///abs/dir` or
-/// `memory://name`. Other schemes (S3, HDFS) are not built yet and are refused by name. A local
-/// directory that cannot be created or opened is reported and the replica starts as down.
+/// Open one replica from its configured location (see `backend`). A location that cannot be
+/// understood stops start-up; one that cannot be opened now is reported and starts as down.
 fn open_replica(location: &str) -> Result<Replica, StorageError> {
-    if location.starts_with("memory://") {
-        let store: Arc<dyn ObjectStore> = Arc::new(InMemory::new());
-        return Ok(Replica {
-            location: location.to_string(),
-            dir: None,
-            store: std::sync::Mutex::new(Some(store)),
-        });
-    }
-    let dir = if let Some(rest) = location.strip_prefix("file://") {
-        PathBuf::from(rest)
-    } else if location.contains("://") {
-        return Err(StorageError::OpenReplica {
-            location: location.to_string(),
-            reason:
-                "unsupported scheme: this build stores to local directories (`file://` or a path) \
-                     and `memory://`"
-                    .to_string(),
-        });
-    } else {
-        PathBuf::from(location)
-    };
-    let store = match open_local(&dir) {
+    let parsed = Location::parse(location).map_err(|reason| StorageError::OpenReplica {
+        location: location.to_string(),
+        reason,
+    })?;
+    let store = match parsed.open() {
         Ok(s) => Some(s),
-        Err(reason) => {
+        Err(reason) if matches!(parsed, Location::Local(_)) => {
             error!(replica = location, %reason, "replica unavailable at start-up; treated as down until it can be opened");
             None
+        }
+        Err(reason) => {
+            return Err(StorageError::OpenReplica {
+                location: location.to_string(),
+                reason,
+            });
         }
     };
     Ok(Replica {
         location: location.to_string(),
-        dir: Some(dir),
-        store: std::sync::Mutex::new(store),
+        parsed,
+        store: Mutex::new(store),
     })
-}
-
-/// A local directory replica (created if missing), with fsync on every write.
-fn open_local(dir: &std::path::Path) -> Result<Arc<dyn ObjectStore>, String> {
-    std::fs::create_dir_all(dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
-    let dir = dir
-        .canonicalize()
-        .map_err(|e| format!("resolving {}: {e}", dir.display()))?;
-    let fs = LocalFileSystem::new_with_prefix(&dir)
-        .map_err(|e| e.to_string())?
-        .with_fsync(true);
-    Ok(Arc::new(fs))
 }
 
 #[cfg(test)]

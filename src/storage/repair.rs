@@ -59,7 +59,7 @@ pub enum RepairError {
     BadKey(String),
 }
 
-fn check(bytes: &[u8], expected: &Expected) -> Option<Problem> {
+pub(crate) fn check(bytes: &[u8], expected: &Expected) -> Option<Problem> {
     if bytes.len() as u64 != expected.size {
         return Some(Problem::WrongSize {
             found: bytes.len() as u64,

@@ -174,3 +174,98 @@ pub async fn eventually(limit: Duration, mut f: impl AsyncFnMut() -> bool) -> bo
     }
     false
 }
+
+/// A 3-node Garage cluster on loopback started by `scripts/s3-cluster.sh` (stopped and removed
+/// on drop). Without `garage` on PATH the test fails and says how to install it, unless
+/// PACSD_SKIP_S3=1 is set (then `start` returns None and the caller says it skipped).
+pub struct S3Cluster {
+    pub dir: PathBuf,
+    vars: Vec<(String, String)>,
+}
+
+impl S3Cluster {
+    pub fn start(base_port: u16) -> Option<S3Cluster> {
+        if std::env::var("PACSD_SKIP_S3").as_deref() == Ok("1") {
+            eprintln!("SKIPPED: S3 test (PACSD_SKIP_S3=1)");
+            return None;
+        }
+        let found = Command::new("garage")
+            .arg("--help")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok();
+        assert!(
+            found,
+            "the S3 tests need `garage` on PATH (cargo install garage --locked); \
+             set PACSD_SKIP_S3=1 to skip them"
+        );
+        let dir = std::env::temp_dir().join(format!("pacsd-s3-{base_port}-{}", std::process::id()));
+        let out = Command::new("bash")
+            .arg(script("s3-cluster.sh"))
+            .args(["start", &dir.display().to_string(), &base_port.to_string()])
+            .output()
+            .expect("run s3-cluster.sh");
+        assert!(out.status.success(), "s3-cluster.sh start: {}", text(&out));
+        let env = std::fs::read_to_string(dir.join("env")).expect("cluster env file");
+        let vars = env
+            .lines()
+            .filter_map(|l| l.strip_prefix("export "))
+            .filter_map(|l| l.split_once('='))
+            .map(|(k, v)| (k.to_string(), v.trim_matches('"').to_string()))
+            .collect();
+        Some(S3Cluster { dir, vars })
+    }
+
+    pub fn var(&self, k: &str) -> &str {
+        self.vars
+            .iter()
+            .find(|(key, _)| key == k)
+            .map(|(_, v)| v.as_str())
+            .unwrap_or_else(|| panic!("{k} not in the cluster env"))
+    }
+
+    /// The three replica URLs with credentials in the query (no process environment needed).
+    pub fn replicas(&self) -> Vec<String> {
+        self.var("PACSD_S3_REPLICAS")
+            .split_whitespace()
+            .map(|u| {
+                format!(
+                    "{u}&region={}&access_key_id={}&secret_access_key={}&allow_http=true",
+                    self.var("AWS_REGION"),
+                    self.var("AWS_ACCESS_KEY_ID"),
+                    self.var("AWS_SECRET_ACCESS_KEY")
+                )
+            })
+            .collect()
+    }
+
+    /// Run a node command of the script: kill, stop-node, cont-node or restart (node 1..3).
+    pub fn node(&self, action: &str, n: usize) {
+        let out = Command::new("bash")
+            .arg(script("s3-cluster.sh"))
+            .args([action, &n.to_string(), &self.dir.display().to_string()])
+            .output()
+            .expect("run s3-cluster.sh");
+        assert!(
+            out.status.success(),
+            "s3-cluster.sh {action} {n}: {}",
+            text(&out)
+        );
+    }
+}
+
+impl Drop for S3Cluster {
+    fn drop(&mut self) {
+        let _ = Command::new("bash")
+            .arg(script("s3-cluster.sh"))
+            .args(["stop", &self.dir.display().to_string()])
+            .output();
+    }
+}
+
+pub fn script(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("scripts")
+        .join(name)
+}

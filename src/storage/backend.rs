@@ -1,0 +1,259 @@
+//! Replica locations: what a configured string means and how its object store is opened.
+//!
+//! - a plain path or `file:///abs/dir`: a local directory (created if missing), fsync on write;
+//! - `memory://name`: an in-process store (tests only);
+//! - `s3://bucket[/prefix][?key=value&...]`: Amazon S3 or an S3-compatible store. Options in the
+//!   query are object_store's S3 keys (`endpoint`, `region`, `allow_http`, `access_key_id`,
+//!   `secret_access_key`, ...); anything not given there comes from the standard `AWS_*`
+//!   environment variables. Secrets are better kept in the environment than in the config file.
+//! - `hdfs://namenode:port/path`: HDFS through hdfs-native-object-store (cargo feature `hdfs`).
+//!
+//! Remote stores are built with short timeouts and one retry: a dead replica must fail fast so
+//! that quorum writes and striped reads route around it instead of waiting for minutes.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use object_store::aws::{AmazonS3Builder, AmazonS3ConfigKey, S3ConditionalPut};
+use object_store::local::LocalFileSystem;
+use object_store::memory::InMemory;
+use object_store::prefix::PrefixStore;
+use object_store::{BackoffConfig, ClientConfigKey, ClientOptions, ObjectStore, RetryConfig};
+
+/// Connecting to a remote replica longer than this counts as a failure.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_millis(1000);
+/// One remote request (headers and body) longer than this counts as a failure; striped reads
+/// detect stalls much earlier on their own.
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// A parsed replica location.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Location {
+    Local(PathBuf),
+    Memory,
+    S3 {
+        bucket: String,
+        prefix: String,
+        options: Vec<(String, String)>,
+    },
+    Hdfs {
+        url: String,
+    },
+}
+
+impl Location {
+    /// Parse a configured location; the error says what is wrong with it.
+    pub fn parse(location: &str) -> Result<Location, String> {
+        if location.starts_with("memory://") {
+            return Ok(Location::Memory);
+        }
+        if let Some(rest) = location.strip_prefix("file://") {
+            if !rest.starts_with('/') {
+                return Err("a file:// URL needs an absolute path (file:///abs/dir)".into());
+            }
+            return Ok(Location::Local(PathBuf::from(rest)));
+        }
+        if location.starts_with("s3://") {
+            let url = url::Url::parse(location).map_err(|e| format!("invalid URL: {e}"))?;
+            let bucket = url
+                .host_str()
+                .filter(|b| !b.is_empty())
+                .ok_or("an s3:// URL needs a bucket (s3://bucket/prefix)")?
+                .to_string();
+            // The URL parser has already resolved `.` and `..` segments.
+            let prefix = url.path().trim_matches('/').to_string();
+            let mut options = Vec::new();
+            for (k, v) in url.query_pairs() {
+                s3_key(&k)?;
+                options.push((k.into_owned(), v.into_owned()));
+            }
+            return Ok(Location::S3 {
+                bucket,
+                prefix,
+                options,
+            });
+        }
+        if location.starts_with("hdfs://") || location.starts_with("viewfs://") {
+            url::Url::parse(location).map_err(|e| format!("invalid URL: {e}"))?;
+            return Ok(Location::Hdfs {
+                url: location.to_string(),
+            });
+        }
+        if location.contains("://") {
+            return Err(
+                "unsupported scheme: use a directory path, file:///abs/dir, s3://bucket/prefix, \
+                 hdfs://namenode:port/path or memory://name"
+                    .into(),
+            );
+        }
+        Ok(Location::Local(PathBuf::from(location)))
+    }
+
+    /// Whether the store is on another machine (health probes and network timeouts apply).
+    pub fn is_remote(&self) -> bool {
+        matches!(self, Location::S3 { .. } | Location::Hdfs { .. })
+    }
+
+    /// Open the store. Local directories are created; remote stores are built without
+    /// contacting the server (reachability is probed separately, see `Storage::probe`).
+    pub fn open(&self) -> Result<Arc<dyn ObjectStore>, String> {
+        match self {
+            Location::Local(dir) => open_local(dir),
+            Location::Memory => Ok(Arc::new(InMemory::new())),
+            Location::S3 {
+                bucket,
+                prefix,
+                options,
+            } => open_s3(bucket, prefix, options),
+            Location::Hdfs { url } => open_hdfs(url),
+        }
+    }
+}
+
+/// An S3 option key from a URL query, checked against object_store's list.
+fn s3_key(key: &str) -> Result<AmazonS3ConfigKey, String> {
+    key.parse::<AmazonS3ConfigKey>()
+        .or_else(|_| {
+            key.parse::<ClientConfigKey>()
+                .map(AmazonS3ConfigKey::Client)
+        })
+        .map_err(|_| format!("unknown S3 option `{key}`"))
+}
+
+fn open_local(dir: &Path) -> Result<Arc<dyn ObjectStore>, String> {
+    std::fs::create_dir_all(dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
+    let dir = dir
+        .canonicalize()
+        .map_err(|e| format!("resolving {}: {e}", dir.display()))?;
+    let fs = LocalFileSystem::new_with_prefix(&dir)
+        .map_err(|e| e.to_string())?
+        .with_fsync(true);
+    Ok(Arc::new(fs))
+}
+
+fn open_s3(
+    bucket: &str,
+    prefix: &str,
+    options: &[(String, String)],
+) -> Result<Arc<dyn ObjectStore>, String> {
+    // `with_client_options` replaces the whole client configuration, so it comes first and
+    // the environment and URL options (which may set client keys such as allow_http) after.
+    let client = ClientOptions::new()
+        .with_connect_timeout(CONNECT_TIMEOUT)
+        .with_timeout(REQUEST_TIMEOUT);
+    let mut builder = AmazonS3Builder::new().with_client_options(client);
+    for (k, v) in std::env::vars() {
+        if k.starts_with("AWS_")
+            && let Ok(key) = k.to_ascii_lowercase().parse::<AmazonS3ConfigKey>()
+        {
+            builder = builder.with_config(key, v);
+        }
+    }
+    for (k, v) in options {
+        builder = builder.with_config(s3_key(k)?, v);
+    }
+    let retry = RetryConfig {
+        backoff: BackoffConfig {
+            init_backoff: Duration::from_millis(50),
+            max_backoff: Duration::from_millis(500),
+            base: 2.0,
+        },
+        max_retries: 1,
+        retry_timeout: Duration::from_secs(3),
+    };
+    let s3 = builder
+        .with_bucket_name(bucket)
+        .with_retry(retry)
+        // pacsd never relies on conditional puts on a replica (some S3-compatible stores
+        // ignore them); disabled, any accidental use fails loudly.
+        .with_conditional_put(S3ConditionalPut::Disabled)
+        .build()
+        .map_err(|e| e.to_string())?;
+    Ok(with_prefix(Arc::new(s3), prefix))
+}
+
+fn with_prefix(store: Arc<dyn ObjectStore>, prefix: &str) -> Arc<dyn ObjectStore> {
+    if prefix.is_empty() {
+        store
+    } else {
+        Arc::new(PrefixStore::new(store, prefix))
+    }
+}
+
+#[cfg(feature = "hdfs")]
+fn open_hdfs(url: &str) -> Result<Arc<dyn ObjectStore>, String> {
+    let parsed = url::Url::parse(url).map_err(|e| e.to_string())?;
+    let root = format!(
+        "{}://{}",
+        parsed.scheme(),
+        &parsed[url::Position::BeforeHost..url::Position::AfterPort]
+    );
+    let store = hdfs_native_object_store::HdfsObjectStoreBuilder::new()
+        .with_url(root)
+        .build()
+        .map_err(|e| e.to_string())?;
+    Ok(with_prefix(
+        Arc::new(store),
+        parsed.path().trim_matches('/'),
+    ))
+}
+
+#[cfg(not(feature = "hdfs"))]
+fn open_hdfs(_url: &str) -> Result<Arc<dyn ObjectStore>, String> {
+    Err("this build has no HDFS support: rebuild with `--features hdfs`".into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn locations_parse() {
+        assert_eq!(
+            Location::parse("data/r1").unwrap(),
+            Location::Local("data/r1".into())
+        );
+        assert_eq!(
+            Location::parse("file:///srv/r1").unwrap(),
+            Location::Local("/srv/r1".into())
+        );
+        assert_eq!(Location::parse("memory://x").unwrap(), Location::Memory);
+        assert_eq!(
+            Location::parse("s3://pacs/dicom/a?endpoint=http://127.0.0.1:3900&allow_http=true")
+                .unwrap(),
+            Location::S3 {
+                bucket: "pacs".into(),
+                prefix: "dicom/a".into(),
+                options: vec![
+                    ("endpoint".into(), "http://127.0.0.1:3900".into()),
+                    ("allow_http".into(), "true".into())
+                ],
+            }
+        );
+        assert!(Location::parse("hdfs://nn:9000/pacs").unwrap().is_remote());
+    }
+
+    #[test]
+    fn bad_locations_are_explained() {
+        for (loc, needle) in [
+            ("gopher://x", "unsupported scheme"),
+            ("file://relative", "absolute path"),
+            ("s3:///prefix", "needs a bucket"),
+            ("s3://b/p?colour=blue", "unknown S3 option `colour`"),
+        ] {
+            let err = Location::parse(loc).unwrap_err();
+            assert!(err.contains(needle), "{loc}: {err}");
+        }
+    }
+
+    #[cfg(not(feature = "hdfs"))]
+    #[test]
+    fn hdfs_without_the_feature_says_how_to_get_it() {
+        let err = Location::parse("hdfs://nn:9000/p")
+            .unwrap()
+            .open()
+            .unwrap_err();
+        assert!(err.contains("--features hdfs"), "{err}");
+    }
+}

@@ -1,0 +1,410 @@
+//! The storage engine on every backend (memory, local directories, a real 3-node Garage S3
+//! cluster, and a mixed set), and its fault handling: a replica that stalls or dies in the
+//! middle of a striped read, a replica returning corrupted bytes, a Garage node killed during a
+//! bulk C-STORE and healed by the repair worker when it returns.
+
+mod common;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use object_store::ObjectStore;
+use object_store::chunked::ChunkedStore;
+use object_store::throttle::{ThrottleConfig, ThrottledStore};
+use object_store::{ObjectStoreExt, PutPayload};
+use pacsd::storage::{Expected, Location, Problem, STRIPE_THRESHOLD, Storage};
+use sha2::{Digest, Sha256};
+
+use common::*;
+
+/// Deterministic bytes that differ everywhere (a misplaced range cannot go unnoticed).
+fn body(len: usize, seed: u64) -> Bytes {
+    let mut x = seed
+        .wrapping_mul(6364136223846793005)
+        .wrapping_add(1442695040888963407);
+    let mut v = Vec::with_capacity(len);
+    while v.len() < len {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        v.extend_from_slice(&x.to_le_bytes());
+    }
+    v.truncate(len);
+    Bytes::from(v)
+}
+
+fn expected(key: &str, b: &[u8]) -> Expected {
+    Expected {
+        key: key.into(),
+        size: b.len() as u64,
+        sha256: hex::encode(Sha256::digest(b)),
+    }
+}
+
+fn open_all(locations: &[String]) -> Vec<(String, Arc<dyn ObjectStore>)> {
+    locations
+        .iter()
+        .map(|l| (l.clone(), Location::parse(l).unwrap().open().unwrap()))
+        .collect()
+}
+
+/// The same checks on any replica set of three.
+async fn suite(stores: Vec<(String, Arc<dyn ObjectStore>)>) {
+    let raw: Vec<Arc<dyn ObjectStore>> = stores.iter().map(|(_, s)| s.clone()).collect();
+    let storage = Storage::from_stores(stores, None, "dicom").unwrap();
+
+    // A small object: one GET, byte-exact.
+    let small = body(100_000, 1);
+    let small_key = "dicom/1.2.3/1.2.3.4/1.2.3.4.5.dcm";
+    let out = storage.put(small_key, small.clone()).await.unwrap();
+    assert_eq!(out.written, vec![0, 1, 2]);
+    let v = storage.read(&expected(small_key, &small)).await.unwrap();
+    assert_eq!(v.bytes, small);
+    assert!(v.stripe.is_none() && v.bad_copies.is_empty());
+
+    // A large object: striped over the three replicas, byte-exact.
+    let large = body(3 * STRIPE_THRESHOLD as usize + 12345, 2);
+    let large_key = "dicom/1.2.3/1.2.3.4/1.2.3.4.6.dcm";
+    storage.put(large_key, large.clone()).await.unwrap();
+    let large_expected = expected(large_key, &large);
+    let v = storage.read(&large_expected).await.unwrap();
+    assert!(v.bytes == large, "striped read reassembled wrong bytes");
+    let report = v.stripe.expect("large object read striped");
+    assert_eq!(report.bytes_from.iter().sum::<u64>(), large.len() as u64);
+    assert!(
+        report.bytes_from.iter().filter(|&&b| b > 0).count() >= 2,
+        "more than one replica served ranges: {:?}",
+        report.bytes_from
+    );
+
+    // Listing, verification.
+    let keys = storage.list_keys().await.unwrap();
+    assert_eq!(keys, vec![small_key.to_string(), large_key.to_string()]);
+    assert!(storage.verify(&large_expected).await.is_empty());
+
+    // A corrupted copy (same size, a byte flipped in every 64 KiB, so whatever range replica 1
+    // serves is wrong) on replica 1: the read still returns the right bytes, names the bad
+    // copy, and repair heals it.
+    let mut bad = large.to_vec();
+    for i in (7..bad.len()).step_by(64 << 10) {
+        bad[i] ^= 0x55;
+    }
+    raw[1]
+        .put(&large_key.into(), PutPayload::from(bad))
+        .await
+        .unwrap();
+    let v = storage.read(&large_expected).await.unwrap();
+    assert!(v.bytes == large);
+    assert_eq!(v.bad_copies, vec![(1, Problem::WrongChecksum)]);
+    let location = storage.replicas()[1].location.clone();
+    storage.repair(&location, &large_expected).await.unwrap();
+    assert!(storage.verify(&large_expected).await.is_empty());
+
+    // A missing copy is found by verify and healed.
+    storage.delete_from(small_key, &[2]).await;
+    let small_expected = expected(small_key, &small);
+    let problems = storage.verify(&small_expected).await;
+    assert_eq!(
+        problems,
+        vec![(storage.replicas()[2].location.clone(), Problem::Missing)]
+    );
+    storage
+        .repair(&storage.replicas()[2].location.clone(), &small_expected)
+        .await
+        .unwrap();
+    assert!(storage.verify(&small_expected).await.is_empty());
+}
+
+#[tokio::test]
+async fn suite_on_memory_replicas() {
+    let locs: Vec<String> = (0..3).map(|i| format!("memory://r{i}")).collect();
+    suite(open_all(&locs)).await;
+}
+
+#[tokio::test]
+async fn suite_on_local_replicas() {
+    let dir = tempfile::tempdir().unwrap();
+    let locs: Vec<String> = (0..3)
+        .map(|i| dir.path().join(format!("r{i}")).display().to_string())
+        .collect();
+    suite(open_all(&locs)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn suite_on_garage_s3_and_on_a_mixed_set() {
+    let Some(cluster) = S3Cluster::start(39100) else {
+        return;
+    };
+    let s3 = cluster.replicas();
+    suite(open_all(&s3)).await;
+
+    // Two local directories and one S3 bucket.
+    let dir = tempfile::tempdir().unwrap();
+    let mixed = vec![
+        dir.path().join("a").display().to_string(),
+        dir.path().join("b").display().to_string(),
+        s3[2].replace("/dicom?", "/mixed?"),
+    ];
+    suite(open_all(&mixed)).await;
+}
+
+/// A local replica slowed down with object_store's own throttling wrapper.
+fn throttled(
+    dir: &std::path::Path,
+    per_call: Duration,
+    per_byte: Duration,
+) -> Arc<dyn ObjectStore> {
+    let local = Location::Local(dir.to_path_buf()).open().unwrap();
+    let chunked: Arc<dyn ObjectStore> = Arc::new(ChunkedStore::new(local, 64 << 10));
+    Arc::new(ThrottledStore::new(
+        chunked,
+        ThrottleConfig {
+            wait_get_per_call: per_call,
+            wait_get_per_byte: per_byte,
+            ..Default::default()
+        },
+    ))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_replica_gets_less_work_and_a_frozen_one_is_routed_around() {
+    let dir = tempfile::tempdir().unwrap();
+    let dirs: Vec<_> = (0..3).map(|i| dir.path().join(format!("r{i}"))).collect();
+    let data = body(48 << 20, 3);
+    let key = "dicom/1.2/1.3/1.4.dcm";
+    let exp = expected(key, &data);
+    {
+        let plain = Storage::open(
+            &dirs
+                .iter()
+                .map(|d| d.display().to_string())
+                .collect::<Vec<_>>(),
+            None,
+            "dicom",
+        )
+        .unwrap();
+        plain.put(key, data.clone()).await.unwrap();
+    }
+
+    // Replica 2 streams at about 1/20 of the speed of the others (50 ns per byte = 20 MB/s).
+    let slow = Storage::from_stores(
+        vec![
+            (
+                "r0".into(),
+                Location::Local(dirs[0].clone()).open().unwrap(),
+            ),
+            (
+                "r1".into(),
+                Location::Local(dirs[1].clone()).open().unwrap(),
+            ),
+            (
+                "r2".into(),
+                throttled(&dirs[2], Duration::ZERO, Duration::from_nanos(50)),
+            ),
+        ],
+        None,
+        "dicom",
+    )
+    .unwrap();
+    // The first read measures the replicas; the second allocates by what was measured.
+    for _ in 0..2 {
+        let v = slow.read(&exp).await.unwrap();
+        assert!(v.bytes == data);
+    }
+    let v = slow.read(&exp).await.unwrap();
+    assert!(v.bytes == data);
+    let r = v.stripe.unwrap();
+    assert!(
+        r.bytes_from[2] * 4 < r.bytes_from[0] + r.bytes_from[1],
+        "slow replica got too much: {:?}",
+        r.bytes_from
+    );
+    let bw: Vec<f64> = slow
+        .health()
+        .iter()
+        .map(|h| h.bandwidth.unwrap_or(0.0))
+        .collect();
+    assert!(bw[2] < bw[0] && bw[2] < bw[1], "measured bandwidths {bw:?}");
+
+    // Replica 1 frozen: its first range never starts. The read completes from the others,
+    // the replica is dropped from the read and marked down with backoff.
+    let frozen = Storage::from_stores(
+        vec![
+            (
+                "r0".into(),
+                Location::Local(dirs[0].clone()).open().unwrap(),
+            ),
+            (
+                "r1".into(),
+                throttled(&dirs[1], Duration::from_secs(3600), Duration::ZERO),
+            ),
+            (
+                "r2".into(),
+                Location::Local(dirs[2].clone()).open().unwrap(),
+            ),
+        ],
+        None,
+        "dicom",
+    )
+    .unwrap();
+    let v = frozen.read(&exp).await.unwrap();
+    assert!(v.bytes == data);
+    let r = v.stripe.unwrap();
+    assert_eq!(r.dropped, vec![1]);
+    assert_eq!(r.bytes_from[1], 0);
+    let h = frozen.health();
+    assert!(
+        h[1].failures >= 1 && h[1].down_until.is_some(),
+        "{:?}",
+        h[1]
+    );
+    // The next read is right too. The frozen replica is either left alone (still in its
+    // backoff) or tried again once the backoff ran out, stalls again, and its backoff grows.
+    let v = frozen.read(&exp).await.unwrap();
+    assert!(v.bytes == data);
+    let r = v.stripe.unwrap();
+    let failures = frozen.health()[1].failures;
+    assert!(
+        (r.dropped.is_empty() && failures == 1) || (r.dropped == vec![1] && failures == 2),
+        "{r:?}, failures {failures}"
+    );
+    assert_eq!(r.bytes_from[1], 0);
+}
+
+/// Garage S3 replicas, each slowed to ~40 MB/s so that the read lasts about a second; node 2
+/// is killed (or frozen) while the read is in progress.
+async fn striped_read_survives(action: &str, base_port: u16) {
+    let Some(cluster) = S3Cluster::start(base_port) else {
+        return;
+    };
+    let urls = cluster.replicas();
+    let data = body(96 << 20, 4);
+    let key = "dicom/1.2/1.3/1.5.dcm";
+    let exp = expected(key, &data);
+    let stores = open_all(&urls);
+    Storage::from_stores(stores.clone(), None, "dicom")
+        .unwrap()
+        .put(key, data.clone())
+        .await
+        .unwrap();
+    let slowed = stores
+        .into_iter()
+        .map(|(name, s)| {
+            let t: Arc<dyn ObjectStore> = Arc::new(ThrottledStore::new(
+                s,
+                ThrottleConfig {
+                    wait_get_per_byte: Duration::from_nanos(25),
+                    ..Default::default()
+                },
+            ));
+            (name, t)
+        })
+        .collect();
+    let storage = Arc::new(Storage::from_stores(slowed, None, "dicom").unwrap());
+    let reader = {
+        let storage = storage.clone();
+        let exp = exp.clone();
+        tokio::spawn(async move { storage.read(&exp).await })
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(!reader.is_finished(), "the read finished before the fault");
+    cluster.node(action, 2);
+    let v = tokio::time::timeout(Duration::from_secs(60), reader)
+        .await
+        .expect("read completes")
+        .unwrap()
+        .unwrap();
+    assert!(v.bytes == data, "bytes after a replica {action} mid-read");
+    let r = v.stripe.expect("striped");
+    assert_eq!(
+        r.dropped,
+        vec![1],
+        "replica on node 2 dropped from the read"
+    );
+    assert!(storage.health()[1].failures >= 1);
+    if action == "stop-node" {
+        cluster.node("cont-node", 2);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn striped_read_survives_a_garage_node_killed_mid_read() {
+    striped_read_survives("kill", 39200).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn striped_read_survives_a_garage_node_frozen_mid_read() {
+    striped_read_survives("stop-node", 39300).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn garage_node_killed_during_bulk_store_is_healed_when_it_returns() {
+    let Some(cluster) = S3Cluster::start(39400) else {
+        return;
+    };
+    let urls = cluster.replicas();
+    let n = TestNode::start_with(|c| {
+        c.storage.replicas = urls.clone();
+        c.storage.repair_interval_secs = 0.3;
+    })
+    .await;
+    let src = tempfile::tempdir().unwrap();
+    small_corpus(src.path(), 70, 40);
+    let store = |dir: String| {
+        dcmtk_async(
+            "storescu",
+            vec![
+                "-aec".into(),
+                "PACSD".into(),
+                "+sd".into(),
+                "127.0.0.1".into(),
+                n.port().to_string(),
+                dir,
+            ],
+        )
+    };
+    // The first half with all nodes up, then node 3 is killed and the rest is sent.
+    let files: Vec<_> = pacsd::tools::collect_files(&[src.path().to_path_buf()]).unwrap();
+    let (a, b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    for (i, f) in files.iter().enumerate() {
+        let to = if i < 20 { a.path() } else { b.path() };
+        std::fs::copy(f, to.join(f.file_name().unwrap())).unwrap();
+    }
+    let out = store(a.path().display().to_string()).await;
+    assert!(out.status.success(), "{}", text(&out));
+    cluster.node("kill", 3);
+    let out = store(b.path().display().to_string()).await;
+    assert!(
+        out.status.success(),
+        "quorum met with a node down: {}",
+        text(&out)
+    );
+    assert_eq!(n.instances().await, 40);
+    let queued = n.node.index.repair_queue().await.unwrap();
+    assert_eq!(
+        queued.len(),
+        20,
+        "one repair entry per object the dead node missed"
+    );
+    assert!(queued.iter().all(|e| e.replica == urls[2]));
+
+    // Node 3 returns: the repair worker heals every object; verify reports clean.
+    cluster.node("restart", 3);
+    assert!(
+        eventually(Duration::from_secs(60), async || n
+            .node
+            .index
+            .repair_queue()
+            .await
+            .unwrap()
+            .is_empty())
+        .await,
+        "repair queue drained after the node returned"
+    );
+    let v = pacsd::node::verify_all(&n.node.index, &n.node.storage, false)
+        .await
+        .unwrap();
+    assert_eq!((v.objects, v.bad_copies), (40, 0));
+    n.node.stop().await;
+}
