@@ -4,12 +4,19 @@
 # replica (pacs-1, pacs-2, pacs-3), each replica reached through a different node's S3 endpoint,
 # so that killing node N takes pacsd's replica N away.
 #
-#   scripts/s3-cluster.sh start DIR [BASE_PORT]   start the cluster; writes DIR/env (source it)
+#   scripts/s3-cluster.sh start DIR [BASE_PORT] [--independent]
+#                                                 start the cluster; writes DIR/env (source it)
 #   scripts/s3-cluster.sh stop DIR                stop every node and remove DIR
 #   scripts/s3-cluster.sh kill N DIR              kill -9 node N (1..3)
 #   scripts/s3-cluster.sh stop-node N DIR         SIGSTOP node N (frozen, connections stay open)
 #   scripts/s3-cluster.sh cont-node N DIR         SIGCONT node N
 #   scripts/s3-cluster.sh restart N DIR           start node N again after a kill
+#
+# With --independent the three nodes are instead three single-node Garage servers
+# (replication_factor = 1), one per site, pacsd doing the replication: a node's failure then
+# touches only its own replica. (In one replicated cluster, a killed or frozen node also stalls
+# requests served by the others while Garage notices; the fault tests of striped reads use
+# independent sites so that they test pacsd's routing, not Garage's failure detection.)
 #
 # DIR/env exports AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_REGION, AWS_ALLOW_HTTP and
 # PACSD_S3_REPLICAS (three replica URLs, space separated). Needs `garage` on PATH
@@ -55,6 +62,8 @@ case $cmd in
 start)
     DIR=${1:?usage: start DIR [BASE_PORT]}
     BASE=${2:-39000}
+    MODE=${3:-cluster}
+    [[ $MODE == cluster || $MODE == --independent ]] || die "unknown option $MODE"
     command -v "$GARAGE" >/dev/null || die "garage not found: cargo install garage --locked"
     mkdir -p "$DIR"
     DIR=$(cd "$DIR" && pwd)
@@ -66,7 +75,7 @@ start)
 metadata_dir = "$DIR/node$n/meta"
 data_dir = "$DIR/node$n/data"
 db_engine = "sqlite"
-replication_factor = 3
+replication_factor = $([[ $MODE == cluster ]] && echo 3 || echo 1)
 rpc_bind_addr = "127.0.0.1:$(port rpc $n)"
 rpc_public_addr = "127.0.0.1:$(port rpc $n)"
 rpc_secret = "$secret"
@@ -84,19 +93,30 @@ EOF
     for n in 1 2 3; do
         wait_for 20 g $n node id -q || die "node $n did not start (see $DIR/node$n.log)"
     done
-    for n in 2 3; do
-        g 1 node connect "$(g $n node id -q 2>/dev/null)" >/dev/null
-    done
-    for n in 1 2 3; do
-        id=$(g $n node id -q 2>/dev/null)
-        g 1 layout assign -z "dc$n" -c 1G "${id%@*}" >/dev/null
-    done
-    g 1 layout apply --version 1 >/dev/null
-    wait_for 30 g 1 key import --yes -n pacsd "$KEY_ID" "$SECRET" || die "key import failed"
-    for n in 1 2 3; do
-        g 1 bucket create "pacs-$n" >/dev/null
-        g 1 bucket allow --read --write --owner "pacs-$n" --key pacsd >/dev/null
-    done
+    if [[ $MODE == cluster ]]; then
+        for n in 2 3; do
+            g 1 node connect "$(g $n node id -q 2>/dev/null)" >/dev/null
+        done
+        for n in 1 2 3; do
+            id=$(g $n node id -q 2>/dev/null)
+            g 1 layout assign -z "dc$n" -c 1G "${id%@*}" >/dev/null
+        done
+        g 1 layout apply --version 1 >/dev/null
+        wait_for 30 g 1 key import --yes -n pacsd "$KEY_ID" "$SECRET" || die "key import failed"
+        for n in 1 2 3; do
+            g 1 bucket create "pacs-$n" >/dev/null
+            g 1 bucket allow --read --write --owner "pacs-$n" --key pacsd >/dev/null
+        done
+    else
+        for n in 1 2 3; do
+            id=$(g $n node id -q 2>/dev/null)
+            g $n layout assign -z "dc$n" -c 1G "${id%@*}" >/dev/null
+            g $n layout apply --version 1 >/dev/null
+            wait_for 30 g $n key import --yes -n pacsd "$KEY_ID" "$SECRET" || die "key import failed on node $n"
+            g $n bucket create "pacs-$n" >/dev/null
+            g $n bucket allow --read --write --owner "pacs-$n" --key pacsd >/dev/null
+        done
+    fi
     for n in 1 2 3; do
         wait_for 20 s3_up $n || die "S3 API of node $n not listening"
     done
@@ -142,7 +162,7 @@ restart)
     wait_for 20 s3_up "$n" || die "node $n did not come back (see $DIR/node$n.log)"
     ;;
 *)
-    sed -n '2,17p' "$0" >&2
+    sed -n '2,24p' "$0" >&2
     exit 2
     ;;
 esac

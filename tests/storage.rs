@@ -272,10 +272,11 @@ async fn a_slow_replica_gets_less_work_and_a_frozen_one_is_routed_around() {
     assert_eq!(r.bytes_from[1], 0);
 }
 
-/// Garage S3 replicas, each slowed to ~40 MB/s so that the read lasts about a second; node 2
-/// is killed (or frozen) while the read is in progress.
+/// Garage S3 replicas at three independent sites, each slowed to ~40 MB/s so that the read
+/// lasts about a second; the node of replica 2 is killed (or frozen) while the read is in
+/// progress.
 async fn striped_read_survives(action: &str, base_port: u16) {
-    let Some(cluster) = S3Cluster::start(base_port) else {
+    let Some(cluster) = S3Cluster::start_independent(base_port) else {
         return;
     };
     let urls = cluster.replicas();

@@ -185,6 +185,15 @@ pub struct S3Cluster {
 
 impl S3Cluster {
     pub fn start(base_port: u16) -> Option<S3Cluster> {
+        Self::start_mode(base_port, "cluster")
+    }
+
+    /// Three independent single-node Garage servers, one per site (see the script).
+    pub fn start_independent(base_port: u16) -> Option<S3Cluster> {
+        Self::start_mode(base_port, "--independent")
+    }
+
+    fn start_mode(base_port: u16, mode: &str) -> Option<S3Cluster> {
         if std::env::var("PACSD_SKIP_S3").as_deref() == Ok("1") {
             eprintln!("SKIPPED: S3 test (PACSD_SKIP_S3=1)");
             return None;
@@ -203,7 +212,12 @@ impl S3Cluster {
         let dir = std::env::temp_dir().join(format!("pacsd-s3-{base_port}-{}", std::process::id()));
         let out = Command::new("bash")
             .arg(script("s3-cluster.sh"))
-            .args(["start", &dir.display().to_string(), &base_port.to_string()])
+            .args([
+                "start",
+                &dir.display().to_string(),
+                &base_port.to_string(),
+                mode,
+            ])
             .output()
             .expect("run s3-cluster.sh");
         assert!(out.status.success(), "s3-cluster.sh start: {}", text(&out));
