@@ -3,8 +3,12 @@
 #   pacsd (3 local replicas, quorum 2), pacsd (1 replica), DCMTK storescp (file sink), Orthanc,
 # over 1 association and over 4 parallel associations, all in one run on loopback.
 # Prints instances/s and MB/s for each and the ratios to Orthanc.
+# pacsd runs as configured by default (background previews on); `pacsd3-nopv` is the same
+# node with previews off, to show what rendering costs the C-STORE path. For nodes with
+# previews, the time until the last preview was stored is printed too.
 #
 # Usage: scripts/bench-ingest.sh [CT_COUNT] [SMALL_COUNT]     (defaults 1000 and 5000)
+#        TARGETS="pacsd3 pacsd3-nopv" scripts/bench-ingest.sh  (a subset of the targets)
 # Needs: dcmtk and orthanc from Debian's packages (installed if missing, as root).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -30,8 +34,8 @@ for c in ct small; do
 done
 
 # start_<target> <data dir> <port> ; sets PID, AET
-start_pacsd() { # replicas dir port
-    local replicas=$1 dir=$2 port=$3
+start_pacsd() { # replicas dir port [previews: true|false]
+    local replicas=$1 dir=$2 port=$3 previews=${4:-true}
     local list=""
     for i in $(seq 1 "$replicas"); do list="$list\"$dir/r$i\","; done
     cat >"$dir.toml" <<EOF
@@ -42,6 +46,8 @@ port = $port
 path = "$dir/index.sqlite"
 [storage]
 replicas = [${list%,}]
+[preview]
+enabled = $previews
 EOF
     RUST_LOG=pacsd=warn $PACSD serve --config "$dir.toml" >"$dir.log" 2>&1 &
     PID=$!; AET=PACSD
@@ -74,6 +80,7 @@ run_case() { # target corpus parallel
     port=$(free_port)
     case $target in
         pacsd3) start_pacsd 3 "$dir" "$port" ;;
+        pacsd3-nopv) start_pacsd 3 "$dir" "$port" false ;;
         pacsd1) start_pacsd 1 "$dir" "$port" ;;
         storescp) start_storescp "$dir" "$port" ;;
         orthanc) start_orthanc "$dir" "$port" ;;
@@ -96,6 +103,15 @@ run_case() { # target corpus parallel
         for c in "${cpids[@]}"; do wait "$c" || failed=1; done
     fi
     t1=$(date +%s.%N)
+    if [[ $target == pacsd1 || $target == pacsd3 ]]; then
+        # Previews are rendered in the background: how long after the last C-STORE
+        # response until every one is stored.
+        until $PACSD index stats --config "$dir.toml" 2>/dev/null | grep -qx 'previews_pending 0'; do
+            sleep 0.2
+        done
+        python3 -c "import sys; print(f'   previews all stored {float(sys.argv[2]) - float(sys.argv[1]):.2f} s after the last C-STORE response')" \
+            "$t1" "$(date +%s.%N)"
+    fi
     kill "$pid" 2>/dev/null || true
     wait "$pid" 2>/dev/null || true
     if [ "$failed" != 0 ]; then echo "!! $target $corpus x$par: storescu reported failures (see $dir.client.log)" >&2; fi
@@ -110,7 +126,7 @@ PY
 
 for corpus in ct small; do
     for par in 1 4; do
-        for target in orthanc storescp pacsd1 pacsd3; do
+        for target in ${TARGETS:-orthanc storescp pacsd1 pacsd3 pacsd3-nopv}; do
             echo "== $target, $corpus, $par association(s)"
             run_case "$target" "$corpus" "$par"
         done

@@ -63,6 +63,7 @@ pub struct Config {
     pub storage: StorageConfig,
     pub access: AccessConfig,
     pub query: QueryConfig,
+    pub preview: PreviewConfig,
     /// Known remote AEs, loaded from `access.peers_file` (not a key of pacsd.toml).
     #[serde(skip)]
     pub peers: Vec<Peer>,
@@ -138,6 +139,25 @@ pub struct QueryConfig {
     /// PersonName matching ignores case, as workstations expect (PS3.4 C.2.2.2.1 leaves it
     /// to the SCP).
     pub pn_case_insensitive: bool,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PreviewConfig {
+    /// Render a JPEG preview of every stored image in the background (never on the C-STORE
+    /// path); pending previews are recorded in the index and survive a restart.
+    pub enabled: bool,
+    /// Previews rendered at the same time (each takes one core while it decodes).
+    pub workers: usize,
+}
+
+impl Default for PreviewConfig {
+    fn default() -> Self {
+        PreviewConfig {
+            enabled: true,
+            workers: 1,
+        }
+    }
 }
 
 impl Default for QueryConfig {
@@ -290,6 +310,9 @@ impl Config {
         }
         if self.node.max_associations == 0 {
             return Err(invalid("node.max_associations", "must be at least 1"));
+        }
+        if !(1..=64).contains(&self.preview.workers) {
+            return Err(invalid("preview.workers", "must be between 1 and 64"));
         }
         if self.node.max_object_size < 1024 {
             return Err(invalid(

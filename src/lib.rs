@@ -8,6 +8,7 @@ pub mod index;
 pub mod net;
 pub mod node;
 pub mod part10;
+pub mod render;
 pub mod service;
 pub mod storage;
 pub mod synth;

@@ -129,6 +129,21 @@ enum Command {
         #[arg(long, default_value_t = 1)]
         first_study: u32,
     },
+    /// Write the JPEG preview of an instance (the stored one, or rendered now when it is not
+    /// stored yet), or with --study a contact sheet of the first image of each series.
+    Preview {
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+        /// SOP Instance UID of the instance.
+        #[arg(required_unless_present = "study", conflicts_with = "study")]
+        sop_instance_uid: Option<String>,
+        /// Study Instance UID: write a contact sheet of the study's series instead.
+        #[arg(long)]
+        study: Option<String>,
+        /// Output JPEG file.
+        #[arg(long, short)]
+        out: PathBuf,
+    },
     /// Replica maintenance.
     Storage {
         #[command(subcommand)]
@@ -154,6 +169,24 @@ enum StorageCommand {
     Repair {
         #[arg(long, short)]
         config: Option<PathBuf>,
+    },
+    /// Read benchmark of a replica set: one GET from the fastest replica, an equal split
+    /// across replicas, and pacsd's adaptive striped read, per object size. Without
+    /// --replica, three local replicas are made in a temporary directory and slowed to
+    /// --mbps (default 20,40,80 MB/s).
+    Bench {
+        /// A replica URL (repeatable; as in [storage].replicas), e.g. Garage buckets.
+        #[arg(long = "replica")]
+        replicas: Vec<String>,
+        /// Slow replica i to the i-th speed in MB/s (comma-separated).
+        #[arg(long, value_delimiter = ',')]
+        mbps: Vec<f64>,
+        /// Object sizes in MB (comma-separated).
+        #[arg(long, value_delimiter = ',', default_value = "0.5,8,64")]
+        sizes_mb: Vec<f64>,
+        /// Timed reads of each kind per size (the median is printed).
+        #[arg(long, default_value_t = 5)]
+        rounds: usize,
     },
 }
 
@@ -272,6 +305,74 @@ fn init_tracing() {
         .with_writer(std::io::stderr)
         .with_ansi(std::io::stderr().is_terminal())
         .init();
+}
+
+/// `pacsd storage bench`: build the replica set, run the benchmark, print one table.
+async fn storage_bench(
+    urls: Vec<String>,
+    mut mbps: Vec<f64>,
+    sizes_mb: Vec<f64>,
+    rounds: usize,
+) -> anyhow::Result<ExitCode> {
+    use pacsd::storage::{Location, Storage, bench};
+    let tmp;
+    let urls = if urls.is_empty() {
+        tmp = tempfile::tempdir().context("making a temporary directory")?;
+        if mbps.is_empty() {
+            mbps = vec![20.0, 40.0, 80.0];
+        }
+        (0..mbps.len())
+            .map(|i| tmp.path().join(format!("r{i}")).display().to_string())
+            .collect()
+    } else {
+        urls
+    };
+    anyhow::ensure!(
+        mbps.is_empty() || mbps.len() == urls.len(),
+        "--mbps gives {} speeds for {} replicas",
+        mbps.len(),
+        urls.len()
+    );
+    anyhow::ensure!(rounds > 0, "--rounds must be at least 1");
+    let mut stores = Vec::new();
+    for (i, url) in urls.iter().enumerate() {
+        let store = Location::parse(url)
+            .and_then(|l| l.open())
+            .map_err(|e| anyhow::anyhow!("replica {url}: {e}"))?;
+        let store = match mbps.get(i) {
+            Some(&m) => bench::throttled(store, m),
+            None => store,
+        };
+        let name = match mbps.get(i) {
+            Some(m) => format!("replica {} ({m} MB/s)", i + 1),
+            None => format!("replica {}", i + 1),
+        };
+        stores.push((name, store));
+    }
+    let storage = Storage::from_stores(stores.clone(), None, "bench")?;
+    let sizes: Vec<u64> = sizes_mb.iter().map(|m| (m * 1e6) as u64).collect();
+    let rows = bench::run(&storage, &stores, &sizes, rounds).await?;
+    let names: Vec<&str> = stores.iter().map(|(n, _)| n.as_str()).collect();
+    println!("replicas: {}; {rounds} rounds, medians", names.join(", "));
+    println!(
+        "{:>8} {:>22} {:>12} {:>12} {:>12} {:>8} {:>8}  adaptive bytes per replica",
+        "size MB", "alone MB/s", "(a) single", "(b) equal", "(c) adaptive", "c/sum", "c/a"
+    );
+    for r in &rows {
+        let solo: Vec<String> = r.solo.iter().map(|b| format!("{:.1}", b / 1e6)).collect();
+        println!(
+            "{:>8.1} {:>22} {:>12.1} {:>12.1} {:>12.1} {:>7.0}% {:>8.2}  {:?}",
+            r.size as f64 / 1e6,
+            solo.join("/"),
+            r.mbps(r.single_fastest),
+            r.mbps(r.equal_split),
+            r.mbps(r.adaptive),
+            100.0 * r.mbps(r.adaptive) * 1e6 / r.summed_bandwidth(),
+            r.single_fastest / r.adaptive,
+            r.adaptive_bytes_from
+        );
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 async fn wait_for_signal() {
@@ -463,17 +564,55 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             println!("C-GET into {}: {r}", out.display());
             Ok(exit_code(&r.status))
         }
+        Command::Preview {
+            config,
+            sop_instance_uid,
+            study,
+            out,
+        } => {
+            let node = Node::open(load_config(config.as_ref())?)?;
+            let (jpeg, what) = match (sop_instance_uid, study) {
+                (_, Some(study)) => {
+                    let (jpeg, n) =
+                        pacsd::render::fetch::contact_sheet(&node.index, &node.storage, &study)
+                            .await?;
+                    (
+                        jpeg,
+                        format!("contact sheet of {n} series of study {study}"),
+                    )
+                }
+                (Some(sop), None) => (
+                    pacsd::render::fetch::preview_of(&node.index, &node.storage, &sop).await?,
+                    format!("preview of {sop}"),
+                ),
+                (None, None) => unreachable!("clap requires one of them"),
+            };
+            std::fs::write(&out, &jpeg).with_context(|| format!("writing {}", out.display()))?;
+            println!("{what}: {} ({} bytes)", out.display(), jpeg.len());
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Storage {
+            command:
+                StorageCommand::Bench {
+                    replicas,
+                    mbps,
+                    sizes_mb,
+                    rounds,
+                },
+        } => storage_bench(replicas, mbps, sizes_mb, rounds).await,
         Command::Storage { command } => {
             let (config, verify) = match command {
                 StorageCommand::Verify { config } => (config, true),
                 StorageCommand::Repair { config } => (config, false),
+                StorageCommand::Bench { .. } => unreachable!("handled above"),
             };
             let node = Node::open(load_config(config.as_ref())?)?;
             if verify {
                 let s = pacsd::node::verify_all(&node.index, &node.storage, true).await?;
                 println!(
-                    "{} objects checked on {} replicas: {} bad copies (queued for repair)",
+                    "{} objects and {} previews checked on {} replicas: {} bad copies (queued for repair)",
                     s.objects,
+                    s.previews,
                     node.storage.replicas().len(),
                     s.bad_copies
                 );
@@ -560,9 +699,20 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let config = load_config(config.as_ref())?;
             let index = pacsd::index::Index::open(&config.index.path)?;
             let c = index.counts().await?;
+            let p = index.preview_counts().await?;
             println!(
-                "patients {}\nstudies {}\nseries {}\ninstances {}\nchangelog {}\nrepair_queue {}",
-                c.patients, c.studies, c.series, c.instances, c.changelog, c.repair_queue
+                "patients {}\nstudies {}\nseries {}\ninstances {}\nchangelog {}\nrepair_queue {}\n\
+                 previews_done {}\npreviews_pending {}\npreviews_none {}\npreviews_failed {}",
+                c.patients,
+                c.studies,
+                c.series,
+                c.instances,
+                c.changelog,
+                c.repair_queue,
+                p.done,
+                p.pending,
+                p.none,
+                p.failed
             );
             Ok(ExitCode::SUCCESS)
         }

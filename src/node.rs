@@ -93,6 +93,14 @@ impl Node {
             Duration::from_secs_f64(self.config.storage.repair_interval_secs),
             shutdown.clone(),
         ));
+        let renderer = self.config.preview.enabled.then(|| {
+            tokio::spawn(crate::render::worker::run(
+                self.index.clone(),
+                self.storage.clone(),
+                self.config.preview.workers,
+                shutdown.clone(),
+            ))
+        });
         let services = Arc::new(Services {
             store: Arc::new(StoreService::new(
                 self.index.clone(),
@@ -117,6 +125,9 @@ impl Node {
         };
         crate::net::run(listener, policy, services, shutdown).await;
         let _ = worker.await;
+        if let Some(r) = renderer {
+            let _ = r.await;
+        }
         info!("all associations closed; closing the index");
         drop(self.index);
     }
@@ -332,24 +343,52 @@ async fn repair_worker(
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct VerifySummary {
     pub objects: u64,
+    /// Stored previews checked.
+    pub previews: u64,
     /// Replica copies missing, unreadable or not matching size and checksum (now queued).
     pub bad_copies: u64,
 }
 
-/// Check every indexed object on every replica (exists, size, SHA-256) and queue a repair for
-/// every bad copy.
+/// Check every indexed object and every stored preview on every replica (exists, size,
+/// SHA-256) and queue a repair for every bad copy.
 pub async fn verify_all(
     index: &Index,
     storage: &Storage,
     progress: bool,
 ) -> Result<VerifySummary, IndexError> {
-    use crate::storage::repair::Expected;
-    let total = index.counts().await?.instances;
+    let total = index.counts().await?.instances + index.preview_counts().await?.done;
     let bar = crate::tools::progress_bar(progress, total);
     let mut s = VerifySummary::default();
+    s.objects = verify_batches(index, storage, &bar, &mut s.bad_copies, |after| {
+        index.objects(after, 1000)
+    })
+    .await?;
+    s.previews = verify_batches(index, storage, &bar, &mut s.bad_copies, |after| {
+        index.stored_previews(after, 1000)
+    })
+    .await?;
+    bar.finish_and_clear();
+    Ok(s)
+}
+
+/// Verify every (row id, key, size, sha256) that `next(after)` pages through, counting bad
+/// copies into `bad_copies`; returns how many were checked.
+async fn verify_batches<F, Fut>(
+    index: &Index,
+    storage: &Storage,
+    bar: &indicatif::ProgressBar,
+    bad_copies: &mut u64,
+    next: F,
+) -> Result<u64, IndexError>
+where
+    F: Fn(i64) -> Fut,
+    Fut: Future<Output = Result<Vec<(i64, String, u64, String)>, IndexError>>,
+{
+    use crate::storage::repair::Expected;
+    let mut checked = 0;
     let mut after = 0i64;
     loop {
-        let batch = index.objects(after, 1000).await?;
+        let batch = next(after).await?;
         let Some(last) = batch.last() else { break };
         after = last.0;
         for (_, key, size, sha256) in batch {
@@ -363,12 +402,11 @@ pub async fn verify_all(
                 index
                     .queue_repair(&key, &replica, &problem.to_string())
                     .await?;
-                s.bad_copies += 1;
+                *bad_copies += 1;
             }
-            s.objects += 1;
+            checked += 1;
             bar.inc(1);
         }
     }
-    bar.finish_and_clear();
-    Ok(s)
+    Ok(checked)
 }

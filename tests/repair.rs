@@ -118,7 +118,7 @@ fn verify_finds_bad_copies_and_repair_heals_them() {
     assert_eq!(verify.status.code(), Some(1), "{}", text(&verify));
     assert!(
         String::from_utf8_lossy(&verify.stdout)
-            .contains("3 objects checked on 3 replicas: 2 bad copies"),
+            .contains("3 objects and 0 previews checked on 3 replicas: 2 bad copies"),
         "{}",
         text(&verify)
     );

@@ -1,6 +1,7 @@
 //! The SQLite index: one writer thread with group commit, readers in parallel (WAL), schema
 //! in numbered .sql migrations, a change log with a monotonically increasing seq.
 
+pub mod preview;
 pub mod query;
 pub mod record;
 
@@ -12,10 +13,14 @@ use rusqlite::{Connection, OptionalExtension, Transaction, params};
 use tokio::sync::oneshot;
 use tracing::{debug, error, warn};
 
+pub use preview::{PreviewCounts, PreviewState, PreviewTask, preview_key};
 pub use record::{InstanceRecord, RecordError};
 
 /// Numbered migrations; `PRAGMA user_version` holds how many have been applied.
-const MIGRATIONS: &[&str] = &[include_str!("migrations/0001_init.sql")];
+const MIGRATIONS: &[&str] = &[
+    include_str!("migrations/0001_init.sql"),
+    include_str!("migrations/0002_previews.sql"),
+];
 
 /// Most write jobs folded into one transaction (one fsync) by the group commit.
 const MAX_GROUP: usize = 256;
@@ -122,6 +127,8 @@ struct Inner {
     writer: Mutex<Option<std::sync::mpsc::Sender<InsertJob>>>,
     readers: Mutex<Vec<Connection>>,
     writer_thread: Mutex<Option<thread::JoinHandle<()>>>,
+    /// Signalled after every commit that added instances (the render worker waits on it).
+    inserted: Arc<tokio::sync::Notify>,
 }
 
 impl Drop for Inner {
@@ -202,9 +209,11 @@ impl Index {
             .map(|_| open_connection(path))
             .collect::<Result<Vec<_>, _>>()?;
         let (tx, rx) = std::sync::mpsc::channel::<InsertJob>();
+        let inserted = Arc::new(tokio::sync::Notify::new());
+        let signal = inserted.clone();
         let handle = thread::Builder::new()
             .name("index-writer".into())
-            .spawn(move || writer_loop(writer_conn, rx))
+            .spawn(move || writer_loop(writer_conn, rx, &signal))
             .expect("spawning the index writer thread");
         Ok(Index {
             inner: Arc::new(Inner {
@@ -212,8 +221,14 @@ impl Index {
                 writer: Mutex::new(Some(tx)),
                 readers: Mutex::new(readers),
                 writer_thread: Mutex::new(Some(handle)),
+                inserted,
             }),
         })
+    }
+
+    /// Wait until a commit adds instances (or returns at once if one did since the last wait).
+    pub async fn inserted(&self) {
+        self.inner.inserted.notified().await;
     }
 
     pub fn path(&self) -> &Path {
@@ -322,8 +337,13 @@ impl Index {
     pub async fn repair_tasks(&self) -> Result<Vec<(String, String, u64, String)>, IndexError> {
         self.read(|c| {
             let mut stmt = c.prepare(
-                "SELECT q.storage_key, q.replica, i.size, i.sha256 FROM repair_queue q
-                 JOIN instance i ON i.storage_key = q.storage_key ORDER BY q.id",
+                "SELECT q.storage_key, q.replica, coalesce(i.size, p.size),
+                        coalesce(i.sha256, p.sha256)
+                 FROM repair_queue q
+                 LEFT JOIN instance i ON i.storage_key = q.storage_key
+                 LEFT JOIN preview p ON p.storage_key = q.storage_key AND p.state = 'done'
+                 WHERE i.id IS NOT NULL OR p.instance_fk IS NOT NULL
+                 ORDER BY q.id",
             )?;
             let rows = stmt.query_map([], |r| {
                 Ok((r.get(0)?, r.get(1)?, r.get::<_, i64>(2)? as u64, r.get(3)?))
@@ -482,6 +502,12 @@ pub fn bulk_load(
         tx.commit().map_err(IndexError::Commit)?;
         progress(inserted);
     }
+    // Synthetic rows have no object to render.
+    conn.execute(
+        "UPDATE preview SET state = 'none', reason = 'bulk-loaded index entry without an object'
+         WHERE state = 'pending'",
+        [],
+    )?;
     conn.execute_batch("PRAGMA wal_checkpoint(TRUNCATE); ANALYZE;")?;
     Ok(inserted)
 }
@@ -489,7 +515,11 @@ pub fn bulk_load(
 /// The single writer: waits for a job, folds every job already queued (up to MAX_GROUP) into
 /// the same transaction, commits once, then answers each job. A job that fails rolls back to
 /// its own savepoint and fails alone; a failed commit fails the whole group.
-fn writer_loop(mut conn: Connection, rx: std::sync::mpsc::Receiver<InsertJob>) {
+fn writer_loop(
+    mut conn: Connection,
+    rx: std::sync::mpsc::Receiver<InsertJob>,
+    inserted: &tokio::sync::Notify,
+) {
     while let Ok(first) = rx.recv() {
         let mut jobs = vec![first];
         while jobs.len() < MAX_GROUP {
@@ -516,6 +546,12 @@ fn writer_loop(mut conn: Connection, rx: std::sync::mpsc::Receiver<InsertJob>) {
         match tx.commit() {
             Ok(()) => {
                 debug!(group = jobs.len(), "index group committed");
+                if results
+                    .iter()
+                    .any(|r| matches!(r, Ok(Some(InsertOutcome::Inserted { .. }))))
+                {
+                    inserted.notify_one();
+                }
                 for (job, res) in jobs.into_iter().zip(results) {
                     let _ = job.reply.send(res);
                 }

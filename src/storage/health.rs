@@ -73,13 +73,19 @@ impl ReplicaHealth {
     }
 }
 
-/// The replicas usable at `now`, best recent latency first (unmeasured ones first of all, so
-/// they get measured); replicas in backoff come last, in case nothing else answers.
-pub fn read_order(health: &[ReplicaHealth], now: Instant) -> Vec<usize> {
+/// The replicas usable at `now` for one whole read of `size` bytes, quickest expected first:
+/// recent latency plus `size` at the recent bandwidth (unmeasured ones count as fast, so they
+/// get measured); replicas in backoff come last, in case nothing else answers.
+pub fn read_order(health: &[ReplicaHealth], now: Instant, size: u64) -> Vec<usize> {
+    let expected = |h: &ReplicaHealth| {
+        h.latency.unwrap_or(Duration::ZERO).as_secs_f64() + size as f64 / h.bandwidth_or_default()
+    };
     let mut order: Vec<usize> = (0..health.len()).collect();
-    order.sort_by_key(|&i| {
-        let h = &health[i];
-        (!h.is_up(now), h.latency.unwrap_or(Duration::ZERO))
+    order.sort_by(|&a, &b| {
+        let (ha, hb) = (&health[a], &health[b]);
+        (!ha.is_up(now))
+            .cmp(&!hb.is_up(now))
+            .then(expected(ha).total_cmp(&expected(hb)))
     });
     order
 }
@@ -130,8 +136,22 @@ mod tests {
         h[1].observe_latency(Duration::from_millis(2));
         h[2].observe_latency(Duration::from_millis(1));
         h[2].fail(now, "down");
-        assert_eq!(read_order(&h, now), vec![1, 0, 2]);
+        assert_eq!(read_order(&h, now, 0), vec![1, 0, 2]);
         let fresh = vec![ReplicaHealth::default(), h[0].clone()];
-        assert_eq!(read_order(&fresh, now), vec![0, 1]);
+        assert_eq!(read_order(&fresh, now, 0), vec![0, 1]);
+    }
+
+    #[test]
+    fn read_order_weighs_bandwidth_by_the_size_of_the_read() {
+        let now = Instant::now();
+        let mut h = vec![ReplicaHealth::default(); 2];
+        // Replica 0 answers sooner, replica 1 streams four times faster.
+        h[0].observe_latency(Duration::from_millis(2));
+        h[0].observe_transfer(20_000_000, Duration::from_secs(1));
+        h[1].observe_latency(Duration::from_millis(5));
+        h[1].observe_transfer(80_000_000, Duration::from_secs(1));
+        // 10 KB: 2.5 ms vs 5.1 ms. 500 KB: 27 ms vs 11 ms.
+        assert_eq!(read_order(&h, now, 10_000), vec![0, 1]);
+        assert_eq!(read_order(&h, now, 500_000), vec![1, 0]);
     }
 }

@@ -2,6 +2,7 @@
 //! as stored once W of N hold it; reads fall through to the next replica. No DICOM here.
 
 pub mod backend;
+pub mod bench;
 pub mod health;
 pub mod keys;
 pub mod quorum;
@@ -352,7 +353,7 @@ impl Storage {
     pub async fn get(&self, key: &str) -> Result<Bytes, StorageError> {
         let path = store_path(key)?;
         let mut errors = Vec::new();
-        let order = health::read_order(&self.health(), Instant::now());
+        let order = health::read_order(&self.health(), Instant::now(), 0);
         for i in order {
             match self.get_whole(i, &path, REPLICA_OP_TIMEOUT).await {
                 Ok(b) => return Ok(b),
@@ -405,7 +406,8 @@ impl Storage {
     /// Read an object and check it against what was recorded when it was acknowledged.
     ///
     /// Objects of at least `STRIPE_THRESHOLD` bytes are read striped across the healthy
-    /// replicas; smaller ones with one GET from the replica with the best recent latency. A
+    /// replicas; smaller ones with one GET from the replica expected to deliver it soonest
+    /// (recent latency + size at recent bandwidth). A
     /// copy that does not match (size or SHA-256) is never returned: the read falls back to
     /// whole copies from each replica in turn, and every bad copy found is reported.
     pub async fn read(&self, expected: &Expected) -> Result<Verified, StorageError> {
@@ -467,7 +469,7 @@ impl Storage {
         }
     }
 
-    /// Whole-object reads, best latency first, until one matches. With `check_all`, every
+    /// Whole-object reads, quickest expected first, until one matches. With `check_all`, every
     /// replica is read so that all bad copies are found (after a striped read went wrong).
     async fn read_whole_copies(
         &self,
@@ -483,7 +485,7 @@ impl Storage {
         } else {
             REPLICA_OP_TIMEOUT
         };
-        for i in health::read_order(&self.health(), Instant::now()) {
+        for i in health::read_order(&self.health(), Instant::now(), expected.size) {
             let location = &self.replicas[i].location;
             match self.get_whole(i, path, timeout).await {
                 Ok(b) => match repair::check(&b, expected) {

@@ -1,0 +1,179 @@
+//! The render worker: works off the previews the index records as pending, in the background.
+//! The queue is the index itself (a row per instance, created with the instance), so nothing
+//! is held in memory beyond one batch and nothing is lost by a restart. Each preview is read
+//! through the checked storage path, rendered on the blocking pool and written to the same
+//! replicas as the object, under the same quorum rules.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::StreamExt;
+use sha2::{Digest, Sha256};
+use tracing::{debug, info, warn};
+
+use crate::index::{Index, PreviewState, PreviewTask, preview_key};
+use crate::net::Shutdown;
+use crate::storage::{Expected, Storage, StorageError};
+
+/// Pending previews fetched from the index at a time.
+const BATCH: usize = 32;
+/// With nothing pending, the index is looked at again after this long even without a new
+/// instance (a safety net; new instances wake the worker at once).
+const IDLE_POLL: Duration = Duration::from_secs(5);
+/// Previews deferred because storage could not read the object or take the preview are tried
+/// again after this long.
+const RETRY_AFTER: Duration = Duration::from_secs(10);
+
+/// What happened to one pending preview.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    Stored,
+    NoPixelData,
+    /// Logged once and recorded as failed; never retried.
+    Undecodable(String),
+    /// Storage trouble: left pending, tried again later.
+    Deferred(String),
+}
+
+/// Run until shutdown: render every pending preview, `workers` at a time.
+pub async fn run(index: Index, storage: Arc<Storage>, workers: usize, mut shutdown: Shutdown) {
+    let mut after = 0i64;
+    let mut deferred = false;
+    loop {
+        if shutdown.is_triggered() {
+            return;
+        }
+        let batch = match index.pending_previews(after, BATCH).await {
+            Ok(b) => b,
+            Err(e) => {
+                warn!(error = %e, "render worker: reading pending previews failed");
+                Vec::new()
+            }
+        };
+        let Some(last) = batch.last() else {
+            // Swept to the end: wait for new instances (or retry what was deferred).
+            let wait = if deferred { RETRY_AFTER } else { IDLE_POLL };
+            if deferred {
+                after = 0;
+                deferred = false;
+            }
+            tokio::select! {
+                _ = index.inserted() => {}
+                _ = tokio::time::sleep(wait) => {}
+                _ = shutdown.wait() => return,
+            }
+            continue;
+        };
+        after = last.instance_id;
+        let mut outcomes = futures::stream::iter(batch)
+            .map(|task| {
+                let (index, storage) = (&index, &storage);
+                async move { render_one(index, storage, &task).await }
+            })
+            .buffer_unordered(workers);
+        while let Some(outcome) = outcomes.next().await {
+            deferred |= matches!(outcome, Outcome::Deferred(_));
+            if shutdown.is_triggered() {
+                // What was in flight stays pending (a preview re-put is harmless).
+                return;
+            }
+        }
+    }
+}
+
+/// Render, store and record one preview.
+pub async fn render_one(index: &Index, storage: &Storage, task: &PreviewTask) -> Outcome {
+    let expected = Expected {
+        key: task.storage_key.clone(),
+        size: task.size,
+        sha256: task.sha256.clone(),
+    };
+    let object = match crate::service::retrieve::read_object(storage, index, &expected).await {
+        Ok(b) => b,
+        Err(e) => {
+            debug!(sop = %task.sop_instance_uid, error = %e, "preview deferred: object unreadable");
+            return Outcome::Deferred(e);
+        }
+    };
+    let rendered = tokio::task::spawn_blocking(move || super::render_preview(&object))
+        .await
+        .unwrap_or_else(|e| {
+            Err(super::RenderError::Decode(format!(
+                "renderer panicked: {e}"
+            )))
+        });
+    let (state, missed, outcome) = match rendered {
+        Ok(None) => (PreviewState::NoPixelData, Vec::new(), Outcome::NoPixelData),
+        Err(e) => {
+            let reason = e.to_string();
+            warn!(sop = %task.sop_instance_uid, %reason, "no preview: the image cannot be rendered");
+            (
+                PreviewState::Failed {
+                    reason: reason.clone(),
+                },
+                Vec::new(),
+                Outcome::Undecodable(reason),
+            )
+        }
+        Ok(Some(jpeg)) => {
+            let key = preview_key(&task.storage_key);
+            let size = jpeg.len() as u64;
+            let sha256 = hex::encode(Sha256::digest(&jpeg));
+            match storage.put(&key, jpeg.into()).await {
+                Ok(put) => {
+                    let missed = put
+                        .missed
+                        .iter()
+                        .map(|(i, e)| (storage.replicas()[*i].location.clone(), e.clone()))
+                        .collect();
+                    (
+                        PreviewState::Done {
+                            storage_key: key,
+                            size,
+                            sha256,
+                        },
+                        missed,
+                        Outcome::Stored,
+                    )
+                }
+                Err(e) => {
+                    if let StorageError::QuorumNotMet { written, .. } = &e {
+                        storage.delete_from(&key, written).await;
+                    }
+                    debug!(sop = %task.sop_instance_uid, error = %e, "preview deferred: not stored");
+                    return Outcome::Deferred(e.to_string());
+                }
+            }
+        }
+    };
+    if let Err(e) = index.set_preview(task.instance_id, state, missed).await {
+        warn!(sop = %task.sop_instance_uid, error = %e, "preview outcome not recorded; will redo");
+        return Outcome::Deferred(e.to_string());
+    }
+    if outcome == Outcome::Stored {
+        debug!(sop = %task.sop_instance_uid, "preview stored");
+    }
+    outcome
+}
+
+/// Render every pending preview now, in the foreground (tests and tools): returns how many
+/// of each outcome.
+pub async fn drain(
+    index: &Index,
+    storage: &Storage,
+) -> Result<Vec<Outcome>, crate::index::IndexError> {
+    let mut all = Vec::new();
+    let mut after = 0;
+    loop {
+        let batch = index.pending_previews(after, BATCH).await?;
+        let Some(last) = batch.last() else { break };
+        after = last.instance_id;
+        for task in &batch {
+            all.push(render_one(index, storage, task).await);
+        }
+    }
+    if !all.is_empty() {
+        info!(previews = all.len(), "pending previews rendered");
+    }
+    Ok(all)
+}
