@@ -64,6 +64,8 @@ pub struct Config {
     pub access: AccessConfig,
     pub query: QueryConfig,
     pub preview: PreviewConfig,
+    /// Primary/standby pair; without it the node runs alone.
+    pub ha: Option<HaConfig>,
     /// Known remote AEs, loaded from `access.peers_file` (not a key of pacsd.toml).
     #[serde(skip)]
     pub peers: Vec<Peer>,
@@ -139,6 +141,76 @@ pub struct QueryConfig {
     /// PersonName matching ignores case, as workstations expect (PS3.4 C.2.2.2.1 leaves it
     /// to the SCP).
     pub pn_case_insensitive: bool,
+}
+
+/// `[ha]`: this node's half of a primary/standby pair (DESIGN.md, High availability).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HaConfig {
+    /// This node's name (in heartbeats, claims and logs); the two must differ.
+    pub node_id: String,
+    /// Heartbeat links (UDP), at least one; more than one survives a link failure.
+    pub links: Vec<HaLink>,
+    /// Where this node listens for index records while it is standby (TCP).
+    pub replication_bind: String,
+    /// The peer's replication listener.
+    pub peer_replication: String,
+    /// Grants each epoch once: `witness://host:port` (`pacsd witness`), or a location on a
+    /// shared store that honours create-if-absent (a directory, `file://`, `s3://` on AWS;
+    /// checked at start-up).
+    pub arbiter: String,
+    /// The service address that moves with the primary, with its prefix (`10.0.0.100/24`);
+    /// without it each node listens on `node.bind`.
+    #[serde(default)]
+    pub service_ip: Option<String>,
+    /// Interface the service address is added to.
+    #[serde(default)]
+    pub interface: Option<String>,
+    /// Milliseconds between heartbeats.
+    #[serde(default = "default_heartbeat_ms")]
+    pub heartbeat_ms: u64,
+    /// A primary serves only this long past its last vouched-for heartbeat (milliseconds).
+    #[serde(default = "default_lease_ms")]
+    pub lease_ms: u64,
+    /// The standby claims only this long after the lease would have run out (milliseconds).
+    #[serde(default = "default_margin_ms")]
+    pub margin_ms: u64,
+    /// `sync`: a C-STORE is acknowledged only after the standby applied its index record
+    /// (DRBD protocol C); `async`: without waiting (a failover may lose the last ones).
+    #[serde(default)]
+    pub replication: ReplicationMode,
+    /// Unix socket of `pacsd ha status` and `pacsd ha switchover` (default: the index path
+    /// with `.ha.sock` appended).
+    #[serde(default)]
+    pub control_socket: Option<PathBuf>,
+}
+
+fn default_heartbeat_ms() -> u64 {
+    100
+}
+fn default_lease_ms() -> u64 {
+    600
+}
+fn default_margin_ms() -> u64 {
+    200
+}
+
+/// One heartbeat link.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HaLink {
+    /// Our UDP address on this link.
+    pub bind: String,
+    /// The peer's UDP address on this link.
+    pub peer: String,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ReplicationMode {
+    #[default]
+    Sync,
+    Async,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -314,6 +386,9 @@ impl Config {
         if !(1..=64).contains(&self.preview.workers) {
             return Err(invalid("preview.workers", "must be between 1 and 64"));
         }
+        if let Some(ha) = &self.ha {
+            ha.validate()?;
+        }
         if self.node.max_object_size < 1024 {
             return Err(invalid(
                 "node.max_object_size",
@@ -409,6 +484,72 @@ pub fn load_peers(path: &Path) -> Result<Vec<Peer>, ConfigError> {
 
 /// PS3.5 Table 6.2-1 (AE): 1-16 characters of the default repertoire, no backslash or
 /// control characters, not all spaces.
+impl HaConfig {
+    fn validate(&self) -> Result<(), ConfigError> {
+        if self.node_id.trim().is_empty() || self.node_id.len() > 64 {
+            return Err(invalid("ha.node_id", "must be 1 to 64 characters"));
+        }
+        if self.links.is_empty() {
+            return Err(invalid("ha.links", "at least one heartbeat link is needed"));
+        }
+        let addr = |key: &str, v: &str| {
+            v.parse::<std::net::SocketAddr>()
+                .map(|_| ())
+                .map_err(|_| invalid(key, format!("`{v}` is not an IP address with a port")))
+        };
+        for l in &self.links {
+            addr("ha.links.bind", &l.bind)?;
+            addr("ha.links.peer", &l.peer)?;
+        }
+        addr("ha.replication_bind", &self.replication_bind)?;
+        addr("ha.peer_replication", &self.peer_replication)?;
+        if self.arbiter.trim().is_empty() {
+            return Err(invalid(
+                "ha.arbiter",
+                "an arbiter is needed to grant epochs",
+            ));
+        }
+        if let Some(ip) = &self.service_ip {
+            let ok = ip.split_once('/').is_some_and(|(a, p)| {
+                a.parse::<std::net::Ipv4Addr>().is_ok() && p.parse::<u8>().is_ok_and(|p| p <= 32)
+            });
+            if !ok {
+                return Err(invalid(
+                    "ha.service_ip",
+                    format!("`{ip}` is not an IPv4 address with a prefix (10.0.0.100/24)"),
+                ));
+            }
+            if self.interface.is_none() {
+                return Err(invalid("ha.interface", "needed with ha.service_ip"));
+            }
+        }
+        if !(10..=10_000).contains(&self.heartbeat_ms) {
+            return Err(invalid("ha.heartbeat_ms", "must be between 10 and 10000"));
+        }
+        if self.lease_ms < 3 * self.heartbeat_ms {
+            return Err(invalid(
+                "ha.lease_ms",
+                "must be at least three heartbeat intervals",
+            ));
+        }
+        if self.margin_ms < self.heartbeat_ms {
+            return Err(invalid(
+                "ha.margin_ms",
+                "must be at least one heartbeat interval",
+            ));
+        }
+        Ok(())
+    }
+
+    pub fn timing(&self) -> crate::ha::role::Timing {
+        crate::ha::role::Timing {
+            heartbeat: Duration::from_millis(self.heartbeat_ms),
+            lease: Duration::from_millis(self.lease_ms),
+            margin: Duration::from_millis(self.margin_ms),
+        }
+    }
+}
+
 pub fn validate_ae_title(key: &str, ae: &str) -> Result<(), ConfigError> {
     if ae.trim().is_empty() {
         return Err(invalid(key, "an AE title may not be empty"));

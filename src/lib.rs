@@ -4,6 +4,7 @@
 pub mod charset;
 pub mod config;
 pub mod dimse;
+pub mod ha;
 pub mod index;
 pub mod net;
 pub mod node;

@@ -4,6 +4,7 @@
 pub mod preview;
 pub mod query;
 pub mod record;
+pub mod replica;
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -20,6 +21,7 @@ pub use record::{InstanceRecord, RecordError};
 const MIGRATIONS: &[&str] = &[
     include_str!("migrations/0001_init.sql"),
     include_str!("migrations/0002_previews.sql"),
+    include_str!("migrations/0003_changelog_epoch.sql"),
 ];
 
 /// Most write jobs folded into one transaction (one fsync) by the group commit.
@@ -55,6 +57,10 @@ pub enum IndexError {
     Encode(#[from] serde_json::Error),
     #[error("the index writer has stopped")]
     WriterGone,
+    #[error("replicated record out of order: change-log seq {got} arrived, {expected} expected")]
+    OutOfOrder { expected: i64, got: i64 },
+    #[error("replicated record {seq} does not apply here: {reason}")]
+    Diverged { seq: i64, reason: String },
 }
 
 /// Result of inserting an instance.
@@ -89,6 +95,15 @@ pub struct Counts {
     pub repair_queue: u64,
 }
 
+/// The latest commit that added instances.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Commit {
+    /// Change-log seq of its last row.
+    pub seq: i64,
+    /// When it was committed (None: before this process opened the index).
+    pub at: Option<std::time::Instant>,
+}
+
 /// An entry of the repair queue.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RepairEntry {
@@ -109,6 +124,13 @@ enum Work {
     },
     /// Repair-queue bookkeeping and other small writes.
     Apply(Maintenance),
+    /// An index record from the HA primary, applied at exactly its change-log seq.
+    Replicated {
+        epoch: u64,
+        seq: i64,
+        record: Box<InstanceRecord>,
+        missed: Vec<(String, String)>,
+    },
 }
 
 struct InsertJob {
@@ -127,8 +149,11 @@ struct Inner {
     writer: Mutex<Option<std::sync::mpsc::Sender<InsertJob>>>,
     readers: Mutex<Vec<Connection>>,
     writer_thread: Mutex<Option<thread::JoinHandle<()>>>,
-    /// Signalled after every commit that added instances (the render worker waits on it).
-    inserted: Arc<tokio::sync::Notify>,
+    /// The change-log seq and time of the latest commit that added instances (the render
+    /// worker and the HA replicator watch it; every subscriber sees every change).
+    commits: tokio::sync::watch::Sender<Commit>,
+    /// HA epoch stamped on new change-log rows (0 when the node runs alone).
+    epoch: Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl Drop for Inner {
@@ -209,11 +234,24 @@ impl Index {
             .map(|_| open_connection(path))
             .collect::<Result<Vec<_>, _>>()?;
         let (tx, rx) = std::sync::mpsc::channel::<InsertJob>();
-        let inserted = Arc::new(tokio::sync::Notify::new());
-        let signal = inserted.clone();
+        let last_seq: i64 = writer_conn
+            .query_row("SELECT coalesce(max(seq), 0) FROM changelog", [], |r| {
+                r.get(0)
+            })
+            .map_err(|source| IndexError::Open {
+                path: path.to_path_buf(),
+                source,
+            })?;
+        let (commits, _) = tokio::sync::watch::channel(Commit {
+            seq: last_seq,
+            at: None,
+        });
+        let signal = commits.clone();
+        let epoch = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let writer_epoch = epoch.clone();
         let handle = thread::Builder::new()
             .name("index-writer".into())
-            .spawn(move || writer_loop(writer_conn, rx, &signal))
+            .spawn(move || writer_loop(writer_conn, rx, &signal, &writer_epoch))
             .expect("spawning the index writer thread");
         Ok(Index {
             inner: Arc::new(Inner {
@@ -221,14 +259,15 @@ impl Index {
                 writer: Mutex::new(Some(tx)),
                 readers: Mutex::new(readers),
                 writer_thread: Mutex::new(Some(handle)),
-                inserted,
+                commits,
+                epoch,
             }),
         })
     }
 
-    /// Wait until a commit adds instances (or returns at once if one did since the last wait).
-    pub async fn inserted(&self) {
-        self.inner.inserted.notified().await;
+    /// Follow the commits that add instances: the receiver changes after each of them.
+    pub fn commits(&self) -> tokio::sync::watch::Receiver<Commit> {
+        self.inner.commits.subscribe()
     }
 
     pub fn path(&self) -> &Path {
@@ -242,39 +281,30 @@ impl Index {
         record: InstanceRecord,
         missed: Vec<(String, String)>,
     ) -> Result<InsertOutcome, IndexError> {
-        let (reply, rx) = oneshot::channel();
-        {
-            let guard = self.inner.writer.lock().expect("writer lock");
-            let sender = guard.as_ref().ok_or(IndexError::WriterGone)?;
-            sender
-                .send(InsertJob {
-                    work: Work::Insert {
-                        record: Box::new(record),
-                        missed,
-                    },
-                    reply,
-                })
-                .map_err(|_| IndexError::WriterGone)?;
-        }
-        rx.await
-            .map_err(|_| IndexError::WriterGone)?
-            .map(|o| o.expect("an insert job answers with its outcome"))
+        self.submit(Work::Insert {
+            record: Box::new(record),
+            missed,
+        })
+        .await
+        .map(|o| o.expect("an insert job answers with its outcome"))
     }
 
     /// Run a small write (repair-queue bookkeeping) on the single writer, in its group commit.
     async fn apply(&self, f: Maintenance) -> Result<(), IndexError> {
+        self.submit(Work::Apply(f)).await.map(|_| ())
+    }
+
+    /// Hand a job to the single writer and wait for its durable outcome.
+    async fn submit(&self, work: Work) -> Result<Option<InsertOutcome>, IndexError> {
         let (reply, rx) = oneshot::channel();
         {
             let guard = self.inner.writer.lock().expect("writer lock");
             let sender = guard.as_ref().ok_or(IndexError::WriterGone)?;
             sender
-                .send(InsertJob {
-                    work: Work::Apply(f),
-                    reply,
-                })
+                .send(InsertJob { work, reply })
                 .map_err(|_| IndexError::WriterGone)?;
         }
-        rx.await.map_err(|_| IndexError::WriterGone)?.map(|_| ())
+        rx.await.map_err(|_| IndexError::WriterGone)?
     }
 
     /// Queue a repair of `storage_key` on `replica` (verification found a bad copy).
@@ -495,7 +525,7 @@ pub fn bulk_load(
     while records.peek().is_some() {
         let tx = conn.transaction().map_err(IndexError::Commit)?;
         for rec in records.by_ref().take(batch.max(1)) {
-            if let InsertOutcome::Inserted { .. } = insert_rows(&tx, &rec, &[])? {
+            if let InsertOutcome::Inserted { .. } = insert_rows(&tx, &rec, &[], 0)? {
                 inserted += 1;
             }
         }
@@ -518,7 +548,8 @@ pub fn bulk_load(
 fn writer_loop(
     mut conn: Connection,
     rx: std::sync::mpsc::Receiver<InsertJob>,
-    inserted: &tokio::sync::Notify,
+    commits: &tokio::sync::watch::Sender<Commit>,
+    epoch: &std::sync::atomic::AtomicU64,
 ) {
     while let Ok(first) = rx.recv() {
         let mut jobs = vec![first];
@@ -540,17 +571,25 @@ fn writer_loop(
         };
         let mut results = Vec::with_capacity(jobs.len());
         let mut tx = tx;
+        let epoch = epoch.load(std::sync::atomic::Ordering::SeqCst);
         for job in jobs.iter_mut() {
-            results.push(apply_job(&mut tx, &mut job.work));
+            results.push(apply_job(&mut tx, &mut job.work, epoch));
         }
         match tx.commit() {
             Ok(()) => {
                 debug!(group = jobs.len(), "index group committed");
-                if results
+                let last = results
                     .iter()
-                    .any(|r| matches!(r, Ok(Some(InsertOutcome::Inserted { .. }))))
-                {
-                    inserted.notify_one();
+                    .filter_map(|r| match r {
+                        Ok(Some(InsertOutcome::Inserted { seq })) => Some(*seq),
+                        _ => None,
+                    })
+                    .max();
+                if let Some(seq) = last {
+                    commits.send_replace(Commit {
+                        seq,
+                        at: Some(std::time::Instant::now()),
+                    });
                 }
                 for (job, res) in jobs.into_iter().zip(results) {
                     let _ = job.reply.send(res);
@@ -575,10 +614,17 @@ fn clone_err(e: &rusqlite::Error) -> rusqlite::Error {
 fn apply_job(
     tx: &mut Transaction<'_>,
     work: &mut Work,
+    epoch: u64,
 ) -> Result<Option<InsertOutcome>, IndexError> {
     let sp = tx.savepoint().map_err(IndexError::Commit)?;
     let res = match work {
-        Work::Insert { record, missed } => insert_rows(&sp, record, missed).map(Some),
+        Work::Insert { record, missed } => insert_rows(&sp, record, missed, epoch).map(Some),
+        Work::Replicated {
+            epoch,
+            seq,
+            record,
+            missed,
+        } => replica::apply_rows(&sp, *epoch, *seq, record, missed).map(Some),
         Work::Apply(f) => {
             let f = std::mem::replace(f, Box::new(|_| Ok(())));
             f(&sp).map(|()| None)
@@ -601,6 +647,7 @@ fn insert_rows(
     c: &Connection,
     rec: &InstanceRecord,
     missed: &[(String, String)],
+    epoch: u64,
 ) -> Result<InsertOutcome, IndexError> {
     if let Some(sha256) = c
         .query_row(
@@ -773,9 +820,13 @@ fn insert_rows(
     }
 
     c.execute(
-        "INSERT INTO changelog (at, kind, sop_instance_uid, record)
-         VALUES (strftime('%Y-%m-%dT%H:%M:%fZ', 'now'), 'instance', ?1, ?2)",
-        params![rec.sop_instance_uid, serde_json::to_string(rec)?],
+        "INSERT INTO changelog (at, kind, sop_instance_uid, record, epoch)
+         VALUES (strftime('%Y-%m-%dT%H:%M:%fZ', 'now'), 'instance', ?1, ?2, ?3)",
+        params![
+            rec.sop_instance_uid,
+            serde_json::to_string(rec)?,
+            epoch as i64
+        ],
     )?;
     Ok(InsertOutcome::Inserted {
         seq: c.last_insert_rowid(),
