@@ -154,6 +154,39 @@ enum Command {
         #[command(subcommand)]
         command: IndexCommand,
     },
+    /// High availability: status and planned switchover of a running pair member.
+    Ha {
+        #[command(subcommand)]
+        command: HaCommand,
+    },
+    /// Run a witness: the arbiter that grants each HA epoch once, for a two-node site
+    /// (`[ha] arbiter = "witness://HOST:PORT"` on both nodes).
+    Witness {
+        /// Address to listen on.
+        #[arg(long)]
+        listen: String,
+        /// Directory where granted epochs are recorded.
+        #[arg(long)]
+        dir: PathBuf,
+    },
+}
+
+#[derive(Subcommand)]
+enum HaCommand {
+    /// Role, epoch, lease, peer, replication lag and service IP of the node.
+    Status {
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Hand the primary role over to the standby (run on the primary; the standby must
+    /// have caught up).
+    Switchover {
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -410,6 +443,22 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 config.node.port = p;
             }
             let deadline = config.timeouts.shutdown();
+            if config.ha.is_some() {
+                let (trigger, shutdown) = pacsd::net::ShutdownTrigger::new();
+                let mut pair = tokio::spawn(pacsd::ha::driver::run(config, shutdown));
+                tokio::select! {
+                    r = &mut pair => return Ok(r??).map(|()| ExitCode::SUCCESS),
+                    _ = wait_for_signal() => {}
+                }
+                tracing::info!("signal received: stepping down, then stopping");
+                trigger.trigger();
+                match tokio::time::timeout(deadline + Duration::from_secs(5), pair).await {
+                    Ok(r) => r??,
+                    Err(_) => anyhow::bail!("shutdown did not finish within {deadline:?}"),
+                }
+                tracing::info!("stopped");
+                return Ok(ExitCode::SUCCESS);
+            }
             let node = Node::open(config)?.spawn().await?;
             wait_for_signal().await;
             tracing::info!("signal received: finishing in-flight messages, then stopping");
@@ -421,6 +470,79 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 anyhow::bail!("shutdown did not finish within {deadline:?}");
             }
             tracing::info!("stopped");
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Witness { listen, dir } => {
+            std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+            let listener = tokio::net::TcpListener::bind(&listen)
+                .await
+                .with_context(|| format!("listening on {listen}"))?;
+            let (trigger, shutdown) = pacsd::net::ShutdownTrigger::new();
+            let task = tokio::spawn(async move {
+                pacsd::ha::arbiter::run_witness(listener, &dir, shutdown).await
+            });
+            wait_for_signal().await;
+            trigger.trigger();
+            task.await??;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Ha { command } => {
+            use pacsd::ha::driver::{ControlReply, ControlRequest, control, control_path};
+            let (config, req, json) = match command {
+                HaCommand::Status { config, json } => (config, ControlRequest::Status, json),
+                HaCommand::Switchover { config } => (config, ControlRequest::Switchover, false),
+            };
+            let config = load_config(config.as_ref())?;
+            let ha = config
+                .ha
+                .as_ref()
+                .context("this configuration has no [ha] section")?;
+            let reply = control(&control_path(&config, ha), &req)
+                .await
+                .map_err(|e| anyhow::anyhow!(e))?;
+            match reply {
+                ControlReply::Status(s) if json => {
+                    println!("{}", serde_json::to_string_pretty(&s)?);
+                }
+                ControlReply::Status(s) => {
+                    println!("node {}: {} in epoch {}", s.node, s.role, s.epoch);
+                    if let Some(l) = s.lease_ms {
+                        println!("lease: {l} ms left");
+                    }
+                    match &s.peer {
+                        Some(p) => println!(
+                            "peer {}: {} in epoch {}, last heard {} ms ago, index seq {}",
+                            p.node,
+                            if p.primary { "primary" } else { "standby" },
+                            p.epoch,
+                            p.heard_ms_ago,
+                            p.seq
+                        ),
+                        None => println!("peer: never heard"),
+                    }
+                    println!(
+                        "index seq {}, replication lag {}",
+                        s.seq,
+                        s.replication_lag
+                            .map_or("unknown".to_string(), |l| l.to_string())
+                    );
+                    if let Some(ip) = &s.service_ip {
+                        println!(
+                            "service IP {ip}: {}",
+                            if s.holds_service_ip {
+                                "held here"
+                            } else {
+                                "not held here"
+                            }
+                        );
+                    }
+                }
+                ControlReply::Ok(m) => println!("{m}"),
+                ControlReply::Error(e) => {
+                    eprintln!("pacsd: {e}");
+                    return Ok(ExitCode::from(1));
+                }
+            }
             Ok(ExitCode::SUCCESS)
         }
         Command::Echo(remote) => {

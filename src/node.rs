@@ -47,6 +47,8 @@ pub struct Node {
     pub config: Arc<Config>,
     pub index: Index,
     pub storage: Arc<Storage>,
+    /// HA: what a C-STORE waits for after its index commit (None: the node runs alone).
+    pub gate: Option<Arc<dyn crate::service::store::CommitGate>>,
 }
 
 /// A node serving in the background (tests and `serve`).
@@ -70,6 +72,7 @@ impl Node {
             config: Arc::new(config),
             index,
             storage,
+            gate: None,
         })
     }
 
@@ -106,6 +109,7 @@ impl Node {
                 self.index.clone(),
                 self.storage.clone(),
                 self.config.node.max_object_size,
+                self.gate.clone(),
             )),
             find: Arc::new(FindService {
                 index: self.index.clone(),
@@ -190,9 +194,7 @@ pub struct RebuildSummary {
 /// and indexed into a fresh database, which then replaces the old one (kept as `.bak`).
 /// Run it with the node stopped.
 pub async fn rebuild_index(config: &Config, progress: bool) -> Result<RebuildSummary, NodeError> {
-    use crate::index::record;
     use crate::storage::parse_object_key;
-    use sha2::{Digest, Sha256};
 
     let storage = Storage::open(
         &config.storage.replicas,
@@ -216,27 +218,7 @@ pub async fn rebuild_index(config: &Config, progress: bool) -> Result<RebuildSum
         summary.objects += 1;
         bar.inc(1);
         let indexed = async {
-            let bytes = storage.get(&key).await.map_err(|e| e.to_string())?;
-            let (meta, offset) = crate::part10::split(&bytes).map_err(|e| e.to_string())?;
-            let ts = meta.transfer_syntax().to_string();
-            let header = record::parse_header(&bytes[offset..], &ts).map_err(|e| e.to_string())?;
-            let mut rec = record::extract(&header).map_err(|e| e.to_string())?;
-            let (study, series, sop) = parse_object_key(storage.prefix(), &key).ok_or("bad key")?;
-            if (
-                rec.study_instance_uid.as_str(),
-                rec.series_instance_uid.as_str(),
-                rec.sop_instance_uid.as_str(),
-            ) != (study.as_str(), series.as_str(), sop.as_str())
-            {
-                return Err("object's UIDs do not match its key".to_string());
-            }
-            rec.transfer_syntax_uid = ts;
-            rec.storage_key = key.clone();
-            rec.size = bytes.len() as u64;
-            rec.sha256 = hex::encode(Sha256::digest(&bytes));
-            rec.calling_ae_title = meta
-                .source_application_entity_title()
-                .map(|s| s.trim().to_string());
+            let rec = record_from_storage(&storage, &key).await?;
             index
                 .insert(rec, Vec::new())
                 .await
@@ -268,6 +250,68 @@ pub async fn rebuild_index(config: &Config, progress: bool) -> Result<RebuildSum
     })?;
     remove_sqlite_sidecars(&fresh);
     Ok(summary)
+}
+
+/// The index record of a stored object, read back from storage: its header parsed, its
+/// UIDs checked against its key, size and SHA-256 computed.
+pub async fn record_from_storage(
+    storage: &Storage,
+    key: &str,
+) -> Result<crate::index::InstanceRecord, String> {
+    use crate::index::record;
+    use crate::storage::parse_object_key;
+    use sha2::{Digest, Sha256};
+
+    let bytes = storage.get(key).await.map_err(|e| e.to_string())?;
+    let (meta, offset) = crate::part10::split(&bytes).map_err(|e| e.to_string())?;
+    let ts = meta.transfer_syntax().to_string();
+    let header = record::parse_header(&bytes[offset..], &ts).map_err(|e| e.to_string())?;
+    let mut rec = record::extract(&header).map_err(|e| e.to_string())?;
+    let (study, series, sop) = parse_object_key(storage.prefix(), key).ok_or("bad key")?;
+    if (
+        rec.study_instance_uid.as_str(),
+        rec.series_instance_uid.as_str(),
+        rec.sop_instance_uid.as_str(),
+    ) != (study.as_str(), series.as_str(), sop.as_str())
+    {
+        return Err("object's UIDs do not match its key".to_string());
+    }
+    rec.transfer_syntax_uid = ts;
+    rec.storage_key = key.to_string();
+    rec.size = bytes.len() as u64;
+    rec.sha256 = hex::encode(Sha256::digest(&bytes));
+    rec.calling_ae_title = meta
+        .source_application_entity_title()
+        .map(|s| s.trim().to_string());
+    Ok(rec)
+}
+
+/// Index every object in storage that the index does not have (HA: a node taking over from
+/// a primary that went on alone, whose last records it never received; the objects are on
+/// the shared storage because data is written before metadata). Returns how many were added.
+pub async fn recover_from_storage(index: &Index, storage: &Storage) -> Result<u64, NodeError> {
+    use crate::storage::parse_object_key;
+    let mut recovered = 0;
+    for key in storage.list_keys().await? {
+        let Some((_, _, sop)) = parse_object_key(storage.prefix(), &key) else {
+            continue;
+        };
+        if index.instance(sop.as_str()).await?.is_some() {
+            continue;
+        }
+        match record_from_storage(storage, &key).await {
+            Ok(rec) => {
+                index.insert(rec, Vec::new()).await?;
+                recovered += 1;
+                tracing::warn!(
+                    key,
+                    "indexed from storage: stored by the previous primary after this node last heard from it"
+                );
+            }
+            Err(e) => tracing::warn!(key, error = %e, "object in storage could not be indexed"),
+        }
+    }
+    Ok(recovered)
 }
 
 /// Outcome of one repair pass.

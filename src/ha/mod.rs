@@ -5,4 +5,7 @@
 //! `driver` runs a node through its roles. See DESIGN.md, High availability.
 
 pub mod arbiter;
+pub mod driver;
+pub mod heartbeat;
+pub mod replication;
 pub mod role;

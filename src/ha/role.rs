@@ -98,7 +98,7 @@ pub enum Action {
     Demote,
     /// Check at the arbiter that no epoch after ours exists (solo lease renewal).
     CheckLease,
-    /// Tell the peer to take over now (planned switchover), then run as standby.
+    /// Tell the peer to take over now (planned switchover); comes before the `Demote`.
     SendHandOver,
 }
 
@@ -322,10 +322,12 @@ impl RoleState {
             }
             (Role::Primary { .. }, Event::HandOver) => {
                 // Stop acknowledging now; the peer claims the next epoch.
+                // Nothing is acknowledged from here on, so the handover may go out before the
+                // service is torn down (it follows every record already shipped).
                 self.lease_until = Some(now);
                 self.role = Role::Standby;
                 self.last_heard = Some(now);
-                vec![Action::Demote, Action::SendHandOver]
+                vec![Action::SendHandOver, Action::Demote]
             }
 
             _ => Vec::new(),
@@ -607,7 +609,7 @@ mod tests {
         pair(&mut p, t0 + ms(850));
         p.step(heard(false, 1, Some(t0 + ms(900))), t0 + ms(950));
         let out = p.step(Event::HandOver, t0 + ms(1000));
-        assert_eq!(out, vec![Action::Demote, Action::SendHandOver]);
+        assert_eq!(out, vec![Action::SendHandOver, Action::Demote]);
         assert!(!p.may_acknowledge(t0 + ms(1000)));
 
         let mut s = RoleState::new(T, 1, t0);

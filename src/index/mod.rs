@@ -265,6 +265,18 @@ impl Index {
         })
     }
 
+    /// Close the index if this is its only handle (the writer finishes and the files are
+    /// released); otherwise hand the handle back.
+    pub fn close(self) -> Result<(), Index> {
+        match Arc::try_unwrap(self.inner) {
+            Ok(inner) => {
+                drop(inner);
+                Ok(())
+            }
+            Err(inner) => Err(Index { inner }),
+        }
+    }
+
     /// Follow the commits that add instances: the receiver changes after each of them.
     pub fn commits(&self) -> tokio::sync::watch::Receiver<Commit> {
         self.inner.commits.subscribe()

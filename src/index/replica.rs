@@ -26,7 +26,7 @@ impl Index {
 
     /// The last change-log row: (seq, epoch); (0, 0) when empty.
     pub async fn last_change(&self) -> Result<(i64, u64), IndexError> {
-        self.read(|c| last_change(c)).await
+        self.read(last_change).await
     }
 
     /// The epoch of change-log row `seq`, if there is one.

@@ -44,6 +44,15 @@ pub enum StoreError {
     Index(#[from] IndexError),
     #[error("building the Part 10 file: {0}")]
     Part10(#[from] part10::Part10Error),
+    #[error("not acknowledged: {0}")]
+    NotConfirmed(String),
+}
+
+/// Step 3 of the durability contract in HA mode: the index row is on the standby too (or
+/// this node holds a solo epoch). Implemented by `ha`; `None` when the node runs alone.
+pub trait CommitGate: Send + Sync {
+    /// Resolve once change-log rows up to `seq` may be acknowledged.
+    fn confirm(&self, seq: i64) -> futures::future::BoxFuture<'_, Result<(), String>>;
 }
 
 impl StoreError {
@@ -59,7 +68,7 @@ impl StoreError {
             | StoreError::BadCommandSopClass
             | StoreError::BadCommandSopInstance
             | StoreError::Record(_) => status::CANNOT_UNDERSTAND,
-            StoreError::Part10(_) => status::PROCESSING_FAILURE,
+            StoreError::Part10(_) | StoreError::NotConfirmed(_) => status::PROCESSING_FAILURE,
         };
         let comment = match self {
             // Keep the comment short and useful: the quorum figures, not every path.
@@ -116,15 +125,30 @@ pub struct StoreService {
     pub storage: Arc<Storage>,
     max_object_size: u64,
     in_flight: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    gate: Option<Arc<dyn CommitGate>>,
 }
 
 impl StoreService {
-    pub fn new(index: Index, storage: Arc<Storage>, max_object_size: u64) -> StoreService {
+    pub fn new(
+        index: Index,
+        storage: Arc<Storage>,
+        max_object_size: u64,
+        gate: Option<Arc<dyn CommitGate>>,
+    ) -> StoreService {
         StoreService {
             index,
             storage,
             max_object_size,
             in_flight: Mutex::new(HashMap::new()),
+            gate,
+        }
+    }
+
+    /// In HA mode, wait until rows up to `seq` may be acknowledged.
+    async fn confirm(&self, seq: i64) -> Result<(), StoreError> {
+        match &self.gate {
+            Some(g) => g.confirm(seq).await.map_err(StoreError::NotConfirmed),
+            None => Ok(()),
         }
     }
 
@@ -240,6 +264,12 @@ impl StoreService {
             } else {
                 warn!(sop = %uids.sop_instance, "instance re-sent with different content; the stored version is kept");
             }
+            // Its first C-STORE may have failed before the standby confirmed it: confirm
+            // everything committed so far, which includes it.
+            if self.gate.is_some() {
+                let (seq, _) = self.index.last_change().await?;
+                self.confirm(seq).await?;
+            }
             return Ok(());
         }
         let key = object_key(
@@ -288,9 +318,16 @@ impl StoreService {
                     index_us = started.elapsed().as_micros() as u64,
                     "stored"
                 );
+                // 3. In HA mode: the standby has the row (or we hold a solo epoch).
+                self.confirm(seq).await
+            }
+            Ok(InsertOutcome::AlreadyPresent { .. }) => {
+                if self.gate.is_some() {
+                    let (seq, _) = self.index.last_change().await?;
+                    self.confirm(seq).await?;
+                }
                 Ok(())
             }
-            Ok(InsertOutcome::AlreadyPresent { .. }) => Ok(()),
             Err(e) => {
                 // Undo: the object must not stay visible without its index row.
                 self.storage.delete_from(&key, &outcome.written).await;

@@ -1,0 +1,756 @@
+//! Runs one node of a pair through its roles: heartbeats out and in, the role state machine
+//! stepped on every tick, heartbeat, arbiter answer and replication event, and its actions
+//! carried out. As standby the node owns its index and applies records; as primary it
+//! serves DICOM (with C-STORE responses gated on the standby's acknowledgement), ships the
+//! change log, and holds the service address.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::{TcpListener, UnixListener};
+use tokio::sync::{Notify, mpsc, oneshot, watch};
+use tokio::task::JoinHandle;
+use tracing::{error, info, warn};
+
+use super::arbiter::{Arbiter, ArbiterError};
+use super::heartbeat::{Beat, Clock, Links};
+use super::replication::{PrimaryEvent, Replicator, StandbyEvent, StandbyServer};
+use super::role::{Action, Event, Role, RoleState};
+use crate::config::{Config, HaConfig, ReplicationMode};
+use crate::index::{Index, IndexError};
+use crate::net::{Shutdown, ShutdownTrigger};
+use crate::node::Node;
+use crate::service::store::CommitGate;
+use crate::storage::{Storage, StorageError};
+
+/// Longest a C-STORE waits for the standby's acknowledgement (or for this node to go on
+/// alone with a new epoch) before it fails: a few leases.
+const CONFIRM_LEASES: u32 = 4;
+/// How often a waiting C-STORE looks at the role again (besides being woken).
+const CONFIRM_POLL: Duration = Duration::from_millis(20);
+/// Longest `pacsd ha` control request or answer line.
+const MAX_CONTROL_LINE: u64 = 1024;
+
+#[derive(Debug, thiserror::Error)]
+pub enum HaError {
+    #[error("[ha] is missing from the configuration")]
+    NotConfigured,
+    #[error("{0}")]
+    Arbiter(#[from] ArbiterError),
+    #[error("opening storage: {0}")]
+    Storage(#[from] StorageError),
+    #[error("opening the index: {0}")]
+    Index(#[from] IndexError),
+    #[error("{what} {addr}: {source}")]
+    Bind {
+        what: &'static str,
+        addr: String,
+        source: std::io::Error,
+    },
+    #[error("control socket {path}: {reason}")]
+    Control { path: PathBuf, reason: String },
+}
+
+/// What the driver, the C-STORE gate and `pacsd ha status` share.
+pub struct Shared {
+    pub node_id: String,
+    pub role: Mutex<RoleState>,
+    /// Woken whenever the role state changes.
+    pub changed: Notify,
+    /// Highest change-log seq the standby acknowledged in the current term.
+    pub acked: watch::Sender<i64>,
+    pub mode: ReplicationMode,
+    pub peer: Mutex<Option<(Instant, Beat)>>,
+    /// Last change-log seq of this node's index (kept by the applier or the service).
+    pub seq: Arc<std::sync::atomic::AtomicI64>,
+    pub service_ip: Option<String>,
+    pub holds_service_ip: Mutex<bool>,
+}
+
+/// The C-STORE gate of an HA node (durability contract, step 3).
+pub struct Gate(pub Arc<Shared>);
+
+impl CommitGate for Gate {
+    fn confirm(&self, seq: i64) -> futures::future::BoxFuture<'_, Result<(), String>> {
+        Box::pin(async move {
+            let shared = &self.0;
+            let limit = {
+                let st = shared.role.lock().expect("role");
+                st.timing.lease * CONFIRM_LEASES
+            };
+            let deadline = Instant::now() + limit;
+            let mut acked = shared.acked.subscribe();
+            loop {
+                let woken = shared.changed.notified();
+                let now = Instant::now();
+                {
+                    let st = shared.role.lock().expect("role");
+                    let serving = matches!(
+                        st.role,
+                        Role::Primary { .. } | Role::Claiming { solo_before: true }
+                    );
+                    if !serving {
+                        return Err(format!(
+                            "this node is no longer the primary (epoch {})",
+                            st.epoch
+                        ));
+                    }
+                    let replicated = shared.mode == ReplicationMode::Async
+                        || st.is_solo()
+                        || *acked.borrow_and_update() >= seq;
+                    if replicated && st.may_acknowledge(now) {
+                        return Ok(());
+                    }
+                }
+                if now >= deadline {
+                    return Err(format!(
+                        "the standby did not confirm index change {seq} within {limit:?}"
+                    ));
+                }
+                tokio::select! {
+                    _ = woken => {}
+                    _ = acked.changed() => {}
+                    _ = tokio::time::sleep(CONFIRM_POLL.min(deadline - now)) => {}
+                }
+            }
+        })
+    }
+}
+
+/// What `pacsd ha status` prints.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Status {
+    pub node: String,
+    pub role: String,
+    pub epoch: u64,
+    /// Milliseconds of lease left (primary).
+    pub lease_ms: Option<u64>,
+    pub solo: bool,
+    pub peer: Option<PeerStatus>,
+    /// Last change-log seq of this node's index.
+    pub seq: i64,
+    /// Primary: rows committed here and not yet acknowledged by the standby; standby: rows
+    /// the primary has that this node has not applied.
+    pub replication_lag: Option<i64>,
+    pub service_ip: Option<String>,
+    pub holds_service_ip: bool,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PeerStatus {
+    pub node: String,
+    pub primary: bool,
+    pub epoch: u64,
+    pub seq: i64,
+    pub heard_ms_ago: u64,
+}
+
+/// A request on the control socket.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "lowercase")]
+pub enum ControlRequest {
+    Status,
+    Switchover,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ControlReply {
+    Status(Status),
+    Ok(String),
+    Error(String),
+}
+
+/// The control socket's path for a configuration.
+pub fn control_path(config: &Config, ha: &HaConfig) -> PathBuf {
+    ha.control_socket
+        .clone()
+        .unwrap_or_else(|| PathBuf::from(format!("{}.ha.sock", config.index.path.display())))
+}
+
+/// Ask a running node (`pacsd ha status`, `pacsd ha switchover`).
+pub async fn control(path: &std::path::Path, req: &ControlRequest) -> Result<ControlReply, String> {
+    let exchange = async {
+        let mut s = tokio::net::UnixStream::connect(path).await.map_err(|e| {
+            format!(
+                "connecting to {}: {e} (is the node running?)",
+                path.display()
+            )
+        })?;
+        let mut line = serde_json::to_vec(req).map_err(|e| e.to_string())?;
+        line.push(b'\n');
+        s.write_all(&line).await.map_err(|e| e.to_string())?;
+        let mut answer = String::new();
+        BufReader::new(s)
+            .take(64 * 1024)
+            .read_line(&mut answer)
+            .await
+            .map_err(|e| e.to_string())?;
+        serde_json::from_str(&answer).map_err(|e| format!("bad answer: {e}"))
+    };
+    tokio::time::timeout(Duration::from_secs(5), exchange)
+        .await
+        .map_err(|_| "no answer within 5 s".to_string())?
+}
+
+/// The service while primary.
+struct Serving {
+    node_trigger: ShutdownTrigger,
+    node_task: JoinHandle<()>,
+    repl_trigger: ShutdownTrigger,
+    repl_task: JoinHandle<()>,
+    handover: mpsc::Sender<()>,
+}
+
+/// The index applier while standby.
+struct Standing {
+    trigger: ShutdownTrigger,
+    task: JoinHandle<Index>,
+}
+
+/// Everything the driver owns.
+struct Driver {
+    config: Arc<Config>,
+    shared: Arc<Shared>,
+    storage: Arc<Storage>,
+    arbiter: Arbiter,
+    clock: Clock,
+    known_epoch: Arc<AtomicU64>,
+    repl_listener: Arc<TcpListener>,
+    peer_replication: SocketAddr,
+    events: mpsc::Sender<Event>,
+    standby_events: mpsc::Sender<StandbyEvent>,
+    primary_events: mpsc::Sender<PrimaryEvent>,
+    standing: Option<Standing>,
+    serving: Option<Serving>,
+    /// The index while neither standing nor serving holds it.
+    index: Option<Index>,
+}
+
+/// Run this node of the pair until `shutdown`.
+pub async fn run(config: Config, mut shutdown: Shutdown) -> Result<(), HaError> {
+    let ha = config.ha.clone().ok_or(HaError::NotConfigured)?;
+    let bind = |what: &'static str, addr: &str| {
+        let addr = addr.to_string();
+        move |source| HaError::Bind { what, addr, source }
+    };
+    let storage = Arc::new(Storage::open(
+        &config.storage.replicas,
+        config.storage.write_quorum,
+        &config.storage.prefix,
+    )?);
+    let arbiter = Arbiter::open(&ha.arbiter)?;
+    arbiter.probe().await?;
+    let latest = arbiter.latest().await?;
+    let index = Index::open(&config.index.path)?;
+    let now = Instant::now();
+    let shared = Arc::new(Shared {
+        node_id: ha.node_id.clone(),
+        role: Mutex::new(RoleState::new(ha.timing(), latest, now)),
+        changed: Notify::new(),
+        acked: watch::channel(0).0,
+        mode: ha.replication,
+        peer: Mutex::new(None),
+        seq: Arc::new(std::sync::atomic::AtomicI64::new(0)),
+        service_ip: ha.service_ip.clone(),
+        holds_service_ip: Mutex::new(false),
+    });
+    let links: Vec<(SocketAddr, SocketAddr)> = ha
+        .links
+        .iter()
+        .map(|l| {
+            (
+                l.bind.parse().expect("validated"),
+                l.peer.parse().expect("validated"),
+            )
+        })
+        .collect();
+    let links = Links::bind(&links)
+        .await
+        .map_err(bind("heartbeat link", &ha.links[0].bind))?;
+    let (beat_tx, mut beats) = mpsc::channel(64);
+    links.receive(ha.node_id.clone(), beat_tx);
+    let repl_listener = Arc::new(
+        TcpListener::bind(&ha.replication_bind)
+            .await
+            .map_err(bind("replication listener", &ha.replication_bind))?,
+    );
+    let control_path = control_path(&config, &ha);
+    let _ = std::fs::remove_file(&control_path);
+    let control = UnixListener::bind(&control_path).map_err(|e| HaError::Control {
+        path: control_path.clone(),
+        reason: e.to_string(),
+    })?;
+    let (control_tx, mut control_rx) = mpsc::channel(8);
+    tokio::spawn(serve_control(control, control_tx));
+
+    let (events_tx, mut events) = mpsc::channel(32);
+    let (standby_tx, mut standby_events) = mpsc::channel(8);
+    let (primary_tx, mut primary_events) = mpsc::channel(8);
+    let mut d = Driver {
+        peer_replication: ha.peer_replication.parse().expect("validated"),
+        config: Arc::new(config),
+        shared: shared.clone(),
+        storage,
+        arbiter,
+        clock: Clock::new(),
+        known_epoch: Arc::new(AtomicU64::new(latest)),
+        repl_listener,
+        events: events_tx,
+        standby_events: standby_tx,
+        primary_events: primary_tx,
+        standing: None,
+        serving: None,
+        index: Some(index),
+    };
+    info!(
+        node = ha.node_id,
+        epoch = latest,
+        arbiter = ha.arbiter,
+        "HA node starting as standby"
+    );
+    d.stand_by();
+
+    let mut tick = tokio::time::interval(ha.timing().heartbeat);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut peer_token: Option<u64> = None;
+    loop {
+        let event = tokio::select! {
+            _ = tick.tick() => {
+                d.send_beat(&links, peer_token).await;
+                Some(Event::Tick)
+            }
+            Some((beat, at)) = beats.recv() => {
+                peer_token = Some(beat.token);
+                d.known_epoch.fetch_max(beat.epoch, Ordering::SeqCst);
+                let ev = Event::Heard {
+                    peer_primary: beat.primary,
+                    peer_epoch: beat.epoch,
+                    echoed: beat.echo.map(|t| d.clock.instant(t)),
+                };
+                *shared.peer.lock().expect("peer") = Some((at, beat));
+                Some(ev)
+            }
+            Some(ev) = events.recv() => Some(ev),
+            Some(StandbyEvent::TakeOver { epoch }) = standby_events.recv() => {
+                info!(peer_epoch = epoch, "the primary handed over: taking over");
+                Some(Event::TakeOver { peer_epoch: epoch })
+            }
+            Some(pe) = primary_events.recv() => Some(match pe {
+                PrimaryEvent::CaughtUp => Event::StandbyCaughtUp,
+                PrimaryEvent::Lost => Event::StandbyLost,
+            }),
+            Some((req, reply)) = control_rx.recv() => d.control(req, reply).await,
+            _ = shutdown.wait() => break,
+        };
+        let Some(event) = event else { continue };
+        let actions = {
+            let mut st = shared.role.lock().expect("role");
+            let before = (st.role, st.epoch);
+            let actions = st.step(event, Instant::now());
+            if (st.role, st.epoch) != before {
+                info!(role = ?st.role, epoch = st.epoch, "role changed");
+            }
+            actions
+        };
+        shared.changed.notify_waiters();
+        for a in actions {
+            d.execute(a).await;
+        }
+    }
+    info!("HA node stopping");
+    d.stop_serving().await;
+    if let Some(s) = d.standing.take() {
+        s.trigger.trigger();
+        let _ = s.task.await;
+    }
+    let _ = std::fs::remove_file(&control_path);
+    Ok(())
+}
+
+impl Driver {
+    async fn send_beat(&self, links: &Links, echo: Option<u64>) {
+        let (primary, epoch) = {
+            let st = self.shared.role.lock().expect("role");
+            (st.is_primary(), st.epoch)
+        };
+        let seq = match &self.index {
+            Some(i) if self.serving.is_some() => i.commits().borrow().seq,
+            _ => self.shared.seq.load(Ordering::SeqCst),
+        };
+        links
+            .send(&Beat {
+                node: self.shared.node_id.clone(),
+                primary,
+                epoch,
+                seq,
+                token: self.clock.token(Instant::now()),
+                echo,
+            })
+            .await;
+    }
+
+    async fn execute(&mut self, action: Action) {
+        match action {
+            Action::Claim { epoch } => {
+                let (arbiter, node, tx) = (
+                    self.arbiter.clone(),
+                    self.shared.node_id.clone(),
+                    self.events.clone(),
+                );
+                info!(epoch, "claiming epoch");
+                tokio::spawn(async move {
+                    let ev = match arbiter.claim(epoch, &node).await {
+                        Ok(o) => Event::Claimed {
+                            epoch,
+                            granted: o.granted,
+                            latest: o.latest,
+                            previous_solo: o.previous_solo,
+                        },
+                        Err(e) => {
+                            warn!(epoch, error = %e, "claim failed: the arbiter did not answer");
+                            Event::Claimed {
+                                epoch,
+                                granted: false,
+                                latest: epoch - 1,
+                                previous_solo: false,
+                            }
+                        }
+                    };
+                    let _ = tx.send(ev).await;
+                });
+            }
+            Action::CheckLease => {
+                let (arbiter, tx) = (self.arbiter.clone(), self.events.clone());
+                tokio::spawn(async move {
+                    let started = Instant::now();
+                    match arbiter.latest().await {
+                        Ok(latest) => {
+                            let _ = tx.send(Event::Checked { started, latest }).await;
+                        }
+                        Err(e) => warn!(error = %e, "lease check failed: the lease will lapse"),
+                    }
+                });
+            }
+            Action::MarkPaired => {
+                let epoch = self.shared.role.lock().expect("role").epoch;
+                let (arbiter, tx) = (self.arbiter.clone(), self.events.clone());
+                tokio::spawn(async move {
+                    match arbiter.mark_paired(epoch).await {
+                        Ok(()) => {
+                            info!(epoch, "standby caught up: writes now wait for it");
+                            let _ = tx.send(Event::Paired).await;
+                        }
+                        Err(e) => {
+                            warn!(epoch, error = %e, "could not record the term as paired; staying solo")
+                        }
+                    }
+                });
+            }
+            Action::Promote => self.promote().await,
+            Action::Demote => {
+                warn!("stepping down: no longer primary");
+                self.stop_serving().await;
+                self.stand_by();
+            }
+            Action::SendHandOver => {
+                if let Some(s) = &self.serving {
+                    let _ = s.handover.send(()).await;
+                    // Give the frame a moment to leave before the link is torn down.
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+            }
+        }
+    }
+
+    /// Standby: the index goes to the record applier.
+    fn stand_by(&mut self) {
+        if self.standing.is_some() {
+            return;
+        }
+        let Some(index) = self.index.take() else {
+            error!("no index to stand by with");
+            return;
+        };
+        let (trigger, shutdown) = ShutdownTrigger::new();
+        let server = StandbyServer {
+            node: self.shared.node_id.clone(),
+            index_path: self.config.index.path.clone(),
+            known_epoch: self.known_epoch.clone(),
+            events: self.standby_events.clone(),
+            applied: self.shared.seq.clone(),
+        };
+        let task = tokio::spawn(server.run(self.repl_listener.clone(), index, shutdown));
+        self.standing = Some(Standing { trigger, task });
+    }
+
+    async fn promote(&mut self) {
+        let epoch = self.shared.role.lock().expect("role").epoch;
+        self.known_epoch.fetch_max(epoch, Ordering::SeqCst);
+        if let Some(s) = self.standing.take() {
+            s.trigger.trigger();
+            match s.task.await {
+                Ok(index) => self.index = Some(index),
+                Err(e) => error!(error = %e, "the record applier ended badly"),
+            }
+        }
+        if let Some(serving) = self.serving.take() {
+            // Already serving (a new solo epoch): only the replicator restarts in it.
+            serving.repl_trigger.trigger();
+            let _ = serving.repl_task.await;
+            let index = self
+                .index
+                .clone()
+                .expect("the driver keeps an index handle while serving");
+            index.set_epoch(epoch);
+            let (repl_trigger, repl_task, handover) = self.start_replicator(index, epoch);
+            self.serving = Some(Serving {
+                repl_trigger,
+                repl_task,
+                handover,
+                ..serving
+            });
+            info!(epoch, "serving on in a new epoch");
+            return;
+        }
+        let Some(index) = self.index.take() else {
+            error!("no index to serve with");
+            return;
+        };
+        index.set_epoch(epoch);
+        self.shared.acked.send_replace(0);
+        // Superseding a term that went on alone (role, rule 3): wait out its lease, then
+        // index what that primary stored after this node last heard from it.
+        let serve_from = match self.shared.role.lock().expect("role").role {
+            Role::Primary { serve_from, .. } => serve_from,
+            _ => Instant::now(),
+        };
+        if serve_from > Instant::now() {
+            tokio::time::sleep_until(serve_from.into()).await;
+            match crate::node::recover_from_storage(&index, &self.storage).await {
+                Ok(n) => info!(
+                    recovered = n,
+                    "took over from a solo primary: index reconciled with storage"
+                ),
+                Err(e) => {
+                    // Serving without those records could deny instances already
+                    // acknowledged: give the term up and try again later.
+                    error!(error = %e, "reconciling the index with storage failed; not serving");
+                    self.index = Some(index);
+                    let _ = self
+                        .shared
+                        .role
+                        .lock()
+                        .expect("role")
+                        .step(Event::HandOver, Instant::now());
+                    self.stand_by();
+                    return;
+                }
+            }
+        }
+        // TODO(next): the service address (netlink) and gratuitous ARPs go here.
+        let addr = format!("{}:{}", self.config.node.bind, self.config.node.port);
+        let listener = match TcpListener::bind(&addr).await {
+            Ok(l) => l,
+            Err(e) => {
+                // Give the term up (nothing was acknowledged in it); the peer may claim.
+                error!(%addr, error = %e, "cannot listen as primary; stepping down");
+                self.index = Some(index);
+                let _ = self
+                    .shared
+                    .role
+                    .lock()
+                    .expect("role")
+                    .step(Event::HandOver, Instant::now());
+                self.stand_by();
+                return;
+            }
+        };
+        let node = Node {
+            config: self.config.clone(),
+            index: index.clone(),
+            storage: self.storage.clone(),
+            gate: Some(Arc::new(Gate(self.shared.clone()))),
+        };
+        let (node_trigger, node_shutdown) = ShutdownTrigger::new();
+        let node_task = tokio::spawn(node.run(listener, node_shutdown));
+        let (repl_trigger, repl_task, handover) = self.start_replicator(index, epoch);
+        info!(epoch, %addr, ae_title = %self.config.node.ae_title, "primary: serving");
+        self.serving = Some(Serving {
+            node_trigger,
+            node_task,
+            repl_trigger,
+            repl_task,
+            handover,
+        });
+    }
+
+    fn start_replicator(
+        &mut self,
+        index: Index,
+        epoch: u64,
+    ) -> (ShutdownTrigger, JoinHandle<()>, mpsc::Sender<()>) {
+        // The driver keeps a handle too, to hand the index back to the applier later.
+        self.index = Some(index.clone());
+        let (trigger, shutdown) = ShutdownTrigger::new();
+        let (handover_tx, handover_rx) = mpsc::channel(1);
+        let r = Replicator {
+            node: self.shared.node_id.clone(),
+            epoch,
+            peer: self.peer_replication,
+            index,
+            acked: self.shared.acked.clone(),
+            events: self.primary_events.clone(),
+            handover: handover_rx,
+        };
+        (trigger, tokio::spawn(r.run(shutdown)), handover_tx)
+    }
+
+    /// Stop the DICOM service and the replicator (the index stays with the driver).
+    async fn stop_serving(&mut self) {
+        let Some(s) = self.serving.take() else { return };
+        s.node_trigger.trigger();
+        s.repl_trigger.trigger();
+        let deadline = self.config.timeouts.shutdown();
+        let mut node_task = s.node_task;
+        if tokio::time::timeout(deadline, &mut node_task)
+            .await
+            .is_err()
+        {
+            warn!("associations did not finish in time; aborted");
+            node_task.abort();
+            let _ = node_task.await;
+        }
+        let _ = s.repl_task.await;
+        // TODO(next): release the service address here.
+        info!("primary service stopped");
+    }
+
+    /// Answer a control request; a switchover becomes a role event.
+    async fn control(
+        &mut self,
+        req: ControlRequest,
+        reply: oneshot::Sender<ControlReply>,
+    ) -> Option<Event> {
+        match req {
+            ControlRequest::Status => {
+                let _ = reply.send(ControlReply::Status(self.status().await));
+                None
+            }
+            ControlRequest::Switchover => {
+                let (primary, solo) = {
+                    let st = self.shared.role.lock().expect("role");
+                    (st.is_primary(), st.is_solo())
+                };
+                if !primary {
+                    let _ = reply.send(ControlReply::Error("this node is not the primary".into()));
+                    None
+                } else if solo {
+                    let _ = reply.send(ControlReply::Error(
+                        "the standby has not caught up (solo): no switchover".into(),
+                    ));
+                    None
+                } else {
+                    let _ = reply.send(ControlReply::Ok("handing over to the standby".into()));
+                    Some(Event::HandOver)
+                }
+            }
+        }
+    }
+
+    async fn status(&self) -> Status {
+        let seq = match &self.index {
+            Some(i) => i.last_change().await.map(|c| c.0).unwrap_or(0),
+            None => self.shared.seq.load(Ordering::SeqCst),
+        };
+        let st = self.shared.role.lock().expect("role").clone();
+        let now = Instant::now();
+        let peer = self
+            .shared
+            .peer
+            .lock()
+            .expect("peer")
+            .as_ref()
+            .map(|(at, b)| PeerStatus {
+                node: b.node.clone(),
+                primary: b.primary,
+                epoch: b.epoch,
+                seq: b.seq,
+                heard_ms_ago: now.saturating_duration_since(*at).as_millis() as u64,
+            });
+        let primary = st.is_primary();
+        let lag = if primary && !st.is_solo() {
+            Some(seq - *self.shared.acked.borrow())
+        } else if primary {
+            None // no standby in step
+        } else {
+            peer.as_ref().map(|p| (p.seq - seq).max(0))
+        };
+        Status {
+            node: self.shared.node_id.clone(),
+            role: match st.role {
+                Role::Standby => "standby".into(),
+                Role::Claiming { .. } => "claiming".into(),
+                Role::Primary { solo: true, .. } => "primary (solo)".into(),
+                Role::Primary { solo: false, .. } => "primary".into(),
+            },
+            epoch: st.epoch,
+            lease_ms: st
+                .lease_until
+                .filter(|_| primary)
+                .map(|l| l.saturating_duration_since(now).as_millis() as u64),
+            solo: st.is_solo(),
+            peer,
+            seq,
+            replication_lag: lag,
+            service_ip: self.shared.service_ip.clone(),
+            holds_service_ip: *self.shared.holds_service_ip.lock().expect("vip"),
+        }
+    }
+}
+
+/// Accept control connections: one JSON request line, one JSON answer line.
+async fn serve_control(
+    listener: UnixListener,
+    tx: mpsc::Sender<(ControlRequest, oneshot::Sender<ControlReply>)>,
+) {
+    loop {
+        let Ok((stream, _)) = listener.accept().await else {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            continue;
+        };
+        let tx = tx.clone();
+        tokio::spawn(async move {
+            let (r, mut w) = stream.into_split();
+            let mut line = String::new();
+            let mut reader = BufReader::new(r).take(MAX_CONTROL_LINE);
+            if tokio::time::timeout(Duration::from_secs(2), reader.read_line(&mut line))
+                .await
+                .is_err()
+            {
+                return;
+            }
+            let answer = match serde_json::from_str::<ControlRequest>(&line) {
+                Ok(req) => {
+                    let (reply_tx, reply_rx) = oneshot::channel();
+                    if tx.send((req, reply_tx)).await.is_err() {
+                        return;
+                    }
+                    match tokio::time::timeout(Duration::from_secs(3), reply_rx).await {
+                        Ok(Ok(a)) => a,
+                        _ => ControlReply::Error("the node did not answer".into()),
+                    }
+                }
+                Err(e) => ControlReply::Error(format!("bad request: {e}")),
+            };
+            let mut out = serde_json::to_vec(&answer).unwrap_or_default();
+            out.push(b'\n');
+            let _ = w.write_all(&out).await;
+        });
+    }
+}

@@ -1,0 +1,501 @@
+//! Index replication between the two nodes of a pair over TCP (DRBD protocol C semantics:
+//! the primary acknowledges a C-STORE only after the standby applied its index record).
+//!
+//! The standby listens; the primary connects and says its epoch; the standby answers with
+//! the end of its change log (seq, epoch). If that row is in the primary's change log with
+//! the same epoch, the standby's history is a prefix of the primary's and the missing rows
+//! are shipped; otherwise the primary ships a snapshot of its whole index and the standby
+//! sets its own database aside (`<index>.diverged-<epoch>-<time>.sqlite`), never merging it.
+//! Then every committed row follows as it is committed, each acknowledged by seq.
+//!
+//! Frames: a 4-byte big-endian length, then JSON (a snapshot's bytes follow its frame).
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{mpsc, watch};
+use tracing::{debug, info, warn};
+
+use crate::index::replica::ChangeRecord;
+use crate::index::{Index, IndexError};
+use crate::net::Shutdown;
+
+/// Largest JSON frame read (a record is a few KiB).
+const MAX_FRAME: u32 = 1 << 20;
+/// Largest snapshot accepted.
+const MAX_SNAPSHOT: u64 = 1 << 40;
+/// Connecting to the standby, and every exchange of the handshake, must fit in this.
+const CONNECT_TIMEOUT: Duration = Duration::from_millis(500);
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
+/// A snapshot transfer and its installation.
+const SNAPSHOT_TIMEOUT: Duration = Duration::from_secs(600);
+/// The primary sends a ping when it has had nothing to send for this long; the standby
+/// gives a connection up after `IDLE_LIMIT` without any frame.
+const PING_EVERY: Duration = Duration::from_secs(1);
+const IDLE_LIMIT: Duration = Duration::from_secs(10);
+/// Rows read from the change log and sent at a time.
+const BATCH: usize = 256;
+/// Wait between attempts to reach the standby.
+const RECONNECT_AFTER: Duration = Duration::from_millis(200);
+
+#[derive(Debug, thiserror::Error)]
+pub enum ReplicationError {
+    #[error("replication link: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("replication frame: {0}")]
+    Frame(String),
+    #[error("index: {0}")]
+    Index(#[from] IndexError),
+    #[error("{0}")]
+    Refused(String),
+    #[error("timed out: {0}")]
+    Timeout(&'static str),
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "t", rename_all = "snake_case")]
+enum Frame {
+    /// Primary -> standby, first: who is sending and in which epoch.
+    Primary {
+        node: String,
+        epoch: u64,
+    },
+    /// Standby -> primary: the end of its change log.
+    Hello {
+        node: String,
+        last_seq: i64,
+        last_epoch: u64,
+    },
+    /// Primary -> standby: the whole index follows (`bytes` raw bytes).
+    Snapshot {
+        bytes: u64,
+        last_seq: i64,
+    },
+    Record {
+        change: Box<ChangeRecord>,
+    },
+    Ping,
+    /// Planned switchover: the primary has stopped serving in `epoch`; take over.
+    HandOver {
+        epoch: u64,
+    },
+    /// Standby -> primary: everything up to `seq` is applied.
+    Ack {
+        seq: i64,
+    },
+    Refused {
+        reason: String,
+    },
+}
+
+async fn write_frame<W: AsyncWrite + Unpin>(w: &mut W, f: &Frame) -> Result<(), ReplicationError> {
+    let body = serde_json::to_vec(f).map_err(|e| ReplicationError::Frame(e.to_string()))?;
+    w.write_all(&(body.len() as u32).to_be_bytes()).await?;
+    w.write_all(&body).await?;
+    w.flush().await?;
+    Ok(())
+}
+
+async fn read_frame<R: AsyncRead + Unpin>(r: &mut R) -> Result<Frame, ReplicationError> {
+    let len = r.read_u32().await?;
+    if len > MAX_FRAME {
+        return Err(ReplicationError::Frame(format!(
+            "frame of {len} bytes (at most {MAX_FRAME})"
+        )));
+    }
+    let mut body = vec![0; len as usize];
+    r.read_exact(&mut body).await?;
+    serde_json::from_slice(&body).map_err(|e| ReplicationError::Frame(e.to_string()))
+}
+
+async fn timed<T>(
+    limit: Duration,
+    what: &'static str,
+    f: impl Future<Output = Result<T, ReplicationError>>,
+) -> Result<T, ReplicationError> {
+    tokio::time::timeout(limit, f)
+        .await
+        .map_err(|_| ReplicationError::Timeout(what))?
+}
+
+/// What the standby side tells the HA driver.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StandbyEvent {
+    /// The primary handed over in `epoch` (planned switchover).
+    TakeOver { epoch: u64 },
+}
+
+/// The standby's side: owns the index while the node is standby.
+pub struct StandbyServer {
+    pub node: String,
+    pub index_path: PathBuf,
+    /// The newest epoch this node knows (from heartbeats and the arbiter): a primary in an
+    /// older one is refused.
+    pub known_epoch: Arc<AtomicU64>,
+    pub events: mpsc::Sender<StandbyEvent>,
+    /// Last change-log seq applied (for heartbeats and status).
+    pub applied: Arc<std::sync::atomic::AtomicI64>,
+}
+
+impl StandbyServer {
+    /// Serve primaries one connection at a time until `shutdown`; returns the index.
+    pub async fn run(
+        self,
+        listener: Arc<TcpListener>,
+        index: Index,
+        mut shutdown: Shutdown,
+    ) -> Index {
+        let mut index = index;
+        loop {
+            let (stream, peer) = tokio::select! {
+                r = listener.accept() => match r {
+                    Ok(x) => x,
+                    Err(e) => {
+                        warn!(error = %e, "replication accept failed");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                },
+                _ = shutdown.wait() => return index,
+            };
+            let _ = stream.set_nodelay(true);
+            let mut sd = shutdown.clone();
+            let result = tokio::select! {
+                r = self.serve(stream, &mut index) => r,
+                _ = sd.wait() => return index,
+            };
+            match result {
+                Ok(()) => debug!(%peer, "replication connection closed"),
+                Err(e) => warn!(%peer, error = %e, "replication connection ended"),
+            }
+        }
+    }
+
+    async fn serve(&self, stream: TcpStream, index: &mut Index) -> Result<(), ReplicationError> {
+        let (mut r, mut w) = stream.into_split();
+        let epoch = match timed(HANDSHAKE_TIMEOUT, "primary hello", read_frame(&mut r)).await? {
+            Frame::Primary { node, epoch } => {
+                let known = self.known_epoch.load(Ordering::SeqCst);
+                if epoch < known {
+                    let reason =
+                        format!("{node} is primary of epoch {epoch}, but epoch {known} exists");
+                    write_frame(
+                        &mut w,
+                        &Frame::Refused {
+                            reason: reason.clone(),
+                        },
+                    )
+                    .await?;
+                    return Err(ReplicationError::Refused(reason));
+                }
+                self.known_epoch.fetch_max(epoch, Ordering::SeqCst);
+                info!(primary = node, epoch, "replicating from the primary");
+                epoch
+            }
+            other => {
+                return Err(ReplicationError::Frame(format!(
+                    "expected hello, got {other:?}"
+                )));
+            }
+        };
+        let (last_seq, last_epoch) = index.last_change().await?;
+        self.applied.store(last_seq, Ordering::SeqCst);
+        write_frame(
+            &mut w,
+            &Frame::Hello {
+                node: self.node.clone(),
+                last_seq,
+                last_epoch,
+            },
+        )
+        .await?;
+        loop {
+            let frame = timed(IDLE_LIMIT, "a frame from the primary", read_frame(&mut r)).await?;
+            if self.known_epoch.load(Ordering::SeqCst) > epoch {
+                return Err(ReplicationError::Refused(format!(
+                    "epoch {epoch} was superseded"
+                )));
+            }
+            match frame {
+                Frame::Record { change } => {
+                    let seq = change.seq;
+                    index.apply_replicated(*change, Vec::new()).await?;
+                    self.applied.store(seq, Ordering::SeqCst);
+                    write_frame(&mut w, &Frame::Ack { seq }).await?;
+                }
+                Frame::Snapshot { bytes, last_seq } => {
+                    timed(
+                        SNAPSHOT_TIMEOUT,
+                        "snapshot",
+                        self.install_snapshot(&mut r, bytes, index, epoch),
+                    )
+                    .await?;
+                    self.applied.store(last_seq, Ordering::SeqCst);
+                    info!(last_seq, bytes, "index snapshot from the primary installed");
+                    write_frame(&mut w, &Frame::Ack { seq: last_seq }).await?;
+                }
+                Frame::Ping => {}
+                Frame::HandOver { epoch } => {
+                    let _ = self.events.send(StandbyEvent::TakeOver { epoch }).await;
+                }
+                other => {
+                    return Err(ReplicationError::Frame(format!("unexpected {other:?}")));
+                }
+            }
+        }
+    }
+
+    /// Receive `bytes` of database, set the current one aside, and open the new one in
+    /// `index`'s place.
+    async fn install_snapshot<R: AsyncRead + Unpin>(
+        &self,
+        r: &mut R,
+        bytes: u64,
+        index: &mut Index,
+        epoch: u64,
+    ) -> Result<(), ReplicationError> {
+        if bytes > MAX_SNAPSHOT {
+            return Err(ReplicationError::Frame(format!(
+                "snapshot of {bytes} bytes"
+            )));
+        }
+        let tmp = sibling(&self.index_path, "incoming.sqlite");
+        let mut file = tokio::fs::File::create(&tmp).await?;
+        let mut limited = r.take(bytes);
+        let copied = tokio::io::copy(&mut limited, &mut file).await?;
+        if copied != bytes {
+            return Err(ReplicationError::Frame(format!(
+                "snapshot ended after {copied} of {bytes} bytes"
+            )));
+        }
+        file.sync_all().await?;
+        drop(file);
+        // Close the current index (this server must hold the only handle); a scratch index
+        // stands in while the files are swapped.
+        let scratch_path = sibling(&self.index_path, "swap.sqlite");
+        let current = std::mem::replace(index, Index::open(&scratch_path)?);
+        if let Err(still_open) = current.close() {
+            let scratch = std::mem::replace(index, still_open);
+            let _ = scratch.close();
+            return Err(ReplicationError::Refused(
+                "the index is still in use".into(),
+            ));
+        }
+        let stamp = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0);
+        let aside = sibling(
+            &self.index_path,
+            &format!("diverged-{epoch}-{stamp}.sqlite"),
+        );
+        if tokio::fs::metadata(&self.index_path).await.is_ok() {
+            tokio::fs::rename(&self.index_path, &aside).await?;
+            warn!(kept = %aside.display(), "the standby's own index was set aside (not merged)");
+        }
+        for suffix in ["-wal", "-shm"] {
+            let _ = tokio::fs::remove_file(format!("{}{suffix}", self.index_path.display())).await;
+        }
+        tokio::fs::rename(&tmp, &self.index_path).await?;
+        let scratch = std::mem::replace(index, Index::open(&self.index_path)?);
+        let _ = scratch.close();
+        for suffix in ["", "-wal", "-shm"] {
+            let _ = tokio::fs::remove_file(format!("{}{suffix}", scratch_path.display())).await;
+        }
+        Ok(())
+    }
+}
+
+fn sibling(path: &Path, suffix: &str) -> PathBuf {
+    PathBuf::from(format!("{}.{suffix}", path.display()))
+}
+
+/// What the primary side tells the HA driver.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PrimaryEvent {
+    /// The standby has every committed record.
+    CaughtUp,
+    /// The link to the standby broke.
+    Lost,
+}
+
+/// The primary's side: ships the change log to the standby.
+pub struct Replicator {
+    pub node: String,
+    pub epoch: u64,
+    pub peer: SocketAddr,
+    pub index: Index,
+    /// Highest seq the standby has acknowledged (C-STORE responses wait on it).
+    pub acked: watch::Sender<i64>,
+    pub events: mpsc::Sender<PrimaryEvent>,
+    pub handover: mpsc::Receiver<()>,
+}
+
+impl Replicator {
+    /// Reach the standby and keep it up to date until `shutdown`.
+    pub async fn run(mut self, mut shutdown: Shutdown) {
+        let mut lost_reported = true;
+        loop {
+            let mut sd = shutdown.clone();
+            let outcome = tokio::select! {
+                r = self.session(&mut lost_reported) => r,
+                _ = sd.wait() => return,
+            };
+            if let Err(e) = outcome {
+                debug!(peer = %self.peer, error = %e, "replication session ended");
+            }
+            if !lost_reported {
+                lost_reported = true;
+                let _ = self.events.send(PrimaryEvent::Lost).await;
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(RECONNECT_AFTER) => {}
+                _ = shutdown.wait() => return,
+            }
+        }
+    }
+
+    async fn session(&mut self, lost_reported: &mut bool) -> Result<(), ReplicationError> {
+        let stream = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(self.peer))
+            .await
+            .map_err(|_| ReplicationError::Timeout("connecting to the standby"))??;
+        stream.set_nodelay(true)?;
+        let (mut r, mut w) = stream.into_split();
+        write_frame(
+            &mut w,
+            &Frame::Primary {
+                node: self.node.clone(),
+                epoch: self.epoch,
+            },
+        )
+        .await?;
+        let (their_seq, their_epoch) =
+            match timed(HANDSHAKE_TIMEOUT, "standby hello", read_frame(&mut r)).await? {
+                Frame::Hello {
+                    last_seq,
+                    last_epoch,
+                    ..
+                } => (last_seq, last_epoch),
+                Frame::Refused { reason } => return Err(ReplicationError::Refused(reason)),
+                other => {
+                    return Err(ReplicationError::Frame(format!(
+                        "expected hello, got {other:?}"
+                    )));
+                }
+            };
+        let prefix = their_seq == 0 || self.index.epoch_at(their_seq).await? == Some(their_epoch);
+        let mut sent = if prefix {
+            info!(
+                standby_seq = their_seq,
+                "standby connected; shipping the change log from there"
+            );
+            their_seq
+        } else {
+            info!(
+                standby_seq = their_seq,
+                standby_epoch = their_epoch,
+                "standby history differs; shipping a snapshot"
+            );
+            self.ship_snapshot(&mut r, &mut w).await?
+        };
+        self.acked.send_replace(sent);
+        *lost_reported = false;
+
+        // Acks come back on their own task.
+        let acked = self.acked.clone();
+        let mut reader = tokio::spawn(async move {
+            loop {
+                match read_frame(&mut r).await {
+                    Ok(Frame::Ack { seq }) => {
+                        acked.send_if_modified(|a| {
+                            let newer = seq > *a;
+                            *a = (*a).max(seq);
+                            newer
+                        });
+                    }
+                    Ok(Frame::Refused { reason }) => return ReplicationError::Refused(reason),
+                    Ok(other) => return ReplicationError::Frame(format!("unexpected {other:?}")),
+                    Err(e) => return e,
+                }
+            }
+        });
+        let mut commits = self.index.commits();
+        let mut acks = self.acked.subscribe();
+        let mut caught_up = false;
+        loop {
+            let rows = self.index.changes_after(sent, BATCH).await?;
+            for change in &rows {
+                write_frame(
+                    &mut w,
+                    &Frame::Record {
+                        change: Box::new(change.clone()),
+                    },
+                )
+                .await?;
+                sent = change.seq;
+            }
+            if rows.len() == BATCH {
+                continue;
+            }
+            if !caught_up && *acks.borrow_and_update() >= sent {
+                caught_up = true;
+                let _ = self.events.send(PrimaryEvent::CaughtUp).await;
+            }
+            tokio::select! {
+                _ = commits.changed() => {}
+                _ = acks.changed(), if !caught_up => {}
+                h = self.handover.recv() => {
+                    if h.is_some() {
+                        write_frame(&mut w, &Frame::HandOver { epoch: self.epoch }).await?;
+                    }
+                }
+                _ = tokio::time::sleep(PING_EVERY) => {
+                    write_frame(&mut w, &Frame::Ping).await?;
+                }
+                e = &mut reader => {
+                    return Err(e.unwrap_or_else(|j| ReplicationError::Frame(j.to_string())));
+                }
+            }
+        }
+    }
+
+    /// Send the whole index; the seq the standby then has.
+    async fn ship_snapshot<R: AsyncRead + Unpin, W: AsyncWrite + Unpin>(
+        &self,
+        r: &mut R,
+        w: &mut W,
+    ) -> Result<i64, ReplicationError> {
+        let path = sibling(self.index.path(), "outgoing.sqlite");
+        let _ = tokio::fs::remove_file(&path).await;
+        self.index.snapshot_into(&path).await?;
+        let last_seq: i64 = rusqlite::Connection::open(&path)
+            .and_then(|c| {
+                c.query_row("SELECT coalesce(max(seq), 0) FROM changelog", [], |r| {
+                    r.get(0)
+                })
+            })
+            .map_err(IndexError::from)?;
+        let shipped = async {
+            let mut file = tokio::fs::File::open(&path).await?;
+            let bytes = file.metadata().await?.len();
+            write_frame(w, &Frame::Snapshot { bytes, last_seq }).await?;
+            tokio::io::copy(&mut file, w).await?;
+            w.flush().await?;
+            match read_frame(r).await? {
+                Frame::Ack { seq } if seq == last_seq => Ok(last_seq),
+                other => Err(ReplicationError::Frame(format!(
+                    "snapshot answered with {other:?}"
+                ))),
+            }
+        };
+        let result = timed(SNAPSHOT_TIMEOUT, "snapshot", shipped).await;
+        let _ = tokio::fs::remove_file(&path).await;
+        result
+    }
+}

@@ -1,0 +1,564 @@
+//! The HA pair as real processes on loopback: two `pacsd serve` nodes (127.0.N.2 and
+//! 127.0.N.3, one /24 of the loopback range per test) sharing three replica directories and
+//! an arbiter (a directory, or `pacsd witness`), and a client that keeps storing while
+//! nodes are killed, paused, switched over or restarted. After every scenario, every
+//! instance the client got a Success for is found by C-FIND on the primary and retrieved
+//! from it with C-GET.
+//!
+//! These tests address the nodes directly (the client tries the other node when one does
+//! not answer). Moving one service IP between them is tested in network namespaces by
+//! scripts/ha-lab.sh.
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use dicom_dictionary_std::{tags, uids};
+use pacsd::ha::driver::Status;
+use pacsd::net::scu::{ProposedContext, ScuAssociation, ScuOptions};
+use pacsd::synth::Spec;
+use pacsd::tools::{FindSpec, QueryModel};
+
+use common::*;
+
+const BIN: &str = env!("CARGO_BIN_EXE_pacsd");
+
+struct Member {
+    name: &'static str,
+    ip: String,
+    config: PathBuf,
+    child: Option<Child>,
+    log: PathBuf,
+    starts: u32,
+}
+
+impl Member {
+    fn start(&mut self) {
+        self.starts += 1;
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .unwrap();
+        let child = Command::new(BIN)
+            .args(["serve", "--config"])
+            .arg(&self.config)
+            .env("RUST_LOG", "pacsd=info")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        self.child = Some(child);
+    }
+
+    fn signal(&self, sig: &str) {
+        let pid = self.child.as_ref().expect("running").id().to_string();
+        let ok = Command::new("kill").args([sig, &pid]).status().unwrap();
+        assert!(ok.success(), "kill {sig} {pid}");
+    }
+
+    fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    fn status(&self) -> Option<Status> {
+        let out = Command::new(BIN)
+            .args(["ha", "status", "--json", "--config"])
+            .arg(&self.config)
+            .output()
+            .unwrap();
+        out.status
+            .success()
+            .then(|| serde_json::from_slice(&out.stdout).ok())
+            .flatten()
+    }
+
+    fn scu(&self) -> ScuOptions {
+        ScuOptions {
+            addr: format!("{}:11112", self.ip),
+            calling_ae: "HACLIENT".into(),
+            called_ae: "PACSD".into(),
+            timeout: Duration::from_secs(3),
+        }
+    }
+}
+
+impl Drop for Member {
+    fn drop(&mut self) {
+        if let Some(c) = &self.child {
+            let _ = Command::new("kill")
+                .args(["-CONT", &c.id().to_string()])
+                .status();
+        }
+        self.kill();
+    }
+}
+
+struct Pair {
+    dir: tempfile::TempDir,
+    a: Member,
+    b: Member,
+    witness: Option<Child>,
+}
+
+/// `arbiter`: None for a shared directory, Some(port) for a witness on 127.0.N.4:port.
+fn pair(net: u8, witness: bool) -> Pair {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let ip = |h: u8| format!("127.0.{net}.{h}");
+    let arbiter = if witness {
+        format!("witness://{}:7402", ip(4))
+    } else {
+        d.join("arbiter").display().to_string()
+    };
+    let replicas: Vec<String> = (1..=3)
+        .map(|i| format!("\"{}\"", d.join(format!("r{i}")).display()))
+        .collect();
+    let member = |name: &'static str, me: u8, peer: u8| {
+        let config = d.join(format!("{name}.toml"));
+        std::fs::create_dir_all(d.join(name)).unwrap();
+        std::fs::write(
+            &config,
+            format!(
+                "[node]\nbind = \"{me_ip}\"\nport = 11112\n\n[timeouts]\nshutdown_secs = 2.0\n\n\
+                 [index]\npath = \"{index}\"\n\n[storage]\nreplicas = [{replicas}]\n\n\
+                 [access]\nunknown_ae_services = [\"echo\", \"store\", \"find\", \"get\"]\n\n\
+                 [preview]\nenabled = false\n\n\
+                 [ha]\nnode_id = \"{name}\"\n\
+                 links = [{{ bind = \"{me_ip}:7400\", peer = \"{peer_ip}:7400\" }}]\n\
+                 replication_bind = \"{me_ip}:7401\"\npeer_replication = \"{peer_ip}:7401\"\n\
+                 arbiter = \"{arbiter}\"\n",
+                me_ip = ip(me),
+                peer_ip = ip(peer),
+                index = d.join(name).join("index.sqlite").display(),
+                replicas = replicas.join(", "),
+            ),
+        )
+        .unwrap();
+        Member {
+            name,
+            ip: ip(me),
+            config,
+            child: None,
+            log: d.join(format!("{name}.log")),
+            starts: 0,
+        }
+    };
+    let mut p = Pair {
+        a: member("a", 2, 3),
+        b: member("b", 3, 2),
+        witness: None,
+        dir,
+    };
+    if witness {
+        p.start_witness(net);
+    }
+    p
+}
+
+impl Pair {
+    fn start_witness(&mut self, net: u8) {
+        let child = Command::new(BIN)
+            .args([
+                "witness",
+                "--listen",
+                &format!("127.0.{net}.4:7402"),
+                "--dir",
+            ])
+            .arg(self.dir.path().join("witness"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        self.witness = Some(child);
+        // Ready when it answers.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while std::net::TcpStream::connect(format!("127.0.{net}.4:7402")).is_err() {
+            assert!(Instant::now() < deadline, "witness did not start");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    fn kill_witness(&mut self) {
+        if let Some(mut w) = self.witness.take() {
+            let _ = w.kill();
+            let _ = w.wait();
+        }
+    }
+
+    /// Both members as `[primary, standby]` once one is a paired primary and the other its
+    /// caught-up standby.
+    fn settled(&self, limit: Duration) -> Option<(&Member, &Member)> {
+        let deadline = Instant::now() + limit;
+        while Instant::now() < deadline {
+            if let (Some(sa), Some(sb)) = (self.a.status(), self.b.status()) {
+                let paired = |p: &Status, s: &Status| {
+                    p.role == "primary"
+                        && s.role == "standby"
+                        && p.replication_lag == Some(0)
+                        && s.epoch == p.epoch
+                };
+                if paired(&sa, &sb) {
+                    return Some((&self.a, &self.b));
+                }
+                if paired(&sb, &sa) {
+                    return Some((&self.b, &self.a));
+                }
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        None
+    }
+
+    fn logs(&self) -> String {
+        let read = |m: &Member| std::fs::read_to_string(&m.log).unwrap_or_default();
+        format!("--- a.log\n{}\n--- b.log\n{}", read(&self.a), read(&self.b))
+    }
+}
+
+impl Drop for Pair {
+    fn drop(&mut self) {
+        self.kill_witness();
+    }
+}
+
+/// A client that stores instance after instance, one association each, to whichever node
+/// answers (first `prefer`), and remembers what it was told was stored.
+struct Client {
+    next: u32,
+    study: u32,
+    acked: Vec<Spec>,
+    failed: u32,
+}
+
+impl Client {
+    fn new(study: u32) -> Client {
+        Client {
+            next: 1,
+            study,
+            acked: Vec::new(),
+            failed: 0,
+        }
+    }
+
+    async fn store_one(&mut self, targets: &[ScuOptions]) {
+        let spec = Spec::ct(self.study, 1, self.next, 16);
+        self.next += 1;
+        let data = encode(&spec);
+        for t in targets {
+            let ctx = ProposedContext {
+                abstract_syntax: uids::CT_IMAGE_STORAGE.into(),
+                transfer_syntaxes: vec![uids::EXPLICIT_VR_LITTLE_ENDIAN.into()],
+            };
+            let Ok(Ok(mut assoc)) =
+                tokio::time::timeout(Duration::from_secs(2), ScuAssociation::connect(t, &[ctx]))
+                    .await
+            else {
+                continue;
+            };
+            let id = assoc.contexts()[0].id;
+            let st = tokio::time::timeout(
+                Duration::from_secs(5),
+                assoc.store(id, &spec.sop_class, &spec.sop_uid, &data),
+            )
+            .await;
+            let _ = assoc.release().await;
+            if let Ok(Ok(st)) = st
+                && st.is_success()
+            {
+                self.acked.push(spec);
+                return;
+            }
+        }
+        self.failed += 1;
+    }
+
+    /// Keep storing for `d`.
+    async fn run_for(&mut self, d: Duration, targets: &[ScuOptions]) {
+        let until = Instant::now() + d;
+        while Instant::now() < until {
+            self.store_one(targets).await;
+        }
+    }
+}
+
+/// Every acknowledged instance is found by C-FIND on `node` and retrieved by C-GET.
+async fn assert_all_kept(node: &Member, acked: &[Spec], logs: &str) {
+    let study = &acked[0].study_uid;
+    let series = &acked[0].series_uid;
+    let spec = FindSpec {
+        model: QueryModel::Study,
+        level: "IMAGE".into(),
+        keys: vec![
+            format!("StudyInstanceUID={study}"),
+            format!("SeriesInstanceUID={series}"),
+            "SOPInstanceUID=".into(),
+        ],
+        charset: None,
+        relational: false,
+        cancel_after: None,
+    };
+    let mut opts = node.scu();
+    opts.timeout = Duration::from_secs(20);
+    let found = pacsd::tools::find(&opts, &spec).await.unwrap();
+    let uids: BTreeSet<String> = (0..found.matches.len())
+        .filter_map(|i| found.value(i, tags::SOP_INSTANCE_UID))
+        .collect();
+    let missing: Vec<&str> = acked
+        .iter()
+        .map(|s| s.sop_uid.as_str())
+        .filter(|u| !uids.contains(*u))
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "{} of {} acknowledged instances not found on {}, e.g. {:?}\n{logs}",
+        missing.len(),
+        acked.len(),
+        node.name,
+        &missing[..missing.len().min(5)]
+    );
+    let out = tempfile::tempdir().unwrap();
+    let what = pacsd::tools::FindSpec::retrieve(
+        QueryModel::Study,
+        "SERIES".into(),
+        vec![
+            format!("StudyInstanceUID={study}"),
+            format!("SeriesInstanceUID={series}"),
+        ],
+    );
+    let got = pacsd::tools::get_into(&opts, &what, out.path(), false)
+        .await
+        .unwrap();
+    assert!(got.status.is_success(), "C-GET from {}: {got}", node.name);
+    let files = pacsd::tools::collect_files(&[out.path().to_path_buf()]).unwrap();
+    assert!(
+        files.len() >= acked.len(),
+        "C-GET returned {} files for {} acknowledged",
+        files.len(),
+        acked.len()
+    );
+}
+
+fn wait_for(limit: Duration, mut f: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + limit;
+    while Instant::now() < deadline {
+        if f() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(25));
+    }
+    false
+}
+
+fn both(p: &Pair) -> Vec<ScuOptions> {
+    vec![p.a.scu(), p.b.scu()]
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killing_the_primary_mid_stream_loses_nothing_acknowledged() {
+    let mut p = pair(41, false);
+    p.a.start();
+    std::thread::sleep(Duration::from_millis(300));
+    p.b.start();
+    let (primary, _) = p.settled(Duration::from_secs(20)).expect("pair settles");
+    assert_eq!(primary.name, "a", "the first node up becomes primary");
+    let targets = both(&p);
+    let mut client = Client::new(301);
+    client.run_for(Duration::from_millis(800), &targets).await;
+    let before = client.acked.len();
+    assert!(before > 5, "stores before the fault: {before}");
+    p.a.signal("-KILL");
+    client.run_for(Duration::from_secs(3), &targets).await;
+    assert!(
+        client.acked.len() > before,
+        "stores went on after the failover"
+    );
+    let sb = p.b.status().unwrap();
+    assert!(sb.role.starts_with("primary") && sb.epoch == 2, "{sb:?}");
+    assert_all_kept(&p.b, &client.acked, &p.logs()).await;
+
+    // The old primary rejoins as standby, catches up, and the pair is whole again.
+    p.a.kill();
+    p.a.start();
+    let (primary, standby) = p.settled(Duration::from_secs(20)).expect("rejoined");
+    assert_eq!((primary.name, standby.name), ("b", "a"), "no preemption");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn planned_switchover_moves_the_primary_without_losing_writes() {
+    let mut p = pair(42, false);
+    p.a.start();
+    std::thread::sleep(Duration::from_millis(300));
+    p.b.start();
+    p.settled(Duration::from_secs(20)).expect("pair settles");
+    let targets = both(&p);
+    let mut client = Client::new(302);
+    client.run_for(Duration::from_millis(500), &targets).await;
+    let out = Command::new(BIN)
+        .args(["ha", "switchover", "--config"])
+        .arg(&p.a.config)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    client.run_for(Duration::from_millis(1500), &targets).await;
+    let (primary, standby) = p.settled(Duration::from_secs(10)).expect("settled");
+    assert_eq!((primary.name, standby.name), ("b", "a"));
+    assert_all_kept(&p.b, &client.acked, &p.logs()).await;
+    // Switching over from the standby is refused.
+    let out = Command::new(BIN)
+        .args(["ha", "switchover", "--config"])
+        .arg(&p.a.config)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(text(&out).contains("not the primary"), "{}", text(&out));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crashed_standby_catches_up_and_the_primary_goes_on_alone_meanwhile() {
+    let mut p = pair(43, false);
+    p.a.start();
+    std::thread::sleep(Duration::from_millis(300));
+    p.b.start();
+    p.settled(Duration::from_secs(20)).expect("pair settles");
+    let targets = both(&p);
+    let mut client = Client::new(303);
+    client.run_for(Duration::from_millis(400), &targets).await;
+    p.b.signal("-KILL");
+    client.run_for(Duration::from_secs(2), &targets).await;
+    let sa = p.a.status().unwrap();
+    assert_eq!(sa.role, "primary (solo)", "{sa:?}");
+    assert!(sa.epoch >= 2, "going on alone takes a new epoch: {sa:?}");
+    p.b.kill();
+    p.b.start();
+    let (primary, standby) = p.settled(Duration::from_secs(20)).expect("caught up");
+    assert_eq!((primary.name, standby.name), ("a", "b"));
+    let sb = standby.status().unwrap();
+    assert_eq!(sb.seq, primary.status().unwrap().seq);
+    // The caught-up standby has everything: fail over to it and look there.
+    client.run_for(Duration::from_millis(300), &targets).await;
+    p.a.signal("-KILL");
+    assert!(wait_for(Duration::from_secs(10), || p
+        .b
+        .status()
+        .is_some_and(|s| s.role.starts_with("primary"))));
+    assert_all_kept(&p.b, &client.acked, &p.logs()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_paused_primary_does_not_serve_after_it_resumes() {
+    let mut p = pair(44, false);
+    p.a.start();
+    std::thread::sleep(Duration::from_millis(300));
+    p.b.start();
+    p.settled(Duration::from_secs(20)).expect("pair settles");
+    let targets = both(&p);
+    let mut client = Client::new(304);
+    client.run_for(Duration::from_millis(400), &targets).await;
+    // Paused for well over the lease: the standby takes over.
+    p.a.signal("-STOP");
+    client.run_for(Duration::from_secs(3), &targets).await;
+    assert!(p.b.status().is_some_and(|s| s.role.starts_with("primary")));
+    p.a.signal("-CONT");
+    // On resuming, a sees the higher epoch and steps down; it never acknowledges again.
+    assert!(
+        wait_for(Duration::from_secs(5), || p
+            .a
+            .status()
+            .is_some_and(|s| s.role == "standby")),
+        "{}",
+        p.logs()
+    );
+    let only_a = vec![p.a.scu()];
+    let mut probe = Client::new(404);
+    for _ in 0..3 {
+        probe.store_one(&only_a).await;
+    }
+    assert!(
+        probe.acked.is_empty(),
+        "the old primary acknowledged a write"
+    );
+    client.run_for(Duration::from_millis(500), &targets).await;
+    assert_all_kept(&p.b, &client.acked, &p.logs()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_the_witness_down_the_pair_serves_on_and_fails_over_once_it_returns() {
+    let mut p = pair(45, true);
+    p.a.start();
+    std::thread::sleep(Duration::from_millis(300));
+    p.b.start();
+    p.settled(Duration::from_secs(20)).expect("pair settles");
+    let targets = both(&p);
+    let mut client = Client::new(305);
+    p.kill_witness();
+    // A paired primary needs no arbiter: writes go on.
+    client.run_for(Duration::from_millis(800), &targets).await;
+    assert!(client.acked.len() > 3 && client.failed == 0);
+    // Without an arbiter no one may take over: the service stops rather than risk two
+    // primaries...
+    p.a.signal("-KILL");
+    std::thread::sleep(Duration::from_millis(1500));
+    let sb = p.b.status().unwrap();
+    assert!(!sb.role.starts_with("primary"), "{sb:?}");
+    // ... and resumes as soon as the witness is back.
+    p.start_witness(45);
+    assert!(wait_for(Duration::from_secs(10), || p
+        .b
+        .status()
+        .is_some_and(|s| s.role.starts_with("primary"))));
+    client.run_for(Duration::from_millis(500), &targets).await;
+    assert_all_kept(&p.b, &client.acked, &p.logs()).await;
+}
+
+#[test]
+fn a_store_that_cannot_grant_epochs_once_is_refused_at_start_up() {
+    // `memory://` stores honour create-if-absent; a plain file in the way of the directory
+    // cannot hold claims at all: both refusals must be clear errors, not a running node.
+    let p = pair(46, false);
+    std::fs::write(p.dir.path().join("arbiter"), b"not a directory").unwrap();
+    let out = Command::new(BIN)
+        .args(["serve", "--config"])
+        .arg(&p.a.config)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(text(&out).contains("arbiter"), "{}", text(&out));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writes_a_solo_primary_acknowledged_survive_its_death_and_the_standbys_return() {
+    // The double fault: the standby dies, the primary goes on alone (acknowledging writes
+    // the standby never saw), then the primary dies and the old standby comes back.
+    let mut p = pair(47, false);
+    p.a.start();
+    std::thread::sleep(Duration::from_millis(300));
+    p.b.start();
+    p.settled(Duration::from_secs(20)).expect("pair settles");
+    let targets = both(&p);
+    let mut client = Client::new(307);
+    client.run_for(Duration::from_millis(300), &targets).await;
+    p.b.signal("-KILL");
+    client.run_for(Duration::from_millis(1500), &targets).await;
+    assert_eq!(p.a.status().unwrap().role, "primary (solo)");
+    let solo_acked = client.acked.len();
+    p.a.signal("-KILL");
+    p.b.kill();
+    p.b.start();
+    assert!(
+        wait_for(Duration::from_secs(20), || p
+            .b
+            .status()
+            .is_some_and(|s| s.role.starts_with("primary"))),
+        "{}",
+        p.logs()
+    );
+    assert!(solo_acked > 0);
+    assert_all_kept(&p.b, &client.acked, &p.logs()).await;
+}
