@@ -562,3 +562,34 @@ async fn writes_a_solo_primary_acknowledged_survive_its_death_and_the_standbys_r
     assert!(solo_acked > 0);
     assert_all_kept(&p.b, &client.acked, &p.logs()).await;
 }
+
+#[test]
+fn garage_is_refused_as_arbiter_because_it_ignores_create_if_absent() {
+    let Some(cluster) = S3Cluster::start_independent(39800) else {
+        return;
+    };
+    let p = pair(48, false);
+    let url = cluster.replicas()[0].replace("/dicom?", "/arbiter?");
+    let config = std::fs::read_to_string(&p.a.config).unwrap();
+    let arbiter_line = config
+        .lines()
+        .find(|l| l.starts_with("arbiter = "))
+        .unwrap()
+        .to_string();
+    std::fs::write(
+        &p.a.config,
+        config.replace(&arbiter_line, &format!("arbiter = \"{url}\"")),
+    )
+    .unwrap();
+    let out = Command::new(BIN)
+        .args(["serve", "--config"])
+        .arg(&p.a.config)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(
+        text(&out).contains("does not refuse a second create"),
+        "{}",
+        text(&out)
+    );
+}

@@ -66,6 +66,18 @@ fn paired_key(epoch: u64) -> StorePath {
     StorePath::from(format!("epochs/{epoch:020}.paired"))
 }
 
+fn renewed_key(epoch: u64) -> StorePath {
+    StorePath::from(format!("epochs/{epoch:020}.renewed"))
+}
+
+/// What the arbiter knows of one term.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Term {
+    pub paired: bool,
+    /// The holder's latest renewal marker (None: never renewed).
+    pub marker: Option<String>,
+}
+
 impl Arbiter {
     /// `witness://host:port`, or a replica-style location (a directory, `file://`, `s3://`).
     pub fn open(url: &str) -> Result<Arbiter, ArbiterError> {
@@ -100,12 +112,22 @@ impl Arbiter {
                         .map(|d| d.as_nanos())
                         .unwrap_or(0)
                 ));
-                create(store, &key, b"probe").await?;
-                let second = create(store, &key, b"probe").await;
+                let refused = || ArbiterError::NoCreateIfAbsent { url: url.clone() };
+                let unsupported = |e: ArbiterError| match e {
+                    // A store that does not offer create-if-absent at all (pacsd builds
+                    // S3 stores with conditional puts off) cannot be an arbiter either.
+                    ArbiterError::Store(
+                        object_store::Error::NotImplemented { .. }
+                        | object_store::Error::NotSupported { .. },
+                    ) => refused(),
+                    other => other,
+                };
+                create(store, &key, b"probe").await.map_err(unsupported)?;
+                let second = create(store, &key, b"probe").await.map_err(unsupported);
                 let _ = store.delete(&key).await;
                 match second {
                     Ok(false) => Ok(()),
-                    Ok(true) => Err(ArbiterError::NoCreateIfAbsent { url: url.clone() }),
+                    Ok(true) => Err(refused()),
                     Err(e) => Err(e),
                 }
             }
@@ -148,6 +170,49 @@ impl Arbiter {
                 let a: ClaimOutcome = ask(addr, &Request::Latest).await?;
                 Ok(a.latest)
             }
+        }
+    }
+
+    /// A solo holder's proof of life: a new marker for the term of `epoch`.
+    pub async fn renew(&self, epoch: u64) -> Result<(), ArbiterError> {
+        match self {
+            Arbiter::Store { store, .. } => {
+                let marker = format!(
+                    "{}-{}",
+                    std::process::id(),
+                    std::time::SystemTime::now()
+                        .duration_since(std::time::UNIX_EPOCH)
+                        .map(|d| d.as_nanos())
+                        .unwrap_or(0)
+                );
+                store
+                    .put(&renewed_key(epoch), PutPayload::from(marker.into_bytes()))
+                    .await?;
+                Ok(())
+            }
+            Arbiter::Witness { addr } => ask::<ClaimOutcome>(addr, &Request::Renew { epoch })
+                .await
+                .map(|_| ()),
+        }
+    }
+
+    /// Whether the term of `epoch` is paired, and its latest renewal marker.
+    pub async fn term(&self, epoch: u64) -> Result<Term, ArbiterError> {
+        match self {
+            Arbiter::Store { store, .. } => {
+                let paired = match store.head(&paired_key(epoch)).await {
+                    Ok(_) => true,
+                    Err(object_store::Error::NotFound { .. }) => false,
+                    Err(e) => return Err(e.into()),
+                };
+                let marker = match store.get(&renewed_key(epoch)).await {
+                    Ok(r) => Some(String::from_utf8_lossy(&r.bytes().await?).into_owned()),
+                    Err(object_store::Error::NotFound { .. }) => None,
+                    Err(e) => return Err(e.into()),
+                };
+                Ok(Term { paired, marker })
+            }
+            Arbiter::Witness { addr } => ask(addr, &Request::Term { epoch }).await,
         }
     }
 
@@ -210,6 +275,8 @@ enum Request {
     Claim { epoch: u64, node: String },
     Latest,
     Paired { epoch: u64 },
+    Renew { epoch: u64 },
+    Term { epoch: u64 },
 }
 
 async fn ask<T: for<'de> Deserialize<'de>>(addr: &str, req: &Request) -> Result<T, ArbiterError> {
@@ -308,6 +375,14 @@ pub async fn run_witness(
                         previous_solo: false,
                     }))
                 }
+                Ok(Request::Renew { epoch }) => {
+                    reply(arbiter.renew(epoch).await.map(|()| ClaimOutcome {
+                        granted: true,
+                        latest: epoch,
+                        previous_solo: false,
+                    }))
+                }
+                Ok(Request::Term { epoch }) => reply(arbiter.term(epoch).await),
                 Err(e) => serde_json::to_string(&Reply::<()>::Error(format!("bad request: {e}")))
                     .unwrap_or_default(),
             };
@@ -321,7 +396,7 @@ pub async fn run_witness(
     }
 }
 
-fn reply(r: Result<ClaimOutcome, ArbiterError>) -> String {
+fn reply<T: Serialize>(r: Result<T, ArbiterError>) -> String {
     let reply = match r {
         Ok(v) => Reply::Ok(v),
         Err(e) => Reply::Error(e.to_string()),
@@ -384,6 +459,9 @@ mod tests {
         let two = w.claim(2, "b").await.unwrap();
         assert!(two.granted && !two.previous_solo);
         assert_eq!(w.latest().await.unwrap(), 2);
+        w.renew(2).await.unwrap();
+        let t = w.term(2).await.unwrap();
+        assert!(!t.paired && t.marker.is_some());
         trigger.trigger();
         task.await.unwrap().unwrap();
         let err = w.latest().await.unwrap_err().to_string();

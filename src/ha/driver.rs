@@ -21,6 +21,7 @@ use super::arbiter::{Arbiter, ArbiterError};
 use super::heartbeat::{Beat, Clock, Links};
 use super::replication::{PrimaryEvent, Replicator, StandbyEvent, StandbyServer};
 use super::role::{Action, Event, Role, RoleState};
+use super::vip::{ServiceIp, VipError, freebind_listener};
 use crate::config::{Config, HaConfig, ReplicationMode};
 use crate::index::{Index, IndexError};
 use crate::net::{Shutdown, ShutdownTrigger};
@@ -54,6 +55,8 @@ pub enum HaError {
     },
     #[error("control socket {path}: {reason}")]
     Control { path: PathBuf, reason: String },
+    #[error("service IP: {0}")]
+    Vip(#[from] VipError),
 }
 
 /// What the driver, the C-STORE gate and `pacsd ha status` share.
@@ -230,6 +233,9 @@ struct Driver {
     serving: Option<Serving>,
     /// The index while neither standing nor serving holds it.
     index: Option<Index>,
+    vip: Option<ServiceIp>,
+    /// The gratuitous ARP burst of the current term.
+    garp: Option<JoinHandle<()>>,
 }
 
 /// Run this node of the pair until `shutdown`.
@@ -245,9 +251,26 @@ pub async fn run(config: Config, mut shutdown: Shutdown) -> Result<(), HaError> 
         &config.storage.prefix,
     )?);
     let arbiter = Arbiter::open(&ha.arbiter)?;
-    arbiter.probe().await?;
-    let latest = arbiter.latest().await?;
+    // An arbiter that cannot grant an epoch once stops start-up; one that cannot be reached
+    // now only keeps this node from claiming until it can.
+    let latest = match arbiter.probe().await {
+        Ok(()) => arbiter.latest().await?,
+        Err(e @ ArbiterError::NoCreateIfAbsent { .. }) => return Err(e.into()),
+        Err(e) => {
+            error!(error = %e, "arbiter unreachable: starting as standby; no epoch can be claimed until it answers");
+            0
+        }
+    };
     let index = Index::open(&config.index.path)?;
+    let vip = match (&ha.service_ip, &ha.interface) {
+        (Some(ip), Some(ifname)) => {
+            let vip = ServiceIp::parse(ip, ifname)?;
+            // A node starts as standby: an address left behind by a crash goes first.
+            vip.remove().await?;
+            Some(vip)
+        }
+        _ => None,
+    };
     let now = Instant::now();
     let shared = Arc::new(Shared {
         node_id: ha.node_id.clone(),
@@ -307,6 +330,8 @@ pub async fn run(config: Config, mut shutdown: Shutdown) -> Result<(), HaError> 
         standing: None,
         serving: None,
         index: Some(index),
+        vip,
+        garp: None,
     };
     info!(
         node = ha.node_id,
@@ -426,15 +451,43 @@ impl Driver {
                 });
             }
             Action::CheckLease => {
+                let epoch = self.shared.role.lock().expect("role").epoch;
                 let (arbiter, tx) = (self.arbiter.clone(), self.events.clone());
                 tokio::spawn(async move {
                     let started = Instant::now();
                     match arbiter.latest().await {
                         Ok(latest) => {
+                            if latest == epoch
+                                && let Err(e) = arbiter.renew(epoch).await
+                            {
+                                warn!(error = %e, "renewal marker not written");
+                            }
                             let _ = tx.send(Event::Checked { started, latest }).await;
                         }
                         Err(e) => warn!(error = %e, "lease check failed: the lease will lapse"),
                     }
+                });
+            }
+            Action::Probe { epoch } => {
+                let (arbiter, tx) = (self.arbiter.clone(), self.events.clone());
+                tokio::spawn(async move {
+                    let ev = match arbiter.term(epoch).await {
+                        Ok(t) => Event::Probed {
+                            epoch,
+                            paired: t.paired,
+                            marker: t.marker,
+                        },
+                        Err(e) => {
+                            // No answer is no evidence: probe again later, claim nothing.
+                            warn!(epoch, error = %e, "arbiter did not answer a probe");
+                            Event::Probed {
+                                epoch: u64::MAX,
+                                paired: false,
+                                marker: None,
+                            }
+                        }
+                    };
+                    let _ = tx.send(ev).await;
                 });
             }
             Action::MarkPaired => {
@@ -553,9 +606,31 @@ impl Driver {
                 }
             }
         }
-        // TODO(next): the service address (netlink) and gratuitous ARPs go here.
-        let addr = format!("{}:{}", self.config.node.bind, self.config.node.port);
-        let listener = match TcpListener::bind(&addr).await {
+        // Listen first (IP_FREEBIND: before the address exists), then take the address and
+        // announce it.
+        let bound = match &self.vip {
+            Some(v) => freebind_listener(SocketAddr::from((v.addr, self.config.node.port))),
+            None => {
+                TcpListener::bind((self.config.node.bind.as_str(), self.config.node.port)).await
+            }
+        };
+        let addr = match &self.vip {
+            Some(v) => format!("{}:{}", v.addr, self.config.node.port),
+            None => format!("{}:{}", self.config.node.bind, self.config.node.port),
+        };
+        let bound = match (bound, &self.vip) {
+            (Ok(l), Some(v)) => match v.add().await {
+                Ok(()) => {
+                    *self.shared.holds_service_ip.lock().expect("vip") = true;
+                    self.garp = Some(v.announce());
+                    info!(ip = %v.addr, interface = v.interface, "service IP added and announced");
+                    Ok(l)
+                }
+                Err(e) => Err(std::io::Error::other(e.to_string())),
+            },
+            (r, _) => r,
+        };
+        let listener = match bound {
             Ok(l) => l,
             Err(e) => {
                 // Give the term up (nothing was acknowledged in it); the peer may claim.
@@ -614,8 +689,20 @@ impl Driver {
     /// Stop the DICOM service and the replicator (the index stays with the driver).
     async fn stop_serving(&mut self) {
         let Some(s) = self.serving.take() else { return };
+        // Stop accepting, then give the address up at once (no write can be acknowledged
+        // any more), then let open associations end.
         s.node_trigger.trigger();
         s.repl_trigger.trigger();
+        if let Some(g) = self.garp.take() {
+            g.abort();
+        }
+        if let Some(v) = &self.vip {
+            match v.remove().await {
+                Ok(()) => info!(ip = %v.addr, "service IP released"),
+                Err(e) => error!(error = %e, "releasing the service IP failed"),
+            }
+            *self.shared.holds_service_ip.lock().expect("vip") = false;
+        }
         let deadline = self.config.timeouts.shutdown();
         let mut node_task = s.node_task;
         if tokio::time::timeout(deadline, &mut node_task)
@@ -627,7 +714,6 @@ impl Driver {
             let _ = node_task.await;
         }
         let _ = s.repl_task.await;
-        // TODO(next): release the service address here.
         info!("primary service stopped");
     }
 

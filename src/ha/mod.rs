@@ -9,3 +9,4 @@ pub mod driver;
 pub mod heartbeat;
 pub mod replication;
 pub mod role;
+pub mod vip;

@@ -59,7 +59,7 @@ pub enum Event {
         echoed: Option<Instant>,
     },
     /// The arbiter answered a claim of `epoch`. `latest` is the newest epoch it knows, and
-    /// `latest_solo` whether that epoch's holder claimed it alone.
+    /// `previous_solo` whether the term before `epoch` was never marked paired.
     Claimed {
         epoch: u64,
         granted: bool,
@@ -70,6 +70,13 @@ pub enum Event {
     Checked {
         started: Instant,
         latest: u64,
+    },
+    /// What the arbiter says of the term of `epoch`: marked paired, and its holder's latest
+    /// renewal marker (a solo holder rewrites it at every lease check).
+    Probed {
+        epoch: u64,
+        paired: bool,
+        marker: Option<String>,
     },
     /// The replication link reports the standby has every record (a solo primary pairs).
     StandbyCaughtUp,
@@ -96,8 +103,12 @@ pub enum Action {
     Promote,
     /// Stop serving at once (release the service IP), then run as standby.
     Demote,
-    /// Check at the arbiter that no epoch after ours exists (solo lease renewal).
+    /// Check at the arbiter that no epoch after ours exists, and renew our marker there (solo
+    /// lease renewal).
     CheckLease,
+    /// Ask the arbiter about the term of `epoch` before claiming the next one (a silent solo
+    /// primary may only be cut off from us, not dead: its marker tells).
+    Probe { epoch: u64 },
     /// Tell the peer to take over now (planned switchover); comes before the `Demote`.
     SendHandOver,
 }
@@ -117,6 +128,10 @@ pub struct RoleState {
     pub checking: bool,
     /// When the last lease check was started.
     pub last_check: Option<Instant>,
+    /// A probe of the current term is under way (standby).
+    pub probing: bool,
+    /// The first probe that saw the current term's marker as it is: (epoch, marker, when).
+    pub last_probe: Option<(u64, Option<String>, Instant)>,
 }
 
 impl RoleState {
@@ -132,6 +147,8 @@ impl RoleState {
             last_heard: Some(now),
             checking: false,
             last_check: None,
+            probing: false,
+            last_probe: None,
         }
     }
 
@@ -187,12 +204,51 @@ impl RoleState {
             }
             (Role::Standby, Event::Tick) => {
                 let silent = self.last_heard.is_none_or(|h| now >= h + t.dead_after());
-                if silent {
+                let due = self
+                    .last_probe
+                    .as_ref()
+                    .is_none_or(|(e, _, at)| *e != self.epoch || now >= *at + t.lease);
+                if silent && due && !self.probing {
+                    self.probing = true;
+                    vec![Action::Probe { epoch: self.epoch }]
+                } else {
+                    Vec::new()
+                }
+            }
+            (
+                Role::Standby,
+                Event::Probed {
+                    epoch,
+                    paired,
+                    marker,
+                },
+            ) => {
+                self.probing = false;
+                let silent = self.last_heard.is_none_or(|h| now >= h + t.dead_after());
+                if epoch != self.epoch || !silent {
+                    return Vec::new();
+                }
+                // A paired term's primary lived on our heartbeats: silence is enough. A solo
+                // term's primary renews at the arbiter: claim only once its marker has stood
+                // still for a whole lease (it is gone, not merely cut off from us).
+                let stood_still = match &self.last_probe {
+                    Some((e, m, at)) if *e == epoch && *m == marker => {
+                        if now >= *at + t.lease {
+                            true
+                        } else {
+                            return Vec::new();
+                        }
+                    }
+                    _ => false,
+                };
+                if epoch == 0 || paired || stood_still {
+                    self.last_probe = None;
                     self.role = Role::Claiming { solo_before: false };
                     vec![Action::Claim {
                         epoch: self.epoch + 1,
                     }]
                 } else {
+                    self.last_probe = Some((epoch, marker, now));
                     Vec::new()
                 }
             }
@@ -393,10 +449,28 @@ mod tests {
         assert!(!p.is_solo());
     }
 
+    fn probed(epoch: u64, paired: bool, marker: Option<&str>) -> Event {
+        Event::Probed {
+            epoch,
+            paired,
+            marker: marker.map(String::from),
+        }
+    }
+
+    /// A silent standby probes the current term; the answer says it is paired: it claims.
+    fn claim_after_silence(s: &mut RoleState, now: Instant) {
+        let epoch = s.epoch;
+        assert_eq!(s.step(Event::Tick, now), vec![Action::Probe { epoch }]);
+        assert_eq!(
+            s.step(probed(epoch, true, None), now),
+            vec![Action::Claim { epoch: epoch + 1 }]
+        );
+    }
+
     /// A standby that became primary alone in epoch 1 at `t0`.
     fn primary(t0: Instant) -> RoleState {
         let mut s = RoleState::new(T, 0, t0);
-        assert!(s.step(Event::Tick, t0 + T.dead_after()).len() == 1);
+        claim_after_silence(&mut s, t0 + T.dead_after());
         assert_eq!(
             s.step(granted(1, false), t0 + T.dead_after()),
             vec![Action::Promote]
@@ -413,10 +487,7 @@ mod tests {
             s.step(Event::Tick, t0 + ms(100) + T.dead_after() - ms(1))
                 .is_empty()
         );
-        assert_eq!(
-            s.step(Event::Tick, t0 + ms(100) + T.dead_after()),
-            vec![Action::Claim { epoch: 4 }]
-        );
+        claim_after_silence(&mut s, t0 + ms(100) + T.dead_after());
         assert!(matches!(s.role, Role::Claiming { .. }));
         assert!(!s.may_acknowledge(t0 + ms(900)));
     }
@@ -426,7 +497,7 @@ mod tests {
         let t0 = Instant::now();
         let mut s = RoleState::new(T, 0, t0);
         s.step(heard(false, 0, None), t0 + ms(700));
-        assert_eq!(s.step(Event::Tick, t0 + T.dead_after()).len(), 1);
+        claim_after_silence(&mut s, t0 + T.dead_after());
     }
 
     #[test]
@@ -438,7 +509,7 @@ mod tests {
         assert!(p.is_solo());
 
         let mut s = RoleState::new(T, 0, t0);
-        s.step(Event::Tick, t0 + T.dead_after());
+        claim_after_silence(&mut s, t0 + T.dead_after());
         let out = s.step(
             Event::Claimed {
                 epoch: 1,
@@ -450,19 +521,59 @@ mod tests {
         );
         assert!(out.is_empty(), "was not serving: nothing to demote");
         assert_eq!((s.role, s.epoch), (Role::Standby, 1));
-        // It waits a whole new silence period before claiming epoch 2.
+        // It waits a whole new silence period before it probes epoch 1.
         assert!(s.step(Event::Tick, t0 + T.dead_after() + ms(10)).is_empty());
+        let later = t0 + T.dead_after() * 2;
+        assert_eq!(s.step(Event::Tick, later), vec![Action::Probe { epoch: 1 }]);
+        // Epoch 1 is solo and its holder keeps renewing: no claim, however long it lasts.
+        assert!(s.step(probed(1, false, Some("m1")), later).is_empty());
+        assert!(
+            s.step(Event::Tick, later + ms(100)).is_empty(),
+            "next probe after a lease"
+        );
         assert_eq!(
-            s.step(Event::Tick, t0 + T.dead_after() * 2),
+            s.step(Event::Tick, later + T.lease),
+            vec![Action::Probe { epoch: 1 }]
+        );
+        assert!(
+            s.step(probed(1, false, Some("m2")), later + T.lease)
+                .is_empty()
+        );
+        assert_eq!(
+            s.step(Event::Tick, later + T.lease * 2),
+            vec![Action::Probe { epoch: 1 }]
+        );
+        assert!(
+            s.step(probed(1, false, Some("m3")), later + T.lease * 2)
+                .is_empty()
+        );
+        // The marker stands still for a lease: the holder is gone; claim.
+        assert_eq!(
+            s.step(Event::Tick, later + T.lease * 3),
+            vec![Action::Probe { epoch: 1 }]
+        );
+        assert_eq!(
+            s.step(probed(1, false, Some("m3")), later + T.lease * 3),
             vec![Action::Claim { epoch: 2 }]
         );
+    }
+
+    #[test]
+    fn a_probe_answer_for_an_old_epoch_or_after_the_primary_spoke_is_ignored() {
+        let t0 = Instant::now();
+        let mut s = RoleState::new(T, 2, t0);
+        let now = t0 + T.dead_after();
+        assert_eq!(s.step(Event::Tick, now), vec![Action::Probe { epoch: 2 }]);
+        s.step(heard(true, 3, None), now + ms(1));
+        assert!(s.step(probed(2, true, None), now + ms(2)).is_empty());
+        assert_eq!(s.role, Role::Standby);
     }
 
     #[test]
     fn superseding_a_solo_term_waits_a_lease_before_serving() {
         let t0 = Instant::now();
         let mut s = RoleState::new(T, 4, t0);
-        s.step(Event::Tick, t0 + T.dead_after());
+        claim_after_silence(&mut s, t0 + T.dead_after());
         s.step(granted(5, true), t0 + T.dead_after());
         let claimed = t0 + T.dead_after();
         assert!(s.is_primary());

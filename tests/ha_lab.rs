@@ -1,0 +1,499 @@
+//! The HA pair in network namespaces (scripts/ha-lab.sh): nodes a and b, a witness w and a
+//! client c on one bridge, the service IP 10.77.0.100 moving between a and b. The client
+//! runs in c (a thread that entered c's network namespace) and only ever talks to the
+//! service IP. Needs root; PACSD_SKIP_NETNS=1 skips (and says so).
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::os::fd::AsRawFd;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use dicom_dictionary_std::{tags, uids};
+use pacsd::ha::driver::Status;
+use pacsd::net::scu::{ProposedContext, ScuAssociation, ScuOptions};
+use pacsd::synth::Spec;
+use pacsd::tools::{FindSpec, QueryModel};
+
+use common::*;
+
+const BIN: &str = env!("CARGO_BIN_EXE_pacsd");
+const SERVICE: &str = "10.77.0.100:11112";
+
+struct Lab {
+    name: String,
+    dir: tempfile::TempDir,
+    nodes: Vec<(String, Option<Child>)>,
+    witness: Option<Child>,
+}
+
+fn lab(name: &str) -> Option<Lab> {
+    if std::env::var("PACSD_SKIP_NETNS").as_deref() == Ok("1") {
+        eprintln!("SKIPPED: network namespace test (PACSD_SKIP_NETNS=1)");
+        return None;
+    }
+    let out = Command::new("bash")
+        .arg(script("ha-lab.sh"))
+        .args(["down", name])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    let out = Command::new("bash")
+        .arg(script("ha-lab.sh"))
+        .args(["up", name])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "the HA lab needs root and iproute2 (PACSD_SKIP_NETNS=1 skips): {}",
+        text(&out)
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let mut l = Lab {
+        name: name.into(),
+        dir,
+        nodes: Vec::new(),
+        witness: None,
+    };
+    for (me, peer, host) in [("a", "b", 2), ("b", "a", 3)] {
+        l.write_config(me, peer, host);
+        l.nodes.push((me.into(), None));
+    }
+    Some(l)
+}
+
+impl Lab {
+    fn config(&self, node: &str) -> PathBuf {
+        self.dir.path().join(format!("{node}.toml"))
+    }
+
+    fn write_config(&self, me: &str, _peer: &str, host: u8) {
+        let d = self.dir.path();
+        let peer_host = if host == 2 { 3 } else { 2 };
+        std::fs::create_dir_all(d.join(me)).unwrap();
+        let replicas: Vec<String> = (1..=3)
+            .map(|i| format!("\"{}\"", d.join(format!("r{i}")).display()))
+            .collect();
+        std::fs::write(
+            self.config(me),
+            format!(
+                "[node]\nbind = \"10.77.0.{host}\"\nport = 11112\n\n[timeouts]\nshutdown_secs = 2.0\n\n\
+                 [index]\npath = \"{index}\"\n\n[storage]\nreplicas = [{replicas}]\n\n\
+                 [access]\nunknown_ae_services = [\"echo\", \"store\", \"find\", \"get\"]\n\n\
+                 [preview]\nenabled = false\n\n\
+                 [ha]\nnode_id = \"{me}\"\n\
+                 links = [{{ bind = \"10.77.0.{host}:7400\", peer = \"10.77.0.{peer_host}:7400\" }}]\n\
+                 replication_bind = \"10.77.0.{host}:7401\"\npeer_replication = \"10.77.0.{peer_host}:7401\"\n\
+                 arbiter = \"witness://10.77.0.4:7402\"\n\
+                 service_ip = \"10.77.0.100/24\"\ninterface = \"eth0\"\n",
+                index = d.join(me).join("index.sqlite").display(),
+                replicas = replicas.join(", "),
+            ),
+        )
+        .unwrap();
+    }
+
+    fn start_witness(&mut self) {
+        let child = Command::new("ip")
+            .args(["netns", "exec", &format!("{}-w", self.name), BIN])
+            .args(["witness", "--listen", "10.77.0.4:7402", "--dir"])
+            .arg(self.dir.path().join("witness"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        self.witness = Some(child);
+        // Ready once it listens (checked from inside the lab).
+        let ns = format!("{}-c", self.name);
+        let up = in_netns(&ns, || {
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while std::net::TcpStream::connect("10.77.0.4:7402").is_err() {
+                if Instant::now() > deadline {
+                    return false;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            true
+        });
+        assert!(up.join().unwrap(), "witness did not start");
+    }
+
+    fn start(&mut self, node: &str) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.path().join(format!("{node}.log")))
+            .unwrap();
+        let child = Command::new("ip")
+            .args(["netns", "exec", &format!("{}-{node}", self.name), BIN])
+            .args(["serve", "--config"])
+            .arg(self.config(node))
+            .env("RUST_LOG", "pacsd=info")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        let slot = self.nodes.iter_mut().find(|(n, _)| n == node).unwrap();
+        slot.1 = Some(child);
+    }
+
+    fn signal(&self, node: &str, sig: &str) {
+        let pid = self
+            .nodes
+            .iter()
+            .find(|(n, _)| n == node)
+            .and_then(|(_, c)| c.as_ref())
+            .expect("running")
+            .id();
+        assert!(
+            Command::new("kill")
+                .args([sig, &pid.to_string()])
+                .status()
+                .unwrap()
+                .success()
+        );
+    }
+
+    fn status(&self, node: &str) -> Option<Status> {
+        let out = Command::new(BIN)
+            .args(["ha", "status", "--json", "--config"])
+            .arg(self.config(node))
+            .output()
+            .unwrap();
+        out.status
+            .success()
+            .then(|| serde_json::from_slice(&out.stdout).ok())
+            .flatten()
+    }
+
+    fn primary(&self) -> Option<String> {
+        ["a", "b"].into_iter().find_map(|n| {
+            self.status(n)
+                .filter(|s| {
+                    s.role == "primary" && s.holds_service_ip && s.replication_lag == Some(0)
+                })
+                .map(|_| n.to_string())
+        })
+    }
+
+    fn isolate(&self, on: bool) {
+        let out = Command::new("bash")
+            .arg(script("ha-lab.sh"))
+            .args(["isolate", &self.name, if on { "on" } else { "off" }])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", text(&out));
+    }
+
+    fn logs(&self) -> String {
+        ["a", "b"]
+            .iter()
+            .map(|n| {
+                format!(
+                    "--- {n}.log\n{}",
+                    std::fs::read_to_string(self.dir.path().join(format!("{n}.log")))
+                        .unwrap_or_default()
+                )
+            })
+            .collect()
+    }
+
+    /// Up and settled: a primary holding the service IP with its standby caught up.
+    fn settle(&mut self) -> String {
+        self.start_witness();
+        self.start("a");
+        std::thread::sleep(Duration::from_millis(300));
+        self.start("b");
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Some(p) = self.primary() {
+                let other = if p == "a" { "b" } else { "a" };
+                if self.status(other).is_some_and(|s| s.role == "standby") {
+                    return p;
+                }
+            }
+            assert!(
+                Instant::now() < deadline,
+                "lab did not settle\n{}",
+                self.logs()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for Lab {
+    fn drop(&mut self) {
+        for (_, c) in &mut self.nodes {
+            if let Some(c) = c {
+                let _ = Command::new("kill")
+                    .args(["-CONT", &c.id().to_string()])
+                    .status();
+                let _ = c.kill();
+                let _ = c.wait();
+            }
+        }
+        if let Some(w) = &mut self.witness {
+            let _ = w.kill();
+            let _ = w.wait();
+        }
+        let _ = Command::new("bash")
+            .arg(script("ha-lab.sh"))
+            .args(["down", &self.name])
+            .output();
+    }
+}
+
+/// Run `f` on a thread inside network namespace `ns` (with its own runtime).
+fn in_netns<T: Send + 'static>(
+    ns: &str,
+    f: impl FnOnce() -> T + Send + 'static,
+) -> std::thread::JoinHandle<T> {
+    let path = Path::new("/var/run/netns").join(ns);
+    std::thread::spawn(move || {
+        let file = std::fs::File::open(&path).expect("netns file");
+        // SAFETY: setns on this thread only, with a valid namespace fd.
+        let rc = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
+        assert_eq!(rc, 0, "setns: {}", std::io::Error::last_os_error());
+        f()
+    })
+}
+
+fn opts(timeout: Duration) -> ScuOptions {
+    ScuOptions {
+        addr: SERVICE.into(),
+        calling_ae: "LABCLIENT".into(),
+        called_ae: "PACSD".into(),
+        timeout,
+    }
+}
+
+/// What the client saw: each instance it was told was stored, with when, and failures.
+#[derive(Debug, Default)]
+struct Seen {
+    acked: Vec<(Spec, Instant)>,
+    failed: Vec<Instant>,
+}
+
+/// Store one instance per association to the service IP until `until`.
+async fn store_until(study: u32, until: Instant, first: u32) -> Seen {
+    let mut seen = Seen::default();
+    let mut n = first;
+    while Instant::now() < until {
+        let spec = Spec::ct(study, 1, n, 16);
+        n += 1;
+        let ok = async {
+            let ctx = ProposedContext {
+                abstract_syntax: uids::CT_IMAGE_STORAGE.into(),
+                transfer_syntaxes: vec![uids::EXPLICIT_VR_LITTLE_ENDIAN.into()],
+            };
+            let mut a = ScuAssociation::connect(&opts(Duration::from_secs(2)), &[ctx])
+                .await
+                .ok()?;
+            let id = a.contexts()[0].id;
+            let st = tokio::time::timeout(
+                Duration::from_secs(3),
+                a.store(id, &spec.sop_class, &spec.sop_uid, &encode(&spec)),
+            )
+            .await
+            .ok()?
+            .ok()?;
+            let _ = a.release().await;
+            st.is_success().then_some(())
+        }
+        .await;
+        match ok {
+            Some(()) => seen.acked.push((spec, Instant::now())),
+            None => {
+                seen.failed.push(Instant::now());
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        }
+    }
+    seen
+}
+
+fn client(lab: &Lab, study: u32, d: Duration) -> std::thread::JoinHandle<Seen> {
+    let until = Instant::now() + d;
+    in_netns(&format!("{}-c", lab.name), move || {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap()
+            .block_on(store_until(study, until, 1))
+    })
+}
+
+/// Every acknowledged instance is found and retrieved through the service IP.
+fn assert_all_kept(lab: &Lab, acked: Vec<Spec>) {
+    let logs = lab.logs();
+    let found = in_netns(&format!("{}-c", lab.name), move || {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap()
+            .block_on(async move {
+                let spec = FindSpec {
+                    model: QueryModel::Study,
+                    level: "IMAGE".into(),
+                    keys: vec![
+                        format!("StudyInstanceUID={}", acked[0].study_uid),
+                        format!("SeriesInstanceUID={}", acked[0].series_uid),
+                        "SOPInstanceUID=".into(),
+                    ],
+                    charset: None,
+                    relational: false,
+                    cancel_after: None,
+                };
+                let o = opts(Duration::from_secs(20));
+                let found = pacsd::tools::find(&o, &spec).await.unwrap();
+                let uids: BTreeSet<String> = (0..found.matches.len())
+                    .filter_map(|i| found.value(i, tags::SOP_INSTANCE_UID))
+                    .collect();
+                let out = tempfile::tempdir().unwrap();
+                let what = FindSpec::retrieve(
+                    QueryModel::Study,
+                    "SERIES".into(),
+                    vec![
+                        format!("StudyInstanceUID={}", acked[0].study_uid),
+                        format!("SeriesInstanceUID={}", acked[0].series_uid),
+                    ],
+                );
+                let got = pacsd::tools::get_into(&o, &what, out.path(), false)
+                    .await
+                    .unwrap();
+                let files = pacsd::tools::collect_files(&[out.path().to_path_buf()]).unwrap();
+                (acked, uids, got.status.is_success(), files.len())
+            })
+    })
+    .join()
+    .unwrap();
+    let (acked, uids, get_ok, files) = found;
+    let missing: Vec<&str> = acked
+        .iter()
+        .map(|s| s.sop_uid.as_str())
+        .filter(|u| !uids.contains(*u))
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "{} of {} acknowledged instances missing, e.g. {:?}\n{logs}",
+        missing.len(),
+        acked.len(),
+        &missing[..missing.len().min(5)]
+    );
+    assert!(
+        get_ok && files >= acked.len(),
+        "C-GET: {files} files for {}",
+        acked.len()
+    );
+}
+
+/// The longest time between two successes around `fault`.
+fn gap(seen: &Seen, fault: Instant) -> Duration {
+    let before = seen
+        .acked
+        .iter()
+        .map(|(_, t)| *t)
+        .filter(|t| *t <= fault)
+        .max()
+        .unwrap_or(fault);
+    let after = seen
+        .acked
+        .iter()
+        .map(|(_, t)| *t)
+        .filter(|t| *t > fault)
+        .min()
+        .expect("a success after the fault");
+    after - before
+}
+
+#[test]
+fn crash_failover_moves_the_service_ip_and_keeps_every_acknowledged_instance() {
+    let Some(mut lab) = lab("hcr") else { return };
+    let first = lab.settle();
+    let c = client(&lab, 501, Duration::from_secs(5));
+    std::thread::sleep(Duration::from_millis(1500));
+    let fault = Instant::now();
+    lab.signal(&first, "-KILL");
+    let seen = c.join().unwrap();
+    let g = gap(&seen, fault);
+    eprintln!(
+        "crash failover: service gap {g:?}, {} acknowledged, {} failed client operations",
+        seen.acked.len(),
+        seen.failed.len()
+    );
+    let second = if first == "a" { "b" } else { "a" };
+    let s = lab.status(second).unwrap();
+    assert!(s.role.starts_with("primary") && s.holds_service_ip, "{s:?}");
+    assert_all_kept(&lab, seen.acked.into_iter().map(|(s, _)| s).collect());
+}
+
+#[test]
+fn planned_switchover_moves_the_service_ip() {
+    let Some(mut lab) = lab("hsw") else { return };
+    let first = lab.settle();
+    let c = client(&lab, 502, Duration::from_secs(3));
+    std::thread::sleep(Duration::from_millis(1000));
+    let fault = Instant::now();
+    let out = Command::new(BIN)
+        .args(["ha", "switchover", "--config"])
+        .arg(lab.config(&first))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    let seen = c.join().unwrap();
+    let g = gap(&seen, fault);
+    eprintln!(
+        "switchover: service gap {g:?}, {} acknowledged, {} failed client operations",
+        seen.acked.len(),
+        seen.failed.len()
+    );
+    let second = if first == "a" { "b" } else { "a" };
+    assert!(lab.status(second).unwrap().holds_service_ip);
+    assert!(!lab.status(&first).unwrap().holds_service_ip);
+    assert_all_kept(&lab, seen.acked.into_iter().map(|(s, _)| s).collect());
+}
+
+#[test]
+fn a_cut_link_between_the_nodes_makes_no_second_primary() {
+    let Some(mut lab) = lab("hsp") else { return };
+    let first = lab.settle();
+    let c = client(&lab, 503, Duration::from_secs(6));
+    std::thread::sleep(Duration::from_millis(800));
+    lab.isolate(true);
+    // While cut: sample both nodes; never two serving primaries in one epoch, and the
+    // service IP held by at most one node at a time... except for the moment a superseded
+    // primary takes to notice (it can no longer acknowledge anything by then).
+    let until = Instant::now() + Duration::from_secs(3);
+    let mut primaries = BTreeSet::new();
+    while Instant::now() < until {
+        let (sa, sb) = (lab.status("a").unwrap(), lab.status("b").unwrap());
+        for s in [&sa, &sb] {
+            if s.role.starts_with("primary") {
+                primaries.insert((s.epoch, s.node.clone()));
+            }
+        }
+        if sa.role.starts_with("primary") && sb.role.starts_with("primary") {
+            assert_ne!(sa.epoch, sb.epoch, "two primaries in one epoch");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let epochs: Vec<u64> = primaries.iter().map(|(e, _)| *e).collect();
+    let unique: BTreeSet<u64> = epochs.iter().copied().collect();
+    assert_eq!(
+        epochs.len(),
+        unique.len(),
+        "an epoch with two primaries: {primaries:?}"
+    );
+    lab.isolate(false);
+    let seen = c.join().unwrap();
+    eprintln!(
+        "link cut: primaries seen {primaries:?}, {} acknowledged, {} failed client operations",
+        seen.acked.len(),
+        seen.failed.len()
+    );
+    let _ = first;
+    assert_all_kept(&lab, seen.acked.into_iter().map(|(s, _)| s).collect());
+}
