@@ -25,7 +25,7 @@ if ! command -v garage >/dev/null; then
     echo "garage not on PATH (cargo install garage --locked): Garage runs skipped" >&2
     exit 0
 fi
-bash scripts/s3-cluster.sh start "$WORK/garage" 39600 --independent >/dev/null
+bash scripts/s3-cluster.sh start "$WORK/garage" 29600 --independent >/dev/null
 trap 'bash scripts/s3-cluster.sh stop "$WORK/garage"; rm -rf "$WORK"' EXIT
 # shellcheck disable=SC1091
 source "$WORK/garage/env"

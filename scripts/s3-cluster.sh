@@ -18,6 +18,9 @@
 # requests served by the others while Garage notices; the fault tests of striped reads use
 # independent sites so that they test pacsd's routing, not Garage's failure detection.)
 #
+# Ports are BASE+10N (S3), +1 (RPC), +3 (admin): keep BASE below the kernel's ephemeral range
+# (32768 and up here), or a client's outgoing connection can hold a port a node needs.
+#
 # DIR/env exports AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_REGION, AWS_ALLOW_HTTP and
 # PACSD_S3_REPLICAS (three replica URLs, space separated). Needs `garage` on PATH
 # (`cargo install garage --locked`, about 10 minutes). Only 127.0.0.1 is used.
@@ -61,7 +64,7 @@ cmd=${1:-}; shift || true
 case $cmd in
 start)
     DIR=${1:?usage: start DIR [BASE_PORT]}
-    BASE=${2:-39000}
+    BASE=${2:-29000}
     MODE=${3:-cluster}
     [[ $MODE == cluster || $MODE == --independent ]] || die "unknown option $MODE"
     command -v "$GARAGE" >/dev/null || die "garage not found: cargo install garage --locked"
@@ -91,7 +94,7 @@ EOF
         start_node $n
     done
     for n in 1 2 3; do
-        wait_for 20 g $n node id -q || die "node $n did not start (see $DIR/node$n.log)"
+        wait_for 60 g $n node id -q || die "node $n did not start (see $DIR/node$n.log)"
     done
     if [[ $MODE == cluster ]]; then
         for n in 2 3; do
@@ -118,7 +121,7 @@ EOF
         done
     fi
     for n in 1 2 3; do
-        wait_for 20 s3_up $n || die "S3 API of node $n not listening"
+        wait_for 60 s3_up $n || die "S3 API of node $n not listening"
     done
     replicas=""
     for n in 1 2 3; do
@@ -159,7 +162,7 @@ cont-node)
 restart)
     n=${1:?usage: restart N DIR}; DIR=${2:?usage: restart N DIR}
     start_node "$n"
-    wait_for 20 s3_up "$n" || die "node $n did not come back (see $DIR/node$n.log)"
+    wait_for 60 s3_up "$n" || die "node $n did not come back (see $DIR/node$n.log)"
     ;;
 *)
     sed -n '2,24p' "$0" >&2

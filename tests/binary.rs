@@ -192,6 +192,17 @@ fn bad_config_stops_start_up_naming_the_key() {
             "unknown_ae_servics",
         ),
         ("write_quorum = 5\n", "storage.write_quorum"),
+        (
+            "\n[ha]\nnode_id = \"a\"\nlinks = []\nreplication_bind = \"127.0.0.1:7401\"\n\
+             peer_replication = \"127.0.0.1:7402\"\narbiter = \"/tmp/x\"\n",
+            "ha.links",
+        ),
+        (
+            "\n[ha]\nnode_id = \"a\"\nlinks = [{ bind = \"127.0.0.1:7400\", peer = \"127.0.0.1:7500\" }]\n\
+             replication_bind = \"127.0.0.1:7401\"\npeer_replication = \"127.0.0.1:7402\"\n\
+             arbiter = \"/tmp/x\"\nservice_ip = \"10.0.0.300/24\"\ninterface = \"eth0\"\n",
+            "ha.service_ip",
+        ),
     ] {
         let config = write_config(dir.path(), extra);
         let out = Command::new(BIN)
@@ -217,6 +228,23 @@ fn shipped_example_config_loads() {
     assert_eq!(c.storage.replicas, d.storage.replicas);
     assert_eq!(c.access.unknown_ae_services, d.access.unknown_ae_services);
     assert_eq!(c.peers.len(), 2);
+    assert!(c.ha.is_none(), "the default node runs alone");
+    // The HA pair examples: the same service IP and arbiter, each pointing at the other.
+    let load = |f: &str| {
+        pacsd::config::Config::load(
+            &Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("ae-config")
+                .join(f),
+        )
+        .unwrap()
+        .ha
+        .expect("[ha]")
+    };
+    let (a, b) = (load("ha-node-a.toml"), load("ha-node-b.toml"));
+    assert_ne!(a.node_id, b.node_id);
+    assert_eq!((&a.service_ip, &a.arbiter), (&b.service_ip, &b.arbiter));
+    assert_eq!(a.peer_replication, b.replication_bind);
+    assert_eq!(a.links[0].peer, b.links[0].bind);
 }
 
 #[test]
@@ -233,6 +261,11 @@ fn help_explains_every_subcommand() {
         vec!["move", "--help"],
         vec!["get", "--help"],
         vec!["synth", "--help"],
+        vec!["preview", "--help"],
+        vec!["storage", "bench", "--help"],
+        vec!["ha", "status", "--help"],
+        vec!["ha", "switchover", "--help"],
+        vec!["witness", "--help"],
     ] {
         let out = pacsd(&args);
         assert!(out.status.success(), "{args:?}");

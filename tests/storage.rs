@@ -133,7 +133,7 @@ async fn suite_on_local_replicas() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn suite_on_garage_s3_and_on_a_mixed_set() {
-    let Some(cluster) = S3Cluster::start(39100) else {
+    let Some(cluster) = S3Cluster::start(29100) else {
         return;
     };
     let s3 = cluster.replicas();
@@ -331,17 +331,17 @@ async fn striped_read_survives(action: &str, base_port: u16) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn striped_read_survives_a_garage_node_killed_mid_read() {
-    striped_read_survives("kill", 39200).await;
+    striped_read_survives("kill", 29200).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn striped_read_survives_a_garage_node_frozen_mid_read() {
-    striped_read_survives("stop-node", 39300).await;
+    striped_read_survives("stop-node", 29300).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn garage_node_killed_during_bulk_store_is_healed_when_it_returns() {
-    let Some(cluster) = S3Cluster::start(39400) else {
+    let Some(cluster) = S3Cluster::start(29400) else {
         return;
     };
     let urls = cluster.replicas();

@@ -95,6 +95,25 @@ async fn timed<T, F: Future<Output = Result<T, BenchError>>>(f: F) -> Result<(f6
     Ok((t0.elapsed().as_secs_f64(), out))
 }
 
+/// One whole-object GET from one replica.
+async fn whole_get(
+    name: &str,
+    store: &Arc<dyn ObjectStore>,
+    path: &StorePath,
+) -> Result<Bytes, BenchError> {
+    let read = |source| BenchError::Read {
+        replica: name.to_string(),
+        source,
+    };
+    store
+        .get(path)
+        .await
+        .map_err(read)?
+        .bytes()
+        .await
+        .map_err(read)
+}
+
 /// Write one object of each size through `storage.put` (every replica), then time the three
 /// ways of reading it `rounds` times each. `raw` are the same replicas as `storage`, for the
 /// plain GETs of (a) and (b). The adaptive read is warmed up (once per replica, and once
@@ -128,17 +147,7 @@ pub async fn run(
         // Each replica alone: its bandwidth, and which one is fastest.
         let mut solo = Vec::new();
         for (name, store) in raw {
-            let (secs, b) = timed(async {
-                let r = store.get(&path).await.map_err(|source| BenchError::Read {
-                    replica: name.clone(),
-                    source,
-                })?;
-                r.bytes().await.map_err(|source| BenchError::Read {
-                    replica: name.clone(),
-                    source,
-                })
-            })
-            .await?;
+            let (secs, b) = timed(whole_get(name, store, &path)).await?;
             check(&b, name)?;
             solo.push(size as f64 / secs);
         }
@@ -154,17 +163,7 @@ pub async fn run(
         }
         for _ in 0..rounds {
             let (name, store) = &raw[fastest];
-            let (secs, b) = timed(async {
-                let r = store.get(&path).await.map_err(|source| BenchError::Read {
-                    replica: name.clone(),
-                    source,
-                })?;
-                r.bytes().await.map_err(|source| BenchError::Read {
-                    replica: name.clone(),
-                    source,
-                })
-            })
-            .await?;
+            let (secs, b) = timed(whole_get(name, store, &path)).await?;
             check(&b, "single GET")?;
             single.push(secs);
 

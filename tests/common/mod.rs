@@ -286,3 +286,60 @@ pub fn script(name: &str) -> PathBuf {
         .join("scripts")
         .join(name)
 }
+
+/// Every instance in `acked` (all of one series) is found by C-FIND at IMAGE level and
+/// retrieved by C-GET of the series from the node at `opts`; Err says what is not.
+pub async fn check_kept(opts: &ScuOptions, acked: &[pacsd::synth::Spec]) -> Result<(), String> {
+    use pacsd::tools::{FindSpec, QueryModel};
+    let Some(first) = acked.first() else {
+        return Ok(());
+    };
+    let keys = vec![
+        format!("StudyInstanceUID={}", first.study_uid),
+        format!("SeriesInstanceUID={}", first.series_uid),
+    ];
+    let mut find_keys = keys.clone();
+    find_keys.push("SOPInstanceUID=".into());
+    let spec = FindSpec {
+        model: QueryModel::Study,
+        level: "IMAGE".into(),
+        keys: find_keys,
+        charset: None,
+        relational: false,
+        cancel_after: None,
+    };
+    let found = pacsd::tools::find(opts, &spec)
+        .await
+        .map_err(|e| format!("C-FIND: {e}"))?;
+    let uids: std::collections::BTreeSet<String> = (0..found.matches.len())
+        .filter_map(|i| found.value(i, dicom_dictionary_std::tags::SOP_INSTANCE_UID))
+        .collect();
+    let missing: Vec<&str> = acked
+        .iter()
+        .map(|s| s.sop_uid.as_str())
+        .filter(|u| !uids.contains(*u))
+        .collect();
+    if !missing.is_empty() {
+        return Err(format!(
+            "{} of {} acknowledged instances not found, e.g. {:?}",
+            missing.len(),
+            acked.len(),
+            &missing[..missing.len().min(5)]
+        ));
+    }
+    let out = tempfile::tempdir().map_err(|e| e.to_string())?;
+    let what = FindSpec::retrieve(QueryModel::Study, "SERIES".into(), keys);
+    let got = pacsd::tools::get_into(opts, &what, out.path(), false)
+        .await
+        .map_err(|e| format!("C-GET: {e}"))?;
+    let files = pacsd::tools::collect_files(&[out.path().to_path_buf()])
+        .map_err(|e| e.to_string())?
+        .len();
+    if !got.status.is_success() || files < acked.len() {
+        return Err(format!(
+            "C-GET returned {files} files for {} acknowledged: {got}",
+            acked.len()
+        ));
+    }
+    Ok(())
+}
