@@ -530,7 +530,7 @@ fn failover_benchmark() {
         }
         let deadline = Instant::now() + Duration::from_secs(30);
         while lab.primary().as_deref() != Some(other)
-            || !lab.status(primary).is_some_and(|s| s.role == "standby")
+            || lab.status(primary).is_none_or(|s| s.role != "standby")
         {
             assert!(Instant::now() < deadline, "did not settle\n{}", lab.logs());
             std::thread::sleep(Duration::from_millis(50));
