@@ -315,13 +315,18 @@ async fn store_until(study: u32, until: Instant, first: u32) -> Seen {
 }
 
 fn client(lab: &Lab, study: u32, d: Duration) -> std::thread::JoinHandle<Seen> {
+    client_from(lab, study, d, 1)
+}
+
+/// A client whose first instance number is `first` (to go on with a series).
+fn client_from(lab: &Lab, study: u32, d: Duration, first: u32) -> std::thread::JoinHandle<Seen> {
     let until = Instant::now() + d;
     in_netns(&format!("{}-c", lab.name), move || {
         tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
             .unwrap()
-            .block_on(store_until(study, until, 1))
+            .block_on(store_until(study, until, first))
     })
 }
 
@@ -569,4 +574,119 @@ fn failover_benchmark() {
     );
     println!("  epochs with two primaries: {}", doubles.len());
     assert!(doubles.is_empty(), "epochs with two primaries: {doubles:?}");
+}
+
+impl Lab {
+    fn other(node: &str) -> &'static str {
+        if node == "a" { "b" } else { "a" }
+    }
+
+    fn kill_witness(&mut self) {
+        if let Some(mut w) = self.witness.take() {
+            let _ = w.kill();
+            let _ = w.wait();
+        }
+    }
+
+    fn wait_until(&self, what: &str, limit: Duration, mut f: impl FnMut(&Lab) -> bool) {
+        let deadline = Instant::now() + limit;
+        while !f(self) {
+            assert!(Instant::now() < deadline, "{what}\n{}", self.logs());
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+#[test]
+fn a_primary_paused_past_its_lease_does_not_serve_when_it_resumes() {
+    let Some(mut lab) = lab("hstop") else { return };
+    let first = lab.settle();
+    let second = Lab::other(&first);
+    let c = client(&lab, 504, Duration::from_secs(5));
+    std::thread::sleep(Duration::from_millis(800));
+    lab.signal(&first, "-STOP");
+    lab.wait_until("the standby takes over", Duration::from_secs(10), |l| {
+        l.status(second)
+            .is_some_and(|s| s.role.starts_with("primary") && s.holds_service_ip)
+    });
+    std::thread::sleep(Duration::from_millis(500));
+    lab.signal(&first, "-CONT");
+    lab.wait_until(
+        "the resumed node steps down",
+        Duration::from_secs(10),
+        |l| {
+            l.status(&first)
+                .is_some_and(|s| s.role == "standby" && !s.holds_service_ip)
+        },
+    );
+    let seen = c.join().unwrap();
+    assert!(lab.status(second).unwrap().holds_service_ip);
+    assert!(double_primary_epochs(&lab).is_empty());
+    assert_all_kept(&lab, seen.acked.into_iter().map(|(s, _)| s).collect());
+}
+
+#[test]
+fn a_crashed_standby_catches_up_while_the_primary_serves_on() {
+    let Some(mut lab) = lab("hsby") else { return };
+    let first = lab.settle();
+    let second = Lab::other(&first);
+    let c = client(&lab, 505, Duration::from_secs(5));
+    std::thread::sleep(Duration::from_millis(800));
+    lab.signal(second, "-KILL");
+    lab.wait_until("the primary goes on alone", Duration::from_secs(10), |l| {
+        l.status(&first).is_some_and(|s| s.role == "primary (solo)")
+    });
+    std::thread::sleep(Duration::from_millis(1000));
+    lab.start(second);
+    lab.wait_until("the standby catches up", Duration::from_secs(20), |l| {
+        l.primary().as_deref() == Some(first.as_str())
+            && l.status(second).is_some_and(|s| s.role == "standby")
+    });
+    let seen = c.join().unwrap();
+    assert!(
+        seen.failed.len() < 5,
+        "the primary served on: {} failed",
+        seen.failed.len()
+    );
+    let acked: Vec<Spec> = seen.acked.into_iter().map(|(s, _)| s).collect();
+    // The caught-up standby has everything: fail over to it and check through the IP.
+    lab.signal(&first, "-KILL");
+    lab.wait_until(
+        "the caught-up standby takes over",
+        Duration::from_secs(10),
+        |l| l.status(second).is_some_and(|s| s.holds_service_ip),
+    );
+    assert_all_kept(&lab, acked);
+}
+
+#[test]
+fn with_the_witness_down_the_pair_serves_on_and_fails_over_once_it_returns() {
+    let Some(mut lab) = lab("hwit") else { return };
+    let first = lab.settle();
+    let second = Lab::other(&first);
+    lab.kill_witness();
+    let c = client(&lab, 506, Duration::from_secs(1));
+    let seen = c.join().unwrap();
+    assert!(
+        seen.failed.is_empty() && !seen.acked.is_empty(),
+        "paired: no arbiter needed"
+    );
+    let mut acked: Vec<Spec> = seen.acked.into_iter().map(|(s, _)| s).collect();
+    lab.signal(&first, "-KILL");
+    std::thread::sleep(Duration::from_millis(1500));
+    assert!(
+        !lab.status(second).unwrap().role.starts_with("primary"),
+        "no takeover without the arbiter"
+    );
+    lab.start_witness();
+    lab.wait_until(
+        "takeover once the witness is back",
+        Duration::from_secs(10),
+        |l| l.status(second).is_some_and(|s| s.holds_service_ip),
+    );
+    let seen = client_from(&lab, 506, Duration::from_millis(500), 10_000)
+        .join()
+        .unwrap();
+    acked.extend(seen.acked.into_iter().map(|(s, _)| s));
+    assert_all_kept(&lab, acked);
 }

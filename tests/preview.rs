@@ -200,6 +200,7 @@ fn propose_flag(f: &Path) -> &'static str {
         uids::JPEG_LOSSLESS_SV1 => "-xs",
         uids::JPEG_BASELINE8_BIT => "-xy",
         uids::JPEGLS_LOSSLESS => "-xt",
+        uids::JPEG2000_LOSSLESS => "-xv",
         _ => "-xe",
     }
 }
@@ -348,15 +349,30 @@ async fn grey_previews_match_dcmtk_in_every_transfer_syntax() {
             windowed,
             *lossy,
             tool.to_string(),
+            (256, 160), // 320x200 fits 256x256 as 256x160: aspect ratio kept
         ));
     }
+    // JPEG 2000 (OpenJPEG's opj_compress) of a square CT image without a window.
+    let spec = Spec::ct(40, 1, 20, 300);
+    let j2k_dir = dir.join("j2k");
+    std::fs::create_dir_all(&j2k_dir).unwrap();
+    let plain = j2k_dir.join("plain.dcm");
+    spec.write(&plain).unwrap();
+    cases.push((
+        spec.sop_uid.clone(),
+        plain,
+        j2k_object(&spec, &j2k_dir),
+        false,
+        false,
+        "opj_compress".to_string(),
+        (256, 256),
+    ));
     let sent: Vec<PathBuf> = cases.iter().map(|c| c.2.clone()).collect();
     store(&n, &sent).await;
     previews_settle(&n).await;
-    for (sop, src, _, windowed, lossy, tool) in &cases {
+    for (sop, src, _, windowed, lossy, tool, dims) in &cases {
         let preview = stored_preview(&n, sop).await;
-        // 320x200 fits 256x256 as 256x160: aspect ratio kept.
-        assert_eq!((preview.width(), preview.height()), (256, 160), "{tool}");
+        assert_eq!((preview.width(), preview.height()), *dims, "{tool}");
         assert!(!preview.color().has_color(), "{tool}: grey stays grey");
         let voi: &[&str] = if *windowed { &["+Wi", "1"] } else { &["+Wm"] };
         let d = mad(&preview, &dcmtk_reference(src, voi));

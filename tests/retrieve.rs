@@ -616,51 +616,6 @@ fn pacsd_get_cli_writes_every_instance() {
     drop(rt);
 }
 
-/// A JPEG 2000 (lossless) object made with OpenJPEG's opj_compress from a synthetic image.
-fn j2k_object(spec: &Spec, dir: &Path) -> PathBuf {
-    use dicom_core::value::PixelFragmentSequence;
-    use dicom_core::{DataElement, VR};
-    let n = spec.size as usize;
-    let obj = spec.dataset();
-    let pixels = obj
-        .element(tags::PIXEL_DATA)
-        .unwrap()
-        .to_bytes()
-        .unwrap()
-        .into_owned();
-    // 16-bit PGM (big-endian samples), 12 bits used.
-    let mut pgm = format!("P5\n{n} {n}\n4095\n").into_bytes();
-    for px in pixels.chunks(2) {
-        pgm.extend_from_slice(&[px[1], px[0]]);
-    }
-    let (pgm_path, j2k_path) = (dir.join("in.pgm"), dir.join("out.j2k"));
-    std::fs::write(&pgm_path, pgm).unwrap();
-    let out = Command::new("opj_compress")
-        .arg("-i")
-        .arg(&pgm_path)
-        .arg("-o")
-        .arg(&j2k_path)
-        .output()
-        .expect("opj_compress (libopenjp2-tools) installed");
-    assert!(out.status.success(), "{}", text(&out));
-    let codestream = std::fs::read(&j2k_path).unwrap();
-    let mut ds = obj;
-    ds.put(DataElement::new(
-        tags::PIXEL_DATA,
-        VR::OB,
-        PixelFragmentSequence::new(Vec::<u32>::new(), vec![codestream]),
-    ));
-    let meta = dicom_object::meta::FileMetaTableBuilder::new()
-        .media_storage_sop_class_uid(spec.sop_class.as_str())
-        .media_storage_sop_instance_uid(spec.sop_uid.as_str())
-        .transfer_syntax(uids::JPEG2000_LOSSLESS)
-        .build()
-        .unwrap();
-    let path = dir.join("j2k.dcm");
-    ds.with_exact_meta(meta).write_to_file(&path).unwrap();
-    path
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn jpeg_2000_is_decompressed_for_an_implicit_only_destination() {
     let dest = Destination::start(&["+xi"]);
