@@ -36,6 +36,8 @@ const CONFIRM_LEASES: u32 = 4;
 const CONFIRM_POLL: Duration = Duration::from_millis(20);
 /// Longest `pacsd ha` control request or answer line.
 const MAX_CONTROL_LINE: u64 = 1024;
+/// `Shared::peer_token` before any heartbeat arrived.
+const NO_TOKEN: u64 = u64::MAX;
 
 #[derive(Debug, thiserror::Error)]
 pub enum HaError {
@@ -71,6 +73,9 @@ pub struct Shared {
     pub peer: Mutex<Option<(Instant, Beat)>>,
     /// Last change-log seq of this node's index (kept by the applier or the service).
     pub seq: Arc<std::sync::atomic::AtomicI64>,
+    /// The latest heartbeat token received from the peer (`NO_TOKEN`: none yet), echoed in
+    /// ours.
+    pub peer_token: AtomicU64,
     pub service_ip: Option<String>,
     pub holds_service_ip: Mutex<bool>,
 }
@@ -203,6 +208,7 @@ pub async fn control(path: &std::path::Path, req: &ControlRequest) -> Result<Con
 
 /// The service while primary.
 struct Serving {
+    seq_follower: JoinHandle<()>,
     node_trigger: ShutdownTrigger,
     node_task: JoinHandle<()>,
     repl_trigger: ShutdownTrigger,
@@ -280,6 +286,7 @@ pub async fn run(config: Config, mut shutdown: Shutdown) -> Result<(), HaError> 
         mode: ha.replication,
         peer: Mutex::new(None),
         seq: Arc::new(std::sync::atomic::AtomicI64::new(0)),
+        peer_token: AtomicU64::new(NO_TOKEN),
         service_ip: ha.service_ip.clone(),
         holds_service_ip: Mutex::new(false),
     });
@@ -341,17 +348,21 @@ pub async fn run(config: Config, mut shutdown: Shutdown) -> Result<(), HaError> 
     );
     d.stand_by();
 
+    // Heartbeats go out on their own task, so that an action the driver is busy with (a
+    // service winding down, a takeover reconciling the index) never silences them.
+    let beating = tokio::spawn(send_beats(
+        links,
+        shared.clone(),
+        d.clock,
+        ha.timing().heartbeat,
+    ));
     let mut tick = tokio::time::interval(ha.timing().heartbeat);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut peer_token: Option<u64> = None;
     loop {
         let event = tokio::select! {
-            _ = tick.tick() => {
-                d.send_beat(&links, peer_token).await;
-                Some(Event::Tick)
-            }
+            _ = tick.tick() => Some(Event::Tick),
             Some((beat, at)) = beats.recv() => {
-                peer_token = Some(beat.token);
+                shared.peer_token.store(beat.token, Ordering::SeqCst);
                 d.known_epoch.fetch_max(beat.epoch, Ordering::SeqCst);
                 let ev = Event::Heard {
                     peer_primary: beat.primary,
@@ -389,6 +400,7 @@ pub async fn run(config: Config, mut shutdown: Shutdown) -> Result<(), HaError> 
         }
     }
     info!("HA node stopping");
+    beating.abort();
     d.stop_serving().await;
     if let Some(s) = d.standing.take() {
         s.trigger.trigger();
@@ -398,28 +410,45 @@ pub async fn run(config: Config, mut shutdown: Shutdown) -> Result<(), HaError> 
     Ok(())
 }
 
-impl Driver {
-    async fn send_beat(&self, links: &Links, echo: Option<u64>) {
+/// Send a heartbeat on every link every `interval`, from the shared state.
+async fn send_beats(links: Links, shared: Arc<Shared>, clock: Clock, interval: Duration) {
+    let mut tick = tokio::time::interval(interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
         let (primary, epoch) = {
-            let st = self.shared.role.lock().expect("role");
+            let st = shared.role.lock().expect("role");
             (st.is_primary(), st.epoch)
         };
-        let seq = match &self.index {
-            Some(i) if self.serving.is_some() => i.commits().borrow().seq,
-            _ => self.shared.seq.load(Ordering::SeqCst),
-        };
+        let echo = Some(shared.peer_token.load(Ordering::SeqCst)).filter(|t| *t != NO_TOKEN);
         links
             .send(&Beat {
-                node: self.shared.node_id.clone(),
+                node: shared.node_id.clone(),
                 primary,
                 epoch,
-                seq,
-                token: self.clock.token(Instant::now()),
+                seq: shared.seq.load(Ordering::SeqCst),
+                token: clock.token(Instant::now()),
                 echo,
             })
             .await;
     }
+}
 
+/// Keep `Shared::seq` at the index's last change-log seq (while serving; abort to stop).
+fn follow_seq(index: &Index, shared: Arc<Shared>) -> JoinHandle<()> {
+    let mut commits = index.commits();
+    tokio::spawn(async move {
+        loop {
+            let seq = commits.borrow_and_update().seq;
+            shared.seq.store(seq, Ordering::SeqCst);
+            if commits.changed().await.is_err() {
+                return;
+            }
+        }
+    })
+}
+
+impl Driver {
     async fn execute(&mut self, action: Action) {
         match action {
             Action::Claim { epoch } => {
@@ -646,6 +675,7 @@ impl Driver {
                 return;
             }
         };
+        let seq_follower = follow_seq(&index, self.shared.clone());
         let node = Node {
             config: self.config.clone(),
             index: index.clone(),
@@ -657,6 +687,7 @@ impl Driver {
         let (repl_trigger, repl_task, handover) = self.start_replicator(index, epoch);
         info!(epoch, %addr, ae_title = %self.config.node.ae_title, "primary: serving");
         self.serving = Some(Serving {
+            seq_follower,
             node_trigger,
             node_task,
             repl_trigger,
@@ -693,6 +724,7 @@ impl Driver {
         // any more), then let open associations end.
         s.node_trigger.trigger();
         s.repl_trigger.trigger();
+        s.seq_follower.abort();
         if let Some(g) = self.garp.take() {
             g.abort();
         }
