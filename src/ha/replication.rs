@@ -6,7 +6,8 @@
 //! the same epoch, the standby's history is a prefix of the primary's and the missing rows
 //! are shipped; otherwise the primary ships a snapshot of its whole index and the standby
 //! sets its own database aside (`<index>.diverged-<epoch>-<time>.sqlite`), never merging it.
-//! Then every committed row follows as it is committed, each acknowledged by seq.
+//! Then every committed row follows as it is committed (with its epoch, seq and a SHA-256
+//! of the record), each acknowledged by seq.
 //!
 //! Frames: a 4-byte big-endian length, then JSON (a snapshot's bytes follow its frame).
 
@@ -77,8 +78,11 @@ enum Frame {
         bytes: u64,
         last_seq: i64,
     },
+    /// One committed change-log row, with the SHA-256 of its JSON (`record_sum`): the
+    /// standby applies only a record that arrives as it was committed.
     Record {
         change: Box<ChangeRecord>,
+        sum: String,
     },
     Ping,
     /// Planned switchover: the primary has stopped serving in `epoch`; take over.
@@ -223,8 +227,19 @@ impl StandbyServer {
                 )));
             }
             match frame {
-                Frame::Record { change } => {
+                Frame::Record { change, sum } => {
                     let seq = change.seq;
+                    if record_sum(&change) != sum {
+                        let reason = format!("record {seq} does not match its checksum");
+                        write_frame(
+                            &mut w,
+                            &Frame::Refused {
+                                reason: reason.clone(),
+                            },
+                        )
+                        .await?;
+                        return Err(ReplicationError::Refused(reason));
+                    }
                     index.apply_replicated(*change, Vec::new()).await?;
                     self.applied.store(seq, Ordering::SeqCst);
                     write_frame(&mut w, &Frame::Ack { seq }).await?;
@@ -310,6 +325,14 @@ impl StandbyServer {
         }
         Ok(())
     }
+}
+
+/// Hex SHA-256 of a change-log row's JSON.
+fn record_sum(change: &ChangeRecord) -> String {
+    use sha2::{Digest, Sha256};
+    hex::encode(Sha256::digest(
+        serde_json::to_vec(change).unwrap_or_default(),
+    ))
 }
 
 fn sibling(path: &Path, suffix: &str) -> PathBuf {
@@ -435,6 +458,7 @@ impl Replicator {
                     &mut w,
                     &Frame::Record {
                         change: Box::new(change.clone()),
+                        sum: record_sum(change),
                     },
                 )
                 .await?;
@@ -497,5 +521,23 @@ impl Replicator {
         let result = timed(SNAPSHOT_TIMEOUT, "snapshot", shipped).await;
         let _ = tokio::fs::remove_file(&path).await;
         result
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn frames_round_trip_and_oversized_ones_are_refused() {
+        let (mut a, mut b) = tokio::io::duplex(1 << 16);
+        write_frame(&mut a, &Frame::Ack { seq: 42 }).await.unwrap();
+        assert!(matches!(
+            read_frame(&mut b).await.unwrap(),
+            Frame::Ack { seq: 42 }
+        ));
+        a.write_all(&(MAX_FRAME + 1).to_be_bytes()).await.unwrap();
+        let err = read_frame(&mut b).await.unwrap_err().to_string();
+        assert!(err.contains("at most"), "{err}");
     }
 }
