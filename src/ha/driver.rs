@@ -452,14 +452,10 @@ impl Driver {
     async fn execute(&mut self, action: Action) {
         match action {
             Action::Claim { epoch } => {
-                let (arbiter, node, tx) = (
-                    self.arbiter.clone(),
-                    self.shared.node_id.clone(),
-                    self.events.clone(),
-                );
+                let node = self.shared.node_id.clone();
                 info!(epoch, "claiming epoch");
-                tokio::spawn(async move {
-                    let ev = match arbiter.claim(epoch, &node).await {
+                self.arbiter_task(move |arbiter| async move {
+                    Some(match arbiter.claim(epoch, &node).await {
                         Ok(o) => Event::Claimed {
                             epoch,
                             granted: o.granted,
@@ -475,14 +471,12 @@ impl Driver {
                                 previous_solo: false,
                             }
                         }
-                    };
-                    let _ = tx.send(ev).await;
+                    })
                 });
             }
             Action::CheckLease => {
                 let epoch = self.shared.role.lock().expect("role").epoch;
-                let (arbiter, tx) = (self.arbiter.clone(), self.events.clone());
-                tokio::spawn(async move {
+                self.arbiter_task(move |arbiter| async move {
                     let started = Instant::now();
                     match arbiter.latest().await {
                         Ok(latest) => {
@@ -491,16 +485,18 @@ impl Driver {
                             {
                                 warn!(error = %e, "renewal marker not written");
                             }
-                            let _ = tx.send(Event::Checked { started, latest }).await;
+                            Some(Event::Checked { started, latest })
                         }
-                        Err(e) => warn!(error = %e, "lease check failed: the lease will lapse"),
+                        Err(e) => {
+                            warn!(error = %e, "lease check failed: the lease will lapse");
+                            None
+                        }
                     }
                 });
             }
             Action::Probe { epoch } => {
-                let (arbiter, tx) = (self.arbiter.clone(), self.events.clone());
-                tokio::spawn(async move {
-                    let ev = match arbiter.term(epoch).await {
+                self.arbiter_task(move |arbiter| async move {
+                    Some(match arbiter.term(epoch).await {
                         Ok(t) => Event::Probed {
                             epoch,
                             paired: t.paired,
@@ -515,21 +511,20 @@ impl Driver {
                                 marker: None,
                             }
                         }
-                    };
-                    let _ = tx.send(ev).await;
+                    })
                 });
             }
             Action::MarkPaired => {
                 let epoch = self.shared.role.lock().expect("role").epoch;
-                let (arbiter, tx) = (self.arbiter.clone(), self.events.clone());
-                tokio::spawn(async move {
+                self.arbiter_task(move |arbiter| async move {
                     match arbiter.mark_paired(epoch).await {
                         Ok(()) => {
                             info!(epoch, "standby caught up: writes now wait for it");
-                            let _ = tx.send(Event::Paired).await;
+                            Some(Event::Paired)
                         }
                         Err(e) => {
-                            warn!(epoch, error = %e, "could not record the term as paired; staying solo")
+                            warn!(epoch, error = %e, "could not record the term as paired; staying solo");
+                            None
                         }
                     }
                 });
@@ -548,6 +543,21 @@ impl Driver {
                 }
             }
         }
+    }
+
+    /// Ask the arbiter on a task of its own (never holding up heartbeats or the loop); the
+    /// event it yields, if any, comes back to the loop.
+    fn arbiter_task<F, Fut>(&self, f: F)
+    where
+        F: FnOnce(Arbiter) -> Fut + Send + 'static,
+        Fut: Future<Output = Option<Event>> + Send,
+    {
+        let (arbiter, tx) = (self.arbiter.clone(), self.events.clone());
+        tokio::spawn(async move {
+            if let Some(ev) = f(arbiter).await {
+                let _ = tx.send(ev).await;
+            }
+        });
     }
 
     /// Standby: the index goes to the record applier.
