@@ -560,6 +560,19 @@ impl Driver {
         });
     }
 
+    /// A term that could not start serving (nothing was acknowledged in it): stop
+    /// acknowledging and run as standby; the peer may claim the next epoch.
+    fn give_up_term(&mut self, index: Index) {
+        self.index = Some(index);
+        let _ = self
+            .shared
+            .role
+            .lock()
+            .expect("role")
+            .step(Event::HandOver, Instant::now());
+        self.stand_by();
+    }
+
     /// Standby: the index goes to the record applier.
     fn stand_by(&mut self) {
         if self.standing.is_some() {
@@ -633,14 +646,7 @@ impl Driver {
                     // Serving without those records could deny instances already
                     // acknowledged: give the term up and try again later.
                     error!(error = %e, "reconciling the index with storage failed; not serving");
-                    self.index = Some(index);
-                    let _ = self
-                        .shared
-                        .role
-                        .lock()
-                        .expect("role")
-                        .step(Event::HandOver, Instant::now());
-                    self.stand_by();
+                    self.give_up_term(index);
                     return;
                 }
             }
@@ -672,16 +678,8 @@ impl Driver {
         let listener = match bound {
             Ok(l) => l,
             Err(e) => {
-                // Give the term up (nothing was acknowledged in it); the peer may claim.
                 error!(%addr, error = %e, "cannot listen as primary; stepping down");
-                self.index = Some(index);
-                let _ = self
-                    .shared
-                    .role
-                    .lock()
-                    .expect("role")
-                    .step(Event::HandOver, Instant::now());
-                self.stand_by();
+                self.give_up_term(index);
                 return;
             }
         };
