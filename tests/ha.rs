@@ -9,6 +9,10 @@
 //! not answer). Moving one service IP between them is tested in network namespaces by
 //! scripts/ha-lab.sh.
 
+// `serial()` is held for a whole test on purpose (one pair at a time); each test's future
+// runs on its own thread, so holding it across awaits cannot deadlock.
+#![allow(clippy::await_holding_lock)]
+
 mod common;
 
 use std::path::PathBuf;
@@ -323,6 +327,7 @@ fn both(p: &Pair) -> Vec<ScuOptions> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn killing_the_primary_mid_stream_loses_nothing_acknowledged() {
+    let _serial = serial();
     let mut p = Pair::started(41, false);
     let targets = both(&p);
     let mut client = Client::new(301);
@@ -348,6 +353,7 @@ async fn killing_the_primary_mid_stream_loses_nothing_acknowledged() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn planned_switchover_moves_the_primary_without_losing_writes() {
+    let _serial = serial();
     let p = Pair::started(42, false);
     let targets = both(&p);
     let mut client = Client::new(302);
@@ -374,6 +380,7 @@ async fn planned_switchover_moves_the_primary_without_losing_writes() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_crashed_standby_catches_up_and_the_primary_goes_on_alone_meanwhile() {
+    let _serial = serial();
     let mut p = Pair::started(43, false);
     let targets = both(&p);
     let mut client = Client::new(303);
@@ -401,6 +408,7 @@ async fn a_crashed_standby_catches_up_and_the_primary_goes_on_alone_meanwhile() 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_paused_primary_does_not_serve_after_it_resumes() {
+    let _serial = serial();
     let p = Pair::started(44, false);
     let targets = both(&p);
     let mut client = Client::new(304);
@@ -434,6 +442,7 @@ async fn a_paused_primary_does_not_serve_after_it_resumes() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn with_the_witness_down_the_pair_serves_on_and_fails_over_once_it_returns() {
+    let _serial = serial();
     let mut p = Pair::started(45, true);
     let targets = both(&p);
     let mut client = Client::new(305);
@@ -459,6 +468,7 @@ async fn with_the_witness_down_the_pair_serves_on_and_fails_over_once_it_returns
 
 #[test]
 fn a_store_that_cannot_grant_epochs_once_is_refused_at_start_up() {
+    let _serial = serial();
     // `memory://` stores honour create-if-absent; a plain file in the way of the directory
     // cannot hold claims at all: both refusals must be clear errors, not a running node.
     let p = pair(46, false);
@@ -474,6 +484,7 @@ fn a_store_that_cannot_grant_epochs_once_is_refused_at_start_up() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn writes_a_solo_primary_acknowledged_survive_its_death_and_the_standbys_return() {
+    let _serial = serial();
     // The double fault: the standby dies, the primary goes on alone (acknowledging writes
     // the standby never saw), then the primary dies and the old standby comes back.
     let mut p = Pair::started(47, false);
@@ -501,6 +512,7 @@ async fn writes_a_solo_primary_acknowledged_survive_its_death_and_the_standbys_r
 
 #[test]
 fn garage_is_refused_as_arbiter_because_it_ignores_create_if_absent() {
+    let _serial = serial();
     let Some(cluster) = S3Cluster::start_independent(29800) else {
         return;
     };

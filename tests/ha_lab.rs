@@ -3,6 +3,10 @@
 //! runs in c (a thread that entered c's network namespace) and only ever talks to the
 //! service IP. Needs root; PACSD_SKIP_NETNS=1 skips (and says so).
 
+// `serial()` is held for a whole test on purpose (one pair at a time); each test's future
+// runs on its own thread, so holding it across awaits cannot deadlock.
+#![allow(clippy::await_holding_lock)]
+
 mod common;
 
 use std::collections::BTreeSet;
@@ -367,6 +371,7 @@ fn gap(seen: &Seen, fault: Instant) -> Duration {
 
 #[test]
 fn crash_failover_moves_the_service_ip_and_keeps_every_acknowledged_instance() {
+    let _serial = serial();
     let Some(mut lab) = lab("hcr") else { return };
     let first = lab.settle();
     let c = client(&lab, 501, Duration::from_secs(5));
@@ -388,6 +393,7 @@ fn crash_failover_moves_the_service_ip_and_keeps_every_acknowledged_instance() {
 
 #[test]
 fn planned_switchover_moves_the_service_ip() {
+    let _serial = serial();
     let Some(mut lab) = lab("hsw") else { return };
     let first = lab.settle();
     let c = client(&lab, 502, Duration::from_secs(3));
@@ -414,6 +420,7 @@ fn planned_switchover_moves_the_service_ip() {
 
 #[test]
 fn a_cut_link_between_the_nodes_makes_no_second_primary() {
+    let _serial = serial();
     let Some(mut lab) = lab("hsp") else { return };
     let first = lab.settle();
     let c = client(&lab, 503, Duration::from_secs(6));
@@ -496,6 +503,7 @@ fn quantiles(mut v: Vec<Duration>) -> String {
 #[test]
 #[ignore = "benchmark: run by scripts/bench-failover.sh"]
 fn failover_benchmark() {
+    let _serial = serial();
     let n: usize = std::env::var("PACSD_FAILOVERS")
         .ok()
         .and_then(|v| v.parse().ok())
@@ -599,6 +607,7 @@ impl Lab {
 
 #[test]
 fn a_primary_paused_past_its_lease_does_not_serve_when_it_resumes() {
+    let _serial = serial();
     let Some(mut lab) = lab("hstop") else { return };
     let first = lab.settle();
     let second = Lab::other(&first);
@@ -627,6 +636,7 @@ fn a_primary_paused_past_its_lease_does_not_serve_when_it_resumes() {
 
 #[test]
 fn a_crashed_standby_catches_up_while_the_primary_serves_on() {
+    let _serial = serial();
     let Some(mut lab) = lab("hsby") else { return };
     let first = lab.settle();
     let second = Lab::other(&first);
@@ -661,6 +671,7 @@ fn a_crashed_standby_catches_up_while_the_primary_serves_on() {
 
 #[test]
 fn with_the_witness_down_the_pair_serves_on_and_fails_over_once_it_returns() {
+    let _serial = serial();
     let Some(mut lab) = lab("hwit") else { return };
     let first = lab.settle();
     let second = Lab::other(&first);

@@ -389,3 +389,10 @@ pub fn j2k_object(spec: &pacsd::synth::Spec, dir: &Path) -> PathBuf {
     ds.with_exact_meta(meta).write_to_file(&path).unwrap();
     path
 }
+
+/// Run the tests of one binary that hold this one at a time: the HA tests count leases in
+/// hundreds of milliseconds, and several pairs starting at once on 2 cores starve each other.
+pub fn serial() -> std::sync::MutexGuard<'static, ()> {
+    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    LOCK.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
