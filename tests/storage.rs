@@ -8,31 +8,15 @@ mod common;
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::Bytes;
 use object_store::ObjectStore;
 use object_store::chunked::ChunkedStore;
 use object_store::throttle::{ThrottleConfig, ThrottledStore};
 use object_store::{ObjectStoreExt, PutPayload};
+use pacsd::storage::bench::body;
 use pacsd::storage::{Expected, Location, Problem, STRIPE_THRESHOLD, Storage};
 use sha2::{Digest, Sha256};
 
 use common::*;
-
-/// Deterministic bytes that differ everywhere (a misplaced range cannot go unnoticed).
-fn body(len: usize, seed: u64) -> Bytes {
-    let mut x = seed
-        .wrapping_mul(6364136223846793005)
-        .wrapping_add(1442695040888963407);
-    let mut v = Vec::with_capacity(len);
-    while v.len() < len {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        v.extend_from_slice(&x.to_le_bytes());
-    }
-    v.truncate(len);
-    Bytes::from(v)
-}
 
 fn expected(key: &str, b: &[u8]) -> Expected {
     Expected {

@@ -187,16 +187,11 @@ impl StandbyServer {
             Frame::Primary { node, epoch } => {
                 let known = self.known_epoch.load(Ordering::SeqCst);
                 if epoch < known {
-                    let reason =
-                        format!("{node} is primary of epoch {epoch}, but epoch {known} exists");
-                    write_frame(
+                    return Err(refuse(
                         &mut w,
-                        &Frame::Refused {
-                            reason: reason.clone(),
-                        },
+                        format!("{node} is primary of epoch {epoch}, but epoch {known} exists"),
                     )
-                    .await?;
-                    return Err(ReplicationError::Refused(reason));
+                    .await);
                 }
                 self.known_epoch.fetch_max(epoch, Ordering::SeqCst);
                 info!(primary = node, epoch, "replicating from the primary");
@@ -230,15 +225,11 @@ impl StandbyServer {
                 Frame::Record { change, sum } => {
                     let seq = change.seq;
                     if record_sum(&change) != sum {
-                        let reason = format!("record {seq} does not match its checksum");
-                        write_frame(
+                        return Err(refuse(
                             &mut w,
-                            &Frame::Refused {
-                                reason: reason.clone(),
-                            },
+                            format!("record {seq} does not match its checksum"),
                         )
-                        .await?;
-                        return Err(ReplicationError::Refused(reason));
+                        .await);
                     }
                     index.apply_replicated(*change, Vec::new()).await?;
                     self.applied.store(seq, Ordering::SeqCst);
@@ -325,6 +316,21 @@ impl StandbyServer {
         }
         Ok(())
     }
+}
+
+/// Tell the primary why it is refused (best effort); the error to end the connection with.
+async fn refuse<W: AsyncWrite + Unpin>(w: &mut W, reason: String) -> ReplicationError {
+    if let Err(e) = write_frame(
+        w,
+        &Frame::Refused {
+            reason: reason.clone(),
+        },
+    )
+    .await
+    {
+        return e;
+    }
+    ReplicationError::Refused(reason)
 }
 
 /// Hex SHA-256 of a change-log row's JSON.

@@ -70,8 +70,9 @@ pub enum BenchError {
     Wrong(String),
 }
 
-/// Deterministic bytes that differ everywhere (a misplaced range cannot go unnoticed).
-fn body(len: usize, seed: u64) -> Bytes {
+/// Deterministic bytes that differ everywhere (a misplaced range cannot go unnoticed); also
+/// the objects of the storage tests.
+pub fn body(len: usize, seed: u64) -> Bytes {
     let mut x = seed.wrapping_mul(6364136223846793005) | 1;
     let mut v = Vec::with_capacity(len + 8);
     while v.len() < len {
