@@ -6,13 +6,14 @@
 mod common;
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use object_store::ObjectStore;
 use object_store::chunked::ChunkedStore;
 use object_store::throttle::{ThrottleConfig, ThrottledStore};
 use object_store::{ObjectStoreExt, PutPayload};
 use pacsd::storage::bench::body;
+use pacsd::storage::health::read_order;
 use pacsd::storage::{Expected, Location, Problem, STRIPE_THRESHOLD, Storage};
 use sha2::{Digest, Sha256};
 
@@ -67,21 +68,23 @@ async fn suite(stores: Vec<(String, Arc<dyn ObjectStore>)>) {
     assert_eq!(keys, vec![small_key.to_string(), large_key.to_string()]);
     assert!(storage.verify(&large_expected).await.is_empty());
 
-    // A corrupted copy (same size, a byte flipped in every 64 KiB, so whatever range replica 1
-    // serves is wrong) on replica 1: the read still returns the right bytes, names the bad
-    // copy, and repair heals it.
+    // A corrupted copy (same size, a byte flipped in every 64 KiB, so whatever range it
+    // serves is wrong) on the replica the next read prefers (the one a single GET would go to;
+    // a striped read takes ranges from each): the read still returns the right bytes, names
+    // the bad copy, and repair heals it.
     let mut bad = large.to_vec();
     for i in (7..bad.len()).step_by(64 << 10) {
         bad[i] ^= 0x55;
     }
-    raw[1]
+    let first = read_order(&storage.health(), Instant::now(), large.len() as u64)[0];
+    raw[first]
         .put(&large_key.into(), PutPayload::from(bad))
         .await
         .unwrap();
     let v = storage.read(&large_expected).await.unwrap();
     assert!(v.bytes == large);
-    assert_eq!(v.bad_copies, vec![(1, Problem::WrongChecksum)]);
-    let location = storage.replicas()[1].location.clone();
+    assert_eq!(v.bad_copies, vec![(first, Problem::WrongChecksum)]);
+    let location = storage.replicas()[first].location.clone();
     storage.repair(&location, &large_expected).await.unwrap();
     assert!(storage.verify(&large_expected).await.is_empty());
 
@@ -207,7 +210,7 @@ async fn a_slow_replica_gets_less_work_and_a_frozen_one_is_routed_around() {
     let bw: Vec<f64> = slow
         .health()
         .iter()
-        .map(|h| h.bandwidth.unwrap_or(0.0))
+        .map(|h| h.striped_bandwidth.map_or(0.0, |(bw, _)| bw))
         .collect();
     assert!(bw[2] < bw[0] && bw[2] < bw[1], "measured bandwidths {bw:?}");
 
@@ -254,6 +257,55 @@ async fn a_slow_replica_gets_less_work_and_a_frozen_one_is_routed_around() {
         "{r:?}, failures {failures}"
     );
     assert_eq!(r.bytes_from[1], 0);
+}
+
+/// Replicas that take long to start each request (300 ms) but stream fast: a striped read
+/// would pay that start-up on every range, so once they are measured an 8 MB object is read
+/// with one GET; replicas that start at once get the same object striped.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn striping_is_used_only_where_the_measured_speeds_say_it_pays() {
+    let dir = tempfile::tempdir().unwrap();
+    let dirs: Vec<_> = (0..3).map(|i| dir.path().join(format!("r{i}"))).collect();
+    let data = body(8 << 20, 5);
+    let key = "dicom/1.2/1.3/1.5.dcm";
+    let exp = expected(key, &data);
+    let open = |per_call: Duration| {
+        Storage::from_stores(
+            dirs.iter()
+                .enumerate()
+                .map(|(i, d)| {
+                    std::fs::create_dir_all(d).unwrap();
+                    // 20 ns per byte: about 50 MB/s each.
+                    (format!("r{i}"), throttled(d, per_call, Duration::from_nanos(20)))
+                })
+                .collect(),
+            None,
+            "dicom",
+        )
+        .unwrap()
+    };
+    let slow_start = open(Duration::from_millis(300));
+    slow_start.put(key, data.clone()).await.unwrap();
+    // Never measured: striping is tried (and measures them).
+    let v = slow_start.read(&exp).await.unwrap();
+    assert!(v.bytes == data);
+    assert!(v.stripe.is_some(), "unmeasured replicas are tried striped");
+    for _ in 0..3 {
+        let v = slow_start.read(&exp).await.unwrap();
+        assert!(v.bytes == data);
+        assert!(
+            v.stripe.is_none(),
+            "300 ms per request: one GET expected, health {:?}",
+            slow_start.health()
+        );
+    }
+    let quick_start = open(Duration::ZERO);
+    for _ in 0..3 {
+        let v = quick_start.read(&exp).await.unwrap();
+        assert!(v.bytes == data);
+        let r = v.stripe.expect("replicas without a start-up cost are read striped");
+        assert!(r.bytes_from.iter().all(|&b| b > 0), "{r:?}");
+    }
 }
 
 /// Garage S3 replicas at three independent sites, each slowed to ~40 MB/s so that the read

@@ -12,6 +12,15 @@ const EWMA_ALPHA: f64 = 0.3;
 /// Bandwidth assumed for a replica never measured (bytes/s): optimistic, so it gets work and
 /// is measured.
 pub const UNMEASURED_BANDWIDTH: f64 = 100e6;
+/// A replica's speed measured during striped reads is trusted this long; after that the read
+/// plan assumes it streams as fast as alone again, so striping is tried (and measured) anew.
+pub const STRIPED_SPEED_TTL: Duration = Duration::from_secs(30);
+/// Ranges one replica typically serves in one striped read (the read plan charges each of
+/// them one request latency).
+pub const RANGES_PER_REPLICA: f64 = 3.0;
+/// Stripe only when the plan predicts at least this fraction of the single GET's time saved
+/// (the estimates are averages; a predicted tie is not worth the extra requests).
+pub const MIN_STRIPE_GAIN: f64 = 0.15;
 
 #[derive(Debug, Clone, Default)]
 pub struct ReplicaHealth {
@@ -22,8 +31,12 @@ pub struct ReplicaHealth {
     pub last_error: Option<String>,
     /// Time to first byte, smoothed.
     pub latency: Option<Duration>,
-    /// Streaming speed in bytes/s, smoothed.
+    /// Streaming speed in bytes/s of whole-object reads (the replica serving alone), smoothed.
     pub bandwidth: Option<f64>,
+    /// Streaming speed in bytes/s of its ranges in striped reads (serving beside the other
+    /// replicas, which may share a disk, a link or a CPU with it), smoothed, and when it was
+    /// last measured.
+    pub striped_bandwidth: Option<(f64, Instant)>,
 }
 
 impl ReplicaHealth {
@@ -56,30 +69,103 @@ impl ReplicaHealth {
         });
     }
 
-    /// Record `bytes` streamed in `elapsed` (ignored when too short to mean anything).
+    /// Record a whole-object read: `bytes` streamed in `elapsed` after the first byte (ignored
+    /// when too short to mean anything).
     pub fn observe_transfer(&mut self, bytes: u64, elapsed: Duration) {
-        if bytes < 64 * 1024 || elapsed < Duration::from_micros(200) {
-            return;
+        if let Some(bw) = speed(bytes, elapsed) {
+            self.bandwidth = Some(smooth(self.bandwidth, bw));
         }
-        let bw = bytes as f64 / elapsed.as_secs_f64();
-        self.bandwidth = Some(match self.bandwidth {
-            None => bw,
-            Some(old) => old * (1.0 - EWMA_ALPHA) + bw * EWMA_ALPHA,
-        });
     }
 
-    pub fn bandwidth_or_default(&self) -> f64 {
-        self.bandwidth.unwrap_or(UNMEASURED_BANDWIDTH)
+    /// Record one range of a striped read: `bytes` streamed in `elapsed` after its first byte.
+    pub fn observe_range(&mut self, bytes: u64, elapsed: Duration, now: Instant) {
+        if let Some(bw) = speed(bytes, elapsed) {
+            let old = self.striped_bandwidth.map(|(b, _)| b);
+            self.striped_bandwidth = Some((smooth(old, bw), now));
+        }
     }
+
+    /// Expected speed of a whole-object read.
+    pub fn bandwidth_or_default(&self) -> f64 {
+        self.bandwidth
+            .or(self.striped_bandwidth.map(|(b, _)| b))
+            .unwrap_or(UNMEASURED_BANDWIDTH)
+    }
+
+    /// Expected speed of this replica's ranges in a striped read at `now`: as measured in
+    /// recent striped reads, else as fast as alone (optimistic, so that striping is tried).
+    pub fn striped_bandwidth_at(&self, now: Instant) -> f64 {
+        match self.striped_bandwidth {
+            Some((bw, at)) if now.duration_since(at) < STRIPED_SPEED_TTL => bw,
+            _ => self.bandwidth_or_default(),
+        }
+    }
+
+    fn latency_secs(&self) -> f64 {
+        self.latency.unwrap_or(Duration::ZERO).as_secs_f64()
+    }
+}
+
+fn speed(bytes: u64, elapsed: Duration) -> Option<f64> {
+    (bytes >= 64 * 1024 && elapsed >= Duration::from_micros(200))
+        .then(|| bytes as f64 / elapsed.as_secs_f64())
+}
+
+fn smooth(old: Option<f64>, new: f64) -> f64 {
+    match old {
+        None => new,
+        Some(old) => old * (1.0 - EWMA_ALPHA) + new * EWMA_ALPHA,
+    }
+}
+
+/// Expected seconds of one whole GET of `size` bytes from `h`.
+pub fn single_read_secs(h: &ReplicaHealth, size: u64) -> f64 {
+    h.latency_secs() + size as f64 / h.bandwidth_or_default()
+}
+
+/// Expected seconds of a striped read of `size` bytes over `replicas` (all finishing together,
+/// each paying `RANGES_PER_REPLICA` request latencies): T with sum of (T - k lat_i) bw_i = size
+/// over the replicas that start early enough to contribute.
+pub fn striped_read_secs(health: &[ReplicaHealth], replicas: &[usize], size: u64, now: Instant) -> f64 {
+    let mut used: Vec<(f64, f64)> = replicas
+        .iter()
+        .map(|&i| {
+            let h = &health[i];
+            (RANGES_PER_REPLICA * h.latency_secs(), h.striped_bandwidth_at(now))
+        })
+        .collect();
+    // Fastest starters first; drop replicas whose start-up alone outlasts the plan.
+    used.sort_by(|a, b| a.0.total_cmp(&b.0));
+    let mut best = f64::INFINITY;
+    for n in 1..=used.len() {
+        let part = &used[..n];
+        let bw: f64 = part.iter().map(|p| p.1).sum();
+        let t = (size as f64 + part.iter().map(|p| p.0 * p.1).sum::<f64>()) / bw.max(1.0);
+        if part.iter().all(|p| p.0 <= t) {
+            best = best.min(t);
+        }
+    }
+    best
+}
+
+/// Whether a read of `size` bytes should be striped over `up` (the replicas usable now): only
+/// when the plan is expected to beat one GET from the quickest replica by `MIN_STRIPE_GAIN`.
+pub fn should_stripe(health: &[ReplicaHealth], up: &[usize], size: u64, now: Instant) -> bool {
+    if up.len() < 2 {
+        return false;
+    }
+    let single = up
+        .iter()
+        .map(|&i| single_read_secs(&health[i], size))
+        .fold(f64::INFINITY, f64::min);
+    striped_read_secs(health, up, size, now) < (1.0 - MIN_STRIPE_GAIN) * single
 }
 
 /// The replicas usable at `now` for one whole read of `size` bytes, quickest expected first:
 /// recent latency plus `size` at the recent bandwidth (unmeasured ones count as fast, so they
 /// get measured); replicas in backoff come last, in case nothing else answers.
 pub fn read_order(health: &[ReplicaHealth], now: Instant, size: u64) -> Vec<usize> {
-    let expected = |h: &ReplicaHealth| {
-        h.latency.unwrap_or(Duration::ZERO).as_secs_f64() + size as f64 / h.bandwidth_or_default()
-    };
+    let expected = |h: &ReplicaHealth| single_read_secs(h, size);
     let mut order: Vec<usize> = (0..health.len()).collect();
     order.sort_by(|&a, &b| {
         let (ha, hb) = (&health[a], &health[b]);
@@ -126,6 +212,45 @@ mod tests {
         h.observe_transfer(20_000_000, Duration::from_secs(1));
         let bw = h.bandwidth.unwrap();
         assert!((bw - 13e6).abs() < 1.0, "{bw}");
+    }
+
+    fn replica(latency_ms: u64, solo_mbps: f64) -> ReplicaHealth {
+        let mut h = ReplicaHealth::default();
+        h.observe_latency(Duration::from_millis(latency_ms));
+        h.observe_transfer((solo_mbps * 1e6) as u64, Duration::from_secs(1));
+        h
+    }
+
+    #[test]
+    fn striping_is_chosen_only_when_it_is_expected_to_pay() {
+        let now = Instant::now();
+        // 20/40/80 MB/s, 1 ms latency: 64 MB striped ~0.46 s vs 0.8 s alone; 0.5 MB is not
+        // worth three requests each.
+        let h = vec![replica(1, 20.0), replica(1, 40.0), replica(1, 80.0)];
+        let all = [0, 1, 2];
+        let t = striped_read_secs(&h, &all, 64_000_000, now);
+        assert!((t - (64e6 + 3.0 * 0.001 * 140e6) / 140e6).abs() < 1e-6, "{t}");
+        assert!(should_stripe(&h, &all, 64_000_000, now));
+        assert!(should_stripe(&h, &all, 8_000_000, now));
+        assert!(!should_stripe(&h, &all, 100_000, now));
+        assert!(!should_stripe(&h, &[2], 64_000_000, now));
+        // The same replicas, but striped reads measured them much slower together (a shared
+        // disk or CPU): one GET from the fastest wins, until those measurements are stale.
+        let mut shared = h.clone();
+        for r in &mut shared {
+            r.observe_range(10_000_000, Duration::from_secs(1), now);
+        }
+        assert!(!should_stripe(&shared, &all, 64_000_000, now));
+        assert!(should_stripe(&shared, &all, 64_000_000, now + STRIPED_SPEED_TTL));
+    }
+
+    #[test]
+    fn a_replica_too_slow_to_start_is_left_out_of_the_plan() {
+        let now = Instant::now();
+        // Replica 1 takes 5 s to answer: the plan uses replica 0 alone rather than waiting.
+        let h = vec![replica(1, 50.0), replica(5000, 50.0)];
+        let t = striped_read_secs(&h, &[0, 1], 10_000_000, now);
+        assert!((t - (10e6 + 0.003 * 50e6) / 50e6).abs() < 1e-6, "{t}");
     }
 
     #[test]

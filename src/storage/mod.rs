@@ -3,6 +3,7 @@
 
 pub mod backend;
 pub mod bench;
+pub mod digest;
 pub mod health;
 pub mod keys;
 pub mod quorum;
@@ -39,6 +40,15 @@ pub const SMALL_READ_TIMEOUT: Duration = Duration::from_secs(10);
 /// Bytes of objects being assembled by reads at any one time (in 64 KiB permits).
 pub const READ_BUDGET: u64 = 512 << 20;
 const PERMIT_BYTES: u64 = 64 << 10;
+/// A whole-object read reserves memory for the size the replica announces up to this much
+/// (beyond it the buffer grows as bytes come: a wrong announcement cannot claim memory).
+const MAX_PREALLOCATION: u64 = 1 << 30;
+
+/// One whole copy as read from one replica, with the SHA-256 computed while it streamed.
+struct Fetched {
+    bytes: Bytes,
+    sha256: [u8; 32],
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum StorageError {
@@ -356,7 +366,7 @@ impl Storage {
         let order = health::read_order(&self.health(), Instant::now(), 0);
         for i in order {
             match self.get_whole(i, &path, REPLICA_OP_TIMEOUT).await {
-                Ok(b) => return Ok(b),
+                Ok(f) => return Ok(f.bytes),
                 Err(e) => {
                     debug!(replica = %self.replicas[i].location, key, error = %e, "read failed, trying next replica");
                     errors.push(format!("{}: {e}", self.replicas[i].location));
@@ -375,19 +385,34 @@ impl Storage {
         i: usize,
         path: &StorePath,
         timeout: Duration,
-    ) -> Result<Bytes, CopyError> {
+    ) -> Result<Fetched, CopyError> {
         let t0 = Instant::now();
         let read = async {
             let res = self.replicas[i].store()?.get(path).await?;
             self.health.lock().expect("health")[i].observe_latency(t0.elapsed());
-            res.bytes().await
+            let t1 = Instant::now();
+            // Hashed as it arrives, so that checking a copy costs (almost) no time after its
+            // last byte.
+            let mut buf = Vec::with_capacity(res.meta.size.min(MAX_PREALLOCATION) as usize);
+            let sha = digest::BackgroundSha256::new();
+            let mut stream = res.into_stream();
+            while let Some(chunk) = stream.next().await {
+                let chunk = chunk?;
+                buf.extend_from_slice(&chunk);
+                sha.push(chunk);
+            }
+            let streaming = t1.elapsed();
+            Ok::<_, object_store::Error>((buf, sha.finish().await.0, streaming))
         };
         match tokio::time::timeout(timeout, read).await {
-            Ok(Ok(b)) => {
+            Ok(Ok((b, sha256, streaming))) => {
                 let mut h = self.health.lock().expect("health");
-                h[i].observe_transfer(b.len() as u64, t0.elapsed());
+                h[i].observe_transfer(b.len() as u64, streaming);
                 h[i].succeed();
-                Ok(b)
+                Ok(Fetched {
+                    bytes: Bytes::from(b),
+                    sha256,
+                })
             }
             Ok(Err(e @ object_store::Error::NotFound { .. })) => {
                 Err(CopyError::Missing(e.to_string()))
@@ -406,8 +431,9 @@ impl Storage {
     /// Read an object and check it against what was recorded when it was acknowledged.
     ///
     /// Objects of at least `STRIPE_THRESHOLD` bytes are read striped across the healthy
-    /// replicas; smaller ones with one GET from the replica expected to deliver it soonest
-    /// (recent latency + size at recent bandwidth). A
+    /// replicas when the replicas' measured speeds predict that to beat one GET
+    /// (`health::should_stripe`); other reads take one GET from the replica expected to
+    /// deliver the object soonest (recent latency + size at recent bandwidth). A
     /// copy that does not match (size or SHA-256) is never returned: the read falls back to
     /// whole copies from each replica in turn, and every bad copy found is reported.
     pub async fn read(&self, expected: &Expected) -> Result<Verified, StorageError> {
@@ -422,14 +448,17 @@ impl Storage {
             .await
             .expect("read budget never closed");
         let now = Instant::now();
-        let up: Vec<usize> = {
+        let (up, stripe) = {
             let h = self.health.lock().expect("health");
-            (0..self.replicas.len())
+            let up: Vec<usize> = (0..self.replicas.len())
                 .filter(|&i| h[i].is_up(now))
-                .collect()
+                .collect();
+            let stripe = expected.size >= STRIPE_THRESHOLD
+                && health::should_stripe(&h, &up, expected.size, now);
+            (up, stripe)
         };
         let mut errors = Vec::new();
-        if expected.size >= STRIPE_THRESHOLD && up.len() >= 2 {
+        if stripe {
             let stores: Vec<(usize, Arc<dyn ObjectStore>)> = up
                 .iter()
                 .filter_map(|&i| self.replicas[i].store().ok().map(|s| (i, s)))
@@ -442,11 +471,11 @@ impl Storage {
                 names: self.replicas.iter().map(|r| r.location.clone()).collect(),
             };
             match striped.run().await {
-                Ok((buf, report)) => {
+                Ok((bytes, sha256, report)) => {
                     debug!(key = %expected.key, bytes_from = ?report.bytes_from, dropped = ?report.dropped, "striped read");
-                    if repair::check(&buf, expected).is_none() {
+                    if repair::check_digest(bytes.len() as u64, &sha256, expected).is_none() {
                         return Ok(Verified {
-                            bytes: Bytes::from(buf),
+                            bytes,
                             bad_copies: Vec::new(),
                             stripe: Some(report),
                         });
@@ -488,9 +517,9 @@ impl Storage {
         for i in health::read_order(&self.health(), Instant::now(), expected.size) {
             let location = &self.replicas[i].location;
             match self.get_whole(i, path, timeout).await {
-                Ok(b) => match repair::check(&b, expected) {
+                Ok(f) => match repair::check_digest(f.bytes.len() as u64, &f.sha256, expected) {
                     None => {
-                        good.get_or_insert(b);
+                        good.get_or_insert(f.bytes);
                         if !check_all {
                             break;
                         }

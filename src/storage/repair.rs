@@ -60,12 +60,15 @@ pub enum RepairError {
 }
 
 pub(crate) fn check(bytes: &[u8], expected: &Expected) -> Option<Problem> {
-    if bytes.len() as u64 != expected.size {
-        return Some(Problem::WrongSize {
-            found: bytes.len() as u64,
-        });
+    check_digest(bytes.len() as u64, &Sha256::digest(bytes), expected)
+}
+
+/// `check` of a copy whose length and SHA-256 are already known.
+pub(crate) fn check_digest(len: u64, sha256: &[u8], expected: &Expected) -> Option<Problem> {
+    if len != expected.size {
+        return Some(Problem::WrongSize { found: len });
     }
-    (hex::encode(Sha256::digest(bytes)) != expected.sha256).then_some(Problem::WrongChecksum)
+    (hex::encode(sha256) != expected.sha256).then_some(Problem::WrongChecksum)
 }
 
 impl Storage {
