@@ -120,6 +120,9 @@ async fn suite_on_local_replicas() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn suite_on_garage_s3_and_on_a_mixed_set() {
+    // One Garage cluster at a time: several starting at once on 2 cores made a healthy
+    // node's put outlast the straggler grace (a replica counted as missed) in one run.
+    let _serial = serial();
     let Some(cluster) = S3Cluster::start(29100) else {
         return;
     };
@@ -312,6 +315,9 @@ async fn striping_is_used_only_where_the_measured_speeds_say_it_pays() {
 /// lasts about a second; the node of replica 2 is killed (or frozen) while the read is in
 /// progress.
 async fn striped_read_survives(action: &str, base_port: u16) {
+    // One Garage cluster at a time: several starting at once on 2 cores made a healthy
+    // node's put outlast the straggler grace (a replica counted as missed) in one run.
+    let _serial = serial();
     let Some(cluster) = S3Cluster::start_independent(base_port) else {
         return;
     };
@@ -377,6 +383,9 @@ async fn striped_read_survives_a_garage_node_frozen_mid_read() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn garage_node_killed_during_bulk_store_is_healed_when_it_returns() {
+    // One Garage cluster at a time: several starting at once on 2 cores made a healthy
+    // node's put outlast the straggler grace (a replica counted as missed) in one run.
+    let _serial = serial();
     let Some(cluster) = S3Cluster::start(29400) else {
         return;
     };

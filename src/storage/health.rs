@@ -176,6 +176,62 @@ pub fn read_order(health: &[ReplicaHealth], now: Instant, size: u64) -> Vec<usiz
     order
 }
 
+/// How long the achieved speed of one way of reading (striped or one GET) counts.
+pub const OUTCOME_TTL: Duration = Duration::from_secs(300);
+/// After this many large reads of one size class without news of the other way of reading,
+/// the other way is tried once.
+pub const EXPLORE_EVERY: u32 = 32;
+
+/// What striped reads and single GETs of large objects actually achieved (object bytes per
+/// second, checksum included), per power-of-two size class. The speed model
+/// (`should_stripe`) guesses; these outcomes correct it where it guesses wrong (replicas
+/// that share a CPU or a link, per-request costs it does not see).
+#[derive(Debug, Default, Clone)]
+pub struct ReadOutcomes {
+    classes: std::collections::HashMap<u32, ClassOutcomes>,
+}
+
+#[derive(Debug, Default, Clone)]
+struct ClassOutcomes {
+    striped: Option<(f64, Instant)>,
+    single: Option<(f64, Instant)>,
+    since_explored: u32,
+}
+
+fn size_class(size: u64) -> u32 {
+    64 - size.leading_zeros()
+}
+
+impl ReadOutcomes {
+    /// Stripe this read of `size` bytes? `model` is what the speed model predicts.
+    pub fn choose(&mut self, size: u64, model: bool, now: Instant) -> bool {
+        let c = self.classes.entry(size_class(size)).or_default();
+        let fresh = |o: Option<(f64, Instant)>| {
+            o.filter(|&(_, at)| now.duration_since(at) < OUTCOME_TTL)
+                .map(|(rate, _)| rate)
+        };
+        let preferred = match (fresh(c.striped), fresh(c.single)) {
+            (Some(striped), Some(single)) => return striped > single,
+            _ => model,
+        };
+        c.since_explored += 1;
+        if c.since_explored >= EXPLORE_EVERY {
+            c.since_explored = 0;
+            return !preferred;
+        }
+        preferred
+    }
+
+    /// Record that a read of `size` bytes, striped or not, took `elapsed`.
+    pub fn record(&mut self, size: u64, striped: bool, elapsed: Duration, now: Instant) {
+        let rate = size as f64 / elapsed.as_secs_f64().max(1e-6);
+        let c = self.classes.entry(size_class(size)).or_default();
+        let slot = if striped { &mut c.striped } else { &mut c.single };
+        let old = slot.filter(|&(_, at)| now.duration_since(at) < OUTCOME_TTL).map(|(r, _)| r);
+        *slot = Some((smooth(old, rate), now));
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -242,6 +298,32 @@ mod tests {
         }
         assert!(!should_stripe(&shared, &all, 64_000_000, now));
         assert!(should_stripe(&shared, &all, 64_000_000, now + STRIPED_SPEED_TTL));
+    }
+
+    #[test]
+    fn achieved_speeds_overrule_the_model_and_the_other_way_is_tried_now_and_then() {
+        let t0 = Instant::now();
+        let size = 8 << 20;
+        let mut o = ReadOutcomes::default();
+        // Nothing known: the model decides.
+        assert!(o.choose(size, true, t0));
+        assert!(!o.choose(size, false, t0));
+        // The model keeps saying "stripe"; striped reads were measured slow.
+        o.record(size, true, Duration::from_millis(20), t0);
+        let mut ways = Vec::new();
+        for _ in 0..EXPLORE_EVERY {
+            ways.push(o.choose(size, true, t0));
+        }
+        // Once in EXPLORE_EVERY reads, one GET is tried...
+        assert_eq!(ways.iter().filter(|&&w| !w).count(), 1, "{ways:?}");
+        // ...and when it proved faster, it is used while both figures are fresh.
+        o.record(size, false, Duration::from_millis(10), t0);
+        assert!(!o.choose(size, true, t0));
+        assert!(!o.choose(size, true, t0 + OUTCOME_TTL / 2));
+        // Another size class knows nothing of this.
+        assert!(o.choose(64 << 20, true, t0));
+        // Stale figures: back to the model.
+        assert!(o.choose(size, true, t0 + OUTCOME_TTL));
     }
 
     #[test]

@@ -126,6 +126,8 @@ pub struct Storage {
     quorum: Quorum,
     prefix: String,
     health: Mutex<Vec<ReplicaHealth>>,
+    /// What striped and single reads of large objects achieved, to choose between them.
+    outcomes: Mutex<health::ReadOutcomes>,
     read_budget: tokio::sync::Semaphore,
 }
 
@@ -202,6 +204,7 @@ impl Storage {
             quorum,
             prefix: prefix.trim_end_matches('/').to_string(),
             health,
+            outcomes: Mutex::default(),
             read_budget: tokio::sync::Semaphore::new((READ_BUDGET / PERMIT_BYTES) as usize),
         })
     }
@@ -432,7 +435,8 @@ impl Storage {
     ///
     /// Objects of at least `STRIPE_THRESHOLD` bytes are read striped across the healthy
     /// replicas when the replicas' measured speeds predict that to beat one GET
-    /// (`health::should_stripe`); other reads take one GET from the replica expected to
+    /// (`health::should_stripe`), unless what striped and single reads of that size actually
+    /// achieved says otherwise (`health::ReadOutcomes`); other reads take one GET from the replica expected to
     /// deliver the object soonest (recent latency + size at recent bandwidth). A
     /// copy that does not match (size or SHA-256) is never returned: the read falls back to
     /// whole copies from each replica in turn, and every bad copy found is reported.
@@ -453,10 +457,32 @@ impl Storage {
             let up: Vec<usize> = (0..self.replicas.len())
                 .filter(|&i| h[i].is_up(now))
                 .collect();
-            let stripe = expected.size >= STRIPE_THRESHOLD
-                && health::should_stripe(&h, &up, expected.size, now);
+            let stripe = expected.size >= STRIPE_THRESHOLD && up.len() >= 2 && {
+                let model = health::should_stripe(&h, &up, expected.size, now);
+                let mut outcomes = self.outcomes.lock().expect("read outcomes");
+                outcomes.choose(expected.size, model, now)
+            };
             (up, stripe)
         };
+        let read = self.read_as(&path, expected, &up, stripe).await;
+        if let Ok(v) = &read
+            && expected.size >= STRIPE_THRESHOLD
+            && v.bad_copies.is_empty()
+        {
+            let mut outcomes = self.outcomes.lock().expect("read outcomes");
+            outcomes.record(expected.size, v.stripe.is_some(), now.elapsed(), Instant::now());
+        }
+        read
+    }
+
+    /// `read`, striped over `up` or not as decided.
+    async fn read_as(
+        &self,
+        path: &StorePath,
+        expected: &Expected,
+        up: &[usize],
+        stripe: bool,
+    ) -> Result<Verified, StorageError> {
         let mut errors = Vec::new();
         if stripe {
             let stores: Vec<(usize, Arc<dyn ObjectStore>)> = up
@@ -465,7 +491,7 @@ impl Storage {
                 .collect();
             let striped = striped::StripedRead {
                 stores,
-                path: &path,
+                path,
                 size: expected.size,
                 health: &self.health,
                 names: self.replicas.iter().map(|r| r.location.clone()).collect(),
@@ -481,7 +507,7 @@ impl Storage {
                         });
                     }
                     warn!(key = %expected.key, "striped read does not match the recorded checksum; reading whole copies to find the bad one");
-                    return self.read_whole_copies(&path, expected, true).await;
+                    return self.read_whole_copies(path, expected, true).await;
                 }
                 Err(e) => {
                     warn!(key = %expected.key, errors = ?e, "striped read failed; trying whole copies");
@@ -489,7 +515,7 @@ impl Storage {
                 }
             }
         }
-        match self.read_whole_copies(&path, expected, false).await {
+        match self.read_whole_copies(path, expected, false).await {
             Err(StorageError::ReadFailed { key, errors: more }) => {
                 errors.extend(more);
                 Err(StorageError::ReadFailed { key, errors })
