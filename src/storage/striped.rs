@@ -1,8 +1,10 @@
 //! Striped parallel retrieval ("co-allocation"): one large object read as byte ranges from all
 //! healthy replicas at once, with the allocation following each replica's measured speed.
 //!
-//! 1. each replica pulls its next range sized clamp(0.5 x remaining x bw_i / sum(bw), 1 MiB,
-//!    8 MiB), bw a moving average of its measured speed kept across reads;
+//! 1. each replica pulls its next range sized clamp(0.5 x remaining x bw_i / sum(bw), floor_i,
+//!    max(8 MiB, floor_i)), bw a moving average of its speed measured in striped reads, and
+//!    floor_i long enough that its request latency is at most a ninth of the range's time (at
+//!    least 1 MiB, at most its share of the object); ranges end on 1 MiB boundaries;
 //! 2. when nothing is left to assign, an idle replica takes over the unread tail of the range
 //!    that will finish last, split in proportion to the two bandwidths so both finish together;
 //! 3. a range that errors or makes no progress for `STALL` has its unread tail put back (bytes
@@ -10,7 +12,9 @@
 //! 4. the read returns as soon as every byte is in; it never waits on a hung replica (the
 //!    futures of the others are simply dropped).
 //!
-//! The caller checks the reassembled bytes against the recorded checksum.
+//! The complete front of the object is handed to a hashing thread while the rest arrives; the
+//! caller checks the digest against the recorded checksum. Whether to stripe at all is decided
+//! by the caller (`health::should_stripe`, `health::ReadOutcomes`).
 
 use std::collections::{HashMap, HashSet};
 use std::ops::Range;
