@@ -279,7 +279,10 @@ async fn striping_is_used_only_where_the_measured_speeds_say_it_pays() {
                 .map(|(i, d)| {
                     std::fs::create_dir_all(d).unwrap();
                     // 20 ns per byte: about 50 MB/s each.
-                    (format!("r{i}"), throttled(d, per_call, Duration::from_nanos(20)))
+                    (
+                        format!("r{i}"),
+                        throttled(d, per_call, Duration::from_nanos(20)),
+                    )
                 })
                 .collect(),
             None,
@@ -306,7 +309,9 @@ async fn striping_is_used_only_where_the_measured_speeds_say_it_pays() {
     for _ in 0..3 {
         let v = quick_start.read(&exp).await.unwrap();
         assert!(v.bytes == data);
-        let r = v.stripe.expect("replicas without a start-up cost are read striped");
+        let r = v
+            .stripe
+            .expect("replicas without a start-up cost are read striped");
         assert!(r.bytes_from.iter().all(|&b| b > 0), "{r:?}");
     }
 }

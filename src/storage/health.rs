@@ -126,12 +126,20 @@ pub fn single_read_secs(h: &ReplicaHealth, size: u64) -> f64 {
 /// Expected seconds of a striped read of `size` bytes over `replicas` (all finishing together,
 /// each paying `RANGES_PER_REPLICA` request latencies): T with sum of (T - k lat_i) bw_i = size
 /// over the replicas that start early enough to contribute.
-pub fn striped_read_secs(health: &[ReplicaHealth], replicas: &[usize], size: u64, now: Instant) -> f64 {
+pub fn striped_read_secs(
+    health: &[ReplicaHealth],
+    replicas: &[usize],
+    size: u64,
+    now: Instant,
+) -> f64 {
     let mut used: Vec<(f64, f64)> = replicas
         .iter()
         .map(|&i| {
             let h = &health[i];
-            (RANGES_PER_REPLICA * h.latency_secs(), h.striped_bandwidth_at(now))
+            (
+                RANGES_PER_REPLICA * h.latency_secs(),
+                h.striped_bandwidth_at(now),
+            )
         })
         .collect();
     // Fastest starters first; drop replicas whose start-up alone outlasts the plan.
@@ -226,8 +234,14 @@ impl ReadOutcomes {
     pub fn record(&mut self, size: u64, striped: bool, elapsed: Duration, now: Instant) {
         let rate = size as f64 / elapsed.as_secs_f64().max(1e-6);
         let c = self.classes.entry(size_class(size)).or_default();
-        let slot = if striped { &mut c.striped } else { &mut c.single };
-        let old = slot.filter(|&(_, at)| now.duration_since(at) < OUTCOME_TTL).map(|(r, _)| r);
+        let slot = if striped {
+            &mut c.striped
+        } else {
+            &mut c.single
+        };
+        let old = slot
+            .filter(|&(_, at)| now.duration_since(at) < OUTCOME_TTL)
+            .map(|(r, _)| r);
         *slot = Some((smooth(old, rate), now));
     }
 }
@@ -285,7 +299,10 @@ mod tests {
         let h = vec![replica(1, 20.0), replica(1, 40.0), replica(1, 80.0)];
         let all = [0, 1, 2];
         let t = striped_read_secs(&h, &all, 64_000_000, now);
-        assert!((t - (64e6 + 3.0 * 0.001 * 140e6) / 140e6).abs() < 1e-6, "{t}");
+        assert!(
+            (t - (64e6 + 3.0 * 0.001 * 140e6) / 140e6).abs() < 1e-6,
+            "{t}"
+        );
         assert!(should_stripe(&h, &all, 64_000_000, now));
         assert!(should_stripe(&h, &all, 8_000_000, now));
         assert!(!should_stripe(&h, &all, 100_000, now));
@@ -297,7 +314,12 @@ mod tests {
             r.observe_range(10_000_000, Duration::from_secs(1), now);
         }
         assert!(!should_stripe(&shared, &all, 64_000_000, now));
-        assert!(should_stripe(&shared, &all, 64_000_000, now + STRIPED_SPEED_TTL));
+        assert!(should_stripe(
+            &shared,
+            &all,
+            64_000_000,
+            now + STRIPED_SPEED_TTL
+        ));
     }
 
     #[test]

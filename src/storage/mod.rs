@@ -470,7 +470,12 @@ impl Storage {
             && v.bad_copies.is_empty()
         {
             let mut outcomes = self.outcomes.lock().expect("read outcomes");
-            outcomes.record(expected.size, v.stripe.is_some(), now.elapsed(), Instant::now());
+            outcomes.record(
+                expected.size,
+                v.stripe.is_some(),
+                now.elapsed(),
+                Instant::now(),
+            );
         }
         read
     }

@@ -560,21 +560,33 @@ mod tests {
         let floor = range_floor(Duration::from_millis(40), 800e6, 2400e6, 64 << 20);
         assert_eq!(floor, (64 << 20) / 3);
         // 1 ms at 20 MB/s: 160 kB -> the 1 MiB minimum.
-        assert_eq!(range_floor(Duration::from_millis(1), 20e6, 140e6, 64 << 20), MIN_CHUNK);
+        assert_eq!(
+            range_floor(Duration::from_millis(1), 20e6, 140e6, 64 << 20),
+            MIN_CHUNK
+        );
         // 2 ms at 400 MB/s of 1200: 6.4 MB, below its 21 MB share.
-        assert_eq!(range_floor(Duration::from_millis(2), 400e6, 1200e6, 64 << 20), 6_400_000);
+        assert_eq!(
+            range_floor(Duration::from_millis(2), 400e6, 1200e6, 64 << 20),
+            6_400_000
+        );
     }
 
     #[test]
     fn ranges_end_on_block_boundaries_where_they_can() {
         assert_eq!(aligned_range(0, 1_500_000, 64 << 20), 0..(2 << 20));
-        assert_eq!(aligned_range(3 << 20, 1 << 20, 64 << 20), (3 << 20)..(4 << 20));
+        assert_eq!(
+            aligned_range(3 << 20, 1 << 20, 64 << 20),
+            (3 << 20)..(4 << 20)
+        );
         assert_eq!(aligned_range(0, 5_000_000, 4_000_000), 0..4_000_000);
         // A cut goes to the nearest boundary inside the range...
         assert_eq!(aligned_cut(5_300_000, 1_000_000, 9_000_000), 5 << 20);
         // ...unless that leaves one side (nearly) nothing.
         assert_eq!(aligned_cut(300_000, 100_000, 1 << 20), 300_000);
-        assert_eq!(aligned_cut((8 << 20) - 1000, 7 << 20, (8 << 20) + 1000), (8 << 20) - 1000);
+        assert_eq!(
+            aligned_cut((8 << 20) - 1000, 7 << 20, (8 << 20) + 1000),
+            (8 << 20) - 1000
+        );
     }
 
     #[test]
@@ -594,7 +606,10 @@ mod tests {
         let cut = split_point(next, end, &speed(20e6), &late);
         let slow_time = (cut - next) as f64 / 20e6;
         let fast_time = late.latency + (end - cut) as f64 / 60e6;
-        assert!(cut > 3_000_000 && (slow_time - fast_time).abs() < 1e-6, "{cut}");
+        assert!(
+            cut > 3_000_000 && (slow_time - fast_time).abs() < 1e-6,
+            "{cut}"
+        );
     }
 
     fn speed(bw: f64) -> Speed {
