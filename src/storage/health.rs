@@ -95,10 +95,8 @@ impl ReplicaHealth {
     /// Expected speed of this replica's ranges in a striped read at `now`: as measured in
     /// recent striped reads, else as fast as alone (optimistic, so that striping is tried).
     pub fn striped_bandwidth_at(&self, now: Instant) -> f64 {
-        match self.striped_bandwidth {
-            Some((bw, at)) if now.duration_since(at) < STRIPED_SPEED_TTL => bw,
-            _ => self.bandwidth_or_default(),
-        }
+        fresh(self.striped_bandwidth, now, STRIPED_SPEED_TTL)
+            .unwrap_or_else(|| self.bandwidth_or_default())
     }
 
     fn latency_secs(&self) -> f64 {
@@ -109,6 +107,12 @@ impl ReplicaHealth {
 fn speed(bytes: u64, elapsed: Duration) -> Option<f64> {
     (bytes >= 64 * 1024 && elapsed >= Duration::from_micros(200))
         .then(|| bytes as f64 / elapsed.as_secs_f64())
+}
+
+/// The value of a timed measurement if it is younger than `ttl` at `now`.
+fn fresh(m: Option<(f64, Instant)>, now: Instant, ttl: Duration) -> Option<f64> {
+    m.filter(|&(_, at)| now.duration_since(at) < ttl)
+        .map(|(value, _)| value)
 }
 
 fn smooth(old: Option<f64>, new: f64) -> f64 {
@@ -214,11 +218,10 @@ impl ReadOutcomes {
     /// Stripe this read of `size` bytes? `model` is what the speed model predicts.
     pub fn choose(&mut self, size: u64, model: bool, now: Instant) -> bool {
         let c = self.classes.entry(size_class(size)).or_default();
-        let fresh = |o: Option<(f64, Instant)>| {
-            o.filter(|&(_, at)| now.duration_since(at) < OUTCOME_TTL)
-                .map(|(rate, _)| rate)
-        };
-        let preferred = match (fresh(c.striped), fresh(c.single)) {
+        let preferred = match (
+            fresh(c.striped, now, OUTCOME_TTL),
+            fresh(c.single, now, OUTCOME_TTL),
+        ) {
             (Some(striped), Some(single)) => return striped > single,
             _ => model,
         };
@@ -239,10 +242,7 @@ impl ReadOutcomes {
         } else {
             &mut c.single
         };
-        let old = slot
-            .filter(|&(_, at)| now.duration_since(at) < OUTCOME_TTL)
-            .map(|(r, _)| r);
-        *slot = Some((smooth(old, rate), now));
+        *slot = Some((smooth(fresh(*slot, now, OUTCOME_TTL), rate), now));
     }
 }
 
