@@ -44,12 +44,6 @@ const PERMIT_BYTES: u64 = 64 << 10;
 /// (beyond it the buffer grows as bytes come: a wrong announcement cannot claim memory).
 const MAX_PREALLOCATION: u64 = 1 << 30;
 
-/// One whole copy as read from one replica, with the SHA-256 computed while it streamed.
-struct Fetched {
-    bytes: Bytes,
-    sha256: [u8; 32],
-}
-
 #[derive(Debug, thiserror::Error)]
 pub enum StorageError {
     #[error("opening replica `{location}`: {reason}")]
@@ -368,8 +362,8 @@ impl Storage {
         let mut errors = Vec::new();
         let order = health::read_order(&self.health(), Instant::now(), 0);
         for i in order {
-            match self.get_whole(i, &path, REPLICA_OP_TIMEOUT).await {
-                Ok(f) => return Ok(f.bytes),
+            match self.get_whole(i, &path, REPLICA_OP_TIMEOUT, None).await {
+                Ok(b) => return Ok(b),
                 Err(e) => {
                     debug!(replica = %self.replicas[i].location, key, error = %e, "read failed, trying next replica");
                     errors.push(format!("{}: {e}", self.replicas[i].location));
@@ -382,40 +376,37 @@ impl Storage {
         })
     }
 
-    /// One whole-object GET from replica `i`, timed for the latency and bandwidth averages.
+    /// One whole-object GET from replica `i`, timed for the latency and bandwidth averages;
+    /// each chunk also goes to `sha` as it arrives.
     async fn get_whole(
         &self,
         i: usize,
         path: &StorePath,
         timeout: Duration,
-    ) -> Result<Fetched, CopyError> {
+        sha: Option<&digest::BackgroundSha256<Bytes>>,
+    ) -> Result<Bytes, CopyError> {
         let t0 = Instant::now();
         let read = async {
             let res = self.replicas[i].store()?.get(path).await?;
             self.health.lock().expect("health")[i].observe_latency(t0.elapsed());
             let t1 = Instant::now();
-            // Hashed as it arrives, so that checking a copy costs (almost) no time after its
-            // last byte.
             let mut buf = Vec::with_capacity(res.meta.size.min(MAX_PREALLOCATION) as usize);
-            let sha = digest::BackgroundSha256::new();
             let mut stream = res.into_stream();
             while let Some(chunk) = stream.next().await {
                 let chunk = chunk?;
                 buf.extend_from_slice(&chunk);
-                sha.push(chunk);
+                if let Some(sha) = sha {
+                    sha.push(chunk);
+                }
             }
-            let streaming = t1.elapsed();
-            Ok::<_, object_store::Error>((buf, sha.finish().await.0, streaming))
+            Ok::<_, object_store::Error>((buf, t1.elapsed()))
         };
         match tokio::time::timeout(timeout, read).await {
-            Ok(Ok((b, sha256, streaming))) => {
+            Ok(Ok((b, streaming))) => {
                 let mut h = self.health.lock().expect("health");
                 h[i].observe_transfer(b.len() as u64, streaming);
                 h[i].succeed();
-                Ok(Fetched {
-                    bytes: Bytes::from(b),
-                    sha256,
-                })
+                Ok(Bytes::from(b))
             }
             Ok(Err(e @ object_store::Error::NotFound { .. })) => {
                 Err(CopyError::Missing(e.to_string()))
@@ -547,10 +538,17 @@ impl Storage {
         };
         for i in health::read_order(&self.health(), Instant::now(), expected.size) {
             let location = &self.replicas[i].location;
-            match self.get_whole(i, path, timeout).await {
-                Ok(f) => match repair::check_digest(f.bytes.len() as u64, &f.sha256, expected) {
+            // Hashed as it arrives, so that checking a copy costs (almost) no time after its
+            // last byte.
+            let sha = digest::BackgroundSha256::discarding();
+            let fetched = match self.get_whole(i, path, timeout, Some(&sha)).await {
+                Ok(b) => Ok((b, sha.finish().await.0)),
+                Err(e) => Err(e),
+            };
+            match fetched {
+                Ok((b, sha256)) => match repair::check_digest(b.len() as u64, &sha256, expected) {
                     None => {
-                        good.get_or_insert(f.bytes);
+                        good.get_or_insert(b);
                         if !check_all {
                             break;
                         }

@@ -275,7 +275,7 @@ impl State {
 /// Hands the object's front to a hashing thread as it becomes complete; when every byte is
 /// hashed, leaves the digest and the object's parts (in order) in `out`.
 async fn hash_as_completed(sh: &Shared) {
-    let sha = BackgroundSha256::new();
+    let sha = BackgroundSha256::keeping();
     loop {
         let (part, all_taken) = {
             let mut s = sh.state.lock().expect("stripe state");
