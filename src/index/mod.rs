@@ -364,13 +364,12 @@ impl Index {
         limit: usize,
     ) -> Result<Vec<(i64, String, u64, String)>, IndexError> {
         self.read(move |c| {
-            let mut stmt = c.prepare_cached(
+            stored_objects_page(
+                c,
                 "SELECT id, storage_key, size, sha256 FROM instance WHERE id > ?1 ORDER BY id LIMIT ?2",
-            )?;
-            let rows = stmt.query_map(params![after, limit as i64], |r| {
-                Ok((r.get(0)?, r.get(1)?, r.get::<_, i64>(2)? as u64, r.get(3)?))
-            })?;
-            Ok(rows.collect::<Result<Vec<_>, _>>()?)
+                after,
+                limit,
+            )
         })
         .await
     }
@@ -615,6 +614,22 @@ fn writer_loop(
             }
         }
     }
+}
+
+/// One page of stored objects (row id, key, size, sha256) from `sql`, which takes the row id
+/// to start after (?1) and the page size (?2): instances for `Index::objects`, previews for
+/// `Index::stored_previews`.
+fn stored_objects_page(
+    c: &Connection,
+    sql: &str,
+    after: i64,
+    limit: usize,
+) -> Result<Vec<(i64, String, u64, String)>, IndexError> {
+    let mut stmt = c.prepare_cached(sql)?;
+    let rows = stmt.query_map(params![after, limit as i64], |r| {
+        Ok((r.get(0)?, r.get(1)?, r.get::<_, i64>(2)? as u64, r.get(3)?))
+    })?;
+    Ok(rows.collect::<Result<Vec<_>, _>>()?)
 }
 
 fn clone_err(e: &rusqlite::Error) -> rusqlite::Error {

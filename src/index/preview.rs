@@ -183,14 +183,13 @@ impl Index {
         limit: usize,
     ) -> Result<Vec<(i64, String, u64, String)>, IndexError> {
         self.read(move |c| {
-            let mut stmt = c.prepare_cached(
+            super::stored_objects_page(
+                c,
                 "SELECT instance_fk, storage_key, size, sha256 FROM preview
                  WHERE state = 'done' AND instance_fk > ?1 ORDER BY instance_fk LIMIT ?2",
-            )?;
-            let rows = stmt.query_map(params![after, limit as i64], |r| {
-                Ok((r.get(0)?, r.get(1)?, r.get::<_, i64>(2)? as u64, r.get(3)?))
-            })?;
-            Ok(rows.collect::<Result<Vec<_>, _>>()?)
+                after,
+                limit,
+            )
         })
         .await
     }
