@@ -53,16 +53,7 @@ async fn wrong_called_ae_is_rejected_with_reason() {
         text(&out)
     );
     // The node keeps serving.
-    let ok = dcmtk_async(
-        "echoscu",
-        vec![
-            "-aec".into(),
-            "PACSD".into(),
-            "127.0.0.1".into(),
-            n.port().to_string(),
-        ],
-    )
-    .await;
+    let ok = echo_node(n.port()).await;
     assert!(ok.status.success(), "{}", text(&ok));
 }
 

@@ -715,16 +715,7 @@ async fn objects_without_pixels_or_with_broken_pixels_get_no_preview_and_the_nod
             "replica {i}: only the good image has a preview"
         );
     }
-    let echo = dcmtk_async(
-        "echoscu",
-        vec![
-            "-aec".into(),
-            "PACSD".into(),
-            "127.0.0.1".into(),
-            n.port().to_string(),
-        ],
-    )
-    .await;
+    let echo = echo_node(n.port()).await;
     assert!(echo.status.success(), "node still serving: {}", text(&echo));
     n.node.stop().await;
 }
@@ -804,22 +795,7 @@ async fn pacsd_preview_writes_a_preview_and_a_contact_sheet() {
     store(&n, &files).await;
     previews_settle(&n).await;
     let config = n.dir.path().join("pacsd.toml");
-    let replicas: Vec<String> = n
-        .config
-        .storage
-        .replicas
-        .iter()
-        .map(|r| format!("\"{r}\""))
-        .collect();
-    std::fs::write(
-        &config,
-        format!(
-            "[index]\npath = \"{}\"\n\n[storage]\nreplicas = [{}]\n",
-            n.config.index.path.display(),
-            replicas.join(", ")
-        ),
-    )
-    .unwrap();
+    write_cli_config(&n.config, &config);
     let sop = Spec::ct(45, 1, 1, 0).sop_uid;
     let out = dir.join("one.jpg");
     let run_bin = |args: &[&str]| {

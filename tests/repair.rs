@@ -80,21 +80,7 @@ fn verify_finds_bad_copies_and_repair_heals_them() {
         node.stop().await;
     });
     let toml = dir.path().join("pacsd.toml");
-    let replicas: Vec<String> = config
-        .storage
-        .replicas
-        .iter()
-        .map(|r| format!("\"{r}\""))
-        .collect();
-    std::fs::write(
-        &toml,
-        format!(
-            "[index]\npath = \"{}\"\n[storage]\nreplicas = [{}]\n",
-            config.index.path.display(),
-            replicas.join(", ")
-        ),
-    )
-    .unwrap();
+    write_cli_config(&config, &toml);
 
     // One copy deleted, one corrupted in place.
     let files1 =

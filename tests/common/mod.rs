@@ -122,6 +122,40 @@ pub async fn dcmtk_async(tool: &'static str, args: Vec<String>) -> Output {
     .unwrap()
 }
 
+/// `echoscu` to the node's AE title on `port` (whether the node still serves).
+pub async fn echo_node(port: u16) -> Output {
+    dcmtk_async(
+        "echoscu",
+        vec![
+            "-aec".into(),
+            "PACSD".into(),
+            "127.0.0.1".into(),
+            port.to_string(),
+        ],
+    )
+    .await
+}
+
+/// Write at `path` a configuration for the `pacsd` maintenance commands (`storage verify`,
+/// `preview`, ...): the index and replicas of `config`.
+pub fn write_cli_config(config: &Config, path: &Path) {
+    let replicas: Vec<String> = config
+        .storage
+        .replicas
+        .iter()
+        .map(|r| format!("\"{r}\""))
+        .collect();
+    std::fs::write(
+        path,
+        format!(
+            "[index]\npath = \"{}\"\n\n[storage]\nreplicas = [{}]\n",
+            config.index.path.display(),
+            replicas.join(", ")
+        ),
+    )
+    .unwrap();
+}
+
 pub fn text(o: &Output) -> String {
     format!(
         "{}{}",
