@@ -2,6 +2,7 @@
 //! alone), how long its answers take to start, and how fast it streams. Pure bookkeeping with an
 //! explicit clock, so every rule is unit-tested; the storage engine feeds it measurements.
 
+use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
 /// First backoff after a failure; doubles with each consecutive failure up to `MAX_BACKOFF`.
@@ -9,6 +10,8 @@ pub const FIRST_BACKOFF: Duration = Duration::from_millis(500);
 pub const MAX_BACKOFF: Duration = Duration::from_secs(30);
 /// Weight of a new measurement in the moving averages.
 const EWMA_ALPHA: f64 = 0.3;
+/// Request latencies kept per replica; the estimate is their lower quartile.
+const LATENCY_WINDOW: usize = 12;
 /// Bandwidth assumed for a replica never measured (bytes/s): optimistic, so it gets work and
 /// is measured.
 pub const UNMEASURED_BANDWIDTH: f64 = 100e6;
@@ -29,8 +32,14 @@ pub struct ReplicaHealth {
     /// Not used for reads before this instant (the backoff after a failure).
     pub down_until: Option<Instant>,
     pub last_error: Option<String>,
-    /// Time to first byte, smoothed.
+    /// Time to first byte: the lower quartile of the last `LATENCY_WINDOW` requests. Not a
+    /// mean: a server that now and then holds a response back (Garage's last segment waiting
+    /// for a delayed ACK, ~40 ms) would otherwise make every request look that slow, and the
+    /// read plan charges several latencies per replica. A replica that becomes slow for good
+    /// shows it once three quarters of the window are slow (its bandwidth, an average, shows
+    /// it sooner).
     pub latency: Option<Duration>,
+    latency_samples: VecDeque<Duration>,
     /// Streaming speed in bytes/s of whole-object reads (the replica serving alone), smoothed.
     pub bandwidth: Option<f64>,
     /// Streaming speed in bytes/s of its ranges in striped reads (serving beside the other
@@ -63,10 +72,13 @@ impl ReplicaHealth {
     }
 
     pub fn observe_latency(&mut self, d: Duration) {
-        self.latency = Some(match self.latency {
-            None => d,
-            Some(old) => old.mul_f64(1.0 - EWMA_ALPHA) + d.mul_f64(EWMA_ALPHA),
-        });
+        if self.latency_samples.len() == LATENCY_WINDOW {
+            self.latency_samples.pop_front();
+        }
+        self.latency_samples.push_back(d);
+        let mut sorted: Vec<Duration> = self.latency_samples.iter().copied().collect();
+        sorted.sort_unstable();
+        self.latency = Some(sorted[(sorted.len() - 1) / 4]);
     }
 
     /// Record a whole-object read: `bytes` streamed in `elapsed` after the first byte (ignored
@@ -355,6 +367,25 @@ mod tests {
         let h = vec![replica(1, 50.0), replica(5000, 50.0)];
         let t = striped_read_secs(&h, &[0, 1], 10_000_000, now);
         assert!((t - (10e6 + 0.003 * 50e6) / 50e6).abs() < 1e-6, "{t}");
+    }
+
+    #[test]
+    fn occasional_slow_responses_do_not_set_the_latency_but_a_lasting_slowdown_does() {
+        let mut h = ReplicaHealth::default();
+        // Garage-like: most answers in 3 ms, every third held back 40 ms.
+        for i in 0..12 {
+            h.observe_latency(Duration::from_millis(if i % 3 == 2 { 43 } else { 3 }));
+        }
+        assert_eq!(h.latency, Some(Duration::from_millis(3)));
+        // The replica really slows down: after a quarter of the window the estimate follows.
+        for _ in 0..3 {
+            h.observe_latency(Duration::from_millis(50));
+        }
+        assert_eq!(h.latency, Some(Duration::from_millis(3)));
+        for _ in 0..7 {
+            h.observe_latency(Duration::from_millis(50));
+        }
+        assert_eq!(h.latency, Some(Duration::from_millis(50)));
     }
 
     #[test]
