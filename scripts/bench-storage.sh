@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Storage read benchmark (`pacsd storage bench`), in one run:
-#   1. three local replicas throttled to 20, 40 and 80 MB/s (object_store's ThrottledStore);
+#   1. three local replicas slowed to 20, 40 and 80 MB/s (storage/paced.rs: 64 KiB pieces
+#      released on time at that speed, as a network replica streams);
 #   2. three Garage S3 sites on loopback (scripts/s3-cluster.sh --independent), throttled the
 #      same way;
 #   3. the same Garage sites unthrottled;
@@ -9,7 +10,8 @@
 #      last small segment of many responses waits for the client's delayed ACK (~40 ms; seen
 #      in `curl` timings of 1 MiB ranges: 2-5 ms or 42-45 ms). Acknowledging at once removes
 #      that server-side artifact and shows what the read paths do against a server without it.
-# For objects of 0.5, 8 and 64 MB it prints (a) one GET from the fastest replica, (b) an equal
+# For objects of 0.5, 8 and 64 MB it prints (a) one GET from the fastest replica (and that GET
+# followed by a SHA-256 of its bytes, the check pacsd does on every read), (b) an equal
 # split across the replicas, (c) pacsd's adaptive striped read (SHA-256 check included), the
 # ratio of (c) to the sum of the replicas' bandwidths measured alone, and (c)/(a).
 #

@@ -388,20 +388,30 @@ async fn storage_bench(
     let names: Vec<&str> = stores.iter().map(|(n, _)| n.as_str()).collect();
     println!("replicas: {}; {rounds} rounds, medians", names.join(", "));
     println!(
-        "{:>8} {:>22} {:>12} {:>12} {:>12} {:>8} {:>8}  adaptive bytes per replica",
-        "size MB", "alone MB/s", "(a) single", "(b) equal", "(c) adaptive", "c/sum", "c/a"
+        "{:>8} {:>22} {:>12} {:>12} {:>12} {:>12} {:>8} {:>8} {:>10}  adaptive bytes per replica",
+        "size MB",
+        "alone MB/s",
+        "(a) single",
+        "(a)+sha256",
+        "(b) equal",
+        "(c) adaptive",
+        "c/sum",
+        "c/a",
+        "c/(a+sha)"
     );
     for r in &rows {
         let solo: Vec<String> = r.solo.iter().map(|b| format!("{:.1}", b / 1e6)).collect();
         println!(
-            "{:>8.1} {:>22} {:>12.1} {:>12.1} {:>12.1} {:>7.0}% {:>8.2}  {:?}",
+            "{:>8.1} {:>22} {:>12.1} {:>12.1} {:>12.1} {:>12.1} {:>7.0}% {:>8.2} {:>10.2}  {:?}",
             r.size as f64 / 1e6,
             solo.join("/"),
             r.mbps(r.single_fastest),
+            r.mbps(r.single_checked),
             r.mbps(r.equal_split),
             r.mbps(r.adaptive),
             100.0 * r.mbps(r.adaptive) * 1e6 / r.summed_bandwidth(),
             r.single_fastest / r.adaptive,
+            r.single_checked / r.adaptive,
             r.adaptive_bytes_from
         );
     }

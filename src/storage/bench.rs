@@ -1,36 +1,24 @@
 //! Read benchmark of a replica set (`pacsd storage bench`): for each object size, the time of
-//! (a) one GET from the fastest replica, (b) a naive split into equal parts, one per replica,
+//! (a) one GET from the fastest replica (and the same GET with a SHA-256 of its bytes after
+//! it), (b) a naive split into equal parts, one per replica,
 //! fetched concurrently, and (c) pacsd's adaptive striped read (`Storage::read`, checksum
 //! included), against the sum of the replicas' bandwidths measured alone.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use bytes::Bytes;
 use futures::future::try_join_all;
-use object_store::chunked::ChunkedStore;
 use object_store::path::Path as StorePath;
-use object_store::throttle::{ThrottleConfig, ThrottledStore};
 use object_store::{ObjectStore, ObjectStoreExt};
 use sha2::{Digest, Sha256};
 
 use super::{Expected, Storage, StorageError};
 
-/// Stream chunk of a throttled replica. The throttle sleeps once per chunk, and tokio's timer
-/// rounds each sleep up to the next millisecond: chunks must take well over 1 ms at the
-/// slowest setting (1 MiB at 80 MB/s is 13 ms) or the rounding, not the setting, sets the speed.
-pub const THROTTLE_CHUNK: usize = 1 << 20;
-
-/// A replica slowed to about `mbps` MB/s for reads (object_store's own throttling wrapper).
+/// A replica slowed to about `mbps` MB/s for reads, streaming in small pieces spread over
+/// the read as a network replica's arrive (`paced::PacedStore`).
 pub fn throttled(store: Arc<dyn ObjectStore>, mbps: f64) -> Arc<dyn ObjectStore> {
-    let chunked: Arc<dyn ObjectStore> = Arc::new(ChunkedStore::new(store, THROTTLE_CHUNK));
-    Arc::new(ThrottledStore::new(
-        chunked,
-        ThrottleConfig {
-            wait_get_per_byte: Duration::from_secs_f64(1.0 / (mbps * 1e6)),
-            ..Default::default()
-        },
-    ))
+    Arc::new(super::paced::PacedStore::new(store, mbps * 1e6))
 }
 
 /// Median seconds of each way of reading one object size.
@@ -40,6 +28,8 @@ pub struct BenchRow {
     /// Bandwidth (bytes/s) of each replica read alone (one whole GET).
     pub solo: Vec<f64>,
     pub single_fastest: f64,
+    /// The same GET followed by a SHA-256 of its bytes: what checking a plain GET costs.
+    pub single_checked: f64,
     pub equal_split: f64,
     pub adaptive: f64,
     /// Bytes each replica delivered in the last adaptive read.
@@ -156,7 +146,8 @@ pub async fn run(
             .max_by(|&a, &b| solo[a].total_cmp(&solo[b]))
             .expect("at least one replica");
 
-        let (mut single, mut split, mut adaptive) = (Vec::new(), Vec::new(), Vec::new());
+        let (mut single, mut checked) = (Vec::new(), Vec::new());
+        let (mut split, mut adaptive) = (Vec::new(), Vec::new());
         let mut bytes_from = Vec::new();
         // Warm-up: small objects go to the quickest replica once each has been measured.
         for _ in 0..=raw.len() {
@@ -167,6 +158,16 @@ pub async fn run(
             let (secs, b) = timed(whole_get(name, store, &path)).await?;
             check(&b, "single GET")?;
             single.push(secs);
+
+            let (secs, digest) = timed(async {
+                let b = whole_get(name, store, &path).await?;
+                Ok(hex::encode(Sha256::digest(&b)))
+            })
+            .await?;
+            if digest != expected.sha256 {
+                return Err(BenchError::Wrong("checked single GET: wrong digest".into()));
+            }
+            checked.push(secs);
 
             let parts = raw.len() as u64;
             let (secs, pieces) = timed(try_join_all(raw.iter().enumerate().map(
@@ -200,6 +201,7 @@ pub async fn run(
             size,
             solo,
             single_fastest: median(single),
+            single_checked: median(checked),
             equal_split: median(split),
             adaptive: median(adaptive),
             adaptive_bytes_from: bytes_from,

@@ -6,6 +6,7 @@ pub mod bench;
 pub mod digest;
 pub mod health;
 pub mod keys;
+pub mod paced;
 pub mod quorum;
 pub mod repair;
 pub mod striped;
