@@ -172,17 +172,45 @@ pub fn striped_read_secs(
     best
 }
 
-/// Whether a read of `size` bytes should be striped over `up` (the replicas usable now): only
-/// when the plan is expected to beat one GET from the quickest replica by `MIN_STRIPE_GAIN`.
-pub fn should_stripe(health: &[ReplicaHealth], up: &[usize], size: u64, now: Instant) -> bool {
-    if up.len() < 2 {
-        return false;
+/// What the speed model expects of one read: one GET from the quickest replica, and a striped
+/// read over the usable replicas (infinite with fewer than two).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Prediction {
+    pub single_secs: f64,
+    pub striped_secs: f64,
+}
+
+impl Prediction {
+    /// Stripe only when the plan is expected to beat the single GET by `MIN_STRIPE_GAIN`.
+    pub fn stripe(&self) -> bool {
+        worth_striping(self.striped_secs, self.single_secs)
     }
-    let single = up
+}
+
+fn worth_striping(striped_secs: f64, single_secs: f64) -> bool {
+    striped_secs < (1.0 - MIN_STRIPE_GAIN) * single_secs
+}
+
+/// The model's expectations for a read of `size` bytes over `up` (the replicas usable now).
+pub fn predict(health: &[ReplicaHealth], up: &[usize], size: u64, now: Instant) -> Prediction {
+    let single_secs = up
         .iter()
         .map(|&i| single_read_secs(&health[i], size))
         .fold(f64::INFINITY, f64::min);
-    striped_read_secs(health, up, size, now) < (1.0 - MIN_STRIPE_GAIN) * single
+    let striped_secs = if up.len() < 2 {
+        f64::INFINITY
+    } else {
+        striped_read_secs(health, up, size, now)
+    };
+    Prediction {
+        single_secs,
+        striped_secs,
+    }
+}
+
+/// Whether a read of `size` bytes should be striped over `up`, by the model alone.
+pub fn should_stripe(health: &[ReplicaHealth], up: &[usize], size: u64, now: Instant) -> bool {
+    predict(health, up, size, now).stripe()
 }
 
 /// The replicas usable at `now` for one whole read of `size` bytes, quickest expected first:
@@ -227,15 +255,21 @@ fn size_class(size: u64) -> u32 {
 }
 
 impl ReadOutcomes {
-    /// Stripe this read of `size` bytes? `model` is what the speed model predicts.
-    pub fn choose(&mut self, size: u64, model: bool, now: Instant) -> bool {
+    /// Stripe this read of `size` bytes? `model` is what the speed model expects. Where both
+    /// ways were measured lately, the faster one; where one way was, its achieved time takes
+    /// the place of the model's guess for it (so a way that does worse than the model expected
+    /// of the other makes way for the other, which is then measured too); else the model.
+    pub fn choose(&mut self, size: u64, model: &Prediction, now: Instant) -> bool {
         let c = self.classes.entry(size_class(size)).or_default();
+        let secs = |rate: f64| size as f64 / rate.max(1.0);
         let preferred = match (
             fresh(c.striped, now, OUTCOME_TTL),
             fresh(c.single, now, OUTCOME_TTL),
         ) {
             (Some(striped), Some(single)) => return striped > single,
-            _ => model,
+            (Some(striped), None) => worth_striping(secs(striped), model.single_secs),
+            (None, Some(single)) => worth_striping(model.striped_secs, secs(single)),
+            (None, None) => model.stripe(),
         };
         c.since_explored += 1;
         if c.since_explored >= EXPLORE_EVERY {
@@ -338,26 +372,62 @@ mod tests {
     fn achieved_speeds_overrule_the_model_and_the_other_way_is_tried_now_and_then() {
         let t0 = Instant::now();
         let size = 8 << 20;
+        // The model: striped 12 ms, one GET 20 ms (stripe); or the other way round.
+        let stripe = Prediction {
+            single_secs: 0.020,
+            striped_secs: 0.012,
+        };
+        let single = Prediction {
+            single_secs: 0.012,
+            striped_secs: 0.020,
+        };
         let mut o = ReadOutcomes::default();
         // Nothing known: the model decides.
-        assert!(o.choose(size, true, t0));
-        assert!(!o.choose(size, false, t0));
-        // The model keeps saying "stripe"; striped reads were measured slow.
-        o.record(size, true, Duration::from_millis(20), t0);
+        assert!(o.choose(size, &stripe, t0));
+        assert!(!o.choose(size, &single, t0));
+        // Striped reads achieved 15 ms: still better than the model's one GET by the margin...
+        o.record(size, true, Duration::from_millis(15), t0);
         let mut ways = Vec::new();
         for _ in 0..EXPLORE_EVERY {
-            ways.push(o.choose(size, true, t0));
+            ways.push(o.choose(size, &stripe, t0));
         }
-        // Once in EXPLORE_EVERY reads, one GET is tried...
+        // ...so striping goes on, and once in EXPLORE_EVERY reads one GET is tried.
         assert_eq!(ways.iter().filter(|&&w| !w).count(), 1, "{ways:?}");
-        // ...and when it proved faster, it is used while both figures are fresh.
+        // One GET proved faster: it is used while both figures are fresh.
         o.record(size, false, Duration::from_millis(10), t0);
-        assert!(!o.choose(size, true, t0));
-        assert!(!o.choose(size, true, t0 + OUTCOME_TTL / 2));
+        assert!(!o.choose(size, &stripe, t0));
+        assert!(!o.choose(size, &stripe, t0 + OUTCOME_TTL / 2));
         // Another size class knows nothing of this.
-        assert!(o.choose(64 << 20, true, t0));
+        assert!(o.choose(64 << 20, &stripe, t0));
         // Stale figures: back to the model.
-        assert!(o.choose(size, true, t0 + OUTCOME_TTL));
+        assert!(o.choose(size, &stripe, t0 + OUTCOME_TTL));
+    }
+
+    #[test]
+    fn a_way_that_does_worse_than_the_model_expects_of_the_other_gives_way_at_once() {
+        let t0 = Instant::now();
+        let size = 8 << 20;
+        let stripe = Prediction {
+            single_secs: 0.020,
+            striped_secs: 0.012,
+        };
+        let mut o = ReadOutcomes::default();
+        // Striped reads took 21 ms, no better than the 20 ms expected of one GET: try one GET
+        // next, not after EXPLORE_EVERY reads.
+        o.record(size, true, Duration::from_millis(21), t0);
+        assert!(!o.choose(size, &stripe, t0));
+        // One GET took 30 ms: striping (21 ms measured) is back.
+        o.record(size, false, Duration::from_millis(30), t0);
+        assert!(o.choose(size, &stripe, t0));
+        // The same from the other side: single GETs measured at 40 ms while the model expects
+        // a striped read in 12 ms: stripe.
+        let mut o = ReadOutcomes::default();
+        let single = Prediction {
+            single_secs: 0.011,
+            striped_secs: 0.012,
+        };
+        o.record(size, false, Duration::from_millis(40), t0);
+        assert!(o.choose(size, &single, t0));
     }
 
     #[test]

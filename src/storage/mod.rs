@@ -450,9 +450,9 @@ impl Storage {
                 .filter(|&i| h[i].is_up(now))
                 .collect();
             let stripe = expected.size >= STRIPE_THRESHOLD && up.len() >= 2 && {
-                let model = health::should_stripe(&h, &up, expected.size, now);
+                let model = health::predict(&h, &up, expected.size, now);
                 let mut outcomes = self.outcomes.lock().expect("read outcomes");
-                outcomes.choose(expected.size, model, now)
+                outcomes.choose(expected.size, &model, now)
             };
             (up, stripe)
         };
