@@ -10,8 +10,8 @@ pub const FIRST_BACKOFF: Duration = Duration::from_millis(500);
 pub const MAX_BACKOFF: Duration = Duration::from_secs(30);
 /// Weight of a new measurement in the moving averages.
 const EWMA_ALPHA: f64 = 0.3;
-/// Request latencies kept per replica; the estimate is their lower quartile.
-const LATENCY_WINDOW: usize = 12;
+/// Request latencies and whole-read speeds kept per replica (`Recent`).
+const RECENT_WINDOW: usize = 12;
 /// Bandwidth assumed for a replica never measured (bytes/s): optimistic, so it gets work and
 /// is measured.
 pub const UNMEASURED_BANDWIDTH: f64 = 100e6;
@@ -32,16 +32,13 @@ pub struct ReplicaHealth {
     /// Not used for reads before this instant (the backoff after a failure).
     pub down_until: Option<Instant>,
     pub last_error: Option<String>,
-    /// Time to first byte: the lower quartile of the last `LATENCY_WINDOW` requests. Not a
-    /// mean: a server that now and then holds a response back (Garage's last segment waiting
-    /// for a delayed ACK, ~40 ms) would otherwise make every request look that slow, and the
-    /// read plan charges several latencies per replica. A replica that becomes slow for good
-    /// shows it once three quarters of the window are slow (its bandwidth, an average, shows
-    /// it sooner).
+    /// Time to first byte: the lower quartile of the last requests (`Recent`).
     pub latency: Option<Duration>,
-    latency_samples: VecDeque<Duration>,
-    /// Streaming speed in bytes/s of whole-object reads (the replica serving alone), smoothed.
+    latency_samples: Recent,
+    /// Streaming speed in bytes/s of whole-object reads (the replica serving alone): the upper
+    /// quartile of the last reads (`Recent`).
     pub bandwidth: Option<f64>,
+    bandwidth_samples: Recent,
     /// Streaming speed in bytes/s of its ranges in striped reads (serving beside the other
     /// replicas, which may share a disk, a link or a CPU with it), smoothed, and when it was
     /// last measured.
@@ -72,20 +69,19 @@ impl ReplicaHealth {
     }
 
     pub fn observe_latency(&mut self, d: Duration) {
-        if self.latency_samples.len() == LATENCY_WINDOW {
-            self.latency_samples.pop_front();
-        }
-        self.latency_samples.push_back(d);
-        let mut sorted: Vec<Duration> = self.latency_samples.iter().copied().collect();
-        sorted.sort_unstable();
-        self.latency = Some(sorted[(sorted.len() - 1) / 4]);
+        self.latency_samples.push(d.as_secs_f64());
+        self.latency = self
+            .latency_samples
+            .lower_quartile()
+            .map(Duration::from_secs_f64);
     }
 
     /// Record a whole-object read: `bytes` streamed in `elapsed` after the first byte (ignored
     /// when too short to mean anything).
     pub fn observe_transfer(&mut self, bytes: u64, elapsed: Duration) {
         if let Some(bw) = speed(bytes, elapsed) {
-            self.bandwidth = Some(smooth(self.bandwidth, bw));
+            self.bandwidth_samples.push(bw);
+            self.bandwidth = self.bandwidth_samples.upper_quartile();
         }
     }
 
@@ -113,6 +109,41 @@ impl ReplicaHealth {
 
     fn latency_secs(&self) -> f64 {
         self.latency.unwrap_or(Duration::ZERO).as_secs_f64()
+    }
+}
+
+/// The last `RECENT_WINDOW` measurements of one kind, estimated by a quartile rather than a
+/// mean: a server that now and then holds a response back (Garage's last segment waiting for
+/// a delayed ACK, ~40 ms) would otherwise make every request of a replica look that slow, and
+/// the read order and plan would flee from whichever replica drew the last stall. A replica
+/// that becomes slow for good shows it once three quarters of the window are slow. (Speeds
+/// measured inside striped reads stay a moving average: they steer the current allocation.)
+#[derive(Debug, Clone, Default)]
+struct Recent(VecDeque<f64>);
+
+impl Recent {
+    fn push(&mut self, v: f64) {
+        if self.0.len() == RECENT_WINDOW {
+            self.0.pop_front();
+        }
+        self.0.push_back(v);
+    }
+
+    fn sorted(&self) -> Vec<f64> {
+        let mut v: Vec<f64> = self.0.iter().copied().collect();
+        v.sort_by(f64::total_cmp);
+        v
+    }
+
+    fn lower_quartile(&self) -> Option<f64> {
+        let v = self.sorted();
+        v.get(v.len().checked_sub(1)? / 4).copied()
+    }
+
+    fn upper_quartile(&self) -> Option<f64> {
+        let v = self.sorted();
+        let last = v.len().checked_sub(1)?;
+        v.get(last - last / 4).copied()
     }
 }
 
@@ -318,16 +349,28 @@ mod tests {
     }
 
     #[test]
-    fn bandwidth_is_smoothed_and_tiny_transfers_ignored() {
+    fn bandwidth_ignores_tiny_transfers_and_occasional_stalls_but_follows_a_lasting_slowdown() {
         let mut h = ReplicaHealth::default();
         assert_eq!(h.bandwidth_or_default(), UNMEASURED_BANDWIDTH);
         h.observe_transfer(100, Duration::from_millis(1));
         assert_eq!(h.bandwidth, None);
         h.observe_transfer(10_000_000, Duration::from_secs(1));
         assert_eq!(h.bandwidth, Some(10e6));
-        h.observe_transfer(20_000_000, Duration::from_secs(1));
-        let bw = h.bandwidth.unwrap();
-        assert!((bw - 13e6).abs() < 1.0, "{bw}");
+        // 80 MB/s, with every third read held back and measured at 10 MB/s.
+        for i in 0..12 {
+            let mb = if i % 3 == 2 { 10 } else { 80 };
+            h.observe_transfer(mb * 1_000_000, Duration::from_secs(1));
+        }
+        assert_eq!(h.bandwidth, Some(80e6));
+        // It really slows down to 5 MB/s: not taken for a stall for long.
+        for _ in 0..3 {
+            h.observe_transfer(5_000_000, Duration::from_secs(1));
+        }
+        assert_eq!(h.bandwidth, Some(80e6));
+        for _ in 0..9 {
+            h.observe_transfer(5_000_000, Duration::from_secs(1));
+        }
+        assert_eq!(h.bandwidth, Some(5e6));
     }
 
     fn replica(latency_ms: u64, solo_mbps: f64) -> ReplicaHealth {
