@@ -149,6 +149,9 @@ pub struct Verified {
     pub bad_copies: Vec<(usize, Problem)>,
     /// How a striped read went (None: the object came from one replica).
     pub stripe: Option<striped::StripeReport>,
+    /// The read went the way it was planned and no replica failed or served a bad copy: its
+    /// time tells how fast that way of reading is (`health::ReadOutcomes`).
+    pub clean: bool,
 }
 
 impl Storage {
@@ -459,7 +462,7 @@ impl Storage {
         let read = self.read_as(&path, expected, &up, stripe).await;
         if let Ok(v) = &read
             && expected.size >= STRIPE_THRESHOLD
-            && v.bad_copies.is_empty()
+            && v.clean
         {
             let mut outcomes = self.outcomes.lock().expect("read outcomes");
             outcomes.record(
@@ -500,11 +503,13 @@ impl Storage {
                         return Ok(Verified {
                             bytes,
                             bad_copies: Vec::new(),
+                            clean: report.dropped.is_empty(),
                             stripe: Some(report),
                         });
                     }
                     warn!(key = %expected.key, "striped read does not match the recorded checksum; reading whole copies to find the bad one");
-                    return self.read_whole_copies(path, expected, true).await;
+                    let v = self.read_whole_copies(path, expected, true).await;
+                    return v.map(|v| Verified { clean: false, ..v });
                 }
                 Err(e) => {
                     warn!(key = %expected.key, errors = ?e, "striped read failed; trying whole copies");
@@ -517,6 +522,7 @@ impl Storage {
                 errors.extend(more);
                 Err(StorageError::ReadFailed { key, errors })
             }
+            Ok(v) if stripe => Ok(Verified { clean: false, ..v }),
             other => other,
         }
     }
@@ -570,6 +576,7 @@ impl Storage {
         match good {
             Some(bytes) => Ok(Verified {
                 bytes,
+                clean: errors.is_empty() && bad_copies.is_empty(),
                 bad_copies,
                 stripe: None,
             }),
