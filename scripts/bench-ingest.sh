@@ -2,7 +2,9 @@
 # Ingest benchmark: the same corpora stored with DCMTK storescu into
 #   pacsd (3 local replicas, quorum 2), pacsd (1 replica), DCMTK storescp (file sink), Orthanc,
 # over 1 association and over 4 parallel associations, all in one run on loopback.
-# Prints instances/s and MB/s for each and the ratios to Orthanc.
+# Prints instances/s and MB/s for each and the ratios to Orthanc, and first what one durable
+# file costs on this disk (create, write, fsync, rename, fsync the directory: what each replica
+# of a C-STORE does before pacsd may answer Success), the floor under every pacsd figure.
 # pacsd runs as configured by default (background previews on); `pacsd3-nopv` is the same
 # node with previews off, to show what rendering costs the C-STORE path. For nodes with
 # previews, the time until the last preview was stored is printed too.
@@ -22,6 +24,30 @@ cargo build --release --quiet
 PACSD=target/release/pacsd
 
 workdir bench-ingest
+
+echo "== this disk: one durable file in $WORK (create, write, fsync, rename, fsync directory)"
+python3 - "$WORK/disk-floor" <<'PY'
+import os, statistics, sys, time
+d = sys.argv[1]
+os.makedirs(d)
+for size in (9_000, 525_000):
+    data, times = os.urandom(size), []
+    for i in range(300):
+        t = time.perf_counter()
+        tmp = f"{d}/{size}-{i}.tmp"
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL)
+        os.write(fd, data)
+        os.fsync(fd)
+        os.close(fd)
+        os.rename(tmp, f"{d}/{size}-{i}")
+        dfd = os.open(d, os.O_RDONLY)
+        os.fsync(dfd)
+        os.close(dfd)
+        times.append(time.perf_counter() - t)
+    q = statistics.quantiles(times, n=10)
+    print(f"{size // 1000} KB: median {statistics.median(times) * 1e3:.2f} ms, p10 {q[0] * 1e3:.2f}, p90 {q[-1] * 1e3:.2f}")
+PY
+rm -rf "$WORK/disk-floor"
 
 echo "== generating corpora in $WORK"
 # 4 studies each, so 4 parallel associations get one study directory each.
