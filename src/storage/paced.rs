@@ -47,7 +47,7 @@ impl fmt::Display for PacedStore {
 }
 
 /// Release each piece of `stream` once everything up to its end is due at `bytes_per_sec`
-/// since the first poll.
+/// counted from the arrival of the first piece.
 fn pace(
     stream: BoxStream<'static, Result<Bytes>>,
     bytes_per_sec: f64,
@@ -150,28 +150,50 @@ mod tests {
     #[tokio::test]
     async fn reads_stream_at_the_set_speed_in_small_pieces() {
         let inner: Arc<dyn ObjectStore> = Arc::new(InMemory::new());
-        let body = Bytes::from(vec![7u8; 2_000_000]);
+        let body = Bytes::from((0..8_000_000u32).map(|i| i as u8).collect::<Vec<u8>>());
         inner
             .put(&Path::from("x"), body.clone().into())
             .await
             .unwrap();
-        let paced = PacedStore::new(inner, 20e6);
+        // 200 MB/s: a 64 KiB piece is due every 0.33 ms, under the timer's 1 ms resolution.
+        let paced = PacedStore::new(inner, 200e6);
         let t0 = std::time::Instant::now();
         let mut stream = paced.get(&Path::from("x")).await.unwrap().into_stream();
-        let (mut got, mut pieces, mut first_piece_at) = (Vec::new(), 0, None);
+        let (mut got, mut pieces) = (Vec::new(), 0);
         while let Some(piece) = stream.next().await {
             let piece = piece.unwrap();
-            first_piece_at.get_or_insert(t0.elapsed());
             assert!(piece.len() <= PIECE);
             got.extend_from_slice(&piece);
             pieces += 1;
         }
         let secs = t0.elapsed().as_secs_f64();
         assert_eq!(got, body);
-        assert!(pieces >= 2_000_000 / PIECE);
-        // 2 MB at 20 MB/s: 100 ms, plus at most a few timer ticks; the first piece is due
-        // after its own 3 ms, not after the whole object.
-        assert!((0.095..0.2).contains(&secs), "took {secs} s");
-        assert!(first_piece_at.unwrap() < Duration::from_millis(50));
+        assert!(pieces >= 8_000_000 / PIECE);
+        // 8 MB at 200 MB/s is 40 ms. Never sooner; and not the 122+ ms that one sleep per piece,
+        // each rounded up to the next millisecond, would take.
+        assert!((0.039..0.1).contains(&secs), "took {secs} s");
+    }
+
+    #[tokio::test]
+    async fn ranges_are_paced_too() {
+        let inner: Arc<dyn ObjectStore> = Arc::new(InMemory::new());
+        let body = Bytes::from(
+            (0..2_000_000u32)
+                .map(|i| (i / 7) as u8)
+                .collect::<Vec<u8>>(),
+        );
+        inner
+            .put(&Path::from("x"), body.clone().into())
+            .await
+            .unwrap();
+        let paced = PacedStore::new(inner, 20e6);
+        let t0 = std::time::Instant::now();
+        let part = paced
+            .get_range(&Path::from("x"), 500_000..1_500_000)
+            .await
+            .unwrap();
+        assert_eq!(part, body.slice(500_000..1_500_000));
+        // 1 MB at 20 MB/s: 50 ms.
+        assert!(t0.elapsed() >= Duration::from_millis(49));
     }
 }
