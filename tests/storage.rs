@@ -140,6 +140,32 @@ async fn suite_on_garage_s3_and_on_a_mixed_set() {
     suite(open_all(&mixed)).await;
 }
 
+/// The same suite on HDFS: three replica directories under `PACSD_TEST_HDFS_URL`
+/// (`hdfs://namenode:port/some/dir`), then two local directories and one HDFS directory.
+/// Needs a real cluster, which none of the machines this was built on can run: built only with
+/// `--features hdfs`, and ignored (never reported as passing) unless asked for with
+/// `cargo test --features hdfs --test storage -- --ignored suite_on_hdfs`.
+#[cfg(feature = "hdfs")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs a real HDFS cluster: set PACSD_TEST_HDFS_URL and run with --ignored"]
+async fn suite_on_hdfs_and_on_a_mixed_set() {
+    let base = std::env::var("PACSD_TEST_HDFS_URL")
+        .expect("PACSD_TEST_HDFS_URL (hdfs://namenode:port/dir) must name a writable directory");
+    let base = base.trim_end_matches('/');
+    let run = std::process::id();
+    let hdfs: Vec<String> = (0..3)
+        .map(|i| format!("{base}/pacsd-test-{run}/r{i}"))
+        .collect();
+    suite(open_all(&hdfs)).await;
+    let dir = tempfile::tempdir().unwrap();
+    let mixed = vec![
+        dir.path().join("a").display().to_string(),
+        dir.path().join("b").display().to_string(),
+        format!("{base}/pacsd-test-{run}/mixed"),
+    ];
+    suite(open_all(&mixed)).await;
+}
+
 /// A local replica slowed down with object_store's own throttling wrapper.
 fn throttled(
     dir: &std::path::Path,
