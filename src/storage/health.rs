@@ -239,11 +239,6 @@ pub fn predict(health: &[ReplicaHealth], up: &[usize], size: u64, now: Instant) 
     }
 }
 
-/// Whether a read of `size` bytes should be striped over `up`, by the model alone.
-pub fn should_stripe(health: &[ReplicaHealth], up: &[usize], size: u64, now: Instant) -> bool {
-    predict(health, up, size, now).stripe()
-}
-
 /// The replicas usable at `now` for one whole read of `size` bytes, quickest expected first:
 /// recent latency plus `size` at the recent bandwidth (unmeasured ones count as fast, so they
 /// get measured); replicas in backoff come last, in case nothing else answers.
@@ -267,7 +262,7 @@ pub const EXPLORE_EVERY: u32 = 32;
 
 /// What striped reads and single GETs of large objects actually achieved (object bytes per
 /// second, checksum included), per power-of-two size class. The speed model
-/// (`should_stripe`) guesses; these outcomes correct it where it guesses wrong (replicas
+/// (`predict`) guesses; these outcomes correct it where it guesses wrong (replicas
 /// that share a CPU or a link, per-request costs it does not see).
 #[derive(Debug, Default, Clone)]
 pub struct ReadOutcomes {
@@ -392,23 +387,18 @@ mod tests {
             (t - (64e6 + 3.0 * 0.001 * 140e6) / 140e6).abs() < 1e-6,
             "{t}"
         );
-        assert!(should_stripe(&h, &all, 64_000_000, now));
-        assert!(should_stripe(&h, &all, 8_000_000, now));
-        assert!(!should_stripe(&h, &all, 100_000, now));
-        assert!(!should_stripe(&h, &[2], 64_000_000, now));
+        assert!(predict(&h, &all, 64_000_000, now).stripe());
+        assert!(predict(&h, &all, 8_000_000, now).stripe());
+        assert!(!predict(&h, &all, 100_000, now).stripe());
+        assert!(!predict(&h, &[2], 64_000_000, now).stripe());
         // The same replicas, but striped reads measured them much slower together (a shared
         // disk or CPU): one GET from the fastest wins, until those measurements are stale.
         let mut shared = h.clone();
         for r in &mut shared {
             r.observe_range(10_000_000, Duration::from_secs(1), now);
         }
-        assert!(!should_stripe(&shared, &all, 64_000_000, now));
-        assert!(should_stripe(
-            &shared,
-            &all,
-            64_000_000,
-            now + STRIPED_SPEED_TTL
-        ));
+        assert!(!predict(&shared, &all, 64_000_000, now).stripe());
+        assert!(predict(&shared, &all, 64_000_000, now + STRIPED_SPEED_TTL).stripe());
     }
 
     #[test]

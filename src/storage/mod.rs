@@ -430,7 +430,7 @@ impl Storage {
     ///
     /// Objects of at least `STRIPE_THRESHOLD` bytes are read striped across the healthy
     /// replicas when the replicas' measured speeds predict that to beat one GET
-    /// (`health::should_stripe`), unless what striped and single reads of that size actually
+    /// (`health::predict`), unless what striped and single reads of that size actually
     /// achieved says otherwise (`health::ReadOutcomes`); other reads take one GET from the replica expected to
     /// deliver the object soonest (recent latency + size at recent bandwidth). A
     /// copy that does not match (size or SHA-256) is never returned: the read falls back to

@@ -14,7 +14,7 @@
 //!
 //! The complete front of the object is handed to a hashing thread while the rest arrives; the
 //! caller checks the digest against the recorded checksum. Whether to stripe at all is decided
-//! by the caller (`health::should_stripe`, `health::ReadOutcomes`).
+//! by the caller (`health::predict`, `health::ReadOutcomes`).
 
 use std::collections::{HashMap, HashSet};
 use std::ops::Range;
