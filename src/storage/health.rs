@@ -401,19 +401,20 @@ mod tests {
         assert!(predict(&shared, &all, 64_000_000, now + STRIPED_SPEED_TTL).stripe());
     }
 
+    /// The model's expectation: one GET in `single_ms`, a striped read in `striped_ms`.
+    fn expect(single_ms: u64, striped_ms: u64) -> Prediction {
+        Prediction {
+            single_secs: single_ms as f64 / 1e3,
+            striped_secs: striped_ms as f64 / 1e3,
+        }
+    }
+
     #[test]
     fn achieved_speeds_overrule_the_model_and_the_other_way_is_tried_now_and_then() {
         let t0 = Instant::now();
         let size = 8 << 20;
         // The model: striped 12 ms, one GET 20 ms (stripe); or the other way round.
-        let stripe = Prediction {
-            single_secs: 0.020,
-            striped_secs: 0.012,
-        };
-        let single = Prediction {
-            single_secs: 0.012,
-            striped_secs: 0.020,
-        };
+        let (stripe, single) = (expect(20, 12), expect(12, 20));
         let mut o = ReadOutcomes::default();
         // Nothing known: the model decides.
         assert!(o.choose(size, &stripe, t0));
@@ -440,10 +441,7 @@ mod tests {
     fn a_way_that_does_worse_than_the_model_expects_of_the_other_gives_way_at_once() {
         let t0 = Instant::now();
         let size = 8 << 20;
-        let stripe = Prediction {
-            single_secs: 0.020,
-            striped_secs: 0.012,
-        };
+        let stripe = expect(20, 12);
         let mut o = ReadOutcomes::default();
         // Striped reads took 21 ms, no better than the 20 ms expected of one GET: try one GET
         // next, not after EXPLORE_EVERY reads.
@@ -455,10 +453,7 @@ mod tests {
         // The same from the other side: single GETs measured at 40 ms while the model expects
         // a striped read in 12 ms: stripe.
         let mut o = ReadOutcomes::default();
-        let single = Prediction {
-            single_secs: 0.011,
-            striped_secs: 0.012,
-        };
+        let single = expect(11, 12);
         o.record(size, false, Duration::from_millis(40), t0);
         assert!(o.choose(size, &single, t0));
     }

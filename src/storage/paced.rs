@@ -147,16 +147,21 @@ mod tests {
     use object_store::ObjectStoreExt;
     use object_store::memory::InMemory;
 
-    #[tokio::test]
-    async fn reads_stream_at_the_set_speed_in_small_pieces() {
-        let inner: Arc<dyn ObjectStore> = Arc::new(InMemory::new());
-        let body = Bytes::from((0..8_000_000u32).map(|i| i as u8).collect::<Vec<u8>>());
-        inner
+    /// An in-memory store holding `body` as "x".
+    async fn holding(body: &Bytes) -> Arc<dyn ObjectStore> {
+        let store: Arc<dyn ObjectStore> = Arc::new(InMemory::new());
+        store
             .put(&Path::from("x"), body.clone().into())
             .await
             .unwrap();
+        store
+    }
+
+    #[tokio::test]
+    async fn reads_stream_at_the_set_speed_in_small_pieces() {
+        let body = Bytes::from((0..8_000_000u32).map(|i| i as u8).collect::<Vec<u8>>());
         // 200 MB/s: a 64 KiB piece is due every 0.33 ms, under the timer's 1 ms resolution.
-        let paced = PacedStore::new(inner, 200e6);
+        let paced = PacedStore::new(holding(&body).await, 200e6);
         let t0 = std::time::Instant::now();
         let mut stream = paced.get(&Path::from("x")).await.unwrap().into_stream();
         let (mut got, mut pieces) = (Vec::new(), 0);
@@ -176,17 +181,12 @@ mod tests {
 
     #[tokio::test]
     async fn ranges_are_paced_too() {
-        let inner: Arc<dyn ObjectStore> = Arc::new(InMemory::new());
         let body = Bytes::from(
             (0..2_000_000u32)
                 .map(|i| (i / 7) as u8)
                 .collect::<Vec<u8>>(),
         );
-        inner
-            .put(&Path::from("x"), body.clone().into())
-            .await
-            .unwrap();
-        let paced = PacedStore::new(inner, 20e6);
+        let paced = PacedStore::new(holding(&body).await, 20e6);
         let t0 = std::time::Instant::now();
         let part = paced
             .get_range(&Path::from("x"), 500_000..1_500_000)
