@@ -17,6 +17,9 @@ pub const DEFAULT_MAX_PDU: u32 = 262_144;
 pub const MIN_MAX_PDU: u32 = 4_096;
 /// Largest PDU size we accept to announce (16 MiB): bounds a single read buffer.
 pub const MAX_MAX_PDU: u32 = 16 * 1024 * 1024;
+/// `node.max_object_size` by default (1 GiB); see `NodeConfig`. Objects read back from
+/// storage (which were accepted under it) may inflate to at most this much when deflated.
+pub const DEFAULT_MAX_OBJECT_SIZE: u64 = 1024 * 1024 * 1024;
 
 /// Errors found while loading configuration; every message names the file and the key.
 #[derive(Debug, thiserror::Error)]
@@ -82,11 +85,23 @@ pub struct NodeConfig {
     pub port: u16,
     /// Maximum PDU length we receive (announced in A-ASSOCIATE-AC).
     pub max_pdu: u32,
-    /// Concurrent associations; a permit is taken before accept, so excess clients wait in
-    /// the kernel backlog instead of being half-served.
+    /// Concurrent associations. The permit is taken once a valid A-ASSOCIATE-RQ has arrived;
+    /// a requestor finding all in use waits up to the ARTIM time, then is rejected (transient,
+    /// local limit exceeded).
     pub max_associations: usize,
-    /// Largest data set accepted in one C-STORE, in bytes (bounds memory per association).
+    /// Open connections (negotiating or associated) from one IP address; more are closed at
+    /// once, so one host cannot take every association.
+    pub max_associations_per_address: usize,
+    /// Connections that have not finished association negotiation; a new connection beyond
+    /// this makes the oldest negotiation give way.
+    pub max_negotiating: usize,
+    /// Largest data set accepted in one C-STORE, in bytes. 1 GiB holds large multi-frame
+    /// objects (breast tomosynthesis, enhanced CT/MR: 100-700 MB) and whole-slide image
+    /// levels as they are usually split.
     pub max_object_size: u64,
+    /// Bytes of data sets being received at one time, summed over all associations; a data
+    /// set that would go past it is drained and refused with A700 (retry later).
+    pub receive_budget: u64,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -130,6 +145,23 @@ pub struct AccessConfig {
     pub peers_file: Option<PathBuf>,
     /// Services an AE that is not in the peers file may use. Empty = reject unknown AEs.
     pub unknown_ae_services: BTreeSet<Service>,
+    /// What a C-STORE of an already stored SOP Instance UID with different content gets
+    /// (a peer may override it with its own `on_conflict`).
+    pub on_conflict: OnConflict,
+}
+
+/// What happens when a SOP Instance UID arrives again with different bytes. The stored
+/// (first acknowledged) version is always kept; an identical re-send is always Success.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OnConflict {
+    /// Failure 0111 (Duplicate SOP Instance) with an ErrorComment naming the conflict: the
+    /// sender learns that its version was not kept.
+    #[default]
+    Reject,
+    /// Success, the new version dropped and the conflict logged: for senders that re-encode
+    /// what they forward (routers) and would otherwise retry for ever.
+    Keep,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -251,6 +283,9 @@ pub struct Peer {
     /// Services this AE may use on this node.
     #[serde(default)]
     pub services: BTreeSet<Service>,
+    /// Overrides `access.on_conflict` for what this AE sends.
+    #[serde(default)]
+    pub on_conflict: Option<OnConflict>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -268,7 +303,10 @@ impl Default for NodeConfig {
             port: DEFAULT_PORT,
             max_pdu: DEFAULT_MAX_PDU,
             max_associations: 64,
-            max_object_size: 2 * 1024 * 1024 * 1024,
+            max_associations_per_address: 32,
+            max_negotiating: 128,
+            max_object_size: DEFAULT_MAX_OBJECT_SIZE,
+            receive_budget: 2 * DEFAULT_MAX_OBJECT_SIZE,
         }
     }
 }
@@ -312,6 +350,7 @@ impl Default for AccessConfig {
         AccessConfig {
             peers_file: None,
             unknown_ae_services: [Service::Echo, Service::Store].into_iter().collect(),
+            on_conflict: OnConflict::default(),
         }
     }
 }
@@ -380,8 +419,17 @@ impl Config {
                 ),
             ));
         }
-        if self.node.max_associations == 0 {
-            return Err(invalid("node.max_associations", "must be at least 1"));
+        for (key, v) in [
+            ("node.max_associations", self.node.max_associations),
+            (
+                "node.max_associations_per_address",
+                self.node.max_associations_per_address,
+            ),
+            ("node.max_negotiating", self.node.max_negotiating),
+        ] {
+            if v == 0 {
+                return Err(invalid(key, "must be at least 1"));
+            }
         }
         if !(1..=64).contains(&self.preview.workers) {
             return Err(invalid("preview.workers", "must be between 1 and 64"));
@@ -393,6 +441,12 @@ impl Config {
             return Err(invalid(
                 "node.max_object_size",
                 "must be at least 1024 bytes",
+            ));
+        }
+        if self.node.receive_budget < self.node.max_object_size {
+            return Err(invalid(
+                "node.receive_budget",
+                "must be at least node.max_object_size",
             ));
         }
         for (key, v) in [
@@ -458,6 +512,13 @@ impl Config {
     pub fn peer(&self, ae_title: &str) -> Option<&Peer> {
         let ae = ae_title.trim();
         self.peers.iter().find(|p| p.ae_title.trim() == ae)
+    }
+
+    /// What a conflicting re-send from `calling_ae` gets: its own policy, else the default.
+    pub fn on_conflict(&self, calling_ae: &str) -> OnConflict {
+        self.peer(calling_ae)
+            .and_then(|p| p.on_conflict)
+            .unwrap_or(self.access.on_conflict)
     }
 
     /// Services the calling AE may use: its peers entry, or the policy for unknown AEs.
@@ -637,6 +698,7 @@ mod tests {
             host: "127.0.0.1".into(),
             port: 104,
             services: [Service::Find, Service::Move].into_iter().collect(),
+            on_conflict: None,
         }];
         assert!(c.services_for("WS1 ").contains(&Service::Move));
         assert!(!c.services_for("WS1").contains(&Service::Store));

@@ -3,6 +3,7 @@
 
 pub mod charset;
 pub mod config;
+pub mod dataset;
 pub mod dimse;
 pub mod ha;
 pub mod index;

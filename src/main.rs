@@ -436,6 +436,9 @@ async fn wait_for_signal() {
 #[tokio::main]
 async fn main() -> ExitCode {
     init_tracing();
+    // A panic in pacsd's own code aborts (an HA peer takes over from a known state); one in a
+    // decoder working on outside bytes is contained and answered with a failure status.
+    pacsd::dataset::install_panic_hook();
     match run(Cli::parse()).await {
         Ok(code) => code,
         Err(e) => {

@@ -110,6 +110,10 @@ impl Node {
                 self.storage.clone(),
                 self.config.node.max_object_size,
                 self.gate.clone(),
+                {
+                    let config = self.config.clone();
+                    Box::new(move |ae: &str| config.on_conflict(ae))
+                },
             )),
             find: Arc::new(FindService {
                 index: self.index.clone(),
@@ -124,9 +128,7 @@ impl Node {
                 config: self.config.clone(),
             }),
         });
-        let policy = AcceptorPolicy {
-            config: self.config.clone(),
-        };
+        let policy = AcceptorPolicy::new(self.config.clone());
         crate::net::run(listener, policy, services, shutdown).await;
         let _ = worker.await;
         if let Some(r) = renderer {
@@ -265,7 +267,12 @@ pub async fn record_from_storage(
     let bytes = storage.get(key).await.map_err(|e| e.to_string())?;
     let (meta, offset) = crate::part10::split(&bytes).map_err(|e| e.to_string())?;
     let ts = meta.transfer_syntax().to_string();
-    let header = record::parse_header(&bytes[offset..], &ts).map_err(|e| e.to_string())?;
+    let header = record::parse_header(
+        &bytes[offset..],
+        &ts,
+        crate::config::DEFAULT_MAX_OBJECT_SIZE,
+    )
+    .map_err(|e| e.to_string())?;
     let mut rec = record::extract(&header).map_err(|e| e.to_string())?;
     let (study, series, sop) = parse_object_key(storage.prefix(), key).ok_or("bad key")?;
     if (

@@ -57,9 +57,15 @@ pub fn split(bytes: &[u8]) -> Result<(FileMetaTable, usize), Part10Error> {
         } else {
             return Err(Part10Error::NotPart10);
         };
-    let mut cursor = Cursor::new(&bytes[start..]);
-    let meta =
-        FileMetaTable::from_reader(&mut cursor).map_err(|e| Part10Error::Meta(e.to_string()))?;
+    // The meta group is pre-scanned so that dicom-rs reads only bytes that are there.
+    let meta_len = crate::dataset::meta_group_len(&bytes[start + MAGIC.len()..])
+        .map_err(|e| Part10Error::Meta(e.to_string()))?;
+    let mut cursor = Cursor::new(&bytes[start..start + MAGIC.len() + meta_len]);
+    let meta = crate::dataset::contain("reading a file meta group", || {
+        FileMetaTable::from_reader(&mut cursor)
+    })
+    .map_err(|e| Part10Error::Meta(e.to_string()))?
+    .map_err(|e| Part10Error::Meta(e.to_string()))?;
     Ok((meta, start + cursor.position() as usize))
 }
 

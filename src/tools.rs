@@ -444,12 +444,17 @@ pub async fn find(opts: &ScuOptions, spec: &FindSpec) -> Result<FindResult, Tool
     let sop = spec.model.find_sop_class();
     let (raw, status) = assoc.find(ctx, sop, &bytes, spec.cancel_after).await?;
     assoc.release().await?;
-    let ts = EXPLICIT_VR_LITTLE_ENDIAN.erased();
+    // The remote node's answers are outside bytes too: the bounded pre-scan first.
     let matches = raw
         .iter()
         .map(|b| {
-            dicom_object::InMemDicomObject::read_dataset_with_ts(&b[..], &ts)
-                .map_err(|e| bad_query(e.to_string()))
+            crate::dataset::parse(
+                b,
+                EXPLICIT_VR_LITTLE_ENDIAN.uid(),
+                crate::dataset::MAX_DEPTH,
+                0,
+            )
+            .map_err(|e| bad_query(e.to_string()))
         })
         .collect::<Result<Vec<_>, _>>()?;
     Ok(FindResult {

@@ -332,6 +332,8 @@ fn statuses_in_the_statement_are_the_codes_the_code_uses() {
         SOP_CLASS_NOT_SUPPORTED,
         PROCESSING_FAILURE,
         UNRECOGNIZED_OPERATION,
+        DUPLICATE_SOP_INSTANCE,
+        PATIENT_CONFLICT,
     ] {
         assert!(
             doc.contains(&format!("| {code:04X} |")) || doc.contains(&format!("{code:04X} (")),

@@ -67,12 +67,14 @@ async fn calling_ae_policy_from_peers() {
                 host: "127.0.0.1".into(),
                 port: 104,
                 services: [Service::Echo, Service::Store].into_iter().collect(),
+                on_conflict: None,
             },
             Peer {
                 ae_title: "ECHOONLY".into(),
                 host: "127.0.0.1".into(),
                 port: 104,
                 services: [Service::Echo].into_iter().collect(),
+                on_conflict: None,
             },
         ];
     })

@@ -29,7 +29,7 @@ impl Destination {
             .local_addr()
             .unwrap()
             .port();
-        let child = Command::new("storescp")
+        let child = Command::new(dcmtk_path("storescp"))
             .args(["-aet", "DEST", "+B", "-od"])
             .arg(dir.path())
             .args(extra)
@@ -77,6 +77,7 @@ async fn node_with(dest_port: u16, specs: &[Spec]) -> TestNode {
             host: "127.0.0.1".into(),
             port: dest_port,
             services: Default::default(),
+            on_conflict: None,
         }];
     })
     .await;

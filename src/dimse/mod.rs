@@ -106,9 +106,15 @@ impl Command {
                 bytes.len()
             )));
         }
-        let obj =
-            InMemDicomObject::read_dataset_with_ts(bytes, &IMPLICIT_VR_LITTLE_ENDIAN.erased())
-                .map_err(|e| CommandError::Decode(e.to_string()))?;
+        // The bounded pre-scan first: a command set holds no sequences, and no element may
+        // declare more bytes than are present (crate::dataset explains why).
+        let obj = crate::dataset::parse(
+            bytes,
+            IMPLICIT_VR_LITTLE_ENDIAN.uid(),
+            crate::dataset::COMMAND_DEPTH,
+            0,
+        )
+        .map_err(|e| CommandError::Decode(e.to_string()))?;
         let u16_of = |t: Tag| obj.get(t).and_then(|e| e.to_int::<u16>().ok());
         let str_of = |t: Tag| {
             obj.get(t)

@@ -8,6 +8,12 @@ pub const OUT_OF_RESOURCES: u16 = 0xA700;
 pub const DATA_SET_DOES_NOT_MATCH_SOP_CLASS: u16 = 0xA900;
 /// PS3.4 B.2.3: Error, cannot understand (C000-CFFF).
 pub const CANNOT_UNDERSTAND: u16 = 0xC000;
+/// PS3.7 C.5.9: Duplicate SOP Instance (a C-STORE of a stored SOP Instance UID whose content
+/// differs; the stored version is kept).
+pub const DUPLICATE_SOP_INSTANCE: u16 = 0x0111;
+/// PS3.4 B.2.3 "Error: Cannot understand" (C000-CFFF), the sub-code pacsd uses for an instance
+/// whose Patient ID/Issuer differs from the patient its study is stored under.
+pub const PATIENT_CONFLICT: u16 = 0xC010;
 /// PS3.7 C.5.17: Processing failure.
 pub const PROCESSING_FAILURE: u16 = 0x0110;
 /// PS3.7 C.5.21: SOP class not supported.

@@ -61,6 +61,14 @@ pub enum IndexError {
     OutOfOrder { expected: i64, got: i64 },
     #[error("replicated record {seq} does not apply here: {reason}")]
     Diverged { seq: i64, reason: String },
+    #[error(
+        "study {study} belongs to patient `{stored}`; this instance names patient `{received}`"
+    )]
+    PatientConflict {
+        study: String,
+        stored: String,
+        received: String,
+    },
 }
 
 /// Result of inserting an instance.
@@ -715,7 +723,7 @@ fn insert_rows(
     };
 
     // Study: the first instance's patient owns it; a later instance naming another patient
-    // for the same study is indexed under the study as it stands (logged).
+    // for the same study is refused (rolled back with the savepoint), never merged into it.
     let (study_fk, study_patient_fk, new_study) = match c
         .query_row(
             "SELECT id, patient_fk FROM study WHERE study_instance_uid = ?1",
@@ -746,8 +754,23 @@ fn insert_rows(
         }
     };
     if study_patient_fk != patient_fk {
-        warn!(study = %rec.study_instance_uid, sop = %rec.sop_instance_uid,
-              "instance names a different patient than its study; indexed under the study's patient");
+        let stored: (String, String) = c.query_row(
+            "SELECT patient_id, issuer_of_patient_id FROM patient WHERE id = ?1",
+            params![study_patient_fk],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )?;
+        let show = |(id, issuer): (&str, &str)| {
+            if issuer.is_empty() {
+                id.to_string()
+            } else {
+                format!("{id}^{issuer}")
+            }
+        };
+        return Err(IndexError::PatientConflict {
+            study: rec.study_instance_uid.clone(),
+            stored: show((&stored.0, &stored.1)),
+            received: show((&rec.patient_id, &rec.issuer_of_patient_id)),
+        });
     }
 
     let (series_fk, new_series) = match c

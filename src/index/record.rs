@@ -1,13 +1,9 @@
 //! Record extraction: the attributes the index keeps, read from the data set as received
 //! (parsing stops before Pixel Data, which is never decoded on ingest).
 
-use std::io::{BufReader, Cursor};
-
 use dicom_core::Tag;
 use dicom_dictionary_std::tags;
-use dicom_encoding::transfer_syntax::{Codec, TransferSyntaxIndex};
-use dicom_object::{DicomCollector, InMemDicomObject};
-use dicom_transfer_syntax_registry::TransferSyntaxRegistry;
+use dicom_object::InMemDicomObject;
 use serde::{Deserialize, Serialize};
 
 use crate::storage::{Uid, UidError};
@@ -92,33 +88,20 @@ fn uid_attr(attribute: &'static str, value: &str) -> Result<Uid, RecordError> {
     Uid::parse(value).map_err(|source| RecordError::InvalidUid { attribute, source })
 }
 
-/// Parse the data set bytes (encoded in `transfer_syntax`) up to Pixel Data.
+/// Parse the data set bytes (encoded in `transfer_syntax`) up to Pixel Data, after the bounded
+/// pre-scan of the whole data set (`crate::dataset`): a malformed, truncated or too deeply
+/// nested data set is refused, and a deflated one may inflate to at most `max_inflated` bytes.
 pub fn parse_header(
     dataset: &[u8],
     transfer_syntax: &str,
+    max_inflated: u64,
 ) -> Result<InMemDicomObject, RecordError> {
-    let parse_error = |reason: String| RecordError::Parse {
-        transfer_syntax: transfer_syntax.to_string(),
-        reason,
-    };
-    let ts = TransferSyntaxRegistry
-        .get(transfer_syntax)
-        .ok_or_else(|| parse_error("unknown transfer syntax".into()))?;
-    if matches!(ts.codec(), Codec::Dataset(Some(_))) {
-        // A whole-data-set codec (Deflated Explicit VR LE): the header streamer does not
-        // inflate, so the data set is read in full (still without decoding pixel data).
-        return InMemDicomObject::read_dataset_with_ts(dataset, ts)
-            .map_err(|e| parse_error(e.to_string()));
-    }
-    let mut collector = DicomCollector::new_with_ts(
-        BufReader::new(Cursor::new(dataset)),
-        transfer_syntax.to_string(),
-    );
-    let mut obj = InMemDicomObject::new_empty();
-    collector
-        .read_dataset_up_to_pixeldata(&mut obj)
-        .map_err(|e| parse_error(e.to_string()))?;
-    Ok(obj)
+    crate::dataset::parse_header(dataset, transfer_syntax, max_inflated).map_err(|e| {
+        RecordError::Parse {
+            transfer_syntax: transfer_syntax.to_string(),
+            reason: e.to_string(),
+        }
+    })
 }
 
 /// Extract the index record from a parsed header; storage fields are left empty.
@@ -221,7 +204,8 @@ mod tests {
             spec.charset = charset.into();
             spec.patient_name = name.into();
             let bytes = encoded(&spec);
-            let rec = extract(&parse_header(&bytes, "1.2.840.10008.1.2.1").unwrap()).unwrap();
+            let rec =
+                extract(&parse_header(&bytes, "1.2.840.10008.1.2.1", 1 << 20).unwrap()).unwrap();
             assert_eq!(rec.patient_name.as_deref(), Some(name), "{charset}");
         }
     }

@@ -7,6 +7,9 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::time::Instant;
+
 use bytes::BytesMut;
 use dicom_ul::pdu::{
     AbortRQServiceProviderReason, AbortRQSource, AssociationAC, AssociationRJ, AssociationRJResult,
@@ -111,10 +114,23 @@ fn negotiate_find(requested: &[u8]) -> Vec<u8> {
 pub struct DimseMessage {
     pub context_id: u8,
     pub command: Command,
-    /// The data set as received, or `None` when the command announced none.
+    /// The data set as received, or `None` when the command announced none (or it was
+    /// dropped, see `dropped`).
     pub data: Option<Vec<u8>>,
-    /// The data set exceeded the size limit and was discarded while it was drained.
-    pub oversize: Option<u64>,
+    /// Why the announced data set was discarded while it was drained, if it was.
+    pub dropped: Option<Dropped>,
+    /// The share of the node's receive budget that `data` holds; returned when the message
+    /// (and so this permit) is dropped after it has been handled.
+    pub memory: Option<OwnedSemaphorePermit>,
+}
+
+/// Why a data set was drained without being kept; the message still gets its response.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Dropped {
+    /// Longer than `node.max_object_size` (bytes received when it was given up).
+    TooLarge { size: u64, limit: u64 },
+    /// The node-wide budget for data sets being received (`node.receive_budget`) was spent.
+    OverBudget { budget: u64 },
 }
 
 /// What the next read produced.
@@ -127,10 +143,29 @@ pub enum Incoming {
     Aborted,
 }
 
-/// Limits and identity the acceptor applies.
+/// Limits and identity the acceptor applies, and the node-wide budgets it shares between
+/// associations.
 #[derive(Debug, Clone)]
 pub struct AcceptorPolicy {
     pub config: Arc<Config>,
+    /// One permit per established association (`node.max_associations`), taken only once a
+    /// valid A-ASSOCIATE-RQ has arrived, so idle or dripping sockets cannot hold them.
+    pub associations: Arc<Semaphore>,
+    /// One permit per byte of data set being received (`node.receive_budget`).
+    pub receive_budget: Arc<Semaphore>,
+}
+
+impl AcceptorPolicy {
+    pub fn new(config: Arc<Config>) -> AcceptorPolicy {
+        let budget = usize::try_from(config.node.receive_budget)
+            .unwrap_or(usize::MAX)
+            .min(Semaphore::MAX_PERMITS);
+        AcceptorPolicy {
+            associations: Arc::new(Semaphore::new(config.node.max_associations)),
+            receive_budget: Arc::new(Semaphore::new(budget)),
+            config,
+        }
+    }
 }
 
 /// Reassembly state kept in the association so that `next()` can be cancelled safely.
@@ -141,7 +176,8 @@ struct Partial {
     command_done: Option<Command>,
     data: Vec<u8>,
     data_len: u64,
-    oversize: bool,
+    dropped: Option<Dropped>,
+    memory: Option<OwnedSemaphorePermit>,
 }
 
 /// An established association, acceptor side.
@@ -163,6 +199,13 @@ pub struct Association {
     partial: Partial,
     /// Message ID for requests this node sends on the association (C-GET sub-operations).
     next_message_id: u16,
+    /// When the peer last made progress: a PDV with bytes in it, or the start of a read for
+    /// the next message. Empty P-DATA does not count, so it cannot keep an association open.
+    last_progress: Instant,
+    receive_budget: Arc<Semaphore>,
+    receive_budget_total: u64,
+    /// This association's share of `node.max_associations`, held until it ends.
+    _permit: Option<OwnedSemaphorePermit>,
 }
 
 fn reject(result: AssociationRJResult, source: AssociationRJSource) -> Pdu {
@@ -200,8 +243,13 @@ impl Association {
             max_object_size: config.node.max_object_size,
             partial: Partial::default(),
             next_message_id: 1,
+            last_progress: Instant::now(),
+            receive_budget: policy.receive_budget.clone(),
+            receive_budget_total: config.node.receive_budget,
+            _permit: None,
         };
         let artim = config.timeouts.artim();
+        let artim_deadline = Instant::now() + artim;
         let pdu = match tokio::time::timeout(artim, assoc.read_pdu(MAX_ASSOCIATE_RQ)).await {
             Ok(r) => r?,
             Err(_) => {
@@ -286,6 +334,28 @@ impl Association {
                     &why,
                 )
                 .await;
+        }
+
+        // The association's permit, taken only now that a valid request has arrived. A peer
+        // that finds every association busy waits until its ARTIM time runs out, then gets
+        // A-ASSOCIATE-RJ transient, local limit exceeded (PS3.8 9.3.4).
+        match tokio::time::timeout_at(artim_deadline, policy.associations.clone().acquire_owned())
+            .await
+        {
+            Ok(permit) => assoc._permit = Some(permit.expect("semaphore never closed")),
+            Err(_) => {
+                return assoc
+                    .reject_with(
+                        reject(
+                            AssociationRJResult::Transient,
+                            AssociationRJSource::ServiceProviderPresentation(
+                                dicom_ul::pdu::AssociationRJServiceProviderPresentationReason::LocalLimitExceeded,
+                            ),
+                        ),
+                        "every association is in use (node.max_associations)",
+                    )
+                    .await;
+            }
         }
 
         for uv in &rq.user_variables {
@@ -413,13 +483,19 @@ impl Association {
             called_ae_title: rq.called_ae_title.clone(),
             application_context_name: APPLICATION_CONTEXT.to_string(),
             presentation_contexts: results,
-            user_variables: vec![
+            // PS3.7 D.3.3.4 and D.3.3.5: the SCP/SCU role selection and SOP class extended
+            // negotiation replies go back in the AC (pynetdicom refuses C-GET sub-operations
+            // and relational queries without them).
+            user_variables: [
                 UserVariableItem::MaxLength(assoc.our_max_pdu),
                 UserVariableItem::ImplementationClassUID(IMPLEMENTATION_CLASS_UID.to_string()),
                 UserVariableItem::ImplementationVersionName(
                     IMPLEMENTATION_VERSION_NAME.to_string(),
                 ),
-            ],
+            ]
+            .into_iter()
+            .chain(ext_replies)
+            .collect(),
         });
         assoc.send_pdu(&ac).await?;
         info!(
@@ -472,12 +548,16 @@ impl Association {
         self.partial.context_id.is_some()
     }
 
-    /// Read the next DIMSE message, waiting at most the idle timeout for each PDU.
-    /// Cancel-safe: partial messages are kept in `self` and resumed by the next call.
+    /// Read the next DIMSE message; the association is aborted when the peer makes no progress
+    /// (no PDV with bytes in it) for the idle timeout. Cancel-safe: partial messages are kept
+    /// in `self` and resumed by the next call.
     pub async fn next(&mut self) -> Result<Incoming, NetError> {
+        if !self.mid_message() {
+            self.last_progress = Instant::now();
+        }
         loop {
-            let pdu = match tokio::time::timeout(self.idle_timeout, self.read_pdu(self.our_max_pdu))
-                .await
+            let deadline = self.last_progress + self.idle_timeout;
+            let pdu = match tokio::time::timeout_at(deadline, self.read_pdu(self.our_max_pdu)).await
             {
                 Ok(r) => r?,
                 Err(_) => {
@@ -492,6 +572,9 @@ impl Association {
             };
             match pdu {
                 Pdu::PData { data } => {
+                    if data.iter().any(|pdv| !pdv.data.is_empty()) {
+                        self.last_progress = Instant::now();
+                    }
                     for pdv in data {
                         if let Some(msg) = self.absorb(pdv).await? {
                             return Ok(Incoming::Message(Box::new(msg)));
@@ -579,7 +662,8 @@ impl Association {
                         context_id,
                         command,
                         data: None,
-                        oversize: None,
+                        dropped: None,
+                        memory: None,
                     }));
                 }
                 self.partial.command_done = Some(command);
@@ -592,13 +676,19 @@ impl Association {
                     return Err(protocol("data fragment before the command set".into()));
                 }
                 self.partial.data_len += pdv.data.len() as u64;
-                if self.partial.data_len > self.max_object_size {
-                    // Drain without keeping: the message still gets a proper failure response.
-                    if !self.partial.oversize {
-                        warn!(peer = %self.peer, limit = self.max_object_size, "data set over the size limit; draining");
+                if self.partial.dropped.is_none() {
+                    self.partial.dropped = self.reserve(pdv.data.len());
+                    if let Some(why) = self.partial.dropped {
+                        warn!(peer = %self.peer, ?why, "data set refused; draining it");
                     }
-                    self.partial.oversize = true;
+                }
+                if let Some(Dropped::TooLarge { size, .. }) = &mut self.partial.dropped {
+                    *size = self.partial.data_len;
+                }
+                if self.partial.dropped.is_some() {
+                    // Drain without keeping: the message still gets a proper failure response.
                     self.partial.data = Vec::new();
+                    self.partial.memory = None;
                 } else if self.partial.data.is_empty() {
                     self.partial.data = pdv.data;
                 } else {
@@ -611,10 +701,39 @@ impl Association {
                 Ok(Some(DimseMessage {
                     context_id: pdv.presentation_context_id,
                     command: partial.command_done.expect("checked above"),
-                    data: (!partial.oversize).then_some(partial.data),
-                    oversize: partial.oversize.then_some(partial.data_len),
+                    data: partial.dropped.is_none().then_some(partial.data),
+                    dropped: partial.dropped,
+                    memory: partial.memory,
                 }))
             }
+        }
+    }
+
+    /// Take `bytes` more of the receive budget for the data set being reassembled, or say why
+    /// it must be dropped instead.
+    fn reserve(&mut self, bytes: usize) -> Option<Dropped> {
+        if self.partial.data_len > self.max_object_size {
+            return Some(Dropped::TooLarge {
+                size: self.partial.data_len,
+                limit: self.max_object_size,
+            });
+        }
+        let Ok(n) = u32::try_from(bytes) else {
+            return Some(Dropped::OverBudget {
+                budget: self.receive_budget_total,
+            });
+        };
+        match self.receive_budget.clone().try_acquire_many_owned(n) {
+            Ok(permit) => {
+                match &mut self.partial.memory {
+                    Some(held) => held.merge(permit),
+                    None => self.partial.memory = Some(permit),
+                }
+                None
+            }
+            Err(_) => Some(Dropped::OverBudget {
+                budget: self.receive_budget_total,
+            }),
         }
     }
 

@@ -1,14 +1,22 @@
-//! The accept loop: a permit is taken before `accept` (so the association limit holds without
-//! half-served clients), accept errors back off, every association runs in its own task with
-//! a tracing span, and shutdown stops accepting, lets each association finish the message in
-//! flight, then waits for them up to a deadline.
+//! The accept loop: connections are bounded per peer address and while they negotiate (the
+//! oldest unfinished negotiation gives way to a new connection), the association permit is
+//! taken only after a valid A-ASSOCIATE-RQ (in `association`), accept errors back off, every
+//! association runs in its own task with a tracing span, and shutdown stops accepting, lets
+//! each association finish the message in flight, then waits for them up to a deadline.
+//!
+//! Why not a permit before `accept` (the mini-redis pattern): idle sockets and requests
+//! dripped one byte a second then hold every permit, and a legitimate C-ECHO waits in the
+//! kernel backlog behind them. Here an idle socket holds only a negotiation slot, which a
+//! newer connection takes over, and one address cannot hold more than its share.
 
+use std::collections::{HashMap, VecDeque};
 use std::future::Future;
-use std::sync::Arc;
+use std::net::IpAddr;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::net::TcpListener;
-use tokio::sync::Semaphore;
+use tokio::sync::oneshot;
 use tokio::task::JoinSet;
 use tracing::{Instrument, debug, error, info, info_span, warn};
 
@@ -30,6 +38,69 @@ pub trait MessageHandler: Send + Sync + 'static {
     ) -> impl Future<Output = Result<(), NetError>> + Send;
 }
 
+/// Open connections per peer address; a slot is given back when its connection ends.
+#[derive(Debug, Default)]
+struct PerAddress {
+    open: Mutex<HashMap<IpAddr, usize>>,
+}
+
+/// One connection's place in `PerAddress`.
+struct AddressSlot {
+    table: Arc<PerAddress>,
+    ip: IpAddr,
+}
+
+impl PerAddress {
+    fn take(self: &Arc<Self>, ip: IpAddr, limit: usize) -> Option<AddressSlot> {
+        let mut open = self.open.lock().expect("per-address table");
+        let n = open.entry(ip).or_default();
+        if *n >= limit {
+            return None;
+        }
+        *n += 1;
+        Some(AddressSlot {
+            table: self.clone(),
+            ip,
+        })
+    }
+}
+
+impl Drop for AddressSlot {
+    fn drop(&mut self) {
+        let mut open = self.table.open.lock().expect("per-address table");
+        if let Some(n) = open.get_mut(&self.ip) {
+            *n -= 1;
+            if *n == 0 {
+                open.remove(&self.ip);
+            }
+        }
+    }
+}
+
+/// Connections still negotiating, oldest first; each can be told to give way.
+#[derive(Default)]
+struct Negotiating {
+    queue: VecDeque<oneshot::Sender<()>>,
+}
+
+impl Negotiating {
+    /// Register a new negotiation; when `limit` are already running, the oldest is told to
+    /// give way (a legitimate requestor sends its A-ASSOCIATE-RQ within milliseconds, so the
+    /// oldest is the one most likely to be idle or dripping).
+    fn admit(&mut self, limit: usize) -> oneshot::Receiver<()> {
+        // A negotiation that finished dropped its receiver.
+        self.queue.retain(|tx| !tx.is_closed());
+        while self.queue.len() >= limit {
+            if let Some(oldest) = self.queue.pop_front() {
+                let _ = oldest.send(());
+            }
+        }
+        let (tx, rx) = oneshot::channel();
+        self.queue.push_back(tx);
+        rx
+    }
+}
+
 /// Serve associations on `listener` until `shutdown` fires.
 pub async fn run<H: MessageHandler>(
     listener: TcpListener,
@@ -37,9 +108,12 @@ pub async fn run<H: MessageHandler>(
     handler: Arc<H>,
     mut shutdown: Shutdown,
 ) {
-    let limit = Arc::new(Semaphore::new(policy.config.node.max_associations));
     let drain_deadline = policy.config.timeouts.shutdown();
+    let per_address_limit = policy.config.node.max_associations_per_address;
+    let negotiation_limit = policy.config.node.max_negotiating;
     let policy = Arc::new(policy);
+    let per_address = Arc::new(PerAddress::default());
+    let mut negotiating = Negotiating::default();
     let mut tasks = JoinSet::new();
     let mut backoff = ACCEPT_BACKOFF;
     loop {
@@ -49,10 +123,6 @@ pub async fn run<H: MessageHandler>(
                 error!(error = %e, "association task failed");
             }
         }
-        let permit = tokio::select! {
-            p = limit.clone().acquire_owned() => p.expect("semaphore never closed"),
-            _ = shutdown.wait() => break,
-        };
         let accepted = tokio::select! {
             r = listener.accept() => r,
             _ = shutdown.wait() => break,
@@ -69,14 +139,21 @@ pub async fn run<H: MessageHandler>(
                 continue;
             }
         };
+        let Some(slot) = per_address.take(addr.ip(), per_address_limit) else {
+            // Closed at once: holding it open would give the flood what it wants.
+            debug!(peer = %addr, limit = per_address_limit, "connection refused: too many from this address");
+            drop(socket);
+            continue;
+        };
+        let give_way = negotiating.admit(negotiation_limit);
         let policy = policy.clone();
         let handler = handler.clone();
         let shutdown = shutdown.clone();
         let span = info_span!("assoc", peer = %addr, calling_ae = tracing::field::Empty);
         tasks.spawn(
             async move {
-                let _permit = permit;
-                serve_association(socket, &policy, &*handler, shutdown).await;
+                let _slot = slot;
+                serve_association(socket, &policy, &*handler, give_way, shutdown).await;
             }
             .instrument(span),
         );
@@ -100,9 +177,17 @@ async fn serve_association<H: MessageHandler>(
     socket: tokio::net::TcpStream,
     policy: &AcceptorPolicy,
     handler: &H,
+    give_way: oneshot::Receiver<()>,
     mut shutdown: Shutdown,
 ) {
-    let mut assoc = match Association::accept(socket, policy).await {
+    let accepted = tokio::select! {
+        r = Association::accept(socket, policy) => r,
+        _ = give_way => {
+            debug!("negotiation dropped: newer connections needed its slot");
+            return;
+        }
+    };
+    let mut assoc = match accepted {
         Ok(a) => a,
         Err(NetError::Rejected(_)) => return,
         Err(e) => {

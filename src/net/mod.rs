@@ -9,7 +9,7 @@ pub mod shutdown;
 pub mod syntax;
 
 pub use association::{
-    AcceptedContext, AcceptorPolicy, Association, DimseMessage, Incoming, NetError,
+    AcceptedContext, AcceptorPolicy, Association, DimseMessage, Dropped, Incoming, NetError,
 };
 pub use listener::{MessageHandler, run};
 pub use shutdown::{Shutdown, ShutdownTrigger};

@@ -6,11 +6,9 @@
 pub mod fetch;
 pub mod worker;
 
-use std::io::Cursor;
-
 use dicom_core::Tag;
 use dicom_dictionary_std::tags;
-use dicom_object::{DefaultDicomObject, OpenFileOptions};
+use dicom_object::DefaultDicomObject;
 use dicom_pixeldata::{ConvertOptions, PixelDecoder};
 use image::imageops::FilterType;
 use image::{DynamicImage, RgbImage};
@@ -52,8 +50,15 @@ pub fn render_preview(part10: &[u8]) -> Result<Option<Vec<u8>>, RenderError> {
 }
 
 /// The first frame as an 8-bit grey or RGB image at full size, or None without pixel data.
+/// The pixel decoders run inside the panic boundary of `crate::dataset`.
 pub fn render_image(part10: &[u8]) -> Result<Option<DynamicImage>, RenderError> {
-    let obj = open(part10)?;
+    let obj = crate::dataset::open_part10(part10, crate::config::DEFAULT_MAX_OBJECT_SIZE)
+        .map_err(|e| RenderError::Read(e.to_string()))?;
+    crate::dataset::contain("decoding pixel data for a preview", || image_of(&obj))
+        .map_err(|e| RenderError::Decode(e.to_string()))?
+}
+
+fn image_of(obj: &DefaultDicomObject) -> Result<Option<DynamicImage>, RenderError> {
     if PIXEL_ELEMENTS
         .iter()
         .all(|&t| obj.element_opt(t).ok().flatten().is_none())
@@ -77,7 +82,7 @@ pub fn render_image(part10: &[u8]) -> Result<Option<DynamicImage>, RenderError> 
                 &ConvertOptions::new().with_modality_lut(dicom_pixeldata::ModalityLutOption::None),
             )
             .map_err(|e| RenderError::Convert(e.to_string()))?;
-        let palette = Palette::from_object(&obj)?;
+        let palette = Palette::from_object(obj)?;
         return Ok(Some(DynamicImage::ImageRgb8(palette.apply(
             &indices,
             frame.columns(),
@@ -114,18 +119,6 @@ pub fn encode_jpeg(image: &DynamicImage) -> Result<Vec<u8>, RenderError> {
         .write_with_encoder(encoder)
         .map_err(|e| RenderError::Encode(e.to_string()))?;
     Ok(out)
-}
-
-fn open(part10: &[u8]) -> Result<DefaultDicomObject, RenderError> {
-    // From `DICM` on (the reader expects no preamble).
-    let start = if part10.get(128..132) == Some(b"DICM".as_slice()) {
-        128
-    } else {
-        0
-    };
-    OpenFileOptions::new()
-        .from_reader(Cursor::new(&part10[start..]))
-        .map_err(|e| RenderError::Read(e.to_string()))
 }
 
 /// The red, green and blue palette colour lookup tables (PS3.3 C.7.6.3.1.5-6).

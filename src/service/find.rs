@@ -146,7 +146,7 @@ impl FindService {
             combined_datetime: context.combined_datetime(),
             pn_case_insensitive: self.pn_case_insensitive,
         };
-        let req = read_identifier(data, &context.transfer_syntax, model, opts)?;
+        let req = read_identifier(data, &context.transfer_syntax, model, opts).await?;
         match self.index.find(req.query.clone(), self.max_results).await? {
             FindOutcome::Rows(rows) => Ok((rows, req)),
             FindOutcome::TooMany { matches, limit } => Err(FindError::TooMany { matches, limit }),
@@ -248,8 +248,12 @@ impl FindService {
         let bytes = self.storage.get(key).await.map_err(|e| e.to_string())?;
         tokio::task::spawn_blocking(move || {
             let (meta, offset) = crate::part10::split(&bytes).map_err(|e| e.to_string())?;
-            record::parse_header(&bytes[offset..], meta.transfer_syntax())
-                .map_err(|e| e.to_string())
+            record::parse_header(
+                &bytes[offset..],
+                meta.transfer_syntax(),
+                crate::config::DEFAULT_MAX_OBJECT_SIZE,
+            )
+            .map_err(|e| e.to_string())
         })
         .await
         .map_err(|e| e.to_string())?

@@ -32,8 +32,12 @@ impl MessageHandler for Services {
             context_id,
             command,
             data,
-            oversize,
+            dropped,
+            memory,
         } = msg;
+        // The received data set's share of the receive budget is given back once the request
+        // has been answered (the store path copies it while it works).
+        let _memory = memory;
         let context = assoc
             .context(context_id)
             .cloned()
@@ -48,7 +52,7 @@ impl MessageHandler for Services {
             (Some(CommandField::CStoreRq), Service::Store) => {
                 let status = self
                     .store
-                    .store(&context, assoc.calling_ae(), &command, data, oversize)
+                    .store(&context, assoc.calling_ae(), &command, data, dropped)
                     .await;
                 Command::response_to(&command, CommandField::CStoreRsp, status)
             }

@@ -255,23 +255,38 @@ impl IdentifierError {
     }
 }
 
-/// Decode a request's identifier in its presentation context's transfer syntax and translate
-/// it under `model`.
-pub fn read_identifier(
+/// A deflated identifier may inflate to at most this much (an identifier is a list of keys;
+/// 16 MiB holds tens of thousands of UIDs in a UID-list match).
+const MAX_IDENTIFIER_INFLATED: u64 = 16 * 1024 * 1024;
+
+/// Decode a request's identifier in its presentation context's transfer syntax (after the
+/// bounded pre-scan) and translate it under `model`, on the blocking pool.
+pub async fn read_identifier(
     data: Option<Vec<u8>>,
     transfer_syntax: &str,
     model: Model,
     opts: MatchOptions,
 ) -> Result<FindRequest, IdentifierError> {
-    use dicom_encoding::TransferSyntaxIndex;
     let data = data.ok_or(IdentifierError::NoIdentifier)?;
-    let ts = dicom_transfer_syntax_registry::TransferSyntaxRegistry
-        .get(transfer_syntax)
-        .ok_or_else(|| {
-            IdentifierError::Parse(format!("unknown transfer syntax {transfer_syntax}"))
-        })?;
-    let obj = InMemDicomObject::read_dataset_with_ts(&data[..], ts)
-        .map_err(|e| IdentifierError::Parse(e.to_string()))?;
+    let ts = transfer_syntax.to_string();
+    tokio::task::spawn_blocking(move || decode_identifier(&data, &ts, model, opts))
+        .await
+        .map_err(|e| IdentifierError::Parse(format!("identifier decoding stopped: {e}")))?
+}
+
+fn decode_identifier(
+    data: &[u8],
+    transfer_syntax: &str,
+    model: Model,
+    opts: MatchOptions,
+) -> Result<FindRequest, IdentifierError> {
+    let obj = crate::dataset::parse(
+        data,
+        transfer_syntax,
+        crate::dataset::MAX_DEPTH,
+        MAX_IDENTIFIER_INFLATED,
+    )
+    .map_err(|e| IdentifierError::Parse(e.to_string()))?;
     parse_identifier(&obj, model, opts)
 }
 

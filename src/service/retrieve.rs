@@ -118,7 +118,9 @@ impl RetrieveService {
             combined_datetime: false,
             pn_case_insensitive: self.config.query.pn_case_insensitive,
         };
-        let mut query = read_identifier(data, &context.transfer_syntax, model, opts)?.query;
+        let mut query = read_identifier(data, &context.transfer_syntax, model, opts)
+            .await?
+            .query;
         query.level = Level::Image;
         query.select = vec![
             Column::SopInstanceUid,
@@ -540,24 +542,24 @@ pub fn transcode(file: &[u8], from: &str, to: &str) -> Result<Vec<u8>, String> {
     }
     let mut out = Vec::with_capacity(file.len());
     if src.is_encapsulated_pixel_data() {
-        // Part 10 without the 128-byte preamble: from `DICM` on (meta, then data set).
-        let start = if file.get(128..132) == Some(b"DICM".as_slice()) {
-            128
-        } else {
-            0
-        };
-        let mut obj = dicom_object::OpenFileOptions::new()
-            .from_reader(&file[start..])
+        let mut obj = crate::dataset::open_part10(file, crate::config::DEFAULT_MAX_OBJECT_SIZE)
             .map_err(|e| format!("reading the stored object: {e}"))?;
-        obj.transcode(dst)
+        // The pixel decoders run inside the panic boundary.
+        crate::dataset::contain("decoding pixel data to transcode", || obj.transcode(dst))
+            .map_err(|e| e.to_string())?
             .map_err(|e| format!("decoding {from} pixel data: {e}"))?;
         obj.write_dataset_with_ts(&mut out, dst)
             .map_err(|e| e.to_string())?;
         return Ok(out);
     }
     let (_, offset) = crate::part10::split(file).map_err(|e| e.to_string())?;
-    let obj =
-        InMemDicomObject::read_dataset_with_ts(&file[offset..], src).map_err(|e| e.to_string())?;
+    let obj = crate::dataset::parse(
+        &file[offset..],
+        from,
+        crate::dataset::MAX_DEPTH,
+        crate::config::DEFAULT_MAX_OBJECT_SIZE,
+    )
+    .map_err(|e| e.to_string())?;
     obj.write_dataset_with_ts(&mut out, dst)
         .map_err(|e| e.to_string())?;
     Ok(out)

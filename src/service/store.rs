@@ -10,10 +10,11 @@ use bytes::Bytes;
 use sha2::{Digest, Sha256};
 use tracing::{debug, info, warn};
 
+use crate::config::OnConflict;
 use crate::dimse::{Command, Status, status};
 use crate::index::record::{self, RecordError};
 use crate::index::{Index, IndexError, InsertOutcome};
-use crate::net::AcceptedContext;
+use crate::net::{AcceptedContext, Dropped};
 use crate::part10;
 use crate::storage::{Storage, StorageError, Uid, object_key};
 
@@ -22,6 +23,14 @@ use crate::storage::{Storage, StorageError, Uid, object_key};
 pub enum StoreError {
     #[error("data set of {size} bytes exceeds the node's limit of {limit} bytes")]
     TooLarge { size: u64, limit: u64 },
+    #[error("receive budget of {budget} bytes in use; retry later")]
+    OverBudget { budget: u64 },
+    #[error("already stored with different content; stored version kept")]
+    Conflict {
+        sop: String,
+        stored: String,
+        received: String,
+    },
     #[error("command has no data set")]
     NoDataSet,
     #[error("Affected SOP Class UID missing or invalid in the command")]
@@ -59,9 +68,12 @@ impl StoreError {
     /// The single mapping from store failures to C-STORE statuses (PS3.4 B.2.3).
     pub fn to_status(&self) -> Status {
         let code = match self {
-            StoreError::TooLarge { .. } | StoreError::Storage(_) | StoreError::Index(_) => {
-                status::OUT_OF_RESOURCES
-            }
+            StoreError::Conflict { .. } => status::DUPLICATE_SOP_INSTANCE,
+            StoreError::Index(IndexError::PatientConflict { .. }) => status::PATIENT_CONFLICT,
+            StoreError::TooLarge { .. }
+            | StoreError::OverBudget { .. }
+            | StoreError::Storage(_)
+            | StoreError::Index(_) => status::OUT_OF_RESOURCES,
             StoreError::ContextMismatch { .. } => status::SOP_CLASS_NOT_SUPPORTED,
             StoreError::DataSetMismatch { .. } => status::DATA_SET_DOES_NOT_MATCH_SOP_CLASS,
             StoreError::NoDataSet
@@ -77,6 +89,11 @@ impl StoreError {
             }) => {
                 format!("write quorum not met: {ok} of {total} replicas, {needed} needed")
             }
+            StoreError::Index(IndexError::PatientConflict { received, .. }) => {
+                format!("Patient ID {received} differs from its study's")
+            }
+            // The pre-scan's or the parser's own words (the comment holds 64 characters).
+            StoreError::Record(RecordError::Parse { reason, .. }) => reason.clone(),
             StoreError::Index(_) => "index commit failed; object not kept".to_string(),
             other => other.to_string(),
         };
@@ -94,8 +111,8 @@ struct Prepared {
 
 /// CPU work of a C-STORE (runs on the blocking pool): parse up to Pixel Data, extract and
 /// validate the record, wrap the data set into a Part 10 file.
-fn prepare(data: &[u8], transfer_syntax: &str) -> Result<Prepared, StoreError> {
-    let header = record::parse_header(data, transfer_syntax)?;
+fn prepare(data: &[u8], transfer_syntax: &str, max_inflated: u64) -> Result<Prepared, StoreError> {
+    let header = record::parse_header(data, transfer_syntax, max_inflated)?;
     let rec = record::extract(&header)?;
     let uids = rec.uids()?;
     let file = part10::build(
@@ -126,6 +143,8 @@ pub struct StoreService {
     max_object_size: u64,
     in_flight: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
     gate: Option<Arc<dyn CommitGate>>,
+    /// What a conflicting re-send from a calling AE gets (`access.on_conflict` and peers).
+    on_conflict: Box<dyn Fn(&str) -> OnConflict + Send + Sync>,
 }
 
 impl StoreService {
@@ -134,6 +153,7 @@ impl StoreService {
         storage: Arc<Storage>,
         max_object_size: u64,
         gate: Option<Arc<dyn CommitGate>>,
+        on_conflict: Box<dyn Fn(&str) -> OnConflict + Send + Sync>,
     ) -> StoreService {
         StoreService {
             index,
@@ -141,6 +161,7 @@ impl StoreService {
             max_object_size,
             in_flight: Mutex::new(HashMap::new()),
             gate,
+            on_conflict,
         }
     }
 
@@ -159,10 +180,10 @@ impl StoreService {
         calling_ae: &str,
         command: &Command,
         data: Option<Vec<u8>>,
-        oversize: Option<u64>,
+        dropped: Option<Dropped>,
     ) -> Status {
         match self
-            .try_store(context, calling_ae, command, data, oversize)
+            .try_store(context, calling_ae, command, data, dropped)
             .await
         {
             Ok(()) => Status::success(),
@@ -183,13 +204,14 @@ impl StoreService {
         calling_ae: &str,
         command: &Command,
         data: Option<Vec<u8>>,
-        oversize: Option<u64>,
+        dropped: Option<Dropped>,
     ) -> Result<(), StoreError> {
-        if let Some(size) = oversize {
-            return Err(StoreError::TooLarge {
-                size,
-                limit: self.max_object_size,
-            });
+        match dropped {
+            Some(Dropped::TooLarge { size, limit }) => {
+                return Err(StoreError::TooLarge { size, limit });
+            }
+            Some(Dropped::OverBudget { budget }) => return Err(StoreError::OverBudget { budget }),
+            None => {}
         }
         let data = data.ok_or(StoreError::NoDataSet)?;
         let sop_class = command
@@ -232,8 +254,9 @@ impl StoreService {
         // Parse and wrap the data set off the async threads while the index is asked whether
         // the instance is already stored.
         let ts = context.transfer_syntax.clone();
+        let max_inflated = self.max_object_size;
         let (prepared, existing) = tokio::join!(
-            tokio::task::spawn_blocking(move || prepare(&data, &ts)),
+            tokio::task::spawn_blocking(move || prepare(&data, &ts, max_inflated)),
             self.index.instance(sop_instance.as_str())
         );
         let Prepared {
@@ -257,20 +280,13 @@ impl StoreService {
         }
 
         // Idempotent re-send: the first acknowledged version is kept (documented in the
-        // conformance statement); a different content is logged, never silently swapped in.
+        // conformance statement); different content is never swapped in, and the sender is
+        // told so unless its policy says otherwise.
         if let Some(existing) = existing? {
-            if sha256_hex(file).await == existing.sha256 {
-                debug!(sop = %uids.sop_instance, "instance already stored with identical content");
-            } else {
-                warn!(sop = %uids.sop_instance, "instance re-sent with different content; the stored version is kept");
-            }
-            // Its first C-STORE may have failed before the standby confirmed it: confirm
-            // everything committed so far, which includes it.
-            if self.gate.is_some() {
-                let (seq, _) = self.index.last_change().await?;
-                self.confirm(seq).await?;
-            }
-            return Ok(());
+            let received = sha256_hex(file).await;
+            return self
+                .already_stored(calling_ae, &uids.sop_instance, &existing.sha256, received)
+                .await;
         }
         let key = object_key(
             self.storage.prefix(),
@@ -321,12 +337,14 @@ impl StoreService {
                 // 3. In HA mode: the standby has the row (or we hold a solo epoch).
                 self.confirm(seq).await
             }
-            Ok(InsertOutcome::AlreadyPresent { .. }) => {
-                if self.gate.is_some() {
-                    let (seq, _) = self.index.last_change().await?;
-                    self.confirm(seq).await?;
+            Ok(InsertOutcome::AlreadyPresent { sha256 }) => {
+                // Indexed meanwhile (the per-instance lock makes this rare): the object just
+                // written has the same key, so it may only stay if it is the same content.
+                if sha256 != rec.sha256 {
+                    self.storage.delete_from(&key, &outcome.written).await;
                 }
-                Ok(())
+                self.already_stored(calling_ae, &uids.sop_instance, &sha256, rec.sha256)
+                    .await
             }
             Err(e) => {
                 // Undo: the object must not stay visible without its index row.
@@ -334,6 +352,39 @@ impl StoreService {
                 Err(e.into())
             }
         }
+    }
+
+    /// The answer to a C-STORE of an instance that is already indexed with `stored` as its
+    /// checksum: identical content is Success; different content follows the sender's
+    /// `on_conflict` policy. Either way the stored version stays.
+    async fn already_stored(
+        &self,
+        calling_ae: &str,
+        sop: &Uid,
+        stored: &str,
+        received: String,
+    ) -> Result<(), StoreError> {
+        if received != stored {
+            let policy = (self.on_conflict)(calling_ae);
+            warn!(%sop, calling_ae, stored, %received, ?policy,
+                  "instance re-sent with different content; the stored version is kept");
+            if policy == OnConflict::Reject {
+                return Err(StoreError::Conflict {
+                    sop: sop.to_string(),
+                    stored: stored.to_string(),
+                    received,
+                });
+            }
+        } else {
+            debug!(%sop, "instance already stored with identical content");
+        }
+        // Its first C-STORE may have failed before the standby confirmed it: confirm
+        // everything committed so far, which includes it.
+        if self.gate.is_some() {
+            let (seq, _) = self.index.last_change().await?;
+            self.confirm(seq).await?;
+        }
+        Ok(())
     }
 
     fn lock_for(&self, uid: &str) -> Arc<tokio::sync::Mutex<()>> {
