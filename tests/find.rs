@@ -137,7 +137,7 @@ impl FindOut {
 }
 
 fn findscu(port: u16, args: Vec<OsString>) -> FindOut {
-    let out = Command::new("findscu")
+    let out = Command::new(dcmtk_path("findscu"))
         .arg("-v")
         .args(args)
         .args(["-aec", "PACSD", "127.0.0.1"])

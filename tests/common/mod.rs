@@ -89,10 +89,41 @@ impl TestNode {
     }
 }
 
+/// The path of DCMTK's `tool`: the first one on PATH that says it is DCMTK's. pynetdicom
+/// installs its own `storescu`, `findscu`, `getscu`, `movescu` and `echoscu`; when those come
+/// first on the PATH they would shadow DCMTK's and the tests would drive the wrong client.
+pub fn dcmtk_path(tool: &str) -> PathBuf {
+    use std::collections::HashMap;
+    use std::sync::{Mutex, OnceLock};
+    static FOUND: OnceLock<Mutex<HashMap<String, PathBuf>>> = OnceLock::new();
+    let cache = FOUND.get_or_init(Default::default);
+    if let Some(p) = cache.lock().unwrap().get(tool) {
+        return p.clone();
+    }
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    let found = std::env::split_paths(&path)
+        .map(|dir| dir.join(tool))
+        .filter(|p| p.is_file())
+        .find(|p| {
+            // DCMTK's tools print `$dcmtk: <tool> v3.x ... $` first for --version.
+            Command::new(p)
+                .arg("--version")
+                .stdin(Stdio::null())
+                .output()
+                .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains("$dcmtk:"))
+        })
+        .unwrap_or_else(|| panic!("no DCMTK `{tool}` on PATH (apt-get install dcmtk)"));
+    cache
+        .lock()
+        .unwrap()
+        .insert(tool.to_string(), found.clone());
+    found
+}
+
 /// Run a DCMTK tool with TCP_NODELAY=1 (its Nagle delay would dominate otherwise) and a
 /// hard time limit.
 pub fn dcmtk(tool: &str, args: &[&str]) -> Output {
-    let mut child = Command::new(tool)
+    let mut child = Command::new(dcmtk_path(tool))
         .args(args)
         .env("TCP_NODELAY", "1")
         .stdout(Stdio::piped())
