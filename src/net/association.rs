@@ -109,6 +109,21 @@ fn negotiate_find(requested: &[u8]) -> Vec<u8> {
         .collect()
 }
 
+/// Why the presentation context IDs of an A-ASSOCIATE-RQ break PS3.8 9.3.2.2 (odd, 1-255,
+/// each once), or None when they do not.
+fn bad_context_ids(ids: impl Iterator<Item = u8>) -> Option<String> {
+    let mut seen = [false; 256];
+    for id in ids {
+        if id % 2 == 0 {
+            return Some(format!("presentation context ID {id} is not odd"));
+        }
+        if std::mem::replace(&mut seen[id as usize], true) {
+            return Some(format!("presentation context ID {id} is proposed twice"));
+        }
+    }
+    None
+}
+
 /// A complete DIMSE message: command set and, when announced, its data set bytes.
 #[derive(Debug)]
 pub struct DimseMessage {
@@ -272,6 +287,23 @@ impl Association {
         };
         assoc.calling_ae = rq.calling_ae_title.trim().to_string();
         assoc.called_ae = rq.called_ae_title.trim().to_string();
+        // AE titles go into logs and the audit trail: one with control bytes is escaped
+        // before it is shown, and refused below.
+        let calling_ok = crate::config::validate_ae_title("calling AE", &assoc.calling_ae).is_ok();
+        if !calling_ok {
+            assoc.calling_ae = format!("{:?}", assoc.calling_ae);
+        }
+        if !crate::config::validate_ae_title("called AE", &assoc.called_ae).is_ok() {
+            assoc.called_ae = format!("{:?}", assoc.called_ae);
+        }
+        // PS3.8 9.3.2.2: presentation context IDs are odd integers 1-255, each used once (so
+        // there are at most 128). A request that breaks this is a malformed PDU.
+        if let Some(why) = bad_context_ids(rq.presentation_contexts.iter().map(|pc| pc.id)) {
+            assoc
+                .send_abort(AbortRQServiceProviderReason::InvalidPduParameter)
+                .await;
+            return Err(NetError::Protocol { peer, reason: why });
+        }
 
         // PS3.8 9.3.2: only bit 0 of the protocol version is tested.
         if rq.protocol_version & 1 == 0 {
@@ -317,7 +349,11 @@ impl Association {
                 )
                 .await;
         }
-        let allowed: BTreeSet<Service> = config.services_for(&assoc.calling_ae);
+        let allowed: BTreeSet<Service> = if calling_ok {
+            config.services_for(&assoc.calling_ae)
+        } else {
+            BTreeSet::new()
+        };
         if allowed.is_empty() {
             let why = format!(
                 "calling AE title `{}` is not a known peer",
@@ -967,6 +1003,30 @@ fn push_pdata(out: &mut Vec<u8>, context_id: u8, control: u8, data: &[u8]) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn context_ids_must_be_odd_and_unique() {
+        assert_eq!(bad_context_ids([1u8, 3, 255].into_iter()), None);
+        assert_eq!(bad_context_ids((1..=255u8).step_by(2)), None);
+        assert!(
+            bad_context_ids([1u8, 0].into_iter())
+                .unwrap()
+                .contains("0 is not odd")
+        );
+        assert!(
+            bad_context_ids([2u8].into_iter())
+                .unwrap()
+                .contains("not odd")
+        );
+        assert!(
+            bad_context_ids([1u8, 3, 1].into_iter())
+                .unwrap()
+                .contains("1 is proposed twice")
+        );
+        // 129 contexts cannot all have distinct odd IDs.
+        let ids = (1..=255u8).step_by(2).chain([7u8]);
+        assert!(bad_context_ids(ids).is_some());
+    }
 
     #[test]
     fn hand_framed_pdata_matches_dicom_ul() {
