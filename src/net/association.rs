@@ -293,7 +293,7 @@ impl Association {
         if !calling_ok {
             assoc.calling_ae = format!("{:?}", assoc.calling_ae);
         }
-        if !crate::config::validate_ae_title("called AE", &assoc.called_ae).is_ok() {
+        if crate::config::validate_ae_title("called AE", &assoc.called_ae).is_err() {
             assoc.called_ae = format!("{:?}", assoc.called_ae);
         }
         // PS3.8 9.3.2.2: presentation context IDs are odd integers 1-255, each used once (so
