@@ -14,6 +14,11 @@ use common::{dcmtk, small_corpus, text};
 const BIN: &str = env!("CARGO_BIN_EXE_pacsd");
 
 fn write_config(dir: &Path, extra: &str) -> std::path::PathBuf {
+    write_config_with_node(dir, "", extra)
+}
+
+/// `write_config` with more `[node]` keys (`node_extra`, one per line).
+fn write_config_with_node(dir: &Path, node_extra: &str, extra: &str) -> std::path::PathBuf {
     let p = dir.join("pacsd.toml");
     let replicas: Vec<String> = (1..=3)
         .map(|i| format!("\"{}\"", dir.join(format!("r{i}")).display()))
@@ -21,7 +26,7 @@ fn write_config(dir: &Path, extra: &str) -> std::path::PathBuf {
     std::fs::write(
         &p,
         format!(
-            "[node]\nbind = \"127.0.0.1\"\nport = 0\n\n[timeouts]\nshutdown_secs = 5.0\n\n[index]\npath = \"{}\"\n\n[storage]\nreplicas = [{}]\n{extra}",
+            "[node]\nbind = \"127.0.0.1\"\nport = 0\n{node_extra}\n[timeouts]\nshutdown_secs = 5.0\n\n[index]\npath = \"{}\"\n\n[storage]\nreplicas = [{}]\n{extra}",
             dir.join("index.sqlite").display(),
             replicas.join(", ")
         ),
@@ -272,4 +277,126 @@ fn help_explains_every_subcommand() {
         let s = String::from_utf8_lossy(&out.stdout);
         assert!(s.contains("Usage:"), "{args:?}: {s}");
     }
+}
+
+/// Peak resident memory of a process, in bytes (VmHWM).
+fn peak_rss_of(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let kb: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches(" kB").trim().parse().ok())
+        .unwrap();
+    kb * 1024
+}
+
+/// A TCP connection from a given loopback address.
+fn connect_from(ip: [u8; 4], port: u16) -> std::io::Result<std::net::TcpStream> {
+    use socket2::{Domain, Socket, Type};
+    let s = Socket::new(Domain::IPV4, Type::STREAM, None)?;
+    s.bind(&std::net::SocketAddr::from((ip, 0)).into())?;
+    s.connect(&std::net::SocketAddr::from(([127, 0, 0, 1], port)).into())?;
+    Ok(s.into())
+}
+
+/// P-DATA-TF with one data PDV that is not the last.
+fn data_pdu(context_id: u8, data: &[u8]) -> Vec<u8> {
+    let mut v = vec![0x04, 0x00];
+    v.extend_from_slice(&((data.len() + 6) as u32).to_be_bytes());
+    v.extend_from_slice(&((data.len() + 2) as u32).to_be_bytes());
+    v.push(context_id);
+    v.push(0);
+    v.extend_from_slice(data);
+    v
+}
+
+/// `pacsd serve` under 400 idle connections, 70 dripping A-ASSOCIATE-RQs and three data sets
+/// that never end: a legitimate echoscu is answered, and the process's peak RSS stays under
+/// its documented bound (the memory before the attack, plus the receive budget, plus 64 MiB
+/// for connection buffers).
+#[test]
+fn serve_under_a_flood_and_a_slowloris_answers_echo_with_bounded_memory() {
+    use std::io::Write;
+    const BUDGET: u64 = 256 * 1024 * 1024;
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config_with_node(
+        dir.path(),
+        &format!(
+            "max_object_size = {}\nreceive_budget = {BUDGET}\n",
+            128 << 20
+        ),
+        "",
+    );
+    let (mut child, port, _logs) = serve(&config);
+    let before = peak_rss_of(child.id());
+
+    let mut held = Vec::new();
+    for i in 0..400u32 {
+        let ip = if i < 200 {
+            [127, 0, 0, 2]
+        } else {
+            [127, 0, 1, 10 + (i % 10) as u8]
+        };
+        if let Ok(s) = connect_from(ip, port) {
+            held.push(s);
+        }
+    }
+    let mut drips: Vec<_> = (0..70)
+        .filter_map(|_| connect_from([127, 0, 0, 3], port).ok())
+        .collect();
+    for s in drips.iter_mut() {
+        let _ = s.write_all(&[0x01]);
+    }
+    // Three associations that start 300 MB data sets and never finish them.
+    let hogs: Vec<_> = (0..3)
+        .map(|i| {
+            std::thread::spawn(move || {
+                let rt = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .unwrap();
+                rt.block_on(async move {
+                    let opts = pacsd::net::scu::ScuOptions {
+                        addr: format!("127.0.0.1:{port}"),
+                        calling_ae: format!("HOG{i}"),
+                        called_ae: "PACSD".into(),
+                        timeout: Duration::from_secs(20),
+                    };
+                    let mut a = common::ct_association(&opts).await;
+                    let ctx = a.contexts()[0].id;
+                    let spec = pacsd::synth::Spec::ct(990, 1, i, 0);
+                    let cmd = pacsd::dimse::Command::store_rq(1, &spec.sop_class, &spec.sop_uid);
+                    a.send_command(ctx, &cmd).await.unwrap();
+                    let piece = data_pdu(ctx, &vec![0u8; 200_000]);
+                    for _ in 0..1500 {
+                        if a.send_raw(&piece).await.is_err() {
+                            break;
+                        }
+                    }
+                    a
+                })
+            })
+        })
+        .collect();
+    let hogs: Vec<_> = hogs.into_iter().map(|h| h.join().unwrap()).collect();
+
+    let echo = dcmtk(
+        "echoscu",
+        &["-to", "10", "-aec", "PACSD", "127.0.0.1", &port.to_string()],
+    );
+    assert!(echo.status.success(), "{}", text(&echo));
+    let peak = peak_rss_of(child.id());
+    let bound = before + BUDGET + 64 * 1024 * 1024;
+    println!(
+        "peak RSS before the attack {} MiB, during it {} MiB (bound {} MiB)",
+        before >> 20,
+        peak >> 20,
+        bound >> 20
+    );
+    assert!(peak < bound, "peak RSS {peak} over {bound}");
+    drop(hogs);
+    drop(held);
+    drop(drips);
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    assert!(wait_exit(&mut child, Duration::from_secs(20)).is_some());
 }

@@ -713,22 +713,16 @@ impl Association {
                 }
                 self.partial.data_len += pdv.data.len() as u64;
                 if self.partial.dropped.is_none() {
-                    self.partial.dropped = self.reserve(pdv.data.len());
+                    self.partial.dropped = self.keep(pdv.data);
                     if let Some(why) = self.partial.dropped {
                         warn!(peer = %self.peer, ?why, "data set refused; draining it");
+                        // Drain without keeping: the message still gets a failure response.
+                        self.partial.data = Vec::new();
+                        self.partial.memory = None;
                     }
                 }
                 if let Some(Dropped::TooLarge { size, .. }) = &mut self.partial.dropped {
                     *size = self.partial.data_len;
-                }
-                if self.partial.dropped.is_some() {
-                    // Drain without keeping: the message still gets a proper failure response.
-                    self.partial.data = Vec::new();
-                    self.partial.memory = None;
-                } else if self.partial.data.is_empty() {
-                    self.partial.data = pdv.data;
-                } else {
-                    self.partial.data.extend_from_slice(&pdv.data);
                 }
                 if !pdv.is_last {
                     return Ok(None);
@@ -745,19 +739,49 @@ impl Association {
         }
     }
 
-    /// Take `bytes` more of the receive budget for the data set being reassembled, or say why
-    /// it must be dropped instead.
-    fn reserve(&mut self, bytes: usize) -> Option<Dropped> {
+    /// Append a PDV's bytes to the data set being reassembled, holding receive budget for the
+    /// memory the buffer really takes (its capacity, which grows by doubling up to the object
+    /// limit), or say why the data set must be dropped instead.
+    fn keep(&mut self, bytes: Vec<u8>) -> Option<Dropped> {
         if self.partial.data_len > self.max_object_size {
             return Some(Dropped::TooLarge {
                 size: self.partial.data_len,
                 limit: self.max_object_size,
             });
         }
+        let over_budget = Some(Dropped::OverBudget {
+            budget: self.receive_budget_total,
+        });
+        let (len, capacity) = (self.partial.data.len(), self.partial.data.capacity());
+        if capacity == 0 {
+            // The first fragment: its own buffer becomes the data set's.
+            if !self.take_budget(bytes.capacity()) {
+                return over_budget;
+            }
+            self.partial.data = bytes;
+            return None;
+        }
+        let needed = len + bytes.len();
+        if needed > capacity {
+            let limit = usize::try_from(self.max_object_size).unwrap_or(usize::MAX);
+            let doubled = (capacity * 2).min(limit).max(needed);
+            let target = if self.take_budget(doubled - capacity) {
+                doubled
+            } else if self.take_budget(needed - capacity) {
+                needed
+            } else {
+                return over_budget;
+            };
+            self.partial.data.reserve_exact(target - len);
+        }
+        self.partial.data.extend_from_slice(&bytes);
+        None
+    }
+
+    /// Take `bytes` of the node's receive budget for the data set being reassembled.
+    fn take_budget(&mut self, bytes: usize) -> bool {
         let Ok(n) = u32::try_from(bytes) else {
-            return Some(Dropped::OverBudget {
-                budget: self.receive_budget_total,
-            });
+            return false;
         };
         match self.receive_budget.clone().try_acquire_many_owned(n) {
             Ok(permit) => {
@@ -765,11 +789,9 @@ impl Association {
                     Some(held) => held.merge(permit),
                     None => self.partial.memory = Some(permit),
                 }
-                None
+                true
             }
-            Err(_) => Some(Dropped::OverBudget {
-                budget: self.receive_budget_total,
-            }),
+            Err(_) => false,
         }
     }
 
