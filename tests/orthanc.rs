@@ -1,0 +1,194 @@
+//! Orthanc (Debian's package) as a real peer acting as SCU: driven through its REST API, it
+//! queries pacsd with C-FIND and retrieves a study with C-MOVE to itself.
+
+mod common;
+
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::*;
+use pacsd::config::{Peer, Service};
+use pacsd::synth::Spec;
+
+/// A free TCP port on loopback (bound, then released for the child to take).
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// An Orthanc process with its own storage, killed on drop.
+struct Orthanc {
+    child: Child,
+    http: u16,
+}
+
+impl Orthanc {
+    /// Start on the given ports, with pacsd at `pacsd_port` as modality `pacsd`.
+    fn start(dir: &Path, pacsd_port: u16, http: u16, dicom: u16) -> Orthanc {
+        let config = dir.join("orthanc.json");
+        std::fs::write(
+            &config,
+            serde_json::json!({
+                "Name": "pacsd-interop",
+                "StorageDirectory": dir.join("db"),
+                "IndexDirectory": dir.join("db"),
+                "HttpPort": http,
+                "DicomPort": dicom,
+                "DicomAet": "ORTHANC",
+                "RemoteAccessAllowed": false,
+                "AuthenticationEnabled": false,
+                "DicomScuTimeout": 20,
+                "Plugins": [],
+                "DicomModalities": { "pacsd": ["PACSD", "127.0.0.1", pacsd_port] }
+            })
+            .to_string(),
+        )
+        .unwrap();
+        let child = Command::new("Orthanc")
+            .arg(&config)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("Orthanc (apt-get install orthanc)");
+        let o = Orthanc { child, http };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while o.get("/system").is_none() {
+            assert!(Instant::now() < deadline, "Orthanc did not start");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        o
+    }
+
+    fn curl(&self, args: &[&str]) -> Option<serde_json::Value> {
+        let out = Command::new("curl")
+            .args(["-sf", "--max-time", "60"])
+            .args(args)
+            .output()
+            .expect("curl");
+        if !out.status.success() {
+            return None;
+        }
+        serde_json::from_slice(&out.stdout).ok()
+    }
+
+    fn get(&self, path: &str) -> Option<serde_json::Value> {
+        self.curl(&[&format!("http://127.0.0.1:{}{path}", self.http)])
+    }
+
+    fn post(&self, path: &str, body: &str) -> Option<serde_json::Value> {
+        self.curl(&[
+            "-X",
+            "POST",
+            "-d",
+            body,
+            &format!("http://127.0.0.1:{}{path}", self.http),
+        ])
+    }
+}
+
+impl Drop for Orthanc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn orthanc_queries_and_moves_a_study_from_pacsd() {
+    let dir = tempfile::tempdir().unwrap();
+    let (orthanc_http, orthanc_dicom) = (free_port(), free_port());
+    let n = TestNode::start_with(|c| {
+        c.peers = vec![Peer {
+            ae_title: "ORTHANC".into(),
+            host: "127.0.0.1".into(),
+            port: orthanc_dicom,
+            services: [Service::Echo, Service::Find, Service::Move]
+                .into_iter()
+                .collect(),
+            on_conflict: None,
+        }];
+    })
+    .await;
+    // Two studies in pacsd; Orthanc retrieves the second.
+    let mut a = ct_association(&n.scu("MODALITY")).await;
+    let ctx = a.contexts()[0].id;
+    let specs: Vec<Spec> = [(960, 1), (960, 2), (961, 1), (961, 2), (961, 3)]
+        .iter()
+        .map(|&(study, i)| Spec::ct(study, 1, i, 16))
+        .collect();
+    for s in &specs {
+        assert!(
+            a.store(ctx, &s.sop_class, &s.sop_uid, &encode(s))
+                .await
+                .unwrap()
+                .is_success()
+        );
+    }
+    a.release().await.unwrap();
+
+    let port = n.port();
+    let path = dir.path().to_path_buf();
+    let (studies, instances) = tokio::task::spawn_blocking(move || {
+        let o = Orthanc::start(&path, port, orthanc_http, orthanc_dicom);
+        // C-ECHO from Orthanc.
+        assert!(o.post("/modalities/pacsd/echo", "{}").is_some(), "C-ECHO");
+        // C-FIND at study level.
+        let q = o
+            .post(
+                "/modalities/pacsd/query",
+                r#"{"Level":"Study","Query":{"PatientID":"*","StudyInstanceUID":""}}"#,
+            )
+            .expect("C-FIND through Orthanc");
+        let id = q["ID"].as_str().unwrap().to_string();
+        let answers = o
+            .get(&format!("/queries/{id}/answers?expand&simplify"))
+            .unwrap();
+        let mut studies: Vec<String> = answers
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|a| a["StudyInstanceUID"].as_str().unwrap().to_string())
+            .collect();
+        studies.sort();
+        // C-MOVE of the second study to Orthanc itself.
+        let idx = answers
+            .as_array()
+            .unwrap()
+            .iter()
+            .position(|a| a["StudyInstanceUID"] == Spec::ct(961, 1, 1, 16).study_uid.as_str())
+            .unwrap();
+        o.post(
+            &format!("/queries/{id}/answers/{idx}/retrieve"),
+            r#"{"TargetAet":"ORTHANC","Synchronous":true}"#,
+        )
+        .expect("C-MOVE through Orthanc");
+        let mut instances: Vec<String> = o
+            .get("/instances?expand")
+            .unwrap()
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|i| {
+                i["MainDicomTags"]["SOPInstanceUID"]
+                    .as_str()
+                    .unwrap()
+                    .to_string()
+            })
+            .collect();
+        instances.sort();
+        (studies, instances)
+    })
+    .await
+    .unwrap();
+
+    let mut expected_studies = vec![specs[0].study_uid.clone(), specs[2].study_uid.clone()];
+    expected_studies.sort();
+    assert_eq!(studies, expected_studies);
+    let mut expected: Vec<String> = specs[2..].iter().map(|s| s.sop_uid.clone()).collect();
+    expected.sort();
+    assert_eq!(instances, expected);
+}
