@@ -32,8 +32,12 @@ pub const UNABLE_TO_PERFORM_SUBOPERATIONS: u16 = 0xA702;
 pub const SUBOPERATIONS_WITH_FAILURES: u16 = 0xB000;
 /// Pending: sub-operations are continuing.
 pub const PENDING: u16 = 0xFF00;
-/// Objects read ahead from storage while the network sends (bounds memory).
+/// Objects read ahead from storage while the network sends.
 const PREFETCH: usize = 4;
+/// Bytes read ahead per retrieve: a destination that reads slowly holds at most this much
+/// (plus the object being sent), whatever the objects' sizes. 64 MiB keeps four typical CT
+/// or MR objects, or one large multi-frame object, ahead of the wire.
+const PREFETCH_BYTES: u32 = 64 * 1024 * 1024;
 
 /// Why a retrieve could not start; `to_status` is the one mapping to statuses.
 #[derive(Debug, thiserror::Error)]
@@ -294,7 +298,7 @@ impl RetrieveService {
         };
         let mut rx = self.prefetch(items);
         let mut cancelled = false;
-        while let Some((item, bytes)) = rx.recv().await {
+        while let Some((item, bytes, _held)) = rx.recv().await {
             if cancelled || assoc.cancel_requested()? {
                 cancelled = true;
                 break;
@@ -395,7 +399,7 @@ impl RetrieveService {
         };
         let mut rx = self.prefetch(items);
         let mut broken: Option<String> = None;
-        while let Some((item, bytes)) = rx.recv().await {
+        while let Some((item, bytes, _held)) = rx.recv().await {
             if assoc.cancel_requested()? {
                 let rsp = cancel_response(request, field, &counters);
                 return assoc.send_command(context.id, &rsp).await;
@@ -456,20 +460,29 @@ impl RetrieveService {
         send_final(assoc, context.id, request, field, &counters, comment).await
     }
 
-    /// Read objects ahead of the sender (at most `PREFETCH` in memory).
-    fn prefetch(&self, items: Vec<Item>) -> mpsc::Receiver<(Item, Result<Bytes, String>)> {
+    /// Read objects ahead of the sender: at most `PREFETCH` objects and `PREFETCH_BYTES` bytes
+    /// (an object larger than that is read alone); each object comes with its share of the
+    /// byte budget, given back when the sender drops it.
+    fn prefetch(&self, items: Vec<Item>) -> mpsc::Receiver<Prefetched> {
         let (tx, rx) = mpsc::channel(PREFETCH);
         let storage = self.storage.clone();
         let index = self.index.clone();
+        let budget = Arc::new(tokio::sync::Semaphore::new(PREFETCH_BYTES as usize));
         tokio::spawn(async move {
             for item in items {
+                let share = u32::try_from(item.size)
+                    .unwrap_or(u32::MAX)
+                    .clamp(1, PREFETCH_BYTES);
+                let Ok(held) = budget.clone().acquire_many_owned(share).await else {
+                    break;
+                };
                 let expected = Expected {
                     key: item.storage_key.clone(),
                     size: item.size,
                     sha256: item.sha256.clone(),
                 };
                 let bytes = read_object(&storage, &index, &expected).await;
-                if tx.send((item, bytes)).await.is_err() {
+                if tx.send((item, bytes, held)).await.is_err() {
                     break;
                 }
             }
@@ -477,6 +490,14 @@ impl RetrieveService {
         rx
     }
 }
+
+/// One object read ahead: the instance, its bytes (or why they could not be read), and its
+/// share of the read-ahead budget.
+type Prefetched = (
+    Item,
+    Result<Bytes, String>,
+    tokio::sync::OwnedSemaphorePermit,
+);
 
 fn record(c: &mut Counters, item: &Item, outcome: Result<Status, String>) {
     match outcome {
