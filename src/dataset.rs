@@ -64,6 +64,13 @@ pub enum ScanError {
         offset: usize,
         expected: &'static str,
     },
+    #[error("{tag} at byte {offset}: {declared} bytes is not a whole number of {vr} values")]
+    PartialValue {
+        tag: Tag,
+        offset: usize,
+        vr: VR,
+        declared: u32,
+    },
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -194,18 +201,20 @@ impl Scanner<'_> {
         })
     }
 
-    /// Whether a defined-length element holds a sequence, as dicom-rs decides it: the explicit
-    /// VR SQ, or in Implicit VR the data dictionary (Pixel Data and overlays are OW there).
-    fn is_sequence(&self, h: &Header) -> bool {
+    /// The VR dicom-rs reads an element with: the explicit one (unknown ones as UN), or in
+    /// Implicit VR the data dictionary's (Pixel Data and overlays are OW there).
+    fn vr_of(&self, h: &Header) -> VR {
         match h.vr {
-            Some(vr) => &vr == b"SQ",
+            Some(bytes) => VR::from_binary(bytes).unwrap_or(VR::UN),
             None => {
                 let overlay = h.tag.group() >> 8 == 0x60 && h.tag.element() == 0x3000;
-                h.tag != PIXEL_DATA
-                    && !overlay
-                    && StandardDataDictionary
+                if h.tag == PIXEL_DATA || overlay {
+                    VR::OW
+                } else {
+                    StandardDataDictionary
                         .by_tag(h.tag)
-                        .is_some_and(|e| e.vr().relaxed() == VR::SQ)
+                        .map_or(VR::UN, |e| e.vr().relaxed())
+                }
             }
         }
     }
@@ -267,8 +276,25 @@ impl Scanner<'_> {
                     remaining: end - body,
                 });
             }
-            if self.is_sequence(&h) {
-                self.sequence(body, end, Some(len), depth + 1)?;
+            match self.vr_of(&h) {
+                VR::SQ => {
+                    self.sequence(body, end, Some(len), depth + 1)?;
+                }
+                // dicom-rs reads length / size values of a binary VR and then moves on by the
+                // whole length: a remainder would leave it reading headers off by a few bytes
+                // (found by fuzzing: a 5-byte UL made it allocate 4 GB two elements later).
+                vr => {
+                    if let Some(size) = binary_value_size(vr)
+                        && len % size != 0
+                    {
+                        return Err(ScanError::PartialValue {
+                            tag: h.tag,
+                            offset: pos,
+                            vr,
+                            declared: h.len,
+                        });
+                    }
+                }
             }
             pos = body + len;
         }
@@ -363,6 +389,16 @@ impl Scanner<'_> {
                 }
             }
         }
+    }
+}
+
+/// The size of one value of a binary VR (PS3.5 Table 6.2-1), None for text and bytes.
+fn binary_value_size(vr: VR) -> Option<usize> {
+    match vr {
+        VR::US | VR::SS | VR::OW => Some(2),
+        VR::UL | VR::SL | VR::FL | VR::AT | VR::OL | VR::OF => Some(4),
+        VR::FD | VR::OD | VR::SV | VR::UV | VR::OV => Some(8),
+        _ => None,
     }
 }
 
@@ -576,16 +612,20 @@ pub fn contain<T>(what: &'static str, f: impl FnOnce() -> T) -> Result<T, DataSe
 /// Install the process's panic policy: a panic inside `contain` is left to unwind (it is
 /// contained and answered with a failure status); a panic anywhere else is a bug in pacsd,
 /// so it is reported and the process aborts, and an HA peer takes over from a known state
-/// instead of a node running on with half-updated state.
+/// instead of a node running on with half-updated state. Installed once; later calls do
+/// nothing.
 pub fn install_panic_hook() {
-    let default = std::panic::take_hook();
-    std::panic::set_hook(Box::new(move |info| {
-        if CONTAINED.with(|c| c.get()) {
-            return;
-        }
-        default(info);
-        std::process::abort();
-    }));
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        let default = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            if CONTAINED.with(|c| c.get()) {
+                return;
+            }
+            default(info);
+            std::process::abort();
+        }));
+    });
 }
 
 #[cfg(test)]
@@ -742,6 +782,31 @@ mod tests {
         let mut ds = marker(ITEM_END, 0);
         ds.extend(short((0x0010, 0x0010), b"PN", b"DOE "));
         assert_eq!(ex(&ds, MAX_DEPTH).unwrap().elements, 1);
+    }
+
+    #[test]
+    fn binary_values_must_fill_their_length() {
+        // A 5-byte UL: dicom-rs would read 4 and lose its place (fuzz find).
+        let ds = short((0x0028, 0x0008), b"UL", &[1, 0, 0, 0, 0]);
+        assert!(matches!(
+            ex(&ds, MAX_DEPTH),
+            Err(ScanError::PartialValue {
+                vr: VR::UL,
+                declared: 5,
+                ..
+            })
+        ));
+        assert!(ex(&short((0x0028, 0x0010), b"US", &[1, 0]), MAX_DEPTH).is_ok());
+        assert!(ex(&short((0x0028, 0x0010), b"US", &[1, 0, 0]), MAX_DEPTH).is_err());
+        // In Implicit VR the dictionary gives the VR: (0028,0010) Rows is US.
+        let mut implicit = Vec::new();
+        implicit.extend_from_slice(&0x0028u16.to_le_bytes());
+        implicit.extend_from_slice(&0x0010u16.to_le_bytes());
+        implicit.extend_from_slice(&3u32.to_le_bytes());
+        implicit.extend_from_slice(&[1, 0, 0]);
+        assert!(scan(&implicit, Encoding::ImplicitLittle, MAX_DEPTH).is_err());
+        // Text values may have any length.
+        assert!(ex(&short((0x0010, 0x0010), b"PN", b"DOE"), MAX_DEPTH).is_ok());
     }
 
     #[test]

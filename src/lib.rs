@@ -5,6 +5,8 @@ pub mod charset;
 pub mod config;
 pub mod dataset;
 pub mod dimse;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod ha;
 pub mod index;
 pub mod net;

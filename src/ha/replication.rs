@@ -115,7 +115,18 @@ async fn read_frame<R: AsyncRead + Unpin>(r: &mut R) -> Result<Frame, Replicatio
     }
     let mut body = vec![0; len as usize];
     r.read_exact(&mut body).await?;
-    serde_json::from_slice(&body).map_err(|e| ReplicationError::Frame(e.to_string()))
+    decode_frame(&body)
+}
+
+/// One frame's body as it came off the wire.
+fn decode_frame(body: &[u8]) -> Result<Frame, ReplicationError> {
+    serde_json::from_slice(body).map_err(|e| ReplicationError::Frame(e.to_string()))
+}
+
+/// For the fuzz target: decode a frame body (whatever a peer sends) and drop it.
+#[doc(hidden)]
+pub fn fuzz_frame(body: &[u8]) -> bool {
+    decode_frame(body).is_ok()
 }
 
 async fn timed<T>(

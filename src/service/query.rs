@@ -274,7 +274,8 @@ pub async fn read_identifier(
         .map_err(|e| IdentifierError::Parse(format!("identifier decoding stopped: {e}")))?
 }
 
-fn decode_identifier(
+/// `read_identifier`'s work, on the calling thread (the fuzz target calls it directly).
+pub fn decode_identifier(
     data: &[u8],
     transfer_syntax: &str,
     model: Model,

@@ -1,0 +1,10 @@
+//! C-FIND/C-MOVE/C-GET identifiers to index queries. The work is `pacsd::fuzzing::identifier`; a panic outside
+//! the decoder boundary aborts, as it does in the node.
+#![no_main]
+
+use libfuzzer_sys::fuzz_target;
+
+fuzz_target!(|data: &[u8]| {
+    pacsd::dataset::install_panic_hook();
+    pacsd::fuzzing::identifier(data);
+});
