@@ -3,6 +3,8 @@
 # parse, command sets, identifiers, PDUs, Part 10 files from storage, character sets, HA frames.
 #
 # Usage: scripts/fuzz.sh [SECONDS_PER_TARGET] [TARGET...]      (default 60 s, every target)
+#        FUZZ_RUNS=N scripts/fuzz.sh 0 ...   N inputs per target with a fixed seed instead of a
+#                                            time limit (reproducible: what CI runs)
 # Seeds: synthetic objects from `pacsd synth` and, when pydicom is installed, its test files.
 # Crashes land in tests/fuzz/artifacts/<target>/; copy each into
 # tests/fuzz/regressions/<target>/ once fixed (tests/fuzz_regressions.rs replays them).
@@ -29,7 +31,9 @@ fi
 SEEDS=tests/fuzz/corpus
 mkdir -p "$SEEDS"/{dataset,part10,command,identifier,pdu,charset,ha_frame}
 if [ ! -e "$SEEDS/.seeded" ]; then
-    cargo run --release --quiet -- synth -o "$SEEDS/synth" --studies 2 --per-study 3 >/dev/null
+    # (PACSD_FEATURES: the features the caller builds pacsd with, so the binary is shared)
+    cargo run --release --quiet ${PACSD_FEATURES:+--features "$PACSD_FEATURES"} -- \
+        synth -o "$SEEDS/synth" --studies 2 --per-study 3 >/dev/null
     pydicom_data=$(python3 -c 'import os, pydicom; print(os.path.dirname(pydicom.__file__) + "/data")' 2>/dev/null || true)
     i=0
     while IFS= read -r f; do
@@ -46,8 +50,13 @@ fi
 status=0
 for t in "${TARGETS[@]}"; do
     log=$(mktemp)
+    if [ -n "${FUZZ_RUNS:-}" ]; then
+        limit=(-runs="$FUZZ_RUNS" -seed=1)
+    else
+        limit=(-max_total_time="$SECS")
+    fi
     if "${FUZZ[@]}" run --fuzz-dir tests/fuzz -O "$t" "$SEEDS/$t" -- \
-        -max_total_time="$SECS" -rss_limit_mb=2048 -timeout=10 -print_final_stats=1 >"$log" 2>&1; then
+        "${limit[@]}" -rss_limit_mb=2048 -timeout=10 -print_final_stats=1 >"$log" 2>&1; then
         result=ok
     else
         result=CRASH
