@@ -145,6 +145,10 @@ pub struct AccessConfig {
     pub peers_file: Option<PathBuf>,
     /// Services an AE that is not in the peers file may use. Empty = reject unknown AEs.
     pub unknown_ae_services: BTreeSet<Service>,
+    /// Addresses an AE that is not in the peers file is accepted from (IP addresses, CIDR
+    /// networks, DNS names). Default: loopback only, so a fresh install takes a test image
+    /// from DCMTK on the same machine while devices on the network must be configured peers.
+    pub unknown_ae_hosts: Vec<String>,
     /// What a C-STORE of an already stored SOP Instance UID with different content gets
     /// (a peer may override it with its own `on_conflict`).
     pub on_conflict: OnConflict,
@@ -278,8 +282,13 @@ impl Default for QueryConfig {
 #[serde(deny_unknown_fields)]
 pub struct Peer {
     pub ae_title: String,
+    /// Where this AE listens (C-MOVE destinations are reached there).
     pub host: String,
     pub port: u16,
+    /// Addresses this AE title is accepted from: IP addresses, CIDR networks or DNS names
+    /// (resolved at each association). Empty: `host` only.
+    #[serde(default)]
+    pub hosts: Vec<String>,
     /// Services this AE may use on this node.
     #[serde(default)]
     pub services: BTreeSet<Service>,
@@ -350,6 +359,7 @@ impl Default for AccessConfig {
         AccessConfig {
             peers_file: None,
             unknown_ae_services: [Service::Echo, Service::Store].into_iter().collect(),
+            unknown_ae_hosts: vec!["127.0.0.0/8".into(), "::1".into()],
             on_conflict: OnConflict::default(),
         }
     }
@@ -491,6 +501,9 @@ impl Config {
                 "must be a relative key prefix without `..`",
             ));
         }
+        for h in &self.access.unknown_ae_hosts {
+            HostPattern::parse(h).map_err(|e| invalid("access.unknown_ae_hosts", e))?;
+        }
         let mut seen = BTreeSet::new();
         for (i, p) in self.peers.iter().enumerate() {
             validate_ae_title(&format!("peer[{i}].ae_title"), &p.ae_title)?;
@@ -502,6 +515,9 @@ impl Config {
             }
             if p.host.trim().is_empty() {
                 return Err(invalid(&format!("peer[{i}].host"), "empty host"));
+            }
+            for h in p.hosts.iter().chain(p.hosts.is_empty().then_some(&p.host)) {
+                HostPattern::parse(h).map_err(|e| invalid(&format!("peer[{i}].hosts"), e))?;
             }
         }
         Ok(())
@@ -521,11 +537,95 @@ impl Config {
             .unwrap_or(self.access.on_conflict)
     }
 
+    /// The addresses `calling_ae` is accepted from: its peer's `hosts` (else its `host`), or
+    /// `access.unknown_ae_hosts` for an AE that is not a known peer. Validated at load.
+    pub fn hosts_for(&self, calling_ae: &str) -> Vec<HostPattern> {
+        let texts: Vec<&str> = match self.peer(calling_ae) {
+            Some(p) if p.hosts.is_empty() => vec![p.host.as_str()],
+            Some(p) => p.hosts.iter().map(String::as_str).collect(),
+            None => self
+                .access
+                .unknown_ae_hosts
+                .iter()
+                .map(String::as_str)
+                .collect(),
+        };
+        texts
+            .into_iter()
+            .filter_map(|t| HostPattern::parse(t).ok())
+            .collect()
+    }
+
     /// Services the calling AE may use: its peers entry, or the policy for unknown AEs.
     pub fn services_for(&self, calling_ae: &str) -> BTreeSet<Service> {
         match self.peer(calling_ae) {
             Some(p) => p.services.clone(),
             None => self.access.unknown_ae_services.clone(),
+        }
+    }
+}
+
+/// One entry of an address list: an IP network (a single address is a /32 or /128) or a DNS
+/// name, resolved when it is used.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HostPattern {
+    Net { addr: std::net::IpAddr, prefix: u8 },
+    Name(String),
+}
+
+impl HostPattern {
+    pub fn parse(text: &str) -> Result<HostPattern, String> {
+        let text = text.trim();
+        let (addr, prefix) = match text.split_once('/') {
+            Some((a, p)) => (a, Some(p)),
+            None => (text, None),
+        };
+        if let Ok(addr) = addr.parse::<std::net::IpAddr>() {
+            let max = if addr.is_ipv4() { 32 } else { 128 };
+            let prefix = match prefix {
+                None => max,
+                Some(p) => p
+                    .parse::<u8>()
+                    .ok()
+                    .filter(|p| *p <= max)
+                    .ok_or_else(|| format!("`{text}`: prefix is not 0..={max}"))?,
+            };
+            return Ok(HostPattern::Net {
+                addr: addr.to_canonical(),
+                prefix,
+            });
+        }
+        let name_ok = prefix.is_none()
+            && !text.is_empty()
+            && text.len() <= 253
+            && text
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '.');
+        if name_ok {
+            Ok(HostPattern::Name(text.to_ascii_lowercase()))
+        } else {
+            Err(format!(
+                "`{text}` is not an IP address, a CIDR network or a host name"
+            ))
+        }
+    }
+
+    /// Whether `ip` is in this network (names never match here: resolve them first).
+    pub fn contains(&self, ip: std::net::IpAddr) -> bool {
+        use std::net::IpAddr;
+        let HostPattern::Net { addr, prefix } = self else {
+            return false;
+        };
+        match (addr, ip.to_canonical()) {
+            (IpAddr::V4(a), IpAddr::V4(b)) => {
+                let mask = u32::MAX.checked_shl(32 - u32::from(*prefix)).unwrap_or(0);
+                u32::from(*a) & mask == u32::from(b) & mask
+            }
+            (IpAddr::V6(a), IpAddr::V6(b)) => {
+                let mask = u128::MAX.checked_shl(128 - u32::from(*prefix)).unwrap_or(0);
+                u128::from(*a) & mask == u128::from(b) & mask
+            }
+            _ => false,
         }
     }
 }
@@ -691,6 +791,31 @@ mod tests {
     }
 
     #[test]
+    fn host_patterns_match_networks_and_refuse_nonsense() {
+        let ip = |s: &str| s.parse::<std::net::IpAddr>().unwrap();
+        let lo = HostPattern::parse("127.0.0.0/8").unwrap();
+        assert!(lo.contains(ip("127.0.0.1")) && lo.contains(ip("127.9.9.9")));
+        assert!(!lo.contains(ip("10.0.0.1")));
+        // IPv4-mapped IPv6 (a listener on [::]) is the IPv4 address.
+        assert!(lo.contains(ip("::ffff:127.0.0.1")));
+        let one = HostPattern::parse("192.0.2.10").unwrap();
+        assert!(one.contains(ip("192.0.2.10")) && !one.contains(ip("192.0.2.11")));
+        assert!(HostPattern::parse("::1").unwrap().contains(ip("::1")));
+        assert!(
+            HostPattern::parse("0.0.0.0/0")
+                .unwrap()
+                .contains(ip("203.0.113.5"))
+        );
+        assert_eq!(
+            HostPattern::parse("CT1.Example.org").unwrap(),
+            HostPattern::Name("ct1.example.org".into())
+        );
+        for bad in ["10.0.0.0/33", "", "a b", "host/8", "x;rm"] {
+            assert!(HostPattern::parse(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
     fn services_follow_peers_then_policy() {
         let mut c = parse("[access]\nunknown_ae_services = [\"echo\"]").unwrap();
         c.peers = vec![Peer {
@@ -698,6 +823,7 @@ mod tests {
             host: "127.0.0.1".into(),
             port: 104,
             services: [Service::Find, Service::Move].into_iter().collect(),
+            hosts: Vec::new(),
             on_conflict: None,
         }];
         assert!(c.services_for("WS1 ").contains(&Service::Move));

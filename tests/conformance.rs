@@ -334,6 +334,7 @@ fn statuses_in_the_statement_are_the_codes_the_code_uses() {
         UNRECOGNIZED_OPERATION,
         DUPLICATE_SOP_INSTANCE,
         PATIENT_CONFLICT,
+        NOT_AUTHORIZED,
     ] {
         assert!(
             doc.contains(&format!("| {code:04X} |")) || doc.contains(&format!("{code:04X} (")),

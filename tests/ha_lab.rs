@@ -84,7 +84,7 @@ impl Lab {
             format!(
                 "[node]\nbind = \"10.77.0.{host}\"\nport = 11112\n\n[timeouts]\nshutdown_secs = 2.0\n\n\
                  [index]\npath = \"{index}\"\n\n[storage]\nreplicas = [{replicas}]\n\n\
-                 [access]\nunknown_ae_services = [\"echo\", \"store\", \"find\", \"get\"]\n\n\
+                 [access]\nunknown_ae_services = [\"echo\", \"store\", \"find\", \"get\"]\nunknown_ae_hosts = [\"0.0.0.0/0\"]\n\n\
                  [preview]\nenabled = false\n\n\
                  [ha]\nnode_id = \"{me}\"\n\
                  links = [{{ bind = \"10.77.0.{host}:7400\", peer = \"10.77.0.{peer_host}:7400\" }}]\n\

@@ -432,6 +432,7 @@ async fn a_conflicting_resend_is_refused_and_the_first_version_kept() {
             host: "127.0.0.1".into(),
             port: 104,
             services: [Service::Echo, Service::Store].into_iter().collect(),
+            hosts: Vec::new(),
             on_conflict: Some(OnConflict::Keep),
         }];
     })
@@ -492,47 +493,35 @@ async fn an_instance_naming_another_patient_is_not_merged_into_the_study() {
     }
 }
 
-/// Send an A-ASSOCIATE-RQ with these calling AE and presentation context IDs; return the
-/// PDU type of the answer (2 = AC, 3 = RJ, 7 = A-ABORT) or None if the connection closed.
-async fn associate_raw(n: &TestNode, calling: &str, ids: &[u8]) -> Option<u8> {
-    use dicom_ul::pdu::{AssociationRQ, PresentationContextProposed, UserVariableItem};
-    let rq = dicom_ul::Pdu::AssociationRQ(AssociationRQ {
-        protocol_version: 1,
-        calling_ae_title: calling.into(),
-        called_ae_title: "PACSD".into(),
-        application_context_name: "1.2.840.10008.3.1.1.1".into(),
-        presentation_contexts: ids
-            .iter()
-            .map(|&id| PresentationContextProposed {
-                id,
-                abstract_syntax: uids::VERIFICATION.into(),
-                transfer_syntaxes: vec![uids::IMPLICIT_VR_LITTLE_ENDIAN.into()],
-            })
-            .collect(),
-        user_variables: vec![UserVariableItem::MaxLength(16384)],
-    });
-    let mut bytes = Vec::new();
-    dicom_ul::write_pdu(&mut bytes, &rq).unwrap();
-    let mut s = TcpStream::connect(n.node.addr).await.unwrap();
-    s.write_all(&bytes).await.unwrap();
-    let mut first = [0u8; 1];
-    match tokio::time::timeout(Duration::from_secs(10), s.read(&mut first)).await {
-        Ok(Ok(1)) => Some(first[0]),
-        _ => None,
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn odd_association_requests_are_answered_as_ps3_8_says() {
     let n = TestNode::start().await;
-    assert_eq!(associate_raw(&n, "GOOD", &[1, 3]).await, Some(0x02));
+    assert_eq!(
+        associate_raw(n.node.addr, [127, 0, 0, 1], "GOOD", &[1, 3]).await,
+        Some(0x02)
+    );
     // Presentation context IDs must be odd and unique (PS3.8 9.3.2.2): A-ABORT.
-    assert_eq!(associate_raw(&n, "EVEN", &[2]).await, Some(0x07));
-    assert_eq!(associate_raw(&n, "ZERO", &[1, 0]).await, Some(0x07));
-    assert_eq!(associate_raw(&n, "TWICE", &[1, 3, 1]).await, Some(0x07));
+    assert_eq!(
+        associate_raw(n.node.addr, [127, 0, 0, 1], "EVEN", &[2]).await,
+        Some(0x07)
+    );
+    assert_eq!(
+        associate_raw(n.node.addr, [127, 0, 0, 1], "ZERO", &[1, 0]).await,
+        Some(0x07)
+    );
+    assert_eq!(
+        associate_raw(n.node.addr, [127, 0, 0, 1], "TWICE", &[1, 3, 1]).await,
+        Some(0x07)
+    );
     let many: Vec<u8> = (1..=255u8).step_by(2).chain([5]).collect();
-    assert_eq!(associate_raw(&n, "MANY", &many).await, Some(0x07));
+    assert_eq!(
+        associate_raw(n.node.addr, [127, 0, 0, 1], "MANY", &many).await,
+        Some(0x07)
+    );
     // A calling AE title with control bytes: rejected (calling AE not recognized).
-    assert_eq!(associate_raw(&n, "EVIL\u{1b}[2J", &[1]).await, Some(0x03));
+    assert_eq!(
+        associate_raw(n.node.addr, [127, 0, 0, 1], "EVIL\u{1b}[2J", &[1]).await,
+        Some(0x03)
+    );
     still_serves(&n).await;
 }

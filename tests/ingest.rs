@@ -67,6 +67,7 @@ async fn calling_ae_policy_from_peers() {
                 host: "127.0.0.1".into(),
                 port: 104,
                 services: [Service::Echo, Service::Store].into_iter().collect(),
+                hosts: Vec::new(),
                 on_conflict: None,
             },
             Peer {
@@ -74,6 +75,7 @@ async fn calling_ae_policy_from_peers() {
                 host: "127.0.0.1".into(),
                 port: 104,
                 services: [Service::Echo].into_iter().collect(),
+                hosts: Vec::new(),
                 on_conflict: None,
             },
         ];

@@ -19,6 +19,7 @@ async fn pynetdicom_gets_a_study_and_agrees_a_relational_find() {
             services: [Service::Echo, Service::Find, Service::Get]
                 .into_iter()
                 .collect(),
+            hosts: Vec::new(),
             on_conflict: None,
         }];
     })

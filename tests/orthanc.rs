@@ -109,6 +109,7 @@ async fn orthanc_queries_and_moves_a_study_from_pacsd() {
             services: [Service::Echo, Service::Find, Service::Move]
                 .into_iter()
                 .collect(),
+            hosts: Vec::new(),
             on_conflict: None,
         }];
     })

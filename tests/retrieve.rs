@@ -77,6 +77,7 @@ async fn node_with(dest_port: u16, specs: &[Spec]) -> TestNode {
             host: "127.0.0.1".into(),
             port: dest_port,
             services: Default::default(),
+            hosts: Vec::new(),
             on_conflict: None,
         }];
     })

@@ -83,6 +83,9 @@ pub struct AcceptedContext {
     pub extended: Vec<u8>,
     /// The requestor takes the SCP role on this (storage) context: C-GET sends C-STOREs here.
     pub requestor_scp: bool,
+    /// The calling AE may use this context's own service. False for a storage context that
+    /// was accepted only to carry C-GET sub-operations back to a requestor without `store`.
+    pub service_allowed: bool,
 }
 
 impl AcceptedContext {
@@ -354,11 +357,22 @@ impl Association {
         } else {
             BTreeSet::new()
         };
-        if allowed.is_empty() {
-            let why = format!(
-                "calling AE title `{}` is not a known peer",
-                assoc.calling_ae
-            );
+        // An AE title is a name, not a credential: it is accepted only from its hosts.
+        let from_its_hosts = calling_ok
+            && crate::net::access::admitted(peer.ip(), &config.hosts_for(&assoc.calling_ae)).await;
+        if allowed.is_empty() || !from_its_hosts {
+            let why = if allowed.is_empty() {
+                format!(
+                    "calling AE title `{}` is not a known peer",
+                    assoc.calling_ae
+                )
+            } else {
+                format!(
+                    "calling AE title `{}` is not accepted from {}",
+                    assoc.calling_ae,
+                    peer.ip()
+                )
+            };
             return assoc
                 .reject_with(
                     reject(
@@ -492,6 +506,7 @@ impl Association {
                             service,
                             extended,
                             requestor_scp: get_role,
+                            service_allowed: allowed.contains(&service),
                         });
                         (
                             PresentationContextResultReason::Acceptance,

@@ -2,6 +2,7 @@
 //! acceptor code), syntaxes accepted, outbound SCU associations. Knows nothing of the index
 //! or storage: complete DIMSE messages go to a `MessageHandler`.
 
+pub mod access;
 pub mod association;
 pub mod listener;
 pub mod scu;

@@ -48,6 +48,19 @@ impl MessageHandler for Services {
             "DIMSE request"
         );
         let response = match (command.field(), context.service) {
+            // A storage context accepted only for C-GET sub-operations (SCP/SCU role
+            // selection) does not let a requestor without `store` store through it.
+            (Some(CommandField::CStoreRq), Service::Store) if !context.service_allowed => {
+                warn!(
+                    calling_ae = assoc.calling_ae(),
+                    "C-STORE refused: the calling AE may not store"
+                );
+                Command::response_to(
+                    &command,
+                    CommandField::CStoreRsp,
+                    Status::with_comment(status::NOT_AUTHORIZED, "this AE may not store here"),
+                )
+            }
             (Some(CommandField::CEchoRq), Service::Echo) => echo::respond(&command),
             (Some(CommandField::CStoreRq), Service::Store) => {
                 let status = self

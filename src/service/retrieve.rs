@@ -422,6 +422,7 @@ impl RetrieveService {
                             service: crate::config::Service::Store,
                             extended: Vec::new(),
                             requestor_scp: false,
+                            service_allowed: true,
                         })
                         .collect();
                     match pick_context(&candidates, &item, &file) {

@@ -461,3 +461,44 @@ pub fn serial() -> std::sync::MutexGuard<'static, ()> {
     static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
     LOCK.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
+
+/// Send, from the loopback address `from`, an A-ASSOCIATE-RQ (Verification contexts with
+/// these IDs) calling the node's AE as `calling`; return the type of the PDU that answers it
+/// (2 = AC, 3 = RJ, 7 = A-ABORT), or None if the connection closed first.
+pub async fn associate_raw(
+    to: std::net::SocketAddr,
+    from: [u8; 4],
+    calling: &str,
+    ids: &[u8],
+) -> Option<u8> {
+    use dicom_ul::pdu::{AssociationRQ, PresentationContextProposed, UserVariableItem};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let rq = dicom_ul::Pdu::AssociationRQ(AssociationRQ {
+        protocol_version: 1,
+        calling_ae_title: calling.into(),
+        called_ae_title: "PACSD".into(),
+        application_context_name: "1.2.840.10008.3.1.1.1".into(),
+        presentation_contexts: ids
+            .iter()
+            .map(|&id| PresentationContextProposed {
+                id,
+                abstract_syntax: dicom_dictionary_std::uids::VERIFICATION.into(),
+                transfer_syntaxes: vec![
+                    dicom_dictionary_std::uids::IMPLICIT_VR_LITTLE_ENDIAN.into(),
+                ],
+            })
+            .collect(),
+        user_variables: vec![UserVariableItem::MaxLength(16384)],
+    });
+    let mut bytes = Vec::new();
+    dicom_ul::write_pdu(&mut bytes, &rq).unwrap();
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind(std::net::SocketAddr::from((from, 0))).unwrap();
+    let mut s = socket.connect(to).await.unwrap();
+    s.write_all(&bytes).await.unwrap();
+    let mut first = [0u8; 1];
+    match tokio::time::timeout(Duration::from_secs(10), s.read(&mut first)).await {
+        Ok(Ok(1)) => Some(first[0]),
+        _ => None,
+    }
+}

@@ -1,0 +1,49 @@
+//! Who may associate, by address: a calling AE title is accepted only from the hosts
+//! configured for it (a known peer's `hosts`, else its `host`; `[access].unknown_ae_hosts` for
+//! any other title). DNS names are resolved at each association, so a device that changes
+//! address is followed; a name that does not resolve in time admits no one.
+
+use std::net::IpAddr;
+use std::time::Duration;
+
+use crate::config::HostPattern;
+
+/// Longest wait for a DNS answer while an association is being negotiated.
+const RESOLVE_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Whether `ip` is one of `patterns` (names resolved now).
+pub async fn admitted(ip: IpAddr, patterns: &[HostPattern]) -> bool {
+    if patterns.iter().any(|p| p.contains(ip)) {
+        return true;
+    }
+    for p in patterns {
+        if let HostPattern::Name(name) = p {
+            let lookup = tokio::net::lookup_host((name.as_str(), 0));
+            if let Ok(Ok(addrs)) = tokio::time::timeout(RESOLVE_TIMEOUT, lookup).await
+                && addrs
+                    .map(|a| a.ip().to_canonical())
+                    .any(|a| a == ip.to_canonical())
+            {
+                return true;
+            }
+        }
+    }
+    false
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn addresses_networks_and_names() {
+        let p = |s: &str| HostPattern::parse(s).unwrap();
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        assert!(admitted(ip("127.0.0.1"), &[p("10.0.0.0/8"), p("127.0.0.1")]).await);
+        assert!(!admitted(ip("127.0.0.2"), &[p("127.0.0.1")]).await);
+        // `localhost` resolves through /etc/hosts, no network needed.
+        assert!(admitted(ip("127.0.0.1"), &[p("localhost")]).await);
+        assert!(!admitted(ip("192.0.2.1"), &[p("localhost")]).await);
+        assert!(!admitted(ip("127.0.0.1"), &[]).await);
+    }
+}
