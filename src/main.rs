@@ -168,6 +168,10 @@ enum Command {
         /// Directory where granted epochs are recorded.
         #[arg(long)]
         dir: PathBuf,
+        /// A node id allowed to claim epochs (repeat for each node of the pair); without
+        /// it any node id may claim.
+        #[arg(long = "node")]
+        nodes: Vec<String>,
     },
 }
 
@@ -485,14 +489,14 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             tracing::info!("stopped");
             Ok(ExitCode::SUCCESS)
         }
-        Command::Witness { listen, dir } => {
+        Command::Witness { listen, dir, nodes } => {
             std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
             let listener = tokio::net::TcpListener::bind(&listen)
                 .await
                 .with_context(|| format!("listening on {listen}"))?;
             let (trigger, shutdown) = pacsd::net::ShutdownTrigger::new();
             let task = tokio::spawn(async move {
-                pacsd::ha::arbiter::run_witness(listener, &dir, shutdown).await
+                pacsd::ha::arbiter::run_witness(listener, &dir, &nodes, shutdown).await
             });
             wait_for_signal().await;
             trigger.trigger();

@@ -325,8 +325,10 @@ enum Reply<T> {
 pub async fn run_witness(
     listener: TcpListener,
     dir: &std::path::Path,
+    nodes: &[String],
     mut shutdown: crate::net::Shutdown,
 ) -> Result<(), ArbiterError> {
+    let nodes: Arc<Vec<String>> = Arc::new(nodes.to_vec());
     let arbiter = Arbiter::open(&dir.display().to_string())?;
     arbiter.probe().await?;
     let latest = arbiter.latest().await?;
@@ -344,6 +346,7 @@ pub async fn run_witness(
             _ = shutdown.wait() => return Ok(()),
         };
         let arbiter = arbiter.clone();
+        let nodes = nodes.clone();
         tokio::spawn(async move {
             let _ = stream.set_nodelay(true);
             let (r, mut w) = stream.into_split();
@@ -357,7 +360,7 @@ pub async fn run_witness(
             }
             let answer = match serde_json::from_str::<Request>(&line) {
                 Ok(Request::Claim { epoch, node }) => {
-                    let out = arbiter.claim(epoch, &node).await;
+                    let out = witness_claim(&arbiter, &nodes, epoch, &node).await;
                     if let Ok(o) = &out {
                         info!(%peer, node, epoch, granted = o.granted, "witness: claim");
                     }
@@ -394,6 +397,38 @@ pub async fn run_witness(
             .await;
         });
     }
+}
+
+/// A claim at the witness: granted only for the epoch after the latest (checked: nothing
+/// follows `u64::MAX`), and only to a configured node when `nodes` names them, so a forged
+/// claim of a far epoch cannot lock both nodes out.
+async fn witness_claim(
+    arbiter: &Arbiter,
+    nodes: &[String],
+    epoch: u64,
+    node: &str,
+) -> Result<ClaimOutcome, ArbiterError> {
+    let latest = arbiter.latest().await?;
+    let refused = ClaimOutcome {
+        granted: false,
+        latest,
+        previous_solo: false,
+    };
+    if !nodes.is_empty() && !nodes.iter().any(|n| n == node) {
+        warn!(
+            node,
+            epoch, "witness: claim from a node that is not configured refused"
+        );
+        return Ok(refused);
+    }
+    if latest.checked_add(1) != Some(epoch) {
+        warn!(
+            node,
+            epoch, latest, "witness: claim of an epoch other than latest + 1 refused"
+        );
+        return Ok(refused);
+    }
+    arbiter.claim(epoch, node).await
 }
 
 fn reply<T: Serialize>(r: Result<T, ArbiterError>) -> String {
@@ -450,7 +485,7 @@ mod tests {
         let addr = listener.local_addr().unwrap();
         let (trigger, shutdown) = crate::net::ShutdownTrigger::new();
         let path = dir.path().to_path_buf();
-        let task = tokio::spawn(async move { run_witness(listener, &path, shutdown).await });
+        let task = tokio::spawn(async move { run_witness(listener, &path, &[], shutdown).await });
         let w = Arbiter::open(&format!("witness://{addr}")).unwrap();
         w.probe().await.unwrap();
         assert!(w.claim(1, "a").await.unwrap().granted);
@@ -466,5 +501,30 @@ mod tests {
         task.await.unwrap().unwrap();
         let err = w.latest().await.unwrap_err().to_string();
         assert!(err.contains(&addr.to_string()), "{err}");
+    }
+
+    #[tokio::test]
+    async fn a_witness_grants_only_the_next_epoch_and_only_to_its_nodes() {
+        let dir = tempfile::tempdir().unwrap();
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (trigger, shutdown) = crate::net::ShutdownTrigger::new();
+        let path = dir.path().to_path_buf();
+        let nodes = vec!["a".to_string(), "b".to_string()];
+        let task =
+            tokio::spawn(async move { run_witness(listener, &path, &nodes, shutdown).await });
+        let w = Arbiter::open(&format!("witness://{addr}")).unwrap();
+        assert!(w.claim(1, "a").await.unwrap().granted);
+        // The forged claim that locked both nodes out: refused, the latest epoch unchanged.
+        let forged = w.claim(u64::MAX, "b").await.unwrap();
+        assert!(!forged.granted);
+        assert_eq!(w.latest().await.unwrap(), 1);
+        assert!(!w.claim(3, "b").await.unwrap().granted);
+        // A node id the witness does not know.
+        assert!(!w.claim(2, "mallory").await.unwrap().granted);
+        assert!(w.claim(2, "b").await.unwrap().granted);
+        assert_eq!(w.latest().await.unwrap(), 2);
+        trigger.trigger();
+        task.await.unwrap().unwrap();
     }
 }

@@ -172,6 +172,13 @@ impl RoleState {
         matches!(self.role, Role::Primary { solo: true, .. })
     }
 
+    /// The epoch to claim next, in checked arithmetic: at `u64::MAX` there is none, and
+    /// claiming `u64::MAX` again is refused by the arbiter (it grants only latest + 1), so the
+    /// node stays out instead of wrapping to epoch 0 and serving beside the real primary.
+    fn next_epoch(&self) -> u64 {
+        self.epoch.checked_add(1).unwrap_or(self.epoch)
+    }
+
     /// Feed one event; the actions to carry out, in order.
     pub fn step(&mut self, event: Event, now: Instant) -> Vec<Action> {
         let t = self.timing;
@@ -245,7 +252,7 @@ impl RoleState {
                     self.last_probe = None;
                     self.role = Role::Claiming { solo_before: false };
                     vec![Action::Claim {
-                        epoch: self.epoch + 1,
+                        epoch: self.next_epoch(),
                     }]
                 } else {
                     self.last_probe = Some((epoch, marker, now));
@@ -256,7 +263,7 @@ impl RoleState {
                 self.epoch = self.epoch.max(peer_epoch);
                 self.role = Role::Claiming { solo_before: false };
                 vec![Action::Claim {
-                    epoch: self.epoch + 1,
+                    epoch: self.next_epoch(),
                 }]
             }
 
@@ -326,7 +333,7 @@ impl RoleState {
                     let _ = serve_from;
                     self.role = Role::Claiming { solo_before: true };
                     vec![Action::Claim {
-                        epoch: self.epoch + 1,
+                        epoch: self.next_epoch(),
                     }]
                 } else {
                     Vec::new()
@@ -335,7 +342,7 @@ impl RoleState {
             (Role::Primary { solo: false, .. }, Event::StandbyLost) => {
                 self.role = Role::Claiming { solo_before: true };
                 vec![Action::Claim {
-                    epoch: self.epoch + 1,
+                    epoch: self.next_epoch(),
                 }]
             }
             (Role::Primary { solo: true, .. }, Event::Tick) => {
