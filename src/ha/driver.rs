@@ -311,8 +311,7 @@ pub async fn run(config: Config, mut shutdown: Shutdown) -> Result<(), HaError> 
             .map_err(bind("replication listener", &ha.replication_bind))?,
     );
     let control_path = control_path(&config, &ha);
-    let _ = std::fs::remove_file(&control_path);
-    let control = UnixListener::bind(&control_path).map_err(|e| HaError::Control {
+    let control = bind_control(&control_path).map_err(|e| HaError::Control {
         path: control_path.clone(),
         reason: e.to_string(),
     })?;
@@ -840,6 +839,26 @@ impl Driver {
     }
 }
 
+/// The control socket, readable and writable by this node's user only (0600; the umask
+/// would have left it open to every local user, and switchover is an operation).
+fn bind_control(path: &std::path::Path) -> std::io::Result<UnixListener> {
+    use std::os::unix::fs::PermissionsExt;
+    let _ = std::fs::remove_file(path);
+    let listener = UnixListener::bind(path)?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
+    Ok(listener)
+}
+
+/// Whether a control client may talk to the node: its user (SO_PEERCRED) is the node's own or
+/// root. The socket's mode already says so; this also covers the moment between bind and chmod.
+fn control_client_allowed(stream: &tokio::net::UnixStream) -> bool {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    let own = unsafe { libc::geteuid() };
+    stream
+        .peer_cred()
+        .is_ok_and(|c| c.uid() == own || c.uid() == 0)
+}
+
 /// Accept control connections: one JSON request line, one JSON answer line.
 async fn serve_control(
     listener: UnixListener,
@@ -850,6 +869,10 @@ async fn serve_control(
             tokio::time::sleep(Duration::from_millis(50)).await;
             continue;
         };
+        if !control_client_allowed(&stream) {
+            warn!(cred = ?stream.peer_cred().ok(), "control connection from another user refused");
+            continue;
+        }
         let tx = tx.clone();
         tokio::spawn(async move {
             let (r, mut w) = stream.into_split();
@@ -878,5 +901,43 @@ async fn serve_control(
             out.push(b'\n');
             let _ = w.write_all(&out).await;
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn the_control_socket_is_for_the_nodes_own_user_only() {
+        use std::os::unix::fs::PermissionsExt;
+        use std::os::unix::process::CommandExt;
+        let dir = tempfile::tempdir().unwrap();
+        // A directory every user may traverse: only the socket's own mode keeps them out.
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+        let path = dir.path().join("node.ha.sock");
+        let listener = bind_control(&path).unwrap();
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
+        // The node's own user connects and is allowed.
+        let own = tokio::net::UnixStream::connect(&path).await.unwrap();
+        let (accepted, _) = listener.accept().await.unwrap();
+        assert!(control_client_allowed(&accepted));
+        drop(own);
+        // Another user (nobody) cannot even connect.
+        if unsafe { libc::geteuid() } == 0 {
+            let out = std::process::Command::new("python3")
+                .args([
+                    "-c",
+                    "import socket, sys; s = socket.socket(socket.AF_UNIX); s.connect(sys.argv[1])",
+                ])
+                .arg(&path)
+                .uid(65534)
+                .gid(65534)
+                .output()
+                .unwrap();
+            assert!(!out.status.success());
+            assert!(String::from_utf8_lossy(&out.stderr).contains("Permission denied"));
+        }
     }
 }
