@@ -285,7 +285,7 @@ impl Scanner<'_> {
                 // (found by fuzzing: a 5-byte UL made it allocate 4 GB two elements later).
                 vr => {
                     if let Some(size) = binary_value_size(vr)
-                        && len % size != 0
+                        && !len.is_multiple_of(size)
                     {
                         return Err(ScanError::PartialValue {
                             tag: h.tag,

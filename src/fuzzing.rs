@@ -101,8 +101,11 @@ pub fn ha_frame(data: &[u8]) {
     let _ = crate::ha::replication::fuzz_frame(data);
 }
 
+/// What a target runs on one input.
+pub type Target = fn(&[u8]);
+
 /// Every target by name (fuzz targets and the regression replay use the same names).
-pub const TARGETS: [(&str, fn(&[u8])); 7] = [
+pub const TARGETS: [(&str, Target); 7] = [
     ("dataset", dataset),
     ("command", command),
     ("identifier", identifier),
