@@ -219,6 +219,11 @@ pub struct HaConfig {
     /// with `.ha.sock` appended).
     #[serde(default)]
     pub control_socket: Option<PathBuf>,
+    /// The pair's shared secret (a file of at least 32 bytes, the same on both nodes, readable
+    /// by the node's user only; relative to this file's directory): every heartbeat carries
+    /// an HMAC-SHA256 under it, and beats without a valid one are dropped.
+    #[serde(default)]
+    pub key_file: Option<PathBuf>,
 }
 
 fn default_heartbeat_ms() -> u64 {
@@ -406,6 +411,12 @@ impl Config {
             };
             config.access.peers_file = Some(peers.clone());
             config.peers = load_peers(&peers)?;
+        }
+        if let Some(ha) = &mut config.ha
+            && let Some(key) = ha.key_file.as_mut()
+            && key.is_relative()
+        {
+            *key = path.parent().unwrap_or(Path::new(".")).join(&*key);
         }
         config.validate()?;
         Ok(config)
@@ -697,6 +708,13 @@ impl HaConfig {
             return Err(invalid(
                 "ha.margin_ms",
                 "must be at least one heartbeat interval",
+            ));
+        }
+        if self.key_file.is_none() {
+            return Err(invalid(
+                "ha.key_file",
+                "a shared key authenticates the pair's heartbeats: make one with \
+                 `head -c 32 /dev/urandom > ha.key; chmod 600 ha.key` and copy it to both nodes",
             ));
         }
         Ok(())

@@ -113,6 +113,8 @@ struct Pair {
 fn pair(net: u8, witness: bool) -> Pair {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
+    // The pair's shared heartbeat key (both members name the same file).
+    std::fs::write(d.join("ha.key"), [0x5a; 32]).unwrap();
     let ip = |h: u8| format!("127.0.{net}.{h}");
     let arbiter = if witness {
         format!("witness://{}:7402", ip(4))
@@ -135,7 +137,8 @@ fn pair(net: u8, witness: bool) -> Pair {
                  [ha]\nnode_id = \"{name}\"\n\
                  links = [{{ bind = \"{me_ip}:7400\", peer = \"{peer_ip}:7400\" }}]\n\
                  replication_bind = \"{me_ip}:7401\"\npeer_replication = \"{peer_ip}:7401\"\n\
-                 arbiter = \"{arbiter}\"\n",
+                 arbiter = \"{arbiter}\"\nkey_file = \"{key}\"\n",
+                key = d.join("ha.key").display(),
                 me_ip = ip(me),
                 peer_ip = ip(peer),
                 index = d.join(name).join("index.sqlite").display(),
@@ -540,4 +543,53 @@ fn garage_is_refused_as_arbiter_because_it_ignores_create_if_absent() {
         "{}",
         text(&out)
     );
+}
+
+/// Forged heartbeats sent from another address to both nodes: unauthenticated "primary
+/// alive" beats of a higher epoch (they used to demote the primary, and to keep the standby
+/// from taking over for as long as they came), beats sealed under another key, and a stretched
+/// echo. Nothing changes: no role, no epoch; and when the primary dies while the forgery goes
+/// on, the standby takes over as usual.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forged_heartbeats_change_no_role_epoch_or_lease() {
+    use pacsd::ha::heartbeat::{Beat, BeatKey};
+    let _serial = serial();
+    let p = Pair::started(49, false);
+    let forger = std::net::UdpSocket::bind("127.0.49.9:0").unwrap();
+    let forged_beat = |node: &str| Beat {
+        node: node.into(),
+        primary: true,
+        epoch: 99,
+        seq: 1_000_000,
+        token: 1,
+        echo: Some(u64::MAX / 2),
+    };
+    let wrong_key = BeatKey::new(&[0x11; 32]).unwrap();
+    let forge = move |rounds: usize| {
+        for i in 0..rounds {
+            for (node, to) in [("b", "127.0.49.2:7400"), ("a", "127.0.49.3:7400")] {
+                let plain = serde_json::to_vec(&forged_beat(node)).unwrap();
+                let _ = forger.send_to(&plain, to);
+                let sealed = wrong_key.seal(&forged_beat(node), u64::MAX - i as u64);
+                let _ = forger.send_to(&sealed, to);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    };
+    forge(50);
+    let (sa, sb) = (p.a.status().unwrap(), p.b.status().unwrap());
+    assert!(sa.role.starts_with("primary") && sa.epoch == 1, "{sa:?}");
+    assert!(sb.role == "standby" && sb.epoch == 1, "{sb:?}");
+    assert!(p.settled(Duration::from_secs(5)).is_some(), "still paired");
+
+    // The primary dies while the forgery goes on: the standby takes over all the same.
+    p.a.signal("-KILL");
+    let forging = std::thread::spawn(move || forge(250));
+    let took_over = wait_for(Duration::from_secs(4), || {
+        p.b.status()
+            .is_some_and(|s| s.role.starts_with("primary") && s.epoch == 2)
+    });
+    assert!(took_over, "{:?}\n{}", p.b.status(), p.logs());
+    assert!(p.logs().contains("heartbeat refused"), "{}", p.logs());
+    forging.join().unwrap();
 }

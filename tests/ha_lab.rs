@@ -76,6 +76,8 @@ impl Lab {
         let d = self.dir.path();
         let peer_host = if host == 2 { 3 } else { 2 };
         std::fs::create_dir_all(d.join(me)).unwrap();
+        // The pair's shared heartbeat key (both members name the same file).
+        std::fs::write(d.join("ha.key"), [0x5a; 32]).unwrap();
         let replicas: Vec<String> = (1..=3)
             .map(|i| format!("\"{}\"", d.join(format!("r{i}")).display()))
             .collect();
@@ -90,7 +92,9 @@ impl Lab {
                  links = [{{ bind = \"10.77.0.{host}:7400\", peer = \"10.77.0.{peer_host}:7400\" }}]\n\
                  replication_bind = \"10.77.0.{host}:7401\"\npeer_replication = \"10.77.0.{peer_host}:7401\"\n\
                  arbiter = \"witness://10.77.0.4:7402\"\n\
-                 service_ip = \"10.77.0.100/24\"\ninterface = \"eth0\"\n",
+                 service_ip = \"10.77.0.100/24\"\ninterface = \"eth0\"\n\
+                 key_file = \"{key}\"\n",
+                key = d.join("ha.key").display(),
                 index = d.join(me).join("index.sqlite").display(),
                 replicas = replicas.join(", "),
             ),

@@ -18,7 +18,7 @@ use tokio::task::JoinHandle;
 use tracing::{error, info, warn};
 
 use super::arbiter::{Arbiter, ArbiterError};
-use super::heartbeat::{Beat, Clock, Links};
+use super::heartbeat::{Beat, BeatKey, Clock, Links};
 use super::replication::{PrimaryEvent, Replicator, StandbyEvent, StandbyServer};
 use super::role::{Action, Event, Role, RoleState};
 use super::vip::{ServiceIp, VipError, freebind_listener};
@@ -59,6 +59,33 @@ pub enum HaError {
     Control { path: PathBuf, reason: String },
     #[error("service IP: {0}")]
     Vip(#[from] VipError),
+    #[error("HA key {path}: {reason}")]
+    Key { path: PathBuf, reason: String },
+}
+
+/// The pair's shared heartbeat key from `[ha].key_file` (surrounding whitespace ignored, so
+/// a key written with a trailing newline works); one that others may read is warned about.
+fn read_key(path: &std::path::Path) -> Result<BeatKey, HaError> {
+    use std::os::unix::fs::PermissionsExt;
+    let err = |reason: String| HaError::Key {
+        path: path.to_path_buf(),
+        reason,
+    };
+    let bytes = std::fs::read(path).map_err(|e| err(e.to_string()))?;
+    let start = bytes
+        .iter()
+        .position(|b| !b.is_ascii_whitespace())
+        .unwrap_or(0);
+    let end = bytes
+        .iter()
+        .rposition(|b| !b.is_ascii_whitespace())
+        .map_or(start, |e| e + 1);
+    if let Ok(meta) = std::fs::metadata(path)
+        && meta.permissions().mode() & 0o077 != 0
+    {
+        warn!(path = %path.display(), "the HA key is readable by other users: chmod 600 it");
+    }
+    BeatKey::new(&bytes[start..end]).map_err(err)
 }
 
 /// What the driver, the C-STORE gate and `pacsd ha status` share.
@@ -300,7 +327,8 @@ pub async fn run(config: Config, mut shutdown: Shutdown) -> Result<(), HaError> 
             )
         })
         .collect();
-    let links = Links::bind(&links)
+    let key = read_key(ha.key_file.as_deref().expect("validated"))?;
+    let links = Links::bind(&links, key)
         .await
         .map_err(bind("heartbeat link", &ha.links[0].bind))?;
     let (beat_tx, mut beats) = mpsc::channel(64);

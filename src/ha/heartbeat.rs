@@ -1,10 +1,21 @@
 //! Heartbeats: one small UDP datagram per link per interval, carrying who we are, our role,
 //! epoch and last index seq, a token (our send time) and the echo of the peer's latest
 //! token. The echo is what extends a paired primary's lease (`role`, rule 2).
+//!
+//! Every beat is authenticated, because one forged datagram could demote a primary, keep a
+//! standby from taking over, or stretch a lease: it is `HMAC-SHA256(key, body) || body`
+//! under the pair's shared key, its body carries a sequence number (the sender's wall clock
+//! in microseconds, so it keeps rising across restarts) and the sender's node id, and it is
+//! accepted only from the link's configured peer address, with a valid MAC and a sequence
+//! number above the last one accepted from that node. Anything else is dropped, and logged
+//! at most once per source every `REFUSAL_LOG_INTERVAL`.
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+
+use hmac::{Hmac, KeyInit, Mac};
 
 use serde::{Deserialize, Serialize};
 use tokio::net::UdpSocket;
@@ -13,6 +24,125 @@ use tracing::{debug, warn};
 
 /// Largest heartbeat datagram read.
 const MAX_DATAGRAM: usize = 1024;
+/// Bytes of the HMAC-SHA256 tag that opens each datagram.
+const MAC_LEN: usize = 32;
+/// Shortest shared key accepted (256 bits).
+pub const MIN_KEY_LEN: usize = 32;
+/// A refused datagram is logged at most once per source in this interval (a flood of forged
+/// beats must not flood the log).
+const REFUSAL_LOG_INTERVAL: Duration = Duration::from_secs(10);
+
+/// The pair's shared heartbeat key.
+#[derive(Clone)]
+pub struct BeatKey(Arc<[u8]>);
+
+impl BeatKey {
+    pub fn new(bytes: &[u8]) -> Result<BeatKey, String> {
+        if bytes.len() < MIN_KEY_LEN {
+            return Err(format!(
+                "the key has {} bytes; at least {MIN_KEY_LEN} are needed",
+                bytes.len()
+            ));
+        }
+        Ok(BeatKey(bytes.into()))
+    }
+
+    fn mac(&self) -> Hmac<sha2::Sha256> {
+        <Hmac<sha2::Sha256> as KeyInit>::new_from_slice(&self.0).expect("HMAC takes any key length")
+    }
+
+    /// `MAC || body` for a beat sent with sequence number `seq`.
+    pub fn seal(&self, beat: &Beat, seq: u64) -> Vec<u8> {
+        let body = serde_json::to_vec(&Sealed {
+            seq,
+            beat: beat.clone(),
+        })
+        .expect("a beat serialises");
+        let mut mac = self.mac();
+        mac.update(&body);
+        let mut out = mac.finalize().into_bytes().to_vec();
+        out.extend_from_slice(&body);
+        out
+    }
+
+    /// The beat and its sequence number, if the datagram's MAC is valid under this key.
+    pub fn open(&self, datagram: &[u8]) -> Result<(Beat, u64), Refusal> {
+        if datagram.len() <= MAC_LEN {
+            return Err(Refusal::Malformed);
+        }
+        let (tag, body) = datagram.split_at(MAC_LEN);
+        let mut mac = self.mac();
+        mac.update(body);
+        mac.verify_slice(tag).map_err(|_| Refusal::BadMac)?;
+        let sealed: Sealed = serde_json::from_slice(body).map_err(|_| Refusal::Malformed)?;
+        Ok((sealed.beat, sealed.seq))
+    }
+}
+
+/// What is authenticated: the beat and its sequence number.
+#[derive(Serialize, Deserialize)]
+struct Sealed {
+    seq: u64,
+    beat: Beat,
+}
+
+/// Why a datagram was not taken as a heartbeat.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    WrongSource,
+    Malformed,
+    BadMac,
+    Replayed,
+}
+
+/// The sequence number of a beat sent now: microseconds of the wall clock, never lower than
+/// the last one this process sent.
+fn next_seq(last: &Mutex<u64>) -> u64 {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_micros() as u64)
+        .unwrap_or(0);
+    let mut last = last.lock().expect("seq lock");
+    *last = now.max(*last + 1);
+    *last
+}
+
+/// The receiving side's checks, per link: source address, MAC, then sequence per node.
+struct Gate {
+    key: BeatKey,
+    /// Highest sequence number accepted from each node id.
+    seen: Mutex<HashMap<String, u64>>,
+    /// When a refusal from each source was last logged.
+    logged: Mutex<HashMap<SocketAddr, Instant>>,
+}
+
+impl Gate {
+    fn check(&self, from: SocketAddr, peer: SocketAddr, datagram: &[u8]) -> Result<Beat, Refusal> {
+        if from != peer {
+            return Err(Refusal::WrongSource);
+        }
+        let (beat, seq) = self.key.open(datagram)?;
+        let mut seen = self.seen.lock().expect("seen lock");
+        let last = seen.entry(beat.node.clone()).or_insert(0);
+        if seq <= *last {
+            return Err(Refusal::Replayed);
+        }
+        *last = seq;
+        Ok(beat)
+    }
+
+    fn log_refusal(&self, from: SocketAddr, why: Refusal) {
+        let now = Instant::now();
+        let mut logged = self.logged.lock().expect("log lock");
+        let due = logged
+            .get(&from)
+            .is_none_or(|t| now.duration_since(*t) >= REFUSAL_LOG_INTERVAL);
+        if due {
+            logged.insert(from, now);
+            warn!(%from, ?why, "heartbeat refused (further ones from this source are not logged for 10 s)");
+        }
+    }
+}
 
 /// One heartbeat.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -59,23 +189,27 @@ impl Default for Clock {
 /// The heartbeat links of a node: one socket per link.
 pub struct Links {
     sockets: Vec<(Arc<UdpSocket>, SocketAddr)>,
+    key: BeatKey,
+    last_seq: Mutex<u64>,
 }
 
 impl Links {
-    pub async fn bind(links: &[(SocketAddr, SocketAddr)]) -> std::io::Result<Links> {
+    pub async fn bind(links: &[(SocketAddr, SocketAddr)], key: BeatKey) -> std::io::Result<Links> {
         let mut sockets = Vec::new();
         for (bind, peer) in links {
             let s = UdpSocket::bind(bind).await?;
             sockets.push((Arc::new(s), *peer));
         }
-        Ok(Links { sockets })
+        Ok(Links {
+            sockets,
+            key,
+            last_seq: Mutex::new(0),
+        })
     }
 
     /// Send `beat` on every link (a link that fails is logged and skipped).
     pub async fn send(&self, beat: &Beat) {
-        let Ok(bytes) = serde_json::to_vec(beat) else {
-            return;
-        };
+        let bytes = self.key.seal(beat, next_seq(&self.last_seq));
         for (s, peer) in &self.sockets {
             if let Err(e) = s.send_to(&bytes, peer).await {
                 debug!(%peer, error = %e, "heartbeat not sent");
@@ -83,30 +217,36 @@ impl Links {
         }
     }
 
-    /// Receive beats from every link into `tx` (each with its arrival time) until the
-    /// receiver is gone. Beats from `own` node id (a loop) are dropped.
+    /// Receive authenticated beats from every link into `tx` (each with its arrival time)
+    /// until the receiver is gone. Beats from `own` node id (a loop) are dropped.
     pub fn receive(&self, own: String, tx: mpsc::Sender<(Beat, Instant)>) {
-        for (s, _) in &self.sockets {
-            let (s, tx, own) = (s.clone(), tx.clone(), own.clone());
+        let gate = Arc::new(Gate {
+            key: self.key.clone(),
+            seen: Mutex::new(HashMap::new()),
+            logged: Mutex::new(HashMap::new()),
+        });
+        for (s, peer) in &self.sockets {
+            let (s, tx, own, gate, peer) =
+                (s.clone(), tx.clone(), own.clone(), gate.clone(), *peer);
             tokio::spawn(async move {
                 let mut buf = vec![0u8; MAX_DATAGRAM];
                 loop {
-                    let n = match s.recv_from(&mut buf).await {
-                        Ok((n, _)) => n,
+                    let (n, from) = match s.recv_from(&mut buf).await {
+                        Ok(x) => x,
                         Err(e) => {
                             warn!(error = %e, "heartbeat receive failed");
                             tokio::time::sleep(Duration::from_millis(50)).await;
                             continue;
                         }
                     };
-                    match serde_json::from_slice::<Beat>(&buf[..n]) {
+                    match gate.check(from, peer, &buf[..n]) {
                         Ok(b) if b.node != own => {
                             if tx.send((b, Instant::now())).await.is_err() {
                                 return;
                             }
                         }
                         Ok(_) => {}
-                        Err(e) => debug!(error = %e, "not a heartbeat"),
+                        Err(why) => gate.log_refusal(from, why),
                     }
                 }
             });
@@ -132,8 +272,8 @@ mod tests {
         let b1 = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
         let (pa, pb) = (a1.local_addr().unwrap(), b1.local_addr().unwrap());
         drop((a1, b1));
-        let a = Links::bind(&[(pa, pb)]).await.unwrap();
-        let b = Links::bind(&[(pb, pa)]).await.unwrap();
+        let a = Links::bind(&[(pa, pb)], key()).await.unwrap();
+        let b = Links::bind(&[(pb, pa)], key()).await.unwrap();
         let (tx, mut rx) = mpsc::channel(8);
         b.receive("b".into(), tx);
         let beat = Beat {
@@ -158,5 +298,74 @@ mod tests {
             got, beat,
             "the beat claiming to be from b itself was dropped"
         );
+    }
+
+    fn key() -> BeatKey {
+        BeatKey::new(&[7u8; 32]).unwrap()
+    }
+
+    fn beat(node: &str) -> Beat {
+        Beat {
+            node: node.into(),
+            primary: true,
+            epoch: 3,
+            seq: 7,
+            token: 42,
+            echo: Some(9),
+        }
+    }
+
+    fn gate() -> Gate {
+        Gate {
+            key: key(),
+            seen: Mutex::new(HashMap::new()),
+            logged: Mutex::new(HashMap::new()),
+        }
+    }
+
+    #[test]
+    fn a_short_key_is_refused() {
+        assert!(BeatKey::new(&[1u8; 31]).is_err());
+        assert!(BeatKey::new(&[1u8; 32]).is_ok());
+    }
+
+    #[test]
+    fn only_sealed_beats_from_the_peer_address_in_sequence_are_accepted() {
+        let peer: SocketAddr = "127.0.0.1:7400".parse().unwrap();
+        let other: SocketAddr = "127.0.0.9:7400".parse().unwrap();
+        let g = gate();
+        let sealed = key().seal(&beat("a"), 10);
+        assert_eq!(g.check(peer, peer, &sealed), Ok(beat("a")));
+        // The same datagram again (a replay), or an older one.
+        assert_eq!(g.check(peer, peer, &sealed), Err(Refusal::Replayed));
+        assert_eq!(
+            g.check(peer, peer, &key().seal(&beat("a"), 9)),
+            Err(Refusal::Replayed)
+        );
+        assert!(g.check(peer, peer, &key().seal(&beat("a"), 11)).is_ok());
+        // From another address, even correctly sealed.
+        assert_eq!(
+            g.check(other, peer, &key().seal(&beat("a"), 12)),
+            Err(Refusal::WrongSource)
+        );
+        // Under another key, or with one byte of the body changed (a lease stretched).
+        let forged = BeatKey::new(&[8u8; 32]).unwrap().seal(&beat("a"), 13);
+        assert_eq!(g.check(peer, peer, &forged), Err(Refusal::BadMac));
+        let mut tampered = key().seal(&beat("a"), 14);
+        let last = tampered.len() - 2;
+        tampered[last] ^= 1;
+        assert_eq!(g.check(peer, peer, &tampered), Err(Refusal::BadMac));
+        // The old unauthenticated JSON beat.
+        let plain = serde_json::to_vec(&beat("a")).unwrap();
+        assert!(g.check(peer, peer, &plain).is_err());
+        assert_eq!(g.check(peer, peer, b"x"), Err(Refusal::Malformed));
+    }
+
+    #[test]
+    fn sequence_numbers_keep_rising() {
+        let last = Mutex::new(0);
+        let a = next_seq(&last);
+        let b = next_seq(&last);
+        assert!(b > a && a > 1_600_000_000_000_000);
     }
 }
