@@ -259,6 +259,10 @@ struct Driver {
     known_epoch: Arc<AtomicU64>,
     repl_listener: Arc<TcpListener>,
     peer_replication: SocketAddr,
+    /// This node's replication address: the primary connects from it.
+    replication_ip: std::net::IpAddr,
+    /// The pair's shared key (heartbeats and the replication handshake).
+    key: BeatKey,
     events: mpsc::Sender<Event>,
     standby_events: mpsc::Sender<StandbyEvent>,
     primary_events: mpsc::Sender<PrimaryEvent>,
@@ -328,7 +332,7 @@ pub async fn run(config: Config, mut shutdown: Shutdown) -> Result<(), HaError> 
         })
         .collect();
     let key = read_key(ha.key_file.as_deref().expect("validated"))?;
-    let links = Links::bind(&links, key)
+    let links = Links::bind(&links, key.clone())
         .await
         .map_err(bind("heartbeat link", &ha.links[0].bind))?;
     let (beat_tx, mut beats) = mpsc::channel(64);
@@ -351,6 +355,12 @@ pub async fn run(config: Config, mut shutdown: Shutdown) -> Result<(), HaError> 
     let (primary_tx, mut primary_events) = mpsc::channel(8);
     let mut d = Driver {
         peer_replication: ha.peer_replication.parse().expect("validated"),
+        replication_ip: ha
+            .replication_bind
+            .parse::<SocketAddr>()
+            .expect("validated")
+            .ip(),
+        key,
         config: Arc::new(config),
         shared: shared.clone(),
         storage,
@@ -616,6 +626,8 @@ impl Driver {
             known_epoch: self.known_epoch.clone(),
             events: self.standby_events.clone(),
             applied: self.shared.seq.clone(),
+            key: self.key.clone(),
+            peer_ip: self.peer_replication.ip(),
         };
         let task = tokio::spawn(server.run(self.repl_listener.clone(), index, shutdown));
         self.standing = Some(Standing { trigger, task });
@@ -748,6 +760,8 @@ impl Driver {
             acked: self.shared.acked.clone(),
             events: self.primary_events.clone(),
             handover: handover_rx,
+            key: self.key.clone(),
+            local_ip: self.replication_ip,
         };
         (trigger, tokio::spawn(r.run(shutdown)), handover_tx)
     }

@@ -51,6 +51,27 @@ impl BeatKey {
         <Hmac<sha2::Sha256> as KeyInit>::new_from_slice(&self.0).expect("HMAC takes any key length")
     }
 
+    /// HMAC-SHA256 under this key of `parts`, each prefixed with its length (so no two lists
+    /// of parts give the same input).
+    pub fn tag(&self, parts: &[&[u8]]) -> [u8; 32] {
+        let mut mac = self.mac();
+        for p in parts {
+            mac.update(&(p.len() as u64).to_be_bytes());
+            mac.update(p);
+        }
+        mac.finalize().into_bytes().into()
+    }
+
+    /// Whether `tag` is `tag(parts)` (compared in constant time).
+    pub fn verify(&self, parts: &[&[u8]], tag: &[u8]) -> bool {
+        let mut mac = self.mac();
+        for p in parts {
+            mac.update(&(p.len() as u64).to_be_bytes());
+            mac.update(p);
+        }
+        mac.verify_slice(tag).is_ok()
+    }
+
     /// `MAC || body` for a beat sent with sequence number `seq`.
     pub fn seal(&self, beat: &Beat, seq: u64) -> Vec<u8> {
         let body = serde_json::to_vec(&Sealed {

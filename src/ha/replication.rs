@@ -23,6 +23,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, watch};
 use tracing::{debug, info, warn};
 
+use super::heartbeat::BeatKey;
 use crate::index::replica::ChangeRecord;
 use crate::index::{Index, IndexError};
 use crate::net::Shutdown;
@@ -62,6 +63,14 @@ pub enum ReplicationError {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(tag = "t", rename_all = "snake_case")]
 enum Frame {
+    /// Both sides, first: a fresh random nonce (hex) for the mutual proof of the pair key.
+    Challenge {
+        nonce: String,
+    },
+    /// HMAC of the role and both nonces under the pair key (`prove`).
+    Proof {
+        mac: String,
+    },
     /// Primary -> standby, first: who is sending and in which epoch.
     Primary {
         node: String,
@@ -129,6 +138,123 @@ pub fn fuzz_frame(body: &[u8]) -> bool {
     decode_frame(body).is_ok()
 }
 
+/// A fresh 32-byte nonce from the kernel's random source, hex.
+fn nonce() -> Result<String, ReplicationError> {
+    use std::io::Read;
+    let mut bytes = [0u8; 32];
+    std::fs::File::open("/dev/urandom")?.read_exact(&mut bytes)?;
+    Ok(hex::encode(bytes))
+}
+
+/// The proof that `role` ("primary" or "standby") holds the pair key, bound to both nonces
+/// of this connection (so it can be neither replayed nor reflected).
+fn prove(key: &BeatKey, role: &str, primary_nonce: &str, standby_nonce: &str) -> String {
+    hex::encode(key.tag(&[
+        b"pacsd replication",
+        role.as_bytes(),
+        primary_nonce.as_bytes(),
+        standby_nonce.as_bytes(),
+    ]))
+}
+
+fn proof_valid(
+    key: &BeatKey,
+    role: &str,
+    primary_nonce: &str,
+    standby_nonce: &str,
+    mac: &str,
+) -> bool {
+    hex::decode(mac).is_ok_and(|tag| {
+        key.verify(
+            &[
+                b"pacsd replication",
+                role.as_bytes(),
+                primary_nonce.as_bytes(),
+                standby_nonce.as_bytes(),
+            ],
+            &tag,
+        )
+    })
+}
+
+/// The standby's side of the mutual proof: the primary's nonce arrives, ours goes back with
+/// our proof, then the primary's proof must check out. Nothing else is read or sent first.
+async fn standby_handshake<R: AsyncRead + Unpin, W: AsyncWrite + Unpin>(
+    key: &BeatKey,
+    r: &mut R,
+    w: &mut W,
+) -> Result<(), ReplicationError> {
+    let theirs = match timed(HANDSHAKE_TIMEOUT, "challenge", read_frame(r)).await? {
+        Frame::Challenge { nonce } if nonce.len() == 64 => nonce,
+        _ => {
+            return Err(ReplicationError::Refused(
+                "no challenge from the peer".into(),
+            ));
+        }
+    };
+    let ours = nonce()?;
+    write_frame(
+        w,
+        &Frame::Challenge {
+            nonce: ours.clone(),
+        },
+    )
+    .await?;
+    write_frame(
+        w,
+        &Frame::Proof {
+            mac: prove(key, "standby", &theirs, &ours),
+        },
+    )
+    .await?;
+    match timed(HANDSHAKE_TIMEOUT, "proof", read_frame(r)).await? {
+        Frame::Proof { mac } if proof_valid(key, "primary", &theirs, &ours, &mac) => Ok(()),
+        _ => Err(ReplicationError::Refused(
+            "the peer did not prove the pair key".into(),
+        )),
+    }
+}
+
+/// The primary's side: our nonce out, the standby's nonce and proof in (checked before we
+/// send anything else, so an impostor standby gets no record and no snapshot), our proof out.
+async fn primary_handshake<R: AsyncRead + Unpin, W: AsyncWrite + Unpin>(
+    key: &BeatKey,
+    r: &mut R,
+    w: &mut W,
+) -> Result<(), ReplicationError> {
+    let ours = nonce()?;
+    write_frame(
+        w,
+        &Frame::Challenge {
+            nonce: ours.clone(),
+        },
+    )
+    .await?;
+    let theirs = match timed(HANDSHAKE_TIMEOUT, "challenge", read_frame(r)).await? {
+        Frame::Challenge { nonce } if nonce.len() == 64 => nonce,
+        _ => {
+            return Err(ReplicationError::Refused(
+                "no challenge from the standby".into(),
+            ));
+        }
+    };
+    match timed(HANDSHAKE_TIMEOUT, "proof", read_frame(r)).await? {
+        Frame::Proof { mac } if proof_valid(key, "standby", &ours, &theirs, &mac) => {}
+        _ => {
+            return Err(ReplicationError::Refused(
+                "the standby did not prove the pair key".into(),
+            ));
+        }
+    }
+    write_frame(
+        w,
+        &Frame::Proof {
+            mac: prove(key, "primary", &ours, &theirs),
+        },
+    )
+    .await
+}
+
 async fn timed<T>(
     limit: Duration,
     what: &'static str,
@@ -156,6 +282,10 @@ pub struct StandbyServer {
     pub events: mpsc::Sender<StandbyEvent>,
     /// Last change-log seq applied (for heartbeats and status).
     pub applied: Arc<std::sync::atomic::AtomicI64>,
+    /// The pair key the primary must prove it holds.
+    pub key: BeatKey,
+    /// The only address a primary may connect from (the peer's).
+    pub peer_ip: std::net::IpAddr,
 }
 
 impl StandbyServer {
@@ -179,6 +309,10 @@ impl StandbyServer {
                 },
                 _ = shutdown.wait() => return index,
             };
+            if peer.ip().to_canonical() != self.peer_ip.to_canonical() {
+                warn!(%peer, "replication connection from an address other than the peer's refused");
+                continue;
+            }
             let _ = stream.set_nodelay(true);
             let mut sd = shutdown.clone();
             let result = tokio::select! {
@@ -194,6 +328,7 @@ impl StandbyServer {
 
     async fn serve(&self, stream: TcpStream, index: &mut Index) -> Result<(), ReplicationError> {
         let (mut r, mut w) = stream.into_split();
+        standby_handshake(&self.key, &mut r, &mut w).await?;
         let epoch = match timed(HANDSHAKE_TIMEOUT, "primary hello", read_frame(&mut r)).await? {
             Frame::Primary { node, epoch } => {
                 let known = self.known_epoch.load(Ordering::SeqCst);
@@ -375,6 +510,11 @@ pub struct Replicator {
     pub acked: watch::Sender<i64>,
     pub events: mpsc::Sender<PrimaryEvent>,
     pub handover: mpsc::Receiver<()>,
+    /// The pair key the standby must prove it holds before it is sent anything.
+    pub key: BeatKey,
+    /// The address to connect from (this node's replication address, the one the standby
+    /// accepts).
+    pub local_ip: std::net::IpAddr,
 }
 
 impl Replicator {
@@ -402,11 +542,18 @@ impl Replicator {
     }
 
     async fn session(&mut self, lost_reported: &mut bool) -> Result<(), ReplicationError> {
-        let stream = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(self.peer))
+        let socket = if self.peer.is_ipv4() {
+            tokio::net::TcpSocket::new_v4()?
+        } else {
+            tokio::net::TcpSocket::new_v6()?
+        };
+        socket.bind(SocketAddr::new(self.local_ip, 0))?;
+        let stream = tokio::time::timeout(CONNECT_TIMEOUT, socket.connect(self.peer))
             .await
             .map_err(|_| ReplicationError::Timeout("connecting to the standby"))??;
         stream.set_nodelay(true)?;
         let (mut r, mut w) = stream.into_split();
+        primary_handshake(&self.key, &mut r, &mut w).await?;
         write_frame(
             &mut w,
             &Frame::Primary {
@@ -556,5 +703,131 @@ mod tests {
         a.write_all(&(MAX_FRAME + 1).to_be_bytes()).await.unwrap();
         let err = read_frame(&mut b).await.unwrap_err().to_string();
         assert!(err.contains("at most"), "{err}");
+    }
+
+    // Paused time: the side left waiting for a proof that never comes times out at once.
+    #[tokio::test(start_paused = true)]
+    async fn both_sides_must_prove_the_pair_key_before_anything_else() {
+        let key = BeatKey::new(&[3u8; 32]).unwrap();
+        let other = BeatKey::new(&[4u8; 32]).unwrap();
+        for (primary_key, standby_key, ok) in [(&key, &key, true), (&key, &other, false)] {
+            let (a, b) = tokio::io::duplex(64 * 1024);
+            let (mut ar, mut aw) = tokio::io::split(a);
+            let (mut br, mut bw) = tokio::io::split(b);
+            let (p, s) = tokio::join!(
+                primary_handshake(primary_key, &mut ar, &mut aw),
+                standby_handshake(standby_key, &mut br, &mut bw)
+            );
+            assert_eq!(p.is_ok(), ok, "{p:?}");
+            if ok {
+                assert!(s.is_ok(), "{s:?}");
+            }
+        }
+        // A peer that sends a primary hello without the handshake is refused at once.
+        let (a, b) = tokio::io::duplex(64 * 1024);
+        let (_ar, mut aw) = tokio::io::split(a);
+        let (mut br, mut bw) = tokio::io::split(b);
+        write_frame(
+            &mut aw,
+            &Frame::Primary {
+                node: "mallory".into(),
+                epoch: 9,
+            },
+        )
+        .await
+        .unwrap();
+        assert!(matches!(
+            standby_handshake(&key, &mut br, &mut bw).await,
+            Err(ReplicationError::Refused(_))
+        ));
+    }
+
+    /// Connect to `to` from the loopback address `from`.
+    async fn connect_from(from: &str, to: SocketAddr) -> TcpStream {
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket
+            .bind(SocketAddr::new(from.parse().unwrap(), 0))
+            .unwrap();
+        socket.connect(to).await.unwrap()
+    }
+
+    /// Every frame the other side sends until it closes (or goes quiet for 2 s).
+    async fn frames_until_closed(r: &mut tokio::net::tcp::OwnedReadHalf) -> Vec<Frame> {
+        let mut got = Vec::new();
+        while let Ok(Ok(f)) = tokio::time::timeout(Duration::from_secs(2), read_frame(r)).await {
+            got.push(f);
+        }
+        got
+    }
+
+    #[tokio::test]
+    async fn a_standby_answers_only_its_peer_and_only_with_the_pair_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let index_path = dir.path().join("i.sqlite");
+        let index = Index::open(&index_path).unwrap();
+        let listener = Arc::new(TcpListener::bind("127.0.0.1:0").await.unwrap());
+        let addr = listener.local_addr().unwrap();
+        let key = BeatKey::new(&[5u8; 32]).unwrap();
+        let (events, _events_rx) = mpsc::channel(4);
+        let server = StandbyServer {
+            node: "b".into(),
+            index_path,
+            known_epoch: Arc::new(AtomicU64::new(1)),
+            events,
+            applied: Arc::new(std::sync::atomic::AtomicI64::new(0)),
+            key: key.clone(),
+            peer_ip: "127.0.0.2".parse().unwrap(),
+        };
+        let (trigger, shutdown) = crate::net::ShutdownTrigger::new();
+        let task = tokio::spawn(server.run(listener, index, shutdown));
+        let hello = |frames: &[Frame]| frames.iter().any(|f| matches!(f, Frame::Hello { .. }));
+        let forged_hello = Frame::Primary {
+            node: "a".into(),
+            epoch: 1,
+        };
+
+        // From a third address: closed without a frame.
+        let (mut r, mut w) = connect_from("127.0.0.3", addr).await.into_split();
+        let _ = write_frame(&mut w, &forged_hello).await;
+        assert!(frames_until_closed(&mut r).await.is_empty());
+
+        // From the peer's address without the key: challenge and proof, never a hello.
+        let (mut r, mut w) = connect_from("127.0.0.2", addr).await.into_split();
+        write_frame(
+            &mut w,
+            &Frame::Challenge {
+                nonce: "ab".repeat(32),
+            },
+        )
+        .await
+        .unwrap();
+        write_frame(
+            &mut w,
+            &Frame::Proof {
+                mac: "00".repeat(32),
+            },
+        )
+        .await
+        .unwrap();
+        let _ = write_frame(&mut w, &forged_hello).await;
+        let got = frames_until_closed(&mut r).await;
+        assert!(
+            matches!(got.first(), Some(Frame::Challenge { .. })),
+            "{got:?}"
+        );
+        assert!(!hello(&got), "{got:?}");
+
+        // The real primary: the handshake, then its hello is answered.
+        let (mut r, mut w) = connect_from("127.0.0.2", addr).await.into_split();
+        primary_handshake(&key, &mut r, &mut w).await.unwrap();
+        write_frame(&mut w, &forged_hello).await.unwrap();
+        assert!(matches!(
+            read_frame(&mut r).await.unwrap(),
+            Frame::Hello { last_seq: 0, .. }
+        ));
+        drop((r, w));
+        trigger.trigger();
+        let index = task.await.unwrap();
+        assert_eq!(index.last_change().await.unwrap().0, 0);
     }
 }
