@@ -73,18 +73,7 @@ async fn by_default_unknown_aes_are_accepted_from_loopback_only() {
     // A fresh install takes a test image from DCMTK on the same machine.
     let dir = tempfile::tempdir().unwrap();
     small_corpus(dir.path(), 970, 1);
-    let out = dcmtk_async(
-        "storescu",
-        vec![
-            "-aec".into(),
-            "PACSD".into(),
-            "+sd".into(),
-            "127.0.0.1".into(),
-            n.port().to_string(),
-            dir.path().display().to_string(),
-        ],
-    )
-    .await;
+    let out = storescu_dir(n.port(), dir.path()).await;
     assert!(out.status.success(), "{}", text(&out));
     assert_eq!(n.instances().await, 1);
 }

@@ -139,18 +139,7 @@ async fn storescu_objects_land_on_every_replica_byte_exact_and_indexed() {
     let n = TestNode::start().await;
     let src = tempfile::tempdir().unwrap();
     let files = small_corpus(src.path(), 11, 6);
-    let out = dcmtk_async(
-        "storescu",
-        vec![
-            "-aec".into(),
-            "PACSD".into(),
-            "+sd".into(),
-            "127.0.0.1".into(),
-            n.port().to_string(),
-            src.path().display().to_string(),
-        ],
-    )
-    .await;
+    let out = storescu_dir(n.port(), src.path()).await;
     assert!(out.status.success(), "{}", text(&out));
     let c = n.node.index.counts().await.unwrap();
     assert_eq!((c.patients, c.studies, c.series, c.instances), (1, 1, 1, 6));
@@ -337,18 +326,7 @@ async fn one_replica_down_still_meets_quorum_and_queues_repair() {
 
     let src = tempfile::tempdir().unwrap();
     let files = small_corpus(src.path(), 30, 3);
-    let out = dcmtk_async(
-        "storescu",
-        vec![
-            "-aec".into(),
-            "PACSD".into(),
-            "+sd".into(),
-            "127.0.0.1".into(),
-            n.port().to_string(),
-            src.path().display().to_string(),
-        ],
-    )
-    .await;
+    let out = storescu_dir(n.port(), src.path()).await;
     assert!(out.status.success(), "{}", text(&out));
     assert_eq!(n.instances().await, 3);
     assert_eq!(n.files_in_replica(0).len(), 3);

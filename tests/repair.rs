@@ -15,18 +15,7 @@ async fn replica_down_during_ingest_is_healed_when_it_returns() {
     n.break_replica(2);
     let src = tempfile::tempdir().unwrap();
     small_corpus(src.path(), 60, 4);
-    let out = dcmtk_async(
-        "storescu",
-        vec![
-            "-aec".into(),
-            "PACSD".into(),
-            "+sd".into(),
-            "127.0.0.1".into(),
-            n.port().to_string(),
-            src.path().display().to_string(),
-        ],
-    )
-    .await;
+    let out = storescu_dir(n.port(), src.path()).await;
     assert!(out.status.success(), "{}", text(&out));
     assert_eq!(n.node.index.repair_queue().await.unwrap().len(), 4);
 
@@ -143,18 +132,7 @@ async fn a_replica_unavailable_at_start_up_is_treated_as_down_then_healed() {
     .await;
     let src = tempfile::tempdir().unwrap();
     small_corpus(src.path(), 62, 2);
-    let out = dcmtk_async(
-        "storescu",
-        vec![
-            "-aec".into(),
-            "PACSD".into(),
-            "+sd".into(),
-            "127.0.0.1".into(),
-            n.port().to_string(),
-            src.path().display().to_string(),
-        ],
-    )
-    .await;
+    let out = storescu_dir(n.port(), src.path()).await;
     assert!(
         out.status.success(),
         "node with 2 of 3 replicas meets quorum: {}",

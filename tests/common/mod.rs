@@ -167,6 +167,22 @@ pub async fn echo_node(port: u16) -> Output {
     .await
 }
 
+/// DCMTK `storescu +sd` of every file under `dir` to the node's AE title on `port`.
+pub async fn storescu_dir(port: u16, dir: &Path) -> Output {
+    dcmtk_async(
+        "storescu",
+        vec![
+            "-aec".into(),
+            "PACSD".into(),
+            "+sd".into(),
+            "127.0.0.1".into(),
+            port.to_string(),
+            dir.display().to_string(),
+        ],
+    )
+    .await
+}
+
 /// Write at `path` a configuration for the `pacsd` maintenance commands (`storage verify`,
 /// `preview`, ...): the index and replicas of `config`.
 pub fn write_cli_config(config: &Config, path: &Path) {
