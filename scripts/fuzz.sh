@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Fuzz everything a peer can send (tests/fuzz, cargo-fuzz + libFuzzer): data set pre-scan and
-# parse, command sets, identifiers, PDUs, Part 10 files from storage, character sets, HA frames.
+# parse, command sets, identifiers, PDUs, P-DATA reassembly, Part 10 files from storage,
+# character sets, HA frames.
 #
 # Usage: scripts/fuzz.sh [SECONDS_PER_TARGET] [TARGET...]      (default 60 s, every target)
 #        FUZZ_RUNS=N scripts/fuzz.sh 0 ...   N inputs per target with a fixed seed instead of a
@@ -15,7 +16,7 @@ cd "$(dirname "$0")/.."
 SECS=${1:-60}
 shift || true
 TARGETS=("$@")
-[ "${#TARGETS[@]}" -gt 0 ] || TARGETS=(dataset command identifier pdu part10 charset ha_frame)
+[ "${#TARGETS[@]}" -gt 0 ] || TARGETS=(dataset command identifier pdu pdata part10 charset ha_frame)
 
 command -v cargo-fuzz >/dev/null 2>&1 || cargo install cargo-fuzz --version 0.13.2 --locked --quiet
 # The nightly toolchain when there is one; otherwise stable, allowed its -Z flags.
@@ -29,7 +30,7 @@ fi
 
 # Seed corpora (not committed): synthetic CT objects and pydicom's files.
 SEEDS=tests/fuzz/corpus
-mkdir -p "$SEEDS"/{dataset,part10,command,identifier,pdu,charset,ha_frame}
+mkdir -p "$SEEDS"/{dataset,part10,command,identifier,pdu,pdata,charset,ha_frame}
 if [ ! -e "$SEEDS/.seeded" ]; then
     # (PACSD_FEATURES: the features the caller builds pacsd with, so the binary is shared)
     cargo run --release --quiet ${PACSD_FEATURES:+--features "$PACSD_FEATURES"} -- \

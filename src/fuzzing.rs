@@ -66,6 +66,41 @@ pub fn pdu(data: &[u8]) {
     }
 }
 
+/// P-DATA reassembly: the input is a run of PDVs, each `[control][length: u16 LE][bytes]`,
+/// where control bit 0 marks a command fragment, bit 1 the last fragment, and bits 2-3 pick a
+/// presentation context (1, 3 and 5 accepted, 7 not). Small limits make the size and budget
+/// paths reachable.
+pub fn pdata(input: &[u8]) {
+    use crate::net::reassembly::Reassembler;
+    use dicom_ul::pdu::{PDataValue, PDataValueType};
+    let budget = std::sync::Arc::new(tokio::sync::Semaphore::new(128 * 1024));
+    let mut r = Reassembler::new(64 * 1024, budget, 128 * 1024);
+    let mut held = Vec::new();
+    let mut rest = input;
+    while let [control, lo, hi, tail @ ..] = rest {
+        let len = (u16::from_le_bytes([*lo, *hi]) as usize).min(tail.len());
+        let (data, next) = tail.split_at(len);
+        rest = next;
+        let id = [1u8, 3, 5, 7][usize::from(control >> 2 & 3)];
+        let pdv = PDataValue {
+            presentation_context_id: id,
+            value_type: if control & 1 == 1 {
+                PDataValueType::Command
+            } else {
+                PDataValueType::Data
+            },
+            is_last: control & 2 == 2,
+            data: data.to_vec(),
+        };
+        match r.absorb(pdv, id != 7) {
+            // Keep some messages alive so that the budget is really shared.
+            Ok(Some(m)) if held.len() < 2 => held.push(m),
+            Ok(_) => {}
+            Err(_) => return,
+        }
+    }
+}
+
 /// Part 10 files as storage returns them: meta group, then a preview rendered.
 pub fn part10(data: &[u8]) {
     if crate::part10::split(data).is_ok() {
@@ -105,11 +140,12 @@ pub fn ha_frame(data: &[u8]) {
 pub type Target = fn(&[u8]);
 
 /// Every target by name (fuzz targets and the regression replay use the same names).
-pub const TARGETS: [(&str, Target); 7] = [
+pub const TARGETS: [(&str, Target); 8] = [
     ("dataset", dataset),
     ("command", command),
     ("identifier", identifier),
     ("pdu", pdu),
+    ("pdata", pdata),
     ("part10", part10),
     ("charset", charset),
     ("ha_frame", ha_frame),

@@ -24,6 +24,8 @@ use tracing::{debug, info, warn};
 
 use crate::config::{Config, Service};
 use crate::dimse::{Command, CommandError};
+pub use crate::net::reassembly::{DimseMessage, Dropped};
+use crate::net::reassembly::{Reassembler, ReassemblyError};
 use crate::net::syntax::{choose_transfer_syntax, service_of};
 
 /// PS3.7 A.2.1: the DICOM Application Context Name.
@@ -127,30 +129,6 @@ fn bad_context_ids(ids: impl Iterator<Item = u8>) -> Option<String> {
     None
 }
 
-/// A complete DIMSE message: command set and, when announced, its data set bytes.
-#[derive(Debug)]
-pub struct DimseMessage {
-    pub context_id: u8,
-    pub command: Command,
-    /// The data set as received, or `None` when the command announced none (or it was
-    /// dropped, see `dropped`).
-    pub data: Option<Vec<u8>>,
-    /// Why the announced data set was discarded while it was drained, if it was.
-    pub dropped: Option<Dropped>,
-    /// The share of the node's receive budget that `data` holds; returned when the message
-    /// (and so this permit) is dropped after it has been handled.
-    pub memory: Option<OwnedSemaphorePermit>,
-}
-
-/// Why a data set was drained without being kept; the message still gets its response.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Dropped {
-    /// Longer than `node.max_object_size` (bytes received when it was given up).
-    TooLarge { size: u64, limit: u64 },
-    /// The node-wide budget for data sets being received (`node.receive_budget`) was spent.
-    OverBudget { budget: u64 },
-}
-
 /// What the next read produced.
 #[derive(Debug)]
 pub enum Incoming {
@@ -186,18 +164,6 @@ impl AcceptorPolicy {
     }
 }
 
-/// Reassembly state kept in the association so that `next()` can be cancelled safely.
-#[derive(Debug, Default)]
-struct Partial {
-    context_id: Option<u8>,
-    command: Vec<u8>,
-    command_done: Option<Command>,
-    data: Vec<u8>,
-    data_len: u64,
-    dropped: Option<Dropped>,
-    memory: Option<OwnedSemaphorePermit>,
-}
-
 /// An established association, acceptor side.
 pub struct Association {
     socket: TcpStream,
@@ -213,15 +179,13 @@ pub struct Association {
     called_ae: String,
     idle_timeout: Duration,
     write_timeout: Duration,
-    max_object_size: u64,
-    partial: Partial,
+    /// P-DATA reassembly; its partial message survives a cancelled `next()`.
+    reassembly: Reassembler,
     /// Message ID for requests this node sends on the association (C-GET sub-operations).
     next_message_id: u16,
     /// When the peer last made progress: a PDV with bytes in it, or the start of a read for
     /// the next message. Empty P-DATA does not count, so it cannot keep an association open.
     last_progress: Instant,
-    receive_budget: Arc<Semaphore>,
-    receive_budget_total: u64,
     /// This association's share of `node.max_associations`, held until it ends.
     _permit: Option<OwnedSemaphorePermit>,
 }
@@ -258,12 +222,13 @@ impl Association {
             called_ae: String::new(),
             idle_timeout: config.timeouts.idle(),
             write_timeout: config.timeouts.write(),
-            max_object_size: config.node.max_object_size,
-            partial: Partial::default(),
+            reassembly: Reassembler::new(
+                config.node.max_object_size,
+                policy.receive_budget.clone(),
+                config.node.receive_budget,
+            ),
             next_message_id: 1,
             last_progress: Instant::now(),
-            receive_budget: policy.receive_budget.clone(),
-            receive_budget_total: config.node.receive_budget,
             _permit: None,
         };
         let artim = config.timeouts.artim();
@@ -596,7 +561,7 @@ impl Association {
 
     /// Whether part of a DIMSE message has been received but not all of it.
     pub fn mid_message(&self) -> bool {
-        self.partial.context_id.is_some()
+        self.reassembly.mid_message()
     }
 
     /// Read the next DIMSE message; the association is aborted when the peer makes no progress
@@ -658,155 +623,21 @@ impl Association {
     }
 
     /// Add one PDV to the message being reassembled; returns the message when it is complete.
+    /// A protocol fault aborts the association with the reason PS3.8 gives for it.
     async fn absorb(&mut self, pdv: PDataValue) -> Result<Option<DimseMessage>, NetError> {
-        let peer = self.peer;
-        let protocol = |reason: String| NetError::Protocol { peer, reason };
-        if self.context(pdv.presentation_context_id).is_none() {
-            self.send_abort(AbortRQServiceProviderReason::InvalidPduParameter)
-                .await;
-            return Err(protocol(format!(
-                "PDV on presentation context {} that was not accepted",
-                pdv.presentation_context_id
-            )));
-        }
-        match self.partial.context_id {
-            Some(id) if id != pdv.presentation_context_id => {
-                self.send_abort(AbortRQServiceProviderReason::InvalidPduParameter)
-                    .await;
-                return Err(protocol(format!(
-                    "PDV on context {} while a message on context {id} is incomplete",
-                    pdv.presentation_context_id
-                )));
+        let accepted = self.context(pdv.presentation_context_id).is_some();
+        match self.reassembly.absorb(pdv, accepted) {
+            Ok(message) => Ok(message),
+            Err(e) => {
+                self.send_abort(e.abort_reason()).await;
+                Err(match e {
+                    ReassemblyError::BadCommand(c) => NetError::Command(c),
+                    other => NetError::Protocol {
+                        peer: self.peer,
+                        reason: other.to_string(),
+                    },
+                })
             }
-            _ => self.partial.context_id = Some(pdv.presentation_context_id),
-        }
-        match pdv.value_type {
-            PDataValueType::Command => {
-                if self.partial.command_done.is_some() {
-                    self.send_abort(AbortRQServiceProviderReason::UnexpectedPdu)
-                        .await;
-                    return Err(protocol(
-                        "command fragment after a complete command set".into(),
-                    ));
-                }
-                if self.partial.command.len() + pdv.data.len() > crate::dimse::MAX_COMMAND_SET {
-                    self.send_abort(AbortRQServiceProviderReason::InvalidPduParameter)
-                        .await;
-                    return Err(protocol("command set larger than the limit".into()));
-                }
-                self.partial.command.extend_from_slice(&pdv.data);
-                if !pdv.is_last {
-                    return Ok(None);
-                }
-                let command = match Command::decode(&self.partial.command) {
-                    Ok(c) => c,
-                    Err(e) => {
-                        self.send_abort(AbortRQServiceProviderReason::InvalidPduParameter)
-                            .await;
-                        return Err(e.into());
-                    }
-                };
-                if !command.has_data_set() {
-                    let context_id = pdv.presentation_context_id;
-                    self.partial = Partial::default();
-                    return Ok(Some(DimseMessage {
-                        context_id,
-                        command,
-                        data: None,
-                        dropped: None,
-                        memory: None,
-                    }));
-                }
-                self.partial.command_done = Some(command);
-                Ok(None)
-            }
-            PDataValueType::Data => {
-                if self.partial.command_done.is_none() {
-                    self.send_abort(AbortRQServiceProviderReason::UnexpectedPdu)
-                        .await;
-                    return Err(protocol("data fragment before the command set".into()));
-                }
-                self.partial.data_len += pdv.data.len() as u64;
-                if self.partial.dropped.is_none() {
-                    self.partial.dropped = self.keep(pdv.data);
-                    if let Some(why) = self.partial.dropped {
-                        warn!(peer = %self.peer, ?why, "data set refused; draining it");
-                        // Drain without keeping: the message still gets a failure response.
-                        self.partial.data = Vec::new();
-                        self.partial.memory = None;
-                    }
-                }
-                if let Some(Dropped::TooLarge { size, .. }) = &mut self.partial.dropped {
-                    *size = self.partial.data_len;
-                }
-                if !pdv.is_last {
-                    return Ok(None);
-                }
-                let partial = std::mem::take(&mut self.partial);
-                Ok(Some(DimseMessage {
-                    context_id: pdv.presentation_context_id,
-                    command: partial.command_done.expect("checked above"),
-                    data: partial.dropped.is_none().then_some(partial.data),
-                    dropped: partial.dropped,
-                    memory: partial.memory,
-                }))
-            }
-        }
-    }
-
-    /// Append a PDV's bytes to the data set being reassembled, holding receive budget for the
-    /// memory the buffer really takes (its capacity, which grows by doubling up to the object
-    /// limit), or say why the data set must be dropped instead.
-    fn keep(&mut self, bytes: Vec<u8>) -> Option<Dropped> {
-        if self.partial.data_len > self.max_object_size {
-            return Some(Dropped::TooLarge {
-                size: self.partial.data_len,
-                limit: self.max_object_size,
-            });
-        }
-        let over_budget = Some(Dropped::OverBudget {
-            budget: self.receive_budget_total,
-        });
-        let (len, capacity) = (self.partial.data.len(), self.partial.data.capacity());
-        if capacity == 0 {
-            // The first fragment: its own buffer becomes the data set's.
-            if !self.take_budget(bytes.capacity()) {
-                return over_budget;
-            }
-            self.partial.data = bytes;
-            return None;
-        }
-        let needed = len + bytes.len();
-        if needed > capacity {
-            let limit = usize::try_from(self.max_object_size).unwrap_or(usize::MAX);
-            let doubled = (capacity * 2).min(limit).max(needed);
-            let target = if self.take_budget(doubled - capacity) {
-                doubled
-            } else if self.take_budget(needed - capacity) {
-                needed
-            } else {
-                return over_budget;
-            };
-            self.partial.data.reserve_exact(target - len);
-        }
-        self.partial.data.extend_from_slice(&bytes);
-        None
-    }
-
-    /// Take `bytes` of the node's receive budget for the data set being reassembled.
-    fn take_budget(&mut self, bytes: usize) -> bool {
-        let Ok(n) = u32::try_from(bytes) else {
-            return false;
-        };
-        match self.receive_budget.clone().try_acquire_many_owned(n) {
-            Ok(permit) => {
-                match &mut self.partial.memory {
-                    Some(held) => held.merge(permit),
-                    None => self.partial.memory = Some(permit),
-                }
-                true
-            }
-            Err(_) => false,
         }
     }
 

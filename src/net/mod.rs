@@ -5,6 +5,7 @@
 pub mod access;
 pub mod association;
 pub mod listener;
+pub mod reassembly;
 pub mod scu;
 pub mod shutdown;
 pub mod syntax;
