@@ -338,11 +338,9 @@ impl StoreService {
                 self.confirm(seq).await
             }
             Ok(InsertOutcome::AlreadyPresent { sha256 }) => {
-                // Indexed meanwhile (the per-instance lock makes this rare): the object just
-                // written has the same key, so it may only stay if it is the same content.
-                if sha256 != rec.sha256 {
-                    self.storage.delete_from(&key, &outcome.written).await;
-                }
+                // Indexed meanwhile (the per-instance lock makes this rare). Nothing is
+                // deleted here: under the same key that would remove the acknowledged
+                // version's object, not only ours.
                 self.already_stored(calling_ae, &uids.sop_instance, &sha256, rec.sha256)
                     .await
             }
