@@ -51,25 +51,25 @@ impl BeatKey {
         <Hmac<sha2::Sha256> as KeyInit>::new_from_slice(&self.0).expect("HMAC takes any key length")
     }
 
-    /// HMAC-SHA256 under this key of `parts`, each prefixed with its length (so no two lists
-    /// of parts give the same input).
-    pub fn tag(&self, parts: &[&[u8]]) -> [u8; 32] {
+    /// The MAC state over `parts`, each prefixed with its length (so no two lists of parts
+    /// give the same input).
+    fn mac_of(&self, parts: &[&[u8]]) -> Hmac<sha2::Sha256> {
         let mut mac = self.mac();
         for p in parts {
             mac.update(&(p.len() as u64).to_be_bytes());
             mac.update(p);
         }
-        mac.finalize().into_bytes().into()
+        mac
+    }
+
+    /// HMAC-SHA256 under this key of `parts`.
+    pub fn tag(&self, parts: &[&[u8]]) -> [u8; 32] {
+        self.mac_of(parts).finalize().into_bytes().into()
     }
 
     /// Whether `tag` is `tag(parts)` (compared in constant time).
     pub fn verify(&self, parts: &[&[u8]], tag: &[u8]) -> bool {
-        let mut mac = self.mac();
-        for p in parts {
-            mac.update(&(p.len() as u64).to_be_bytes());
-            mac.update(p);
-        }
-        mac.verify_slice(tag).is_ok()
+        self.mac_of(parts).verify_slice(tag).is_ok()
     }
 
     /// `MAC || body` for a beat sent with sequence number `seq`.

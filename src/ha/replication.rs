@@ -149,12 +149,7 @@ fn nonce() -> Result<String, ReplicationError> {
 /// The proof that `role` ("primary" or "standby") holds the pair key, bound to both nonces
 /// of this connection (so it can be neither replayed nor reflected).
 fn prove(key: &BeatKey, role: &str, primary_nonce: &str, standby_nonce: &str) -> String {
-    hex::encode(key.tag(&[
-        b"pacsd replication",
-        role.as_bytes(),
-        primary_nonce.as_bytes(),
-        standby_nonce.as_bytes(),
-    ]))
+    hex::encode(key.tag(&proof_parts(role, primary_nonce, standby_nonce)))
 }
 
 fn proof_valid(
@@ -164,17 +159,18 @@ fn proof_valid(
     standby_nonce: &str,
     mac: &str,
 ) -> bool {
-    hex::decode(mac).is_ok_and(|tag| {
-        key.verify(
-            &[
-                b"pacsd replication",
-                role.as_bytes(),
-                primary_nonce.as_bytes(),
-                standby_nonce.as_bytes(),
-            ],
-            &tag,
-        )
-    })
+    hex::decode(mac)
+        .is_ok_and(|tag| key.verify(&proof_parts(role, primary_nonce, standby_nonce), &tag))
+}
+
+/// What a proof authenticates: the protocol, the prover's role and both nonces.
+fn proof_parts<'a>(role: &'a str, primary_nonce: &'a str, standby_nonce: &'a str) -> [&'a [u8]; 4] {
+    [
+        b"pacsd replication",
+        role.as_bytes(),
+        primary_nonce.as_bytes(),
+        standby_nonce.as_bytes(),
+    ]
 }
 
 /// The standby's side of the mutual proof: the primary's nonce arrives, ours goes back with
