@@ -9,7 +9,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use common::{dcmtk, small_corpus, text};
+use common::{dcmtk, peak_rss_of, small_corpus, text};
 
 const BIN: &str = env!("CARGO_BIN_EXE_pacsd");
 
@@ -279,17 +279,6 @@ fn help_explains_every_subcommand() {
     }
 }
 
-/// Peak resident memory of a process, in bytes (VmHWM).
-fn peak_rss_of(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    let kb: u64 = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .and_then(|v| v.trim().trim_end_matches(" kB").trim().parse().ok())
-        .unwrap();
-    kb * 1024
-}
-
 /// A TCP connection from a given loopback address.
 fn connect_from(ip: [u8; 4], port: u16) -> std::io::Result<std::net::TcpStream> {
     use socket2::{Domain, Socket, Type};
@@ -328,7 +317,7 @@ fn serve_under_a_flood_and_a_slowloris_answers_echo_with_bounded_memory() {
         "",
     );
     let (mut child, port, _logs) = serve(&config);
-    let before = peak_rss_of(child.id());
+    let before = peak_rss_of(&child.id().to_string());
 
     let mut held = Vec::new();
     for i in 0..400u32 {
@@ -385,7 +374,7 @@ fn serve_under_a_flood_and_a_slowloris_answers_echo_with_bounded_memory() {
         &["-to", "10", "-aec", "PACSD", "127.0.0.1", &port.to_string()],
     );
     assert!(echo.status.success(), "{}", text(&echo));
-    let peak = peak_rss_of(child.id());
+    let peak = peak_rss_of(&child.id().to_string());
     let bound = before + BUDGET + 64 * 1024 * 1024;
     println!(
         "peak RSS before the attack {} MiB, during it {} MiB (bound {} MiB)",

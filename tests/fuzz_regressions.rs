@@ -2,6 +2,8 @@
 //! is replayed through the same code (`pacsd::fuzzing`) with the node's panic policy: it must
 //! return, within bounded memory, without a panic escaping the decoder boundary.
 
+mod common;
+
 use std::path::Path;
 
 #[test]
@@ -23,11 +25,6 @@ fn inputs_that_once_failed_a_fuzz_target_are_handled() {
     }
     assert!(replayed >= 3, "only {replayed} regression inputs found");
     // The process's peak memory stays far from what the old failures allocated (2.7-4.3 GB).
-    let status = std::fs::read_to_string("/proc/self/status").unwrap();
-    let peak_kb: u64 = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .and_then(|v| v.trim().trim_end_matches(" kB").trim().parse().ok())
-        .unwrap();
-    assert!(peak_kb < 512 * 1024, "peak RSS {peak_kb} kB");
+    let peak = common::peak_rss_of("self");
+    assert!(peak < 512 << 20, "peak RSS {peak} bytes");
 }

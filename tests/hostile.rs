@@ -22,13 +22,7 @@ const UNDEFINED: u32 = 0xFFFF_FFFF;
 
 /// Peak resident memory of this test process (the node runs in it), in bytes.
 fn peak_rss() -> u64 {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap();
-    let kb: u64 = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .and_then(|v| v.trim().trim_end_matches(" kB").trim().parse().ok())
-        .expect("VmHWM in /proc/self/status");
-    kb * 1024
+    peak_rss_of("self")
 }
 
 /// Bound on the whole test process's peak RSS: a 2 GiB allocation or three 300 MB data sets

@@ -518,3 +518,14 @@ pub async fn associate_raw(
         _ => None,
     }
 }
+
+/// Peak resident memory (VmHWM) of process `pid` ("self" for this one), in bytes.
+pub fn peak_rss_of(pid: &str) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let kb: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches(" kB").trim().parse().ok())
+        .expect("VmHWM in /proc/<pid>/status");
+    kb * 1024
+}
