@@ -67,11 +67,17 @@ pub struct Config {
     pub access: AccessConfig,
     pub query: QueryConfig,
     pub preview: PreviewConfig,
+    /// DICOM TLS (PS3.15 B.9); without it only the plain listener runs.
+    pub tls: Option<TlsConfig>,
+    pub audit: AuditConfig,
     /// Primary/standby pair; without it the node runs alone.
     pub ha: Option<HaConfig>,
     /// Known remote AEs, loaded from `access.peers_file` (not a key of pacsd.toml).
     #[serde(skip)]
     pub peers: Vec<Peer>,
+    /// The file this configuration was loaded from (None: built-in defaults).
+    #[serde(skip)]
+    pub file: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -282,8 +288,82 @@ impl Default for QueryConfig {
     }
 }
 
+/// The audit trail (PS3.15 A.5 records, one per line; see `audit`).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuditConfig {
+    /// Append-only file of audit records (default: `audit.log` beside the index).
+    pub path: Option<PathBuf>,
+    /// Also send each record to a syslog collector, RFC 5424 over UDP: `udp://host:port`.
+    pub syslog: Option<String>,
+}
+
+impl AuditConfig {
+    /// The file records go to.
+    pub fn file(&self, index: &IndexConfig) -> PathBuf {
+        self.path.clone().unwrap_or_else(|| {
+            index
+                .path
+                .parent()
+                .unwrap_or(Path::new("."))
+                .join("audit.log")
+        })
+    }
+
+    /// The syslog collector's address, if one is configured.
+    pub fn syslog_addr(&self) -> Result<Option<std::net::SocketAddr>, ConfigError> {
+        let Some(url) = &self.syslog else {
+            return Ok(None);
+        };
+        let bad = || invalid("audit.syslog", format!("`{url}` is not udp://host:port"));
+        let rest = url.strip_prefix("udp://").ok_or_else(bad)?;
+        use std::net::ToSocketAddrs;
+        rest.to_socket_addrs()
+            .ok()
+            .and_then(|mut a| a.next())
+            .map(Some)
+            .ok_or_else(bad)
+    }
+}
+
+/// The registered DICOM-TLS port (PS3.15 B.9, IANA "dicom-tls").
+pub const DEFAULT_TLS_PORT: u16 = 2762;
+
+/// DICOM TLS: the BCP 195 profile (TLS 1.2 and 1.3, ECDHE with AES-GCM or ChaCha20), a second
+/// listener, and the credentials used both as acceptor and as requestor (C-MOVE destinations
+/// marked `tls` in peers.toml). Paths relative to pacsd.toml.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    /// Port of the TLS listener, on `node.bind` (or the HA service IP).
+    #[serde(default = "default_tls_port")]
+    pub port: u16,
+    /// This node's certificate chain (PEM), end-entity certificate first.
+    pub certificate: PathBuf,
+    /// Its private key (PEM: PKCS#8, PKCS#1 or SEC1).
+    pub private_key: PathBuf,
+    /// The certification authorities (PEM) that requestors' certificates and TLS peers'
+    /// certificates must chain to.
+    pub ca: PathBuf,
+    /// Refuse TLS requestors without a certificate from `ca` (default). Set to false only for
+    /// clients that cannot present one: they are then known by address as on the plain port.
+    #[serde(default = "yes")]
+    pub require_client_certificate: bool,
+    /// Do not open the plain listener (`node.port`): DICOM only over TLS.
+    #[serde(default)]
+    pub only: bool,
+}
+
+fn default_tls_port() -> u16 {
+    DEFAULT_TLS_PORT
+}
+
+fn yes() -> bool {
+    true
+}
+
 /// A known remote application entity.
-#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct Peer {
     pub ae_title: String,
@@ -300,6 +380,26 @@ pub struct Peer {
     /// Overrides `access.on_conflict` for what this AE sends.
     #[serde(default)]
     pub on_conflict: Option<OnConflict>,
+    /// This AE speaks DICOM TLS: associations to it (C-MOVE) are made over TLS, and
+    /// associations under its title are accepted only on the TLS listener.
+    #[serde(default)]
+    pub tls: bool,
+    /// The subject of this AE's certificate (`CN=CT1` or the whole `O=Hospital, CN=CT1`).
+    /// Implies `tls`. A TLS requestor presenting it is this AE from any address; a
+    /// certificate with another subject is refused under this title.
+    #[serde(default)]
+    pub tls_subject: Option<String>,
+    /// The name its server certificate is checked against when this node connects to it
+    /// (default: `host`).
+    #[serde(default)]
+    pub tls_server_name: Option<String>,
+}
+
+impl Peer {
+    /// Whether associations with this AE must run over TLS.
+    pub fn needs_tls(&self) -> bool {
+        self.tls || self.tls_subject.is_some()
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -412,12 +512,23 @@ impl Config {
             config.access.peers_file = Some(peers.clone());
             config.peers = load_peers(&peers)?;
         }
+        let here = |p: &mut PathBuf| {
+            if p.is_relative() {
+                *p = path.parent().unwrap_or(Path::new(".")).join(&*p);
+            }
+        };
+        if let Some(tls) = &mut config.tls {
+            here(&mut tls.certificate);
+            here(&mut tls.private_key);
+            here(&mut tls.ca);
+        }
         if let Some(ha) = &mut config.ha
             && let Some(key) = ha.key_file.as_mut()
             && key.is_relative()
         {
             *key = path.parent().unwrap_or(Path::new(".")).join(&*key);
         }
+        config.file = Some(path.to_path_buf());
         config.validate()?;
         Ok(config)
     }
@@ -457,6 +568,23 @@ impl Config {
         }
         if let Some(ha) = &self.ha {
             ha.validate()?;
+        }
+        self.audit.syslog_addr()?;
+        if let Some(tls) = &self.tls {
+            if tls.port != 0 && tls.port == self.node.port && !tls.only {
+                return Err(invalid(
+                    "tls.port",
+                    "must differ from node.port (or set tls.only)",
+                ));
+            }
+        } else if let Some(p) = self.peers.iter().find(|p| p.needs_tls()) {
+            return Err(invalid(
+                "tls",
+                format!(
+                    "peer `{}` is marked tls but the node has no [tls] section",
+                    p.ae_title
+                ),
+            ));
         }
         if self.node.max_object_size < 1024 {
             return Err(invalid(
@@ -843,6 +971,7 @@ mod tests {
             services: [Service::Find, Service::Move].into_iter().collect(),
             hosts: Vec::new(),
             on_conflict: None,
+            ..Peer::default()
         }];
         assert!(c.services_for("WS1 ").contains(&Service::Move));
         assert!(!c.services_for("WS1").contains(&Service::Store));

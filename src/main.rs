@@ -309,6 +309,7 @@ impl Remote {
             calling_ae: self.calling.clone(),
             called_ae: self.called.clone(),
             timeout: Duration::from_secs_f64(self.timeout.max(0.1)),
+            tls: None,
         }
     }
 }

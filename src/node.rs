@@ -10,8 +10,12 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 use tracing::info;
 
+use crate::audit::{
+    APPLICATION_ACTIVITY, APPLICATION_START, APPLICATION_STOP, Audit, Event, Object, Outcome, Role,
+};
 use crate::config::Config;
 use crate::index::{Index, IndexError};
+use crate::net::tls::TlsContext;
 use crate::net::{AcceptorPolicy, Shutdown, ShutdownTrigger};
 use crate::service::{FindService, RetrieveService, Services, StoreService};
 use crate::storage::{Storage, StorageError};
@@ -27,6 +31,8 @@ pub enum NodeError {
         addr: String,
         source: std::io::Error,
     },
+    #[error("{0}")]
+    Tls(#[from] crate::net::tls::TlsError),
     #[error("{what}: {source}")]
     Io {
         what: String,
@@ -49,11 +55,91 @@ pub struct Node {
     pub storage: Arc<Storage>,
     /// HA: what a C-STORE waits for after its index commit (None: the node runs alone).
     pub gate: Option<Arc<dyn crate::service::store::CommitGate>>,
+    /// DICOM TLS credentials (`[tls]`), loaded once.
+    pub tls: Option<TlsContext>,
+    pub audit: Audit,
+}
+
+/// The sockets a node serves DICOM on: plain (`node.port`) and TLS (`tls.port`).
+pub struct Listeners {
+    pub plain: Option<TcpListener>,
+    pub tls: Option<TcpListener>,
+}
+
+impl Listeners {
+    /// Bind what `config` asks for on `ip`; `freebind` for the HA service address, which
+    /// is bound before it is added (IP_FREEBIND).
+    pub async fn bind(
+        config: &Config,
+        ip: std::net::IpAddr,
+        freebind: bool,
+    ) -> Result<Listeners, NodeError> {
+        let open = async |port: u16| {
+            let addr = SocketAddr::from((ip, port));
+            let bound = if freebind {
+                crate::ha::vip::freebind_listener(addr)
+            } else {
+                TcpListener::bind(addr).await
+            };
+            bound.map_err(|source| NodeError::Bind {
+                addr: addr.to_string(),
+                source,
+            })
+        };
+        let plain = match &config.tls {
+            Some(t) if t.only => None,
+            _ => Some(open(config.node.port).await?),
+        };
+        let tls = match &config.tls {
+            Some(t) => Some(open(t.port).await?),
+            None => None,
+        };
+        Ok(Listeners { plain, tls })
+    }
+
+    fn addr(l: &Option<TcpListener>) -> Option<SocketAddr> {
+        l.as_ref().and_then(|l| l.local_addr().ok())
+    }
+}
+
+/// Open the audit trail `config` names, and record that the node started with it.
+pub fn open_audit(config: &Config) -> Result<Audit, NodeError> {
+    let path = config.audit.file(&config.index);
+    let forward = config
+        .audit
+        .syslog_addr()
+        .ok()
+        .flatten()
+        .map(crate::audit::Forward::Udp);
+    let audit =
+        Audit::open(&path, &config.node.ae_title, forward).map_err(|source| NodeError::Io {
+            what: format!("opening the audit trail {}", path.display()),
+            source,
+        })?;
+    let mut start = Event::new(
+        APPLICATION_ACTIVITY,
+        Some(APPLICATION_START),
+        'E',
+        Outcome::Success,
+    )
+    .describe(format!("pacsd {} started", env!("CARGO_PKG_VERSION")))
+    .by(&config.node.ae_title, None, Role::Application);
+    if let Some(f) = &config.file {
+        start = start.on(Object::System {
+            id: format!("file://{}", f.display()),
+            description: "configuration loaded".into(),
+        });
+    }
+    audit.record(start);
+    Ok(audit)
 }
 
 /// A node serving in the background (tests and `serve`).
 pub struct RunningNode {
+    /// The plain DICOM listener (the TLS one when `tls.only`).
     pub addr: SocketAddr,
+    /// The DICOM TLS listener, when `[tls]` is configured.
+    pub tls_addr: Option<SocketAddr>,
     pub index: Index,
     pub storage: Arc<Storage>,
     trigger: ShutdownTrigger,
@@ -68,24 +154,29 @@ impl Node {
             &config.storage.prefix,
         )?);
         let index = Index::open(&config.index.path)?;
+        let tls = config.tls.as_ref().map(TlsContext::load).transpose()?;
+        let audit = open_audit(&config)?;
         Ok(Node {
             config: Arc::new(config),
             index,
             storage,
             gate: None,
+            tls,
+            audit,
         })
     }
 
-    pub async fn bind(&self) -> Result<TcpListener, NodeError> {
-        let addr = format!("{}:{}", self.config.node.bind, self.config.node.port);
-        TcpListener::bind(&addr)
-            .await
-            .map_err(|source| NodeError::Bind { addr, source })
+    pub async fn bind(&self) -> Result<Listeners, NodeError> {
+        let ip = self.config.node.bind.parse().map_err(|_| NodeError::Bind {
+            addr: self.config.node.bind.clone(),
+            source: std::io::Error::other("not an IP address"),
+        })?;
+        Listeners::bind(&self.config, ip, false).await
     }
 
-    /// Serve on `listener` until `shutdown` fires and open associations have finished; the
+    /// Serve on `listeners` until `shutdown` fires and open associations have finished; the
     /// repair worker runs beside it.
-    pub async fn run(self, listener: TcpListener, shutdown: Shutdown) {
+    pub async fn run(self, listeners: Listeners, shutdown: Shutdown) {
         // Report unreachable replicas at once (they are treated as down, never a crash); the
         // listener does not wait for the probe.
         let probe = self.storage.clone();
@@ -126,39 +217,74 @@ impl Node {
                 index: self.index.clone(),
                 storage: self.storage.clone(),
                 config: self.config.clone(),
+                tls: self.tls.as_ref().map(|t| t.connector.clone()),
             }),
         });
-        let policy = AcceptorPolicy::new(self.config.clone());
-        crate::net::run(listener, policy, services, shutdown).await;
+        let policy = AcceptorPolicy::new(self.config.clone(), self.audit.clone());
+        let mut serving = tokio::task::JoinSet::new();
+        if let Some(l) = listeners.plain {
+            serving.spawn(crate::net::run(
+                l,
+                None,
+                policy.clone(),
+                services.clone(),
+                shutdown.clone(),
+            ));
+        }
+        if let Some(l) = listeners.tls {
+            let acceptor = self.tls.as_ref().map(|t| t.acceptor.clone());
+            serving.spawn(crate::net::run(
+                l,
+                acceptor,
+                policy,
+                services,
+                shutdown.clone(),
+            ));
+        }
+        while serving.join_next().await.is_some() {}
         let _ = worker.await;
         if let Some(r) = renderer {
             let _ = r.await;
         }
         info!("all associations closed; closing the index");
+        self.audit.record(
+            Event::new(
+                APPLICATION_ACTIVITY,
+                Some(APPLICATION_STOP),
+                'E',
+                Outcome::Success,
+            )
+            .by(&self.config.node.ae_title, None, Role::Application),
+        );
         drop(self.index);
     }
 
     /// Bind and serve in a background task; the returned handle stops it.
     pub async fn spawn(self) -> Result<RunningNode, NodeError> {
-        let listener = self.bind().await?;
-        let addr = listener.local_addr().map_err(|source| NodeError::Bind {
-            addr: "local address".into(),
-            source,
-        })?;
+        let listeners = self.bind().await?;
+        let tls_addr = Listeners::addr(&listeners.tls);
+        let addr = Listeners::addr(&listeners.plain)
+            .or(tls_addr)
+            .ok_or_else(|| NodeError::Bind {
+                addr: "local address".into(),
+                source: std::io::Error::other("no listener"),
+            })?;
         let (trigger, shutdown) = ShutdownTrigger::new();
         let index = self.index.clone();
         let storage = self.storage.clone();
         info!(
             ae_title = %self.config.node.ae_title,
             %addr,
+            tls = ?tls_addr,
             replicas = storage.replicas().len(),
             write_quorum = storage.quorum().needed(),
             index = %index.path().display(),
             "pacsd listening"
         );
-        let task = tokio::spawn(self.run(listener, shutdown));
+        let task = tokio::spawn(self.run(listeners, shutdown));
         Ok(RunningNode {
             addr,
+            tls_addr,
             index,
             storage,
             trigger,

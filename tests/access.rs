@@ -22,6 +22,7 @@ fn peer(ae: &str, host: &str, hosts: &[&str], services: &[Service]) -> Peer {
         hosts: hosts.iter().map(|h| h.to_string()).collect(),
         services: services.iter().copied().collect(),
         on_conflict: None,
+        ..Peer::default()
     }
 }
 

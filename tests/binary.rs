@@ -350,6 +350,7 @@ fn serve_under_a_flood_and_a_slowloris_answers_echo_with_bounded_memory() {
                         calling_ae: format!("HOG{i}"),
                         called_ae: "PACSD".into(),
                         timeout: Duration::from_secs(20),
+                        tls: None,
                     };
                     let mut a = common::ct_association(&opts).await;
                     let ctx = a.contexts()[0].id;

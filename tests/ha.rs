@@ -87,6 +87,7 @@ impl Member {
             calling_ae: "HACLIENT".into(),
             called_ae: "PACSD".into(),
             timeout: Duration::from_secs(3),
+            tls: None,
         }
     }
 }

@@ -274,6 +274,7 @@ fn opts(timeout: Duration) -> ScuOptions {
         calling_ae: "LABCLIENT".into(),
         called_ae: "PACSD".into(),
         timeout,
+        tls: None,
     }
 }
 

@@ -435,6 +435,7 @@ async fn a_conflicting_resend_is_refused_and_the_first_version_kept() {
             services: [Service::Echo, Service::Store].into_iter().collect(),
             hosts: Vec::new(),
             on_conflict: Some(OnConflict::Keep),
+            ..Peer::default()
         }];
     })
     .await;

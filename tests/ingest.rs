@@ -69,6 +69,7 @@ async fn calling_ae_policy_from_peers() {
                 services: [Service::Echo, Service::Store].into_iter().collect(),
                 hosts: Vec::new(),
                 on_conflict: None,
+                ..Peer::default()
             },
             Peer {
                 ae_title: "ECHOONLY".into(),
@@ -77,6 +78,7 @@ async fn calling_ae_policy_from_peers() {
                 services: [Service::Echo].into_iter().collect(),
                 hosts: Vec::new(),
                 on_conflict: None,
+                ..Peer::default()
             },
         ];
     })

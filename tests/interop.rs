@@ -21,6 +21,7 @@ async fn pynetdicom_gets_a_study_and_agrees_a_relational_find() {
                 .collect(),
             hosts: Vec::new(),
             on_conflict: None,
+            ..Peer::default()
         }];
     })
     .await;

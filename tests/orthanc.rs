@@ -111,6 +111,7 @@ async fn orthanc_queries_and_moves_a_study_from_pacsd() {
                 .collect(),
             hosts: Vec::new(),
             on_conflict: None,
+            ..Peer::default()
         }];
     })
     .await;

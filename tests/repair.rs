@@ -63,6 +63,7 @@ fn verify_finds_bad_copies_and_repair_heals_them() {
             calling_ae: "LOADER".into(),
             called_ae: "PACSD".into(),
             timeout: Duration::from_secs(20),
+            tls: None,
         };
         let s = pacsd::tools::store(&opts, files, 1, false).await.unwrap();
         assert_eq!(s.succeeded, 3);

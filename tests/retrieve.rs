@@ -79,6 +79,7 @@ async fn node_with(dest_port: u16, specs: &[Spec]) -> TestNode {
             services: Default::default(),
             hosts: Vec::new(),
             on_conflict: None,
+            ..Peer::default()
         }];
     })
     .await;

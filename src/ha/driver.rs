@@ -21,11 +21,14 @@ use super::arbiter::{Arbiter, ArbiterError};
 use super::heartbeat::{Beat, BeatKey, Clock, Links};
 use super::replication::{PrimaryEvent, Replicator, StandbyEvent, StandbyServer};
 use super::role::{Action, Event, Role, RoleState};
-use super::vip::{ServiceIp, VipError, freebind_listener};
+use super::vip::{ServiceIp, VipError};
+use crate::audit::{
+    APPLICATION_ACTIVITY, Audit, Event as AuditEvent, HA_ROLE, Outcome, Role as AuditRole,
+};
 use crate::config::{Config, HaConfig, ReplicationMode};
 use crate::index::{Index, IndexError};
 use crate::net::{Shutdown, ShutdownTrigger};
-use crate::node::Node;
+use crate::node::{Listeners, Node};
 use crate::service::store::CommitGate;
 use crate::storage::{Storage, StorageError};
 
@@ -61,6 +64,8 @@ pub enum HaError {
     Vip(#[from] VipError),
     #[error("HA key {path}: {reason}")]
     Key { path: PathBuf, reason: String },
+    #[error("{0}")]
+    Node(String),
 }
 
 /// The pair's shared heartbeat key from `[ha].key_file` (surrounding whitespace ignored, so
@@ -273,6 +278,9 @@ struct Driver {
     vip: Option<ServiceIp>,
     /// The gratuitous ARP burst of the current term.
     garp: Option<JoinHandle<()>>,
+    /// DICOM TLS credentials for the node's listeners and C-MOVE destinations.
+    tls: Option<crate::net::tls::TlsContext>,
+    audit: Audit,
 }
 
 /// Run this node of the pair until `shutdown`.
@@ -299,6 +307,13 @@ pub async fn run(config: Config, mut shutdown: Shutdown) -> Result<(), HaError> 
         }
     };
     let index = Index::open(&config.index.path)?;
+    let tls = config
+        .tls
+        .as_ref()
+        .map(crate::net::tls::TlsContext::load)
+        .transpose()
+        .map_err(|e| HaError::Node(e.to_string()))?;
+    let audit = crate::node::open_audit(&config).map_err(|e| HaError::Node(e.to_string()))?;
     let vip = match (&ha.service_ip, &ha.interface) {
         (Some(ip), Some(ifname)) => {
             let vip = ServiceIp::parse(ip, ifname)?;
@@ -376,6 +391,8 @@ pub async fn run(config: Config, mut shutdown: Shutdown) -> Result<(), HaError> 
         index: Some(index),
         vip,
         garp: None,
+        tls,
+        audit: audit.clone(),
     };
     info!(
         node = ha.node_id,
@@ -428,6 +445,14 @@ pub async fn run(config: Config, mut shutdown: Shutdown) -> Result<(), HaError> 
             let actions = st.step(event, Instant::now());
             if (st.role, st.epoch) != before {
                 info!(role = ?st.role, epoch = st.epoch, "role changed");
+                audit.record(
+                    AuditEvent::new(APPLICATION_ACTIVITY, Some(HA_ROLE), 'E', Outcome::Success)
+                        .describe(format!(
+                            "{:?} epoch {} -> {:?} epoch {}",
+                            before.0, before.1, st.role, st.epoch
+                        ))
+                        .by(&ha.node_id, None, AuditRole::Application),
+                );
             }
             actions
         };
@@ -692,16 +717,19 @@ impl Driver {
         }
         // Listen first (IP_FREEBIND: before the address exists), then take the address and
         // announce it.
-        let bound = match &self.vip {
-            Some(v) => freebind_listener(SocketAddr::from((v.addr, self.config.node.port))),
-            None => {
-                TcpListener::bind((self.config.node.bind.as_str(), self.config.node.port)).await
-            }
+        let ip = match &self.vip {
+            Some(v) => std::net::IpAddr::V4(v.addr),
+            None => self
+                .config
+                .node
+                .bind
+                .parse()
+                .unwrap_or(std::net::IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED)),
         };
-        let addr = match &self.vip {
-            Some(v) => format!("{}:{}", v.addr, self.config.node.port),
-            None => format!("{}:{}", self.config.node.bind, self.config.node.port),
-        };
+        let addr = format!("{ip}:{}", self.config.node.port);
+        let bound = Listeners::bind(&self.config, ip, self.vip.is_some())
+            .await
+            .map_err(|e| e.to_string());
         let bound = match (bound, &self.vip) {
             (Ok(l), Some(v)) => match v.add().await {
                 Ok(()) => {
@@ -710,11 +738,11 @@ impl Driver {
                     info!(ip = %v.addr, interface = v.interface, "service IP added and announced");
                     Ok(l)
                 }
-                Err(e) => Err(std::io::Error::other(e.to_string())),
+                Err(e) => Err(e.to_string()),
             },
             (r, _) => r,
         };
-        let listener = match bound {
+        let listeners = match bound {
             Ok(l) => l,
             Err(e) => {
                 error!(%addr, error = %e, "cannot listen as primary; stepping down");
@@ -728,9 +756,11 @@ impl Driver {
             index: index.clone(),
             storage: self.storage.clone(),
             gate: Some(Arc::new(Gate(self.shared.clone()))),
+            tls: self.tls.clone(),
+            audit: self.audit.clone(),
         };
         let (node_trigger, node_shutdown) = ShutdownTrigger::new();
-        let node_task = tokio::spawn(node.run(listener, node_shutdown));
+        let node_task = tokio::spawn(node.run(listeners, node_shutdown));
         let (repl_trigger, repl_task, handover) = self.start_replicator(index, epoch);
         info!(epoch, %addr, ae_title = %self.config.node.ae_title, "primary: serving");
         self.serving = Some(Serving {

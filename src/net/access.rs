@@ -2,14 +2,57 @@
 //! configured for it (a known peer's `hosts`, else its `host`; `[access].unknown_ae_hosts` for
 //! any other title). DNS names are resolved at each association, so a device that changes
 //! address is followed; a name that does not resolve in time admits no one.
+//!
+//! With DICOM TLS a certificate is the stronger credential: a peer with `tls_subject` is
+//! accepted from any address when its certificate names it, and refused under any other
+//! certificate; a peer marked `tls` (or with a subject) is never accepted in clear.
 
 use std::net::IpAddr;
 use std::time::Duration;
 
-use crate::config::HostPattern;
+use crate::config::{Config, HostPattern};
+use crate::net::transport::CertIdentity;
 
 /// Longest wait for a DNS answer while an association is being negotiated.
 const RESOLVE_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Whether `calling_ae` may associate from `ip` over this connection; `Err` says why not.
+pub async fn credential(
+    config: &Config,
+    calling_ae: &str,
+    ip: IpAddr,
+    tls: bool,
+    identity: Option<&CertIdentity>,
+) -> Result<(), String> {
+    let peer = config.peer(calling_ae);
+    if let Some(p) = peer
+        && p.needs_tls()
+        && !tls
+    {
+        return Err(format!(
+            "calling AE title `{calling_ae}` is accepted only over TLS"
+        ));
+    }
+    if let Some(wanted) = peer.and_then(|p| p.tls_subject.as_deref()) {
+        return match identity {
+            Some(id) if id.names(wanted) => Ok(()),
+            Some(id) => Err(format!(
+                "calling AE title `{calling_ae}` presented certificate `{}`, not `{wanted}`",
+                id.subject
+            )),
+            None => Err(format!(
+                "calling AE title `{calling_ae}` needs a client certificate naming `{wanted}`"
+            )),
+        };
+    }
+    if admitted(ip, &config.hosts_for(calling_ae)).await {
+        Ok(())
+    } else {
+        Err(format!(
+            "calling AE title `{calling_ae}` is not accepted from {ip}"
+        ))
+    }
+}
 
 /// Whether `ip` is one of `patterns` (names resolved now).
 pub async fn admitted(ip: IpAddr, patterns: &[HostPattern]) -> bool {

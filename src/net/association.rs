@@ -10,6 +10,7 @@ use std::time::Duration;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 
+use super::transport::{CertIdentity, Transport};
 use bytes::BytesMut;
 use dicom_ul::pdu::{
     AbortRQServiceProviderReason, AbortRQSource, AssociationAC, AssociationRJ, AssociationRJResult,
@@ -19,9 +20,9 @@ use dicom_ul::pdu::{
 };
 use dicom_ul::{Pdu, read_pdu, write_pdu};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
 use tracing::{debug, info, warn};
 
+use crate::audit::{Audit, Event, LOGIN, Outcome, Role, USER_AUTHENTICATION};
 use crate::config::{Config, Service};
 use crate::dimse::{Command, CommandError};
 pub use crate::net::reassembly::{DimseMessage, Dropped};
@@ -149,10 +150,12 @@ pub struct AcceptorPolicy {
     pub associations: Arc<Semaphore>,
     /// One permit per byte of data set being received (`node.receive_budget`).
     pub receive_budget: Arc<Semaphore>,
+    /// Where associations accepted and refused are recorded.
+    pub audit: Audit,
 }
 
 impl AcceptorPolicy {
-    pub fn new(config: Arc<Config>) -> AcceptorPolicy {
+    pub fn new(config: Arc<Config>, audit: Audit) -> AcceptorPolicy {
         let budget = usize::try_from(config.node.receive_budget)
             .unwrap_or(usize::MAX)
             .min(Semaphore::MAX_PERMITS);
@@ -160,13 +163,29 @@ impl AcceptorPolicy {
             associations: Arc::new(Semaphore::new(config.node.max_associations)),
             receive_budget: Arc::new(Semaphore::new(budget)),
             config,
+            audit,
         }
+    }
+
+    /// Record an association (or a TLS handshake) refused, with who asked and why.
+    pub fn refused(&self, calling_ae: &str, peer: SocketAddr, why: &str) {
+        self.audit.record(
+            Event::new(USER_AUTHENTICATION, Some(LOGIN), 'E', Outcome::MinorFailure)
+                .describe(why)
+                .by(calling_ae, Some(peer.ip().to_string()), Role::Source)
+                .to(&self.config.node.ae_title, None, Role::Destination),
+        );
     }
 }
 
 /// An established association, acceptor side.
 pub struct Association {
-    socket: TcpStream,
+    socket: Transport,
+    /// The requestor's verified certificate, on the TLS listener.
+    identity: Option<CertIdentity>,
+    /// Where this association's operations are recorded (services record through it).
+    audit: Audit,
+    our_ae: String,
     peer: SocketAddr,
     read_buf: BytesMut,
     write_buf: Vec<u8>,
@@ -199,18 +218,22 @@ impl Association {
     /// A-ASSOCIATE-RQ within the ARTIM time, check called and calling AE titles, negotiate
     /// presentation contexts and PDU size, and answer AC or RJ.
     pub async fn accept(
-        socket: TcpStream,
+        socket: Transport,
         policy: &AcceptorPolicy,
     ) -> Result<Association, NetError> {
         let config = &policy.config;
-        let peer = socket.peer_addr().map_err(|source| NetError::Read {
+        let peer = socket.tcp().peer_addr().map_err(|source| NetError::Read {
             peer: ([0, 0, 0, 0], 0).into(),
             source,
         })?;
         socket
+            .tcp()
             .set_nodelay(true)
             .map_err(|source| NetError::Write { peer, source })?;
         let mut assoc = Association {
+            identity: socket.peer_identity(),
+            audit: policy.audit.clone(),
+            our_ae: config.node.ae_title.clone(),
             socket,
             peer,
             read_buf: BytesMut::with_capacity(64 * 1024),
@@ -322,22 +345,25 @@ impl Association {
         } else {
             BTreeSet::new()
         };
-        // An AE title is a name, not a credential: it is accepted only from its hosts.
-        let from_its_hosts = calling_ok
-            && crate::net::access::admitted(peer.ip(), &config.hosts_for(&assoc.calling_ae)).await;
-        if allowed.is_empty() || !from_its_hosts {
-            let why = if allowed.is_empty() {
-                format!(
-                    "calling AE title `{}` is not a known peer",
-                    assoc.calling_ae
-                )
-            } else {
-                format!(
-                    "calling AE title `{}` is not accepted from {}",
-                    assoc.calling_ae,
-                    peer.ip()
-                )
-            };
+        // An AE title is a name, not a credential: it is accepted only from its hosts, or
+        // over TLS from a certificate that names it (see `access::credential`).
+        let refusal = if allowed.is_empty() {
+            Some(format!(
+                "calling AE title `{}` is not a known peer",
+                assoc.calling_ae
+            ))
+        } else {
+            crate::net::access::credential(
+                config,
+                &assoc.calling_ae,
+                peer.ip(),
+                assoc.socket.is_tls(),
+                assoc.identity.as_ref(),
+            )
+            .await
+            .err()
+        };
+        if let Some(why) = refusal {
             return assoc
                 .reject_with(
                     reject(
@@ -522,11 +548,50 @@ impl Association {
             peer_max_pdu = assoc.peer_max_pdu,
             "association accepted"
         );
+        let how = match (&assoc.identity, assoc.socket.is_tls()) {
+            (Some(id), _) => format!("over TLS, certificate `{}`", id.subject),
+            (None, true) => "over TLS, no client certificate".to_string(),
+            (None, false) => "over plain TCP".to_string(),
+        };
+        assoc.audit.record(
+            Event::new(USER_AUTHENTICATION, Some(LOGIN), 'E', Outcome::Success)
+                .describe(format!("association accepted {how}"))
+                .by(&assoc.calling_ae, Some(peer.ip().to_string()), Role::Source)
+                .to(&assoc.our_ae, None, Role::Destination),
+        );
         Ok(assoc)
+    }
+
+    /// Record an event of this association: the calling AE (at its address) as requestor,
+    /// this node as the other party.
+    pub fn audit(&self, event: Event, calling_role: Role) {
+        let ours = match calling_role {
+            Role::Source => Role::Destination,
+            _ => Role::Source,
+        };
+        self.audit.record(
+            event
+                .by(
+                    &self.calling_ae,
+                    Some(self.peer.ip().to_string()),
+                    calling_role,
+                )
+                .to(&self.our_ae, None, ours),
+        );
     }
 
     async fn reject_with<T>(&mut self, pdu: Pdu, why: &str) -> Result<T, NetError> {
         info!(calling_ae = %self.calling_ae, peer = %self.peer, reason = why, "association rejected");
+        self.audit.record(
+            Event::new(USER_AUTHENTICATION, Some(LOGIN), 'E', Outcome::MinorFailure)
+                .describe(format!("association rejected: {why}"))
+                .by(
+                    &self.calling_ae,
+                    Some(self.peer.ip().to_string()),
+                    Role::Source,
+                )
+                .to(&self.our_ae, None, Role::Destination),
+        );
         self.send_pdu(&pdu).await?;
         let _ = self.socket.shutdown().await;
         Err(NetError::Rejected(why.to_string()))
@@ -534,6 +599,11 @@ impl Association {
 
     pub fn peer(&self) -> SocketAddr {
         self.peer
+    }
+
+    /// The requestor's verified TLS certificate (None on the plain listener).
+    pub fn identity(&self) -> Option<&CertIdentity> {
+        self.identity.as_ref()
     }
 
     pub fn calling_ae(&self) -> &str {
@@ -756,7 +826,7 @@ impl Association {
 /// Read one PDU, bounded by `max_pdu` (strict: a longer PDU is an error, not an allocation).
 /// Cancel-safe: bytes read so far stay in `buf`.
 pub(crate) async fn read_pdu_from(
-    socket: &mut TcpStream,
+    socket: &mut Transport,
     peer: SocketAddr,
     buf: &mut BytesMut,
     max_pdu: u32,
@@ -790,13 +860,18 @@ pub(crate) async fn read_pdu_from(
     }
 }
 
-async fn write_all(
-    socket: &mut TcpStream,
+pub(crate) async fn write_all(
+    socket: &mut Transport,
     peer: SocketAddr,
     bytes: &[u8],
     timeout: Duration,
 ) -> Result<(), NetError> {
-    match tokio::time::timeout(timeout, socket.write_all(bytes)).await {
+    // TLS buffers what it encrypts: the flush is what puts it on the wire.
+    let write = async {
+        socket.write_all(bytes).await?;
+        socket.flush().await
+    };
+    match tokio::time::timeout(timeout, write).await {
         Ok(r) => r.map_err(|source| NetError::Write { peer, source }),
         Err(_) => Err(NetError::Timeout {
             peer,
@@ -809,7 +884,7 @@ async fn write_all(
 /// Write `bytes` as P-DATA-TF PDUs of at most `peer_max_pdu`, one PDV each, the last flagged.
 #[allow(clippy::too_many_arguments)]
 pub(crate) async fn send_fragments(
-    socket: &mut TcpStream,
+    socket: &mut Transport,
     peer: SocketAddr,
     write_buf: &mut Vec<u8>,
     peer_max_pdu: u32,

@@ -22,6 +22,7 @@ use tracing::{Instrument, debug, error, info, info_span, warn};
 
 use super::association::{AcceptorPolicy, Association, DimseMessage, Incoming, NetError};
 use super::shutdown::Shutdown;
+use super::transport::Transport;
 
 /// First back-off after a failed accept (e.g. EMFILE); doubles up to `MAX_ACCEPT_BACKOFF`.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(10);
@@ -101,9 +102,11 @@ impl Negotiating {
     }
 }
 
-/// Serve associations on `listener` until `shutdown` fires.
+/// Serve associations on `listener` until `shutdown` fires; with `tls`, each connection
+/// first completes a TLS handshake (within the ARTIM time).
 pub async fn run<H: MessageHandler>(
     listener: TcpListener,
+    tls: Option<tokio_rustls::TlsAcceptor>,
     policy: AcceptorPolicy,
     handler: Arc<H>,
     mut shutdown: Shutdown,
@@ -149,11 +152,12 @@ pub async fn run<H: MessageHandler>(
         let policy = policy.clone();
         let handler = handler.clone();
         let shutdown = shutdown.clone();
-        let span = info_span!("assoc", peer = %addr, calling_ae = tracing::field::Empty);
+        let tls = tls.clone();
+        let span = info_span!("assoc", peer = %addr, tls = tls.is_some(), calling_ae = tracing::field::Empty);
         tasks.spawn(
             async move {
                 let _slot = slot;
-                serve_association(socket, &policy, &*handler, give_way, shutdown).await;
+                serve_association(socket, tls, &policy, &*handler, give_way, shutdown).await;
             }
             .instrument(span),
         );
@@ -173,22 +177,58 @@ pub async fn run<H: MessageHandler>(
     }
 }
 
+/// The TLS handshake of one connection, bounded by the ARTIM time like the A-ASSOCIATE-RQ
+/// that follows it.
+async fn handshake(
+    socket: tokio::net::TcpStream,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+    policy: &AcceptorPolicy,
+) -> Option<Transport> {
+    let Some(acceptor) = tls else {
+        return Some(Transport::Tcp(socket));
+    };
+    let _ = socket.set_nodelay(true);
+    let peer = socket.peer_addr();
+    let artim = policy.config.timeouts.artim();
+    match tokio::time::timeout(artim, acceptor.accept(socket)).await {
+        Ok(Ok(s)) => Some(Transport::TlsAcceptor(Box::new(s))),
+        Ok(Err(e)) => {
+            info!(error = %e, "TLS handshake failed");
+            if let Ok(peer) = peer {
+                policy.refused("-", peer, &format!("TLS handshake failed: {e}"));
+            }
+            None
+        }
+        Err(_) => {
+            debug!(?artim, "TLS handshake not finished within the ARTIM time");
+            None
+        }
+    }
+}
+
 async fn serve_association<H: MessageHandler>(
     socket: tokio::net::TcpStream,
+    tls: Option<tokio_rustls::TlsAcceptor>,
     policy: &AcceptorPolicy,
     handler: &H,
     give_way: oneshot::Receiver<()>,
     mut shutdown: Shutdown,
 ) {
     let accepted = tokio::select! {
-        r = Association::accept(socket, policy) => r,
+        r = async {
+            match handshake(socket, tls, policy).await {
+                Some(t) => Association::accept(t, policy).await.map(Some),
+                None => Ok(None),
+            }
+        } => r,
         _ = give_way => {
             debug!("negotiation dropped: newer connections needed its slot");
             return;
         }
     };
     let mut assoc = match accepted {
-        Ok(a) => a,
+        Ok(Some(a)) => a,
+        Ok(None) => return,
         Err(NetError::Rejected(_)) => return,
         Err(e) => {
             info!(error = %e, "association not established");

@@ -9,6 +9,8 @@ pub mod reassembly;
 pub mod scu;
 pub mod shutdown;
 pub mod syntax;
+pub mod tls;
+pub mod transport;
 
 pub use association::{
     AcceptedContext, AcceptorPolicy, Association, DimseMessage, Dropped, Incoming, NetError,

@@ -15,8 +15,9 @@ use tokio::net::TcpStream;
 
 use super::association::{
     APPLICATION_CONTEXT, IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME, NetError,
-    read_pdu_from, send_fragments,
+    read_pdu_from, send_fragments, write_all,
 };
+use super::transport::{CertIdentity, Transport};
 use crate::dimse::{Command, CommandField, MAX_COMMAND_SET, Status};
 
 /// Receive size we announce as requestor.
@@ -30,6 +31,22 @@ pub struct ScuOptions {
     pub called_ae: String,
     /// Connect timeout and the limit on every later wait for the peer.
     pub timeout: Duration,
+    /// DICOM TLS to this peer (None: plain TCP).
+    pub tls: Option<ScuTls>,
+}
+
+/// How to reach a TLS peer: this node's client configuration and the name its server
+/// certificate must carry.
+#[derive(Clone)]
+pub struct ScuTls {
+    pub connector: tokio_rustls::TlsConnector,
+    pub server_name: rustls::pki_types::ServerName<'static>,
+}
+
+impl std::fmt::Debug for ScuTls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "ScuTls({:?})", self.server_name)
+    }
 }
 
 /// Optional negotiation items of an A-ASSOCIATE-RQ.
@@ -58,7 +75,7 @@ pub struct NegotiatedContext {
 
 /// An established association, requestor side.
 pub struct ScuAssociation {
-    socket: TcpStream,
+    socket: Transport,
     peer: SocketAddr,
     read_buf: BytesMut,
     write_buf: Vec<u8>,
@@ -119,6 +136,31 @@ impl ScuAssociation {
         socket
             .set_nodelay(true)
             .map_err(|source| NetError::Write { peer, source })?;
+        let socket = match &opts.tls {
+            None => Transport::Tcp(socket),
+            Some(tls) => {
+                let handshake = tls.connector.connect(tls.server_name.clone(), socket);
+                match tokio::time::timeout(opts.timeout, handshake).await {
+                    Ok(Ok(s)) => Transport::TlsRequestor(Box::new(s)),
+                    Ok(Err(e)) => {
+                        return Err(NetError::Write {
+                            peer,
+                            source: std::io::Error::new(
+                                e.kind(),
+                                format!("TLS handshake with {}: {e}", opts.addr),
+                            ),
+                        });
+                    }
+                    Err(_) => {
+                        return Err(NetError::Timeout {
+                            peer,
+                            what: "TLS handshake",
+                            after: opts.timeout,
+                        });
+                    }
+                }
+            }
+        };
         let mut assoc = ScuAssociation {
             socket,
             peer,
@@ -478,13 +520,12 @@ impl ScuAssociation {
 
     /// Write raw bytes to the socket (tests use it to cut a message short).
     pub async fn send_raw(&mut self, bytes: &[u8]) -> Result<(), NetError> {
-        self.socket
-            .write_all(bytes)
-            .await
-            .map_err(|source| NetError::Write {
-                peer: self.peer,
-                source,
-            })
+        write_all(&mut self.socket, self.peer, bytes, self.timeout).await
+    }
+
+    /// The acceptor's verified certificate, over TLS.
+    pub fn peer_identity(&self) -> Option<CertIdentity> {
+        self.socket.peer_identity()
     }
 
     /// Read one response command set (no data set expected) and return its status.
@@ -597,17 +638,7 @@ impl ScuAssociation {
     async fn send_pdu(&mut self, pdu: &Pdu) -> Result<(), NetError> {
         self.write_buf.clear();
         write_pdu(&mut self.write_buf, pdu).map_err(|e| NetError::Encode(e.to_string()))?;
-        match tokio::time::timeout(self.timeout, self.socket.write_all(&self.write_buf)).await {
-            Ok(r) => r.map_err(|source| NetError::Write {
-                peer: self.peer,
-                source,
-            }),
-            Err(_) => Err(NetError::Timeout {
-                peer: self.peer,
-                what: "the peer to read",
-                after: self.timeout,
-            }),
-        }
+        write_all(&mut self.socket, self.peer, &self.write_buf, self.timeout).await
     }
 
     async fn read_pdu(&mut self) -> Result<Pdu, NetError> {

@@ -2,6 +2,7 @@
 //! is one Pending response holding exactly the requested keys; C-CANCEL stops the stream;
 //! the final response is Success, Cancel or a failure with an ErrorComment.
 
+use crate::audit::{Event as AuditEvent, Object, Outcome, QUERY, Role as AuditRole, Subject};
 use std::sync::Arc;
 
 use dicom_core::{DataElement, PrimitiveValue, Tag, VR};
@@ -64,6 +65,42 @@ pub struct FindService {
     pub pn_case_insensitive: bool,
 }
 
+/// The audit record of a C-FIND (PS3.15 A.5.3.10): the SOP class, the level and matching keys
+/// in words, and the patient and studies when the query names them exactly.
+fn query_event(context: &AcceptedContext, req: &FindRequest, matches: usize) -> AuditEvent {
+    use crate::index::query::{Column, Matcher};
+    let mut subject = Subject::default();
+    let mut keys = Vec::new();
+    for c in &req.query.conditions {
+        match (&c.column, &c.matcher) {
+            (Column::PatientId, Matcher::Single(v)) => subject.patient_id = Some(v.clone()),
+            (Column::StudyInstanceUid, Matcher::Single(v)) => subject.studies.push(v.clone()),
+            (Column::StudyInstanceUid, Matcher::UidList(v)) => {
+                subject.studies.extend(v.iter().cloned())
+            }
+            _ => {}
+        }
+        if !matches!(c.matcher, Matcher::Universal) {
+            keys.push(format!("{:?} {:?}", c.column, c.matcher));
+        }
+    }
+    let description = format!(
+        "{} level; {}; {matches} matches",
+        req.query.level.code(),
+        if keys.is_empty() {
+            "no matching keys".to_string()
+        } else {
+            keys.join(", ")
+        }
+    );
+    AuditEvent::new(QUERY, None, 'E', Outcome::Success)
+        .about(&subject)
+        .on(Object::Query {
+            sop_class: context.abstract_syntax.clone(),
+            description,
+        })
+}
+
 impl FindService {
     /// Answer one C-FIND-RQ on `assoc`, streaming Pending responses.
     pub async fn find(
@@ -82,6 +119,7 @@ impl FindService {
                 return assoc.send_command(context.id, &rsp).await;
             }
         };
+        assoc.audit(query_event(context, &req, matches.len()), AuditRole::Source);
         let pending = if req.unsupported.is_empty() {
             PENDING
         } else {

@@ -11,6 +11,7 @@ use std::sync::Arc;
 
 use tracing::{debug, warn};
 
+use crate::audit::{Event, INSTANCES_TRANSFERRED, Outcome, Role as AuditRole, Subject};
 use crate::config::Service;
 use crate::dimse::{Command, CommandField, Status, status};
 use crate::net::{Association, DimseMessage, MessageHandler, NetError};
@@ -63,10 +64,32 @@ impl MessageHandler for Services {
             }
             (Some(CommandField::CEchoRq), Service::Echo) => echo::respond(&command),
             (Some(CommandField::CStoreRq), Service::Store) => {
+                let mut subject = Subject::default();
                 let status = self
                     .store
-                    .store(&context, assoc.calling_ae(), &command, data, dropped)
+                    .store(
+                        &context,
+                        assoc.calling_ae(),
+                        &command,
+                        data,
+                        dropped,
+                        &mut subject,
+                    )
                     .await;
+                let outcome = if status.code == status::SUCCESS {
+                    Outcome::Success
+                } else {
+                    Outcome::MinorFailure
+                };
+                let mut event =
+                    Event::new(INSTANCES_TRANSFERRED, None, 'C', outcome).about(&subject);
+                if let Some(sop) = &command.affected_sop_instance_uid {
+                    event = event.describe(match &status.comment {
+                        Some(c) => format!("C-STORE {sop}: {:04X} {c}", status.code),
+                        None => format!("C-STORE {sop}: {:04X}", status.code),
+                    });
+                }
+                assoc.audit(event, AuditRole::Source);
                 Command::response_to(&command, CommandField::CStoreRsp, status)
             }
             (Some(CommandField::CFindRq), Service::Find) => {

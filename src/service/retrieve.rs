@@ -3,6 +3,7 @@
 //! sub-association, or back on the requesting association for C-GET); a Pending response with
 //! the counters follows each sub-operation; C-CANCEL stops between sub-operations.
 
+use crate::audit::{EXPORT, Event as AuditEvent, Outcome, Role as AuditRole, Subject};
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -18,7 +19,7 @@ use crate::config::Config;
 use crate::dimse::{Command, CommandField, DATA_SET_PRESENT, Status, status};
 use crate::index::query::{Column, Level};
 use crate::index::{FindOutcome, Index, IndexError};
-use crate::net::scu::{ProposedContext, ScuAssociation, ScuOptions};
+use crate::net::scu::{ProposedContext, ScuAssociation, ScuOptions, ScuTls};
 use crate::net::{AcceptedContext, Association, Incoming, NetError};
 use crate::service::find::CANCELED;
 use crate::service::query::{IdentifierError, MatchOptions, Model, read_identifier};
@@ -106,6 +107,8 @@ pub struct RetrieveService {
     pub index: Index,
     pub storage: Arc<Storage>,
     pub config: Arc<Config>,
+    /// This node's TLS client configuration, for destinations marked `tls`.
+    pub tls: Option<tokio_rustls::TlsConnector>,
 }
 
 impl RetrieveService {
@@ -218,14 +221,36 @@ impl RetrieveService {
             }
         }
         proposed.truncate(128);
+        let tls = match (peer.needs_tls(), &self.tls) {
+            (false, _) => Ok(None),
+            (true, Some(connector)) => {
+                crate::net::tls::server_name(peer.tls_server_name.as_deref().unwrap_or(&peer.host))
+                    .map(|server_name| {
+                        Some(ScuTls {
+                            connector: connector.clone(),
+                            server_name,
+                        })
+                    })
+                    .map_err(|e| e.to_string())
+            }
+            (true, None) => Err("the destination needs TLS and [tls] is not configured".into()),
+        };
         let opts = ScuOptions {
             addr: format!("{}:{}", peer.host, peer.port),
             calling_ae: self.config.node.ae_title.clone(),
             called_ae: peer.ae_title.clone(),
             timeout: self.config.timeouts.write(),
+            tls: tls.clone().unwrap_or(None),
         };
-        info!(destination = %peer.ae_title, addr = %opts.addr, instances = items.len(), "C-MOVE starting");
-        let sub = match ScuAssociation::connect(&opts, &proposed).await {
+        info!(destination = %peer.ae_title, addr = %opts.addr, tls = opts.tls.is_some(), instances = items.len(), "C-MOVE starting");
+        let connected = match tls {
+            // Never in clear to a destination that needs TLS.
+            Err(e) => Err(e),
+            Ok(_) => ScuAssociation::connect(&opts, &proposed)
+                .await
+                .map_err(|e| e.to_string()),
+        };
+        let sub = match connected {
             Ok(s) => s,
             Err(e) => {
                 warn!(destination = %peer.ae_title, error = %e, "move destination refused or unreachable");
@@ -249,6 +274,15 @@ impl RetrieveService {
         let originator = (
             assoc.calling_ae().to_string(),
             request.message_id.unwrap_or(0),
+        );
+        assoc.audit(
+            self.export_event(&items, &format!("C-MOVE to {}", peer.ae_title))
+                .to(
+                    &peer.ae_title,
+                    Some(peer.host.clone()),
+                    AuditRole::Destination,
+                ),
+            AuditRole::Application,
         );
         let result = self
             .run_move(assoc, context, request, items, &mut sub, &originator)
@@ -280,7 +314,25 @@ impl RetrieveService {
                     .await;
             }
         };
+        assoc.audit(self.export_event(&items, "C-GET"), AuditRole::Destination);
         self.run_get(assoc, context, request, items).await
+    }
+
+    /// The audit record of instances leaving the archive (PS3.15 A.5.3.4 Export): the
+    /// studies they belong to (read from their storage keys) and how many.
+    fn export_event(&self, items: &[Item], what: &str) -> AuditEvent {
+        let mut subject = Subject::default();
+        for it in items {
+            if let Some((study, _, _)) =
+                crate::storage::parse_object_key(self.storage.prefix(), &it.storage_key)
+                && !subject.studies.iter().any(|s| s == study.as_str())
+            {
+                subject.studies.push(study.to_string());
+            }
+        }
+        AuditEvent::new(EXPORT, None, 'R', Outcome::Success)
+            .describe(format!("{what}: {} instances", items.len()))
+            .about(&subject)
     }
 
     /// C-GET sub-operations and responses share the requesting association, strictly in turn.

@@ -2,6 +2,7 @@
 //! the Part 10 object to W of N replicas, commit the index row, and only then answer Success.
 //! Data before metadata; an object whose index commit failed is removed again.
 
+use crate::audit::Subject;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
@@ -181,9 +182,10 @@ impl StoreService {
         command: &Command,
         data: Option<Vec<u8>>,
         dropped: Option<Dropped>,
+        subject: &mut Subject,
     ) -> Status {
         match self
-            .try_store(context, calling_ae, command, data, dropped)
+            .try_store(context, calling_ae, command, data, dropped, subject)
             .await
         {
             Ok(()) => Status::success(),
@@ -205,6 +207,7 @@ impl StoreService {
         command: &Command,
         data: Option<Vec<u8>>,
         dropped: Option<Dropped>,
+        subject: &mut Subject,
     ) -> Result<(), StoreError> {
         match dropped {
             Some(Dropped::TooLarge { size, limit }) => {
@@ -236,7 +239,14 @@ impl StoreService {
         let lock = self.lock_for(sop_instance.as_str());
         let guard = lock.lock().await;
         let result = self
-            .store_locked(context, calling_ae, &sop_class, &sop_instance, data)
+            .store_locked(
+                context,
+                calling_ae,
+                &sop_class,
+                &sop_instance,
+                data,
+                subject,
+            )
             .await;
         drop(guard);
         self.release_lock(sop_instance.as_str(), lock);
@@ -250,6 +260,7 @@ impl StoreService {
         sop_class: &Uid,
         sop_instance: &Uid,
         data: Vec<u8>,
+        subject: &mut Subject,
     ) -> Result<(), StoreError> {
         // Parse and wrap the data set off the async threads while the index is asked whether
         // the instance is already stored.
@@ -264,6 +275,11 @@ impl StoreService {
             uids,
             file,
         } = prepared.expect("record extraction panicked")?;
+        *subject = Subject {
+            patient_id: Some(rec.patient_id.clone()),
+            patient_name: rec.patient_name.clone(),
+            studies: vec![rec.study_instance_uid.clone()],
+        };
         if rec.sop_class_uid != sop_class.as_str() {
             return Err(StoreError::DataSetMismatch {
                 attribute: "SOPClassUID",

@@ -60,6 +60,7 @@ impl TestNode {
             calling_ae: calling.into(),
             called_ae: "PACSD".into(),
             timeout: Duration::from_secs(20),
+            tls: None,
         }
     }
 

@@ -1,0 +1,584 @@
+//! The audit trail: security-relevant events as DICOM audit messages (PS3.15 A.5, the schema
+//! IHE ATNA uses), one XML record per line, appended to a file and optionally forwarded to a
+//! syslog collector (RFC 5424 over UDP, RFC 5426).
+//!
+//! Emitting never waits: records go through a bounded queue to one writer thread, which
+//! appends them and flushes whenever the queue runs dry. When the queue is full (the writer
+//! cannot keep up with a flood) the record is counted, and the writer states the count in a
+//! record of its own as soon as it catches up, so a gap is never silent.
+//!
+//! What is recorded (PS3.15 A.5.3; codes from DCMR CID 400-405):
+//!
+//! | event | EventID | EventTypeCode | action |
+//! |---|---|---|---|
+//! | node started, configuration loaded | 110100 Application Activity | 110120 Application Start | E |
+//! | node stopped | 110100 Application Activity | 110121 Application Stop | E |
+//! | association accepted / rejected, TLS handshake failed | 110114 User Authentication | 110122 Login | E |
+//! | C-STORE received | 110104 DICOM Instances Transferred | | C (R when already stored) |
+//! | C-FIND | 110112 Query | | E |
+//! | C-MOVE / C-GET sent instances | 110106 Export | | R |
+//! | HA role change | 110100 Application Activity | PACSD HA-ROLE "HA role change" | E |
+//! | forged or unauthenticated HA message refused | 110113 Security Alert | 110126 Node Authentication | E |
+
+use std::fmt::Write as _;
+use std::io::Write as _;
+use std::net::{SocketAddr, UdpSocket};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc::{Receiver, SyncSender, TrySendError};
+
+use tracing::{error, warn};
+
+/// Records waiting for the writer; beyond this they are counted as lost (see module doc).
+const QUEUE: usize = 16_384;
+
+/// PS3.15 A.5.1 EventOutcomeIndicator.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    Success = 0,
+    MinorFailure = 4,
+    SeriousFailure = 8,
+}
+
+/// A coded value (`csd-code`, `codeSystemName`, `originalText`).
+#[derive(Debug, Clone, Copy)]
+pub struct Code(pub &'static str, pub &'static str, pub &'static str);
+
+pub const APPLICATION_ACTIVITY: Code = Code("110100", "DCM", "Application Activity");
+pub const APPLICATION_START: Code = Code("110120", "DCM", "Application Start");
+pub const APPLICATION_STOP: Code = Code("110121", "DCM", "Application Stop");
+pub const USER_AUTHENTICATION: Code = Code("110114", "DCM", "User Authentication");
+pub const LOGIN: Code = Code("110122", "DCM", "Login");
+pub const INSTANCES_TRANSFERRED: Code = Code("110104", "DCM", "DICOM Instances Transferred");
+pub const QUERY: Code = Code("110112", "DCM", "Query");
+pub const EXPORT: Code = Code("110106", "DCM", "Export");
+pub const SECURITY_ALERT: Code = Code("110113", "DCM", "Security Alert");
+pub const NODE_AUTHENTICATION: Code = Code("110126", "DCM", "Node Authentication");
+pub const HA_ROLE: Code = Code("HA-ROLE", "99PACSD", "HA role change");
+
+const SOURCE_ROLE: Code = Code("110153", "DCM", "Source Role ID");
+const DESTINATION_ROLE: Code = Code("110152", "DCM", "Destination Role ID");
+const APPLICATION_ROLE: Code = Code("110150", "DCM", "Application");
+
+/// Who took part (PS3.15 A.5.2 ActiveParticipant).
+#[derive(Debug, Clone)]
+pub struct Participant {
+    /// AE title (or node id for the HA plane).
+    pub user_id: String,
+    /// Network address, when known.
+    pub address: Option<String>,
+    pub requestor: bool,
+    pub role: Role,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    Source,
+    Destination,
+    Application,
+}
+
+/// What was acted on (PS3.15 A.5.2 ParticipantObjectIdentification).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Object {
+    Patient {
+        id: String,
+        name: Option<String>,
+    },
+    Study {
+        uid: String,
+    },
+    /// A query: the SOP class it was made under; `description` names its keys.
+    Query {
+        sop_class: String,
+        description: String,
+    },
+    /// Anything else (the configuration file, a peer node): type 2 System Object.
+    System {
+        id: String,
+        description: String,
+    },
+}
+
+/// The patient and study an operation touched.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Subject {
+    pub patient_id: Option<String>,
+    pub patient_name: Option<String>,
+    pub studies: Vec<String>,
+}
+
+/// One audit record.
+#[derive(Debug, Clone)]
+pub struct Event {
+    pub id: Code,
+    pub type_code: Option<Code>,
+    /// C, R, U, D or E (PS3.15 A.5.1 EventActionCode).
+    pub action: char,
+    pub outcome: Outcome,
+    /// Why it failed (or what happened), in words.
+    pub description: Option<String>,
+    pub participants: Vec<Participant>,
+    pub objects: Vec<Object>,
+}
+
+impl Event {
+    pub fn new(id: Code, type_code: Option<Code>, action: char, outcome: Outcome) -> Event {
+        Event {
+            id,
+            type_code,
+            action,
+            outcome,
+            description: None,
+            participants: Vec::new(),
+            objects: Vec::new(),
+        }
+    }
+
+    pub fn describe(mut self, text: impl Into<String>) -> Event {
+        self.description = Some(text.into());
+        self
+    }
+
+    pub fn by(mut self, user_id: &str, address: Option<String>, role: Role) -> Event {
+        self.participants.push(Participant {
+            user_id: user_id.to_string(),
+            address,
+            requestor: true,
+            role,
+        });
+        self
+    }
+
+    pub fn to(mut self, user_id: &str, address: Option<String>, role: Role) -> Event {
+        self.participants.push(Participant {
+            user_id: user_id.to_string(),
+            address,
+            requestor: false,
+            role,
+        });
+        self
+    }
+
+    /// The patient and studies of `subject` as participant objects.
+    pub fn about(mut self, subject: &Subject) -> Event {
+        if let Some(id) = &subject.patient_id {
+            self = self.on(Object::Patient {
+                id: id.clone(),
+                name: subject.patient_name.clone(),
+            });
+        }
+        for uid in &subject.studies {
+            self = self.on(Object::Study { uid: uid.clone() });
+        }
+        self
+    }
+
+    pub fn on(mut self, object: Object) -> Event {
+        if !self.objects.contains(&object) {
+            self.objects.push(object);
+        }
+        self
+    }
+}
+
+/// XML-escape text for an attribute or element; control characters (which XML 1.0 cannot
+/// carry and which would split a record over lines) become U+FFFD.
+fn escape(out: &mut String, text: &str) {
+    for c in text.chars() {
+        match c {
+            '&' => out.push_str("&amp;"),
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '"' => out.push_str("&quot;"),
+            '\'' => out.push_str("&apos;"),
+            c if (c as u32) < 0x20 || c == '\u{7f}' => out.push('\u{fffd}'),
+            c => out.push(c),
+        }
+    }
+}
+
+fn code(out: &mut String, element: &str, c: Code) {
+    let _ = write!(out, "<{element} csd-code=\"");
+    escape(out, c.0);
+    out.push_str("\" codeSystemName=\"");
+    escape(out, c.1);
+    out.push_str("\" originalText=\"");
+    escape(out, c.2);
+    out.push_str("\"/>");
+}
+
+fn attr(out: &mut String, name: &str, value: &str) {
+    let _ = write!(out, " {name}=\"");
+    escape(out, value);
+    out.push('"');
+}
+
+/// RFC 3339 UTC time with milliseconds, from the system clock.
+pub fn timestamp(now: std::time::SystemTime) -> String {
+    let since = now
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    let secs = since.as_secs() as i64;
+    let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
+    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{:03}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60,
+        since.subsec_millis()
+    )
+}
+
+/// Render one record as a single line of XML (PS3.15 A.5.1).
+pub fn render(event: &Event, source_id: &str, when: std::time::SystemTime) -> String {
+    let mut out = String::with_capacity(1024);
+    out.push_str("<AuditMessage><EventIdentification");
+    attr(&mut out, "EventActionCode", &event.action.to_string());
+    attr(&mut out, "EventDateTime", &timestamp(when));
+    attr(
+        &mut out,
+        "EventOutcomeIndicator",
+        &(event.outcome as u8).to_string(),
+    );
+    out.push('>');
+    code(&mut out, "EventID", event.id);
+    if let Some(t) = event.type_code {
+        code(&mut out, "EventTypeCode", t);
+    }
+    if let Some(d) = &event.description {
+        out.push_str("<EventOutcomeDescription>");
+        escape(&mut out, d);
+        out.push_str("</EventOutcomeDescription>");
+    }
+    out.push_str("</EventIdentification>");
+    for p in &event.participants {
+        out.push_str("<ActiveParticipant");
+        attr(&mut out, "UserID", &p.user_id);
+        attr(
+            &mut out,
+            "UserIsRequestor",
+            if p.requestor { "true" } else { "false" },
+        );
+        if let Some(a) = &p.address {
+            attr(&mut out, "NetworkAccessPointID", a);
+            // 2: IP address.
+            attr(&mut out, "NetworkAccessPointTypeCode", "2");
+        }
+        out.push('>');
+        let role = match p.role {
+            Role::Source => SOURCE_ROLE,
+            Role::Destination => DESTINATION_ROLE,
+            Role::Application => APPLICATION_ROLE,
+        };
+        code(&mut out, "RoleIDCode", role);
+        out.push_str("</ActiveParticipant>");
+    }
+    out.push_str("<AuditSourceIdentification");
+    attr(&mut out, "AuditSourceID", source_id);
+    out.push_str("><AuditSourceTypeCode csd-code=\"4\" codeSystemName=\"DCM\" originalText=\"Application Server Process\"/></AuditSourceIdentification>");
+    for o in &event.objects {
+        // (object id, type, role, id type code, name or description)
+        let (id, ty, role, id_type, name): (&str, &str, &str, Code, Option<&str>) = match o {
+            Object::Patient { id, name } => (
+                id,
+                "1",
+                "1",
+                Code("2", "RFC-3881", "Patient Number"),
+                name.as_deref(),
+            ),
+            Object::Study { uid } => (
+                uid,
+                "2",
+                "3",
+                Code("110180", "DCM", "Study Instance UID"),
+                None,
+            ),
+            Object::Query {
+                sop_class,
+                description,
+            } => (
+                sop_class,
+                "2",
+                "3",
+                Code("110181", "DCM", "SOP Class UID"),
+                Some(description),
+            ),
+            Object::System { id, description } => (
+                id,
+                "2",
+                "4",
+                Code("12", "RFC-3881", "URI"),
+                Some(description),
+            ),
+        };
+        out.push_str("<ParticipantObjectIdentification");
+        attr(&mut out, "ParticipantObjectID", id);
+        attr(&mut out, "ParticipantObjectTypeCode", ty);
+        attr(&mut out, "ParticipantObjectTypeCodeRole", role);
+        out.push('>');
+        code(&mut out, "ParticipantObjectIDTypeCode", id_type);
+        if let Some(n) = name {
+            out.push_str("<ParticipantObjectName>");
+            escape(&mut out, n);
+            out.push_str("</ParticipantObjectName>");
+        }
+        out.push_str("</ParticipantObjectIdentification>");
+    }
+    out.push_str("</AuditMessage>");
+    out
+}
+
+/// Where records go besides the file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Forward {
+    /// RFC 5426: one record per datagram.
+    Udp(SocketAddr),
+}
+
+/// A cheap handle: every part of the node that has something to record holds one.
+#[derive(Clone)]
+pub struct Audit {
+    inner: Option<Arc<Inner>>,
+}
+
+struct Inner {
+    tx: SyncSender<String>,
+    source_id: String,
+    lost: AtomicU64,
+}
+
+impl std::fmt::Debug for Audit {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(if self.inner.is_some() {
+            "Audit(on)"
+        } else {
+            "Audit(off)"
+        })
+    }
+}
+
+impl Audit {
+    /// An audit trail that records nothing (tools, unit tests).
+    pub fn off() -> Audit {
+        Audit { inner: None }
+    }
+
+    /// Open (create or append to) `path` and start the writer thread.
+    pub fn open(path: &Path, source_id: &str, forward: Option<Forward>) -> std::io::Result<Audit> {
+        if let Some(dir) = path.parent()
+            && !dir.as_os_str().is_empty()
+        {
+            std::fs::create_dir_all(dir)?;
+        }
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)?;
+        let udp = match &forward {
+            Some(Forward::Udp(to)) => {
+                let bind: SocketAddr = if to.is_ipv4() {
+                    ([0, 0, 0, 0], 0).into()
+                } else {
+                    (std::net::Ipv6Addr::UNSPECIFIED, 0).into()
+                };
+                let s = UdpSocket::bind(bind)?;
+                s.connect(to)?;
+                Some(s)
+            }
+            None => None,
+        };
+        let (tx, rx) = std::sync::mpsc::sync_channel(QUEUE);
+        let inner = Arc::new(Inner {
+            tx,
+            source_id: source_id.to_string(),
+            lost: AtomicU64::new(0),
+        });
+        let weak = Arc::downgrade(&inner);
+        let path = path.to_path_buf();
+        std::thread::Builder::new()
+            .name("audit".into())
+            .spawn(move || writer(rx, file, udp, path, weak))?;
+        Ok(Audit { inner: Some(inner) })
+    }
+
+    pub fn record(&self, event: Event) {
+        let Some(inner) = &self.inner else { return };
+        let line = render(&event, &inner.source_id, std::time::SystemTime::now());
+        match inner.tx.try_send(line) {
+            Ok(()) => {}
+            Err(TrySendError::Full(_)) => {
+                inner.lost.fetch_add(1, Ordering::Relaxed);
+            }
+            Err(TrySendError::Disconnected(_)) => {}
+        }
+    }
+}
+
+/// RFC 5424 header for one record: facility 10 (security/authorization), severity notice (5)
+/// or warning (4) for failures; MSGID names the event; the record is the message.
+fn syslog_frame(line: &str) -> String {
+    let severity = if line.contains("EventOutcomeIndicator=\"0\"") {
+        5
+    } else {
+        4
+    };
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .unwrap_or_else(|_| "-".into());
+    format!(
+        "<{}>1 {} {} pacsd {} DICOM+RFC3881 - \u{feff}{}",
+        10 * 8 + severity,
+        timestamp(std::time::SystemTime::now()),
+        if host.is_empty() { "-" } else { &host },
+        std::process::id(),
+        line
+    )
+}
+
+fn writer(
+    rx: Receiver<String>,
+    file: std::fs::File,
+    udp: Option<UdpSocket>,
+    path: PathBuf,
+    inner: std::sync::Weak<Inner>,
+) {
+    let mut out = std::io::BufWriter::with_capacity(256 * 1024, file);
+    let failed = std::cell::Cell::new(false);
+    let report = |e: std::io::Error| {
+        if !failed.replace(true) {
+            error!(path = %path.display(), error = %e, "cannot write the audit trail");
+        }
+    };
+    let put = |out: &mut std::io::BufWriter<std::fs::File>, line: &str| {
+        if let Some(s) = &udp {
+            // RFC 5426: a lost datagram is the collector's loss; the file keeps the record.
+            let _ = s.send(syslog_frame(line).as_bytes());
+        }
+        if let Err(e) = out
+            .write_all(line.as_bytes())
+            .and_then(|_| out.write_all(b"\n"))
+        {
+            report(e);
+        }
+    };
+    while let Ok(first) = rx.recv() {
+        put(&mut out, &first);
+        while let Ok(next) = rx.try_recv() {
+            put(&mut out, &next);
+        }
+        if let Some(i) = inner.upgrade() {
+            let lost = i.lost.swap(0, Ordering::Relaxed);
+            if lost > 0 {
+                warn!(lost, "audit queue was full: records lost");
+                let e = Event::new(
+                    SECURITY_ALERT,
+                    Some(Code("110129", "DCM", "Audit Recording Stopped")),
+                    'E',
+                    Outcome::SeriousFailure,
+                )
+                .describe(format!(
+                    "{lost} audit records lost: the audit writer fell behind"
+                ));
+                put(
+                    &mut out,
+                    &render(&e, &i.source_id, std::time::SystemTime::now()),
+                );
+            }
+        }
+        if let Err(e) = out.flush() {
+            report(e);
+        }
+    }
+    let _ = out.flush();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn timestamps_are_rfc3339_utc() {
+        let t = std::time::UNIX_EPOCH + std::time::Duration::from_millis(1_796_223_600_123);
+        assert_eq!(timestamp(t), "2026-12-02T15:00:00.123Z");
+        assert_eq!(timestamp(std::time::UNIX_EPOCH), "1970-01-01T00:00:00.000Z");
+        let leap = std::time::UNIX_EPOCH + std::time::Duration::from_secs(951_782_400);
+        assert_eq!(timestamp(leap), "2000-02-29T00:00:00.000Z");
+    }
+
+    #[test]
+    fn a_record_is_one_line_with_everything_escaped() {
+        let e = Event::new(INSTANCES_TRANSFERRED, None, 'C', Outcome::Success)
+            .by("CT<1>", Some("10.0.0.5".into()), Role::Source)
+            .to("PACSD", None, Role::Destination)
+            .on(Object::Patient {
+                id: "P&1".into(),
+                name: Some("Doe^John\n\"x\"".into()),
+            })
+            .on(Object::Study {
+                uid: "1.2.3".into(),
+            });
+        let line = render(&e, "PACSD", std::time::UNIX_EPOCH);
+        assert!(!line.contains('\n'));
+        assert!(line.starts_with("<AuditMessage><EventIdentification EventActionCode=\"C\" EventDateTime=\"1970-01-01T00:00:00.000Z\" EventOutcomeIndicator=\"0\"><EventID csd-code=\"110104\""));
+        assert!(line.contains("UserID=\"CT&lt;1&gt;\""));
+        assert!(line.contains("ParticipantObjectID=\"P&amp;1\""));
+        assert!(line.contains(
+            "<ParticipantObjectName>Doe^John\u{fffd}&quot;x&quot;</ParticipantObjectName>"
+        ));
+        assert!(line.contains("ParticipantObjectID=\"1.2.3\""));
+        assert!(line.ends_with("</AuditMessage>"));
+    }
+
+    #[test]
+    fn records_reach_the_file_and_a_udp_collector() {
+        let dir = tempfile::tempdir().unwrap();
+        let collector = UdpSocket::bind("127.0.0.1:0").unwrap();
+        collector
+            .set_read_timeout(Some(std::time::Duration::from_secs(5)))
+            .unwrap();
+        let path = dir.path().join("audit.log");
+        let audit = Audit::open(
+            &path,
+            "PACSD",
+            Some(Forward::Udp(collector.local_addr().unwrap())),
+        )
+        .unwrap();
+        audit.record(
+            Event::new(
+                APPLICATION_ACTIVITY,
+                Some(APPLICATION_START),
+                'E',
+                Outcome::Success,
+            )
+            .by("PACSD", None, Role::Application),
+        );
+        let mut buf = [0u8; 4096];
+        let n = collector.recv(&mut buf).unwrap();
+        let datagram = std::str::from_utf8(&buf[..n]).unwrap();
+        assert!(datagram.starts_with("<85>1 "), "{datagram}");
+        assert!(datagram.contains(" DICOM+RFC3881 - \u{feff}<AuditMessage>"));
+        drop(audit);
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        loop {
+            let text = std::fs::read_to_string(&path).unwrap();
+            if text.lines().count() == 1 {
+                assert!(text.contains("csd-code=\"110120\""));
+                break;
+            }
+            assert!(std::time::Instant::now() < deadline, "record never written");
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+    }
+}

@@ -1,0 +1,507 @@
+//! DICOM TLS (PS3.15 B.9) with clients no one here wrote: DCMTK's storescu, findscu and
+//! echoscu with `+tls` against the node's TLS listener (DCMTK 3.6.7's movescu has no TLS
+//! options), a DCMTK storescp `+tls` as C-MOVE destination, and pynetdicom with an ssl context. Certificates are made by the test with
+//! the openssl command (a CA, one certificate per AE, and a rogue CA's certificate).
+//! The audit trail the node wrote during the scenario is then parsed as XML (Python's
+//! xml.etree) and checked record by record.
+
+mod common;
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::*;
+use pacsd::config::{Peer, Service, TlsConfig};
+
+fn openssl(dir: &Path, args: &[&str]) {
+    let out = Command::new("openssl")
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .expect("openssl installed");
+    assert!(out.status.success(), "openssl {args:?}: {}", text(&out));
+}
+
+/// A CA and certificates for `names` (CN=<name>, O=Hospital, valid for 127.0.0.1 and
+/// localhost, server and client use); `ROGUE` is signed by a CA the node does not trust.
+fn make_pki(dir: &Path, names: &[&str]) {
+    std::fs::write(
+        dir.join("ext.cnf"),
+        "basicConstraints=CA:FALSE\nkeyUsage=digitalSignature,keyEncipherment\n\
+         extendedKeyUsage=serverAuth,clientAuth\nsubjectAltName=IP:127.0.0.1,DNS:localhost\n",
+    )
+    .unwrap();
+    for ca in ["ca", "rogue-ca"] {
+        openssl(
+            dir,
+            &[
+                "req",
+                "-x509",
+                "-newkey",
+                "rsa:2048",
+                "-nodes",
+                "-keyout",
+                &format!("{ca}.key"),
+                "-out",
+                &format!("{ca}.crt"),
+                "-days",
+                "2",
+                "-subj",
+                &format!("/O=Test/CN={ca}"),
+            ],
+        );
+    }
+    let sign = |name: &str, ca: &str, cn: &str| {
+        openssl(
+            dir,
+            &[
+                "req",
+                "-newkey",
+                "rsa:2048",
+                "-nodes",
+                "-keyout",
+                &format!("{name}.key"),
+                "-out",
+                &format!("{name}.csr"),
+                "-subj",
+                &format!("/O=Hospital/CN={cn}"),
+            ],
+        );
+        openssl(
+            dir,
+            &[
+                "x509",
+                "-req",
+                "-in",
+                &format!("{name}.csr"),
+                "-CA",
+                &format!("{ca}.crt"),
+                "-CAkey",
+                &format!("{ca}.key"),
+                "-CAcreateserial",
+                "-out",
+                &format!("{name}.crt"),
+                "-days",
+                "2",
+                "-extfile",
+                "ext.cnf",
+            ],
+        );
+    };
+    for n in names {
+        sign(n, "ca", n);
+    }
+    // A certificate that claims to be CT1, from a CA nobody configured.
+    sign("ROGUE", "rogue-ca", "CT1");
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// DCMTK's TLS options for the certificate `name` in `pki`.
+fn tls_args(pki: &Path, name: &str) -> Vec<String> {
+    let p = |f: String| pki.join(f).display().to_string();
+    vec![
+        "+tls".into(),
+        p(format!("{name}.key")),
+        p(format!("{name}.crt")),
+        "+cf".into(),
+        p("ca.crt".into()),
+    ]
+}
+
+/// A DCMTK storescp over TLS (AE DEST), killed on drop.
+struct TlsDestination {
+    child: Child,
+    dir: tempfile::TempDir,
+}
+
+impl Drop for TlsDestination {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn tls_storescp(pki: &Path, port: u16) -> TlsDestination {
+    let dir = tempfile::tempdir().unwrap();
+    let child = Command::new(dcmtk_path("storescp"))
+        .args(["-aet", "DEST", "-od"])
+        .arg(dir.path())
+        .args(tls_args(pki, "DEST"))
+        .arg(port.to_string())
+        .env("TCP_NODELAY", "1")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("storescp (DCMTK) installed");
+    let d = TlsDestination { child, dir };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut args = tls_args(pki, "CT1");
+    args.extend([
+        "-aec".into(),
+        "DEST".into(),
+        "127.0.0.1".into(),
+        port.to_string(),
+    ]);
+    let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+    while Instant::now() < deadline {
+        if dcmtk("echoscu", &refs).status.success() {
+            return d;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    panic!("storescp +tls did not start");
+}
+
+async fn dcmtk_tls(
+    tool: &'static str,
+    pki: &Path,
+    cert: &str,
+    rest: &[String],
+) -> std::process::Output {
+    let mut args = tls_args(pki, cert);
+    args.extend(rest.iter().cloned());
+    dcmtk_async(tool, args).await
+}
+
+fn files_under(dir: &Path) -> Vec<PathBuf> {
+    pacsd::tools::collect_files(&[dir.to_path_buf()]).unwrap_or_default()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dcmtk_and_pynetdicom_over_tls_with_certificates_checked_and_audited() {
+    let pki = tempfile::tempdir().unwrap();
+    make_pki(pki.path(), &["PACSD", "CT1", "DEST", "OTHER"]);
+    let dest_port = free_port();
+    let n = TestNode::start_with(|c| {
+        c.tls = Some(TlsConfig {
+            port: 0,
+            certificate: pki.path().join("PACSD.crt"),
+            private_key: pki.path().join("PACSD.key"),
+            ca: pki.path().join("ca.crt"),
+            require_client_certificate: true,
+            only: false,
+        });
+        c.peers = vec![
+            // Known by its certificate: its hosts (a documentation address) would never
+            // admit loopback, the certificate does.
+            Peer {
+                ae_title: "CT1".into(),
+                host: "192.0.2.10".into(),
+                port: 104,
+                services: [Service::Echo, Service::Store, Service::Find, Service::Move]
+                    .into_iter()
+                    .collect(),
+                tls_subject: Some("CN=CT1".into()),
+                ..Peer::default()
+            },
+            // A C-MOVE destination reached over TLS, its server certificate checked.
+            Peer {
+                ae_title: "DEST".into(),
+                host: "127.0.0.1".into(),
+                port: dest_port,
+                tls: true,
+                ..Peer::default()
+            },
+            // A workstation in clear, known by address.
+            Peer {
+                ae_title: "WS1".into(),
+                host: "127.0.0.1".into(),
+                port: 104,
+                services: [Service::Echo, Service::Move].into_iter().collect(),
+                ..Peer::default()
+            },
+            // pynetdicom: TLS required, known by address.
+            Peer {
+                ae_title: "PYNET".into(),
+                host: "127.0.0.1".into(),
+                port: 104,
+                services: [Service::Echo, Service::Store].into_iter().collect(),
+                tls: true,
+                ..Peer::default()
+            },
+        ];
+    })
+    .await;
+    let tls_port = n.node.tls_addr.expect("TLS listener").port().to_string();
+    let plain_port = n.port().to_string();
+    let corpus = tempfile::tempdir().unwrap();
+    let files = small_corpus(corpus.path(), 771, 3);
+    let to_node = |extra: &[&str]| -> Vec<String> {
+        let mut v: Vec<String> = vec!["-aet".into(), "CT1".into(), "-aec".into(), "PACSD".into()];
+        v.extend(extra.iter().map(|s| s.to_string()));
+        v
+    };
+
+    // 1. storescu +tls with CT1's certificate: stored.
+    let mut args = to_node(&["127.0.0.1", &tls_port]);
+    args.extend(files.iter().map(|f| f.display().to_string()));
+    let out = dcmtk_tls("storescu", pki.path(), "CT1", &args).await;
+    assert!(out.status.success(), "storescu +tls: {}", text(&out));
+    assert_eq!(n.instances().await, 3);
+
+    // 2. findscu +tls: the study is found.
+    let out = dcmtk_tls(
+        "findscu",
+        pki.path(),
+        "CT1",
+        &to_node(&[
+            "-S",
+            "-k",
+            "QueryRetrieveLevel=STUDY",
+            "-k",
+            "StudyInstanceUID",
+            "-k",
+            "PatientID",
+            "127.0.0.1",
+            &tls_port,
+        ]),
+    )
+    .await;
+    assert!(out.status.success(), "findscu +tls: {}", text(&out));
+    assert!(text(&out).contains("StudyInstanceUID"), "{}", text(&out));
+
+    // 3. C-MOVE to a storescp +tls destination: the node connects to it over TLS and checks
+    //    its server certificate. (DCMTK 3.6.7's movescu has no TLS options, so the request
+    //    comes from a workstation known by address on the plain port.)
+    let dest = tls_storescp(pki.path(), dest_port);
+    let study = pacsd::synth::Spec::ct(771, 1, 1, 64).study_uid.clone();
+    let out = dcmtk_async(
+        "movescu",
+        [
+            "-aet",
+            "WS1",
+            "-aec",
+            "PACSD",
+            "-S",
+            "-aem",
+            "DEST",
+            "-k",
+            "QueryRetrieveLevel=STUDY",
+            "-k",
+            &format!("StudyInstanceUID={study}"),
+            "127.0.0.1",
+            &plain_port,
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect(),
+    )
+    .await;
+    assert!(out.status.success(), "movescu: {}", text(&out));
+    assert_eq!(files_under(dest.dir.path()).len(), 3, "{}", text(&out));
+
+    // 4. Refusals. CT1 in clear, on the plain port: refused (it must use TLS).
+    let out = dcmtk_async("echoscu", to_node(&["127.0.0.1", &plain_port])).await;
+    assert!(
+        !out.status.success(),
+        "CT1 in clear was accepted: {}",
+        text(&out)
+    );
+    // A certificate from an untrusted CA claiming CN=CT1: the handshake fails.
+    let out = dcmtk_tls(
+        "echoscu",
+        pki.path(),
+        "ROGUE",
+        &to_node(&["127.0.0.1", &tls_port]),
+    )
+    .await;
+    assert!(
+        !out.status.success(),
+        "rogue certificate accepted: {}",
+        text(&out)
+    );
+    // A trusted certificate naming another AE, calling as CT1: rejected.
+    let out = dcmtk_tls(
+        "echoscu",
+        pki.path(),
+        "OTHER",
+        &to_node(&["127.0.0.1", &tls_port]),
+    )
+    .await;
+    assert!(
+        !out.status.success(),
+        "CN=OTHER accepted as CT1: {}",
+        text(&out)
+    );
+    // No client certificate at all (anonymous TLS): refused.
+    let out = dcmtk_async("echoscu", {
+        let mut v = vec![
+            "+tla".to_string(),
+            "+cf".into(),
+            pki.path().join("ca.crt").display().to_string(),
+        ];
+        v.extend(to_node(&["127.0.0.1", &tls_port]));
+        v
+    })
+    .await;
+    assert!(
+        !out.status.success(),
+        "TLS without a client certificate accepted: {}",
+        text(&out)
+    );
+    // Plain DICOM on the TLS port: nothing is associated.
+    let out = dcmtk_async("echoscu", to_node(&["127.0.0.1", &tls_port])).await;
+    assert!(!out.status.success());
+
+    // 5. pynetdicom with an ssl context (its own client certificate): C-ECHO and C-STORE.
+    let script = r#"
+import ssl, sys
+from pydicom import dcmread
+from pynetdicom import AE
+from pynetdicom.sop_class import CTImageStorage, Verification
+pki, port, path = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+ctx = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=pki + "/ca.crt")
+ctx.load_cert_chain(pki + "/DEST.crt", pki + "/DEST.key")
+ctx.check_hostname = False
+ae = AE(ae_title="PYNET")
+ae.add_requested_context(Verification)
+ae.add_requested_context(CTImageStorage)
+assoc = ae.associate("127.0.0.1", port, ae_title="PACSD", tls_args=(ctx, None))
+assert assoc.is_established, "not established"
+assert assoc.send_c_echo().Status == 0
+st = assoc.send_c_store(dcmread(path))
+print("store", hex(st.Status))
+assoc.release()
+"#;
+    let extra = pacsd::synth::Spec::ct(772, 1, 1, 64);
+    let extra_path = corpus.path().join("py.dcm");
+    extra.write(&extra_path).unwrap();
+    let out = tokio::task::spawn_blocking({
+        let pki = pki.path().to_path_buf();
+        let port = tls_port.clone();
+        move || {
+            Command::new("python3")
+                .args(["-c", script])
+                .arg(&pki)
+                .arg(&port)
+                .arg(&extra_path)
+                .output()
+                .expect("python3")
+        }
+    })
+    .await
+    .unwrap();
+    assert!(out.status.success(), "pynetdicom over TLS: {}", text(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("store 0x0"),
+        "{}",
+        text(&out)
+    );
+    assert_eq!(n.instances().await, 4);
+
+    // 6. The audit trail: every line one PS3.15 A.5 AuditMessage, parsed by a real XML
+    //    parser; the scenario's events are all there.
+    let log = n.config.audit.file(&n.config.index);
+    let summary_script = r#"
+import sys, json
+import xml.etree.ElementTree as ET
+out = []
+for line in open(sys.argv[1], encoding="utf-8"):
+    m = ET.fromstring(line)
+    assert m.tag == "AuditMessage", m.tag
+    ev = m.find("EventIdentification")
+    assert ev.get("EventDateTime").endswith("Z")
+    assert m.find("AuditSourceIdentification").get("AuditSourceID") == "PACSD"
+    desc = ev.find("EventOutcomeDescription")
+    out.append({
+        "id": ev.find("EventID").get("csd-code"),
+        "outcome": ev.get("EventOutcomeIndicator"),
+        "action": ev.get("EventActionCode"),
+        "users": [p.get("UserID") for p in m.findall("ActiveParticipant")],
+        "objects": [o.get("ParticipantObjectID") for o in m.findall("ParticipantObjectIdentification")],
+        "description": desc.text if desc is not None else "",
+    })
+print(json.dumps(out))
+"#;
+    // The writer flushes whenever its queue runs dry; wait for the last record.
+    let records = {
+        let mut last = serde_json::Value::Null;
+        let ok = eventually(Duration::from_secs(10), async || {
+            let out = Command::new("python3")
+                .args(["-c", summary_script])
+                .arg(&log)
+                .output()
+                .unwrap();
+            assert!(
+                out.status.success(),
+                "audit trail does not parse: {}",
+                text(&out)
+            );
+            last = serde_json::from_slice(&out.stdout).unwrap();
+            last.as_array()
+                .unwrap()
+                .iter()
+                .any(|r| r["id"] == "110104" && r["users"][0] == "PYNET")
+        })
+        .await;
+        assert!(ok, "the pynetdicom C-STORE was never audited: {last}");
+        last.as_array().unwrap().clone()
+    };
+    let count = |f: &dyn Fn(&serde_json::Value) -> bool| records.iter().filter(|r| f(r)).count();
+    // Start-up (Application Activity / Start).
+    assert!(count(&|r| r["id"] == "110100") >= 1);
+    // Three C-STOREs from CT1 naming the study, one from PYNET.
+    assert_eq!(
+        count(&|r| r["id"] == "110104"
+            && r["users"][0] == "CT1"
+            && r["outcome"] == "0"
+            && r["objects"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|o| *o == serde_json::json!(study))),
+        3
+    );
+    // The C-FIND and the export to DEST.
+    assert_eq!(count(&|r| r["id"] == "110112" && r["users"][0] == "CT1"), 1);
+    assert_eq!(
+        count(&|r| r["id"] == "110106"
+            && r["users"].as_array().unwrap().iter().any(|u| *u == "WS1")
+            && r["users"].as_array().unwrap().iter().any(|u| *u == "DEST")
+            && r["objects"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|o| *o == serde_json::json!(study))),
+        1
+    );
+    // Logins: accepted over TLS with the certificate named; refused ones with the reason.
+    assert!(
+        count(&|r| r["id"] == "110114"
+            && r["outcome"] == "0"
+            && r["description"].as_str().unwrap().contains("CN=CT1"))
+            == 2
+    );
+    assert!(
+        count(&|r| r["id"] == "110114"
+            && r["outcome"] == "4"
+            && r["description"].as_str().unwrap().contains("only over TLS"))
+            >= 1
+    );
+    assert!(
+        count(&|r| r["id"] == "110114"
+            && r["outcome"] == "4"
+            && r["description"].as_str().unwrap().contains("not `CN=CT1`"))
+            >= 1
+    );
+    assert!(
+        count(&|r| r["id"] == "110114"
+            && r["outcome"] == "4"
+            && r["description"]
+                .as_str()
+                .unwrap()
+                .contains("TLS handshake failed"))
+            >= 1
+    );
+    drop(dest);
+    n.node.stop().await;
+}
