@@ -10,6 +10,9 @@
 //! of the record), each acknowledged by seq.
 //!
 //! Frames: a 4-byte big-endian length, then JSON (a snapshot's bytes follow its frame).
+//! Before anything else both nodes prove they hold the pair key (challenge-response over two
+//! fresh nonces); everything after that travels sealed (channel.rs): encrypted, authenticated
+//! and numbered.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -23,6 +26,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, watch};
 use tracing::{debug, info, warn};
 
+use super::channel::{self, Side};
 use super::heartbeat::BeatKey;
 use crate::index::replica::ChangeRecord;
 use crate::index::{Index, IndexError};
@@ -179,7 +183,7 @@ async fn standby_handshake<R: AsyncRead + Unpin, W: AsyncWrite + Unpin>(
     key: &BeatKey,
     r: &mut R,
     w: &mut W,
-) -> Result<(), ReplicationError> {
+) -> Result<(String, String), ReplicationError> {
     let theirs = match timed(HANDSHAKE_TIMEOUT, "challenge", read_frame(r)).await? {
         Frame::Challenge { nonce } if nonce.len() == 64 => nonce,
         _ => {
@@ -204,7 +208,9 @@ async fn standby_handshake<R: AsyncRead + Unpin, W: AsyncWrite + Unpin>(
     )
     .await?;
     match timed(HANDSHAKE_TIMEOUT, "proof", read_frame(r)).await? {
-        Frame::Proof { mac } if proof_valid(key, "primary", &theirs, &ours, &mac) => Ok(()),
+        Frame::Proof { mac } if proof_valid(key, "primary", &theirs, &ours, &mac) => {
+            Ok((theirs, ours))
+        }
         _ => Err(ReplicationError::Refused(
             "the peer did not prove the pair key".into(),
         )),
@@ -217,7 +223,7 @@ async fn primary_handshake<R: AsyncRead + Unpin, W: AsyncWrite + Unpin>(
     key: &BeatKey,
     r: &mut R,
     w: &mut W,
-) -> Result<(), ReplicationError> {
+) -> Result<(String, String), ReplicationError> {
     let ours = nonce()?;
     write_frame(
         w,
@@ -248,7 +254,8 @@ async fn primary_handshake<R: AsyncRead + Unpin, W: AsyncWrite + Unpin>(
             mac: prove(key, "primary", &ours, &theirs),
         },
     )
-    .await
+    .await?;
+    Ok((ours, theirs))
 }
 
 async fn timed<T>(
@@ -324,7 +331,9 @@ impl StandbyServer {
 
     async fn serve(&self, stream: TcpStream, index: &mut Index) -> Result<(), ReplicationError> {
         let (mut r, mut w) = stream.into_split();
-        standby_handshake(&self.key, &mut r, &mut w).await?;
+        let (pn, sn) = standby_handshake(&self.key, &mut r, &mut w).await?;
+        // From here on, sealed records only (see channel.rs).
+        let (mut r, mut w) = channel::seal((r, w), &self.key, Side::Standby, &pn, &sn);
         let epoch = match timed(HANDSHAKE_TIMEOUT, "primary hello", read_frame(&mut r)).await? {
             Frame::Primary { node, epoch } => {
                 let known = self.known_epoch.load(Ordering::SeqCst);
@@ -549,7 +558,8 @@ impl Replicator {
             .map_err(|_| ReplicationError::Timeout("connecting to the standby"))??;
         stream.set_nodelay(true)?;
         let (mut r, mut w) = stream.into_split();
-        primary_handshake(&self.key, &mut r, &mut w).await?;
+        let (pn, sn) = primary_handshake(&self.key, &mut r, &mut w).await?;
+        let (mut r, mut w) = channel::seal((r, w), &self.key, Side::Primary, &pn, &sn);
         write_frame(
             &mut w,
             &Frame::Primary {
@@ -813,9 +823,17 @@ mod tests {
         );
         assert!(!hello(&got), "{got:?}");
 
-        // The real primary: the handshake, then its hello is answered.
+        // With the key but then frames in clear (what an attacker injecting into the
+        // connection would send): no hello, the link closes.
         let (mut r, mut w) = connect_from("127.0.0.2", addr).await.into_split();
         primary_handshake(&key, &mut r, &mut w).await.unwrap();
+        let _ = write_frame(&mut w, &forged_hello).await;
+        assert!(!hello(&frames_until_closed(&mut r).await));
+
+        // The real primary: the handshake, then its sealed hello is answered.
+        let (mut r, mut w) = connect_from("127.0.0.2", addr).await.into_split();
+        let (pn, sn) = primary_handshake(&key, &mut r, &mut w).await.unwrap();
+        let (mut r, mut w) = channel::seal((r, w), &key, Side::Primary, &pn, &sn);
         write_frame(&mut w, &forged_hello).await.unwrap();
         assert!(matches!(
             read_frame(&mut r).await.unwrap(),
