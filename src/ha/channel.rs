@@ -128,11 +128,8 @@ pub fn seal(
     tokio::spawn(async move {
         let mut n = 0u64;
         let mut body = vec![0u8; MAX_RECORD + TAG];
-        loop {
-            let len = match tcp_r.read_u32().await {
-                Ok(l) => l as usize,
-                Err(_) => break,
-            };
+        while let Ok(len) = tcp_r.read_u32().await {
+            let len = len as usize;
             if !(TAG..=MAX_RECORD + TAG).contains(&len) {
                 debug!(len, "replication record of impossible length; link closed");
                 break;
