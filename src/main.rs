@@ -168,10 +168,13 @@ enum Command {
         /// Directory where granted epochs are recorded.
         #[arg(long)]
         dir: PathBuf,
-        /// A node id allowed to claim epochs (repeat for each node of the pair); without
-        /// it any node id may claim.
-        #[arg(long = "node")]
+        /// A node id allowed to claim epochs (repeat for each node of the pair).
+        #[arg(long = "node", required = true)]
         nodes: Vec<String>,
+        /// The pair's shared key (the nodes' `[ha] key_file`): requests not signed with it
+        /// are refused, and every answer is signed with it.
+        #[arg(long)]
+        key_file: PathBuf,
     },
 }
 
@@ -490,14 +493,20 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             tracing::info!("stopped");
             Ok(ExitCode::SUCCESS)
         }
-        Command::Witness { listen, dir, nodes } => {
+        Command::Witness {
+            listen,
+            dir,
+            nodes,
+            key_file,
+        } => {
+            let key = pacsd::ha::driver::read_key(&key_file)?;
             std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
             let listener = tokio::net::TcpListener::bind(&listen)
                 .await
                 .with_context(|| format!("listening on {listen}"))?;
             let (trigger, shutdown) = pacsd::net::ShutdownTrigger::new();
             let task = tokio::spawn(async move {
-                pacsd::ha::arbiter::run_witness(listener, &dir, &nodes, shutdown).await
+                pacsd::ha::arbiter::run_witness(listener, &dir, &nodes, key, shutdown).await
             });
             wait_for_signal().await;
             trigger.trigger();

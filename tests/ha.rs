@@ -189,6 +189,8 @@ impl Pair {
                 "--dir",
             ])
             .arg(self.dir.path().join("witness"))
+            .args(["--node", "a", "--node", "b", "--key-file"])
+            .arg(self.dir.path().join("ha.key"))
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -450,6 +452,29 @@ async fn with_the_witness_down_the_pair_serves_on_and_fails_over_once_it_returns
     let mut p = Pair::started(45, true);
     let targets = both(&p);
     let mut client = Client::new(305);
+    // Forged claims at the witness (the epoch that once locked both nodes out, unsigned and
+    // signed with another key, in a configured node's name): refused, nothing granted.
+    for line in [
+        r#"{"op":"claim","epoch":18446744073709551615,"node":"b"}"#.to_string(),
+        format!(
+            r#"{{"req":"{{"op":"claim","epoch":2,"node":"b"}}","node":"b","time":{},"mac":"{}"}}"#,
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_millis(),
+            "00".repeat(32)
+        ),
+    ] {
+        use std::io::{BufRead, Write};
+        let mut s = std::net::TcpStream::connect("127.0.45.4:7402").unwrap();
+        s.write_all(format!("{line}\n").as_bytes()).unwrap();
+        let mut answer = String::new();
+        std::io::BufReader::new(s).read_line(&mut answer).unwrap();
+        assert!(
+            answer.contains("error") && !answer.contains("granted"),
+            "{answer}"
+        );
+    }
     p.kill_witness();
     // A paired primary needs no arbiter: writes go on.
     client.run_for(Duration::from_millis(800), &targets).await;
@@ -465,7 +490,7 @@ async fn with_the_witness_down_the_pair_serves_on_and_fails_over_once_it_returns
     assert!(wait_for(Duration::from_secs(10), || p
         .b
         .status()
-        .is_some_and(|s| s.role.starts_with("primary"))));
+        .is_some_and(|s| s.role.starts_with("primary") && s.epoch == 2)));
     client.run_for(Duration::from_millis(500), &targets).await;
     assert_all_kept(&p.b, &client.acked, &p.logs()).await;
 }
@@ -593,4 +618,149 @@ async fn forged_heartbeats_change_no_role_epoch_or_lease() {
     assert!(took_over, "{:?}\n{}", p.b.status(), p.logs());
     assert!(p.logs().contains("heartbeat refused"), "{}", p.logs());
     forging.join().unwrap();
+}
+
+/// Frames as the replication link carries them: a 4-byte length, then JSON.
+fn frame(json: &str) -> Vec<u8> {
+    let mut v = (json.len() as u32).to_be_bytes().to_vec();
+    v.extend_from_slice(json.as_bytes());
+    v
+}
+
+impl Member {
+    /// The node's audit trail (`audit.log` beside its index).
+    fn audit(&self) -> String {
+        let dir = self.config.parent().unwrap().join(self.name);
+        std::fs::read_to_string(dir.join("audit.log")).unwrap_or_default()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forged_replication_and_an_impostor_standby_change_nothing() {
+    use std::io::{Read, Write};
+    let _serial = serial();
+    let mut p = Pair::started(50, false);
+    let mut client = Client::new(5050);
+    for _ in 0..3 {
+        client.store_one(&[p.a.scu()]).await;
+    }
+    assert_eq!(client.acked.len(), 3);
+    let before = (p.a.status().unwrap(), p.b.status().unwrap());
+
+    // 1. Forged replication to the standby: from the primary's own address and from another
+    //    one, the frames that once made it apply a record and take over.
+    let forged = [
+        frame(&format!(
+            r#"{{"t":"challenge","nonce":"{}"}}"#,
+            "ab".repeat(32)
+        )),
+        frame(&format!(r#"{{"t":"proof","mac":"{}"}}"#, "00".repeat(32))),
+        frame(r#"{"t":"primary","node":"a","epoch":99}"#),
+        frame(r#"{"t":"hand_over","epoch":99}"#),
+    ]
+    .concat();
+    for from in ["127.0.50.2", "127.0.50.9"] {
+        let socket =
+            socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+        socket
+            .bind(
+                &format!("{from}:0")
+                    .parse::<std::net::SocketAddr>()
+                    .unwrap()
+                    .into(),
+            )
+            .unwrap();
+        if socket
+            .connect(
+                &"127.0.50.3:7401"
+                    .parse::<std::net::SocketAddr>()
+                    .unwrap()
+                    .into(),
+            )
+            .is_ok()
+        {
+            let mut s: std::net::TcpStream = socket.into();
+            let _ = s.write_all(&forged);
+            s.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+            let mut got = Vec::new();
+            let _ = s.read_to_end(&mut got);
+            assert!(
+                !String::from_utf8_lossy(&got).contains("hello"),
+                "the standby answered a forged primary"
+            );
+        }
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    let (sa, sb) = (p.a.status().unwrap(), p.b.status().unwrap());
+    assert!(
+        sa.role == "primary" && sa.epoch == before.0.epoch && sa.seq == before.0.seq,
+        "{sa:?}"
+    );
+    assert!(
+        sb.role == "standby" && sb.epoch == before.1.epoch && sb.seq == before.1.seq,
+        "{sb:?}"
+    );
+    assert!(p.settled(Duration::from_secs(5)).is_some(), "still paired");
+    // The one from elsewhere is refused at once and audited; the one from the primary's
+    // address waits behind the real primary's connection and is never answered.
+    let alerts = |m: &Member| m.audit().matches("csd-code=\"110126\"").count();
+    assert!(
+        wait_for(Duration::from_secs(5), || alerts(&p.b) >= 1),
+        "{}",
+        p.b.audit()
+    );
+    assert!(p.b.audit().contains("NetworkAccessPointID=\"127.0.50.9\""));
+
+    // 2. An impostor standby: b dies, something else takes its replication address. The
+    //    primary challenges it, gets no valid proof, and sends it nothing else: no snapshot,
+    //    no record, and it does not count as a standby.
+    p.b.kill();
+    assert!(wait_for(Duration::from_secs(5), || p
+        .a
+        .status()
+        .is_some_and(|s| s.solo)));
+    let impostor = std::net::TcpListener::bind("127.0.50.3:7401").unwrap();
+    impostor.set_nonblocking(false).unwrap();
+    let seen = std::thread::spawn(move || {
+        let (mut s, _) = impostor.accept().unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(1))).unwrap();
+        let mut first = [0u8; 4];
+        s.read_exact(&mut first).unwrap();
+        let mut challenge = vec![0u8; u32::from_be_bytes(first) as usize];
+        s.read_exact(&mut challenge).unwrap();
+        let _ = s.write_all(&forged[..forged.len()]);
+        let mut rest = Vec::new();
+        let _ = s.read_to_end(&mut rest);
+        (String::from_utf8_lossy(&challenge).into_owned(), rest)
+    });
+    for _ in 0..2 {
+        client.store_one(&[p.a.scu()]).await;
+    }
+    let (challenge, rest) = seen.join().unwrap();
+    assert!(challenge.contains("challenge"), "{challenge}");
+    assert!(
+        rest.is_empty(),
+        "the impostor was sent {} bytes after the challenge",
+        rest.len()
+    );
+    let sa = p.a.status().unwrap();
+    assert!(sa.solo && sa.role.starts_with("primary"), "{sa:?}");
+    assert_eq!(client.acked.len(), 5);
+
+    // 3. The real standby returns and catches up; the primary dies; nothing acknowledged is
+    //    missing on the new primary.
+    p.b.start();
+    assert!(p.settled(Duration::from_secs(20)).is_some(), "{}", p.logs());
+    p.a.signal("-KILL");
+    assert!(
+        wait_for(Duration::from_secs(10), || p
+            .b
+            .status()
+            .is_some_and(|s| s.role.starts_with("primary"))),
+        "{}",
+        p.logs()
+    );
+    assert_all_kept(&p.b, &client.acked, &p.logs()).await;
+    // The primary's audit trail has its own role changes.
+    assert!(p.a.audit().contains("HA role change"), "{}", p.a.audit());
 }

@@ -107,6 +107,8 @@ impl Lab {
             .args(["netns", "exec", &format!("{}-w", self.name), BIN])
             .args(["witness", "--listen", "10.77.0.4:7402", "--dir"])
             .arg(self.dir.path().join("witness"))
+            .args(["--node", "a", "--node", "b", "--key-file"])
+            .arg(self.dir.path().join("ha.key"))
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()

@@ -2,6 +2,13 @@
 //! shared object_store backend that really honours it (local filesystem, AWS S3), or the
 //! same store behind a small witness process (`pacsd witness`) for two-node sites. A term is
 //! marked paired with `epochs/<epoch>.paired` (see `role`, rule 3).
+//!
+//! The witness speaks one JSON line each way. Every request names its node, carries a
+//! millisecond timestamp that rises with each request of that node, and an HMAC-SHA256 under
+//! the pair key over the three; every answer carries an HMAC over the request's MAC and the
+//! answer. The witness answers only configured nodes, with a valid MAC, a timestamp newer than
+//! the last it accepted from that node and within `MAX_SKEW` of its clock (so a recorded
+//! request cannot be replayed); a node believes only answers to its own request.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -14,12 +21,18 @@ use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{TcpListener, TcpStream};
 use tracing::{debug, info, warn};
 
+use super::heartbeat::BeatKey;
 use crate::storage::Location;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 /// One request to a witness, and one answer, each must fit in this time.
 pub const WITNESS_TIMEOUT: Duration = Duration::from_millis(500);
 /// Longest request line a witness reads.
 const MAX_LINE: u64 = 4096;
+/// How far a request's timestamp may be from the witness's clock.
+const MAX_SKEW: Duration = Duration::from_secs(60);
+/// A refused request is logged at most once per source address in this interval.
+const REFUSAL_LOG_INTERVAL: Duration = Duration::from_secs(10);
 
 #[derive(Debug, thiserror::Error)]
 pub enum ArbiterError {
@@ -55,7 +68,84 @@ pub enum Arbiter {
     },
     Witness {
         addr: String,
+        auth: WitnessAuth,
     },
+}
+
+/// What a node signs its witness requests with.
+#[derive(Debug, Clone)]
+pub struct WitnessAuth {
+    pub key: BeatKey,
+    pub node: String,
+    /// The last timestamp sent (each request's is later).
+    last: Arc<AtomicU64>,
+}
+
+impl WitnessAuth {
+    pub fn new(key: BeatKey, node: &str) -> WitnessAuth {
+        WitnessAuth {
+            key,
+            node: node.to_string(),
+            last: Arc::new(AtomicU64::new(0)),
+        }
+    }
+
+    /// A rising timestamp: the wall clock in ms, or one more than the last if the clock has
+    /// not moved on (or went back).
+    fn next_time(&self) -> u64 {
+        let now = now_ms();
+        let mut last = self.last.load(Ordering::SeqCst);
+        loop {
+            let t = now.max(last.saturating_add(1));
+            match self
+                .last
+                .compare_exchange(last, t, Ordering::SeqCst, Ordering::SeqCst)
+            {
+                Ok(_) => return t,
+                Err(seen) => last = seen,
+            }
+        }
+    }
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// A request as it travels: the request's JSON text, signed.
+#[derive(Debug, Serialize, Deserialize)]
+struct Signed {
+    req: String,
+    node: String,
+    time: u64,
+    mac: String,
+}
+
+/// An answer as it travels: the reply's JSON text, with a MAC bound to the request's.
+#[derive(Debug, Serialize, Deserialize)]
+struct SignedReply {
+    body: String,
+    mac: String,
+}
+
+fn request_tag(key: &BeatKey, node: &str, time: u64, req: &str) -> [u8; 32] {
+    key.tag(&[
+        b"pacsd witness request",
+        node.as_bytes(),
+        &time.to_be_bytes(),
+        req.as_bytes(),
+    ])
+}
+
+fn reply_tag(key: &BeatKey, request_mac: &str, body: &str) -> [u8; 32] {
+    key.tag(&[
+        b"pacsd witness reply",
+        request_mac.as_bytes(),
+        body.as_bytes(),
+    ])
 }
 
 fn claim_key(epoch: u64) -> StorePath {
@@ -79,11 +169,17 @@ pub struct Term {
 }
 
 impl Arbiter {
-    /// `witness://host:port`, or a replica-style location (a directory, `file://`, `s3://`).
-    pub fn open(url: &str) -> Result<Arbiter, ArbiterError> {
+    /// `witness://host:port` (its requests signed with `auth`), or a replica-style location
+    /// (a directory, `file://`, `s3://`).
+    pub fn open(url: &str, auth: Option<WitnessAuth>) -> Result<Arbiter, ArbiterError> {
         if let Some(addr) = url.strip_prefix("witness://") {
+            let auth = auth.ok_or_else(|| ArbiterError::Open {
+                url: url.to_string(),
+                reason: "a witness needs the pair key".into(),
+            })?;
             return Ok(Arbiter::Witness {
                 addr: addr.trim_end_matches('/').to_string(),
+                auth,
             });
         }
         let store = Location::parse(url)
@@ -149,9 +245,10 @@ impl Arbiter {
                     previous_solo,
                 })
             }
-            Arbiter::Witness { addr } => {
+            Arbiter::Witness { addr, auth } => {
                 ask(
                     addr,
+                    auth,
                     &Request::Claim {
                         epoch,
                         node: node.to_string(),
@@ -166,8 +263,8 @@ impl Arbiter {
     pub async fn latest(&self) -> Result<u64, ArbiterError> {
         match self {
             Arbiter::Store { store, .. } => latest_in(store).await,
-            Arbiter::Witness { addr } => {
-                let a: ClaimOutcome = ask(addr, &Request::Latest).await?;
+            Arbiter::Witness { addr, auth } => {
+                let a: ClaimOutcome = ask(addr, auth, &Request::Latest).await?;
                 Ok(a.latest)
             }
         }
@@ -190,9 +287,11 @@ impl Arbiter {
                     .await?;
                 Ok(())
             }
-            Arbiter::Witness { addr } => ask::<ClaimOutcome>(addr, &Request::Renew { epoch })
-                .await
-                .map(|_| ()),
+            Arbiter::Witness { addr, auth } => {
+                ask::<ClaimOutcome>(addr, auth, &Request::Renew { epoch })
+                    .await
+                    .map(|_| ())
+            }
         }
     }
 
@@ -212,7 +311,7 @@ impl Arbiter {
                 };
                 Ok(Term { paired, marker })
             }
-            Arbiter::Witness { addr } => ask(addr, &Request::Term { epoch }).await,
+            Arbiter::Witness { addr, auth } => ask(addr, auth, &Request::Term { epoch }).await,
         }
     }
 
@@ -223,9 +322,11 @@ impl Arbiter {
                 create(store, &paired_key(epoch), b"paired").await?;
                 Ok(())
             }
-            Arbiter::Witness { addr } => ask::<ClaimOutcome>(addr, &Request::Paired { epoch })
-                .await
-                .map(|_| ()),
+            Arbiter::Witness { addr, auth } => {
+                ask::<ClaimOutcome>(addr, auth, &Request::Paired { epoch })
+                    .await
+                    .map(|_| ())
+            }
         }
     }
 }
@@ -279,7 +380,11 @@ enum Request {
     Term { epoch: u64 },
 }
 
-async fn ask<T: for<'de> Deserialize<'de>>(addr: &str, req: &Request) -> Result<T, ArbiterError> {
+async fn ask<T: for<'de> Deserialize<'de>>(
+    addr: &str,
+    auth: &WitnessAuth,
+    req: &Request,
+) -> Result<T, ArbiterError> {
     let err = |reason: String| ArbiterError::Witness {
         addr: addr.to_string(),
         reason,
@@ -289,7 +394,16 @@ async fn ask<T: for<'de> Deserialize<'de>>(addr: &str, req: &Request) -> Result<
             .await
             .map_err(|e| err(format!("connecting: {e}")))?;
         let _ = stream.set_nodelay(true);
-        let mut line = serde_json::to_vec(req).map_err(|e| err(e.to_string()))?;
+        let req = serde_json::to_string(req).map_err(|e| err(e.to_string()))?;
+        let time = auth.next_time();
+        let mac = hex::encode(request_tag(&auth.key, &auth.node, time, &req));
+        let signed = Signed {
+            req,
+            node: auth.node.clone(),
+            time,
+            mac: mac.clone(),
+        };
+        let mut line = serde_json::to_vec(&signed).map_err(|e| err(e.to_string()))?;
         line.push(b'\n');
         stream
             .write_all(&line)
@@ -301,8 +415,23 @@ async fn ask<T: for<'de> Deserialize<'de>>(addr: &str, req: &Request) -> Result<
             .read_line(&mut answer)
             .await
             .map_err(|e| err(format!("reading: {e}")))?;
-        let reply: Reply<T> =
+        let signed: SignedReply =
             serde_json::from_str(&answer).map_err(|e| err(format!("bad answer: {e}")))?;
+        let genuine = hex::decode(&signed.mac).is_ok_and(|tag| {
+            auth.key.verify(
+                &[
+                    b"pacsd witness reply",
+                    mac.as_bytes(),
+                    signed.body.as_bytes(),
+                ],
+                &tag,
+            )
+        });
+        if !genuine {
+            return Err(err("the answer is not signed with the pair key".into()));
+        }
+        let reply: Reply<T> =
+            serde_json::from_str(&signed.body).map_err(|e| err(format!("bad answer: {e}")))?;
         match reply {
             Reply::Ok(v) => Ok(v),
             Reply::Error(e) => Err(err(e)),
@@ -326,10 +455,23 @@ pub async fn run_witness(
     listener: TcpListener,
     dir: &std::path::Path,
     nodes: &[String],
+    key: BeatKey,
     mut shutdown: crate::net::Shutdown,
 ) -> Result<(), ArbiterError> {
+    if nodes.is_empty() {
+        return Err(ArbiterError::Open {
+            url: dir.display().to_string(),
+            reason: "a witness serves configured nodes only (--node, once per node)".into(),
+        });
+    }
+    let gate = Arc::new(WitnessGate {
+        key,
+        nodes: nodes.to_vec(),
+        last: std::sync::Mutex::new(std::collections::HashMap::new()),
+        logged: std::sync::Mutex::new(std::collections::HashMap::new()),
+    });
     let nodes: Arc<Vec<String>> = Arc::new(nodes.to_vec());
-    let arbiter = Arbiter::open(&dir.display().to_string())?;
+    let arbiter = Arbiter::open(&dir.display().to_string(), None)?;
     arbiter.probe().await?;
     let latest = arbiter.latest().await?;
     info!(addr = ?listener.local_addr().ok(), dir = %dir.display(), latest, "witness listening");
@@ -347,6 +489,7 @@ pub async fn run_witness(
         };
         let arbiter = arbiter.clone();
         let nodes = nodes.clone();
+        let gate = gate.clone();
         tokio::spawn(async move {
             let _ = stream.set_nodelay(true);
             let (r, mut w) = stream.into_split();
@@ -358,8 +501,28 @@ pub async fn run_witness(
             {
                 return;
             }
-            let answer = match serde_json::from_str::<Request>(&line) {
+            let (request, request_mac, signer) = match gate.admit(&line) {
+                Ok(x) => x,
+                Err(why) => {
+                    gate.log_refusal(peer, &why);
+                    let body = serde_json::to_string(&Reply::<()>::Error(why)).unwrap_or_default();
+                    let answer = serde_json::to_string(&SignedReply {
+                        body,
+                        mac: String::new(),
+                    })
+                    .unwrap_or_default();
+                    let _ = tokio::time::timeout(
+                        WITNESS_TIMEOUT,
+                        w.write_all(format!("{answer}\n").as_bytes()),
+                    )
+                    .await;
+                    return;
+                }
+            };
+            let answer = match serde_json::from_str::<Request>(&request) {
                 Ok(Request::Claim { epoch, node }) => {
+                    // A node claims for itself only.
+                    let node = if node == signer { node } else { String::new() };
                     let out = witness_claim(&arbiter, &nodes, epoch, &node).await;
                     if let Ok(o) = &out {
                         info!(%peer, node, epoch, granted = o.granted, "witness: claim");
@@ -389,6 +552,11 @@ pub async fn run_witness(
                 Err(e) => serde_json::to_string(&Reply::<()>::Error(format!("bad request: {e}")))
                     .unwrap_or_default(),
             };
+            let answer = serde_json::to_string(&SignedReply {
+                mac: hex::encode(reply_tag(&gate.key, &request_mac, &answer)),
+                body: answer,
+            })
+            .unwrap_or_default();
             debug!(%peer, answer, "witness answer");
             let _ = tokio::time::timeout(
                 WITNESS_TIMEOUT,
@@ -396,6 +564,68 @@ pub async fn run_witness(
             )
             .await;
         });
+    }
+}
+
+/// What the witness checks before it reads a request (see the module doc).
+struct WitnessGate {
+    key: BeatKey,
+    nodes: Vec<String>,
+    /// The newest timestamp accepted from each node.
+    last: std::sync::Mutex<std::collections::HashMap<String, u64>>,
+    logged: std::sync::Mutex<std::collections::HashMap<std::net::IpAddr, std::time::Instant>>,
+}
+
+impl WitnessGate {
+    /// The request's JSON and its MAC, if it comes from a configured node holding the pair
+    /// key and is not a replay.
+    fn admit(&self, line: &str) -> Result<(String, String, String), String> {
+        let signed: Signed =
+            serde_json::from_str(line).map_err(|_| "not a signed request".to_string())?;
+        if !self.nodes.iter().any(|n| *n == signed.node) {
+            return Err(format!("node `{}` is not configured", signed.node));
+        }
+        let genuine = hex::decode(&signed.mac).is_ok_and(|tag| {
+            self.key.verify(
+                &[
+                    b"pacsd witness request",
+                    signed.node.as_bytes(),
+                    &signed.time.to_be_bytes(),
+                    signed.req.as_bytes(),
+                ],
+                &tag,
+            )
+        });
+        if !genuine {
+            return Err("the request is not signed with the pair key".into());
+        }
+        let now = now_ms();
+        if now.abs_diff(signed.time) > MAX_SKEW.as_millis() as u64 {
+            return Err(format!(
+                "the request's time is {} ms from the witness's clock (at most {} allowed)",
+                now.abs_diff(signed.time),
+                MAX_SKEW.as_millis()
+            ));
+        }
+        let mut last = self.last.lock().expect("witness table");
+        let seen = last.entry(signed.node.clone()).or_default();
+        if signed.time <= *seen {
+            return Err("a replayed or out-of-order request".into());
+        }
+        *seen = signed.time;
+        Ok((signed.req, signed.mac, signed.node))
+    }
+
+    fn log_refusal(&self, peer: std::net::SocketAddr, why: &str) {
+        let now = std::time::Instant::now();
+        let mut logged = self.logged.lock().expect("log table");
+        let due = logged
+            .get(&peer.ip())
+            .is_none_or(|t| now.duration_since(*t) >= REFUSAL_LOG_INTERVAL);
+        if due {
+            logged.insert(peer.ip(), now);
+            warn!(%peer, why, "witness: request refused (further ones from this address are not logged for 10 s)");
+        }
     }
 }
 
@@ -446,7 +676,7 @@ mod tests {
     #[tokio::test]
     async fn a_directory_grants_each_epoch_once_and_tracks_paired_terms() {
         let dir = tempfile::tempdir().unwrap();
-        let a = Arbiter::open(&dir.path().display().to_string()).unwrap();
+        let a = Arbiter::open(&dir.path().display().to_string(), None).unwrap();
         a.probe().await.unwrap();
         assert_eq!(a.latest().await.unwrap(), 0);
         let first = a.claim(1, "a").await.unwrap();
@@ -474,7 +704,7 @@ mod tests {
 
     #[tokio::test]
     async fn memory_stores_honour_create_if_absent_too() {
-        let a = Arbiter::open("memory://arbiter").unwrap();
+        let a = Arbiter::open("memory://arbiter", None).unwrap();
         a.probe().await.unwrap();
     }
 
@@ -485,13 +715,18 @@ mod tests {
         let addr = listener.local_addr().unwrap();
         let (trigger, shutdown) = crate::net::ShutdownTrigger::new();
         let path = dir.path().to_path_buf();
-        let task = tokio::spawn(async move { run_witness(listener, &path, &[], shutdown).await });
-        let w = Arbiter::open(&format!("witness://{addr}")).unwrap();
+        let nodes = vec!["a".to_string(), "b".to_string()];
+        let task =
+            tokio::spawn(
+                async move { run_witness(listener, &path, &nodes, key(), shutdown).await },
+            );
+        let w = node_client(addr, "a", key());
+        let wb = node_client(addr, "b", key());
         w.probe().await.unwrap();
         assert!(w.claim(1, "a").await.unwrap().granted);
-        assert!(!w.claim(1, "b").await.unwrap().granted);
+        assert!(!wb.claim(1, "b").await.unwrap().granted);
         w.mark_paired(1).await.unwrap();
-        let two = w.claim(2, "b").await.unwrap();
+        let two = wb.claim(2, "b").await.unwrap();
         assert!(two.granted && !two.previous_solo);
         assert_eq!(w.latest().await.unwrap(), 2);
         w.renew(2).await.unwrap();
@@ -512,19 +747,122 @@ mod tests {
         let path = dir.path().to_path_buf();
         let nodes = vec!["a".to_string(), "b".to_string()];
         let task =
-            tokio::spawn(async move { run_witness(listener, &path, &nodes, shutdown).await });
-        let w = Arbiter::open(&format!("witness://{addr}")).unwrap();
+            tokio::spawn(
+                async move { run_witness(listener, &path, &nodes, key(), shutdown).await },
+            );
+        let w = node_client(addr, "a", key());
+        let wb = node_client(addr, "b", key());
         assert!(w.claim(1, "a").await.unwrap().granted);
         // The forged claim that locked both nodes out: refused, the latest epoch unchanged.
-        let forged = w.claim(u64::MAX, "b").await.unwrap();
+        let forged = wb.claim(u64::MAX, "b").await.unwrap();
         assert!(!forged.granted);
         assert_eq!(w.latest().await.unwrap(), 1);
-        assert!(!w.claim(3, "b").await.unwrap().granted);
-        // A node id the witness does not know.
-        assert!(!w.claim(2, "mallory").await.unwrap().granted);
-        assert!(w.claim(2, "b").await.unwrap().granted);
+        assert!(!wb.claim(3, "b").await.unwrap().granted);
+        // A node id the witness does not know, even with the key.
+        let mallory = node_client(addr, "mallory", key());
+        assert!(mallory.claim(2, "mallory").await.is_err());
+        // A configured node id without the key: refused before anything is read.
+        let stranger = node_client(addr, "b", BeatKey::new(&[9u8; 32]).unwrap());
+        let err = stranger.claim(2, "b").await.unwrap_err().to_string();
+        assert!(err.contains("not signed with the pair key"), "{err}");
+        // One node claiming in the other's name.
+        assert!(!w.claim(2, "b").await.unwrap().granted);
+        assert_eq!(w.latest().await.unwrap(), 1);
+        assert!(wb.claim(2, "b").await.unwrap().granted);
         assert_eq!(w.latest().await.unwrap(), 2);
         trigger.trigger();
         task.await.unwrap().unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_recorded_witness_request_cannot_be_replayed_and_answers_are_checked() {
+        let dir = tempfile::tempdir().unwrap();
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (trigger, shutdown) = crate::net::ShutdownTrigger::new();
+        let path = dir.path().to_path_buf();
+        let nodes = vec!["a".to_string()];
+        let task =
+            tokio::spawn(
+                async move { run_witness(listener, &path, &nodes, key(), shutdown).await },
+            );
+        // A request signed now, sent twice as it was recorded.
+        let req = serde_json::to_string(&Request::Claim {
+            epoch: 1,
+            node: "a".into(),
+        })
+        .unwrap();
+        let time = now_ms();
+        let line = serde_json::to_string(&Signed {
+            mac: hex::encode(request_tag(&key(), "a", time, &req)),
+            req,
+            node: "a".into(),
+            time,
+        })
+        .unwrap();
+        let send = async |line: &str| {
+            let mut s = TcpStream::connect(addr).await.unwrap();
+            s.write_all(format!("{line}\n").as_bytes()).await.unwrap();
+            let mut answer = String::new();
+            BufReader::new(s).read_line(&mut answer).await.unwrap();
+            serde_json::from_str::<SignedReply>(&answer).unwrap()
+        };
+        let first = send(&line).await;
+        assert!(first.body.contains("\"granted\":true"), "{}", first.body);
+        let replay = send(&line).await;
+        assert!(replay.body.contains("replayed"), "{}", replay.body);
+        // Signed long ago: refused for its age even the first time.
+        let req = serde_json::to_string(&Request::Latest).unwrap();
+        let old = time - 3_600_000;
+        let stale = serde_json::to_string(&Signed {
+            mac: hex::encode(request_tag(&key(), "a", old, &req)),
+            req,
+            node: "a".into(),
+            time: old,
+        })
+        .unwrap();
+        assert!(send(&stale).await.body.contains("from the witness's clock"));
+        trigger.trigger();
+        task.await.unwrap().unwrap();
+
+        // A fake witness that answers "granted" without the key is not believed.
+        let fake = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let fake_addr = fake.local_addr().unwrap();
+        tokio::spawn(async move {
+            let (s, _) = fake.accept().await.unwrap();
+            let (r, mut w) = s.into_split();
+            let mut line = String::new();
+            BufReader::new(r).read_line(&mut line).await.unwrap();
+            let body = serde_json::to_string(&Reply::Ok(ClaimOutcome {
+                granted: true,
+                latest: 99,
+                previous_solo: false,
+            }))
+            .unwrap();
+            let answer = serde_json::to_string(&SignedReply {
+                body,
+                mac: "00".repeat(32),
+            })
+            .unwrap();
+            w.write_all(format!("{answer}\n").as_bytes()).await.unwrap();
+        });
+        let err = node_client(fake_addr, "a", key())
+            .claim(1, "a")
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("not signed with the pair key"), "{err}");
+    }
+
+    fn key() -> BeatKey {
+        BeatKey::new(&[7u8; 32]).unwrap()
+    }
+
+    fn node_client(addr: std::net::SocketAddr, node: &str, key: BeatKey) -> Arbiter {
+        Arbiter::open(
+            &format!("witness://{addr}"),
+            Some(WitnessAuth::new(key, node)),
+        )
+        .unwrap()
     }
 }

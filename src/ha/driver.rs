@@ -70,7 +70,7 @@ pub enum HaError {
 
 /// The pair's shared heartbeat key from `[ha].key_file` (surrounding whitespace ignored, so
 /// a key written with a trailing newline works); one that others may read is warned about.
-fn read_key(path: &std::path::Path) -> Result<BeatKey, HaError> {
+pub fn read_key(path: &std::path::Path) -> Result<BeatKey, HaError> {
     use std::os::unix::fs::PermissionsExt;
     let err = |reason: String| HaError::Key {
         path: path.to_path_buf(),
@@ -295,7 +295,11 @@ pub async fn run(config: Config, mut shutdown: Shutdown) -> Result<(), HaError> 
         config.storage.write_quorum,
         &config.storage.prefix,
     )?);
-    let arbiter = Arbiter::open(&ha.arbiter)?;
+    let key = read_key(ha.key_file.as_deref().expect("validated"))?;
+    let arbiter = Arbiter::open(
+        &ha.arbiter,
+        Some(super::arbiter::WitnessAuth::new(key.clone(), &ha.node_id)),
+    )?;
     // An arbiter that cannot grant an epoch once stops start-up; one that cannot be reached
     // now only keeps this node from claiming until it can.
     let latest = match arbiter.probe().await {
@@ -346,12 +350,11 @@ pub async fn run(config: Config, mut shutdown: Shutdown) -> Result<(), HaError> 
             )
         })
         .collect();
-    let key = read_key(ha.key_file.as_deref().expect("validated"))?;
     let links = Links::bind(&links, key.clone())
         .await
         .map_err(bind("heartbeat link", &ha.links[0].bind))?;
     let (beat_tx, mut beats) = mpsc::channel(64);
-    links.receive(ha.node_id.clone(), beat_tx);
+    links.receive(ha.node_id.clone(), beat_tx, audit.clone());
     let repl_listener = Arc::new(
         TcpListener::bind(&ha.replication_bind)
             .await
@@ -653,6 +656,7 @@ impl Driver {
             applied: self.shared.seq.clone(),
             key: self.key.clone(),
             peer_ip: self.peer_replication.ip(),
+            audit: self.audit.clone(),
         };
         let task = tokio::spawn(server.run(self.repl_listener.clone(), index, shutdown));
         self.standing = Some(Standing { trigger, task });

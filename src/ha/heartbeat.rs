@@ -10,6 +10,7 @@
 //! number above the last one accepted from that node. Anything else is dropped, and logged
 //! at most once per source every `REFUSAL_LOG_INTERVAL`.
 
+use crate::audit::{Audit, Event, NODE_AUTHENTICATION, Outcome, Role as AuditRole, SECURITY_ALERT};
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
@@ -35,6 +36,12 @@ const REFUSAL_LOG_INTERVAL: Duration = Duration::from_secs(10);
 /// The pair's shared heartbeat key.
 #[derive(Clone)]
 pub struct BeatKey(Arc<[u8]>);
+
+impl std::fmt::Debug for BeatKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("BeatKey(hidden)")
+    }
+}
 
 impl BeatKey {
     pub fn new(bytes: &[u8]) -> Result<BeatKey, String> {
@@ -135,6 +142,8 @@ struct Gate {
     seen: Mutex<HashMap<String, u64>>,
     /// When a refusal from each source was last logged.
     logged: Mutex<HashMap<SocketAddr, Instant>>,
+    /// Refusals are also audited (as often as they are logged).
+    audit: Audit,
 }
 
 impl Gate {
@@ -161,6 +170,16 @@ impl Gate {
         if due {
             logged.insert(from, now);
             warn!(%from, ?why, "heartbeat refused (further ones from this source are not logged for 10 s)");
+            self.audit.record(
+                Event::new(
+                    SECURITY_ALERT,
+                    Some(NODE_AUTHENTICATION),
+                    'E',
+                    Outcome::MinorFailure,
+                )
+                .describe(format!("heartbeat refused: {why:?}"))
+                .by("-", Some(from.ip().to_string()), AuditRole::Source),
+            );
         }
     }
 }
@@ -240,11 +259,12 @@ impl Links {
 
     /// Receive authenticated beats from every link into `tx` (each with its arrival time)
     /// until the receiver is gone. Beats from `own` node id (a loop) are dropped.
-    pub fn receive(&self, own: String, tx: mpsc::Sender<(Beat, Instant)>) {
+    pub fn receive(&self, own: String, tx: mpsc::Sender<(Beat, Instant)>, audit: Audit) {
         let gate = Arc::new(Gate {
             key: self.key.clone(),
             seen: Mutex::new(HashMap::new()),
             logged: Mutex::new(HashMap::new()),
+            audit,
         });
         for (s, peer) in &self.sockets {
             let (s, tx, own, gate, peer) =
@@ -296,7 +316,7 @@ mod tests {
         let a = Links::bind(&[(pa, pb)], key()).await.unwrap();
         let b = Links::bind(&[(pb, pa)], key()).await.unwrap();
         let (tx, mut rx) = mpsc::channel(8);
-        b.receive("b".into(), tx);
+        b.receive("b".into(), tx, Audit::off());
         let beat = Beat {
             node: "a".into(),
             primary: true,
@@ -341,6 +361,7 @@ mod tests {
             key: key(),
             seen: Mutex::new(HashMap::new()),
             logged: Mutex::new(HashMap::new()),
+            audit: Audit::off(),
         }
     }
 

@@ -28,6 +28,7 @@ use tracing::{debug, info, warn};
 
 use super::channel::{self, Side};
 use super::heartbeat::BeatKey;
+use crate::audit::{Audit, Event, NODE_AUTHENTICATION, Outcome, Role, SECURITY_ALERT};
 use crate::index::replica::ChangeRecord;
 use crate::index::{Index, IndexError};
 use crate::net::Shutdown;
@@ -268,6 +269,36 @@ async fn timed<T>(
         .map_err(|_| ReplicationError::Timeout(what))?
 }
 
+/// Connections from the peer's address waiting while another is served.
+const QUEUED_CONNECTIONS: usize = 4;
+
+/// A task that ends with its owner.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// Refusals logged (and audited) at most once per source address in 10 s.
+#[derive(Default)]
+struct RateLimit(std::collections::HashMap<std::net::IpAddr, std::time::Instant>);
+
+impl RateLimit {
+    fn due(&mut self, from: SocketAddr) -> bool {
+        let now = std::time::Instant::now();
+        let due = self
+            .0
+            .get(&from.ip())
+            .is_none_or(|t| now.duration_since(*t) >= Duration::from_secs(10));
+        if due {
+            self.0.insert(from.ip(), now);
+        }
+        due
+    }
+}
+
 /// What the standby side tells the HA driver.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum StandbyEvent {
@@ -289,6 +320,8 @@ pub struct StandbyServer {
     pub key: BeatKey,
     /// The only address a primary may connect from (the peer's).
     pub peer_ip: std::net::IpAddr,
+    /// Refused connections are audited (security alerts).
+    pub audit: Audit,
 }
 
 impl StandbyServer {
@@ -300,22 +333,46 @@ impl StandbyServer {
         mut shutdown: Shutdown,
     ) -> Index {
         let mut index = index;
-        loop {
-            let (stream, peer) = tokio::select! {
-                r = listener.accept() => match r {
-                    Ok(x) => x,
-                    Err(e) => {
-                        warn!(error = %e, "replication accept failed");
-                        tokio::time::sleep(Duration::from_millis(50)).await;
+        let mut refusals = RateLimit::default();
+        // Connections are accepted all the time (so connections from elsewhere are refused
+        // at once and cannot fill the backlog the primary reconnects through), and served
+        // one at a time: those from the peer's address wait their turn, a few at most.
+        let (queued, mut next) = mpsc::channel::<(TcpStream, SocketAddr)>(QUEUED_CONNECTIONS);
+        let acceptor = AbortOnDrop(tokio::spawn({
+            let peer_ip = self.peer_ip;
+            let alert = self.alerter();
+            async move {
+                let mut refusals = RateLimit::default();
+                loop {
+                    let (stream, peer) = match listener.accept().await {
+                        Ok(x) => x,
+                        Err(e) => {
+                            warn!(error = %e, "replication accept failed");
+                            tokio::time::sleep(Duration::from_millis(50)).await;
+                            continue;
+                        }
+                    };
+                    if peer.ip().to_canonical() != peer_ip.to_canonical() {
+                        if refusals.due(peer) {
+                            warn!(%peer, "replication connection from an address other than the peer's refused (further ones from this address are not logged for 10 s)");
+                            alert(
+                                peer,
+                                "replication connection from an address other than the peer's",
+                            );
+                        }
                         continue;
                     }
-                },
+                    if queued.try_send((stream, peer)).is_err() {
+                        debug!(%peer, "replication connection dropped: others are waiting");
+                    }
+                }
+            }
+        }));
+        loop {
+            let (stream, peer) = tokio::select! {
+                Some(x) = next.recv() => x,
                 _ = shutdown.wait() => return index,
             };
-            if peer.ip().to_canonical() != self.peer_ip.to_canonical() {
-                warn!(%peer, "replication connection from an address other than the peer's refused");
-                continue;
-            }
             let _ = stream.set_nodelay(true);
             let mut sd = shutdown.clone();
             let result = tokio::select! {
@@ -324,8 +381,33 @@ impl StandbyServer {
             };
             match result {
                 Ok(()) => debug!(%peer, "replication connection closed"),
+                Err(ReplicationError::Refused(why)) if why.contains("pair key") => {
+                    if refusals.due(peer) {
+                        warn!(%peer, why, "replication connection refused");
+                        (self.alerter())(peer, &why);
+                    }
+                }
                 Err(e) => warn!(%peer, error = %e, "replication connection ended"),
             }
+            let _ = &acceptor;
+        }
+    }
+
+    /// What audits a refused replication connection (a security alert).
+    fn alerter(&self) -> impl Fn(SocketAddr, &str) + Send + 'static {
+        let (audit, node) = (self.audit.clone(), self.node.clone());
+        move |peer, why| {
+            audit.record(
+                Event::new(
+                    SECURITY_ALERT,
+                    Some(NODE_AUTHENTICATION),
+                    'E',
+                    Outcome::MinorFailure,
+                )
+                .describe(format!("replication refused: {why}"))
+                .by("-", Some(peer.ip().to_string()), Role::Source)
+                .to(&node, None, Role::Destination),
+            )
         }
     }
 
@@ -783,6 +865,7 @@ mod tests {
             applied: Arc::new(std::sync::atomic::AtomicI64::new(0)),
             key: key.clone(),
             peer_ip: "127.0.0.2".parse().unwrap(),
+            audit: Audit::open(&dir.path().join("audit.log"), "PACSD", None).unwrap(),
         };
         let (trigger, shutdown) = crate::net::ShutdownTrigger::new();
         let task = tokio::spawn(server.run(listener, index, shutdown));
@@ -843,5 +926,30 @@ mod tests {
         trigger.trigger();
         let index = task.await.unwrap();
         assert_eq!(index.last_change().await.unwrap().0, 0);
+        // Both refusals were audited as security alerts (node authentication), once each.
+        // (The audit writer appends on its own thread: wait for it.)
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        let audit = loop {
+            let text = std::fs::read_to_string(dir.path().join("audit.log")).unwrap_or_default();
+            if text.matches("110126").count() >= 2 || std::time::Instant::now() > deadline {
+                break text;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        };
+        let alerts: Vec<&str> = audit
+            .lines()
+            .filter(|l| l.contains("csd-code=\"110126\""))
+            .collect();
+        assert_eq!(alerts.len(), 2, "{audit}");
+        assert!(
+            alerts[0].contains("NetworkAccessPointID=\"127.0.0.3\""),
+            "{}",
+            alerts[0]
+        );
+        assert!(
+            alerts[1].contains("did not prove the pair key"),
+            "{}",
+            alerts[1]
+        );
     }
 }
