@@ -250,6 +250,15 @@ fn shipped_example_config_loads() {
     assert_eq!((&a.service_ip, &a.arbiter), (&b.service_ip, &b.arbiter));
     assert_eq!(a.peer_replication, b.replication_bind);
     assert_eq!(a.links[0].peer, b.links[0].bind);
+    // The TLS example: TLS only, on the registered port, and every peer bound to TLS.
+    let t = pacsd::config::Config::load(
+        &Path::new(env!("CARGO_MANIFEST_DIR")).join("ae-config/tls-node.toml"),
+    )
+    .unwrap();
+    let tls = t.tls.as_ref().expect("[tls]");
+    assert!(tls.only && tls.require_client_certificate && tls.port == 2762);
+    assert!(t.peers.len() == 2 && t.peers.iter().all(|p| p.needs_tls()));
+    assert!(t.audit.syslog_addr().unwrap().is_some());
 }
 
 #[test]
