@@ -1,6 +1,6 @@
 //! The audit trail: security-relevant events as DICOM audit messages (PS3.15 A.5, the schema
 //! IHE ATNA uses), one XML record per line, appended to a file and optionally forwarded to a
-//! syslog collector (RFC 5424 over UDP, RFC 5426).
+//! syslog collector (RFC 5424 over UDP, RFC 5426, or over TLS, RFC 5425).
 //!
 //! Emitting never waits: records go through a bounded queue to one writer thread, which
 //! appends them and flushes whenever the queue runs dry. When the queue is full (the writer
@@ -341,10 +341,90 @@ pub fn render(event: &Event, source_id: &str, when: std::time::SystemTime) -> St
 }
 
 /// Where records go besides the file.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub enum Forward {
     /// RFC 5426: one record per datagram.
     Udp(SocketAddr),
+    /// RFC 5425: octet-counted records over TLS; the collector's certificate must name
+    /// `server_name` and chain to the configuration's roots.
+    Tls {
+        addr: SocketAddr,
+        server_name: rustls::pki_types::ServerName<'static>,
+        config: Arc<rustls::ClientConfig>,
+    },
+}
+
+/// How long the writer waits for a syslog collector, and how long after a failure it leaves
+/// it alone (records are in the file meanwhile).
+const COLLECTOR_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
+const COLLECTOR_RETRY: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// The open side of a forwarder (on the writer thread).
+enum Sink {
+    Udp(UdpSocket),
+    Tls {
+        addr: SocketAddr,
+        server_name: rustls::pki_types::ServerName<'static>,
+        config: Arc<rustls::ClientConfig>,
+        stream: Option<Box<rustls::StreamOwned<rustls::ClientConnection, std::net::TcpStream>>>,
+        retry_at: std::time::Instant,
+    },
+}
+
+impl Sink {
+    fn send(&mut self, frame: &str) {
+        match self {
+            // A lost datagram is the collector's loss; the file keeps the record.
+            Sink::Udp(s) => {
+                let _ = s.send(frame.as_bytes());
+            }
+            Sink::Tls {
+                addr,
+                server_name,
+                config,
+                stream,
+                retry_at,
+            } => {
+                if stream.is_none() && std::time::Instant::now() >= *retry_at {
+                    match connect_collector(*addr, server_name, config) {
+                        Ok(s) => *stream = Some(Box::new(s)),
+                        Err(e) => {
+                            warn!(collector = %addr, error = %e, "syslog collector unreachable; records stay in the file");
+                            *retry_at = std::time::Instant::now() + COLLECTOR_RETRY;
+                        }
+                    }
+                }
+                if let Some(s) = stream {
+                    // RFC 5425 4.3: MSG-LEN SP SYSLOG-MSG.
+                    let framed = format!("{} {frame}", frame.len());
+                    if let Err(e) = s.write_all(framed.as_bytes()).and_then(|_| s.flush()) {
+                        warn!(collector = %addr, error = %e, "syslog collector lost; records stay in the file");
+                        *stream = None;
+                        *retry_at = std::time::Instant::now() + COLLECTOR_RETRY;
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn connect_collector(
+    addr: SocketAddr,
+    server_name: &rustls::pki_types::ServerName<'static>,
+    config: &Arc<rustls::ClientConfig>,
+) -> std::io::Result<rustls::StreamOwned<rustls::ClientConnection, std::net::TcpStream>> {
+    let tcp = std::net::TcpStream::connect_timeout(&addr, COLLECTOR_TIMEOUT)?;
+    tcp.set_nodelay(true)?;
+    tcp.set_write_timeout(Some(COLLECTOR_TIMEOUT))?;
+    tcp.set_read_timeout(Some(COLLECTOR_TIMEOUT))?;
+    let conn = rustls::ClientConnection::new(config.clone(), server_name.clone())
+        .map_err(std::io::Error::other)?;
+    let mut stream = rustls::StreamOwned::new(conn, tcp);
+    // Complete the handshake now, so a refused certificate is reported here.
+    while stream.conn.is_handshaking() {
+        stream.conn.complete_io(&mut stream.sock)?;
+    }
+    Ok(stream)
 }
 
 /// A cheap handle: every part of the node that has something to record holds one.
@@ -386,7 +466,7 @@ impl Audit {
             .create(true)
             .append(true)
             .open(path)?;
-        let udp = match &forward {
+        let sink = match forward {
             Some(Forward::Udp(to)) => {
                 let bind: SocketAddr = if to.is_ipv4() {
                     ([0, 0, 0, 0], 0).into()
@@ -395,8 +475,19 @@ impl Audit {
                 };
                 let s = UdpSocket::bind(bind)?;
                 s.connect(to)?;
-                Some(s)
+                Some(Sink::Udp(s))
             }
+            Some(Forward::Tls {
+                addr,
+                server_name,
+                config,
+            }) => Some(Sink::Tls {
+                addr,
+                server_name,
+                config,
+                stream: None,
+                retry_at: std::time::Instant::now(),
+            }),
             None => None,
         };
         let (tx, rx) = std::sync::mpsc::sync_channel(QUEUE);
@@ -409,7 +500,7 @@ impl Audit {
         let path = path.to_path_buf();
         std::thread::Builder::new()
             .name("audit".into())
-            .spawn(move || writer(rx, file, udp, path, weak))?;
+            .spawn(move || writer(rx, file, sink, path, weak))?;
         Ok(Audit { inner: Some(inner) })
     }
 
@@ -450,7 +541,7 @@ fn syslog_frame(line: &str) -> String {
 fn writer(
     rx: Receiver<String>,
     file: std::fs::File,
-    udp: Option<UdpSocket>,
+    mut sink: Option<Sink>,
     path: PathBuf,
     inner: std::sync::Weak<Inner>,
 ) {
@@ -461,10 +552,9 @@ fn writer(
             error!(path = %path.display(), error = %e, "cannot write the audit trail");
         }
     };
-    let put = |out: &mut std::io::BufWriter<std::fs::File>, line: &str| {
-        if let Some(s) = &udp {
-            // RFC 5426: a lost datagram is the collector's loss; the file keeps the record.
-            let _ = s.send(syslog_frame(line).as_bytes());
+    let mut put = |out: &mut std::io::BufWriter<std::fs::File>, line: &str| {
+        if let Some(s) = &mut sink {
+            s.send(&syslog_frame(line));
         }
         if let Err(e) = out
             .write_all(line.as_bytes())

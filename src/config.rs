@@ -294,7 +294,8 @@ impl Default for QueryConfig {
 pub struct AuditConfig {
     /// Append-only file of audit records (default: `audit.log` beside the index).
     pub path: Option<PathBuf>,
-    /// Also send each record to a syslog collector, RFC 5424 over UDP: `udp://host:port`.
+    /// Also send each record to a syslog collector: `udp://host:port` (RFC 5424 over UDP) or
+    /// `tls://host:port` (over TLS, RFC 5425, with the node's `[tls]` credentials).
     pub syslog: Option<String>,
 }
 
@@ -310,20 +311,51 @@ impl AuditConfig {
         })
     }
 
-    /// The syslog collector's address, if one is configured.
-    pub fn syslog_addr(&self) -> Result<Option<std::net::SocketAddr>, ConfigError> {
+    /// The syslog collector, if one is configured.
+    pub fn syslog_target(&self) -> Result<Option<SyslogTarget>, ConfigError> {
         let Some(url) = &self.syslog else {
             return Ok(None);
         };
-        let bad = || invalid("audit.syslog", format!("`{url}` is not udp://host:port"));
-        let rest = url.strip_prefix("udp://").ok_or_else(bad)?;
+        let bad = || {
+            invalid(
+                "audit.syslog",
+                format!("`{url}` is not udp://host:port or tls://host:port"),
+            )
+        };
+        let (tls, rest) = match (url.strip_prefix("udp://"), url.strip_prefix("tls://")) {
+            (Some(rest), _) => (false, rest),
+            (_, Some(rest)) => (true, rest),
+            _ => return Err(bad()),
+        };
         use std::net::ToSocketAddrs;
-        rest.to_socket_addrs()
+        let addr = rest
+            .to_socket_addrs()
             .ok()
             .and_then(|mut a| a.next())
-            .map(Some)
-            .ok_or_else(bad)
+            .ok_or_else(bad)?;
+        let host = rest
+            .rsplit_once(':')
+            .map(|(h, _)| h.trim_start_matches('[').trim_end_matches(']').to_string())
+            .ok_or_else(bad)?;
+        Ok(Some(if tls {
+            SyslogTarget::Tls { addr, host }
+        } else {
+            SyslogTarget::Udp(addr)
+        }))
     }
+}
+
+/// Where audit records are forwarded.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SyslogTarget {
+    /// RFC 5426.
+    Udp(std::net::SocketAddr),
+    /// RFC 5425, with this node's `[tls]` credentials; `host` must be in the collector's
+    /// certificate.
+    Tls {
+        addr: std::net::SocketAddr,
+        host: String,
+    },
 }
 
 /// The registered DICOM-TLS port (PS3.15 B.9, IANA "dicom-tls").
@@ -569,7 +601,14 @@ impl Config {
         if let Some(ha) = &self.ha {
             ha.validate()?;
         }
-        self.audit.syslog_addr()?;
+        if let Some(SyslogTarget::Tls { .. }) = self.audit.syslog_target()?
+            && self.tls.is_none()
+        {
+            return Err(invalid(
+                "audit.syslog",
+                "syslog over TLS uses the node's [tls] certificate and CA: configure [tls]",
+            ));
+        }
         if let Some(tls) = &self.tls {
             if tls.port != 0 && tls.port == self.node.port && !tls.only {
                 return Err(invalid(

@@ -102,15 +102,21 @@ impl Listeners {
     }
 }
 
-/// Open the audit trail `config` names, and record that the node started with it.
-pub fn open_audit(config: &Config) -> Result<Audit, NodeError> {
+/// Open the audit trail `config` names (forwarding over TLS with `tls`), and record that the
+/// node started with it.
+pub fn open_audit(config: &Config, tls: Option<&TlsContext>) -> Result<Audit, NodeError> {
+    use crate::audit::Forward;
+    use crate::config::SyslogTarget;
     let path = config.audit.file(&config.index);
-    let forward = config
-        .audit
-        .syslog_addr()
-        .ok()
-        .flatten()
-        .map(crate::audit::Forward::Udp);
+    let forward = match (config.audit.syslog_target().ok().flatten(), tls) {
+        (Some(SyslogTarget::Udp(a)), _) => Some(Forward::Udp(a)),
+        (Some(SyslogTarget::Tls { addr, host }), Some(tls)) => Some(Forward::Tls {
+            addr,
+            server_name: crate::net::tls::server_name(&host)?,
+            config: tls.client.clone(),
+        }),
+        _ => None,
+    };
     let audit =
         Audit::open(&path, &config.node.ae_title, forward).map_err(|source| NodeError::Io {
             what: format!("opening the audit trail {}", path.display()),
@@ -155,7 +161,7 @@ impl Node {
         )?);
         let index = Index::open(&config.index.path)?;
         let tls = config.tls.as_ref().map(TlsContext::load).transpose()?;
-        let audit = open_audit(&config)?;
+        let audit = open_audit(&config, tls.as_ref())?;
         Ok(Node {
             config: Arc::new(config),
             index,

@@ -258,7 +258,7 @@ fn shipped_example_config_loads() {
     let tls = t.tls.as_ref().expect("[tls]");
     assert!(tls.only && tls.require_client_certificate && tls.port == 2762);
     assert!(t.peers.len() == 2 && t.peers.iter().all(|p| p.needs_tls()));
-    assert!(t.audit.syslog_addr().unwrap().is_some());
+    assert!(t.audit.syslog_target().unwrap().is_some());
 }
 
 #[test]

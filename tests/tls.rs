@@ -3,7 +3,8 @@
 //! options), a DCMTK storescp `+tls` as C-MOVE destination, and pynetdicom with an ssl context. Certificates are made by the test with
 //! the openssl command (a CA, one certificate per AE, and a rogue CA's certificate).
 //! The audit trail the node wrote during the scenario is then parsed as XML (Python's
-//! xml.etree) and checked record by record.
+//! xml.etree) and checked record by record, and the same records are found at a syslog
+//! collector that received them over TLS.
 
 mod common;
 
@@ -181,7 +182,10 @@ async fn dcmtk_and_pynetdicom_over_tls_with_certificates_checked_and_audited() {
     let pki = tempfile::tempdir().unwrap();
     make_pki(pki.path(), &["PACSD", "CT1", "DEST", "OTHER"]);
     let dest_port = free_port();
+    let collector = SyslogCollector::start(pki.path()).await;
+    let syslog = format!("tls://127.0.0.1:{}", collector.port);
     let n = TestNode::start_with(|c| {
+        c.audit.syslog = Some(syslog.clone());
         c.tls = Some(TlsConfig {
             port: 0,
             certificate: pki.path().join("PACSD.crt"),
@@ -502,6 +506,76 @@ print(json.dumps(out))
                 .contains("TLS handshake failed"))
             >= 1
     );
+    // The same records reached the syslog collector over TLS (RFC 5425 framing, RFC 5424
+    // header), the node authenticated by its certificate.
+    let forwarded = collector.messages();
+    assert!(
+        forwarded.len() >= records.len().min(10),
+        "{} forwarded",
+        forwarded.len()
+    );
+    assert!(
+        forwarded
+            .iter()
+            .all(|m| m.starts_with('<') && m.contains(" DICOM+RFC3881 - \u{feff}<AuditMessage>"))
+    );
+    assert!(forwarded.iter().any(|m| m.contains("csd-code=\"110104\"")));
     drop(dest);
     n.node.stop().await;
+}
+
+/// A syslog collector over TLS (RFC 5425) that keeps every message it receives; it presents
+/// the DEST certificate and requires a client certificate from the test CA.
+struct SyslogCollector {
+    port: u16,
+    got: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+}
+
+impl SyslogCollector {
+    async fn start(pki: &Path) -> SyslogCollector {
+        use tokio::io::AsyncReadExt;
+        let tls = pacsd::net::tls::TlsContext::load(&TlsConfig {
+            port: 0,
+            certificate: pki.join("DEST.crt"),
+            private_key: pki.join("DEST.key"),
+            ca: pki.join("ca.crt"),
+            require_client_certificate: true,
+            only: false,
+        })
+        .unwrap();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let got = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let keep = got.clone();
+        tokio::spawn(async move {
+            while let Ok((s, _)) = listener.accept().await {
+                let Ok(mut s) = tls.acceptor.accept(s).await else {
+                    continue;
+                };
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 16384];
+                while let Ok(n) = s.read(&mut chunk).await {
+                    if n == 0 {
+                        break;
+                    }
+                    buf.extend_from_slice(&chunk[..n]);
+                    // MSG-LEN SP SYSLOG-MSG, repeated.
+                    while let Some(sp) = buf.iter().position(|b| *b == b' ') {
+                        let len: usize = std::str::from_utf8(&buf[..sp]).unwrap().parse().unwrap();
+                        if buf.len() < sp + 1 + len {
+                            break;
+                        }
+                        let msg = String::from_utf8(buf[sp + 1..sp + 1 + len].to_vec()).unwrap();
+                        keep.lock().unwrap().push(msg);
+                        buf.drain(..sp + 1 + len);
+                    }
+                }
+            }
+        });
+        SyslogCollector { port, got }
+    }
+
+    fn messages(&self) -> Vec<String> {
+        self.got.lock().unwrap().clone()
+    }
 }

@@ -317,7 +317,8 @@ pub async fn run(config: Config, mut shutdown: Shutdown) -> Result<(), HaError> 
         .map(crate::net::tls::TlsContext::load)
         .transpose()
         .map_err(|e| HaError::Node(e.to_string()))?;
-    let audit = crate::node::open_audit(&config).map_err(|e| HaError::Node(e.to_string()))?;
+    let audit =
+        crate::node::open_audit(&config, tls.as_ref()).map_err(|e| HaError::Node(e.to_string()))?;
     let vip = match (&ha.service_ip, &ha.interface) {
         (Some(ip), Some(ifname)) => {
             let vip = ServiceIp::parse(ip, ifname)?;

@@ -32,6 +32,8 @@ pub enum TlsError {
 pub struct TlsContext {
     pub acceptor: tokio_rustls::TlsAcceptor,
     pub connector: tokio_rustls::TlsConnector,
+    /// The requestor configuration itself (the audit trail's syslog-over-TLS forwarder).
+    pub client: Arc<ClientConfig>,
 }
 
 impl std::fmt::Debug for TlsContext {
@@ -107,9 +109,11 @@ impl TlsContext {
             .with_root_certificates(roots)
             .with_client_auth_cert(chain, key)
             .map_err(|e| bad(&e))?;
+        let client = Arc::new(client);
         Ok(TlsContext {
             acceptor: tokio_rustls::TlsAcceptor::from(Arc::new(server)),
-            connector: tokio_rustls::TlsConnector::from(Arc::new(client)),
+            connector: tokio_rustls::TlsConnector::from(client.clone()),
+            client,
         })
     }
 }
