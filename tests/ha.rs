@@ -764,3 +764,78 @@ async fn forged_replication_and_an_impostor_standby_change_nothing() {
     // The primary's audit trail has its own role changes.
     assert!(p.a.audit().contains("HA role change"), "{}", p.a.audit());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_on_a_paired_primary_hands_over_before_it_stops() {
+    let _serial = serial();
+    let mut p = Pair::started(51, false);
+    let targets = both(&p);
+    let mut client = Client::new(5151);
+    client.run_for(Duration::from_millis(300), &targets).await;
+    let epoch = p.a.status().unwrap().epoch;
+    // A planned stop (what systemctl stop sends): the standby takes over at once, not after
+    // the lease (600 ms) + margin (200 ms) a crash costs.
+    let stopped_at = Instant::now();
+    p.a.signal("-TERM");
+    assert!(
+        wait_for(Duration::from_secs(5), || {
+            p.b.status()
+                .is_some_and(|s| s.role.starts_with("primary") && s.epoch > epoch)
+        }),
+        "{}",
+        p.logs()
+    );
+    let took_over = stopped_at.elapsed();
+    // a has exited by itself, after the hand-over.
+    let exited = wait_for(Duration::from_secs(10), || {
+        p.a.child.as_mut().unwrap().try_wait().unwrap().is_some()
+    });
+    assert!(exited, "{}", p.logs());
+    let logs = p.logs();
+    assert!(logs.contains("planned stop: handing over"), "{logs}");
+    assert!(logs.contains("the standby took over: stopping"), "{logs}");
+    assert!(
+        !logs.contains("the standby did not take over in time"),
+        "{logs}"
+    );
+    eprintln!("SIGTERM to the new primary serving: {took_over:?}");
+    client.run_for(Duration::from_millis(300), &targets).await;
+    assert_all_kept(&p.b, &client.acked, &p.logs()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_on_the_standby_tells_the_primary_which_goes_on_alone_at_once() {
+    let _serial = serial();
+    let mut p = Pair::started(52, false);
+    let targets = both(&p);
+    let mut client = Client::new(5252);
+    client.run_for(Duration::from_millis(300), &targets).await;
+    p.b.signal("-TERM");
+    assert!(
+        wait_for(Duration::from_secs(5), || p
+            .a
+            .status()
+            .is_some_and(|s| s.solo)),
+        "{}",
+        p.logs()
+    );
+    assert!(
+        wait_for(Duration::from_secs(10), || p
+            .b
+            .child
+            .as_mut()
+            .unwrap()
+            .try_wait()
+            .unwrap()
+            .is_some()),
+        "the standby did not stop"
+    );
+    let logs = p.logs();
+    assert!(logs.contains("the standby is stopping (planned)"), "{logs}");
+    // Writes go on without it, and it catches up when it returns.
+    client.run_for(Duration::from_millis(300), &targets).await;
+    assert_eq!(client.failed, 0, "{logs}");
+    p.b.start();
+    assert!(p.settled(Duration::from_secs(20)).is_some(), "{}", p.logs());
+    assert_all_kept(&p.a, &client.acked, &p.logs()).await;
+}

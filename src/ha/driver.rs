@@ -415,6 +415,9 @@ pub async fn run(config: Config, mut shutdown: Shutdown) -> Result<(), HaError> 
         ha.timing().heartbeat,
     ));
     let mut tick = tokio::time::interval(ha.timing().heartbeat);
+    // A planned stop under way: the epoch handed over, and when to stop waiting for the
+    // standby to take it.
+    let mut stopping: Option<(u64, Instant)> = None;
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         let event = tokio::select! {
@@ -440,7 +443,23 @@ pub async fn run(config: Config, mut shutdown: Shutdown) -> Result<(), HaError> 
                 PrimaryEvent::Lost => Event::StandbyLost,
             }),
             Some((req, reply)) = control_rx.recv() => d.control(req, reply).await,
-            _ = shutdown.wait() => break,
+            _ = shutdown.wait(), if stopping.is_none() => {
+                // A planned stop is not a failure: a paired primary hands over first.
+                let (primary, solo, epoch) = {
+                    let st = shared.role.lock().expect("role");
+                    (st.is_primary(), st.is_solo(), st.epoch)
+                };
+                if primary && !solo {
+                    info!(epoch, "planned stop: handing over to the standby before stopping");
+                    stopping = Some((epoch, Instant::now() + ha.timing().dead_after() * 2));
+                    Some(Event::HandOver)
+                } else {
+                    if primary {
+                        warn!("planned stop of a solo primary: no standby in step to hand over to");
+                    }
+                    break;
+                }
+            }
         };
         let Some(event) = event else { continue };
         let actions = {
@@ -463,6 +482,22 @@ pub async fn run(config: Config, mut shutdown: Shutdown) -> Result<(), HaError> 
         shared.changed.notify_waiters();
         for a in actions {
             d.execute(a).await;
+        }
+        if let Some((handed, until)) = stopping {
+            let taken = shared
+                .peer
+                .lock()
+                .expect("peer")
+                .as_ref()
+                .is_some_and(|(_, b)| b.primary && b.epoch > handed);
+            if taken {
+                info!("the standby took over: stopping");
+                break;
+            }
+            if Instant::now() >= until {
+                warn!("the standby did not take over in time; stopping anyway");
+                break;
+            }
         }
     }
     info!("HA node stopping");

@@ -63,6 +63,8 @@ pub enum ReplicationError {
     Refused(String),
     #[error("timed out: {0}")]
     Timeout(&'static str),
+    #[error("the standby is stopping (planned)")]
+    PeerLeaving,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -107,6 +109,8 @@ enum Frame {
     Ack {
         seq: i64,
     },
+    /// Standby -> primary: this node is stopping on purpose (a planned stop, not a failure).
+    Leaving,
     Refused {
         reason: String,
     },
@@ -376,9 +380,14 @@ impl StandbyServer {
             let _ = stream.set_nodelay(true);
             let mut sd = shutdown.clone();
             let result = tokio::select! {
-                r = self.serve(stream, &mut index) => r,
+                // (biased: on shutdown `serve` first tells the primary it is leaving)
+                biased;
+                r = self.serve(stream, &mut index, shutdown.clone()) => r,
                 _ = sd.wait() => return index,
             };
+            if shutdown.is_triggered() {
+                return index;
+            }
             match result {
                 Ok(()) => debug!(%peer, "replication connection closed"),
                 Err(ReplicationError::Refused(why)) if why.contains("pair key") => {
@@ -411,7 +420,12 @@ impl StandbyServer {
         }
     }
 
-    async fn serve(&self, stream: TcpStream, index: &mut Index) -> Result<(), ReplicationError> {
+    async fn serve(
+        &self,
+        stream: TcpStream,
+        index: &mut Index,
+        mut stop: Shutdown,
+    ) -> Result<(), ReplicationError> {
         let (mut r, mut w) = stream.into_split();
         let (pn, sn) = standby_handshake(&self.key, &mut r, &mut w).await?;
         // From here on, sealed records only (see channel.rs).
@@ -448,7 +462,23 @@ impl StandbyServer {
         )
         .await?;
         loop {
-            let frame = timed(IDLE_LIMIT, "a frame from the primary", read_frame(&mut r)).await?;
+            let frame = tokio::select! {
+                f = timed(IDLE_LIMIT, "a frame from the primary", read_frame(&mut r)) => f?,
+                _ = stop.wait() => {
+                    // A planned stop: the primary goes on alone at once instead of waiting
+                    // to notice.
+                    let _ = write_frame(&mut w, &Frame::Leaving).await;
+                    let _ = w.shutdown().await;
+                    // Until the primary closes (it does on `Leaving`), so the frame is out
+                    // before this process goes.
+                    let _ = tokio::time::timeout(Duration::from_millis(500), async {
+                        let mut sink = [0u8; 4096];
+                        while r.read(&mut sink).await.is_ok_and(|n| n > 0) {}
+                    })
+                    .await;
+                    return Ok(());
+                }
+            };
             if self.known_epoch.load(Ordering::SeqCst) > epoch {
                 return Err(ReplicationError::Refused(format!(
                     "epoch {epoch} was superseded"
@@ -614,8 +644,12 @@ impl Replicator {
                 r = self.session(&mut lost_reported) => r,
                 _ = sd.wait() => return,
             };
-            if let Err(e) = outcome {
-                debug!(peer = %self.peer, error = %e, "replication session ended");
+            match outcome {
+                Err(ReplicationError::PeerLeaving) => {
+                    info!(peer = %self.peer, "the standby is stopping (planned): going on alone at once");
+                }
+                Err(e) => debug!(peer = %self.peer, error = %e, "replication session ended"),
+                Ok(()) => {}
             }
             if !lost_reported {
                 lost_reported = true;
@@ -695,6 +729,7 @@ impl Replicator {
                         });
                     }
                     Ok(Frame::Refused { reason }) => return ReplicationError::Refused(reason),
+                    Ok(Frame::Leaving) => return ReplicationError::PeerLeaving,
                     Ok(other) => return ReplicationError::Frame(format!("unexpected {other:?}")),
                     Err(e) => return e,
                 }
