@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Failover benchmark in the HA lab (network namespaces, scripts/ha-lab.sh): N crash failovers
-# (kill -9 of the primary) and N planned switchovers (`pacsd ha switchover`) while a client in
-# its own namespace stores through the service IP. Prints the service gap (last success before
+# (kill -9 of the primary), N planned switchovers (`pacsd ha switchover`), N planned stops of
+# the primary (SIGTERM: it hands over first) and N planned stops of the standby (SIGTERM: the
+# primary goes on alone), while a client in its own namespace stores through the service IP. Prints the service gap (last success before
 # the fault to the first success after it) p50/p99/max, failed client operations,
 # acknowledged-but-lost instances (every acknowledged instance is looked up with C-FIND and
 # fetched with C-GET afterwards) and epochs in which two nodes served as primary.

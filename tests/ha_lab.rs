@@ -148,6 +148,21 @@ impl Lab {
         slot.1 = Some(child);
     }
 
+    /// Wait for `node`'s process to exit by itself.
+    fn wait_exit(&mut self, node: &str, limit: Duration) -> bool {
+        let deadline = Instant::now() + limit;
+        let slot = self.nodes.iter_mut().find(|(n, _)| n == node).unwrap();
+        let Some(child) = slot.1.as_mut() else { return true };
+        while Instant::now() < deadline {
+            if child.try_wait().unwrap().is_some() {
+                slot.1 = None;
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        false
+    }
+
     fn signal(&self, node: &str, sig: &str) {
         let pid = self
             .nodes
@@ -523,6 +538,13 @@ fn quantiles(mut v: Vec<Duration>) -> String {
 #[test]
 #[ignore = "benchmark: run by scripts/bench-failover.sh"]
 fn failover_benchmark() {
+    #[derive(Clone, Copy, PartialEq, Eq)]
+    enum Fault {
+        Crash,
+        Switchover,
+        StopPrimary,
+        StopStandby,
+    }
     let _serial = serial();
     let n: usize = std::env::var("PACSD_FAILOVERS")
         .ok()
@@ -532,56 +554,74 @@ fn failover_benchmark() {
     let mut primary = lab.settle();
     let mut acked = Vec::new();
     let mut next_study = 600;
-    let mut run = |lab: &mut Lab, primary: &mut String, crash: bool| -> (Duration, usize) {
+    let mut run = |lab: &mut Lab, primary: &mut String, fault: Fault| -> (Duration, usize) {
         next_study += 1;
         let c = client(
             lab,
             next_study,
-            Duration::from_millis(if crash { 2500 } else { 1200 }),
+            Duration::from_millis(if fault == Fault::Crash { 2500 } else { 1200 }),
         );
         std::thread::sleep(Duration::from_millis(500));
-        let fault = Instant::now();
+        let at = Instant::now();
         let other = if primary == "a" { "b" } else { "a" };
-        if crash {
-            lab.signal(primary, "-KILL");
-        } else {
-            let out = Command::new(BIN)
-                .args(["ha", "switchover", "--config"])
-                .arg(lab.config(primary))
-                .output()
-                .unwrap();
-            assert!(out.status.success(), "{}", text(&out));
+        match fault {
+            Fault::Crash => lab.signal(primary, "-KILL"),
+            Fault::StopPrimary => lab.signal(primary, "-TERM"),
+            Fault::StopStandby => lab.signal(other, "-TERM"),
+            Fault::Switchover => {
+                let out = Command::new(BIN)
+                    .args(["ha", "switchover", "--config"])
+                    .arg(lab.config(primary))
+                    .output()
+                    .unwrap();
+                assert!(out.status.success(), "{}", text(&out));
+            }
         }
         let seen = c.join().unwrap();
-        let g = gap(&seen, fault);
+        let g = gap(&seen, at);
         let failed = seen.failed.len();
         acked.push(seen.acked.into_iter().map(|(s, _)| s).collect::<Vec<_>>());
-        if crash {
-            // The killed node rejoins as standby and catches up before the next round.
-            let old = primary.clone();
-            lab.start(&old);
+        // The stopped node rejoins as standby and catches up before the next round.
+        let (stopped, next_primary) = match fault {
+            Fault::Crash | Fault::StopPrimary => (Some(primary.clone()), other),
+            Fault::StopStandby => (Some(other.to_string()), primary.as_str()),
+            Fault::Switchover => (None, other),
+        };
+        let next_primary = next_primary.to_string();
+        if let Some(node) = stopped {
+            assert!(
+                lab.wait_exit(&node, Duration::from_secs(15)),
+                "{node} did not stop\n{}",
+                lab.logs()
+            );
+            lab.start(&node);
         }
+        let standby = if next_primary == "a" { "b" } else { "a" };
         let deadline = Instant::now() + Duration::from_secs(30);
-        while lab.primary().as_deref() != Some(other)
-            || lab.status(primary).is_none_or(|s| s.role != "standby")
+        while lab.primary().as_deref() != Some(next_primary.as_str())
+            || lab.status(standby).is_none_or(|s| s.role != "standby")
+            || lab.status(&next_primary).is_none_or(|s| s.solo)
         {
             assert!(Instant::now() < deadline, "did not settle\n{}", lab.logs());
             std::thread::sleep(Duration::from_millis(50));
         }
-        *primary = other.to_string();
+        *primary = next_primary;
         (g, failed)
     };
-    let (mut crash_gaps, mut crash_failed) = (Vec::new(), 0);
-    for _ in 0..n {
-        let (g, f) = run(&mut lab, &mut primary, true);
-        crash_gaps.push(g);
-        crash_failed += f;
-    }
-    let (mut switch_gaps, mut switch_failed) = (Vec::new(), 0);
-    for _ in 0..n {
-        let (g, f) = run(&mut lab, &mut primary, false);
-        switch_gaps.push(g);
-        switch_failed += f;
+    let mut rows = Vec::new();
+    for (fault, label) in [
+        (Fault::Crash, "crash (kill -9 primary)"),
+        (Fault::Switchover, "planned switchover     "),
+        (Fault::StopPrimary, "SIGTERM to the primary "),
+        (Fault::StopStandby, "SIGTERM to the standby "),
+    ] {
+        let (mut gaps, mut failed) = (Vec::new(), 0);
+        for _ in 0..n {
+            let (g, f) = run(&mut lab, &mut primary, fault);
+            gaps.push(g);
+            failed += f;
+        }
+        rows.push((label, gaps, failed));
     }
     let total: usize = acked.iter().map(Vec::len).sum();
     for batch in acked {
@@ -589,14 +629,12 @@ fn failover_benchmark() {
     }
     let doubles = double_primary_epochs(&lab);
     println!("failover benchmark, {n} of each, client storing through the service IP:");
-    println!(
-        "  crash (kill -9 primary): service gap {}; failed client operations {crash_failed}",
-        quantiles(crash_gaps)
-    );
-    println!(
-        "  planned switchover:      service gap {}; failed client operations {switch_failed}",
-        quantiles(switch_gaps)
-    );
+    for (label, gaps, failed) in rows {
+        println!(
+            "  {label}: service gap {}; failed client operations {failed}",
+            quantiles(gaps)
+        );
+    }
     println!(
         "  acknowledged instances {total}, acknowledged but lost 0 (every one found and retrieved)"
     );
