@@ -152,7 +152,9 @@ impl Lab {
     fn wait_exit(&mut self, node: &str, limit: Duration) -> bool {
         let deadline = Instant::now() + limit;
         let slot = self.nodes.iter_mut().find(|(n, _)| n == node).unwrap();
-        let Some(child) = slot.1.as_mut() else { return true };
+        let Some(child) = slot.1.as_mut() else {
+            return true;
+        };
         while Instant::now() < deadline {
             if child.try_wait().unwrap().is_some() {
                 slot.1 = None;

@@ -278,6 +278,7 @@ async fn dcmtk_and_pynetdicom_over_tls_with_certificates_checked_and_audited() {
     //    comes from a workstation known by address on the plain port.)
     let dest = tls_storescp(pki.path(), dest_port);
     let study = pacsd::synth::Spec::ct(771, 1, 1, 64).study_uid.clone();
+    let patient = pacsd::synth::Spec::ct(771, 1, 1, 64).patient_id.clone();
     let out = dcmtk_async(
         "movescu",
         [
@@ -475,7 +476,12 @@ print(json.dumps(out))
                 .as_array()
                 .unwrap()
                 .iter()
-                .any(|o| *o == serde_json::json!(study))),
+                .any(|o| *o == serde_json::json!(study))
+            && r["objects"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|o| *o == serde_json::json!(patient))),
         1
     );
     // Logins: accepted over TLS with the certificate named; refused ones with the reason.

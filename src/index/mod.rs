@@ -426,6 +426,32 @@ impl Index {
         .expect("index reader task panicked")
     }
 
+    /// The patients (ID, name) of these studies, each once (for audit records).
+    pub async fn patients_of(
+        &self,
+        studies: Vec<String>,
+    ) -> Result<Vec<(String, Option<String>)>, IndexError> {
+        self.read(move |conn| {
+            let mut stmt = conn.prepare_cached(
+                "SELECT p.patient_id, p.patient_name FROM study s \
+                 JOIN patient p ON p.id = s.patient_fk WHERE s.study_instance_uid = ?1",
+            )?;
+            let mut out: Vec<(String, Option<String>)> = Vec::new();
+            for uid in &studies {
+                let found = stmt
+                    .query_map([uid], |r| Ok((r.get(0)?, r.get(1)?)))?
+                    .collect::<Result<Vec<(String, Option<String>)>, _>>()?;
+                for p in found {
+                    if !out.contains(&p) {
+                        out.push(p);
+                    }
+                }
+            }
+            Ok(out)
+        })
+        .await
+    }
+
     /// The stored instance with this SOP Instance UID, if indexed.
     pub async fn instance(
         &self,

@@ -3,7 +3,7 @@
 //! sub-association, or back on the requesting association for C-GET); a Pending response with
 //! the counters follows each sub-operation; C-CANCEL stops between sub-operations.
 
-use crate::audit::{EXPORT, Event as AuditEvent, Outcome, Role as AuditRole, Subject};
+use crate::audit::{EXPORT, Event as AuditEvent, Object, Outcome, Role as AuditRole, Subject};
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -277,6 +277,7 @@ impl RetrieveService {
         );
         assoc.audit(
             self.export_event(&items, &format!("C-MOVE to {}", peer.ae_title))
+                .await
                 .to(
                     &peer.ae_title,
                     Some(peer.host.clone()),
@@ -314,13 +315,15 @@ impl RetrieveService {
                     .await;
             }
         };
-        assoc.audit(self.export_event(&items, "C-GET"), AuditRole::Destination);
+        let event = self.export_event(&items, "C-GET").await;
+        assoc.audit(event, AuditRole::Destination);
         self.run_get(assoc, context, request, items).await
     }
 
     /// The audit record of instances leaving the archive (PS3.15 A.5.3.4 Export): the
-    /// studies they belong to (read from their storage keys) and how many.
-    fn export_event(&self, items: &[Item], what: &str) -> AuditEvent {
+    /// studies they belong to (read from their storage keys), their patients (from the
+    /// index) and how many.
+    async fn export_event(&self, items: &[Item], what: &str) -> AuditEvent {
         let mut subject = Subject::default();
         for it in items {
             if let Some((study, _, _)) =
@@ -330,9 +333,17 @@ impl RetrieveService {
                 subject.studies.push(study.to_string());
             }
         }
-        AuditEvent::new(EXPORT, None, 'R', Outcome::Success)
-            .describe(format!("{what}: {} instances", items.len()))
-            .about(&subject)
+        let mut event = AuditEvent::new(EXPORT, None, 'R', Outcome::Success)
+            .describe(format!("{what}: {} instances", items.len()));
+        match self.index.patients_of(subject.studies.clone()).await {
+            Ok(patients) => {
+                for (id, name) in patients {
+                    event = event.on(Object::Patient { id, name });
+                }
+            }
+            Err(e) => warn!(error = %e, "patients of an export not found for the audit record"),
+        }
+        event.about(&subject)
     }
 
     /// C-GET sub-operations and responses share the requesting association, strictly in turn.
