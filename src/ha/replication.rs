@@ -78,16 +78,20 @@ enum Frame {
     Proof {
         mac: String,
     },
-    /// Primary -> standby, first: who is sending and in which epoch.
+    /// Primary -> standby, first: who is sending, in which epoch, with which index schema.
     Primary {
         node: String,
         epoch: u64,
+        #[serde(default = "schema_before_the_field")]
+        schema: usize,
     },
-    /// Standby -> primary: the end of its change log.
+    /// Standby -> primary: the end of its change log, and its index schema.
     Hello {
         node: String,
         last_seq: i64,
         last_epoch: u64,
+        #[serde(default = "schema_before_the_field")]
+        schema: usize,
     },
     /// Primary -> standby: the whole index follows (`bytes` raw bytes).
     Snapshot {
@@ -114,6 +118,24 @@ enum Frame {
     Refused {
         reason: String,
     },
+}
+
+/// The index schema of builds that did not say theirs (three migrations).
+fn schema_before_the_field() -> usize {
+    3
+}
+
+/// Records and snapshots go only between nodes with the same index schema: a record of
+/// another schema could not be applied as it was committed, and a snapshot of a newer one
+/// cannot even be opened. The refusal says what to do.
+fn schema_mismatch(ours: usize, theirs: usize, them: &str) -> Option<String> {
+    (ours != theirs).then(|| {
+        format!(
+            "index schema {ours} here, {theirs} at the {them}: replication between different \
+             schemas is refused; run the same pacsd version on both nodes (upgrade the standby, \
+             switch over, upgrade the other)"
+        )
+    })
 }
 
 async fn write_frame<W: AsyncWrite + Unpin>(w: &mut W, f: &Frame) -> Result<(), ReplicationError> {
@@ -431,7 +453,16 @@ impl StandbyServer {
         // From here on, sealed records only (see channel.rs).
         let (mut r, mut w) = channel::seal((r, w), &self.key, Side::Standby, &pn, &sn);
         let epoch = match timed(HANDSHAKE_TIMEOUT, "primary hello", read_frame(&mut r)).await? {
-            Frame::Primary { node, epoch } => {
+            Frame::Primary {
+                node,
+                epoch,
+                schema,
+            } => {
+                if let Some(why) = schema_mismatch(crate::index::SCHEMA_VERSION, schema, "primary")
+                {
+                    warn!(primary = node, "{why}");
+                    return Err(refuse(&mut w, why).await);
+                }
                 let known = self.known_epoch.load(Ordering::SeqCst);
                 if epoch < known {
                     return Err(refuse(
@@ -458,6 +489,7 @@ impl StandbyServer {
                 node: self.node.clone(),
                 last_seq,
                 last_epoch,
+                schema: crate::index::SCHEMA_VERSION,
             },
         )
         .await?;
@@ -638,6 +670,8 @@ impl Replicator {
     /// Reach the standby and keep it up to date until `shutdown`.
     pub async fn run(mut self, mut shutdown: Shutdown) {
         let mut lost_reported = true;
+        // A refusal is logged when it first comes and when it changes, not every retry.
+        let mut last_refusal: Option<String> = None;
         loop {
             let mut sd = shutdown.clone();
             let outcome = tokio::select! {
@@ -648,8 +682,14 @@ impl Replicator {
                 Err(ReplicationError::PeerLeaving) => {
                     info!(peer = %self.peer, "the standby is stopping (planned): going on alone at once");
                 }
+                Err(ReplicationError::Refused(why)) => {
+                    if last_refusal.as_deref() != Some(why.as_str()) {
+                        warn!(peer = %self.peer, why, "replication refused");
+                        last_refusal = Some(why);
+                    }
+                }
                 Err(e) => debug!(peer = %self.peer, error = %e, "replication session ended"),
-                Ok(()) => {}
+                Ok(()) => last_refusal = None,
             }
             if !lost_reported {
                 lost_reported = true;
@@ -681,6 +721,7 @@ impl Replicator {
             &Frame::Primary {
                 node: self.node.clone(),
                 epoch: self.epoch,
+                schema: crate::index::SCHEMA_VERSION,
             },
         )
         .await?;
@@ -689,8 +730,16 @@ impl Replicator {
                 Frame::Hello {
                     last_seq,
                     last_epoch,
+                    schema,
                     ..
-                } => (last_seq, last_epoch),
+                } => {
+                    if let Some(why) =
+                        schema_mismatch(crate::index::SCHEMA_VERSION, schema, "standby")
+                    {
+                        return Err(ReplicationError::Refused(why));
+                    }
+                    (last_seq, last_epoch)
+                }
                 Frame::Refused { reason } => return Err(ReplicationError::Refused(reason)),
                 other => {
                     return Err(ReplicationError::Frame(format!(
@@ -855,6 +904,7 @@ mod tests {
             &Frame::Primary {
                 node: "mallory".into(),
                 epoch: 9,
+                schema: crate::index::SCHEMA_VERSION,
             },
         )
         .await
@@ -908,6 +958,7 @@ mod tests {
         let forged_hello = Frame::Primary {
             node: "a".into(),
             epoch: 1,
+            schema: crate::index::SCHEMA_VERSION,
         };
 
         // From a third address: closed without a frame.
@@ -947,6 +998,30 @@ mod tests {
         primary_handshake(&key, &mut r, &mut w).await.unwrap();
         let _ = write_frame(&mut w, &forged_hello).await;
         assert!(!hello(&frames_until_closed(&mut r).await));
+
+        // A primary with the key but another index schema (a rolling upgrade gone wrong):
+        // refused with the reason, nothing applied.
+        let (mut r, mut w) = connect_from("127.0.0.2", addr).await.into_split();
+        let (pn, sn) = primary_handshake(&key, &mut r, &mut w).await.unwrap();
+        let (mut r, mut w) = channel::seal((r, w), &key, Side::Primary, &pn, &sn);
+        let newer = Frame::Primary {
+            node: "a".into(),
+            epoch: 1,
+            schema: crate::index::SCHEMA_VERSION + 1,
+        };
+        write_frame(&mut w, &newer).await.unwrap();
+        match read_frame(&mut r).await.unwrap() {
+            Frame::Refused { reason } => assert!(
+                reason.contains(&format!(
+                    "index schema {} here, {} at the primary",
+                    crate::index::SCHEMA_VERSION,
+                    crate::index::SCHEMA_VERSION + 1
+                )),
+                "{reason}"
+            ),
+            other => panic!("{other:?}"),
+        }
+        drop((r, w));
 
         // The real primary: the handshake, then its sealed hello is answered.
         let (mut r, mut w) = connect_from("127.0.0.2", addr).await.into_split();

@@ -17,6 +17,10 @@ use tracing::{debug, error, warn};
 pub use preview::{PreviewCounts, PreviewState, PreviewTask, preview_key};
 pub use record::{InstanceRecord, RecordError};
 
+/// The index schema of this build: how many migrations it applies (replication refuses a
+/// peer with another).
+pub const SCHEMA_VERSION: usize = MIGRATIONS.len();
+
 /// Numbered migrations; `PRAGMA user_version` holds how many have been applied.
 const MIGRATIONS: &[&str] = &[
     include_str!("migrations/0001_init.sql"),
