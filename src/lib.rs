@@ -2,6 +2,7 @@
 //! durability contract; `node::Node` wires the parts together.
 
 pub mod audit;
+pub mod calendar;
 pub mod charset;
 pub mod config;
 pub mod dataset;

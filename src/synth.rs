@@ -167,16 +167,8 @@ impl Spec {
 /// A study date that spreads studies over about 20 years (one day per study number), so that
 /// date-range queries over a synthetic corpus are selective.
 pub fn synthetic_date(study: u32) -> String {
-    // Civil-from-days (Howard Hinnant's algorithm), days counted from 2005-01-01.
-    let z = 12_784 + (study % 7_300) as i64 + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1_460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + i64::from(m <= 2);
+    // Days counted from 2005-01-01 (day 12,784 after 1970-01-01).
+    let (y, m, d) = crate::calendar::civil_from_days(12_784 + (study % 7_300) as i64);
     format!("{y:04}{m:02}{d:02}")
 }
 
