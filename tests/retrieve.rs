@@ -3,69 +3,15 @@
 
 mod common;
 
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Command;
+use std::time::Duration;
 
 use common::*;
 use dicom_dictionary_std::{tags, uids};
 use pacsd::config::{Peer, Service};
 use pacsd::synth::Spec;
 use pacsd::tools::{FindSpec, QueryModel};
-
-/// A DCMTK storescp destination on a free loopback port, killed on drop.
-struct Destination {
-    child: Child,
-    port: u16,
-    dir: tempfile::TempDir,
-}
-
-impl Destination {
-    fn start(extra: &[&str]) -> Destination {
-        let dir = tempfile::tempdir().unwrap();
-        let port = TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let child = Command::new(dcmtk_path("storescp"))
-            .args(["-aet", "DEST", "+B", "-od"])
-            .arg(dir.path())
-            .args(extra)
-            .arg(port.to_string())
-            .env("TCP_NODELAY", "1")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("storescp (DCMTK) installed");
-        let d = Destination { child, port, dir };
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while Instant::now() < deadline {
-            let echo = dcmtk("echoscu", &["-aec", "DEST", "127.0.0.1", &port.to_string()]);
-            if echo.status.success() {
-                return d;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        panic!("storescp did not start");
-    }
-
-    fn files(&self) -> Vec<PathBuf> {
-        pacsd::tools::collect_files(&[self.dir.path().to_path_buf()]).unwrap_or_default()
-    }
-
-    fn kill(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Drop for Destination {
-    fn drop(&mut self) {
-        self.kill();
-    }
-}
 
 async fn node_with(dest_port: u16, specs: &[Spec]) -> TestNode {
     let n = TestNode::start_with(|c| {

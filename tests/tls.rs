@@ -8,10 +8,9 @@
 
 mod common;
 
-use std::net::TcpListener;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
 
 use common::*;
 use pacsd::config::{Peer, Service, TlsConfig};
@@ -98,14 +97,6 @@ fn make_pki(dir: &Path, names: &[&str]) {
     sign("ROGUE", "rogue-ca", "CT1");
 }
 
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 /// DCMTK's TLS options for the certificate `name` in `pki`.
 fn tls_args(pki: &Path, name: &str) -> Vec<String> {
     let p = |f: String| pki.join(f).display().to_string();
@@ -116,50 +107,6 @@ fn tls_args(pki: &Path, name: &str) -> Vec<String> {
         "+cf".into(),
         p("ca.crt".into()),
     ]
-}
-
-/// A DCMTK storescp over TLS (AE DEST), killed on drop.
-struct TlsDestination {
-    child: Child,
-    dir: tempfile::TempDir,
-}
-
-impl Drop for TlsDestination {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn tls_storescp(pki: &Path, port: u16) -> TlsDestination {
-    let dir = tempfile::tempdir().unwrap();
-    let child = Command::new(dcmtk_path("storescp"))
-        .args(["-aet", "DEST", "-od"])
-        .arg(dir.path())
-        .args(tls_args(pki, "DEST"))
-        .arg(port.to_string())
-        .env("TCP_NODELAY", "1")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("storescp (DCMTK) installed");
-    let d = TlsDestination { child, dir };
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let mut args = tls_args(pki, "CT1");
-    args.extend([
-        "-aec".into(),
-        "DEST".into(),
-        "127.0.0.1".into(),
-        port.to_string(),
-    ]);
-    let refs: Vec<&str> = args.iter().map(String::as_str).collect();
-    while Instant::now() < deadline {
-        if dcmtk("echoscu", &refs).status.success() {
-            return d;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    panic!("storescp +tls did not start");
 }
 
 async fn dcmtk_tls(
@@ -173,15 +120,19 @@ async fn dcmtk_tls(
     dcmtk_async(tool, args).await
 }
 
-fn files_under(dir: &Path) -> Vec<PathBuf> {
-    pacsd::tools::collect_files(&[dir.to_path_buf()]).unwrap_or_default()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dcmtk_and_pynetdicom_over_tls_with_certificates_checked_and_audited() {
     let pki = tempfile::tempdir().unwrap();
     make_pki(pki.path(), &["PACSD", "CT1", "DEST", "OTHER"]);
-    let dest_port = free_port();
+    // The C-MOVE destination: a DCMTK storescp over TLS with its own certificate.
+    let dest = {
+        let (serve, echo) = (tls_args(pki.path(), "DEST"), tls_args(pki.path(), "CT1"));
+        fn strs(v: &[String]) -> Vec<&str> {
+            v.iter().map(String::as_str).collect()
+        }
+        Destination::start_with(&strs(&serve), &strs(&echo))
+    };
+    let dest_port = dest.port;
     let collector = SyslogCollector::start(pki.path()).await;
     let syslog = format!("tls://127.0.0.1:{}", collector.port);
     let n = TestNode::start_with(|c| {
@@ -276,7 +227,6 @@ async fn dcmtk_and_pynetdicom_over_tls_with_certificates_checked_and_audited() {
     // 3. C-MOVE to a storescp +tls destination: the node connects to it over TLS and checks
     //    its server certificate. (DCMTK 3.6.7's movescu has no TLS options, so the request
     //    comes from a workstation known by address on the plain port.)
-    let dest = tls_storescp(pki.path(), dest_port);
     let study = pacsd::synth::Spec::ct(771, 1, 1, 64).study_uid.clone();
     let patient = pacsd::synth::Spec::ct(771, 1, 1, 64).patient_id.clone();
     let out = dcmtk_async(
@@ -302,7 +252,7 @@ async fn dcmtk_and_pynetdicom_over_tls_with_certificates_checked_and_audited() {
     )
     .await;
     assert!(out.status.success(), "movescu: {}", text(&out));
-    assert_eq!(files_under(dest.dir.path()).len(), 3, "{}", text(&out));
+    assert_eq!(dest.files().len(), 3, "{}", text(&out));
 
     // 4. Refusals. CT1 in clear, on the plain port: refused (it must use TLS).
     let out = dcmtk_async("echoscu", to_node(&["127.0.0.1", &plain_port])).await;

@@ -582,7 +582,7 @@ impl WitnessGate {
     fn admit(&self, line: &str) -> Result<(String, String, String), String> {
         let signed: Signed =
             serde_json::from_str(line).map_err(|_| "not a signed request".to_string())?;
-        if !self.nodes.iter().any(|n| *n == signed.node) {
+        if !self.nodes.contains(&signed.node) {
             return Err(format!("node `{}` is not configured", signed.node));
         }
         let genuine = hex::decode(&signed.mac).is_ok_and(|tag| {

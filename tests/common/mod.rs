@@ -530,3 +530,66 @@ pub fn peak_rss_of(pid: &str) -> u64 {
         .expect("VmHWM in /proc/<pid>/status");
     kb * 1024
 }
+
+/// A DCMTK storescp (AE DEST) on a free loopback port, writing what it receives into its own
+/// directory; killed on drop.
+pub struct Destination {
+    child: std::process::Child,
+    pub port: u16,
+    pub dir: tempfile::TempDir,
+}
+
+impl Destination {
+    /// `extra` options go before the port (e.g. `+xi` to accept only some syntaxes).
+    pub fn start(extra: &[&str]) -> Destination {
+        Self::start_with(extra, &[])
+    }
+
+    /// As `start`; the readiness check (echoscu) gets `echo_extra` (e.g. TLS options matching
+    /// storescp's own).
+    pub fn start_with(extra: &[&str], echo_extra: &[&str]) -> Destination {
+        let dir = tempfile::tempdir().unwrap();
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let child = Command::new(dcmtk_path("storescp"))
+            .args(["-aet", "DEST", "+B", "-od"])
+            .arg(dir.path())
+            .args(extra)
+            .arg(port.to_string())
+            .env("TCP_NODELAY", "1")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("storescp (DCMTK) installed");
+        let d = Destination { child, port, dir };
+        let port = port.to_string();
+        let mut echo: Vec<&str> = echo_extra.to_vec();
+        echo.extend(["-aec", "DEST", "127.0.0.1", &port]);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if dcmtk("echoscu", &echo).status.success() {
+                return d;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!("storescp did not start");
+    }
+
+    pub fn files(&self) -> Vec<PathBuf> {
+        pacsd::tools::collect_files(&[self.dir.path().to_path_buf()]).unwrap_or_default()
+    }
+
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Destination {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
