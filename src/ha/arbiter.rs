@@ -470,7 +470,6 @@ pub async fn run_witness(
         last: std::sync::Mutex::new(std::collections::HashMap::new()),
         logged: std::sync::Mutex::new(std::collections::HashMap::new()),
     });
-    let nodes: Arc<Vec<String>> = Arc::new(nodes.to_vec());
     let arbiter = Arbiter::open(&dir.display().to_string(), None)?;
     arbiter.probe().await?;
     let latest = arbiter.latest().await?;
@@ -488,7 +487,6 @@ pub async fn run_witness(
             _ = shutdown.wait() => return Ok(()),
         };
         let arbiter = arbiter.clone();
-        let nodes = nodes.clone();
         let gate = gate.clone();
         tokio::spawn(async move {
             let _ = stream.set_nodelay(true);
@@ -523,7 +521,7 @@ pub async fn run_witness(
                 Ok(Request::Claim { epoch, node }) => {
                     // A node claims for itself only.
                     let node = if node == signer { node } else { String::new() };
-                    let out = witness_claim(&arbiter, &nodes, epoch, &node).await;
+                    let out = witness_claim(&arbiter, &gate.nodes, epoch, &node).await;
                     if let Ok(o) = &out {
                         info!(%peer, node, epoch, granted = o.granted, "witness: claim");
                     }
@@ -710,16 +708,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_witness_grants_over_tcp_and_a_dead_one_is_a_clear_error() {
-        let dir = tempfile::tempdir().unwrap();
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let (trigger, shutdown) = crate::net::ShutdownTrigger::new();
-        let path = dir.path().to_path_buf();
-        let nodes = vec!["a".to_string(), "b".to_string()];
-        let task =
-            tokio::spawn(
-                async move { run_witness(listener, &path, &nodes, key(), shutdown).await },
-            );
+        let (_dir, addr, trigger, task) = witness(&["a", "b"]).await;
         let w = node_client(addr, "a", key());
         let wb = node_client(addr, "b", key());
         w.probe().await.unwrap();
@@ -740,16 +729,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_witness_grants_only_the_next_epoch_and_only_to_its_nodes() {
-        let dir = tempfile::tempdir().unwrap();
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let (trigger, shutdown) = crate::net::ShutdownTrigger::new();
-        let path = dir.path().to_path_buf();
-        let nodes = vec!["a".to_string(), "b".to_string()];
-        let task =
-            tokio::spawn(
-                async move { run_witness(listener, &path, &nodes, key(), shutdown).await },
-            );
+        let (_dir, addr, trigger, task) = witness(&["a", "b"]).await;
         let w = node_client(addr, "a", key());
         let wb = node_client(addr, "b", key());
         assert!(w.claim(1, "a").await.unwrap().granted);
@@ -776,16 +756,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_recorded_witness_request_cannot_be_replayed_and_answers_are_checked() {
-        let dir = tempfile::tempdir().unwrap();
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let (trigger, shutdown) = crate::net::ShutdownTrigger::new();
-        let path = dir.path().to_path_buf();
-        let nodes = vec!["a".to_string()];
-        let task =
-            tokio::spawn(
-                async move { run_witness(listener, &path, &nodes, key(), shutdown).await },
-            );
+        let (_dir, addr, trigger, task) = witness(&["a"]).await;
         // A request signed now, sent twice as it was recorded.
         let req = serde_json::to_string(&Request::Claim {
             epoch: 1,
@@ -852,6 +823,28 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("not signed with the pair key"), "{err}");
+    }
+
+    /// A witness on a loopback port for `nodes`, granting from a fresh directory.
+    async fn witness(
+        nodes: &[&str],
+    ) -> (
+        tempfile::TempDir,
+        std::net::SocketAddr,
+        crate::net::ShutdownTrigger,
+        tokio::task::JoinHandle<Result<(), ArbiterError>>,
+    ) {
+        let dir = tempfile::tempdir().unwrap();
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (trigger, shutdown) = crate::net::ShutdownTrigger::new();
+        let path = dir.path().to_path_buf();
+        let nodes: Vec<String> = nodes.iter().map(|n| n.to_string()).collect();
+        let task =
+            tokio::spawn(
+                async move { run_witness(listener, &path, &nodes, key(), shutdown).await },
+            );
+        (dir, addr, trigger, task)
     }
 
     fn key() -> BeatKey {
