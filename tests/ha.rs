@@ -589,6 +589,7 @@ async fn forged_heartbeats_change_no_role_epoch_or_lease() {
         seq: 1_000_000,
         token: 1,
         echo: Some(u64::MAX / 2),
+        maintenance: false,
     };
     let wrong_key = BeatKey::new(&[0x11; 32]).unwrap();
     let forge = move |rounds: usize| {
@@ -838,4 +839,92 @@ async fn sigterm_on_the_standby_tells_the_primary_which_goes_on_alone_at_once() 
     p.b.start();
     assert!(p.settled(Duration::from_secs(20)).is_some(), "{}", p.logs());
     assert_all_kept(&p.a, &client.acked, &p.logs()).await;
+}
+
+impl Member {
+    /// `pacsd ha <args>` on this member: (succeeded, stdout and stderr).
+    fn ha(&self, args: &[&str]) -> (bool, String) {
+        let out = Command::new(BIN)
+            .arg("ha")
+            .args(args)
+            .arg("--config")
+            .arg(&self.config)
+            .output()
+            .unwrap();
+        (out.status.success(), text(&out))
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_standby_in_maintenance_never_takes_over_and_stays_so_across_a_restart() {
+    let _serial = serial();
+    let mut p = Pair::started(53, false);
+    let targets = both(&p);
+    let mut client = Client::new(5353);
+    client.run_for(Duration::from_millis(300), &targets).await;
+
+    let (ok, said) = p.b.ha(&["maintenance", "on"]);
+    assert!(ok && said.contains("will not take over"), "{said}");
+    assert!(
+        wait_for(Duration::from_secs(5), || p.a.status().is_some_and(|s| {
+            s.standby_ready == Some(false) && s.peer.is_some_and(|peer| peer.maintenance)
+        })),
+        "the primary does not see its standby in maintenance\n{}",
+        p.logs()
+    );
+    // No switchover to it, and a planned stop of the primary would not hand over to it.
+    let (ok, said) = p.a.ha(&["switchover"]);
+    assert!(!ok && said.contains("maintenance"), "{said}");
+    assert_eq!(p.a.status().unwrap().role, "primary");
+
+    // A restart keeps it in maintenance (recorded beside its index).
+    p.b.kill();
+    p.b.start();
+    assert!(
+        wait_for(Duration::from_secs(10), || p
+            .b
+            .status()
+            .is_some_and(|s| s.maintenance && s.role == "standby")),
+        "{}",
+        p.logs()
+    );
+    assert!(p.settled(Duration::from_secs(20)).is_some(), "{}", p.logs());
+    client.run_for(Duration::from_millis(300), &targets).await;
+
+    // The primary dies: the standby in maintenance stays standby (a lease + margin is 0.8 s).
+    p.a.kill();
+    std::thread::sleep(Duration::from_secs(3));
+    let s = p.b.status().unwrap();
+    assert_eq!(s.role, "standby", "{}", p.logs());
+    // Out of maintenance, it takes over.
+    let (ok, said) = p.b.ha(&["maintenance", "off"]);
+    assert!(ok, "{said}");
+    assert!(
+        wait_for(Duration::from_secs(10), || p
+            .b
+            .status()
+            .is_some_and(|s| s.role.starts_with("primary"))),
+        "{}",
+        p.logs()
+    );
+    assert_all_kept(&p.b, &client.acked, &p.logs()).await;
+
+    // Recorded while a node is down, it applies when that node starts.
+    let (ok, said) = p.a.ha(&["maintenance", "on"]);
+    assert!(ok && said.contains("not running"), "{said}");
+    p.a.start();
+    assert!(
+        wait_for(Duration::from_secs(10), || p
+            .a
+            .status()
+            .is_some_and(|s| s.maintenance && s.role == "standby")),
+        "{}",
+        p.logs()
+    );
+    let logs = p.logs();
+    assert!(
+        logs.contains("in maintenance: this node will not become primary"),
+        "{logs}"
+    );
+    assert!(logs.contains("the peer is in maintenance"), "{logs}");
 }

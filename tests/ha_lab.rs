@@ -13,6 +13,8 @@ use std::collections::BTreeSet;
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use dicom_dictionary_std::uids;
@@ -301,40 +303,58 @@ fn opts(timeout: Duration) -> ScuOptions {
 #[derive(Debug, Default)]
 struct Seen {
     acked: Vec<(Spec, Instant)>,
+    /// Every attempt that stored nothing: no association, or a C-STORE not acknowledged.
     failed: Vec<Instant>,
+    /// Of those, the C-STOREs sent on an association and not acknowledged (a failure
+    /// status, no answer, or the association lost under them).
+    store_failed: Vec<Instant>,
 }
 
 /// Store one instance per association to the service IP until `until`.
 async fn store_until(study: u32, until: Instant, first: u32) -> Seen {
+    store_while(study, first, move || Instant::now() < until).await
+}
+
+/// Store one instance per association to the service IP while `go()` says so; an
+/// association that cannot be had is tried again after 10 ms (as a modality retries).
+async fn store_while(study: u32, first: u32, go: impl Fn() -> bool) -> Seen {
+    enum Outcome {
+        Acked,
+        NoAssociation,
+        NotAcked,
+    }
     let mut seen = Seen::default();
     let mut n = first;
-    while Instant::now() < until {
+    while go() {
         let spec = Spec::ct(study, 1, n, 16);
         n += 1;
-        let ok = async {
-            let ctx = ProposedContext {
-                abstract_syntax: uids::CT_IMAGE_STORAGE.into(),
-                transfer_syntaxes: vec![uids::EXPLICIT_VR_LITTLE_ENDIAN.into()],
-            };
-            let mut a = ScuAssociation::connect(&opts(Duration::from_secs(2)), &[ctx])
-                .await
-                .ok()?;
-            let id = a.contexts()[0].id;
-            let st = tokio::time::timeout(
-                Duration::from_secs(3),
-                a.store(id, &spec.sop_class, &spec.sop_uid, &encode(&spec)),
-            )
-            .await
-            .ok()?
-            .ok()?;
-            let _ = a.release().await;
-            st.is_success().then_some(())
-        }
-        .await;
-        match ok {
-            Some(()) => seen.acked.push((spec, Instant::now())),
-            None => {
+        let ctx = ProposedContext {
+            abstract_syntax: uids::CT_IMAGE_STORAGE.into(),
+            transfer_syntaxes: vec![uids::EXPLICIT_VR_LITTLE_ENDIAN.into()],
+        };
+        let outcome = match ScuAssociation::connect(&opts(Duration::from_secs(2)), &[ctx]).await {
+            Err(_) => Outcome::NoAssociation,
+            Ok(mut a) => {
+                let id = a.contexts()[0].id;
+                let st = tokio::time::timeout(
+                    Duration::from_secs(3),
+                    a.store(id, &spec.sop_class, &spec.sop_uid, &encode(&spec)),
+                )
+                .await;
+                let _ = a.release().await;
+                match st {
+                    Ok(Ok(st)) if st.is_success() => Outcome::Acked,
+                    _ => Outcome::NotAcked,
+                }
+            }
+        };
+        match outcome {
+            Outcome::Acked => seen.acked.push((spec, Instant::now())),
+            failure => {
                 seen.failed.push(Instant::now());
+                if matches!(failure, Outcome::NotAcked) {
+                    seen.store_failed.push(Instant::now());
+                }
                 tokio::time::sleep(Duration::from_millis(10)).await;
             }
         }
@@ -355,6 +375,24 @@ fn client_from(lab: &Lab, study: u32, d: Duration, first: u32) -> std::thread::J
             .build()
             .unwrap()
             .block_on(store_until(study, until, first))
+    })
+}
+
+/// A client storing from `first` until `stop` is set.
+fn client_until_stopped(
+    lab: &Lab,
+    study: u32,
+    first: u32,
+    stop: Arc<AtomicBool>,
+) -> std::thread::JoinHandle<Seen> {
+    in_netns(&format!("{}-c", lab.name), move || {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap()
+            .block_on(store_while(study, first, move || {
+                !stop.load(Ordering::SeqCst)
+            }))
     })
 }
 
@@ -385,6 +423,36 @@ fn assert_all_kept(lab: &Lab, acked: Vec<Spec>) {
     if let Err(e) = kept {
         panic!("{e}\n{}", lab.logs());
     }
+}
+
+/// The longest time without a success from `from` to `to` (counted from the last success
+/// before `from` up to the first one after `to`).
+fn longest_gap(seen: &Seen, from: Instant, to: Instant) -> Duration {
+    let times: Vec<Instant> = seen.acked.iter().map(|(_, t)| *t).collect();
+    let start = times
+        .iter()
+        .filter(|t| **t <= from)
+        .max()
+        .copied()
+        .unwrap_or(from);
+    let end = times
+        .iter()
+        .filter(|t| **t > to)
+        .min()
+        .copied()
+        .unwrap_or(to);
+    let mut inside: Vec<Instant> = times
+        .into_iter()
+        .filter(|t| *t > start && *t < end)
+        .collect();
+    inside.sort();
+    let mut last = start;
+    let mut longest = Duration::ZERO;
+    for t in inside.into_iter().chain([end]) {
+        longest = longest.max(t - last);
+        last = t;
+    }
+    longest
 }
 
 /// The longest time between two successes around `fault`.
@@ -556,7 +624,7 @@ fn failover_benchmark() {
     let mut primary = lab.settle();
     let mut acked = Vec::new();
     let mut next_study = 600;
-    let mut run = |lab: &mut Lab, primary: &mut String, fault: Fault| -> (Duration, usize) {
+    let mut run = |lab: &mut Lab, primary: &mut String, fault: Fault| -> (Duration, usize, usize) {
         next_study += 1;
         let c = client(
             lab,
@@ -582,6 +650,7 @@ fn failover_benchmark() {
         let seen = c.join().unwrap();
         let g = gap(&seen, at);
         let failed = seen.failed.len();
+        let store_failed = seen.store_failed.len();
         acked.push(seen.acked.into_iter().map(|(s, _)| s).collect::<Vec<_>>());
         // The stopped node rejoins as standby and catches up before the next round.
         let (stopped, next_primary) = match fault {
@@ -608,7 +677,7 @@ fn failover_benchmark() {
             std::thread::sleep(Duration::from_millis(50));
         }
         *primary = next_primary;
-        (g, failed)
+        (g, failed, store_failed)
     };
     let mut rows = Vec::new();
     for (fault, label) in [
@@ -617,13 +686,14 @@ fn failover_benchmark() {
         (Fault::StopPrimary, "SIGTERM to the primary "),
         (Fault::StopStandby, "SIGTERM to the standby "),
     ] {
-        let (mut gaps, mut failed) = (Vec::new(), 0);
+        let (mut gaps, mut failed, mut store_failed) = (Vec::new(), 0, 0);
         for _ in 0..n {
-            let (g, f) = run(&mut lab, &mut primary, fault);
+            let (g, f, sf) = run(&mut lab, &mut primary, fault);
             gaps.push(g);
             failed += f;
+            store_failed += sf;
         }
-        rows.push((label, gaps, failed));
+        rows.push((label, gaps, failed, store_failed));
     }
     let total: usize = acked.iter().map(Vec::len).sum();
     for batch in acked {
@@ -631,9 +701,9 @@ fn failover_benchmark() {
     }
     let doubles = double_primary_epochs(&lab);
     println!("failover benchmark, {n} of each, client storing through the service IP:");
-    for (label, gaps, failed) in rows {
+    for (label, gaps, failed, store_failed) in rows {
         println!(
-            "  {label}: service gap {}; failed client operations {failed}",
+            "  {label}: service gap {}; failed client operations {failed} (of them C-STOREs sent and not acknowledged: {store_failed})",
             quantiles(gaps)
         );
     }
@@ -760,4 +830,101 @@ fn with_the_witness_down_the_pair_serves_on_and_fails_over_once_it_returns() {
         .unwrap();
     acked.extend(seen.acked.into_iter().map(|(s, _)| s));
     assert_all_kept(&lab, acked);
+}
+
+impl Lab {
+    /// `pacsd ha <args> --config <node>`; its output, asserting it succeeded.
+    fn ha(&self, node: &str, args: &[&str]) -> String {
+        let out = Command::new(BIN)
+            .arg("ha")
+            .args(args)
+            .arg("--config")
+            .arg(self.config(node))
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "pacsd ha {args:?} on {node}: {}\n{}",
+            text(&out),
+            self.logs()
+        );
+        text(&out)
+    }
+
+    /// `primary` serves with `standby` in step behind it, ready to take over.
+    fn paired(&self, primary: &str, standby: &str) -> bool {
+        self.primary().as_deref() == Some(primary)
+            && self
+                .status(primary)
+                .is_some_and(|s| s.standby_ready == Some(true))
+            && self.status(standby).is_some_and(|s| s.role == "standby")
+    }
+
+    /// A planned restart of `node` with `pacsd ha stop` (where an upgrade would put its new
+    /// binary in place), then until it is the standby of `primary` again.
+    fn planned_restart(&mut self, node: &str, primary: &str) {
+        let said = self.ha(node, &["stop"]);
+        assert!(said.contains("stopped"), "{said}");
+        assert!(
+            self.wait_exit(node, Duration::from_secs(5)),
+            "{}",
+            self.logs()
+        );
+        self.start(node);
+        self.wait_until(
+            &format!("{node} back as the standby of {primary}"),
+            Duration::from_secs(30),
+            |l| l.paired(primary, node),
+        );
+    }
+}
+
+#[test]
+fn a_rolling_restart_under_load_fails_no_c_store_and_loses_nothing() {
+    let _serial = serial();
+    let Some(mut lab) = lab("hroll") else { return };
+    let first = lab.settle();
+    let second = Lab::other(&first);
+    let stop = Arc::new(AtomicBool::new(false));
+    let c = client_until_stopped(&lab, 507, 1, stop.clone());
+    std::thread::sleep(Duration::from_millis(800));
+    // The README's procedure: the standby first, then a switchover, then the old primary.
+    let mut steps = Vec::new();
+    let at = Instant::now();
+    lab.planned_restart(second, &first);
+    steps.push(("restart of the standby", at, Instant::now()));
+    let at = Instant::now();
+    lab.ha(&first, &["switchover"]);
+    lab.wait_until("the switchover", Duration::from_secs(30), |l| {
+        l.paired(second, &first)
+    });
+    steps.push(("switchover", at, Instant::now()));
+    let at = Instant::now();
+    lab.planned_restart(&first, second);
+    steps.push(("restart of the old primary", at, Instant::now()));
+    std::thread::sleep(Duration::from_millis(800));
+    stop.store(true, Ordering::SeqCst);
+    let seen = c.join().unwrap();
+    for (step, from, to) in &steps {
+        eprintln!(
+            "rolling restart, {step} ({:?}): longest time without a stored instance {:?}",
+            *to - *from,
+            longest_gap(&seen, *from, *to)
+        );
+    }
+    eprintln!(
+        "rolling restart: {} stored, {} attempts without an association, {} C-STOREs not acknowledged",
+        seen.acked.len(),
+        seen.failed.len() - seen.store_failed.len(),
+        seen.store_failed.len()
+    );
+    assert!(
+        seen.store_failed.is_empty(),
+        "C-STOREs sent and not acknowledged at {:?} (steps {steps:?})\n{}",
+        seen.store_failed,
+        lab.logs()
+    );
+    assert!(lab.status(second).unwrap().holds_service_ip);
+    assert!(double_primary_epochs(&lab).is_empty());
+    assert_all_kept(&lab, seen.acked.into_iter().map(|(s, _)| s).collect());
 }

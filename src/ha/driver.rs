@@ -6,7 +6,7 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -41,6 +41,9 @@ const CONFIRM_POLL: Duration = Duration::from_millis(20);
 const MAX_CONTROL_LINE: u64 = 1024;
 /// `Shared::peer_token` before any heartbeat arrived.
 const NO_TOKEN: u64 = u64::MAX;
+/// How much longer than the listener's own drain deadline a planned hand-over waits for the
+/// associations to end (the listener aborts what is left at its deadline).
+const DRAIN_SLACK: Duration = Duration::from_secs(1);
 
 #[derive(Debug, thiserror::Error)]
 pub enum HaError {
@@ -110,6 +113,8 @@ pub struct Shared {
     pub peer_token: AtomicU64,
     pub service_ip: Option<String>,
     pub holds_service_ip: Mutex<bool>,
+    /// The operator put this node in maintenance (also in `role`, and said in our beats).
+    pub maintenance: AtomicBool,
 }
 
 /// The C-STORE gate of an HA node (durability contract, step 3).
@@ -179,6 +184,16 @@ pub struct Status {
     pub replication_lag: Option<i64>,
     pub service_ip: Option<String>,
     pub holds_service_ip: bool,
+    /// In maintenance: this node will not become primary.
+    #[serde(default)]
+    pub maintenance: bool,
+    /// A planned operation under way ("switchover" or "stop": draining associations before
+    /// handing over).
+    #[serde(default)]
+    pub planned: Option<String>,
+    /// Primary: whether a standby is in step and would take over (paired, not in maintenance).
+    #[serde(default)]
+    pub standby_ready: Option<bool>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -188,6 +203,8 @@ pub struct PeerStatus {
     pub epoch: u64,
     pub seq: i64,
     pub heard_ms_ago: u64,
+    #[serde(default)]
+    pub maintenance: bool,
 }
 
 /// A request on the control socket.
@@ -196,6 +213,12 @@ pub struct PeerStatus {
 pub enum ControlRequest {
     Status,
     Switchover,
+    /// A planned stop (as SIGTERM): a paired primary hands over first.
+    Stop,
+    /// Maintenance on or off (persisted beside the index).
+    Maintenance {
+        on: bool,
+    },
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -211,6 +234,27 @@ pub fn control_path(config: &Config, ha: &HaConfig) -> PathBuf {
     ha.control_socket
         .clone()
         .unwrap_or_else(|| PathBuf::from(format!("{}.ha.sock", config.index.path.display())))
+}
+
+/// The file whose presence puts a node in maintenance (beside the index, so it survives a
+/// restart; `pacsd ha maintenance on|off` writes and removes it).
+pub fn maintenance_path(config: &Config) -> PathBuf {
+    PathBuf::from(format!("{}.maintenance", config.index.path.display()))
+}
+
+/// Record maintenance on or off in `path`.
+pub fn set_maintenance(path: &std::path::Path, on: bool) -> std::io::Result<()> {
+    if on {
+        std::fs::write(
+            path,
+            "in maintenance: this node does not become primary (pacsd ha maintenance off ends it)\n",
+        )
+    } else {
+        match std::fs::remove_file(path) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
+            _ => Ok(()),
+        }
+    }
 }
 
 /// Ask a running node (`pacsd ha status`, `pacsd ha switchover`).
@@ -246,6 +290,19 @@ struct Serving {
     repl_trigger: ShutdownTrigger,
     repl_task: JoinHandle<()>,
     handover: mpsc::Sender<()>,
+    /// Which start of the service this is (a drain report names it).
+    generation: u64,
+    /// True once the DICOM service has ended (every association finished or aborted).
+    done: watch::Receiver<bool>,
+    /// No longer accepting: the open associations are finishing before a hand-over.
+    draining: bool,
+}
+
+/// A planned operation of the primary: hand over, then go on as standby or stop.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Planned {
+    Switchover,
+    Stop,
 }
 
 /// The index applier while standby.
@@ -281,6 +338,18 @@ struct Driver {
     /// DICOM TLS credentials for the node's listeners and C-MOVE destinations.
     tls: Option<crate::net::tls::TlsContext>,
     audit: Audit,
+    /// Starts of the DICOM service so far.
+    generation: u64,
+    /// A planned hand-over waiting for the associations of service `generation` to drain.
+    planned: Option<(Planned, u64)>,
+    /// Where drain waiters report the generation that has drained.
+    drained: mpsc::Sender<u64>,
+    /// A planned stop handed over in this epoch: stop once the peer holds a newer one, or at
+    /// the instant given.
+    stopping: Option<(u64, Instant)>,
+    /// Leave the loop (a stop that needs no hand-over, or whose hand-over is done).
+    exit: bool,
+    maintenance_path: PathBuf,
 }
 
 /// Run this node of the pair until `shutdown`.
@@ -329,9 +398,16 @@ pub async fn run(config: Config, mut shutdown: Shutdown) -> Result<(), HaError> 
         _ => None,
     };
     let now = Instant::now();
+    let maintenance_path = maintenance_path(&config);
+    let maintenance = maintenance_path.exists();
+    if maintenance {
+        warn!(file = %maintenance_path.display(), "in maintenance: this node will not become primary until `pacsd ha maintenance off`");
+    }
+    let mut role = RoleState::new(ha.timing(), latest, now);
+    role.maintenance = maintenance;
     let shared = Arc::new(Shared {
         node_id: ha.node_id.clone(),
-        role: Mutex::new(RoleState::new(ha.timing(), latest, now)),
+        role: Mutex::new(role),
         changed: Notify::new(),
         acked: watch::channel(0).0,
         mode: ha.replication,
@@ -340,6 +416,7 @@ pub async fn run(config: Config, mut shutdown: Shutdown) -> Result<(), HaError> 
         peer_token: AtomicU64::new(NO_TOKEN),
         service_ip: ha.service_ip.clone(),
         holds_service_ip: Mutex::new(false),
+        maintenance: AtomicBool::new(maintenance),
     });
     let links: Vec<(SocketAddr, SocketAddr)> = ha
         .links
@@ -372,6 +449,7 @@ pub async fn run(config: Config, mut shutdown: Shutdown) -> Result<(), HaError> 
     let (events_tx, mut events) = mpsc::channel(32);
     let (standby_tx, mut standby_events) = mpsc::channel(8);
     let (primary_tx, mut primary_events) = mpsc::channel(8);
+    let (drained_tx, mut drained) = mpsc::channel(4);
     let mut d = Driver {
         peer_replication: ha.peer_replication.parse().expect("validated"),
         replication_ip: ha
@@ -397,6 +475,12 @@ pub async fn run(config: Config, mut shutdown: Shutdown) -> Result<(), HaError> 
         garp: None,
         tls,
         audit: audit.clone(),
+        generation: 0,
+        planned: None,
+        drained: drained_tx,
+        stopping: None,
+        exit: false,
+        maintenance_path,
     };
     info!(
         node = ha.node_id,
@@ -415,11 +499,9 @@ pub async fn run(config: Config, mut shutdown: Shutdown) -> Result<(), HaError> 
         ha.timing().heartbeat,
     ));
     let mut tick = tokio::time::interval(ha.timing().heartbeat);
-    // A planned stop under way: the epoch handed over, and when to stop waiting for the
-    // standby to take it.
-    let mut stopping: Option<(u64, Instant)> = None;
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
+    let mut stop_asked = false;
+    while !d.exit {
         let event = tokio::select! {
             _ = tick.tick() => Some(Event::Tick),
             Some((beat, at)) = beats.recv() => {
@@ -430,12 +512,25 @@ pub async fn run(config: Config, mut shutdown: Shutdown) -> Result<(), HaError> 
                     peer_epoch: beat.epoch,
                     echoed: beat.echo.map(|t| d.clock.instant(t)),
                 };
-                *shared.peer.lock().expect("peer") = Some((at, beat));
+                let mut peer = shared.peer.lock().expect("peer");
+                let was = peer.as_ref().map(|(_, b)| b.maintenance);
+                if was != Some(beat.maintenance) && (beat.maintenance || was.is_some()) {
+                    if beat.maintenance {
+                        warn!(peer = beat.node, "the peer is in maintenance: it will not take over");
+                    } else {
+                        info!(peer = beat.node, "the peer is out of maintenance");
+                    }
+                }
+                *peer = Some((at, beat));
                 Some(ev)
             }
             Some(ev) = events.recv() => Some(ev),
             Some(StandbyEvent::TakeOver { epoch }) = standby_events.recv() => {
-                info!(peer_epoch = epoch, "the primary handed over: taking over");
+                if shared.maintenance.load(Ordering::SeqCst) {
+                    warn!(peer_epoch = epoch, "the primary handed over, but this node is in maintenance: not taking over (the peer claims again after the silence timer)");
+                } else {
+                    info!(peer_epoch = epoch, "the primary handed over: taking over");
+                }
                 Some(Event::TakeOver { peer_epoch: epoch })
             }
             Some(pe) = primary_events.recv() => Some(match pe {
@@ -443,22 +538,11 @@ pub async fn run(config: Config, mut shutdown: Shutdown) -> Result<(), HaError> 
                 PrimaryEvent::Lost => Event::StandbyLost,
             }),
             Some((req, reply)) = control_rx.recv() => d.control(req, reply).await,
-            _ = shutdown.wait(), if stopping.is_none() => {
-                // A planned stop is not a failure: a paired primary hands over first.
-                let (primary, solo, epoch) = {
-                    let st = shared.role.lock().expect("role");
-                    (st.is_primary(), st.is_solo(), st.epoch)
-                };
-                if primary && !solo {
-                    info!(epoch, "planned stop: handing over to the standby before stopping");
-                    stopping = Some((epoch, Instant::now() + ha.timing().dead_after() * 2));
-                    Some(Event::HandOver)
-                } else {
-                    if primary {
-                        warn!("planned stop of a solo primary: no standby in step to hand over to");
-                    }
-                    break;
-                }
+            Some(generation) = drained.recv() => d.drained(generation).await,
+            _ = shutdown.wait(), if !stop_asked => {
+                stop_asked = true;
+                d.stop();
+                None
             }
         };
         let Some(event) = event else { continue };
@@ -483,7 +567,7 @@ pub async fn run(config: Config, mut shutdown: Shutdown) -> Result<(), HaError> 
         for a in actions {
             d.execute(a).await;
         }
-        if let Some((handed, until)) = stopping {
+        if let Some((handed, until)) = d.stopping {
             let taken = shared
                 .peer
                 .lock()
@@ -530,6 +614,7 @@ async fn send_beats(links: Links, shared: Arc<Shared>, clock: Clock, interval: D
                 seq: shared.seq.load(Ordering::SeqCst),
                 token: clock.token(Instant::now()),
                 echo,
+                maintenance: shared.maintenance.load(Ordering::SeqCst),
             })
             .await;
     }
@@ -708,6 +793,12 @@ impl Driver {
                 Err(e) => error!(error = %e, "the record applier ended badly"),
             }
         }
+        if let Some(serving) = self.serving.take_if(|s| s.draining) {
+            // A new epoch while draining for a hand-over (the standby was lost meanwhile):
+            // that service no longer accepts, so it ends and a fresh one starts below.
+            self.serving = Some(serving);
+            self.stop_serving().await;
+        }
         if let Some(serving) = self.serving.take() {
             // Already serving (a new solo epoch): only the replicator restarts in it.
             serving.repl_trigger.trigger();
@@ -800,7 +891,12 @@ impl Driver {
             audit: self.audit.clone(),
         };
         let (node_trigger, node_shutdown) = ShutdownTrigger::new();
-        let node_task = tokio::spawn(node.run(listeners, node_shutdown));
+        let (done_tx, done) = watch::channel(false);
+        let node_task = tokio::spawn(async move {
+            node.run(listeners, node_shutdown).await;
+            let _ = done_tx.send(true);
+        });
+        self.generation += 1;
         let (repl_trigger, repl_task, handover) = self.start_replicator(index, epoch);
         info!(epoch, %addr, ae_title = %self.config.node.ae_title, "primary: serving");
         self.serving = Some(Serving {
@@ -810,6 +906,9 @@ impl Driver {
             repl_trigger,
             repl_task,
             handover,
+            generation: self.generation,
+            done,
+            draining: false,
         });
     }
 
@@ -868,6 +967,173 @@ impl Driver {
         info!("primary service stopped");
     }
 
+    /// Whether the peer said in its latest beat that it is in maintenance.
+    fn peer_in_maintenance(&self) -> Option<String> {
+        self.shared
+            .peer
+            .lock()
+            .expect("peer")
+            .as_ref()
+            .filter(|(_, b)| b.maintenance)
+            .map(|(_, b)| b.node.clone())
+    }
+
+    /// A planned switchover or stop of the primary, step 1 (of 3): check that the standby
+    /// can take over, then stop accepting associations and let the open ones finish, so
+    /// that no request in flight fails. Step 2 is `drained`; step 3 is the role machine's
+    /// `HandOver` (the standby confirms it has every record and claims the next epoch).
+    /// Err: why there is no hand-over.
+    fn plan(&mut self, what: Planned) -> Result<(), String> {
+        if let Some((planned, _)) = &mut self.planned {
+            if what == Planned::Stop {
+                *planned = Planned::Stop;
+            }
+            return Ok(());
+        }
+        let (primary, solo) = {
+            let st = self.shared.role.lock().expect("role");
+            (st.is_primary(), st.is_solo())
+        };
+        if !primary {
+            return Err("this node is not the primary".into());
+        }
+        if solo {
+            return Err("the standby has not caught up (solo)".into());
+        }
+        if let Some(peer) = self.peer_in_maintenance() {
+            return Err(format!(
+                "the standby {peer} is in maintenance and will not take over"
+            ));
+        }
+        let Some(serving) = self.serving.as_mut() else {
+            return Err("the service is not running".into());
+        };
+        serving.draining = true;
+        serving.node_trigger.trigger();
+        let (mut done, generation) = (serving.done.clone(), serving.generation);
+        let limit = self.config.timeouts.shutdown() + DRAIN_SLACK;
+        let tx = self.drained.clone();
+        tokio::spawn(async move {
+            if tokio::time::timeout(limit, done.wait_for(|d| *d))
+                .await
+                .is_err()
+            {
+                warn!(
+                    ?limit,
+                    "associations still open after the drain deadline: handing over anyway"
+                );
+            }
+            let _ = tx.send(generation).await;
+        });
+        info!(
+            ?what,
+            "planned hand-over: no new associations; the open ones finish first"
+        );
+        self.planned = Some((what, generation));
+        Ok(())
+    }
+
+    /// A planned stop (SIGTERM, `pacsd ha stop`): a paired primary hands over first; any
+    /// other node stops now.
+    fn stop(&mut self) {
+        let primary = self.shared.role.lock().expect("role").is_primary();
+        match self.plan(Planned::Stop) {
+            Ok(()) => info!("planned stop: handing over to the standby before stopping"),
+            Err(why) => {
+                if primary {
+                    warn!(reason = %why, "planned stop of the primary without a hand-over");
+                }
+                self.exit = true;
+            }
+        }
+    }
+
+    /// Step 2 of a planned hand-over: the associations of service `generation` have ended.
+    /// The role event to step, if the hand-over goes on.
+    async fn drained(&mut self, generation: u64) -> Option<Event> {
+        let (what, g) = self.planned.take()?;
+        if g != generation {
+            self.planned = Some((what, g));
+            return None;
+        }
+        let current = self
+            .serving
+            .as_ref()
+            .is_some_and(|s| s.generation == generation);
+        let (primary, solo, epoch) = {
+            let st = self.shared.role.lock().expect("role");
+            (st.is_primary(), st.is_solo(), st.epoch)
+        };
+        let why_not = if !current || !primary {
+            Some("this node stopped serving meanwhile".to_string())
+        } else if solo {
+            Some("the standby was lost meanwhile".to_string())
+        } else {
+            self.peer_in_maintenance()
+                .map(|p| format!("the standby {p} went into maintenance meanwhile"))
+        };
+        match (why_not, what) {
+            (None, _) => {
+                info!(epoch, "associations drained: handing over to the standby");
+                if what == Planned::Stop {
+                    let wait = self.shared.role.lock().expect("role").timing.dead_after() * 2;
+                    self.stopping = Some((epoch, Instant::now() + wait));
+                }
+                Some(Event::HandOver)
+            }
+            (Some(why), Planned::Stop) => {
+                warn!(reason = %why, "planned stop without a hand-over");
+                self.exit = true;
+                None
+            }
+            (Some(why), Planned::Switchover) => {
+                warn!(reason = %why, "switchover abandoned");
+                if current && primary {
+                    // Still the primary: serve again (the drained service no longer accepts).
+                    self.stop_serving().await;
+                    self.promote().await;
+                }
+                None
+            }
+        }
+    }
+
+    /// Put this node in maintenance or take it out (persisted first, then in effect).
+    fn set_maintenance(&mut self, on: bool) -> ControlReply {
+        if let Err(e) = set_maintenance(&self.maintenance_path, on) {
+            return ControlReply::Error(format!(
+                "recording maintenance in {}: {e}",
+                self.maintenance_path.display()
+            ));
+        }
+        self.shared.maintenance.store(on, Ordering::SeqCst);
+        let primary = {
+            let mut st = self.shared.role.lock().expect("role");
+            st.maintenance = on;
+            st.is_primary()
+        };
+        let said = match (on, primary) {
+            (true, true) => {
+                "maintenance on: this node serves on as primary, and will not become primary again once it is standby (switch over to hand the role away)"
+            }
+            (true, false) => {
+                "maintenance on: this node will not take over, neither after a failure of the primary nor by switchover"
+            }
+            (false, _) => "maintenance off: this node may become primary again",
+        };
+        if on {
+            warn!("{said}");
+        } else {
+            info!("{said}");
+        }
+        self.audit.record(
+            AuditEvent::new(APPLICATION_ACTIVITY, Some(HA_ROLE), 'E', Outcome::Success)
+                .describe(said.to_string())
+                .by(&self.shared.node_id, None, AuditRole::Application),
+        );
+        ControlReply::Ok(said.into())
+    }
+
     /// Answer a control request; a switchover becomes a role event.
     async fn control(
         &mut self,
@@ -880,22 +1146,27 @@ impl Driver {
                 None
             }
             ControlRequest::Switchover => {
-                let (primary, solo) = {
-                    let st = self.shared.role.lock().expect("role");
-                    (st.is_primary(), st.is_solo())
-                };
-                if !primary {
-                    let _ = reply.send(ControlReply::Error("this node is not the primary".into()));
-                    None
-                } else if solo {
-                    let _ = reply.send(ControlReply::Error(
-                        "the standby has not caught up (solo): no switchover".into(),
-                    ));
-                    None
+                let _ = reply.send(match self.plan(Planned::Switchover) {
+                    Ok(()) => ControlReply::Ok(
+                        "handing over to the standby once the open associations have finished"
+                            .into(),
+                    ),
+                    Err(why) => ControlReply::Error(format!("no switchover: {why}")),
+                });
+                None
+            }
+            ControlRequest::Stop => {
+                self.stop();
+                let _ = reply.send(ControlReply::Ok(if self.exit {
+                    "stopping".into()
                 } else {
-                    let _ = reply.send(ControlReply::Ok("handing over to the standby".into()));
-                    Some(Event::HandOver)
-                }
+                    "handing over to the standby, then stopping".into()
+                }));
+                None
+            }
+            ControlRequest::Maintenance { on } => {
+                let _ = reply.send(self.set_maintenance(on));
+                None
             }
         }
     }
@@ -919,6 +1190,7 @@ impl Driver {
                 epoch: b.epoch,
                 seq: b.seq,
                 heard_ms_ago: now.saturating_duration_since(*at).as_millis() as u64,
+                maintenance: b.maintenance,
             });
         let primary = st.is_primary();
         let lag = if primary && !st.is_solo() {
@@ -928,6 +1200,7 @@ impl Driver {
         } else {
             peer.as_ref().map(|p| (p.seq - seq).max(0))
         };
+        let peer_in_maintenance = peer.as_ref().is_some_and(|p| p.maintenance);
         Status {
             node: self.shared.node_id.clone(),
             role: match st.role {
@@ -947,6 +1220,15 @@ impl Driver {
             replication_lag: lag,
             service_ip: self.shared.service_ip.clone(),
             holds_service_ip: *self.shared.holds_service_ip.lock().expect("vip"),
+            maintenance: st.maintenance,
+            planned: self.planned.map(|(p, _)| {
+                match p {
+                    Planned::Switchover => "switchover",
+                    Planned::Stop => "stop",
+                }
+                .to_string()
+            }),
+            standby_ready: primary.then(|| !st.is_solo() && !peer_in_maintenance),
         }
     }
 }

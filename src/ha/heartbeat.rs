@@ -196,6 +196,9 @@ pub struct Beat {
     pub token: u64,
     /// The latest token the sender has received from us.
     pub echo: Option<u64>,
+    /// The sender is in maintenance: it will not take over (absent from older builds' beats).
+    #[serde(default)]
+    pub maintenance: bool,
 }
 
 /// Turns instants into tokens and back (microseconds since a base instant of this process).
@@ -324,6 +327,7 @@ mod tests {
             seq: 7,
             token: 42,
             echo: Some(9),
+            maintenance: false,
         };
         a.send(&Beat {
             node: "b".into(),
@@ -353,6 +357,7 @@ mod tests {
             seq: 7,
             token: 42,
             echo: Some(9),
+            maintenance: false,
         }
     }
 

@@ -132,6 +132,8 @@ pub struct RoleState {
     pub probing: bool,
     /// The first probe that saw the current term's marker as it is: (epoch, marker, when).
     pub last_probe: Option<(u64, Option<String>, Instant)>,
+    /// The operator put this node in maintenance: it never becomes primary.
+    pub maintenance: bool,
 }
 
 impl RoleState {
@@ -149,6 +151,7 @@ impl RoleState {
             last_check: None,
             probing: false,
             last_probe: None,
+            maintenance: false,
         }
     }
 
@@ -207,6 +210,13 @@ impl RoleState {
                 if peer_primary && peer_epoch >= self.epoch {
                     self.last_heard = Some(now);
                 }
+                Vec::new()
+            }
+            // In maintenance: never claim (the silence is noted, nothing more).
+            (Role::Standby, Event::Tick | Event::Probed { .. } | Event::TakeOver { .. })
+                if self.maintenance =>
+            {
+                self.probing = false;
                 Vec::new()
             }
             (Role::Standby, Event::Tick) => {
@@ -739,5 +749,42 @@ mod tests {
             vec![Action::Promote]
         );
         assert!(s.may_acknowledge(t0 + ms(1005)), "no wait after a handover");
+    }
+
+    #[test]
+    fn a_standby_in_maintenance_never_claims_however_long_the_silence() {
+        let t0 = Instant::now();
+        let mut s = RoleState::new(T, 3, t0);
+        s.maintenance = true;
+        s.step(heard(true, 3, None), t0 + ms(100));
+        for n in 1..=50 {
+            assert!(s.step(Event::Tick, t0 + T.dead_after() * n).is_empty());
+        }
+        // A probe answered after maintenance began claims nothing either.
+        assert!(s.step(probed(3, true, None), t0 + ms(60_000)).is_empty());
+        assert_eq!(s.role, Role::Standby);
+        // Out of maintenance, the silence counts as before.
+        s.maintenance = false;
+        claim_after_silence(&mut s, t0 + ms(61_000));
+    }
+
+    #[test]
+    fn a_standby_in_maintenance_refuses_a_hand_over_and_a_primary_in_maintenance_serves_on() {
+        let t0 = Instant::now();
+        let mut s = RoleState::new(T, 1, t0);
+        s.maintenance = true;
+        s.step(heard(true, 1, None), t0 + ms(100));
+        assert!(
+            s.step(Event::TakeOver { peer_epoch: 1 }, t0 + ms(200))
+                .is_empty()
+        );
+        assert_eq!(s.role, Role::Standby);
+
+        let mut p = primary(t0);
+        pair(&mut p, t0 + ms(850));
+        p.maintenance = true;
+        p.step(heard(false, 1, Some(t0 + ms(900))), t0 + ms(950));
+        assert!(p.step(Event::Tick, t0 + ms(1000)).is_empty());
+        assert!(p.may_acknowledge(t0 + ms(1000)));
     }
 }

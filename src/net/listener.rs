@@ -2,7 +2,8 @@
 //! oldest unfinished negotiation gives way to a new connection), the association permit is
 //! taken only after a valid A-ASSOCIATE-RQ (in `association`), accept errors back off, every
 //! association runs in its own task with a tracing span, and shutdown stops accepting, lets
-//! each association finish the message in flight, then waits for them up to a deadline.
+//! each association finish the message in flight (and, for `STOP_GRACE`, start another or
+//! release), then waits for them up to a deadline.
 //!
 //! Why not a permit before `accept` (the mini-redis pattern): idle sockets and requests
 //! dripped one byte a second then hold every permit, and a legitimate C-ECHO waits in the
@@ -27,6 +28,13 @@ use super::transport::Transport;
 /// First back-off after a failed accept (e.g. EMFILE); doubles up to `MAX_ACCEPT_BACKOFF`.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(10);
 const MAX_ACCEPT_BACKOFF: Duration = Duration::from_secs(1);
+/// After a stop, how long an idle association may still start a message (or release)
+/// before it is aborted. The acceptor cannot release (PS3.8 7.2): aborting an idle
+/// association at once fails a request the client had already sent, and one that was
+/// accepted just before the stop is aborted before its first request. A client answered
+/// a moment ago releases or sends its next request within milliseconds on loopback and a
+/// LAN; 250 ms covers a busy client while keeping a stop short.
+const STOP_GRACE: Duration = Duration::from_millis(250);
 
 /// Business side of the node: handles one complete DIMSE message, sending its responses on
 /// the association. An `Err` ends the association (network failure); DIMSE-level failures
@@ -236,20 +244,26 @@ async fn serve_association<H: MessageHandler>(
         }
     };
     tracing::Span::current().record("calling_ae", assoc.calling_ae());
-    let mut stopping = shutdown.is_triggered();
+    // When the stop came, if it has.
+    let mut stopped = shutdown.is_triggered().then(tokio::time::Instant::now);
     loop {
-        if stopping && !assoc.mid_message() {
-            info!("shutting down: aborting idle association");
-            assoc.abort().await;
-            return;
-        }
-        let incoming = if stopping {
-            assoc.next().await
-        } else {
-            tokio::select! {
+        let incoming = match stopped {
+            None => tokio::select! {
                 r = assoc.next() => r,
-                _ = shutdown.wait() => { stopping = true; continue; }
-            }
+                _ = shutdown.wait() => {
+                    stopped = Some(tokio::time::Instant::now());
+                    continue;
+                }
+            },
+            Some(_) if assoc.mid_message() => assoc.next().await,
+            Some(at) => match tokio::time::timeout_at(at + STOP_GRACE, assoc.next()).await {
+                Ok(r) => r,
+                Err(_) => {
+                    info!("shutting down: aborting idle association");
+                    assoc.abort().await;
+                    return;
+                }
+            },
         };
         match incoming {
             Ok(Incoming::Message(msg)) => {
