@@ -848,7 +848,7 @@ pub async fn get_into(
     let store = |class: &str, inst: &str, ts: &str, data: Vec<u8>| -> crate::dimse::Status {
         use crate::dimse::{Status, status};
         let Ok(uid) = crate::storage::Uid::parse(inst) else {
-            return Status::with_comment(status::CANNOT_UNDERSTAND, "invalid SOP Instance UID");
+            return Status::with_comment(status::UNABLE_TO_PROCESS, "invalid SOP Instance UID");
         };
         let written = part10::build(class, uid.as_str(), ts, &data)
             .map_err(|e| e.to_string())

@@ -327,14 +327,20 @@ fn statuses_in_the_statement_are_the_codes_the_code_uses() {
     for code in [
         SUCCESS,
         OUT_OF_RESOURCES,
-        DATA_SET_DOES_NOT_MATCH_SOP_CLASS,
-        CANNOT_UNDERSTAND,
+        DOES_NOT_MATCH_SOP_CLASS,
+        UNABLE_TO_PROCESS,
         SOP_CLASS_NOT_SUPPORTED,
         PROCESSING_FAILURE,
         UNRECOGNIZED_OPERATION,
         DUPLICATE_SOP_INSTANCE,
         PATIENT_CONFLICT,
         NOT_AUTHORIZED,
+        PENDING,
+        PENDING_WARNING,
+        CANCELED,
+        MOVE_DESTINATION_UNKNOWN,
+        UNABLE_TO_PERFORM_SUBOPERATIONS,
+        SUBOPERATIONS_WITH_FAILURES,
     ] {
         assert!(
             doc.contains(&format!("| {code:04X} |")) || doc.contains(&format!("{code:04X} (")),

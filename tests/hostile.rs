@@ -143,7 +143,7 @@ async fn a_deeply_nested_data_set_is_refused_with_a_failure_status() {
     let mut data = encode(&spec);
     data.extend(nested_explicit(1700));
     let st = store_raw(&n, &spec, &data).await;
-    assert_eq!(st.code, status::CANNOT_UNDERSTAND, "{st:?}");
+    assert_eq!(st.code, status::UNABLE_TO_PROCESS, "{st:?}");
     assert!(st.comment.unwrap().contains("nested over 64 deep"));
     // 64 levels is within the limit: stored.
     let ok = Spec::ct(900, 1, 2, 8);
@@ -193,7 +193,7 @@ async fn declared_lengths_beyond_the_bytes_cost_no_memory() {
     refused_and_unharmed(
         &n,
         st,
-        status::CANNOT_UNDERSTAND,
+        status::UNABLE_TO_PROCESS,
         "declares 2147483648 bytes, 4 left",
     )
     .await;
@@ -207,7 +207,7 @@ async fn a_truncated_object_is_refused_not_acknowledged() {
     // Cut inside Pixel Data (the header before it is complete), and inside the header.
     for cut in [full.len() * 2 / 3, full.len() - 1, 200] {
         let st = store_raw(&n, &spec, &full[..cut]).await;
-        assert_eq!(st.code, status::CANNOT_UNDERSTAND, "cut at {cut}: {st:?}");
+        assert_eq!(st.code, status::UNABLE_TO_PROCESS, "cut at {cut}: {st:?}");
     }
     assert_eq!(n.instances().await, 0);
     for i in 0..3 {
@@ -256,7 +256,7 @@ async fn a_deflate_bomb_is_refused() {
     refused_and_unharmed(
         &n,
         st,
-        status::CANNOT_UNDERSTAND,
+        status::UNABLE_TO_PROCESS,
         "inflates to over 16777216 bytes",
     )
     .await;

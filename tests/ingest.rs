@@ -219,7 +219,7 @@ async fn invalid_or_mismatched_uids_fail_clearly_and_write_nothing() {
                 study_uid: "1.2.abc".into(),
                 ..Spec::ct(20, 1, 1, 8)
             },
-            status::CANNOT_UNDERSTAND,
+            status::UNABLE_TO_PROCESS,
             "StudyInstanceUID",
         ),
         (
@@ -228,7 +228,7 @@ async fn invalid_or_mismatched_uids_fail_clearly_and_write_nothing() {
                 series_uid: "../../etc".into(),
                 ..Spec::ct(20, 1, 2, 8)
             },
-            status::CANNOT_UNDERSTAND,
+            status::UNABLE_TO_PROCESS,
             "SeriesInstanceUID",
         ),
         (
@@ -237,7 +237,7 @@ async fn invalid_or_mismatched_uids_fail_clearly_and_write_nothing() {
                 series_uid: "".into(),
                 ..Spec::ct(20, 1, 3, 8)
             },
-            status::CANNOT_UNDERSTAND,
+            status::UNABLE_TO_PROCESS,
             "SeriesInstanceUID",
         ),
         (
@@ -246,7 +246,7 @@ async fn invalid_or_mismatched_uids_fail_clearly_and_write_nothing() {
                 study_uid: format!("1.{}", "2".repeat(70)),
                 ..Spec::ct(20, 1, 4, 8)
             },
-            status::CANNOT_UNDERSTAND,
+            status::UNABLE_TO_PROCESS,
             "StudyInstanceUID",
         ),
     ];
@@ -269,7 +269,7 @@ async fn invalid_or_mismatched_uids_fail_clearly_and_write_nothing() {
         .store(ctx, &spec.sop_class, "1.2.3.4.5", &encode(&spec))
         .await
         .unwrap();
-    assert_eq!(st.code, status::DATA_SET_DOES_NOT_MATCH_SOP_CLASS, "{st:?}");
+    assert_eq!(st.code, status::DOES_NOT_MATCH_SOP_CLASS, "{st:?}");
 
     // Data set SOP Class differs from the command's.
     let mr = Spec {
@@ -280,7 +280,7 @@ async fn invalid_or_mismatched_uids_fail_clearly_and_write_nothing() {
         .store(ctx, uids::CT_IMAGE_STORAGE, &mr.sop_uid, &encode(&mr))
         .await
         .unwrap();
-    assert_eq!(st.code, status::DATA_SET_DOES_NOT_MATCH_SOP_CLASS, "{st:?}");
+    assert_eq!(st.code, status::DOES_NOT_MATCH_SOP_CLASS, "{st:?}");
 
     // Garbage that does not parse.
     let st = assoc

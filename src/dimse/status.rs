@@ -4,10 +4,26 @@
 pub const SUCCESS: u16 = 0x0000;
 /// PS3.7 C.5.18 / PS3.4 B.2.3: Refused, out of resources.
 pub const OUT_OF_RESOURCES: u16 = 0xA700;
-/// PS3.4 B.2.3: Error, data set does not match SOP class.
-pub const DATA_SET_DOES_NOT_MATCH_SOP_CLASS: u16 = 0xA900;
-/// PS3.4 B.2.3: Error, cannot understand (C000-CFFF).
-pub const CANNOT_UNDERSTAND: u16 = 0xC000;
+/// A900, one code named per service: C-STORE "Error: Data Set does not match SOP Class"
+/// (PS3.4 B.2.3), C-FIND "Failed: Identifier does not match SOP Class" (PS3.4 C.4.1.1.4).
+pub const DOES_NOT_MATCH_SOP_CLASS: u16 = 0xA900;
+/// C000 (of C000-CFFF), one code named per service: C-STORE "Error: Cannot understand"
+/// (PS3.4 B.2.3), C-FIND, C-MOVE and C-GET "Failed: Unable to process" (PS3.4 C.4).
+pub const UNABLE_TO_PROCESS: u16 = 0xC000;
+/// PS3.4 C.4.1.1.4, C.4.2.1.5, C.4.3.1.4: Pending (matches or sub-operations are continuing).
+pub const PENDING: u16 = 0xFF00;
+/// PS3.4 C.4.1.1.4: Pending, but one or more optional keys were not supported for existence
+/// or matching.
+pub const PENDING_WARNING: u16 = 0xFF01;
+/// PS3.4 C.4: Cancel, terminated due to a C-CANCEL request.
+pub const CANCELED: u16 = 0xFE00;
+/// PS3.4 C.4.2.1.5: Refused, Move Destination unknown.
+pub const MOVE_DESTINATION_UNKNOWN: u16 = 0xA801;
+/// PS3.4 C.4.2.1.5, C.4.3.1.4: Refused, out of resources, unable to perform sub-operations.
+pub const UNABLE_TO_PERFORM_SUBOPERATIONS: u16 = 0xA702;
+/// PS3.4 C.4.2.1.5, C.4.3.1.4: Warning, sub-operations complete with one or more failures or
+/// warnings.
+pub const SUBOPERATIONS_WITH_FAILURES: u16 = 0xB000;
 /// PS3.7 C.5.9: Duplicate SOP Instance (a C-STORE of a stored SOP Instance UID whose content
 /// differs; the stored version is kept).
 pub const DUPLICATE_SOP_INSTANCE: u16 = 0x0111;

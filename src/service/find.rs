@@ -21,17 +21,6 @@ use crate::service::query::{
 };
 use crate::storage::Storage;
 
-/// PS3.4 C.4.1.1.4: Pending, matches are continuing.
-pub const PENDING: u16 = 0xFF00;
-/// Pending, but one or more optional keys were not supported for existence or matching.
-pub const PENDING_WARNING: u16 = 0xFF01;
-/// Matching terminated due to Cancel request.
-pub const CANCELED: u16 = 0xFE00;
-/// PS3.4 C.4.1.1.4: Error, identifier does not match SOP class.
-pub const IDENTIFIER_DOES_NOT_MATCH: u16 = 0xA900;
-/// Failed: unable to process.
-pub const UNABLE_TO_PROCESS: u16 = 0xC000;
-
 /// Why a C-FIND failed before any match was sent; `to_status` is the one mapping to statuses.
 #[derive(Debug, thiserror::Error)]
 pub enum FindError {
@@ -121,9 +110,9 @@ impl FindService {
         };
         assoc.audit(query_event(context, &req, matches.len()), AuditRole::Source);
         let pending = if req.unsupported.is_empty() {
-            PENDING
+            status::PENDING
         } else {
-            PENDING_WARNING
+            status::PENDING_WARNING
         };
         let total = matches.len();
         for (sent, row) in matches.iter().enumerate() {
@@ -132,7 +121,7 @@ impl FindService {
                 let rsp = Command::response_to(
                     request,
                     CommandField::CFindRsp,
-                    Status::with_comment(CANCELED, "cancelled"),
+                    Status::with_comment(status::CANCELED, "cancelled"),
                 );
                 return assoc.send_command(context.id, &rsp).await;
             }
@@ -146,7 +135,7 @@ impl FindService {
                     let rsp = Command::response_to(
                         request,
                         CommandField::CFindRsp,
-                        Status::with_comment(UNABLE_TO_PROCESS, e),
+                        Status::with_comment(status::UNABLE_TO_PROCESS, e),
                     );
                     return assoc.send_command(context.id, &rsp).await;
                 }

@@ -247,10 +247,10 @@ impl IdentifierError {
     /// PS3.4 C.4.1.1.4 / C.4.2.1.5: A900 when the identifier does not match the SOP class
     /// (structure), C000 when a value cannot be processed.
     pub fn status_code(&self) -> u16 {
-        use crate::service::find::{IDENTIFIER_DOES_NOT_MATCH, UNABLE_TO_PROCESS};
+        use crate::dimse::status::{DOES_NOT_MATCH_SOP_CLASS, UNABLE_TO_PROCESS};
         match self {
             IdentifierError::Parse(_) | IdentifierError::BadValue { .. } => UNABLE_TO_PROCESS,
-            _ => IDENTIFIER_DOES_NOT_MATCH,
+            _ => DOES_NOT_MATCH_SOP_CLASS,
         }
     }
 }

@@ -21,18 +21,9 @@ use crate::index::query::{Column, Level};
 use crate::index::{FindOutcome, Index, IndexError};
 use crate::net::scu::{ProposedContext, ScuAssociation, ScuOptions, ScuTls};
 use crate::net::{AcceptedContext, Association, Incoming, NetError};
-use crate::service::find::CANCELED;
 use crate::service::query::{IdentifierError, MatchOptions, Model, read_identifier};
 use crate::storage::{Expected, Storage};
 
-/// PS3.4 C.4.2.1.5: Refused, Move Destination unknown.
-pub const MOVE_DESTINATION_UNKNOWN: u16 = 0xA801;
-/// Refused, out of resources: unable to perform sub-operations.
-pub const UNABLE_TO_PERFORM_SUBOPERATIONS: u16 = 0xA702;
-/// Warning: sub-operations complete, one or more failures or warnings.
-pub const SUBOPERATIONS_WITH_FAILURES: u16 = 0xB000;
-/// Pending: sub-operations are continuing.
-pub const PENDING: u16 = 0xFF00;
 /// Objects read ahead from storage while the network sends.
 const PREFETCH: usize = 4;
 /// Bytes read ahead per retrieve: a destination that reads slowly holds at most this much
@@ -59,7 +50,7 @@ impl RetrieveError {
     pub fn to_status(&self) -> Status {
         let code = match self {
             RetrieveError::UnknownDestination(_) | RetrieveError::NoDestination => {
-                MOVE_DESTINATION_UNKNOWN
+                status::MOVE_DESTINATION_UNKNOWN
             }
             RetrieveError::Identifier(e) => e.status_code(),
             RetrieveError::Index(_) => status::OUT_OF_RESOURCES,
@@ -683,7 +674,7 @@ async fn send_pending(
         return Ok(()); // the final response carries the last counts
     }
     assoc
-        .send_command(ctx, &progress(request, field, PENDING, c, true))
+        .send_command(ctx, &progress(request, field, status::PENDING, c, true))
         .await
 }
 
@@ -694,7 +685,7 @@ fn cancel_response(request: &Command, field: CommandField, c: &Counters) -> Comm
         remaining = c.remaining,
         "retrieve cancelled"
     );
-    progress(request, field, CANCELED, c, true)
+    progress(request, field, status::CANCELED, c, true)
 }
 
 /// PS3.4 C.4.2.1.5: Success when every sub-operation succeeded, B000 when some failed or
@@ -708,9 +699,9 @@ fn final_response(
     let code = if c.failed == 0 && c.warning == 0 {
         status::SUCCESS
     } else if c.completed == 0 && c.warning == 0 {
-        UNABLE_TO_PERFORM_SUBOPERATIONS
+        status::UNABLE_TO_PERFORM_SUBOPERATIONS
     } else {
-        SUBOPERATIONS_WITH_FAILURES
+        status::SUBOPERATIONS_WITH_FAILURES
     };
     let mut rsp = progress(request, field, code, c, false);
     rsp.error_comment = comment;

@@ -76,11 +76,11 @@ impl StoreError {
             | StoreError::Storage(_)
             | StoreError::Index(_) => status::OUT_OF_RESOURCES,
             StoreError::ContextMismatch { .. } => status::SOP_CLASS_NOT_SUPPORTED,
-            StoreError::DataSetMismatch { .. } => status::DATA_SET_DOES_NOT_MATCH_SOP_CLASS,
+            StoreError::DataSetMismatch { .. } => status::DOES_NOT_MATCH_SOP_CLASS,
             StoreError::NoDataSet
             | StoreError::BadCommandSopClass
             | StoreError::BadCommandSopInstance
-            | StoreError::Record(_) => status::CANNOT_UNDERSTAND,
+            | StoreError::Record(_) => status::UNABLE_TO_PROCESS,
             StoreError::Part10(_) | StoreError::NotConfirmed(_) => status::PROCESSING_FAILURE,
         };
         let comment = match self {
