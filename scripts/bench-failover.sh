@@ -8,6 +8,8 @@
 # fetched with C-GET afterwards) and epochs in which two nodes served as primary.
 #
 # Usage: scripts/bench-failover.sh [N]     (default 20; needs root)
+# The test also reads PACSD_HA_TIMING (heartbeat/lease/margin ms), PACSD_LOAD_SECS (load on
+# both nodes) and PACSD_FAULTS (which rows): scripts/bench-ha-timing.sh sets them.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 N=${1:-20}

@@ -232,14 +232,19 @@ pub struct HaConfig {
     pub key_file: Option<PathBuf>,
 }
 
+// The defaults put a crash failover under 600 ms (scripts/bench-ha-timing.sh, 2-core lab,
+// both nodes busy with ingest, previews and two CPU burners: 10 crashes p50 520 ms, p99
+// 560 ms, no epoch claimed in 60 s without a fault; 600/200 gave p99 888 ms and 450/150
+// p99 711 ms). A primary whose heartbeats stop for 500 ms is taken over; 50 ms beats keep
+// that to ten missed beats.
 fn default_heartbeat_ms() -> u64 {
-    100
+    50
 }
 fn default_lease_ms() -> u64 {
-    600
+    400
 }
 fn default_margin_ms() -> u64 {
-    200
+    100
 }
 
 /// One heartbeat link.
@@ -885,14 +890,6 @@ impl HaConfig {
             ));
         }
         Ok(())
-    }
-
-    pub fn timing(&self) -> crate::ha::role::Timing {
-        crate::ha::role::Timing {
-            heartbeat: Duration::from_millis(self.heartbeat_ms),
-            lease: Duration::from_millis(self.lease_ms),
-            margin: Duration::from_millis(self.margin_ms),
-        }
     }
 }
 

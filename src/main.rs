@@ -585,7 +585,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 println!("{m}");
                 let deadline = std::time::Instant::now()
                     + config.timeouts.shutdown() * 3
-                    + ha.timing().dead_after() * 2;
+                    + pacsd::ha::role::Timing::of(ha).dead_after() * 2;
                 while std::fs::exists(&socket).unwrap_or(false) {
                     if std::time::Instant::now() > deadline {
                         eprintln!("pacsd: the node has not stopped yet");

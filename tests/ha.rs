@@ -426,10 +426,7 @@ async fn a_paused_primary_does_not_serve_after_it_resumes() {
     p.a.signal("-CONT");
     // On resuming, a sees the higher epoch and steps down; it never acknowledges again.
     assert!(
-        wait_for(Duration::from_secs(5), || p
-            .a
-            .status()
-            .is_some_and(|s| s.role == "standby")),
+        p.a.becomes(Duration::from_secs(5), |s| s.role == "standby"),
         "{}",
         p.logs()
     );
@@ -528,10 +525,7 @@ async fn writes_a_solo_primary_acknowledged_survive_its_death_and_the_standbys_r
     p.b.kill();
     p.b.start();
     assert!(
-        wait_for(Duration::from_secs(20), || p
-            .b
-            .status()
-            .is_some_and(|s| s.role.starts_with("primary"))),
+        p.b.becomes(Duration::from_secs(20), |s| s.role.starts_with("primary")),
         "{}",
         p.logs()
     );
@@ -754,10 +748,7 @@ async fn forged_replication_and_an_impostor_standby_change_nothing() {
     assert!(p.settled(Duration::from_secs(20)).is_some(), "{}", p.logs());
     p.a.signal("-KILL");
     assert!(
-        wait_for(Duration::from_secs(10), || p
-            .b
-            .status()
-            .is_some_and(|s| s.role.starts_with("primary"))),
+        p.b.becomes(Duration::from_secs(10), |s| s.role.starts_with("primary")),
         "{}",
         p.logs()
     );
@@ -775,7 +766,7 @@ async fn sigterm_on_a_paired_primary_hands_over_before_it_stops() {
     client.run_for(Duration::from_millis(300), &targets).await;
     let epoch = p.a.status().unwrap().epoch;
     // A planned stop (what systemctl stop sends): the standby takes over at once, not after
-    // the lease (600 ms) + margin (200 ms) a crash costs.
+    // the lease + margin a crash costs.
     let stopped_at = Instant::now();
     p.a.signal("-TERM");
     assert!(
@@ -813,10 +804,7 @@ async fn sigterm_on_the_standby_tells_the_primary_which_goes_on_alone_at_once() 
     client.run_for(Duration::from_millis(300), &targets).await;
     p.b.signal("-TERM");
     assert!(
-        wait_for(Duration::from_secs(5), || p
-            .a
-            .status()
-            .is_some_and(|s| s.solo)),
+        p.a.becomes(Duration::from_secs(5), |s| s.solo),
         "{}",
         p.logs()
     );
@@ -842,6 +830,11 @@ async fn sigterm_on_the_standby_tells_the_primary_which_goes_on_alone_at_once() 
 }
 
 impl Member {
+    /// Whether this member's status satisfies `f` within `limit`.
+    fn becomes(&self, limit: Duration, f: impl Fn(&Status) -> bool) -> bool {
+        wait_for(limit, || self.status().is_some_and(|s| f(&s)))
+    }
+
     /// `pacsd ha <args>` on this member: (succeeded, stdout and stderr).
     fn ha(&self, args: &[&str]) -> (bool, String) {
         let out = Command::new(BIN)
@@ -881,17 +874,15 @@ async fn a_standby_in_maintenance_never_takes_over_and_stays_so_across_a_restart
     p.b.kill();
     p.b.start();
     assert!(
-        wait_for(Duration::from_secs(10), || p
-            .b
-            .status()
-            .is_some_and(|s| s.maintenance && s.role == "standby")),
+        p.b.becomes(Duration::from_secs(10), |s| s.maintenance
+            && s.role == "standby"),
         "{}",
         p.logs()
     );
     assert!(p.settled(Duration::from_secs(20)).is_some(), "{}", p.logs());
     client.run_for(Duration::from_millis(300), &targets).await;
 
-    // The primary dies: the standby in maintenance stays standby (a lease + margin is 0.8 s).
+    // The primary dies: the standby in maintenance stays standby (a lease + margin is 0.5 s).
     p.a.kill();
     std::thread::sleep(Duration::from_secs(3));
     let s = p.b.status().unwrap();
@@ -900,10 +891,7 @@ async fn a_standby_in_maintenance_never_takes_over_and_stays_so_across_a_restart
     let (ok, said) = p.b.ha(&["maintenance", "off"]);
     assert!(ok, "{said}");
     assert!(
-        wait_for(Duration::from_secs(10), || p
-            .b
-            .status()
-            .is_some_and(|s| s.role.starts_with("primary"))),
+        p.b.becomes(Duration::from_secs(10), |s| s.role.starts_with("primary")),
         "{}",
         p.logs()
     );
@@ -914,10 +902,8 @@ async fn a_standby_in_maintenance_never_takes_over_and_stays_so_across_a_restart
     assert!(ok && said.contains("not running"), "{said}");
     p.a.start();
     assert!(
-        wait_for(Duration::from_secs(10), || p
-            .a
-            .status()
-            .is_some_and(|s| s.maintenance && s.role == "standby")),
+        p.a.becomes(Duration::from_secs(10), |s| s.maintenance
+            && s.role == "standby"),
         "{}",
         p.logs()
     );

@@ -9,7 +9,7 @@
 
 mod common;
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -34,7 +34,20 @@ struct Lab {
     witness: Option<Child>,
 }
 
+/// How the lab's nodes are set up beyond the common configuration.
+#[derive(Clone, Default)]
+struct Setup {
+    /// `heartbeat_ms`, `lease_ms`, `margin_ms` (the defaults when None).
+    timing: Option<(u64, u64, u64)>,
+    /// Render previews (work for both nodes' CPUs under load).
+    previews: bool,
+}
+
 fn lab(name: &str) -> Option<Lab> {
+    lab_with(name, Setup::default())
+}
+
+fn lab_with(name: &str, setup: Setup) -> Option<Lab> {
     if std::env::var("PACSD_SKIP_NETNS").as_deref() == Ok("1") {
         eprintln!("SKIPPED: network namespace test (PACSD_SKIP_NETNS=1)");
         return None;
@@ -63,7 +76,7 @@ fn lab(name: &str) -> Option<Lab> {
         witness: None,
     };
     for (me, peer, host) in [("a", "b", 2), ("b", "a", 3)] {
-        l.write_config(me, peer, host);
+        l.write_config(me, peer, host, &setup);
         l.nodes.push((me.into(), None));
     }
     Some(l)
@@ -74,7 +87,7 @@ impl Lab {
         self.dir.path().join(format!("{node}.toml"))
     }
 
-    fn write_config(&self, me: &str, _peer: &str, host: u8) {
+    fn write_config(&self, me: &str, _peer: &str, host: u8, setup: &Setup) {
         let d = self.dir.path();
         let peer_host = if host == 2 { 3 } else { 2 };
         std::fs::create_dir_all(d.join(me)).unwrap();
@@ -89,8 +102,8 @@ impl Lab {
                 "[node]\nbind = \"10.77.0.{host}\"\nport = 11112\n\n[timeouts]\nshutdown_secs = 2.0\n\n\
                  [index]\npath = \"{index}\"\n\n[storage]\nreplicas = [{replicas}]\n\n\
                  [access]\nunknown_ae_services = [\"echo\", \"store\", \"find\", \"get\"]\nunknown_ae_hosts = [\"0.0.0.0/0\"]\n\n\
-                 [preview]\nenabled = false\n\n\
-                 [ha]\nnode_id = \"{me}\"\n\
+                 [preview]\nenabled = {previews}\n\n\
+                 [ha]\nnode_id = \"{me}\"\n{timing}\
                  links = [{{ bind = \"10.77.0.{host}:7400\", peer = \"10.77.0.{peer_host}:7400\" }}]\n\
                  replication_bind = \"10.77.0.{host}:7401\"\npeer_replication = \"10.77.0.{peer_host}:7401\"\n\
                  arbiter = \"witness://10.77.0.4:7402\"\n\
@@ -99,6 +112,10 @@ impl Lab {
                 key = d.join("ha.key").display(),
                 index = d.join(me).join("index.sqlite").display(),
                 replicas = replicas.join(", "),
+                previews = setup.previews,
+                timing = setup.timing.map_or(String::new(), |(h, l, m)| format!(
+                    "heartbeat_ms = {h}\nlease_ms = {l}\nmargin_ms = {m}\n"
+                )),
             ),
         )
         .unwrap();
@@ -616,13 +633,56 @@ fn failover_benchmark() {
         StopStandby,
     }
     let _serial = serial();
-    let n: usize = std::env::var("PACSD_FAILOVERS")
-        .ok()
+    let env = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
+    let n: usize = env("PACSD_FAILOVERS")
         .and_then(|v| v.parse().ok())
         .unwrap_or(20);
-    let Some(mut lab) = lab("hbench") else { return };
+    // PACSD_HA_TIMING=heartbeat/lease/margin in ms (the defaults otherwise).
+    let timing = env("PACSD_HA_TIMING").map(|t| {
+        let v: Vec<u64> = t.split('/').map(|x| x.parse().expect("ms")).collect();
+        (v[0], v[1], v[2])
+    });
+    // PACSD_LOAD_SECS > 0: previews on, ingest and CPU burners all along, and first that
+    // many seconds under load with no fault, counting epochs claimed (false takeovers).
+    let load_secs: u64 = env("PACSD_LOAD_SECS")
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    let faults = env("PACSD_FAULTS").unwrap_or("crash,switchover,stop-primary,stop-standby".into());
+    let Some(mut lab) = lab_with(
+        "hbench",
+        Setup {
+            timing,
+            previews: load_secs > 0,
+        },
+    ) else {
+        return;
+    };
     let mut primary = lab.settle();
     let mut acked = Vec::new();
+    let load = (load_secs > 0).then(|| Load::start(&lab));
+    let mut false_takeovers = None;
+    if load.is_some() {
+        let before: Vec<u64> = ["a", "b"]
+            .iter()
+            .map(|n| lab.status(n).unwrap().epoch)
+            .collect();
+        std::thread::sleep(Duration::from_secs(load_secs));
+        let after: Vec<u64> = ["a", "b"]
+            .iter()
+            .map(|n| lab.status(n).map_or(0, |s| s.epoch))
+            .collect();
+        let claimed = after.iter().max().unwrap() - before.iter().max().unwrap();
+        false_takeovers = Some(claimed);
+        // A false takeover moved the primary: go on from wherever it is now.
+        if claimed > 0 {
+            lab.wait_until(
+                "settled after a false takeover",
+                Duration::from_secs(30),
+                |l| l.primary().is_some(),
+            );
+            primary = lab.primary().unwrap();
+        }
+    }
     let mut next_study = 600;
     let mut run = |lab: &mut Lab, primary: &mut String, fault: Fault| -> (Duration, usize, usize) {
         next_study += 1;
@@ -680,12 +740,23 @@ fn failover_benchmark() {
         (g, failed, store_failed)
     };
     let mut rows = Vec::new();
-    for (fault, label) in [
-        (Fault::Crash, "crash (kill -9 primary)"),
-        (Fault::Switchover, "planned switchover     "),
-        (Fault::StopPrimary, "SIGTERM to the primary "),
-        (Fault::StopStandby, "SIGTERM to the standby "),
+    for (fault, name, label) in [
+        (Fault::Crash, "crash", "crash (kill -9 primary)"),
+        (Fault::Switchover, "switchover", "planned switchover     "),
+        (
+            Fault::StopPrimary,
+            "stop-primary",
+            "SIGTERM to the primary ",
+        ),
+        (
+            Fault::StopStandby,
+            "stop-standby",
+            "SIGTERM to the standby ",
+        ),
     ] {
+        if !faults.split(',').any(|f| f == name) {
+            continue;
+        }
         let (mut gaps, mut failed, mut store_failed) = (Vec::new(), 0, 0);
         for _ in 0..n {
             let (g, f, sf) = run(&mut lab, &mut primary, fault);
@@ -695,12 +766,25 @@ fn failover_benchmark() {
         }
         rows.push((label, gaps, failed, store_failed));
     }
+    let loaded = load.map(|l| l.stop());
+    if let Some(studies) = &loaded {
+        acked.extend(studies.iter().cloned());
+    }
     let total: usize = acked.iter().map(Vec::len).sum();
     for batch in acked {
         assert_all_kept(&lab, batch);
     }
     let doubles = double_primary_epochs(&lab);
-    println!("failover benchmark, {n} of each, client storing through the service IP:");
+    println!(
+        "failover benchmark, {n} of each, client storing through the service IP; timing (heartbeat/lease/margin ms) {}:",
+        timing.map_or("default".to_string(), |(h, l, m)| format!("{h}/{l}/{m}"))
+    );
+    if let (Some(claimed), Some(studies)) = (false_takeovers, &loaded) {
+        println!(
+            "  under load ({LOAD_CLIENTS} ingest clients of {LOAD_SIZE}x{LOAD_SIZE} CT with previews, {LOAD_BURNERS} CPU burners; {} instances stored by them): epochs claimed in {load_secs} s with no fault: {claimed}",
+            studies.iter().map(Vec::len).sum::<usize>()
+        );
+    }
     for (label, gaps, failed, store_failed) in rows {
         println!(
             "  {label}: service gap {}; failed client operations {failed} (of them C-STOREs sent and not acknowledged: {store_failed})",
@@ -712,6 +796,118 @@ fn failover_benchmark() {
     );
     println!("  epochs with two primaries: {}", doubles.len());
     assert!(doubles.is_empty(), "epochs with two primaries: {doubles:?}");
+}
+
+/// Ingest clients storing through the service IP in the lab.
+const LOAD_CLIENTS: u32 = 3;
+/// Their images' rows and columns (16-bit CT: 128 KiB each, with previews to render; at
+/// 512 the lab wrote 38 GB in one setting).
+const LOAD_SIZE: u16 = 256;
+/// Processes spinning on the CPU beside the nodes (the machines have 2 cores).
+const LOAD_BURNERS: usize = 2;
+
+/// Background load for the timing benchmark: ingest through the service IP (with previews
+/// rendered by the nodes) and processes that only burn CPU.
+struct Load {
+    stop: Arc<AtomicBool>,
+    clients: Vec<std::thread::JoinHandle<Vec<Spec>>>,
+    burners: Vec<Child>,
+}
+
+impl Load {
+    fn start(lab: &Lab) -> Load {
+        let stop = Arc::new(AtomicBool::new(false));
+        let clients = (0..LOAD_CLIENTS)
+            .map(|i| {
+                let stop = stop.clone();
+                in_netns(&format!("{}-c", lab.name), move || {
+                    tokio::runtime::Builder::new_current_thread()
+                        .enable_all()
+                        .build()
+                        .unwrap()
+                        .block_on(load_client(900 + i, stop))
+                })
+            })
+            .collect();
+        let burners = (0..LOAD_BURNERS)
+            .map(|_| {
+                Command::new("sh")
+                    .args(["-c", "while :; do :; done"])
+                    .spawn()
+                    .unwrap()
+            })
+            .collect();
+        Load {
+            stop,
+            clients,
+            burners,
+        }
+    }
+
+    /// Stop it; what the ingest clients were told was stored, by series.
+    fn stop(mut self) -> Vec<Vec<Spec>> {
+        self.stop.store(true, Ordering::SeqCst);
+        for b in &mut self.burners {
+            let _ = b.kill();
+            let _ = b.wait();
+        }
+        let mut series: BTreeMap<String, Vec<Spec>> = BTreeMap::new();
+        for c in self.clients.drain(..) {
+            for spec in c.join().unwrap() {
+                series
+                    .entry(spec.series_uid.clone())
+                    .or_default()
+                    .push(spec);
+            }
+        }
+        series.into_values().collect()
+    }
+}
+
+impl Drop for Load {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        for b in &mut self.burners {
+            let _ = b.kill();
+            let _ = b.wait();
+        }
+    }
+}
+
+/// Instances per series of a load client (a C-FIND answers at most `query.max_results`,
+/// 10,000, so the check that every one was kept looks at one series at a time).
+const LOAD_SERIES: u32 = 1000;
+
+/// Store CT images of `study` on one association after another until `stop`.
+async fn load_client(study: u32, stop: Arc<AtomicBool>) -> Vec<Spec> {
+    let mut acked = Vec::new();
+    let mut n = 1;
+    while !stop.load(Ordering::SeqCst) {
+        let ctx = ProposedContext {
+            abstract_syntax: uids::CT_IMAGE_STORAGE.into(),
+            transfer_syntaxes: vec![uids::EXPLICIT_VR_LITTLE_ENDIAN.into()],
+        };
+        let Ok(mut a) = ScuAssociation::connect(&opts(Duration::from_secs(2)), &[ctx]).await else {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            continue;
+        };
+        let id = a.contexts()[0].id;
+        for _ in 0..20 {
+            let spec = Spec::ct(study, 1 + n / LOAD_SERIES, n, LOAD_SIZE);
+            n += 1;
+            match tokio::time::timeout(
+                Duration::from_secs(5),
+                a.store(id, &spec.sop_class, &spec.sop_uid, &encode(&spec)),
+            )
+            .await
+            {
+                Ok(Ok(st)) if st.is_success() => acked.push(spec),
+                _ => break,
+            }
+        }
+        let _ = a.release().await;
+    }
+    acked
 }
 
 impl Lab {

@@ -3,6 +3,10 @@
 //! middle of a striped read, a replica returning corrupted bytes, a Garage node killed during a
 //! bulk C-STORE and healed by the repair worker when it returns.
 
+// `serial()` is held for a whole test on purpose (one test at a time on the shared clusters);
+// each test runs on its own thread, so holding it across awaits cannot deadlock.
+#![allow(clippy::await_holding_lock)]
+
 mod common;
 
 use std::sync::Arc;

@@ -20,7 +20,7 @@ use tracing::{error, info, warn};
 use super::arbiter::{Arbiter, ArbiterError};
 use super::heartbeat::{Beat, BeatKey, Clock, Links};
 use super::replication::{PrimaryEvent, Replicator, StandbyEvent, StandbyServer};
-use super::role::{Action, Event, Role, RoleState};
+use super::role::{Action, Event, Role, RoleState, Timing};
 use super::vip::{ServiceIp, VipError};
 use crate::audit::{
     APPLICATION_ACTIVITY, Audit, Event as AuditEvent, HA_ROLE, Outcome, Role as AuditRole,
@@ -403,7 +403,7 @@ pub async fn run(config: Config, mut shutdown: Shutdown) -> Result<(), HaError> 
     if maintenance {
         warn!(file = %maintenance_path.display(), "in maintenance: this node will not become primary until `pacsd ha maintenance off`");
     }
-    let mut role = RoleState::new(ha.timing(), latest, now);
+    let mut role = RoleState::new(Timing::of(&ha), latest, now);
     role.maintenance = maintenance;
     let shared = Arc::new(Shared {
         node_id: ha.node_id.clone(),
@@ -496,9 +496,9 @@ pub async fn run(config: Config, mut shutdown: Shutdown) -> Result<(), HaError> 
         links,
         shared.clone(),
         d.clock,
-        ha.timing().heartbeat,
+        Timing::of(&ha).heartbeat,
     ));
-    let mut tick = tokio::time::interval(ha.timing().heartbeat);
+    let mut tick = tokio::time::interval(Timing::of(&ha).heartbeat);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut stop_asked = false;
     while !d.exit {

@@ -29,6 +29,15 @@ pub struct Timing {
 }
 
 impl Timing {
+    /// The timing `[ha]` configures.
+    pub fn of(ha: &crate::config::HaConfig) -> Timing {
+        Timing {
+            heartbeat: Duration::from_millis(ha.heartbeat_ms),
+            lease: Duration::from_millis(ha.lease_ms),
+            margin: Duration::from_millis(ha.margin_ms),
+        }
+    }
+
     /// How long a standby waits without hearing the primary before it claims.
     pub fn dead_after(&self) -> Duration {
         self.lease + self.margin
