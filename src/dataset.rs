@@ -560,33 +560,6 @@ pub fn meta_group_len(bytes: &[u8]) -> Result<usize, ScanError> {
     Ok(pos)
 }
 
-/// Open a whole Part 10 file (stored objects read back for previews and transcoding): the
-/// file meta group and the data set are pre-scanned, then dicom-rs reads it inside `contain`.
-pub fn open_part10(
-    part10: &[u8],
-    max_inflated: u64,
-) -> Result<dicom_object::DefaultDicomObject, DataSetError> {
-    let (meta, offset) =
-        crate::part10::split(part10).map_err(|e| DataSetError::Parse(e.to_string()))?;
-    check(
-        &part10[offset..],
-        meta.transfer_syntax(),
-        MAX_DEPTH,
-        max_inflated,
-    )?;
-    // From `DICM` on (the reader expects no preamble).
-    let start = if part10.get(128..132) == Some(b"DICM".as_slice()) {
-        128
-    } else {
-        0
-    };
-    contain("reading a Part 10 file", || {
-        dicom_object::OpenFileOptions::new()
-            .from_reader(Cursor::new(&part10[start..]))
-            .map_err(|e| DataSetError::Parse(e.to_string()))
-    })?
-}
-
 thread_local! {
     /// Set while a third-party decoder runs on outside bytes inside `contain`.
     static CONTAINED: Cell<bool> = const { Cell::new(false) };

@@ -5,7 +5,11 @@ use std::io::Cursor;
 
 use dicom_object::meta::{FileMetaTable, FileMetaTableBuilder};
 
-use crate::net::association::{IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME};
+/// pacsd's Implementation Class UID (a UUID-derived 2.25 UID, PS3.5 B.2), in the file meta
+/// group of every file it writes and in its A-ASSOCIATE-RQ/AC (PS3.7 D.3.3.2).
+pub const IMPLEMENTATION_CLASS_UID: &str = "2.25.190365820596473950347311417655442305513";
+/// Implementation Version Name (at most 16 characters, PS3.7 D.3.3.2.3), beside it.
+pub const IMPLEMENTATION_VERSION_NAME: &str = concat!("PACSD_", env!("CARGO_PKG_VERSION"));
 
 const PREAMBLE_LEN: usize = 128;
 const MAGIC: &[u8; 4] = b"DICM";
@@ -67,6 +71,33 @@ pub fn split(bytes: &[u8]) -> Result<(FileMetaTable, usize), Part10Error> {
     .map_err(|e| Part10Error::Meta(e.to_string()))?
     .map_err(|e| Part10Error::Meta(e.to_string()))?;
     Ok((meta, start + cursor.position() as usize))
+}
+
+/// Open a whole Part 10 file (stored objects read back for previews and transcoding): the
+/// file meta group and the data set are pre-scanned, then dicom-rs reads it inside `contain`.
+pub fn open(
+    part10: &[u8],
+    max_inflated: u64,
+) -> Result<dicom_object::DefaultDicomObject, crate::dataset::DataSetError> {
+    let (meta, offset) =
+        split(part10).map_err(|e| crate::dataset::DataSetError::Parse(e.to_string()))?;
+    crate::dataset::check(
+        &part10[offset..],
+        meta.transfer_syntax(),
+        crate::dataset::MAX_DEPTH,
+        max_inflated,
+    )?;
+    // From `DICM` on (the reader expects no preamble).
+    let start = if part10.get(128..132) == Some(b"DICM".as_slice()) {
+        128
+    } else {
+        0
+    };
+    crate::dataset::contain("reading a Part 10 file", || {
+        dicom_object::OpenFileOptions::new()
+            .from_reader(Cursor::new(&part10[start..]))
+            .map_err(|e| crate::dataset::DataSetError::Parse(e.to_string()))
+    })?
 }
 
 #[cfg(test)]

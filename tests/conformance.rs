@@ -347,8 +347,8 @@ fn statuses_in_the_statement_are_the_codes_the_code_uses() {
             "status {code:04X} not documented"
         );
     }
-    assert!(doc.contains(pacsd::net::association::IMPLEMENTATION_CLASS_UID));
-    assert!(doc.contains(pacsd::net::association::IMPLEMENTATION_VERSION_NAME));
+    assert!(doc.contains(pacsd::part10::IMPLEMENTATION_CLASS_UID));
+    assert!(doc.contains(pacsd::part10::IMPLEMENTATION_VERSION_NAME));
 }
 
 /// The FIND, MOVE and GET SOP classes of section 3.4 are accepted (for an AE allowed to use

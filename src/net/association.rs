@@ -28,13 +28,10 @@ use crate::dimse::{Command, CommandError};
 pub use crate::net::reassembly::{DimseMessage, Dropped};
 use crate::net::reassembly::{Reassembler, ReassemblyError};
 use crate::net::syntax::{choose_transfer_syntax, service_of};
+use crate::part10::{IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME};
 
 /// PS3.7 A.2.1: the DICOM Application Context Name.
 pub const APPLICATION_CONTEXT: &str = "1.2.840.10008.3.1.1.1";
-/// pacsd's Implementation Class UID (a UUID-derived 2.25 UID, PS3.5 B.2).
-pub const IMPLEMENTATION_CLASS_UID: &str = "2.25.190365820596473950347311417655442305513";
-/// Implementation Version Name (at most 16 characters, PS3.7 D.3.3.2.3).
-pub const IMPLEMENTATION_VERSION_NAME: &str = concat!("PACSD_", env!("CARGO_PKG_VERSION"));
 /// Largest A-ASSOCIATE-RQ we read: 128 contexts with many transfer syntaxes fit in 1 MiB.
 const MAX_ASSOCIATE_RQ: u32 = 1024 * 1024;
 /// Our sending PDU size when the peer announces 0 ("no limit", PS3.8 D.1.1).

@@ -1,6 +1,7 @@
 //! Outbound associations (requestor side, PS3.8 9.3.2): `pacsd echo`, `pacsd store`, and
 //! later C-MOVE sub-associations. TCP_NODELAY, a connect timeout and a timeout on every wait.
 
+use crate::part10::{IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME};
 use std::net::SocketAddr;
 use std::time::Duration;
 
@@ -13,10 +14,7 @@ use dicom_ul::{Pdu, write_pdu};
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
-use super::association::{
-    APPLICATION_CONTEXT, IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME, NetError,
-    read_pdu_from, send_fragments, write_all,
-};
+use super::association::{APPLICATION_CONTEXT, NetError, read_pdu_from, send_fragments, write_all};
 use super::transport::{CertIdentity, Transport};
 use crate::dimse::{Command, CommandField, MAX_COMMAND_SET, Status};
 

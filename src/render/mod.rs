@@ -52,7 +52,7 @@ pub fn render_preview(part10: &[u8]) -> Result<Option<Vec<u8>>, RenderError> {
 /// The first frame as an 8-bit grey or RGB image at full size, or None without pixel data.
 /// The pixel decoders run inside the panic boundary of `crate::dataset`.
 pub fn render_image(part10: &[u8]) -> Result<Option<DynamicImage>, RenderError> {
-    let obj = crate::dataset::open_part10(part10, crate::config::DEFAULT_MAX_OBJECT_SIZE)
+    let obj = crate::part10::open(part10, crate::config::DEFAULT_MAX_OBJECT_SIZE)
         .map_err(|e| RenderError::Read(e.to_string()))?;
     crate::dataset::contain("decoding pixel data for a preview", || image_of(&obj))
         .map_err(|e| RenderError::Decode(e.to_string()))?

@@ -618,7 +618,7 @@ pub fn transcode(file: &[u8], from: &str, to: &str) -> Result<Vec<u8>, String> {
     }
     let mut out = Vec::with_capacity(file.len());
     if src.is_encapsulated_pixel_data() {
-        let mut obj = crate::dataset::open_part10(file, crate::config::DEFAULT_MAX_OBJECT_SIZE)
+        let mut obj = crate::part10::open(file, crate::config::DEFAULT_MAX_OBJECT_SIZE)
             .map_err(|e| format!("reading the stored object: {e}"))?;
         // The pixel decoders run inside the panic boundary.
         crate::dataset::contain("decoding pixel data to transcode", || obj.transcode(dst))
