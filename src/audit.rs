@@ -215,22 +215,7 @@ fn attr(out: &mut String, name: &str, value: &str) {
     out.push('"');
 }
 
-/// RFC 3339 UTC time with milliseconds, from the system clock.
-pub fn timestamp(now: std::time::SystemTime) -> String {
-    let since = now
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap_or_default();
-    let secs = since.as_secs() as i64;
-    let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
-    let (y, m, d) = crate::calendar::civil_from_days(days);
-    format!(
-        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{:03}Z",
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60,
-        since.subsec_millis()
-    )
-}
+pub use crate::calendar::timestamp;
 
 /// Render one record as a single line of XML (PS3.15 A.5.1).
 pub fn render(event: &Event, source_id: &str, when: std::time::SystemTime) -> String {

@@ -67,6 +67,8 @@ pub struct Config {
     pub access: AccessConfig,
     pub query: QueryConfig,
     pub preview: PreviewConfig,
+    /// DICOMweb, metrics and health over HTTP (`http`).
+    pub http: HttpConfig,
     /// DICOM TLS (PS3.15 B.9); without it only the plain listener runs.
     pub tls: Option<TlsConfig>,
     pub audit: AuditConfig,
@@ -289,6 +291,52 @@ impl Default for QueryConfig {
         QueryConfig {
             max_results: 10_000,
             pn_case_insensitive: true,
+        }
+    }
+}
+
+/// The HTTP port of a fresh node (DICOMweb, `/metrics`, `/healthz`): clear of the ports
+/// common tools take by default (8080, 8000, 8042 Orthanc, 3000, 9090, 5000).
+pub const DEFAULT_HTTP_PORT: u16 = 8104;
+
+/// `[http]`: DICOMweb (PS3.18), metrics and health, served beside the DICOM listener. In an
+/// HA pair it listens where DICOM does (the service IP), so only the primary answers.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HttpConfig {
+    /// Serve HTTP at all.
+    pub enabled: bool,
+    /// Address to listen on (default: `node.bind`; the service IP in an HA pair).
+    pub bind: Option<String>,
+    /// TCP port (0 = any free port, for tests).
+    pub port: u16,
+    /// Path under which the DICOMweb services answer (`/dicom-web/studies`, ...).
+    pub base_path: String,
+    /// Origins a browser may call from (CORS), e.g. `http://viewer.example:3000`; `*` allows
+    /// any. Empty: no cross-origin access.
+    pub allowed_origins: Vec<String>,
+    /// Requests without credentials are refused (401) unless this is false, which opens
+    /// every endpoint to anyone who can reach the port (a closed test network only).
+    pub require_auth: bool,
+    /// Largest STOW-RS request body in bytes (413 beyond it); each part is also held to
+    /// `node.max_object_size`.
+    pub max_upload_size: u64,
+    /// QIDO-RS answers at most this many matches per request (`limit` may ask for fewer; a
+    /// client pages on with `offset`).
+    pub max_results: u64,
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        HttpConfig {
+            enabled: true,
+            bind: None,
+            port: DEFAULT_HTTP_PORT,
+            base_path: "/dicom-web".to_string(),
+            allowed_origins: Vec::new(),
+            require_auth: true,
+            max_upload_size: 4 * DEFAULT_MAX_OBJECT_SIZE,
+            max_results: 1000,
         }
     }
 }
@@ -599,6 +647,42 @@ impl Config {
             if v == 0 {
                 return Err(invalid(key, "must be at least 1"));
             }
+        }
+        if let Some(b) = &self.http.bind
+            && b.parse::<std::net::IpAddr>().is_err()
+        {
+            return Err(invalid("http.bind", format!("`{b}` is not an IP address")));
+        }
+        let base = &self.http.base_path;
+        if !base.starts_with('/')
+            || base.len() > 1 && base.ends_with('/')
+            || !base
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"/-_.".contains(&b))
+        {
+            return Err(invalid(
+                "http.base_path",
+                format!(
+                    "`{base}` must start with `/`, not end with one, and hold only letters, digits, `-`, `_`, `.`"
+                ),
+            ));
+        }
+        for o in &self.http.allowed_origins {
+            if o != "*" && url::Url::parse(o).is_err() {
+                return Err(invalid(
+                    "http.allowed_origins",
+                    format!("`{o}` is neither `*` nor an origin like http://host:port"),
+                ));
+            }
+        }
+        if self.http.max_results == 0 {
+            return Err(invalid("http.max_results", "must be at least 1"));
+        }
+        if self.http.max_upload_size < 1024 {
+            return Err(invalid(
+                "http.max_upload_size",
+                "must be at least 1024 bytes",
+            ));
         }
         if !(1..=64).contains(&self.preview.workers) {
             return Err(invalid("preview.workers", "must be between 1 and 64"));

@@ -10,7 +10,9 @@ pub mod dimse;
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod ha;
+pub mod http;
 pub mod index;
+pub mod metrics;
 pub mod net;
 pub mod node;
 pub mod part10;

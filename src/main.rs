@@ -33,6 +33,9 @@ enum Command {
         /// Override the listening port.
         #[arg(long)]
         port: Option<u16>,
+        /// Override the HTTP (DICOMweb) port.
+        #[arg(long)]
+        http_port: Option<u16>,
     },
     /// Send a C-ECHO to a DICOM node and print the status and round-trip time.
     Echo(Remote),
@@ -160,6 +163,12 @@ enum Command {
         #[command(subcommand)]
         command: HaCommand,
     },
+    /// Accounts of the HTTP side (DICOMweb and portal): add, list, remove, set a password,
+    /// issue or revoke API tokens. Works while the node runs.
+    Account {
+        #[command(subcommand)]
+        command: AccountCommand,
+    },
     /// Run a witness: the arbiter that grants each HA epoch once, for a two-node site
     /// (`[ha] arbiter = "witness://HOST:PORT"` on both nodes).
     Witness {
@@ -176,6 +185,53 @@ enum Command {
         /// are refused, and every answer is signed with it.
         #[arg(long)]
         key_file: PathBuf,
+    },
+}
+
+#[derive(Subcommand)]
+enum AccountCommand {
+    /// Create an account; the password is read from standard input (one line).
+    Add {
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+        name: String,
+        /// Rights: read, upload, admin (comma-separated; admin includes the others).
+        #[arg(long, default_value = "read")]
+        rights: String,
+    },
+    /// List the accounts, their rights and how many tokens each has.
+    List {
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+    },
+    /// Remove an account and its tokens.
+    Remove {
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+        name: String,
+    },
+    /// Set a new password, read from standard input (one line).
+    Password {
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+        name: String,
+    },
+    /// Issue an API token (printed once; only its digest is kept) for bearer authentication.
+    Token {
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+        name: String,
+        /// What the token is for (to revoke it later), e.g. the viewer's name.
+        #[arg(long, default_value = "api")]
+        label: String,
+    },
+    /// Revoke the tokens of an account with this label.
+    Revoke {
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+        name: String,
+        #[arg(long, default_value = "api")]
+        label: String,
     },
 }
 
@@ -338,6 +394,77 @@ impl Remote {
     }
 }
 
+/// `pacsd account ...`: on the index named by the configuration.
+async fn account(command: AccountCommand) -> anyhow::Result<ExitCode> {
+    use pacsd::index::account::{MAX_PASSWORD_LEN, MIN_PASSWORD_LEN, Rights, validate_name};
+    let read_password = || -> anyhow::Result<String> {
+        let mut line = String::new();
+        std::io::stdin().read_line(&mut line)?;
+        let pw = line.trim_end_matches(['\r', '\n']).to_string();
+        if !(MIN_PASSWORD_LEN..=MAX_PASSWORD_LEN).contains(&pw.chars().count()) {
+            anyhow::bail!("a password has {MIN_PASSWORD_LEN} to {MAX_PASSWORD_LEN} characters");
+        }
+        Ok(pw)
+    };
+    let open = |c: &Option<PathBuf>| -> anyhow::Result<pacsd::index::Index> {
+        let config = load_config(c.as_ref())?;
+        Ok(pacsd::index::Index::open(&config.index.path)?)
+    };
+    match command {
+        AccountCommand::Add {
+            config,
+            name,
+            rights,
+        } => {
+            validate_name(&name).map_err(anyhow::Error::msg)?;
+            let rights = Rights::parse(&rights).map_err(anyhow::Error::msg)?;
+            let password = read_password()?;
+            open(&config)?.add_account(&name, &password, rights).await?;
+            println!("account {name} ({}) added", rights.to_text());
+        }
+        AccountCommand::List { config } => {
+            for (a, tokens) in open(&config)?.accounts().await? {
+                println!("{:<24} {:<16} {tokens} tokens", a.name, a.rights.to_text());
+            }
+        }
+        AccountCommand::Remove { config, name } => {
+            if !open(&config)?.remove_account(&name).await? {
+                anyhow::bail!("no account {name}");
+            }
+            println!("account {name} removed");
+        }
+        AccountCommand::Password { config, name } => {
+            let password = read_password()?;
+            if !open(&config)?.set_password(&name, &password).await? {
+                anyhow::bail!("no account {name}");
+            }
+            println!(
+                "password of {name} changed (a running node accepts the old one for up to a minute)"
+            );
+        }
+        AccountCommand::Token {
+            config,
+            name,
+            label,
+        } => {
+            let index = open(&config)?;
+            if index.account_secret(&name).await?.is_none() {
+                anyhow::bail!("no account {name}");
+            }
+            println!("{}", index.issue_token(&name, &label).await?);
+        }
+        AccountCommand::Revoke {
+            config,
+            name,
+            label,
+        } => {
+            let n = open(&config)?.revoke_tokens(&name, &label).await?;
+            println!("{n} tokens revoked");
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
 fn load_config(path: Option<&PathBuf>) -> anyhow::Result<Config> {
     match path {
         Some(p) => Ok(Config::load(p)?),
@@ -479,10 +606,17 @@ async fn main() -> ExitCode {
 
 async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
-        Command::Serve { config, port } => {
+        Command::Serve {
+            config,
+            port,
+            http_port,
+        } => {
             let mut config = load_config(config.as_ref())?;
             if let Some(p) = port {
                 config.node.port = p;
+            }
+            if let Some(p) = http_port {
+                config.http.port = p;
             }
             let deadline = config.timeouts.shutdown();
             if config.ha.is_some() {
@@ -534,6 +668,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             task.await??;
             Ok(ExitCode::SUCCESS)
         }
+        Command::Account { command } => account(command).await,
         Command::Ha { command } => {
             use pacsd::ha::driver::{
                 ControlReply, ControlRequest, control, control_path, maintenance_path,

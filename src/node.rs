@@ -60,10 +60,12 @@ pub struct Node {
     pub audit: Audit,
 }
 
-/// The sockets a node serves DICOM on: plain (`node.port`) and TLS (`tls.port`).
+/// The sockets a node serves on: DICOM plain (`node.port`) and TLS (`tls.port`), and HTTP
+/// (`http.port`).
 pub struct Listeners {
     pub plain: Option<TcpListener>,
     pub tls: Option<TcpListener>,
+    pub http: Option<TcpListener>,
 }
 
 impl Listeners {
@@ -94,7 +96,29 @@ impl Listeners {
             Some(t) => Some(open(t.port).await?),
             None => None,
         };
-        Ok(Listeners { plain, tls })
+        let http = match (&config.http.bind, config.http.enabled) {
+            (_, false) => None,
+            // An address of its own (not the HA service address).
+            (Some(b), true) if !freebind => {
+                let addr = SocketAddr::from((
+                    b.parse::<std::net::IpAddr>().map_err(|_| NodeError::Bind {
+                        addr: b.clone(),
+                        source: std::io::Error::other("not an IP address"),
+                    })?,
+                    config.http.port,
+                ));
+                Some(
+                    TcpListener::bind(addr)
+                        .await
+                        .map_err(|source| NodeError::Bind {
+                            addr: addr.to_string(),
+                            source,
+                        })?,
+                )
+            }
+            _ => Some(open(config.http.port).await?),
+        };
+        Ok(Listeners { plain, tls, http })
     }
 
     fn addr(l: &Option<TcpListener>) -> Option<SocketAddr> {
@@ -140,12 +164,66 @@ pub fn open_audit(config: &Config, tls: Option<&TlsContext>) -> Result<Audit, No
     Ok(audit)
 }
 
+/// The file that holds the password of the account created on first start.
+pub fn first_password_file(config: &Config) -> std::path::PathBuf {
+    config
+        .index
+        .path
+        .parent()
+        .unwrap_or(std::path::Path::new("."))
+        .join("admin-password")
+}
+
+/// A fresh node that requires HTTP logins has no account to log in with: create `admin` with
+/// a random password, written (mode 0600) to `first_password_file` and named in the log.
+/// Nothing happens once any account exists.
+pub async fn ensure_first_account(config: &Config, index: &Index) -> Result<(), String> {
+    use crate::index::account::{Rights, random_bytes};
+    if !config.http.require_auth
+        || !index
+            .accounts()
+            .await
+            .map_err(|e| e.to_string())?
+            .is_empty()
+    {
+        return Ok(());
+    }
+    let mut raw = [0u8; 12];
+    random_bytes(&mut raw);
+    let password = hex::encode(raw);
+    let path = first_password_file(config);
+    {
+        use std::io::Write;
+        use std::os::unix::fs::OpenOptionsExt;
+        let mut f = std::fs::OpenOptions::new()
+            .create(true)
+            .write(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&path)
+            .map_err(|e| format!("{}: {e}", path.display()))?;
+        writeln!(f, "{password}").map_err(|e| format!("{}: {e}", path.display()))?;
+    }
+    index
+        .add_account("admin", &password, Rights::ALL)
+        .await
+        .map_err(|e| e.to_string())?;
+    tracing::warn!(
+        file = %path.display(),
+        "no HTTP account existed: created `admin` with the password in this file; \
+         add accounts with `pacsd account add` and remove the file"
+    );
+    Ok(())
+}
+
 /// A node serving in the background (tests and `serve`).
 pub struct RunningNode {
     /// The plain DICOM listener (the TLS one when `tls.only`).
     pub addr: SocketAddr,
     /// The DICOM TLS listener, when `[tls]` is configured.
     pub tls_addr: Option<SocketAddr>,
+    /// The HTTP (DICOMweb) listener, when `http.enabled`.
+    pub http_addr: Option<SocketAddr>,
     pub index: Index,
     pub storage: Arc<Storage>,
     trigger: ShutdownTrigger,
@@ -201,17 +279,19 @@ impl Node {
                 shutdown.clone(),
             ))
         });
+        let store = Arc::new(StoreService::new(
+            self.index.clone(),
+            self.storage.clone(),
+            self.config.node.max_object_size,
+            self.gate.clone(),
+            {
+                let config = self.config.clone();
+                Box::new(move |ae: &str| config.on_conflict(ae))
+            },
+        ));
+        let metrics = Arc::new(crate::metrics::Metrics::default());
         let services = Arc::new(Services {
-            store: Arc::new(StoreService::new(
-                self.index.clone(),
-                self.storage.clone(),
-                self.config.node.max_object_size,
-                self.gate.clone(),
-                {
-                    let config = self.config.clone();
-                    Box::new(move |ae: &str| config.on_conflict(ae))
-                },
-            )),
+            store: store.clone(),
             find: Arc::new(FindService {
                 index: self.index.clone(),
                 storage: self.storage.clone(),
@@ -228,6 +308,20 @@ impl Node {
         });
         let policy = AcceptorPolicy::new(self.config.clone(), self.audit.clone());
         let mut serving = tokio::task::JoinSet::new();
+        if let Some(l) = listeners.http {
+            if let Err(e) = ensure_first_account(&self.config, &self.index).await {
+                tracing::error!(error = %e, "could not create the first HTTP account");
+            }
+            let state = Arc::new(crate::http::WebState::new(
+                self.config.clone(),
+                self.index.clone(),
+                self.storage.clone(),
+                store,
+                metrics,
+                self.audit.clone(),
+            ));
+            serving.spawn(crate::http::serve(l, state, shutdown.clone()));
+        }
         if let Some(l) = listeners.plain {
             serving.spawn(crate::net::run(
                 l,
@@ -269,6 +363,7 @@ impl Node {
     pub async fn spawn(self) -> Result<RunningNode, NodeError> {
         let listeners = self.bind().await?;
         let tls_addr = Listeners::addr(&listeners.tls);
+        let http_addr = Listeners::addr(&listeners.http);
         let addr = Listeners::addr(&listeners.plain)
             .or(tls_addr)
             .ok_or_else(|| NodeError::Bind {
@@ -282,6 +377,7 @@ impl Node {
             ae_title = %self.config.node.ae_title,
             %addr,
             tls = ?tls_addr,
+            http = ?http_addr,
             replicas = storage.replicas().len(),
             write_quorum = storage.quorum().needed(),
             index = %index.path().display(),
@@ -291,6 +387,7 @@ impl Node {
         Ok(RunningNode {
             addr,
             tls_addr,
+            http_addr,
             index,
             storage,
             trigger,

@@ -26,7 +26,7 @@ fn write_config_with_node(dir: &Path, node_extra: &str, extra: &str) -> std::pat
     std::fs::write(
         &p,
         format!(
-            "[node]\nbind = \"127.0.0.1\"\nport = 0\n{node_extra}\n[timeouts]\nshutdown_secs = 5.0\n\n[index]\npath = \"{}\"\n\n[storage]\nreplicas = [{}]\n{extra}",
+            "[node]\nbind = \"127.0.0.1\"\nport = 0\n{node_extra}\n[timeouts]\nshutdown_secs = 5.0\n\n[index]\npath = \"{}\"\n\n[storage]\nreplicas = [{}]\n{extra}\n[http]\nport = 0\n",
             dir.join("index.sqlite").display(),
             replicas.join(", ")
         ),

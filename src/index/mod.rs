@@ -1,6 +1,7 @@
 //! The SQLite index: one writer thread with group commit, readers in parallel (WAL), schema
 //! in numbered .sql migrations, a change log with a monotonically increasing seq.
 
+pub mod account;
 pub mod preview;
 pub mod query;
 pub mod record;
@@ -26,6 +27,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("migrations/0001_init.sql"),
     include_str!("migrations/0002_previews.sql"),
     include_str!("migrations/0003_changelog_epoch.sql"),
+    include_str!("migrations/0004_accounts.sql"),
 ];
 
 /// Most write jobs folded into one transaction (one fsync) by the group commit.
@@ -535,6 +537,17 @@ impl Index {
             Ok(FindOutcome::Rows(query::rows(c, &q)?))
         })
         .await
+    }
+
+    /// One page of a query's matches in a stable order (QIDO-RS `offset` and `limit`).
+    pub async fn find_page(
+        &self,
+        q: query::Query,
+        offset: u64,
+        limit: u64,
+    ) -> Result<Vec<Vec<Option<String>>>, IndexError> {
+        self.read(move |c| Ok(query::page(c, &q, offset, limit)?))
+            .await
     }
 
     /// The precomputed counts of a study: (series, instances, modalities in study).

@@ -526,7 +526,31 @@ pub fn count(conn: &Connection, q: &Query) -> rusqlite::Result<u64> {
 
 pub fn rows(conn: &Connection, q: &Query) -> rusqlite::Result<Vec<Vec<Option<String>>>> {
     let (sql, params) = q.to_sql(false);
-    let mut stmt = conn.prepare_cached(&sql)?;
+    rows_of(conn, q, &sql, params)
+}
+
+/// One page of the rows, in the query's stable order (entity row id): `limit` rows after
+/// skipping `offset`. At STUDY level a row is a study, so a page counts studies.
+pub fn page(
+    conn: &Connection,
+    q: &Query,
+    offset: u64,
+    limit: u64,
+) -> rusqlite::Result<Vec<Vec<Option<String>>>> {
+    let (mut sql, mut params) = q.to_sql(false);
+    sql.push_str(" LIMIT ? OFFSET ?");
+    params.push(Value::Integer(limit.min(i64::MAX as u64) as i64));
+    params.push(Value::Integer(offset.min(i64::MAX as u64) as i64));
+    rows_of(conn, q, &sql, params)
+}
+
+fn rows_of(
+    conn: &Connection,
+    q: &Query,
+    sql: &str,
+    params: Vec<Value>,
+) -> rusqlite::Result<Vec<Vec<Option<String>>>> {
+    let mut stmt = conn.prepare_cached(sql)?;
     let n = q.select.len();
     let rows = stmt.query_map(params_from_iter(params), |r| {
         (0..n)

@@ -48,6 +48,14 @@ pub fn service_of(abstract_syntax: &str) -> Option<Service> {
     }
 }
 
+/// Whether `ts` is a syntax with encapsulated (compressed) pixel data, per the registry.
+pub fn is_encapsulated(ts: &str) -> bool {
+    use dicom_encoding::TransferSyntaxIndex;
+    TransferSyntaxRegistry
+        .get(ts)
+        .is_some_and(|t| t.is_encapsulated_pixel_data())
+}
+
 /// Whether `uid` is a Storage SOP Class of the standard (PS3.4 Annex B, B.5), current or
 /// retired, as listed by dicom-dictionary-std: a SOP class whose name says "Storage", other
 /// than the Storage Commitment service and the DICOMDIR (Media Storage Directory) class,

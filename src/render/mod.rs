@@ -52,13 +52,20 @@ pub fn render_preview(part10: &[u8]) -> Result<Option<Vec<u8>>, RenderError> {
 /// The first frame as an 8-bit grey or RGB image at full size, or None without pixel data.
 /// The pixel decoders run inside the panic boundary of `crate::dataset`.
 pub fn render_image(part10: &[u8]) -> Result<Option<DynamicImage>, RenderError> {
-    let obj = crate::part10::open(part10, crate::config::DEFAULT_MAX_OBJECT_SIZE)
-        .map_err(|e| RenderError::Read(e.to_string()))?;
-    crate::dataset::contain("decoding pixel data for a preview", || image_of(&obj))
-        .map_err(|e| RenderError::Decode(e.to_string()))?
+    render_frame(part10, 0)
 }
 
-fn image_of(obj: &DefaultDicomObject) -> Result<Option<DynamicImage>, RenderError> {
+/// Frame `frame` (0-based) rendered as `render_image` renders the first.
+pub fn render_frame(part10: &[u8], frame: u32) -> Result<Option<DynamicImage>, RenderError> {
+    let obj = crate::part10::open(part10, crate::config::DEFAULT_MAX_OBJECT_SIZE)
+        .map_err(|e| RenderError::Read(e.to_string()))?;
+    crate::dataset::contain("decoding pixel data for a preview", || {
+        image_of(&obj, frame)
+    })
+    .map_err(|e| RenderError::Decode(e.to_string()))?
+}
+
+fn image_of(obj: &DefaultDicomObject, frame: u32) -> Result<Option<DynamicImage>, RenderError> {
     if PIXEL_ELEMENTS
         .iter()
         .all(|&t| obj.element_opt(t).ok().flatten().is_none())
@@ -73,7 +80,7 @@ fn image_of(obj: &DefaultDicomObject) -> Result<Option<DynamicImage>, RenderErro
         .map(|s| s.trim().to_string())
         .unwrap_or_default();
     let frame = obj
-        .decode_pixel_data_frame(0)
+        .decode_pixel_data_frame(frame)
         .map_err(|e| RenderError::Decode(e.to_string()))?;
     if pi == "PALETTE COLOR" {
         let indices: Vec<u16> = frame
@@ -113,8 +120,14 @@ pub fn fit(image: DynamicImage, side: u32) -> DynamicImage {
 }
 
 pub fn encode_jpeg(image: &DynamicImage) -> Result<Vec<u8>, RenderError> {
+    encode_jpeg_with(image, JPEG_QUALITY)
+}
+
+/// JPEG at `quality` (1-100).
+pub fn encode_jpeg_with(image: &DynamicImage, quality: u8) -> Result<Vec<u8>, RenderError> {
     let mut out = Vec::new();
-    let encoder = image::codecs::jpeg::JpegEncoder::new_with_quality(&mut out, JPEG_QUALITY);
+    let encoder =
+        image::codecs::jpeg::JpegEncoder::new_with_quality(&mut out, quality.clamp(1, 100));
     image
         .write_with_encoder(encoder)
         .map_err(|e| RenderError::Encode(e.to_string()))?;

@@ -188,58 +188,22 @@ impl FindService {
         row: &[Option<String>],
         ts_uid: &str,
     ) -> Result<Vec<u8>, String> {
-        let mut obj = InMemDicomObject::new_empty();
-        let mut header: Option<InMemDicomObject> = None;
         let has_header_keys = req
             .returned
             .iter()
             .any(|r| matches!(r, Returned::Header { .. }));
         let (charset, iso2022) = choose_charset(req.charset.as_deref(), row, has_header_keys);
-        for r in &req.returned {
-            match r {
-                Returned::Indexed { tag, vr, select } => {
-                    let mut value = row.get(*select).cloned().flatten();
-                    if let (true, Some(code), Some(v)) =
-                        (iso2022, charset.as_deref(), value.as_ref())
-                    {
-                        // Written byte for byte under the ISO 646 first value (see charset.rs).
-                        let bytes =
-                            crate::charset::encode_iso2022(v, code).ok_or("value not encodable")?;
-                        value = Some(bytes.iter().map(|b| char::from(*b)).collect());
-                    }
-                    put_text(&mut obj, *tag, *vr, value);
-                }
-                Returned::Header { tag, vr } => {
-                    if header.is_none() {
-                        let key = row.last().cloned().flatten().unwrap_or_default();
-                        header = Some(self.read_header(&key).await.unwrap_or_else(|e| {
-                            warn!(key, error = %e, "cannot read the stored header for an IMAGE-level key");
-                            InMemDicomObject::new_empty()
-                        }));
-                    }
-                    match header.as_ref().and_then(|h| h.get(*tag)) {
-                        Some(e) => {
-                            obj.put(e.clone());
-                        }
-                        None => put_text(&mut obj, *tag, *vr, None),
-                    }
-                }
-                Returned::EmptySequence(tag) => {
-                    obj.put(DataElement::new(
-                        *tag,
-                        VR::SQ,
-                        dicom_core::value::DataSetSequence::<InMemDicomObject>::empty(),
-                    ));
-                }
-                Returned::Empty { tag, vr } => put_text(&mut obj, *tag, *vr, None),
-                Returned::Availability => put_text(
-                    &mut obj,
-                    tags::INSTANCE_AVAILABILITY,
-                    VR::CS,
-                    Some("ONLINE".into()),
-                ),
+        let code = charset.clone();
+        let mut obj = match_object(&self.storage, req, row, |v| {
+            match (iso2022, code.as_deref()) {
+                // Written byte for byte under the ISO 646 first value (see charset.rs).
+                (true, Some(code)) => crate::charset::encode_iso2022(&v, code)
+                    .map(|bytes| bytes.iter().map(|b| char::from(*b)).collect())
+                    .ok_or_else(|| "value not encodable".to_string()),
+                _ => Ok(v),
             }
-        }
+        })
+        .await?;
         obj.put(DataElement::new(
             tags::QUERY_RETRIEVE_LEVEL,
             VR::CS,
@@ -270,21 +234,77 @@ impl FindService {
             .map_err(|e| e.to_string())?;
         Ok(out)
     }
+}
 
-    async fn read_header(&self, key: &str) -> Result<InMemDicomObject, String> {
-        let bytes = self.storage.get(key).await.map_err(|e| e.to_string())?;
-        tokio::task::spawn_blocking(move || {
-            let (meta, offset) = crate::part10::split(&bytes).map_err(|e| e.to_string())?;
-            record::parse_header(
-                &bytes[offset..],
-                meta.transfer_syntax(),
-                crate::config::DEFAULT_MAX_OBJECT_SIZE,
-            )
-            .map_err(|e| e.to_string())
-        })
-        .await
-        .map_err(|e| e.to_string())?
+/// One match as a data set holding exactly the requested keys (C-FIND and QIDO-RS build
+/// their answers with it): indexed values through `encode` (the identity, or the re-encoding
+/// a character set needs), IMAGE-level header keys read from the stored object.
+pub async fn match_object(
+    storage: &Storage,
+    req: &FindRequest,
+    row: &[Option<String>],
+    encode: impl Fn(String) -> Result<String, String>,
+) -> Result<InMemDicomObject, String> {
+    let mut obj = InMemDicomObject::new_empty();
+    let mut header: Option<InMemDicomObject> = None;
+    for r in &req.returned {
+        match r {
+            Returned::Indexed { tag, vr, select } => {
+                let value = row
+                    .get(*select)
+                    .cloned()
+                    .flatten()
+                    .map(&encode)
+                    .transpose()?;
+                put_text(&mut obj, *tag, *vr, value);
+            }
+            Returned::Header { tag, vr } => {
+                if header.is_none() {
+                    let key = row.last().cloned().flatten().unwrap_or_default();
+                    header = Some(read_header(storage, &key).await.unwrap_or_else(|e| {
+                        warn!(key, error = %e, "cannot read the stored header for an IMAGE-level key");
+                        InMemDicomObject::new_empty()
+                    }));
+                }
+                match header.as_ref().and_then(|h| h.get(*tag)) {
+                    Some(e) => {
+                        obj.put(e.clone());
+                    }
+                    None => put_text(&mut obj, *tag, *vr, None),
+                }
+            }
+            Returned::EmptySequence(tag) => {
+                obj.put(DataElement::new(
+                    *tag,
+                    VR::SQ,
+                    dicom_core::value::DataSetSequence::<InMemDicomObject>::empty(),
+                ));
+            }
+            Returned::Empty { tag, vr } => put_text(&mut obj, *tag, *vr, None),
+            Returned::Availability => put_text(
+                &mut obj,
+                tags::INSTANCE_AVAILABILITY,
+                VR::CS,
+                Some("ONLINE".into()),
+            ),
+        }
     }
+    Ok(obj)
+}
+
+async fn read_header(storage: &Storage, key: &str) -> Result<InMemDicomObject, String> {
+    let bytes = storage.get(key).await.map_err(|e| e.to_string())?;
+    tokio::task::spawn_blocking(move || {
+        let (meta, offset) = crate::part10::split(&bytes).map_err(|e| e.to_string())?;
+        record::parse_header(
+            &bytes[offset..],
+            meta.transfer_syntax(),
+            crate::config::DEFAULT_MAX_OBJECT_SIZE,
+        )
+        .map_err(|e| e.to_string())
+    })
+    .await
+    .map_err(|e| e.to_string())?
 }
 
 /// The character set of a response, and whether it uses ISO 2022 code extensions (encoded
@@ -339,6 +359,10 @@ fn put_text(obj: &mut InMemDicomObject, tag: Tag, vr: VR, value: Option<String>)
                 s.push('\0');
             }
             PrimitiveValue::from(s)
+        }
+        // A multi-valued attribute is stored backslash-joined (as it is encoded).
+        Some(s) if s.contains('\\') => {
+            PrimitiveValue::Strs(s.split('\\').map(str::to_string).collect())
         }
         Some(s) => PrimitiveValue::from(s),
     };

@@ -54,6 +54,10 @@ pub enum StoreError {
     Index(#[from] IndexError),
     #[error("building the Part 10 file: {0}")]
     Part10(#[from] part10::Part10Error),
+    #[error("SOP class {0} is not a storage SOP class this node stores")]
+    UnsupportedSopClass(String),
+    #[error("transfer syntax {0} is not one this node stores")]
+    UnsupportedSyntax(String),
     #[error("not acknowledged: {0}")]
     NotConfirmed(String),
 }
@@ -75,7 +79,9 @@ impl StoreError {
             | StoreError::OverBudget { .. }
             | StoreError::Storage(_)
             | StoreError::Index(_) => status::OUT_OF_RESOURCES,
-            StoreError::ContextMismatch { .. } => status::SOP_CLASS_NOT_SUPPORTED,
+            StoreError::ContextMismatch { .. }
+            | StoreError::UnsupportedSyntax(_)
+            | StoreError::UnsupportedSopClass(_) => status::SOP_CLASS_NOT_SUPPORTED,
             StoreError::DataSetMismatch { .. } => status::DOES_NOT_MATCH_SOP_CLASS,
             StoreError::NoDataSet
             | StoreError::BadCommandSopClass
@@ -100,6 +106,16 @@ impl StoreError {
         };
         Status::with_comment(code, comment)
     }
+}
+
+/// A data set to store, with what its request says it is.
+struct Received {
+    sop_class: Uid,
+    sop_instance: Uid,
+    transfer_syntax: String,
+    data: Vec<u8>,
+    /// The calling AE title (C-STORE); None over HTTP.
+    source_ae: Option<String>,
 }
 
 /// What `prepare` makes of a received data set.
@@ -233,38 +249,87 @@ impl StoreService {
                 context: context.abstract_syntax.clone(),
             });
         }
+        let object = Received {
+            sop_class,
+            sop_instance,
+            transfer_syntax: context.transfer_syntax.clone(),
+            data,
+            source_ae: Some(calling_ae.to_string()).filter(|s| !s.is_empty()),
+        };
+        self.store_received(object, None, subject).await.map(|_| ())
+    }
 
-        // The per-instance lock is held from the duplicate check to the index commit, so two
-        // associations sending the same instance cannot interleave.
-        let lock = self.lock_for(sop_instance.as_str());
+    /// Store a Part 10 file received over HTTP (STOW-RS) under the same contract as a
+    /// C-STORE: its file meta names the SOP class, instance and transfer syntax (checked
+    /// against the data set, as the command's are); `study`, when the request named one,
+    /// must be the instance's. Returns the instance's record.
+    pub async fn store_part10(
+        &self,
+        file: &[u8],
+        study: Option<&Uid>,
+        subject: &mut Subject,
+    ) -> Result<record::InstanceRecord, StoreError> {
+        let (meta, offset) = part10::split(file)?;
+        let uid = |u: &str| Uid::parse(u.trim_end_matches(['\0', ' '])).ok();
+        let sop_class =
+            uid(meta.media_storage_sop_class_uid()).ok_or(StoreError::BadCommandSopClass)?;
+        let sop_instance =
+            uid(meta.media_storage_sop_instance_uid()).ok_or(StoreError::BadCommandSopInstance)?;
+        let transfer_syntax = meta
+            .transfer_syntax()
+            .trim_end_matches(['\0', ' '])
+            .to_string();
+        if !crate::net::syntax::is_storage_transfer_syntax(&transfer_syntax) {
+            return Err(StoreError::UnsupportedSyntax(transfer_syntax));
+        }
+        if !crate::net::syntax::is_storage_sop_class(sop_class.as_str()) {
+            return Err(StoreError::UnsupportedSopClass(sop_class.to_string()));
+        }
+        let object = Received {
+            sop_class,
+            sop_instance,
+            transfer_syntax,
+            data: file[offset..].to_vec(),
+            source_ae: None,
+        };
+        self.store_received(object, study, subject).await
+    }
+
+    /// The per-instance lock is held from the duplicate check to the index commit, so two
+    /// requests storing the same instance cannot interleave.
+    async fn store_received(
+        &self,
+        object: Received,
+        study: Option<&Uid>,
+        subject: &mut Subject,
+    ) -> Result<record::InstanceRecord, StoreError> {
+        let sop = object.sop_instance.to_string();
+        let lock = self.lock_for(&sop);
         let guard = lock.lock().await;
-        let result = self
-            .store_locked(
-                context,
-                calling_ae,
-                &sop_class,
-                &sop_instance,
-                data,
-                subject,
-            )
-            .await;
+        let result = self.store_locked(object, study, subject).await;
         drop(guard);
-        self.release_lock(sop_instance.as_str(), lock);
+        self.release_lock(&sop, lock);
         result
     }
 
     async fn store_locked(
         &self,
-        context: &AcceptedContext,
-        calling_ae: &str,
-        sop_class: &Uid,
-        sop_instance: &Uid,
-        data: Vec<u8>,
+        object: Received,
+        study: Option<&Uid>,
         subject: &mut Subject,
-    ) -> Result<(), StoreError> {
+    ) -> Result<record::InstanceRecord, StoreError> {
+        let Received {
+            sop_class,
+            sop_instance,
+            transfer_syntax,
+            data,
+            source_ae,
+        } = object;
+        let calling_ae = source_ae.clone().unwrap_or_default();
+        let calling_ae = calling_ae.as_str();
         // Parse and wrap the data set off the async threads while the index is asked whether
         // the instance is already stored.
-        let ts = context.transfer_syntax.clone();
+        let ts = transfer_syntax.clone();
         let max_inflated = self.max_object_size;
         let (prepared, existing) = tokio::join!(
             tokio::task::spawn_blocking(move || prepare(&data, &ts, max_inflated)),
@@ -294,15 +359,24 @@ impl StoreService {
                 expected: sop_instance.to_string(),
             });
         }
+        if let Some(study) = study
+            && rec.study_instance_uid != study.as_str()
+        {
+            return Err(StoreError::DataSetMismatch {
+                attribute: "StudyInstanceUID",
+                found: rec.study_instance_uid,
+                expected: study.to_string(),
+            });
+        }
 
         // Idempotent re-send: the first acknowledged version is kept (documented in the
         // conformance statement); different content is never swapped in, and the sender is
         // told so unless its policy says otherwise.
         if let Some(existing) = existing? {
             let received = sha256_hex(file).await;
-            return self
-                .already_stored(calling_ae, &uids.sop_instance, &existing.sha256, received)
-                .await;
+            self.already_stored(calling_ae, &uids.sop_instance, &existing.sha256, received)
+                .await?;
+            return Ok(rec);
         }
         let key = object_key(
             self.storage.prefix(),
@@ -311,9 +385,9 @@ impl StoreService {
             &uids.sop_instance,
         );
         rec.storage_key = key.clone();
-        rec.transfer_syntax_uid = context.transfer_syntax.clone();
+        rec.transfer_syntax_uid = transfer_syntax;
         rec.size = file.len() as u64;
-        rec.calling_ae_title = Some(calling_ae.to_string()).filter(|s| !s.is_empty());
+        rec.calling_ae_title = source_ae;
 
         // 1. Data: W of N replicas (the checksum is computed while the replicas write).
         //    A write below quorum is undone where it landed.
@@ -351,14 +425,16 @@ impl StoreService {
                     "stored"
                 );
                 // 3. In HA mode: the standby has the row (or we hold a solo epoch).
-                self.confirm(seq).await
+                self.confirm(seq).await?;
+                Ok(rec)
             }
             Ok(InsertOutcome::AlreadyPresent { sha256 }) => {
                 // Indexed meanwhile (the per-instance lock makes this rare). Nothing is
                 // deleted here: under the same key that would remove the acknowledged
                 // version's object, not only ours.
-                self.already_stored(calling_ae, &uids.sop_instance, &sha256, rec.sha256)
-                    .await
+                self.already_stored(calling_ae, &uids.sop_instance, &sha256, rec.sha256.clone())
+                    .await?;
+                Ok(rec)
             }
             Err(e) => {
                 // Undo: the object must not stay visible without its index row.

@@ -21,6 +21,7 @@ pub fn config_in(dir: &Path) -> Config {
     let mut c = Config::default();
     c.node.bind = "127.0.0.1".into();
     c.node.port = 0;
+    c.http.port = 0;
     c.index.path = dir.join("index.sqlite");
     c.storage.replicas = (1..=3)
         .map(|i| dir.join(format!("replica-{i}")).display().to_string())

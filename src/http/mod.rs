@@ -1,0 +1,405 @@
+//! The HTTP side: DICOMweb (PS3.18: QIDO-RS, WADO-RS, STOW-RS, WADO-URI) on the same index,
+//! storage and store path as the DIMSE services, plus `/healthz`, `/readyz` and `/metrics`.
+//!
+//! Layers, outermost first: tracing, CORS (so that preflights and error responses carry its
+//! headers), authentication (`auth`), then the routes. Every failure is a `WebError`, which is
+//! the one place an error becomes an HTTP status.
+
+pub mod auth;
+pub mod json;
+pub mod multipart;
+pub mod ops;
+pub mod qido;
+pub mod stow;
+pub mod wado;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use axum::Router;
+use axum::extract::DefaultBodyLimit;
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use tokio::net::TcpListener;
+use tower_http::cors::{AllowOrigin, CorsLayer};
+use tracing::{info, warn};
+
+use crate::config::Config;
+use crate::index::Index;
+use crate::net::Shutdown;
+use crate::service::StoreService;
+use crate::storage::{Storage, Uid};
+
+/// Everything a request handler reaches.
+pub struct WebState {
+    pub config: Arc<Config>,
+    pub index: Index,
+    pub storage: Arc<Storage>,
+    pub store: Arc<StoreService>,
+    pub auth: auth::Authenticator,
+    pub metadata: wado::MetadataCache,
+    pub metrics: Arc<ops::Metrics>,
+    pub audit: crate::audit::Audit,
+}
+
+impl WebState {
+    pub fn new(
+        config: Arc<Config>,
+        index: Index,
+        storage: Arc<Storage>,
+        store: Arc<StoreService>,
+        metrics: Arc<ops::Metrics>,
+        audit: crate::audit::Audit,
+    ) -> WebState {
+        WebState {
+            audit,
+            auth: auth::Authenticator::new(index.clone(), config.http.require_auth),
+            config,
+            index,
+            storage,
+            store,
+            metadata: wado::MetadataCache::new(wado::METADATA_CACHE_BYTES),
+            metrics,
+        }
+    }
+}
+
+/// Why a request failed; `into_response` is the single mapping to a status and body.
+#[derive(Debug, thiserror::Error)]
+pub enum WebError {
+    #[error("{0}")]
+    BadRequest(String),
+    #[error("authentication required")]
+    Unauthorized,
+    #[error("{0}")]
+    Forbidden(String),
+    #[error("{0}")]
+    NotFound(String),
+    #[error("{0}")]
+    NotAcceptable(String),
+    #[error("{0}")]
+    Conflict(String),
+    #[error("{0}")]
+    TooLarge(String),
+    #[error("{0}")]
+    UnsupportedMediaType(String),
+    #[error("{0}")]
+    Unavailable(String),
+    #[error("{0}")]
+    Internal(String),
+}
+
+impl WebError {
+    pub fn status(&self) -> StatusCode {
+        match self {
+            WebError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            WebError::Unauthorized => StatusCode::UNAUTHORIZED,
+            WebError::Forbidden(_) => StatusCode::FORBIDDEN,
+            WebError::NotFound(_) => StatusCode::NOT_FOUND,
+            WebError::NotAcceptable(_) => StatusCode::NOT_ACCEPTABLE,
+            WebError::Conflict(_) => StatusCode::CONFLICT,
+            WebError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            WebError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            WebError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            WebError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+}
+
+impl From<crate::index::IndexError> for WebError {
+    fn from(e: crate::index::IndexError) -> Self {
+        WebError::Internal(format!("index: {e}"))
+    }
+}
+
+impl IntoResponse for WebError {
+    fn into_response(self) -> Response {
+        let status = self.status();
+        if status.is_server_error() {
+            warn!(%status, error = %self, "HTTP request failed");
+        }
+        let mut rsp = (
+            status,
+            [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
+            format!("{self}\n"),
+        )
+            .into_response();
+        if status == StatusCode::UNAUTHORIZED {
+            rsp.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                HeaderValue::from_static("Basic realm=\"pacsd\", Bearer realm=\"pacsd\""),
+            );
+        }
+        rsp
+    }
+}
+
+/// A UID from a request path or parameter, checked before it reaches SQL or a storage key.
+pub fn path_uid(what: &str, raw: &str) -> Result<Uid, WebError> {
+    Uid::parse(raw).map_err(|e| WebError::BadRequest(format!("{what} `{}`: {e}", clip(raw))))
+}
+
+/// At most 64 characters of an untrusted value, for messages.
+pub fn clip(s: &str) -> String {
+    let mut out: String = s.chars().take(64).collect();
+    if s.chars().count() > 64 {
+        out.push('…');
+    }
+    out.escape_debug().to_string()
+}
+
+/// The scheme and authority this request was addressed to, for absolute URLs in responses
+/// (BulkDataURI, RetrieveURL): X-Forwarded-Proto/Host from a reverse proxy, else Host.
+pub fn origin_of(headers: &HeaderMap) -> String {
+    let text = |name: &str| {
+        headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .map(|v| v.split(',').next().unwrap_or("").trim().to_string())
+            .filter(|v| !v.is_empty())
+    };
+    let valid_host = |h: &String| {
+        h.len() <= 255
+            && h.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"-.:[]_".contains(&b))
+    };
+    let proto = text("x-forwarded-proto")
+        .filter(|p| p == "http" || p == "https")
+        .unwrap_or_else(|| "http".to_string());
+    let host = text("x-forwarded-host")
+        .filter(valid_host)
+        .or_else(|| text("host").filter(valid_host))
+        .unwrap_or_else(|| "localhost".to_string());
+    format!("{proto}://{host}")
+}
+
+/// Both ends of an HTTP connection (for the audit trail and `fill_host_port`).
+#[derive(Debug, Clone, Copy)]
+pub struct Conn {
+    pub peer: SocketAddr,
+    pub local: SocketAddr,
+}
+
+impl axum::extract::connect_info::Connected<axum::serve::IncomingStream<'_, NoDelay>> for Conn {
+    fn connect_info(stream: axum::serve::IncomingStream<'_, NoDelay>) -> Self {
+        let peer = *stream.remote_addr();
+        Conn {
+            peer,
+            local: stream.io().local_addr().unwrap_or(peer),
+        }
+    }
+}
+
+/// The HTTP listener: TCP_NODELAY on every connection (responses are written in parts: a
+/// multipart header, then the object), and a pause after an accept error (descriptors run
+/// out) instead of a busy loop.
+pub struct NoDelay(pub TcpListener);
+
+impl axum::serve::Listener for NoDelay {
+    type Io = tokio::net::TcpStream;
+    type Addr = SocketAddr;
+
+    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
+        loop {
+            match self.0.accept().await {
+                Ok((io, addr)) => {
+                    let _ = io.set_nodelay(true);
+                    return (io, addr);
+                }
+                Err(e) => {
+                    warn!(error = %e, "HTTP accept failed; pausing");
+                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                }
+            }
+        }
+    }
+
+    fn local_addr(&self) -> std::io::Result<Self::Addr> {
+        self.0.local_addr()
+    }
+}
+
+/// Middleware: a Host header that names this node's own IP address without a port (some
+/// clients, dicomweb-client among them, leave the port out) gets the port the request
+/// arrived on, so that the absolute URLs built from it (BulkDataURI, RetrieveURL) reach this
+/// node. A name without a port is left alone: it is what a reverse proxy in front sends.
+async fn fill_host_port(mut req: axum::extract::Request, next: axum::middleware::Next) -> Response {
+    let conn = req
+        .extensions()
+        .get::<axum::extract::ConnectInfo<Conn>>()
+        .map(|c| c.0);
+    if let Some(conn) = conn
+        && let Some(host) = req
+            .headers()
+            .get(header::HOST)
+            .and_then(|v| v.to_str().ok())
+        && host.parse::<std::net::IpAddr>().ok() == Some(conn.local.ip())
+        && conn.local.port() != 80
+        && let Ok(v) = HeaderValue::from_str(&conn.local.to_string())
+    {
+        req.headers_mut().insert(header::HOST, v);
+    }
+    next.run(req).await
+}
+
+/// The DICOMweb routes, relative to `http.base_path`.
+fn dicomweb_routes() -> Router<Arc<WebState>> {
+    use axum::routing::post;
+    Router::new()
+        .route("/studies", get(qido::studies).post(stow::store))
+        .route("/series", get(qido::all_series))
+        .route("/instances", get(qido::all_instances))
+        .route(
+            "/studies/{study}",
+            get(wado::study).post(stow::store_in_study),
+        )
+        .route("/studies/{study}/metadata", get(wado::study_metadata))
+        .route("/studies/{study}/series", get(qido::series_of_study))
+        .route("/studies/{study}/instances", get(qido::instances_of_study))
+        .route("/studies/{study}/rendered", get(wado::study_rendered))
+        .route("/studies/{study}/thumbnail", get(wado::study_thumbnail))
+        .route("/studies/{study}/series/{series}", get(wado::series))
+        .route(
+            "/studies/{study}/series/{series}/metadata",
+            get(wado::series_metadata),
+        )
+        .route(
+            "/studies/{study}/series/{series}/instances",
+            get(qido::instances_of_series),
+        )
+        .route(
+            "/studies/{study}/series/{series}/rendered",
+            get(wado::series_rendered),
+        )
+        .route(
+            "/studies/{study}/series/{series}/thumbnail",
+            get(wado::series_thumbnail),
+        )
+        .route(
+            "/studies/{study}/series/{series}/instances/{instance}",
+            get(wado::instance),
+        )
+        .route(
+            "/studies/{study}/series/{series}/instances/{instance}/metadata",
+            get(wado::instance_metadata),
+        )
+        .route(
+            "/studies/{study}/series/{series}/instances/{instance}/rendered",
+            get(wado::instance_rendered),
+        )
+        .route(
+            "/studies/{study}/series/{series}/instances/{instance}/thumbnail",
+            get(wado::instance_thumbnail),
+        )
+        .route(
+            "/studies/{study}/series/{series}/instances/{instance}/frames/{frames}",
+            get(wado::frames),
+        )
+        .route(
+            "/studies/{study}/series/{series}/instances/{instance}/frames/{frames}/rendered",
+            get(wado::frame_rendered),
+        )
+        .route(
+            "/studies/{study}/series/{series}/instances/{instance}/frames/{frames}/thumbnail",
+            get(wado::frame_rendered),
+        )
+        .route(
+            "/studies/{study}/series/{series}/instances/{instance}/bulkdata/{tag}",
+            get(wado::bulkdata),
+        )
+        .route("/wado", get(wado::wado_uri))
+        .route("/", post(stow::store))
+}
+
+/// The whole application: DICOMweb under the base path, operations at the root.
+pub fn router(state: Arc<WebState>) -> Router {
+    let base = state.config.http.base_path.clone();
+    let dicomweb = dicomweb_routes();
+    let mut app = Router::new()
+        .route("/metrics", get(ops::metrics))
+        .route("/healthz", get(ops::healthz))
+        .route("/readyz", get(ops::readyz));
+    app = if base == "/" {
+        app.merge(dicomweb)
+    } else {
+        app.nest(&base, dicomweb)
+    };
+    let app = app
+        .fallback(|| async { WebError::NotFound("no such resource".into()) })
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            auth::require,
+        ))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            ops::count_request,
+        ))
+        .layer(axum::middleware::from_fn(fill_host_port))
+        .layer(DefaultBodyLimit::disable());
+    let app = match cors(&state.config) {
+        Some(c) => app.layer(c),
+        None => app,
+    };
+    app.layer(tower_http::trace::TraceLayer::new_for_http())
+        .with_state(state)
+}
+
+/// CORS for the configured origins (none: no CORS headers at all).
+fn cors(config: &Config) -> Option<CorsLayer> {
+    let origins = &config.http.allowed_origins;
+    if origins.is_empty() {
+        return None;
+    }
+    let allow = if origins.iter().any(|o| o == "*") {
+        AllowOrigin::any()
+    } else {
+        AllowOrigin::list(
+            origins
+                .iter()
+                .filter_map(|o| HeaderValue::from_str(o.trim_end_matches('/')).ok()),
+        )
+    };
+    Some(
+        CorsLayer::new()
+            .allow_origin(allow)
+            .allow_methods([Method::GET, Method::POST, Method::OPTIONS, Method::HEAD])
+            .allow_headers([
+                header::AUTHORIZATION,
+                header::ACCEPT,
+                header::CONTENT_TYPE,
+                header::HeaderName::from_static("x-requested-with"),
+            ])
+            .expose_headers([
+                header::CONTENT_TYPE,
+                header::WARNING,
+                header::CONTENT_LENGTH,
+            ])
+            .max_age(std::time::Duration::from_secs(600)),
+    )
+}
+
+/// Serve HTTP on `listener` until `shutdown`; requests in progress are given
+/// `timeouts.shutdown_secs` to finish.
+pub async fn serve(listener: TcpListener, state: Arc<WebState>, mut shutdown: Shutdown) {
+    let addr = listener.local_addr().ok();
+    let grace = state.config.timeouts.shutdown();
+    let app = router(state);
+    let listener = NoDelay(listener);
+    info!(addr = ?addr, "HTTP (DICOMweb) listening");
+    let mut stop = shutdown.clone();
+    let server = axum::serve(listener, app.into_make_service_with_connect_info::<Conn>())
+        .with_graceful_shutdown(async move { stop.wait().await });
+    tokio::select! {
+        r = server => {
+            if let Err(e) = r {
+                warn!(error = %e, "HTTP server stopped");
+            }
+        }
+        // Graceful shutdown waits for every connection; a client streaming a large
+        // retrieve or keeping a connection open does not hold the node past the grace.
+        _ = async { shutdown.wait().await; tokio::time::sleep(grace).await } => {
+            warn!("HTTP requests still open after the shutdown grace; closed");
+        }
+    }
+}

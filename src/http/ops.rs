@@ -1,0 +1,142 @@
+//! Operations endpoints: `/healthz` (the process answers), `/readyz` (it can take and serve
+//! objects: the index answers and a write quorum of replicas is up), `/metrics` (Prometheus).
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::extract::{MatchedPath, Request, State};
+use axum::http::{StatusCode, header};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+
+use super::{WebError, WebState};
+pub use crate::metrics::Metrics;
+use crate::metrics::gauge;
+
+/// Middleware: count every request by route and status, with its latency.
+pub async fn count_request(
+    State(state): State<Arc<WebState>>,
+    req: Request,
+    next: Next,
+) -> Response {
+    let route = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map(|p| p.as_str().to_string())
+        .unwrap_or_else(|| "unmatched".to_string());
+    let route = format!("{} {route}", req.method());
+    let started = Instant::now();
+    let rsp = next.run(req).await;
+    state
+        .metrics
+        .observe("http", &route, rsp.status().as_str(), started.elapsed());
+    rsp
+}
+
+pub async fn healthz() -> &'static str {
+    "ok\n"
+}
+
+pub async fn readyz(State(state): State<Arc<WebState>>) -> Result<&'static str, WebError> {
+    state.index.counts().await?;
+    let now = Instant::now();
+    let up = state
+        .storage
+        .health()
+        .iter()
+        .filter(|h| h.is_up(now))
+        .count();
+    let needed = state.storage.quorum().needed();
+    if up < needed {
+        return Err(WebError::Unavailable(format!(
+            "{up} replicas up, {needed} needed for a write quorum"
+        )));
+    }
+    Ok("ready\n")
+}
+
+pub async fn metrics(State(state): State<Arc<WebState>>) -> Result<Response, WebError> {
+    let mut out = String::with_capacity(16 * 1024);
+    state.metrics.render(&mut out);
+    let counts = state.index.counts().await?;
+    for (name, help, v) in [
+        ("pacsd_studies", "Studies indexed.", counts.studies),
+        ("pacsd_series", "Series indexed.", counts.series),
+        ("pacsd_instances", "Instances indexed.", counts.instances),
+        (
+            "pacsd_repair_queue_length",
+            "Replica copies waiting for repair.",
+            counts.repair_queue,
+        ),
+    ] {
+        gauge(&mut out, name, help, v as f64);
+    }
+    let previews = state.index.preview_counts().await?;
+    gauge(
+        &mut out,
+        "pacsd_preview_backlog",
+        "Previews waiting to be rendered.",
+        previews.pending as f64,
+    );
+    replica_metrics(&state, &mut out);
+    Ok((
+        StatusCode::OK,
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        out,
+    )
+        .into_response())
+}
+
+type ReplicaGauge<'a> = dyn Fn(&crate::storage::health::ReplicaHealth) -> f64 + 'a;
+
+/// Per replica: up, consecutive failures, backoff left, latency and bandwidth.
+fn replica_metrics(state: &WebState, out: &mut String) {
+    use std::fmt::Write;
+    let now = Instant::now();
+    let health = state.storage.health();
+    let families: [(&str, &str, &ReplicaGauge<'_>); 5] = [
+        (
+            "pacsd_replica_up",
+            "1 when the replica is used for reads and writes.",
+            &|h| f64::from(u8::from(h.is_up(now))),
+        ),
+        (
+            "pacsd_replica_failures",
+            "Consecutive failures since the last success.",
+            &|h| f64::from(h.failures),
+        ),
+        (
+            "pacsd_replica_backoff_seconds",
+            "Time left before a failed replica is tried again.",
+            &|h| {
+                h.down_until
+                    .map(|t| t.saturating_duration_since(now).as_secs_f64())
+                    .unwrap_or(0.0)
+            },
+        ),
+        (
+            "pacsd_replica_latency_seconds",
+            "Recent time to first byte.",
+            &|h| h.latency.map(|d| d.as_secs_f64()).unwrap_or(f64::NAN),
+        ),
+        (
+            "pacsd_replica_bandwidth_bytes_per_second",
+            "Recent whole-object read speed.",
+            &|h| h.bandwidth.unwrap_or(f64::NAN),
+        ),
+    ];
+    for (name, help, value) in families {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge");
+        for (r, h) in state.storage.replicas().iter().zip(&health) {
+            let _ = writeln!(
+                out,
+                "{name}{{replica=\"{}\"}} {}",
+                crate::metrics::escape(&r.location),
+                value(h)
+            );
+        }
+    }
+}

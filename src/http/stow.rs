@@ -1,0 +1,302 @@
+//! STOW-RS (PS3.18 10.5): `multipart/related; type="application/dicom"` bodies, read part
+//! by part (a part is held in memory up to `node.max_object_size`, the body up to
+//! `http.max_upload_size`), each part stored through the C-STORE path: Success only once it
+//! is on the write quorum, indexed, and (in an HA pair) confirmed by the standby.
+
+use std::sync::Arc;
+
+use axum::Extension;
+use axum::body::Body;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use dicom_core::value::DataSetSequence;
+use dicom_core::{DataElement, PrimitiveValue, VR};
+use dicom_dictionary_std::tags;
+use dicom_object::InMemDicomObject;
+use tracing::{info, warn};
+
+use super::multipart::request_boundary;
+use super::{WebError, WebState, clip, origin_of, path_uid};
+use crate::audit::{Event, INSTANCES_TRANSFERRED, Outcome, Role, Subject};
+use crate::index::account::Account;
+use crate::metrics::Metrics;
+use crate::storage::Uid;
+
+/// Parts in one request at most.
+const MAX_PARTS: usize = 100_000;
+
+pub async fn store(
+    State(s): State<Arc<WebState>>,
+    Extension(account): Extension<crate::index::account::Account>,
+    h: HeaderMap,
+    body: Body,
+) -> Result<Response, WebError> {
+    stow(s, None, &account, &h, body).await
+}
+
+pub async fn store_in_study(
+    State(s): State<Arc<WebState>>,
+    Path(study): Path<String>,
+    Extension(account): Extension<crate::index::account::Account>,
+    h: HeaderMap,
+    body: Body,
+) -> Result<Response, WebError> {
+    let study = path_uid("Study Instance UID", &study)?;
+    stow(s, Some(study), &account, &h, body).await
+}
+
+/// One part's outcome.
+struct Outcome1 {
+    sop_class: Option<String>,
+    sop: Option<String>,
+    result: Result<(String, String), (u16, String)>,
+}
+
+fn text(tag: dicom_core::Tag, vr: VR, v: &str) -> DataElement<InMemDicomObject> {
+    DataElement::new(tag, vr, PrimitiveValue::from(v))
+}
+
+async fn stow(
+    state: Arc<WebState>,
+    study: Option<Uid>,
+    account: &Account,
+    headers: &HeaderMap,
+    body: Body,
+) -> Result<Response, WebError> {
+    let content_type = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok());
+    let (boundary, part_type) = request_boundary(content_type)?;
+    if let Some(t) = &part_type
+        && t != "application/dicom"
+    {
+        return Err(WebError::UnsupportedMediaType(format!(
+            "type={} is not stored here; send type=\"application/dicom\" parts",
+            clip(t)
+        )));
+    }
+    let max_upload = state.config.http.max_upload_size;
+    let max_object = state.config.node.max_object_size;
+    if let Some(len) = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok())
+        && len > max_upload
+    {
+        return Err(WebError::TooLarge(format!(
+            "a request body holds at most {max_upload} bytes (http.max_upload_size)"
+        )));
+    }
+    let constraints = multer::Constraints::new().size_limit(
+        multer::SizeLimit::new()
+            .whole_stream(max_upload)
+            .per_field(max_object),
+    );
+    let mut parts =
+        multer::Multipart::with_constraints(body.into_data_stream(), boundary, constraints);
+    let mut outcomes: Vec<Outcome1> = Vec::new();
+    let mut subject = Subject::default();
+    let mut cut_short: Option<WebError> = None;
+    loop {
+        let field = match parts.next_field().await {
+            Ok(Some(f)) => f,
+            Ok(None) => break,
+            Err(e) => {
+                cut_short = Some(multipart_error(e));
+                break;
+            }
+        };
+        if outcomes.len() >= MAX_PARTS {
+            cut_short = Some(WebError::TooLarge(format!("more than {MAX_PARTS} parts")));
+            break;
+        }
+        let media = field
+            .content_type()
+            .map(|m| m.essence_str().to_ascii_lowercase());
+        if media.as_deref().is_some_and(|m| m != "application/dicom") {
+            outcomes.push(Outcome1 {
+                sop_class: None,
+                sop: None,
+                result: Err((
+                    crate::dimse::status::SOP_CLASS_NOT_SUPPORTED,
+                    format!(
+                        "part of type {} is not application/dicom",
+                        clip(media.as_deref().unwrap_or(""))
+                    ),
+                )),
+            });
+            continue;
+        }
+        let bytes = match field.bytes().await {
+            Ok(b) => b,
+            Err(e) => {
+                cut_short = Some(multipart_error(e));
+                break;
+            }
+        };
+        Metrics::add(&state.metrics.bytes_in, bytes.len() as u64);
+        let meta = crate::part10::split(&bytes).ok().map(|(m, _)| m);
+        let uid = |s: &str| s.trim_end_matches(['\0', ' ']).to_string();
+        let mut part_subject = Subject::default();
+        let result = state
+            .store
+            .store_part10(&bytes, study.as_ref(), &mut part_subject)
+            .await;
+        if subject.patient_id.is_none() {
+            subject.patient_id = part_subject.patient_id.clone();
+            subject.patient_name = part_subject.patient_name.clone();
+        }
+        for st in part_subject.studies {
+            if !subject.studies.contains(&st) {
+                subject.studies.push(st);
+            }
+        }
+        outcomes.push(match result {
+            Ok(rec) => Outcome1 {
+                sop_class: Some(rec.sop_class_uid.clone()),
+                sop: Some(rec.sop_instance_uid.clone()),
+                result: Ok((rec.study_instance_uid, rec.series_instance_uid)),
+            },
+            Err(e) => {
+                warn!(account = %account.name, error = %e, "STOW-RS part not stored");
+                let status = e.to_status();
+                Outcome1 {
+                    sop_class: meta.as_ref().map(|m| uid(m.media_storage_sop_class_uid())),
+                    sop: meta
+                        .as_ref()
+                        .map(|m| uid(m.media_storage_sop_instance_uid())),
+                    result: Err((status.code, status.comment.unwrap_or_default())),
+                }
+            }
+        });
+    }
+    let stored = outcomes.iter().filter(|o| o.result.is_ok()).count();
+    let failed = outcomes.len() - stored;
+    info!(account = %account.name, stored, failed, "STOW-RS request");
+    let outcome = match (stored, failed, &cut_short) {
+        (_, 0, None) => Outcome::Success,
+        (0, _, _) => Outcome::SeriousFailure,
+        _ => Outcome::MinorFailure,
+    };
+    if !outcomes.is_empty() {
+        state.audit.record(
+            Event::new(INSTANCES_TRANSFERRED, None, 'C', outcome)
+                .describe(format!("STOW-RS: {stored} stored, {failed} failed"))
+                .by(&account.name, None, Role::Source)
+                .about(&subject),
+        );
+    }
+    if let Some(e) = cut_short {
+        // The parts before the fault that were stored stay stored (each was complete and
+        // passed every check); the client is told the request failed and may send again
+        // (a re-sent identical instance is Success).
+        warn!(stored, error = %e, "STOW-RS body cut short");
+        return Err(e);
+    }
+    if outcomes.is_empty() {
+        return Err(WebError::BadRequest("the request holds no parts".into()));
+    }
+    if outcomes
+        .iter()
+        .all(|o| o.sop.is_none() && o.result.is_err())
+    {
+        return Err(WebError::UnsupportedMediaType(
+            "no application/dicom part in the request".into(),
+        ));
+    }
+    let base = format!(
+        "{}{}",
+        origin_of(headers),
+        state.config.http.base_path.trim_end_matches('/')
+    );
+    let mut response = InMemDicomObject::new_empty();
+    let mut referenced = Vec::new();
+    let mut failures = Vec::new();
+    for o in &outcomes {
+        let mut item = InMemDicomObject::new_empty();
+        item.put(text(
+            tags::REFERENCED_SOP_CLASS_UID,
+            VR::UI,
+            o.sop_class.as_deref().unwrap_or(""),
+        ));
+        item.put(text(
+            tags::REFERENCED_SOP_INSTANCE_UID,
+            VR::UI,
+            o.sop.as_deref().unwrap_or(""),
+        ));
+        match &o.result {
+            Ok((st, se)) => {
+                let sop = o.sop.as_deref().unwrap_or("");
+                item.put(text(
+                    tags::RETRIEVE_URL,
+                    VR::UR,
+                    &format!("{base}/studies/{st}/series/{se}/instances/{sop}"),
+                ));
+                referenced.push(item);
+            }
+            Err((code, comment)) => {
+                item.put(DataElement::new(
+                    tags::FAILURE_REASON,
+                    VR::US,
+                    PrimitiveValue::from(*code),
+                ));
+                if !comment.is_empty() {
+                    item.put(text(
+                        tags::ERROR_COMMENT,
+                        VR::LO,
+                        &comment.chars().take(64).collect::<String>(),
+                    ));
+                }
+                failures.push(item);
+            }
+        }
+    }
+    if let Some(st) = &study {
+        response.put(text(
+            tags::RETRIEVE_URL,
+            VR::UR,
+            &format!("{base}/studies/{st}"),
+        ));
+    }
+    if !referenced.is_empty() {
+        response.put(DataElement::new(
+            tags::REFERENCED_SOP_SEQUENCE,
+            VR::SQ,
+            DataSetSequence::from(referenced),
+        ));
+    }
+    if !failures.is_empty() {
+        response.put(DataElement::new(
+            tags::FAILED_SOP_SEQUENCE,
+            VR::SQ,
+            DataSetSequence::from(failures),
+        ));
+    }
+    // PS3.18 10.5.3: 200 when every instance was stored, 202 when some were, 409 when none.
+    let status = match (stored, failed) {
+        (_, 0) => StatusCode::OK,
+        (0, _) => StatusCode::CONFLICT,
+        _ => StatusCode::ACCEPTED,
+    };
+    let body = serde_json::to_vec(&super::json::metadata_object(&response, None))
+        .map_err(|e| WebError::Internal(e.to_string()))?;
+    Ok((
+        status,
+        [(header::CONTENT_TYPE, "application/dicom+json")],
+        body,
+    )
+        .into_response())
+}
+
+fn multipart_error(e: multer::Error) -> WebError {
+    match e {
+        multer::Error::StreamSizeExceeded { limit } => WebError::TooLarge(format!(
+            "a request body holds at most {limit} bytes (http.max_upload_size)"
+        )),
+        multer::Error::FieldSizeExceeded { limit, .. } => WebError::TooLarge(format!(
+            "one part holds at most {limit} bytes (node.max_object_size)"
+        )),
+        other => WebError::BadRequest(format!("malformed multipart body: {other}")),
+    }
+}

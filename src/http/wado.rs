@@ -1,0 +1,1168 @@
+//! WADO-RS (PS3.18 10.4) and WADO-URI (PS3.18 9): instances, metadata, frames, bulk data,
+//! rendered images and thumbnails, all read through the verified read path (striped for
+//! large objects, checked against the SHA-256 recorded at ingest).
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Mutex};
+
+use axum::body::Body;
+use axum::extract::{Path, RawQuery, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use bytes::Bytes;
+use dicom_dictionary_std::{tags, uids};
+use futures::StreamExt;
+
+use super::json::{BASE_PLACEHOLDER, metadata_object};
+use super::multipart::{
+    MediaType, accept_ranges, closing, new_boundary, part_header, related_content_type,
+};
+use super::{WebError, WebState, clip, origin_of, path_uid};
+use crate::index::query::{Column, Condition, Level, Matcher, Query};
+use crate::metrics::Metrics;
+use crate::service::retrieve::{read_object, transcode};
+use crate::storage::Expected;
+
+/// Bytes of series metadata kept in memory (JSON text); the least recently built series go
+/// first. 256 MiB holds the metadata of about 100,000 CT instances.
+pub const METADATA_CACHE_BYTES: usize = 256 * 1024 * 1024;
+/// Objects read at the same time for one retrieve or metadata request: enough to overlap
+/// one object's read with the previous one's sending, within the storage read budget.
+const READ_AHEAD: usize = 4;
+/// Frames in one `/frames/{list}` request at most.
+const MAX_FRAMES_PER_REQUEST: usize = 4096;
+
+/// One stored instance, as the index knows it.
+#[derive(Debug, Clone)]
+pub struct Stored {
+    pub study: String,
+    pub series: String,
+    pub sop: String,
+    pub sop_class: String,
+    pub transfer_syntax: String,
+    pub expected: Expected,
+    pub has_pixels: bool,
+}
+
+/// The instances of a study, a series or one instance, in series then ingest order.
+async fn stored(
+    state: &WebState,
+    study: &str,
+    series: Option<&str>,
+    sop: Option<&str>,
+) -> Result<Vec<Stored>, WebError> {
+    let single = |column, v: &str| Condition {
+        column,
+        matcher: Matcher::Single(v.to_string()),
+    };
+    let mut conditions = vec![single(Column::StudyInstanceUid, study)];
+    if let Some(se) = series {
+        conditions.push(single(Column::SeriesInstanceUid, se));
+    }
+    if let Some(i) = sop {
+        conditions.push(single(Column::SopInstanceUid, i));
+    }
+    let select = vec![
+        Column::StudyInstanceUid,
+        Column::SeriesInstanceUid,
+        Column::SopInstanceUid,
+        Column::SopClassUid,
+        Column::StoredTransferSyntax,
+        Column::StorageKey,
+        Column::StoredSize,
+        Column::StoredSha256,
+        Column::Rows,
+    ];
+    let q = Query {
+        level: Level::Image,
+        conditions,
+        select,
+        pn_case_insensitive: false,
+        combined_study_datetime: false,
+    };
+    let rows = match state.index.find(q, 0).await? {
+        crate::index::FindOutcome::Rows(r) => r,
+        crate::index::FindOutcome::TooMany { .. } => unreachable!("no limit given"),
+    };
+    let mut out: Vec<Stored> = rows
+        .into_iter()
+        .map(|r| {
+            let t = |i: usize| r[i].clone().unwrap_or_default();
+            Stored {
+                study: t(0),
+                series: t(1),
+                sop: t(2),
+                sop_class: t(3),
+                transfer_syntax: t(4),
+                expected: Expected {
+                    key: t(5),
+                    size: t(6).parse().unwrap_or(0),
+                    sha256: t(7),
+                },
+                has_pixels: r[8].is_some(),
+            }
+        })
+        .collect();
+    if out.is_empty() {
+        let what = match (series, sop) {
+            (_, Some(i)) => format!("instance {i}"),
+            (Some(se), None) => format!("series {se}"),
+            _ => format!("study {study}"),
+        };
+        return Err(WebError::NotFound(format!("no {what} in this archive")));
+    }
+    out.sort_by(|a, b| a.series.cmp(&b.series).then(std::cmp::Ordering::Equal));
+    Ok(out)
+}
+
+/// Read one object through the verified path.
+async fn read(state: &WebState, s: &Stored) -> Result<Bytes, WebError> {
+    let b = read_object(&state.storage, &state.index, &s.expected)
+        .await
+        .map_err(|e| WebError::Internal(format!("reading {}: {e}", s.sop)))?;
+    Metrics::add(&state.metrics.bytes_out, b.len() as u64);
+    Ok(b)
+}
+
+fn accept_of(headers: &HeaderMap) -> Vec<MediaType> {
+    accept_ranges(headers.get(header::ACCEPT).and_then(|v| v.to_str().ok()))
+}
+
+/// Native syntaxes the archive can transcode anything it can decode into.
+const NATIVE: [&str; 2] = [
+    uids::EXPLICIT_VR_LITTLE_ENDIAN,
+    uids::IMPLICIT_VR_LITTLE_ENDIAN,
+];
+
+/// The transfer syntax asked for as `application/dicom` parts: `None` means as stored
+/// (`transfer-syntax=*`). PS3.18 8.7.3.5.2: without the parameter, Explicit VR Little Endian.
+fn dicom_syntax(accept: &[MediaType], stored: &[&str]) -> Result<Option<String>, WebError> {
+    for r in accept {
+        let ts = r.param("transfer-syntax");
+        let fits = match r.essence.as_str() {
+            "multipart/related" => r
+                .param("type")
+                .is_none_or(|t| t.eq_ignore_ascii_case("application/dicom")),
+            "*/*" | "multipart/*" | "application/dicom" => true,
+            _ => false,
+        };
+        if !fits {
+            continue;
+        }
+        match ts {
+            Some("*") => return Ok(None),
+            Some(t) if stored.iter().all(|s| *s == t) || NATIVE.contains(&t) => {
+                return Ok(Some(t.to_string()));
+            }
+            Some(_) => continue,
+            None if r.essence == "*/*" => return Ok(None),
+            None => return Ok(Some(uids::EXPLICIT_VR_LITTLE_ENDIAN.to_string())),
+        }
+    }
+    Err(WebError::NotAcceptable(
+        "this archive sends multipart/related; type=\"application/dicom\" with the stored transfer \
+         syntax (transfer-syntax=*), Explicit or Implicit VR Little Endian"
+            .into(),
+    ))
+}
+
+/// The Part 10 file of `s` in `ts` (None: as stored).
+fn in_syntax(s: &Stored, file: Bytes, ts: Option<&str>) -> Result<Bytes, WebError> {
+    match ts {
+        None => Ok(file),
+        Some(t) if t == s.transfer_syntax => Ok(file),
+        Some(t) => {
+            let data = transcode(&file, &s.transfer_syntax, t).map_err(|e| {
+                WebError::NotAcceptable(format!("{} cannot be sent in {t}: {e}", s.sop))
+            })?;
+            crate::part10::build(&s.sop_class, &s.sop, t, &data)
+                .map(Bytes::from)
+                .map_err(|e| WebError::Internal(e.to_string()))
+        }
+    }
+}
+
+/// Stream `objects` as multipart/related application/dicom parts.
+async fn retrieve(
+    state: Arc<WebState>,
+    objects: Vec<Stored>,
+    headers: &HeaderMap,
+) -> Result<Response, WebError> {
+    let stored: Vec<&str> = objects.iter().map(|s| s.transfer_syntax.as_str()).collect();
+    let ts = dicom_syntax(&accept_of(headers), &stored)?;
+    let boundary = new_boundary();
+    let content_type = match &ts {
+        Some(t) => format!(
+            "{}; transfer-syntax={t}",
+            related_content_type(&boundary, "application/dicom")
+        ),
+        None => related_content_type(&boundary, "application/dicom"),
+    };
+    let b = boundary.clone();
+    let parts = futures::stream::iter(objects)
+        .map(move |s| {
+            let (state, ts, b) = (state.clone(), ts.clone(), b.clone());
+            async move {
+                let file = read(&state, &s).await?;
+                let ts2 = ts.clone();
+                let s2 = s.clone();
+                let file =
+                    tokio::task::spawn_blocking(move || in_syntax(&s2, file, ts2.as_deref()))
+                        .await
+                        .map_err(|e| WebError::Internal(e.to_string()))??;
+                let part_type = match ts.as_deref() {
+                    Some(t) => format!("application/dicom; transfer-syntax={t}"),
+                    None => format!("application/dicom; transfer-syntax={}", s.transfer_syntax),
+                };
+                Ok::<_, WebError>(futures::stream::iter([
+                    Ok(part_header(&b, &part_type, None)),
+                    Ok(file),
+                ]))
+            }
+        })
+        .buffered(READ_AHEAD)
+        .flat_map(|r| match r {
+            Ok(parts) => parts.left_stream(),
+            Err(e) => {
+                tracing::warn!(error = %e, "WADO-RS retrieve cut short");
+                futures::stream::iter([Err(std::io::Error::other(e.to_string()))]).right_stream()
+            }
+        })
+        .chain(futures::stream::iter([Ok(closing(&boundary))]));
+    Ok(Response::builder()
+        .status(StatusCode::OK)
+        .header(header::CONTENT_TYPE, content_type)
+        .body(Body::from_stream(parts))
+        .expect("valid response"))
+}
+
+fn uids2(study: &str, series: &str) -> Result<(String, String), WebError> {
+    Ok((
+        path_uid("Study Instance UID", study)?.to_string(),
+        path_uid("Series Instance UID", series)?.to_string(),
+    ))
+}
+
+fn uids3(study: &str, series: &str, sop: &str) -> Result<(String, String, String), WebError> {
+    let (st, se) = uids2(study, series)?;
+    Ok((st, se, path_uid("SOP Instance UID", sop)?.to_string()))
+}
+
+pub async fn study(
+    State(s): State<Arc<WebState>>,
+    Path(study): Path<String>,
+    h: HeaderMap,
+) -> Result<Response, WebError> {
+    let study = path_uid("Study Instance UID", &study)?.to_string();
+    let objects = stored(&s, &study, None, None).await?;
+    retrieve(s, objects, &h).await
+}
+
+pub async fn series(
+    State(s): State<Arc<WebState>>,
+    Path((study, series)): Path<(String, String)>,
+    h: HeaderMap,
+) -> Result<Response, WebError> {
+    let (st, se) = uids2(&study, &series)?;
+    let objects = stored(&s, &st, Some(&se), None).await?;
+    retrieve(s, objects, &h).await
+}
+
+pub async fn instance(
+    State(s): State<Arc<WebState>>,
+    Path((study, series, sop)): Path<(String, String, String)>,
+    h: HeaderMap,
+) -> Result<Response, WebError> {
+    let (st, se, i) = uids3(&study, &series, &sop)?;
+    let objects = stored(&s, &st, Some(&se), Some(&i)).await?;
+    retrieve(s, objects, &h).await
+}
+
+// ---- metadata ----
+
+/// Series metadata built from the stored objects, kept by series: (instance count it was
+/// built from, each instance's JSON with `BASE_PLACEHOLDER` where the base URL goes).
+pub struct MetadataCache {
+    inner: Mutex<CacheInner>,
+    capacity: usize,
+}
+
+/// Each instance of a series: (SOP Instance UID, metadata JSON).
+type SeriesMetadata = Arc<Vec<(String, String)>>;
+
+#[derive(Default)]
+struct CacheInner {
+    map: HashMap<String, (usize, SeriesMetadata)>,
+    order: VecDeque<String>,
+    bytes: usize,
+}
+
+impl MetadataCache {
+    pub fn new(capacity: usize) -> MetadataCache {
+        MetadataCache {
+            inner: Mutex::new(CacheInner::default()),
+            capacity,
+        }
+    }
+
+    fn get(&self, series: &str, count: usize) -> Option<SeriesMetadata> {
+        let c = self.inner.lock().expect("metadata cache");
+        c.map
+            .get(series)
+            .filter(|(n, _)| *n == count)
+            .map(|(_, v)| v.clone())
+    }
+
+    fn put(&self, series: &str, value: SeriesMetadata) {
+        let size: usize = value.iter().map(|(a, b)| a.len() + b.len()).sum();
+        if size > self.capacity {
+            return;
+        }
+        let mut c = self.inner.lock().expect("metadata cache");
+        if let Some((_, old)) = c.map.remove(series) {
+            c.bytes -= old.iter().map(|(a, b)| a.len() + b.len()).sum::<usize>();
+            c.order.retain(|s| s != series);
+        }
+        while c.bytes + size > self.capacity {
+            let Some(oldest) = c.order.pop_front() else {
+                break;
+            };
+            if let Some((_, old)) = c.map.remove(&oldest) {
+                c.bytes -= old.iter().map(|(a, b)| a.len() + b.len()).sum::<usize>();
+            }
+        }
+        c.bytes += size;
+        c.order.push_back(series.to_string());
+        c.map.insert(series.to_string(), (value.len(), value));
+    }
+}
+
+/// The metadata JSON of one instance (placeholder base URL).
+async fn instance_metadata_json(state: &WebState, s: &Stored) -> Result<String, WebError> {
+    let file = read(state, s).await?;
+    let s = s.clone();
+    tokio::task::spawn_blocking(move || {
+        let (meta, offset) =
+            crate::part10::split(&file).map_err(|e| WebError::Internal(e.to_string()))?;
+        let header = crate::index::record::parse_header(
+            &file[offset..],
+            meta.transfer_syntax(),
+            crate::config::DEFAULT_MAX_OBJECT_SIZE,
+        )
+        .map_err(|e| WebError::Internal(e.to_string()))?;
+        let url = format!(
+            "{BASE_PLACEHOLDER}/studies/{}/series/{}/instances/{}",
+            s.study, s.series, s.sop
+        );
+        let mut json = metadata_object(&header, Some(&url));
+        if s.has_pixels
+            && let Some(map) = json.as_object_mut()
+        {
+            let vr = if crate::net::syntax::is_encapsulated(&s.transfer_syntax) {
+                "OB"
+            } else {
+                "OW"
+            };
+            map.insert(
+                "7FE00010".into(),
+                serde_json::json!({"vr": vr, "BulkDataURI": format!("{url}/bulkdata/7FE00010")}),
+            );
+            map.insert(
+                "00083002".into(),
+                serde_json::json!({"vr": "UI", "Value": [s.transfer_syntax]}),
+            );
+        }
+        serde_json::to_string(&json).map_err(|e| WebError::Internal(e.to_string()))
+    })
+    .await
+    .map_err(|e| WebError::Internal(e.to_string()))?
+}
+
+/// The metadata of every instance of one series, from the cache or built now.
+async fn series_metadata_json(
+    state: &Arc<WebState>,
+    series: &str,
+    objects: Vec<Stored>,
+) -> Result<SeriesMetadata, WebError> {
+    if let Some(hit) = state.metadata.get(series, objects.len()) {
+        return Ok(hit);
+    }
+    let built: Vec<(String, String)> = futures::stream::iter(objects)
+        .map(|s| {
+            let state = state.clone();
+            async move {
+                let j = instance_metadata_json(&state, &s).await?;
+                Ok::<_, WebError>((s.sop, j))
+            }
+        })
+        .buffered(READ_AHEAD)
+        .collect::<Vec<_>>()
+        .await
+        .into_iter()
+        .collect::<Result<_, _>>()?;
+    let built = Arc::new(built);
+    state.metadata.put(series, built.clone());
+    Ok(built)
+}
+
+async fn metadata(
+    state: Arc<WebState>,
+    objects: Vec<Stored>,
+    only: Option<&str>,
+    headers: &HeaderMap,
+) -> Result<Response, WebError> {
+    if !accept_of(headers)
+        .iter()
+        .any(|r| r.covers("application/dicom+json") || r.covers("application/json"))
+    {
+        return Err(WebError::NotAcceptable(
+            "metadata is sent as application/dicom+json".into(),
+        ));
+    }
+    let base = format!(
+        "{}{}",
+        origin_of(headers),
+        state.config.http.base_path.trim_end_matches('/')
+    );
+    let mut by_series: Vec<(String, Vec<Stored>)> = Vec::new();
+    for s in objects {
+        match by_series.last_mut() {
+            Some((se, v)) if *se == s.series => v.push(s),
+            _ => by_series.push((s.series.clone(), vec![s])),
+        }
+    }
+    let mut body = String::from("[");
+    let mut first = true;
+    for (series, objects) in by_series {
+        let all = if only.is_some() {
+            // One instance: no need to build (or count against) the whole series.
+            let s = objects[0].clone();
+            Arc::new(vec![(
+                s.sop.clone(),
+                instance_metadata_json(&state, &s).await?,
+            )])
+        } else {
+            series_metadata_json(&state, &series, objects).await?
+        };
+        for (_, json) in all.iter() {
+            if !first {
+                body.push(',');
+            }
+            first = false;
+            body.push_str(json);
+        }
+    }
+    body.push(']');
+    let body = body.replace(BASE_PLACEHOLDER, &base);
+    Ok((
+        StatusCode::OK,
+        [(header::CONTENT_TYPE, "application/dicom+json")],
+        body,
+    )
+        .into_response())
+}
+
+pub async fn study_metadata(
+    State(s): State<Arc<WebState>>,
+    Path(study): Path<String>,
+    h: HeaderMap,
+) -> Result<Response, WebError> {
+    let study = path_uid("Study Instance UID", &study)?.to_string();
+    let objects = stored(&s, &study, None, None).await?;
+    metadata(s, objects, None, &h).await
+}
+
+pub async fn series_metadata(
+    State(s): State<Arc<WebState>>,
+    Path((study, series)): Path<(String, String)>,
+    h: HeaderMap,
+) -> Result<Response, WebError> {
+    let (st, se) = uids2(&study, &series)?;
+    let objects = stored(&s, &st, Some(&se), None).await?;
+    metadata(s, objects, None, &h).await
+}
+
+pub async fn instance_metadata(
+    State(s): State<Arc<WebState>>,
+    Path((study, series, sop)): Path<(String, String, String)>,
+    h: HeaderMap,
+) -> Result<Response, WebError> {
+    let (st, se, i) = uids3(&study, &series, &sop)?;
+    let objects = stored(&s, &st, Some(&se), Some(&i)).await?;
+    metadata(s, objects, Some(&i), &h).await
+}
+
+// ---- frames and bulk data ----
+
+/// The media type of compressed frames in `ts` (PS3.18 Table 8.7.3-2), None when native.
+fn frame_media_type(ts: &str) -> Option<&'static str> {
+    Some(match ts {
+        "1.2.840.10008.1.2.4.50"
+        | "1.2.840.10008.1.2.4.51"
+        | "1.2.840.10008.1.2.4.57"
+        | "1.2.840.10008.1.2.4.70" => "image/jpeg",
+        "1.2.840.10008.1.2.4.80" | "1.2.840.10008.1.2.4.81" => "image/jls",
+        "1.2.840.10008.1.2.4.90" | "1.2.840.10008.1.2.4.91" => "image/jp2",
+        "1.2.840.10008.1.2.4.201" | "1.2.840.10008.1.2.4.202" | "1.2.840.10008.1.2.4.203" => {
+            "image/jphc"
+        }
+        "1.2.840.10008.1.2.5" => "image/dicom-rle",
+        _ if crate::net::syntax::is_encapsulated(ts) => "application/octet-stream",
+        _ => return None,
+    })
+}
+
+/// `1,3,5` -> [1, 3, 5] (1-based, as PS3.18 numbers frames).
+fn frame_list(text: &str) -> Result<Vec<u32>, WebError> {
+    let list: Vec<u32> = text
+        .split(',')
+        .map(|f| f.trim().parse::<u32>().ok().filter(|n| *n >= 1))
+        .collect::<Option<_>>()
+        .ok_or_else(|| {
+            WebError::BadRequest(format!(
+                "frame list `{}` is not 1-based numbers",
+                clip(text)
+            ))
+        })?;
+    if list.is_empty() || list.len() > MAX_FRAMES_PER_REQUEST {
+        return Err(WebError::BadRequest(format!(
+            "a frame list holds 1 to {MAX_FRAMES_PER_REQUEST} frames"
+        )));
+    }
+    Ok(list)
+}
+
+/// The pixel data of frames `wanted` of a Part 10 file: encapsulated frames as stored (one
+/// fragment per frame, or several as the offset table says), native frames cut out.
+fn extract_frames(file: &[u8], wanted: &[u32]) -> Result<Vec<Vec<u8>>, WebError> {
+    use dicom_core::value::Value;
+    use dicom_object::mem::InMemElement;
+    let obj = crate::part10::open(file, crate::config::DEFAULT_MAX_OBJECT_SIZE)
+        .map_err(|e| WebError::Internal(e.to_string()))?;
+    let int = |tag| -> u64 {
+        obj.element_opt(tag)
+            .ok()
+            .flatten()
+            .and_then(|e: &InMemElement| e.to_int::<u64>().ok())
+            .unwrap_or(0)
+    };
+    let frames = int(tags::NUMBER_OF_FRAMES).max(1);
+    if let Some(bad) = wanted.iter().find(|f| u64::from(**f) > frames) {
+        return Err(WebError::NotFound(format!(
+            "frame {bad} does not exist ({frames} frames)"
+        )));
+    }
+    let pixel = obj
+        .element_opt(tags::PIXEL_DATA)
+        .ok()
+        .flatten()
+        .ok_or_else(|| WebError::NotFound("the instance has no pixel data".into()))?;
+    match pixel.value() {
+        Value::PixelSequence(seq) => {
+            let fragments = seq.fragments();
+            let offsets = seq.offset_table();
+            let per_frame: Vec<Vec<u8>> = if fragments.len() as u64 == frames {
+                fragments.iter().map(|f| f.to_vec()).collect()
+            } else if frames == 1 {
+                vec![fragments.concat()]
+            } else if offsets.len() as u64 == frames {
+                // Fragments grouped by the Basic Offset Table (byte offsets of each frame's
+                // first fragment item, counted with the 8-byte item headers).
+                let mut out = vec![Vec::new(); frames as usize];
+                let mut pos = 0u64;
+                let mut frame = 0usize;
+                for f in fragments {
+                    while frame + 1 < offsets.len() && pos >= u64::from(offsets[frame + 1]) {
+                        frame += 1;
+                    }
+                    out[frame].extend_from_slice(f);
+                    pos += 8 + f.len() as u64;
+                }
+                out
+            } else {
+                return Err(WebError::Internal(
+                    "fragments cannot be matched to frames (no offset table)".into(),
+                ));
+            };
+            Ok(wanted
+                .iter()
+                .map(|f| per_frame[*f as usize - 1].clone())
+                .collect())
+        }
+        Value::Primitive(p) => {
+            let bytes = p.to_bytes();
+            let size = int(tags::ROWS)
+                * int(tags::COLUMNS)
+                * int(tags::SAMPLES_PER_PIXEL).max(1)
+                * int(tags::BITS_ALLOCATED).max(1)
+                / 8;
+            wanted
+                .iter()
+                .map(|f| {
+                    let start = (u64::from(*f) - 1) * size;
+                    bytes
+                        .get(start as usize..(start + size) as usize)
+                        .map(|b| b.to_vec())
+                        .ok_or_else(|| {
+                            WebError::Internal("pixel data shorter than its frames".into())
+                        })
+                })
+                .collect()
+        }
+        Value::Sequence(_) => Err(WebError::Internal("pixel data is a sequence".into())),
+    }
+}
+
+pub async fn frames(
+    State(s): State<Arc<WebState>>,
+    Path((study, series, sop, list)): Path<(String, String, String, String)>,
+    h: HeaderMap,
+) -> Result<Response, WebError> {
+    let (st, se, i) = uids3(&study, &series, &sop)?;
+    let wanted = frame_list(&list)?;
+    let obj = stored(&s, &st, Some(&se), Some(&i)).await?.remove(0);
+    let compressed = frame_media_type(&obj.transfer_syntax);
+    // As stored when the client takes that media type (or any, with transfer-syntax=*);
+    // else decoded to native pixel data (application/octet-stream).
+    let mut as_stored = compressed.is_none();
+    let mut native_ok = false;
+    for r in accept_of(&h) {
+        let part = match r.essence.as_str() {
+            "multipart/related" => r
+                .param("type")
+                .unwrap_or("application/octet-stream")
+                .to_string(),
+            e => e.to_string(),
+        };
+        let part = MediaType::parse(&part)
+            .map(|m| m.essence)
+            .unwrap_or_default();
+        let ts = r.param("transfer-syntax");
+        if let Some(c) = compressed
+            && (part == c || part == "*/*" || ts == Some("*"))
+            && (ts.is_none() || ts == Some("*") || ts == Some(&obj.transfer_syntax))
+        {
+            as_stored = true;
+            break;
+        }
+        if part == "application/octet-stream" || part == "*/*" {
+            native_ok = true;
+        }
+    }
+    if !as_stored && !native_ok {
+        return Err(WebError::NotAcceptable(format!(
+            "frames of this instance are sent as {} or application/octet-stream",
+            compressed.unwrap_or("application/octet-stream")
+        )));
+    }
+    let file = read(&s, &obj).await?;
+    let ts = obj.transfer_syntax.clone();
+    let (frames, part_type) = tokio::task::spawn_blocking(move || {
+        if as_stored {
+            let t = match frame_media_type(&ts) {
+                Some(m) => format!("{m}; transfer-syntax={ts}"),
+                None => "application/octet-stream".to_string(),
+            };
+            Ok::<_, WebError>((extract_frames(&file, &wanted)?, t))
+        } else {
+            let data = transcode(&file, &ts, uids::EXPLICIT_VR_LITTLE_ENDIAN)
+                .map_err(|e| WebError::NotAcceptable(format!("cannot decode the frames: {e}")))?;
+            let native = crate::part10::build(
+                &obj.sop_class,
+                &obj.sop,
+                uids::EXPLICIT_VR_LITTLE_ENDIAN,
+                &data,
+            )
+            .map_err(|e| WebError::Internal(e.to_string()))?;
+            Ok((
+                extract_frames(&native, &wanted)?,
+                "application/octet-stream".to_string(),
+            ))
+        }
+    })
+    .await
+    .map_err(|e| WebError::Internal(e.to_string()))??;
+    let boundary = new_boundary();
+    let essence = part_type.split(';').next().unwrap_or("").to_string();
+    let mut body = Vec::new();
+    for f in frames {
+        body.extend_from_slice(&part_header(&boundary, &part_type, None));
+        body.extend_from_slice(&f);
+    }
+    body.extend_from_slice(&closing(&boundary));
+    Ok((
+        StatusCode::OK,
+        [(
+            header::CONTENT_TYPE,
+            related_content_type(&boundary, &essence),
+        )],
+        body,
+    )
+        .into_response())
+}
+
+pub async fn bulkdata(
+    State(s): State<Arc<WebState>>,
+    Path((study, series, sop, tag)): Path<(String, String, String, String)>,
+    h: HeaderMap,
+) -> Result<Response, WebError> {
+    let (st, se, i) = uids3(&study, &series, &sop)?;
+    let t = (tag.len() == 8)
+        .then(|| u32::from_str_radix(&tag, 16).ok())
+        .flatten()
+        .map(|v| dicom_core::Tag((v >> 16) as u16, v as u16))
+        .ok_or_else(|| WebError::BadRequest(format!("`{}` is not a tag (GGGGEEEE)", clip(&tag))))?;
+    if t == tags::PIXEL_DATA {
+        // The pixel data of every frame, as /frames would send them.
+        let obj = stored(&s, &st, Some(&se), Some(&i)).await?.remove(0);
+        let file = read(&s, &obj).await?;
+        let n = tokio::task::spawn_blocking(move || {
+            crate::part10::open(&file, crate::config::DEFAULT_MAX_OBJECT_SIZE)
+                .ok()
+                .and_then(|o| {
+                    o.element_opt(tags::NUMBER_OF_FRAMES)
+                        .ok()
+                        .flatten()
+                        .and_then(|e| e.to_int::<u32>().ok())
+                })
+                .unwrap_or(1)
+        })
+        .await
+        .unwrap_or(1);
+        let list = (1..=n.max(1))
+            .map(|f| f.to_string())
+            .collect::<Vec<_>>()
+            .join(",");
+        return frames(State(s), Path((study, series, sop, list)), h).await;
+    }
+    let obj = stored(&s, &st, Some(&se), Some(&i)).await?.remove(0);
+    let file = read(&s, &obj).await?;
+    let value = tokio::task::spawn_blocking(move || {
+        let o = crate::part10::open(&file, crate::config::DEFAULT_MAX_OBJECT_SIZE)
+            .map_err(|e| WebError::Internal(e.to_string()))?;
+        let e = o.element_opt(t).ok().flatten().ok_or_else(|| {
+            WebError::NotFound(format!(
+                "no attribute {} in this instance",
+                super::json::tag_key(t)
+            ))
+        })?;
+        e.value()
+            .primitive()
+            .map(|p| p.to_bytes().into_owned())
+            .ok_or_else(|| WebError::NotFound("not a bulk data attribute".into()))
+    })
+    .await
+    .map_err(|e| WebError::Internal(e.to_string()))??;
+    let boundary = new_boundary();
+    let mut body = part_header(&boundary, "application/octet-stream", None).to_vec();
+    body.extend_from_slice(&value);
+    body.extend_from_slice(&closing(&boundary));
+    Ok((
+        StatusCode::OK,
+        [(
+            header::CONTENT_TYPE,
+            related_content_type(&boundary, "application/octet-stream"),
+        )],
+        body,
+    )
+        .into_response())
+}
+
+// ---- rendered and thumbnails ----
+
+/// Rendering options (PS3.18 8.3.5): viewport and quality; window is not applied (the
+/// object's own VOI is used) and is said so in a Warning.
+struct Rendering {
+    png: bool,
+    viewport: Option<(u32, u32)>,
+    quality: u8,
+    window_ignored: bool,
+}
+
+fn rendering(raw: Option<&str>, headers: &HeaderMap) -> Result<Rendering, WebError> {
+    let mut r = Rendering {
+        png: false,
+        viewport: None,
+        quality: crate::render::JPEG_QUALITY,
+        window_ignored: false,
+    };
+    let accept = accept_of(headers);
+    match accept
+        .iter()
+        .find(|a| a.covers("image/jpeg") || a.covers("image/png"))
+    {
+        Some(a) if a.essence == "image/png" => r.png = true,
+        Some(_) => {}
+        None => {
+            return Err(WebError::NotAcceptable(
+                "rendered images are image/jpeg or image/png".into(),
+            ));
+        }
+    }
+    for (k, v) in url::form_urlencoded::parse(raw.unwrap_or("").as_bytes()).take(32) {
+        match k.as_ref() {
+            "quality" => {
+                r.quality = v
+                    .parse::<u8>()
+                    .ok()
+                    .filter(|q| (1..=100).contains(q))
+                    .ok_or_else(|| WebError::BadRequest("quality is 1 to 100".into()))?
+            }
+            "viewport" => {
+                let mut it = v.split(',').map(|n| {
+                    n.trim()
+                        .parse::<u32>()
+                        .ok()
+                        .filter(|n| (1..=8192).contains(n))
+                });
+                match (it.next().flatten(), it.next().flatten()) {
+                    (Some(w), Some(h)) => r.viewport = Some((w, h)),
+                    _ => return Err(WebError::BadRequest("viewport is vw,vh (1 to 8192)".into())),
+                }
+            }
+            "window" => r.window_ignored = true,
+            _ => {}
+        }
+    }
+    Ok(r)
+}
+
+fn encoded_image(image: image::DynamicImage, r: &Rendering) -> Result<Response, WebError> {
+    let image = match r.viewport {
+        Some((w, h)) if image.width() > w || image.height() > h => {
+            image.resize(w, h, image::imageops::FilterType::Triangle)
+        }
+        _ => image,
+    };
+    let (bytes, ct) = if r.png {
+        let mut out = std::io::Cursor::new(Vec::new());
+        image
+            .write_to(&mut out, image::ImageFormat::Png)
+            .map_err(|e| WebError::Internal(e.to_string()))?;
+        (out.into_inner(), "image/png")
+    } else {
+        (
+            crate::render::encode_jpeg_with(&image, r.quality)
+                .map_err(|e| WebError::Internal(e.to_string()))?,
+            "image/jpeg",
+        )
+    };
+    let mut rsp = (StatusCode::OK, [(header::CONTENT_TYPE, ct)], bytes).into_response();
+    if r.window_ignored {
+        rsp.headers_mut().insert(
+            header::WARNING,
+            header::HeaderValue::from_static("299 pacsd: the window parameter is not supported; the object's own window was used"),
+        );
+    }
+    Ok(rsp)
+}
+
+/// Frame `frame` (1-based) of an instance, rendered.
+async fn render(
+    state: &WebState,
+    obj: &Stored,
+    frame: u32,
+    r: &Rendering,
+) -> Result<Response, WebError> {
+    if !obj.has_pixels {
+        return Err(WebError::NotFound(format!(
+            "instance {} has no image to render",
+            obj.sop
+        )));
+    }
+    let file = read(state, obj).await?;
+    let image = tokio::task::spawn_blocking(move || crate::render::render_frame(&file, frame - 1))
+        .await
+        .map_err(|e| WebError::Internal(e.to_string()))?
+        .map_err(|e| WebError::Internal(e.to_string()))?
+        .ok_or_else(|| WebError::NotFound("no pixel data".into()))?;
+    encoded_image(image, r)
+}
+
+/// The first instance with pixel data of a study or series (by instance number).
+async fn representative(
+    state: &WebState,
+    study: &str,
+    series: Option<&str>,
+) -> Result<Stored, WebError> {
+    let firsts = state.index.first_instance_of_each_series(study).await?;
+    let all = stored(state, study, series, None).await?;
+    let pick = firsts
+        .iter()
+        .filter_map(|(_, _, sop)| all.iter().find(|s| &s.sop == sop && s.has_pixels))
+        .next()
+        .or_else(|| all.iter().find(|s| s.has_pixels));
+    pick.cloned()
+        .ok_or_else(|| WebError::NotFound("nothing with pixel data to render here".into()))
+}
+
+pub async fn instance_rendered(
+    State(s): State<Arc<WebState>>,
+    Path((study, series, sop)): Path<(String, String, String)>,
+    RawQuery(q): RawQuery,
+    h: HeaderMap,
+) -> Result<Response, WebError> {
+    let (st, se, i) = uids3(&study, &series, &sop)?;
+    let r = rendering(q.as_deref(), &h)?;
+    let obj = stored(&s, &st, Some(&se), Some(&i)).await?.remove(0);
+    render(&s, &obj, 1, &r).await
+}
+
+pub async fn frame_rendered(
+    State(s): State<Arc<WebState>>,
+    Path((study, series, sop, list)): Path<(String, String, String, String)>,
+    RawQuery(q): RawQuery,
+    h: HeaderMap,
+) -> Result<Response, WebError> {
+    let (st, se, i) = uids3(&study, &series, &sop)?;
+    let frames = frame_list(&list)?;
+    if frames.len() != 1 {
+        return Err(WebError::BadRequest(
+            "a rendered frame request names one frame".into(),
+        ));
+    }
+    let r = rendering(q.as_deref(), &h)?;
+    let obj = stored(&s, &st, Some(&se), Some(&i)).await?.remove(0);
+    render(&s, &obj, frames[0], &r).await
+}
+
+pub async fn series_rendered(
+    State(s): State<Arc<WebState>>,
+    Path((study, series)): Path<(String, String)>,
+    RawQuery(q): RawQuery,
+    h: HeaderMap,
+) -> Result<Response, WebError> {
+    let (st, se) = uids2(&study, &series)?;
+    let r = rendering(q.as_deref(), &h)?;
+    let obj = representative(&s, &st, Some(&se)).await?;
+    render(&s, &obj, 1, &r).await
+}
+
+pub async fn study_rendered(
+    State(s): State<Arc<WebState>>,
+    Path(study): Path<String>,
+    RawQuery(q): RawQuery,
+    h: HeaderMap,
+) -> Result<Response, WebError> {
+    let st = path_uid("Study Instance UID", &study)?.to_string();
+    let r = rendering(q.as_deref(), &h)?;
+    let obj = representative(&s, &st, None).await?;
+    render(&s, &obj, 1, &r).await
+}
+
+/// The stored preview (JPEG) of an instance, resized to a viewport if asked.
+async fn thumbnail(
+    state: &WebState,
+    obj: &Stored,
+    raw: Option<&str>,
+    headers: &HeaderMap,
+) -> Result<Response, WebError> {
+    let r = rendering(raw, headers)?;
+    let jpeg = crate::render::fetch::preview_of(&state.index, &state.storage, &obj.sop)
+        .await
+        .map_err(|e| match e {
+            crate::render::fetch::PreviewError::NoPixelData(_)
+            | crate::render::fetch::PreviewError::UnknownInstance(_) => {
+                WebError::NotFound(e.to_string())
+            }
+            other => WebError::Internal(other.to_string()),
+        })?;
+    if !r.png && r.viewport.is_none() {
+        return Ok((StatusCode::OK, [(header::CONTENT_TYPE, "image/jpeg")], jpeg).into_response());
+    }
+    let image = image::load_from_memory_with_format(&jpeg, image::ImageFormat::Jpeg)
+        .map_err(|e| WebError::Internal(e.to_string()))?;
+    encoded_image(image, &r)
+}
+
+pub async fn instance_thumbnail(
+    State(s): State<Arc<WebState>>,
+    Path((study, series, sop)): Path<(String, String, String)>,
+    RawQuery(q): RawQuery,
+    h: HeaderMap,
+) -> Result<Response, WebError> {
+    let (st, se, i) = uids3(&study, &series, &sop)?;
+    let obj = stored(&s, &st, Some(&se), Some(&i)).await?.remove(0);
+    thumbnail(&s, &obj, q.as_deref(), &h).await
+}
+
+pub async fn series_thumbnail(
+    State(s): State<Arc<WebState>>,
+    Path((study, series)): Path<(String, String)>,
+    RawQuery(q): RawQuery,
+    h: HeaderMap,
+) -> Result<Response, WebError> {
+    let (st, se) = uids2(&study, &series)?;
+    let obj = representative(&s, &st, Some(&se)).await?;
+    thumbnail(&s, &obj, q.as_deref(), &h).await
+}
+
+pub async fn study_thumbnail(
+    State(s): State<Arc<WebState>>,
+    Path(study): Path<String>,
+    RawQuery(q): RawQuery,
+    h: HeaderMap,
+) -> Result<Response, WebError> {
+    let st = path_uid("Study Instance UID", &study)?.to_string();
+    let obj = representative(&s, &st, None).await?;
+    thumbnail(&s, &obj, q.as_deref(), &h).await
+}
+
+// ---- WADO-URI ----
+
+/// WADO-URI (PS3.18 9): `?requestType=WADO&studyUID=&seriesUID=&objectUID=`, with
+/// `contentType` application/dicom (the default here) or image/jpeg, and `transferSyntax`.
+pub async fn wado_uri(
+    State(s): State<Arc<WebState>>,
+    RawQuery(q): RawQuery,
+) -> Result<Response, WebError> {
+    let params: HashMap<String, String> =
+        url::form_urlencoded::parse(q.as_deref().unwrap_or("").as_bytes())
+            .take(32)
+            .map(|(k, v)| (k.into_owned(), v.into_owned()))
+            .collect();
+    let get = |k: &str| params.get(k).map(String::as_str);
+    if get("requestType") != Some("WADO") {
+        return Err(WebError::BadRequest("requestType=WADO is required".into()));
+    }
+    let need = |k: &str| get(k).ok_or_else(|| WebError::BadRequest(format!("{k} is required")));
+    let (st, se, i) = uids3(need("studyUID")?, need("seriesUID")?, need("objectUID")?)?;
+    let obj = stored(&s, &st, Some(&se), Some(&i)).await?.remove(0);
+    let content_type = get("contentType").unwrap_or("application/dicom");
+    let first = content_type.split(',').next().unwrap_or("").trim();
+    match first {
+        "application/dicom" => {
+            let ts = match get("transferSyntax") {
+                Some(t) => Some(path_uid("transferSyntax", t)?.to_string()),
+                None => None,
+            };
+            if let Some(t) = &ts
+                && *t != obj.transfer_syntax
+                && !NATIVE.contains(&t.as_str())
+            {
+                return Err(WebError::NotAcceptable(format!(
+                    "cannot send in transfer syntax {t}"
+                )));
+            }
+            let file = read(&s, &obj).await?;
+            let o = obj.clone();
+            let file = tokio::task::spawn_blocking(move || in_syntax(&o, file, ts.as_deref()))
+                .await
+                .map_err(|e| WebError::Internal(e.to_string()))??;
+            Ok((
+                StatusCode::OK,
+                [
+                    (header::CONTENT_TYPE, "application/dicom".to_string()),
+                    (
+                        header::CONTENT_DISPOSITION,
+                        format!("attachment; filename=\"{}.dcm\"", obj.sop),
+                    ),
+                ],
+                file,
+            )
+                .into_response())
+        }
+        "image/jpeg" | "image/png" => {
+            let mut r = Rendering {
+                png: first == "image/png",
+                viewport: None,
+                quality: crate::render::JPEG_QUALITY,
+                window_ignored: get("windowCenter").is_some(),
+            };
+            if let Some(q) = get("imageQuality") {
+                r.quality = q
+                    .parse()
+                    .ok()
+                    .filter(|q| (1..=100).contains(q))
+                    .ok_or_else(|| WebError::BadRequest("imageQuality is 1 to 100".into()))?;
+            }
+            if let (Some(w), Some(h)) = (get("columns"), get("rows")) {
+                r.viewport = w.parse().ok().zip(h.parse().ok());
+            }
+            let frame = get("frameNumber")
+                .map(|f| f.parse::<u32>().ok().filter(|f| *f >= 1))
+                .unwrap_or(Some(1))
+                .ok_or_else(|| WebError::BadRequest("frameNumber is a number from 1".into()))?;
+            render(&s, &obj, frame, &r).await
+        }
+        other => Err(WebError::NotAcceptable(format!(
+            "contentType {} is not served",
+            clip(other)
+        ))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn accept(s: &str) -> Vec<MediaType> {
+        accept_ranges(Some(s))
+    }
+
+    #[test]
+    fn retrieve_syntax_negotiation() {
+        let j2k = ["1.2.840.10008.1.2.4.90"];
+        assert_eq!(
+            dicom_syntax(
+                &accept("multipart/related; type=\"application/dicom\"; transfer-syntax=*"),
+                &j2k
+            )
+            .unwrap(),
+            None
+        );
+        assert_eq!(
+            dicom_syntax(
+                &accept("multipart/related; type=\"application/dicom\""),
+                &j2k
+            )
+            .unwrap()
+            .as_deref(),
+            Some(uids::EXPLICIT_VR_LITTLE_ENDIAN)
+        );
+        assert_eq!(dicom_syntax(&accept("*/*"), &j2k).unwrap(), None);
+        assert_eq!(
+            dicom_syntax(&accept("multipart/related; type=\"application/dicom\"; transfer-syntax=1.2.840.10008.1.2.4.90"), &j2k)
+                .unwrap()
+                .as_deref(),
+            Some("1.2.840.10008.1.2.4.90")
+        );
+        // Into a compressed syntax it is not stored in: nothing this node can do.
+        assert!(matches!(
+            dicom_syntax(
+                &accept(
+                    "multipart/related; type=\"application/dicom\"; transfer-syntax=1.2.840.10008.1.2.4.80"
+                ),
+                &j2k
+            ),
+            Err(WebError::NotAcceptable(_))
+        ));
+        assert!(matches!(
+            dicom_syntax(&accept("application/json"), &j2k),
+            Err(WebError::NotAcceptable(_))
+        ));
+    }
+
+    #[test]
+    fn frame_lists() {
+        assert_eq!(frame_list("1,3, 5").unwrap(), vec![1, 3, 5]);
+        for bad in ["0", "", "1,,2", "-1", "a", "99999999999"] {
+            assert!(frame_list(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn the_cache_evicts_the_oldest_series_to_stay_under_its_size() {
+        let c = MetadataCache::new(100);
+        let v = |n: usize| Arc::new(vec![("1.2".to_string(), "x".repeat(n))]);
+        c.put("a", v(40));
+        c.put("b", v(40));
+        assert!(c.get("a", 1).is_some());
+        c.put("c", v(40));
+        assert!(c.get("a", 1).is_none(), "oldest evicted");
+        assert!(c.get("b", 1).is_some() && c.get("c", 1).is_some());
+        assert!(c.get("b", 2).is_none(), "a series that grew is built again");
+        c.put("huge", v(1000));
+        assert!(c.get("huge", 1).is_none());
+    }
+}
