@@ -399,3 +399,116 @@ fn serve_under_a_flood_and_a_slowloris_answers_echo_with_bounded_memory() {
     unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
     assert!(wait_exit(&mut child, Duration::from_secs(20)).is_some());
 }
+
+/// One HTTP/1.1 GET over a plain socket; returns the status code.
+fn http_get(port: u16, path: &str, authorization: Option<&str>) -> u16 {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let auth = authorization
+        .map(|a| format!("Authorization: {a}\r\n"))
+        .unwrap_or_default();
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n{auth}Connection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut rsp = String::new();
+    let _ = s.read_to_string(&mut rsp);
+    rsp.split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0)
+}
+
+fn basic(user: &str, password: &str) -> String {
+    use base64::Engine;
+    format!(
+        "Basic {}",
+        base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"))
+    )
+}
+
+#[test]
+fn a_fresh_node_creates_its_first_account_and_accounts_are_managed_while_it_runs() {
+    use std::io::Write;
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(dir.path(), "");
+    let (mut child, _, rx) = serve(&config);
+    // The listening line names the HTTP address too.
+    let port = {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let mut port = None;
+        while port.is_none() && Instant::now() < deadline {
+            if let Ok(line) = rx.recv_timeout(Duration::from_millis(100))
+                && let Some(a) = line.split("HTTP (DICOMweb) listening addr=Some(").nth(1)
+            {
+                port = a
+                    .split(')')
+                    .next()
+                    .and_then(|a| a.rsplit(':').next()?.parse().ok());
+            }
+        }
+        port.expect("HTTP listening line")
+    };
+    let file = dir.path().join("admin-password");
+    let password = std::fs::read_to_string(&file).unwrap().trim().to_string();
+    assert_eq!(
+        std::fs::metadata(&file).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+    assert_eq!(http_get(port, "/dicom-web/studies", None), 401);
+    assert_eq!(
+        http_get(port, "/dicom-web/studies", Some(&basic("admin", &password))),
+        204
+    );
+
+    let account = |args: &[&str], stdin: &str| {
+        let mut c = Command::new(BIN)
+            .arg("account")
+            .args(args)
+            .arg("--config")
+            .arg(&config)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        c.stdin.take().unwrap().write_all(stdin.as_bytes()).unwrap();
+        c.wait_with_output().unwrap()
+    };
+    let out = account(
+        &["add", "viewer", "--rights", "read"],
+        "viewer password 1\n",
+    );
+    assert!(out.status.success(), "{}", text(&out));
+    let out = account(&["add", "short", "--rights", "read"], "short\n");
+    assert!(!out.status.success(), "a short password is refused");
+    assert_eq!(
+        http_get(
+            port,
+            "/dicom-web/studies",
+            Some(&basic("viewer", "viewer password 1"))
+        ),
+        204
+    );
+    let out = account(&["token", "viewer", "--label", "ohif"], "");
+    assert!(out.status.success(), "{}", text(&out));
+    let token = String::from_utf8(out.stdout).unwrap().trim().to_string();
+    let bearer = format!("Bearer {token}");
+    assert_eq!(http_get(port, "/dicom-web/studies", Some(&bearer)), 204);
+    assert_eq!(http_get(port, "/metrics", Some(&bearer)), 403, "read only");
+    let list = account(&["list"], "");
+    let listed = String::from_utf8_lossy(&list.stdout).to_string();
+    assert!(
+        listed.contains("admin") && listed.contains("viewer"),
+        "{listed}"
+    );
+    let out = account(&["revoke", "viewer", "--label", "ohif"], "");
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(http_get(port, "/dicom-web/studies", Some(&bearer)), 401);
+
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    assert!(wait_exit(&mut child, Duration::from_secs(20)).is_some());
+}

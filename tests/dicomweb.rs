@@ -1,0 +1,635 @@
+//! DICOMweb end to end: the dicomweb-client package (PyPI) drives STOW, QIDO and WADO-RS;
+//! QIDO-RS and DCMTK's findscu answer the same queries alike on one corpus; bad requests get
+//! their HTTP status and leave nothing half-stored; accounts, tokens and CORS.
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::path::Path;
+use std::process::Command;
+
+use common::*;
+use pacsd::index::account::Rights;
+use pacsd::synth::Spec;
+
+const PASSWORD: &str = "a long test password";
+
+/// A node with HTTP on, and accounts `admin` (all rights) and `viewer` (read).
+async fn web_node(tweak: impl FnOnce(&mut pacsd::config::Config)) -> (TestNode, String) {
+    let n = TestNode::start_with(|c| {
+        c.preview.enabled = true;
+        tweak(c)
+    })
+    .await;
+    n.node
+        .index
+        .add_account("pacs-admin", PASSWORD, Rights::ALL)
+        .await
+        .unwrap();
+    n.node
+        .index
+        .add_account("viewer", PASSWORD, Rights::parse("read").unwrap())
+        .await
+        .unwrap();
+    let base = format!(
+        "http://127.0.0.1:{}/dicom-web",
+        n.node.http_addr.expect("http listener").port()
+    );
+    (n, base)
+}
+
+/// Store `specs` over one C-STORE association.
+async fn store_specs(n: &TestNode, specs: &[Spec]) {
+    let mut a = ct_association(&n.scu("MODALITY")).await;
+    let ctx = a.contexts()[0].id;
+    for s in specs {
+        let st = a
+            .store(ctx, &s.sop_class, &s.sop_uid, &encode(s))
+            .await
+            .unwrap();
+        assert!(st.is_success(), "{st:?}");
+    }
+    a.release().await.unwrap();
+}
+
+/// Write `spec` as a Part 10 file.
+fn part10_file(spec: &Spec, path: &Path) {
+    let meta = dicom_object::meta::FileMetaTableBuilder::new()
+        .media_storage_sop_class_uid(spec.sop_class.as_str())
+        .media_storage_sop_instance_uid(spec.sop_uid.as_str())
+        .transfer_syntax(dicom_dictionary_std::uids::EXPLICIT_VR_LITTLE_ENDIAN)
+        .build()
+        .unwrap();
+    spec.dataset()
+        .with_exact_meta(meta)
+        .write_to_file(path)
+        .unwrap();
+}
+
+fn client() -> reqwest::Client {
+    reqwest::Client::builder().no_proxy().build().unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dicomweb_client_drives_stow_qido_and_wado() {
+    let (n, base) = web_node(|_| {}).await;
+    // Two studies of two series (CT and MR), and one JPEG 2000 instance.
+    let mut specs = Vec::new();
+    for study in [951, 952] {
+        for series in [1, 2] {
+            for i in 1..=3 {
+                let mut s = Spec::ct(study, series, i, 32);
+                if series == 2 {
+                    s.modality = "MR".into();
+                }
+                specs.push(s);
+            }
+        }
+    }
+    store_specs(&n, &specs).await;
+    let j2k_spec = Spec::ct(953, 1, 1, 64);
+    let j2k_dir = n.dir.path().join("j2k");
+    std::fs::create_dir_all(&j2k_dir).unwrap();
+    let j2k = j2k_object(&j2k_spec, &j2k_dir);
+    let sent = {
+        let (port, j2k) = (n.port().to_string(), j2k.display().to_string());
+        tokio::task::spawn_blocking(move || {
+            dcmtk(
+                "storescu",
+                &["-xv", "-aec", "PACSD", "127.0.0.1", &port, &j2k],
+            )
+        })
+        .await
+        .unwrap()
+    };
+    assert!(sent.status.success(), "{}", text(&sent));
+    let new = Spec::ct(954, 1, 1, 32);
+    let new_file = n.dir.path().join("new.dcm");
+    part10_file(&new, &new_file);
+    let token = n
+        .node
+        .index
+        .issue_token("pacs-admin", "test")
+        .await
+        .unwrap();
+
+    let script = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/py/dicomweb_client_check.py"
+    );
+    let args: Vec<String> = vec![
+        base.clone(),
+        "pacs-admin".into(),
+        PASSWORD.into(),
+        token,
+        specs[0].study_uid.clone(),
+        specs[0].series_uid.clone(),
+        j2k_spec.study_uid.clone(),
+        j2k_spec.series_uid.clone(),
+        j2k_spec.sop_uid.clone(),
+        new_file.display().to_string(),
+    ];
+    let out = tokio::task::spawn_blocking(move || {
+        Command::new("python3")
+            .arg(script)
+            .args(&args)
+            .output()
+            .expect("python3 with dicomweb-client (pip install dicomweb-client)")
+    })
+    .await
+    .unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    let seen: serde_json::Value =
+        serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{e}: {}", text(&out)));
+    let s = |k: &str| seen[k].clone();
+    use serde_json::json as j;
+
+    let mut studies = vec![
+        specs[0].study_uid.clone(),
+        specs[6].study_uid.clone(),
+        j2k_spec.study_uid.clone(),
+    ];
+    studies.sort();
+    assert_eq!(s("studies"), j!(studies), "{seen}");
+    // Synthetic^Patient00951, 00952 and 00953.
+    assert_eq!(s("study_search_by_patient_wildcard"), j!(studies), "{seen}");
+    // Paging counts studies: two pages of one, different studies.
+    assert_eq!(s("page_1").as_array().unwrap().len(), 1, "{seen}");
+    assert_ne!(s("page_1"), s("page_2"), "{seen}");
+    assert_eq!(
+        s("includefield_description"),
+        j!(specs[0].study_description)
+    );
+    assert_eq!(
+        s("series_of_study"),
+        j!([specs[0].series_uid, specs[3].series_uid])
+    );
+    assert_eq!(s("instances_of_series"), j!(3));
+    assert_eq!(s("all_instances_of_study"), j!(6));
+    assert_eq!(
+        s("modalities"),
+        j!(["CT", "MR"]),
+        "multi-valued, not CT\\MR"
+    );
+    assert_eq!(s("series_count_is_number"), j!(true));
+
+    assert_eq!(s("retrieved_syntax"), j!("1.2.840.10008.1.2.1"));
+    // Asked for Explicit VR Little Endian, the J2K object is decoded.
+    assert_eq!(s("j2k_default_syntax"), j!("1.2.840.10008.1.2.1"));
+    assert_eq!(s("j2k_default_pixels"), j!(64 * 64 * 2));
+    assert_eq!(s("j2k_as_stored_syntax"), j!("1.2.840.10008.1.2.4.90"));
+    assert_eq!(s("series_retrieved"), j!(3));
+
+    assert_eq!(s("metadata_instances"), j!(3));
+    assert_eq!(s("metadata_rows"), j!(32));
+    assert_eq!(s("bulk_uri_is_absolute"), j!(true), "{seen}");
+    assert_eq!(s("bulk_bytes"), j!(32 * 32 * 2));
+    assert_eq!(s("study_metadata_instances"), j!(6));
+
+    assert_eq!(s("native_frame_bytes"), j!(32 * 32 * 2));
+    // A JPEG 2000 codestream starts with SOC and SIZ markers.
+    assert_eq!(s("j2k_frame_is_codestream"), j!("ff4fff51"));
+    assert_eq!(s("j2k_frame_decoded_bytes"), j!(64 * 64 * 2));
+
+    assert_eq!(s("rendered_jpeg"), j!("ffd8"));
+    assert_eq!(s("rendered_png"), j!("89504e47"));
+    assert_eq!(s("series_rendered"), j!("ffd8"));
+    assert_eq!(s("frame_rendered_png"), j!("89504e47"));
+    assert_eq!(s("thumbnail"), j!([200, "image/jpeg", "ffd8"]), "{seen}");
+
+    assert_eq!(s("stow_referenced"), j!([new.sop_uid]), "{seen}");
+    assert_eq!(s("stow_failed"), j!(0));
+    assert_eq!(s("stowed_found"), j!(1));
+    assert_eq!(s("stowed_pixels_equal"), j!(true));
+    // STOW-RS stored under the C-STORE contract: indexed, on every replica.
+    assert_eq!(n.instances().await, 12 + 1 + 1);
+    let stored = n.node.index.instance(&new.sop_uid).await.unwrap().unwrap();
+    for i in 0..3 {
+        assert!(
+            n.node.storage.exists_on(i, &stored.storage_key).await,
+            "replica {i}"
+        );
+    }
+    n.node.stop().await;
+}
+
+/// The SOP/Study/Series UIDs findscu reports for a query (hierarchical Study Root).
+fn findscu_uids(port: u16, level: &str, keys: &[(&str, &str)], unique: &str) -> BTreeSet<String> {
+    let mut args: Vec<String> = vec![
+        "-v".into(),
+        "-S".into(),
+        "-k".into(),
+        format!("QueryRetrieveLevel={level}"),
+    ];
+    for (k, v) in keys {
+        args.push("-k".into());
+        args.push(format!("{k}={v}"));
+    }
+    if !keys.iter().any(|(k, _)| *k == unique) {
+        args.push("-k".into());
+        args.push(unique.to_string());
+    }
+    args.extend([
+        "-aec".into(),
+        "PACSD".into(),
+        "127.0.0.1".into(),
+        port.to_string(),
+    ]);
+    let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+    let out = dcmtk("findscu", &refs);
+    let all = text(&out);
+    let tag = match unique {
+        "StudyInstanceUID" => "(0020,000d)",
+        "SeriesInstanceUID" => "(0020,000e)",
+        _ => "(0008,0018)",
+    };
+    all.split("Find Response")
+        .skip(1)
+        .filter_map(|chunk| {
+            chunk.lines().find(|l| l.contains(tag)).and_then(|l| {
+                Some(
+                    l[l.find('[')? + 1..l.rfind(']')?]
+                        .trim_end_matches('\0')
+                        .to_string(),
+                )
+            })
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn qido_rs_and_c_find_give_the_same_answers() {
+    let (n, base) = web_node(|c| {
+        c.peers = vec![pacsd::config::Peer {
+            ae_title: "FINDSCU".into(),
+            host: "127.0.0.1".into(),
+            port: 104,
+            services: [pacsd::config::Service::Find].into_iter().collect(),
+            ..pacsd::config::Peer::default()
+        }];
+    })
+    .await;
+    let mut specs = Vec::new();
+    for study in 961..=966 {
+        for series in 1..=2 {
+            for i in 1..=2 {
+                let mut s = Spec::ct(study, series, i, 0);
+                if series == 2 && study % 2 == 0 {
+                    s.modality = "MR".into();
+                }
+                specs.push(s);
+            }
+        }
+    }
+    store_specs(&n, &specs).await;
+    let (st, se) = (specs[4].study_uid.clone(), specs[4].series_uid.clone());
+    let list = format!("{}\\{}", specs[0].study_uid, specs[8].study_uid);
+    let date = specs[12].study_date.clone();
+    let cases: Vec<(&str, Vec<(&str, String)>, &str, String)> = vec![
+        (
+            "STUDY",
+            vec![("PatientName", "Synthetic^Patient0096*".into())],
+            "StudyInstanceUID",
+            "/studies?PatientName=Synthetic%5EPatient0096*".into(),
+        ),
+        (
+            "STUDY",
+            vec![("PatientName", "synthetic^patient00962".into())],
+            "StudyInstanceUID",
+            "/studies?PatientName=synthetic%5Epatient00962".into(),
+        ),
+        (
+            "STUDY",
+            vec![("PatientID", "PAT0096?".into())],
+            "StudyInstanceUID",
+            "/studies?PatientID=PAT0096%3F".into(),
+        ),
+        (
+            "STUDY",
+            vec![("ModalitiesInStudy", "MR".into())],
+            "StudyInstanceUID",
+            "/studies?ModalitiesInStudy=MR".into(),
+        ),
+        (
+            "STUDY",
+            vec![("StudyDate", format!("{date}-"))],
+            "StudyInstanceUID",
+            format!("/studies?StudyDate={date}-"),
+        ),
+        (
+            "STUDY",
+            vec![("StudyDate", format!("-{date}"))],
+            "StudyInstanceUID",
+            format!("/studies?00080020=-{date}"),
+        ),
+        (
+            "STUDY",
+            vec![("StudyInstanceUID", list.clone())],
+            "StudyInstanceUID",
+            format!("/studies?StudyInstanceUID={}", list.replace('\\', ",")),
+        ),
+        (
+            "STUDY",
+            vec![("AccessionNumber", "ACC0096[1]".into())],
+            "StudyInstanceUID",
+            "/studies?AccessionNumber=ACC0096%5B1%5D".into(),
+        ),
+        (
+            "SERIES",
+            vec![("StudyInstanceUID", st.clone()), ("Modality", "CT".into())],
+            "SeriesInstanceUID",
+            format!("/studies/{st}/series?Modality=CT"),
+        ),
+        (
+            "IMAGE",
+            vec![
+                ("StudyInstanceUID", st.clone()),
+                ("SeriesInstanceUID", se.clone()),
+                ("InstanceNumber", "2".into()),
+            ],
+            "SOPInstanceUID",
+            format!("/studies/{st}/series/{se}/instances?InstanceNumber=2"),
+        ),
+    ];
+    let http = client();
+    for (level, keys, unique, path) in cases {
+        let port = n.port();
+        let keys2 = keys.clone();
+        let dimse = tokio::task::spawn_blocking(move || {
+            let k: Vec<(&str, &str)> = keys2.iter().map(|(a, b)| (*a, b.as_str())).collect();
+            findscu_uids(port, level, &k, unique)
+        })
+        .await
+        .unwrap();
+        let rsp = http
+            .get(format!("{base}{path}"))
+            .basic_auth("viewer", Some(PASSWORD))
+            .send()
+            .await
+            .unwrap();
+        let status = rsp.status().as_u16();
+        let qido: BTreeSet<String> = if status == 204 {
+            BTreeSet::new()
+        } else {
+            assert_eq!(status, 200, "{path}");
+            let tag = match unique {
+                "StudyInstanceUID" => "0020000D",
+                "SeriesInstanceUID" => "0020000E",
+                _ => "00080018",
+            };
+            let v: serde_json::Value = serde_json::from_slice(&rsp.bytes().await.unwrap()).unwrap();
+            v.as_array()
+                .unwrap()
+                .iter()
+                .map(|m| m[tag]["Value"][0].as_str().unwrap().to_string())
+                .collect()
+        };
+        assert_eq!(qido, dimse, "{level} {keys:?} / {path}");
+    }
+    n.node.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_requests_get_their_status_and_store_nothing() {
+    let (n, base) = web_node(|c| {
+        c.http.max_upload_size = 64 * 1024;
+        c.http.allowed_origins = vec!["http://viewer.example:3000".into()];
+    })
+    .await;
+    let specs: Vec<Spec> = (1..=2).map(|i| Spec::ct(971, 1, i, 16)).collect();
+    store_specs(&n, &specs).await;
+    let http = client();
+    let admin = |r: reqwest::RequestBuilder| r.basic_auth("pacs-admin", Some(PASSWORD));
+    let status = |r: reqwest::Response| r.status().as_u16();
+    let st = &specs[0].study_uid;
+
+    // Authentication and rights.
+    assert_eq!(
+        status(http.get(format!("{base}/studies")).send().await.unwrap()),
+        401
+    );
+    let wrong = http
+        .get(format!("{base}/studies"))
+        .basic_auth("pacs-admin", Some("wrong password"));
+    assert_eq!(status(wrong.send().await.unwrap()), 401);
+    let token = http
+        .get(format!("{base}/studies"))
+        .bearer_auth("pacsd_0000");
+    assert_eq!(status(token.send().await.unwrap()), 401);
+    let viewer_post = http
+        .post(format!("{base}/studies"))
+        .basic_auth("viewer", Some(PASSWORD))
+        .header(
+            "Content-Type",
+            "multipart/related; type=\"application/dicom\"; boundary=x",
+        )
+        .body("--x--");
+    assert_eq!(status(viewer_post.send().await.unwrap()), 403);
+    let port = n.node.http_addr.unwrap().port();
+    let metrics = format!("http://127.0.0.1:{port}/metrics");
+    assert_eq!(
+        status(
+            http.get(&metrics)
+                .basic_auth("viewer", Some(PASSWORD))
+                .send()
+                .await
+                .unwrap()
+        ),
+        403
+    );
+    let m = admin(http.get(&metrics))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(m.contains("pacsd_instances 2"), "{m}");
+    assert!(m.contains("pacsd_requests_total{protocol=\"http\""), "{m}");
+    assert_eq!(
+        status(
+            http.get(format!("http://127.0.0.1:{port}/healthz"))
+                .send()
+                .await
+                .unwrap()
+        ),
+        200
+    );
+    assert_eq!(
+        status(
+            http.get(format!("http://127.0.0.1:{port}/readyz"))
+                .send()
+                .await
+                .unwrap()
+        ),
+        200
+    );
+
+    // CORS: the preflight is answered, and error responses carry the header too.
+    let pre = http
+        .request(reqwest::Method::OPTIONS, format!("{base}/studies"))
+        .header("Origin", "http://viewer.example:3000")
+        .header("Access-Control-Request-Method", "GET")
+        .header("Access-Control-Request-Headers", "authorization")
+        .send()
+        .await
+        .unwrap();
+    assert!(pre.status().is_success(), "{}", pre.status());
+    assert_eq!(
+        pre.headers()["access-control-allow-origin"],
+        "http://viewer.example:3000"
+    );
+    let denied = http
+        .get(format!("{base}/studies"))
+        .header("Origin", "http://viewer.example:3000")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(denied.status().as_u16(), 401);
+    assert_eq!(
+        denied.headers()["access-control-allow-origin"],
+        "http://viewer.example:3000"
+    );
+
+    // Paths and parameters.
+    for (path, want) in [
+        ("/studies/..%2F..%2Fetc%2Fpasswd".to_string(), 400),
+        ("/studies/1.2.3.x/metadata".to_string(), 400),
+        (format!("/studies/{st}/series/..%2Fx"), 400),
+        ("/studies/1.2.999/metadata".to_string(), 404),
+        (format!("/studies/{st}/nothing-here"), 404),
+        ("/no/such/resource".to_string(), 404),
+        (
+            "/studies?PatientName=%27%3B%20DROP%20TABLE%20study%3B--".to_string(),
+            204,
+        ),
+        ("/studies?PatientID=%25%25*_".to_string(), 204),
+        ("/studies?StudyDate=2020-01-01".to_string(), 400),
+        ("/studies?NotAKeyword=1".to_string(), 400),
+        ("/studies?limit=x".to_string(), 400),
+        ("/studies?Modality=CT".to_string(), 400),
+        (
+            format!(
+                "/studies/{st}/series/{}/instances/{}/frames/0",
+                specs[0].series_uid, specs[0].sop_uid
+            ),
+            400,
+        ),
+        (
+            format!(
+                "/studies/{st}/series/{}/instances/{}/frames/2",
+                specs[0].series_uid, specs[0].sop_uid
+            ),
+            404,
+        ),
+    ] {
+        let r = admin(http.get(format!("{base}{path}")))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status().as_u16(), want, "{path}: {:?}", r.text().await);
+    }
+    let r = admin(http.get(format!("{base}/studies/{st}")))
+        .header(
+            "Accept",
+            "multipart/related; type=\"application/dicom\"; transfer-syntax=1.2.840.10008.1.2.4.80",
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 406);
+    let r = admin(http.get(format!("{base}/studies")))
+        .header("Accept", "application/dicom+xml")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 406);
+
+    // STOW-RS: malformed bodies and wrong media types; nothing is stored.
+    let mut good = Vec::new();
+    let extra = Spec::ct(972, 1, 1, 16);
+    let file = n.dir.path().join("extra.dcm");
+    part10_file(&extra, &file);
+    let bytes = std::fs::read(&file).unwrap();
+    good.extend_from_slice(b"--b\r\nContent-Type: application/dicom\r\n\r\n");
+    good.extend_from_slice(&bytes);
+    good.extend_from_slice(b"\r\n--b--\r\n");
+    let post = |ct: &str, body: Vec<u8>| {
+        admin(http.post(format!("{base}/studies")))
+            .header("Content-Type", ct.to_string())
+            .body(body)
+    };
+    let related = "multipart/related; type=\"application/dicom\"; boundary=b";
+    for (ct, body, want) in [
+        ("application/dicom", bytes.clone(), 415),
+        (
+            "multipart/related; type=\"application/dicom+json\"; boundary=b",
+            good.clone(),
+            415,
+        ),
+        (
+            "multipart/related; type=\"application/dicom\"",
+            good.clone(),
+            400,
+        ),
+        (related, b"not multipart at all".to_vec(), 400),
+        (related, good[..good.len() / 2].to_vec(), 400),
+        (
+            related,
+            b"--b\r\nContent-Type: text/plain\r\n\r\nhello\r\n--b--\r\n".to_vec(),
+            415,
+        ),
+        (related, vec![b'x'; 100 * 1024], 413),
+    ] {
+        let r = post(ct, body).send().await.unwrap();
+        assert_eq!(r.status().as_u16(), want, "{ct}: {:?}", r.text().await);
+    }
+    // A part that is not DICOM, beside one that is: 202 with the failure listed.
+    let mut mixed = b"--b\r\nContent-Type: application/dicom\r\n\r\nDICM? no\r\n".to_vec();
+    mixed.extend_from_slice(&good);
+    let r = post(related, mixed).send().await.unwrap();
+    assert_eq!(r.status().as_u16(), 202);
+    let v: serde_json::Value = serde_json::from_slice(&r.bytes().await.unwrap()).unwrap();
+    assert_eq!(v["00081198"]["Value"].as_array().unwrap().len(), 1, "{v}");
+    assert_eq!(v["00081199"]["Value"].as_array().unwrap().len(), 1, "{v}");
+    // The study in the path must be the instance's: 409, nothing stored.
+    let other = Spec::ct(973, 1, 1, 16);
+    let file = n.dir.path().join("other.dcm");
+    part10_file(&other, &file);
+    let mut body = b"--b\r\nContent-Type: application/dicom\r\n\r\n".to_vec();
+    body.extend_from_slice(&std::fs::read(&file).unwrap());
+    body.extend_from_slice(b"\r\n--b--\r\n");
+    let r = admin(http.post(format!("{base}/studies/{st}")))
+        .header("Content-Type", related)
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 409);
+    assert!(
+        n.node
+            .index
+            .instance(&other.sop_uid)
+            .await
+            .unwrap()
+            .is_none()
+    );
+    // Exactly the two C-STOREd instances and the one good part: nothing half-stored, and
+    // no object without its index row on any replica.
+    assert_eq!(n.instances().await, 3);
+    for i in 0..3 {
+        let files = n
+            .files_in_replica(i)
+            .into_iter()
+            .filter(|p| p.extension().is_some_and(|e| e == "dcm"))
+            .count();
+        assert_eq!(files, 3, "replica {i}");
+    }
+    // Still serving.
+    let r = admin(http.get(format!("{base}/studies")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 200);
+    n.node.stop().await;
+}
