@@ -233,8 +233,18 @@ fn shipped_example_config_loads() {
     assert_eq!(c.storage.replicas, d.storage.replicas);
     assert_eq!(c.access.unknown_ae_services, d.access.unknown_ae_services);
     assert_eq!(
-        (c.http.port, &c.http.base_path, c.http.require_auth, c.http.max_upload_size),
-        (d.http.port, &d.http.base_path, d.http.require_auth, d.http.max_upload_size)
+        (
+            c.http.port,
+            &c.http.base_path,
+            c.http.require_auth,
+            c.http.max_upload_size
+        ),
+        (
+            d.http.port,
+            &d.http.base_path,
+            d.http.require_auth,
+            d.http.max_upload_size
+        )
     );
     assert_eq!(c.http.max_results, d.http.max_results);
     assert_eq!(c.peers.len(), 2);

@@ -1,5 +1,6 @@
-//! Orthanc (Debian's package) as a real peer acting as SCU: driven through its REST API, it
-//! queries pacsd with C-FIND and retrieves a study with C-MOVE to itself.
+//! Orthanc (Debian's package) as a real peer: driven through its REST API, it queries pacsd
+//! with C-FIND and retrieves a study with C-MOVE to itself; with its DICOMweb plugin (Debian's
+//! orthanc-dicomweb) it uses pacsd as a DICOMweb server: QIDO-RS, WADO-RS and STOW-RS.
 
 mod common;
 
@@ -29,10 +30,19 @@ struct Orthanc {
 impl Orthanc {
     /// Start on the given ports, with pacsd at `pacsd_port` as modality `pacsd`.
     fn start(dir: &Path, pacsd_port: u16, http: u16, dicom: u16) -> Orthanc {
+        Self::start_with(dir, pacsd_port, http, dicom, serde_json::json!({}))
+    }
+
+    /// `start` with more configuration keys (`extra` overrides).
+    fn start_with(
+        dir: &Path,
+        pacsd_port: u16,
+        http: u16,
+        dicom: u16,
+        extra: serde_json::Value,
+    ) -> Orthanc {
         let config = dir.join("orthanc.json");
-        std::fs::write(
-            &config,
-            serde_json::json!({
+        let mut json = serde_json::json!({
                 "Name": "pacsd-interop",
                 "StorageDirectory": dir.join("db"),
                 "IndexDirectory": dir.join("db"),
@@ -44,10 +54,11 @@ impl Orthanc {
                 "DicomScuTimeout": 20,
                 "Plugins": [],
                 "DicomModalities": { "pacsd": ["PACSD", "127.0.0.1", pacsd_port] }
-            })
-            .to_string(),
-        )
-        .unwrap();
+        });
+        for (k, v) in extra.as_object().unwrap() {
+            json[k] = v.clone();
+        }
+        std::fs::write(&config, json.to_string()).unwrap();
         let child = Command::new("Orthanc")
             .arg(&config)
             .stdout(Stdio::null())
@@ -85,6 +96,17 @@ impl Orthanc {
             "POST",
             "-d",
             body,
+            &format!("http://127.0.0.1:{}{path}", self.http),
+        ])
+    }
+
+    /// POST a file's bytes.
+    fn post_file(&self, path: &str, file: &Path) -> Option<serde_json::Value> {
+        self.curl(&[
+            "-X",
+            "POST",
+            "--data-binary",
+            &format!("@{}", file.display()),
             &format!("http://127.0.0.1:{}{path}", self.http),
         ])
     }
@@ -193,4 +215,133 @@ async fn orthanc_queries_and_moves_a_study_from_pacsd() {
     let mut expected: Vec<String> = specs[2..].iter().map(|s| s.sop_uid.clone()).collect();
     expected.sort();
     assert_eq!(instances, expected);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn orthanc_uses_pacsd_as_a_dicomweb_server() {
+    let dir = tempfile::tempdir().unwrap();
+    let (orthanc_http, orthanc_dicom) = (free_port(), free_port());
+    let n = TestNode::start().await;
+    n.node
+        .index
+        .add_account(
+            "orthanc",
+            "orthanc web password",
+            pacsd::index::account::Rights::parse("read,upload").unwrap(),
+        )
+        .await
+        .unwrap();
+    let specs: Vec<Spec> = [(980, 1), (981, 1), (981, 2)]
+        .iter()
+        .map(|&(study, i)| Spec::ct(study, 1, i, 16))
+        .collect();
+    let mut a = ct_association(&n.scu("MODALITY")).await;
+    let ctx = a.contexts()[0].id;
+    for s in &specs {
+        let st = a
+            .store(ctx, &s.sop_class, &s.sop_uid, &encode(s))
+            .await
+            .unwrap();
+        assert!(st.is_success());
+    }
+    a.release().await.unwrap();
+    // An instance that only Orthanc has at first; it sends it to pacsd with STOW-RS.
+    let new = Spec::ct(982, 1, 1, 16);
+    let new_file = dir.path().join("new.dcm");
+    {
+        let meta = dicom_object::meta::FileMetaTableBuilder::new()
+            .media_storage_sop_class_uid(new.sop_class.as_str())
+            .media_storage_sop_instance_uid(new.sop_uid.as_str())
+            .transfer_syntax(dicom_dictionary_std::uids::EXPLICIT_VR_LITTLE_ENDIAN)
+            .build()
+            .unwrap();
+        new.dataset()
+            .with_exact_meta(meta)
+            .write_to_file(&new_file)
+            .unwrap();
+    }
+
+    let url = format!(
+        "http://127.0.0.1:{}/dicom-web/",
+        n.node.http_addr.unwrap().port()
+    );
+    let (port, path) = (n.port(), dir.path().to_path_buf());
+    let study = specs[1].study_uid.clone();
+    let seen = tokio::task::spawn_blocking(move || {
+        let o = Orthanc::start_with(
+            &path,
+            port,
+            orthanc_http,
+            orthanc_dicom,
+            serde_json::json!({
+                "Plugins": ["/usr/share/orthanc/plugins/libOrthancDicomWeb.so"],
+                "DicomWeb": {
+                    "Enable": true,
+                    "Servers": { "pacsd": [url, "orthanc", "orthanc web password"] }
+                }
+            }),
+        );
+        // QIDO-RS through Orthanc.
+        let found = o
+            .post(
+                "/dicom-web/servers/pacsd/qido",
+                r#"{"Uri":"/studies","Arguments":{"PatientID":"PAT00981"}}"#,
+            )
+            .expect("QIDO-RS through Orthanc's DICOMweb client");
+        let found: Vec<String> = found
+            .as_array()
+            .unwrap()
+            .iter()
+            // Orthanc answers in its own simplified JSON (one value as a string).
+            .map(|m| {
+                m["0020000D"]["Value"]
+                    .as_str()
+                    .unwrap_or_else(|| panic!("{m}"))
+                    .to_string()
+            })
+            .collect();
+        // WADO-RS: Orthanc retrieves the study and stores it.
+        o.post(
+            "/dicom-web/servers/pacsd/retrieve",
+            &format!(r#"{{"Resources":[{{"Study":"{study}"}}]}}"#),
+        )
+        .expect("WADO-RS retrieve through Orthanc");
+        let mut retrieved: Vec<String> = o
+            .get("/instances?expand")
+            .unwrap()
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|i| {
+                i["MainDicomTags"]["SOPInstanceUID"]
+                    .as_str()
+                    .unwrap()
+                    .to_string()
+            })
+            .collect();
+        retrieved.sort();
+        // STOW-RS: Orthanc sends its new instance to pacsd.
+        let uploaded = o
+            .post_file("/instances", &new_file)
+            .expect("upload to Orthanc");
+        let id = uploaded["ID"].as_str().unwrap().to_string();
+        let stow = o
+            .post(
+                "/dicom-web/servers/pacsd/stow",
+                &format!(r#"{{"Resources":["{id}"],"Synchronous":true}}"#),
+            )
+            .expect("STOW-RS through Orthanc");
+        (found, retrieved, stow)
+    })
+    .await
+    .unwrap();
+    assert_eq!(seen.0, vec![specs[1].study_uid.clone()]);
+    let mut expected: Vec<String> = specs[1..].iter().map(|s| s.sop_uid.clone()).collect();
+    expected.sort();
+    assert_eq!(seen.1, expected, "Orthanc holds the study it retrieved");
+    assert!(
+        n.node.index.instance(&new.sop_uid).await.unwrap().is_some(),
+        "STOW-RS from Orthanc stored the instance: {}",
+        seen.2
+    );
 }

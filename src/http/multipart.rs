@@ -159,6 +159,9 @@ pub fn related_content_type(boundary: &str, part_type: &str) -> String {
     format!("multipart/related; type=\"{part_type}\"; boundary={boundary}")
 }
 
+/// Longest boundary accepted in a request.
+const MAX_BOUNDARY: usize = 200;
+
 /// The boundary and part type of a request's `multipart/related` Content-Type.
 pub fn request_boundary(content_type: Option<&str>) -> Result<(String, Option<String>), WebError> {
     let ct = content_type.ok_or_else(|| {
@@ -176,9 +179,11 @@ pub fn request_boundary(content_type: Option<&str>) -> Result<(String, Option<St
             super::clip(&m.essence)
         )));
     }
+    // RFC 2046 allows 70 characters; Orthanc's DICOMweb plugin sends 73. Be lenient, within
+    // a bound.
     let boundary = m
         .param("boundary")
-        .filter(|b| (1..=70).contains(&b.len()))
+        .filter(|b| (1..=MAX_BOUNDARY).contains(&b.len()))
         .ok_or_else(|| WebError::BadRequest("multipart/related without a valid boundary".into()))?;
     Ok((
         boundary.to_string(),
