@@ -1,0 +1,127 @@
+// Open a study from pacsd in the OHIF viewer (npm's @ohif/app prebuilt dist/) in headless
+// Chromium (Debian's package, driven by playwright-core), as a radiologist would: serve OHIF
+// on its own port with an app-config.js pointing at pacsd's DICOMweb, open the viewer on the
+// study with a bearer token, wait until a viewport canvas shows an image, and report every
+// request to pacsd that failed. Prints one JSON object; tests/ohif.rs asserts on it.
+//
+// usage: node ohif_check.mjs OHIF_DIR PORT DICOMWEB_BASE STUDY_UID TOKEN [TIMEOUT_MS]
+// (OHIF_DIR: where scripts/ohif.sh put package/dist and node_modules/playwright-core)
+import http from 'node:http';
+import fs from 'node:fs';
+import path from 'node:path';
+import { createRequire } from 'node:module';
+
+const [ohifDir, portText, base, study, token, timeoutText] = process.argv.slice(2);
+const dist = path.join(ohifDir, 'package', 'dist');
+const timeout = Number(timeoutText || 90000);
+const require = createRequire(path.join(ohifDir, 'package.json'));
+const { chromium } = require('playwright-core');
+
+const appConfig = `window.config = {
+  routerBasename: '/',
+  extensions: [],
+  modes: [],
+  showStudyList: true,
+  maxNumberOfWebWorkers: 2,
+  showWarningMessageForCrossOrigin: false,
+  showCPUFallbackMessage: false,
+  showLoadingIndicator: false,
+  strictZSpacingForVolumeViewport: false,
+  defaultDataSourceName: 'pacsd',
+  dataSources: [{
+    namespace: '@ohif/extension-default.dataSourcesModule.dicomweb',
+    sourceName: 'pacsd',
+    configuration: {
+      friendlyName: 'pacsd',
+      name: 'pacsd',
+      wadoUriRoot: '${base}/wado',
+      qidoRoot: '${base}',
+      wadoRoot: '${base}',
+      qidoSupportsIncludeField: true,
+      imageRendering: 'wadors',
+      thumbnailRendering: 'wadors',
+      enableStudyLazyLoad: true,
+      supportsFuzzyMatching: false,
+      supportsWildcard: true,
+      omitQuotationForMultipartRequest: true,
+      bulkDataURI: { enabled: true },
+    },
+  }],
+};`;
+
+const types = {
+  '.html': 'text/html', '.js': 'text/javascript', '.mjs': 'text/javascript', '.css': 'text/css',
+  '.json': 'application/json', '.wasm': 'application/wasm', '.svg': 'image/svg+xml',
+  '.png': 'image/png', '.woff2': 'font/woff2', '.ico': 'image/x-icon',
+};
+const server = http.createServer((req, res) => {
+  const url = new URL(req.url, 'http://x');
+  if (url.pathname === '/app-config.js') {
+    res.writeHead(200, { 'Content-Type': 'text/javascript' });
+    return res.end(appConfig);
+  }
+  let file = path.join(dist, path.normalize(url.pathname).replace(/^(\.\.[/\\])+/, ''));
+  if (!file.startsWith(dist) || !fs.existsSync(file) || fs.statSync(file).isDirectory()) {
+    file = path.join(dist, 'index.html'); // the single-page app routes everything else
+  }
+  res.writeHead(200, { 'Content-Type': types[path.extname(file)] || 'application/octet-stream' });
+  fs.createReadStream(file).pipe(res);
+});
+await new Promise(r => server.listen(Number(portText), '127.0.0.1', r));
+
+const browser = await chromium.launch({
+  executablePath: '/usr/bin/chromium',
+  args: ['--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run',
+    '--disable-background-networking', '--disable-component-update', '--disable-sync',
+    '--use-gl=swiftshader', '--enable-unsafe-swiftshader'],
+});
+const seen = { failures: [], requests: 0, consoleErrors: [] };
+try {
+  const page = await browser.newPage({ viewport: { width: 1280, height: 900 } });
+  page.on('response', r => {
+    if (r.url().startsWith(base)) {
+      seen.requests += 1;
+      if (r.status() >= 400) seen.failures.push(`${r.status()} ${r.url()}`);
+    }
+  });
+  page.on('requestfailed', r => {
+    if (r.url().startsWith(base)) seen.failures.push(`failed ${r.url()} ${r.failure()?.errorText}`);
+  });
+  page.on('console', m => { if (m.type() === 'error') seen.consoleErrors.push(m.text().slice(0, 300)); });
+  const started = Date.now();
+  await page.goto(`http://127.0.0.1:${portText}/viewer?StudyInstanceUIDs=${study}&token=${token}`);
+  // A viewport canvas with an image: many pixels that are not background.
+  const drawn = async () => page.evaluate(() => {
+    let best = 0;
+    for (const c of document.querySelectorAll('canvas')) {
+      if (c.width < 64 || c.height < 64) continue;
+      let ctx;
+      try { ctx = c.getContext('2d'); } catch (e) { continue; }
+      if (!ctx) continue;
+      const d = ctx.getImageData(0, 0, c.width, c.height).data;
+      const values = new Set();
+      let lit = 0;
+      for (let i = 0; i < d.length; i += 4 * 7) {
+        if (d[i] + d[i + 1] + d[i + 2] > 30) lit += 1;
+        values.add(d[i]);
+      }
+      best = Math.max(best, lit > 500 && values.size > 16 ? values.size : 0);
+    }
+    return best;
+  });
+  let levels = 0;
+  while (Date.now() - started < timeout) {
+    levels = await drawn().catch(() => 0);
+    if (levels > 0) break;
+    await page.waitForTimeout(200);
+  }
+  seen.firstImageMs = levels > 0 ? Date.now() - started : null;
+  seen.greyLevels = levels;
+  seen.title = await page.title();
+  const shot = process.env.OHIF_SCREENSHOT || (levels ? '' : '/tmp/ohif-failed.png');
+  if (shot) await page.screenshot({ path: shot }).catch(() => {});
+} finally {
+  await browser.close();
+  server.close();
+}
+console.log(JSON.stringify(seen));
