@@ -40,6 +40,8 @@ type Requests = BTreeMap<(&'static str, String), (BTreeMap<String, u64>, Histogr
 pub struct Metrics {
     requests: Mutex<Requests>,
     pub associations_accepted: AtomicU64,
+    /// Associations established and not yet ended.
+    pub associations_open: AtomicU64,
     pub associations_refused: AtomicU64,
     pub bytes_in: AtomicU64,
     pub bytes_out: AtomicU64,
@@ -67,6 +69,10 @@ impl Metrics {
 
     pub fn add(counter: &AtomicU64, n: u64) {
         counter.fetch_add(n, Ordering::Relaxed);
+    }
+
+    pub fn sub(counter: &AtomicU64, n: u64) {
+        counter.fetch_sub(n, Ordering::Relaxed);
     }
 
     /// The request metrics in the Prometheus text format.
@@ -129,12 +135,18 @@ impl Metrics {
             ),
             (
                 "pacsd_sent_bytes_total",
-                "Object bytes sent (C-MOVE, C-GET, WADO).",
+                "Object bytes read to be sent (C-MOVE, C-GET, WADO-RS, WADO-URI).",
                 &self.bytes_out,
             ),
         ] {
             counter(out, name, help, v.load(Ordering::Relaxed) as f64);
         }
+        gauge(
+            out,
+            "pacsd_associations_open",
+            "DICOM associations established and not yet ended.",
+            self.associations_open.load(Ordering::Relaxed) as f64,
+        );
     }
 }
 

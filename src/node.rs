@@ -291,6 +291,7 @@ impl Node {
         ));
         let metrics = Arc::new(crate::metrics::Metrics::default());
         let services = Arc::new(Services {
+            metrics: metrics.clone(),
             store: store.clone(),
             find: Arc::new(FindService {
                 index: self.index.clone(),
@@ -304,9 +305,10 @@ impl Node {
                 storage: self.storage.clone(),
                 config: self.config.clone(),
                 tls: self.tls.as_ref().map(|t| t.connector.clone()),
+                metrics: metrics.clone(),
             }),
         });
-        let policy = AcceptorPolicy::new(self.config.clone(), self.audit.clone());
+        let policy = AcceptorPolicy::new(self.config.clone(), self.audit.clone(), metrics.clone());
         let mut serving = tokio::task::JoinSet::new();
         if let Some(l) = listeners.http {
             if let Err(e) = ensure_first_account(&self.config, &self.index).await {

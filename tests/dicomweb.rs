@@ -201,6 +201,18 @@ async fn dicomweb_client_drives_stow_qido_and_wado() {
     assert_eq!(s("stow_failed"), j!(0));
     assert_eq!(s("stowed_found"), j!(1));
     assert_eq!(s("stowed_pixels_equal"), j!(true));
+    // The audit trail names the account for searches, reads and the STOW.
+    let audit = std::fs::read_to_string(n.dir.path().join("audit.log")).unwrap();
+    let by_admin = |code: &str, action: &str| {
+        audit.lines().any(|l| {
+            l.contains(code)
+                && l.contains(&format!("EventActionCode=\"{action}\""))
+                && l.contains("pacs-admin")
+        })
+    };
+    assert!(by_admin("110112", "E"), "QIDO-RS query recorded");
+    assert!(by_admin("110104", "R"), "WADO-RS read recorded");
+    assert!(by_admin("110104", "C"), "STOW-RS recorded");
     // STOW-RS stored under the C-STORE contract: indexed, on every replica.
     assert_eq!(n.instances().await, 12 + 1 + 1);
     let stored = n.node.index.instance(&new.sop_uid).await.unwrap().unwrap();
@@ -446,6 +458,16 @@ async fn bad_requests_get_their_status_and_store_nothing() {
         .unwrap();
     assert!(m.contains("pacsd_instances 2"), "{m}");
     assert!(m.contains("pacsd_requests_total{protocol=\"http\""), "{m}");
+    // The two C-STOREs that loaded the node, over one association.
+    assert!(
+        m.contains(
+            "pacsd_requests_total{protocol=\"dimse\",operation=\"CStoreRq\",status=\"0000\"} 2"
+        ),
+        "{m}"
+    );
+    assert!(m.contains("pacsd_associations_accepted_total 1"), "{m}");
+    assert!(m.contains("pacsd_associations_open 0"), "{m}");
+    assert!(m.contains("pacsd_replica_up{replica="), "{m}");
     assert_eq!(
         status(
             http.get(format!("http://127.0.0.1:{port}/healthz"))

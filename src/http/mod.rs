@@ -17,7 +17,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use axum::Router;
-use axum::extract::DefaultBodyLimit;
+use axum::extract::{DefaultBodyLimit, State};
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
@@ -243,6 +243,84 @@ async fn fill_host_port(mut req: axum::extract::Request, next: axum::middleware:
     next.run(req).await
 }
 
+/// Middleware: the audit trail of reads (PS3.15 A.5.3): a QIDO-RS search is a Query, a
+/// WADO-RS retrieve or metadata request of a study, series or instance (and WADO-URI) is
+/// DICOM Instances Transferred (Read), each with the account, its address and the study.
+/// Frames, rendered images, thumbnails and bulk data are not recorded one by one: a viewer
+/// asks for hundreds of them after the metadata request that is recorded.
+async fn audit_reads(
+    State(state): State<Arc<WebState>>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    use crate::audit::{Event, INSTANCES_TRANSFERRED, Object, Outcome, QUERY, Role, Subject};
+    let route = req
+        .extensions()
+        .get::<axum::extract::MatchedPath>()
+        .map(|p| p.as_str().to_string())
+        .unwrap_or_default();
+    let account = req
+        .extensions()
+        .get::<crate::index::account::Account>()
+        .map(|a| a.name.clone());
+    let peer = req
+        .extensions()
+        .get::<axum::extract::ConnectInfo<Conn>>()
+        .map(|c| c.0.peer.ip().to_string());
+    let uri = req.uri().clone();
+    let is_get = req.method() == Method::GET;
+    let rsp = next.run(req).await;
+    let last = route.rsplit('/').next().unwrap_or("");
+    let recorded = is_get
+        && rsp.status().is_success()
+        && !["frames", "{frames}", "rendered", "thumbnail", "{tag}"].contains(&last);
+    let (Some(account), true) = (account, recorded) else {
+        return rsp;
+    };
+    let study = uri
+        .path()
+        .split("/studies/")
+        .nth(1)
+        .and_then(|r| r.split('/').next())
+        .map(str::to_string)
+        .or_else(|| {
+            url::form_urlencoded::parse(uri.query().unwrap_or("").as_bytes())
+                .find(|(k, _)| k == "studyUID")
+                .map(|(_, v)| v.into_owned())
+        })
+        .filter(|s| Uid::parse(s).is_ok());
+    let search =
+        matches!(last, "studies" | "series" | "instances") && !route.ends_with("/{instance}");
+    let mut subject = Subject::default();
+    if let Some(st) = &study {
+        subject.studies.push(st.clone());
+        if let Ok(p) = state.index.patients_of(vec![st.clone()]).await
+            && let Some((id, name)) = p.into_iter().next()
+        {
+            subject.patient_id = Some(id);
+            subject.patient_name = name;
+        }
+    }
+    let event = if search {
+        Event::new(QUERY, None, 'E', Outcome::Success).on(Object::Query {
+            sop_class: "QIDO-RS".into(),
+            description: clip_long(&format!("{}?{}", uri.path(), uri.query().unwrap_or(""))),
+        })
+    } else {
+        Event::new(INSTANCES_TRANSFERRED, None, 'R', Outcome::Success)
+            .describe(clip_long(&format!("{} {}", route, uri.path())))
+    };
+    state
+        .audit
+        .record(event.about(&subject).by(&account, peer, Role::Destination));
+    rsp
+}
+
+/// At most 1024 characters of a request line, for the audit trail.
+fn clip_long(s: &str) -> String {
+    s.chars().take(1024).collect()
+}
+
 /// The DICOMweb routes, relative to `http.base_path`.
 fn dicomweb_routes() -> Router<Arc<WebState>> {
     use axum::routing::post;
@@ -327,6 +405,10 @@ pub fn router(state: Arc<WebState>) -> Router {
     };
     let app = app
         .fallback(|| async { WebError::NotFound("no such resource".into()) })
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            audit_reads,
+        ))
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
             auth::require,

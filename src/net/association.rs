@@ -149,10 +149,16 @@ pub struct AcceptorPolicy {
     pub receive_budget: Arc<Semaphore>,
     /// Where associations accepted and refused are recorded.
     pub audit: Audit,
+    /// Associations accepted, refused and open (`/metrics`).
+    pub metrics: Arc<crate::metrics::Metrics>,
 }
 
 impl AcceptorPolicy {
-    pub fn new(config: Arc<Config>, audit: Audit) -> AcceptorPolicy {
+    pub fn new(
+        config: Arc<Config>,
+        audit: Audit,
+        metrics: Arc<crate::metrics::Metrics>,
+    ) -> AcceptorPolicy {
         let budget = usize::try_from(config.node.receive_budget)
             .unwrap_or(usize::MAX)
             .min(Semaphore::MAX_PERMITS);
@@ -161,6 +167,7 @@ impl AcceptorPolicy {
             receive_budget: Arc::new(Semaphore::new(budget)),
             config,
             audit,
+            metrics,
         }
     }
 

@@ -234,15 +234,34 @@ async fn serve_association<H: MessageHandler>(
             return;
         }
     };
+    use crate::metrics::Metrics;
+    let m = &policy.metrics;
     let mut assoc = match accepted {
         Ok(Some(a)) => a,
-        Ok(None) => return,
-        Err(NetError::Rejected(_)) => return,
+        Ok(None) => {
+            Metrics::add(&m.associations_refused, 1);
+            return;
+        }
+        Err(NetError::Rejected(_)) => {
+            Metrics::add(&m.associations_refused, 1);
+            return;
+        }
         Err(e) => {
+            Metrics::add(&m.associations_refused, 1);
             info!(error = %e, "association not established");
             return;
         }
     };
+    Metrics::add(&m.associations_accepted, 1);
+    Metrics::add(&m.associations_open, 1);
+    // Counted down however the association ends.
+    struct Open<'a>(&'a Metrics);
+    impl Drop for Open<'_> {
+        fn drop(&mut self) {
+            Metrics::sub(&self.0.associations_open, 1);
+        }
+    }
+    let _open = Open(m);
     tracing::Span::current().record("calling_ae", assoc.calling_ae());
     // When the stop came, if it has.
     let mut stopped = shutdown.is_triggered().then(tokio::time::Instant::now);

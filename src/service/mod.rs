@@ -22,6 +22,8 @@ pub use store::StoreService;
 
 /// Every service this node provides, behind one dispatcher.
 pub struct Services {
+    /// DIMSE requests by command, status and latency (`/metrics`).
+    pub metrics: Arc<crate::metrics::Metrics>,
     pub store: Arc<StoreService>,
     pub find: Arc<FindService>,
     pub retrieve: Arc<RetrieveService>,
@@ -29,6 +31,34 @@ pub struct Services {
 
 impl MessageHandler for Services {
     async fn handle(&self, assoc: &mut Association, msg: DimseMessage) -> Result<(), NetError> {
+        let started = std::time::Instant::now();
+        let operation = match msg.command.field() {
+            Some(f) => format!("{f:?}"),
+            None => format!("{:#06x}", msg.command.command_field),
+        };
+        if let Some(d) = &msg.data {
+            crate::metrics::Metrics::add(&self.metrics.bytes_in, d.len() as u64);
+        }
+        let result = self.dispatch(assoc, msg).await;
+        // The response's status (C-FIND, C-MOVE and C-GET stream theirs: "streamed").
+        let status = match &result {
+            Ok(Some(code)) => format!("{code:04X}"),
+            Ok(None) => "streamed".to_string(),
+            Err(_) => "connection failed".to_string(),
+        };
+        self.metrics
+            .observe("dimse", &operation, &status, started.elapsed());
+        result.map(|_| ())
+    }
+}
+
+impl Services {
+    /// Answer one request; the status of the response sent, when it is a single one.
+    async fn dispatch(
+        &self,
+        assoc: &mut Association,
+        msg: DimseMessage,
+    ) -> Result<Option<u16>, NetError> {
         let DimseMessage {
             context_id,
             command,
@@ -93,18 +123,30 @@ impl MessageHandler for Services {
                 Command::response_to(&command, CommandField::CStoreRsp, status)
             }
             (Some(CommandField::CFindRq), Service::Find) => {
-                return self.find.find(assoc, &context, &command, data).await;
+                return self
+                    .find
+                    .find(assoc, &context, &command, data)
+                    .await
+                    .map(|()| None);
             }
             (Some(CommandField::CMoveRq), Service::Move) => {
-                return self.retrieve.move_(assoc, &context, &command, data).await;
+                return self
+                    .retrieve
+                    .move_(assoc, &context, &command, data)
+                    .await
+                    .map(|()| None);
             }
             (Some(CommandField::CGetRq), Service::Get) => {
-                return self.retrieve.get(assoc, &context, &command, data).await;
+                return self
+                    .retrieve
+                    .get(assoc, &context, &command, data)
+                    .await
+                    .map(|()| None);
             }
             (Some(CommandField::CCancelRq), _) => {
                 // PS3.7 9.3.2.3: a C-CANCEL for an operation that is not (or no longer)
                 // running is ignored; it has no response of its own.
-                return Ok(());
+                return Ok(None);
             }
             (field, _) => {
                 warn!(command = command.command_field, abstract_syntax = %context.abstract_syntax,
@@ -112,7 +154,11 @@ impl MessageHandler for Services {
                 unsupported_response(&command, field)
             }
         };
-        assoc.send_command(context_id, &response).await
+        let code = response.status;
+        assoc
+            .send_command(context_id, &response)
+            .await
+            .map(|()| code)
     }
 }
 

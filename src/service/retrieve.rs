@@ -100,6 +100,8 @@ pub struct RetrieveService {
     pub config: Arc<Config>,
     /// This node's TLS client configuration, for destinations marked `tls`.
     pub tls: Option<tokio_rustls::TlsConnector>,
+    /// Bytes read for sub-operations (`/metrics`).
+    pub metrics: Arc<crate::metrics::Metrics>,
 }
 
 impl RetrieveService {
@@ -523,6 +525,7 @@ impl RetrieveService {
         let storage = self.storage.clone();
         let index = self.index.clone();
         let budget = Arc::new(tokio::sync::Semaphore::new(PREFETCH_BYTES as usize));
+        let metrics = self.metrics.clone();
         tokio::spawn(async move {
             for item in items {
                 let share = u32::try_from(item.size)
@@ -537,6 +540,9 @@ impl RetrieveService {
                     sha256: item.sha256.clone(),
                 };
                 let bytes = read_object(&storage, &index, &expected).await;
+                if let Ok(b) = &bytes {
+                    crate::metrics::Metrics::add(&metrics.bytes_out, b.len() as u64);
+                }
                 if tx.send((item, bytes, held)).await.is_err() {
                     break;
                 }

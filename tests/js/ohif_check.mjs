@@ -15,6 +15,11 @@ const [ohifDir, portText, base, study, token, timeoutText] = process.argv.slice(
 const dist = path.join(ohifDir, 'package', 'dist');
 const timeout = Number(timeoutText || 90000);
 const require = createRequire(path.join(ohifDir, 'package.json'));
+// OHIF_PROXY=1 (the benchmark, for servers without CORS): OHIF talks to its own origin and
+// this server forwards /dicom-web to the DICOMweb server, with the token as a bearer.
+const proxy = process.env.OHIF_PROXY === '1';
+const target = new URL(base);
+const root = proxy ? `http://127.0.0.1:${portText}/dicom-web` : base;
 const { chromium } = require('playwright-core');
 
 const appConfig = `window.config = {
@@ -34,9 +39,9 @@ const appConfig = `window.config = {
     configuration: {
       friendlyName: 'pacsd',
       name: 'pacsd',
-      wadoUriRoot: '${base}/wado',
-      qidoRoot: '${base}',
-      wadoRoot: '${base}',
+      wadoUriRoot: '${root}/wado',
+      qidoRoot: '${root}',
+      wadoRoot: '${root}',
       qidoSupportsIncludeField: true,
       imageRendering: 'wadors',
       thumbnailRendering: 'wadors',
@@ -56,6 +61,16 @@ const types = {
 };
 const server = http.createServer((req, res) => {
   const url = new URL(req.url, 'http://x');
+  if (proxy && url.pathname.startsWith('/dicom-web')) {
+    const headers = { ...req.headers, host: target.host };
+    if (token !== '-') headers.authorization = `Bearer ${token}`;
+    const upstream = http.request({
+      host: target.hostname, port: target.port, method: req.method, headers,
+      path: target.pathname.replace(/\/$/, '') + url.pathname.slice('/dicom-web'.length) + url.search,
+    }, up => { res.writeHead(up.statusCode, up.headers); up.pipe(res); });
+    upstream.on('error', () => { res.writeHead(502); res.end(); });
+    return req.pipe(upstream);
+  }
   if (url.pathname === '/app-config.js') {
     res.writeHead(200, { 'Content-Type': 'text/javascript' });
     return res.end(appConfig);
@@ -79,17 +94,18 @@ const seen = { failures: [], requests: 0, consoleErrors: [] };
 try {
   const page = await browser.newPage({ viewport: { width: 1280, height: 900 } });
   page.on('response', r => {
-    if (r.url().startsWith(base)) {
+    if (r.url().startsWith(root)) {
       seen.requests += 1;
       if (r.status() >= 400) seen.failures.push(`${r.status()} ${r.url()}`);
     }
   });
   page.on('requestfailed', r => {
-    if (r.url().startsWith(base)) seen.failures.push(`failed ${r.url()} ${r.failure()?.errorText}`);
+    if (r.url().startsWith(root)) seen.failures.push(`failed ${r.url()} ${r.failure()?.errorText}`);
   });
   page.on('console', m => { if (m.type() === 'error') seen.consoleErrors.push(m.text().slice(0, 300)); });
   const started = Date.now();
-  await page.goto(`http://127.0.0.1:${portText}/viewer?StudyInstanceUIDs=${study}&token=${token}`);
+  const auth = proxy || token === '-' ? '' : `&token=${token}`;
+  await page.goto(`http://127.0.0.1:${portText}/viewer?StudyInstanceUIDs=${study}${auth}`);
   // A viewport canvas with an image: many pixels that are not background.
   const drawn = async () => page.evaluate(() => {
     let best = 0;
