@@ -6,6 +6,7 @@ pub mod calendar;
 pub mod charset;
 pub mod config;
 pub mod dataset;
+pub mod dicomjson;
 pub mod dimse;
 #[doc(hidden)]
 pub mod fuzzing;

@@ -297,7 +297,9 @@ async fn qido_rs_and_c_find_give_the_same_answers() {
     let (st, se) = (specs[4].study_uid.clone(), specs[4].series_uid.clone());
     let list = format!("{}\\{}", specs[0].study_uid, specs[8].study_uid);
     let date = specs[12].study_date.clone();
-    let cases: Vec<(&str, Vec<(&str, String)>, &str, String)> = vec![
+    // (level, findscu keys, unique key, the QIDO-RS request)
+    type Case<'a> = (&'a str, Vec<(&'a str, String)>, &'a str, String);
+    let cases: Vec<Case> = vec![
         (
             "STUDY",
             vec![("PatientName", "Synthetic^Patient0096*".into())],

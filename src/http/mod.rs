@@ -6,7 +6,6 @@
 //! the one place an error becomes an HTTP status.
 
 pub mod auth;
-pub mod json;
 pub mod multipart;
 pub mod ops;
 pub mod qido;

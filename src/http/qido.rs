@@ -12,9 +12,9 @@ use dicom_core::{DataElement, PrimitiveValue, Tag, VR};
 use dicom_dictionary_std::{StandardDataDictionary, tags};
 use dicom_object::InMemDicomObject;
 
-use super::json::metadata_object;
 use super::multipart::accept_ranges;
 use super::{WebError, WebState, clip, origin_of, path_uid};
+use crate::dicomjson::metadata_object;
 use crate::index::query::Level;
 use crate::service::find::match_object;
 use crate::service::query::{KEYS, MatchOptions, Model, key_def, parse_identifier};

@@ -25,6 +25,68 @@ use crate::storage::Uid;
 
 /// Parts in one request at most.
 const MAX_PARTS: usize = 100_000;
+/// Parts being stored at once while the next are read: enough to overlap one part's fsyncs
+/// and index commit with the others' (measured: 80 MB/s one at a time, see bench-web.sh).
+const MAX_IN_FLIGHT: usize = 4;
+/// Bytes of parts held while they are stored, in permits of `PERMIT_BYTES` (256 MiB); a part
+/// larger than that waits until it is the only one.
+const PERMIT_BYTES: usize = 1024 * 1024;
+const IN_FLIGHT_PERMITS: u32 = 256;
+
+type Stored1 = (
+    Result<crate::index::record::InstanceRecord, crate::service::store::StoreError>,
+    Option<String>,
+    Option<String>,
+    Subject,
+);
+
+/// Fold one stored part's outcome into the response and the audit subject.
+fn collect(
+    done: Result<Stored1, tokio::task::JoinError>,
+    outcomes: &mut Vec<Outcome1>,
+    subject: &mut Subject,
+    account: &Account,
+) {
+    let (result, sop_class, sop, part_subject) = match done {
+        Ok(d) => d,
+        Err(e) => {
+            outcomes.push(Outcome1 {
+                sop_class: None,
+                sop: None,
+                result: Err((
+                    crate::dimse::status::PROCESSING_FAILURE,
+                    format!("store task failed: {e}"),
+                )),
+            });
+            return;
+        }
+    };
+    if subject.patient_id.is_none() {
+        subject.patient_id = part_subject.patient_id.clone();
+        subject.patient_name = part_subject.patient_name.clone();
+    }
+    for st in part_subject.studies {
+        if !subject.studies.contains(&st) {
+            subject.studies.push(st);
+        }
+    }
+    outcomes.push(match result {
+        Ok(rec) => Outcome1 {
+            sop_class: Some(rec.sop_class_uid.clone()),
+            sop: Some(rec.sop_instance_uid.clone()),
+            result: Ok((rec.study_instance_uid, rec.series_instance_uid)),
+        },
+        Err(e) => {
+            warn!(account = %account.name, error = %e, "STOW-RS part not stored");
+            let status = e.to_status();
+            Outcome1 {
+                sop_class,
+                sop,
+                result: Err((status.code, status.comment.unwrap_or_default())),
+            }
+        }
+    });
+}
 
 pub async fn store(
     State(s): State<Arc<WebState>>,
@@ -98,6 +160,8 @@ async fn stow(
     let mut outcomes: Vec<Outcome1> = Vec::new();
     let mut subject = Subject::default();
     let mut cut_short: Option<WebError> = None;
+    let budget = Arc::new(tokio::sync::Semaphore::new(IN_FLIGHT_PERMITS as usize));
+    let mut in_flight = std::collections::VecDeque::new();
     loop {
         let field = match parts.next_field().await {
             Ok(Some(f)) => f,
@@ -136,40 +200,39 @@ async fn stow(
             }
         };
         Metrics::add(&state.metrics.bytes_in, bytes.len() as u64);
-        let meta = crate::part10::split(&bytes).ok().map(|(m, _)| m);
-        let uid = |s: &str| s.trim_end_matches(['\0', ' ']).to_string();
-        let mut part_subject = Subject::default();
-        let result = state
-            .store
-            .store_part10(&bytes, study.as_ref(), &mut part_subject)
-            .await;
-        if subject.patient_id.is_none() {
-            subject.patient_id = part_subject.patient_id.clone();
-            subject.patient_name = part_subject.patient_name.clone();
+        // Parts are stored concurrently (each waits for its fsyncs and its index commit)
+        // while the next ones are read, within a byte budget; outcomes keep the parts' order.
+        let permits = u32::try_from(bytes.len().div_ceil(PERMIT_BYTES))
+            .unwrap_or(u32::MAX)
+            .clamp(1, IN_FLIGHT_PERMITS);
+        let held = budget
+            .clone()
+            .acquire_many_owned(permits)
+            .await
+            .expect("never closed");
+        while in_flight.len() >= MAX_IN_FLIGHT {
+            let done = in_flight.pop_front().expect("not empty");
+            collect(done.await, &mut outcomes, &mut subject, account);
         }
-        for st in part_subject.studies {
-            if !subject.studies.contains(&st) {
-                subject.studies.push(st);
-            }
-        }
-        outcomes.push(match result {
-            Ok(rec) => Outcome1 {
-                sop_class: Some(rec.sop_class_uid.clone()),
-                sop: Some(rec.sop_instance_uid.clone()),
-                result: Ok((rec.study_instance_uid, rec.series_instance_uid)),
-            },
-            Err(e) => {
-                warn!(account = %account.name, error = %e, "STOW-RS part not stored");
-                let status = e.to_status();
-                Outcome1 {
-                    sop_class: meta.as_ref().map(|m| uid(m.media_storage_sop_class_uid())),
-                    sop: meta
-                        .as_ref()
-                        .map(|m| uid(m.media_storage_sop_instance_uid())),
-                    result: Err((status.code, status.comment.unwrap_or_default())),
-                }
-            }
-        });
+        let (state, study) = (state.clone(), study.clone());
+        in_flight.push_back(tokio::spawn(async move {
+            let mut part_subject = Subject::default();
+            let result = state
+                .store
+                .store_part10(&bytes, study.as_ref(), &mut part_subject)
+                .await;
+            let meta = crate::part10::split(&bytes).ok().map(|(m, _)| m);
+            let uid = |s: &str| s.trim_end_matches(['\0', ' ']).to_string();
+            let sop_class = meta.as_ref().map(|m| uid(m.media_storage_sop_class_uid()));
+            let sop = meta
+                .as_ref()
+                .map(|m| uid(m.media_storage_sop_instance_uid()));
+            drop(held);
+            (result, sop_class, sop, part_subject)
+        }));
+    }
+    for done in in_flight {
+        collect(done.await, &mut outcomes, &mut subject, account);
     }
     let stored = outcomes.iter().filter(|o| o.result.is_ok()).count();
     let failed = outcomes.len() - stored;
@@ -279,7 +342,7 @@ async fn stow(
         (0, _) => StatusCode::CONFLICT,
         _ => StatusCode::ACCEPTED,
     };
-    let body = serde_json::to_vec(&super::json::metadata_object(&response, None))
+    let body = serde_json::to_vec(&crate::dicomjson::metadata_object(&response, None))
         .map_err(|e| WebError::Internal(e.to_string()))?;
     Ok((
         status,

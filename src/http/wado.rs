@@ -13,11 +13,11 @@ use bytes::Bytes;
 use dicom_dictionary_std::{tags, uids};
 use futures::StreamExt;
 
-use super::json::{BASE_PLACEHOLDER, metadata_object};
 use super::multipart::{
     MediaType, accept_ranges, closing, new_boundary, part_header, related_content_type,
 };
 use super::{WebError, WebState, clip, origin_of, path_uid};
+use crate::dicomjson::BASE_PLACEHOLDER;
 use crate::index::query::{Column, Condition, Level, Matcher, Query};
 use crate::metrics::Metrics;
 use crate::service::retrieve::{read_object, transcode};
@@ -337,48 +337,26 @@ impl MetadataCache {
     }
 }
 
-/// The metadata JSON of one instance (placeholder base URL).
+/// The metadata JSON of one instance (placeholder base URL), computed from the stored object
+/// and kept in the index for the next request.
 async fn instance_metadata_json(state: &WebState, s: &Stored) -> Result<String, WebError> {
     let file = read(state, s).await?;
-    let s = s.clone();
-    tokio::task::spawn_blocking(move || {
-        let (meta, offset) =
-            crate::part10::split(&file).map_err(|e| WebError::Internal(e.to_string()))?;
-        let header = crate::index::record::parse_header(
-            &file[offset..],
-            meta.transfer_syntax(),
-            crate::config::DEFAULT_MAX_OBJECT_SIZE,
-        )
-        .map_err(|e| WebError::Internal(e.to_string()))?;
-        let url = format!(
-            "{BASE_PLACEHOLDER}/studies/{}/series/{}/instances/{}",
-            s.study, s.series, s.sop
-        );
-        let mut json = metadata_object(&header, Some(&url));
-        if s.has_pixels
-            && let Some(map) = json.as_object_mut()
-        {
-            let vr = if crate::net::syntax::is_encapsulated(&s.transfer_syntax) {
-                "OB"
-            } else {
-                "OW"
-            };
-            map.insert(
-                "7FE00010".into(),
-                serde_json::json!({"vr": vr, "BulkDataURI": format!("{url}/bulkdata/7FE00010")}),
-            );
-            map.insert(
-                "00083002".into(),
-                serde_json::json!({"vr": "UI", "Value": [s.transfer_syntax]}),
-            );
-        }
-        serde_json::to_string(&json).map_err(|e| WebError::Internal(e.to_string()))
-    })
-    .await
-    .map_err(|e| WebError::Internal(e.to_string()))?
+    let json = tokio::task::spawn_blocking(move || crate::dicomjson::instance_metadata(&file))
+        .await
+        .map_err(|e| WebError::Internal(e.to_string()))?
+        .map_err(WebError::Internal)?;
+    if let Err(e) = state
+        .index
+        .set_instance_metadata(&s.sop, json.clone())
+        .await
+    {
+        tracing::debug!(sop = %s.sop, error = %e, "metadata not kept");
+    }
+    Ok(json)
 }
 
-/// The metadata of every instance of one series, from the cache or built now.
+/// The metadata of every instance of one series: from memory, else from the index (where the
+/// preview worker put it after ingest), else built from the objects now.
 async fn series_metadata_json(
     state: &Arc<WebState>,
     series: &str,
@@ -387,11 +365,18 @@ async fn series_metadata_json(
     if let Some(hit) = state.metadata.get(series, objects.len()) {
         return Ok(hit);
     }
+    let kept = state
+        .index
+        .instance_metadata(objects.iter().map(|s| s.sop.clone()).collect())
+        .await?;
     let built: Vec<(String, String)> = futures::stream::iter(objects)
         .map(|s| {
-            let state = state.clone();
+            let (state, known) = (state.clone(), kept.get(&s.sop).cloned());
             async move {
-                let j = instance_metadata_json(&state, &s).await?;
+                let j = match known {
+                    Some(j) => j,
+                    None => instance_metadata_json(&state, &s).await?,
+                };
                 Ok::<_, WebError>((s.sop, j))
             }
         })
@@ -743,7 +728,7 @@ pub async fn bulkdata(
         let e = o.element_opt(t).ok().flatten().ok_or_else(|| {
             WebError::NotFound(format!(
                 "no attribute {} in this instance",
-                super::json::tag_key(t)
+                crate::dicomjson::tag_key(t)
             ))
         })?;
         e.value()

@@ -28,6 +28,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("migrations/0002_previews.sql"),
     include_str!("migrations/0003_changelog_epoch.sql"),
     include_str!("migrations/0004_accounts.sql"),
+    include_str!("migrations/0005_metadata.sql"),
 ];
 
 /// Most write jobs folded into one transaction (one fsync) by the group commit.
@@ -535,6 +536,45 @@ impl Index {
                 }
             }
             Ok(FindOutcome::Rows(query::rows(c, &q)?))
+        })
+        .await
+    }
+
+    /// The stored WADO-RS metadata of these instances (by SOP Instance UID), where computed.
+    pub async fn instance_metadata(
+        &self,
+        sops: Vec<String>,
+    ) -> Result<std::collections::HashMap<String, String>, IndexError> {
+        self.read(move |c| {
+            let mut stmt = c.prepare_cached(
+                "SELECT i.sop_instance_uid, m.json FROM instance i
+                 JOIN instance_metadata m ON m.instance_fk = i.id
+                 WHERE i.sop_instance_uid = ?1",
+            )?;
+            let mut out = std::collections::HashMap::new();
+            for sop in sops {
+                if let Some((k, v)) = stmt
+                    .query_row(params![sop], |r| Ok((r.get(0)?, r.get(1)?)))
+                    .optional()?
+                {
+                    out.insert(k, v);
+                }
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    /// Keep the WADO-RS metadata of an instance (derived data: not in the change log).
+    pub async fn set_instance_metadata(&self, sop: &str, json: String) -> Result<(), IndexError> {
+        let sop = sop.to_string();
+        self.read(move |c| {
+            c.execute(
+                "INSERT OR REPLACE INTO instance_metadata (instance_fk, json)
+                 SELECT id, ?2 FROM instance WHERE sop_instance_uid = ?1",
+                params![sop, json],
+            )?;
+            Ok(())
         })
         .await
     }

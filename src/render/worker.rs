@@ -115,13 +115,31 @@ pub async fn render_one(index: &Index, storage: &Storage, task: &PreviewTask) ->
             return Outcome::Deferred(e);
         }
     };
-    let rendered = tokio::task::spawn_blocking(move || super::render_preview(&object))
-        .await
-        .unwrap_or_else(|e| {
+    // The object is in memory: its WADO-RS metadata is computed now too, so that a viewer's
+    // first metadata request of the series is one index query.
+    let (rendered, metadata) = tokio::task::spawn_blocking(move || {
+        (
+            super::render_preview(&object),
+            crate::dicomjson::instance_metadata(&object),
+        )
+    })
+    .await
+    .map(|(r, m)| (r, m.ok()))
+    .unwrap_or_else(|e| {
+        (
             Err(super::RenderError::Decode(format!(
                 "renderer panicked: {e}"
-            )))
-        });
+            ))),
+            None,
+        )
+    });
+    if let Some(json) = metadata
+        && let Err(e) = index
+            .set_instance_metadata(&task.sop_instance_uid, json)
+            .await
+    {
+        debug!(sop = %task.sop_instance_uid, error = %e, "metadata not kept");
+    }
     let (state, missed, outcome) = match rendered {
         Ok(None) => (PreviewState::NoPixelData, Vec::new(), Outcome::NoPixelData),
         Err(e) => {

@@ -394,6 +394,15 @@ impl Storage {
             let res = self.replicas[i].store()?.get(path).await?;
             self.health.lock().expect("health")[i].observe_latency(t0.elapsed());
             let t1 = Instant::now();
+            // A local file is read in one blocking read: its stream would take one trip to
+            // the blocking pool per 8 KiB (measured: 300 MB/s for a series of 512 KB objects).
+            if matches!(res.payload, object_store::GetResultPayload::File(..)) {
+                let whole = res.bytes().await?;
+                if let Some(sha) = sha {
+                    sha.push(whole.clone());
+                }
+                return Ok::<_, object_store::Error>((whole, t1.elapsed()));
+            }
             let mut buf = Vec::with_capacity(res.meta.size.min(MAX_PREALLOCATION) as usize);
             let mut stream = res.into_stream();
             while let Some(chunk) = stream.next().await {
@@ -403,14 +412,14 @@ impl Storage {
                     sha.push(chunk);
                 }
             }
-            Ok::<_, object_store::Error>((buf, t1.elapsed()))
+            Ok::<_, object_store::Error>((Bytes::from(buf), t1.elapsed()))
         };
         match tokio::time::timeout(timeout, read).await {
             Ok(Ok((b, streaming))) => {
                 let mut h = self.health.lock().expect("health");
                 h[i].observe_transfer(b.len() as u64, streaming);
                 h[i].succeed();
-                Ok(Bytes::from(b))
+                Ok(b)
             }
             Ok(Err(e @ object_store::Error::NotFound { .. })) => {
                 Err(CopyError::Missing(e.to_string()))

@@ -99,6 +99,58 @@ fn numbers(vr: VR, p: &dicom_core::PrimitiveValue) -> Json {
     serde_json::json!({ "vr": vr.to_string(), "Value": values })
 }
 
+/// The WADO-RS metadata of one stored Part 10 object: its header (everything before Pixel
+/// Data) in DICOM JSON, bulk data by BulkDataURI under `BASE_PLACEHOLDER`, Pixel Data by
+/// BulkDataURI when the object has an image, and its Available Transfer Syntax UID. Computed
+/// once per instance (by the preview worker after ingest, or on the first request) and kept
+/// in the index.
+pub fn instance_metadata(file: &[u8]) -> Result<String, String> {
+    use dicom_dictionary_std::tags;
+    let (meta, offset) = crate::part10::split(file).map_err(|e| e.to_string())?;
+    let ts = meta
+        .transfer_syntax()
+        .trim_end_matches(['\0', ' '])
+        .to_string();
+    let header = crate::index::record::parse_header(
+        &file[offset..],
+        &ts,
+        crate::config::DEFAULT_MAX_OBJECT_SIZE,
+    )
+    .map_err(|e| e.to_string())?;
+    let uid = |tag| {
+        header
+            .get(tag)
+            .and_then(|e| e.to_str().ok())
+            .map(|s| s.trim_end_matches(['\0', ' ']).to_string())
+            .unwrap_or_default()
+    };
+    let url = format!(
+        "{BASE_PLACEHOLDER}/studies/{}/series/{}/instances/{}",
+        uid(tags::STUDY_INSTANCE_UID),
+        uid(tags::SERIES_INSTANCE_UID),
+        uid(tags::SOP_INSTANCE_UID)
+    );
+    let mut json = metadata_object(&header, Some(&url));
+    if header.get(tags::ROWS).is_some()
+        && let Some(map) = json.as_object_mut()
+    {
+        let vr = if crate::net::syntax::is_encapsulated(&ts) {
+            "OB"
+        } else {
+            "OW"
+        };
+        map.insert(
+            "7FE00010".into(),
+            serde_json::json!({"vr": vr, "BulkDataURI": format!("{url}/bulkdata/7FE00010")}),
+        );
+        map.insert(
+            "00083002".into(),
+            serde_json::json!({"vr": "UI", "Value": [ts]}),
+        );
+    }
+    serde_json::to_string(&json).map_err(|e| e.to_string())
+}
+
 /// `GGGGEEEE` in upper-case hex, the key of an attribute in DICOM JSON.
 pub fn tag_key(tag: Tag) -> String {
     format!("{:04X}{:04X}", tag.group(), tag.element())
