@@ -7,6 +7,7 @@ mod common;
 use std::collections::BTreeSet;
 use std::path::Path;
 use std::process::Command;
+use std::time::Duration;
 
 use common::*;
 use pacsd::index::account::Rights;
@@ -655,5 +656,67 @@ async fn bad_requests_get_their_status_and_store_nothing() {
         .await
         .unwrap();
     assert_eq!(r.status().as_u16(), 200);
+    n.node.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_are_bounded_and_a_stalled_upload_is_cut_off() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let (n, base) = web_node(|c| c.timeouts.idle_secs = 1.0).await;
+    let addr = n.node.http_addr.unwrap();
+    let http = client();
+    let get_ok = async || {
+        http.get(format!("{base}/studies"))
+            .basic_auth("viewer", Some(PASSWORD))
+            .send()
+            .await
+            .map(|r| r.status().as_u16())
+            .unwrap_or(0)
+    };
+    // An upload that stops half-way is answered 408 after timeouts.idle_secs, not held.
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let auth = {
+        use base64::Engine;
+        base64::engine::general_purpose::STANDARD.encode(format!("pacs-admin:{PASSWORD}"))
+    };
+    s.write_all(
+        format!(
+            "POST /dicom-web/studies HTTP/1.1\r\nHost: x\r\nAuthorization: Basic {auth}\r\n\
+             Content-Type: multipart/related; type=\"application/dicom\"; boundary=b\r\n\
+             Content-Length: 100000\r\n\r\n--b\r\nContent-Type: application/dicom\r\n\r\nDICM"
+        )
+        .as_bytes(),
+    )
+    .await
+    .unwrap();
+    let mut rsp = vec![0u8; 512];
+    let got = tokio::time::timeout(Duration::from_secs(10), s.read(&mut rsp))
+        .await
+        .expect("answered within 10 s")
+        .unwrap();
+    let head = String::from_utf8_lossy(&rsp[..got]).to_string();
+    assert!(head.starts_with("HTTP/1.1 408"), "{head}");
+    drop(s);
+    // One address holds at most 128 connections: the next is closed at once, and the node
+    // serves again as soon as they go.
+    let mut idle = Vec::new();
+    for _ in 0..128 {
+        idle.push(tokio::net::TcpStream::connect(addr).await.unwrap());
+    }
+    let mut extra = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let mut b = [0u8; 1];
+    let closed = tokio::time::timeout(Duration::from_secs(5), extra.read(&mut b))
+        .await
+        .expect("closed at once");
+    assert!(matches!(closed, Ok(0) | Err(_)), "{closed:?}");
+    drop(idle);
+    drop(extra);
+    let mut last = 0;
+    let served = eventually(Duration::from_secs(5), async || {
+        last = get_ok().await;
+        last == 200 || last == 204
+    })
+    .await;
+    assert!(served, "serves again: {last}");
     n.node.stop().await;
 }

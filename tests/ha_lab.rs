@@ -513,11 +513,38 @@ fn crash_failover_moves_the_service_ip_and_keeps_every_acknowledged_instance() {
     assert_all_kept(&lab, seen.acked.into_iter().map(|(s, _)| s).collect());
 }
 
+/// The HTTP status of `GET path` on the service IP's HTTP port, from the client's namespace
+/// (0: no answer).
+fn http_via_service_ip(lab: &Lab, path: &'static str) -> u16 {
+    in_netns(&format!("{}-c", lab.name), move || {
+        use std::io::{Read, Write};
+        let addr: std::net::SocketAddr = "10.77.0.100:8104".parse().unwrap();
+        let Ok(mut s) = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(2)) else {
+            return 0;
+        };
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let _ = write!(
+            s,
+            "GET {path} HTTP/1.1\r\nHost: 10.77.0.100\r\nConnection: close\r\n\r\n"
+        );
+        let mut rsp = String::new();
+        let _ = s.read_to_string(&mut rsp);
+        rsp.split_whitespace()
+            .nth(1)
+            .and_then(|c| c.parse().ok())
+            .unwrap_or(0)
+    })
+    .join()
+    .unwrap()
+}
+
 #[test]
 fn planned_switchover_moves_the_service_ip() {
     let _serial = serial();
     let Some(mut lab) = lab("hsw") else { return };
     let first = lab.settle();
+    // DICOMweb follows the primary role: on the service IP, served by the primary.
+    assert_eq!(http_via_service_ip(&lab, "/readyz"), 200);
     let c = client(&lab, 502, Duration::from_secs(3));
     std::thread::sleep(Duration::from_millis(1000));
     let fault = Instant::now();
@@ -537,6 +564,8 @@ fn planned_switchover_moves_the_service_ip() {
     let second = if first == "a" { "b" } else { "a" };
     assert!(lab.status(second).unwrap().holds_service_ip);
     assert!(!lab.status(&first).unwrap().holds_service_ip);
+    // ... and now by the new primary (the old one released the address with its listeners).
+    assert_eq!(http_via_service_ip(&lab, "/readyz"), 200);
     assert_all_kept(&lab, seen.acked.into_iter().map(|(s, _)| s).collect());
 }
 

@@ -84,6 +84,8 @@ pub enum WebError {
     #[error("{0}")]
     UnsupportedMediaType(String),
     #[error("{0}")]
+    Timeout(String),
+    #[error("{0}")]
     Unavailable(String),
     #[error("{0}")]
     Internal(String),
@@ -100,6 +102,7 @@ impl WebError {
             WebError::Conflict(_) => StatusCode::CONFLICT,
             WebError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             WebError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            WebError::Timeout(_) => StatusCode::REQUEST_TIMEOUT,
             WebError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             WebError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -180,43 +183,19 @@ pub struct Conn {
     pub local: SocketAddr,
 }
 
-impl axum::extract::connect_info::Connected<axum::serve::IncomingStream<'_, NoDelay>> for Conn {
-    fn connect_info(stream: axum::serve::IncomingStream<'_, NoDelay>) -> Self {
-        let peer = *stream.remote_addr();
-        Conn {
-            peer,
-            local: stream.io().local_addr().unwrap_or(peer),
-        }
+/// Middleware: an upload refused (4xx/5xx) may leave its body unread on the connection, which
+/// then cannot carry another request: say `Connection: close` so the client does not reuse it.
+async fn close_after_refused_upload(
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let upload = req.method() == Method::POST;
+    let mut rsp = next.run(req).await;
+    if upload && (rsp.status().is_client_error() || rsp.status().is_server_error()) {
+        rsp.headers_mut()
+            .insert(header::CONNECTION, HeaderValue::from_static("close"));
     }
-}
-
-/// The HTTP listener: TCP_NODELAY on every connection (responses are written in parts: a
-/// multipart header, then the object), and a pause after an accept error (descriptors run
-/// out) instead of a busy loop.
-pub struct NoDelay(pub TcpListener);
-
-impl axum::serve::Listener for NoDelay {
-    type Io = tokio::net::TcpStream;
-    type Addr = SocketAddr;
-
-    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
-        loop {
-            match self.0.accept().await {
-                Ok((io, addr)) => {
-                    let _ = io.set_nodelay(true);
-                    return (io, addr);
-                }
-                Err(e) => {
-                    warn!(error = %e, "HTTP accept failed; pausing");
-                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-                }
-            }
-        }
-    }
-
-    fn local_addr(&self) -> std::io::Result<Self::Addr> {
-        self.0.local_addr()
-    }
+    rsp
 }
 
 /// Middleware: a Host header that names this node's own IP address without a port (some
@@ -417,6 +396,7 @@ pub fn router(state: Arc<WebState>) -> Router {
             ops::count_request,
         ))
         .layer(axum::middleware::from_fn(fill_host_port))
+        .layer(axum::middleware::from_fn(close_after_refused_upload))
         .layer(DefaultBodyLimit::disable());
     let app = match cors(&state.config) {
         Some(c) => app.layer(c),
@@ -460,26 +440,97 @@ fn cors(config: &Config) -> Option<CorsLayer> {
     )
 }
 
+/// HTTP connections open at once; more wait in the kernel's backlog until one closes.
+const MAX_CONNECTIONS: usize = 512;
+/// HTTP connections from one address at once; more are closed at once, so one host cannot
+/// take every connection (the DICOM listener's `max_associations_per_address` rule).
+const MAX_CONNECTIONS_PER_ADDRESS: usize = 128;
+/// A request head (line and headers) must arrive within this time, and an idle keep-alive
+/// connection is closed after it: a client that opens connections and drips bytes cannot
+/// hold them.
+const HEADER_READ_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+
 /// Serve HTTP on `listener` until `shutdown`; requests in progress are given
-/// `timeouts.shutdown_secs` to finish.
+/// `timeouts.shutdown_secs` to finish. Connections are bounded in number (overall and per
+/// address) and in the time their request heads may take.
 pub async fn serve(listener: TcpListener, state: Arc<WebState>, mut shutdown: Shutdown) {
+    use hyper_util::rt::{TokioIo, TokioTimer};
+    use std::collections::HashMap;
+    use tower::ServiceExt;
     let addr = listener.local_addr().ok();
     let grace = state.config.timeouts.shutdown();
     let app = router(state);
-    let listener = NoDelay(listener);
+    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
+    let per_address: Arc<std::sync::Mutex<HashMap<std::net::IpAddr, usize>>> = Arc::default();
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
     info!(addr = ?addr, "HTTP (DICOMweb) listening");
-    let mut stop = shutdown.clone();
-    let server = axum::serve(listener, app.into_make_service_with_connect_info::<Conn>())
-        .with_graceful_shutdown(async move { stop.wait().await });
-    tokio::select! {
-        r = server => {
-            if let Err(e) = r {
-                warn!(error = %e, "HTTP server stopped");
+    loop {
+        let slot = tokio::select! {
+            s = slots.clone().acquire_owned() => s.expect("never closed"),
+            _ = shutdown.wait() => break,
+        };
+        let (stream, peer) = tokio::select! {
+            r = listener.accept() => match r {
+                Ok(c) => c,
+                Err(e) => {
+                    // Out of descriptors, most likely: pause instead of spinning.
+                    warn!(error = %e, "HTTP accept failed; pausing");
+                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+            _ = shutdown.wait() => break,
+        };
+        {
+            let mut counts = per_address.lock().expect("per-address counts");
+            let n = counts.entry(peer.ip()).or_default();
+            if *n >= MAX_CONNECTIONS_PER_ADDRESS {
+                warn!(%peer, "HTTP connection refused: too many from this address");
+                continue;
             }
+            *n += 1;
         }
-        // Graceful shutdown waits for every connection; a client streaming a large
-        // retrieve or keeping a connection open does not hold the node past the grace.
-        _ = async { shutdown.wait().await; tokio::time::sleep(grace).await } => {
+        let _ = stream.set_nodelay(true);
+        let conn = Conn {
+            peer,
+            local: stream.local_addr().unwrap_or(peer),
+        };
+        let service =
+            app.clone()
+                .map_request(move |mut req: axum::http::Request<hyper::body::Incoming>| {
+                    req.extensions_mut()
+                        .insert(axum::extract::ConnectInfo(conn));
+                    req
+                });
+        let connection = hyper::server::conn::http1::Builder::new()
+            .timer(TokioTimer::new())
+            .header_read_timeout(HEADER_READ_TIMEOUT)
+            .serve_connection(
+                TokioIo::new(stream),
+                hyper_util::service::TowerToHyperService::new(service),
+            );
+        let connection = graceful.watch(connection);
+        let per_address = per_address.clone();
+        tokio::spawn(async move {
+            if let Err(e) = connection.await {
+                tracing::debug!(%peer, error = %e, "HTTP connection ended with an error");
+            }
+            drop(slot);
+            let mut counts = per_address.lock().expect("per-address counts");
+            if let Some(n) = counts.get_mut(&peer.ip()) {
+                *n -= 1;
+                if *n == 0 {
+                    counts.remove(&peer.ip());
+                }
+            }
+        });
+    }
+    drop(listener);
+    // Requests in progress finish; a client streaming a large retrieve or keeping a
+    // connection open does not hold the node past the grace.
+    tokio::select! {
+        _ = graceful.shutdown() => {}
+        _ = tokio::time::sleep(grace) => {
             warn!("HTTP requests still open after the shutdown grace; closed");
         }
     }

@@ -23,6 +23,9 @@ use crate::index::account::Account;
 use crate::metrics::Metrics;
 use crate::storage::Uid;
 
+/// What a body that stopped arriving is told.
+const IDLE: &str = "no body data arrived within timeouts.idle_secs";
+
 /// Parts in one request at most.
 const MAX_PARTS: usize = 100_000;
 /// Parts being stored at once while the next are read: enough to overlap one part's fsyncs
@@ -155,8 +158,21 @@ async fn stow(
             .whole_stream(max_upload)
             .per_field(max_object),
     );
-    let mut parts =
-        multer::Multipart::with_constraints(body.into_data_stream(), boundary, constraints);
+    // A client that stops sending in the middle of a body is cut off after `timeouts.idle_secs`
+    // (408), as a silent association is: it holds a connection and up to a part in memory.
+    let idle = state.config.timeouts.idle();
+    let chunks = futures::stream::unfold(body.into_data_stream(), move |mut s| async move {
+        use futures::StreamExt;
+        match tokio::time::timeout(idle, s.next()).await {
+            Ok(Some(chunk)) => Some((chunk.map_err(std::io::Error::other), s)),
+            Ok(None) => None,
+            Err(_) => Some((
+                Err(std::io::Error::new(std::io::ErrorKind::TimedOut, IDLE)),
+                s,
+            )),
+        }
+    });
+    let mut parts = multer::Multipart::with_constraints(chunks, boundary, constraints);
     let mut outcomes: Vec<Outcome1> = Vec::new();
     let mut subject = Subject::default();
     let mut cut_short: Option<WebError> = None;
@@ -360,6 +376,9 @@ fn multipart_error(e: multer::Error) -> WebError {
         multer::Error::FieldSizeExceeded { limit, .. } => WebError::TooLarge(format!(
             "one part holds at most {limit} bytes (node.max_object_size)"
         )),
+        multer::Error::StreamReadFailed(e) if e.to_string() == IDLE => {
+            WebError::Timeout(format!("{IDLE}; request abandoned"))
+        }
         other => WebError::BadRequest(format!("malformed multipart body: {other}")),
     }
 }
