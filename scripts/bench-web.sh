@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # DICOMweb benchmark: pacsd against Orthanc 1.10 with its DICOMweb plugin (Debian's orthanc and
 # orthanc-dicomweb), in one run, on one corpus loaded into both the same way (DCMTK storescu),
-# measured with the same client (scripts/bench_web.py, Python requests with keep-alive): QIDO
+# measured with the same client (scripts/bench_web.py: latency over one keep-alive
+# connection with Python's http.client, throughput with curl): QIDO
 # study search p50/p99, QIDO instance list of a 600-instance series, series metadata (600 and
 # 200 instances) cold and warm, WADO-RS series retrieval MB/s, frames per second, rendered and
 # thumbnail p50, STOW-RS MB/s, and OHIF's time to first image (tests/js/ohif_check.mjs in
