@@ -554,6 +554,28 @@ async fn bad_requests_get_their_status_and_store_nothing() {
             .unwrap();
         assert_eq!(r.status().as_u16(), want, "{path}: {:?}", r.text().await);
     }
+    // Rendered with a window of the caller's: applied (a different image), and checked.
+    let rendered = format!(
+        "{base}/studies/{st}/series/{}/instances/{}/rendered",
+        specs[0].series_uid, specs[0].sop_uid
+    );
+    let render = async |q: &str| {
+        let r = admin(http.get(format!("{rendered}{q}")))
+            .header("Accept", "image/png")
+            .send()
+            .await
+            .unwrap();
+        (r.status().as_u16(), r.bytes().await.unwrap())
+    };
+    let (own, narrow, wide) = (
+        render("").await,
+        render("?window=0,1").await,
+        render("?window=2000,8000,linear").await,
+    );
+    assert_eq!((own.0, narrow.0, wide.0), (200, 200, 200));
+    assert_ne!(narrow.1, wide.1, "the window changes the image");
+    assert_eq!(render("?window=40,0").await.0, 400);
+    assert_eq!(render("?window=40,400,SIGMOID").await.0, 400);
     let r = admin(http.get(format!("{base}/studies/{st}")))
         .header(
             "Accept",

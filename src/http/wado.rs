@@ -761,7 +761,26 @@ struct Rendering {
     png: bool,
     viewport: Option<(u32, u32)>,
     quality: u8,
-    window_ignored: bool,
+    window: Option<(f64, f64)>,
+}
+
+/// A window center and width as PS3.18 writes them (`window=center,width,function` with
+/// function LINEAR; WADO-URI's windowCenter and windowWidth).
+fn window(center: &str, width: &str, function: Option<&str>) -> Result<(f64, f64), WebError> {
+    let num = |v: &str| v.trim().parse::<f64>().ok().filter(|f| f.is_finite());
+    let function = function.map(|f| f.trim().to_ascii_uppercase());
+    if let Some(f) = function.as_deref().filter(|f| *f != "LINEAR") {
+        return Err(WebError::BadRequest(format!(
+            "window function {} is not supported (LINEAR is)",
+            clip(f)
+        )));
+    }
+    match (num(center), num(width)) {
+        (Some(c), Some(w)) if w > 0.0 => Ok((c, w)),
+        _ => Err(WebError::BadRequest(
+            "window is center,width with a width above 0".into(),
+        )),
+    }
 }
 
 fn rendering(raw: Option<&str>, headers: &HeaderMap) -> Result<Rendering, WebError> {
@@ -769,7 +788,7 @@ fn rendering(raw: Option<&str>, headers: &HeaderMap) -> Result<Rendering, WebErr
         png: false,
         viewport: None,
         quality: crate::render::JPEG_QUALITY,
-        window_ignored: false,
+        window: None,
     };
     let accept = accept_of(headers);
     match accept
@@ -805,7 +824,11 @@ fn rendering(raw: Option<&str>, headers: &HeaderMap) -> Result<Rendering, WebErr
                     _ => return Err(WebError::BadRequest("viewport is vw,vh (1 to 8192)".into())),
                 }
             }
-            "window" => r.window_ignored = true,
+            "window" => {
+                let mut it = v.split(',');
+                let (c, w) = (it.next().unwrap_or(""), it.next().unwrap_or(""));
+                r.window = Some(window(c, w, it.next())?);
+            }
             _ => {}
         }
     }
@@ -832,14 +855,7 @@ fn encoded_image(image: image::DynamicImage, r: &Rendering) -> Result<Response, 
             "image/jpeg",
         )
     };
-    let mut rsp = (StatusCode::OK, [(header::CONTENT_TYPE, ct)], bytes).into_response();
-    if r.window_ignored {
-        rsp.headers_mut().insert(
-            header::WARNING,
-            header::HeaderValue::from_static("299 pacsd: the window parameter is not supported; the object's own window was used"),
-        );
-    }
-    Ok(rsp)
+    Ok((StatusCode::OK, [(header::CONTENT_TYPE, ct)], bytes).into_response())
 }
 
 /// Frame `frame` (1-based) of an instance, rendered.
@@ -856,11 +872,13 @@ async fn render(
         )));
     }
     let file = read(state, obj).await?;
-    let image = tokio::task::spawn_blocking(move || crate::render::render_frame(&file, frame - 1))
-        .await
-        .map_err(|e| WebError::Internal(e.to_string()))?
-        .map_err(|e| WebError::Internal(e.to_string()))?
-        .ok_or_else(|| WebError::NotFound("no pixel data".into()))?;
+    let window = r.window;
+    let image =
+        tokio::task::spawn_blocking(move || crate::render::render_frame(&file, frame - 1, window))
+            .await
+            .map_err(|e| WebError::Internal(e.to_string()))?
+            .map_err(|e| WebError::Internal(e.to_string()))?
+            .ok_or_else(|| WebError::NotFound("no pixel data".into()))?;
     encoded_image(image, r)
 }
 
@@ -1052,7 +1070,15 @@ pub async fn wado_uri(
                 png: first == "image/png",
                 viewport: None,
                 quality: crate::render::JPEG_QUALITY,
-                window_ignored: get("windowCenter").is_some(),
+                window: match (get("windowCenter"), get("windowWidth")) {
+                    (Some(c), Some(w)) => Some(window(c, w, None)?),
+                    (None, None) => None,
+                    _ => {
+                        return Err(WebError::BadRequest(
+                            "windowCenter and windowWidth go together".into(),
+                        ));
+                    }
+                },
             };
             if let Some(q) = get("imageQuality") {
                 r.quality = q

@@ -52,20 +52,29 @@ pub fn render_preview(part10: &[u8]) -> Result<Option<Vec<u8>>, RenderError> {
 /// The first frame as an 8-bit grey or RGB image at full size, or None without pixel data.
 /// The pixel decoders run inside the panic boundary of `crate::dataset`.
 pub fn render_image(part10: &[u8]) -> Result<Option<DynamicImage>, RenderError> {
-    render_frame(part10, 0)
+    render_frame(part10, 0, None)
 }
 
-/// Frame `frame` (0-based) rendered as `render_image` renders the first.
-pub fn render_frame(part10: &[u8], frame: u32) -> Result<Option<DynamicImage>, RenderError> {
+/// Frame `frame` (0-based) rendered as `render_image` renders the first; `window` (center,
+/// width, linear) replaces the object's own VOI LUT or window when given.
+pub fn render_frame(
+    part10: &[u8],
+    frame: u32,
+    window: Option<(f64, f64)>,
+) -> Result<Option<DynamicImage>, RenderError> {
     let obj = crate::part10::open(part10, crate::config::DEFAULT_MAX_OBJECT_SIZE)
         .map_err(|e| RenderError::Read(e.to_string()))?;
     crate::dataset::contain("decoding pixel data for a preview", || {
-        image_of(&obj, frame)
+        image_of(&obj, frame, window)
     })
     .map_err(|e| RenderError::Decode(e.to_string()))?
 }
 
-fn image_of(obj: &DefaultDicomObject, frame: u32) -> Result<Option<DynamicImage>, RenderError> {
+fn image_of(
+    obj: &DefaultDicomObject,
+    frame: u32,
+    window: Option<(f64, f64)>,
+) -> Result<Option<DynamicImage>, RenderError> {
     if PIXEL_ELEMENTS
         .iter()
         .all(|&t| obj.element_opt(t).ok().flatten().is_none())
@@ -99,8 +108,14 @@ fn image_of(obj: &DefaultDicomObject, frame: u32) -> Result<Option<DynamicImage>
     // dicom-pixeldata's default pipeline is the one wanted: rescale, then the first VOI LUT
     // or window of the object (min/max of the frame when there is none), MONOCHROME1
     // inverted, YBR converted to RGB.
+    let mut options = ConvertOptions::new().force_8bit();
+    if let Some((center, width)) = window {
+        options = options.with_voi_lut(dicom_pixeldata::VoiLutOption::Custom(
+            dicom_pixeldata::WindowLevel { center, width },
+        ));
+    }
     let image = frame
-        .to_dynamic_image_with_options(0, &ConvertOptions::new().force_8bit())
+        .to_dynamic_image_with_options(0, &options)
         .map_err(|e| RenderError::Convert(e.to_string()))?;
     Ok(Some(match image {
         DynamicImage::ImageLuma8(_) | DynamicImage::ImageRgb8(_) => image,
