@@ -5,7 +5,6 @@
 mod common;
 
 use std::collections::BTreeSet;
-use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
@@ -39,34 +38,6 @@ async fn web_node(tweak: impl FnOnce(&mut pacsd::config::Config)) -> (TestNode, 
     (n, base)
 }
 
-/// Store `specs` over one C-STORE association.
-async fn store_specs(n: &TestNode, specs: &[Spec]) {
-    let mut a = ct_association(&n.scu("MODALITY")).await;
-    let ctx = a.contexts()[0].id;
-    for s in specs {
-        let st = a
-            .store(ctx, &s.sop_class, &s.sop_uid, &encode(s))
-            .await
-            .unwrap();
-        assert!(st.is_success(), "{st:?}");
-    }
-    a.release().await.unwrap();
-}
-
-/// Write `spec` as a Part 10 file.
-fn part10_file(spec: &Spec, path: &Path) {
-    let meta = dicom_object::meta::FileMetaTableBuilder::new()
-        .media_storage_sop_class_uid(spec.sop_class.as_str())
-        .media_storage_sop_instance_uid(spec.sop_uid.as_str())
-        .transfer_syntax(dicom_dictionary_std::uids::EXPLICIT_VR_LITTLE_ENDIAN)
-        .build()
-        .unwrap();
-    spec.dataset()
-        .with_exact_meta(meta)
-        .write_to_file(path)
-        .unwrap();
-}
-
 fn client() -> reqwest::Client {
     reqwest::Client::builder().no_proxy().build().unwrap()
 }
@@ -87,7 +58,7 @@ async fn dicomweb_client_drives_stow_qido_and_wado() {
             }
         }
     }
-    store_specs(&n, &specs).await;
+    store_specs(&n.scu("MODALITY"), &specs).await;
     let j2k_spec = Spec::ct(953, 1, 1, 64);
     let j2k_dir = n.dir.path().join("j2k");
     std::fs::create_dir_all(&j2k_dir).unwrap();
@@ -130,18 +101,10 @@ async fn dicomweb_client_drives_stow_qido_and_wado() {
         j2k_spec.sop_uid.clone(),
         new_file.display().to_string(),
     ];
-    let out = tokio::task::spawn_blocking(move || {
-        Command::new("python3")
-            .arg(script)
-            .args(&args)
-            .output()
-            .expect("python3 with dicomweb-client (pip install dicomweb-client)")
-    })
-    .await
-    .unwrap();
-    assert!(out.status.success(), "{}", text(&out));
-    let seen: serde_json::Value =
-        serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{e}: {}", text(&out)));
+    // python3 with dicomweb-client (pip install dicomweb-client)
+    let mut cmd = Command::new("python3");
+    cmd.arg(script).args(&args);
+    let seen = json_of(cmd).await;
     let s = |k: &str| seen[k].clone();
     use serde_json::json as j;
 
@@ -294,7 +257,7 @@ async fn qido_rs_and_c_find_give_the_same_answers() {
             }
         }
     }
-    store_specs(&n, &specs).await;
+    store_specs(&n.scu("MODALITY"), &specs).await;
     let (st, se) = (specs[4].study_uid.clone(), specs[4].series_uid.clone());
     let list = format!("{}\\{}", specs[0].study_uid, specs[8].study_uid);
     let date = specs[12].study_date.clone();
@@ -412,7 +375,7 @@ async fn bad_requests_get_their_status_and_store_nothing() {
     })
     .await;
     let specs: Vec<Spec> = (1..=2).map(|i| Spec::ct(971, 1, i, 16)).collect();
-    store_specs(&n, &specs).await;
+    store_specs(&n.scu("MODALITY"), &specs).await;
     let http = client();
     let admin = |r: reqwest::RequestBuilder| r.basic_auth("pacs-admin", Some(PASSWORD));
     let status = |r: reqwest::Response| r.status().as_u16();

@@ -26,16 +26,7 @@ async fn pynetdicom_gets_a_study_and_agrees_a_relational_find() {
     })
     .await;
     let specs: Vec<Spec> = (1..=3).map(|i| Spec::ct(950, 1, i, 16)).collect();
-    let mut a = ct_association(&n.scu("MODALITY")).await;
-    let ctx = a.contexts()[0].id;
-    for s in &specs {
-        let st = a
-            .store(ctx, &s.sop_class, &s.sop_uid, &encode(s))
-            .await
-            .unwrap();
-        assert!(st.is_success(), "{st:?}");
-    }
-    a.release().await.unwrap();
+    store_specs(&n.scu("MODALITY"), &specs).await;
 
     let script = concat!(
         env!("CARGO_MANIFEST_DIR"),

@@ -44,16 +44,7 @@ async fn ohif_opens_a_study_from_pacsd_and_draws_it() {
             specs.push(Spec::ct(990, series, i, 256));
         }
     }
-    let mut a = ct_association(&n.scu("MODALITY")).await;
-    let ctx = a.contexts()[0].id;
-    for s in &specs {
-        let st = a
-            .store(ctx, &s.sop_class, &s.sop_uid, &encode(s))
-            .await
-            .unwrap();
-        assert!(st.is_success(), "{st:?}");
-    }
-    a.release().await.unwrap();
+    store_specs(&n.scu("MODALITY"), &specs).await;
 
     let install = Command::new("bash")
         .arg(script("ohif.sh"))
@@ -70,25 +61,17 @@ async fn ohif_opens_a_study_from_pacsd_and_draws_it() {
     );
     let check = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/js/ohif_check.mjs");
     let study = specs[0].study_uid.clone();
-    let out = tokio::task::spawn_blocking(move || {
-        Command::new("node")
-            .args([
-                check,
-                &ohif_dir,
-                &ohif_port.to_string(),
-                &base,
-                &study,
-                &token,
-                "90000",
-            ])
-            .output()
-            .expect("node")
-    })
-    .await
-    .unwrap();
-    assert!(out.status.success(), "{}", text(&out));
-    let seen: serde_json::Value =
-        serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{e}: {}", text(&out)));
+    let mut cmd = Command::new("node");
+    cmd.args([
+        check,
+        &ohif_dir,
+        &ohif_port.to_string(),
+        &base,
+        &study,
+        &token,
+        "90000",
+    ]);
+    let seen = json_of(cmd).await;
     // Drawn: a viewport canvas with many lit pixels in more than 16 grey levels.
     assert!(seen["firstImageMs"].is_u64(), "no image drawn: {seen}");
     assert!(seen["greyLevels"].as_u64().unwrap() > 16, "{seen}");

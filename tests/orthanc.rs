@@ -100,6 +100,25 @@ impl Orthanc {
         ])
     }
 
+    /// The SOP Instance UIDs Orthanc holds, sorted.
+    fn instances(&self) -> Vec<String> {
+        let mut v: Vec<String> = self
+            .get("/instances?expand")
+            .unwrap()
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|i| {
+                i["MainDicomTags"]["SOPInstanceUID"]
+                    .as_str()
+                    .unwrap()
+                    .to_string()
+            })
+            .collect();
+        v.sort();
+        v
+    }
+
     /// POST a file's bytes.
     fn post_file(&self, path: &str, file: &Path) -> Option<serde_json::Value> {
         self.curl(&[
@@ -138,21 +157,11 @@ async fn orthanc_queries_and_moves_a_study_from_pacsd() {
     })
     .await;
     // Two studies in pacsd; Orthanc retrieves the second.
-    let mut a = ct_association(&n.scu("MODALITY")).await;
-    let ctx = a.contexts()[0].id;
     let specs: Vec<Spec> = [(960, 1), (960, 2), (961, 1), (961, 2), (961, 3)]
         .iter()
         .map(|&(study, i)| Spec::ct(study, 1, i, 16))
         .collect();
-    for s in &specs {
-        assert!(
-            a.store(ctx, &s.sop_class, &s.sop_uid, &encode(s))
-                .await
-                .unwrap()
-                .is_success()
-        );
-    }
-    a.release().await.unwrap();
+    store_specs(&n.scu("MODALITY"), &specs).await;
 
     let port = n.port();
     let path = dir.path().to_path_buf();
@@ -190,20 +199,7 @@ async fn orthanc_queries_and_moves_a_study_from_pacsd() {
             r#"{"TargetAet":"ORTHANC","Synchronous":true}"#,
         )
         .expect("C-MOVE through Orthanc");
-        let mut instances: Vec<String> = o
-            .get("/instances?expand")
-            .unwrap()
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|i| {
-                i["MainDicomTags"]["SOPInstanceUID"]
-                    .as_str()
-                    .unwrap()
-                    .to_string()
-            })
-            .collect();
-        instances.sort();
+        let instances = o.instances();
         (studies, instances)
     })
     .await
@@ -235,31 +231,11 @@ async fn orthanc_uses_pacsd_as_a_dicomweb_server() {
         .iter()
         .map(|&(study, i)| Spec::ct(study, 1, i, 16))
         .collect();
-    let mut a = ct_association(&n.scu("MODALITY")).await;
-    let ctx = a.contexts()[0].id;
-    for s in &specs {
-        let st = a
-            .store(ctx, &s.sop_class, &s.sop_uid, &encode(s))
-            .await
-            .unwrap();
-        assert!(st.is_success());
-    }
-    a.release().await.unwrap();
+    store_specs(&n.scu("MODALITY"), &specs).await;
     // An instance that only Orthanc has at first; it sends it to pacsd with STOW-RS.
     let new = Spec::ct(982, 1, 1, 16);
     let new_file = dir.path().join("new.dcm");
-    {
-        let meta = dicom_object::meta::FileMetaTableBuilder::new()
-            .media_storage_sop_class_uid(new.sop_class.as_str())
-            .media_storage_sop_instance_uid(new.sop_uid.as_str())
-            .transfer_syntax(dicom_dictionary_std::uids::EXPLICIT_VR_LITTLE_ENDIAN)
-            .build()
-            .unwrap();
-        new.dataset()
-            .with_exact_meta(meta)
-            .write_to_file(&new_file)
-            .unwrap();
-    }
+    part10_file(&new, &new_file);
 
     let url = format!(
         "http://127.0.0.1:{}/dicom-web/",
@@ -306,20 +282,7 @@ async fn orthanc_uses_pacsd_as_a_dicomweb_server() {
             &format!(r#"{{"Resources":[{{"Study":"{study}"}}]}}"#),
         )
         .expect("WADO-RS retrieve through Orthanc");
-        let mut retrieved: Vec<String> = o
-            .get("/instances?expand")
-            .unwrap()
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|i| {
-                i["MainDicomTags"]["SOPInstanceUID"]
-                    .as_str()
-                    .unwrap()
-                    .to_string()
-            })
-            .collect();
-        retrieved.sort();
+        let retrieved = o.instances();
         // STOW-RS: Orthanc sends its new instance to pacsd.
         let uploaded = o
             .post_file("/instances", &new_file)

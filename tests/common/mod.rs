@@ -594,3 +594,41 @@ impl Drop for Destination {
         self.kill();
     }
 }
+
+/// C-STORE `specs` to the node at `opts` over one association; every one must succeed.
+pub async fn store_specs(opts: &ScuOptions, specs: &[pacsd::synth::Spec]) {
+    let mut a = ct_association(opts).await;
+    let ctx = a.contexts()[0].id;
+    for s in specs {
+        let st = a
+            .store(ctx, &s.sop_class, &s.sop_uid, &encode(s))
+            .await
+            .unwrap();
+        assert!(st.is_success(), "{st:?}");
+    }
+    a.release().await.unwrap();
+}
+
+/// Write `spec` as a Part 10 file (Explicit VR Little Endian).
+pub fn part10_file(spec: &pacsd::synth::Spec, path: &Path) {
+    let meta = dicom_object::meta::FileMetaTableBuilder::new()
+        .media_storage_sop_class_uid(spec.sop_class.as_str())
+        .media_storage_sop_instance_uid(spec.sop_uid.as_str())
+        .transfer_syntax(dicom_dictionary_std::uids::EXPLICIT_VR_LITTLE_ENDIAN)
+        .build()
+        .unwrap();
+    spec.dataset()
+        .with_exact_meta(meta)
+        .write_to_file(path)
+        .unwrap();
+}
+
+/// Run a helper program (python3, node) and parse the one JSON object it prints; its output
+/// is shown if it fails or prints something else.
+pub async fn json_of(mut cmd: Command) -> serde_json::Value {
+    let out = tokio::task::spawn_blocking(move || cmd.output().expect("helper program"))
+        .await
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{e}: {}", text(&out)))
+}
