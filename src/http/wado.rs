@@ -80,10 +80,7 @@ async fn stored(
         pn_case_insensitive: false,
         combined_study_datetime: false,
     };
-    let rows = match state.index.find(q, 0).await? {
-        crate::index::FindOutcome::Rows(r) => r,
-        crate::index::FindOutcome::TooMany { .. } => unreachable!("no limit given"),
-    };
+    let rows = state.index.find_all(q).await?;
     let mut out: Vec<Stored> = rows
         .into_iter()
         .map(|r| {
@@ -111,7 +108,7 @@ async fn stored(
         };
         return Err(WebError::NotFound(format!("no {what} in this archive")));
     }
-    out.sort_by(|a, b| a.series.cmp(&b.series).then(std::cmp::Ordering::Equal));
+    out.sort_by(|a, b| a.series.cmp(&b.series));
     Ok(out)
 }
 

@@ -579,6 +579,11 @@ impl Index {
         .await
     }
 
+    /// Every match of a query (no limit: retrieves, which name the entities they want).
+    pub async fn find_all(&self, q: query::Query) -> Result<Vec<Vec<Option<String>>>, IndexError> {
+        self.read(move |c| Ok(query::rows(c, &q)?)).await
+    }
+
     /// One page of a query's matches in a stable order (QIDO-RS `offset` and `limit`).
     pub async fn find_page(
         &self,

@@ -18,7 +18,7 @@ use tracing::{info, warn};
 use crate::config::Config;
 use crate::dimse::{Command, CommandField, DATA_SET_PRESENT, Status, status};
 use crate::index::query::{Column, Level};
-use crate::index::{FindOutcome, Index, IndexError};
+use crate::index::{Index, IndexError};
 use crate::net::scu::{ProposedContext, ScuAssociation, ScuOptions, ScuTls};
 use crate::net::{AcceptedContext, Association, Incoming, NetError};
 use crate::service::query::{IdentifierError, MatchOptions, Model, read_identifier};
@@ -130,10 +130,7 @@ impl RetrieveService {
             Column::StoredSize,
             Column::StoredSha256,
         ];
-        let rows = match self.index.find(query, 0).await? {
-            FindOutcome::Rows(r) => r,
-            FindOutcome::TooMany { .. } => unreachable!("no limit given"),
-        };
+        let rows = self.index.find_all(query).await?;
         Ok(rows
             .into_iter()
             .map(|r| {
