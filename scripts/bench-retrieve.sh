@@ -77,7 +77,7 @@ wait_echo PACSD "$PP"; wait_echo ORTHANC "$PO"; wait_echo DCMQRSCP "$PQ"
 echo "== loading the corpus into each (storescu, 1 association)"
 for t in "PACSD $PP" "ORTHANC $PO" "DCMQRSCP $PQ"; do
     set -- $t
-    storescu -aec "$1" +sd +r 127.0.0.1 "$2" "$WORK/corpus" >"$WORK/load-$1.log" 2>&1 || { echo "loading $1 failed" >&2; exit 1; }
+    storescu -aec "$1" +sd +r 127.0.0.1 "$2" "$WORK/corpus" >"$WORK/load-$1.log" 2>&1 || { echo "loading $1 failed:" >&2; tail -5 "$WORK/load-$1.log" >&2; tail -5 "$WORK/pacsd.log" >&2; exit 1; }
 done
 
 RESULTS="$WORK/results.txt"; : >"$RESULTS"

@@ -143,7 +143,7 @@ impl Index {
         rights: Rights,
     ) -> Result<(), IndexError> {
         let (name, hash) = (name.to_string(), hash_password(password).map_err(invalid)?);
-        self.read(move |c| {
+        self.write(move |c| {
             c.execute(
                 "INSERT INTO account (name, password_hash, rights, created) VALUES (?1, ?2, ?3, ?4)",
                 params![name, hash, rights.to_text(), now_text()],
@@ -156,7 +156,7 @@ impl Index {
     /// Set a new password; false when there is no such account.
     pub async fn set_password(&self, name: &str, password: &str) -> Result<bool, IndexError> {
         let (name, hash) = (name.to_string(), hash_password(password).map_err(invalid)?);
-        self.read(move |c| {
+        self.write(move |c| {
             Ok(c.execute(
                 "UPDATE account SET password_hash = ?2 WHERE name = ?1",
                 params![name, hash],
@@ -168,7 +168,7 @@ impl Index {
     /// Remove an account and its tokens; false when there is no such account.
     pub async fn remove_account(&self, name: &str) -> Result<bool, IndexError> {
         let name = name.to_string();
-        self.read(move |c| {
+        self.write(move |c| {
             c.execute("DELETE FROM api_token WHERE account = ?1", params![name])?;
             Ok(c.execute("DELETE FROM account WHERE name = ?1", params![name])? == 1)
         })
@@ -220,7 +220,7 @@ impl Index {
         let token = new_token();
         let (digest, account, label) =
             (token_digest(&token), account.to_string(), label.to_string());
-        self.read(move |c| {
+        self.write(move |c| {
             c.execute(
                 "INSERT INTO api_token (sha256, account, label, created) VALUES (?1, ?2, ?3, ?4)",
                 params![digest, account, label, now_text()],
@@ -234,7 +234,7 @@ impl Index {
     /// Revoke every token of `account` with this label; how many were revoked.
     pub async fn revoke_tokens(&self, account: &str, label: &str) -> Result<u64, IndexError> {
         let (account, label) = (account.to_string(), label.to_string());
-        self.read(move |c| {
+        self.write(move |c| {
             Ok(c.execute(
                 "DELETE FROM api_token WHERE account = ?1 AND label = ?2",
                 params![account, label],

@@ -321,6 +321,27 @@ impl Index {
         self.submit(Work::Apply(f)).await.map(|_| ())
     }
 
+    /// Run a write that answers with a value on the single writer, in its group commit. Every
+    /// write of this process goes through the writer: a second writing connection would make
+    /// the writer wait on SQLite's lock (C-STORE failed with "database is locked" while the
+    /// preview worker wrote metadata on a reader connection).
+    pub(crate) async fn write<T, F>(&self, f: F) -> Result<T, IndexError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection) -> Result<T, IndexError> + Send + 'static,
+    {
+        let slot = Arc::new(Mutex::new(None));
+        let out = slot.clone();
+        self.apply(Box::new(move |c| {
+            let value = f(c)?;
+            *out.lock().expect("write slot") = Some(value);
+            Ok(())
+        }))
+        .await?;
+        let value = slot.lock().expect("write slot").take();
+        Ok(value.expect("a committed write left its value"))
+    }
+
     /// Hand a job to the single writer and wait for its durable outcome.
     async fn submit(&self, work: Work) -> Result<Option<InsertOutcome>, IndexError> {
         let (reply, rx) = oneshot::channel();
@@ -568,7 +589,7 @@ impl Index {
     /// Keep the WADO-RS metadata of an instance (derived data: not in the change log).
     pub async fn set_instance_metadata(&self, sop: &str, json: String) -> Result<(), IndexError> {
         let sop = sop.to_string();
-        self.read(move |c| {
+        self.write(move |c| {
             c.execute(
                 "INSERT OR REPLACE INTO instance_metadata (instance_fk, json)
                  SELECT id, ?2 FROM instance WHERE sop_instance_uid = ?1",
@@ -666,7 +687,10 @@ fn writer_loop(
                 Err(_) => break,
             }
         }
-        let tx = match conn.transaction() {
+        // IMMEDIATE: the write lock is taken at BEGIN, where SQLite's busy handler waits for
+        // another process's writer (`pacsd account` on the same file); a deferred transaction
+        // that meets a write on its way from read to write fails at once instead.
+        let tx = match conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate) {
             Ok(tx) => tx,
             Err(e) => {
                 error!(error = %e, "index: cannot begin a transaction");
@@ -1064,6 +1088,44 @@ mod tests {
         seqs.sort();
         assert_eq!(seqs, (1..=200).collect::<Vec<_>>());
         assert_eq!(idx.counts().await.unwrap().instances, 200);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn inserts_succeed_while_metadata_and_another_process_write() {
+        // The preview worker writes each instance's metadata just after its insert, and
+        // `pacsd account` may write the same file from another process: no C-STORE's insert
+        // may fail on SQLite's lock because of either.
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("i.sqlite");
+        let idx = Index::open(&path).unwrap();
+        let other = std::thread::spawn(move || {
+            let c = open_connection(&path).unwrap();
+            for i in 0..100 {
+                c.execute(
+                    "INSERT INTO account (name, password_hash, rights, created)
+                     VALUES (?1, 'x', 'read', 'now')",
+                    params![format!("a{i}")],
+                )
+                .unwrap();
+            }
+        });
+        let jobs = (0..300).map(|i| {
+            let idx = idx.clone();
+            tokio::spawn(async move {
+                let sop = format!("1.4.1.{i}");
+                idx.insert(rec("1.4", "1.4.1", &sop, "CT"), vec![]).await?;
+                idx.set_instance_metadata(&sop, format!("{{\"n\":{i}}}"))
+                    .await
+            })
+        });
+        for r in futures::future::join_all(jobs).await {
+            r.unwrap().unwrap();
+        }
+        other.join().unwrap();
+        assert_eq!(idx.counts().await.unwrap().instances, 300);
+        let sops: Vec<String> = (0..300).map(|i| format!("1.4.1.{i}")).collect();
+        assert_eq!(idx.instance_metadata(sops).await.unwrap().len(), 300);
+        assert_eq!(idx.accounts().await.unwrap().len(), 100);
     }
 
     #[tokio::test]
