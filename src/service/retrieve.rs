@@ -585,20 +585,20 @@ fn pick_context<'c>(
     candidates: &'c [AcceptedContext],
     item: &Item,
     file: &Bytes,
-) -> Option<(&'c AcceptedContext, Result<Vec<u8>, String>)> {
+) -> Option<(&'c AcceptedContext, Result<Bytes, String>)> {
     if let Some(c) = candidates
         .iter()
         .find(|c| c.transfer_syntax == item.transfer_syntax)
     {
         let payload = crate::part10::split(file)
-            .map(|(_, off)| file[off..].to_vec())
+            .map(|(_, off)| file.slice(off..))
             .map_err(|e| e.to_string());
         return Some((c, payload));
     }
     let c = candidates.first()?;
     Some((
         c,
-        transcode(file, &item.transfer_syntax, &c.transfer_syntax),
+        transcode(file, &item.transfer_syntax, &c.transfer_syntax).map(Bytes::from),
     ))
 }
 

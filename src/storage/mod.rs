@@ -366,8 +366,8 @@ impl Storage {
         let mut errors = Vec::new();
         let order = health::read_order(&self.health(), Instant::now(), 0);
         for i in order {
-            match self.get_whole(i, &path, REPLICA_OP_TIMEOUT, None).await {
-                Ok(b) => return Ok(b),
+            match self.get_whole(i, &path, REPLICA_OP_TIMEOUT, false).await {
+                Ok((b, _)) => return Ok(b),
                 Err(e) => {
                     debug!(replica = %self.replicas[i].location, key, error = %e, "read failed, trying next replica");
                     errors.push(format!("{}: {e}", self.replicas[i].location));
@@ -381,45 +381,62 @@ impl Storage {
     }
 
     /// One whole-object GET from replica `i`, timed for the latency and bandwidth averages;
-    /// each chunk also goes to `sha` as it arrives.
+    /// with `hash`, the SHA-256 of what was read comes with it.
     async fn get_whole(
         &self,
         i: usize,
         path: &StorePath,
         timeout: Duration,
-        sha: Option<&digest::BackgroundSha256<Bytes>>,
-    ) -> Result<Bytes, CopyError> {
+        hash: bool,
+    ) -> Result<(Bytes, Option<[u8; 32]>), CopyError> {
         let t0 = Instant::now();
         let read = async {
             let res = self.replicas[i].store()?.get(path).await?;
             self.health.lock().expect("health")[i].observe_latency(t0.elapsed());
             let t1 = Instant::now();
-            // A local file is read in one blocking read: its stream would take one trip to
-            // the blocking pool per 8 KiB (measured: 300 MB/s for a series of 512 KB objects).
-            if matches!(res.payload, object_store::GetResultPayload::File(..)) {
-                let whole = res.bytes().await?;
-                if let Some(sha) = sha {
-                    sha.push(whole.clone());
-                }
-                return Ok::<_, object_store::Error>((whole, t1.elapsed()));
+            // A local file is read and hashed in one trip to the blocking pool: its stream
+            // would take one trip per 8 KiB (measured: 300 MB/s for a series of 512 KB
+            // objects), and hashing on another thread cost two more hand-offs per object
+            // (C-MOVE of 2000 objects of 0.5 MB: 19 futex calls per object).
+            if let object_store::GetResultPayload::File(file, local) = res.payload {
+                let range = res.range.clone();
+                let (whole, digest) =
+                    tokio::task::spawn_blocking(move || read_local(file, range, hash))
+                        .await
+                        .map_err(|e| object_store::Error::Generic {
+                            store: "replica",
+                            source: Box::new(e),
+                        })?
+                        .map_err(|source| object_store::Error::Generic {
+                            store: "replica",
+                            source: format!("reading {}: {source}", local.display()).into(),
+                        })?;
+                return Ok::<_, object_store::Error>((whole, digest, t1.elapsed()));
             }
+            // Hashed as it arrives, so that checking a copy costs (almost) no time after its
+            // last byte.
+            let sha = hash.then(digest::BackgroundSha256::discarding);
             let mut buf = Vec::with_capacity(res.meta.size.min(MAX_PREALLOCATION) as usize);
             let mut stream = res.into_stream();
             while let Some(chunk) = stream.next().await {
                 let chunk = chunk?;
                 buf.extend_from_slice(&chunk);
-                if let Some(sha) = sha {
+                if let Some(sha) = &sha {
                     sha.push(chunk);
                 }
             }
-            Ok::<_, object_store::Error>((Bytes::from(buf), t1.elapsed()))
+            let digest = match sha {
+                Some(sha) => Some(sha.finish().await.0),
+                None => None,
+            };
+            Ok::<_, object_store::Error>((Bytes::from(buf), digest, t1.elapsed()))
         };
         match tokio::time::timeout(timeout, read).await {
-            Ok(Ok((b, streaming))) => {
+            Ok(Ok((b, digest, streaming))) => {
                 let mut h = self.health.lock().expect("health");
                 h[i].observe_transfer(b.len() as u64, streaming);
                 h[i].succeed();
-                Ok(b)
+                Ok((b, digest))
             }
             Ok(Err(e @ object_store::Error::NotFound { .. })) => {
                 Err(CopyError::Missing(e.to_string()))
@@ -554,27 +571,23 @@ impl Storage {
         };
         for i in health::read_order(&self.health(), Instant::now(), expected.size) {
             let location = &self.replicas[i].location;
-            // Hashed as it arrives, so that checking a copy costs (almost) no time after its
-            // last byte.
-            let sha = digest::BackgroundSha256::discarding();
-            let fetched = match self.get_whole(i, path, timeout, Some(&sha)).await {
-                Ok(b) => Ok((b, sha.finish().await.0)),
-                Err(e) => Err(e),
-            };
-            match fetched {
-                Ok((b, sha256)) => match repair::check_digest(b.len() as u64, &sha256, expected) {
-                    None => {
-                        good.get_or_insert(b);
-                        if !check_all {
-                            break;
+            match self.get_whole(i, path, timeout, true).await {
+                Ok((b, sha256)) => {
+                    let sha256 = sha256.expect("a hashed read gives its digest");
+                    match repair::check_digest(b.len() as u64, &sha256, expected) {
+                        None => {
+                            good.get_or_insert(b);
+                            if !check_all {
+                                break;
+                            }
+                        }
+                        Some(problem) => {
+                            warn!(replica = %location, key = %expected.key, %problem, "bad copy");
+                            errors.push(format!("{location}: {problem}"));
+                            bad_copies.push((i, problem));
                         }
                     }
-                    Some(problem) => {
-                        warn!(replica = %location, key = %expected.key, %problem, "bad copy");
-                        errors.push(format!("{location}: {problem}"));
-                        bad_copies.push((i, problem));
-                    }
-                },
+                }
                 Err(CopyError::Missing(e)) => {
                     bad_copies.push((i, Problem::Missing));
                     errors.push(format!("{location}: {e}"));
@@ -688,6 +701,26 @@ fn open_replica(location: &str) -> Result<Replica, StorageError> {
         parsed,
         store: Mutex::new(store),
     })
+}
+
+/// Read `range` of a local file that object_store's `get` opened, and with `hash` its SHA-256,
+/// on the calling (blocking) thread, in one read call for the whole range (`read_to_end`
+/// would take seven for 512 KB, doubling its reads from 8 KiB).
+fn read_local(
+    mut file: std::fs::File,
+    range: std::ops::Range<u64>,
+    hash: bool,
+) -> std::io::Result<(Bytes, Option<[u8; 32]>)> {
+    use sha2::{Digest, Sha256};
+    use std::io::{Read, Seek, SeekFrom};
+    let len = range.end - range.start;
+    if range.start > 0 {
+        file.seek(SeekFrom::Start(range.start))?;
+    }
+    let mut buf = vec![0; len as usize];
+    file.read_exact(&mut buf)?;
+    let digest = hash.then(|| Sha256::digest(&buf).into());
+    Ok((Bytes::from(buf), digest))
 }
 
 #[cfg(test)]
