@@ -1,10 +1,13 @@
 #!/usr/bin/env bash
 # Retrieve benchmark: the same corpus held by pacsd (3 local replicas), Orthanc and DCMTK
-# dcmqrscp, each asked with DCMTK movescu to C-MOVE it to a DCMTK storescp sink, in one run on
-# loopback. Prints instances/s and MB/s for each and the ratios to Orthanc.
+# dcmqrscp, each asked with DCMTK movescu to C-MOVE it to a DCMTK storescp sink and with DCMTK
+# getscu to C-GET it, in one run on loopback, ROUNDS times over (the servers take turns in each
+# round). Prints, per operation and server, the median instances/s and MB/s with the spread
+# over the rounds, and the median ratios to Orthanc and to dcmqrscp.
 #
-# Usage: [SINK_PDU=bytes] scripts/bench-retrieve.sh [INSTANCES]   (default 2000 CT-like 512x512
-# images; the sink storescp receives PDUs of SINK_PDU bytes, default 131072)
+# Usage: [ROUNDS=3] [SINK_PDU=bytes] scripts/bench-retrieve.sh [INSTANCES]   (default 2000
+# CT-like 512x512 images; the sink storescp and getscu receive PDUs of SINK_PDU bytes, default
+# 131072)
 # Needs: dcmtk and orthanc from Debian's packages (installed if missing, as root).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -41,7 +44,7 @@ path = "$WORK/pacsd/index.sqlite"
 replicas = ["$WORK/pacsd/r1", "$WORK/pacsd/r2", "$WORK/pacsd/r3"]
 [access]
 peers_file = "peers.toml"
-unknown_ae_services = ["echo", "store", "move"]
+unknown_ae_services = ["echo", "store", "move", "get"]
 EOF
 RUST_LOG=pacsd=warn $PACSD serve -c "$WORK/pacsd.toml" >"$WORK/pacsd.log" 2>&1 & PIDS+=($!)
 
@@ -51,7 +54,7 @@ cat >"$WORK/orthanc.json" <<EOF
 { "Name": "bench", "StorageDirectory": "$WORK/orthanc/storage", "IndexDirectory": "$WORK/orthanc/index",
   "DicomAet": "ORTHANC", "DicomPort": $PO, "HttpServerEnabled": false, "HttpPort": $(free_port),
   "DicomCheckCalledAet": false, "DicomAlwaysAllowStore": true, "DicomAlwaysAllowEcho": true,
-  "DicomAlwaysAllowMove": true, "StorageCompression": false, "Plugins": [], "SaveJobs": false,
+  "DicomAlwaysAllowMove": true, "DicomAlwaysAllowGet": true, "StorageCompression": false, "Plugins": [], "SaveJobs": false,
   "DicomModalities": { "sink": [ "SINK", "127.0.0.1", $SINK_PORT ] } }
 EOF
 Orthanc "$WORK/orthanc.json" >"$WORK/orthanc.log" 2>&1 & PIDS+=($!)
@@ -81,27 +84,53 @@ for t in "PACSD $PP" "ORTHANC $PO" "DCMQRSCP $PQ"; do
 done
 
 RESULTS="$WORK/results.txt"; : >"$RESULTS"
-for t in "orthanc ORTHANC $PO" "dcmqrscp DCMQRSCP $PQ" "pacsd PACSD $PP"; do
-    set -- $t
-    name=$1 aet=$2 port=$3
-    rm -rf "$WORK/sink"; mkdir -p "$WORK/sink"
-    storescp -aet SINK --max-pdu "${SINK_PDU:-131072}" -od "$WORK/sink" "$SINK_PORT" >"$WORK/sink-$name.log" 2>&1 & SINK=$!
-    wait_echo SINK "$SINK_PORT"
+PDU=${SINK_PDU:-131072}
+# One timed retrieve of the whole corpus, study by study: record "op server inst/s MB/s secs got".
+timed() {
+    local op=$1 name=$2 dir=$3; shift 3
+    local t0 t1 s got
     t0=$(date +%s.%N)
     for s in $(seq 3000 $((3000 + STUDIES - 1))); do
-        movescu -S -aec "$aet" -aem SINK -k QueryRetrieveLevel=STUDY -k "StudyInstanceUID=$R.$s" 127.0.0.1 "$port" >>"$WORK/move-$name.log" 2>&1
+        "$@" -k QueryRetrieveLevel=STUDY -k "StudyInstanceUID=$R.$s" >>"$WORK/$op-$name.log" 2>&1
     done
     t1=$(date +%s.%N)
-    kill "$SINK"; wait "$SINK" 2>/dev/null || true
-    got=$(find "$WORK/sink" -type f | wc -l)
-    python3 -c "import sys; n,b,t0,t1,got=int(sys.argv[1]),int(sys.argv[2]),float(sys.argv[3]),float(sys.argv[4]),int(sys.argv[5]); dt=t1-t0; print(f'$name {n/dt:.1f} {b/1e6/dt:.1f} {dt:.2f} {got}')" "$N" "$BYTES" "$t0" "$t1" "$got" >>"$RESULTS"
+    got=$(find "$dir" -type f | wc -l)
+    python3 -c "import sys; n,b,t0,t1,got=int(sys.argv[1]),int(sys.argv[2]),float(sys.argv[3]),float(sys.argv[4]),int(sys.argv[5]); dt=t1-t0; print(f'$op $name {n/dt:.1f} {b/1e6/dt:.1f} {dt:.2f} {got}')" "$N" "$BYTES" "$t0" "$t1" "$got" >>"$RESULTS"
+}
+for round in $(seq "${ROUNDS:-3}"); do
+    echo "== round $round"
+    for t in "orthanc ORTHANC $PO" "dcmqrscp DCMQRSCP $PQ" "pacsd PACSD $PP"; do
+        set -- $t
+        name=$1 aet=$2 port=$3
+        rm -rf "$WORK/sink"; mkdir -p "$WORK/sink"
+        storescp -aet SINK --max-pdu "$PDU" -od "$WORK/sink" "$SINK_PORT" >"$WORK/sink-$name.log" 2>&1 & SINK=$!
+        wait_echo SINK "$SINK_PORT"
+        timed move "$name" "$WORK/sink" movescu -S -aec "$aet" -aem SINK 127.0.0.1 "$port"
+        kill "$SINK"; wait "$SINK" 2>/dev/null || true
+        rm -rf "$WORK/got"; mkdir -p "$WORK/got"
+        timed get "$name" "$WORK/got" getscu -S -aec "$aet" --max-pdu "$PDU" -od "$WORK/got" 127.0.0.1 "$port"
+    done
 done
+rm -rf "$WORK/sink" "$WORK/got"
 echo
 python3 - "$RESULTS" "$N" <<'PY'
-import sys
+import statistics, sys
 rows = [l.split() for l in open(sys.argv[1])]
-base = {r[0]: float(r[1]) for r in rows}["orthanc"]
-print(f"{'server':10} {'inst/s':>9} {'MB/s':>8} {'secs':>7} {'received':>9} {'x Orthanc':>9}")
-for name, ips, mbs, secs, got in rows:
-    print(f"{name:10} {ips:>9} {mbs:>8} {secs:>7} {got:>5}/{sys.argv[2]:<4} {float(ips)/base:>9.2f}")
+runs = {}
+for op, name, ips, mbs, secs, got in rows:
+    runs.setdefault((op, name), []).append((float(ips), float(mbs), int(got)))
+print(f"{'op':5} {'server':9} {'inst/s':>8} {'(min-max)':>15} {'MB/s':>7} {'received':>10} {'x Orthanc':>9} {'x dcmqrscp':>10}")
+for op in ("move", "get"):
+    med = {name: statistics.median(r[0] for r in rs) for (o, name), rs in runs.items() if o == op}
+    for name in ("orthanc", "dcmqrscp", "pacsd"):
+        rs = runs.get((op, name), [])
+        if not rs:
+            continue
+        ips = [r[0] for r in rs]
+        got = min(r[2] for r in rs)
+        print(f"{op:5} {name:9} {med[name]:>8.1f} {min(ips):>7.1f}-{max(ips):<7.1f} "
+              f"{statistics.median(r[1] for r in rs):>7.1f} {got:>5}/{sys.argv[2]:<4} "
+              f"{med[name] / med['orthanc']:>9.2f} {med[name] / med['dcmqrscp']:>10.2f}")
+print(f"({len(next(iter(runs.values())))} rounds; min-max is the spread of instances/s; "
+      "received is the fewest files any round delivered)")
 PY
