@@ -154,30 +154,27 @@ async fn suite_on_garage_s3_and_on_a_mixed_set() {
     suite(open_all(&mixed)).await;
 }
 
-/// The same suite on HDFS: three replica directories under `PACSD_TEST_HDFS_URL`
-/// (`hdfs://namenode:port/some/dir`), then two local directories and one HDFS directory.
-/// Needs a real cluster, which none of the machines this was built on can run: built only with
-/// `--features hdfs`, and ignored (never reported as passing) unless asked for with
-/// `cargo test --features hdfs --test storage -- --ignored suite_on_hdfs`.
+/// The same suite on a real HDFS (Hadoop 3.5.0's MiniDFSCluster, three DataNodes): three
+/// replica directories on it, then the seed's three sites: a local directory, a Garage S3
+/// bucket and an HDFS directory.
 #[cfg(feature = "hdfs")]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "needs a real HDFS cluster: set PACSD_TEST_HDFS_URL and run with --ignored"]
-async fn suite_on_hdfs_and_on_a_mixed_set() {
-    let base = std::env::var("PACSD_TEST_HDFS_URL")
-        .expect("PACSD_TEST_HDFS_URL (hdfs://namenode:port/dir) must name a writable directory");
-    let base = base.trim_end_matches('/');
-    let run = std::process::id();
-    let hdfs: Vec<String> = (0..3)
-        .map(|i| format!("{base}/pacsd-test-{run}/r{i}"))
-        .collect();
+async fn suite_on_hdfs_and_on_local_s3_hdfs() {
+    let _serial = serial();
+    let dfs = MiniDfs::start(3, false);
+    let hdfs: Vec<String> = (0..3).map(|i| dfs.replica(&format!("pacs/r{i}"))).collect();
     suite(open_all(&hdfs)).await;
+
+    let Some(cluster) = S3Cluster::start(29300) else {
+        return;
+    };
     let dir = tempfile::tempdir().unwrap();
-    let mixed = vec![
+    let sites = vec![
         dir.path().join("a").display().to_string(),
-        dir.path().join("b").display().to_string(),
-        format!("{base}/pacsd-test-{run}/mixed"),
+        cluster.replicas()[0].replace("/dicom?", "/sites?"),
+        dfs.replica("pacs/sites"),
     ];
-    suite(open_all(&mixed)).await;
+    suite(open_all(&sites)).await;
 }
 
 /// A local replica slowed down with object_store's own throttling wrapper.

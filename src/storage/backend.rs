@@ -6,7 +6,10 @@
 //!   query are object_store's S3 keys (`endpoint`, `region`, `allow_http`, `access_key_id`,
 //!   `secret_access_key`, ...); anything not given there comes from the standard `AWS_*`
 //!   environment variables. Secrets are better kept in the environment than in the config file.
-//! - `hdfs://namenode:port/path`: HDFS through hdfs-native-object-store (cargo feature `hdfs`).
+//! - `hdfs://namenode:port/path[?key=value&...]` or `hdfs://nameservice/path?...`: HDFS through
+//!   hdfs-native-object-store (cargo feature `hdfs`). Options in the query are Hadoop client
+//!   settings (a nameservice's `dfs.ha.namenodes.*` and `dfs.namenode.rpc-address.*.*`); the
+//!   files in HADOOP_CONF_DIR are read too, the query wins.
 //!
 //! Remote stores are built with short timeouts and one retry: a dead replica must fail fast so
 //! that quorum writes and striped reads route around it instead of waiting for minutes.
@@ -38,7 +41,12 @@ pub enum Location {
         options: Vec<(String, String)>,
     },
     Hdfs {
+        /// Scheme, NameNode (or nameservice) and path, without the query.
         url: String,
+        /// Hadoop client settings from the URL's query (e.g. a nameservice's NameNodes:
+        /// `dfs.ha.namenodes.ns=nn0,nn1&dfs.namenode.rpc-address.ns.nn0=host:port&...`);
+        /// they override what HADOOP_CONF_DIR's files say.
+        options: Vec<(String, String)>,
     },
 }
 
@@ -75,9 +83,20 @@ impl Location {
             });
         }
         if location.starts_with("hdfs://") || location.starts_with("viewfs://") {
-            url::Url::parse(location).map_err(|e| format!("invalid URL: {e}"))?;
+            let mut url = url::Url::parse(location).map_err(|e| format!("invalid URL: {e}"))?;
+            let mut options = Vec::new();
+            for (k, v) in url.query_pairs() {
+                if !["dfs.", "fs.", "hadoop."].iter().any(|p| k.starts_with(p)) {
+                    return Err(format!(
+                        "`{k}` is not a Hadoop client setting (dfs.*, fs.* or hadoop.*)"
+                    ));
+                }
+                options.push((k.into_owned(), v.into_owned()));
+            }
+            url.set_query(None);
             return Ok(Location::Hdfs {
-                url: location.to_string(),
+                url: url.to_string(),
+                options,
             });
         }
         if location.contains("://") {
@@ -106,7 +125,7 @@ impl Location {
                 prefix,
                 options,
             } => open_s3(bucket, prefix, options),
-            Location::Hdfs { url } => open_hdfs(url),
+            Location::Hdfs { url, options } => open_hdfs(url, options),
         }
     }
 }
@@ -182,7 +201,7 @@ fn with_prefix(store: Arc<dyn ObjectStore>, prefix: &str) -> Arc<dyn ObjectStore
 }
 
 #[cfg(feature = "hdfs")]
-fn open_hdfs(url: &str) -> Result<Arc<dyn ObjectStore>, String> {
+fn open_hdfs(url: &str, options: &[(String, String)]) -> Result<Arc<dyn ObjectStore>, String> {
     let parsed = url::Url::parse(url).map_err(|e| e.to_string())?;
     let root = format!(
         "{}://{}",
@@ -191,6 +210,7 @@ fn open_hdfs(url: &str) -> Result<Arc<dyn ObjectStore>, String> {
     );
     let store = hdfs_native_object_store::HdfsObjectStoreBuilder::new()
         .with_url(root)
+        .with_config(options.iter().cloned())
         .build()
         .map_err(|e| e.to_string())?;
     Ok(with_prefix(
@@ -200,7 +220,7 @@ fn open_hdfs(url: &str) -> Result<Arc<dyn ObjectStore>, String> {
 }
 
 #[cfg(not(feature = "hdfs"))]
-fn open_hdfs(_url: &str) -> Result<Arc<dyn ObjectStore>, String> {
+fn open_hdfs(_url: &str, _options: &[(String, String)]) -> Result<Arc<dyn ObjectStore>, String> {
     Err("this build has no HDFS support: rebuild with `--features hdfs`".into())
 }
 
@@ -232,6 +252,24 @@ mod tests {
             }
         );
         assert!(Location::parse("hdfs://nn:9000/pacs").unwrap().is_remote());
+        assert_eq!(
+            Location::parse(
+                "hdfs://ns/pacs/r1?dfs.ha.namenodes.ns=nn0,nn1&dfs.namenode.rpc-address.ns.nn0=a:1"
+            )
+            .unwrap(),
+            Location::Hdfs {
+                url: "hdfs://ns/pacs/r1".into(),
+                options: vec![
+                    ("dfs.ha.namenodes.ns".into(), "nn0,nn1".into()),
+                    ("dfs.namenode.rpc-address.ns.nn0".into(), "a:1".into()),
+                ],
+            }
+        );
+        assert!(
+            Location::parse("hdfs://nn:9000/p?endpoint=x")
+                .unwrap_err()
+                .contains("not a Hadoop client setting")
+        );
     }
 
     #[test]

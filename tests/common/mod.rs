@@ -632,3 +632,114 @@ pub async fn json_of(mut cmd: Command) -> serde_json::Value {
     assert!(out.status.success(), "{}", text(&out));
     serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{e}: {}", text(&out)))
 }
+
+/// A real HDFS (Hadoop's MiniDFSCluster, `scripts/minidfs.sh`) on loopback, shut down on drop.
+/// Commands go to its stdin and each answer is checked (see tests/minidfs).
+pub struct MiniDfs {
+    child: std::process::Child,
+    stdin: std::process::ChildStdin,
+    lines: std::sync::mpsc::Receiver<String>,
+    /// `hdfs://127.0.0.1:PORT`, or `hdfs://pacsns` for an HA pair.
+    pub url: String,
+    /// The client settings of the HA nameservice as a URL query (empty for one NameNode).
+    pub query: String,
+    _dir: tempfile::TempDir,
+}
+
+impl MiniDfs {
+    /// Start a cluster with `datanodes` DataNodes and, with `ha`, two NameNodes (the first
+    /// active). Fails the test (with what the launcher said) when it cannot start.
+    pub fn start(datanodes: usize, ha: bool) -> MiniDfs {
+        use std::io::BufRead;
+        let dir = tempfile::tempdir().unwrap();
+        let mut cmd = Command::new("bash");
+        cmd.arg(script("minidfs.sh"))
+            .args(["run", "--dir", &dir.path().display().to_string()])
+            .args(["--datanodes", &datanodes.to_string()]);
+        if ha {
+            cmd.arg("--ha");
+        }
+        let log = std::fs::File::create(dir.path().join("minidfs.log")).unwrap();
+        let mut child = cmd
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(log)
+            .spawn()
+            .expect("run scripts/minidfs.sh (needs Java 17 and Maven)");
+        let stdin = child.stdin.take().unwrap();
+        let stdout = child.stdout.take().unwrap();
+        let (tx, lines) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(stdout)
+                .lines()
+                .map_while(Result::ok)
+            {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let ready = lines
+            .recv_timeout(Duration::from_secs(180))
+            .unwrap_or_else(|_| {
+                let log =
+                    std::fs::read_to_string(dir.path().join("minidfs.log")).unwrap_or_default();
+                let tail: Vec<&str> = log.lines().rev().take(30).collect();
+                panic!("MiniDFSCluster did not start: {}", tail.join("\n"))
+            });
+        let words: Vec<&str> = ready
+            .strip_prefix("READY ")
+            .unwrap_or_else(|| panic!("unexpected launcher line: {ready}"))
+            .split_whitespace()
+            .collect();
+        let url = words[0].strip_prefix("url=").unwrap().to_string();
+        let query = words[1..].join("&");
+        MiniDfs {
+            child,
+            stdin,
+            lines,
+            url,
+            query,
+            _dir: dir,
+        }
+    }
+
+    /// A replica location at `path` on this cluster (with the nameservice's settings).
+    pub fn replica(&self, path: &str) -> String {
+        if self.query.is_empty() {
+            format!("{}/{path}", self.url)
+        } else {
+            format!("{}/{path}?{}", self.url, self.query)
+        }
+    }
+
+    /// Send one launcher command (`stop-datanode 1`, `failover`, ...) and wait for its OK.
+    pub fn command(&mut self, command: &str) -> String {
+        use std::io::Write;
+        writeln!(self.stdin, "{command}").unwrap();
+        self.stdin.flush().unwrap();
+        let answer = self
+            .lines
+            .recv_timeout(Duration::from_secs(120))
+            .unwrap_or_else(|_| panic!("MiniDFSCluster did not answer `{command}`"));
+        assert!(answer.starts_with("OK"), "`{command}`: {answer}");
+        answer
+    }
+}
+
+impl Drop for MiniDfs {
+    fn drop(&mut self) {
+        use std::io::Write;
+        let _ = writeln!(self.stdin, "shutdown");
+        let _ = self.stdin.flush();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
