@@ -603,13 +603,21 @@ pub async fn repair_pass(index: &Index, storage: &Storage) -> Result<RepairSumma
     Ok(s)
 }
 
-/// The background repair worker: one pass per interval until shutdown.
+/// An interrupted put's leftover older than this is removed: no put lasts that long
+/// (`storage::REPLICA_OP_TIMEOUT` bounds each replica's write).
+pub const ABANDONED_UPLOAD_AGE: Duration = Duration::from_secs(600);
+/// How often the repair worker looks for them (a listing of every replica).
+const ABANDONED_UPLOAD_SWEEP: Duration = Duration::from_secs(3600);
+
+/// The background repair worker: one pass per interval until shutdown, and a sweep of
+/// abandoned uploads on the first pass and then hourly.
 async fn repair_worker(
     index: Index,
     storage: Arc<Storage>,
     interval: Duration,
     mut shutdown: Shutdown,
 ) {
+    let mut last_sweep: Option<std::time::Instant> = None;
     loop {
         tokio::select! {
             _ = tokio::time::sleep(interval) => {}
@@ -617,6 +625,10 @@ async fn repair_worker(
         }
         if let Err(e) = repair_pass(&index, &storage).await {
             tracing::warn!(error = %e, "repair pass failed");
+        }
+        if last_sweep.is_none_or(|t| t.elapsed() >= ABANDONED_UPLOAD_SWEEP) {
+            storage.remove_abandoned_uploads(ABANDONED_UPLOAD_AGE).await;
+            last_sweep = Some(std::time::Instant::now());
         }
     }
 }

@@ -88,6 +88,24 @@ pub fn parse_object_key(prefix: &str, key: &str) -> Option<(Uid, Uid, Uid)> {
     ))
 }
 
+/// Whether `key` names what an interrupted put left behind rather than an object:
+/// hdfs-native-object-store writes `.{name}.tmp.{n}` beside the object and renames it, and a
+/// put that failed or was cut off leaves that file where listings show it. Such a file is
+/// never an object (its name does not end in `.dcm` or `.jpg`) and is removed once it is
+/// older than any put can last.
+pub fn is_abandoned_upload(key: &str) -> bool {
+    let name = key.rsplit('/').next().unwrap_or(key);
+    let Some(hidden) = name.strip_prefix('.') else {
+        return false;
+    };
+    match hidden.rsplit_once(".tmp.") {
+        Some((object, n)) => {
+            !object.is_empty() && !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit())
+        }
+        None => false,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -159,5 +177,19 @@ mod tests {
         );
         assert_eq!(parse_object_key("dicom", "dicom/1.2/x/1.4.dcm"), None);
         assert_eq!(parse_object_key("dicom", "dicom/1.2/1.3/1.4.jpg"), None);
+        // What an interrupted HDFS put leaves is not an object, and is recognised as such.
+        let temp = "dicom/1.2/1.3/.1.4.dcm.tmp.1";
+        assert_eq!(parse_object_key("dicom", temp), None);
+        assert!(is_abandoned_upload(temp));
+        assert!(is_abandoned_upload("dicom/1.2/1.3/.1.4.jpg.tmp.12"));
+        for not_temp in [
+            "dicom/1.2/1.3/1.4.dcm",
+            "dicom/1.2/1.3/.1.4.dcm.tmp.",
+            "dicom/1.2/1.3/.1.4.dcm.tmp.x",
+            "dicom/1.2/1.3/1.4.dcm.tmp.1",
+            "dicom/1.2/1.3/..tmp.1",
+        ] {
+            assert!(!is_abandoned_upload(not_temp), "{not_temp}");
+        }
     }
 }

@@ -44,6 +44,20 @@ impl Quorum {
     pub fn still_reachable(&self, failed: usize) -> bool {
         self.total.saturating_sub(failed) >= self.needed
     }
+
+    /// Which replicas a write leaves out, given which are `up` (not in a failure backoff):
+    /// those that are down, as long as the up ones alone can meet the quorum; otherwise none
+    /// (a write that cannot succeed without them tries them all). A replica that just failed
+    /// then costs its backoff in missed writes (healed by repair), not a straggler wait on
+    /// every C-STORE.
+    pub fn left_out(&self, up: &[bool]) -> Vec<bool> {
+        let up_count = up.iter().filter(|&&u| u).count();
+        if up_count >= self.needed {
+            up.iter().map(|&u| !u).collect()
+        } else {
+            vec![false; up.len()]
+        }
+    }
 }
 
 #[cfg(test)]
@@ -72,5 +86,18 @@ mod tests {
         assert!(q.is_met(2));
         assert!(q.still_reachable(1));
         assert!(!q.still_reachable(2));
+    }
+
+    #[test]
+    fn down_replicas_are_left_out_only_while_the_rest_make_the_quorum() {
+        let q = Quorum::new(2, 3).unwrap();
+        assert_eq!(q.left_out(&[true, true, true]), vec![false, false, false]);
+        assert_eq!(q.left_out(&[true, true, false]), vec![false, false, true]);
+        // One up replica cannot make the quorum: every replica is tried.
+        assert_eq!(q.left_out(&[true, false, false]), vec![false, false, false]);
+        assert_eq!(
+            q.left_out(&[false, false, false]),
+            vec![false, false, false]
+        );
     }
 }

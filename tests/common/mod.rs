@@ -713,8 +713,18 @@ impl MiniDfs {
         }
     }
 
-    /// Send one launcher command (`stop-datanode 1`, `failover`, ...) and wait for its OK.
+    /// Send one launcher command (`stop-datanode 1`, `failover`, ...) and wait for its OK
+    /// (inside a multi-threaded tokio test, the runtime's other work goes on meanwhile).
     pub fn command(&mut self, command: &str) -> String {
+        match tokio::runtime::Handle::try_current() {
+            Ok(h) if h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => {
+                tokio::task::block_in_place(|| self.command_now(command))
+            }
+            _ => self.command_now(command),
+        }
+    }
+
+    fn command_now(&mut self, command: &str) -> String {
         use std::io::Write;
         writeln!(self.stdin, "{command}").unwrap();
         self.stdin.flush().unwrap();

@@ -32,6 +32,7 @@ import org.apache.hadoop.hdfs.MiniDFSNNTopology;
  * restart-datanode I    a stopped DataNode starts again on its old ports and blocks
  * failover              the active NameNode becomes standby and the other active (HA)
  * kill-namenode I       NameNode I is shut down (HA: then `activate` the other)
+ * restart-namenode I    NameNode I starts again on its old port and metadata
  * activate I            NameNode I becomes active (HA)
  * shutdown              everything stops and the program exits (as does end of stdin)
  * </pre>
@@ -44,12 +45,12 @@ public class MiniDfs {
     public static void main(String[] args) throws Exception {
         String dir = null;
         int dataNodes = 3;
-        boolean ha = false;
+        boolean haPair = false;
         for (int i = 0; i < args.length; i++) {
             switch (args[i]) {
                 case "--dir" -> dir = args[++i];
                 case "--datanodes" -> dataNodes = Integer.parseInt(args[++i]);
-                case "--ha" -> ha = true;
+                case "--ha" -> haPair = true;
                 default -> {
                     System.err.println("unknown argument " + args[i]);
                     System.exit(2);
@@ -77,13 +78,19 @@ public class MiniDfs {
         // A dead DataNode is noticed within seconds, not the default ten minutes.
         conf.set("dfs.heartbeat.interval", "1");
         conf.set("dfs.namenode.heartbeat.recheck-interval", "2000");
+        // New blocks avoid a DataNode silent for 3 s (the shortest this may be): HDFS clients
+        // without pipeline-setup retries (hdfs-native 0.14) fail every write whose pipeline
+        // starts on a dead DataNode until the NameNode stops choosing it.
+        conf.set("dfs.namenode.avoid.write.stale.datanode", "true");
+        conf.set("dfs.namenode.avoid.read.stale.datanode", "true");
+        conf.set("dfs.namenode.stale.datanode.interval", "3000");
         // The standby NameNode follows the edits closely, so a failover has little to replay.
         conf.set("dfs.ha.tail-edits.period", "100ms");
 
         MiniDFSCluster.Builder builder = new MiniDFSCluster.Builder(conf)
             .numDataNodes(dataNodes)
             .format(true);
-        if (ha) {
+        if (haPair) {
             builder.nnTopology(new MiniDFSNNTopology().addNameservice(
                 new MiniDFSNNTopology.NSConf(NAMESERVICE)
                     .addNN(new MiniDFSNNTopology.NNConf("nn0"))
@@ -92,14 +99,15 @@ public class MiniDfs {
             builder.nameNodePort(0);
         }
         MiniDFSCluster dfs = builder.build();
-        if (ha) {
+        if (haPair) {
             dfs.transitionToActive(0);
         }
         dfs.waitActive();
 
-        System.out.println("READY " + String.join(" ", clientSettings(dfs, ha)));
+        System.out.println("READY " + String.join(" ", clientSettings(dfs, haPair)));
         System.out.flush();
 
+        final boolean ha = haPair;
         Map<Integer, MiniDFSCluster.DataNodeProperties> stopped = new HashMap<>();
         BufferedReader in = new BufferedReader(new InputStreamReader(System.in, StandardCharsets.UTF_8));
         String line;
@@ -137,6 +145,14 @@ public class MiniDfs {
                         int i = Integer.parseInt(w[1]);
                         dfs.shutdownNameNode(i);
                         System.out.println("OK killed namenode " + i);
+                    }
+                    case "restart-namenode" -> {
+                        int i = Integer.parseInt(w[1]);
+                        dfs.restartNameNode(i, !ha);
+                        if (!ha) {
+                            dfs.waitActive();
+                        }
+                        System.out.println("OK restarted namenode " + i);
                     }
                     case "activate" -> {
                         int i = Integer.parseInt(w[1]);
