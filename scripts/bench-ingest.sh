@@ -6,7 +6,9 @@
 # file costs on this disk (create, write, fsync, rename, fsync the directory: what each replica
 # of a C-STORE does before pacsd may answer Success), the floor under every pacsd figure.
 # pacsd runs as configured by default (background previews on); `pacsd3-nopv` is the same
-# node with previews off, to show what rendering costs the C-STORE path. For nodes with
+# node with previews off, to show what rendering costs the C-STORE path; `pacsd3-hdfs` has
+# two local replicas and one on a real HDFS (Hadoop's MiniDFSCluster, scripts/minidfs.sh; run
+# when Java and Maven are there, or when named in TARGETS). For nodes with
 # previews, the time until the last preview was stored is printed too.
 #
 # Usage: scripts/bench-ingest.sh [CT_COUNT] [SMALL_COUNT]     (defaults 1000 and 5000)
@@ -20,7 +22,7 @@ CT_COUNT=${1:-1000}
 SMALL_COUNT=${2:-5000}
 
 need storescu:dcmtk Orthanc:orthanc
-cargo build --release --quiet
+cargo build --release --quiet --features hdfs
 PACSD=target/release/pacsd
 
 workdir bench-ingest
@@ -60,10 +62,11 @@ for c in ct small; do
 done
 
 # start_<target> <data dir> <port> ; sets PID, AET
-start_pacsd() { # replicas dir port [previews: true|false]
-    local replicas=$1 dir=$2 port=$3 previews=${4:-true}
+start_pacsd() { # replicas dir port [previews: true|false] [one more replica URL]
+    local replicas=$1 dir=$2 port=$3 previews=${4:-true} extra=${5:-}
     local list=""
     for i in $(seq 1 "$replicas"); do list="$list\"$dir/r$i\","; done
+    if [ -n "$extra" ]; then list="$list\"$extra\","; fi
     cat >"$dir.toml" <<EOF
 [node]
 bind = "127.0.0.1"
@@ -108,6 +111,7 @@ run_case() { # target corpus parallel
         pacsd3) start_pacsd 3 "$dir" "$port" ;;
         pacsd3-nopv) start_pacsd 3 "$dir" "$port" false ;;
         pacsd1) start_pacsd 1 "$dir" "$port" ;;
+        pacsd3-hdfs) start_pacsd 2 "$dir" "$port" true "$HDFS_URL/ingest/$(basename "$dir")" ;;
         storescp) start_storescp "$dir" "$port" ;;
         orthanc) start_orthanc "$dir" "$port" ;;
     esac
@@ -129,7 +133,7 @@ run_case() { # target corpus parallel
         for c in "${cpids[@]}"; do wait "$c" || failed=1; done
     fi
     t1=$(date +%s.%N)
-    if [[ $target == pacsd1 || $target == pacsd3 ]]; then
+    if [[ $target == pacsd1 || $target == pacsd3 || $target == pacsd3-hdfs ]]; then
         # Previews are rendered in the background: how long after the last C-STORE
         # response until every one is stored.
         until $PACSD index stats --config "$dir.toml" 2>/dev/null | grep -qx 'previews_pending 0'; do
@@ -150,9 +154,17 @@ PY
     rm -rf "$dir"
 }
 
+DEFAULT_TARGETS="orthanc storescp pacsd1 pacsd3 pacsd3-nopv"
+if command -v java >/dev/null && command -v mvn >/dev/null; then
+    DEFAULT_TARGETS="$DEFAULT_TARGETS pacsd3-hdfs"
+fi
+if [[ " ${TARGETS:-$DEFAULT_TARGETS} " == *" pacsd3-hdfs "* ]]; then
+    start_minidfs "$WORK/hdfs" --datanodes 3
+    echo "== HDFS for pacsd3-hdfs: $HDFS_URL"
+fi
 for corpus in ct small; do
     for par in 1 4; do
-        for target in ${TARGETS:-orthanc storescp pacsd1 pacsd3 pacsd3-nopv}; do
+        for target in ${TARGETS:-$DEFAULT_TARGETS}; do
             echo "== $target, $corpus, $par association(s)"
             run_case "$target" "$corpus" "$par"
         done

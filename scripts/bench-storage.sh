@@ -5,7 +5,10 @@
 #   2. three Garage S3 sites on loopback (scripts/s3-cluster.sh --independent), throttled the
 #      same way;
 #   3. the same Garage sites unthrottled;
-#   4. (as root) the same again inside a private network namespace whose loopback routes have
+#   4. three replica directories on one real HDFS (Hadoop's MiniDFSCluster, scripts/minidfs.sh,
+#      three DataNodes), unthrottled;
+#   5. the seed's three sites: a local directory, a Garage S3 site and an HDFS directory;
+#   6. (as root) the Garage sites of 3 again, inside a private network namespace whose loopback routes have
 #      `quickack 1`: Garage 2.5 never sets TCP_NODELAY on its S3 sockets, so on loopback the
 #      last small segment of many responses waits for the client's delayed ACK (~40 ms; seen
 #      in `curl` timings of 1 MiB ranges: 2-5 ms or 42-45 ms). Acknowledging at once removes
@@ -15,13 +18,14 @@
 # split across the replicas, (c) pacsd's adaptive striped read (SHA-256 check included), the
 # ratio of (c) to the sum of the replicas' bandwidths measured alone, and (c)/(a).
 #
-# Usage: scripts/bench-storage.sh [ROUNDS]    (default 5; needs `garage` on PATH for 2 and 3)
+# Usage: scripts/bench-storage.sh [ROUNDS]    (default 5; needs `garage` on PATH for 2 to 6,
+#        Java 17 and Maven for 4 and 5)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/lib.sh
 
 ROUNDS=${1:-5}
-cargo build --release --quiet
+cargo build --release --quiet --features hdfs
 PACSD=target/release/pacsd
 workdir bench-storage
 
@@ -34,6 +38,7 @@ if ! command -v garage >/dev/null; then
 fi
 NS=pacsd-bench-$$
 cleanup() {
+    for p in "${PIDS[@]:-}"; do kill "$p" 2>/dev/null || true; done
     bash scripts/s3-cluster.sh stop "$WORK/garage" || true
     if ip netns list 2>/dev/null | grep -qw "$NS"; then
         ip netns exec "$NS" bash scripts/s3-cluster.sh stop "$WORK/garage-ns" || true
@@ -56,8 +61,22 @@ echo
 echo "== 3. Garage sites, unthrottled (loopback; the three servers and the reader share the CPU)"
 $PACSD storage bench "${args[@]}" --rounds "$ROUNDS"
 
+if command -v java >/dev/null && command -v mvn >/dev/null; then
+    start_minidfs "$WORK/hdfs" --datanodes 3
+    echo
+    echo "== 4. three directories on one HDFS (MiniDFSCluster, 3 DataNodes), unthrottled"
+    $PACSD storage bench --replica "$HDFS_URL/bench/r1" --replica "$HDFS_URL/bench/r2" \
+        --replica "$HDFS_URL/bench/r3" --rounds "$ROUNDS"
+    echo
+    echo "== 5. a local directory, a Garage S3 site and an HDFS directory, unthrottled"
+    $PACSD storage bench --replica "$WORK/local-site" --replica "${args[1]}" \
+        --replica "$HDFS_URL/bench/sites" --rounds "$ROUNDS"
+else
+    echo "no java/mvn: HDFS runs 4 and 5 skipped" >&2
+fi
+
 if [[ $(id -u) != 0 ]] || ! command -v ip >/dev/null; then
-    echo "not root or no iproute2: run 4 (quickack namespace) skipped" >&2
+    echo "not root or no iproute2: run 6 (quickack namespace) skipped" >&2
     exit 0
 fi
 ip netns add "$NS"
@@ -68,5 +87,5 @@ for dst in 127.0.0.0/8 127.0.0.1; do
 done
 ip netns exec "$NS" bash scripts/s3-cluster.sh start "$WORK/garage-ns" 29600 --independent >/dev/null
 echo
-echo "== 4. Garage sites, unthrottled, client ACKs at once (namespace $NS, loopback quickack 1)"
+echo "== 6. Garage sites, unthrottled, client ACKs at once (namespace $NS, loopback quickack 1)"
 ip netns exec "$NS" $PACSD storage bench "${args[@]}" --rounds "$ROUNDS"

@@ -38,3 +38,26 @@ wait_echo() {
     echo "no C-ECHO answer from $1:$2" >&2
     return 1
 }
+
+# Start a MiniDFSCluster (scripts/minidfs.sh; Java 17 and Maven) with its data under DIR and
+# wait until it is up: sets HDFS_URL (hdfs://127.0.0.1:PORT) and adds the JVM to PIDS. Its
+# stdin stays open on file descriptor MINIDFS_FD (echo a launcher command into it).
+# Usage: start_minidfs DIR [--datanodes N]
+start_minidfs() {
+    local dir=$1; shift
+    mkdir -p "$dir"
+    rm -f "$dir/in"; mkfifo "$dir/in"
+    bash scripts/minidfs.sh run --dir "$dir/data" "$@" <"$dir/in" >"$dir/out" 2>"$dir/log" &
+    PIDS+=($!)
+    exec {MINIDFS_FD}>"$dir/in"
+    for _ in $(seq 1 900); do
+        grep -q '^READY' "$dir/out" 2>/dev/null && break
+        sleep 0.2
+    done
+    HDFS_URL=$(sed -n 's/^READY url=\([^ ]*\).*/\1/p' "$dir/out")
+    if [ -z "$HDFS_URL" ]; then
+        echo "MiniDFSCluster did not start:" >&2
+        tail -5 "$dir/log" >&2
+        return 1
+    fi
+}

@@ -41,6 +41,8 @@ struct Setup {
     timing: Option<(u64, u64, u64)>,
     /// Render previews (work for both nodes' CPUs under load).
     previews: bool,
+    /// The third replica's location, instead of a directory (an HDFS in the lab).
+    third_replica: Option<String>,
 }
 
 fn lab(name: &str) -> Option<Lab> {
@@ -94,7 +96,10 @@ impl Lab {
         // The pair's shared heartbeat key (both members name the same file).
         std::fs::write(d.join("ha.key"), [0x5a; 32]).unwrap();
         let replicas: Vec<String> = (1..=3)
-            .map(|i| format!("\"{}\"", d.join(format!("r{i}")).display()))
+            .map(|i| match (&setup.third_replica, i) {
+                (Some(url), 3) => format!("\"{url}\""),
+                _ => format!("\"{}\"", d.join(format!("r{i}")).display()),
+            })
             .collect();
         std::fs::write(
             self.config(me),
@@ -513,6 +518,89 @@ fn crash_failover_moves_the_service_ip_and_keeps_every_acknowledged_instance() {
     assert_all_kept(&lab, seen.acked.into_iter().map(|(s, _)| s).collect());
 }
 
+/// The pair with its third replica on a real HDFS (a MiniDFSCluster in the lab's witness
+/// namespace, reached over the bridge at 10.77.0.4): the primary is killed under load, the
+/// standby takes over, and every acknowledged instance is kept, on HDFS too.
+#[cfg(feature = "hdfs")]
+#[test]
+fn crash_failover_with_a_replica_on_hdfs() {
+    let _serial = serial();
+    let Some(mut lab) = lab("hdf") else { return };
+    let dfs = MiniDfs::start_in(Some(("hdf-w", "10.77.0.4")), 1, false);
+    let setup = Setup {
+        third_replica: Some(dfs.replica("lab/r3")),
+        ..Setup::default()
+    };
+    for (me, peer, host) in [("a", "b", 2), ("b", "a", 3)] {
+        lab.write_config(me, peer, host, &setup);
+    }
+    let first = lab.settle();
+    let c = client(&lab, 521, Duration::from_secs(5));
+    std::thread::sleep(Duration::from_millis(1500));
+    let fault = Instant::now();
+    lab.signal(&first, "-KILL");
+    let seen = c.join().unwrap();
+    let g = gap(&seen, fault);
+    eprintln!(
+        "crash failover with an HDFS replica: service gap {g:?}, {} acknowledged, {} failed \
+         ({} C-STOREs not acknowledged)",
+        seen.acked.len(),
+        seen.failed.len(),
+        seen.store_failed.len()
+    );
+    let acked: Vec<Spec> = seen.acked.into_iter().map(|(s, _)| s).collect();
+    assert!(!acked.is_empty());
+    assert_all_kept(&lab, acked.clone());
+    // The objects are on HDFS as well (read back through the HDFS replica alone).
+    // Opened and listed from the client's namespace (the HDFS client's threads start there).
+    let url = dfs.replica("lab/r3");
+    let ns = format!("{}-c", lab.name);
+    let listed = in_netns(&ns, move || {
+        let rt = tokio::runtime::Runtime::new().unwrap();
+        rt.block_on(async {
+            let hdfs = pacsd::storage::Location::parse(&url)
+                .unwrap()
+                .open()
+                .unwrap();
+            use futures::StreamExt;
+            let listed: Vec<Result<String, String>> = hdfs
+                .list(None)
+                .map(|m| m.map(|m| m.location.to_string()).map_err(|e| e.to_string()))
+                .collect()
+                .await;
+            listed
+                .into_iter()
+                .collect::<Result<Vec<String>, String>>()
+                .expect("HDFS listed from the lab")
+        })
+    })
+    .join()
+    .unwrap();
+    let on_hdfs = acked
+        .iter()
+        .filter(|s| {
+            listed
+                .iter()
+                .any(|k| k.ends_with(&format!("/{}.dcm", s.sop_uid)))
+        })
+        .count();
+    eprintln!(
+        "{on_hdfs} of {} acknowledged instances on HDFS",
+        acked.len()
+    );
+    assert!(
+        on_hdfs * 10 >= acked.len() * 9,
+        "most acknowledged instances reached HDFS ({on_hdfs} of {}; the rest are queued)\n{}",
+        acked.len(),
+        lab.logs()
+            .lines()
+            .filter(|l| l.contains("WARN"))
+            .take(20)
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+}
+
 /// The HTTP status of `GET path` on the service IP's HTTP port, from the client's namespace
 /// (0: no answer).
 fn http_via_service_ip(lab: &Lab, path: &'static str) -> u16 {
@@ -682,6 +770,7 @@ fn failover_benchmark() {
         Setup {
             timing,
             previews: load_secs > 0,
+            ..Setup::default()
         },
     ) else {
         return;

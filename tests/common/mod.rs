@@ -650,11 +650,29 @@ impl MiniDfs {
     /// Start a cluster with `datanodes` DataNodes and, with `ha`, two NameNodes (the first
     /// active). Fails the test (with what the launcher said) when it cannot start.
     pub fn start(datanodes: usize, ha: bool) -> MiniDfs {
+        Self::start_in(None, datanodes, ha)
+    }
+
+    /// As `start`, inside the network namespace `netns` with the cluster reached at `addr`
+    /// (the namespace's address on the HA lab's bridge).
+    pub fn start_in(netns: Option<(&str, &str)>, datanodes: usize, ha: bool) -> MiniDfs {
         use std::io::BufRead;
         let dir = tempfile::tempdir().unwrap();
-        let mut cmd = Command::new("bash");
-        cmd.arg(script("minidfs.sh"))
-            .args(["run", "--dir", &dir.path().display().to_string()])
+        let mut cmd = match netns {
+            Some((ns, _)) => {
+                let mut c = Command::new("ip");
+                c.args(["netns", "exec", ns, "bash"]);
+                c
+            }
+            None => Command::new("bash"),
+        };
+        if let Some((_, addr)) = netns {
+            cmd.args([script("minidfs.sh").display().to_string(), "run".into()])
+                .args(["--bind", addr]);
+        } else {
+            cmd.arg(script("minidfs.sh")).arg("run");
+        }
+        cmd.args(["--dir", &dir.path().display().to_string()])
             .args(["--datanodes", &datanodes.to_string()]);
         if ha {
             cmd.arg("--ha");

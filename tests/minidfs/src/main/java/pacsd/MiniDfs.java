@@ -21,7 +21,10 @@ import org.apache.hadoop.hdfs.MiniDFSNNTopology;
  *
  * <p>Arguments: {@code --dir DIR} (where the cluster keeps its blocks and edits; required),
  * {@code --datanodes N} (default 3), {@code --ha} (two NameNodes in an HA pair under the
- * nameservice {@code pacsns}, the first active).
+ * nameservice {@code pacsns}, the first active), {@code --bind ADDR} (for a cluster inside a
+ * network namespace of the HA lab: every service listens on all of the namespace's addresses
+ * and DataNodes are named ADDR, which clients with {@code dfs.client.use.datanode.hostname}
+ * connect to; without it everything is on 127.0.0.1).
  *
  * <p>When the cluster is up it prints one line and then answers commands read from stdin, one
  * per line, each answered by one line starting with {@code OK} or {@code ERR}:
@@ -46,11 +49,13 @@ public class MiniDfs {
         String dir = null;
         int dataNodes = 3;
         boolean haPair = false;
+        String bind = null;
         for (int i = 0; i < args.length; i++) {
             switch (args[i]) {
                 case "--dir" -> dir = args[++i];
                 case "--datanodes" -> dataNodes = Integer.parseInt(args[++i]);
                 case "--ha" -> haPair = true;
+                case "--bind" -> bind = args[++i];
                 default -> {
                     System.err.println("unknown argument " + args[i]);
                     System.exit(2);
@@ -64,12 +69,17 @@ public class MiniDfs {
 
         Configuration conf = new HdfsConfiguration();
         conf.set(MiniDFSCluster.HDFS_MINIDFS_BASEDIR, new File(dir).getAbsolutePath());
-        // Loopback only: no service of the cluster listens beyond this machine.
-        conf.set("dfs.namenode.rpc-bind-host", "127.0.0.1");
-        conf.set("dfs.namenode.http-bind-host", "127.0.0.1");
-        conf.set("dfs.datanode.address", "127.0.0.1:0");
-        conf.set("dfs.datanode.http.address", "127.0.0.1:0");
-        conf.set("dfs.datanode.ipc.address", "127.0.0.1:0");
+        // Loopback only unless told to serve a namespace: no service of the cluster listens
+        // beyond this machine (a lab namespace reaches nothing but its own bridge).
+        String listen = bind == null ? "127.0.0.1" : "0.0.0.0";
+        conf.set("dfs.namenode.rpc-bind-host", listen);
+        conf.set("dfs.namenode.http-bind-host", listen);
+        conf.set("dfs.datanode.address", listen + ":0");
+        conf.set("dfs.datanode.http.address", listen + ":0");
+        conf.set("dfs.datanode.ipc.address", listen + ":0");
+        if (bind != null) {
+            conf.set("dfs.datanode.hostname", bind);
+        }
         conf.set("dfs.blocksize", String.valueOf(16 << 20));
         conf.set("dfs.replication", String.valueOf(Math.min(3, dataNodes)));
         // A closed file is on the DataNodes' disks, not only in their memory: what pacsd's
@@ -89,7 +99,15 @@ public class MiniDfs {
 
         MiniDFSCluster.Builder builder = new MiniDFSCluster.Builder(conf)
             .numDataNodes(dataNodes)
+            // The DataNode addresses above, not MiniDFSCluster's own 127.0.0.1 ones.
+            .checkDataNodeAddrConfig(true)
             .format(true);
+        if (bind != null) {
+            // Each DataNode's registered name (MiniDFSCluster sets its own otherwise).
+            String[] hosts = new String[dataNodes];
+            java.util.Arrays.fill(hosts, bind);
+            builder.hosts(hosts);
+        }
         if (haPair) {
             builder.nnTopology(new MiniDFSNNTopology().addNameservice(
                 new MiniDFSNNTopology.NSConf(NAMESERVICE)
@@ -104,7 +122,7 @@ public class MiniDfs {
         }
         dfs.waitActive();
 
-        System.out.println("READY " + String.join(" ", clientSettings(dfs, haPair)));
+        System.out.println("READY " + String.join(" ", clientSettings(dfs, haPair, bind)));
         System.out.flush();
 
         final boolean ha = haPair;
@@ -193,11 +211,14 @@ public class MiniDfs {
     }
 
     /** The URL and, for a nameservice, the client configuration, as words. */
-    static List<String> clientSettings(MiniDFSCluster dfs, boolean ha) {
+    static List<String> clientSettings(MiniDFSCluster dfs, boolean ha, String bind) {
         List<String> words = new ArrayList<>();
         if (!ha) {
             InetSocketAddress a = dfs.getNameNode().getNameNodeAddress();
-            words.add("url=hdfs://127.0.0.1:" + a.getPort());
+            words.add("url=hdfs://" + (bind == null ? "127.0.0.1" : bind) + ":" + a.getPort());
+            if (bind != null) {
+                words.add("dfs.client.use.datanode.hostname=true");
+            }
             return words;
         }
         words.add("url=hdfs://" + NAMESERVICE);
