@@ -1,6 +1,6 @@
 //! pacsd on a real HDFS: Hadoop 3.5.0's MiniDFSCluster (tests/minidfs, started by
 //! `scripts/minidfs.sh`) on loopback. DICOM end to end with HDFS replicas; a DataNode lost while
-//! storing and reading; the NameNode failing over (HA pair) during a C-STORE burst and during a
+//! storing, before reads and in the middle of a striped read; the NameNode failing over (HA pair) during a C-STORE burst and during a
 //! C-MOVE; the whole HDFS down while storing, healed when it returns; what an interrupted HDFS
 //! put leaves behind never taken for an object, and removed.
 #![cfg(feature = "hdfs")]
@@ -502,4 +502,69 @@ async fn an_interrupted_hdfs_put_leaves_nothing_taken_for_an_object() {
     eprintln!("rebuild: {summary:?}");
     let index = pacsd::index::Index::open(&config.index.path).unwrap();
     assert_eq!(index.counts().await.unwrap().instances, 3);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_striped_read_survives_a_datanode_stopped_mid_read() {
+    use object_store::ObjectStore;
+    use object_store::throttle::{ThrottleConfig, ThrottledStore};
+    use std::sync::Arc;
+    let _serial = serial();
+    let mut dfs = MiniDfs::start(4, false);
+    let urls: Vec<String> = (1..=3)
+        .map(|i| dfs.replica(&format!("pacs/s{i}")))
+        .collect();
+    let stores: Vec<(String, Arc<dyn ObjectStore>)> = urls
+        .iter()
+        .map(|u| {
+            let s = pacsd::storage::Location::parse(u).unwrap().open().unwrap();
+            (u.clone(), s)
+        })
+        .collect();
+    let data = pacsd::storage::bench::body(48 << 20, 7);
+    let key = "dicom/1.2/1.3/1.7.dcm";
+    pacsd::storage::Storage::from_stores(stores.clone(), None, "dicom")
+        .unwrap()
+        .put(key, data.clone())
+        .await
+        .unwrap();
+    // Each replica slowed to ~40 MB/s so that the read lasts about a second.
+    let slowed = stores
+        .into_iter()
+        .map(|(name, s)| {
+            let t: Arc<dyn ObjectStore> = Arc::new(ThrottledStore::new(
+                s,
+                ThrottleConfig {
+                    wait_get_per_byte: Duration::from_nanos(25),
+                    ..Default::default()
+                },
+            ));
+            (name, t)
+        })
+        .collect();
+    let storage = Arc::new(pacsd::storage::Storage::from_stores(slowed, None, "dicom").unwrap());
+    let expected = pacsd::storage::Expected {
+        key: key.into(),
+        size: data.len() as u64,
+        sha256: hex::encode(<sha2::Sha256 as sha2::Digest>::digest(&data)),
+    };
+    let reader = {
+        let (storage, expected) = (storage.clone(), expected.clone());
+        tokio::spawn(async move { storage.read(&expected).await })
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(!reader.is_finished(), "the read finished before the fault");
+    let fault = Instant::now();
+    dfs.command("stop-datanode 1");
+    let v = tokio::time::timeout(REPLICA_OP_TIMEOUT, reader)
+        .await
+        .expect("the read completes within a replica operation's time")
+        .unwrap()
+        .unwrap();
+    assert!(v.bytes == data, "bytes after a DataNode stopped mid-read");
+    eprintln!(
+        "striped read with a DataNode stopped mid-read: done {:?} after the fault, stripe {:?}",
+        fault.elapsed(),
+        v.stripe.as_ref().map(|r| (&r.bytes_from, &r.dropped))
+    );
 }
