@@ -507,7 +507,6 @@ async fn an_interrupted_hdfs_put_leaves_nothing_taken_for_an_object() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_striped_read_survives_a_datanode_stopped_mid_read() {
     use object_store::ObjectStore;
-    use object_store::throttle::{ThrottleConfig, ThrottledStore};
     use std::sync::Arc;
     let _serial = serial();
     let mut dfs = MiniDfs::start(4, false);
@@ -529,19 +528,7 @@ async fn a_striped_read_survives_a_datanode_stopped_mid_read() {
         .await
         .unwrap();
     // Each replica slowed to ~40 MB/s so that the read lasts about a second.
-    let slowed = stores
-        .into_iter()
-        .map(|(name, s)| {
-            let t: Arc<dyn ObjectStore> = Arc::new(ThrottledStore::new(
-                s,
-                ThrottleConfig {
-                    wait_get_per_byte: Duration::from_nanos(25),
-                    ..Default::default()
-                },
-            ));
-            (name, t)
-        })
-        .collect();
+    let slowed = slowed_reads(stores, Duration::from_nanos(25));
     let storage = Arc::new(pacsd::storage::Storage::from_stores(slowed, None, "dicom").unwrap());
     let expected = pacsd::storage::Expected {
         key: key.into(),

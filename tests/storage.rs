@@ -370,19 +370,7 @@ async fn striped_read_survives(action: &str, base_port: u16) {
         .put(key, data.clone())
         .await
         .unwrap();
-    let slowed = stores
-        .into_iter()
-        .map(|(name, s)| {
-            let t: Arc<dyn ObjectStore> = Arc::new(ThrottledStore::new(
-                s,
-                ThrottleConfig {
-                    wait_get_per_byte: Duration::from_nanos(25),
-                    ..Default::default()
-                },
-            ));
-            (name, t)
-        })
-        .collect();
+    let slowed = slowed_reads(stores, Duration::from_nanos(25));
     let storage = Arc::new(Storage::from_stores(slowed, None, "dicom").unwrap());
     let reader = {
         let storage = storage.clone();

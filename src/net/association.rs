@@ -869,19 +869,7 @@ pub(crate) async fn write_all(
     bytes: &[u8],
     timeout: Duration,
 ) -> Result<(), NetError> {
-    // TLS buffers what it encrypts: the flush is what puts it on the wire.
-    let write = async {
-        socket.write_all(bytes).await?;
-        socket.flush().await
-    };
-    match tokio::time::timeout(timeout, write).await {
-        Ok(r) => r.map_err(|source| NetError::Write { peer, source }),
-        Err(_) => Err(NetError::Timeout {
-            peer,
-            what: "the peer to read",
-            after: timeout,
-        }),
-    }
+    write_all_vectored(socket, peer, &mut [std::io::IoSlice::new(bytes)], timeout).await
 }
 
 /// Write `bytes` as P-DATA-TF PDUs of at most `peer_max_pdu`, one PDV each, the last flagged.
@@ -946,7 +934,8 @@ pub(crate) async fn send_fragments(
     Ok(())
 }
 
-/// `write_all` for a list of slices (one `writev` each time the socket takes bytes).
+/// Write every byte of `slices` (one `writev` each time the socket takes bytes) and flush
+/// (TLS buffers what it encrypts: the flush is what puts it on the wire), within `timeout`.
 async fn write_all_vectored(
     socket: &mut Transport,
     peer: SocketAddr,

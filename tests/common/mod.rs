@@ -771,3 +771,26 @@ impl Drop for MiniDfs {
         let _ = self.child.wait();
     }
 }
+
+/// The stores with every read slowed by `per_byte` (object_store's throttling wrapper; for
+/// remote stores, whose payload is a stream): a read then lasts long enough to be cut into.
+pub fn slowed_reads(
+    stores: Vec<(String, std::sync::Arc<dyn object_store::ObjectStore>)>,
+    per_byte: Duration,
+) -> Vec<(String, std::sync::Arc<dyn object_store::ObjectStore>)> {
+    use object_store::throttle::{ThrottleConfig, ThrottledStore};
+    stores
+        .into_iter()
+        .map(|(name, s)| {
+            let t: std::sync::Arc<dyn object_store::ObjectStore> =
+                std::sync::Arc::new(ThrottledStore::new(
+                    s,
+                    ThrottleConfig {
+                        wait_get_per_byte: per_byte,
+                        ..Default::default()
+                    },
+                ));
+            (name, t)
+        })
+        .collect()
+}
