@@ -122,26 +122,10 @@ fn acked(what: &str, sent: &[Sent]) -> Vec<Spec> {
         .collect()
 }
 
-fn movescu(port: u16, study: &str) -> String {
-    let p = port.to_string();
+/// C-MOVE of a whole study to DEST with DCMTK movescu; its output.
+fn move_study(port: u16, study: &str) -> String {
     let k = format!("StudyInstanceUID={study}");
-    text(&dcmtk(
-        "movescu",
-        &[
-            "-v",
-            "-S",
-            "-aec",
-            "PACSD",
-            "-aem",
-            "DEST",
-            "-k",
-            "QueryRetrieveLevel=STUDY",
-            "-k",
-            &k,
-            "127.0.0.1",
-            &p,
-        ],
-    ))
+    movescu(port, &["-S", "-k", "QueryRetrieveLevel=STUDY", "-k", &k])
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -210,7 +194,7 @@ async fn dicom_end_to_end_with_hdfs_replicas() {
     std::fs::create_dir_all(n.replica_dir(0)).unwrap();
     let study = specs[0].study_uid.clone();
     let p = n.port();
-    let out = tokio::task::spawn_blocking(move || movescu(p, &study))
+    let out = tokio::task::spawn_blocking(move || move_study(p, &study))
         .await
         .unwrap();
     assert!(out.contains("Final Move Response (Success)"), "{out}");
@@ -333,7 +317,7 @@ async fn namenode_failover_during_a_store_burst_and_a_move() {
     // The active NameNode killed during a C-MOVE of the study, the other made active.
     let study = specs[0].study_uid.clone();
     let p = n.port();
-    let mover = tokio::task::spawn_blocking(move || movescu(p, &study));
+    let mover = tokio::task::spawn_blocking(move || move_study(p, &study));
     tokio::time::sleep(Duration::from_millis(150)).await;
     let t0 = Instant::now();
     dfs.command("kill-namenode 1");
@@ -349,7 +333,7 @@ async fn namenode_failover_during_a_store_burst_and_a_move() {
     // Whatever the C-MOVE could not send it reported as failed; a second C-MOVE on the new
     // active NameNode delivers everything acknowledged.
     let study = specs[0].study_uid.clone();
-    let out = tokio::task::spawn_blocking(move || movescu(p, &study))
+    let out = tokio::task::spawn_blocking(move || move_study(p, &study))
         .await
         .unwrap();
     assert!(out.contains("Final Move Response (Success)"), "{out}");
@@ -392,14 +376,7 @@ async fn the_whole_hdfs_down_while_storing_is_healed_when_it_returns() {
 
     dfs.command("restart-namenode 0");
     assert!(
-        eventually(Duration::from_secs(90), async || n
-            .node
-            .index
-            .repair_queue()
-            .await
-            .unwrap()
-            .is_empty())
-        .await,
+        n.repairs_drain(Duration::from_secs(90)).await,
         "the repair worker healed HDFS when it returned"
     );
     let v = pacsd::node::verify_all(&n.node.index, &n.node.storage, false)

@@ -27,16 +27,7 @@ async fn replica_down_during_ingest_is_healed_when_it_returns() {
     let r3 = n.replica_dir(2);
     std::fs::remove_file(&r3).unwrap();
     std::fs::create_dir(&r3).unwrap();
-    assert!(
-        eventually(Duration::from_secs(10), async || n
-            .node
-            .index
-            .repair_queue()
-            .await
-            .unwrap()
-            .is_empty())
-        .await
-    );
+    assert!(n.repairs_drain(Duration::from_secs(10)).await);
     assert_eq!(n.files_in_replica(2).len(), 4);
     let v = pacsd::node::verify_all(&n.node.index, &n.node.storage, false)
         .await
@@ -143,15 +134,6 @@ async fn a_replica_unavailable_at_start_up_is_treated_as_down_then_healed() {
 
     // The "mount" appears: the replica opens on next use and the worker fills it.
     std::fs::remove_file(&parent).unwrap();
-    assert!(
-        eventually(Duration::from_secs(10), async || n
-            .node
-            .index
-            .repair_queue()
-            .await
-            .unwrap()
-            .is_empty())
-        .await
-    );
+    assert!(n.repairs_drain(Duration::from_secs(10)).await);
     assert_eq!(pacsd::tools::collect_files(&[r3]).unwrap().len(), 2);
 }

@@ -84,14 +84,6 @@ fn two_studies() -> Vec<Spec> {
     v
 }
 
-fn movescu(port: u16, args: &[&str]) -> String {
-    let mut a = vec!["-v", "-aec", "PACSD", "-aem", "DEST"];
-    a.extend_from_slice(args);
-    let p = port.to_string();
-    a.extend_from_slice(&["127.0.0.1", &p]);
-    text(&dcmtk("movescu", &a))
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn movescu_every_level_arrives_byte_identical() {
     let dest = Destination::start(&[]);

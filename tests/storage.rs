@@ -465,14 +465,7 @@ async fn garage_node_killed_during_bulk_store_is_healed_when_it_returns() {
     // Node 3 returns: the repair worker heals every object; verify reports clean.
     cluster.node("restart", 3);
     assert!(
-        eventually(Duration::from_secs(60), async || n
-            .node
-            .index
-            .repair_queue()
-            .await
-            .unwrap()
-            .is_empty())
-        .await,
+        n.repairs_drain(Duration::from_secs(60)).await,
         "repair queue drained after the node returned"
     );
     let v = pacsd::node::verify_all(&n.node.index, &n.node.storage, false)

@@ -645,7 +645,7 @@ impl Storage {
     /// how many were removed. A put in progress is never that old (`REPLICA_OP_TIMEOUT`), so
     /// nothing a live put still needs is touched.
     pub async fn remove_abandoned_uploads(&self, older_than: Duration) -> usize {
-        let prefix = (!self.prefix.is_empty()).then(|| StorePath::from(self.prefix.as_str()));
+        let prefix = self.list_prefix();
         let cutoff = std::time::SystemTime::now() - older_than;
         let mut removed = 0;
         for r in &self.replicas {
@@ -682,13 +682,14 @@ impl Storage {
         removed
     }
 
+    /// What a listing of this archive's objects starts from (None: the whole store).
+    fn list_prefix(&self) -> Option<StorePath> {
+        (!self.prefix.is_empty()).then(|| StorePath::from(self.prefix.as_str()))
+    }
+
     /// Every object key under the prefix on every reachable replica, deduplicated and sorted.
     pub async fn list_keys(&self) -> Result<Vec<String>, StorageError> {
-        let prefix = if self.prefix.is_empty() {
-            None
-        } else {
-            Some(StorePath::from(self.prefix.as_str()))
-        };
+        let prefix = self.list_prefix();
         let mut keys = std::collections::BTreeSet::new();
         let mut reachable = 0;
         let mut last_err = None;

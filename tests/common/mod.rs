@@ -89,6 +89,14 @@ impl TestNode {
     pub async fn instances(&self) -> u64 {
         self.node.index.counts().await.unwrap().instances
     }
+
+    /// Whether the repair queue is empty within `limit` (the repair worker healed it).
+    pub async fn repairs_drain(&self, limit: Duration) -> bool {
+        eventually(limit, async || {
+            self.node.index.repair_queue().await.unwrap().is_empty()
+        })
+        .await
+    }
 }
 
 /// The path of DCMTK's `tool`: the first one on PATH that says it is DCMTK's. pynetdicom
@@ -793,4 +801,14 @@ pub fn slowed_reads(
             (name, t)
         })
         .collect()
+}
+
+/// DCMTK movescu (verbose) to the node on `port`, moving to the AE DEST, with `args` (query
+/// model and keys); its output.
+pub fn movescu(port: u16, args: &[&str]) -> String {
+    let mut a = vec!["-v", "-aec", "PACSD", "-aem", "DEST"];
+    a.extend_from_slice(args);
+    let p = port.to_string();
+    a.extend_from_slice(&["127.0.0.1", &p]);
+    text(&dcmtk("movescu", &a))
 }
