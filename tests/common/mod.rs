@@ -557,34 +557,51 @@ impl Destination {
     /// As `start`; the readiness check (echoscu) gets `echo_extra` (e.g. TLS options matching
     /// storescp's own).
     pub fn start_with(extra: &[&str], echo_extra: &[&str]) -> Destination {
-        let dir = tempfile::tempdir().unwrap();
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let child = Command::new(dcmtk_path("storescp"))
-            .args(["-aet", "DEST", "+B", "-od"])
-            .arg(dir.path())
-            .args(extra)
-            .arg(port.to_string())
-            .env("TCP_NODELAY", "1")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("storescp (DCMTK) installed");
-        let d = Destination { child, port, dir };
-        let port = port.to_string();
-        let mut echo: Vec<&str> = echo_extra.to_vec();
-        echo.extend(["-aec", "DEST", "127.0.0.1", &port]);
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while Instant::now() < deadline {
-            if dcmtk("echoscu", &echo).status.success() {
-                return d;
+        // The port is free when asked for, but another test's socket (a client's ephemeral
+        // port) can take it before storescp binds it: storescp then exits, and we try again
+        // on a new port instead of waiting for an echo that cannot come.
+        let mut failures = Vec::new();
+        for _ in 0..5 {
+            let dir = tempfile::tempdir().unwrap();
+            let log = dir.path().with_extension("log");
+            let port = std::net::TcpListener::bind("127.0.0.1:0")
+                .unwrap()
+                .local_addr()
+                .unwrap()
+                .port();
+            let child = Command::new(dcmtk_path("storescp"))
+                .args(["-aet", "DEST", "+B", "-od"])
+                .arg(dir.path())
+                .args(extra)
+                .arg(port.to_string())
+                .env("TCP_NODELAY", "1")
+                .stdout(Stdio::null())
+                .stderr(std::fs::File::create(&log).unwrap())
+                .spawn()
+                .expect("storescp (DCMTK) installed");
+            let mut d = Destination { child, port, dir };
+            let port = port.to_string();
+            let mut echo: Vec<&str> = echo_extra.to_vec();
+            echo.extend(["-aec", "DEST", "127.0.0.1", &port]);
+            let deadline = Instant::now() + Duration::from_secs(30);
+            while Instant::now() < deadline {
+                if let Some(status) = d.child.try_wait().unwrap() {
+                    let said = std::fs::read_to_string(&log).unwrap_or_default();
+                    failures.push(format!("port {port}: storescp {status}: {said}"));
+                    break;
+                }
+                if dcmtk("echoscu", &echo).status.success() {
+                    let _ = std::fs::remove_file(&log);
+                    return d;
+                }
+                std::thread::sleep(Duration::from_millis(50));
             }
-            std::thread::sleep(Duration::from_millis(50));
+            let _ = std::fs::remove_file(&log);
+            if d.child.try_wait().unwrap().is_none() {
+                panic!("storescp on port {port} did not answer C-ECHO in 30 s");
+            }
         }
-        panic!("storescp did not start");
+        panic!("storescp did not start: {failures:?}");
     }
 
     pub fn files(&self) -> Vec<PathBuf> {
