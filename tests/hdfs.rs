@@ -256,10 +256,9 @@ async fn a_datanode_lost_while_storing_and_reading() {
     })
     .await;
     let kept = acked("DataNode 1 stopped after 20 of 300 C-STOREs", &sent);
-    assert!(
-        sent[sent.len() - 50..].iter().all(|s| s.ok),
-        "C-STOREs succeed again once the NameNode avoids the stopped DataNode"
-    );
+    // A put whose pipeline met the stopped DataNode is tried again on a fresh block until
+    // the NameNode stops placing blocks there (stale after 3 s here): none fails.
+    assert_eq!(kept.len(), sent.len(), "every C-STORE acknowledged");
     check_kept(&opts, &kept).await.unwrap();
 
     // Reads with a second DataNode gone (the NameNode still lists it for a few seconds):

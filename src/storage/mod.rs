@@ -294,7 +294,22 @@ impl Storage {
                 let payload = PutPayload::from_bytes(bytes.clone());
                 let path = path.clone();
                 async move {
-                    let write = async { r.store()?.put(&path, payload).await };
+                    let write = async {
+                        let store = r.store()?;
+                        let mut pauses = r.parsed.put_retry_pauses().iter();
+                        loop {
+                            match store.put(&path, payload.clone()).await {
+                                Ok(_) => return Ok(()),
+                                Err(e) => match pauses.next() {
+                                    Some(pause) => {
+                                        debug!(replica = %r.location, key, error = %e, ?pause, "replica write failed; trying again");
+                                        tokio::time::sleep(*pause).await;
+                                    }
+                                    None => return Err(e),
+                                },
+                            }
+                        }
+                    };
                     let result = match tokio::time::timeout(REPLICA_OP_TIMEOUT, write).await {
                         Ok(Ok(_)) => Ok(()),
                         Ok(Err(e)) => Err(e.to_string()),
