@@ -164,7 +164,8 @@ enum Command {
         command: HaCommand,
     },
     /// Accounts of the HTTP side (DICOMweb and portal): add, list, remove, set a password,
-    /// issue or revoke API tokens. Works while the node runs.
+    /// issue or revoke API tokens. Works while the node runs. Also `pacsd user ...`.
+    #[command(alias = "user")]
     Account {
         #[command(subcommand)]
         command: AccountCommand,
@@ -195,8 +196,9 @@ enum AccountCommand {
         #[arg(long, short)]
         config: Option<PathBuf>,
         name: String,
-        /// Rights: read, upload, admin (comma-separated; admin includes the others).
-        #[arg(long, default_value = "read")]
+        /// Rights: read, upload, admin (comma-separated; admin includes the others), or a
+        /// portal role: viewer (read), uploader (read,upload), admin.
+        #[arg(long, alias = "role", default_value = "read")]
         rights: String,
     },
     /// List the accounts, their rights and how many tokens each has.
@@ -204,13 +206,15 @@ enum AccountCommand {
         #[arg(long, short)]
         config: Option<PathBuf>,
     },
-    /// Remove an account and its tokens.
+    /// Remove an account and its tokens (also `del`).
+    #[command(alias = "del")]
     Remove {
         #[arg(long, short)]
         config: Option<PathBuf>,
         name: String,
     },
-    /// Set a new password, read from standard input (one line).
+    /// Set a new password, read from standard input (one line) (also `passwd`).
+    #[command(alias = "passwd")]
     Password {
         #[arg(long, short)]
         config: Option<PathBuf>,

@@ -87,7 +87,11 @@ impl Authenticator {
         self.check_password(name, password).await
     }
 
-    async fn check_password(&self, name: &str, password: &str) -> Result<Account, WebError> {
+    pub(crate) async fn check_password(
+        &self,
+        name: &str,
+        password: &str,
+    ) -> Result<Account, WebError> {
         let key: [u8; 32] = Sha256::new()
             .chain_update(name.as_bytes())
             .chain_update([0])
@@ -130,6 +134,10 @@ fn needed(method: &Method, path: &str) -> Option<fn(&Rights) -> bool> {
     if path == "/healthz" || path == "/readyz" || method == Method::OPTIONS {
         return None;
     }
+    // The portal signs people in itself (`portal::Signed`); `/` only points to it.
+    if path == "/" && method == Method::GET || path == "/portal" || path.starts_with("/portal/") {
+        return None;
+    }
     if path == "/metrics" {
         return Some(|r| r.admin);
     }
@@ -150,9 +158,21 @@ pub async fn require(State(state): State<Arc<WebState>>, mut req: Request, next:
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .map(str::to_string);
-    let account = match state.auth.authenticate(authorization.as_deref()).await {
-        Ok(a) => a,
-        Err(e) => return e.into_response(),
+    // A portal session reads too (the thumbnails on its pages, a viewer it opens); it never
+    // stores: an upload needs a credential a page cannot be tricked into sending.
+    let session = match (&authorization, req.method()) {
+        (None, &Method::GET | &Method::HEAD) => {
+            super::portal::cookie(req.headers(), super::portal::session::SESSION_COOKIE)
+                .and_then(|t| state.sessions.get(&t, Instant::now()))
+        }
+        _ => None,
+    };
+    let account = match session {
+        Some(s) => s.account,
+        None => match state.auth.authenticate(authorization.as_deref()).await {
+            Ok(a) => a,
+            Err(e) => return e.into_response(),
+        },
     };
     if !allowed(&account.rights) {
         return WebError::Forbidden(format!(
@@ -185,5 +205,10 @@ mod tests {
         );
         assert_eq!(check(Method::GET, "/metrics", &read), Some(false));
         assert_eq!(check(Method::GET, "/metrics", &Rights::ALL), Some(true));
+        // The portal checks its own sessions.
+        assert_eq!(check(Method::GET, "/portal/studies", &read), None);
+        assert_eq!(check(Method::POST, "/portal/login", &read), None);
+        assert_eq!(check(Method::GET, "/", &read), None);
+        assert_eq!(check(Method::POST, "/", &read), Some(false));
     }
 }

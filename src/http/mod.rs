@@ -8,6 +8,7 @@
 pub mod auth;
 pub mod multipart;
 pub mod ops;
+pub mod portal;
 pub mod qido;
 pub mod stow;
 pub mod wado;
@@ -40,6 +41,8 @@ pub struct WebState {
     pub metadata: wado::MetadataCache,
     pub metrics: Arc<ops::Metrics>,
     pub audit: crate::audit::Audit,
+    /// The portal's signed-in people (also accepted for DICOMweb reads).
+    pub sessions: portal::session::Sessions,
 }
 
 impl WebState {
@@ -60,6 +63,7 @@ impl WebState {
             store,
             metadata: wado::MetadataCache::new(wado::METADATA_CACHE_BYTES),
             metrics,
+            sessions: portal::session::Sessions::default(),
         }
     }
 }
@@ -375,11 +379,17 @@ pub fn router(state: Arc<WebState>) -> Router {
     let mut app = Router::new()
         .route("/metrics", get(ops::metrics))
         .route("/healthz", get(ops::healthz))
-        .route("/readyz", get(ops::readyz));
+        .route("/readyz", get(ops::readyz))
+        .merge(portal::routes());
     app = if base == "/" {
         app.merge(dicomweb)
     } else {
-        app.nest(&base, dicomweb)
+        // A browser pointed at the node finds the portal.
+        app.route(
+            "/",
+            get(|| async { axum::response::Redirect::to("/portal/studies") }),
+        )
+        .nest(&base, dicomweb)
     };
     let app = app
         .fallback(|| async { WebError::NotFound("no such resource".into()) })

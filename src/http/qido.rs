@@ -15,7 +15,7 @@ use dicom_object::InMemDicomObject;
 use super::multipart::accept_ranges;
 use super::{WebError, WebState, clip, origin_of, path_uid};
 use crate::dicomjson::metadata_object;
-use crate::index::query::Level;
+use crate::index::query::{Level, Order};
 use crate::service::find::match_object;
 use crate::service::query::{KEYS, MatchOptions, Model, key_def, parse_identifier};
 
@@ -310,6 +310,95 @@ fn uid_of(obj: &InMemDicomObject, tag: Tag) -> Option<String> {
         .filter(|s| !s.is_empty())
 }
 
+/// A page of matches.
+pub(crate) struct Found {
+    pub matches: Vec<InMemDicomObject>,
+    /// More match beyond this page.
+    pub more: bool,
+    /// Some asked-for attributes cannot be matched or returned (they are empty).
+    pub unsupported: bool,
+}
+
+/// The matches of a search, through the same identifier, SQL and match building as C-FIND;
+/// with `base`, each carries its RetrieveURL under it.
+async fn find(
+    state: &WebState,
+    level: Level,
+    scope: &Scope,
+    p: &Params,
+    order: Order,
+    base: Option<&str>,
+) -> Result<Found, WebError> {
+    let opts = MatchOptions {
+        relational: true,
+        combined_datetime: true,
+        pn_case_insensitive: state.config.query.pn_case_insensitive,
+    };
+    let ident = identifier(level, scope, p);
+    let mut req = parse_identifier(&ident, Model::StudyRoot, opts)
+        .map_err(|e| WebError::BadRequest(e.to_string()))?;
+    req.query.order = order;
+    let max = state.config.http.max_results;
+    let limit = p.limit.unwrap_or(max).min(max);
+    // One more than the page: whether there is more to ask for.
+    let mut rows = state
+        .index
+        .find_page(req.query.clone(), p.offset, limit + 1)
+        .await?;
+    let more = rows.len() as u64 > limit;
+    rows.truncate(limit as usize);
+    let mut matches = Vec::with_capacity(rows.len());
+    for row in &rows {
+        let mut obj = match_object(&state.storage, &req, row, Ok)
+            .await
+            .map_err(WebError::Internal)?;
+        let study = uid_of(&obj, tags::STUDY_INSTANCE_UID);
+        let series = uid_of(&obj, tags::SERIES_INSTANCE_UID);
+        let sop = uid_of(&obj, tags::SOP_INSTANCE_UID);
+        let url = match (base, level, study, series, sop) {
+            (None, ..) => None,
+            (Some(base), Level::Study, Some(st), _, _) => Some(format!("{base}/studies/{st}")),
+            (Some(base), Level::Series, Some(st), Some(se), _) => {
+                Some(format!("{base}/studies/{st}/series/{se}"))
+            }
+            (Some(base), Level::Image, Some(st), Some(se), Some(i)) => {
+                Some(format!("{base}/studies/{st}/series/{se}/instances/{i}"))
+            }
+            _ => None,
+        };
+        if let Some(url) = url {
+            obj.put(DataElement::new(
+                tags::RETRIEVE_URL,
+                VR::UR,
+                PrimitiveValue::from(url),
+            ));
+        }
+        matches.push(obj);
+    }
+    Ok(Found {
+        matches,
+        more,
+        unsupported: !req.unsupported.is_empty(),
+    })
+}
+
+/// A search written as QIDO-RS parameters (`PatientID=...&limit=...`), for the portal: the
+/// same parsing and matching as QIDO-RS and C-FIND, in the given order, without RetrieveURLs.
+pub(crate) async fn find_by_params(
+    state: &WebState,
+    level: Level,
+    study: Option<&str>,
+    params: &str,
+    order: Order,
+) -> Result<Found, WebError> {
+    let p = parse_params(Some(params))?;
+    let scope = Scope {
+        study: study.map(str::to_string),
+        series: None,
+    };
+    find(state, level, &scope, &p, order, None).await
+}
+
 /// Run a search and answer it.
 async fn search(
     state: &WebState,
@@ -328,57 +417,18 @@ async fn search(
         ));
     }
     let p = parse_params(raw.as_deref())?;
-    let opts = MatchOptions {
-        relational: true,
-        combined_datetime: true,
-        pn_case_insensitive: state.config.query.pn_case_insensitive,
-    };
-    let ident = identifier(level, &scope, &p);
-    let req = parse_identifier(&ident, Model::StudyRoot, opts)
-        .map_err(|e| WebError::BadRequest(e.to_string()))?;
-    let max = state.config.http.max_results;
-    let limit = p.limit.unwrap_or(max).min(max);
-    // One more than the page: whether there is more to ask for.
-    let mut rows = state
-        .index
-        .find_page(req.query.clone(), p.offset, limit + 1)
-        .await?;
-    let more = rows.len() as u64 > limit;
-    rows.truncate(limit as usize);
-    if rows.is_empty() {
-        return Ok(StatusCode::NO_CONTENT.into_response());
-    }
     let base = format!(
         "{}{}",
         origin_of(headers),
         state.config.http.base_path.trim_end_matches('/')
     );
-    let mut matches = Vec::with_capacity(rows.len());
-    for row in &rows {
-        let mut obj = match_object(&state.storage, &req, row, Ok)
-            .await
-            .map_err(WebError::Internal)?;
-        let study = uid_of(&obj, tags::STUDY_INSTANCE_UID);
-        let series = uid_of(&obj, tags::SERIES_INSTANCE_UID);
-        let sop = uid_of(&obj, tags::SOP_INSTANCE_UID);
-        let url = match (level, study, series, sop) {
-            (Level::Study, Some(st), _, _) => Some(format!("{base}/studies/{st}")),
-            (Level::Series, Some(st), Some(se), _) => {
-                Some(format!("{base}/studies/{st}/series/{se}"))
-            }
-            (Level::Image, Some(st), Some(se), Some(i)) => {
-                Some(format!("{base}/studies/{st}/series/{se}/instances/{i}"))
-            }
-            _ => None,
-        };
-        if let Some(url) = url {
-            obj.put(DataElement::new(
-                tags::RETRIEVE_URL,
-                VR::UR,
-                PrimitiveValue::from(url),
-            ));
-        }
-        matches.push(obj);
+    let Found {
+        matches,
+        more,
+        unsupported,
+    } = find(state, level, &scope, &p, Order::Received, Some(&base)).await?;
+    if matches.is_empty() {
+        return Ok(StatusCode::NO_CONTENT.into_response());
     }
     let json: Vec<serde_json::Value> = matches.iter().map(|m| metadata_object(m, None)).collect();
     let body = serde_json::to_vec(&json).map_err(|e| WebError::Internal(e.to_string()))?;
@@ -401,7 +451,7 @@ async fn search(
     if more {
         warn("299 pacsd: There are additional results that can be requested");
     }
-    if !req.unsupported.is_empty() {
+    if unsupported {
         warn(
             "299 pacsd: The following attributes cannot be matched or returned by this node and are returned empty",
         );

@@ -45,7 +45,7 @@ pub struct Stored {
 }
 
 /// The instances of a study, a series or one instance, in series then ingest order.
-async fn stored(
+pub(crate) async fn stored(
     state: &WebState,
     study: &str,
     series: Option<&str>,
@@ -79,6 +79,7 @@ async fn stored(
         select,
         pn_case_insensitive: false,
         combined_study_datetime: false,
+        order: Default::default(),
     };
     let rows = state.index.find_all(q).await?;
     let mut out: Vec<Stored> = rows
@@ -113,7 +114,7 @@ async fn stored(
 }
 
 /// Read one object through the verified path.
-async fn read(state: &WebState, s: &Stored) -> Result<Bytes, WebError> {
+pub(crate) async fn read(state: &WebState, s: &Stored) -> Result<Bytes, WebError> {
     let b = read_object(&state.storage, &state.index, &s.expected)
         .await
         .map_err(|e| WebError::Internal(format!("reading {}: {e}", s.sop)))?;

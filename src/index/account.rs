@@ -34,8 +34,12 @@ impl Rights {
         let mut r = Rights::default();
         for word in s.split(',').map(str::trim).filter(|w| !w.is_empty()) {
             match word {
-                "read" => r.read = true,
+                "read" | "viewer" => r.read = true,
                 "upload" => r.upload = true,
+                "uploader" => {
+                    r.read = true;
+                    r.upload = true;
+                }
                 "admin" => r = Rights::ALL,
                 other => return Err(format!("unknown right `{other}` (read, upload, admin)")),
             }
@@ -281,6 +285,9 @@ mod tests {
         assert_eq!(Rights::parse("read,admin").unwrap(), Rights::ALL);
         assert!(Rights::parse("").is_err());
         assert!(Rights::parse("read,root").is_err());
+        // The portal's role names.
+        assert_eq!(Rights::parse("viewer").unwrap().to_text(), "read");
+        assert_eq!(Rights::parse("uploader").unwrap().to_text(), "read,upload");
     }
 
     #[test]

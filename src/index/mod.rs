@@ -546,6 +546,29 @@ impl Index {
         .await
     }
 
+    /// The repair-queue entries of one study's objects (the portal's image status).
+    pub async fn repairs_of_study(&self, study_uid: &str) -> Result<Vec<RepairEntry>, IndexError> {
+        let uid = study_uid.to_string();
+        self.read(move |c| {
+            let mut stmt = c.prepare_cached(
+                "SELECT q.storage_key, q.replica, q.reason FROM repair_queue q
+                 JOIN instance i ON i.storage_key = q.storage_key
+                 JOIN series se ON i.series_fk = se.id
+                 JOIN study st ON se.study_fk = st.id
+                 WHERE st.study_instance_uid = ?1 ORDER BY q.id",
+            )?;
+            let rows = stmt.query_map([uid], |r| {
+                Ok(RepairEntry {
+                    storage_key: r.get(0)?,
+                    replica: r.get(1)?,
+                    reason: r.get(2)?,
+                })
+            })?;
+            Ok(rows.collect::<Result<Vec<_>, _>>()?)
+        })
+        .await
+    }
+
     /// Run a C-FIND query. With a non-zero `limit`, a query matching more rows is refused
     /// as a whole (never silently truncated).
     pub async fn find(&self, q: query::Query, limit: u64) -> Result<FindOutcome, IndexError> {

@@ -250,6 +250,21 @@ pub struct Query {
     /// Combined date-time matching (PS3.4 C.2.2.2.5.1) of StudyDate with StudyTime, when
     /// negotiated and both are given.
     pub combined_study_datetime: bool,
+    /// The order of the matches (a page of them is a stable slice of it).
+    pub order: Order,
+}
+
+/// The order of a query's matches.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Order {
+    /// The order the archive received them (C-FIND, QIDO-RS).
+    #[default]
+    Received,
+    /// Studies by StudyDate and StudyTime, newest first (the portal's study list); ties
+    /// and studies without a date in received order, undated last.
+    NewestStudyFirst,
+    /// Studies by StudyDate and StudyTime, oldest first; undated last.
+    OldestStudyFirst,
 }
 
 /// Register the SQL functions the generated SQL uses (`pn_match`). Call on every connection
@@ -390,12 +405,18 @@ impl Query {
                 .collect::<Vec<_>>()
                 .join(", ")
         };
-        let order = match (count, self.level) {
-            (true, _) => "",
-            (false, Level::Patient) => " ORDER BY p.id",
-            (false, Level::Study) => " ORDER BY st.id",
-            (false, Level::Series) => " ORDER BY se.id",
-            (false, Level::Image) => " ORDER BY i.id",
+        let order = match (count, self.level, self.order) {
+            (true, _, _) => "",
+            (false, Level::Study, Order::NewestStudyFirst) => {
+                " ORDER BY st.study_date IS NULL, st.study_date DESC, st.study_time DESC, st.id"
+            }
+            (false, Level::Study, Order::OldestStudyFirst) => {
+                " ORDER BY st.study_date IS NULL, st.study_date, st.study_time, st.id"
+            }
+            (false, Level::Patient, _) => " ORDER BY p.id",
+            (false, Level::Study, _) => " ORDER BY st.id",
+            (false, Level::Series, _) => " ORDER BY se.id",
+            (false, Level::Image, _) => " ORDER BY i.id",
         };
         let mut sql = format!("SELECT {select} FROM {from}");
         if !wheres.is_empty() {
@@ -602,6 +623,7 @@ mod tests {
             select: vec![Column::StudyInstanceUid],
             pn_case_insensitive: true,
             combined_study_datetime: false,
+            order: Order::Received,
         }
     }
 

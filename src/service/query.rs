@@ -447,6 +447,7 @@ pub fn parse_identifier(
             select,
             pn_case_insensitive: opts.pn_case_insensitive,
             combined_study_datetime: opts.combined_datetime,
+            order: Default::default(),
         },
         returned,
         charset,

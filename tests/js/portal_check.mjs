@@ -1,0 +1,165 @@
+// Walk through pacsd's web portal in headless Chromium (Debian's package, driven by
+// playwright-core) as its people would: an anonymous visitor, a wrong then a right password,
+// each search filter, a study page with its thumbnails, the image status with a replica's
+// copies removed, an admin's verify and the repaired state, a ZIP download, a viewer refused
+// an admin action, sign-out. Screenshots of every page go to OUT_DIR. Prints one JSON object;
+// tests/portal.rs asserts on it.
+//
+// usage: node portal_check.mjs PLAYWRIGHT_DIR BASE_URL ADMIN_PASSWORD VIEWER_PASSWORD STUDY_UID
+//        NAME_STUDY_UID OUT_DIR
+import path from 'node:path';
+import { createRequire } from 'node:module';
+
+const [pwDir, base, adminPassword, viewerPassword, study, nameStudy, out] = process.argv.slice(2);
+const require = createRequire(path.join(pwDir, 'package.json'));
+const { chromium } = require('playwright-core');
+
+const result = { steps: [] };
+const step = (name, value) => { result[name] = value; result.steps.push(name); };
+const shot = async (page, name) => {
+  await page.screenshot({ path: path.join(out, `${name}.png`), fullPage: true });
+};
+
+const browser = await chromium.launch({
+  executablePath: '/usr/bin/chromium',
+  args: ['--no-sandbox', '--disable-gpu', '--disable-dev-shm-usage'],
+});
+try {
+  // 1. Anonymous: every page and download leads to the login page; DICOMweb wants credentials.
+  const anon = await browser.newContext({ viewport: { width: 1280, height: 800 } });
+  const ap = await anon.newPage();
+  await ap.goto(`${base}/portal/studies/${study}`);
+  step('anonymousLandsOn', new URL(ap.url()).pathname);
+  const dl = await fetch(`${base}/portal/studies/${study}/download`, { redirect: 'manual' });
+  step('anonymousDownload', { status: dl.status, location: dl.headers.get('location') });
+  const thumb = await fetch(`${base}/dicom-web/studies/${study}/thumbnail`);
+  step('anonymousThumbnail', thumb.status);
+  await shot(ap, '01-login');
+
+  // 2. A wrong password, then the right one; back to the page first asked for.
+  await ap.fill('input[name=name]', 'chief');
+  await ap.fill('input[name=password]', 'not the password');
+  const wrong = await Promise.all([ap.waitForNavigation(), ap.click('button[type=submit]')]);
+  step('wrongPassword', { status: wrong[0].status(), alert: await ap.textContent('[role=alert]') });
+  await shot(ap, '02-login-wrong');
+  await ap.goto(`${base}/portal/studies/${study}`);
+  await ap.fill('input[name=name]', 'chief');
+  await ap.fill('input[name=password]', adminPassword);
+  await Promise.all([ap.waitForNavigation(), ap.click('button[type=submit]')]);
+  step('afterLogin', new URL(ap.url()).pathname);
+  const cookies = await anon.cookies();
+  const session = cookies.find(c => c.name === 'pacsd_session');
+  step('sessionCookie', session && { httpOnly: session.httpOnly, sameSite: session.sameSite });
+
+  // 3. The study page: thumbnails drawn, image status with the removed copies.
+  const thumbs = async () => ap.$$eval('.card > img', imgs => imgs.map(i => ({
+    complete: i.complete, width: i.naturalWidth })));
+  await ap.waitForFunction(() => [...document.querySelectorAll('.card > img')]
+    .every(i => i.complete), null, { timeout: 30000 });
+  step('seriesThumbnails', await thumbs());
+  const status = async () => ap.$$eval('#replicas tbody tr', rows => rows.map(r => ({
+    replica: Number(r.dataset.replica),
+    present: Number(r.querySelector('[data-count=present]').textContent),
+    missing: Number(r.querySelector('[data-count=missing]').textContent),
+    queued: Number(r.querySelector('[data-count=queued]').textContent),
+  })));
+  step('statusBefore', await status());
+  await shot(ap, '03-study-missing-copies');
+
+  // Instance thumbnails, once a series is opened.
+  await ap.click('.card details summary');
+  await ap.waitForFunction(() => {
+    const imgs = [...document.querySelectorAll('.card details[open] .thumbs img')];
+    return imgs.length > 0 && imgs.every(i => i.complete);
+  }, null, { timeout: 30000 });
+  step('instanceThumbnails', await ap.$$eval('.card details[open] .thumbs img',
+    imgs => imgs.map(i => i.naturalWidth)));
+
+  // 4. The admin verifies the study: the bad copies are queued, then repaired.
+  await Promise.all([ap.waitForNavigation(), ap.click('#verify')]);
+  step('verifyMessage', await ap.textContent('#verify-result'));
+  step('statusQueued', await status());
+  await shot(ap, '04-study-queued');
+  const deadline = Date.now() + 60000;
+  let healed = await status();
+  while (Date.now() < deadline && healed.some(r => r.missing + r.queued > 0)) {
+    await new Promise(r => setTimeout(r, 500));
+    await ap.goto(`${base}/portal/studies/${study}`);
+    healed = await status();
+  }
+  step('statusRepaired', healed);
+  await shot(ap, '05-study-repaired');
+
+  // 5. ZIP of the study.
+  const [download] = await Promise.all([
+    ap.waitForEvent('download'),
+    ap.click('text=Download study (ZIP)'),
+  ]);
+  const zipPath = path.join(out, 'study.zip');
+  await download.saveAs(zipPath);
+  step('zip', { path: zipPath, suggested: download.suggestedFilename() });
+
+  // 6. Each filter of the study list.
+  const rows = async () => ap.$$eval('#studies tbody tr td:nth-child(2)', tds => tds.map(t => t.textContent));
+  const search = async (fields) => {
+    await ap.goto(`${base}/portal/studies`);
+    for (const [k, v] of Object.entries(fields)) {
+      if (k === 'sort') await ap.selectOption('select[name=sort]', v);
+      else await ap.fill(`input[name=${k}]`, v);
+    }
+    await Promise.all([ap.waitForNavigation(), ap.click('form.filters button[type=submit]')]);
+    return (await ap.$('#no-studies')) ? [] : rows();
+  };
+  step('filters', {
+    all: await search({}),
+    oldestFirst: await search({ sort: 'oldest' }),
+    patientId: await search({ patient_id: 'PAT00002' }),
+    nameCaseInsensitive: await search({ name: 'synthetic' }),
+    nameWildcard: await search({ name: '*patient00003' }),
+    nonAscii: await search({ name: 'müller' }),
+    accession: await search({ accession: 'ACC00003' }),
+    dateRange: await search({ from: '2005-01-03', to: '2005-01-04' }),
+    modality: await search({ modality: 'mr' }),
+    nothing: await search({ patient_id: 'NOBODY' }),
+  });
+  await search({ name: 'müller' });
+  step('nonAsciiName', await ap.textContent('#studies tbody tr td:nth-child(1)'));
+  await shot(ap, '06-search-non-ascii');
+  await search({});
+  await shot(ap, '07-studies');
+  await ap.goto(`${base}/portal/studies/${nameStudy}`);
+  step('nonAsciiHeading', await ap.textContent('h1'));
+
+  // 7. Sign out: the session is over.
+  await Promise.all([ap.waitForNavigation(), ap.click('.signout button')]);
+  step('afterLogout', new URL(ap.url()).pathname);
+  await ap.goto(`${base}/portal/studies`);
+  step('afterLogoutStudies', new URL(ap.url()).pathname);
+  await anon.close();
+
+  // 8. A viewer: no verify button, and a forged verify is refused.
+  const vc = await browser.newContext({ viewport: { width: 1024, height: 768 } });
+  const vp = await vc.newPage();
+  await vp.goto(`${base}/portal/studies/${study}`);
+  await vp.fill('input[name=name]', 'viewer');
+  await vp.fill('input[name=password]', viewerPassword);
+  await Promise.all([vp.waitForNavigation(), vp.click('button[type=submit]')]);
+  step('viewerSeesVerify', (await vp.$('#verify')) !== null);
+  await shot(vp, '08-study-as-viewer-tablet');
+  const csrf = await vp.getAttribute('.signout input[name=csrf]', 'value');
+  step('viewerVerify', await vp.evaluate(async ([s, c]) => {
+    const r = await fetch(`/portal/studies/${s}/verify`, {
+      method: 'POST', body: new URLSearchParams({ csrf: c }) });
+    return r.status;
+  }, [study, csrf]));
+  step('forgedCsrf', await vp.evaluate(async (s) => {
+    const r = await fetch('/portal/logout', { method: 'POST', body: new URLSearchParams({ csrf: 'x' }) });
+    return r.status;
+  }, study));
+  await vc.close();
+} catch (e) {
+  result.error = String(e && e.stack || e);
+} finally {
+  await browser.close();
+}
+console.log(JSON.stringify(result));

@@ -1,0 +1,247 @@
+//! The web portal in a real browser: headless Chromium (Debian's package, driven by npm's
+//! playwright-core, installed by scripts/ohif.sh) against a running node, walking through
+//! sign-in, search, a study page, image status and repair, a ZIP download and the rights of a
+//! viewer (tests/js/portal_check.mjs). Screenshots of every page are left in
+//! target/portal-screenshots.
+
+mod common;
+
+use std::io::Read;
+use std::process::Command;
+
+use common::*;
+use pacsd::index::account::Rights;
+use pacsd::synth::Spec;
+use serde_json::json;
+
+/// The corpus: study 1 (two CT series of three images), 2 (CT), 3 (MR), 4 (a patient with
+/// a non-ASCII name). Synthetic study dates are 2005-01-02 to 2005-01-05.
+fn corpus() -> Vec<Spec> {
+    let mut specs = Vec::new();
+    for series in 1..=2 {
+        for i in 1..=3 {
+            specs.push(Spec::ct(1, series, i, 64));
+        }
+    }
+    for i in 1..=2 {
+        specs.push(Spec::ct(2, 1, i, 64));
+        let mut mr = Spec::ct(3, 1, i, 64);
+        mr.modality = "MR".into();
+        specs.push(mr);
+    }
+    let mut m = Spec::ct(4, 1, 1, 64);
+    m.patient_name = "Müller^Jürgen".into();
+    specs.push(m);
+    specs
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_portal_in_a_browser() {
+    let n = TestNode::start_with(|c| {
+        c.preview.enabled = true;
+        c.storage.repair_interval_secs = 0.5;
+    })
+    .await;
+    let admin_pw = "an admin's long password";
+    let viewer_pw = "a viewer's long password";
+    // Beside the first-start account (`admin`, random password): known ones.
+    n.node
+        .index
+        .add_account("chief", admin_pw, Rights::ALL)
+        .await
+        .unwrap();
+    n.node
+        .index
+        .add_account("viewer", viewer_pw, Rights::parse("viewer").unwrap())
+        .await
+        .unwrap();
+    let specs = corpus();
+    store_specs(&n.scu("MODALITY"), &specs).await;
+    let study = specs[0].study_uid.clone();
+
+    // Every preview made first: the thumbnails then come from them, and no object read (which
+    // heals a copy it finds missing) changes the status the page is to show.
+    assert!(
+        eventually(std::time::Duration::from_secs(60), async || {
+            let c = n.node.index.preview_counts().await.unwrap();
+            c.done as usize == specs.len()
+        })
+        .await,
+        "previews made"
+    );
+    // Replica 2 loses its copies of study 1 (nothing in the repair queue knows yet).
+    let study_instances: Vec<_> = specs.iter().filter(|s| s.study_uid == study).collect();
+    for s in &study_instances {
+        let inst = n.node.index.instance(&s.sop_uid).await.unwrap().unwrap();
+        n.node.storage.delete_from(&inst.storage_key, &[1]).await;
+        assert!(!n.node.storage.exists_on(1, &inst.storage_key).await);
+    }
+
+    let install = Command::new("bash")
+        .arg(script("ohif.sh"))
+        .output()
+        .unwrap();
+    assert!(install.status.success(), "{}", text(&install));
+    let pw_dir = String::from_utf8(install.stdout)
+        .unwrap()
+        .trim()
+        .to_string();
+    let out = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target/portal-screenshots");
+    std::fs::create_dir_all(&out).unwrap();
+    let base = format!("http://127.0.0.1:{}", n.node.http_addr.unwrap().port());
+    let mut cmd = Command::new("node");
+    cmd.arg(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/js/portal_check.mjs"
+    ))
+    .args([
+        &pw_dir,
+        &base,
+        admin_pw,
+        viewer_pw,
+        &study,
+        &specs[specs.len() - 1].study_uid,
+    ])
+    .arg(&out);
+    let seen = json_of(cmd).await;
+    eprintln!("{seen:#}");
+    assert!(seen.get("error").is_none(), "{seen:#}");
+
+    // Anonymous visitors get the login page and nothing else.
+    assert_eq!(seen["anonymousLandsOn"], "/portal/login");
+    assert_eq!(seen["anonymousDownload"]["status"], 303);
+    assert!(
+        seen["anonymousDownload"]["location"]
+            .as_str()
+            .unwrap()
+            .starts_with("/portal/login?next=")
+    );
+    assert_eq!(seen["anonymousThumbnail"], 401);
+
+    // A wrong password is refused and said so; the right one goes where the visitor was going.
+    assert_eq!(seen["wrongPassword"]["status"], 401);
+    assert!(
+        seen["wrongPassword"]["alert"]
+            .as_str()
+            .unwrap()
+            .contains("Wrong account name or password")
+    );
+    assert_eq!(seen["afterLogin"], format!("/portal/studies/{study}"));
+    assert_eq!(
+        seen["sessionCookie"],
+        json!({"httpOnly": true, "sameSite": "Strict"})
+    );
+
+    // Thumbnails of both series and of a series' images were drawn.
+    let series_thumbs = seen["seriesThumbnails"].as_array().unwrap();
+    assert_eq!(series_thumbs.len(), 2);
+    assert!(
+        series_thumbs
+            .iter()
+            .all(|t| t["width"].as_u64().unwrap() > 0)
+    );
+    let instance_thumbs = seen["instanceThumbnails"].as_array().unwrap();
+    assert_eq!(instance_thumbs.len(), 3);
+    assert!(instance_thumbs.iter().all(|w| w.as_u64().unwrap() > 0));
+
+    // Image status: replica 2 (index 1) misses the six copies; a verify queues them; the
+    // repair worker writes them back.
+    let row = |key: &str, r: usize| seen[key][r].clone();
+    assert_eq!(
+        row("statusBefore", 1),
+        json!({"replica": 1, "present": 0, "missing": 6, "queued": 0})
+    );
+    for r in [0, 2] {
+        assert_eq!(row("statusBefore", r)["present"], 6);
+    }
+    assert!(
+        seen["verifyMessage"]
+            .as_str()
+            .unwrap()
+            .contains("6 bad or missing copies queued"),
+        "{}",
+        seen["verifyMessage"]
+    );
+    let queued = row("statusQueued", 1);
+    assert_eq!(
+        queued["queued"].as_u64().unwrap() + queued["present"].as_u64().unwrap(),
+        6,
+        "{queued}"
+    );
+    for r in 0..3 {
+        assert_eq!(
+            row("statusRepaired", r),
+            json!({"replica": r, "present": 6, "missing": 0, "queued": 0})
+        );
+    }
+
+    // The ZIP holds every instance of the study, byte for byte what the archive stored.
+    let zip_path = seen["zip"]["path"].as_str().unwrap();
+    assert_eq!(seen["zip"]["suggested"], format!("{study}.zip"));
+    let mut zip = zip::ZipArchive::new(std::fs::File::open(zip_path).unwrap()).unwrap();
+    assert_eq!(zip.len(), 6);
+    for s in &study_instances {
+        let inst = n.node.index.instance(&s.sop_uid).await.unwrap().unwrap();
+        let stored = n
+            .node
+            .storage
+            .read(&pacsd::storage::Expected {
+                key: inst.storage_key.clone(),
+                size: inst.size,
+                sha256: inst.sha256.clone(),
+            })
+            .await
+            .unwrap()
+            .bytes;
+        let name = format!("{study}/{}/{}.dcm", s.series_uid, s.sop_uid);
+        let mut entry = zip.by_name(&name).unwrap();
+        let mut got = Vec::new();
+        entry.read_to_end(&mut got).unwrap();
+        assert!(
+            got == stored.as_ref(),
+            "{name} differs from the stored object"
+        );
+    }
+
+    // Every filter, through the same matching as C-FIND (newest study first by default).
+    let ids = |v: &[&str]| json!(v);
+    let f = &seen["filters"];
+    assert_eq!(
+        f["all"],
+        ids(&["PAT00004", "PAT00003", "PAT00002", "PAT00001"])
+    );
+    assert_eq!(
+        f["oldestFirst"],
+        ids(&["PAT00001", "PAT00002", "PAT00003", "PAT00004"])
+    );
+    assert_eq!(f["patientId"], ids(&["PAT00002"]));
+    assert_eq!(
+        f["nameCaseInsensitive"],
+        ids(&["PAT00003", "PAT00002", "PAT00001"])
+    );
+    assert_eq!(f["nameWildcard"], ids(&["PAT00003"]));
+    assert_eq!(f["nonAscii"], ids(&["PAT00004"]));
+    assert_eq!(f["accession"], ids(&["PAT00003"]));
+    assert_eq!(f["dateRange"], ids(&["PAT00003", "PAT00002"]));
+    assert_eq!(f["modality"], ids(&["PAT00003"]));
+    assert_eq!(f["nothing"], ids(&[]));
+    assert_eq!(seen["nonAsciiName"], "Müller, Jürgen");
+    assert!(
+        seen["nonAsciiHeading"]
+            .as_str()
+            .unwrap()
+            .starts_with("Müller, Jürgen")
+    );
+
+    // Signed out means signed out.
+    assert_eq!(seen["afterLogout"], "/portal/login");
+    assert_eq!(seen["afterLogoutStudies"], "/portal/login");
+
+    // A viewer sees no admin action and cannot forge one; a form without the session's CSRF
+    // token is refused.
+    assert_eq!(seen["viewerSeesVerify"], false);
+    assert_eq!(seen["viewerVerify"], 403);
+    assert_eq!(seen["forgedCsrf"], 403);
+
+    n.node.stop().await;
+}
