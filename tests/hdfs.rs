@@ -166,26 +166,22 @@ async fn dicom_end_to_end_with_hdfs_replicas() {
     }
 
     // C-FIND with DCMTK.
-    let port = n.port().to_string();
-    let found = text(&dcmtk(
-        "findscu",
+    let study = format!("StudyInstanceUID={}", specs[0].study_uid);
+    let series = format!("SeriesInstanceUID={}", specs[0].series_uid);
+    let found = findscu(
+        n.port(),
         &[
-            "-v",
             "-S",
-            "-aec",
-            "PACSD",
             "-k",
             "QueryRetrieveLevel=IMAGE",
             "-k",
-            &format!("StudyInstanceUID={}", specs[0].study_uid),
+            &study,
             "-k",
             "SOPInstanceUID=",
             "-k",
-            &format!("SeriesInstanceUID={}", specs[0].series_uid),
-            "127.0.0.1",
-            &port,
+            &series,
         ],
-    ));
+    );
     assert_eq!(found.matches("(0008,0018) UI [").count(), 22, "{found}");
 
     // Reads served by HDFS alone: the local replica is emptied, so a C-MOVE must read every

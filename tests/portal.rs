@@ -40,6 +40,9 @@ async fn the_portal_in_a_browser() {
     let n = TestNode::start_with(|c| {
         c.preview.enabled = true;
         c.storage.repair_interval_secs = 0.5;
+        c.access
+            .unknown_ae_services
+            .insert(pacsd::config::Service::Find);
     })
     .await;
     let admin_pw = "an admin's long password";
@@ -88,6 +91,17 @@ async fn the_portal_in_a_browser() {
         .to_string();
     let out = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target/portal-screenshots");
     std::fs::create_dir_all(&out).unwrap();
+    // Files to upload from the browser: three new instances and one that is not DICOM.
+    let upload_dir = tempfile::tempdir().unwrap();
+    let mut uploads = Vec::new();
+    for i in 1..=3 {
+        let s = Spec::ct(5, 1, i, 64);
+        let path = upload_dir.path().join(format!("ct{i}.dcm"));
+        part10_file(&s, &path);
+        uploads.push((s, path));
+    }
+    let not_dicom = upload_dir.path().join("notes.txt");
+    std::fs::write(&not_dicom, "not an image").unwrap();
     let base = format!("http://127.0.0.1:{}", n.node.http_addr.unwrap().port());
     let mut cmd = Command::new("node");
     cmd.arg(concat!(
@@ -102,7 +116,9 @@ async fn the_portal_in_a_browser() {
         &study,
         &specs[specs.len() - 1].study_uid,
     ])
-    .arg(&out);
+    .arg(&out)
+    .args(uploads.iter().map(|(_, p)| p))
+    .arg(&not_dicom);
     let seen = json_of(cmd).await;
     eprintln!("{seen:#}");
     assert!(seen.get("error").is_none(), "{seen:#}");
@@ -233,6 +249,45 @@ async fn the_portal_in_a_browser() {
             .starts_with("Müller, Jürgen")
     );
 
+    // The uploads: three stored (and found by C-FIND), the text file refused with a reason.
+    assert_eq!(seen["uploadSummary"], "3 stored, 1 refused, 0 to go");
+    let outcomes = seen["uploadOutcomes"].as_array().unwrap();
+    for o in outcomes {
+        let (file, outcome) = (o["file"].as_str().unwrap(), o["outcome"].as_str().unwrap());
+        if file == "notes.txt" {
+            assert!(outcome.starts_with("refused: "), "{o}");
+            assert!(
+                outcome.len() > "refused: ".len() + 10,
+                "a reason is given: {o}"
+            );
+        } else {
+            assert_eq!(outcome, "stored", "{o}");
+        }
+    }
+    let study5 = format!("StudyInstanceUID={}", uploads[0].0.study_uid);
+    let series5 = format!("SeriesInstanceUID={}", uploads[0].0.series_uid);
+    let found = findscu(
+        n.port(),
+        &[
+            "-S",
+            "-k",
+            "QueryRetrieveLevel=IMAGE",
+            "-k",
+            &study5,
+            "-k",
+            &series5,
+            "-k",
+            "SOPInstanceUID",
+        ],
+    );
+    for (s, _) in &uploads {
+        assert!(
+            found.contains(&s.sop_uid),
+            "{} not found by C-FIND: {found}",
+            s.sop_uid
+        );
+    }
+
     // Signed out means signed out.
     assert_eq!(seen["afterLogout"], "/portal/login");
     assert_eq!(seen["afterLogoutStudies"], "/portal/login");
@@ -240,6 +295,8 @@ async fn the_portal_in_a_browser() {
     // A viewer sees no admin action and cannot forge one; a form without the session's CSRF
     // token is refused.
     assert_eq!(seen["viewerSeesVerify"], false);
+    assert_eq!(seen["viewerSeesUpload"], false);
+    assert_eq!(seen["viewerUploadPage"], 403);
     assert_eq!(seen["viewerVerify"], 403);
     assert_eq!(seen["forgedCsrf"], 403);
 

@@ -820,6 +820,16 @@ pub fn slowed_reads(
         .collect()
 }
 
+/// DCMTK findscu against the node (called AE PACSD) with `args` (keys, `-S`/`-P`); its
+/// verbose output, which lists every response's identifier.
+pub fn findscu(port: u16, args: &[&str]) -> String {
+    let mut a = vec!["-v", "-aec", "PACSD"];
+    a.extend_from_slice(args);
+    let p = port.to_string();
+    a.extend_from_slice(&["127.0.0.1", &p]);
+    text(&dcmtk("findscu", &a))
+}
+
 /// DCMTK movescu (verbose) to the node on `port`, moving to the AE DEST, with `args` (query
 /// model and keys); its output.
 pub fn movescu(port: u16, args: &[&str]) -> String {

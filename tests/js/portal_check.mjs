@@ -6,11 +6,11 @@
 // tests/portal.rs asserts on it.
 //
 // usage: node portal_check.mjs PLAYWRIGHT_DIR BASE_URL ADMIN_PASSWORD VIEWER_PASSWORD STUDY_UID
-//        NAME_STUDY_UID OUT_DIR
+//        NAME_STUDY_UID OUT_DIR UPLOAD_FILE...
 import path from 'node:path';
 import { createRequire } from 'node:module';
 
-const [pwDir, base, adminPassword, viewerPassword, study, nameStudy, out] = process.argv.slice(2);
+const [pwDir, base, adminPassword, viewerPassword, study, nameStudy, out, ...uploads] = process.argv.slice(2);
 const require = createRequire(path.join(pwDir, 'package.json'));
 const { chromium } = require('playwright-core');
 
@@ -28,6 +28,9 @@ try {
   // 1. Anonymous: every page and download leads to the login page; DICOMweb wants credentials.
   const anon = await browser.newContext({ viewport: { width: 1280, height: 800 } });
   const ap = await anon.newPage();
+  result.pageErrors = [];
+  ap.on('pageerror', e => result.pageErrors.push(String(e)));
+  ap.on('response', r => { if (r.status() >= 400) result.pageErrors.push(`${r.status()} ${r.url()}`); });
   await ap.goto(`${base}/portal/studies/${study}`);
   step('anonymousLandsOn', new URL(ap.url()).pathname);
   const dl = await fetch(`${base}/portal/studies/${study}/download`, { redirect: 'manual' });
@@ -130,14 +133,24 @@ try {
   await ap.goto(`${base}/portal/studies/${nameStudy}`);
   step('nonAsciiHeading', await ap.textContent('h1'));
 
-  // 7. Sign out: the session is over.
+  // 7. Upload: several files into the queue, each stored or refused with its reason.
+  await ap.goto(`${base}/portal/upload`);
+  await ap.setInputFiles('#files', uploads);
+  await ap.waitForFunction((n) => /0 to go/.test(document.getElementById('summary').textContent)
+    && document.querySelectorAll('#queue tbody tr').length === n, uploads.length, { timeout: 60000 });
+    step('uploadSummary', await ap.textContent('#summary'));
+  step('uploadOutcomes', await ap.$$eval('#queue tbody tr', trs => trs.map(tr => ({
+    file: tr.children[0].textContent, outcome: tr.children[3].textContent }))));
+  await shot(ap, '09-upload');
+
+  // 8. Sign out: the session is over.
   await Promise.all([ap.waitForNavigation(), ap.click('.signout button')]);
   step('afterLogout', new URL(ap.url()).pathname);
   await ap.goto(`${base}/portal/studies`);
   step('afterLogoutStudies', new URL(ap.url()).pathname);
   await anon.close();
 
-  // 8. A viewer: no verify button, and a forged verify is refused.
+  // 9. A viewer: no verify button or upload, and a forged verify is refused.
   const vc = await browser.newContext({ viewport: { width: 1024, height: 768 } });
   const vp = await vc.newPage();
   await vp.goto(`${base}/portal/studies/${study}`);
@@ -146,6 +159,9 @@ try {
   await Promise.all([vp.waitForNavigation(), vp.click('button[type=submit]')]);
   step('viewerSeesVerify', (await vp.$('#verify')) !== null);
   await shot(vp, '08-study-as-viewer-tablet');
+  step('viewerSeesUpload', (await vp.$('header a[href="/portal/upload"]')) !== null);
+  const up = await vp.goto(`${base}/portal/upload`);
+  step('viewerUploadPage', up.status());
   const csrf = await vp.getAttribute('.signout input[name=csrf]', 'value');
   step('viewerVerify', await vp.evaluate(async ([s, c]) => {
     const r = await fetch(`/portal/studies/${s}/verify`, {

@@ -9,6 +9,7 @@
 pub mod download;
 pub mod pages;
 pub mod session;
+pub mod upload;
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -44,8 +45,16 @@ pub fn routes() -> Router<Arc<WebState>> {
             "/studies/{study}/series/{series}/download",
             get(download::series),
         )
+        .route("/upload.js", get(upload::script))
         .route("/style.css", get(style))
-        .layer(DefaultBodyLimit::max(MAX_FORM_BYTES));
+        .layer(DefaultBodyLimit::max(MAX_FORM_BYTES))
+        // An upload is read by its handler, within node.max_object_size.
+        .route(
+            "/upload",
+            get(upload::form)
+                .post(upload::store)
+                .layer(DefaultBodyLimit::disable()),
+        );
     Router::new().nest(ROOT, portal)
 }
 
@@ -179,6 +188,7 @@ pub fn page(title: &str, who: Option<&Signed>, body: Markup) -> Markup {
                     @if let Some(s) = who {
                         nav aria-label="Main" {
                             a href="/portal/studies" { "Studies" }
+                            @if s.rights().upload { a href="/portal/upload" { "Upload" } }
                         }
                         form.signout method="post" action="/portal/logout" {
                             span.who { (s.session.account.name) " · " (role_name(s.rights())) }
