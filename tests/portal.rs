@@ -288,6 +288,13 @@ async fn the_portal_in_a_browser() {
         );
     }
 
+    // The operations page: 11 + 3 uploaded instances, three healthy replicas, nothing to
+    // repair any more.
+    assert_eq!(
+        seen["operations"],
+        json!({"instances": 14, "repairs": 0, "replicas": 3, "upStates": ["up", "up", "up"], "repairsEmpty": true})
+    );
+
     // Signed out means signed out.
     assert_eq!(seen["afterLogout"], "/portal/login");
     assert_eq!(seen["afterLogoutStudies"], "/portal/login");
@@ -297,6 +304,8 @@ async fn the_portal_in_a_browser() {
     assert_eq!(seen["viewerSeesVerify"], false);
     assert_eq!(seen["viewerSeesUpload"], false);
     assert_eq!(seen["viewerUploadPage"], 403);
+    assert_eq!(seen["viewerSeesOperations"], false);
+    assert_eq!(seen["viewerOperationsPage"], 403);
     assert_eq!(seen["viewerVerify"], 403);
     assert_eq!(seen["forgedCsrf"], 403);
 

@@ -143,14 +143,25 @@ try {
     file: tr.children[0].textContent, outcome: tr.children[3].textContent }))));
   await shot(ap, '09-upload');
 
-  // 8. Sign out: the session is over.
+  // 8. Operations: the archive's counts, replica health, the (empty) repair queue.
+  await ap.goto(`${base}/portal/operations`);
+  step('operations', {
+    instances: Number(await ap.textContent('[data-count=instances]')),
+    repairs: Number(await ap.textContent('[data-count=repairs]')),
+    replicas: (await ap.$$('#replica-health tbody tr')).length,
+    upStates: await ap.$$eval('#replica-health tbody tr td:nth-child(2)', tds => tds.map(t => t.textContent)),
+    repairsEmpty: (await ap.$('#repairs-empty')) !== null,
+  });
+  await shot(ap, '10-operations');
+
+  // 9. Sign out: the session is over.
   await Promise.all([ap.waitForNavigation(), ap.click('.signout button')]);
   step('afterLogout', new URL(ap.url()).pathname);
   await ap.goto(`${base}/portal/studies`);
   step('afterLogoutStudies', new URL(ap.url()).pathname);
   await anon.close();
 
-  // 9. A viewer: no verify button or upload, and a forged verify is refused.
+  // 10. A viewer: no verify button, upload or operations, and a forged verify is refused.
   const vc = await browser.newContext({ viewport: { width: 1024, height: 768 } });
   const vp = await vc.newPage();
   await vp.goto(`${base}/portal/studies/${study}`);
@@ -162,6 +173,8 @@ try {
   step('viewerSeesUpload', (await vp.$('header a[href="/portal/upload"]')) !== null);
   const up = await vp.goto(`${base}/portal/upload`);
   step('viewerUploadPage', up.status());
+  step('viewerSeesOperations', (await vp.$('header a[href="/portal/operations"]')) !== null);
+  step('viewerOperationsPage', (await vp.goto(`${base}/portal/operations`)).status());
   const csrf = await vp.getAttribute('.signout input[name=csrf]', 'value');
   step('viewerVerify', await vp.evaluate(async ([s, c]) => {
     const r = await fetch(`/portal/studies/${s}/verify`, {

@@ -7,6 +7,7 @@
 //! reads, so the thumbnails on a page load with the cookie.
 
 pub mod download;
+pub mod operations;
 pub mod pages;
 pub mod session;
 pub mod upload;
@@ -45,6 +46,7 @@ pub fn routes() -> Router<Arc<WebState>> {
             "/studies/{study}/series/{series}/download",
             get(download::series),
         )
+        .route("/operations", get(operations::operations))
         .route("/upload.js", get(upload::script))
         .route("/style.css", get(style))
         .layer(DefaultBodyLimit::max(MAX_FORM_BYTES))
@@ -189,6 +191,7 @@ pub fn page(title: &str, who: Option<&Signed>, body: Markup) -> Markup {
                         nav aria-label="Main" {
                             a href="/portal/studies" { "Studies" }
                             @if s.rights().upload { a href="/portal/upload" { "Upload" } }
+                            @if s.rights().admin { a href="/portal/operations" { "Operations" } }
                         }
                         form.signout method="post" action="/portal/logout" {
                             span.who { (s.session.account.name) " · " (role_name(s.rights())) }
