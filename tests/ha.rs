@@ -914,3 +914,62 @@ async fn a_standby_in_maintenance_never_takes_over_and_stays_so_across_a_restart
     );
     assert!(logs.contains("the peer is in maintenance"), "{logs}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_admin_switches_over_from_the_portal() {
+    let _serial = serial();
+    let p = Pair::started(54, false);
+    // An admin account on the primary (accounts are per node), added while it runs.
+    let mut add = Command::new(BIN)
+        .args(["user", "add", "chief", "--role", "admin", "--config"])
+        .arg(&p.a.config)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    {
+        use std::io::Write;
+        let mut stdin = add.stdin.take().unwrap();
+        writeln!(stdin, "an admin's long password").unwrap();
+    }
+    let added = add.wait_with_output().unwrap();
+    assert!(added.status.success(), "{}", text(&added));
+    let install = Command::new("bash")
+        .arg(script("ohif.sh"))
+        .output()
+        .unwrap();
+    assert!(install.status.success(), "{}", text(&install));
+    let pw_dir = String::from_utf8(install.stdout)
+        .unwrap()
+        .trim()
+        .to_string();
+    let out = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target/portal-screenshots");
+    std::fs::create_dir_all(&out).unwrap();
+    let mut cmd = Command::new("node");
+    cmd.arg(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/js/portal_switchover.mjs"
+    ))
+    .args([
+        &pw_dir,
+        &format!("http://{}:8104", p.a.ip),
+        "chief",
+        "an admin's long password",
+    ])
+    .arg(&out);
+    let seen = json_of(cmd).await;
+    assert!(seen.get("error").is_none(), "{seen:#}\n{}", p.logs());
+    assert_eq!(seen["landedOn"], "/portal/operations");
+    assert_eq!(seen["role"], "primary");
+    assert_eq!(seen["confirmPage"], "/portal/operations/switchover");
+    assert!(
+        seen["answer"]
+            .as_str()
+            .unwrap()
+            .starts_with("Switching over: handing over to the standby"),
+        "{seen}"
+    );
+    let (primary, standby) = p.settled(Duration::from_secs(20)).expect("settled");
+    assert_eq!((primary.name, standby.name), ("b", "a"), "{}", p.logs());
+}

@@ -47,6 +47,10 @@ pub fn routes() -> Router<Arc<WebState>> {
             get(download::series),
         )
         .route("/operations", get(operations::operations))
+        .route(
+            "/operations/switchover",
+            get(operations::switchover_form).post(operations::switchover),
+        )
         .route("/upload.js", get(upload::script))
         .route("/style.css", get(style))
         .layer(DefaultBodyLimit::max(MAX_FORM_BYTES))

@@ -5,12 +5,15 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use axum::extract::State;
+use axum::extract::{Form, State};
 use axum::response::{IntoResponse, Response};
 use maud::{Markup, html};
+use serde::Deserialize;
 
 use super::pages::shown_location;
+use super::session::same_token;
 use super::{Signed, error_page, page};
+use crate::ha::driver::{ControlReply, ControlRequest, Status, control, control_path};
 use crate::http::{WebError, WebState};
 
 /// Repair-queue entries listed (the count covers all of them).
@@ -24,6 +27,132 @@ pub async fn operations(State(state): State<Arc<WebState>>, signed: Signed) -> R
     };
     match run.await {
         Ok(m) => m.into_response(),
+        Err(e) => error_page(e, Some(&signed)),
+    }
+}
+
+/// Ask this node's HA driver (the `pacsd ha` control socket); `None` for a single node.
+async fn ha(state: &WebState, req: &ControlRequest) -> Option<Result<ControlReply, String>> {
+    let ha = state.config.ha.as_ref()?;
+    Some(control(&control_path(&state.config, ha), req).await)
+}
+
+fn ha_section(status: &Option<Result<ControlReply, String>>, offer_switchover: bool) -> Markup {
+    html! {
+        h2 #ha { "High availability" }
+        @match status {
+            None => p.muted { "Single node: no [ha] section." },
+            Some(Err(e)) => p.error { "The HA driver did not answer: " (e) },
+            Some(Ok(ControlReply::Status(st))) => (ha_status(st, offer_switchover)),
+            Some(Ok(other)) => p.error { "Unexpected answer: " (format!("{other:?}")) },
+        }
+    }
+}
+
+fn ha_status(st: &Status, offer_switchover: bool) -> Markup {
+    html! {
+        dl.facts #ha-status {
+            dt { "This node" } dd { code { (st.node) } }
+            dt { "Role" } dd data-role=(st.role) { strong { (st.role) }
+                @if st.solo { " (alone: the standby is not in step)" }
+                @if st.maintenance { " — in maintenance" }
+                @if let Some(p) = &st.planned { " — " (p) " under way" } }
+            dt { "Epoch" } dd { (st.epoch) }
+            dt { "Lease" } dd { (st.lease_ms.map(|ms| format!("{ms} ms left")).unwrap_or_else(|| "—".into())) }
+            dt { "Peer" } dd {
+                @match &st.peer {
+                    Some(p) => { code { (p.node) } ", " (if p.primary { "primary" } else { "standby" })
+                        ", epoch " (p.epoch) ", heard " (p.heard_ms_ago) " ms ago"
+                        @if p.maintenance { ", in maintenance" } }
+                    None => "not heard",
+                }
+            }
+            dt { "Index change log" } dd { "seq " (st.seq)
+                @if let Some(lag) = st.replication_lag { ", replication lag " (lag) " rows" } }
+            dt { "Service IP" } dd {
+                (st.service_ip.clone().unwrap_or_else(|| "none configured".into()))
+                @if st.service_ip.is_some() { @if st.holds_service_ip { " (held here)" } @else { " (not held here)" } }
+            }
+            @if let Some(ready) = st.standby_ready {
+                dt { "Standby ready to take over" } dd { @if ready { span.ok { "yes" } } @else { span.bad { "no" } } }
+            }
+        }
+        @if offer_switchover && st.role == "primary" {
+            p { a.button.secondary #switchover href="/portal/operations/switchover" { "Switch over to the standby…" } }
+        }
+    }
+}
+
+/// GET /portal/operations/switchover (admin): what a switchover does, and the form that
+/// confirms it.
+pub async fn switchover_form(State(state): State<Arc<WebState>>, signed: Signed) -> Response {
+    if let Err(e) = signed.require(signed.rights().admin, "switch over (admin only)") {
+        return error_page(e, Some(&signed));
+    }
+    let status = ha(&state, &ControlRequest::Status).await;
+    let body = html! {
+        h1 { "Switch over" }
+        (ha_section(&status, false))
+        p {
+            "The primary stops taking new associations, lets the open ones finish, and hands the "
+            "service (AE title, service IP, DICOMweb and this portal) to the standby, which "
+            "takes over with everything acknowledged so far. Devices reconnect to the same "
+            "address. This page will then be served by the other node."
+        }
+        form method="post" action="/portal/operations/switchover" {
+            input type="hidden" name="csrf" value=(signed.session.csrf);
+            input type="hidden" name="confirm" value="yes";
+            div.actions {
+                button type="submit" #confirm-switchover { "Yes, switch over now" }
+                a.button.secondary href="/portal/operations" { "Cancel" }
+            }
+        }
+    };
+    page("Switch over", Some(&signed), body).into_response()
+}
+
+#[derive(Deserialize)]
+pub struct SwitchoverForm {
+    csrf: String,
+    confirm: String,
+}
+
+/// POST /portal/operations/switchover (admin, confirmed): ask the HA driver to hand over.
+pub async fn switchover(
+    State(state): State<Arc<WebState>>,
+    signed: Signed,
+    Form(f): Form<SwitchoverForm>,
+) -> Response {
+    let run = async {
+        if !same_token(&f.csrf, &signed.session.csrf) {
+            return Err(WebError::Forbidden(
+                "the form did not come from this session".into(),
+            ));
+        }
+        signed.require(signed.rights().admin, "switch over (admin only)")?;
+        if f.confirm != "yes" {
+            return Err(WebError::BadRequest(
+                "the switchover was not confirmed".into(),
+            ));
+        }
+        let (ok, text) = match ha(&state, &ControlRequest::Switchover).await {
+            None => (false, "this node is not part of an HA pair".to_string()),
+            Some(Err(e)) => (false, format!("the HA driver did not answer: {e}")),
+            Some(Ok(ControlReply::Ok(t))) => (true, t),
+            Some(Ok(ControlReply::Error(t))) => (false, t),
+            Some(Ok(other)) => (false, format!("unexpected answer: {other:?}")),
+        };
+        tracing::info!(account = %signed.session.account.name, ok, answer = %text, "switchover asked from the portal");
+        let body = html! {
+            h1 { "Switch over" }
+            @if ok { p.notice role="status" #switchover-result { "Switching over: " (text) "." } }
+            @else { p.error role="alert" #switchover-result { "Not switched over: " (text) } }
+            p { a href="/portal/operations" { "Back to operations" } }
+        };
+        Ok(page("Switch over", Some(&signed), body).into_response())
+    };
+    match run.await {
+        Ok(r) => r,
         Err(e) => error_page(e, Some(&signed)),
     }
 }
@@ -46,6 +175,7 @@ async fn operations_page(state: &WebState, signed: &Signed) -> Result<Markup, We
     let now = Instant::now();
     let health = state.storage.health();
     let c = &state.config;
+    let ha_status = ha(state, &ControlRequest::Status).await;
     let body = html! {
         h1 { "Operations" }
         h2 { "Archive" }
@@ -61,6 +191,7 @@ async fn operations_page(state: &WebState, signed: &Signed) -> Result<Markup, We
             }
             dt { "People signed in" } dd { (state.sessions.count(now)) }
         }
+        (ha_section(&ha_status, true))
         h2 { "Replicas" }
         p.muted {
             "Write quorum: " (state.storage.quorum().needed()) " of " (state.storage.quorum().total())
@@ -131,8 +262,7 @@ async fn operations_page(state: &WebState, signed: &Signed) -> Result<Markup, We
             dt { "Previews" } dd { @if c.preview.enabled { "on" } @else { "off" } }
             dt { "High availability" } dd {
                 @match &c.ha {
-                    Some(ha) => { "pair member " code { (ha.node_id) } "; role, lease and switchover: "
-                        code { "pacsd ha status" } ", " code { "pacsd ha switchover" } }
+                    Some(ha) => { "pair member " code { (ha.node_id) } " (see High availability above)" }
                     None => "single node",
                 }
             }
