@@ -35,6 +35,83 @@ fn corpus() -> Vec<Spec> {
     specs
 }
 
+/// A Basic Text SR in `like`'s study (a new series): "Chest CT report" with a finding and a
+/// measurement. Its directory (kept alive) and file.
+fn upload_dir_sr(like: &Spec) -> (tempfile::TempDir, std::path::PathBuf) {
+    use dicom_core::value::DataSetSequence;
+    use dicom_core::{DataElement, PrimitiveValue, VR};
+    use dicom_dictionary_std::tags;
+    use dicom_object::InMemDicomObject;
+    let el = |tag, vr, v: &str| DataElement::new(tag, vr, PrimitiveValue::from(v));
+    let code = |value: &str, meaning: &str| {
+        InMemDicomObject::from_element_iter([
+            el(tags::CODE_VALUE, VR::SH, value),
+            el(tags::CODING_SCHEME_DESIGNATOR, VR::SH, "99PACSD"),
+            el(tags::CODE_MEANING, VR::LO, meaning),
+        ])
+    };
+    let seq = |tag, items: Vec<InMemDicomObject>| {
+        DataElement::new(tag, VR::SQ, DataSetSequence::from(items))
+    };
+    let finding = InMemDicomObject::from_element_iter([
+        el(tags::RELATIONSHIP_TYPE, VR::CS, "CONTAINS"),
+        el(tags::VALUE_TYPE, VR::CS, "TEXT"),
+        seq(
+            tags::CONCEPT_NAME_CODE_SEQUENCE,
+            vec![code("F1", "Finding")],
+        ),
+        el(tags::TEXT_VALUE, VR::UT, "Nodule in the left lower lobe"),
+    ]);
+    let diameter = InMemDicomObject::from_element_iter([
+        el(tags::RELATIONSHIP_TYPE, VR::CS, "CONTAINS"),
+        el(tags::VALUE_TYPE, VR::CS, "NUM"),
+        seq(
+            tags::CONCEPT_NAME_CODE_SEQUENCE,
+            vec![code("D1", "Diameter")],
+        ),
+        seq(
+            tags::MEASURED_VALUE_SEQUENCE,
+            vec![InMemDicomObject::from_element_iter([
+                el(tags::NUMERIC_VALUE, VR::DS, "12"),
+                seq(
+                    tags::MEASUREMENT_UNITS_CODE_SEQUENCE,
+                    vec![code("mm", "millimeter")],
+                ),
+            ])],
+        ),
+    ]);
+    let mut spec = like.clone();
+    spec.size = 0;
+    spec.modality = "SR".into();
+    spec.sop_class = "1.2.840.10008.5.1.4.1.1.88.11".into();
+    spec.series_uid = format!("{}.77", like.study_uid);
+    spec.sop_uid = format!("{}.77.1", like.study_uid);
+    let mut ds = spec.dataset();
+    for e in [
+        el(tags::VALUE_TYPE, VR::CS, "CONTAINER"),
+        el(tags::CONTINUITY_OF_CONTENT, VR::CS, "SEPARATE"),
+        el(tags::COMPLETION_FLAG, VR::CS, "COMPLETE"),
+        el(tags::VERIFICATION_FLAG, VR::CS, "UNVERIFIED"),
+    ] {
+        ds.put(e);
+    }
+    ds.put(seq(
+        tags::CONCEPT_NAME_CODE_SEQUENCE,
+        vec![code("R1", "Chest CT report")],
+    ));
+    ds.put(seq(tags::CONTENT_SEQUENCE, vec![finding, diameter]));
+    let meta = dicom_object::meta::FileMetaTableBuilder::new()
+        .media_storage_sop_class_uid(spec.sop_class.as_str())
+        .media_storage_sop_instance_uid(spec.sop_uid.as_str())
+        .transfer_syntax(dicom_dictionary_std::uids::EXPLICIT_VR_LITTLE_ENDIAN)
+        .build()
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("report.dcm");
+    ds.with_exact_meta(meta).write_to_file(&path).unwrap();
+    (dir, path)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_portal_in_a_browser() {
     let n = TestNode::start_with(|c| {
@@ -72,6 +149,15 @@ async fn the_portal_in_a_browser() {
         .await,
         "previews made"
     );
+    // A structured report in study 2, sent by DCMTK storescu.
+    let sr = upload_dir_sr(&specs[6]);
+    let port = n.port().to_string();
+    let sent = dcmtk(
+        "storescu",
+        &["-aec", "PACSD", "127.0.0.1", &port, sr.1.to_str().unwrap()],
+    );
+    assert!(sent.status.success(), "{}", text(&sent));
+
     // Replica 2 loses its copies of study 1 (nothing in the repair queue knows yet).
     let study_instances: Vec<_> = specs.iter().filter(|s| s.study_uid == study).collect();
     for s in &study_instances {
@@ -115,6 +201,7 @@ async fn the_portal_in_a_browser() {
         viewer_pw,
         &study,
         &specs[specs.len() - 1].study_uid,
+        &specs[6].study_uid,
     ])
     .arg(&out)
     .args(uploads.iter().map(|(_, p)| p))
@@ -249,6 +336,13 @@ async fn the_portal_in_a_browser() {
             .starts_with("Müller, Jürgen")
     );
 
+    // The report reads as text.
+    assert_eq!(seen["report"]["title"], "Chest CT report");
+    assert_eq!(
+        seen["report"]["lines"],
+        json!(["Finding: Nodule in the left lower lobe", "Diameter: 12 mm"])
+    );
+
     // The uploads: three stored (and found by C-FIND), the text file refused with a reason.
     assert_eq!(seen["uploadSummary"], "3 stored, 1 refused, 0 to go");
     let outcomes = seen["uploadOutcomes"].as_array().unwrap();
@@ -288,11 +382,11 @@ async fn the_portal_in_a_browser() {
         );
     }
 
-    // The operations page: 11 + 3 uploaded instances, three healthy replicas, nothing to
+    // The operations page: 11 + a report + 3 uploaded instances, three healthy replicas, nothing to
     // repair any more.
     assert_eq!(
         seen["operations"],
-        json!({"instances": 14, "repairs": 0, "replicas": 3, "upStates": ["up", "up", "up"], "repairsEmpty": true})
+        json!({"instances": 15, "repairs": 0, "replicas": 3, "upStates": ["up", "up", "up"], "repairsEmpty": true})
     );
 
     // Signed out means signed out.

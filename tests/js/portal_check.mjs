@@ -6,11 +6,12 @@
 // tests/portal.rs asserts on it.
 //
 // usage: node portal_check.mjs PLAYWRIGHT_DIR BASE_URL ADMIN_PASSWORD VIEWER_PASSWORD STUDY_UID
-//        NAME_STUDY_UID OUT_DIR UPLOAD_FILE...
+//        NAME_STUDY_UID REPORT_STUDY_UID OUT_DIR UPLOAD_FILE...
 import path from 'node:path';
 import { createRequire } from 'node:module';
 
-const [pwDir, base, adminPassword, viewerPassword, study, nameStudy, out, ...uploads] = process.argv.slice(2);
+const [pwDir, base, adminPassword, viewerPassword, study, nameStudy, reportStudy, out, ...uploads] =
+  process.argv.slice(2);
 const require = createRequire(path.join(pwDir, 'package.json'));
 const { chromium } = require('playwright-core');
 
@@ -132,6 +133,14 @@ try {
   await shot(ap, '07-studies');
   await ap.goto(`${base}/portal/studies/${nameStudy}`);
   step('nonAsciiHeading', await ap.textContent('h1'));
+
+  // The structured report of study 2 as text.
+  await ap.goto(`${base}/portal/studies/${reportStudy}`);
+  step('report', {
+    title: await ap.textContent('.report h3'),
+    lines: await ap.$$eval('.report li', lis => lis.map(li => li.firstChild && li.innerText.split('\n')[0])),
+  });
+  await shot(ap, '06b-study-with-report');
 
   // 7. Upload: several files into the queue, each stored or refused with its reason.
   await ap.goto(`${base}/portal/upload`);

@@ -9,6 +9,7 @@
 pub mod download;
 pub mod operations;
 pub mod pages;
+pub mod report;
 pub mod session;
 pub mod upload;
 

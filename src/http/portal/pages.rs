@@ -30,6 +30,12 @@ const MAX_FIELD: usize = 64;
 /// Instances of a study whose copies are checked replica by replica on its page; a larger
 /// study shows the repair queue only (checking is a HEAD per copy).
 const MAX_CHECKED_INSTANCES: usize = 2000;
+/// Structured reports of a study shown on its page, and the largest one read.
+const MAX_REPORTS: usize = 10;
+const MAX_REPORT_BYTES: u64 = 16 << 20;
+/// Modalities of series without images (reports, key objects, presentation states,
+/// documents): no thumbnail is asked for.
+const NO_IMAGES: [&str; 4] = ["SR", "KO", "PR", "DOC"];
 /// Copy checks in flight at once.
 const CHECKS_IN_FLIGHT: usize = 32;
 
@@ -518,6 +524,7 @@ async fn study_page(
     .await?;
     let instances = find_by_params(state, Level::Image, Some(&study), "", Order::Received).await?;
     let copies = copy_status(state, &study).await?;
+    let reports = reports(state, &study, &instances.matches).await;
     let base = state
         .config
         .http
@@ -558,14 +565,34 @@ async fn study_page(
             a.button href={ "/portal/studies/" (study) "/download" } download { "Download study (ZIP)" }
             a.button.secondary href="/portal/studies" { "Back to the list" }
         }
+        @if !reports.is_empty() {
+            h2 { "Reports" }
+            @for (sop, r) in &reports {
+                section.card.report data-sop=(sop) {
+                    @match r {
+                        Ok(r) => {
+                            h3 { (if r.title.is_empty() { "Structured report" } else { &r.title }) }
+                            @if !r.status.is_empty() { p.muted { (r.status) } }
+                            (report_lines(&r.content))
+                            @if r.cut { p.notice { "The report is longer or deeper than shown here." } }
+                        }
+                        Err(e) => { p.error { "This report could not be read: " (e) } }
+                    }
+                }
+            }
+        }
         h2 { "Series" }
         div.series {
             @for se in &ordered {
                 @let se_uid = text(se, tags::SERIES_INSTANCE_UID);
                 section.card aria-label={ "Series " (text(se, tags::SERIES_NUMBER)) } {
-                    img src={ (base) "/studies/" (study) "/series/" (se_uid) "/thumbnail" }
-                        alt={ "First image of series " (text(se, tags::SERIES_NUMBER)) }
-                        width="200" height="200" loading="lazy";
+                    @if NO_IMAGES.contains(&text(se, tags::MODALITY).as_str()) {
+                        div.noimage { "No images (" (text(se, tags::MODALITY)) ")" }
+                    } @else {
+                        img src={ (base) "/studies/" (study) "/series/" (se_uid) "/thumbnail" }
+                            alt={ "First image of series " (text(se, tags::SERIES_NUMBER)) }
+                            width="200" height="200" loading="lazy";
+                    }
                     p {
                         strong { (text(se, tags::SERIES_NUMBER)) " " (text(se, tags::MODALITY)) }
                         " " (text(se, tags::SERIES_DESCRIPTION))
@@ -665,6 +692,56 @@ pub fn shown_location(location: &str) -> String {
         Some((before, _)) => format!("{before}?…"),
         None => location.to_string(),
     }
+}
+
+/// The content lines of a report, nested.
+fn report_lines(lines: &[super::report::Line]) -> Markup {
+    html! {
+        ul {
+            @for l in lines {
+                li {
+                    @if !l.label.is_empty() { strong { (l.label) } @if !l.value.is_empty() { ": " } }
+                    (l.value)
+                    @if !l.children.is_empty() { (report_lines(&l.children)) }
+                }
+            }
+        }
+    }
+}
+
+/// The structured reports among a study's instances (at most `MAX_REPORTS`), read through the
+/// verified path and turned into text.
+async fn reports(
+    state: &WebState,
+    study: &str,
+    instances: &[InMemDicomObject],
+) -> Vec<(String, Result<super::report::Report, String>)> {
+    let mut out = Vec::new();
+    for i in instances
+        .iter()
+        .filter(|i| super::report::is_sr(&text(i, tags::SOP_CLASS_UID)))
+        .take(MAX_REPORTS)
+    {
+        let sop = text(i, tags::SOP_INSTANCE_UID);
+        let series = text(i, tags::SERIES_INSTANCE_UID);
+        let read = async {
+            let s = stored(state, study, Some(&series), Some(&sop))
+                .await
+                .map_err(|e| e.to_string())?;
+            let s = s.first().ok_or("not in the index")?;
+            if s.expected.size > MAX_REPORT_BYTES {
+                return Err(format!("larger than {MAX_REPORT_BYTES} bytes"));
+            }
+            let bytes = crate::http::wado::read(state, s)
+                .await
+                .map_err(|e| e.to_string())?;
+            let doc = crate::part10::open(&bytes, MAX_REPORT_BYTES).map_err(|e| e.to_string())?;
+            Ok(super::report::report(&doc))
+        };
+        let r = read.await;
+        out.push((sop, r));
+    }
+    out
 }
 
 /// The copies of a study's instances, replica by replica.
