@@ -316,6 +316,108 @@ pub fn render(event: &Event, source_id: &str, when: std::time::SystemTime) -> St
     out
 }
 
+/// One record of the trail as the portal lists it.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Recent {
+    pub when: String,
+    /// EventID, and EventTypeCode when there is one ("User Authentication / Login").
+    pub event: String,
+    pub action: String,
+    /// "success", "minor failure", "serious failure".
+    pub outcome: String,
+    pub description: String,
+    /// Each participant as `user@address`.
+    pub participants: Vec<String>,
+}
+
+/// The value of attribute `name` in `tag` (a piece of one of our records), unescaped.
+fn attribute_of(tag: &str, name: &str) -> Option<String> {
+    let start = tag.find(&format!(" {name}=\""))? + name.len() + 3;
+    let len = tag[start..].find('"')?;
+    Some(unescape(&tag[start..start + len]))
+}
+
+fn unescape(s: &str) -> String {
+    s.replace("&lt;", "<")
+        .replace("&gt;", ">")
+        .replace("&quot;", "\"")
+        .replace("&apos;", "'")
+        .replace("&amp;", "&")
+}
+
+/// Read back one line written by `render` (None when it is not one).
+pub fn parse_recent(line: &str) -> Option<Recent> {
+    let ident = &line[line.find("<EventIdentification")?..line.find("</EventIdentification>")?];
+    let element = |within: &str, name: &str| -> Option<String> {
+        let at = within.find(&format!("<{name} "))?;
+        let end = within[at..].find('>')? + at;
+        attribute_of(&within[at..end], "originalText")
+    };
+    let mut event = element(ident, "EventID")?;
+    if let Some(t) = element(ident, "EventTypeCode") {
+        event = format!("{event} / {t}");
+    }
+    let head = &ident[..ident.find('>')?];
+    let outcome = match attribute_of(head, "EventOutcomeIndicator").as_deref() {
+        Some("0") => "success",
+        Some("4") => "minor failure",
+        Some("8") => "serious failure",
+        _ => "failure",
+    };
+    let description = ident
+        .find("<EventOutcomeDescription>")
+        .and_then(|a| {
+            let a = a + "<EventOutcomeDescription>".len();
+            ident[a..]
+                .find("</EventOutcomeDescription>")
+                .map(|b| unescape(&ident[a..a + b]))
+        })
+        .unwrap_or_default();
+    let participants = line
+        .match_indices("<ActiveParticipant ")
+        .filter_map(|(at, _)| {
+            let tag = &line[at..at + line[at..].find('>')?];
+            let user = attribute_of(tag, "UserID")?;
+            Some(match attribute_of(tag, "NetworkAccessPointID") {
+                Some(a) => format!("{user}@{a}"),
+                None => user,
+            })
+        })
+        .collect();
+    Some(Recent {
+        when: attribute_of(head, "EventDateTime").unwrap_or_default(),
+        event,
+        action: attribute_of(head, "EventActionCode").unwrap_or_default(),
+        outcome: outcome.to_string(),
+        description,
+        participants,
+    })
+}
+
+/// The last `n` records of the trail in `path`, newest first, from at most its last 256 KiB
+/// (the file may be large; this is for a glance, not an audit).
+pub fn recent(path: &Path, n: usize) -> std::io::Result<Vec<Recent>> {
+    use std::io::{Read, Seek, SeekFrom};
+    const TAIL: u64 = 256 << 10;
+    let mut f = std::fs::File::open(path)?;
+    let len = f.metadata()?.len();
+    let start = len.saturating_sub(TAIL);
+    f.seek(SeekFrom::Start(start))?;
+    let mut buf = Vec::with_capacity((len - start) as usize);
+    f.take(TAIL).read_to_end(&mut buf)?;
+    let text = String::from_utf8_lossy(&buf);
+    let mut lines: Vec<&str> = text.lines().collect();
+    if start > 0 && !lines.is_empty() {
+        lines.remove(0); // cut in the middle
+    }
+    Ok(lines
+        .iter()
+        .rev()
+        .filter_map(|l| parse_recent(l))
+        .take(n)
+        .collect())
+}
+
 /// Where records go besides the file.
 #[derive(Debug, Clone)]
 pub enum Forward {
@@ -605,6 +707,51 @@ mod tests {
         ));
         assert!(line.contains("ParticipantObjectID=\"1.2.3\""));
         assert!(line.ends_with("</AuditMessage>"));
+    }
+
+    #[test]
+    fn records_read_back_for_the_portal_newest_first() {
+        let login = Event::new(USER_AUTHENTICATION, Some(LOGIN), 'E', Outcome::MinorFailure)
+            .describe("portal sign-in <bad> & \"x\"")
+            .by("chief", Some("10.0.0.9".into()), Role::Source);
+        let line = render(&login, "PACSD", std::time::UNIX_EPOCH);
+        assert_eq!(
+            parse_recent(&line).unwrap(),
+            Recent {
+                when: "1970-01-01T00:00:00.000Z".into(),
+                event: "User Authentication / Login".into(),
+                action: "E".into(),
+                outcome: "minor failure".into(),
+                description: "portal sign-in <bad> & \"x\"".into(),
+                participants: vec!["chief@10.0.0.9".into()],
+            }
+        );
+        assert_eq!(parse_recent("not a record"), None);
+        let stored = render(
+            &Event::new(INSTANCES_TRANSFERRED, None, 'C', Outcome::Success).by(
+                "CT1",
+                None,
+                Role::Source,
+            ),
+            "PACSD",
+            std::time::UNIX_EPOCH,
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("audit.log");
+        // A large file: only its tail is read, and a cut first line is skipped.
+        let mut text = String::from("<AuditMessage>half a line\n");
+        for _ in 0..2000 {
+            text.push_str(&line);
+            text.push('\n');
+        }
+        text.push_str(&stored);
+        text.push('\n');
+        std::fs::write(&path, text).unwrap();
+        let got = recent(&path, 3).unwrap();
+        assert_eq!(got.len(), 3);
+        assert_eq!(got[0].event, "DICOM Instances Transferred");
+        assert_eq!(got[0].participants, ["CT1"]);
+        assert_eq!(got[1].outcome, "minor failure");
     }
 
     #[test]

@@ -389,6 +389,44 @@ async fn the_portal_in_a_browser() {
         json!({"instances": 15, "repairs": 0, "replicas": 3, "upStates": ["up", "up", "up"], "repairsEmpty": true})
     );
 
+    // Its recent activity is the audit trail: the sign-ins (the wrong one too), the uploads.
+    let audit = seen["audit"].as_array().unwrap();
+    let has = |event: &str, outcome: &str, who: &str, what: &str| {
+        audit.iter().any(|r| {
+            r["event"] == event
+                && r["outcome"] == outcome
+                && r["who"].as_str().unwrap().starts_with(who)
+                && r["what"].as_str().unwrap().contains(what)
+        })
+    };
+    assert!(
+        has(
+            "User Authentication / Login",
+            "success",
+            "chief@127.0.0.1",
+            "portal sign-in"
+        ),
+        "{audit:#?}"
+    );
+    assert!(
+        has(
+            "User Authentication / Login",
+            "minor failure",
+            "chief@127.0.0.1",
+            "portal sign-in"
+        ),
+        "{audit:#?}"
+    );
+    assert!(
+        has(
+            "DICOM Instances Transferred",
+            "success",
+            "chief@127.0.0.1",
+            "portal upload"
+        ),
+        "{audit:#?}"
+    );
+
     // Signed out means signed out.
     assert_eq!(seen["afterLogout"], "/portal/login");
     assert_eq!(seen["afterLogoutStudies"], "/portal/login");

@@ -161,6 +161,9 @@ try {
     upStates: await ap.$$eval('#replica-health tbody tr td:nth-child(2)', tds => tds.map(t => t.textContent)),
     repairsEmpty: (await ap.$('#repairs-empty')) !== null,
   });
+  step('audit', await ap.$$eval('#audit tbody tr', trs => trs.map(tr => ({
+    event: tr.children[1].textContent, outcome: tr.children[2].textContent,
+    who: tr.children[3].textContent, what: tr.children[4].textContent }))));
   await shot(ap, '10-operations');
 
   // 9. Sign out: the session is over.

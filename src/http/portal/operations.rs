@@ -16,6 +16,8 @@ use super::{Signed, error_page, page};
 use crate::ha::driver::{ControlReply, ControlRequest, Status, control, control_path};
 use crate::http::{WebError, WebState};
 
+/// Audit records listed (the newest).
+const LISTED_AUDIT: usize = 30;
 /// Repair-queue entries listed (the count covers all of them).
 const LISTED_REPAIRS: usize = 50;
 
@@ -176,6 +178,14 @@ async fn operations_page(state: &WebState, signed: &Signed) -> Result<Markup, We
     let health = state.storage.health();
     let c = &state.config;
     let ha_status = ha(state, &ControlRequest::Status).await;
+    let audit_file = c.audit.file(&c.index);
+    let audit = {
+        let path = audit_file.clone();
+        tokio::task::spawn_blocking(move || crate::audit::recent(&path, LISTED_AUDIT))
+            .await
+            .map_err(|e| e.to_string())
+            .and_then(|r| r.map_err(|e| e.to_string()))
+    };
     let body = html! {
         h1 { "Operations" }
         h2 { "Archive" }
@@ -244,6 +254,31 @@ async fn operations_page(state: &WebState, signed: &Signed) -> Result<Markup, We
             }
             @if repairs.len() > LISTED_REPAIRS {
                 p.muted { "The first " (LISTED_REPAIRS) " of " (repairs.len()) "." }
+            }
+        }
+        h2 { "Recent activity" }
+        p.muted { "The newest " (LISTED_AUDIT) " records of the audit trail (" code { (audit_file.display()) }
+            "): associations accepted and refused, stores, queries, retrieves, sign-ins." }
+        @match &audit {
+            Err(e) => p.error { "The audit trail could not be read: " (e) },
+            Ok(records) => {
+                table #audit {
+                    thead { tr {
+                        th scope="col" { "When (UTC)" } th scope="col" { "Event" } th scope="col" { "Outcome" }
+                        th scope="col" { "Who" } th scope="col" { "What" }
+                    } }
+                    tbody {
+                        @for r in records {
+                            tr {
+                                td { (r.when.replace('T', " ").trim_end_matches('Z')) }
+                                td { (r.event) }
+                                td { @if r.outcome == "success" { span.ok { (r.outcome) } } @else { span.bad { (r.outcome) } } }
+                                td { (r.participants.join(", ")) }
+                                td { (r.description) }
+                            }
+                        }
+                    }
+                }
             }
         }
         h2 { "Settings in effect" }
