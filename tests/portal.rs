@@ -100,15 +100,9 @@ fn upload_dir_sr(like: &Spec) -> (tempfile::TempDir, std::path::PathBuf) {
         vec![code("R1", "Chest CT report")],
     ));
     ds.put(seq(tags::CONTENT_SEQUENCE, vec![finding, diameter]));
-    let meta = dicom_object::meta::FileMetaTableBuilder::new()
-        .media_storage_sop_class_uid(spec.sop_class.as_str())
-        .media_storage_sop_instance_uid(spec.sop_uid.as_str())
-        .transfer_syntax(dicom_dictionary_std::uids::EXPLICIT_VR_LITTLE_ENDIAN)
-        .build()
-        .unwrap();
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("report.dcm");
-    ds.with_exact_meta(meta).write_to_file(&path).unwrap();
+    write_part10(ds, &spec, &path);
     (dir, path)
 }
 

@@ -532,16 +532,11 @@ impl Index {
 
     pub async fn repair_queue(&self) -> Result<Vec<RepairEntry>, IndexError> {
         self.read(|c| {
-            let mut stmt =
-                c.prepare("SELECT storage_key, replica, reason FROM repair_queue ORDER BY id")?;
-            let rows = stmt.query_map([], |r| {
-                Ok(RepairEntry {
-                    storage_key: r.get(0)?,
-                    replica: r.get(1)?,
-                    reason: r.get(2)?,
-                })
-            })?;
-            Ok(rows.collect::<Result<Vec<_>, _>>()?)
+            repair_entries(
+                c,
+                "SELECT storage_key, replica, reason FROM repair_queue ORDER BY id",
+                [],
+            )
         })
         .await
     }
@@ -550,21 +545,15 @@ impl Index {
     pub async fn repairs_of_study(&self, study_uid: &str) -> Result<Vec<RepairEntry>, IndexError> {
         let uid = study_uid.to_string();
         self.read(move |c| {
-            let mut stmt = c.prepare_cached(
+            repair_entries(
+                c,
                 "SELECT q.storage_key, q.replica, q.reason FROM repair_queue q
                  JOIN instance i ON i.storage_key = q.storage_key
                  JOIN series se ON i.series_fk = se.id
                  JOIN study st ON se.study_fk = st.id
                  WHERE st.study_instance_uid = ?1 ORDER BY q.id",
-            )?;
-            let rows = stmt.query_map([uid], |r| {
-                Ok(RepairEntry {
-                    storage_key: r.get(0)?,
-                    replica: r.get(1)?,
-                    reason: r.get(2)?,
-                })
-            })?;
-            Ok(rows.collect::<Result<Vec<_>, _>>()?)
+                [uid],
+            )
         })
         .await
     }
@@ -657,6 +646,23 @@ impl Index {
         })
         .await
     }
+}
+
+/// Repair-queue entries selected by `sql` (storage key, replica, reason).
+fn repair_entries(
+    c: &Connection,
+    sql: &str,
+    params: impl rusqlite::Params,
+) -> Result<Vec<RepairEntry>, IndexError> {
+    let mut stmt = c.prepare_cached(sql)?;
+    let rows = stmt.query_map(params, |r| {
+        Ok(RepairEntry {
+            storage_key: r.get(0)?,
+            replica: r.get(1)?,
+            reason: r.get(2)?,
+        })
+    })?;
+    Ok(rows.collect::<Result<Vec<_>, _>>()?)
 }
 
 /// Offline bulk load (benchmarks): insert `records` into the index at `path` in transactions

@@ -636,16 +636,22 @@ pub async fn store_specs(opts: &ScuOptions, specs: &[pacsd::synth::Spec]) {
 
 /// Write `spec` as a Part 10 file (Explicit VR Little Endian).
 pub fn part10_file(spec: &pacsd::synth::Spec, path: &Path) {
+    write_part10(spec.dataset(), spec, path);
+}
+
+/// Write `dataset` as a Part 10 file of `spec`'s SOP class and instance (Explicit VR LE).
+pub fn write_part10(
+    dataset: dicom_object::InMemDicomObject,
+    spec: &pacsd::synth::Spec,
+    path: &Path,
+) {
     let meta = dicom_object::meta::FileMetaTableBuilder::new()
         .media_storage_sop_class_uid(spec.sop_class.as_str())
         .media_storage_sop_instance_uid(spec.sop_uid.as_str())
         .transfer_syntax(dicom_dictionary_std::uids::EXPLICIT_VR_LITTLE_ENDIAN)
         .build()
         .unwrap();
-    spec.dataset()
-        .with_exact_meta(meta)
-        .write_to_file(path)
-        .unwrap();
+    dataset.with_exact_meta(meta).write_to_file(path).unwrap();
 }
 
 /// Run a helper program (python3, node) and parse the one JSON object it prints; its output
