@@ -935,17 +935,8 @@ async fn an_admin_switches_over_from_the_portal() {
     }
     let added = add.wait_with_output().unwrap();
     assert!(added.status.success(), "{}", text(&added));
-    let install = Command::new("bash")
-        .arg(script("ohif.sh"))
-        .output()
-        .unwrap();
-    assert!(install.status.success(), "{}", text(&install));
-    let pw_dir = String::from_utf8(install.stdout)
-        .unwrap()
-        .trim()
-        .to_string();
-    let out = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target/portal-screenshots");
-    std::fs::create_dir_all(&out).unwrap();
+    let pw_dir = browser_kit();
+    let out = screenshot_dir();
     let mut cmd = Command::new("node");
     cmd.arg(concat!(
         env!("CARGO_MANIFEST_DIR"),

@@ -263,17 +263,7 @@ async fn a_datanode_lost_while_storing_and_reading() {
     let t0 = Instant::now();
     for s in &kept {
         let inst = n.node.index.instance(&s.sop_uid).await.unwrap().unwrap();
-        let v = n
-            .node
-            .storage
-            .read(&pacsd::storage::Expected {
-                key: inst.storage_key.clone(),
-                size: inst.size,
-                sha256: inst.sha256.clone(),
-            })
-            .await
-            .unwrap();
-        assert_eq!(v.bytes.len() as u64, inst.size);
+        assert_eq!(n.read_back(&s.sop_uid).await.bytes.len() as u64, inst.size);
     }
     eprintln!(
         "{} objects read back with DataNodes 1 and 2 down in {:?}",

@@ -46,15 +46,7 @@ async fn ohif_opens_a_study_from_pacsd_and_draws_it() {
     }
     store_specs(&n.scu("MODALITY"), &specs).await;
 
-    let install = Command::new("bash")
-        .arg(script("ohif.sh"))
-        .output()
-        .unwrap();
-    assert!(install.status.success(), "{}", text(&install));
-    let ohif_dir = String::from_utf8(install.stdout)
-        .unwrap()
-        .trim()
-        .to_string();
+    let ohif_dir = browser_kit();
     let base = format!(
         "http://127.0.0.1:{}/dicom-web",
         n.node.http_addr.unwrap().port()

@@ -160,17 +160,8 @@ async fn the_portal_in_a_browser() {
         assert!(!n.node.storage.exists_on(1, &inst.storage_key).await);
     }
 
-    let install = Command::new("bash")
-        .arg(script("ohif.sh"))
-        .output()
-        .unwrap();
-    assert!(install.status.success(), "{}", text(&install));
-    let pw_dir = String::from_utf8(install.stdout)
-        .unwrap()
-        .trim()
-        .to_string();
-    let out = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target/portal-screenshots");
-    std::fs::create_dir_all(&out).unwrap();
+    let pw_dir = browser_kit();
+    let out = screenshot_dir();
     // Files to upload from the browser: three new instances and one that is not DICOM.
     let upload_dir = tempfile::tempdir().unwrap();
     let mut uploads = Vec::new();
@@ -278,18 +269,7 @@ async fn the_portal_in_a_browser() {
     let mut zip = zip::ZipArchive::new(std::fs::File::open(zip_path).unwrap()).unwrap();
     assert_eq!(zip.len(), 6);
     for s in &study_instances {
-        let inst = n.node.index.instance(&s.sop_uid).await.unwrap().unwrap();
-        let stored = n
-            .node
-            .storage
-            .read(&pacsd::storage::Expected {
-                key: inst.storage_key.clone(),
-                size: inst.size,
-                sha256: inst.sha256.clone(),
-            })
-            .await
-            .unwrap()
-            .bytes;
+        let stored = n.read_back(&s.sop_uid).await.bytes;
         let name = format!("{study}/{}/{}.dcm", s.series_uid, s.sop_uid);
         let mut entry = zip.by_name(&name).unwrap();
         let mut got = Vec::new();

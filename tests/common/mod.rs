@@ -86,6 +86,20 @@ impl TestNode {
         std::fs::write(&r, b"not a directory").unwrap();
     }
 
+    /// The stored object of an indexed instance, read back through the verified read path.
+    pub async fn read_back(&self, sop_uid: &str) -> pacsd::storage::Verified {
+        let inst = self.node.index.instance(sop_uid).await.unwrap().unwrap();
+        self.node
+            .storage
+            .read(&pacsd::storage::Expected {
+                key: inst.storage_key.clone(),
+                size: inst.size,
+                sha256: inst.sha256.clone(),
+            })
+            .await
+            .unwrap()
+    }
+
     pub async fn instances(&self) -> u64 {
         self.node.index.counts().await.unwrap().instances
     }
@@ -632,6 +646,27 @@ pub async fn store_specs(opts: &ScuOptions, specs: &[pacsd::synth::Spec]) {
         assert!(st.is_success(), "{st:?}");
     }
     a.release().await.unwrap();
+}
+
+/// The directory scripts/ohif.sh installs into, once and cached: OHIF's prebuilt dist and
+/// playwright-core (which drives Debian's Chromium).
+pub fn browser_kit() -> String {
+    let install = Command::new("bash")
+        .arg(script("ohif.sh"))
+        .output()
+        .unwrap();
+    assert!(install.status.success(), "{}", text(&install));
+    String::from_utf8(install.stdout)
+        .unwrap()
+        .trim()
+        .to_string()
+}
+
+/// Where the browser tests leave their screenshots (target/portal-screenshots).
+pub fn screenshot_dir() -> PathBuf {
+    let out = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/portal-screenshots");
+    std::fs::create_dir_all(&out).unwrap();
+    out
 }
 
 /// Write `spec` as a Part 10 file (Explicit VR Little Endian).
