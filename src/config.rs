@@ -324,6 +324,10 @@ pub struct HttpConfig {
     /// QIDO-RS answers at most this many matches per request (`limit` may ask for fewer; a
     /// client pages on with `offset`).
     pub max_results: u64,
+    /// The OHIF viewer's prebuilt `dist/` directory (`scripts/ohif.sh` fetches it): served at
+    /// `/viewer` on this server, so the portal's "Open in viewer" works with the portal's
+    /// sign-in. None: the portal offers no viewer.
+    pub viewer_dir: Option<PathBuf>,
 }
 
 impl Default for HttpConfig {
@@ -337,6 +341,7 @@ impl Default for HttpConfig {
             require_auth: true,
             max_upload_size: 4 * DEFAULT_MAX_OBJECT_SIZE,
             max_results: 1000,
+            viewer_dir: None,
         }
     }
 }
@@ -674,6 +679,17 @@ impl Config {
                     format!("`{o}` is neither `*` nor an origin like http://host:port"),
                 ));
             }
+        }
+        if let Some(dir) = &self.http.viewer_dir
+            && !dir.join("index.html").is_file()
+        {
+            return Err(invalid(
+                "http.viewer_dir",
+                format!(
+                    "`{}` holds no index.html: name the dist/ directory of @ohif/app (scripts/ohif.sh)",
+                    dir.display()
+                ),
+            ));
         }
         if self.http.max_results == 0 {
             return Err(invalid("http.max_results", "must be at least 1"));

@@ -1,7 +1,8 @@
 //! The web portal in a real browser: headless Chromium (Debian's package, driven by npm's
 //! playwright-core, installed by scripts/ohif.sh) against a running node, walking through
 //! sign-in, search, a study page, image status and repair, a ZIP download and the rights of a
-//! viewer (tests/js/portal_check.mjs). Screenshots of every page are left in
+//! viewer (tests/js/portal_check.mjs), and "Open in viewer" drawing a study in the OHIF
+//! viewer the node serves (tests/js/portal_viewer.mjs). Screenshots of every page are left in
 //! target/portal-screenshots.
 
 mod common;
@@ -415,5 +416,54 @@ async fn the_portal_in_a_browser() {
     assert_eq!(seen["viewerVerify"], 403);
     assert_eq!(seen["forgedCsrf"], 403);
 
+    n.node.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn open_in_viewer_draws_the_study_in_ohif_served_by_the_node() {
+    let kit = browser_kit();
+    let dist = std::path::Path::new(&kit).join("package/dist");
+    let n = TestNode::start_with(|c| {
+        c.http.viewer_dir = Some(dist.clone());
+    })
+    .await;
+    let password = "a radiologist's long password";
+    n.node
+        .index
+        .add_account("reader", password, Rights::parse("viewer").unwrap())
+        .await
+        .unwrap();
+    let specs: Vec<_> = (1..=6).map(|i| Spec::ct(7, 1, i, 256)).collect();
+    store_specs(&n.scu("MODALITY"), &specs).await;
+    let study = specs[0].study_uid.clone();
+
+    let base = format!("http://127.0.0.1:{}", n.node.http_addr.unwrap().port());
+    let mut cmd = Command::new("node");
+    cmd.arg(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/js/portal_viewer.mjs"
+    ))
+    .args([&kit, &base, "reader", password, &study])
+    .arg(screenshot_dir())
+    .arg("90000");
+    let seen = json_of(cmd).await;
+    eprintln!("{seen:#}");
+
+    // Anonymous: the login page, which leads back to the viewer; the viewer's files need it.
+    assert_eq!(seen["anonymousLandsOn"], "/portal/login");
+    assert_eq!(
+        seen["anonymousNext"],
+        format!("/viewer?StudyInstanceUIDs={study}")
+    );
+    assert_eq!(seen["anonymousConfig"], 401);
+    assert_eq!(seen["afterLogin"], "/viewer");
+    // The study page links to the viewer on that study, and the viewer draws it with the
+    // portal's session: every DICOMweb request it made succeeded.
+    assert_eq!(seen["link"], format!("/viewer?StudyInstanceUIDs={study}"));
+    assert_eq!(seen["viewerPath"], "/viewer");
+    assert!(seen["firstImageMs"].is_u64(), "no image drawn: {seen}");
+    assert!(seen["greyLevels"].as_u64().unwrap() > 16, "{seen}");
+    assert_eq!(seen["failures"], json!([]), "{seen}");
+    assert!(seen["requests"].as_u64().unwrap() >= 3, "{seen}");
     n.node.stop().await;
 }

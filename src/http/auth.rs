@@ -134,8 +134,13 @@ fn needed(method: &Method, path: &str) -> Option<fn(&Rights) -> bool> {
     if path == "/healthz" || path == "/readyz" || method == Method::OPTIONS {
         return None;
     }
-    // The portal signs people in itself (`portal::Signed`); `/` only points to it.
-    if path == "/" && method == Method::GET || path == "/portal" || path.starts_with("/portal/") {
+    // The portal signs people in itself (`portal::Signed`), and so does the viewer's page;
+    // `/` only points to the portal.
+    if path == "/" && method == Method::GET
+        || path == "/portal"
+        || path.starts_with("/portal/")
+        || method == Method::GET && (path == "/viewer" || path.starts_with("/viewer/"))
+    {
         return None;
     }
     if path == "/metrics" {

@@ -11,6 +11,7 @@ pub mod ops;
 pub mod portal;
 pub mod qido;
 pub mod stow;
+pub mod viewer;
 pub mod wado;
 
 use std::net::SocketAddr;
@@ -391,8 +392,12 @@ pub fn router(state: Arc<WebState>) -> Router {
         )
         .nest(&base, dicomweb)
     };
+    // The viewer, when configured, answers the paths nothing else does (its files).
+    let app = match &state.config.http.viewer_dir {
+        Some(dir) => app.merge(viewer::routes(dir)),
+        None => app.fallback(|| async { WebError::NotFound("no such resource".into()) }),
+    };
     let app = app
-        .fallback(|| async { WebError::NotFound("no such resource".into()) })
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
             audit_reads,

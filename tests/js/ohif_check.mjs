@@ -10,6 +10,7 @@ import http from 'node:http';
 import fs from 'node:fs';
 import path from 'node:path';
 import { createRequire } from 'node:module';
+import { waitForImage } from './canvas.mjs';
 
 const [ohifDir, portText, base, study, token, timeoutText] = process.argv.slice(2);
 const dist = path.join(ohifDir, 'package', 'dist');
@@ -106,32 +107,8 @@ try {
   const started = Date.now();
   const auth = proxy || token === '-' ? '' : `&token=${token}`;
   await page.goto(`http://127.0.0.1:${portText}/viewer?StudyInstanceUIDs=${study}${auth}`);
-  // A viewport canvas with an image: many pixels that are not background.
-  const drawn = async () => page.evaluate(() => {
-    let best = 0;
-    for (const c of document.querySelectorAll('canvas')) {
-      if (c.width < 64 || c.height < 64) continue;
-      let ctx;
-      try { ctx = c.getContext('2d'); } catch (e) { continue; }
-      if (!ctx) continue;
-      const d = ctx.getImageData(0, 0, c.width, c.height).data;
-      const values = new Set();
-      let lit = 0;
-      for (let i = 0; i < d.length; i += 4 * 7) {
-        if (d[i] + d[i + 1] + d[i + 2] > 30) lit += 1;
-        values.add(d[i]);
-      }
-      best = Math.max(best, lit > 500 && values.size > 16 ? values.size : 0);
-    }
-    return best;
-  });
-  let levels = 0;
-  while (Date.now() - started < timeout) {
-    levels = await drawn().catch(() => 0);
-    if (levels > 0) break;
-    await page.waitForTimeout(200);
-  }
-  seen.firstImageMs = levels > 0 ? Date.now() - started : null;
+  const { ms, levels } = await waitForImage(page, started, timeout);
+  seen.firstImageMs = ms;
   seen.greyLevels = levels;
   seen.title = await page.title();
   const shot = process.env.OHIF_SCREENSHOT || (levels ? '' : '/tmp/ohif-failed.png');

@@ -170,9 +170,10 @@ pub fn set_cookie(
     HeaderValue::from_str(&c).expect("cookie values are hex")
 }
 
-/// Whether a `next` target after login stays inside the portal (no open redirect).
+/// Whether a `next` target after login stays inside the portal or the viewer (no open
+/// redirect).
 pub fn safe_next(next: &str) -> bool {
-    next.starts_with("/portal/")
+    (next.starts_with("/portal/") || next.starts_with("/viewer?") || next.starts_with("/viewer/"))
         && !next.starts_with("//")
         && !next.contains('\\')
         && next.bytes().all(|b| (0x21..0x7f).contains(&b))
@@ -287,5 +288,7 @@ mod tests {
         assert!(!safe_next("/portal/\\evil"));
         assert!(!safe_next("/dicom-web/studies"));
         assert!(!safe_next("/portal/a b"));
+        assert!(safe_next("/viewer?StudyInstanceUIDs=1.2.3"));
+        assert!(!safe_next("/viewerx"));
     }
 }

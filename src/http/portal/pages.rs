@@ -562,6 +562,9 @@ async fn study_page(
             dt { "Study Instance UID" } dd { code { (study) } }
         }
         div.actions {
+            @if state.config.http.viewer_dir.is_some() {
+                a.button href=(crate::http::viewer::study_link(&study)) target="_blank" rel="noopener" { "Open in viewer" }
+            }
             a.button href={ "/portal/studies/" (study) "/download" } download { "Download study (ZIP)" }
             a.button.secondary href="/portal/studies" { "Back to the list" }
         }
