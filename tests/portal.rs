@@ -174,6 +174,16 @@ async fn the_portal_in_a_browser() {
     }
     let not_dicom = upload_dir.path().join("notes.txt");
     std::fs::write(&not_dicom, "not an image").unwrap();
+    // And a folder of two more, in subfolders, chosen with "Choose a folder".
+    let folder = tempfile::tempdir().unwrap();
+    let mut folder_specs = Vec::new();
+    for i in 1..=2 {
+        let s = Spec::ct(6, 1, i, 64);
+        let sub = folder.path().join(format!("scan/part{i}"));
+        std::fs::create_dir_all(&sub).unwrap();
+        part10_file(&s, &sub.join(format!("ct{i}.dcm")));
+        folder_specs.push(s);
+    }
     let base = format!("http://127.0.0.1:{}", n.node.http_addr.unwrap().port());
     let mut cmd = Command::new("node");
     cmd.arg(concat!(
@@ -190,6 +200,7 @@ async fn the_portal_in_a_browser() {
         &specs[6].study_uid,
     ])
     .arg(&out)
+    .arg(folder.path())
     .args(uploads.iter().map(|(_, p)| p))
     .arg(&not_dicom);
     let seen = json_of(cmd).await;
@@ -320,6 +331,10 @@ async fn the_portal_in_a_browser() {
 
     // The uploads: three stored (and found by C-FIND), the text file refused with a reason.
     assert_eq!(seen["uploadSummary"], "3 stored, 1 refused, 0 to go");
+    assert_eq!(
+        seen["uploadFolderSummary"],
+        "5 stored, 1 refused, 0 to go"
+    );
     let outcomes = seen["uploadOutcomes"].as_array().unwrap();
     for o in outcomes {
         let (file, outcome) = (o["file"].as_str().unwrap(), o["outcome"].as_str().unwrap());
@@ -356,12 +371,38 @@ async fn the_portal_in_a_browser() {
             s.sop_uid
         );
     }
+    let study6 = format!("StudyInstanceUID={}", folder_specs[0].study_uid);
+    let series6 = format!("SeriesInstanceUID={}", folder_specs[0].series_uid);
+    let found = findscu(
+        n.port(),
+        &[
+            "-S",
+            "-k",
+            "QueryRetrieveLevel=IMAGE",
+            "-k",
+            &study6,
+            "-k",
+            &series6,
+            "-k",
+            "SOPInstanceUID",
+        ],
+    );
+    for s in &folder_specs {
+        assert!(found.contains(&s.sop_uid), "{}: {found}", s.sop_uid);
+    }
 
-    // The operations page: 11 + a report + 3 uploaded instances, three healthy replicas, nothing to
+    // Every page can be used with the keyboard alone: Tab reaches each of its controls (the
+    // file pickers too), and the sign-in above was typed and sent with Enter.
+    assert_eq!(
+        seen["keyboardMisses"],
+        json!({"login": [], "study": [], "studies": [], "upload": [], "operations": []})
+    );
+
+    // The operations page: 11 + a report + 5 uploaded instances, three healthy replicas, nothing to
     // repair any more.
     assert_eq!(
         seen["operations"],
-        json!({"instances": 15, "repairs": 0, "replicas": 3, "upStates": ["up", "up", "up"], "repairsEmpty": true})
+        json!({"instances": 17, "repairs": 0, "replicas": 3, "upStates": ["up", "up", "up"], "repairsEmpty": true})
     );
 
     // Its recent activity is the audit trail: the sign-ins (the wrong one too), the uploads.

@@ -2,16 +2,17 @@
 // playwright-core) as its people would: an anonymous visitor, a wrong then a right password,
 // each search filter, a study page with its thumbnails, the image status with a replica's
 // copies removed, an admin's verify and the repaired state, a ZIP download, a viewer refused
-// an admin action, sign-out. Screenshots of every page go to OUT_DIR. Prints one JSON object;
+// an admin action, sign-out; every control of every page reached with the Tab key, a
+// sign-in with the keyboard alone, a folder uploaded through "Choose a folder". Screenshots of every page go to OUT_DIR. Prints one JSON object;
 // tests/portal.rs asserts on it.
 //
 // usage: node portal_check.mjs PLAYWRIGHT_DIR BASE_URL ADMIN_PASSWORD VIEWER_PASSWORD STUDY_UID
-//        NAME_STUDY_UID REPORT_STUDY_UID OUT_DIR UPLOAD_FILE...
+//        NAME_STUDY_UID REPORT_STUDY_UID OUT_DIR UPLOAD_FOLDER UPLOAD_FILE...
 import path from 'node:path';
 import { createRequire } from 'node:module';
 
-const [pwDir, base, adminPassword, viewerPassword, study, nameStudy, reportStudy, out, ...uploads] =
-  process.argv.slice(2);
+const [pwDir, base, adminPassword, viewerPassword, study, nameStudy, reportStudy, out, folder,
+  ...uploads] = process.argv.slice(2);
 const require = createRequire(path.join(pwDir, 'package.json'));
 const { chromium } = require('playwright-core');
 
@@ -20,6 +21,29 @@ const step = (name, value) => { result[name] = value; result.steps.push(name); }
 const shot = async (page, name) => {
   await page.screenshot({ path: path.join(out, `${name}.png`), fullPage: true });
 };
+
+// The controls of a page the Tab key never reaches (visible links, buttons, fields, summaries,
+// and file inputs, which a label shows): pressed from the top, twice as often as there are
+// controls. An empty list: the page can be used with the keyboard alone.
+const keyboardMisses = async (page) => {
+  const count = await page.evaluate(() => {
+    const controls = [...document.querySelectorAll(
+      'a[href], button, input:not([type=hidden]), select, textarea, summary')]
+      .filter(e => !e.disabled && (e.getClientRects().length > 0 || e.type === 'file'));
+    controls.forEach((e, i) => { e.dataset.kb = String(i); });
+    window.kbSeen = new Set();
+    document.addEventListener('focusin', ev => {
+      if (ev.target.dataset && ev.target.dataset.kb) window.kbSeen.add(ev.target.dataset.kb);
+    });
+    if (document.activeElement) document.activeElement.blur();
+    return controls.length;
+  });
+  for (let i = 0; i < 2 * count + 2; i++) await page.keyboard.press('Tab');
+  return page.evaluate(() => [...document.querySelectorAll('[data-kb]')]
+    .filter(e => !window.kbSeen.has(e.dataset.kb))
+    .map(e => e.outerHTML.slice(0, 120)));
+};
+const keyboard = {};
 
 const browser = await chromium.launch({
   executablePath: '/usr/bin/chromium',
@@ -47,9 +71,13 @@ try {
   step('wrongPassword', { status: wrong[0].status(), alert: await ap.textContent('[role=alert]') });
   await shot(ap, '02-login-wrong');
   await ap.goto(`${base}/portal/studies/${study}`);
-  await ap.fill('input[name=name]', 'chief');
-  await ap.fill('input[name=password]', adminPassword);
-  await Promise.all([ap.waitForNavigation(), ap.click('button[type=submit]')]);
+  keyboard.login = await keyboardMisses(ap);
+  // With the keyboard alone: Tab into the fields, Enter to sign in.
+  await ap.focus('input[name=name]');
+  await ap.keyboard.type('chief');
+  await ap.keyboard.press('Tab');
+  await ap.keyboard.type(adminPassword);
+  await Promise.all([ap.waitForNavigation(), ap.keyboard.press('Enter')]);
   step('afterLogin', new URL(ap.url()).pathname);
   const cookies = await anon.cookies();
   const session = cookies.find(c => c.name === 'pacsd_session');
@@ -68,6 +96,7 @@ try {
     queued: Number(r.querySelector('[data-count=queued]').textContent),
   })));
   step('statusBefore', await status());
+  keyboard.study = await keyboardMisses(ap);
   await shot(ap, '03-study-missing-copies');
 
   // Instance thumbnails, once a series is opened.
@@ -130,6 +159,7 @@ try {
   step('nonAsciiName', await ap.textContent('#studies tbody tr td:nth-child(1)'));
   await shot(ap, '06-search-non-ascii');
   await search({});
+  keyboard.studies = await keyboardMisses(ap);
   await shot(ap, '07-studies');
   await ap.goto(`${base}/portal/studies/${nameStudy}`);
   step('nonAsciiHeading', await ap.textContent('h1'));
@@ -144,10 +174,19 @@ try {
 
   // 7. Upload: several files into the queue, each stored or refused with its reason.
   await ap.goto(`${base}/portal/upload`);
+  keyboard.upload = await keyboardMisses(ap);
+  const queued = async (n) => ap.waitForFunction((n) =>
+    /0 to go/.test(document.getElementById('summary').textContent)
+    && document.querySelectorAll('#queue tbody tr').length === n, n, { timeout: 60000 });
   await ap.setInputFiles('#files', uploads);
-  await ap.waitForFunction((n) => /0 to go/.test(document.getElementById('summary').textContent)
-    && document.querySelectorAll('#queue tbody tr').length === n, uploads.length, { timeout: 60000 });
-    step('uploadSummary', await ap.textContent('#summary'));
+  await queued(uploads.length);
+  step('uploadSummary', await ap.textContent('#summary'));
+  // A folder (with subfolders) through "Choose a folder": every file in it is queued.
+  await ap.setInputFiles('#folder', folder);
+  const folderFiles = (await import('node:fs')).readdirSync(folder, { recursive: true })
+    .filter(f => f.endsWith('.dcm')).length;
+  await queued(uploads.length + folderFiles);
+  step('uploadFolderSummary', await ap.textContent('#summary'));
   step('uploadOutcomes', await ap.$$eval('#queue tbody tr', trs => trs.map(tr => ({
     file: tr.children[0].textContent, outcome: tr.children[3].textContent }))));
   await shot(ap, '09-upload');
@@ -164,6 +203,8 @@ try {
   step('audit', await ap.$$eval('#audit tbody tr', trs => trs.map(tr => ({
     event: tr.children[1].textContent, outcome: tr.children[2].textContent,
     who: tr.children[3].textContent, what: tr.children[4].textContent }))));
+  keyboard.operations = await keyboardMisses(ap);
+  step('keyboardMisses', keyboard);
   await shot(ap, '10-operations');
 
   // 9. Sign out: the session is over.

@@ -36,8 +36,10 @@ pub async fn form(signed: Signed) -> Response {
         div #drop .dropzone tabindex="0" role="group" aria-label="Drop files or folders here" {
             p { "Drop files or folders here, or choose them:" }
             div.actions {
-                label.button { "Choose files" input #files type="file" multiple hidden; }
-                label.button.secondary { "Choose a folder" input #folder type="file" webkitdirectory multiple hidden; }
+                // Visually hidden, not `hidden`: the inputs stay in the tab order (the label shows
+                // their focus).
+                label.button { "Choose files" input #files .picker type="file" multiple; }
+                label.button.secondary { "Choose a folder" input #folder .picker type="file" webkitdirectory multiple; }
             }
         }
         p #summary role="status" aria-live="polite" {}
