@@ -643,31 +643,22 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 config.http.port = p;
             }
             let deadline = config.timeouts.shutdown();
-            if config.ha.is_some() {
-                let (trigger, shutdown) = pacsd::net::ShutdownTrigger::new();
-                let mut pair = tokio::spawn(pacsd::ha::driver::run(config, shutdown));
-                tokio::select! {
-                    r = &mut pair => return Ok(r??).map(|()| ExitCode::SUCCESS),
-                    _ = wait_for_signal() => {}
-                }
-                tracing::info!("signal received: stepping down, then stopping");
-                trigger.trigger();
-                match tokio::time::timeout(deadline + Duration::from_secs(5), pair).await {
-                    Ok(r) => r??,
-                    Err(_) => anyhow::bail!("shutdown did not finish within {deadline:?}"),
-                }
-                tracing::info!("stopped");
-                return Ok(ExitCode::SUCCESS);
+            let pair = config.ha.is_some();
+            let (trigger, shutdown) = pacsd::net::ShutdownTrigger::new();
+            let mut node = tokio::spawn(Node::open(config)?.serve(shutdown));
+            tokio::select! {
+                r = &mut node => return Ok(r??).map(|()| ExitCode::SUCCESS),
+                _ = wait_for_signal() => {}
             }
-            let node = Node::open(config)?.spawn().await?;
-            wait_for_signal().await;
-            tracing::info!("signal received: finishing in-flight messages, then stopping");
-            node.trigger().trigger();
-            if tokio::time::timeout(deadline + Duration::from_secs(5), node.stopped())
-                .await
-                .is_err()
-            {
-                anyhow::bail!("shutdown did not finish within {deadline:?}");
+            if pair {
+                tracing::info!("signal received: stepping down, then stopping");
+            } else {
+                tracing::info!("signal received: finishing in-flight messages, then stopping");
+            }
+            trigger.trigger();
+            match tokio::time::timeout(deadline + Duration::from_secs(5), node).await {
+                Ok(r) => r??,
+                Err(_) => anyhow::bail!("shutdown did not finish within {deadline:?}"),
             }
             tracing::info!("stopped");
             Ok(ExitCode::SUCCESS)

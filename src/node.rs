@@ -33,6 +33,8 @@ pub enum NodeError {
     },
     #[error("{0}")]
     Tls(#[from] crate::net::tls::TlsError),
+    #[error("{0}")]
+    Ha(#[from] crate::ha::driver::HaError),
     #[error("{what}: {source}")]
     Io {
         what: String,
@@ -54,7 +56,7 @@ pub struct Node {
     pub index: Index,
     pub storage: Arc<Storage>,
     /// HA: what a C-STORE waits for after its index commit (None: the node runs alone).
-    pub gate: Option<Arc<dyn crate::service::store::CommitGate>>,
+    pub gate: Option<Arc<dyn crate::index::CommitGate>>,
     /// DICOM TLS credentials (`[tls]`), loaded once.
     pub tls: Option<TlsContext>,
     pub audit: Audit,
@@ -361,30 +363,45 @@ impl Node {
         drop(self.index);
     }
 
+    /// Serve until `shutdown`: alone, or as one node of an HA pair (`[ha]`), whose driver
+    /// decides when this node serves (`PairMember`). The one start path of `pacsd serve`;
+    /// either way the teardown is `run`'s.
+    pub async fn serve(self, shutdown: Shutdown) -> Result<(), NodeError> {
+        if self.config.ha.is_some() {
+            let Node {
+                config,
+                index,
+                storage,
+                gate: _,
+                tls,
+                audit,
+            } = self;
+            let member = PairMember {
+                config: config.clone(),
+                storage,
+                tls,
+                audit: audit.clone(),
+            };
+            crate::ha::driver::run(config, index, audit, member, shutdown).await?;
+            return Ok(());
+        }
+        let listeners = self.bind().await?;
+        self.listening(&listeners)?;
+        self.run(listeners, shutdown).await;
+        Ok(())
+    }
+
     /// Bind and serve in a background task; the returned handle stops it.
     pub async fn spawn(self) -> Result<RunningNode, NodeError> {
         let listeners = self.bind().await?;
-        let tls_addr = Listeners::addr(&listeners.tls);
-        let http_addr = Listeners::addr(&listeners.http);
-        let addr = Listeners::addr(&listeners.plain)
-            .or(tls_addr)
-            .ok_or_else(|| NodeError::Bind {
-                addr: "local address".into(),
-                source: std::io::Error::other("no listener"),
-            })?;
+        let addr = self.listening(&listeners)?;
+        let (tls_addr, http_addr) = (
+            Listeners::addr(&listeners.tls),
+            Listeners::addr(&listeners.http),
+        );
         let (trigger, shutdown) = ShutdownTrigger::new();
         let index = self.index.clone();
         let storage = self.storage.clone();
-        info!(
-            ae_title = %self.config.node.ae_title,
-            %addr,
-            tls = ?tls_addr,
-            http = ?http_addr,
-            replicas = storage.replicas().len(),
-            write_quorum = storage.quorum().needed(),
-            index = %index.path().display(),
-            "pacsd listening"
-        );
         let task = tokio::spawn(self.run(listeners, shutdown));
         Ok(RunningNode {
             addr,
@@ -395,6 +412,72 @@ impl Node {
             trigger,
             task,
         })
+    }
+
+    /// Say where the node listens; its DICOM address (plain, else TLS).
+    fn listening(&self, listeners: &Listeners) -> Result<SocketAddr, NodeError> {
+        let tls_addr = Listeners::addr(&listeners.tls);
+        let http_addr = Listeners::addr(&listeners.http);
+        let addr = Listeners::addr(&listeners.plain)
+            .or(tls_addr)
+            .ok_or_else(|| NodeError::Bind {
+                addr: "local address".into(),
+                source: std::io::Error::other("no listener"),
+            })?;
+        info!(
+            ae_title = %self.config.node.ae_title,
+            %addr,
+            tls = ?tls_addr,
+            http = ?http_addr,
+            replicas = self.storage.replicas().len(),
+            write_quorum = self.storage.quorum().needed(),
+            index = %self.index.path().display(),
+            "pacsd listening"
+        );
+        Ok(addr)
+    }
+}
+
+/// A node as one member of an HA pair: what its driver serves with while this node is
+/// primary (the node's storage, TLS and audit trail, with the term's index and commit gate).
+struct PairMember {
+    config: Arc<Config>,
+    storage: Arc<Storage>,
+    tls: Option<TlsContext>,
+    audit: Audit,
+}
+
+impl crate::ha::Service for PairMember {
+    type Bound = Listeners;
+
+    async fn bind(&self, ip: std::net::IpAddr, freebind: bool) -> Result<Listeners, String> {
+        Listeners::bind(&self.config, ip, freebind)
+            .await
+            .map_err(|e| e.to_string())
+    }
+
+    fn serve(
+        &self,
+        bound: Listeners,
+        index: Index,
+        gate: Arc<dyn crate::index::CommitGate>,
+        shutdown: Shutdown,
+    ) -> impl Future<Output = ()> + Send + 'static {
+        let node = Node {
+            config: self.config.clone(),
+            index,
+            storage: self.storage.clone(),
+            gate: Some(gate),
+            tls: self.tls.clone(),
+            audit: self.audit.clone(),
+        };
+        node.run(bound, shutdown)
+    }
+
+    async fn reconcile(&self, index: &Index) -> Result<u64, String> {
+        recover_from_storage(index, &self.storage)
+            .await
+            .map_err(|e| e.to_string())
     }
 }
 

@@ -331,10 +331,7 @@ async fn the_portal_in_a_browser() {
 
     // The uploads: three stored (and found by C-FIND), the text file refused with a reason.
     assert_eq!(seen["uploadSummary"], "3 stored, 1 refused, 0 to go");
-    assert_eq!(
-        seen["uploadFolderSummary"],
-        "5 stored, 1 refused, 0 to go"
-    );
+    assert_eq!(seen["uploadFolderSummary"], "5 stored, 1 refused, 0 to go");
     let outcomes = seen["uploadOutcomes"].as_array().unwrap();
     for o in outcomes {
         let (file, outcome) = (o["file"].as_str().unwrap(), o["outcome"].as_str().unwrap());

@@ -17,6 +17,7 @@ use tokio::sync::{Notify, mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 use tracing::{error, info, warn};
 
+use super::Service;
 use super::arbiter::{Arbiter, ArbiterError};
 use super::heartbeat::{Beat, BeatKey, Clock, Links};
 use super::replication::{PrimaryEvent, Replicator, StandbyEvent, StandbyServer};
@@ -26,11 +27,9 @@ use crate::audit::{
     APPLICATION_ACTIVITY, Audit, Event as AuditEvent, HA_ROLE, Outcome, Role as AuditRole,
 };
 use crate::config::{Config, HaConfig, ReplicationMode};
+use crate::index::CommitGate;
 use crate::index::{Index, IndexError};
 use crate::net::{Shutdown, ShutdownTrigger};
-use crate::node::{Listeners, Node};
-use crate::service::store::CommitGate;
-use crate::storage::{Storage, StorageError};
 
 /// Longest a C-STORE waits for the standby's acknowledgement (or for this node to go on
 /// alone with a new epoch) before it fails: a few leases.
@@ -51,8 +50,6 @@ pub enum HaError {
     NotConfigured,
     #[error("{0}")]
     Arbiter(#[from] ArbiterError),
-    #[error("opening storage: {0}")]
-    Storage(#[from] StorageError),
     #[error("opening the index: {0}")]
     Index(#[from] IndexError),
     #[error("{what} {addr}: {source}")]
@@ -67,8 +64,6 @@ pub enum HaError {
     Vip(#[from] VipError),
     #[error("HA key {path}: {reason}")]
     Key { path: PathBuf, reason: String },
-    #[error("{0}")]
-    Node(String),
 }
 
 /// The pair's shared heartbeat key from `[ha].key_file` (surrounding whitespace ignored, so
@@ -312,10 +307,11 @@ struct Standing {
 }
 
 /// Everything the driver owns.
-struct Driver {
+struct Driver<S: Service> {
     config: Arc<Config>,
     shared: Arc<Shared>,
-    storage: Arc<Storage>,
+    /// The node this driver runs: what it serves while primary.
+    service: S,
     arbiter: Arbiter,
     clock: Clock,
     known_epoch: Arc<AtomicU64>,
@@ -335,8 +331,6 @@ struct Driver {
     vip: Option<ServiceIp>,
     /// The gratuitous ARP burst of the current term.
     garp: Option<JoinHandle<()>>,
-    /// DICOM TLS credentials for the node's listeners and C-MOVE destinations.
-    tls: Option<crate::net::tls::TlsContext>,
     audit: Audit,
     /// Starts of the DICOM service so far.
     generation: u64,
@@ -352,18 +346,20 @@ struct Driver {
     maintenance_path: PathBuf,
 }
 
-/// Run this node of the pair until `shutdown`.
-pub async fn run(config: Config, mut shutdown: Shutdown) -> Result<(), HaError> {
+/// Run this node of the pair until `shutdown`: `index` and `audit` opened by the node, which
+/// `service` serves while this node is primary.
+pub async fn run<S: Service>(
+    config: Arc<Config>,
+    index: Index,
+    audit: Audit,
+    service: S,
+    mut shutdown: Shutdown,
+) -> Result<(), HaError> {
     let ha = config.ha.clone().ok_or(HaError::NotConfigured)?;
     let bind = |what: &'static str, addr: &str| {
         let addr = addr.to_string();
         move |source| HaError::Bind { what, addr, source }
     };
-    let storage = Arc::new(Storage::open(
-        &config.storage.replicas,
-        config.storage.write_quorum,
-        &config.storage.prefix,
-    )?);
     let key = read_key(ha.key_file.as_deref().expect("validated"))?;
     let arbiter = Arbiter::open(
         &ha.arbiter,
@@ -379,15 +375,6 @@ pub async fn run(config: Config, mut shutdown: Shutdown) -> Result<(), HaError> 
             0
         }
     };
-    let index = Index::open(&config.index.path)?;
-    let tls = config
-        .tls
-        .as_ref()
-        .map(crate::net::tls::TlsContext::load)
-        .transpose()
-        .map_err(|e| HaError::Node(e.to_string()))?;
-    let audit =
-        crate::node::open_audit(&config, tls.as_ref()).map_err(|e| HaError::Node(e.to_string()))?;
     let vip = match (&ha.service_ip, &ha.interface) {
         (Some(ip), Some(ifname)) => {
             let vip = ServiceIp::parse(ip, ifname)?;
@@ -458,9 +445,9 @@ pub async fn run(config: Config, mut shutdown: Shutdown) -> Result<(), HaError> 
             .expect("validated")
             .ip(),
         key,
-        config: Arc::new(config),
+        config,
         shared: shared.clone(),
-        storage,
+        service,
         arbiter,
         clock: Clock::new(),
         known_epoch: Arc::new(AtomicU64::new(latest)),
@@ -473,7 +460,6 @@ pub async fn run(config: Config, mut shutdown: Shutdown) -> Result<(), HaError> 
         index: Some(index),
         vip,
         garp: None,
-        tls,
         audit: audit.clone(),
         generation: 0,
         planned: None,
@@ -634,7 +620,7 @@ fn follow_seq(index: &Index, shared: Arc<Shared>) -> JoinHandle<()> {
     })
 }
 
-impl Driver {
+impl<S: Service> Driver<S> {
     async fn execute(&mut self, action: Action) {
         match action {
             Action::Claim { epoch } => {
@@ -832,7 +818,7 @@ impl Driver {
         };
         if serve_from > Instant::now() {
             tokio::time::sleep_until(serve_from.into()).await;
-            match crate::node::recover_from_storage(&index, &self.storage).await {
+            match self.service.reconcile(&index).await {
                 Ok(n) => info!(
                     recovered = n,
                     "took over from a solo primary: index reconciled with storage"
@@ -858,9 +844,7 @@ impl Driver {
                 .unwrap_or(std::net::IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED)),
         };
         let addr = format!("{ip}:{}", self.config.node.port);
-        let bound = Listeners::bind(&self.config, ip, self.vip.is_some())
-            .await
-            .map_err(|e| e.to_string());
+        let bound = self.service.bind(ip, self.vip.is_some()).await;
         let bound = match (bound, &self.vip) {
             (Ok(l), Some(v)) => match v.add().await {
                 Ok(()) => {
@@ -882,18 +866,16 @@ impl Driver {
             }
         };
         let seq_follower = follow_seq(&index, self.shared.clone());
-        let node = Node {
-            config: self.config.clone(),
-            index: index.clone(),
-            storage: self.storage.clone(),
-            gate: Some(Arc::new(Gate(self.shared.clone()))),
-            tls: self.tls.clone(),
-            audit: self.audit.clone(),
-        };
         let (node_trigger, node_shutdown) = ShutdownTrigger::new();
         let (done_tx, done) = watch::channel(false);
+        let serve = self.service.serve(
+            listeners,
+            index.clone(),
+            Arc::new(Gate(self.shared.clone())),
+            node_shutdown,
+        );
         let node_task = tokio::spawn(async move {
-            node.run(listeners, node_shutdown).await;
+            serve.await;
             let _ = done_tx.send(true);
         });
         self.generation += 1;

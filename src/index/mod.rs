@@ -18,6 +18,14 @@ use tracing::{debug, error, warn};
 pub use preview::{PreviewCounts, PreviewState, PreviewTask, preview_key};
 pub use record::{InstanceRecord, RecordError};
 
+/// Step 3 of the durability contract in HA mode: an index commit counts once its change-log
+/// row is on the standby too (or this node holds a solo epoch). Implemented by `ha`, waited on
+/// by the store path; none when the node runs alone.
+pub trait CommitGate: Send + Sync {
+    /// Resolve once change-log rows up to `seq` may be acknowledged.
+    fn confirm(&self, seq: i64) -> futures::future::BoxFuture<'_, Result<(), String>>;
+}
+
 /// The index schema of this build: how many migrations it applies (replication refuses a
 /// peer with another).
 pub const SCHEMA_VERSION: usize = MIGRATIONS.len();

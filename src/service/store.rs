@@ -14,7 +14,7 @@ use tracing::{debug, info, warn};
 use crate::config::OnConflict;
 use crate::dimse::{Command, Status, status};
 use crate::index::record::{self, RecordError};
-use crate::index::{Index, IndexError, InsertOutcome};
+use crate::index::{CommitGate, Index, IndexError, InsertOutcome};
 use crate::net::{AcceptedContext, Dropped};
 use crate::part10;
 use crate::storage::{Storage, StorageError, Uid, object_key};
@@ -60,13 +60,6 @@ pub enum StoreError {
     UnsupportedSyntax(String),
     #[error("not acknowledged: {0}")]
     NotConfirmed(String),
-}
-
-/// Step 3 of the durability contract in HA mode: the index row is on the standby too (or
-/// this node holds a solo epoch). Implemented by `ha`; `None` when the node runs alone.
-pub trait CommitGate: Send + Sync {
-    /// Resolve once change-log rows up to `seq` may be acknowledged.
-    fn confirm(&self, seq: i64) -> futures::future::BoxFuture<'_, Result<(), String>>;
 }
 
 impl StoreError {
