@@ -1,6 +1,7 @@
 //! pacsd: a DICOM archive node (PACS SCP). See DESIGN.md for the architecture and the
 //! durability contract; `node::Node` wires the parts together.
 
+pub mod archive;
 pub mod audit;
 pub mod calendar;
 pub mod charset;

@@ -988,7 +988,8 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             };
             let node = Node::open(load_config(config.as_ref())?)?;
             if verify {
-                let s = pacsd::node::verify_all(&node.index, &node.storage, true).await?;
+                let s = pacsd::archive::maintenance::verify_all(&node.index, &node.storage, true)
+                    .await?;
                 println!(
                     "{} objects and {} previews checked on {} replicas: {} bad copies (queued for repair)",
                     s.objects,
@@ -1002,7 +1003,8 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     ExitCode::from(1)
                 })
             } else {
-                let s = pacsd::node::repair_pass(&node.index, &node.storage).await?;
+                let s =
+                    pacsd::archive::maintenance::repair_pass(&node.index, &node.storage).await?;
                 let left = node.index.counts().await?.repair_queue;
                 println!(
                     "{} repaired, {} failed, {} dropped; {left} left in the repair queue",
@@ -1032,7 +1034,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             command: IndexCommand::Rebuild { config },
         } => {
             let config = load_config(config.as_ref())?;
-            let s = pacsd::node::rebuild_index(&config, true)
+            let s = pacsd::archive::maintenance::rebuild_index(&config, true)
                 .await
                 .context("rebuilding the index")?;
             println!(

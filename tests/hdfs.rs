@@ -213,7 +213,7 @@ async fn dicom_end_to_end_with_hdfs_replicas() {
     }
     // Verify finds the missing local copies (those a read already found missing may have been
     // repaired by now) and queues them; the repair worker copies them back from HDFS.
-    let v = pacsd::node::verify_all(&n.node.index, &n.node.storage, false)
+    let v = pacsd::archive::maintenance::verify_all(&n.node.index, &n.node.storage, false)
         .await
         .unwrap();
     assert_eq!(v.objects, 22);
@@ -364,7 +364,7 @@ async fn the_whole_hdfs_down_while_storing_is_healed_when_it_returns() {
         n.repairs_drain(Duration::from_secs(90)).await,
         "the repair worker healed HDFS when it returned"
     );
-    let v = pacsd::node::verify_all(&n.node.index, &n.node.storage, false)
+    let v = pacsd::archive::maintenance::verify_all(&n.node.index, &n.node.storage, false)
         .await
         .unwrap();
     assert_eq!((v.objects, v.bad_copies), (30, 0));
@@ -415,12 +415,12 @@ async fn an_interrupted_hdfs_put_leaves_nothing_taken_for_an_object() {
 
     // Recovery (HA takeover) and verify do not take it for an object.
     assert_eq!(
-        pacsd::node::recover_from_storage(&n.node.index, &n.node.storage)
+        pacsd::archive::maintenance::recover_from_storage(&n.node.index, &n.node.storage)
             .await
             .unwrap(),
         0
     );
-    let v = pacsd::node::verify_all(&n.node.index, &n.node.storage, false)
+    let v = pacsd::archive::maintenance::verify_all(&n.node.index, &n.node.storage, false)
         .await
         .unwrap();
     assert_eq!((v.objects, v.bad_copies), (3, 0));
@@ -430,7 +430,7 @@ async fn an_interrupted_hdfs_put_leaves_nothing_taken_for_an_object() {
     assert_eq!(
         n.node
             .storage
-            .remove_abandoned_uploads(pacsd::node::ABANDONED_UPLOAD_AGE)
+            .remove_abandoned_uploads(pacsd::archive::maintenance::ABANDONED_UPLOAD_AGE)
             .await,
         0
     );
@@ -460,7 +460,9 @@ async fn an_interrupted_hdfs_put_leaves_nothing_taken_for_an_object() {
     .unwrap();
     let mut config = n.config.clone();
     config.index.path = n.dir.path().join("rebuilt.sqlite");
-    let summary = pacsd::node::rebuild_index(&config, false).await.unwrap();
+    let summary = pacsd::archive::maintenance::rebuild_index(&config, false)
+        .await
+        .unwrap();
     eprintln!("rebuild: {summary:?}");
     let index = pacsd::index::Index::open(&config.index.path).unwrap();
     assert_eq!(index.counts().await.unwrap().instances, 3);

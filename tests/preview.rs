@@ -744,7 +744,7 @@ async fn pending_previews_survive_a_restart_and_stored_previews_are_verified_and
     assert_eq!(n.node.index.preview_counts().await.unwrap().done, 5);
 
     // `storage verify` knows previews: one deleted from replica 3 is found and healed.
-    let v = pacsd::node::verify_all(&n.node.index, &n.node.storage, false)
+    let v = pacsd::archive::maintenance::verify_all(&n.node.index, &n.node.storage, false)
         .await
         .unwrap();
     assert_eq!((v.objects, v.previews, v.bad_copies), (5, 5, 0));
@@ -754,19 +754,19 @@ async fn pending_previews_survive_a_restart_and_stored_previews_are_verified_and
         .find(|f| f.extension().is_some_and(|e| e == "jpg"))
         .unwrap();
     std::fs::remove_file(&jpg).unwrap();
-    let v = pacsd::node::verify_all(&n.node.index, &n.node.storage, false)
+    let v = pacsd::archive::maintenance::verify_all(&n.node.index, &n.node.storage, false)
         .await
         .unwrap();
     assert_eq!(v.bad_copies, 1);
     let queue = n.node.index.repair_queue().await.unwrap();
     assert_eq!(queue.len(), 1);
     assert!(queue[0].storage_key.ends_with(".jpg"));
-    let r = pacsd::node::repair_pass(&n.node.index, &n.node.storage)
+    let r = pacsd::archive::maintenance::repair_pass(&n.node.index, &n.node.storage)
         .await
         .unwrap();
     assert_eq!(r.repaired, 1);
     assert!(jpg.exists(), "preview copy restored");
-    let v = pacsd::node::verify_all(&n.node.index, &n.node.storage, false)
+    let v = pacsd::archive::maintenance::verify_all(&n.node.index, &n.node.storage, false)
         .await
         .unwrap();
     assert_eq!((v.previews, v.bad_copies), (5, 0));

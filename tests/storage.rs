@@ -468,7 +468,7 @@ async fn garage_node_killed_during_bulk_store_is_healed_when_it_returns() {
         n.repairs_drain(Duration::from_secs(60)).await,
         "repair queue drained after the node returned"
     );
-    let v = pacsd::node::verify_all(&n.node.index, &n.node.storage, false)
+    let v = pacsd::archive::maintenance::verify_all(&n.node.index, &n.node.storage, false)
         .await
         .unwrap();
     assert_eq!((v.objects, v.bad_copies), (40, 0));

@@ -17,10 +17,11 @@ use super::multipart::{
     MediaType, accept_ranges, closing, new_boundary, part_header, related_content_type,
 };
 use super::{WebError, WebState, clip, origin_of, path_uid};
+use crate::archive::read_verified;
 use crate::dicomjson::BASE_PLACEHOLDER;
 use crate::index::query::{Column, Condition, Level, Matcher, Query};
 use crate::metrics::Metrics;
-use crate::service::retrieve::{read_object, transcode};
+use crate::service::retrieve::transcode;
 use crate::storage::Expected;
 
 /// Bytes of series metadata kept in memory (JSON text); the least recently built series go
@@ -115,7 +116,7 @@ pub(crate) async fn stored(
 
 /// Read one object through the verified path.
 pub(crate) async fn read(state: &WebState, s: &Stored) -> Result<Bytes, WebError> {
-    let b = read_object(&state.storage, &state.index, &s.expected)
+    let b = read_verified(&state.storage, &state.index, &s.expected)
         .await
         .map_err(|e| WebError::Internal(format!("reading {}: {e}", s.sop)))?;
     Metrics::add(&state.metrics.bytes_out, b.len() as u64);

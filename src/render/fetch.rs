@@ -5,8 +5,8 @@
 use image::{DynamicImage, Rgb, RgbImage};
 
 use super::{PREVIEW_SIDE, RenderError, encode_jpeg, render_preview};
+use crate::archive::read_verified;
 use crate::index::{Index, PreviewState};
-use crate::service::retrieve::read_object;
 use crate::storage::{Expected, Storage};
 
 /// Series per row of a contact sheet.
@@ -52,7 +52,7 @@ pub async fn preview_of(
             size,
             sha256,
         };
-        match read_object(storage, index, &expected).await {
+        match read_verified(storage, index, &expected).await {
             Ok(b) => return Ok(b.to_vec()),
             Err(reason) => {
                 tracing::warn!(key = %expected.key, %reason, "stored preview unreadable; rendering it again");
@@ -68,11 +68,11 @@ pub async fn preview_of(
         size: inst.size,
         sha256: inst.sha256,
     };
-    let object = read_object(storage, index, &expected)
+    let object = read_verified(storage, index, &expected)
         .await
-        .map_err(|reason| PreviewError::Read {
+        .map_err(|e| PreviewError::Read {
             key: inst.storage_key,
-            reason,
+            reason: e.to_string(),
         })?;
     let sop = sop_instance_uid.to_string();
     tokio::task::spawn_blocking(move || render_preview(&object))

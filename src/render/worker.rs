@@ -13,7 +13,7 @@ use tracing::{debug, info, warn};
 
 use crate::index::{Index, PreviewState, PreviewTask, preview_key};
 use crate::net::Shutdown;
-use crate::storage::{Expected, Storage, StorageError};
+use crate::storage::{Expected, Storage};
 
 /// Pending previews fetched from the index at a time.
 const BATCH: usize = 32;
@@ -108,11 +108,11 @@ pub async fn render_one(index: &Index, storage: &Storage, task: &PreviewTask) ->
         size: task.size,
         sha256: task.sha256.clone(),
     };
-    let object = match crate::service::retrieve::read_object(storage, index, &expected).await {
+    let object = match crate::archive::read_verified(storage, index, &expected).await {
         Ok(b) => b,
         Err(e) => {
             debug!(sop = %task.sop_instance_uid, error = %e, "preview deferred: object unreadable");
-            return Outcome::Deferred(e);
+            return Outcome::Deferred(e.to_string());
         }
     };
     // The object is in memory: its WADO-RS metadata is computed now too, so that a viewer's
@@ -157,27 +157,17 @@ pub async fn render_one(index: &Index, storage: &Storage, task: &PreviewTask) ->
             let key = preview_key(&task.storage_key);
             let size = jpeg.len() as u64;
             let sha256 = hex::encode(Sha256::digest(&jpeg));
-            match storage.put(&key, jpeg.into()).await {
-                Ok(put) => {
-                    let missed = put
-                        .missed
-                        .iter()
-                        .map(|(i, e)| (storage.replicas()[*i].location.clone(), e.clone()))
-                        .collect();
-                    (
-                        PreviewState::Done {
-                            storage_key: key,
-                            size,
-                            sha256,
-                        },
-                        missed,
-                        Outcome::Stored,
-                    )
-                }
+            match crate::archive::place(storage, &key, jpeg.into()).await {
+                Ok(placed) => (
+                    PreviewState::Done {
+                        storage_key: key,
+                        size,
+                        sha256,
+                    },
+                    placed.missed,
+                    Outcome::Stored,
+                ),
                 Err(e) => {
-                    if let StorageError::QuorumNotMet { written, .. } = &e {
-                        storage.delete_from(&key, written).await;
-                    }
                     debug!(sop = %task.sop_instance_uid, error = %e, "preview deferred: not stored");
                     return Outcome::Deferred(e.to_string());
                 }

@@ -536,7 +536,9 @@ impl RetrieveService {
                     size: item.size,
                     sha256: item.sha256.clone(),
                 };
-                let bytes = read_object(&storage, &index, &expected).await;
+                let bytes = crate::archive::read_verified(&storage, &index, &expected)
+                    .await
+                    .map_err(|e| e.to_string());
                 if let Ok(b) = &bytes {
                     crate::metrics::Metrics::add(&metrics.bytes_out, b.len() as u64);
                 }
@@ -752,24 +754,4 @@ async fn send_final(
     } else {
         assoc.send_command(ctx, &rsp).await
     }
-}
-
-/// Read a stored object through the checked (striped for large objects) read path; replicas
-/// found holding a bad copy are queued for repair.
-pub async fn read_object(
-    storage: &Storage,
-    index: &Index,
-    expected: &Expected,
-) -> Result<Bytes, String> {
-    let verified = storage.read(expected).await.map_err(|e| e.to_string())?;
-    for (i, problem) in &verified.bad_copies {
-        let replica = &storage.replicas()[*i].location;
-        if let Err(e) = index
-            .queue_repair(&expected.key, replica, &problem.to_string())
-            .await
-        {
-            tracing::warn!(key = %expected.key, replica, error = %e, "could not queue a repair");
-        }
-    }
-    Ok(verified.bytes)
 }

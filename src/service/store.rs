@@ -385,23 +385,13 @@ impl StoreService {
         // 1. Data: W of N replicas (the checksum is computed while the replicas write).
         //    A write below quorum is undone where it landed.
         let started = Instant::now();
-        let (put, sha256) = tokio::join!(self.storage.put(&key, file.clone()), sha256_hex(file));
-        let outcome = match put {
-            Ok(o) => o,
-            Err(e) => {
-                if let StorageError::QuorumNotMet { written, .. } = &e {
-                    self.storage.delete_from(&key, written).await;
-                }
-                return Err(e.into());
-            }
-        };
+        let (placed, sha256) = tokio::join!(
+            crate::archive::place(&self.storage, &key, file.clone()),
+            sha256_hex(file)
+        );
+        let crate::archive::Placed { outcome, missed } = placed?;
         rec.sha256 = sha256;
         let put_time = started.elapsed();
-        let missed = outcome
-            .missed
-            .iter()
-            .map(|(i, e)| (self.storage.replicas()[*i].location.clone(), e.clone()))
-            .collect();
 
         // 2. Metadata: the index row (and repair entries for replicas that missed it).
         let started = Instant::now();

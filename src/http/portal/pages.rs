@@ -455,14 +455,7 @@ pub async fn verify(
         let study = path_uid("Study Instance UID", &study)?.to_string();
         let mut bad = 0u64;
         for s in stored(&state, &study, None, None).await? {
-            for (replica, problem) in state.storage.verify(&s.expected).await {
-                tracing::warn!(replica, key = %s.expected.key, %problem, "bad replica copy (portal verify)");
-                state
-                    .index
-                    .queue_repair(&s.expected.key, &replica, &problem.to_string())
-                    .await?;
-                bad += 1;
-            }
+            bad += crate::archive::verify(&state.storage, &state.index, &s.expected).await?;
         }
         tracing::info!(study, bad, account = %signed.session.account.name, "study verified from the portal");
         Ok(Redirect::to(&format!(

@@ -1,0 +1,322 @@
+//! The archive's maintenance passes: the repair worker (heal every queued copy from a good
+//! one), verify (check every copy of every object and preview), and the index read back from
+//! storage (a whole rebuild, or the objects a solo primary stored that this node's index
+//! lacks). Data is written before metadata, so storage is the truth these passes return to.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tracing::info;
+
+use crate::config::Config;
+use crate::index::{Index, IndexError};
+use crate::net::Shutdown;
+use crate::storage::{Storage, StorageError};
+
+#[derive(Debug, thiserror::Error)]
+pub enum MaintenanceError {
+    #[error("storage: {0}")]
+    Storage(#[from] StorageError),
+    #[error("index: {0}")]
+    Index(#[from] IndexError),
+    #[error("{what}: {source}")]
+    Io {
+        what: String,
+        source: std::io::Error,
+    },
+}
+
+/// Remove a SQLite database's write-ahead log and shared-memory files (after a rename
+/// of the main file, so that no stale WAL is replayed into a different database).
+fn remove_sqlite_sidecars(db: &std::path::Path) {
+    for suffix in ["-wal", "-shm"] {
+        let _ = std::fs::remove_file(format!("{}{suffix}", db.display()));
+    }
+}
+
+/// Outcome of `rebuild_index`.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct RebuildSummary {
+    pub objects: u64,
+    pub indexed: u64,
+    pub skipped: u64,
+}
+
+/// Rebuild the index from what is in storage: every object key is read, its header parsed
+/// and indexed into a fresh database, which then replaces the old one (kept as `.bak`).
+/// Run it with the node stopped.
+pub async fn rebuild_index(
+    config: &Config,
+    progress: bool,
+) -> Result<RebuildSummary, MaintenanceError> {
+    use crate::storage::parse_object_key;
+
+    let storage = Storage::open(
+        &config.storage.replicas,
+        config.storage.write_quorum,
+        &config.storage.prefix,
+    )?;
+    let target = config.index.path.clone();
+    let fresh = target.with_extension("rebuild.sqlite");
+    let _ = std::fs::remove_file(&fresh);
+    remove_sqlite_sidecars(&fresh);
+    let index = Index::open(&fresh)?;
+    let keys: Vec<String> = storage
+        .list_keys()
+        .await?
+        .into_iter()
+        .filter(|k| parse_object_key(storage.prefix(), k).is_some())
+        .collect();
+    let bar = crate::tools::progress_bar(progress, keys.len() as u64);
+    let mut summary = RebuildSummary::default();
+    for key in keys {
+        summary.objects += 1;
+        bar.inc(1);
+        let indexed = async {
+            let rec = record_from_storage(&storage, &key).await?;
+            index
+                .insert(rec, Vec::new())
+                .await
+                .map_err(|e| e.to_string())?;
+            Ok::<(), String>(())
+        }
+        .await;
+        match indexed {
+            Ok(()) => summary.indexed += 1,
+            Err(e) => {
+                summary.skipped += 1;
+                tracing::warn!(key, error = %e, "object not indexed");
+            }
+        }
+    }
+    bar.finish_and_clear();
+    drop(index);
+    if target.exists() {
+        let backup = target.with_extension("sqlite.bak");
+        std::fs::rename(&target, &backup).map_err(|source| MaintenanceError::Io {
+            what: format!("moving {} aside", target.display()),
+            source,
+        })?;
+        remove_sqlite_sidecars(&target);
+    }
+    std::fs::rename(&fresh, &target).map_err(|source| MaintenanceError::Io {
+        what: format!("installing {}", target.display()),
+        source,
+    })?;
+    remove_sqlite_sidecars(&fresh);
+    Ok(summary)
+}
+
+/// The index record of a stored object, read back from storage: its header parsed, its
+/// UIDs checked against its key, size and SHA-256 computed.
+pub async fn record_from_storage(
+    storage: &Storage,
+    key: &str,
+) -> Result<crate::index::InstanceRecord, String> {
+    use crate::index::record;
+    use crate::storage::parse_object_key;
+    use sha2::{Digest, Sha256};
+
+    let bytes = storage.get(key).await.map_err(|e| e.to_string())?;
+    let (meta, offset) = crate::part10::split(&bytes).map_err(|e| e.to_string())?;
+    let ts = meta.transfer_syntax().to_string();
+    let header = record::parse_header(
+        &bytes[offset..],
+        &ts,
+        crate::config::DEFAULT_MAX_OBJECT_SIZE,
+    )
+    .map_err(|e| e.to_string())?;
+    let mut rec = record::extract(&header).map_err(|e| e.to_string())?;
+    let (study, series, sop) = parse_object_key(storage.prefix(), key).ok_or("bad key")?;
+    if (
+        rec.study_instance_uid.as_str(),
+        rec.series_instance_uid.as_str(),
+        rec.sop_instance_uid.as_str(),
+    ) != (study.as_str(), series.as_str(), sop.as_str())
+    {
+        return Err("object's UIDs do not match its key".to_string());
+    }
+    rec.transfer_syntax_uid = ts;
+    rec.storage_key = key.to_string();
+    rec.size = bytes.len() as u64;
+    rec.sha256 = hex::encode(Sha256::digest(&bytes));
+    rec.calling_ae_title = meta
+        .source_application_entity_title()
+        .map(|s| s.trim().to_string());
+    Ok(rec)
+}
+
+/// Index every object in storage that the index does not have (HA: a node taking over from
+/// a primary that went on alone, whose last records it never received; the objects are on
+/// the shared storage because data is written before metadata). Returns how many were added.
+pub async fn recover_from_storage(
+    index: &Index,
+    storage: &Storage,
+) -> Result<u64, MaintenanceError> {
+    use crate::storage::parse_object_key;
+    let mut recovered = 0;
+    for key in storage.list_keys().await? {
+        let Some((_, _, sop)) = parse_object_key(storage.prefix(), &key) else {
+            continue;
+        };
+        if index.instance(sop.as_str()).await?.is_some() {
+            continue;
+        }
+        match record_from_storage(storage, &key).await {
+            Ok(rec) => {
+                index.insert(rec, Vec::new()).await?;
+                recovered += 1;
+                tracing::warn!(
+                    key,
+                    "indexed from storage: stored by the previous primary after this node last heard from it"
+                );
+            }
+            Err(e) => tracing::warn!(key, error = %e, "object in storage could not be indexed"),
+        }
+    }
+    Ok(recovered)
+}
+
+/// Outcome of one repair pass.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct RepairSummary {
+    pub repaired: u64,
+    pub failed: u64,
+    /// Entries for replicas no longer configured, dropped.
+    pub dropped: u64,
+}
+
+/// Work through the repair queue once: heal every listed replica from a good copy (checked
+/// against the recorded SHA-256) and clear the entries that succeeded.
+pub async fn repair_pass(index: &Index, storage: &Storage) -> Result<RepairSummary, IndexError> {
+    use crate::storage::repair::{Expected, RepairError};
+    let mut s = RepairSummary::default();
+    for (key, replica, size, sha256) in index.repair_tasks().await? {
+        let expected = Expected {
+            key: key.clone(),
+            size,
+            sha256,
+        };
+        match storage.repair(&replica, &expected).await {
+            Ok(()) => {
+                index.clear_repair(&key, &replica).await?;
+                s.repaired += 1;
+            }
+            Err(RepairError::UnknownReplica(_)) => {
+                tracing::warn!(
+                    replica,
+                    key,
+                    "repair entry for a replica that is no longer configured; dropped"
+                );
+                index.clear_repair(&key, &replica).await?;
+                s.dropped += 1;
+            }
+            Err(e) => {
+                tracing::debug!(error = %e, "repair failed; will retry");
+                s.failed += 1;
+            }
+        }
+    }
+    if s != RepairSummary::default() {
+        info!(
+            repaired = s.repaired,
+            failed = s.failed,
+            dropped = s.dropped,
+            "repair pass"
+        );
+    }
+    Ok(s)
+}
+
+/// An interrupted put's leftover older than this is removed: no put lasts that long
+/// (`storage::REPLICA_OP_TIMEOUT` bounds each replica's write).
+pub const ABANDONED_UPLOAD_AGE: Duration = Duration::from_secs(600);
+/// How often the repair worker looks for them (a listing of every replica).
+const ABANDONED_UPLOAD_SWEEP: Duration = Duration::from_secs(3600);
+
+/// The background repair worker: one pass per interval until shutdown, and a sweep of
+/// abandoned uploads on the first pass and then hourly.
+pub(crate) async fn repair_worker(
+    index: Index,
+    storage: Arc<Storage>,
+    interval: Duration,
+    mut shutdown: Shutdown,
+) {
+    let mut last_sweep: Option<std::time::Instant> = None;
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(interval) => {}
+            _ = shutdown.wait() => return,
+        }
+        if let Err(e) = repair_pass(&index, &storage).await {
+            tracing::warn!(error = %e, "repair pass failed");
+        }
+        if last_sweep.is_none_or(|t| t.elapsed() >= ABANDONED_UPLOAD_SWEEP) {
+            storage.remove_abandoned_uploads(ABANDONED_UPLOAD_AGE).await;
+            last_sweep = Some(std::time::Instant::now());
+        }
+    }
+}
+
+/// Outcome of `verify_all`.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct VerifySummary {
+    pub objects: u64,
+    /// Stored previews checked.
+    pub previews: u64,
+    /// Replica copies missing, unreadable or not matching size and checksum (now queued).
+    pub bad_copies: u64,
+}
+
+/// Check every indexed object and every stored preview on every replica (exists, size,
+/// SHA-256) and queue a repair for every bad copy.
+pub async fn verify_all(
+    index: &Index,
+    storage: &Storage,
+    progress: bool,
+) -> Result<VerifySummary, IndexError> {
+    let total = index.counts().await?.instances + index.preview_counts().await?.done;
+    let bar = crate::tools::progress_bar(progress, total);
+    let mut s = VerifySummary::default();
+    s.objects = verify_batches(index, storage, &bar, &mut s.bad_copies, |after| {
+        index.objects(after, 1000)
+    })
+    .await?;
+    s.previews = verify_batches(index, storage, &bar, &mut s.bad_copies, |after| {
+        index.stored_previews(after, 1000)
+    })
+    .await?;
+    bar.finish_and_clear();
+    Ok(s)
+}
+
+/// Verify every (row id, key, size, sha256) that `next(after)` pages through, counting bad
+/// copies into `bad_copies`; returns how many were checked.
+async fn verify_batches<F, Fut>(
+    index: &Index,
+    storage: &Storage,
+    bar: &indicatif::ProgressBar,
+    bad_copies: &mut u64,
+    next: F,
+) -> Result<u64, IndexError>
+where
+    F: Fn(i64) -> Fut,
+    Fut: Future<Output = Result<Vec<(i64, String, u64, String)>, IndexError>>,
+{
+    use crate::storage::repair::Expected;
+    let mut checked = 0;
+    let mut after = 0i64;
+    loop {
+        let batch = next(after).await?;
+        let Some(last) = batch.last() else { break };
+        after = last.0;
+        for (_, key, size, sha256) in batch {
+            let expected = Expected { key, size, sha256 };
+            *bad_copies += super::verify(storage, index, &expected).await?;
+            checked += 1;
+            bar.inc(1);
+        }
+    }
+    Ok(checked)
+}

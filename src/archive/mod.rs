@@ -1,0 +1,89 @@
+//! The archive: stored objects together with their index rows. Every path that writes, reads
+//! or checks an object goes through here, so that the rules that tie the two together are
+//! written once:
+//! - a write is on a quorum of replicas or nowhere (a write below quorum is undone where it
+//!   landed), and the replicas it missed are named for the repair queue (`place`);
+//! - a read is checked against the recorded size and SHA-256 (striped across replicas for
+//!   large objects), and a replica found holding a bad copy is queued for repair
+//!   (`read_verified`, `verify`);
+//! - the maintenance passes (repair, verify, rebuild and recovery from storage) are in
+//!   `maintenance`.
+//!
+//! C-STORE and STOW-RS (`service::store`), previews (`render`), C-MOVE/C-GET, WADO and the
+//! portal's downloads and verify, and HA recovery use it.
+
+pub mod maintenance;
+
+use bytes::Bytes;
+
+use crate::index::{Index, IndexError};
+use crate::storage::repair::Expected;
+use crate::storage::{PutOutcome, Storage, StorageError};
+
+/// An object placed on a write quorum.
+#[derive(Debug)]
+pub struct Placed {
+    pub outcome: PutOutcome,
+    /// The replicas that missed it (location, error), for the repair queue with its row.
+    pub missed: Vec<(String, String)>,
+}
+
+/// Write `bytes` under `key` on a quorum of replicas. Below quorum the copies that landed are
+/// removed again and the error returned: an object is never left where no index row will
+/// point to it.
+pub async fn place(storage: &Storage, key: &str, bytes: Bytes) -> Result<Placed, StorageError> {
+    match storage.put(key, bytes).await {
+        Ok(outcome) => {
+            let missed = outcome
+                .missed
+                .iter()
+                .map(|(i, e)| (storage.replicas()[*i].location.clone(), e.clone()))
+                .collect();
+            Ok(Placed { outcome, missed })
+        }
+        Err(e) => {
+            if let StorageError::QuorumNotMet { written, .. } = &e {
+                storage.delete_from(key, written).await;
+            }
+            Err(e)
+        }
+    }
+}
+
+/// Read a stored object through the checked read path (striped for large objects); replicas
+/// found holding a bad copy are queued for repair.
+pub async fn read_verified(
+    storage: &Storage,
+    index: &Index,
+    expected: &Expected,
+) -> Result<Bytes, StorageError> {
+    let verified = storage.read(expected).await?;
+    for (i, problem) in &verified.bad_copies {
+        let replica = &storage.replicas()[*i].location;
+        if let Err(e) = index
+            .queue_repair(&expected.key, replica, &problem.to_string())
+            .await
+        {
+            tracing::warn!(key = %expected.key, replica, error = %e, "could not queue a repair");
+        }
+    }
+    Ok(verified.bytes)
+}
+
+/// Check every replica's copy of one object (exists, size, SHA-256) and queue a repair for
+/// each bad one; how many were bad.
+pub async fn verify(
+    storage: &Storage,
+    index: &Index,
+    expected: &Expected,
+) -> Result<u64, IndexError> {
+    let mut bad = 0;
+    for (replica, problem) in storage.verify(expected).await {
+        tracing::warn!(replica, key = %expected.key, %problem, "bad replica copy");
+        index
+            .queue_repair(&expected.key, &replica, &problem.to_string())
+            .await?;
+        bad += 1;
+    }
+    Ok(bad)
+}
