@@ -20,6 +20,17 @@ use crate::index::{Index, IndexError};
 use crate::storage::repair::Expected;
 use crate::storage::{PutOutcome, Storage, StorageError};
 
+impl crate::index::StoredInstance {
+    /// What a read of this instance's object is checked against.
+    pub fn expected(&self) -> Expected {
+        Expected {
+            key: self.storage_key.clone(),
+            size: self.size,
+            sha256: self.sha256.clone(),
+        }
+    }
+}
+
 /// An object placed on a write quorum.
 #[derive(Debug)]
 pub struct Placed {

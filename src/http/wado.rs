@@ -19,10 +19,10 @@ use super::multipart::{
 use super::{WebError, WebState, clip, origin_of, path_uid};
 use crate::archive::read_verified;
 use crate::dicomjson::BASE_PLACEHOLDER;
+use crate::index::StoredInstance;
 use crate::index::query::{Column, Condition, Level, Matcher, Query};
 use crate::metrics::Metrics;
 use crate::service::retrieve::transcode;
-use crate::storage::Expected;
 
 /// Bytes of series metadata kept in memory (JSON text); the least recently built series go
 /// first. 256 MiB holds the metadata of about 100,000 CT instances.
@@ -33,25 +33,13 @@ const READ_AHEAD: usize = 4;
 /// Frames in one `/frames/{list}` request at most.
 const MAX_FRAMES_PER_REQUEST: usize = 4096;
 
-/// One stored instance, as the index knows it.
-#[derive(Debug, Clone)]
-pub struct Stored {
-    pub study: String,
-    pub series: String,
-    pub sop: String,
-    pub sop_class: String,
-    pub transfer_syntax: String,
-    pub expected: Expected,
-    pub has_pixels: bool,
-}
-
 /// The instances of a study, a series or one instance, in series then ingest order.
 pub(crate) async fn stored(
     state: &WebState,
     study: &str,
     series: Option<&str>,
     sop: Option<&str>,
-) -> Result<Vec<Stored>, WebError> {
+) -> Result<Vec<StoredInstance>, WebError> {
     let single = |column, v: &str| Condition {
         column,
         matcher: Matcher::Single(v.to_string()),
@@ -63,45 +51,15 @@ pub(crate) async fn stored(
     if let Some(i) = sop {
         conditions.push(single(Column::SopInstanceUid, i));
     }
-    let select = vec![
-        Column::StudyInstanceUid,
-        Column::SeriesInstanceUid,
-        Column::SopInstanceUid,
-        Column::SopClassUid,
-        Column::StoredTransferSyntax,
-        Column::StorageKey,
-        Column::StoredSize,
-        Column::StoredSha256,
-        Column::Rows,
-    ];
     let q = Query {
         level: Level::Image,
         conditions,
-        select,
+        select: Vec::new(),
         pn_case_insensitive: false,
         combined_study_datetime: false,
         order: Default::default(),
     };
-    let rows = state.index.find_all(q).await?;
-    let mut out: Vec<Stored> = rows
-        .into_iter()
-        .map(|r| {
-            let t = |i: usize| r[i].clone().unwrap_or_default();
-            Stored {
-                study: t(0),
-                series: t(1),
-                sop: t(2),
-                sop_class: t(3),
-                transfer_syntax: t(4),
-                expected: Expected {
-                    key: t(5),
-                    size: t(6).parse().unwrap_or(0),
-                    sha256: t(7),
-                },
-                has_pixels: r[8].is_some(),
-            }
-        })
-        .collect();
+    let mut out = state.index.stored_instances(q).await?;
     if out.is_empty() {
         let what = match (series, sop) {
             (_, Some(i)) => format!("instance {i}"),
@@ -110,15 +68,15 @@ pub(crate) async fn stored(
         };
         return Err(WebError::NotFound(format!("no {what} in this archive")));
     }
-    out.sort_by(|a, b| a.series.cmp(&b.series));
+    out.sort_by(|a, b| a.series_instance_uid.cmp(&b.series_instance_uid));
     Ok(out)
 }
 
 /// Read one object through the verified path.
-pub(crate) async fn read(state: &WebState, s: &Stored) -> Result<Bytes, WebError> {
-    let b = read_verified(&state.storage, &state.index, &s.expected)
+pub(crate) async fn read(state: &WebState, s: &StoredInstance) -> Result<Bytes, WebError> {
+    let b = read_verified(&state.storage, &state.index, &s.expected())
         .await
-        .map_err(|e| WebError::Internal(format!("reading {}: {e}", s.sop)))?;
+        .map_err(|e| WebError::Internal(format!("reading {}: {e}", s.sop_instance_uid)))?;
     Metrics::add(&state.metrics.bytes_out, b.len() as u64);
     Ok(b)
 }
@@ -166,15 +124,18 @@ fn dicom_syntax(accept: &[MediaType], stored: &[&str]) -> Result<Option<String>,
 }
 
 /// The Part 10 file of `s` in `ts` (None: as stored).
-fn in_syntax(s: &Stored, file: Bytes, ts: Option<&str>) -> Result<Bytes, WebError> {
+fn in_syntax(s: &StoredInstance, file: Bytes, ts: Option<&str>) -> Result<Bytes, WebError> {
     match ts {
         None => Ok(file),
-        Some(t) if t == s.transfer_syntax => Ok(file),
+        Some(t) if t == s.transfer_syntax_uid => Ok(file),
         Some(t) => {
-            let data = transcode(&file, &s.transfer_syntax, t).map_err(|e| {
-                WebError::NotAcceptable(format!("{} cannot be sent in {t}: {e}", s.sop))
+            let data = transcode(&file, &s.transfer_syntax_uid, t).map_err(|e| {
+                WebError::NotAcceptable(format!(
+                    "{} cannot be sent in {t}: {e}",
+                    s.sop_instance_uid
+                ))
             })?;
-            crate::part10::build(&s.sop_class, &s.sop, t, &data)
+            crate::part10::build(&s.sop_class_uid, &s.sop_instance_uid, t, &data)
                 .map(Bytes::from)
                 .map_err(|e| WebError::Internal(e.to_string()))
         }
@@ -184,10 +145,13 @@ fn in_syntax(s: &Stored, file: Bytes, ts: Option<&str>) -> Result<Bytes, WebErro
 /// Stream `objects` as multipart/related application/dicom parts.
 async fn retrieve(
     state: Arc<WebState>,
-    objects: Vec<Stored>,
+    objects: Vec<StoredInstance>,
     headers: &HeaderMap,
 ) -> Result<Response, WebError> {
-    let stored: Vec<&str> = objects.iter().map(|s| s.transfer_syntax.as_str()).collect();
+    let stored: Vec<&str> = objects
+        .iter()
+        .map(|s| s.transfer_syntax_uid.as_str())
+        .collect();
     let ts = dicom_syntax(&accept_of(headers), &stored)?;
     let boundary = new_boundary();
     let content_type = match &ts {
@@ -211,7 +175,10 @@ async fn retrieve(
                         .map_err(|e| WebError::Internal(e.to_string()))??;
                 let part_type = match ts.as_deref() {
                     Some(t) => format!("application/dicom; transfer-syntax={t}"),
-                    None => format!("application/dicom; transfer-syntax={}", s.transfer_syntax),
+                    None => format!(
+                        "application/dicom; transfer-syntax={}",
+                        s.transfer_syntax_uid
+                    ),
                 };
                 Ok::<_, WebError>(futures::stream::iter([
                     Ok(part_header(&b, &part_type, None)),
@@ -338,7 +305,7 @@ impl MetadataCache {
 
 /// The metadata JSON of one instance (placeholder base URL), computed from the stored object
 /// and kept in the index for the next request.
-async fn instance_metadata_json(state: &WebState, s: &Stored) -> Result<String, WebError> {
+async fn instance_metadata_json(state: &WebState, s: &StoredInstance) -> Result<String, WebError> {
     let file = read(state, s).await?;
     let json = tokio::task::spawn_blocking(move || crate::dicomjson::instance_metadata(&file))
         .await
@@ -346,10 +313,10 @@ async fn instance_metadata_json(state: &WebState, s: &Stored) -> Result<String, 
         .map_err(WebError::Internal)?;
     if let Err(e) = state
         .index
-        .set_instance_metadata(&s.sop, json.clone())
+        .set_instance_metadata(&s.sop_instance_uid, json.clone())
         .await
     {
-        tracing::debug!(sop = %s.sop, error = %e, "metadata not kept");
+        tracing::debug!(sop = %s.sop_instance_uid, error = %e, "metadata not kept");
     }
     Ok(json)
 }
@@ -359,24 +326,24 @@ async fn instance_metadata_json(state: &WebState, s: &Stored) -> Result<String, 
 async fn series_metadata_json(
     state: &Arc<WebState>,
     series: &str,
-    objects: Vec<Stored>,
+    objects: Vec<StoredInstance>,
 ) -> Result<SeriesMetadata, WebError> {
     if let Some(hit) = state.metadata.get(series, objects.len()) {
         return Ok(hit);
     }
     let kept = state
         .index
-        .instance_metadata(objects.iter().map(|s| s.sop.clone()).collect())
+        .instance_metadata(objects.iter().map(|s| s.sop_instance_uid.clone()).collect())
         .await?;
     let built: Vec<(String, String)> = futures::stream::iter(objects)
         .map(|s| {
-            let (state, known) = (state.clone(), kept.get(&s.sop).cloned());
+            let (state, known) = (state.clone(), kept.get(&s.sop_instance_uid).cloned());
             async move {
                 let j = match known {
                     Some(j) => j,
                     None => instance_metadata_json(&state, &s).await?,
                 };
-                Ok::<_, WebError>((s.sop, j))
+                Ok::<_, WebError>((s.sop_instance_uid, j))
             }
         })
         .buffered(READ_AHEAD)
@@ -391,7 +358,7 @@ async fn series_metadata_json(
 
 async fn metadata(
     state: Arc<WebState>,
-    objects: Vec<Stored>,
+    objects: Vec<StoredInstance>,
     only: Option<&str>,
     headers: &HeaderMap,
 ) -> Result<Response, WebError> {
@@ -408,11 +375,11 @@ async fn metadata(
         origin_of(headers),
         state.config.http.base_path.trim_end_matches('/')
     );
-    let mut by_series: Vec<(String, Vec<Stored>)> = Vec::new();
+    let mut by_series: Vec<(String, Vec<StoredInstance>)> = Vec::new();
     for s in objects {
         match by_series.last_mut() {
-            Some((se, v)) if *se == s.series => v.push(s),
-            _ => by_series.push((s.series.clone(), vec![s])),
+            Some((se, v)) if *se == s.series_instance_uid => v.push(s),
+            _ => by_series.push((s.series_instance_uid.clone(), vec![s])),
         }
     }
     let mut body = String::from("[");
@@ -422,7 +389,7 @@ async fn metadata(
             // One instance: no need to build (or count against) the whole series.
             let s = objects[0].clone();
             Arc::new(vec![(
-                s.sop.clone(),
+                s.sop_instance_uid.clone(),
                 instance_metadata_json(&state, &s).await?,
             )])
         } else {
@@ -605,7 +572,7 @@ pub async fn frames(
     let (st, se, i) = uids3(&study, &series, &sop)?;
     let wanted = frame_list(&list)?;
     let obj = stored(&s, &st, Some(&se), Some(&i)).await?.remove(0);
-    let compressed = frame_media_type(&obj.transfer_syntax);
+    let compressed = frame_media_type(&obj.transfer_syntax_uid);
     // As stored when the client takes that media type (or any, with transfer-syntax=*);
     // else decoded to native pixel data (application/octet-stream).
     let mut as_stored = compressed.is_none();
@@ -624,7 +591,7 @@ pub async fn frames(
         let ts = r.param("transfer-syntax");
         if let Some(c) = compressed
             && (part == c || part == "*/*" || ts == Some("*"))
-            && (ts.is_none() || ts == Some("*") || ts == Some(&obj.transfer_syntax))
+            && (ts.is_none() || ts == Some("*") || ts == Some(&obj.transfer_syntax_uid))
         {
             as_stored = true;
             break;
@@ -640,7 +607,7 @@ pub async fn frames(
         )));
     }
     let file = read(&s, &obj).await?;
-    let ts = obj.transfer_syntax.clone();
+    let ts = obj.transfer_syntax_uid.clone();
     let (frames, part_type) = tokio::task::spawn_blocking(move || {
         if as_stored {
             let t = match frame_media_type(&ts) {
@@ -652,8 +619,8 @@ pub async fn frames(
             let data = transcode(&file, &ts, uids::EXPLICIT_VR_LITTLE_ENDIAN)
                 .map_err(|e| WebError::NotAcceptable(format!("cannot decode the frames: {e}")))?;
             let native = crate::part10::build(
-                &obj.sop_class,
-                &obj.sop,
+                &obj.sop_class_uid,
+                &obj.sop_instance_uid,
                 uids::EXPLICIT_VR_LITTLE_ENDIAN,
                 &data,
             )
@@ -860,14 +827,14 @@ fn encoded_image(image: image::DynamicImage, r: &Rendering) -> Result<Response, 
 /// Frame `frame` (1-based) of an instance, rendered.
 async fn render(
     state: &WebState,
-    obj: &Stored,
+    obj: &StoredInstance,
     frame: u32,
     r: &Rendering,
 ) -> Result<Response, WebError> {
     if !obj.has_pixels {
         return Err(WebError::NotFound(format!(
             "instance {} has no image to render",
-            obj.sop
+            obj.sop_instance_uid
         )));
     }
     let file = read(state, obj).await?;
@@ -886,12 +853,15 @@ async fn representative(
     state: &WebState,
     study: &str,
     series: Option<&str>,
-) -> Result<Stored, WebError> {
+) -> Result<StoredInstance, WebError> {
     let firsts = state.index.first_instance_of_each_series(study).await?;
     let all = stored(state, study, series, None).await?;
     let pick = firsts
         .iter()
-        .filter_map(|(_, _, sop)| all.iter().find(|s| &s.sop == sop && s.has_pixels))
+        .filter_map(|(_, _, sop)| {
+            all.iter()
+                .find(|s| &s.sop_instance_uid == sop && s.has_pixels)
+        })
         .next()
         .or_else(|| all.iter().find(|s| s.has_pixels));
     pick.cloned()
@@ -955,20 +925,21 @@ pub async fn study_rendered(
 /// The stored preview (JPEG) of an instance, resized to a viewport if asked.
 async fn thumbnail(
     state: &WebState,
-    obj: &Stored,
+    obj: &StoredInstance,
     raw: Option<&str>,
     headers: &HeaderMap,
 ) -> Result<Response, WebError> {
     let r = rendering(raw, headers)?;
-    let jpeg = crate::render::fetch::preview_of(&state.index, &state.storage, &obj.sop)
-        .await
-        .map_err(|e| match e {
-            crate::render::fetch::PreviewError::NoPixelData(_)
-            | crate::render::fetch::PreviewError::UnknownInstance(_) => {
-                WebError::NotFound(e.to_string())
-            }
-            other => WebError::Internal(other.to_string()),
-        })?;
+    let jpeg =
+        crate::render::fetch::preview_of(&state.index, &state.storage, &obj.sop_instance_uid)
+            .await
+            .map_err(|e| match e {
+                crate::render::fetch::PreviewError::NoPixelData(_)
+                | crate::render::fetch::PreviewError::UnknownInstance(_) => {
+                    WebError::NotFound(e.to_string())
+                }
+                other => WebError::Internal(other.to_string()),
+            })?;
     if !r.png && r.viewport.is_none() {
         return Ok((StatusCode::OK, [(header::CONTENT_TYPE, "image/jpeg")], jpeg).into_response());
     }
@@ -1039,7 +1010,7 @@ pub async fn wado_uri(
                 None => None,
             };
             if let Some(t) = &ts
-                && *t != obj.transfer_syntax
+                && *t != obj.transfer_syntax_uid
                 && !NATIVE.contains(&t.as_str())
             {
                 return Err(WebError::NotAcceptable(format!(
@@ -1057,7 +1028,7 @@ pub async fn wado_uri(
                     (header::CONTENT_TYPE, "application/dicom".to_string()),
                     (
                         header::CONTENT_DISPOSITION,
-                        format!("attachment; filename=\"{}.dcm\"", obj.sop),
+                        format!("attachment; filename=\"{}.dcm\"", obj.sop_instance_uid),
                     ),
                 ],
                 file,

@@ -95,16 +95,22 @@ pub enum InsertOutcome {
     AlreadyPresent { sha256: String },
 }
 
-/// What the index knows of a stored instance.
+/// What the index knows of a stored instance: who it is, how it is stored, and what every
+/// read of it is checked against (`storage_key`, `size`, `sha256`; `archive` makes the
+/// storage's `Expected` of it). The one shape of a stored instance: C-MOVE/C-GET, WADO, the
+/// portal and previews all read through it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StoredInstance {
-    pub sop_instance_uid: String,
     pub study_instance_uid: String,
     pub series_instance_uid: String,
+    pub sop_instance_uid: String,
+    pub sop_class_uid: String,
+    pub transfer_syntax_uid: String,
     pub storage_key: String,
     pub size: u64,
     pub sha256: String,
-    pub transfer_syntax_uid: String,
+    /// It has image rows (Rows is recorded): an image, not a report or a waveform.
+    pub has_pixels: bool,
 }
 
 /// Row counts, for status and tests.
@@ -497,7 +503,8 @@ impl Index {
         self.read(move |c| {
             c.query_row(
                 "SELECT i.sop_instance_uid, st.study_instance_uid, se.series_instance_uid,
-                        i.storage_key, i.size, i.sha256, i.transfer_syntax_uid
+                        i.storage_key, i.size, i.sha256, i.transfer_syntax_uid,
+                        i.sop_class_uid, i.rows
                  FROM instance i JOIN series se ON i.series_fk = se.id
                  JOIN study st ON se.study_fk = st.id
                  WHERE i.sop_instance_uid = ?1",
@@ -511,6 +518,8 @@ impl Index {
                         size: r.get::<_, i64>(4)? as u64,
                         sha256: r.get(5)?,
                         transfer_syntax_uid: r.get(6)?,
+                        sop_class_uid: r.get(7)?,
+                        has_pixels: r.get::<_, Option<i64>>(8)?.is_some(),
                     })
                 },
             )
@@ -623,6 +632,14 @@ impl Index {
     /// Every match of a query (no limit: retrieves, which name the entities they want).
     pub async fn find_all(&self, q: query::Query) -> Result<Vec<Vec<Option<String>>>, IndexError> {
         self.read(move |c| Ok(query::rows(c, &q)?)).await
+    }
+
+    /// The stored instances a query selects, in its order (retrieves, WADO, downloads).
+    pub async fn stored_instances(
+        &self,
+        q: query::Query,
+    ) -> Result<Vec<StoredInstance>, IndexError> {
+        self.read(move |c| Ok(query::stored(c, &q)?)).await
     }
 
     /// One page of a query's matches in a stable order (QIDO-RS `offset` and `limit`).

@@ -565,6 +565,43 @@ pub fn page(
     rows_of(conn, q, &sql, params)
 }
 
+/// The stored instances a query selects (its level and `select` are replaced: IMAGE level,
+/// the columns of `StoredInstance`), typed as the index holds them, in the query's order.
+pub fn stored(conn: &Connection, q: &Query) -> rusqlite::Result<Vec<super::StoredInstance>> {
+    use Column::*;
+    let q = Query {
+        level: Level::Image,
+        select: vec![
+            StudyInstanceUid,
+            SeriesInstanceUid,
+            SopInstanceUid,
+            SopClassUid,
+            StoredTransferSyntax,
+            StorageKey,
+            StoredSize,
+            StoredSha256,
+            Rows,
+        ],
+        ..q.clone()
+    };
+    let (sql, params) = q.to_sql(false);
+    let mut stmt = conn.prepare_cached(&sql)?;
+    let rows = stmt.query_map(params_from_iter(params), |r| {
+        Ok(super::StoredInstance {
+            study_instance_uid: r.get(0)?,
+            series_instance_uid: r.get(1)?,
+            sop_instance_uid: r.get(2)?,
+            sop_class_uid: r.get(3)?,
+            transfer_syntax_uid: r.get(4)?,
+            storage_key: r.get(5)?,
+            size: r.get::<_, i64>(6)? as u64,
+            sha256: r.get(7)?,
+            has_pixels: r.get::<_, Option<i64>>(8)?.is_some(),
+        })
+    })?;
+    rows.collect()
+}
+
 fn rows_of(
     conn: &Connection,
     q: &Query,

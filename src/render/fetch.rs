@@ -63,12 +63,7 @@ pub async fn preview_of(
         .instance(sop_instance_uid)
         .await?
         .ok_or_else(|| PreviewError::UnknownInstance(sop_instance_uid.to_string()))?;
-    let expected = Expected {
-        key: inst.storage_key.clone(),
-        size: inst.size,
-        sha256: inst.sha256,
-    };
-    let object = read_verified(storage, index, &expected)
+    let object = read_verified(storage, index, &inst.expected())
         .await
         .map_err(|e| PreviewError::Read {
             key: inst.storage_key,

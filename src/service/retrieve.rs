@@ -17,12 +17,11 @@ use tracing::{info, warn};
 
 use crate::config::Config;
 use crate::dimse::{Command, CommandField, DATA_SET_PRESENT, Status, status};
-use crate::index::query::{Column, Level};
-use crate::index::{Index, IndexError};
+use crate::index::{Index, IndexError, StoredInstance};
 use crate::net::scu::{ProposedContext, ScuAssociation, ScuOptions, ScuTls};
 use crate::net::{AcceptedContext, Association, Incoming, NetError};
 use crate::service::query::{IdentifierError, MatchOptions, Model, read_identifier};
-use crate::storage::{Expected, Storage};
+use crate::storage::Storage;
 
 /// Objects read ahead from storage while the network sends.
 const PREFETCH: usize = 4;
@@ -58,17 +57,6 @@ impl RetrieveError {
         };
         Status::with_comment(code, self.to_string())
     }
-}
-
-/// One instance to send.
-#[derive(Debug, Clone)]
-pub struct Item {
-    pub sop_instance_uid: String,
-    pub sop_class_uid: String,
-    pub transfer_syntax: String,
-    pub storage_key: String,
-    pub size: u64,
-    pub sha256: String,
 }
 
 /// The sub-operation counters (PS3.7 C.4.2.1.x).
@@ -110,7 +98,7 @@ impl RetrieveService {
         &self,
         context: &AcceptedContext,
         data: Option<Vec<u8>>,
-    ) -> Result<Vec<Item>, RetrieveError> {
+    ) -> Result<Vec<StoredInstance>, RetrieveError> {
         let model = Model::of_retrieve_sop_class(&context.abstract_syntax)
             .ok_or(RetrieveError::NotRetrieve)?;
         let opts = MatchOptions {
@@ -118,33 +106,10 @@ impl RetrieveService {
             combined_datetime: false,
             pn_case_insensitive: self.config.query.pn_case_insensitive,
         };
-        let mut query = read_identifier(data, &context.transfer_syntax, model, opts)
+        let query = read_identifier(data, &context.transfer_syntax, model, opts)
             .await?
             .query;
-        query.level = Level::Image;
-        query.select = vec![
-            Column::SopInstanceUid,
-            Column::SopClassUid,
-            Column::StoredTransferSyntax,
-            Column::StorageKey,
-            Column::StoredSize,
-            Column::StoredSha256,
-        ];
-        let rows = self.index.find_all(query).await?;
-        Ok(rows
-            .into_iter()
-            .map(|r| {
-                let mut it = r.into_iter().map(Option::unwrap_or_default);
-                Item {
-                    sop_instance_uid: it.next().unwrap_or_default(),
-                    sop_class_uid: it.next().unwrap_or_default(),
-                    transfer_syntax: it.next().unwrap_or_default(),
-                    storage_key: it.next().unwrap_or_default(),
-                    size: it.next().and_then(|s| s.parse().ok()).unwrap_or_default(),
-                    sha256: it.next().unwrap_or_default(),
-                }
-            })
-            .collect())
+        Ok(self.index.stored_instances(query).await?)
     }
 
     /// C-MOVE: send the selected instances to the destination AE named in the request.
@@ -193,7 +158,7 @@ impl RetrieveService {
         // Exactly the SOP classes to send, each in its stored syntax plus the two native ones.
         let mut proposed: Vec<ProposedContext> = Vec::new();
         for it in &items {
-            let mut ts = vec![it.transfer_syntax.clone()];
+            let mut ts = vec![it.transfer_syntax_uid.clone()];
             for native in [
                 uids::EXPLICIT_VR_LITTLE_ENDIAN,
                 uids::IMPLICIT_VR_LITTLE_ENDIAN,
@@ -313,7 +278,7 @@ impl RetrieveService {
     /// The audit record of instances leaving the archive (PS3.15 A.5.3.4 Export): the
     /// studies they belong to (read from their storage keys), their patients (from the
     /// index) and how many.
-    async fn export_event(&self, items: &[Item], what: &str) -> AuditEvent {
+    async fn export_event(&self, items: &[StoredInstance], what: &str) -> AuditEvent {
         let mut subject = Subject::default();
         for it in items {
             if let Some((study, _, _)) =
@@ -342,7 +307,7 @@ impl RetrieveService {
         assoc: &mut Association,
         context: &AcceptedContext,
         request: &Command,
-        items: Vec<Item>,
+        items: Vec<StoredInstance>,
     ) -> Result<(), NetError> {
         let field = CommandField::CGetRsp;
         let mut counters = Counters {
@@ -378,7 +343,7 @@ impl RetrieveService {
     async fn get_suboperation(
         &self,
         assoc: &mut Association,
-        item: &Item,
+        item: &StoredInstance,
         file: Bytes,
         cancelled: &mut bool,
     ) -> Result<Result<Status, String>, NetError> {
@@ -391,7 +356,7 @@ impl RetrieveService {
         let Some((ctx, payload)) = pick_context(&candidates, item, &file) else {
             return Ok(Err(format!(
                 "no accepted context can carry {} in {}",
-                item.sop_class_uid, item.transfer_syntax
+                item.sop_class_uid, item.transfer_syntax_uid
             )));
         };
         let payload = match payload {
@@ -441,7 +406,7 @@ impl RetrieveService {
         assoc: &mut Association,
         context: &AcceptedContext,
         request: &Command,
-        items: Vec<Item>,
+        items: Vec<StoredInstance>,
         sub: &mut ScuAssociation,
         originator: &(String, u16),
     ) -> Result<(), NetError> {
@@ -481,7 +446,7 @@ impl RetrieveService {
                     match pick_context(&candidates, &item, &file) {
                         None => Err(format!(
                             "destination accepted no context for {} in {}",
-                            item.sop_class_uid, item.transfer_syntax
+                            item.sop_class_uid, item.transfer_syntax_uid
                         )),
                         Some((_, Err(e))) => Err(e),
                         Some((ctx, Ok(payload))) => {
@@ -517,7 +482,7 @@ impl RetrieveService {
     /// Read objects ahead of the sender: at most `PREFETCH` objects and `PREFETCH_BYTES` bytes
     /// (an object larger than that is read alone); each object comes with its share of the
     /// byte budget, given back when the sender drops it.
-    fn prefetch(&self, items: Vec<Item>) -> mpsc::Receiver<Prefetched> {
+    fn prefetch(&self, items: Vec<StoredInstance>) -> mpsc::Receiver<Prefetched> {
         let (tx, rx) = mpsc::channel(PREFETCH);
         let storage = self.storage.clone();
         let index = self.index.clone();
@@ -531,12 +496,7 @@ impl RetrieveService {
                 let Ok(held) = budget.clone().acquire_many_owned(share).await else {
                     break;
                 };
-                let expected = Expected {
-                    key: item.storage_key.clone(),
-                    size: item.size,
-                    sha256: item.sha256.clone(),
-                };
-                let bytes = crate::archive::read_verified(&storage, &index, &expected)
+                let bytes = crate::archive::read_verified(&storage, &index, &item.expected())
                     .await
                     .map_err(|e| e.to_string());
                 if let Ok(b) = &bytes {
@@ -554,12 +514,12 @@ impl RetrieveService {
 /// One object read ahead: the instance, its bytes (or why they could not be read), and its
 /// share of the read-ahead budget.
 type Prefetched = (
-    Item,
+    StoredInstance,
     Result<Bytes, String>,
     tokio::sync::OwnedSemaphorePermit,
 );
 
-fn record(c: &mut Counters, item: &Item, outcome: Result<Status, String>) {
+fn record(c: &mut Counters, item: &StoredInstance, outcome: Result<Status, String>) {
     match outcome {
         Ok(st) if st.is_success() => {
             c.remaining = c.remaining.saturating_sub(1);
@@ -585,12 +545,12 @@ fn record(c: &mut Counters, item: &Item, outcome: Result<Status, String>) {
 /// re-encoded into without decoding pixel data.
 fn pick_context<'c>(
     candidates: &'c [AcceptedContext],
-    item: &Item,
+    item: &StoredInstance,
     file: &Bytes,
 ) -> Option<(&'c AcceptedContext, Result<Bytes, String>)> {
     if let Some(c) = candidates
         .iter()
-        .find(|c| c.transfer_syntax == item.transfer_syntax)
+        .find(|c| c.transfer_syntax == item.transfer_syntax_uid)
     {
         let payload = crate::part10::split(file)
             .map(|(_, off)| file.slice(off..))
@@ -600,7 +560,7 @@ fn pick_context<'c>(
     let c = candidates.first()?;
     Some((
         c,
-        transcode(file, &item.transfer_syntax, &c.transfer_syntax).map(Bytes::from),
+        transcode(file, &item.transfer_syntax_uid, &c.transfer_syntax).map(Bytes::from),
     ))
 }
 

@@ -23,8 +23,9 @@ use tokio::sync::mpsc;
 
 use super::{Peer, Signed, error_page};
 use crate::audit::{Event, INSTANCES_TRANSFERRED, Outcome, Role, Subject};
-use crate::http::wado::{Stored, read, stored};
+use crate::http::wado::{read, stored};
 use crate::http::{WebError, WebState, path_uid};
+use crate::index::StoredInstance;
 
 /// Bytes handed to the response at a time.
 const CHUNK: usize = 256 << 10;
@@ -58,8 +59,11 @@ pub async fn series(
 }
 
 /// The name of an instance inside the ZIP: one folder per series.
-pub fn entry_name(s: &Stored) -> String {
-    format!("{}/{}/{}.dcm", s.study, s.series, s.sop)
+pub fn entry_name(s: &StoredInstance) -> String {
+    format!(
+        "{}/{}/{}.dcm",
+        s.study_instance_uid, s.series_instance_uid, s.sop_instance_uid
+    )
 }
 
 async fn zip_of(
@@ -126,7 +130,7 @@ async fn zip_of(
 fn write_zip(
     state: &WebState,
     runtime: &tokio::runtime::Handle,
-    items: &[Stored],
+    items: &[StoredInstance],
     out: ChannelWriter,
 ) -> std::io::Result<()> {
     let mut zip = zip::ZipWriter::new_stream(out);
