@@ -59,7 +59,7 @@ enum Command {
         remote: Remote,
         /// Information model.
         #[arg(long, value_enum, default_value = "study")]
-        model: pacsd::tools::QueryModel,
+        model: ModelArg,
         /// Query/Retrieve level: PATIENT, STUDY, SERIES or IMAGE.
         #[arg(long, short, default_value = "STUDY")]
         level: String,
@@ -83,7 +83,7 @@ enum Command {
         remote: Remote,
         /// Information model.
         #[arg(long, value_enum, default_value = "study")]
-        model: pacsd::tools::QueryModel,
+        model: ModelArg,
         /// Runs of each query.
         #[arg(long, default_value_t = 50)]
         rounds: usize,
@@ -344,12 +344,28 @@ enum IndexCommand {
     },
 }
 
+/// Which Query/Retrieve information model a query or retrieve uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum ModelArg {
+    Patient,
+    Study,
+}
+
+impl From<ModelArg> for pacsd::tools::Model {
+    fn from(m: ModelArg) -> Self {
+        match m {
+            ModelArg::Patient => pacsd::tools::Model::PatientRoot,
+            ModelArg::Study => pacsd::tools::Model::StudyRoot,
+        }
+    }
+}
+
 /// What to retrieve (C-MOVE, C-GET).
 #[derive(Args, Clone)]
 struct RetrieveArgs {
     /// Information model.
     #[arg(long, value_enum, default_value = "study")]
-    model: pacsd::tools::QueryModel,
+    model: ModelArg,
     /// Query/Retrieve level: PATIENT, STUDY, SERIES or IMAGE.
     #[arg(long, short, default_value = "STUDY")]
     level: String,
@@ -363,7 +379,7 @@ struct RetrieveArgs {
 
 impl RetrieveArgs {
     fn spec(self) -> pacsd::tools::FindSpec {
-        pacsd::tools::FindSpec::retrieve(self.model, self.level, self.keys)
+        pacsd::tools::FindSpec::retrieve(self.model.into(), self.level, self.keys)
     }
 }
 
@@ -855,7 +871,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             json,
         } => {
             let spec = pacsd::tools::FindSpec {
-                model,
+                model: model.into(),
                 level,
                 keys,
                 charset,
@@ -904,7 +920,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     .map(str::to_string)
                     .collect();
                 let spec = pacsd::tools::FindSpec {
-                    model,
+                    model: model.into(),
                     level: level.to_string(),
                     keys,
                     charset: None,
@@ -914,7 +930,8 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 parsed.push((label.to_string(), spec));
             }
             let reports =
-                pacsd::tools::find_latency(&remote.options(), model, &parsed, rounds).await?;
+                pacsd::tools::find_latency(&remote.options(), model.into(), &parsed, rounds)
+                    .await?;
             println!(
                 "{:<24} {:>8} {:>10} {:>10} {:>10} {:>7}",
                 "query", "matches", "p50 ms", "p99 ms", "max ms", "status"

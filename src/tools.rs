@@ -13,6 +13,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use crate::net::NetError;
 use crate::net::scu::{Negotiation, ProposedContext, ScuAssociation, ScuOptions};
 use crate::part10;
+pub use crate::service::query::Model;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ToolError {
@@ -300,27 +301,11 @@ async fn store_shard(
     summary
 }
 
-/// Which Query/Retrieve model `pacsd find` uses.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum QueryModel {
-    Patient,
-    Study,
-}
-
-impl QueryModel {
-    pub fn find_sop_class(self) -> &'static str {
-        match self {
-            QueryModel::Patient => uids::PATIENT_ROOT_QUERY_RETRIEVE_INFORMATION_MODEL_FIND,
-            QueryModel::Study => uids::STUDY_ROOT_QUERY_RETRIEVE_INFORMATION_MODEL_FIND,
-        }
-    }
-}
-
 /// A C-FIND to run: level, keys as `Keyword=value` or `gggg,eeee=value` (empty value:
 /// return only), optional Specific Character Set, relational negotiation.
 #[derive(Debug, Clone)]
 pub struct FindSpec {
-    pub model: QueryModel,
+    pub model: Model,
     pub level: String,
     pub keys: Vec<String>,
     pub charset: Option<String>,
@@ -414,7 +399,7 @@ fn bad_query(reason: String) -> ToolError {
 /// accepted context id.
 pub async fn find_association(
     opts: &ScuOptions,
-    model: QueryModel,
+    model: Model,
     relational: bool,
 ) -> Result<(ScuAssociation, u8), ToolError> {
     let sop = model.find_sop_class();
@@ -492,7 +477,7 @@ impl LatencyReport {
 /// request to final response.
 pub async fn find_latency(
     opts: &ScuOptions,
-    model: QueryModel,
+    model: Model,
     queries: &[(String, FindSpec)],
     rounds: usize,
 ) -> Result<Vec<LatencyReport>, ToolError> {
@@ -597,18 +582,9 @@ impl FindResult {
     }
 }
 
-impl QueryModel {
-    pub fn move_sop_class(self) -> &'static str {
-        match self {
-            QueryModel::Patient => uids::PATIENT_ROOT_QUERY_RETRIEVE_INFORMATION_MODEL_MOVE,
-            QueryModel::Study => uids::STUDY_ROOT_QUERY_RETRIEVE_INFORMATION_MODEL_MOVE,
-        }
-    }
-}
-
 impl FindSpec {
     /// A retrieve request: level and unique keys only.
-    pub fn retrieve(model: QueryModel, level: String, keys: Vec<String>) -> FindSpec {
+    pub fn retrieve(model: Model, level: String, keys: Vec<String>) -> FindSpec {
         FindSpec {
             model,
             level,
@@ -735,15 +711,6 @@ pub async fn move_to(
     bar.finish_and_clear();
     assoc.release().await?;
     Ok(MoveResult::from_final(last, pending))
-}
-
-impl QueryModel {
-    pub fn get_sop_class(self) -> &'static str {
-        match self {
-            QueryModel::Patient => uids::PATIENT_ROOT_QUERY_RETRIEVE_INFORMATION_MODEL_GET,
-            QueryModel::Study => uids::STUDY_ROOT_QUERY_RETRIEVE_INFORMATION_MODEL_GET,
-        }
-    }
 }
 
 /// Storage SOP classes `pacsd get` can receive (an association has at most 128 contexts, so

@@ -172,7 +172,7 @@ async fn pydicom_test_data_and_mangled_variants_get_a_status_and_stored_ones_are
         let found = pacsd::tools::find(
             &n.scu("CORPUS"),
             &pacsd::tools::FindSpec {
-                model: pacsd::tools::QueryModel::Study,
+                model: pacsd::tools::Model::StudyRoot,
                 level: "IMAGE".into(),
                 keys: vec![format!("SOPInstanceUID={sop}")],
                 charset: None,

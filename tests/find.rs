@@ -12,7 +12,7 @@ use common::*;
 use dicom_dictionary_std::uids;
 use pacsd::config::Service;
 use pacsd::synth::Spec;
-use pacsd::tools::{FindSpec, QueryModel};
+use pacsd::tools::{FindSpec, Model};
 
 /// One study of the corpus.
 fn spec(study: u32, series: u32, n: u32, f: impl FnOnce(&mut Spec)) -> Spec {
@@ -757,7 +757,7 @@ async fn c_cancel_stops_the_stream() {
     // pacsd's SCU sends C-CANCEL before reading anything: the node sees it before it has
     // sent all 400 matches.
     let spec = FindSpec {
-        model: QueryModel::Study,
+        model: Model::StudyRoot,
         level: "IMAGE".into(),
         keys: keys.clone(),
         charset: None,
@@ -820,7 +820,7 @@ async fn relational_and_combined_datetime_via_extended_negotiation() {
     let n = node_with_corpus(|_| {}).await;
     // Relational: SERIES level without the study's UID.
     let spec = FindSpec {
-        model: QueryModel::Study,
+        model: Model::StudyRoot,
         level: "SERIES".into(),
         keys: vec!["Modality=MR".into(), "SeriesInstanceUID".into()],
         charset: None,
@@ -848,7 +848,7 @@ async fn relational_and_combined_datetime_via_extended_negotiation() {
         "PatientID".into(),
     ];
     let combined = FindSpec {
-        model: QueryModel::Study,
+        model: Model::StudyRoot,
         level: "STUDY".into(),
         keys,
         charset: None,

@@ -11,7 +11,7 @@ use common::*;
 use dicom_dictionary_std::{tags, uids};
 use pacsd::config::{Peer, Service};
 use pacsd::synth::Spec;
-use pacsd::tools::{FindSpec, QueryModel};
+use pacsd::tools::{FindSpec, Model};
 
 async fn node_with(dest_port: u16, specs: &[Spec]) -> TestNode {
     let n = TestNode::start_with(|c| {
@@ -445,7 +445,7 @@ async fn cancel_and_destination_killed_mid_move() {
     let specs: Vec<Spec> = (1..=600).map(|i| Spec::ct(40, 1, i, 32)).collect();
     let n = node_with(dest.port, &specs).await;
     let spec = FindSpec {
-        model: QueryModel::Study,
+        model: Model::StudyRoot,
         level: "STUDY".into(),
         keys: vec![format!("StudyInstanceUID={}", specs[0].study_uid)],
         charset: None,

@@ -31,6 +31,33 @@ pub const FIND_SOP_CLASSES: [(&str, Model); 3] = [
 ];
 
 impl Model {
+    /// Every model, in the order of the SOP class tables (`FIND_SOP_CLASSES`,
+    /// `net::syntax::MOVE_SOP_CLASSES`, `GET_SOP_CLASSES`).
+    const ALL: [Model; 3] = [
+        Model::PatientRoot,
+        Model::StudyRoot,
+        Model::PatientStudyOnly,
+    ];
+
+    fn position(self) -> usize {
+        Model::ALL.iter().position(|m| *m == self).expect("listed")
+    }
+
+    /// The C-FIND SOP class of this model (what an SCU proposes).
+    pub fn find_sop_class(self) -> &'static str {
+        FIND_SOP_CLASSES[self.position()].0
+    }
+
+    /// The C-MOVE SOP class of this model.
+    pub fn move_sop_class(self) -> &'static str {
+        crate::net::syntax::MOVE_SOP_CLASSES[self.position()]
+    }
+
+    /// The C-GET SOP class of this model.
+    pub fn get_sop_class(self) -> &'static str {
+        crate::net::syntax::GET_SOP_CLASSES[self.position()]
+    }
+
     pub fn of_find_sop_class(uid: &str) -> Option<Model> {
         FIND_SOP_CLASSES
             .iter()
@@ -41,15 +68,10 @@ impl Model {
     /// The model of a MOVE or GET SOP class.
     pub fn of_retrieve_sop_class(uid: &str) -> Option<Model> {
         use crate::net::syntax::{GET_SOP_CLASSES, MOVE_SOP_CLASSES};
-        let models = [
-            Model::PatientRoot,
-            Model::StudyRoot,
-            Model::PatientStudyOnly,
-        ];
         MOVE_SOP_CLASSES
             .iter()
-            .zip(models)
-            .chain(GET_SOP_CLASSES.iter().zip(models))
+            .zip(Model::ALL)
+            .chain(GET_SOP_CLASSES.iter().zip(Model::ALL))
             .find(|(u, _)| **u == uid)
             .map(|(_, m)| m)
     }
@@ -545,6 +567,19 @@ fn matcher_for(def: &KeyDef, raw: &str) -> Result<Matcher, IdentifierError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn each_model_names_its_own_sop_classes_and_is_found_by_them() {
+        for m in Model::ALL {
+            assert_eq!(Model::of_find_sop_class(m.find_sop_class()), Some(m));
+            assert_eq!(Model::of_retrieve_sop_class(m.move_sop_class()), Some(m));
+            assert_eq!(Model::of_retrieve_sop_class(m.get_sop_class()), Some(m));
+        }
+        assert_eq!(
+            Model::StudyRoot.move_sop_class(),
+            uids::STUDY_ROOT_QUERY_RETRIEVE_INFORMATION_MODEL_MOVE
+        );
+    }
     use dicom_core::{DataElement, PrimitiveValue};
 
     fn ident(level: &str, keys: &[(Tag, VR, &str)]) -> InMemDicomObject {

@@ -395,7 +395,7 @@ pub fn script(name: &str) -> PathBuf {
 /// Every instance in `acked` (all of one series) is found by C-FIND at IMAGE level and
 /// retrieved by C-GET of the series from the node at `opts`; Err says what is not.
 pub async fn check_kept(opts: &ScuOptions, acked: &[pacsd::synth::Spec]) -> Result<(), String> {
-    use pacsd::tools::{FindSpec, QueryModel};
+    use pacsd::tools::{FindSpec, Model};
     let Some(first) = acked.first() else {
         return Ok(());
     };
@@ -406,7 +406,7 @@ pub async fn check_kept(opts: &ScuOptions, acked: &[pacsd::synth::Spec]) -> Resu
     let mut find_keys = keys.clone();
     find_keys.push("SOPInstanceUID=".into());
     let spec = FindSpec {
-        model: QueryModel::Study,
+        model: Model::StudyRoot,
         level: "IMAGE".into(),
         keys: find_keys,
         charset: None,
@@ -433,7 +433,7 @@ pub async fn check_kept(opts: &ScuOptions, acked: &[pacsd::synth::Spec]) -> Resu
         ));
     }
     let out = tempfile::tempdir().map_err(|e| e.to_string())?;
-    let what = FindSpec::retrieve(QueryModel::Study, "SERIES".into(), keys);
+    let what = FindSpec::retrieve(Model::StudyRoot, "SERIES".into(), keys);
     let got = pacsd::tools::get_into(opts, &what, out.path(), false)
         .await
         .map_err(|e| format!("C-GET: {e}"))?;
