@@ -31,6 +31,12 @@ const BIN: &str = env!("CARGO_BIN_EXE_pacsd");
 struct Member {
     name: &'static str,
     ip: String,
+    /// Its ports on `ip`, each found free when the pair was made: DICOM, HTTP, heartbeat,
+    /// replication.
+    port: u16,
+    http_port: u16,
+    beat_port: u16,
+    repl_port: u16,
     config: PathBuf,
     child: Option<Child>,
     log: PathBuf,
@@ -83,7 +89,7 @@ impl Member {
 
     fn scu(&self) -> ScuOptions {
         ScuOptions {
-            addr: format!("{}:11112", self.ip),
+            addr: format!("{}:{}", self.ip, self.port),
             calling_ae: "HACLIENT".into(),
             called_ae: "PACSD".into(),
             timeout: Duration::from_secs(3),
@@ -108,6 +114,27 @@ struct Pair {
     a: Member,
     b: Member,
     witness: Option<Child>,
+    /// The witness's address (127.0.N.4 and a free port), when there is one.
+    witness_addr: String,
+}
+
+/// A TCP port free on `ip` now (the pair's addresses are the test's own, so nothing else
+/// takes it before the member binds it).
+fn free_port(ip: &str) -> u16 {
+    std::net::TcpListener::bind((ip, 0))
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A UDP port free on `ip` now (heartbeats).
+fn free_udp_port(ip: &str) -> u16 {
+    std::net::UdpSocket::bind((ip, 0))
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 /// `arbiter`: None for a shared directory, Some(port) for a witness on 127.0.N.4:port.
@@ -117,29 +144,47 @@ fn pair(net: u8, witness: bool) -> Pair {
     // The pair's shared heartbeat key (both members name the same file).
     std::fs::write(d.join("ha.key"), [0x5a; 32]).unwrap();
     let ip = |h: u8| format!("127.0.{net}.{h}");
+    let witness_addr = format!("{}:{}", ip(4), free_port(&ip(4)));
     let arbiter = if witness {
-        format!("witness://{}:7402", ip(4))
+        format!("witness://{witness_addr}")
     } else {
         d.join("arbiter").display().to_string()
     };
     let replicas: Vec<String> = (1..=3)
         .map(|i| format!("\"{}\"", d.join(format!("r{i}")).display()))
         .collect();
-    let member = |name: &'static str, me: u8, peer: u8| {
+    // Each member's ports: DICOM, HTTP, heartbeat, replication.
+    let ports = |h: u8| {
+        [
+            free_port(&ip(h)),
+            free_port(&ip(h)),
+            free_udp_port(&ip(h)),
+            free_port(&ip(h)),
+        ]
+    };
+    let (pa, pb) = (ports(2), ports(3));
+    let member = |name: &'static str, me: u8, mine: [u16; 4], peer: u8, theirs: [u16; 4]| {
         let config = d.join(format!("{name}.toml"));
         std::fs::create_dir_all(d.join(name)).unwrap();
         std::fs::write(
             &config,
             format!(
-                "[node]\nbind = \"{me_ip}\"\nport = 11112\n\n[timeouts]\nshutdown_secs = 2.0\n\n\
+                "[node]\nbind = \"{me_ip}\"\nport = {dicom}\n\n[http]\nport = {http}\n\n\
+                 [timeouts]\nshutdown_secs = 2.0\n\n\
                  [index]\npath = \"{index}\"\n\n[storage]\nreplicas = [{replicas}]\n\n\
                  [access]\nunknown_ae_services = [\"echo\", \"store\", \"find\", \"get\"]\n\n\
                  [preview]\nenabled = false\n\n\
                  [ha]\nnode_id = \"{name}\"\n\
-                 links = [{{ bind = \"{me_ip}:7400\", peer = \"{peer_ip}:7400\" }}]\n\
-                 replication_bind = \"{me_ip}:7401\"\npeer_replication = \"{peer_ip}:7401\"\n\
+                 links = [{{ bind = \"{me_ip}:{beat}\", peer = \"{peer_ip}:{peer_beat}\" }}]\n\
+                 replication_bind = \"{me_ip}:{repl}\"\npeer_replication = \"{peer_ip}:{peer_repl}\"\n\
                  arbiter = \"{arbiter}\"\nkey_file = \"{key}\"\n",
                 key = d.join("ha.key").display(),
+                dicom = mine[0],
+                http = mine[1],
+                beat = mine[2],
+                repl = mine[3],
+                peer_beat = theirs[2],
+                peer_repl = theirs[3],
                 me_ip = ip(me),
                 peer_ip = ip(peer),
                 index = d.join(name).join("index.sqlite").display(),
@@ -150,6 +195,10 @@ fn pair(net: u8, witness: bool) -> Pair {
         Member {
             name,
             ip: ip(me),
+            port: mine[0],
+            http_port: mine[1],
+            beat_port: mine[2],
+            repl_port: mine[3],
             config,
             child: None,
             log: d.join(format!("{name}.log")),
@@ -157,13 +206,14 @@ fn pair(net: u8, witness: bool) -> Pair {
         }
     };
     let mut p = Pair {
-        a: member("a", 2, 3),
-        b: member("b", 3, 2),
+        a: member("a", 2, pa, 3, pb),
+        b: member("b", 3, pb, 2, pa),
         witness: None,
+        witness_addr,
         dir,
     };
     if witness {
-        p.start_witness(net);
+        p.start_witness();
     }
     p
 }
@@ -180,14 +230,9 @@ impl Pair {
         p
     }
 
-    fn start_witness(&mut self, net: u8) {
+    fn start_witness(&mut self) {
         let child = Command::new(BIN)
-            .args([
-                "witness",
-                "--listen",
-                &format!("127.0.{net}.4:7402"),
-                "--dir",
-            ])
+            .args(["witness", "--listen", &self.witness_addr, "--dir"])
             .arg(self.dir.path().join("witness"))
             .args(["--node", "a", "--node", "b", "--key-file"])
             .arg(self.dir.path().join("ha.key"))
@@ -198,7 +243,7 @@ impl Pair {
         self.witness = Some(child);
         // Ready when it answers.
         let deadline = Instant::now() + Duration::from_secs(10);
-        while std::net::TcpStream::connect(format!("127.0.{net}.4:7402")).is_err() {
+        while std::net::TcpStream::connect(&self.witness_addr).is_err() {
             assert!(Instant::now() < deadline, "witness did not start");
             std::thread::sleep(Duration::from_millis(20));
         }
@@ -463,7 +508,7 @@ async fn with_the_witness_down_the_pair_serves_on_and_fails_over_once_it_returns
         ),
     ] {
         use std::io::{BufRead, Write};
-        let mut s = std::net::TcpStream::connect("127.0.45.4:7402").unwrap();
+        let mut s = std::net::TcpStream::connect(&p.witness_addr).unwrap();
         s.write_all(format!("{line}\n").as_bytes()).unwrap();
         let mut answer = String::new();
         std::io::BufReader::new(s).read_line(&mut answer).unwrap();
@@ -483,7 +528,7 @@ async fn with_the_witness_down_the_pair_serves_on_and_fails_over_once_it_returns
     let sb = p.b.status().unwrap();
     assert!(!sb.role.starts_with("primary"), "{sb:?}");
     // ... and resumes as soon as the witness is back.
-    p.start_witness(45);
+    p.start_witness();
     assert!(wait_for(Duration::from_secs(10), || p
         .b
         .status()
@@ -576,6 +621,10 @@ async fn forged_heartbeats_change_no_role_epoch_or_lease() {
     let _serial = serial();
     let p = Pair::started(49, false);
     let forger = std::net::UdpSocket::bind("127.0.49.9:0").unwrap();
+    let (beat_a, beat_b) = (
+        format!("{}:{}", p.a.ip, p.a.beat_port),
+        format!("{}:{}", p.b.ip, p.b.beat_port),
+    );
     let forged_beat = |node: &str| Beat {
         node: node.into(),
         primary: true,
@@ -588,7 +637,7 @@ async fn forged_heartbeats_change_no_role_epoch_or_lease() {
     let wrong_key = BeatKey::new(&[0x11; 32]).unwrap();
     let forge = move |rounds: usize| {
         for i in 0..rounds {
-            for (node, to) in [("b", "127.0.49.2:7400"), ("a", "127.0.49.3:7400")] {
+            for (node, to) in [("b", beat_a.as_str()), ("a", beat_b.as_str())] {
                 let plain = serde_json::to_vec(&forged_beat(node)).unwrap();
                 let _ = forger.send_to(&plain, to);
                 let sealed = wrong_key.seal(&forged_beat(node), u64::MAX - i as u64);
@@ -667,7 +716,7 @@ async fn forged_replication_and_an_impostor_standby_change_nothing() {
             .unwrap();
         if socket
             .connect(
-                &"127.0.50.3:7401"
+                &format!("{}:{}", p.b.ip, p.b.repl_port)
                     .parse::<std::net::SocketAddr>()
                     .unwrap()
                     .into(),
@@ -714,7 +763,7 @@ async fn forged_replication_and_an_impostor_standby_change_nothing() {
         .a
         .status()
         .is_some_and(|s| s.solo)));
-    let impostor = std::net::TcpListener::bind("127.0.50.3:7401").unwrap();
+    let impostor = std::net::TcpListener::bind((p.b.ip.as_str(), p.b.repl_port)).unwrap();
     impostor.set_nonblocking(false).unwrap();
     let seen = std::thread::spawn(move || {
         let (mut s, _) = impostor.accept().unwrap();
@@ -944,7 +993,7 @@ async fn an_admin_switches_over_from_the_portal() {
     ))
     .args([
         &pw_dir,
-        &format!("http://{}:8104", p.a.ip),
+        &format!("http://{}:{}", p.a.ip, p.a.http_port),
         "chief",
         "an admin's long password",
     ])
