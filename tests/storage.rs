@@ -58,7 +58,21 @@ async fn suite(stores: Vec<(String, Arc<dyn ObjectStore>)>) {
     let small = body(100_000, 1);
     let small_key = "dicom/1.2.3/1.2.3.4/1.2.3.4.5.dcm";
     let out = storage.put(small_key, small.clone()).await.unwrap();
-    assert_eq!(out.written, vec![0, 1, 2]);
+    // On the write quorum at least; a replica that answers after the put returned is listed
+    // as missed (for the repair queue), never silently dropped. Which replicas finish first
+    // is the machine's business, so it is not asserted.
+    assert!(out.written.len() >= storage.quorum().needed(), "{out:?}");
+    let mut accounted: Vec<usize> = out
+        .written
+        .iter()
+        .copied()
+        .chain(out.missed.iter().map(|(i, _)| *i))
+        .collect();
+    accounted.sort();
+    assert_eq!(accounted, vec![0, 1, 2], "{out:?}");
+    for &i in &out.written {
+        assert!(storage.exists_on(i, small_key).await, "replica {i}");
+    }
     let v = storage.read(&expected(small_key, &small)).await.unwrap();
     assert_eq!(v.bytes, small);
     assert!(v.stripe.is_none() && v.bad_copies.is_empty());
