@@ -166,22 +166,7 @@ async fn dicom_end_to_end_with_hdfs_replicas() {
     }
 
     // C-FIND with DCMTK.
-    let study = format!("StudyInstanceUID={}", specs[0].study_uid);
-    let series = format!("SeriesInstanceUID={}", specs[0].series_uid);
-    let found = findscu(
-        n.port(),
-        &[
-            "-S",
-            "-k",
-            "QueryRetrieveLevel=IMAGE",
-            "-k",
-            &study,
-            "-k",
-            "SOPInstanceUID=",
-            "-k",
-            &series,
-        ],
-    );
+    let found = findscu_instances(n.port(), &specs[0].study_uid, &specs[0].series_uid);
     assert_eq!(found.matches("(0008,0018) UI [").count(), 22, "{found}");
 
     // Reads served by HDFS alone: the local replica is emptied, so a C-MOVE must read every

@@ -345,22 +345,7 @@ async fn the_portal_in_a_browser() {
             assert_eq!(outcome, "stored", "{o}");
         }
     }
-    let study5 = format!("StudyInstanceUID={}", uploads[0].0.study_uid);
-    let series5 = format!("SeriesInstanceUID={}", uploads[0].0.series_uid);
-    let found = findscu(
-        n.port(),
-        &[
-            "-S",
-            "-k",
-            "QueryRetrieveLevel=IMAGE",
-            "-k",
-            &study5,
-            "-k",
-            &series5,
-            "-k",
-            "SOPInstanceUID",
-        ],
-    );
+    let found = findscu_instances(n.port(), &uploads[0].0.study_uid, &uploads[0].0.series_uid);
     for (s, _) in &uploads {
         assert!(
             found.contains(&s.sop_uid),
@@ -368,21 +353,10 @@ async fn the_portal_in_a_browser() {
             s.sop_uid
         );
     }
-    let study6 = format!("StudyInstanceUID={}", folder_specs[0].study_uid);
-    let series6 = format!("SeriesInstanceUID={}", folder_specs[0].series_uid);
-    let found = findscu(
+    let found = findscu_instances(
         n.port(),
-        &[
-            "-S",
-            "-k",
-            "QueryRetrieveLevel=IMAGE",
-            "-k",
-            &study6,
-            "-k",
-            &series6,
-            "-k",
-            "SOPInstanceUID",
-        ],
+        &folder_specs[0].study_uid,
+        &folder_specs[0].series_uid,
     );
     for s in &folder_specs {
         assert!(found.contains(&s.sop_uid), "{}: {found}", s.sop_uid);

@@ -499,34 +499,19 @@ impl Index {
         &self,
         sop_instance_uid: &str,
     ) -> Result<Option<StoredInstance>, IndexError> {
-        let uid = sop_instance_uid.to_string();
-        self.read(move |c| {
-            c.query_row(
-                "SELECT i.sop_instance_uid, st.study_instance_uid, se.series_instance_uid,
-                        i.storage_key, i.size, i.sha256, i.transfer_syntax_uid,
-                        i.sop_class_uid, i.rows
-                 FROM instance i JOIN series se ON i.series_fk = se.id
-                 JOIN study st ON se.study_fk = st.id
-                 WHERE i.sop_instance_uid = ?1",
-                params![uid],
-                |r| {
-                    Ok(StoredInstance {
-                        sop_instance_uid: r.get(0)?,
-                        study_instance_uid: r.get(1)?,
-                        series_instance_uid: r.get(2)?,
-                        storage_key: r.get(3)?,
-                        size: r.get::<_, i64>(4)? as u64,
-                        sha256: r.get(5)?,
-                        transfer_syntax_uid: r.get(6)?,
-                        sop_class_uid: r.get(7)?,
-                        has_pixels: r.get::<_, Option<i64>>(8)?.is_some(),
-                    })
-                },
-            )
-            .optional()
-            .map_err(IndexError::from)
-        })
-        .await
+        use query::{Column, Condition, Matcher};
+        let q = query::Query {
+            level: query::Level::Image,
+            conditions: vec![Condition {
+                column: Column::SopInstanceUid,
+                matcher: Matcher::Single(sop_instance_uid.to_string()),
+            }],
+            select: Vec::new(),
+            pn_case_insensitive: false,
+            combined_study_datetime: false,
+            order: Default::default(),
+        };
+        Ok(self.stored_instances(q).await?.into_iter().next())
     }
 
     pub async fn counts(&self) -> Result<Counts, IndexError> {

@@ -871,6 +871,27 @@ pub fn findscu(port: u16, args: &[&str]) -> String {
     text(&dcmtk("findscu", &a))
 }
 
+/// DCMTK findscu for the SOP Instance UIDs of one series (Study Root, IMAGE level, which
+/// needs the study's and the series' UIDs); its output, one `(0008,0018) UI [...]` per match.
+pub fn findscu_instances(port: u16, study_uid: &str, series_uid: &str) -> String {
+    let study = format!("StudyInstanceUID={study_uid}");
+    let series = format!("SeriesInstanceUID={series_uid}");
+    findscu(
+        port,
+        &[
+            "-S",
+            "-k",
+            "QueryRetrieveLevel=IMAGE",
+            "-k",
+            &study,
+            "-k",
+            &series,
+            "-k",
+            "SOPInstanceUID",
+        ],
+    )
+}
+
 /// DCMTK movescu (verbose) to the node on `port`, moving to the AE DEST, with `args` (query
 /// model and keys); its output.
 pub fn movescu(port: u16, args: &[&str]) -> String {
