@@ -81,7 +81,7 @@ fn collect(
         },
         Err(e) => {
             warn!(account = %account.name, error = %e, "STOW-RS part not stored");
-            let status = e.to_status();
+            let status = crate::service::failure::of_store(&e);
             Outcome1 {
                 sop_class,
                 sop,

@@ -34,17 +34,6 @@ pub enum FindError {
     NotFind,
 }
 
-impl FindError {
-    pub fn to_status(&self) -> Status {
-        let code = match self {
-            FindError::Identifier(e) => e.status_code(),
-            FindError::TooMany { .. } | FindError::Index(_) => status::OUT_OF_RESOURCES,
-            FindError::NotFind => status::SOP_CLASS_NOT_SUPPORTED,
-        };
-        Status::with_comment(code, self.to_string())
-    }
-}
-
 /// The C-FIND business side: the index, storage (IMAGE-level header keys) and settings.
 pub struct FindService {
     pub index: Index,
@@ -104,7 +93,11 @@ impl FindService {
             Ok(r) => r,
             Err(e) => {
                 warn!(error = %e, "C-FIND refused");
-                let rsp = Command::response_to(request, CommandField::CFindRsp, e.to_status());
+                let rsp = Command::response_to(
+                    request,
+                    CommandField::CFindRsp,
+                    super::failure::of_find(&e),
+                );
                 return assoc.send_command(context.id, &rsp).await;
             }
         };

@@ -2,6 +2,7 @@
 //! responses and statuses; `net` carries bytes, `index` and `storage` keep them.
 
 pub mod echo;
+pub mod failure;
 pub mod find;
 pub mod query;
 pub mod retrieve;

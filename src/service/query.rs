@@ -265,18 +265,6 @@ pub enum IdentifierError {
     },
 }
 
-impl IdentifierError {
-    /// PS3.4 C.4.1.1.4 / C.4.2.1.5: A900 when the identifier does not match the SOP class
-    /// (structure), C000 when a value cannot be processed.
-    pub fn status_code(&self) -> u16 {
-        use crate::dimse::status::{DOES_NOT_MATCH_SOP_CLASS, UNABLE_TO_PROCESS};
-        match self {
-            IdentifierError::Parse(_) | IdentifierError::BadValue { .. } => UNABLE_TO_PROCESS,
-            _ => DOES_NOT_MATCH_SOP_CLASS,
-        }
-    }
-}
-
 /// A deflated identifier may inflate to at most this much (an identifier is a list of keys;
 /// 16 MiB holds tens of thousands of UIDs in a UID-list match).
 const MAX_IDENTIFIER_INFLATED: u64 = 16 * 1024 * 1024;

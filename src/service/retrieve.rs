@@ -30,7 +30,7 @@ const PREFETCH: usize = 4;
 /// or MR objects, or one large multi-frame object, ahead of the wire.
 const PREFETCH_BYTES: u32 = 64 * 1024 * 1024;
 
-/// Why a retrieve could not start; `to_status` is the one mapping to statuses.
+/// Why a retrieve could not start (`service::status` maps it to a status).
 #[derive(Debug, thiserror::Error)]
 pub enum RetrieveError {
     #[error("{0}")]
@@ -43,20 +43,6 @@ pub enum RetrieveError {
     Index(#[from] IndexError),
     #[error("not a retrieve SOP class")]
     NotRetrieve,
-}
-
-impl RetrieveError {
-    pub fn to_status(&self) -> Status {
-        let code = match self {
-            RetrieveError::UnknownDestination(_) | RetrieveError::NoDestination => {
-                status::MOVE_DESTINATION_UNKNOWN
-            }
-            RetrieveError::Identifier(e) => e.status_code(),
-            RetrieveError::Index(_) => status::OUT_OF_RESOURCES,
-            RetrieveError::NotRetrieve => status::SOP_CLASS_NOT_SUPPORTED,
-        };
-        Status::with_comment(code, self.to_string())
-    }
 }
 
 /// The sub-operation counters (PS3.7 C.4.2.1.x).
@@ -142,7 +128,7 @@ impl RetrieveService {
                 return assoc
                     .send_command(
                         context.id,
-                        &Command::response_to(request, field, e.to_status()),
+                        &Command::response_to(request, field, super::failure::of_retrieve(&e)),
                     )
                     .await;
             }
@@ -265,7 +251,7 @@ impl RetrieveService {
                 return assoc
                     .send_command(
                         context.id,
-                        &Command::response_to(request, field, e.to_status()),
+                        &Command::response_to(request, field, super::failure::of_retrieve(&e)),
                     )
                     .await;
             }

@@ -12,7 +12,7 @@ use sha2::{Digest, Sha256};
 use tracing::{debug, info, warn};
 
 use crate::config::OnConflict;
-use crate::dimse::{Command, Status, status};
+use crate::dimse::{Command, Status};
 use crate::index::record::{self, RecordError};
 use crate::index::{CommitGate, Index, IndexError, InsertOutcome};
 use crate::net::{AcceptedContext, Dropped};
@@ -60,45 +60,6 @@ pub enum StoreError {
     UnsupportedSyntax(String),
     #[error("not acknowledged: {0}")]
     NotConfirmed(String),
-}
-
-impl StoreError {
-    /// The single mapping from store failures to C-STORE statuses (PS3.4 B.2.3).
-    pub fn to_status(&self) -> Status {
-        let code = match self {
-            StoreError::Conflict { .. } => status::DUPLICATE_SOP_INSTANCE,
-            StoreError::Index(IndexError::PatientConflict { .. }) => status::PATIENT_CONFLICT,
-            StoreError::TooLarge { .. }
-            | StoreError::OverBudget { .. }
-            | StoreError::Storage(_)
-            | StoreError::Index(_) => status::OUT_OF_RESOURCES,
-            StoreError::ContextMismatch { .. }
-            | StoreError::UnsupportedSyntax(_)
-            | StoreError::UnsupportedSopClass(_) => status::SOP_CLASS_NOT_SUPPORTED,
-            StoreError::DataSetMismatch { .. } => status::DOES_NOT_MATCH_SOP_CLASS,
-            StoreError::NoDataSet
-            | StoreError::BadCommandSopClass
-            | StoreError::BadCommandSopInstance
-            | StoreError::Record(_) => status::UNABLE_TO_PROCESS,
-            StoreError::Part10(_) | StoreError::NotConfirmed(_) => status::PROCESSING_FAILURE,
-        };
-        let comment = match self {
-            // Keep the comment short and useful: the quorum figures, not every path.
-            StoreError::Storage(StorageError::QuorumNotMet {
-                ok, total, needed, ..
-            }) => {
-                format!("write quorum not met: {ok} of {total} replicas, {needed} needed")
-            }
-            StoreError::Index(IndexError::PatientConflict { received, .. }) => {
-                format!("Patient ID {received} differs from its study's")
-            }
-            // The pre-scan's or the parser's own words (the comment holds 64 characters).
-            StoreError::Record(RecordError::Parse { reason, .. }) => reason.clone(),
-            StoreError::Index(_) => "index commit failed; object not kept".to_string(),
-            other => other.to_string(),
-        };
-        Status::with_comment(code, comment)
-    }
 }
 
 /// A data set to store, with what its request says it is.
@@ -204,7 +165,7 @@ impl StoreService {
                     error = %e,
                     "C-STORE failed"
                 );
-                e.to_status()
+                super::failure::of_store(&e)
             }
         }
     }
