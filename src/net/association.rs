@@ -126,6 +126,150 @@ fn bad_context_ids(ids: impl Iterator<Item = u8>) -> Option<String> {
     None
 }
 
+/// What the acceptor answers to an A-ASSOCIATE-RQ it admits (PS3.8 9.3.3): each proposed
+/// presentation context accepted or refused with its reason, the replies to role selection
+/// and extended negotiation, and the PDU size the peer can receive.
+#[derive(Debug)]
+struct Negotiated {
+    contexts: Vec<AcceptedContext>,
+    results: Vec<PresentationContextResult>,
+    replies: Vec<UserVariableItem>,
+    peer_max_pdu: u32,
+}
+
+/// Negotiate the presentation contexts of `rq` for a calling AE allowed `allowed` (pure: no
+/// I/O). A context is accepted when its abstract syntax is a service this node provides, the
+/// caller may use it, and one of its transfer syntaxes is supported; a storage context also
+/// serves C-STOREs back to a requestor that asked for the SCP role and may C-GET (PS3.7
+/// D.3.3.4); a C-FIND context answers extended negotiation (`negotiate_find`).
+fn negotiate(rq: &dicom_ul::pdu::AssociationRQ, allowed: &BTreeSet<Service>) -> Negotiated {
+    let mut peer_max_pdu = dicom_ul::pdu::DEFAULT_MAX_PDU;
+    for uv in &rq.user_variables {
+        if let UserVariableItem::MaxLength(len) = uv {
+            peer_max_pdu = if *len == 0 {
+                UNLIMITED_PEER_PDU
+            } else {
+                (*len).min(UNLIMITED_PEER_PDU)
+            };
+        }
+    }
+
+    let requested_ext: Vec<(String, Vec<u8>)> = rq
+        .user_variables
+        .iter()
+        .filter_map(|uv| match uv {
+            UserVariableItem::SopClassExtendedNegotiationSubItem(sop, bytes) => {
+                Some((sop.trim_end_matches(['\0', ' ']).to_string(), bytes.clone()))
+            }
+            _ => None,
+        })
+        .collect();
+    let requested_roles: Vec<(String, dicom_ul::pdu::RequestorRoles)> = rq
+        .user_variables
+        .iter()
+        .filter_map(|uv| match uv {
+            UserVariableItem::ScuScpRoleSelectionSubItem(sop, roles) => {
+                Some((sop.trim_end_matches(['\0', ' ']).to_string(), *roles))
+            }
+            _ => None,
+        })
+        .collect();
+    let mut ext_replies: Vec<UserVariableItem> = Vec::new();
+    let mut results = Vec::with_capacity(rq.presentation_contexts.len());
+    let mut contexts = Vec::new();
+    for pc in &rq.presentation_contexts {
+        let abstract_syntax = pc.abstract_syntax.trim_end_matches(['\0', ' ']).to_string();
+        // A storage context serves C-STORE from the requestor, and (with SCP/SCU role
+        // selection, PS3.7 D.3.3.4) C-STOREs back to it for C-GET.
+        let requestor_scp = requested_roles
+            .iter()
+            .any(|(sop, r)| *sop == abstract_syntax && r.scp);
+        let permitted = |service: Service| {
+            allowed.contains(&service)
+                || (service == Service::Store && requestor_scp && allowed.contains(&Service::Get))
+        };
+        let (reason, ts) = match service_of(&abstract_syntax) {
+            None => (
+                PresentationContextResultReason::AbstractSyntaxNotSupported,
+                None,
+            ),
+            Some(service) if !permitted(service) => {
+                (PresentationContextResultReason::UserRejection, None)
+            }
+            Some(service) => match choose_transfer_syntax(service, &pc.transfer_syntaxes) {
+                Some(ts) => {
+                    let extended = match requested_ext
+                        .iter()
+                        .find(|(sop, _)| *sop == abstract_syntax)
+                    {
+                        Some((sop, bytes)) if service == Service::Find => {
+                            let agreed = negotiate_find(bytes);
+                            let reply = UserVariableItem::SopClassExtendedNegotiationSubItem(
+                                sop.clone(),
+                                agreed.clone(),
+                            );
+                            if !ext_replies.contains(&reply) {
+                                ext_replies.push(reply);
+                            }
+                            agreed
+                        }
+                        _ => Vec::new(),
+                    };
+                    let get_role = service == Service::Store
+                        && requestor_scp
+                        && allowed.contains(&Service::Get);
+                    if get_role {
+                        let requested_scu = requested_roles
+                            .iter()
+                            .find(|(sop, _)| *sop == abstract_syntax)
+                            .is_some_and(|(_, r)| r.scu);
+                        let reply = UserVariableItem::ScuScpRoleSelectionSubItem(
+                            abstract_syntax.clone(),
+                            dicom_ul::pdu::RequestorRoles {
+                                scu: requested_scu,
+                                scp: true,
+                            },
+                        );
+                        if !ext_replies.contains(&reply) {
+                            ext_replies.push(reply);
+                        }
+                    }
+                    contexts.push(AcceptedContext {
+                        id: pc.id,
+                        abstract_syntax: abstract_syntax.clone(),
+                        transfer_syntax: ts.to_string(),
+                        service,
+                        extended,
+                        requestor_scp: get_role,
+                        service_allowed: allowed.contains(&service),
+                    });
+                    (
+                        PresentationContextResultReason::Acceptance,
+                        Some(ts.to_string()),
+                    )
+                }
+                None => (
+                    PresentationContextResultReason::TransferSyntaxesNotSupported,
+                    None,
+                ),
+            },
+        };
+        debug!(id = pc.id, %abstract_syntax, ?reason, ts = ts.as_deref().unwrap_or("-"), "presentation context");
+        results.push(PresentationContextResult {
+            id: pc.id,
+            reason,
+            // PS3.8 9.3.3.2: the field is not significant unless accepted; send ILE.
+            transfer_syntax: ts.unwrap_or_else(|| "1.2.840.10008.1.2".to_string()),
+        });
+    }
+    Negotiated {
+        contexts,
+        results,
+        replies: ext_replies,
+        peer_max_pdu,
+    }
+}
+
 /// What the next read produced.
 #[derive(Debug)]
 pub enum Incoming {
@@ -402,125 +546,10 @@ impl Association {
             }
         }
 
-        for uv in &rq.user_variables {
-            if let UserVariableItem::MaxLength(len) = uv {
-                assoc.peer_max_pdu = if *len == 0 {
-                    UNLIMITED_PEER_PDU
-                } else {
-                    (*len).min(UNLIMITED_PEER_PDU)
-                };
-            }
-        }
-
-        let requested_ext: Vec<(String, Vec<u8>)> = rq
-            .user_variables
-            .iter()
-            .filter_map(|uv| match uv {
-                UserVariableItem::SopClassExtendedNegotiationSubItem(sop, bytes) => {
-                    Some((sop.trim_end_matches(['\0', ' ']).to_string(), bytes.clone()))
-                }
-                _ => None,
-            })
-            .collect();
-        let requested_roles: Vec<(String, dicom_ul::pdu::RequestorRoles)> = rq
-            .user_variables
-            .iter()
-            .filter_map(|uv| match uv {
-                UserVariableItem::ScuScpRoleSelectionSubItem(sop, roles) => {
-                    Some((sop.trim_end_matches(['\0', ' ']).to_string(), *roles))
-                }
-                _ => None,
-            })
-            .collect();
-        let mut ext_replies: Vec<UserVariableItem> = Vec::new();
-        let mut results = Vec::with_capacity(rq.presentation_contexts.len());
-        for pc in &rq.presentation_contexts {
-            let abstract_syntax = pc.abstract_syntax.trim_end_matches(['\0', ' ']).to_string();
-            // A storage context serves C-STORE from the requestor, and (with SCP/SCU role
-            // selection, PS3.7 D.3.3.4) C-STOREs back to it for C-GET.
-            let requestor_scp = requested_roles
-                .iter()
-                .any(|(sop, r)| *sop == abstract_syntax && r.scp);
-            let permitted = |service: Service| {
-                allowed.contains(&service)
-                    || (service == Service::Store
-                        && requestor_scp
-                        && allowed.contains(&Service::Get))
-            };
-            let (reason, ts) = match service_of(&abstract_syntax) {
-                None => (
-                    PresentationContextResultReason::AbstractSyntaxNotSupported,
-                    None,
-                ),
-                Some(service) if !permitted(service) => {
-                    (PresentationContextResultReason::UserRejection, None)
-                }
-                Some(service) => match choose_transfer_syntax(service, &pc.transfer_syntaxes) {
-                    Some(ts) => {
-                        let extended = match requested_ext
-                            .iter()
-                            .find(|(sop, _)| *sop == abstract_syntax)
-                        {
-                            Some((sop, bytes)) if service == Service::Find => {
-                                let agreed = negotiate_find(bytes);
-                                let reply = UserVariableItem::SopClassExtendedNegotiationSubItem(
-                                    sop.clone(),
-                                    agreed.clone(),
-                                );
-                                if !ext_replies.contains(&reply) {
-                                    ext_replies.push(reply);
-                                }
-                                agreed
-                            }
-                            _ => Vec::new(),
-                        };
-                        let get_role = service == Service::Store
-                            && requestor_scp
-                            && allowed.contains(&Service::Get);
-                        if get_role {
-                            let requested_scu = requested_roles
-                                .iter()
-                                .find(|(sop, _)| *sop == abstract_syntax)
-                                .is_some_and(|(_, r)| r.scu);
-                            let reply = UserVariableItem::ScuScpRoleSelectionSubItem(
-                                abstract_syntax.clone(),
-                                dicom_ul::pdu::RequestorRoles {
-                                    scu: requested_scu,
-                                    scp: true,
-                                },
-                            );
-                            if !ext_replies.contains(&reply) {
-                                ext_replies.push(reply);
-                            }
-                        }
-                        assoc.contexts.push(AcceptedContext {
-                            id: pc.id,
-                            abstract_syntax: abstract_syntax.clone(),
-                            transfer_syntax: ts.to_string(),
-                            service,
-                            extended,
-                            requestor_scp: get_role,
-                            service_allowed: allowed.contains(&service),
-                        });
-                        (
-                            PresentationContextResultReason::Acceptance,
-                            Some(ts.to_string()),
-                        )
-                    }
-                    None => (
-                        PresentationContextResultReason::TransferSyntaxesNotSupported,
-                        None,
-                    ),
-                },
-            };
-            debug!(id = pc.id, %abstract_syntax, ?reason, ts = ts.as_deref().unwrap_or("-"), "presentation context");
-            results.push(PresentationContextResult {
-                id: pc.id,
-                reason,
-                // PS3.8 9.3.3.2: the field is not significant unless accepted; send ILE.
-                transfer_syntax: ts.unwrap_or_else(|| "1.2.840.10008.1.2".to_string()),
-            });
-        }
+        let negotiated = negotiate(&rq, &allowed);
+        assoc.peer_max_pdu = negotiated.peer_max_pdu;
+        assoc.contexts = negotiated.contexts;
+        let (results, ext_replies) = (negotiated.results, negotiated.replies);
 
         let ac = Pdu::AssociationAC(AssociationAC {
             protocol_version: 1,
@@ -987,6 +1016,127 @@ fn push_pdata_header(out: &mut Vec<u8>, context_id: u8, control: u8, len: usize)
 #[cfg(test)]
 mod tests {
     use super::*;
+    use dicom_dictionary_std::uids;
+    use dicom_ul::pdu::{AssociationRQ, PresentationContextProposed, RequestorRoles};
+
+    fn rq(
+        contexts: &[(u8, &str, &[&str])],
+        user_variables: Vec<UserVariableItem>,
+    ) -> AssociationRQ {
+        AssociationRQ {
+            protocol_version: 1,
+            calling_ae_title: "MODALITY".into(),
+            called_ae_title: "PACSD".into(),
+            application_context_name: APPLICATION_CONTEXT.into(),
+            presentation_contexts: contexts
+                .iter()
+                .map(|(id, abs, ts)| PresentationContextProposed {
+                    id: *id,
+                    abstract_syntax: abs.to_string(),
+                    transfer_syntaxes: ts.iter().map(|t| t.to_string()).collect(),
+                })
+                .collect(),
+            user_variables,
+        }
+    }
+
+    fn reasons(n: &Negotiated) -> Vec<(u8, PresentationContextResultReason)> {
+        n.results.iter().map(|r| (r.id, r.reason.clone())).collect()
+    }
+
+    #[test]
+    fn each_context_is_accepted_or_refused_with_its_reason() {
+        use PresentationContextResultReason::*;
+        let ele = uids::EXPLICIT_VR_LITTLE_ENDIAN;
+        let n = negotiate(
+            &rq(
+                &[
+                    (1, uids::CT_IMAGE_STORAGE, &[ele]),
+                    (3, "1.2.3.4", &[ele]),
+                    (5, uids::VERIFICATION, &["1.2.3.999"]),
+                    (
+                        7,
+                        uids::STUDY_ROOT_QUERY_RETRIEVE_INFORMATION_MODEL_FIND,
+                        &[ele],
+                    ),
+                ],
+                Vec::new(),
+            ),
+            &BTreeSet::from([Service::Echo, Service::Store]),
+        );
+        assert_eq!(
+            reasons(&n),
+            vec![
+                (1, Acceptance),
+                (3, AbstractSyntaxNotSupported),
+                (5, TransferSyntaxesNotSupported),
+                (7, UserRejection),
+            ]
+        );
+        assert_eq!(n.results[0].transfer_syntax, ele);
+        assert_eq!(n.contexts.len(), 1);
+        assert_eq!(n.contexts[0].service, Service::Store);
+        assert!(n.contexts[0].service_allowed && !n.contexts[0].requestor_scp);
+        assert!(n.replies.is_empty());
+        // No maximum length announced: the standard's default.
+        assert_eq!(n.peer_max_pdu, dicom_ul::pdu::DEFAULT_MAX_PDU);
+    }
+
+    #[test]
+    fn a_c_get_requestor_gets_the_scp_role_on_storage_contexts_only_when_it_may_get() {
+        let ele = uids::EXPLICIT_VR_LITTLE_ENDIAN;
+        let role = UserVariableItem::ScuScpRoleSelectionSubItem(
+            uids::CT_IMAGE_STORAGE.into(),
+            RequestorRoles {
+                scu: false,
+                scp: true,
+            },
+        );
+        let request = rq(&[(1, uids::CT_IMAGE_STORAGE, &[ele])], vec![role.clone()]);
+        let n = negotiate(&request, &BTreeSet::from([Service::Get]));
+        assert_eq!(
+            reasons(&n),
+            vec![(1, PresentationContextResultReason::Acceptance)]
+        );
+        assert!(n.contexts[0].requestor_scp, "C-STOREs go back to it");
+        assert!(!n.contexts[0].service_allowed, "it may not store here");
+        assert_eq!(n.replies, vec![role]);
+        // Without the right to C-GET, a storage context it may not use is refused.
+        let n = negotiate(&request, &BTreeSet::from([Service::Find]));
+        assert_eq!(
+            reasons(&n),
+            vec![(1, PresentationContextResultReason::UserRejection)]
+        );
+        assert!(n.contexts.is_empty() && n.replies.is_empty());
+    }
+
+    #[test]
+    fn find_extended_negotiation_is_answered_and_a_zero_maximum_length_means_unlimited() {
+        let find = uids::STUDY_ROOT_QUERY_RETRIEVE_INFORMATION_MODEL_FIND;
+        let n = negotiate(
+            &rq(
+                &[(1, find, &[uids::IMPLICIT_VR_LITTLE_ENDIAN])],
+                vec![
+                    UserVariableItem::MaxLength(0),
+                    UserVariableItem::SopClassExtendedNegotiationSubItem(
+                        find.into(),
+                        vec![1, 1, 1],
+                    ),
+                ],
+            ),
+            &BTreeSet::from([Service::Find]),
+        );
+        // Relational and combined date-time yes, fuzzy PN matching no.
+        assert_eq!(n.contexts[0].extended, vec![1, 1, 0]);
+        assert_eq!(
+            n.replies,
+            vec![UserVariableItem::SopClassExtendedNegotiationSubItem(
+                find.into(),
+                vec![1, 1, 0]
+            )]
+        );
+        assert_eq!(n.peer_max_pdu, UNLIMITED_PEER_PDU);
+    }
 
     #[test]
     fn context_ids_must_be_odd_and_unique() {
