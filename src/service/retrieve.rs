@@ -45,6 +45,20 @@ pub enum RetrieveError {
     NotRetrieve,
 }
 
+/// Answer a C-MOVE or C-GET that cannot start with its failure status (`failure`), no
+/// sub-operation having run.
+async fn refuse(
+    assoc: &mut Association,
+    context: &AcceptedContext,
+    request: &Command,
+    field: CommandField,
+    e: &RetrieveError,
+) -> Result<(), NetError> {
+    warn!(error = %e, command = ?field, "retrieve refused");
+    let rsp = Command::response_to(request, field, super::failure::of_retrieve(e));
+    assoc.send_command(context.id, &rsp).await
+}
+
 /// The sub-operation counters (PS3.7 C.4.2.1.x).
 #[derive(Debug, Default, Clone)]
 struct Counters {
@@ -123,15 +137,7 @@ impl RetrieveService {
         .await;
         let (peer, items) = match prepared {
             Ok(p) => p,
-            Err(e) => {
-                warn!(error = %e, "C-MOVE refused");
-                return assoc
-                    .send_command(
-                        context.id,
-                        &Command::response_to(request, field, super::failure::of_retrieve(&e)),
-                    )
-                    .await;
-            }
+            Err(e) => return refuse(assoc, context, request, field, &e).await,
         };
         if items.is_empty() {
             return assoc
@@ -246,15 +252,7 @@ impl RetrieveService {
         let field = CommandField::CGetRsp;
         let items = match self.items(context, data).await {
             Ok(i) => i,
-            Err(e) => {
-                warn!(error = %e, "C-GET refused");
-                return assoc
-                    .send_command(
-                        context.id,
-                        &Command::response_to(request, field, super::failure::of_retrieve(&e)),
-                    )
-                    .await;
-            }
+            Err(e) => return refuse(assoc, context, request, field, &e).await,
         };
         let event = self.export_event(&items, "C-GET").await;
         assoc.audit(event, AuditRole::Destination);
@@ -262,16 +260,12 @@ impl RetrieveService {
     }
 
     /// The audit record of instances leaving the archive (PS3.15 A.5.3.4 Export): the
-    /// studies they belong to (read from their storage keys), their patients (from the
-    /// index) and how many.
+    /// studies they belong to, their patients (from the index) and how many.
     async fn export_event(&self, items: &[StoredInstance], what: &str) -> AuditEvent {
         let mut subject = Subject::default();
         for it in items {
-            if let Some((study, _, _)) =
-                crate::storage::parse_object_key(self.storage.prefix(), &it.storage_key)
-                && !subject.studies.iter().any(|s| s == study.as_str())
-            {
-                subject.studies.push(study.to_string());
+            if !subject.studies.contains(&it.study_instance_uid) {
+                subject.studies.push(it.study_instance_uid.clone());
             }
         }
         let mut event = AuditEvent::new(EXPORT, None, 'R', Outcome::Success)
