@@ -10,7 +10,7 @@ import http from 'node:http';
 import fs from 'node:fs';
 import path from 'node:path';
 import { createRequire } from 'node:module';
-import { waitForImage } from './canvas.mjs';
+import { chromiumArgs, waitForImage, watchRequests } from './viewer.mjs';
 
 const [ohifDir, portText, base, study, token, timeoutText] = process.argv.slice(2);
 const dist = path.join(ohifDir, 'package', 'dist');
@@ -87,22 +87,12 @@ await new Promise(r => server.listen(Number(portText), '127.0.0.1', r));
 
 const browser = await chromium.launch({
   executablePath: '/usr/bin/chromium',
-  args: ['--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run',
-    '--disable-background-networking', '--disable-component-update', '--disable-sync',
-    '--use-gl=swiftshader', '--enable-unsafe-swiftshader'],
+  args: chromiumArgs,
 });
 const seen = { failures: [], requests: 0, consoleErrors: [] };
 try {
   const page = await browser.newPage({ viewport: { width: 1280, height: 900 } });
-  page.on('response', r => {
-    if (r.url().startsWith(root)) {
-      seen.requests += 1;
-      if (r.status() >= 400) seen.failures.push(`${r.status()} ${r.url()}`);
-    }
-  });
-  page.on('requestfailed', r => {
-    if (r.url().startsWith(root)) seen.failures.push(`failed ${r.url()} ${r.failure()?.errorText}`);
-  });
+  watchRequests(page, root, seen);
   page.on('console', m => { if (m.type() === 'error') seen.consoleErrors.push(m.text().slice(0, 300)); });
   const started = Date.now();
   const auth = proxy || token === '-' ? '' : `&token=${token}`;

@@ -7,7 +7,7 @@
 // usage: node portal_viewer.mjs PLAYWRIGHT_DIR BASE_URL NAME PASSWORD STUDY_UID OUT_DIR [TIMEOUT_MS]
 import path from 'node:path';
 import { createRequire } from 'node:module';
-import { waitForImage } from './canvas.mjs';
+import { chromiumArgs, waitForImage, watchRequests } from './viewer.mjs';
 
 const [pwDir, base, name, password, study, out, timeoutText] = process.argv.slice(2);
 const timeout = Number(timeoutText || 90000);
@@ -17,9 +17,7 @@ const { chromium } = require('playwright-core');
 const result = { failures: [], requests: 0 };
 const browser = await chromium.launch({
   executablePath: '/usr/bin/chromium',
-  args: ['--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run',
-    '--disable-background-networking', '--disable-component-update', '--disable-sync',
-    '--use-gl=swiftshader', '--enable-unsafe-swiftshader'],
+  args: chromiumArgs,
 });
 try {
   // 1. Anonymous: the viewer's page leads to the login page, its files want credentials.
@@ -43,15 +41,7 @@ try {
   result.link = await link.getAttribute('href');
   const [viewer] = await Promise.all([context.waitForEvent('page'), link.click()]);
   const dicomweb = `${base}/dicom-web/`;
-  viewer.on('response', r => {
-    if (r.url().startsWith(dicomweb)) {
-      result.requests += 1;
-      if (r.status() >= 400) result.failures.push(`${r.status()} ${r.url()}`);
-    }
-  });
-  viewer.on('requestfailed', r => {
-    if (r.url().startsWith(dicomweb)) result.failures.push(`failed ${r.url()} ${r.failure()?.errorText}`);
-  });
+  watchRequests(viewer, dicomweb, result);
   const started = Date.now();
   const { ms, levels } = await waitForImage(viewer, started, timeout);
   result.viewerPath = new URL(viewer.url()).pathname;
