@@ -725,7 +725,7 @@ async fn reports(
                 .await
                 .map_err(|e| e.to_string())?;
             let s = s.first().ok_or("not in the index")?;
-            if s.expected().size > MAX_REPORT_BYTES {
+            if s.size > MAX_REPORT_BYTES {
                 return Err(format!("larger than {MAX_REPORT_BYTES} bytes"));
             }
             let bytes = crate::http::wado::read(state, s)
@@ -772,7 +772,7 @@ pub async fn copy_status(state: &WebState, study: &str) -> Result<Copies, WebErr
     let mut wanted: Vec<(usize, usize, String)> = Vec::with_capacity(items.len() * n);
     for (k, s) in items.iter().enumerate() {
         for r in 0..n {
-            wanted.push((k, r, s.expected().key.clone()));
+            wanted.push((k, r, s.storage_key.clone()));
         }
     }
     let checks = futures::stream::iter(wanted)
@@ -806,7 +806,7 @@ pub async fn copy_status(state: &WebState, study: &str) -> Result<Copies, WebErr
     }
     for q in &queued {
         if let (Some(k), Some(r)) = (
-            items.iter().position(|s| s.expected().key == q.storage_key),
+            items.iter().position(|s| s.storage_key == q.storage_key),
             replicas.iter().position(|l| *l == q.replica),
         ) && rows[k].2[r] != CopyState::Present
         {
