@@ -606,6 +606,7 @@ impl MoveResult {
             completed: last.completed.unwrap_or(0),
             failed: last.failed.unwrap_or(0),
             warning: last.warning.unwrap_or(0),
+            remaining: last.remaining,
             pending_responses,
         }
     }
@@ -670,6 +671,8 @@ pub struct MoveResult {
     pub completed: u16,
     pub failed: u16,
     pub warning: u16,
+    /// Sub-operations not run (a cancelled or failed operation's final response says it).
+    pub remaining: Option<u16>,
     pub pending_responses: usize,
 }
 
@@ -828,7 +831,7 @@ pub async fn get_into(
         }
     };
     let last = assoc
-        .get(ctx, sop, &bytes, store, |rsp| {
+        .get(ctx, sop, &bytes, spec.cancel_after, store, |rsp| {
             pending += 1;
             show_progress(&bar, rsp);
         })

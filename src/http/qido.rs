@@ -351,7 +351,7 @@ async fn find(
     for row in &rows {
         let mut obj = match_object(&state.storage, &req, row, Ok)
             .await
-            .map_err(WebError::Internal)?;
+            .map_err(|e| WebError::Internal(e.to_string()))?;
         let study = uid_of(&obj, tags::STUDY_INSTANCE_UID);
         let series = uid_of(&obj, tags::SERIES_INSTANCE_UID);
         let sop = uid_of(&obj, tags::SOP_INSTANCE_UID);

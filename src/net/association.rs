@@ -349,6 +349,9 @@ pub struct Association {
     reassembly: Reassembler,
     /// Message ID for requests this node sends on the association (C-GET sub-operations).
     next_message_id: u16,
+    /// A C-CANCEL-RQ read while this node waited for something else (a C-GET sub-operation's
+    /// C-STORE-RSP); `cancel_requested` reports it once.
+    cancel_seen: bool,
     /// When the peer last made progress: a PDV with bytes in it, or the start of a read for
     /// the next message. Empty P-DATA does not count, so it cannot keep an association open.
     last_progress: Instant,
@@ -398,6 +401,7 @@ impl Association {
                 config.node.receive_budget,
             ),
             next_message_id: 1,
+            cancel_seen: false,
             last_progress: Instant::now(),
             _permit: None,
         };
@@ -747,6 +751,9 @@ impl Association {
     /// (PS3.7 9.3.2.3). Whatever else has arrived stays buffered for `next()`; an A-ABORT or a
     /// closed connection is an error (the operation has nobody left to answer).
     pub fn cancel_requested(&mut self) -> Result<bool, NetError> {
+        if std::mem::take(&mut self.cancel_seen) {
+            return Ok(true);
+        }
         loop {
             match self.socket.try_read_buf(&mut self.read_buf) {
                 Ok(0) => return Err(NetError::Closed { peer: self.peer }),
@@ -781,6 +788,11 @@ impl Association {
             }
             _ => Ok(false),
         }
+    }
+
+    /// Keep a C-CANCEL-RQ that `next()` returned during an operation for `cancel_requested`.
+    pub fn note_cancel(&mut self) {
+        self.cancel_seen = true;
     }
 
     /// Send a command set (and nothing else) on a presentation context.

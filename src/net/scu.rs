@@ -328,27 +328,36 @@ impl ScuAssociation {
 
     /// C-GET (PS3.7 9.1.3): send the identifier, store every C-STORE the SCP sends back on this
     /// association with `on_store(sop_class, sop_instance, transfer_syntax, data set)` (its
-    /// result is the status we answer), and return the final C-GET response.
+    /// result is the status we answer), and return the final C-GET response. With
+    /// `cancel_after` = Some(n), a C-CANCEL is sent when the n-th C-STORE has arrived, before
+    /// it is answered (so the SCP sees it while it waits for that C-STORE's response).
     pub async fn get(
         &mut self,
         context_id: u8,
         sop_class: &str,
         identifier: &[u8],
+        cancel_after: Option<usize>,
         mut on_store: impl FnMut(&str, &str, &str, Vec<u8>) -> Status,
         mut on_pending: impl FnMut(&Command),
     ) -> Result<Command, NetError> {
-        self.send_request(
-            context_id,
-            CommandField::CGetRq,
-            sop_class,
-            None,
-            identifier,
-        )
-        .await?;
+        let id = self
+            .send_request(
+                context_id,
+                CommandField::CGetRq,
+                sop_class,
+                None,
+                identifier,
+            )
+            .await?;
+        let mut stores = 0usize;
         loop {
             let (msg, data) = self.read_message().await?;
             match msg.field() {
                 Some(CommandField::CStoreRq) => {
+                    stores += 1;
+                    if cancel_after == Some(stores) {
+                        self.send_cancel(context_id, id).await?;
+                    }
                     let ctx = self.last_context_id;
                     let ts = self
                         .contexts

@@ -11,9 +11,11 @@ use dicom_encoding::TransferSyntaxIndex;
 use dicom_encoding::text::{SpecificCharacterSet, TextCodec};
 use dicom_object::InMemDicomObject;
 use dicom_transfer_syntax_registry::TransferSyntaxRegistry;
-use tracing::{debug, info, warn};
+use tracing::{debug, warn};
 
-use crate::dimse::{Command, CommandField, DATA_SET_PRESENT, Status, status};
+use super::respond::{Matches, Responder};
+
+use crate::dimse::{Command, CommandField, status};
 use crate::index::{FindOutcome, Index, IndexError, record};
 use crate::net::{AcceptedContext, Association, NetError};
 use crate::service::query::{
@@ -80,7 +82,7 @@ fn query_event(context: &AcceptedContext, req: &FindRequest, matches: usize) -> 
 }
 
 impl FindService {
-    /// Answer one C-FIND-RQ on `assoc`, streaming Pending responses.
+    /// Answer one C-FIND-RQ on `assoc`: the matches go to `respond`, which streams them.
     pub async fn find(
         &self,
         assoc: &mut Association,
@@ -89,70 +91,36 @@ impl FindService {
         data: Option<Vec<u8>>,
     ) -> Result<(), NetError> {
         let started = std::time::Instant::now();
-        let (matches, req) = match self.run(context, data).await {
-            Ok(r) => r,
-            Err(e) => {
-                warn!(error = %e, "C-FIND refused");
-                let rsp = Command::response_to(
-                    request,
-                    CommandField::CFindRsp,
-                    super::failure::of_find(&e),
-                );
-                return assoc.send_command(context.id, &rsp).await;
-            }
+        let responder = Responder {
+            context: context.id,
+            request,
+            field: CommandField::CFindRsp,
         };
-        assoc.audit(query_event(context, &req, matches.len()), AuditRole::Source);
+        let (rows, req) = match self.run(context, data).await {
+            Ok(r) => r,
+            Err(e) => return responder.refuse(assoc, super::failure::of_find(&e)).await,
+        };
+        assoc.audit(query_event(context, &req, rows.len()), AuditRole::Source);
         let pending = if req.unsupported.is_empty() {
             status::PENDING
         } else {
             status::PENDING_WARNING
         };
-        let total = matches.len();
-        for (sent, row) in matches.iter().enumerate() {
-            if assoc.cancel_requested()? {
-                info!(sent, total, "C-FIND cancelled by the SCU");
-                let rsp = Command::response_to(
-                    request,
-                    CommandField::CFindRsp,
-                    Status::with_comment(status::CANCELED, "cancelled"),
-                );
-                return assoc.send_command(context.id, &rsp).await;
-            }
-            let identifier = match self
-                .response_identifier(&req, row, &context.transfer_syntax)
-                .await
-            {
-                Ok(i) => i,
-                Err(e) => {
-                    warn!(error = %e, "cannot encode a C-FIND response");
-                    let rsp = Command::response_to(
-                        request,
-                        CommandField::CFindRsp,
-                        Status::with_comment(status::UNABLE_TO_PROCESS, e),
-                    );
-                    return assoc.send_command(context.id, &rsp).await;
-                }
-            };
-            let mut rsp = Command::response_to(
-                request,
-                CommandField::CFindRsp,
-                Status {
-                    code: pending,
-                    comment: None,
-                },
-            );
-            rsp.data_set_type = DATA_SET_PRESENT;
-            assoc.send_command(context.id, &rsp).await?;
-            assoc.send_data(context.id, &identifier).await?;
-        }
+        let (level, total) = (req.query.level.code(), rows.len());
+        let identifiers = Identifiers {
+            service: self,
+            req,
+            rows: rows.into_iter(),
+            transfer_syntax: &context.transfer_syntax,
+        };
+        let sent = responder.matches(assoc, pending, identifiers).await;
         debug!(
-            level = req.query.level.code(),
+            level,
             matches = total,
             elapsed_us = started.elapsed().as_micros() as u64,
             "C-FIND done"
         );
-        let rsp = Command::response_to(request, CommandField::CFindRsp, Status::success());
-        assoc.send_command(context.id, &rsp).await
+        sent
     }
 
     async fn run(
@@ -180,7 +148,7 @@ impl FindService {
         req: &FindRequest,
         row: &[Option<String>],
         ts_uid: &str,
-    ) -> Result<Vec<u8>, String> {
+    ) -> Result<Vec<u8>, EncodeError> {
         let has_header_keys = req
             .returned
             .iter()
@@ -192,7 +160,7 @@ impl FindService {
                 // Written byte for byte under the ISO 646 first value (see charset.rs).
                 (true, Some(code)) => crate::charset::encode_iso2022(&v, code)
                     .map(|bytes| bytes.iter().map(|b| char::from(*b)).collect())
-                    .ok_or_else(|| "value not encodable".to_string()),
+                    .ok_or_else(|| EncodeError::Charset(code.to_string())),
                 _ => Ok(v),
             }
         })
@@ -221,12 +189,57 @@ impl FindService {
         };
         let ts = TransferSyntaxRegistry
             .get(ts_uid)
-            .ok_or("unknown transfer syntax")?;
+            .ok_or_else(|| EncodeError::UnknownSyntax(ts_uid.to_string()))?;
         let mut out = Vec::with_capacity(512);
         obj.write_dataset_with_ts_cs(&mut out, ts, cs)
-            .map_err(|e| e.to_string())?;
+            .map_err(|e| EncodeError::Write(e.to_string()))?;
         Ok(out)
     }
+}
+
+/// A C-FIND's matches, encoded one at a time as `respond` asks for them.
+struct Identifiers<'a> {
+    service: &'a FindService,
+    req: FindRequest,
+    rows: std::vec::IntoIter<Vec<Option<String>>>,
+    transfer_syntax: &'a str,
+}
+
+impl Matches for Identifiers<'_> {
+    type Error = EncodeError;
+
+    async fn next(&mut self) -> Option<Result<Vec<u8>, EncodeError>> {
+        let row = self.rows.next()?;
+        Some(
+            self.service
+                .response_identifier(&self.req, &row, self.transfer_syntax)
+                .await,
+        )
+    }
+}
+
+/// Why a match could not be encoded as a response identifier.
+#[derive(Debug, thiserror::Error)]
+pub enum EncodeError {
+    #[error("a value cannot be encoded in {0}")]
+    Charset(String),
+    #[error("unknown transfer syntax {0}")]
+    UnknownSyntax(String),
+    #[error("encoding the identifier: {0}")]
+    Write(String),
+}
+
+/// Why an IMAGE-level key could not be read from the stored object's header.
+#[derive(Debug, thiserror::Error)]
+enum HeaderError {
+    #[error("reading the object: {0}")]
+    Storage(#[from] crate::storage::StorageError),
+    #[error("{0}")]
+    Part10(#[from] crate::part10::Part10Error),
+    #[error("{0}")]
+    Record(#[from] record::RecordError),
+    #[error("the header task failed: {0}")]
+    Task(#[from] tokio::task::JoinError),
 }
 
 /// One match as a data set holding exactly the requested keys (C-FIND and QIDO-RS build
@@ -236,8 +249,8 @@ pub async fn match_object(
     storage: &Storage,
     req: &FindRequest,
     row: &[Option<String>],
-    encode: impl Fn(String) -> Result<String, String>,
-) -> Result<InMemDicomObject, String> {
+    encode: impl Fn(String) -> Result<String, EncodeError>,
+) -> Result<InMemDicomObject, EncodeError> {
     let mut obj = InMemDicomObject::new_empty();
     let mut header: Option<InMemDicomObject> = None;
     for r in &req.returned {
@@ -285,19 +298,17 @@ pub async fn match_object(
     Ok(obj)
 }
 
-async fn read_header(storage: &Storage, key: &str) -> Result<InMemDicomObject, String> {
-    let bytes = storage.get(key).await.map_err(|e| e.to_string())?;
+async fn read_header(storage: &Storage, key: &str) -> Result<InMemDicomObject, HeaderError> {
+    let bytes = storage.get(key).await?;
     tokio::task::spawn_blocking(move || {
-        let (meta, offset) = crate::part10::split(&bytes).map_err(|e| e.to_string())?;
-        record::parse_header(
+        let (meta, offset) = crate::part10::split(&bytes)?;
+        Ok(record::parse_header(
             &bytes[offset..],
             meta.transfer_syntax(),
             crate::config::DEFAULT_MAX_OBJECT_SIZE,
-        )
-        .map_err(|e| e.to_string())
+        )?)
     })
-    .await
-    .map_err(|e| e.to_string())?
+    .await?
 }
 
 /// The character set of a response, and whether it uses ISO 2022 code extensions (encoded

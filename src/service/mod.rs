@@ -5,6 +5,7 @@ pub mod echo;
 pub mod failure;
 pub mod find;
 pub mod query;
+pub mod respond;
 pub mod retrieve;
 pub mod store;
 

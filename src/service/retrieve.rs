@@ -7,20 +7,19 @@ use crate::audit::{EXPORT, Event as AuditEvent, Object, Outcome, Role as AuditRo
 use std::sync::Arc;
 
 use bytes::Bytes;
-use dicom_core::{DataElement, PrimitiveValue, VR};
-use dicom_dictionary_std::{tags, uids};
+use dicom_dictionary_std::uids;
 use dicom_encoding::TransferSyntaxIndex;
-use dicom_object::InMemDicomObject;
 use dicom_transfer_syntax_registry::TransferSyntaxRegistry;
 use tokio::sync::mpsc;
 use tracing::{info, warn};
 
 use crate::config::Config;
-use crate::dimse::{Command, CommandField, DATA_SET_PRESENT, Status, status};
+use crate::dimse::{Command, CommandField, Status};
 use crate::index::{Index, IndexError, StoredInstance};
 use crate::net::scu::{ProposedContext, ScuAssociation, ScuOptions, ScuTls};
 use crate::net::{AcceptedContext, Association, Incoming, NetError};
 use crate::service::query::{IdentifierError, MatchOptions, Model, read_identifier};
+use crate::service::respond::{Responder, SubOperation, SubOperations};
 use crate::storage::Storage;
 
 /// Objects read ahead from storage while the network sends.
@@ -45,40 +44,40 @@ pub enum RetrieveError {
     NotRetrieve,
 }
 
-/// Answer a C-MOVE or C-GET that cannot start with its failure status (`failure`), no
-/// sub-operation having run.
-async fn refuse(
-    assoc: &mut Association,
-    context: &AcceptedContext,
-    request: &Command,
-    field: CommandField,
-    e: &RetrieveError,
-) -> Result<(), NetError> {
-    warn!(error = %e, command = ?field, "retrieve refused");
-    let rsp = Command::response_to(request, field, super::failure::of_retrieve(e));
-    assoc.send_command(context.id, &rsp).await
+/// Why one sub-operation failed: it is counted as Failed and its UID listed in the final
+/// response.
+#[derive(Debug, thiserror::Error)]
+pub enum SubOperationError {
+    #[error("reading the stored object: {0}")]
+    Read(#[from] crate::storage::StorageError),
+    #[error("no accepted context can carry {sop_class} in {transfer_syntax}")]
+    NoContext {
+        sop_class: String,
+        transfer_syntax: String,
+    },
+    #[error("{0}")]
+    Transcode(#[from] TranscodeError),
+    /// The move destination could not be reached or went away; every sub-operation after
+    /// fails with the same words.
+    #[error("{0}")]
+    Destination(String),
 }
 
-/// The sub-operation counters (PS3.7 C.4.2.1.x).
-#[derive(Debug, Default, Clone)]
-struct Counters {
-    remaining: usize,
-    completed: usize,
-    failed: usize,
-    warning: usize,
-    failed_uids: Vec<String>,
-}
-
-impl Counters {
-    fn fail(&mut self, uid: &str) {
-        self.remaining = self.remaining.saturating_sub(1);
-        self.failed += 1;
-        self.failed_uids.push(uid.to_string());
-    }
-}
-
-fn clamp16(n: usize) -> u16 {
-    n.min(u16::MAX as usize) as u16
+/// Why a stored object could not be re-encoded in another transfer syntax.
+#[derive(Debug, thiserror::Error)]
+pub enum TranscodeError {
+    #[error("unknown transfer syntax {0}")]
+    UnknownSyntax(String),
+    #[error("encoding into {0} is not done (only native targets are proposed)")]
+    CompressedTarget(String),
+    #[error("{0}")]
+    Part10(#[from] crate::part10::Part10Error),
+    #[error("reading the stored object: {0}")]
+    DataSet(#[from] crate::dataset::DataSetError),
+    #[error("decoding {from} pixel data: {reason}")]
+    Decode { from: String, reason: String },
+    #[error("writing the data set: {0}")]
+    Write(String),
 }
 
 /// The C-MOVE / C-GET business side.
@@ -112,7 +111,8 @@ impl RetrieveService {
         Ok(self.index.stored_instances(query).await?)
     }
 
-    /// C-MOVE: send the selected instances to the destination AE named in the request.
+    /// C-MOVE: send the selected instances to the destination AE named in the request, on a
+    /// sub-association; `respond` sends the responses.
     pub async fn move_(
         &self,
         assoc: &mut Association,
@@ -120,7 +120,11 @@ impl RetrieveService {
         request: &Command,
         data: Option<Vec<u8>>,
     ) -> Result<(), NetError> {
-        let field = CommandField::CMoveRsp;
+        let responder = Responder {
+            context: context.id,
+            request,
+            field: CommandField::CMoveRsp,
+        };
         let prepared = async {
             let dest = request
                 .move_destination
@@ -137,19 +141,69 @@ impl RetrieveService {
         .await;
         let (peer, items) = match prepared {
             Ok(p) => p,
-            Err(e) => return refuse(assoc, context, request, field, &e).await,
+            Err(e) => {
+                return responder
+                    .refuse(assoc, super::failure::of_retrieve(&e))
+                    .await;
+            }
         };
         if items.is_empty() {
-            return assoc
-                .send_command(
-                    context.id,
-                    &final_response(request, field, &Counters::default(), None),
-                )
-                .await;
+            return responder.sub_operations(assoc, &mut MoveOps::none()).await;
         }
-        // Exactly the SOP classes to send, each in its stored syntax plus the two native ones.
+        info!(destination = %peer.ae_title, addr = %format!("{}:{}", peer.host, peer.port),
+              tls = peer.needs_tls(), instances = items.len(), "C-MOVE starting");
+        assoc.audit(
+            self.export_event(&items, &format!("C-MOVE to {}", peer.ae_title))
+                .await
+                .to(
+                    &peer.ae_title,
+                    Some(peer.host.clone()),
+                    AuditRole::Destination,
+                ),
+            AuditRole::Application,
+        );
+        let originator = (
+            assoc.calling_ae().to_string(),
+            request.message_id.unwrap_or(0),
+        );
+        let mut ops = match self.connect(&peer, &items).await {
+            Ok(sub) => MoveOps {
+                uids: uids_of(&items),
+                objects: Some(self.prefetch(items)),
+                sub: Some(sub),
+                originator,
+                broken: None,
+            },
+            Err(why) => {
+                warn!(destination = %peer.ae_title, error = %why, "move destination refused or unreachable");
+                MoveOps {
+                    uids: uids_of(&items),
+                    objects: None,
+                    sub: None,
+                    originator,
+                    broken: Some(format!("destination {}: {why}", peer.ae_title)),
+                }
+            }
+        };
+        let result = responder.sub_operations(assoc, &mut ops).await;
+        if let Some(sub) = ops.sub.take()
+            && let Err(e) = sub.release().await
+        {
+            info!(error = %e, "releasing the move sub-association failed");
+        }
+        result
+    }
+
+    /// The sub-association to a move destination, proposing exactly the SOP classes to send,
+    /// each in its stored syntax and the two native ones; over TLS when the destination needs
+    /// it (never in clear then).
+    async fn connect(
+        &self,
+        peer: &crate::config::Peer,
+        items: &[StoredInstance],
+    ) -> Result<ScuAssociation, String> {
         let mut proposed: Vec<ProposedContext> = Vec::new();
-        for it in &items {
+        for it in items {
             let mut ts = vec![it.transfer_syntax_uid.clone()];
             for native in [
                 uids::EXPLICIT_VR_LITTLE_ENDIAN,
@@ -169,79 +223,33 @@ impl RetrieveService {
         }
         proposed.truncate(128);
         let tls = match (peer.needs_tls(), &self.tls) {
-            (false, _) => Ok(None),
+            (false, _) => None,
             (true, Some(connector)) => {
-                crate::net::tls::server_name(peer.tls_server_name.as_deref().unwrap_or(&peer.host))
-                    .map(|server_name| {
-                        Some(ScuTls {
-                            connector: connector.clone(),
-                            server_name,
-                        })
-                    })
-                    .map_err(|e| e.to_string())
+                let name = peer.tls_server_name.as_deref().unwrap_or(&peer.host);
+                let server_name = crate::net::tls::server_name(name).map_err(|e| e.to_string())?;
+                Some(ScuTls {
+                    connector: connector.clone(),
+                    server_name,
+                })
             }
-            (true, None) => Err("the destination needs TLS and [tls] is not configured".into()),
+            (true, None) => {
+                return Err("the destination needs TLS and [tls] is not configured".into());
+            }
         };
         let opts = ScuOptions {
             addr: format!("{}:{}", peer.host, peer.port),
             calling_ae: self.config.node.ae_title.clone(),
             called_ae: peer.ae_title.clone(),
             timeout: self.config.timeouts.write(),
-            tls: tls.clone().unwrap_or(None),
+            tls,
         };
-        info!(destination = %peer.ae_title, addr = %opts.addr, tls = opts.tls.is_some(), instances = items.len(), "C-MOVE starting");
-        let connected = match tls {
-            // Never in clear to a destination that needs TLS.
-            Err(e) => Err(e),
-            Ok(_) => ScuAssociation::connect(&opts, &proposed)
-                .await
-                .map_err(|e| e.to_string()),
-        };
-        let sub = match connected {
-            Ok(s) => s,
-            Err(e) => {
-                warn!(destination = %peer.ae_title, error = %e, "move destination refused or unreachable");
-                let mut c = Counters {
-                    remaining: items.len(),
-                    ..Counters::default()
-                };
-                for it in &items {
-                    c.fail(&it.sop_instance_uid);
-                }
-                let comment = format!("destination {}: {e}", peer.ae_title);
-                return assoc
-                    .send_command(
-                        context.id,
-                        &final_response(request, field, &c, Some(comment)),
-                    )
-                    .await;
-            }
-        };
-        let mut sub = sub;
-        let originator = (
-            assoc.calling_ae().to_string(),
-            request.message_id.unwrap_or(0),
-        );
-        assoc.audit(
-            self.export_event(&items, &format!("C-MOVE to {}", peer.ae_title))
-                .await
-                .to(
-                    &peer.ae_title,
-                    Some(peer.host.clone()),
-                    AuditRole::Destination,
-                ),
-            AuditRole::Application,
-        );
-        let result = self
-            .run_move(assoc, context, request, items, &mut sub, &originator)
-            .await;
-        if let Err(e) = sub.release().await {
-            info!(error = %e, "releasing the move sub-association failed");
-        }
-        result
+        ScuAssociation::connect(&opts, &proposed)
+            .await
+            .map_err(|e| e.to_string())
     }
 
-    /// C-GET: send the selected instances back on this association.
+    /// C-GET: send the selected instances back on this association; `respond` sends the
+    /// responses between the sub-operations.
     pub async fn get(
         &self,
         assoc: &mut Association,
@@ -249,14 +257,26 @@ impl RetrieveService {
         request: &Command,
         data: Option<Vec<u8>>,
     ) -> Result<(), NetError> {
-        let field = CommandField::CGetRsp;
+        let responder = Responder {
+            context: context.id,
+            request,
+            field: CommandField::CGetRsp,
+        };
         let items = match self.items(context, data).await {
             Ok(i) => i,
-            Err(e) => return refuse(assoc, context, request, field, &e).await,
+            Err(e) => {
+                return responder
+                    .refuse(assoc, super::failure::of_retrieve(&e))
+                    .await;
+            }
         };
         let event = self.export_event(&items, "C-GET").await;
         assoc.audit(event, AuditRole::Destination);
-        self.run_get(assoc, context, request, items).await
+        let mut ops = GetOps {
+            total: items.len(),
+            objects: self.prefetch(items),
+        };
+        responder.sub_operations(assoc, &mut ops).await
     }
 
     /// The audit record of instances leaving the archive (PS3.15 A.5.3.4 Export): the
@@ -281,184 +301,6 @@ impl RetrieveService {
         event.about(&subject)
     }
 
-    /// C-GET sub-operations and responses share the requesting association, strictly in turn.
-    async fn run_get(
-        &self,
-        assoc: &mut Association,
-        context: &AcceptedContext,
-        request: &Command,
-        items: Vec<StoredInstance>,
-    ) -> Result<(), NetError> {
-        let field = CommandField::CGetRsp;
-        let mut counters = Counters {
-            remaining: items.len(),
-            ..Counters::default()
-        };
-        let mut rx = self.prefetch(items);
-        let mut cancelled = false;
-        while let Some((item, bytes, _held)) = rx.recv().await {
-            if cancelled || assoc.cancel_requested()? {
-                cancelled = true;
-                break;
-            }
-            let outcome = match bytes {
-                Ok(b) => {
-                    self.get_suboperation(assoc, &item, b, &mut cancelled)
-                        .await?
-                }
-                Err(e) => Err(e),
-            };
-            record(&mut counters, &item, outcome);
-            send_pending(assoc, context.id, request, field, &counters).await?;
-        }
-        if cancelled {
-            let rsp = cancel_response(request, field, &counters);
-            return assoc.send_command(context.id, &rsp).await;
-        }
-        send_final(assoc, context.id, request, field, &counters, None).await
-    }
-
-    /// One C-GET sub-operation: C-STORE on an accepted storage context where the requestor is
-    /// SCP, in a syntax it accepted. A C-CANCEL arriving meanwhile is remembered.
-    async fn get_suboperation(
-        &self,
-        assoc: &mut Association,
-        item: &StoredInstance,
-        file: Bytes,
-        cancelled: &mut bool,
-    ) -> Result<Result<Status, String>, NetError> {
-        let candidates: Vec<AcceptedContext> = assoc
-            .contexts()
-            .iter()
-            .filter(|c| c.requestor_scp && c.abstract_syntax == item.sop_class_uid)
-            .cloned()
-            .collect();
-        let Some((ctx, payload)) = pick_context(&candidates, item, &file) else {
-            return Ok(Err(format!(
-                "no accepted context can carry {} in {}",
-                item.sop_class_uid, item.transfer_syntax_uid
-            )));
-        };
-        let payload = match payload {
-            Ok(p) => p,
-            Err(e) => return Ok(Err(e)),
-        };
-        let id = assoc.next_message_id();
-        assoc
-            .send_command(
-                ctx.id,
-                &Command::store_rq(id, &item.sop_class_uid, &item.sop_instance_uid),
-            )
-            .await?;
-        assoc.send_data(ctx.id, &payload).await?;
-        loop {
-            match assoc.next().await? {
-                Incoming::Message(msg) if msg.command.field() == Some(CommandField::CCancelRq) => {
-                    *cancelled = true
-                }
-                Incoming::Message(msg) if msg.command.field() == Some(CommandField::CStoreRsp) => {
-                    let st = Status {
-                        code: msg.command.status.unwrap_or(0xFFFF),
-                        comment: msg.command.error_comment,
-                    };
-                    return Ok(Ok(st));
-                }
-                Incoming::Message(msg) => {
-                    warn!(
-                        command = msg.command.command_field,
-                        "unexpected message during C-GET; ignored"
-                    );
-                }
-                Incoming::Released | Incoming::Aborted => {
-                    return Err(NetError::Protocol {
-                        peer: assoc.peer(),
-                        reason: "association ended during C-GET".into(),
-                    });
-                }
-            }
-        }
-    }
-
-    /// C-MOVE sub-operations on the destination sub-association; Pending responses on the
-    /// requesting association.
-    async fn run_move(
-        &self,
-        assoc: &mut Association,
-        context: &AcceptedContext,
-        request: &Command,
-        items: Vec<StoredInstance>,
-        sub: &mut ScuAssociation,
-        originator: &(String, u16),
-    ) -> Result<(), NetError> {
-        let field = CommandField::CMoveRsp;
-        let mut counters = Counters {
-            remaining: items.len(),
-            ..Counters::default()
-        };
-        let mut rx = self.prefetch(items);
-        let mut broken: Option<String> = None;
-        while let Some((item, bytes, _held)) = rx.recv().await {
-            if assoc.cancel_requested()? {
-                let rsp = cancel_response(request, field, &counters);
-                return assoc.send_command(context.id, &rsp).await;
-            }
-            if let Some(why) = &broken {
-                record(&mut counters, &item, Err(why.clone()));
-                continue;
-            }
-            let outcome = match bytes {
-                Err(e) => Err(e),
-                Ok(file) => {
-                    let candidates: Vec<AcceptedContext> = sub
-                        .contexts()
-                        .iter()
-                        .filter(|c| c.abstract_syntax == item.sop_class_uid)
-                        .map(|c| AcceptedContext {
-                            id: c.id,
-                            abstract_syntax: c.abstract_syntax.clone(),
-                            transfer_syntax: c.transfer_syntax.clone(),
-                            service: crate::config::Service::Store,
-                            extended: Vec::new(),
-                            requestor_scp: false,
-                            service_allowed: true,
-                        })
-                        .collect();
-                    match pick_context(&candidates, &item, &file) {
-                        None => Err(format!(
-                            "destination accepted no context for {} in {}",
-                            item.sop_class_uid, item.transfer_syntax_uid
-                        )),
-                        Some((_, Err(e))) => Err(e),
-                        Some((ctx, Ok(payload))) => {
-                            match sub
-                                .store_from_move(
-                                    ctx.id,
-                                    &item.sop_class_uid,
-                                    &item.sop_instance_uid,
-                                    &payload,
-                                    &originator.0,
-                                    originator.1,
-                                )
-                                .await
-                            {
-                                Ok(st) => Ok(st),
-                                Err(e) => {
-                                    warn!(error = %e, "move destination went away");
-                                    broken = Some(format!("destination association lost: {e}"));
-                                    Err(broken.clone().unwrap_or_default())
-                                }
-                            }
-                        }
-                    }
-                }
-            };
-            record(&mut counters, &item, outcome);
-            send_pending(assoc, context.id, request, field, &counters).await?;
-        }
-        let comment = broken.map(|b| b.chars().take(64).collect());
-        send_final(assoc, context.id, request, field, &counters, comment).await
-    }
-
     /// Read objects ahead of the sender: at most `PREFETCH` objects and `PREFETCH_BYTES` bytes
     /// (an object larger than that is read alone); each object comes with its share of the
     /// byte budget, given back when the sender drops it.
@@ -476,9 +318,7 @@ impl RetrieveService {
                 let Ok(held) = budget.clone().acquire_many_owned(share).await else {
                     break;
                 };
-                let bytes = crate::archive::read_verified(&storage, &index, &item.expected())
-                    .await
-                    .map_err(|e| e.to_string());
+                let bytes = crate::archive::read_verified(&storage, &index, &item.expected()).await;
                 if let Ok(b) = &bytes {
                     crate::metrics::Metrics::add(&metrics.bytes_out, b.len() as u64);
                 }
@@ -495,27 +335,213 @@ impl RetrieveService {
 /// share of the read-ahead budget.
 type Prefetched = (
     StoredInstance,
-    Result<Bytes, String>,
+    Result<Bytes, crate::storage::StorageError>,
     tokio::sync::OwnedSemaphorePermit,
 );
 
-fn record(c: &mut Counters, item: &StoredInstance, outcome: Result<Status, String>) {
-    match outcome {
-        Ok(st) if st.is_success() => {
-            c.remaining = c.remaining.saturating_sub(1);
-            c.completed += 1;
+fn uids_of(items: &[StoredInstance]) -> std::vec::IntoIter<String> {
+    items
+        .iter()
+        .map(|i| i.sop_instance_uid.clone())
+        .collect::<Vec<_>>()
+        .into_iter()
+}
+
+/// C-MOVE's sub-operations: a C-STORE each on the sub-association to the destination. Once
+/// the destination is unreachable or gone, the rest fail with its reason, unread.
+struct MoveOps {
+    /// The instances still to send, in order (the read-ahead delivers them in this order).
+    uids: std::vec::IntoIter<String>,
+    objects: Option<mpsc::Receiver<Prefetched>>,
+    sub: Option<ScuAssociation>,
+    /// The requestor's AE title and message ID (Move Originator, PS3.7 9.3.1.1).
+    originator: (String, u16),
+    broken: Option<String>,
+}
+
+impl MoveOps {
+    /// Nothing to move.
+    fn none() -> MoveOps {
+        MoveOps {
+            uids: Vec::new().into_iter(),
+            objects: None,
+            sub: None,
+            originator: (String::new(), 0),
+            broken: None,
         }
-        Ok(st) if st.is_warning() => {
-            c.remaining = c.remaining.saturating_sub(1);
-            c.warning += 1;
+    }
+
+    async fn send(
+        &mut self,
+        item: &StoredInstance,
+        file: Bytes,
+    ) -> Result<Status, SubOperationError> {
+        let sub = self
+            .sub
+            .as_mut()
+            .ok_or_else(|| SubOperationError::Destination("no destination association".into()))?;
+        let candidates: Vec<AcceptedContext> = sub
+            .contexts()
+            .iter()
+            .filter(|c| c.abstract_syntax == item.sop_class_uid)
+            .map(|c| AcceptedContext {
+                id: c.id,
+                abstract_syntax: c.abstract_syntax.clone(),
+                transfer_syntax: c.transfer_syntax.clone(),
+                service: crate::config::Service::Store,
+                extended: Vec::new(),
+                requestor_scp: false,
+                service_allowed: true,
+            })
+            .collect();
+        let (ctx, payload) = pick_context(&candidates, item, &file)?;
+        let (ctx, payload) = (ctx.id, payload?);
+        sub.store_from_move(
+            ctx,
+            &item.sop_class_uid,
+            &item.sop_instance_uid,
+            &payload,
+            &self.originator.0,
+            self.originator.1,
+        )
+        .await
+        .map_err(|e| {
+            warn!(error = %e, "move destination went away");
+            let why = format!("destination association lost: {e}");
+            self.broken = Some(why.clone());
+            SubOperationError::Destination(why)
+        })
+    }
+}
+
+impl SubOperations for MoveOps {
+    type Error = SubOperationError;
+
+    fn total(&self) -> usize {
+        self.uids.len()
+    }
+
+    async fn next(
+        &mut self,
+        _requestor: &mut Association,
+    ) -> Result<Option<SubOperation<SubOperationError>>, NetError> {
+        let Some(uid) = self.uids.next() else {
+            return Ok(None);
+        };
+        if let Some(why) = &self.broken {
+            self.objects = None; // stop reading ahead
+            return Ok(Some(SubOperation {
+                sop_instance_uid: uid,
+                outcome: Err(SubOperationError::Destination(why.clone())),
+            }));
         }
-        Ok(st) => {
-            warn!(sop = %item.sop_instance_uid, status = format!("{:04X}", st.code), "sub-operation refused by the destination");
-            c.fail(&item.sop_instance_uid);
-        }
-        Err(why) => {
-            warn!(sop = %item.sop_instance_uid, reason = %why, "sub-operation failed");
-            c.fail(&item.sop_instance_uid);
+        let read = match self.objects.as_mut() {
+            Some(rx) => rx.recv().await,
+            None => None,
+        };
+        let outcome = match read {
+            None => Err(SubOperationError::Destination(
+                "read-ahead ended early".into(),
+            )),
+            Some((_, Err(e), _)) => Err(e.into()),
+            Some((item, Ok(file), _held)) => self.send(&item, file).await,
+        };
+        Ok(Some(SubOperation {
+            sop_instance_uid: uid,
+            outcome,
+        }))
+    }
+
+    fn comment(&self) -> Option<String> {
+        self.broken.clone()
+    }
+}
+
+/// C-GET's sub-operations: a C-STORE each on the requesting association, strictly in turn
+/// with the responses.
+struct GetOps {
+    total: usize,
+    objects: mpsc::Receiver<Prefetched>,
+}
+
+impl SubOperations for GetOps {
+    type Error = SubOperationError;
+
+    fn total(&self) -> usize {
+        self.total
+    }
+
+    async fn next(
+        &mut self,
+        assoc: &mut Association,
+    ) -> Result<Option<SubOperation<SubOperationError>>, NetError> {
+        let Some((item, read, _held)) = self.objects.recv().await else {
+            return Ok(None);
+        };
+        let outcome = match read {
+            Ok(file) => get_suboperation(assoc, &item, file).await?,
+            Err(e) => Err(e.into()),
+        };
+        Ok(Some(SubOperation {
+            sop_instance_uid: item.sop_instance_uid,
+            outcome,
+        }))
+    }
+
+    fn comment(&self) -> Option<String> {
+        None
+    }
+}
+
+/// One C-GET sub-operation: C-STORE on an accepted storage context where the requestor is
+/// SCP, in a syntax it accepted. A C-CANCEL arriving meanwhile is kept by the association.
+async fn get_suboperation(
+    assoc: &mut Association,
+    item: &StoredInstance,
+    file: Bytes,
+) -> Result<Result<Status, SubOperationError>, NetError> {
+    let candidates: Vec<AcceptedContext> = assoc
+        .contexts()
+        .iter()
+        .filter(|c| c.requestor_scp && c.abstract_syntax == item.sop_class_uid)
+        .cloned()
+        .collect();
+    let (ctx, payload) = match pick_context(&candidates, item, &file) {
+        Ok((ctx, Ok(payload))) => (ctx.id, payload),
+        Ok((_, Err(e))) => return Ok(Err(e.into())),
+        Err(e) => return Ok(Err(e)),
+    };
+    let id = assoc.next_message_id();
+    assoc
+        .send_command(
+            ctx,
+            &Command::store_rq(id, &item.sop_class_uid, &item.sop_instance_uid),
+        )
+        .await?;
+    assoc.send_data(ctx, &payload).await?;
+    loop {
+        match assoc.next().await? {
+            Incoming::Message(msg) if msg.command.field() == Some(CommandField::CCancelRq) => {
+                assoc.note_cancel()
+            }
+            Incoming::Message(msg) if msg.command.field() == Some(CommandField::CStoreRsp) => {
+                return Ok(Ok(Status {
+                    code: msg.command.status.unwrap_or(0xFFFF),
+                    comment: msg.command.error_comment,
+                }));
+            }
+            Incoming::Message(msg) => {
+                warn!(
+                    command = msg.command.command_field,
+                    "unexpected message during C-GET; ignored"
+                );
+            }
+            Incoming::Released | Incoming::Aborted => {
+                return Err(NetError::Protocol {
+                    peer: assoc.peer(),
+                    reason: "association ended during C-GET".into(),
+                });
+            }
         }
     }
 }
@@ -527,18 +553,23 @@ fn pick_context<'c>(
     candidates: &'c [AcceptedContext],
     item: &StoredInstance,
     file: &Bytes,
-) -> Option<(&'c AcceptedContext, Result<Bytes, String>)> {
+) -> Result<(&'c AcceptedContext, Result<Bytes, TranscodeError>), SubOperationError> {
     if let Some(c) = candidates
         .iter()
         .find(|c| c.transfer_syntax == item.transfer_syntax_uid)
     {
         let payload = crate::part10::split(file)
             .map(|(_, off)| file.slice(off..))
-            .map_err(|e| e.to_string());
-        return Some((c, payload));
+            .map_err(TranscodeError::from);
+        return Ok((c, payload));
     }
-    let c = candidates.first()?;
-    Some((
+    let c = candidates
+        .first()
+        .ok_or_else(|| SubOperationError::NoContext {
+            sop_class: item.sop_class_uid.clone(),
+            transfer_syntax: item.transfer_syntax_uid.clone(),
+        })?;
+    Ok((
         c,
         transcode(file, &item.transfer_syntax_uid, &c.transfer_syntax).map(Bytes::from),
     ))
@@ -549,149 +580,37 @@ fn pick_context<'c>(
 /// (JPEG, JPEG-LS, JPEG 2000, RLE) is decoded with dicom-pixeldata into native pixel data.
 /// Encoding *into* a compressed syntax is never needed: only the stored syntax and the two
 /// native little-endian ones are proposed.
-pub fn transcode(file: &[u8], from: &str, to: &str) -> Result<Vec<u8>, String> {
+pub fn transcode(file: &[u8], from: &str, to: &str) -> Result<Vec<u8>, TranscodeError> {
     use dicom_pixeldata::Transcode;
     let reg = TransferSyntaxRegistry;
-    let (src, dst) = (
-        reg.get(from).ok_or("unknown stored syntax")?,
-        reg.get(to).ok_or("unknown target syntax")?,
-    );
+    let known = |uid: &str| {
+        reg.get(uid)
+            .ok_or_else(|| TranscodeError::UnknownSyntax(uid.to_string()))
+    };
+    let (src, dst) = (known(from)?, known(to)?);
     if dst.is_encapsulated_pixel_data() {
-        return Err(format!(
-            "encoding into {to} is not done (only native targets are proposed)"
-        ));
+        return Err(TranscodeError::CompressedTarget(to.to_string()));
     }
+    let write = |e: dicom_object::WriteError| TranscodeError::Write(e.to_string());
     let mut out = Vec::with_capacity(file.len());
     if src.is_encapsulated_pixel_data() {
-        let mut obj = crate::part10::open(file, crate::config::DEFAULT_MAX_OBJECT_SIZE)
-            .map_err(|e| format!("reading the stored object: {e}"))?;
+        let mut obj = crate::part10::open(file, crate::config::DEFAULT_MAX_OBJECT_SIZE)?;
         // The pixel decoders run inside the panic boundary.
-        crate::dataset::contain("decoding pixel data to transcode", || obj.transcode(dst))
-            .map_err(|e| e.to_string())?
-            .map_err(|e| format!("decoding {from} pixel data: {e}"))?;
-        obj.write_dataset_with_ts(&mut out, dst)
-            .map_err(|e| e.to_string())?;
+        crate::dataset::contain("decoding pixel data to transcode", || obj.transcode(dst))?
+            .map_err(|e| TranscodeError::Decode {
+                from: from.to_string(),
+                reason: e.to_string(),
+            })?;
+        obj.write_dataset_with_ts(&mut out, dst).map_err(write)?;
         return Ok(out);
     }
-    let (_, offset) = crate::part10::split(file).map_err(|e| e.to_string())?;
+    let (_, offset) = crate::part10::split(file)?;
     let obj = crate::dataset::parse(
         &file[offset..],
         from,
         crate::dataset::MAX_DEPTH,
         crate::config::DEFAULT_MAX_OBJECT_SIZE,
-    )
-    .map_err(|e| e.to_string())?;
-    obj.write_dataset_with_ts(&mut out, dst)
-        .map_err(|e| e.to_string())?;
+    )?;
+    obj.write_dataset_with_ts(&mut out, dst).map_err(write)?;
     Ok(out)
-}
-
-fn progress(
-    request: &Command,
-    field: CommandField,
-    code: u16,
-    c: &Counters,
-    with_remaining: bool,
-) -> Command {
-    let mut rsp = Command::response_to(
-        request,
-        field,
-        Status {
-            code,
-            comment: None,
-        },
-    );
-    rsp.remaining = with_remaining.then(|| clamp16(c.remaining));
-    rsp.completed = Some(clamp16(c.completed));
-    rsp.failed = Some(clamp16(c.failed));
-    rsp.warning = Some(clamp16(c.warning));
-    rsp
-}
-
-async fn send_pending(
-    assoc: &mut Association,
-    ctx: u8,
-    request: &Command,
-    field: CommandField,
-    c: &Counters,
-) -> Result<(), NetError> {
-    if c.remaining == 0 {
-        return Ok(()); // the final response carries the last counts
-    }
-    assoc
-        .send_command(ctx, &progress(request, field, status::PENDING, c, true))
-        .await
-}
-
-fn cancel_response(request: &Command, field: CommandField, c: &Counters) -> Command {
-    info!(
-        completed = c.completed,
-        failed = c.failed,
-        remaining = c.remaining,
-        "retrieve cancelled"
-    );
-    progress(request, field, status::CANCELED, c, true)
-}
-
-/// PS3.4 C.4.2.1.5: Success when every sub-operation succeeded, B000 when some failed or
-/// warned, A702 when none completed; failures listed in FailedSOPInstanceUIDList.
-fn final_response(
-    request: &Command,
-    field: CommandField,
-    c: &Counters,
-    comment: Option<String>,
-) -> Command {
-    let code = if c.failed == 0 && c.warning == 0 {
-        status::SUCCESS
-    } else if c.completed == 0 && c.warning == 0 {
-        status::UNABLE_TO_PERFORM_SUBOPERATIONS
-    } else {
-        status::SUBOPERATIONS_WITH_FAILURES
-    };
-    let mut rsp = progress(request, field, code, c, false);
-    rsp.error_comment = comment;
-    rsp
-}
-
-async fn send_final(
-    assoc: &mut Association,
-    ctx: u8,
-    request: &Command,
-    field: CommandField,
-    c: &Counters,
-    comment: Option<String>,
-) -> Result<(), NetError> {
-    let mut rsp = final_response(request, field, c, comment);
-    info!(
-        completed = c.completed,
-        failed = c.failed,
-        warning = c.warning,
-        status = format!("{:04X}", rsp.status.unwrap_or(0)),
-        "retrieve done"
-    );
-    if c.failed_uids.is_empty() {
-        return assoc.send_command(ctx, &rsp).await;
-    }
-    let mut ident = InMemDicomObject::new_empty();
-    ident.put(DataElement::new(
-        tags::FAILED_SOP_INSTANCE_UID_LIST,
-        VR::UI,
-        PrimitiveValue::Strs(c.failed_uids.iter().cloned().collect()),
-    ));
-    let ts = assoc
-        .context(ctx)
-        .and_then(|c| TransferSyntaxRegistry.get(&c.transfer_syntax))
-        .unwrap_or_else(|| {
-            TransferSyntaxRegistry
-                .get(uids::IMPLICIT_VR_LITTLE_ENDIAN)
-                .expect("ILE registered")
-        });
-    let mut bytes = Vec::new();
-    if ident.write_dataset_with_ts(&mut bytes, ts).is_ok() {
-        rsp.data_set_type = DATA_SET_PRESENT;
-        assoc.send_command(ctx, &rsp).await?;
-        assoc.send_data(ctx, &bytes).await
-    } else {
-        assoc.send_command(ctx, &rsp).await
-    }
 }
