@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::net::TcpListener;
-use tracing::info;
+use tracing::{info, warn};
 
 use crate::audit::{
     APPLICATION_ACTIVITY, APPLICATION_START, APPLICATION_STOP, Audit, Event, Object, Outcome, Role,
@@ -231,6 +231,13 @@ impl Node {
             config.storage.write_quorum,
             &config.storage.prefix,
         )?);
+        for group in storage.shared_devices() {
+            warn!(
+                replicas = %group.join(", "),
+                "these replicas are on one device: they protect against a bad copy, not against \
+                 losing that disk; put each replica on its own disk for that"
+            );
+        }
         let index = Index::open(&config.index.path)?;
         let tls = config.tls.as_ref().map(TlsContext::load).transpose()?;
         let audit = open_audit(&config, tls.as_ref())?;

@@ -37,6 +37,12 @@ fn write_config_with_node(dir: &Path, node_extra: &str, extra: &str) -> std::pat
 
 /// Start `pacsd serve` and wait for its "listening" log line; returns the child and port.
 fn serve(config: &Path) -> (Child, u16, mpsc::Receiver<String>) {
+    let (child, port, logs, _) = serve_with_start_up_lines(config);
+    (child, port, logs)
+}
+
+/// `serve`, also returning the log lines written before "listening".
+fn serve_with_start_up_lines(config: &Path) -> (Child, u16, mpsc::Receiver<String>, Vec<String>) {
     let mut child = Command::new(BIN)
         .args(["serve", "--config"])
         .arg(config)
@@ -53,10 +59,12 @@ fn serve(config: &Path) -> (Child, u16, mpsc::Receiver<String>) {
         }
     });
     let deadline = Instant::now() + Duration::from_secs(30);
+    let mut start_up = Vec::new();
     while Instant::now() < deadline {
-        if let Ok(line) = rx.recv_timeout(Duration::from_millis(100))
-            && line.contains("pacsd listening")
-        {
+        let Ok(line) = rx.recv_timeout(Duration::from_millis(100)) else {
+            continue;
+        };
+        if line.contains("pacsd listening") {
             let addr = line
                 .split("addr=")
                 .nth(1)
@@ -65,8 +73,9 @@ fn serve(config: &Path) -> (Child, u16, mpsc::Receiver<String>) {
                 .next()
                 .unwrap();
             let port = addr.rsplit(':').next().unwrap().parse().unwrap();
-            return (child, port, rx);
+            return (child, port, rx, start_up);
         }
+        start_up.push(line);
     }
     let _ = child.kill();
     let _ = child.wait();
@@ -92,8 +101,15 @@ fn pacsd(args: &[&str]) -> std::process::Output {
 fn serve_store_sigterm_then_rebuild_the_index() {
     let dir = tempfile::tempdir().unwrap();
     let config = write_config(dir.path(), "");
-    let (mut child, port, logs) = serve(&config);
+    let (mut child, port, logs, start_up) = serve_with_start_up_lines(&config);
     let port_s = port.to_string();
+    // The three replica directories are on one disk here: the operator is told what that means.
+    assert!(
+        start_up
+            .iter()
+            .any(|l| l.contains("these replicas are on one device") && l.contains("r3")),
+        "{start_up:#?}"
+    );
 
     let echo = dcmtk("echoscu", &["-aec", "PACSD", "127.0.0.1", &port_s]);
     assert!(echo.status.success(), "{}", text(&echo));

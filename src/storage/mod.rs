@@ -219,6 +219,20 @@ impl Storage {
         &self.replicas
     }
 
+    /// Groups of two or more local replicas that live on one device (the same `st_dev`): they
+    /// protect against a bad copy, not against losing that disk. Replicas whose directory
+    /// cannot be read yet, and remote ones, are not grouped.
+    pub fn shared_devices(&self) -> Vec<Vec<String>> {
+        use std::os::unix::fs::MetadataExt;
+        let local = self.replicas.iter().filter_map(|r| match &r.parsed {
+            Location::Local(path) => std::fs::metadata(path)
+                .ok()
+                .map(|m| (r.location.clone(), m.dev())),
+            _ => None,
+        });
+        same_device(local)
+    }
+
     /// A snapshot of what is known about each replica (status commands, tests).
     pub fn health(&self) -> Vec<ReplicaHealth> {
         self.health.lock().expect("health").clone()
@@ -798,9 +812,60 @@ fn read_local(
     Ok((Bytes::from(buf), digest))
 }
 
+/// The names that share a device, in their first-seen order; groups of one are left out.
+fn same_device(replicas: impl IntoIterator<Item = (String, u64)>) -> Vec<Vec<String>> {
+    let mut groups: Vec<(u64, Vec<String>)> = Vec::new();
+    for (name, dev) in replicas {
+        match groups.iter_mut().find(|(d, _)| *d == dev) {
+            Some((_, names)) => names.push(name),
+            None => groups.push((dev, vec![name])),
+        }
+    }
+    groups
+        .into_iter()
+        .filter(|(_, names)| names.len() > 1)
+        .map(|(_, names)| names)
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn replicas_on_one_device_are_named_together() {
+        let on = |name: &str, dev| (name.to_string(), dev);
+        assert_eq!(
+            same_device([
+                on("r1", 7),
+                on("r2", 9),
+                on("r3", 7),
+                on("r4", 9),
+                on("r5", 3)
+            ]),
+            vec![
+                vec!["r1".to_string(), "r3".into()],
+                vec!["r2".into(), "r4".into()]
+            ]
+        );
+        assert!(same_device([on("r1", 1), on("r2", 2)]).is_empty());
+        assert!(same_device(Vec::new()).is_empty());
+    }
+
+    #[test]
+    fn the_default_three_directories_share_this_disk() {
+        let dir = tempfile::tempdir().unwrap();
+        let replicas: Vec<String> = (1..=3)
+            .map(|i| {
+                dir.path()
+                    .join(format!("replica-{i}"))
+                    .display()
+                    .to_string()
+            })
+            .collect();
+        let storage = Storage::open(&replicas, None, "").unwrap();
+        assert_eq!(storage.shared_devices(), vec![replicas]);
+    }
 
     #[tokio::test]
     async fn memory_replicas_write_and_read() {
