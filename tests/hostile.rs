@@ -73,6 +73,21 @@ fn pdata(context_id: u8, command: bool, last: bool, data: &[u8]) -> Vec<u8> {
     v
 }
 
+/// One P-DATA-TF PDU holding several PDVs, each (context, command, last, bytes).
+fn pdata_pdvs(pdvs: &[(u8, bool, bool, &[u8])]) -> Vec<u8> {
+    let mut items = Vec::new();
+    for (context_id, command, last, data) in pdvs {
+        items.extend_from_slice(&((data.len() + 2) as u32).to_be_bytes());
+        items.push(*context_id);
+        items.push(u8::from(*command) | (u8::from(*last) << 1));
+        items.extend_from_slice(data);
+    }
+    let mut v = vec![0x04, 0x00];
+    v.extend_from_slice(&(items.len() as u32).to_be_bytes());
+    v.extend(items);
+    v
+}
+
 async fn echo_association(n: &TestNode, calling: &str) -> ScuAssociation {
     ScuAssociation::connect(
         &n.scu(calling),
@@ -113,6 +128,34 @@ async fn store_raw(n: &TestNode, spec: &Spec, data: &[u8]) -> pacsd::dimse::Stat
         .unwrap();
     let _ = a.release().await;
     st
+}
+
+/// PS3.8 9.3.5 lets one P-DATA-TF PDU carry PDVs of more than one message: every message in
+/// it is answered, none is lost behind the first.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_messages_in_one_pdu_are_both_answered() {
+    let n = TestNode::start().await;
+    let mut a = echo_association(&n, "PACKED").await;
+    let ctx = a.contexts()[0].id;
+    let (first, second) = (
+        pacsd::dimse::Command::echo_rq(7).encode().unwrap(),
+        pacsd::dimse::Command::echo_rq(8).encode().unwrap(),
+    );
+    a.send_raw(&pdata_pdvs(&[
+        (ctx, true, true, &first),
+        (ctx, true, true, &second),
+    ]))
+    .await
+    .unwrap();
+    for id in [7, 8] {
+        let rsp = tokio::time::timeout(Duration::from_secs(10), a.read_command())
+            .await
+            .expect("a response to each C-ECHO")
+            .unwrap();
+        assert_eq!(rsp.message_id_being_responded_to, Some(id), "{rsp:?}");
+        assert_eq!(rsp.status, Some(0));
+    }
+    a.release().await.unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

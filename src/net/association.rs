@@ -2,7 +2,7 @@
 //! P-DATA reassembly into DIMSE messages (PS3.8 9.3.5, Annex E), release and abort.
 //! This file and `scu.rs` are the only users of dicom-ul.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, VecDeque};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -10,16 +10,15 @@ use std::time::Duration;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 
+use super::link::Link;
 use super::transport::{CertIdentity, Transport};
-use bytes::BytesMut;
+use dicom_ul::Pdu;
 use dicom_ul::pdu::{
     AbortRQServiceProviderReason, AbortRQSource, AssociationAC, AssociationRJ, AssociationRJResult,
     AssociationRJServiceProviderASCEReason, AssociationRJServiceUserReason, AssociationRJSource,
     PDataValue, PDataValueType, PresentationContextResult, PresentationContextResultReason,
     UserVariableItem,
 };
-use dicom_ul::{Pdu, read_pdu, write_pdu};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tracing::{debug, info, warn};
 
 use crate::audit::{Audit, Event, LOGIN, Outcome, Role, USER_AUTHENTICATION};
@@ -36,8 +35,6 @@ pub const APPLICATION_CONTEXT: &str = "1.2.840.10008.3.1.1.1";
 const MAX_ASSOCIATE_RQ: u32 = 1024 * 1024;
 /// Our sending PDU size when the peer announces 0 ("no limit", PS3.8 D.1.1).
 const UNLIMITED_PEER_PDU: u32 = 1024 * 1024;
-/// PDV item header (length, context id, flags): what a PDU's length counts beyond the data.
-const PDV_HEADER: usize = 6;
 
 #[derive(Debug, thiserror::Error)]
 pub enum NetError {
@@ -327,26 +324,24 @@ impl AcceptorPolicy {
 
 /// An established association, acceptor side.
 pub struct Association {
-    socket: Transport,
+    /// The connection: transport, buffers, the peer's PDU size, the write timeout.
+    link: Link,
     /// The requestor's verified certificate, on the TLS listener.
     identity: Option<CertIdentity>,
     /// Where this association's operations are recorded (services record through it).
     audit: Audit,
     our_ae: String,
-    peer: SocketAddr,
-    read_buf: BytesMut,
-    write_buf: Vec<u8>,
     /// What we announced as our receive limit.
     our_max_pdu: u32,
-    /// What the requestor can receive.
-    peer_max_pdu: u32,
     contexts: Vec<AcceptedContext>,
     calling_ae: String,
     called_ae: String,
     idle_timeout: Duration,
-    write_timeout: Duration,
     /// P-DATA reassembly; its partial message survives a cancelled `next()`.
     reassembly: Reassembler,
+    /// PDVs received after a complete message in the same P-DATA-TF PDU (PS3.8 9.3.5 allows
+    /// PDVs of several messages in one PDU); `next()` takes them before reading more.
+    unread: VecDeque<PDataValue>,
     /// Message ID for requests this node sends on the association (C-GET sub-operations).
     next_message_id: u16,
     /// A C-CANCEL-RQ read while this node waited for something else (a C-GET sub-operation's
@@ -384,22 +379,18 @@ impl Association {
             identity: socket.peer_identity(),
             audit: policy.audit.clone(),
             our_ae: config.node.ae_title.clone(),
-            socket,
-            peer,
-            read_buf: BytesMut::with_capacity(64 * 1024),
-            write_buf: Vec::with_capacity(64 * 1024),
+            link: Link::new(socket, peer, config.timeouts.write()),
             our_max_pdu: config.node.max_pdu,
-            peer_max_pdu: dicom_ul::pdu::DEFAULT_MAX_PDU,
             contexts: Vec::new(),
             calling_ae: String::new(),
             called_ae: String::new(),
             idle_timeout: config.timeouts.idle(),
-            write_timeout: config.timeouts.write(),
             reassembly: Reassembler::new(
                 config.node.max_object_size,
                 policy.receive_budget.clone(),
                 config.node.receive_budget,
             ),
+            unread: VecDeque::new(),
             next_message_id: 1,
             cancel_seen: false,
             last_progress: Instant::now(),
@@ -508,7 +499,7 @@ impl Association {
                 config,
                 &assoc.calling_ae,
                 peer.ip(),
-                assoc.socket.is_tls(),
+                assoc.link.is_tls(),
                 assoc.identity.as_ref(),
             )
             .await
@@ -551,7 +542,7 @@ impl Association {
         }
 
         let negotiated = negotiate(&rq, &allowed);
-        assoc.peer_max_pdu = negotiated.peer_max_pdu;
+        assoc.link.peer_max_pdu = negotiated.peer_max_pdu;
         assoc.contexts = negotiated.contexts;
         let (results, ext_replies) = (negotiated.results, negotiated.replies);
 
@@ -581,10 +572,10 @@ impl Association {
             peer = %peer,
             accepted = assoc.contexts.len(),
             proposed = rq.presentation_contexts.len(),
-            peer_max_pdu = assoc.peer_max_pdu,
+            peer_max_pdu = assoc.link.peer_max_pdu,
             "association accepted"
         );
-        let how = match (&assoc.identity, assoc.socket.is_tls()) {
+        let how = match (&assoc.identity, assoc.link.is_tls()) {
             (Some(id), _) => format!("over TLS, certificate `{}`", id.subject),
             (None, true) => "over TLS, no client certificate".to_string(),
             (None, false) => "over plain TCP".to_string(),
@@ -609,7 +600,7 @@ impl Association {
             event
                 .by(
                     &self.calling_ae,
-                    Some(self.peer.ip().to_string()),
+                    Some(self.peer().ip().to_string()),
                     calling_role,
                 )
                 .to(&self.our_ae, None, ours),
@@ -617,24 +608,24 @@ impl Association {
     }
 
     async fn reject_with<T>(&mut self, pdu: Pdu, why: &str) -> Result<T, NetError> {
-        info!(calling_ae = %self.calling_ae, peer = %self.peer, reason = why, "association rejected");
+        info!(calling_ae = %self.calling_ae, peer = %self.peer(), reason = why, "association rejected");
         self.audit.record(
             Event::new(USER_AUTHENTICATION, Some(LOGIN), 'E', Outcome::MinorFailure)
                 .describe(format!("association rejected: {why}"))
                 .by(
                     &self.calling_ae,
-                    Some(self.peer.ip().to_string()),
+                    Some(self.peer().ip().to_string()),
                     Role::Source,
                 )
                 .to(&self.our_ae, None, Role::Destination),
         );
         self.send_pdu(&pdu).await?;
-        let _ = self.socket.shutdown().await;
+        self.link.shutdown().await;
         Err(NetError::Rejected(why.to_string()))
     }
 
     pub fn peer(&self) -> SocketAddr {
-        self.peer
+        self.link.peer()
     }
 
     /// The requestor's verified TLS certificate (None on the plain listener).
@@ -667,7 +658,7 @@ impl Association {
 
     /// Whether part of a DIMSE message has been received but not all of it.
     pub fn mid_message(&self) -> bool {
-        self.reassembly.mid_message()
+        self.reassembly.mid_message() || !self.unread.is_empty()
     }
 
     /// Read the next DIMSE message; the association is aborted when the peer makes no progress
@@ -676,6 +667,11 @@ impl Association {
     pub async fn next(&mut self) -> Result<Incoming, NetError> {
         if !self.mid_message() {
             self.last_progress = Instant::now();
+        }
+        while let Some(pdv) = self.unread.pop_front() {
+            if let Some(msg) = self.absorb(pdv).await? {
+                return Ok(Incoming::Message(Box::new(msg)));
+            }
         }
         loop {
             let deadline = self.last_progress + self.idle_timeout;
@@ -686,7 +682,7 @@ impl Association {
                     self.send_abort(AbortRQServiceProviderReason::ReasonNotSpecified)
                         .await;
                     return Err(NetError::Timeout {
-                        peer: self.peer,
+                        peer: self.peer(),
                         what: "the next PDU",
                         after: self.idle_timeout,
                     });
@@ -697,22 +693,24 @@ impl Association {
                     if data.iter().any(|pdv| !pdv.data.is_empty()) {
                         self.last_progress = Instant::now();
                     }
-                    for pdv in data {
+                    let mut pdvs = data.into_iter();
+                    while let Some(pdv) = pdvs.next() {
                         if let Some(msg) = self.absorb(pdv).await? {
+                            self.unread.extend(pdvs);
                             return Ok(Incoming::Message(Box::new(msg)));
                         }
                     }
                 }
                 Pdu::ReleaseRQ => {
                     if self.mid_message() {
-                        warn!(peer = %self.peer, "release requested in the middle of a message; partial message dropped");
+                        warn!(peer = %self.peer(), "release requested in the middle of a message; partial message dropped");
                     }
                     self.send_pdu(&Pdu::ReleaseRP).await?;
-                    let _ = self.socket.shutdown().await;
+                    self.link.shutdown().await;
                     return Ok(Incoming::Released);
                 }
                 Pdu::AbortRQ { source } => {
-                    debug!(peer = %self.peer, ?source, "association aborted by peer");
+                    debug!(peer = %self.peer(), ?source, "association aborted by peer");
                     return Ok(Incoming::Aborted);
                 }
                 other => {
@@ -720,7 +718,7 @@ impl Association {
                     self.send_abort(AbortRQServiceProviderReason::UnexpectedPdu)
                         .await;
                     return Err(NetError::Protocol {
-                        peer: self.peer,
+                        peer: self.peer(),
                         reason,
                     });
                 }
@@ -739,7 +737,7 @@ impl Association {
                 Err(match e {
                     ReassemblyError::BadCommand(c) => NetError::Command(c),
                     other => NetError::Protocol {
-                        peer: self.peer,
+                        peer: self.peer(),
                         reason: other.to_string(),
                     },
                 })
@@ -754,39 +752,25 @@ impl Association {
         if std::mem::take(&mut self.cancel_seen) {
             return Ok(true);
         }
-        loop {
-            match self.socket.try_read_buf(&mut self.read_buf) {
-                Ok(0) => return Err(NetError::Closed { peer: self.peer }),
-                Ok(_) => continue,
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
-                Err(source) => {
-                    return Err(NetError::Read {
-                        peer: self.peer,
-                        source,
-                    });
-                }
-            }
+        let cancel_pdv = |pdv: &PDataValue| {
+            pdv.value_type == PDataValueType::Command
+                && pdv.is_last
+                && Command::decode(&pdv.data)
+                    .is_ok_and(|c| c.field() == Some(crate::dimse::CommandField::CCancelRq))
+        };
+        if !self.reassembly.mid_message() && self.unread.front().is_some_and(cancel_pdv) {
+            self.unread.pop_front();
+            return Ok(true);
         }
-        let mut cursor = std::io::Cursor::new(&self.read_buf[..]);
-        let parsed = read_pdu(&mut cursor, self.our_max_pdu, true);
-        let used = cursor.position() as usize;
-        match parsed {
-            Ok(Some(Pdu::PData { data }))
-                if data.len() == 1
-                    && data[0].value_type == PDataValueType::Command
-                    && data[0].is_last
-                    && Command::decode(&data[0].data).is_ok_and(|c| {
-                        c.field() == Some(crate::dimse::CommandField::CCancelRq)
-                    }) =>
-            {
-                let _ = self.read_buf.split_to(used);
-                Ok(true)
-            }
-            Ok(Some(Pdu::AbortRQ { .. })) => {
-                let _ = self.read_buf.split_to(used);
-                Err(NetError::Closed { peer: self.peer })
-            }
-            _ => Ok(false),
+        let is_cancel = |pdu: &Pdu| match pdu {
+            Pdu::PData { data } => data.len() == 1 && cancel_pdv(&data[0]),
+            Pdu::AbortRQ { .. } => true,
+            _ => false,
+        };
+        match self.link.take_buffered(self.our_max_pdu, is_cancel)? {
+            Some(Pdu::AbortRQ { .. }) => Err(NetError::Closed { peer: self.peer() }),
+            Some(_) => Ok(true),
+            None => Ok(false),
         }
     }
 
@@ -801,228 +785,33 @@ impl Association {
         context_id: u8,
         command: &Command,
     ) -> Result<(), NetError> {
-        let bytes = command.encode()?;
-        self.send_pdvs(context_id, PDataValueType::Command, &bytes)
-            .await
+        self.link.send_command(context_id, command).await
     }
 
     /// Send a data set on a presentation context, fragmented to the peer's PDU size.
     pub async fn send_data(&mut self, context_id: u8, data: &[u8]) -> Result<(), NetError> {
-        self.send_pdvs(context_id, PDataValueType::Data, data).await
-    }
-
-    async fn send_pdvs(
-        &mut self,
-        context_id: u8,
-        value_type: PDataValueType,
-        bytes: &[u8],
-    ) -> Result<(), NetError> {
-        send_fragments(
-            &mut self.socket,
-            self.peer,
-            &mut self.write_buf,
-            self.peer_max_pdu,
-            self.write_timeout,
-            context_id,
-            value_type,
-            bytes,
-        )
-        .await
+        self.link.send_data(context_id, data).await
     }
 
     async fn send_pdu(&mut self, pdu: &Pdu) -> Result<(), NetError> {
-        self.write_buf.clear();
-        write_pdu(&mut self.write_buf, pdu).map_err(|e| NetError::Encode(e.to_string()))?;
-        write_all(
-            &mut self.socket,
-            self.peer,
-            &self.write_buf,
-            self.write_timeout,
-        )
-        .await
+        self.link.send_pdu(pdu).await
     }
 
     /// Send A-ABORT (service provider) best-effort and close the connection.
     pub async fn send_abort(&mut self, reason: AbortRQServiceProviderReason) {
-        let pdu = Pdu::AbortRQ {
-            source: AbortRQSource::ServiceProvider(reason),
-        };
-        if let Err(e) = self.send_pdu(&pdu).await {
-            debug!(peer = %self.peer, error = %e, "could not send A-ABORT");
-        }
-        let _ = self.socket.shutdown().await;
+        self.link
+            .abort(AbortRQSource::ServiceProvider(reason))
+            .await
     }
 
     /// Abort as the service user (used on shutdown).
     pub async fn abort(&mut self) {
-        let pdu = Pdu::AbortRQ {
-            source: AbortRQSource::ServiceUser,
-        };
-        let _ = self.send_pdu(&pdu).await;
-        let _ = self.socket.shutdown().await;
+        self.link.abort(AbortRQSource::ServiceUser).await
     }
 
     async fn read_pdu(&mut self, max_pdu: u32) -> Result<Pdu, NetError> {
-        read_pdu_from(&mut self.socket, self.peer, &mut self.read_buf, max_pdu).await
+        self.link.read_pdu(max_pdu).await
     }
-}
-
-/// Read one PDU, bounded by `max_pdu` (strict: a longer PDU is an error, not an allocation).
-/// Cancel-safe: bytes read so far stay in `buf`.
-pub(crate) async fn read_pdu_from(
-    socket: &mut Transport,
-    peer: SocketAddr,
-    buf: &mut BytesMut,
-    max_pdu: u32,
-) -> Result<Pdu, NetError> {
-    loop {
-        let mut cursor = std::io::Cursor::new(&buf[..]);
-        match read_pdu(&mut cursor, max_pdu, true) {
-            Ok(Some(pdu)) => {
-                let used = cursor.position() as usize;
-                let _ = buf.split_to(used);
-                return Ok(pdu);
-            }
-            Ok(None) => {}
-            Err(e) => {
-                return Err(NetError::BadPdu {
-                    peer,
-                    reason: e.to_string(),
-                });
-            }
-        }
-        if buf.capacity() - buf.len() < 64 * 1024 {
-            buf.reserve(256 * 1024);
-        }
-        let n = socket
-            .read_buf(buf)
-            .await
-            .map_err(|source| NetError::Read { peer, source })?;
-        if n == 0 {
-            return Err(NetError::Closed { peer });
-        }
-    }
-}
-
-pub(crate) async fn write_all(
-    socket: &mut Transport,
-    peer: SocketAddr,
-    bytes: &[u8],
-    timeout: Duration,
-) -> Result<(), NetError> {
-    write_all_vectored(socket, peer, &mut [std::io::IoSlice::new(bytes)], timeout).await
-}
-
-/// Write `bytes` as P-DATA-TF PDUs of at most `peer_max_pdu`, one PDV each, the last flagged.
-#[allow(clippy::too_many_arguments)]
-pub(crate) async fn send_fragments(
-    socket: &mut Transport,
-    peer: SocketAddr,
-    write_buf: &mut Vec<u8>,
-    peer_max_pdu: u32,
-    timeout: Duration,
-    context_id: u8,
-    value_type: PDataValueType,
-    bytes: &[u8],
-) -> Result<(), NetError> {
-    // PDU length counts the PDV item: 4-byte item length + context id + control header.
-    let max_chunk = (peer_max_pdu as usize).saturating_sub(PDV_HEADER).max(1);
-    let control = |last: bool| -> u8 {
-        let mut c = 0u8;
-        if value_type == PDataValueType::Command {
-            c |= 1;
-        }
-        if last {
-            c |= 2;
-        }
-        c
-    };
-    if bytes.is_empty() {
-        // An empty data set is still one (empty, last) fragment.
-        write_buf.clear();
-        push_pdata_header(write_buf, context_id, control(true), 0);
-        return write_all(socket, peer, write_buf, timeout).await;
-    }
-    // Each fragment goes out with its PDU header in one vectored write of up to WRITE_BATCH
-    // bytes: the data set is not copied into a buffer first (a copy of every byte sent), and a
-    // peer with a small receive PDU (16 KiB is common) does not cost a system call per 16 KiB.
-    // `write_buf` holds the headers of one batch.
-    let fragments = bytes.len().div_ceil(max_chunk);
-    let mut chunks = bytes.chunks(max_chunk).enumerate().peekable();
-    while chunks.peek().is_some() {
-        write_buf.clear();
-        let mut batch: Vec<&[u8]> = Vec::new();
-        let mut batch_bytes = 0;
-        while let Some((i, chunk)) =
-            chunks.next_if(|_| batch_bytes < WRITE_BATCH && batch.len() < MAX_BATCH_FRAGMENTS)
-        {
-            push_pdata_header(
-                write_buf,
-                context_id,
-                control(i + 1 == fragments),
-                chunk.len(),
-            );
-            batch.push(chunk);
-            batch_bytes += chunk.len();
-        }
-        let mut slices: Vec<std::io::IoSlice<'_>> = write_buf
-            .chunks(PDATA_HEADER)
-            .zip(&batch)
-            .flat_map(|(h, c)| [std::io::IoSlice::new(h), std::io::IoSlice::new(c)])
-            .collect();
-        write_all_vectored(socket, peer, &mut slices, timeout).await?;
-    }
-    Ok(())
-}
-
-/// Write every byte of `slices` (one `writev` each time the socket takes bytes) and flush
-/// (TLS buffers what it encrypts: the flush is what puts it on the wire), within `timeout`.
-async fn write_all_vectored(
-    socket: &mut Transport,
-    peer: SocketAddr,
-    mut slices: &mut [std::io::IoSlice<'_>],
-    timeout: Duration,
-) -> Result<(), NetError> {
-    let write = async {
-        while !slices.is_empty() {
-            let n = socket.write_vectored(slices).await?;
-            if n == 0 {
-                return Err(std::io::ErrorKind::WriteZero.into());
-            }
-            std::io::IoSlice::advance_slices(&mut slices, n);
-        }
-        socket.flush().await
-    };
-    match tokio::time::timeout(timeout, write).await {
-        Ok(r) => r.map_err(|source| NetError::Write { peer, source }),
-        Err(_) => Err(NetError::Timeout {
-            peer,
-            what: "the peer to read",
-            after: timeout,
-        }),
-    }
-}
-
-/// At most this many PDUs in one vectored write (two slices each; Linux takes 1024).
-const MAX_BATCH_FRAGMENTS: usize = 64;
-
-/// Bytes of P-DATA-TF PDUs gathered before one socket write.
-const WRITE_BATCH: usize = 256 * 1024;
-
-/// A P-DATA-TF PDU's header and its one PDV item's header: PDU type, reserved, PDU length,
-/// item length, context ID, message control header (PS3.8 9.3.5 and E.2).
-const PDATA_HEADER: usize = 12;
-
-/// Encode the header of a P-DATA-TF PDU holding one PDV of `len` bytes (the PDV's data
-/// follows it). Written by hand so that a large data set is framed without being copied.
-fn push_pdata_header(out: &mut Vec<u8>, context_id: u8, control: u8, len: usize) {
-    let item_len = (len + 2) as u32;
-    let pdu_len = item_len + 4;
-    out.extend_from_slice(&[0x04, 0x00]);
-    out.extend_from_slice(&pdu_len.to_be_bytes());
-    out.extend_from_slice(&item_len.to_be_bytes());
-    out.push(context_id);
-    out.push(control);
 }
 
 #[cfg(test)]
@@ -1172,87 +961,5 @@ mod tests {
         // 129 contexts cannot all have distinct odd IDs.
         let ids = (1..=255u8).step_by(2).chain([7u8]);
         assert!(bad_context_ids(ids).is_some());
-    }
-
-    #[test]
-    fn hand_framed_pdata_matches_dicom_ul() {
-        for (control, vt, last) in [
-            (3u8, PDataValueType::Command, true),
-            (0u8, PDataValueType::Data, false),
-            (2u8, PDataValueType::Data, true),
-        ] {
-            let data = vec![7u8; 1000];
-            let mut ours = Vec::new();
-            push_pdata_header(&mut ours, 5, control, data.len());
-            ours.extend_from_slice(&data);
-            let mut theirs = Vec::new();
-            write_pdu(
-                &mut theirs,
-                &Pdu::PData {
-                    data: vec![PDataValue {
-                        presentation_context_id: 5,
-                        value_type: vt,
-                        is_last: last,
-                        data: data.clone(),
-                    }],
-                },
-            )
-            .unwrap();
-            assert_eq!(ours, theirs);
-        }
-    }
-
-    #[tokio::test]
-    async fn fragments_sent_in_vectored_batches_are_what_dicom_ul_would_frame() {
-        // 100 PDUs of at most 1000 bytes (so batches end on MAX_BATCH_FRAGMENTS) and one
-        // data set larger than WRITE_BATCH: the bytes on the wire are dicom-ul's framing.
-        for (max_pdu, len) in [(1000u32, 99_000usize), (16_384, 600_000)] {
-            let data: Vec<u8> = (0..len).map(|i| (i % 251) as u8).collect();
-            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-            let addr = listener.local_addr().unwrap();
-            let reader = tokio::spawn(async move {
-                let (mut s, _) = listener.accept().await.unwrap();
-                let mut got = Vec::new();
-                tokio::io::AsyncReadExt::read_to_end(&mut s, &mut got)
-                    .await
-                    .unwrap();
-                got
-            });
-            let mut socket = Transport::Tcp(tokio::net::TcpStream::connect(addr).await.unwrap());
-            let mut buf = Vec::new();
-            send_fragments(
-                &mut socket,
-                addr,
-                &mut buf,
-                max_pdu,
-                Duration::from_secs(5),
-                3,
-                PDataValueType::Data,
-                &data,
-            )
-            .await
-            .unwrap();
-            drop(socket);
-            let got = reader.await.unwrap();
-            let chunk = max_pdu as usize - PDV_HEADER;
-            let mut expected = Vec::new();
-            let n = data.len().div_ceil(chunk);
-            for (i, piece) in data.chunks(chunk).enumerate() {
-                write_pdu(
-                    &mut expected,
-                    &Pdu::PData {
-                        data: vec![PDataValue {
-                            presentation_context_id: 3,
-                            value_type: PDataValueType::Data,
-                            is_last: i + 1 == n,
-                            data: piece.to_vec(),
-                        }],
-                    },
-                )
-                .unwrap();
-            }
-            assert_eq!(got.len(), expected.len());
-            assert!(got == expected, "framing differs for max PDU {max_pdu}");
-        }
     }
 }

@@ -4,6 +4,7 @@
 
 pub mod access;
 pub mod association;
+pub mod link;
 pub mod listener;
 pub mod reassembly;
 pub mod scu;

@@ -2,21 +2,23 @@
 //! later C-MOVE sub-associations. TCP_NODELAY, a connect timeout and a timeout on every wait.
 
 use crate::part10::{IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME};
-use std::net::SocketAddr;
 use std::time::Duration;
 
-use bytes::BytesMut;
+use dicom_ul::Pdu;
 use dicom_ul::pdu::{
-    AbortRQSource, AssociationRQ, PDataValueType, PresentationContextProposed,
+    AbortRQSource, AssociationRQ, PDataValue, PresentationContextProposed,
     PresentationContextResultReason, UserVariableItem,
 };
-use dicom_ul::{Pdu, write_pdu};
-use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
-use super::association::{APPLICATION_CONTEXT, NetError, read_pdu_from, send_fragments, write_all};
+use super::association::{APPLICATION_CONTEXT, NetError};
+use super::link::Link;
+use super::reassembly::Reassembler;
 use super::transport::{CertIdentity, Transport};
-use crate::dimse::{Command, CommandField, MAX_COMMAND_SET, Status};
+use crate::dimse::{Command, CommandField, Status};
+use std::collections::VecDeque;
+use std::sync::Arc;
+use tokio::sync::Semaphore;
 
 /// Receive size we announce as requestor.
 const SCU_MAX_PDU: u32 = 262_144;
@@ -71,18 +73,30 @@ pub struct NegotiatedContext {
     pub transfer_syntax: String,
 }
 
+/// The SCU's reassembler: objects up to the default object size limit, with a budget of its
+/// own (one message is held at a time).
+fn scu_reassembler() -> Reassembler {
+    let limit = crate::config::DEFAULT_MAX_OBJECT_SIZE;
+    let budget = usize::try_from(limit).unwrap_or(usize::MAX);
+    Reassembler::new(limit, Arc::new(Semaphore::new(budget)), limit)
+}
+
+/// A DIMSE message as read: its command set and, when announced, its data set.
+pub type Message = (Command, Option<Vec<u8>>);
+
 /// An established association, requestor side.
 pub struct ScuAssociation {
-    socket: Transport,
-    peer: SocketAddr,
-    read_buf: BytesMut,
-    write_buf: Vec<u8>,
-    peer_max_pdu: u32,
+    /// The connection: transport, buffers, the peer's PDU size, the write timeout.
+    link: Link,
     contexts: Vec<NegotiatedContext>,
     timeout: Duration,
     next_message_id: u16,
     /// Presentation context of the last message read (C-GET answers C-STOREs on it).
     last_context_id: u8,
+    /// Messages are reassembled as the acceptor does, bounded the same way.
+    reassembly: Reassembler,
+    /// PDVs of a PDU not yet reassembled (a PDU may hold PDVs of more than one message).
+    unread: VecDeque<PDataValue>,
 }
 
 impl ScuAssociation {
@@ -160,15 +174,13 @@ impl ScuAssociation {
             }
         };
         let mut assoc = ScuAssociation {
-            socket,
-            peer,
-            read_buf: BytesMut::with_capacity(64 * 1024),
-            write_buf: Vec::with_capacity(64 * 1024),
-            peer_max_pdu: dicom_ul::pdu::DEFAULT_MAX_PDU,
+            link: Link::new(socket, peer, opts.timeout),
             contexts: Vec::new(),
             timeout: opts.timeout,
             next_message_id: 1,
             last_context_id: 0,
+            reassembly: scu_reassembler(),
+            unread: VecDeque::new(),
         };
         let rq = Pdu::AssociationRQ(AssociationRQ {
             protocol_version: 1,
@@ -212,7 +224,7 @@ impl ScuAssociation {
             Pdu::AssociationAC(ac) => {
                 for uv in &ac.user_variables {
                     if let UserVariableItem::MaxLength(len) = uv {
-                        assoc.peer_max_pdu = if *len == 0 {
+                        assoc.link.peer_max_pdu = if *len == 0 {
                             1024 * 1024
                         } else {
                             (*len).min(16 * 1024 * 1024)
@@ -375,7 +387,7 @@ impl ScuAssociation {
                 Some(CommandField::CGetRsp) => return Ok(msg),
                 _ => {
                     return Err(NetError::Protocol {
-                        peer: self.peer,
+                        peer: self.link.peer(),
                         reason: format!(
                             "unexpected command {:#06x} during C-GET",
                             msg.command_field
@@ -497,42 +509,21 @@ impl ScuAssociation {
         context_id: u8,
         command: &Command,
     ) -> Result<(), NetError> {
-        let bytes = command.encode()?;
-        send_fragments(
-            &mut self.socket,
-            self.peer,
-            &mut self.write_buf,
-            self.peer_max_pdu,
-            self.timeout,
-            context_id,
-            PDataValueType::Command,
-            &bytes,
-        )
-        .await
+        self.link.send_command(context_id, command).await
     }
 
     pub async fn send_data(&mut self, context_id: u8, data: &[u8]) -> Result<(), NetError> {
-        send_fragments(
-            &mut self.socket,
-            self.peer,
-            &mut self.write_buf,
-            self.peer_max_pdu,
-            self.timeout,
-            context_id,
-            PDataValueType::Data,
-            data,
-        )
-        .await
+        self.link.send_data(context_id, data).await
     }
 
     /// Write raw bytes to the socket (tests use it to cut a message short).
     pub async fn send_raw(&mut self, bytes: &[u8]) -> Result<(), NetError> {
-        write_all(&mut self.socket, self.peer, bytes, self.timeout).await
+        self.link.send_raw(bytes).await
     }
 
     /// The acceptor's verified certificate, over TLS.
     pub fn peer_identity(&self) -> Option<CertIdentity> {
-        self.socket.peer_identity()
+        self.link.peer_identity()
     }
 
     /// Read one response command set (no data set expected) and return its status.
@@ -540,7 +531,7 @@ impl ScuAssociation {
         let rsp = self.read_command().await?;
         if rsp.command_field != expected as u16 {
             return Err(NetError::Protocol {
-                peer: self.peer,
+                peer: self.link.peer(),
                 reason: format!(
                     "expected {expected:?}, got command field {:#06x}",
                     rsp.command_field
@@ -558,48 +549,18 @@ impl ScuAssociation {
         Ok(self.read_message().await?.0)
     }
 
-    /// Read the next DIMSE message: its command set and, when announced, its data set.
-    pub async fn read_message(&mut self) -> Result<(Command, Option<Vec<u8>>), NetError> {
-        let mut command = Vec::new();
-        let mut decoded: Option<Command> = None;
-        let mut data = Vec::new();
+    /// Read the next DIMSE message: its command set and, when announced, its data set
+    /// (reassembled by the acceptor's `Reassembler`, under the default object size limit).
+    pub async fn read_message(&mut self) -> Result<Message, NetError> {
         loop {
-            match self.read_pdu().await? {
-                Pdu::PData { data: pdvs } => {
-                    for pdv in pdvs {
-                        self.last_context_id = pdv.presentation_context_id;
-                        match (&decoded, pdv.value_type) {
-                            (None, PDataValueType::Command) => {
-                                command.extend_from_slice(&pdv.data);
-                                if command.len() > MAX_COMMAND_SET {
-                                    return Err(NetError::Protocol {
-                                        peer: self.peer,
-                                        reason: "response command set too large".into(),
-                                    });
-                                }
-                                if pdv.is_last {
-                                    let c = Command::decode(&command)?;
-                                    if !c.has_data_set() {
-                                        return Ok((c, None));
-                                    }
-                                    decoded = Some(c);
-                                }
-                            }
-                            (Some(_), PDataValueType::Data) => {
-                                data.extend_from_slice(&pdv.data);
-                                if pdv.is_last {
-                                    return Ok((decoded.take().expect("checked"), Some(data)));
-                                }
-                            }
-                            _ => {
-                                return Err(NetError::Protocol {
-                                    peer: self.peer,
-                                    reason: "PDV out of order".into(),
-                                });
-                            }
-                        }
-                    }
+            while let Some(pdv) = self.unread.pop_front() {
+                if let Some(message) = self.absorb(pdv)? {
+                    return Ok(message);
                 }
+            }
+            match self.read_pdu().await? {
+                // Several messages may share a PDU: its PDVs are taken one at a time.
+                Pdu::PData { data } => self.unread.extend(data),
                 Pdu::AbortRQ { source } => {
                     return Err(NetError::Rejected(format!(
                         "association aborted by peer: {source:?}"
@@ -607,12 +568,36 @@ impl ScuAssociation {
                 }
                 other => {
                     return Err(NetError::Protocol {
-                        peer: self.peer,
+                        peer: self.link.peer(),
                         reason: format!("unexpected {}", other.short_description()),
                     });
                 }
             }
         }
+    }
+
+    /// One PDV into the message being reassembled; the message when it is complete.
+    fn absorb(&mut self, pdv: PDataValue) -> Result<Option<Message>, NetError> {
+        let accepted = self
+            .contexts
+            .iter()
+            .any(|c| c.id == pdv.presentation_context_id);
+        let fault = |reason: String| NetError::Protocol {
+            peer: self.link.peer(),
+            reason,
+        };
+        let Some(message) = self
+            .reassembly
+            .absorb(pdv, accepted)
+            .map_err(|e| fault(e.to_string()))?
+        else {
+            return Ok(None);
+        };
+        if let Some(why) = message.dropped {
+            return Err(fault(format!("data set refused: {why:?}")));
+        }
+        self.last_context_id = message.context_id;
+        Ok(Some((message.command, message.data)))
     }
 
     /// A-RELEASE (PS3.8 7.2).
@@ -622,42 +607,30 @@ impl ScuAssociation {
             Ok(Pdu::ReleaseRP) | Err(NetError::Closed { .. }) => {}
             Ok(other) => {
                 return Err(NetError::Protocol {
-                    peer: self.peer,
+                    peer: self.link.peer(),
                     reason: format!("expected A-RELEASE-RP, got {}", other.short_description()),
                 });
             }
             Err(e) => return Err(e),
         }
-        let _ = self.socket.shutdown().await;
+        self.link.shutdown().await;
         Ok(())
     }
 
     /// A-ABORT as service user.
     pub async fn abort(mut self) {
-        let _ = self
-            .send_pdu(&Pdu::AbortRQ {
-                source: AbortRQSource::ServiceUser,
-            })
-            .await;
-        let _ = self.socket.shutdown().await;
+        self.link.abort(AbortRQSource::ServiceUser).await
     }
 
     async fn send_pdu(&mut self, pdu: &Pdu) -> Result<(), NetError> {
-        self.write_buf.clear();
-        write_pdu(&mut self.write_buf, pdu).map_err(|e| NetError::Encode(e.to_string()))?;
-        write_all(&mut self.socket, self.peer, &self.write_buf, self.timeout).await
+        self.link.send_pdu(pdu).await
     }
 
     async fn read_pdu(&mut self) -> Result<Pdu, NetError> {
-        match tokio::time::timeout(
-            self.timeout,
-            read_pdu_from(&mut self.socket, self.peer, &mut self.read_buf, SCU_MAX_PDU),
-        )
-        .await
-        {
+        match tokio::time::timeout(self.timeout, self.link.read_pdu(SCU_MAX_PDU)).await {
             Ok(r) => r,
             Err(_) => Err(NetError::Timeout {
-                peer: self.peer,
+                peer: self.link.peer(),
                 what: "a PDU",
                 after: self.timeout,
             }),
