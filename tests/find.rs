@@ -199,20 +199,25 @@ fn args(list: &[&str]) -> Vec<OsString> {
     list.iter().map(OsString::from).collect()
 }
 
+/// findscu's arguments for a query: the information model (`-P`, `-S`, `-W`) and each key
+/// after its `-k`.
+fn query(model: &str, keys: &[&str]) -> Vec<OsString> {
+    let mut out = vec![OsString::from(model)];
+    for k in keys {
+        out.extend([OsString::from("-k"), OsString::from(k)]);
+    }
+    out
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn study_root_study_level_every_matching_type() {
     let n = node_with_corpus(|_| {}).await;
     let port = n.port();
     let q = |keys: &[&str]| {
-        let mut a = args(&[
+        let mut a = query(
             "-S",
-            "-k",
-            "QueryRetrieveLevel=STUDY",
-            "-k",
-            "StudyInstanceUID",
-            "-k",
-            "PatientID",
-        ]);
+            &["QueryRetrieveLevel=STUDY", "StudyInstanceUID", "PatientID"],
+        );
         for k in keys {
             a.push("-k".into());
             a.push(k.into());
@@ -318,19 +323,16 @@ async fn patient_root_every_level() {
     let port = n.port();
     let patients = findscu(
         port,
-        args(&[
+        query(
             "-P",
-            "-k",
-            "QueryRetrieveLevel=PATIENT",
-            "-k",
-            "PatientName=Doe*",
-            "-k",
-            "PatientID",
-            "-k",
-            "NumberOfPatientRelatedStudies",
-            "-k",
-            "NumberOfPatientRelatedInstances",
-        ]),
+            &[
+                "QueryRetrieveLevel=PATIENT",
+                "PatientName=Doe*",
+                "PatientID",
+                "NumberOfPatientRelatedStudies",
+                "NumberOfPatientRelatedInstances",
+            ],
+        ),
     );
     assert_eq!(patients.status, "Success", "{}", patients.text);
     assert_eq!(patients.values("0010,0020"), vec!["P001", "P002"]);
@@ -338,38 +340,32 @@ async fn patient_root_every_level() {
 
     let studies = findscu(
         port,
-        args(&[
+        query(
             "-P",
-            "-k",
-            "QueryRetrieveLevel=STUDY",
-            "-k",
-            "PatientID=P001",
-            "-k",
-            "StudyInstanceUID",
-            "-k",
-            "StudyDate",
-        ]),
+            &[
+                "QueryRetrieveLevel=STUDY",
+                "PatientID=P001",
+                "StudyInstanceUID",
+                "StudyDate",
+            ],
+        ),
     );
     assert_eq!(studies.values("0020,000d"), vec![uid(1)]);
     assert_eq!(studies.values("0008,0020"), vec!["20200105"]);
 
     let series = findscu(
         port,
-        args(&[
+        query(
             "-P",
-            "-k",
-            "QueryRetrieveLevel=SERIES",
-            "-k",
-            "PatientID=P001",
-            "-k",
-            &format!("StudyInstanceUID={}", uid(1)),
-            "-k",
-            "SeriesInstanceUID",
-            "-k",
-            "Modality",
-            "-k",
-            "NumberOfSeriesRelatedInstances",
-        ]),
+            &[
+                "QueryRetrieveLevel=SERIES",
+                "PatientID=P001",
+                &format!("StudyInstanceUID={}", uid(1)),
+                "SeriesInstanceUID",
+                "Modality",
+                "NumberOfSeriesRelatedInstances",
+            ],
+        ),
     );
     assert_eq!(series.status, "Success", "{}", series.text);
     assert_eq!(series.values("0008,0060"), vec!["CT", "OT"]);
@@ -377,23 +373,18 @@ async fn patient_root_every_level() {
 
     let images = findscu(
         port,
-        args(&[
+        query(
             "-P",
-            "-k",
-            "QueryRetrieveLevel=IMAGE",
-            "-k",
-            "PatientID=P001",
-            "-k",
-            &format!("StudyInstanceUID={}", uid(1)),
-            "-k",
-            &format!("SeriesInstanceUID={}.1", uid(1)),
-            "-k",
-            "SOPInstanceUID",
-            "-k",
-            "InstanceNumber",
-            "-k",
-            "SOPClassUID",
-        ]),
+            &[
+                "QueryRetrieveLevel=IMAGE",
+                "PatientID=P001",
+                &format!("StudyInstanceUID={}", uid(1)),
+                &format!("SeriesInstanceUID={}.1", uid(1)),
+                "SOPInstanceUID",
+                "InstanceNumber",
+                "SOPClassUID",
+            ],
+        ),
     );
     assert_eq!(images.status, "Success", "{}", images.text);
     assert_eq!(images.values("0020,0013"), vec!["1", "2"]);
@@ -409,19 +400,16 @@ async fn study_root_series_and_image_levels_with_header_keys() {
     let port = n.port();
     let series = findscu(
         port,
-        args(&[
+        query(
             "-S",
-            "-k",
-            "QueryRetrieveLevel=SERIES",
-            "-k",
-            &format!("StudyInstanceUID={}", uid(1)),
-            "-k",
-            "Modality=CT",
-            "-k",
-            "SeriesNumber",
-            "-k",
-            "SeriesDescription",
-        ]),
+            &[
+                "QueryRetrieveLevel=SERIES",
+                &format!("StudyInstanceUID={}", uid(1)),
+                "Modality=CT",
+                "SeriesNumber",
+                "SeriesDescription",
+            ],
+        ),
     );
     assert_eq!(series.status, "Success", "{}", series.text);
     assert_eq!(series.values("0008,0060"), vec!["CT"]);
@@ -430,23 +418,18 @@ async fn study_root_series_and_image_levels_with_header_keys() {
     // and come from the stored object's header (SamplesPerPixel absent here: no pixel data).
     let images = findscu(
         port,
-        args(&[
+        query(
             "-S",
-            "-k",
-            "QueryRetrieveLevel=IMAGE",
-            "-k",
-            &format!("StudyInstanceUID={}", uid(1)),
-            "-k",
-            &format!("SeriesInstanceUID={}.1", uid(1)),
-            "-k",
-            "InstanceNumber=2",
-            "-k",
-            "SOPInstanceUID",
-            "-k",
-            "StudyDescription",
-            "-k",
-            "(0008,1090)",
-        ]),
+            &[
+                "QueryRetrieveLevel=IMAGE",
+                &format!("StudyInstanceUID={}", uid(1)),
+                &format!("SeriesInstanceUID={}.1", uid(1)),
+                "InstanceNumber=2",
+                "SOPInstanceUID",
+                "StudyDescription",
+                "(0008,1090)",
+            ],
+        ),
     );
     assert_eq!(images.status, "Success", "{}", images.text);
     assert_eq!(images.matches.len(), 1);
@@ -464,15 +447,14 @@ async fn character_sets_latin1_utf8_and_component_groups() {
     let n = node_with_corpus(|_| {}).await;
     let port = n.port();
     // Latin-1 query bytes, Latin-1 answer.
-    let mut a = args(&[
+    let mut a = query(
         "-S",
-        "-k",
-        "QueryRetrieveLevel=STUDY",
-        "-k",
-        "SpecificCharacterSet=ISO_IR 100",
-        "-k",
-        "PatientID",
-    ]);
+        &[
+            "QueryRetrieveLevel=STUDY",
+            "SpecificCharacterSet=ISO_IR 100",
+            "PatientID",
+        ],
+    );
     a.push("-k".into());
     a.push(OsString::from_vec(b"PatientName=m\xfcller*".to_vec()));
     let out = findscu(port, a);
@@ -488,17 +470,15 @@ async fn character_sets_latin1_utf8_and_component_groups() {
     // UTF-8 query for a name Latin-1 cannot hold.
     let out = findscu(
         port,
-        args(&[
+        query(
             "-S",
-            "-k",
-            "QueryRetrieveLevel=STUDY",
-            "-k",
-            "SpecificCharacterSet=ISO_IR 192",
-            "-k",
-            "PatientName=Dvořák*",
-            "-k",
-            "PatientID",
-        ]),
+            &[
+                "QueryRetrieveLevel=STUDY",
+                "SpecificCharacterSet=ISO_IR 192",
+                "PatientName=Dvořák*",
+                "PatientID",
+            ],
+        ),
     );
     assert_eq!(out.values("0010,0020"), vec!["P005"], "{}", out.text);
     assert_eq!(
@@ -509,17 +489,15 @@ async fn character_sets_latin1_utf8_and_component_groups() {
     // A Latin-1 query whose answer needs more than Latin-1 is answered in UTF-8.
     let out = findscu(
         port,
-        args(&[
+        query(
             "-S",
-            "-k",
-            "QueryRetrieveLevel=STUDY",
-            "-k",
-            "SpecificCharacterSet=ISO_IR 100",
-            "-k",
-            "PatientID=P005",
-            "-k",
-            "PatientName",
-        ]),
+            &[
+                "QueryRetrieveLevel=STUDY",
+                "SpecificCharacterSet=ISO_IR 100",
+                "PatientID=P005",
+                "PatientName",
+            ],
+        ),
     );
     assert_eq!(
         out.matches[0]["0008,0005"],
@@ -541,17 +519,15 @@ async fn character_sets_latin1_utf8_and_component_groups() {
     ] {
         let out = findscu(
             port,
-            args(&[
+            query(
                 "-S",
-                "-k",
-                "QueryRetrieveLevel=STUDY",
-                "-k",
-                "SpecificCharacterSet=ISO_IR 192",
-                "-k",
-                pattern,
-                "-k",
-                "PatientID",
-            ]),
+                &[
+                    "QueryRetrieveLevel=STUDY",
+                    "SpecificCharacterSet=ISO_IR 192",
+                    pattern,
+                    "PatientID",
+                ],
+            ),
         );
         assert_eq!(
             out.values("0010,0020"),
@@ -562,17 +538,15 @@ async fn character_sets_latin1_utf8_and_component_groups() {
     }
     let out = findscu(
         port,
-        args(&[
+        query(
             "-S",
-            "-k",
-            "QueryRetrieveLevel=STUDY",
-            "-k",
-            "SpecificCharacterSet=ISO_IR 192",
-            "-k",
-            "PatientName==Yamada^Tarou",
-            "-k",
-            "PatientID",
-        ]),
+            &[
+                "QueryRetrieveLevel=STUDY",
+                "SpecificCharacterSet=ISO_IR 192",
+                "PatientName==Yamada^Tarou",
+                "PatientID",
+            ],
+        ),
     );
     assert!(
         out.matches.is_empty(),
@@ -585,28 +559,18 @@ async fn case_sensitive_pn_when_configured() {
     let n = node_with_corpus(|c| c.query.pn_case_insensitive = false).await;
     let out = findscu(
         n.port(),
-        args(&[
+        query(
             "-S",
-            "-k",
-            "QueryRetrieveLevel=STUDY",
-            "-k",
-            "PatientName=doe*",
-            "-k",
-            "PatientID",
-        ]),
+            &["QueryRetrieveLevel=STUDY", "PatientName=doe*", "PatientID"],
+        ),
     );
     assert!(out.matches.is_empty(), "{}", out.text);
     let out = findscu(
         n.port(),
-        args(&[
+        query(
             "-S",
-            "-k",
-            "QueryRetrieveLevel=STUDY",
-            "-k",
-            "PatientName=Doe*",
-            "-k",
-            "PatientID",
-        ]),
+            &["QueryRetrieveLevel=STUDY", "PatientName=Doe*", "PatientID"],
+        ),
     );
     assert_eq!(out.matches.len(), 2);
 }
@@ -684,7 +648,7 @@ async fn bad_identifiers_get_clear_failures() {
     // The node still answers.
     let ok = findscu(
         port,
-        args(&["-S", "-k", "QueryRetrieveLevel=STUDY", "-k", "PatientID"]),
+        query("-S", &["QueryRetrieveLevel=STUDY", "PatientID"]),
     );
     assert_eq!(ok.matches.len(), 6);
 }
@@ -716,15 +680,10 @@ async fn over_broad_queries_are_refused_not_truncated() {
     );
     let narrow = findscu(
         n.port(),
-        args(&[
+        query(
             "-S",
-            "-k",
-            "QueryRetrieveLevel=STUDY",
-            "-k",
-            "PatientName=Doe*",
-            "-k",
-            "PatientID",
-        ]),
+            &["QueryRetrieveLevel=STUDY", "PatientName=Doe*", "PatientID"],
+        ),
     );
     assert_eq!(narrow.matches.len(), 2);
 }
@@ -868,7 +827,7 @@ async fn relational_and_combined_datetime_via_extended_negotiation() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn find_is_refused_to_aes_without_the_service() {
     let n = TestNode::start().await; // default policy: echo and store only
-    let out = findscu(n.port(), args(&["-S", "-k", "QueryRetrieveLevel=STUDY"]));
+    let out = findscu(n.port(), query("-S", &["QueryRetrieveLevel=STUDY"]));
     assert!(out.matches.is_empty());
     assert!(
         out.text.contains("No Acceptable Presentation Contexts")
@@ -1018,17 +977,15 @@ async fn sequences_and_the_patient_study_only_model() {
     // sequence comes back (zero-length).
     let out = findscu(
         n.port(),
-        args(&[
+        query(
             "-S",
-            "-k",
-            "QueryRetrieveLevel=STUDY",
-            "-k",
-            "PatientID",
-            "-k",
-            "ReferencedStudySequence",
-            "-k",
-            "ProcedureCodeSequence[0].CodeValue",
-        ]),
+            &[
+                "QueryRetrieveLevel=STUDY",
+                "PatientID",
+                "ReferencedStudySequence",
+                "ProcedureCodeSequence[0].CodeValue",
+            ],
+        ),
     );
     assert_eq!(out.status, "Success", "{}", out.text);
     assert_eq!(out.matches.len(), 6);
@@ -1042,28 +999,26 @@ async fn sequences_and_the_patient_study_only_model() {
     // Patient/Study Only: PATIENT and STUDY levels, not SERIES.
     let out = findscu(
         n.port(),
-        args(&[
+        query(
             "-O",
-            "-k",
-            "QueryRetrieveLevel=PATIENT",
-            "-k",
-            "PatientName=Smith*",
-            "-k",
-            "PatientID",
-        ]),
+            &[
+                "QueryRetrieveLevel=PATIENT",
+                "PatientName=Smith*",
+                "PatientID",
+            ],
+        ),
     );
     assert_eq!(out.values("0010,0020"), vec!["P003"], "{}", out.text);
     let out = findscu(
         n.port(),
-        args(&[
+        query(
             "-O",
-            "-k",
-            "QueryRetrieveLevel=STUDY",
-            "-k",
-            "PatientID=P003",
-            "-k",
-            "AccessionNumber",
-        ]),
+            &[
+                "QueryRetrieveLevel=STUDY",
+                "PatientID=P003",
+                "AccessionNumber",
+            ],
+        ),
     );
     assert_eq!(out.values("0008,0050"), vec!["A300"], "{}", out.text);
     let out = findscu(

@@ -223,7 +223,11 @@ impl Pair {
     fn started(net: u8, witness: bool) -> Pair {
         let mut p = pair(net, witness);
         p.a.start();
-        std::thread::sleep(Duration::from_millis(300));
+        // a is up (it answers its control socket) before b starts.
+        assert!(
+            wait_for(Duration::from_secs(20), || p.a.status().is_some()),
+            "a answers"
+        );
         p.b.start();
         let (primary, _) = p.settled(Duration::from_secs(20)).expect("pair settles");
         assert_eq!(primary.name, "a", "the first node up becomes primary");
@@ -359,17 +363,6 @@ async fn assert_all_kept(node: &Member, acked: &[Spec], logs: &str) {
     if let Err(e) = check_kept(&opts, acked).await {
         panic!("on {}: {e}\n{logs}", node.name);
     }
-}
-
-fn wait_for(limit: Duration, mut f: impl FnMut() -> bool) -> bool {
-    let deadline = Instant::now() + limit;
-    while Instant::now() < deadline {
-        if f() {
-            return true;
-        }
-        std::thread::sleep(Duration::from_millis(25));
-    }
-    false
 }
 
 fn both(p: &Pair) -> Vec<ScuOptions> {
@@ -524,9 +517,14 @@ async fn with_the_witness_down_the_pair_serves_on_and_fails_over_once_it_returns
     // Without an arbiter no one may take over: the service stops rather than risk two
     // primaries...
     p.a.signal("-KILL");
-    std::thread::sleep(Duration::from_millis(1500));
-    let sb = p.b.status().unwrap();
-    assert!(!sb.role.starts_with("primary"), "{sb:?}");
+    assert!(
+        holds_for_blocking(Duration::from_millis(1500), || p
+            .b
+            .status()
+            .is_none_or(|s| !s.role.starts_with("primary"))),
+        "{:?}",
+        p.b.status()
+    );
     // ... and resumes as soon as the witness is back.
     p.start_witness();
     assert!(wait_for(Duration::from_secs(10), || p
@@ -933,9 +931,14 @@ async fn a_standby_in_maintenance_never_takes_over_and_stays_so_across_a_restart
 
     // The primary dies: the standby in maintenance stays standby (a lease + margin is 0.5 s).
     p.a.kill();
-    std::thread::sleep(Duration::from_secs(3));
-    let s = p.b.status().unwrap();
-    assert_eq!(s.role, "standby", "{}", p.logs());
+    assert!(
+        holds_for_blocking(Duration::from_secs(3), || p
+            .b
+            .status()
+            .is_some_and(|s| s.role == "standby")),
+        "{}",
+        p.logs()
+    );
     // Out of maintenance, it takes over.
     let (ok, said) = p.b.ha(&["maintenance", "off"]);
     assert!(ok, "{said}");

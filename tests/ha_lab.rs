@@ -254,7 +254,11 @@ impl Lab {
     fn settle(&mut self) -> String {
         self.start_witness();
         self.start("a");
-        std::thread::sleep(Duration::from_millis(300));
+        // a is up (it answers its control socket) before b starts.
+        assert!(
+            wait_for(Duration::from_secs(20), || self.status("a").is_some()),
+            "a answers"
+        );
         self.start("b");
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {

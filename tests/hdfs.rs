@@ -488,8 +488,10 @@ async fn a_striped_read_survives_a_datanode_stopped_mid_read() {
         let (storage, expected) = (storage.clone(), expected.clone());
         tokio::spawn(async move { storage.read(&expected).await })
     };
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    assert!(!reader.is_finished(), "the read finished before the fault");
+    assert!(
+        holds_for(Duration::from_millis(300), async || !reader.is_finished()).await,
+        "the read finished before the fault"
+    );
     let fault = Instant::now();
     dfs.command("stop-datanode 1");
     let v = tokio::time::timeout(REPLICA_OP_TIMEOUT, reader)

@@ -412,11 +412,12 @@ async fn abrupt_disconnect_mid_object_leaves_nothing_visible() {
     assoc.send_raw(&pdu).await.unwrap();
     drop(assoc); // TCP close, no A-ABORT
 
-    tokio::time::sleep(Duration::from_millis(200)).await;
-    assert_eq!(n.instances().await, 0);
-    for i in 0..3 {
-        assert!(n.files_in_replica(i).is_empty());
-    }
+    assert!(
+        holds_for(Duration::from_millis(200), async || n.instances().await
+            == 0
+            && (0..3).all(|i| n.files_in_replica(i).is_empty()))
+        .await
+    );
     let (code, _) = pacsd::tools::echo(&n.scu("TESTSCU")).await.unwrap();
     assert_eq!(code, 0);
 }
@@ -670,9 +671,8 @@ async fn association_limit_makes_the_next_client_wait() {
     // The second connects at TCP level but is not negotiated while the first is open.
     let opts = n.scu("SECOND");
     let second = tokio::spawn(async move { ct_association(&opts).await });
-    tokio::time::sleep(Duration::from_millis(300)).await;
     assert!(
-        !second.is_finished(),
+        holds_for(Duration::from_millis(300), async || !second.is_finished()).await,
         "second association was served beyond the limit"
     );
     first.release().await.unwrap();

@@ -20,8 +20,17 @@ async fn replica_down_during_ingest_is_healed_when_it_returns() {
     assert_eq!(n.node.index.repair_queue().await.unwrap().len(), 4);
 
     // While the replica is still down, passes fail and the entries stay.
-    tokio::time::sleep(Duration::from_millis(600)).await;
-    assert_eq!(n.node.index.repair_queue().await.unwrap().len(), 4);
+    assert!(
+        holds_for(Duration::from_millis(600), async || n
+            .node
+            .index
+            .repair_queue()
+            .await
+            .unwrap()
+            .len()
+            == 4)
+        .await
+    );
 
     // The replica comes back (an empty directory): the worker copies every object to it.
     let r3 = n.replica_dir(2);

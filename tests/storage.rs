@@ -391,8 +391,10 @@ async fn striped_read_survives(action: &str, base_port: u16) {
         let exp = exp.clone();
         tokio::spawn(async move { storage.read(&exp).await })
     };
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    assert!(!reader.is_finished(), "the read finished before the fault");
+    assert!(
+        holds_for(Duration::from_millis(300), async || !reader.is_finished()).await,
+        "the read finished before the fault"
+    );
     cluster.node(action, 2);
     let v = tokio::time::timeout(Duration::from_secs(60), reader)
         .await

@@ -37,11 +37,18 @@ const REFUSAL_LOG_INTERVAL: Duration = Duration::from_secs(10);
 #[derive(Debug, thiserror::Error)]
 pub enum ArbiterError {
     #[error("opening the arbiter `{url}`: {reason}")]
-    Open { url: String, reason: String },
+    Open {
+        url: String,
+        reason: crate::storage::backend::LocationError,
+    },
     #[error(
         "the arbiter `{url}` does not refuse a second create of the same key: it cannot grant epochs (Garage, for one, ignores create-if-absent)"
     )]
     NoCreateIfAbsent { url: String },
+    #[error("a witness needs the pair key")]
+    WitnessWithoutKey,
+    #[error("a witness serves configured nodes only (--node, once per node)")]
+    WitnessWithoutNodes,
     #[error("arbiter store: {0}")]
     Store(#[from] object_store::Error),
     #[error("witness {addr}: {reason}")]
@@ -173,10 +180,7 @@ impl Arbiter {
     /// (a directory, `file://`, `s3://`).
     pub fn open(url: &str, auth: Option<WitnessAuth>) -> Result<Arbiter, ArbiterError> {
         if let Some(addr) = url.strip_prefix("witness://") {
-            let auth = auth.ok_or_else(|| ArbiterError::Open {
-                url: url.to_string(),
-                reason: "a witness needs the pair key".into(),
-            })?;
+            let auth = auth.ok_or(ArbiterError::WitnessWithoutKey)?;
             return Ok(Arbiter::Witness {
                 addr: addr.trim_end_matches('/').to_string(),
                 auth,
@@ -459,10 +463,7 @@ pub async fn run_witness(
     mut shutdown: crate::net::Shutdown,
 ) -> Result<(), ArbiterError> {
     if nodes.is_empty() {
-        return Err(ArbiterError::Open {
-            url: dir.display().to_string(),
-            reason: "a witness serves configured nodes only (--node, once per node)".into(),
-        });
+        return Err(ArbiterError::WitnessWithoutNodes);
     }
     let gate = Arc::new(WitnessGate {
         key,

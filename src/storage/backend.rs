@@ -50,24 +50,56 @@ pub enum Location {
     },
 }
 
+/// Why a configured location cannot be understood or its store opened.
+#[derive(Debug, thiserror::Error)]
+pub enum LocationError {
+    #[error("a file:// URL needs an absolute path (file:///abs/dir)")]
+    RelativeFileUrl,
+    #[error("invalid URL: {0}")]
+    Url(#[from] url::ParseError),
+    #[error("an s3:// URL needs a bucket (s3://bucket/prefix)")]
+    NoBucket,
+    #[error("unknown S3 option `{0}`")]
+    UnknownS3Option(String),
+    #[error("`{0}` is not a Hadoop client setting (dfs.*, fs.* or hadoop.*)")]
+    NotHadoopSetting(String),
+    #[error(
+        "unsupported scheme: use a directory path, file:///abs/dir, s3://bucket/prefix, \
+         hdfs://namenode:port/path or memory://name"
+    )]
+    UnsupportedScheme,
+    #[error("{what} {}: {source}", path.display())]
+    Directory {
+        what: &'static str,
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{0}")]
+    Store(#[from] object_store::Error),
+    #[error("HDFS client: {0}")]
+    Hdfs(String),
+    #[error("this build has no HDFS support: rebuild with `--features hdfs`")]
+    NoHdfs,
+}
+
 impl Location {
     /// Parse a configured location; the error says what is wrong with it.
-    pub fn parse(location: &str) -> Result<Location, String> {
+    pub fn parse(location: &str) -> Result<Location, LocationError> {
         if location.starts_with("memory://") {
             return Ok(Location::Memory);
         }
         if let Some(rest) = location.strip_prefix("file://") {
             if !rest.starts_with('/') {
-                return Err("a file:// URL needs an absolute path (file:///abs/dir)".into());
+                return Err(LocationError::RelativeFileUrl);
             }
             return Ok(Location::Local(PathBuf::from(rest)));
         }
         if location.starts_with("s3://") {
-            let url = url::Url::parse(location).map_err(|e| format!("invalid URL: {e}"))?;
+            let url = url::Url::parse(location)?;
             let bucket = url
                 .host_str()
                 .filter(|b| !b.is_empty())
-                .ok_or("an s3:// URL needs a bucket (s3://bucket/prefix)")?
+                .ok_or(LocationError::NoBucket)?
                 .to_string();
             // The URL parser has already resolved `.` and `..` segments.
             let prefix = url.path().trim_matches('/').to_string();
@@ -83,13 +115,11 @@ impl Location {
             });
         }
         if location.starts_with("hdfs://") || location.starts_with("viewfs://") {
-            let mut url = url::Url::parse(location).map_err(|e| format!("invalid URL: {e}"))?;
+            let mut url = url::Url::parse(location)?;
             let mut options = Vec::new();
             for (k, v) in url.query_pairs() {
                 if !["dfs.", "fs.", "hadoop."].iter().any(|p| k.starts_with(p)) {
-                    return Err(format!(
-                        "`{k}` is not a Hadoop client setting (dfs.*, fs.* or hadoop.*)"
-                    ));
+                    return Err(LocationError::NotHadoopSetting(k.into_owned()));
                 }
                 options.push((k.into_owned(), v.into_owned()));
             }
@@ -100,11 +130,7 @@ impl Location {
             });
         }
         if location.contains("://") {
-            return Err(
-                "unsupported scheme: use a directory path, file:///abs/dir, s3://bucket/prefix, \
-                 hdfs://namenode:port/path or memory://name"
-                    .into(),
-            );
+            return Err(LocationError::UnsupportedScheme);
         }
         Ok(Location::Local(PathBuf::from(location)))
     }
@@ -148,7 +174,7 @@ impl Location {
 
     /// Open the store. Local directories are created; remote stores are built without
     /// contacting the server (reachability is probed separately, see `Storage::probe`).
-    pub fn open(&self) -> Result<Arc<dyn ObjectStore>, String> {
+    pub fn open(&self) -> Result<Arc<dyn ObjectStore>, LocationError> {
         match self {
             Location::Local(dir) => open_local(dir),
             Location::Memory => Ok(Arc::new(InMemory::new())),
@@ -163,23 +189,26 @@ impl Location {
 }
 
 /// An S3 option key from a URL query, checked against object_store's list.
-fn s3_key(key: &str) -> Result<AmazonS3ConfigKey, String> {
+fn s3_key(key: &str) -> Result<AmazonS3ConfigKey, LocationError> {
     key.parse::<AmazonS3ConfigKey>()
         .or_else(|_| {
             key.parse::<ClientConfigKey>()
                 .map(AmazonS3ConfigKey::Client)
         })
-        .map_err(|_| format!("unknown S3 option `{key}`"))
+        .map_err(|_| LocationError::UnknownS3Option(key.to_string()))
 }
 
-fn open_local(dir: &Path) -> Result<Arc<dyn ObjectStore>, String> {
-    std::fs::create_dir_all(dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
-    let dir = dir
-        .canonicalize()
-        .map_err(|e| format!("resolving {}: {e}", dir.display()))?;
-    let fs = LocalFileSystem::new_with_prefix(&dir)
-        .map_err(|e| e.to_string())?
-        .with_fsync(true);
+fn open_local(dir: &Path) -> Result<Arc<dyn ObjectStore>, LocationError> {
+    let failed = |what| {
+        move |source| LocationError::Directory {
+            what,
+            path: dir.to_path_buf(),
+            source,
+        }
+    };
+    std::fs::create_dir_all(dir).map_err(failed("creating"))?;
+    let dir = dir.canonicalize().map_err(failed("resolving"))?;
+    let fs = LocalFileSystem::new_with_prefix(&dir)?.with_fsync(true);
     Ok(Arc::new(fs))
 }
 
@@ -187,7 +216,7 @@ fn open_s3(
     bucket: &str,
     prefix: &str,
     options: &[(String, String)],
-) -> Result<Arc<dyn ObjectStore>, String> {
+) -> Result<Arc<dyn ObjectStore>, LocationError> {
     // `with_client_options` replaces the whole client configuration, so it comes first and
     // the environment and URL options (which may set client keys such as allow_http) after.
     let client = ClientOptions::new()
@@ -219,8 +248,7 @@ fn open_s3(
         // pacsd never relies on conditional puts on a replica (some S3-compatible stores
         // ignore them); disabled, any accidental use fails loudly.
         .with_conditional_put(S3ConditionalPut::Disabled)
-        .build()
-        .map_err(|e| e.to_string())?;
+        .build()?;
     Ok(with_prefix(Arc::new(s3), prefix))
 }
 
@@ -233,8 +261,11 @@ fn with_prefix(store: Arc<dyn ObjectStore>, prefix: &str) -> Arc<dyn ObjectStore
 }
 
 #[cfg(feature = "hdfs")]
-fn open_hdfs(url: &str, options: &[(String, String)]) -> Result<Arc<dyn ObjectStore>, String> {
-    let parsed = url::Url::parse(url).map_err(|e| e.to_string())?;
+fn open_hdfs(
+    url: &str,
+    options: &[(String, String)],
+) -> Result<Arc<dyn ObjectStore>, LocationError> {
+    let parsed = url::Url::parse(url)?;
     let root = format!(
         "{}://{}",
         parsed.scheme(),
@@ -244,7 +275,7 @@ fn open_hdfs(url: &str, options: &[(String, String)]) -> Result<Arc<dyn ObjectSt
         .with_url(root)
         .with_config(options.iter().cloned())
         .build()
-        .map_err(|e| e.to_string())?;
+        .map_err(|e| LocationError::Hdfs(e.to_string()))?;
     Ok(with_prefix(
         Arc::new(store),
         parsed.path().trim_matches('/'),
@@ -252,8 +283,11 @@ fn open_hdfs(url: &str, options: &[(String, String)]) -> Result<Arc<dyn ObjectSt
 }
 
 #[cfg(not(feature = "hdfs"))]
-fn open_hdfs(_url: &str, _options: &[(String, String)]) -> Result<Arc<dyn ObjectStore>, String> {
-    Err("this build has no HDFS support: rebuild with `--features hdfs`".into())
+fn open_hdfs(
+    _url: &str,
+    _options: &[(String, String)],
+) -> Result<Arc<dyn ObjectStore>, LocationError> {
+    Err(LocationError::NoHdfs)
 }
 
 #[cfg(test)]
@@ -300,6 +334,7 @@ mod tests {
         assert!(
             Location::parse("hdfs://nn:9000/p?endpoint=x")
                 .unwrap_err()
+                .to_string()
                 .contains("not a Hadoop client setting")
         );
     }
@@ -312,7 +347,7 @@ mod tests {
             ("s3:///prefix", "needs a bucket"),
             ("s3://b/p?colour=blue", "unknown S3 option `colour`"),
         ] {
-            let err = Location::parse(loc).unwrap_err();
+            let err = Location::parse(loc).unwrap_err().to_string();
             assert!(err.contains(needle), "{loc}: {err}");
         }
     }
@@ -344,6 +379,6 @@ mod tests {
             .unwrap()
             .open()
             .unwrap_err();
-        assert!(err.contains("--features hdfs"), "{err}");
+        assert!(matches!(err, LocationError::NoHdfs), "{err}");
     }
 }

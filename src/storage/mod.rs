@@ -48,7 +48,10 @@ const MAX_PREALLOCATION: u64 = 1 << 30;
 #[derive(Debug, thiserror::Error)]
 pub enum StorageError {
     #[error("opening replica `{location}`: {reason}")]
-    OpenReplica { location: String, reason: String },
+    OpenReplica {
+        location: String,
+        reason: backend::LocationError,
+    },
     #[error("configuring storage: {0}")]
     Quorum(#[from] quorum::QuorumRangeError),
     #[error("write quorum not met for `{key}`: {ok} of {total} replicas written, {needed} needed; errors: {}", errors.join("; "))]

@@ -283,6 +283,48 @@ pub async fn eventually(limit: Duration, mut f: impl AsyncFnMut() -> bool) -> bo
     false
 }
 
+/// Whether `f` holds during the whole `window`, looked at every 20 ms: for "nothing happens"
+/// properties (a sleep and one look would miss a moment where it did not hold). False as soon
+/// as it fails.
+pub async fn holds_for(window: Duration, mut f: impl AsyncFnMut() -> bool) -> bool {
+    let end = Instant::now() + window;
+    loop {
+        if !f().await {
+            return false;
+        }
+        if Instant::now() >= end {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// `eventually` for blocking tests: whether `f` becomes true within `limit`.
+pub fn wait_for(limit: Duration, mut f: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + limit;
+    while Instant::now() < deadline {
+        if f() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(25));
+    }
+    false
+}
+
+/// `holds_for` for blocking tests.
+pub fn holds_for_blocking(window: Duration, mut f: impl FnMut() -> bool) -> bool {
+    let end = Instant::now() + window;
+    loop {
+        if !f() {
+            return false;
+        }
+        if Instant::now() >= end {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(25));
+    }
+}
+
 /// A 3-node Garage cluster on loopback started by `scripts/s3-cluster.sh` (stopped and removed
 /// on drop). Without `garage` on PATH the test fails and says how to install it, unless
 /// PACSD_SKIP_S3=1 is set (then `start` returns None and the caller says it skipped).
