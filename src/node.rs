@@ -40,6 +40,10 @@ pub enum NodeError {
         what: String,
         source: std::io::Error,
     },
+    #[error("{0}")]
+    Maintenance(#[from] crate::archive::maintenance::MaintenanceError),
+    #[error("creating the first account: {0}")]
+    Account(#[from] crate::index::account::AccountError),
 }
 
 /// A node with its storage and index open, ready to listen.
@@ -171,15 +175,12 @@ pub fn first_password_file(config: &Config) -> std::path::PathBuf {
 /// A fresh node that requires HTTP logins has no account to log in with: create `admin` with
 /// a random password, written (mode 0600) to `first_password_file` and named in the log.
 /// Nothing happens once any account exists.
-pub async fn ensure_first_account(config: &Config, index: &Index) -> Result<(), String> {
-    use crate::index::account::{Rights, random_bytes};
-    if !config.http.require_auth
-        || !index
-            .accounts()
-            .await
-            .map_err(|e| e.to_string())?
-            .is_empty()
-    {
+pub async fn ensure_first_account(
+    config: &Config,
+    index: &Index,
+) -> Result<(), crate::index::account::AccountError> {
+    use crate::index::account::{AccountError, Rights, random_bytes};
+    if !config.http.require_auth || !index.accounts().await?.is_empty() {
         return Ok(());
     }
     let mut raw = [0u8; 12];
@@ -189,19 +190,19 @@ pub async fn ensure_first_account(config: &Config, index: &Index) -> Result<(), 
     {
         use std::io::Write;
         use std::os::unix::fs::OpenOptionsExt;
-        let mut f = std::fs::OpenOptions::new()
+        std::fs::OpenOptions::new()
             .create(true)
             .write(true)
             .truncate(true)
             .mode(0o600)
             .open(&path)
-            .map_err(|e| format!("{}: {e}", path.display()))?;
-        writeln!(f, "{password}").map_err(|e| format!("{}: {e}", path.display()))?;
+            .and_then(|mut f| writeln!(f, "{password}"))
+            .map_err(|source| AccountError::File {
+                path: path.clone(),
+                source,
+            })?;
     }
-    index
-        .add_account("admin", &password, Rights::ALL)
-        .await
-        .map_err(|e| e.to_string())?;
+    index.add_account("admin", &password, Rights::ALL).await?;
     tracing::warn!(
         file = %path.display(),
         "no HTTP account existed: created `admin` with the password in this file; \
@@ -448,11 +449,10 @@ struct PairMember {
 
 impl crate::ha::Service for PairMember {
     type Bound = Listeners;
+    type Error = NodeError;
 
-    async fn bind(&self, ip: std::net::IpAddr, freebind: bool) -> Result<Listeners, String> {
-        Listeners::bind(&self.config, ip, freebind)
-            .await
-            .map_err(|e| e.to_string())
+    async fn bind(&self, ip: std::net::IpAddr, freebind: bool) -> Result<Listeners, NodeError> {
+        Listeners::bind(&self.config, ip, freebind).await
     }
 
     fn serve(
@@ -473,10 +473,8 @@ impl crate::ha::Service for PairMember {
         node.run(bound, shutdown)
     }
 
-    async fn reconcile(&self, index: &Index) -> Result<u64, String> {
-        crate::archive::maintenance::recover_from_storage(index, &self.storage)
-            .await
-            .map_err(|e| e.to_string())
+    async fn reconcile(&self, index: &Index) -> Result<u64, NodeError> {
+        Ok(crate::archive::maintenance::recover_from_storage(index, &self.storage).await?)
     }
 }
 

@@ -27,6 +27,23 @@ pub enum MaintenanceError {
     },
 }
 
+/// Why one stored object could not be turned back into its index record.
+#[derive(Debug, thiserror::Error)]
+pub enum UnreadableObject {
+    #[error("reading it: {0}")]
+    Storage(#[from] StorageError),
+    #[error("{0}")]
+    Part10(#[from] crate::part10::Part10Error),
+    #[error("{0}")]
+    Record(#[from] crate::index::RecordError),
+    #[error("its key is not an object key")]
+    BadKey,
+    #[error("its UIDs do not match its key")]
+    UidsDiffer,
+    #[error("indexing it: {0}")]
+    Index(#[from] IndexError),
+}
+
 /// Remove a SQLite database's write-ahead log and shared-memory files (after a rename
 /// of the main file, so that no stale WAL is replayed into a different database).
 fn remove_sqlite_sidecars(db: &std::path::Path) {
@@ -75,11 +92,8 @@ pub async fn rebuild_index(
         bar.inc(1);
         let indexed = async {
             let rec = record_from_storage(&storage, &key).await?;
-            index
-                .insert(rec, Vec::new())
-                .await
-                .map_err(|e| e.to_string())?;
-            Ok::<(), String>(())
+            index.insert(rec, Vec::new()).await?;
+            Ok::<(), UnreadableObject>(())
         }
         .await;
         match indexed {
@@ -113,29 +127,29 @@ pub async fn rebuild_index(
 pub async fn record_from_storage(
     storage: &Storage,
     key: &str,
-) -> Result<crate::index::InstanceRecord, String> {
+) -> Result<crate::index::InstanceRecord, UnreadableObject> {
     use crate::index::record;
     use crate::storage::parse_object_key;
     use sha2::{Digest, Sha256};
 
-    let bytes = storage.get(key).await.map_err(|e| e.to_string())?;
-    let (meta, offset) = crate::part10::split(&bytes).map_err(|e| e.to_string())?;
+    let bytes = storage.get(key).await?;
+    let (meta, offset) = crate::part10::split(&bytes)?;
     let ts = meta.transfer_syntax().to_string();
     let header = record::parse_header(
         &bytes[offset..],
         &ts,
         crate::config::DEFAULT_MAX_OBJECT_SIZE,
-    )
-    .map_err(|e| e.to_string())?;
-    let mut rec = record::extract(&header).map_err(|e| e.to_string())?;
-    let (study, series, sop) = parse_object_key(storage.prefix(), key).ok_or("bad key")?;
+    )?;
+    let mut rec = record::extract(&header)?;
+    let (study, series, sop) =
+        parse_object_key(storage.prefix(), key).ok_or(UnreadableObject::BadKey)?;
     if (
         rec.study_instance_uid.as_str(),
         rec.series_instance_uid.as_str(),
         rec.sop_instance_uid.as_str(),
     ) != (study.as_str(), series.as_str(), sop.as_str())
     {
-        return Err("object's UIDs do not match its key".to_string());
+        return Err(UnreadableObject::UidsDiffer);
     }
     rec.transfer_syntax_uid = ts;
     rec.storage_key = key.to_string();

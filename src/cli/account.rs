@@ -27,8 +27,8 @@ pub async fn run(command: AccountCommand) -> anyhow::Result<ExitCode> {
             name,
             rights,
         } => {
-            validate_name(&name).map_err(anyhow::Error::msg)?;
-            let rights = Rights::parse(&rights).map_err(anyhow::Error::msg)?;
+            validate_name(&name)?;
+            let rights = Rights::parse(&rights)?;
             let password = read_password()?;
             open(&config)?.add_account(&name, &password, rights).await?;
             println!("account {name} ({}) added", rights.to_text());

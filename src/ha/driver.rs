@@ -27,7 +27,7 @@ use crate::audit::{
     APPLICATION_ACTIVITY, Audit, Event as AuditEvent, HA_ROLE, Outcome, Role as AuditRole,
 };
 use crate::config::{Config, HaConfig, ReplicationMode};
-use crate::index::CommitGate;
+use crate::index::{CommitGate, NotConfirmed};
 use crate::index::{Index, IndexError};
 use crate::net::{Shutdown, ShutdownTrigger};
 
@@ -116,7 +116,7 @@ pub struct Shared {
 pub struct Gate(pub Arc<Shared>);
 
 impl CommitGate for Gate {
-    fn confirm(&self, seq: i64) -> futures::future::BoxFuture<'_, Result<(), String>> {
+    fn confirm(&self, seq: i64) -> futures::future::BoxFuture<'_, Result<(), NotConfirmed>> {
         Box::pin(async move {
             let shared = &self.0;
             let limit = {
@@ -135,10 +135,7 @@ impl CommitGate for Gate {
                         Role::Primary { .. } | Role::Claiming { solo_before: true }
                     );
                     if !serving {
-                        return Err(format!(
-                            "this node is no longer the primary (epoch {})",
-                            st.epoch
-                        ));
+                        return Err(NotConfirmed::NoLongerPrimary { epoch: st.epoch });
                     }
                     let replicated = shared.mode == ReplicationMode::Async
                         || st.is_solo()
@@ -148,9 +145,7 @@ impl CommitGate for Gate {
                     }
                 }
                 if now >= deadline {
-                    return Err(format!(
-                        "the standby did not confirm index change {seq} within {limit:?}"
-                    ));
+                    return Err(NotConfirmed::StandbyLate { seq, limit });
                 }
                 tokio::select! {
                     _ = woken => {}
@@ -844,20 +839,7 @@ impl<S: Service> Driver<S> {
                 .unwrap_or(std::net::IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED)),
         };
         let addr = format!("{ip}:{}", self.config.node.port);
-        let bound = self.service.bind(ip, self.vip.is_some()).await;
-        let bound = match (bound, &self.vip) {
-            (Ok(l), Some(v)) => match v.add().await {
-                Ok(()) => {
-                    *self.shared.holds_service_ip.lock().expect("vip") = true;
-                    self.garp = Some(v.announce());
-                    info!(ip = %v.addr, interface = v.interface, "service IP added and announced");
-                    Ok(l)
-                }
-                Err(e) => Err(e.to_string()),
-            },
-            (r, _) => r,
-        };
-        let listeners = match bound {
+        let listeners = match self.service.bind(ip, self.vip.is_some()).await {
             Ok(l) => l,
             Err(e) => {
                 error!(%addr, error = %e, "cannot listen as primary; stepping down");
@@ -865,6 +847,17 @@ impl<S: Service> Driver<S> {
                 return;
             }
         };
+        if let Some(v) = &self.vip {
+            if let Err(e) = v.add().await {
+                error!(%addr, error = %e, "cannot add the service IP; stepping down");
+                drop(listeners);
+                self.give_up_term(index);
+                return;
+            }
+            *self.shared.holds_service_ip.lock().expect("vip") = true;
+            self.garp = Some(v.announce());
+            info!(ip = %v.addr, interface = v.interface, "service IP added and announced");
+        }
         let seq_follower = follow_seq(&index, self.shared.clone());
         let (node_trigger, node_shutdown) = ShutdownTrigger::new();
         let (done_tx, done) = watch::channel(false);

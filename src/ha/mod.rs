@@ -25,6 +25,8 @@ use crate::net::Shutdown;
 pub trait Service: Send + Sync + 'static {
     /// The service's sockets, bound and not yet served.
     type Bound: Send + 'static;
+    /// Why binding or reconciling failed (logged; the term is given up).
+    type Error: std::fmt::Display + Send;
 
     /// Bind the service's sockets on `ip`; `freebind` when `ip` is the service address, bound
     /// before it is added (IP_FREEBIND).
@@ -32,7 +34,7 @@ pub trait Service: Send + Sync + 'static {
         &self,
         ip: IpAddr,
         freebind: bool,
-    ) -> impl Future<Output = Result<Self::Bound, String>> + Send;
+    ) -> impl Future<Output = Result<Self::Bound, Self::Error>> + Send;
 
     /// Serve on `bound` with `index` until `shutdown` and the work in progress has ended; every
     /// acknowledged write waits for `gate` first.
@@ -47,5 +49,5 @@ pub trait Service: Send + Sync + 'static {
     /// Before serving in a term that superseded a solo primary: bring `index` up to date with
     /// what that primary stored after this node last heard from it. How many records were
     /// added.
-    fn reconcile(&self, index: &Index) -> impl Future<Output = Result<u64, String>> + Send;
+    fn reconcile(&self, index: &Index) -> impl Future<Output = Result<u64, Self::Error>> + Send;
 }

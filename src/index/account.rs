@@ -11,6 +11,26 @@ use sha2::{Digest, Sha256};
 
 use super::{Index, IndexError};
 
+/// Why an account's name, rights or password cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum AccountError {
+    #[error("unknown right `{0}` (read, upload, admin)")]
+    UnknownRight(String),
+    #[error("an account needs at least one right (read, upload, admin)")]
+    NoRight,
+    #[error("account name `{0}` must be 1-64 letters, digits or . _ - @")]
+    BadName(String),
+    #[error("hashing the password: {0}")]
+    Hash(#[from] argon2::password_hash::Error),
+    #[error("{0}")]
+    Index(#[from] IndexError),
+    #[error("{}: {source}", path.display())]
+    File {
+        path: std::path::PathBuf,
+        source: std::io::Error,
+    },
+}
+
 /// What an account may do. `admin` includes the other two.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct Rights {
@@ -30,7 +50,7 @@ impl Rights {
     };
 
     /// `read,upload,admin` (any subset, any order).
-    pub fn parse(s: &str) -> Result<Rights, String> {
+    pub fn parse(s: &str) -> Result<Rights, AccountError> {
         let mut r = Rights::default();
         for word in s.split(',').map(str::trim).filter(|w| !w.is_empty()) {
             match word {
@@ -41,11 +61,11 @@ impl Rights {
                     r.upload = true;
                 }
                 "admin" => r = Rights::ALL,
-                other => return Err(format!("unknown right `{other}` (read, upload, admin)")),
+                other => return Err(AccountError::UnknownRight(other.to_string())),
             }
         }
         if r == Rights::default() {
-            return Err("an account needs at least one right (read, upload, admin)".into());
+            return Err(AccountError::NoRight);
         }
         Ok(r)
     }
@@ -72,7 +92,7 @@ pub struct Account {
 
 /// Account names are what people type and what the audit trail shows: 1-64 characters of
 /// letters, digits and `._-@`.
-pub fn validate_name(name: &str) -> Result<(), String> {
+pub fn validate_name(name: &str) -> Result<(), AccountError> {
     let ok = (1..=64).contains(&name.len())
         && name
             .bytes()
@@ -80,9 +100,7 @@ pub fn validate_name(name: &str) -> Result<(), String> {
     if ok {
         Ok(())
     } else {
-        Err(format!(
-            "account name `{name}` must be 1-64 letters, digits or . _ - @"
-        ))
+        Err(AccountError::BadName(name.to_string()))
     }
 }
 
@@ -93,14 +111,13 @@ pub const MIN_PASSWORD_LEN: usize = 10;
 pub const MAX_PASSWORD_LEN: usize = 1024;
 
 /// The argon2id PHC string of `password` (argon2's default cost: 19 MiB, 2 passes).
-pub fn hash_password(password: &str) -> Result<String, String> {
+pub fn hash_password(password: &str) -> Result<String, AccountError> {
     let mut salt = [0u8; 16];
     random_bytes(&mut salt);
-    let salt = SaltString::encode_b64(&salt).map_err(|e| e.to_string())?;
-    Argon2::default()
-        .hash_password(password.as_bytes(), &salt)
-        .map(|h| h.to_string())
-        .map_err(|e| e.to_string())
+    let salt = SaltString::encode_b64(&salt)?;
+    Ok(Argon2::default()
+        .hash_password(password.as_bytes(), &salt)?
+        .to_string())
 }
 
 /// Whether `password` matches the PHC string `hash` (CPU-heavy: call off the async threads).
@@ -146,7 +163,10 @@ impl Index {
         password: &str,
         rights: Rights,
     ) -> Result<(), IndexError> {
-        let (name, hash) = (name.to_string(), hash_password(password).map_err(invalid)?);
+        let (name, hash) = (
+            name.to_string(),
+            hash_password(password).map_err(|e| invalid(e.to_string()))?,
+        );
         self.write(move |c| {
             c.execute(
                 "INSERT INTO account (name, password_hash, rights, created) VALUES (?1, ?2, ?3, ?4)",
@@ -159,7 +179,10 @@ impl Index {
 
     /// Set a new password; false when there is no such account.
     pub async fn set_password(&self, name: &str, password: &str) -> Result<bool, IndexError> {
-        let (name, hash) = (name.to_string(), hash_password(password).map_err(invalid)?);
+        let (name, hash) = (
+            name.to_string(),
+            hash_password(password).map_err(|e| invalid(e.to_string()))?,
+        );
         self.write(move |c| {
             Ok(c.execute(
                 "UPDATE account SET password_hash = ?2 WHERE name = ?1",

@@ -23,7 +23,19 @@ pub use record::{InstanceRecord, RecordError};
 /// by the store path; none when the node runs alone.
 pub trait CommitGate: Send + Sync {
     /// Resolve once change-log rows up to `seq` may be acknowledged.
-    fn confirm(&self, seq: i64) -> futures::future::BoxFuture<'_, Result<(), String>>;
+    fn confirm(&self, seq: i64) -> futures::future::BoxFuture<'_, Result<(), NotConfirmed>>;
+}
+
+/// Why an index commit cannot be acknowledged in an HA pair (the object is then not kept).
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum NotConfirmed {
+    #[error("this node is no longer the primary (epoch {epoch})")]
+    NoLongerPrimary { epoch: u64 },
+    #[error("the standby did not confirm index change {seq} within {limit:?}")]
+    StandbyLate {
+        seq: i64,
+        limit: std::time::Duration,
+    },
 }
 
 /// The index schema of this build: how many migrations it applies (replication refuses a

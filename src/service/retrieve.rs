@@ -63,6 +63,17 @@ pub enum SubOperationError {
     Destination(String),
 }
 
+/// Why the sub-association to a move destination could not be opened.
+#[derive(Debug, thiserror::Error)]
+enum ConnectError {
+    #[error("{0}")]
+    Tls(#[from] crate::net::tls::TlsError),
+    #[error("the destination needs TLS and [tls] is not configured")]
+    NoTls,
+    #[error("{0}")]
+    Net(#[from] NetError),
+}
+
 /// Why a stored object could not be re-encoded in another transfer syntax.
 #[derive(Debug, thiserror::Error)]
 pub enum TranscodeError {
@@ -201,7 +212,7 @@ impl RetrieveService {
         &self,
         peer: &crate::config::Peer,
         items: &[StoredInstance],
-    ) -> Result<ScuAssociation, String> {
+    ) -> Result<ScuAssociation, ConnectError> {
         let mut proposed: Vec<ProposedContext> = Vec::new();
         for it in items {
             let mut ts = vec![it.transfer_syntax_uid.clone()];
@@ -226,15 +237,13 @@ impl RetrieveService {
             (false, _) => None,
             (true, Some(connector)) => {
                 let name = peer.tls_server_name.as_deref().unwrap_or(&peer.host);
-                let server_name = crate::net::tls::server_name(name).map_err(|e| e.to_string())?;
+                let server_name = crate::net::tls::server_name(name)?;
                 Some(ScuTls {
                     connector: connector.clone(),
                     server_name,
                 })
             }
-            (true, None) => {
-                return Err("the destination needs TLS and [tls] is not configured".into());
-            }
+            (true, None) => return Err(ConnectError::NoTls),
         };
         let opts = ScuOptions {
             addr: format!("{}:{}", peer.host, peer.port),
@@ -243,9 +252,7 @@ impl RetrieveService {
             timeout: self.config.timeouts.write(),
             tls,
         };
-        ScuAssociation::connect(&opts, &proposed)
-            .await
-            .map_err(|e| e.to_string())
+        Ok(ScuAssociation::connect(&opts, &proposed).await?)
     }
 
     /// C-GET: send the selected instances back on this association; `respond` sends the

@@ -59,7 +59,7 @@ pub enum StoreError {
     #[error("transfer syntax {0} is not one this node stores")]
     UnsupportedSyntax(String),
     #[error("not acknowledged: {0}")]
-    NotConfirmed(String),
+    NotConfirmed(#[from] crate::index::NotConfirmed),
 }
 
 /// A data set to store, with what its request says it is.
