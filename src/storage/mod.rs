@@ -835,6 +835,86 @@ fn same_device(replicas: impl IntoIterator<Item = (String, u64)>) -> Vec<Vec<Str
 mod tests {
     use super::*;
 
+    /// Three in-memory replicas, the last one's puts taking `slow` (in tokio's time, so a
+    /// test with paused time runs them in no real time).
+    fn with_slow_third(slow: Duration, quorum: Option<usize>) -> Storage {
+        use object_store::memory::InMemory;
+        use object_store::throttle::{ThrottleConfig, ThrottledStore};
+        let fast = || Arc::new(InMemory::new()) as Arc<dyn ObjectStore>;
+        let slowed = ThrottledStore::new(
+            InMemory::new(),
+            ThrottleConfig {
+                wait_put_per_call: slow,
+                ..ThrottleConfig::default()
+            },
+        );
+        let stores = vec![
+            ("r1".to_string(), fast()),
+            ("r2".to_string(), fast()),
+            ("r3".to_string(), Arc::new(slowed) as Arc<dyn ObjectStore>),
+        ];
+        Storage::from_stores(stores, quorum, "").unwrap()
+    }
+
+    const KEY: &str = "1.2.3/1.2.3.4/1.2.3.4.5.dcm";
+
+    #[tokio::test(start_paused = true)]
+    async fn a_replica_slower_than_the_grace_is_abandoned_once_the_quorum_is_met() {
+        let storage = with_slow_third(Duration::from_secs(30), None);
+        let t0 = tokio::time::Instant::now();
+        let put = storage.put(KEY, Bytes::from_static(b"x")).await.unwrap();
+        assert_eq!(t0.elapsed(), STRAGGLER_GRACE);
+        assert_eq!(put.written, vec![0, 1]);
+        assert_eq!(put.missed.len(), 1);
+        assert_eq!(put.missed[0].0, 2);
+        assert!(
+            put.missed[0].1.contains("after the quorum was met"),
+            "{:?}",
+            put.missed
+        );
+        // It is now in a backoff: the next put leaves it out instead of waiting for it.
+        let t1 = tokio::time::Instant::now();
+        let next = storage.put(KEY, Bytes::from_static(b"y")).await.unwrap();
+        assert_eq!(t1.elapsed(), Duration::ZERO);
+        assert_eq!(next.written, vec![0, 1]);
+        assert!(
+            next.missed[0].1.starts_with("left out"),
+            "{:?}",
+            next.missed
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_replica_within_the_grace_is_waited_for() {
+        let slow = STRAGGLER_GRACE - Duration::from_millis(500);
+        let storage = with_slow_third(slow, None);
+        let t0 = tokio::time::Instant::now();
+        let put = storage.put(KEY, Bytes::from_static(b"x")).await.unwrap();
+        assert_eq!(t0.elapsed(), slow);
+        assert_eq!(put.written, vec![0, 1, 2]);
+        assert!(put.missed.is_empty());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_replica_the_quorum_needs_is_given_up_at_the_replica_timeout() {
+        let storage = with_slow_third(Duration::from_secs(600), Some(3));
+        let t0 = tokio::time::Instant::now();
+        let err = storage
+            .put(KEY, Bytes::from_static(b"x"))
+            .await
+            .unwrap_err();
+        assert_eq!(t0.elapsed(), REPLICA_OP_TIMEOUT);
+        match err {
+            StorageError::QuorumNotMet {
+                ok, needed, errors, ..
+            } => {
+                assert_eq!((ok, needed), (2, 3));
+                assert!(errors[0].contains("timed out"), "{errors:?}");
+            }
+            other => panic!("expected QuorumNotMet, got {other}"),
+        }
+    }
+
     #[test]
     fn replicas_on_one_device_are_named_together() {
         let on = |name: &str, dev| (name.to_string(), dev);
