@@ -63,17 +63,7 @@ async fn dicomweb_client_drives_stow_qido_and_wado() {
     let j2k_dir = n.dir.path().join("j2k");
     std::fs::create_dir_all(&j2k_dir).unwrap();
     let j2k = j2k_object(&j2k_spec, &j2k_dir);
-    let sent = {
-        let (port, j2k) = (n.port().to_string(), j2k.display().to_string());
-        tokio::task::spawn_blocking(move || {
-            dcmtk(
-                "storescu",
-                &["-xv", "-aec", "PACSD", "127.0.0.1", &port, &j2k],
-            )
-        })
-        .await
-        .unwrap()
-    };
+    let sent = storescu_paths(n.port(), &["-xv"], &[&j2k]).await;
     assert!(sent.status.success(), "{}", text(&sent));
     let new = Spec::ct(954, 1, 1, 32);
     let new_file = n.dir.path().join("new.dcm");
@@ -179,7 +169,7 @@ async fn dicomweb_client_drives_stow_qido_and_wado() {
     assert!(by_admin("110104", "C"), "STOW-RS recorded");
     // STOW-RS stored under the C-STORE contract: indexed, on every replica.
     assert_eq!(n.instances().await, 12 + 1 + 1);
-    let stored = n.node.index.instance(&new.sop_uid).await.unwrap().unwrap();
+    let stored = n.stored(&new.sop_uid).await;
     for i in 0..3 {
         assert!(
             n.node.storage.exists_on(i, &stored.storage_key).await,

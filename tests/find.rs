@@ -915,18 +915,7 @@ async fn iso_2022_japanese_and_korean_are_decoded_matched_and_answered() {
     let (jp_path, kr_path) = (dir.join("jp.dcm"), dir.join("kr.dcm"));
     jp.write(&jp_path).unwrap();
     kr.write(&kr_path).unwrap();
-    let out = dcmtk_async(
-        "storescu",
-        vec![
-            "-aec".into(),
-            "PACSD".into(),
-            "127.0.0.1".into(),
-            n.port().to_string(),
-            jp_path.display().to_string(),
-            kr_path.display().to_string(),
-        ],
-    )
-    .await;
+    let out = storescu_paths(n.port(), &[], &[&jp_path, &kr_path]).await;
     assert!(out.status.success(), "{}", text(&out));
 
     let query = |charset: &str, name: &[u8]| {

@@ -160,7 +160,7 @@ async fn dicom_end_to_end_with_hdfs_replicas() {
     );
     for i in [1, 2] {
         for s in &specs {
-            let key = n.node.index.instance(&s.sop_uid).await.unwrap().unwrap();
+            let key = n.stored(&s.sop_uid).await;
             assert!(n.node.storage.exists_on(i, &key.storage_key).await);
         }
     }
@@ -186,7 +186,7 @@ async fn dicom_end_to_end_with_hdfs_replicas() {
             .meta()
             .media_storage_sop_instance_uid()
             .to_string();
-        let stored = n.node.index.instance(&sop).await.unwrap().unwrap();
+        let stored = n.stored(&sop).await;
         let bytes = n.node.storage.get(&stored.storage_key).await.unwrap();
         let (_, off) = pacsd::part10::split(&bytes).unwrap();
         let sent = std::fs::read(&f).unwrap();
@@ -247,7 +247,7 @@ async fn a_datanode_lost_while_storing_and_reading() {
     dfs.command("stop-datanode 2");
     let t0 = Instant::now();
     for s in &kept {
-        let inst = n.node.index.instance(&s.sop_uid).await.unwrap().unwrap();
+        let inst = n.stored(&s.sop_uid).await;
         assert_eq!(n.read_back(&s.sop_uid).await.bytes.len() as u64, inst.size);
     }
     eprintln!(
@@ -369,13 +369,7 @@ async fn an_interrupted_hdfs_put_leaves_nothing_taken_for_an_object() {
     // What hdfs-native-object-store leaves when a put is cut off between its temporary file
     // and the rename: `.{name}.tmp.{n}` beside where the object would be, here with the bytes
     // of a real instance.
-    let inst = n
-        .node
-        .index
-        .instance(&specs[0].sop_uid)
-        .await
-        .unwrap()
-        .unwrap();
+    let inst = n.stored(&specs[0].sop_uid).await;
     let (dir, name) = inst.storage_key.rsplit_once('/').unwrap();
     let orphan_sop = "1.2.826.0.1.3680043.10.1.999";
     let temp_key = format!("{dir}/.{orphan_sop}.dcm.tmp.1");

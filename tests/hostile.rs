@@ -486,13 +486,7 @@ async fn a_conflicting_resend_is_refused_and_the_first_version_kept() {
     let mut second = first.clone();
     second.patient_name = "SQUATTER^EVE".into();
     assert!(store_raw(&n, &first, &encode(&first)).await.is_success());
-    let stored = n
-        .node
-        .index
-        .instance(&first.sop_uid)
-        .await
-        .unwrap()
-        .unwrap();
+    let stored = n.stored(&first.sop_uid).await;
     // Different bytes under the same SOP Instance UID: refused, named, the first kept.
     let st = store_raw(&n, &second, &encode(&second)).await;
     assert_eq!(st.code, status::DUPLICATE_SOP_INSTANCE, "{st:?}");
@@ -509,13 +503,7 @@ async fn a_conflicting_resend_is_refused_and_the_first_version_kept() {
         .unwrap();
     assert!(st.is_success(), "{st:?}");
     a.release().await.unwrap();
-    let after = n
-        .node
-        .index
-        .instance(&first.sop_uid)
-        .await
-        .unwrap()
-        .unwrap();
+    let after = n.stored(&first.sop_uid).await;
     assert_eq!(after.sha256, stored.sha256);
     assert_eq!(n.instances().await, 1);
 }

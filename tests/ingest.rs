@@ -119,19 +119,7 @@ async fn calling_ae_policy_from_peers() {
 
     // A peer allowed only C-ECHO gets its storage contexts refused and stores nothing.
     let files = small_corpus(n.dir.path(), 5, 1);
-    let store = dcmtk_async(
-        "storescu",
-        vec![
-            "-aet".into(),
-            "ECHOONLY".into(),
-            "-aec".into(),
-            "PACSD".into(),
-            "127.0.0.1".into(),
-            port,
-            files[0].display().to_string(),
-        ],
-    )
-    .await;
+    let store = storescu_paths(n.port(), &["-aet", "ECHOONLY"], &[&files[0]]).await;
     assert!(!store.status.success(), "{}", text(&store));
     assert_eq!(n.instances().await, 0);
 }
@@ -159,13 +147,7 @@ async fn storescu_objects_land_on_every_replica_byte_exact_and_indexed() {
     // The stored data set is the one sent, byte for byte (storescu sent it unchanged: same TS).
     for (k, f) in files.iter().enumerate() {
         let spec = Spec::ct(11, 1, k as u32 + 1, 64);
-        let inst = n
-            .node
-            .index
-            .instance(&spec.sop_uid)
-            .await
-            .unwrap()
-            .expect("indexed");
+        let inst = n.stored(&spec.sop_uid).await;
         let stored = n.node.storage.get(&inst.storage_key).await.unwrap();
         let original = std::fs::read(f).unwrap();
         let (_, so) = pacsd::part10::split(&stored).unwrap();
@@ -187,18 +169,7 @@ async fn resending_is_idempotent() {
     let src = tempfile::tempdir().unwrap();
     let files = small_corpus(src.path(), 12, 2);
     for _ in 0..3 {
-        let out = dcmtk_async(
-            "storescu",
-            vec![
-                "-aec".into(),
-                "PACSD".into(),
-                "127.0.0.1".into(),
-                n.port().to_string(),
-                files[0].display().to_string(),
-                files[1].display().to_string(),
-            ],
-        )
-        .await;
+        let out = storescu_paths(n.port(), &[], &[&files[0], &files[1]]).await;
         assert!(out.status.success(), "{}", text(&out));
     }
     let c = n.node.index.counts().await.unwrap();
@@ -363,18 +334,7 @@ async fn quorum_lost_fails_with_a700_and_indexes_nothing() {
     // storescu sees the failure too.
     let src = tempfile::tempdir().unwrap();
     let files = small_corpus(src.path(), 32, 1);
-    let out = dcmtk_async(
-        "storescu",
-        vec![
-            "-v".into(),
-            "-aec".into(),
-            "PACSD".into(),
-            "127.0.0.1".into(),
-            n.port().to_string(),
-            files[0].display().to_string(),
-        ],
-    )
-    .await;
+    let out = storescu_paths(n.port(), &["-v"], &[&files[0]]).await;
     assert!(
         text(&out).contains("Refused: OutOfResources"),
         "{}",
@@ -458,22 +418,14 @@ async fn concurrent_associations_all_land() {
         let files = files.clone();
         async move { pacsd::tools::store(&scu, files, 8, false).await.unwrap() }
     });
-    let mut dcmtk_runs = Vec::new();
-    for study in 70..73 {
-        let dir = src.path().join(format!("d{study}"));
-        small_corpus(&dir, study, 5);
-        dcmtk_runs.push(dcmtk_async(
-            "storescu",
-            vec![
-                "-aec".into(),
-                "PACSD".into(),
-                "+sd".into(),
-                "127.0.0.1".into(),
-                n.port().to_string(),
-                dir.display().to_string(),
-            ],
-        ));
-    }
+    let dirs: Vec<_> = (70..73)
+        .map(|study| {
+            let dir = src.path().join(format!("d{study}"));
+            small_corpus(&dir, study, 5);
+            dir
+        })
+        .collect();
+    let dcmtk_runs = dirs.iter().map(|dir| storescu_dir(n.port(), dir));
     for out in futures::future::join_all(dcmtk_runs).await {
         assert!(out.status.success(), "{}", text(&out));
     }
@@ -581,19 +533,7 @@ async fn every_transfer_syntax_family_is_stored_as_received() {
         let meta = pacsd::tools::inspect(&out_path).unwrap();
         assert_eq!(&meta.transfer_syntax, ts, "{tool} {flags:?}");
         // storescu proposes that syntax (and must not convert: -v shows any conversion).
-        let out = dcmtk_async(
-            "storescu",
-            vec![
-                "-v".into(),
-                propose.to_string(),
-                "-aec".into(),
-                "PACSD".into(),
-                "127.0.0.1".into(),
-                n.port().to_string(),
-                o.clone(),
-            ],
-        )
-        .await;
+        let out = storescu_paths(n.port(), &["-v", propose], &[std::path::Path::new(&o)]).await;
         assert!(out.status.success(), "{ts}: {}", text(&out));
         assert!(
             text(&out).contains("Received Store Response (Success)"),

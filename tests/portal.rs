@@ -146,17 +146,13 @@ async fn the_portal_in_a_browser() {
     );
     // A structured report in study 2, sent by DCMTK storescu.
     let sr = upload_dir_sr(&specs[6]);
-    let port = n.port().to_string();
-    let sent = dcmtk(
-        "storescu",
-        &["-aec", "PACSD", "127.0.0.1", &port, sr.1.to_str().unwrap()],
-    );
+    let sent = storescu_paths(n.port(), &[], &[&sr.1]).await;
     assert!(sent.status.success(), "{}", text(&sent));
 
     // Replica 2 loses its copies of study 1 (nothing in the repair queue knows yet).
     let study_instances: Vec<_> = specs.iter().filter(|s| s.study_uid == study).collect();
     for s in &study_instances {
-        let inst = n.node.index.instance(&s.sop_uid).await.unwrap().unwrap();
+        let inst = n.stored(&s.sop_uid).await;
         n.node.storage.delete_from(&inst.storage_key, &[1]).await;
         assert!(!n.node.storage.exists_on(1, &inst.storage_key).await);
     }

@@ -118,7 +118,7 @@ async fn movescu_every_level_arrives_byte_identical() {
             .iter()
             .find(|s| s.sop_uid == uid)
             .expect("a sent instance");
-        let inst = n.node.index.instance(&spec.sop_uid).await.unwrap().unwrap();
+        let inst = n.stored(&spec.sop_uid).await;
         let stored = n.node.storage.get(&inst.storage_key).await.unwrap();
         let (_, off) = pacsd::part10::split(&stored).unwrap();
         assert_eq!(data_set(&f), stored[off..].to_vec(), "{uid}");
@@ -611,30 +611,9 @@ async fn jpeg_2000_is_decompressed_for_an_implicit_only_destination() {
     let plain = n.dir.path().join("plain.dcm");
     spec.write(&plain).unwrap();
     let j2k = j2k_object(&spec, n.dir.path());
-    let port_s = n.port().to_string();
-    let stored = tokio::task::spawn_blocking(move || {
-        dcmtk(
-            "storescu",
-            &[
-                "-xv",
-                "-aec",
-                "PACSD",
-                "127.0.0.1",
-                &port_s,
-                j2k.to_str().unwrap(),
-            ],
-        )
-    })
-    .await
-    .unwrap();
+    let stored = storescu_paths(n.port(), &["-xv"], &[&j2k]).await;
     assert!(stored.status.success(), "{}", text(&stored));
-    let inst = n
-        .node
-        .index
-        .instance(&spec.sop_uid)
-        .await
-        .unwrap()
-        .expect("stored");
+    let inst = n.stored(&spec.sop_uid).await;
     assert_eq!(inst.transfer_syntax_uid, uids::JPEG2000_LOSSLESS);
     let (port, study) = (n.port(), spec.study_uid.clone());
     let out = tokio::task::spawn_blocking(move || {

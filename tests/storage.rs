@@ -440,19 +440,6 @@ async fn garage_node_killed_during_bulk_store_is_healed_when_it_returns() {
     .await;
     let src = tempfile::tempdir().unwrap();
     small_corpus(src.path(), 70, 40);
-    let store = |dir: String| {
-        dcmtk_async(
-            "storescu",
-            vec![
-                "-aec".into(),
-                "PACSD".into(),
-                "+sd".into(),
-                "127.0.0.1".into(),
-                n.port().to_string(),
-                dir,
-            ],
-        )
-    };
     // The first half with all nodes up, then node 3 is killed and the rest is sent.
     let files: Vec<_> = pacsd::tools::collect_files(&[src.path().to_path_buf()]).unwrap();
     let (a, b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
@@ -460,10 +447,10 @@ async fn garage_node_killed_during_bulk_store_is_healed_when_it_returns() {
         let to = if i < 20 { a.path() } else { b.path() };
         std::fs::copy(f, to.join(f.file_name().unwrap())).unwrap();
     }
-    let out = store(a.path().display().to_string()).await;
+    let out = storescu_dir(n.port(), a.path()).await;
     assert!(out.status.success(), "{}", text(&out));
     cluster.node("kill", 3);
-    let out = store(b.path().display().to_string()).await;
+    let out = storescu_dir(n.port(), b.path()).await;
     assert!(
         out.status.success(),
         "quorum met with a node down: {}",

@@ -91,11 +91,7 @@ impl FindService {
         data: Option<Vec<u8>>,
     ) -> Result<(), NetError> {
         let started = std::time::Instant::now();
-        let responder = Responder {
-            context: context.id,
-            request,
-            field: CommandField::CFindRsp,
-        };
+        let responder = Responder::new(context.id, request, CommandField::CFindRsp);
         let (rows, req) = match self.run(context, data).await {
             Ok(r) => r,
             Err(e) => return responder.refuse(assoc, super::failure::of_find(&e)).await,

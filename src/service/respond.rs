@@ -65,6 +65,16 @@ pub struct Responder<'r> {
     pub field: CommandField,
 }
 
+impl<'r> Responder<'r> {
+    pub fn new(context: u8, request: &'r Command, field: CommandField) -> Responder<'r> {
+        Responder {
+            context,
+            request,
+            field,
+        }
+    }
+}
+
 impl Responder<'_> {
     /// The only response to a request that cannot start (`failure` made its status).
     pub async fn refuse(&self, assoc: &mut Association, status: Status) -> Result<(), NetError> {

@@ -131,11 +131,7 @@ impl RetrieveService {
         request: &Command,
         data: Option<Vec<u8>>,
     ) -> Result<(), NetError> {
-        let responder = Responder {
-            context: context.id,
-            request,
-            field: CommandField::CMoveRsp,
-        };
+        let responder = Responder::new(context.id, request, CommandField::CMoveRsp);
         let prepared = async {
             let dest = request
                 .move_destination
@@ -264,11 +260,7 @@ impl RetrieveService {
         request: &Command,
         data: Option<Vec<u8>>,
     ) -> Result<(), NetError> {
-        let responder = Responder {
-            context: context.id,
-            request,
-            field: CommandField::CGetRsp,
-        };
+        let responder = Responder::new(context.id, request, CommandField::CGetRsp);
         let items = match self.items(context, data).await {
             Ok(i) => i,
             Err(e) => {

@@ -104,6 +104,16 @@ impl TestNode {
         self.node.index.counts().await.unwrap().instances
     }
 
+    /// The indexed instance `sop_uid` (panics when it is not indexed).
+    pub async fn stored(&self, sop_uid: &str) -> pacsd::index::StoredInstance {
+        self.node
+            .index
+            .instance(sop_uid)
+            .await
+            .unwrap()
+            .unwrap_or_else(|| panic!("{sop_uid} is not indexed"))
+    }
+
     /// Whether the repair queue is empty within `limit` (the repair worker healed it).
     pub async fn repairs_drain(&self, limit: Duration) -> bool {
         eventually(limit, async || {
@@ -193,18 +203,16 @@ pub async fn echo_node(port: u16) -> Output {
 
 /// DCMTK `storescu +sd` of every file under `dir` to the node's AE title on `port`.
 pub async fn storescu_dir(port: u16, dir: &Path) -> Output {
-    dcmtk_async(
-        "storescu",
-        vec![
-            "-aec".into(),
-            "PACSD".into(),
-            "+sd".into(),
-            "127.0.0.1".into(),
-            port.to_string(),
-            dir.display().to_string(),
-        ],
-    )
-    .await
+    storescu_paths(port, &["+sd"], &[dir]).await
+}
+
+/// DCMTK `storescu` with `options` (e.g. `+sd`) of `paths` to the node's AE title on `port`.
+pub async fn storescu_paths(port: u16, options: &[&str], paths: &[&Path]) -> Output {
+    let mut args: Vec<String> = vec!["-aec".into(), "PACSD".into()];
+    args.extend(options.iter().map(|o| o.to_string()));
+    args.extend(["127.0.0.1".into(), port.to_string()]);
+    args.extend(paths.iter().map(|p| p.display().to_string()));
+    dcmtk_async("storescu", args).await
 }
 
 /// Write at `path` a configuration for the `pacsd` maintenance commands (`storage verify`,
