@@ -1,0 +1,78 @@
+#!/usr/bin/env bash
+# Where a C-MOVE's time goes in pacsd: the corpus is loaded into pacsd (3 local replicas), then
+# one study after another is moved to a DCMTK storescp sink while `perf record` samples pacsd
+# (call graphs) and, in a second pass, `strace -c -f` counts its system calls. Prints the
+# hottest symbols, the syscall table and the per-instance CPU time of pacsd during the moves.
+#
+# Usage: scripts/profile-retrieve.sh [INSTANCES]   (default 1000 CT-like 512x512 images)
+# Needs: dcmtk, perf, strace.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+source scripts/lib.sh
+N=${1:-1000}
+STUDIES=4
+need storescu:dcmtk perf:linux-perf strace:strace
+cargo build --release --quiet
+PACSD=$PWD/target/release/pacsd
+workdir profile-retrieve
+R=2.25.61171899517253458302
+
+$PACSD synth -o "$WORK/corpus" --studies $STUDIES --per-study $((N / STUDIES)) --size 512 --first-study 3000 | tail -1
+SINK_PORT=$(free_port); PP=$(free_port)
+cat >"$WORK/peers.toml" <<EOF
+[[peer]]
+ae_title = "SINK"
+host = "127.0.0.1"
+port = $SINK_PORT
+EOF
+cat >"$WORK/pacsd.toml" <<EOF
+[node]
+bind = "127.0.0.1"
+port = $PP
+[index]
+path = "$WORK/pacsd/index.sqlite"
+[storage]
+replicas = ["$WORK/pacsd/r1", "$WORK/pacsd/r2", "$WORK/pacsd/r3"]
+[preview]
+enabled = false
+[http]
+enabled = false
+[access]
+peers_file = "peers.toml"
+unknown_ae_services = ["echo", "store", "move", "get"]
+EOF
+RUST_LOG=pacsd=warn $PACSD serve -c "$WORK/pacsd.toml" >"$WORK/pacsd.log" 2>&1 & PIDS+=($!)
+PID=$!
+wait_echo PACSD "$PP"
+storescu -aec PACSD +sd +r 127.0.0.1 "$PP" "$WORK/corpus" >"$WORK/load.log" 2>&1
+storescp -aet SINK --max-pdu 131072 -od "$WORK/sink" "$SINK_PORT" >"$WORK/sink.log" 2>&1 & PIDS+=($!)
+mkdir -p "$WORK/sink"
+wait_echo SINK "$SINK_PORT"
+
+move_all() {
+    for s in $(seq 3000 $((3000 + STUDIES - 1))); do
+        movescu -S -aec PACSD -aem SINK -k QueryRetrieveLevel=STUDY -k "StudyInstanceUID=$R.$s" \
+            127.0.0.1 "$PP" >>"$WORK/move.log" 2>&1
+    done
+}
+cpu() { awk '{print $14 + $15}' "/proc/$PID/stat"; }   # utime + stime, in clock ticks
+
+move_all   # warm the page cache
+echo "== perf: $N instances moved"
+c0=$(cpu); t0=$(date +%s.%N)
+perf record -q -F 999 -g -p "$PID" -o "$WORK/perf.data" -- sleep 600 & PERF=$!
+sleep 0.5
+move_all
+t1=$(date +%s.%N); c1=$(cpu)
+kill -INT "$PERF"; wait "$PERF" 2>/dev/null || true
+python3 -c "import sys; n,c,t=int(sys.argv[1]),(int(sys.argv[3])-int(sys.argv[2]))/100,float(sys.argv[5])-float(sys.argv[4]); print(f'{n/t:.0f} inst/s; pacsd CPU {c:.2f} s = {c/n*1000:.2f} ms per instance')" \
+    "$N" "$c0" "$c1" "$t0" "$t1"
+perf report -i "$WORK/perf.data" --no-children --sort symbol --stdio >"$WORK/perf.txt" 2>/dev/null
+grep -E '^ +[0-9.]+%' "$WORK/perf.txt" | awk 'NR <= 25'   # awk reads all: no SIGPIPE
+
+echo "== strace -c: system calls of pacsd during one more pass"
+strace -c -f -p "$PID" -o "$WORK/strace.txt" & ST=$!
+sleep 0.5
+move_all
+kill -INT "$ST"; wait "$ST" 2>/dev/null || true
+head -20 "$WORK/strace.txt"
