@@ -281,7 +281,7 @@ impl Node {
                 shutdown.clone(),
             ))
         });
-        let store = Arc::new(StoreService::new(
+        let store = Arc::new(crate::archive::store::Store::new(
             self.index.clone(),
             self.storage.clone(),
             self.config.node.max_object_size,
@@ -294,7 +294,9 @@ impl Node {
         let metrics = Arc::new(crate::metrics::Metrics::default());
         let services = Arc::new(Services {
             metrics: metrics.clone(),
-            store: store.clone(),
+            store: Arc::new(StoreService {
+                archive: store.clone(),
+            }),
             find: Arc::new(FindService {
                 index: self.index.clone(),
                 storage: self.storage.clone(),

@@ -6,13 +6,17 @@
 //! - a read is checked against the recorded size and SHA-256 (striped across replicas for
 //!   large objects), and a replica found holding a bad copy is queued for repair
 //!   (`read_verified`, `verify`);
+//! - storing an object (`store`): validate, quorum write, index row, HA commit gate, undo on
+//!   failure, one version per instance; C-STORE (`service::store`), STOW-RS and the portal's
+//!   upload call it;
 //! - the maintenance passes (repair, verify, rebuild and recovery from storage) are in
 //!   `maintenance`.
 //!
-//! C-STORE and STOW-RS (`service::store`), previews (`render`), C-MOVE/C-GET, WADO and the
-//! portal's downloads and verify, and HA recovery use it.
+//! Previews (`render`), C-MOVE/C-GET, WADO and the portal's downloads and verify, and HA
+//! recovery use it too.
 
 pub mod maintenance;
+pub mod store;
 
 use bytes::Bytes;
 

@@ -26,10 +26,10 @@ use tokio::net::TcpListener;
 use tower_http::cors::{AllowOrigin, CorsLayer};
 use tracing::{info, warn};
 
+use crate::archive::store::Store;
 use crate::config::Config;
 use crate::index::Index;
 use crate::net::Shutdown;
-use crate::service::StoreService;
 use crate::storage::{Storage, Uid};
 
 /// Everything a request handler reaches.
@@ -37,7 +37,7 @@ pub struct WebState {
     pub config: Arc<Config>,
     pub index: Index,
     pub storage: Arc<Storage>,
-    pub store: Arc<StoreService>,
+    pub store: Arc<Store>,
     pub auth: auth::Authenticator,
     pub metadata: wado::MetadataCache,
     pub metrics: Arc<ops::Metrics>,
@@ -51,7 +51,7 @@ impl WebState {
         config: Arc<Config>,
         index: Index,
         storage: Arc<Storage>,
-        store: Arc<StoreService>,
+        store: Arc<Store>,
         metrics: Arc<ops::Metrics>,
         audit: crate::audit::Audit,
     ) -> WebState {

@@ -37,7 +37,7 @@ const PERMIT_BYTES: usize = 1024 * 1024;
 const IN_FLIGHT_PERMITS: u32 = 256;
 
 type Stored1 = (
-    Result<crate::index::record::InstanceRecord, crate::service::store::StoreError>,
+    Result<crate::index::record::InstanceRecord, crate::archive::store::StoreError>,
     Option<String>,
     Option<String>,
     Subject,

@@ -5,7 +5,7 @@
 use super::find::FindError;
 use super::query::IdentifierError;
 use super::retrieve::RetrieveError;
-use super::store::StoreError;
+use crate::archive::store::StoreError;
 use crate::dimse::{Status, status};
 use crate::index::IndexError;
 use crate::index::record::RecordError;

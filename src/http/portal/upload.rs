@@ -123,7 +123,7 @@ pub async fn store(
         )
             .into_response(),
         Err(e) => {
-            use crate::service::store::StoreError as E;
+            use crate::archive::store::StoreError as E;
             let status = match &e {
                 E::Storage(_) | E::Index(_) | E::NotConfirmed(_) | E::OverBudget { .. } => {
                     StatusCode::SERVICE_UNAVAILABLE

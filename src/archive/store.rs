@@ -1,0 +1,371 @@
+//! Storing an object under the durability contract (C-STORE and STOW-RS alike): validate,
+//! write the Part 10 object to W of N replicas, commit the index row, wait for the HA gate,
+//! and only then report success. Data before metadata; an object whose index commit failed is
+//! removed again; a re-sent instance keeps its first acknowledged version.
+
+use crate::audit::Subject;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use bytes::Bytes;
+use sha2::{Digest, Sha256};
+use tracing::{debug, info, warn};
+
+use crate::config::OnConflict;
+use crate::index::record::{self, RecordError};
+use crate::index::{CommitGate, Index, IndexError, InsertOutcome};
+use crate::part10;
+use crate::storage::{Storage, StorageError, Uid, object_key};
+
+/// Why an object was not stored; `service::failure::of_store` is the one place these become
+/// DIMSE statuses (and STOW-RS reasons).
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("data set of {size} bytes exceeds the node's limit of {limit} bytes")]
+    TooLarge { size: u64, limit: u64 },
+    #[error("receive budget of {budget} bytes in use; retry later")]
+    OverBudget { budget: u64 },
+    #[error("already stored with different content; stored version kept")]
+    Conflict {
+        sop: String,
+        stored: String,
+        received: String,
+    },
+    #[error("command has no data set")]
+    NoDataSet,
+    #[error("Affected SOP Class UID missing or invalid in the command")]
+    BadCommandSopClass,
+    #[error("Affected SOP Instance UID missing or invalid in the command")]
+    BadCommandSopInstance,
+    #[error("command SOP class {command} differs from the presentation context's {context}")]
+    ContextMismatch { command: String, context: String },
+    #[error("{0}")]
+    Record(#[from] RecordError),
+    #[error("data set {attribute} {found} does not match the command's {expected}")]
+    DataSetMismatch {
+        attribute: &'static str,
+        found: String,
+        expected: String,
+    },
+    #[error("storage: {0}")]
+    Storage(#[from] StorageError),
+    #[error("index: {0}")]
+    Index(#[from] IndexError),
+    #[error("building the Part 10 file: {0}")]
+    Part10(#[from] part10::Part10Error),
+    #[error("SOP class {0} is not a storage SOP class this node stores")]
+    UnsupportedSopClass(String),
+    #[error("transfer syntax {0} is not one this node stores")]
+    UnsupportedSyntax(String),
+    #[error("not acknowledged: {0}")]
+    NotConfirmed(#[from] crate::index::NotConfirmed),
+}
+
+/// A data set to store, with what its request says it is.
+pub struct Received {
+    pub sop_class: Uid,
+    pub sop_instance: Uid,
+    pub transfer_syntax: String,
+    pub data: Vec<u8>,
+    /// The calling AE title (C-STORE); None over HTTP.
+    pub source_ae: Option<String>,
+}
+
+/// What `prepare` makes of a received data set.
+struct Prepared {
+    rec: record::InstanceRecord,
+    uids: record::InstanceUids,
+    /// The Part 10 file to store.
+    file: Bytes,
+}
+
+/// CPU work of a C-STORE (runs on the blocking pool): parse up to Pixel Data, extract and
+/// validate the record, wrap the data set into a Part 10 file.
+fn prepare(data: &[u8], transfer_syntax: &str, max_inflated: u64) -> Result<Prepared, StoreError> {
+    let header = record::parse_header(data, transfer_syntax, max_inflated)?;
+    let rec = record::extract(&header)?;
+    let uids = rec.uids()?;
+    let file = part10::build(
+        uids.sop_class.as_str(),
+        uids.sop_instance.as_str(),
+        transfer_syntax,
+        data,
+    )?;
+    Ok(Prepared {
+        rec,
+        uids,
+        file: Bytes::from(file),
+    })
+}
+
+/// Hex SHA-256 of a stored object, on the blocking pool.
+async fn sha256_hex(bytes: Bytes) -> String {
+    tokio::task::spawn_blocking(move || hex::encode(Sha256::digest(&bytes)))
+        .await
+        .expect("hashing panicked")
+}
+
+/// The store side of the archive: storage, index, the HA commit gate, and a per-SOP-Instance
+/// lock so that two requests storing the same instance cannot interleave write and commit.
+pub struct Store {
+    pub index: Index,
+    pub storage: Arc<Storage>,
+    max_object_size: u64,
+    in_flight: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    gate: Option<Arc<dyn CommitGate>>,
+    /// What a conflicting re-send from a calling AE gets (`access.on_conflict` and peers).
+    on_conflict: Box<dyn Fn(&str) -> OnConflict + Send + Sync>,
+}
+
+impl Store {
+    pub fn new(
+        index: Index,
+        storage: Arc<Storage>,
+        max_object_size: u64,
+        gate: Option<Arc<dyn CommitGate>>,
+        on_conflict: Box<dyn Fn(&str) -> OnConflict + Send + Sync>,
+    ) -> Store {
+        Store {
+            index,
+            storage,
+            max_object_size,
+            in_flight: Mutex::new(HashMap::new()),
+            gate,
+            on_conflict,
+        }
+    }
+
+    /// In HA mode, wait until rows up to `seq` may be acknowledged.
+    async fn confirm(&self, seq: i64) -> Result<(), StoreError> {
+        match &self.gate {
+            Some(g) => g.confirm(seq).await.map_err(StoreError::NotConfirmed),
+            None => Ok(()),
+        }
+    }
+
+    /// Store a Part 10 file received over HTTP (STOW-RS) under the same contract as a
+    /// C-STORE: its file meta names the SOP class, instance and transfer syntax (checked
+    /// against the data set, as the command's are); `study`, when the request named one,
+    /// must be the instance's. Returns the instance's record.
+    pub async fn store_part10(
+        &self,
+        file: &[u8],
+        study: Option<&Uid>,
+        subject: &mut Subject,
+    ) -> Result<record::InstanceRecord, StoreError> {
+        let (meta, offset) = part10::split(file)?;
+        let uid = |u: &str| Uid::parse(u.trim_end_matches(['\0', ' '])).ok();
+        let sop_class =
+            uid(meta.media_storage_sop_class_uid()).ok_or(StoreError::BadCommandSopClass)?;
+        let sop_instance =
+            uid(meta.media_storage_sop_instance_uid()).ok_or(StoreError::BadCommandSopInstance)?;
+        let transfer_syntax = meta
+            .transfer_syntax()
+            .trim_end_matches(['\0', ' '])
+            .to_string();
+        if !crate::net::syntax::is_storage_transfer_syntax(&transfer_syntax) {
+            return Err(StoreError::UnsupportedSyntax(transfer_syntax));
+        }
+        if !crate::net::syntax::is_storage_sop_class(sop_class.as_str()) {
+            return Err(StoreError::UnsupportedSopClass(sop_class.to_string()));
+        }
+        let object = Received {
+            sop_class,
+            sop_instance,
+            transfer_syntax,
+            data: file[offset..].to_vec(),
+            source_ae: None,
+        };
+        self.store_received(object, study, subject).await
+    }
+
+    /// The per-instance lock is held from the duplicate check to the index commit, so two
+    /// requests storing the same instance cannot interleave.
+    pub async fn store_received(
+        &self,
+        object: Received,
+        study: Option<&Uid>,
+        subject: &mut Subject,
+    ) -> Result<record::InstanceRecord, StoreError> {
+        let sop = object.sop_instance.to_string();
+        let lock = self.lock_for(&sop);
+        let guard = lock.lock().await;
+        let result = self.store_locked(object, study, subject).await;
+        drop(guard);
+        self.release_lock(&sop, lock);
+        result
+    }
+
+    async fn store_locked(
+        &self,
+        object: Received,
+        study: Option<&Uid>,
+        subject: &mut Subject,
+    ) -> Result<record::InstanceRecord, StoreError> {
+        let Received {
+            sop_class,
+            sop_instance,
+            transfer_syntax,
+            data,
+            source_ae,
+        } = object;
+        let calling_ae = source_ae.clone().unwrap_or_default();
+        let calling_ae = calling_ae.as_str();
+        // Parse and wrap the data set off the async threads while the index is asked whether
+        // the instance is already stored.
+        let ts = transfer_syntax.clone();
+        let max_inflated = self.max_object_size;
+        let (prepared, existing) = tokio::join!(
+            tokio::task::spawn_blocking(move || prepare(&data, &ts, max_inflated)),
+            self.index.instance(sop_instance.as_str())
+        );
+        let Prepared {
+            mut rec,
+            uids,
+            file,
+        } = prepared.expect("record extraction panicked")?;
+        *subject = Subject {
+            patient_id: Some(rec.patient_id.clone()),
+            patient_name: rec.patient_name.clone(),
+            studies: vec![rec.study_instance_uid.clone()],
+        };
+        if rec.sop_class_uid != sop_class.as_str() {
+            return Err(StoreError::DataSetMismatch {
+                attribute: "SOPClassUID",
+                found: rec.sop_class_uid,
+                expected: sop_class.to_string(),
+            });
+        }
+        if rec.sop_instance_uid != sop_instance.as_str() {
+            return Err(StoreError::DataSetMismatch {
+                attribute: "SOPInstanceUID",
+                found: rec.sop_instance_uid,
+                expected: sop_instance.to_string(),
+            });
+        }
+        if let Some(study) = study
+            && rec.study_instance_uid != study.as_str()
+        {
+            return Err(StoreError::DataSetMismatch {
+                attribute: "StudyInstanceUID",
+                found: rec.study_instance_uid,
+                expected: study.to_string(),
+            });
+        }
+
+        // Idempotent re-send: the first acknowledged version is kept (documented in the
+        // conformance statement); different content is never swapped in, and the sender is
+        // told so unless its policy says otherwise.
+        if let Some(existing) = existing? {
+            let received = sha256_hex(file).await;
+            self.already_stored(calling_ae, &uids.sop_instance, &existing.sha256, received)
+                .await?;
+            return Ok(rec);
+        }
+        let key = object_key(
+            self.storage.prefix(),
+            &uids.study,
+            &uids.series,
+            &uids.sop_instance,
+        );
+        rec.storage_key = key.clone();
+        rec.transfer_syntax_uid = transfer_syntax;
+        rec.size = file.len() as u64;
+        rec.calling_ae_title = source_ae;
+
+        // 1. Data: W of N replicas (the checksum is computed while the replicas write).
+        //    A write below quorum is undone where it landed.
+        let started = Instant::now();
+        let (placed, sha256) = tokio::join!(
+            crate::archive::place(&self.storage, &key, file.clone()),
+            sha256_hex(file)
+        );
+        let crate::archive::Placed { outcome, missed } = placed?;
+        rec.sha256 = sha256;
+        let put_time = started.elapsed();
+
+        // 2. Metadata: the index row (and repair entries for replicas that missed it).
+        let started = Instant::now();
+        match self.index.insert(rec.clone(), missed).await {
+            Ok(InsertOutcome::Inserted { seq }) => {
+                info!(
+                    sop = %uids.sop_instance,
+                    study = %uids.study,
+                    bytes = rec.size,
+                    replicas = outcome.written.len(),
+                    seq,
+                    put_us = put_time.as_micros() as u64,
+                    index_us = started.elapsed().as_micros() as u64,
+                    "stored"
+                );
+                // 3. In HA mode: the standby has the row (or we hold a solo epoch).
+                self.confirm(seq).await?;
+                Ok(rec)
+            }
+            Ok(InsertOutcome::AlreadyPresent { sha256 }) => {
+                // Indexed meanwhile (the per-instance lock makes this rare). Nothing is
+                // deleted here: under the same key that would remove the acknowledged
+                // version's object, not only ours.
+                self.already_stored(calling_ae, &uids.sop_instance, &sha256, rec.sha256.clone())
+                    .await?;
+                Ok(rec)
+            }
+            Err(e) => {
+                // Undo: the object must not stay visible without its index row.
+                self.storage.delete_from(&key, &outcome.written).await;
+                Err(e.into())
+            }
+        }
+    }
+
+    /// The answer to a C-STORE of an instance that is already indexed with `stored` as its
+    /// checksum: identical content is Success; different content follows the sender's
+    /// `on_conflict` policy. Either way the stored version stays.
+    async fn already_stored(
+        &self,
+        calling_ae: &str,
+        sop: &Uid,
+        stored: &str,
+        received: String,
+    ) -> Result<(), StoreError> {
+        if received != stored {
+            let policy = (self.on_conflict)(calling_ae);
+            warn!(%sop, calling_ae, stored, %received, ?policy,
+                  "instance re-sent with different content; the stored version is kept");
+            if policy == OnConflict::Reject {
+                return Err(StoreError::Conflict {
+                    sop: sop.to_string(),
+                    stored: stored.to_string(),
+                    received,
+                });
+            }
+        } else {
+            debug!(%sop, "instance already stored with identical content");
+        }
+        // Its first C-STORE may have failed before the standby confirmed it: confirm
+        // everything committed so far, which includes it.
+        if self.gate.is_some() {
+            let (seq, _) = self.index.last_change().await?;
+            self.confirm(seq).await?;
+        }
+        Ok(())
+    }
+
+    fn lock_for(&self, uid: &str) -> Arc<tokio::sync::Mutex<()>> {
+        self.in_flight
+            .lock()
+            .expect("in-flight map")
+            .entry(uid.to_string())
+            .or_default()
+            .clone()
+    }
+
+    fn release_lock(&self, uid: &str, lock: Arc<tokio::sync::Mutex<()>>) {
+        let mut map = self.in_flight.lock().expect("in-flight map");
+        // Two references: the map's and ours. Nobody else waits: remove the entry.
+        if Arc::strong_count(&lock) == 2 {
+            map.remove(uid);
+        }
+    }
+}
