@@ -31,14 +31,7 @@ pub async fn run(command: HaCommand) -> anyhow::Result<ExitCode> {
     let socket = control_path(&config, ha);
     let reply = match (control(&socket, &req).await, &req) {
         (Ok(r), _) => r,
-        (Err(e), ControlRequest::Maintenance { on })
-            if std::os::unix::net::UnixStream::connect(&socket).is_err_and(|e| {
-                matches!(
-                    e.kind(),
-                    std::io::ErrorKind::NotFound | std::io::ErrorKind::ConnectionRefused
-                )
-            }) =>
-        {
+        (Err(e), ControlRequest::Maintenance { on }) if e.not_running() => {
             // Not running: recorded now, in effect when it starts.
             let path = maintenance_path(&config);
             set_maintenance(&path, *on)
@@ -50,7 +43,7 @@ pub async fn run(command: HaCommand) -> anyhow::Result<ExitCode> {
                 path.display()
             ))
         }
-        (Err(e), _) => return Err(anyhow::anyhow!(e)),
+        (Err(e), _) => return Err(e.into()),
     };
     if let (ControlRequest::Stop, ControlReply::Ok(m)) = (&req, &reply) {
         // The node removes its control socket as it exits.

@@ -247,29 +247,55 @@ pub fn set_maintenance(path: &std::path::Path, on: bool) -> std::io::Result<()> 
     }
 }
 
+/// Why a running node's control socket could not be asked.
+#[derive(Debug, thiserror::Error)]
+pub enum ControlError {
+    #[error("connecting to {}: {source} (is the node running?)", path.display())]
+    Connect {
+        path: std::path::PathBuf,
+        source: std::io::Error,
+    },
+    #[error("talking to the node: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("bad request or answer: {0}")]
+    Json(#[from] serde_json::Error),
+    #[error("no answer within 5 s")]
+    Timeout,
+}
+
+impl ControlError {
+    /// The node is not running (no socket, or nobody listening on it).
+    pub fn not_running(&self) -> bool {
+        matches!(self, ControlError::Connect { source, .. }
+            if matches!(source.kind(), std::io::ErrorKind::NotFound | std::io::ErrorKind::ConnectionRefused))
+    }
+}
+
 /// Ask a running node (`pacsd ha status`, `pacsd ha switchover`).
-pub async fn control(path: &std::path::Path, req: &ControlRequest) -> Result<ControlReply, String> {
+pub async fn control(
+    path: &std::path::Path,
+    req: &ControlRequest,
+) -> Result<ControlReply, ControlError> {
     let exchange = async {
-        let mut s = tokio::net::UnixStream::connect(path).await.map_err(|e| {
-            format!(
-                "connecting to {}: {e} (is the node running?)",
-                path.display()
-            )
-        })?;
-        let mut line = serde_json::to_vec(req).map_err(|e| e.to_string())?;
+        let mut s = tokio::net::UnixStream::connect(path)
+            .await
+            .map_err(|source| ControlError::Connect {
+                path: path.to_path_buf(),
+                source,
+            })?;
+        let mut line = serde_json::to_vec(req)?;
         line.push(b'\n');
-        s.write_all(&line).await.map_err(|e| e.to_string())?;
+        s.write_all(&line).await?;
         let mut answer = String::new();
         BufReader::new(s)
             .take(64 * 1024)
             .read_line(&mut answer)
-            .await
-            .map_err(|e| e.to_string())?;
-        serde_json::from_str(&answer).map_err(|e| format!("bad answer: {e}"))
+            .await?;
+        Ok(serde_json::from_str(&answer)?)
     };
     tokio::time::timeout(Duration::from_secs(5), exchange)
         .await
-        .map_err(|_| "no answer within 5 s".to_string())?
+        .map_err(|_| ControlError::Timeout)?
 }
 
 /// The service while primary.

@@ -34,12 +34,18 @@ pub async fn operations(State(state): State<Arc<WebState>>, signed: Signed) -> R
 }
 
 /// Ask this node's HA driver (the `pacsd ha` control socket); `None` for a single node.
-async fn ha(state: &WebState, req: &ControlRequest) -> Option<Result<ControlReply, String>> {
+async fn ha(
+    state: &WebState,
+    req: &ControlRequest,
+) -> Option<Result<ControlReply, crate::ha::driver::ControlError>> {
     let ha = state.config.ha.as_ref()?;
     Some(control(&control_path(&state.config, ha), req).await)
 }
 
-fn ha_section(status: &Option<Result<ControlReply, String>>, offer_switchover: bool) -> Markup {
+fn ha_section(
+    status: &Option<Result<ControlReply, crate::ha::driver::ControlError>>,
+    offer_switchover: bool,
+) -> Markup {
     html! {
         h2 #ha { "High availability" }
         @match status {
