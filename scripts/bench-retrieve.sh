@@ -28,24 +28,7 @@ SINK_PORT=$(free_port)
 PP=$(free_port); PO=$(free_port); PQ=$(free_port)
 
 # pacsd
-cat >"$WORK/peers.toml" <<EOF
-[[peer]]
-ae_title = "SINK"
-host = "127.0.0.1"
-port = $SINK_PORT
-EOF
-cat >"$WORK/pacsd.toml" <<EOF
-[node]
-bind = "127.0.0.1"
-port = $PP
-[index]
-path = "$WORK/pacsd/index.sqlite"
-[storage]
-replicas = ["$WORK/pacsd/r1", "$WORK/pacsd/r2", "$WORK/pacsd/r3"]
-[access]
-peers_file = "peers.toml"
-unknown_ae_services = ["echo", "store", "move", "get"]
-EOF
+pacsd_retrieve_config "$PP" "$SINK_PORT"
 RUST_LOG=pacsd=warn $PACSD serve -c "$WORK/pacsd.toml" >"$WORK/pacsd.log" 2>&1 & PIDS+=($!)
 
 # Orthanc

@@ -29,6 +29,32 @@ free_port() {
     python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1]); s.close()'
 }
 
+# Write $WORK/pacsd.toml for a retrieve benchmark: pacsd on PORT with three local replicas
+# under $WORK/pacsd, the storescp sink "SINK" on SINK_PORT as its only move destination, and
+# any further lines (TOML sections) appended.
+# Usage: pacsd_retrieve_config PORT SINK_PORT [EXTRA]
+pacsd_retrieve_config() {
+    cat >"$WORK/peers.toml" <<EOF
+[[peer]]
+ae_title = "SINK"
+host = "127.0.0.1"
+port = $2
+EOF
+    cat >"$WORK/pacsd.toml" <<EOF
+[node]
+bind = "127.0.0.1"
+port = $1
+[index]
+path = "$WORK/pacsd/index.sqlite"
+[storage]
+replicas = ["$WORK/pacsd/r1", "$WORK/pacsd/r2", "$WORK/pacsd/r3"]
+[access]
+peers_file = "peers.toml"
+unknown_ae_services = ["echo", "store", "move", "get"]
+${3:-}
+EOF
+}
+
 # Wait (at most 60 s) until AET on PORT answers C-ECHO.
 wait_echo() {
     for _ in $(seq 1 600); do

@@ -19,28 +19,7 @@ R=2.25.61171899517253458302
 
 $PACSD synth -o "$WORK/corpus" --studies $STUDIES --per-study $((N / STUDIES)) --size 512 --first-study 3000 | tail -1
 SINK_PORT=$(free_port); PP=$(free_port)
-cat >"$WORK/peers.toml" <<EOF
-[[peer]]
-ae_title = "SINK"
-host = "127.0.0.1"
-port = $SINK_PORT
-EOF
-cat >"$WORK/pacsd.toml" <<EOF
-[node]
-bind = "127.0.0.1"
-port = $PP
-[index]
-path = "$WORK/pacsd/index.sqlite"
-[storage]
-replicas = ["$WORK/pacsd/r1", "$WORK/pacsd/r2", "$WORK/pacsd/r3"]
-[preview]
-enabled = false
-[http]
-enabled = false
-[access]
-peers_file = "peers.toml"
-unknown_ae_services = ["echo", "store", "move", "get"]
-EOF
+pacsd_retrieve_config "$PP" "$SINK_PORT" "$(printf '[preview]\nenabled = false\n[http]\nenabled = false')"
 RUST_LOG=pacsd=warn $PACSD serve -c "$WORK/pacsd.toml" >"$WORK/pacsd.log" 2>&1 & PIDS+=($!)
 PID=$!
 wait_echo PACSD "$PP"

@@ -444,19 +444,24 @@ fn undecodable_pixel_data_is_an_error_not_a_wrong_syntax() {
     ));
 }
 
+/// A Study Root STUDY-level retrieve of one study, cancelled after `cancel_after` responses.
+fn whole_study(study_uid: &str, cancel_after: Option<usize>) -> FindSpec {
+    FindSpec {
+        model: Model::StudyRoot,
+        level: "STUDY".into(),
+        keys: vec![format!("StudyInstanceUID={study_uid}")],
+        charset: None,
+        relational: false,
+        cancel_after,
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cancel_and_destination_killed_mid_move() {
     let mut dest = Destination::start(&[]);
     let specs: Vec<Spec> = (1..=600).map(|i| Spec::ct(40, 1, i, 32)).collect();
     let n = node_with(dest.port, &specs).await;
-    let spec = FindSpec {
-        model: Model::StudyRoot,
-        level: "STUDY".into(),
-        keys: vec![format!("StudyInstanceUID={}", specs[0].study_uid)],
-        charset: None,
-        relational: false,
-        cancel_after: Some(5),
-    };
+    let spec = whole_study(&specs[0].study_uid, Some(5));
 
     // C-CANCEL after 5 Pending responses.
     let r = pacsd::tools::move_to(&n.scu("MOVER"), &spec, "DEST", false)
@@ -500,14 +505,7 @@ async fn c_get_cancelled_between_sub_operations() {
     let specs: Vec<Spec> = (1..=200).map(|i| Spec::ct(41, 1, i, 32)).collect();
     let n = node_with(1, &specs).await;
     let out = tempfile::tempdir().unwrap();
-    let spec = FindSpec {
-        model: Model::StudyRoot,
-        level: "STUDY".into(),
-        keys: vec![format!("StudyInstanceUID={}", specs[0].study_uid)],
-        charset: None,
-        relational: false,
-        cancel_after: Some(3),
-    };
+    let spec = whole_study(&specs[0].study_uid, Some(3));
     let r = pacsd::tools::get_into(&n.scu("GETTER"), &spec, out.path(), false)
         .await
         .unwrap();
