@@ -12,15 +12,6 @@ use common::*;
 use pacsd::config::{Peer, Service};
 use pacsd::synth::Spec;
 
-/// A free TCP port on loopback (bound, then released for the child to take).
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 /// An Orthanc process with its own storage, killed on drop.
 struct Orthanc {
     child: Child,
@@ -59,16 +50,25 @@ impl Orthanc {
             json[k] = v.clone();
         }
         std::fs::write(&config, json.to_string()).unwrap();
+        let log = dir.join("orthanc.log");
         let child = Command::new("Orthanc")
             .arg(&config)
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
             .spawn()
             .expect("Orthanc (apt-get install orthanc)");
-        let o = Orthanc { child, http };
-        let deadline = Instant::now() + Duration::from_secs(30);
+        let mut o = Orthanc { child, http };
+        let deadline = Instant::now() + Duration::from_secs(60);
         while o.get("/system").is_none() {
-            assert!(Instant::now() < deadline, "Orthanc did not start");
+            let exited = o.child.try_wait().unwrap();
+            if exited.is_some() || Instant::now() >= deadline {
+                let said = std::fs::read_to_string(&log).unwrap_or_default();
+                let tail: Vec<&str> = said.lines().rev().take(20).collect();
+                panic!(
+                    "Orthanc did not start ({exited:?}); its log ends:\n{}",
+                    tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+                );
+            }
             std::thread::sleep(Duration::from_millis(100));
         }
         o
@@ -141,7 +141,7 @@ impl Drop for Orthanc {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn orthanc_queries_and_moves_a_study_from_pacsd() {
     let dir = tempfile::tempdir().unwrap();
-    let (orthanc_http, orthanc_dicom) = (free_port(), free_port());
+    let (orthanc_http, orthanc_dicom) = (unused_port(), unused_port());
     let n = TestNode::start_with(|c| {
         c.peers = vec![Peer {
             ae_title: "ORTHANC".into(),
@@ -216,7 +216,7 @@ async fn orthanc_queries_and_moves_a_study_from_pacsd() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn orthanc_uses_pacsd_as_a_dicomweb_server() {
     let dir = tempfile::tempdir().unwrap();
-    let (orthanc_http, orthanc_dicom) = (free_port(), free_port());
+    let (orthanc_http, orthanc_dicom) = (unused_port(), unused_port());
     let n = TestNode::start().await;
     n.node
         .index

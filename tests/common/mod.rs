@@ -307,6 +307,27 @@ pub async fn holds_for(window: Duration, mut f: impl AsyncFnMut() -> bool) -> bo
     }
 }
 
+/// A TCP port on loopback for a child process to listen on, chosen below the kernel's
+/// ephemeral range: a port taken with bind(0) and released could be handed to the next
+/// bind(0) of this very test (the node's own listeners) before the child binds it, and the
+/// child then fails to start (Orthanc did, once, in a clean run). Random, and checked free.
+pub fn unused_port() -> u16 {
+    use std::hash::{BuildHasher, Hasher};
+    let low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|r| r.split_whitespace().next()?.parse::<u16>().ok())
+        .unwrap_or(32768);
+    let (from, to) = (10_000u16, low.max(10_001));
+    loop {
+        let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+        h.write_u64(std::process::id() as u64);
+        let port = from + (h.finish() % u64::from(to - from)) as u16;
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+}
+
 /// `eventually` for blocking tests: whether `f` becomes true within `limit`.
 pub fn wait_for(limit: Duration, mut f: impl FnMut() -> bool) -> bool {
     let deadline = Instant::now() + limit;
