@@ -173,24 +173,21 @@ impl RetrieveService {
             assoc.calling_ae().to_string(),
             request.message_id.unwrap_or(0),
         );
-        let mut ops = match self.connect(&peer, &items).await {
-            Ok(sub) => MoveOps {
-                uids: uids_of(&items),
-                objects: Some(self.prefetch(items)),
-                sub: Some(sub),
-                originator,
-                broken: None,
-            },
+        let uids: Vec<String> = items.iter().map(|i| i.sop_instance_uid.clone()).collect();
+        let (sub, broken) = match self.connect(&peer, &items).await {
+            Ok(sub) => (Some(sub), None),
             Err(why) => {
                 warn!(destination = %peer.ae_title, error = %why, "move destination refused or unreachable");
-                MoveOps {
-                    uids: uids_of(&items),
-                    objects: None,
-                    sub: None,
-                    originator,
-                    broken: Some(format!("destination {}: {why}", peer.ae_title)),
-                }
+                (None, Some(format!("destination {}: {why}", peer.ae_title)))
             }
+        };
+        let mut ops = MoveOps {
+            uids: uids.into_iter(),
+            // Nothing is read for a destination that cannot be reached.
+            objects: sub.is_some().then(|| self.prefetch(items)),
+            sub,
+            originator,
+            broken,
         };
         let result = responder.sub_operations(assoc, &mut ops).await;
         if let Some(sub) = ops.sub.take()
@@ -337,14 +334,6 @@ type Prefetched = (
     Result<Bytes, crate::storage::StorageError>,
     tokio::sync::OwnedSemaphorePermit,
 );
-
-fn uids_of(items: &[StoredInstance]) -> std::vec::IntoIter<String> {
-    items
-        .iter()
-        .map(|i| i.sop_instance_uid.clone())
-        .collect::<Vec<_>>()
-        .into_iter()
-}
 
 /// C-MOVE's sub-operations: a C-STORE each on the sub-association to the destination. Once
 /// the destination is unreachable or gone, the rest fail with its reason, unread.
