@@ -223,10 +223,12 @@ impl Pair {
     fn started(net: u8, witness: bool) -> Pair {
         let mut p = pair(net, witness);
         p.a.start();
-        // a is up (it answers its control socket) before b starts.
+        // a is primary before b starts. Answering its control socket is not
+        // enough: a node that has just started listens for a peer before it
+        // claims, and a b started inside that window may claim first.
         assert!(
-            wait_for(Duration::from_secs(20), || p.a.status().is_some()),
-            "a answers"
+            p.a.becomes(Duration::from_secs(20), |s| s.role.starts_with("primary")),
+            "a becomes primary alone"
         );
         p.b.start();
         let (primary, _) = p.settled(Duration::from_secs(20)).expect("pair settles");
