@@ -884,6 +884,43 @@ impl Member {
         wait_for(limit, || self.status().is_some_and(|s| f(&s)))
     }
 
+    /// `pacsd user <args>` on this member with `stdin` as its input: (succeeded, stdout and
+    /// stderr).
+    fn user(&self, args: &[&str], stdin: &str) -> (bool, String) {
+        let mut child = Command::new(BIN)
+            .arg("user")
+            .args(args)
+            .arg("--config")
+            .arg(&self.config)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        {
+            use std::io::Write;
+            let mut input = child.stdin.take().unwrap();
+            writeln!(input, "{stdin}").unwrap();
+        }
+        let out = child.wait_with_output().unwrap();
+        (out.status.success(), text(&out))
+    }
+
+    /// The HTTP status of a QIDO-RS study search on this member, signed in by `auth`.
+    async fn qido_status(
+        &self,
+        auth: impl Fn(reqwest::RequestBuilder) -> reqwest::RequestBuilder,
+    ) -> u16 {
+        let client = reqwest::Client::builder().no_proxy().build().unwrap();
+        let url = format!("http://{}:{}/dicom-web/studies", self.ip, self.http_port);
+        auth(client.get(url))
+            .timeout(Duration::from_secs(10))
+            .send()
+            .await
+            .map(|r| r.status().as_u16())
+            .unwrap_or(0)
+    }
+
     /// `pacsd ha <args>` on this member: (succeeded, stdout and stderr).
     fn ha(&self, args: &[&str]) -> (bool, String) {
         let out = Command::new(BIN)
@@ -973,22 +1010,12 @@ async fn a_standby_in_maintenance_never_takes_over_and_stays_so_across_a_restart
 async fn an_admin_switches_over_from_the_portal() {
     let _serial = serial();
     let p = Pair::started(54, false);
-    // An admin account on the primary (accounts are per node), added while it runs.
-    let mut add = Command::new(BIN)
-        .args(["user", "add", "chief", "--role", "admin", "--config"])
-        .arg(&p.a.config)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    {
-        use std::io::Write;
-        let mut stdin = add.stdin.take().unwrap();
-        writeln!(stdin, "an admin's long password").unwrap();
-    }
-    let added = add.wait_with_output().unwrap();
-    assert!(added.status.success(), "{}", text(&added));
+    // An admin account, added on the primary while it runs.
+    let (added, said) = p.a.user(
+        &["add", "chief", "--role", "admin"],
+        "an admin's long password",
+    );
+    assert!(added, "{said}");
     let pw_dir = browser_kit();
     let out = screenshot_dir();
     let mut cmd = Command::new("node");
@@ -1017,4 +1044,55 @@ async fn an_admin_switches_over_from_the_portal() {
     );
     let (primary, standby) = p.settled(Duration::from_secs(20)).expect("settled");
     assert_eq!((primary.name, standby.name), ("b", "a"), "{}", p.logs());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn accounts_changed_on_the_primary_are_the_standbys_after_a_takeover() {
+    let _serial = serial();
+    let mut p = Pair::started(55, false);
+    const PW: &str = "a nurse's long password";
+    // Changed on the primary: each answered once the standby has it.
+    let (ok, said) = p.a.user(&["add", "nurse", "--role", "viewer"], PW);
+    assert!(ok, "{said}");
+    let (ok, said) = p.a.user(&["add", "locum", "--role", "viewer"], PW);
+    assert!(ok, "{said}");
+    let (ok, token) = p.a.user(&["token", "nurse", "--label", "viewer"], "");
+    assert!(ok, "{token}");
+    let token = token.trim().to_string();
+    let (ok, locum_token) = p.a.user(&["token", "locum", "--label", "viewer"], "");
+    assert!(ok, "{locum_token}");
+    let locum_token = locum_token.trim().to_string();
+    let (ok, said) = p.a.user(&["remove", "locum"], "");
+    assert!(ok, "{said}");
+    // The standby takes no change of its own: it would be missing on the primary.
+    let (ok, said) = p.b.user(&["add", "intern", "--role", "viewer"], PW);
+    assert!(!ok && said.contains("not the serving primary"), "{said}");
+
+    // Take-over by failure: the primary dies, b serves.
+    p.a.kill();
+    assert!(
+        p.b.becomes(Duration::from_secs(20), |s| s.role.starts_with("primary")),
+        "b takes over\n{}",
+        p.logs()
+    );
+    let ok_status = |s: u16| s == 200 || s == 204;
+    assert!(
+        ok_status(p.b.qido_status(|r| r.basic_auth("nurse", Some(PW))).await),
+        "the account added on a signs in on b\n{}",
+        p.logs()
+    );
+    assert!(ok_status(p.b.qido_status(|r| r.bearer_auth(&token)).await));
+    assert_eq!(
+        p.b.qido_status(|r| r.basic_auth("locum", Some(PW))).await,
+        401,
+        "the account removed on a is gone on b"
+    );
+    assert_eq!(p.b.qido_status(|r| r.bearer_auth(&locum_token)).await, 401);
+    assert_eq!(
+        p.b.qido_status(|r| r.basic_auth("intern", Some(PW))).await,
+        401
+    );
+    // And b, now primary, changes accounts itself.
+    let (ok, said) = p.b.user(&["password", "nurse"], "a new long password");
+    assert!(ok, "{said}");
 }

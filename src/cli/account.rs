@@ -1,7 +1,16 @@
 //! `pacsd account` (alias `pacsd user`): the HTTP side's accounts, on the index.
+//!
+//! A node that runs alone changes its index file directly (a running node sees the change at
+//! once). A member of an HA pair changes accounts only through its running primary, which
+//! logs the change and replicates it to the standby like an instance: a change written
+//! straight into one member's file would be missing on the other after a takeover (an account
+//! that no longer signs in, or a removed one that still does).
 
-use std::path::PathBuf;
 use std::process::ExitCode;
+
+use anyhow::Context;
+use pacsd::config::Config;
+use pacsd::index::account::AccountChange;
 
 use super::*;
 
@@ -17,10 +26,6 @@ pub async fn run(command: AccountCommand) -> anyhow::Result<ExitCode> {
         }
         Ok(pw)
     };
-    let open = |c: &Option<PathBuf>| -> anyhow::Result<pacsd::index::Index> {
-        let config = load_config(c.as_ref())?;
-        Ok(pacsd::index::Index::open(&config.index.path)?)
-    };
     match command {
         AccountCommand::Add {
             config,
@@ -29,24 +34,31 @@ pub async fn run(command: AccountCommand) -> anyhow::Result<ExitCode> {
         } => {
             validate_name(&name)?;
             let rights = Rights::parse(&rights)?;
-            let password = read_password()?;
-            open(&config)?.add_account(&name, &password, rights).await?;
+            let change = AccountChange::add(&name, &read_password()?, rights)?;
+            if change_account(&load_config(config.as_ref())?, change).await? == 0 {
+                anyhow::bail!("account {name} was not added");
+            }
             println!("account {name} ({}) added", rights.to_text());
         }
         AccountCommand::List { config } => {
-            for (a, tokens) in open(&config)?.accounts().await? {
+            let config = load_config(config.as_ref())?;
+            for (a, tokens) in pacsd::index::Index::open(&config.index.path)?
+                .accounts()
+                .await?
+            {
                 println!("{:<24} {:<16} {tokens} tokens", a.name, a.rights.to_text());
             }
         }
         AccountCommand::Remove { config, name } => {
-            if !open(&config)?.remove_account(&name).await? {
+            let change = AccountChange::Remove { name: name.clone() };
+            if change_account(&load_config(config.as_ref())?, change).await? == 0 {
                 anyhow::bail!("no account {name}");
             }
             println!("account {name} removed");
         }
         AccountCommand::Password { config, name } => {
-            let password = read_password()?;
-            if !open(&config)?.set_password(&name, &password).await? {
+            let change = AccountChange::password(&name, &read_password()?)?;
+            if change_account(&load_config(config.as_ref())?, change).await? == 0 {
                 anyhow::bail!("no account {name}");
             }
             println!(
@@ -58,20 +70,45 @@ pub async fn run(command: AccountCommand) -> anyhow::Result<ExitCode> {
             name,
             label,
         } => {
-            let index = open(&config)?;
-            if index.account_secret(&name).await?.is_none() {
+            let (change, token) = AccountChange::token(&name, &label);
+            if change_account(&load_config(config.as_ref())?, change).await? == 0 {
                 anyhow::bail!("no account {name}");
             }
-            println!("{}", index.issue_token(&name, &label).await?);
+            println!("{token}");
         }
         AccountCommand::Revoke {
             config,
             name,
             label,
         } => {
-            let n = open(&config)?.revoke_tokens(&name, &label).await?;
+            let change = AccountChange::Revoke {
+                account: name,
+                label,
+            };
+            let n = change_account(&load_config(config.as_ref())?, change).await?;
             println!("{n} tokens revoked");
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Apply `change` where it belongs (module comment); the rows it changed.
+async fn change_account(config: &Config, change: AccountChange) -> anyhow::Result<u64> {
+    use pacsd::ha::driver::{ControlReply, ControlRequest, control, control_path};
+    let Some(ha) = &config.ha else {
+        let index = pacsd::index::Index::open(&config.index.path)?;
+        return Ok(index.change_account(change).await?.rows);
+    };
+    let socket = control_path(config, ha);
+    let reply = control(&socket, &ControlRequest::Account { change })
+        .await
+        .with_context(|| {
+            "this node is a member of an HA pair: its accounts change only through the running \
+             primary (run this on the primary while it serves)"
+        })?;
+    match reply {
+        ControlReply::Changed(n) => Ok(n),
+        ControlReply::Error(e) => anyhow::bail!("{e}"),
+        other => anyhow::bail!("unexpected answer from the node: {other:?}"),
+    }
 }

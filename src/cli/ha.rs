@@ -111,6 +111,7 @@ pub async fn run(command: HaCommand) -> anyhow::Result<ExitCode> {
             }
         }
         ControlReply::Ok(m) => println!("{m}"),
+        ControlReply::Changed(n) => println!("{n} rows changed"),
         ControlReply::Error(e) => {
             eprintln!("pacsd: {e}");
             return Ok(ExitCode::from(1));

@@ -209,6 +209,22 @@ pub enum ControlRequest {
     Maintenance {
         on: bool,
     },
+    /// A change of the HTTP accounts (`pacsd account`), made by the primary so that it is
+    /// replicated like an instance; answered once the standby has it.
+    Account {
+        change: crate::index::account::AccountChange,
+    },
+}
+
+impl ControlRequest {
+    /// How long the node takes at most to answer: an account change waits for the standby's
+    /// confirmation (`CONFIRM_LEASES` leases), everything else is answered at once.
+    pub fn answer_within(&self) -> Duration {
+        match self {
+            ControlRequest::Account { .. } => Duration::from_secs(30),
+            _ => Duration::from_secs(3),
+        }
+    }
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -217,6 +233,8 @@ pub enum ControlReply {
     Status(Status),
     Ok(String),
     Error(String),
+    /// An account change was applied (and confirmed by the standby): rows it changed.
+    Changed(u64),
 }
 
 /// The control socket's path for a configuration.
@@ -259,8 +277,8 @@ pub enum ControlError {
     Io(#[from] std::io::Error),
     #[error("bad request or answer: {0}")]
     Json(#[from] serde_json::Error),
-    #[error("no answer within 5 s")]
-    Timeout,
+    #[error("no answer within {0:?}")]
+    Timeout(Duration),
 }
 
 impl ControlError {
@@ -293,9 +311,10 @@ pub async fn control(
             .await?;
         Ok(serde_json::from_str(&answer)?)
     };
-    tokio::time::timeout(Duration::from_secs(5), exchange)
+    let limit = req.answer_within() + Duration::from_secs(2);
+    tokio::time::timeout(limit, exchange)
         .await
-        .map_err(|_| ControlError::Timeout)?
+        .map_err(|_| ControlError::Timeout(limit))?
 }
 
 /// The service while primary.
@@ -1169,7 +1188,49 @@ impl<S: Service> Driver<S> {
                 let _ = reply.send(self.set_maintenance(on));
                 None
             }
+            ControlRequest::Account { change } => {
+                self.change_account(change, reply);
+                None
+            }
         }
+    }
+
+    /// Apply an account change as primary and answer once the standby confirms it (on its own
+    /// task: the driver goes on with heartbeats meanwhile). A standby refuses: its index
+    /// follows the primary's change log and takes no change of its own.
+    fn change_account(
+        &self,
+        change: crate::index::account::AccountChange,
+        reply: oneshot::Sender<ControlReply>,
+    ) {
+        let primary = self.shared.role.lock().expect("role").is_primary();
+        let index = match (&self.serving, &self.index) {
+            (Some(s), Some(index)) if primary && !s.draining => index.clone(),
+            _ => {
+                let _ = reply.send(ControlReply::Error(
+                    "this node is not the serving primary: change accounts on the primary \
+                     (they reach the standby through replication)"
+                        .into(),
+                ));
+                return;
+            }
+        };
+        let gate = Gate(self.shared.clone());
+        tokio::spawn(async move {
+            let answer = match index.change_account(change).await {
+                Ok(done) => match done.seq {
+                    Some(seq) => match gate.confirm(seq).await {
+                        Ok(()) => ControlReply::Changed(done.rows),
+                        Err(e) => ControlReply::Error(format!(
+                            "applied here but not confirmed by the standby: {e}"
+                        )),
+                    },
+                    None => ControlReply::Changed(0),
+                },
+                Err(e) => ControlReply::Error(e.to_string()),
+            };
+            let _ = reply.send(answer);
+        });
     }
 
     async fn status(&self) -> Status {
@@ -1282,10 +1343,11 @@ async fn serve_control(
             let answer = match serde_json::from_str::<ControlRequest>(&line) {
                 Ok(req) => {
                     let (reply_tx, reply_rx) = oneshot::channel();
+                    let limit = req.answer_within();
                     if tx.send((req, reply_tx)).await.is_err() {
                         return;
                     }
-                    match tokio::time::timeout(Duration::from_secs(3), reply_rx).await {
+                    match tokio::time::timeout(limit, reply_rx).await {
                         Ok(Ok(a)) => a,
                         _ => ControlReply::Error("the node did not answer".into()),
                     }

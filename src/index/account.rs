@@ -1,8 +1,11 @@
 //! Accounts of the HTTP side (DICOMweb API clients, and the portal's people): a name, an
 //! argon2id password hash, rights, and API tokens kept only as their SHA-256.
 //!
-//! Accounts live in this node's index file and are not carried by HA replication: in a pair,
-//! add them on both nodes (`pacsd account add` works while the node runs).
+//! Every change of an account or token is an `AccountChange`: applied by the index's single
+//! writer together with a change-log row, so that HA replication carries it to the standby
+//! like an instance (a removed account or revoked token is gone on both nodes, and an account
+//! added on the primary signs in after a takeover). The change holds the password's hash and
+//! the token's digest, never the secret itself.
 
 use argon2::Argon2;
 use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
@@ -155,7 +158,148 @@ fn now_text() -> String {
     crate::calendar::timestamp(std::time::SystemTime::now())
 }
 
+/// One change of the accounts, as applied, logged and replicated.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case")]
+pub enum AccountChange {
+    /// Create an account (refused if the name is taken).
+    Add {
+        name: String,
+        password_hash: String,
+        rights: String,
+        created: String,
+    },
+    /// Replace an account's password hash.
+    Password { name: String, password_hash: String },
+    /// Remove an account and its tokens.
+    Remove { name: String },
+    /// Issue a token (kept as its SHA-256).
+    Token {
+        sha256: String,
+        account: String,
+        label: String,
+        created: String,
+    },
+    /// Revoke every token of an account with this label.
+    Revoke { account: String, label: String },
+}
+
+impl AccountChange {
+    /// A new account with a fresh hash of `password`.
+    pub fn add(name: &str, password: &str, rights: Rights) -> Result<AccountChange, AccountError> {
+        validate_name(name)?;
+        Ok(AccountChange::Add {
+            name: name.to_string(),
+            password_hash: hash_password(password)?,
+            rights: rights.to_text(),
+            created: now_text(),
+        })
+    }
+
+    /// A new password for `name`.
+    pub fn password(name: &str, password: &str) -> Result<AccountChange, AccountError> {
+        Ok(AccountChange::Password {
+            name: name.to_string(),
+            password_hash: hash_password(password)?,
+        })
+    }
+
+    /// A new token for `account`: the change to apply and the token, shown once.
+    pub fn token(account: &str, label: &str) -> (AccountChange, String) {
+        let token = new_token();
+        let change = AccountChange::Token {
+            sha256: token_digest(&token),
+            account: account.to_string(),
+            label: label.to_string(),
+            created: now_text(),
+        };
+        (change, token)
+    }
+
+    /// Apply on the writer's connection: how many rows it changed (0: nothing to do, and the
+    /// primary writes no change-log row). A hash or rights text that does not parse is refused
+    /// here too, whoever sent the change. `replicated`: the primary did this already, so the
+    /// standby makes its rows equal to the primary's: an account or token it has already
+    /// (added on both nodes by hand, before accounts were replicated) is overwritten, not a
+    /// conflict that would stop replication.
+    pub(super) fn apply(
+        &self,
+        c: &rusqlite::Connection,
+        replicated: bool,
+    ) -> Result<u64, IndexError> {
+        let n = match self {
+            AccountChange::Add {
+                name,
+                password_hash,
+                rights,
+                created,
+            } => {
+                validate_name(name).map_err(|e| invalid(e.to_string()))?;
+                Rights::parse(rights).map_err(|e| invalid(e.to_string()))?;
+                PasswordHash::new(password_hash).map_err(|e| invalid(e.to_string()))?;
+                let sql = if replicated {
+                    "INSERT INTO account (name, password_hash, rights, created)
+                     VALUES (?1, ?2, ?3, ?4)
+                     ON CONFLICT (name) DO UPDATE SET password_hash = excluded.password_hash,
+                        rights = excluded.rights, created = excluded.created"
+                } else {
+                    "INSERT INTO account (name, password_hash, rights, created)
+                     VALUES (?1, ?2, ?3, ?4)"
+                };
+                c.execute(sql, params![name, password_hash, rights, created])?
+            }
+            AccountChange::Password {
+                name,
+                password_hash,
+            } => {
+                PasswordHash::new(password_hash).map_err(|e| invalid(e.to_string()))?;
+                c.execute(
+                    "UPDATE account SET password_hash = ?2 WHERE name = ?1",
+                    params![name, password_hash],
+                )?
+            }
+            AccountChange::Remove { name } => {
+                c.execute("DELETE FROM api_token WHERE account = ?1", params![name])?;
+                c.execute("DELETE FROM account WHERE name = ?1", params![name])?
+            }
+            AccountChange::Token {
+                sha256,
+                account,
+                label,
+                created,
+            } => c.execute(
+                "INSERT INTO api_token (sha256, account, label, created)
+                 SELECT ?1, name, ?3, ?4 FROM account WHERE name = ?2
+                 ON CONFLICT (sha256) DO UPDATE SET account = excluded.account,
+                    label = excluded.label, created = excluded.created",
+                params![sha256, account, label, created],
+            )?,
+            AccountChange::Revoke { account, label } => c.execute(
+                "DELETE FROM api_token WHERE account = ?1 AND label = ?2",
+                params![account, label],
+            )?,
+        };
+        Ok(n as u64)
+    }
+}
+
+/// What an account change did: rows changed and, when it changed something, its change-log
+/// row (an HA primary acknowledges it once the standby confirms that row).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AccountOutcome {
+    pub rows: u64,
+    pub seq: Option<i64>,
+}
+
 impl Index {
+    /// Apply an account change with its change-log row, on the single writer.
+    pub async fn change_account(
+        &self,
+        change: AccountChange,
+    ) -> Result<AccountOutcome, IndexError> {
+        self.submit_account(change).await
+    }
+
     /// Create an account (refused if the name is taken).
     pub async fn add_account(
         &self,
@@ -163,43 +307,23 @@ impl Index {
         password: &str,
         rights: Rights,
     ) -> Result<(), IndexError> {
-        let (name, hash) = (
-            name.to_string(),
-            hash_password(password).map_err(|e| invalid(e.to_string()))?,
-        );
-        self.write(move |c| {
-            c.execute(
-                "INSERT INTO account (name, password_hash, rights, created) VALUES (?1, ?2, ?3, ?4)",
-                params![name, hash, rights.to_text(), now_text()],
-            )?;
-            Ok(())
-        })
-        .await
+        let change =
+            AccountChange::add(name, password, rights).map_err(|e| invalid(e.to_string()))?;
+        self.change_account(change).await.map(|_| ())
     }
 
     /// Set a new password; false when there is no such account.
     pub async fn set_password(&self, name: &str, password: &str) -> Result<bool, IndexError> {
-        let (name, hash) = (
-            name.to_string(),
-            hash_password(password).map_err(|e| invalid(e.to_string()))?,
-        );
-        self.write(move |c| {
-            Ok(c.execute(
-                "UPDATE account SET password_hash = ?2 WHERE name = ?1",
-                params![name, hash],
-            )? == 1)
-        })
-        .await
+        let change = AccountChange::password(name, password).map_err(|e| invalid(e.to_string()))?;
+        Ok(self.change_account(change).await?.rows == 1)
     }
 
     /// Remove an account and its tokens; false when there is no such account.
     pub async fn remove_account(&self, name: &str) -> Result<bool, IndexError> {
-        let name = name.to_string();
-        self.write(move |c| {
-            c.execute("DELETE FROM api_token WHERE account = ?1", params![name])?;
-            Ok(c.execute("DELETE FROM account WHERE name = ?1", params![name])? == 1)
-        })
-        .await
+        let change = AccountChange::Remove {
+            name: name.to_string(),
+        };
+        Ok(self.change_account(change).await?.rows > 0)
     }
 
     /// Every account with its number of tokens, by name.
@@ -244,30 +368,20 @@ impl Index {
 
     /// Issue an API token for `account`; the token is returned once and only its digest kept.
     pub async fn issue_token(&self, account: &str, label: &str) -> Result<String, IndexError> {
-        let token = new_token();
-        let (digest, account, label) =
-            (token_digest(&token), account.to_string(), label.to_string());
-        self.write(move |c| {
-            c.execute(
-                "INSERT INTO api_token (sha256, account, label, created) VALUES (?1, ?2, ?3, ?4)",
-                params![digest, account, label, now_text()],
-            )?;
-            Ok(())
-        })
-        .await?;
+        let (change, token) = AccountChange::token(account, label);
+        if self.change_account(change).await?.rows == 0 {
+            return Err(invalid(format!("no account {account}")));
+        }
         Ok(token)
     }
 
     /// Revoke every token of `account` with this label; how many were revoked.
     pub async fn revoke_tokens(&self, account: &str, label: &str) -> Result<u64, IndexError> {
-        let (account, label) = (account.to_string(), label.to_string());
-        self.write(move |c| {
-            Ok(c.execute(
-                "DELETE FROM api_token WHERE account = ?1 AND label = ?2",
-                params![account, label],
-            )? as u64)
-        })
-        .await
+        let change = AccountChange::Revoke {
+            account: account.to_string(),
+            label: label.to_string(),
+        };
+        Ok(self.change_account(change).await?.rows)
     }
 
     /// The account a bearer token belongs to (None: unknown or revoked).
@@ -291,7 +405,7 @@ impl Index {
 }
 
 fn invalid(reason: String) -> IndexError {
-    IndexError::Query(rusqlite::Error::InvalidParameterName(reason))
+    IndexError::Account(reason)
 }
 
 #[cfg(test)]
@@ -363,5 +477,106 @@ mod tests {
         assert_eq!(index.token_account(&token).await.unwrap(), None);
         assert!(index.remove_account("viewer").await.unwrap());
         assert!(index.accounts().await.unwrap().is_empty());
+    }
+
+    /// What a standby does with the primary's change log: each row applied at its seq.
+    async fn replay(from: &Index, to: &Index) {
+        let after = to.last_change().await.unwrap().0;
+        for change in from.changes_after(after, 100).await.unwrap() {
+            to.apply_replicated(change, Vec::new()).await.unwrap();
+        }
+    }
+
+    #[tokio::test]
+    async fn account_changes_are_logged_and_replay_on_a_standby() {
+        let dir = tempfile::tempdir().unwrap();
+        let primary = Index::open(&dir.path().join("p.sqlite")).unwrap();
+        let standby = Index::open(&dir.path().join("s.sqlite")).unwrap();
+        // The standby has an account of the same name, added by hand before accounts were
+        // replicated (no change-log row): the primary's version replaces it instead of
+        // stopping replication.
+        standby
+            .write(|c| {
+                c.execute(
+                    "INSERT INTO account (name, password_hash, rights, created)
+                     VALUES ('nurse', ?1, 'admin', 'then')",
+                    params![hash_password("the standby's own pw").unwrap()],
+                )?;
+                Ok(())
+            })
+            .await
+            .unwrap();
+        primary
+            .add_account("nurse", "the primary's pw", Rights::parse("read").unwrap())
+            .await
+            .unwrap();
+        let token = primary.issue_token("nurse", "ohif").await.unwrap();
+        primary
+            .add_account("locum", "a locum's password", Rights::ALL)
+            .await
+            .unwrap();
+        let locum = primary.issue_token("locum", "x").await.unwrap();
+        assert!(primary.remove_account("locum").await.unwrap());
+        // Changes that change nothing leave no change-log row.
+        assert!(!primary.remove_account("locum").await.unwrap());
+        assert_eq!(primary.revoke_tokens("nurse", "none").await.unwrap(), 0);
+        assert!(primary.issue_token("nobody", "x").await.is_err());
+        assert_eq!(primary.last_change().await.unwrap().0, 5);
+
+        replay(&primary, &standby).await;
+        assert_eq!(standby.last_change().await.unwrap().0, 5);
+        let (hash, rights) = standby.account_secret("nurse").await.unwrap().unwrap();
+        assert!(password_matches("the primary's pw", &hash));
+        assert_eq!(rights.to_text(), "read");
+        assert_eq!(
+            standby.token_account(&token).await.unwrap().unwrap().name,
+            "nurse"
+        );
+        assert_eq!(standby.account_secret("locum").await.unwrap(), None);
+        assert_eq!(standby.token_account(&locum).await.unwrap(), None);
+
+        // A password change and a revocation follow.
+        assert!(
+            primary
+                .set_password("nurse", "a new password")
+                .await
+                .unwrap()
+        );
+        assert_eq!(primary.revoke_tokens("nurse", "ohif").await.unwrap(), 1);
+        replay(&primary, &standby).await;
+        let (hash, _) = standby.account_secret("nurse").await.unwrap().unwrap();
+        assert!(password_matches("a new password", &hash));
+        assert_eq!(standby.token_account(&token).await.unwrap(), None);
+    }
+
+    #[test]
+    fn a_change_with_a_bad_hash_or_name_is_refused_whoever_sent_it() {
+        let mut c = rusqlite::Connection::open_in_memory().unwrap();
+        crate::index::migrate(&mut c).unwrap();
+        let bad = [
+            AccountChange::Add {
+                name: "nurse".into(),
+                password_hash: "plain text".into(),
+                rights: "read".into(),
+                created: String::new(),
+            },
+            AccountChange::Add {
+                name: "x'; DROP TABLE account; --".into(),
+                password_hash: hash_password("long enough pw").unwrap(),
+                rights: "read".into(),
+                created: String::new(),
+            },
+            AccountChange::Add {
+                name: "nurse".into(),
+                password_hash: hash_password("long enough pw").unwrap(),
+                rights: "root".into(),
+                created: String::new(),
+            },
+        ];
+        for change in bad {
+            for replicated in [false, true] {
+                assert!(change.apply(&c, replicated).is_err(), "{change:?}");
+            }
+        }
     }
 }

@@ -88,6 +88,10 @@ pub enum IndexError {
     OutOfOrder { expected: i64, got: i64 },
     #[error("replicated record {seq} does not apply here: {reason}")]
     Diverged { seq: i64, reason: String },
+    #[error("change-log row {seq} is of an unknown kind `{kind}`")]
+    UnknownChange { seq: i64, kind: String },
+    #[error("an account change: {0}")]
+    Account(String),
     #[error(
         "study {study} belongs to patient `{stored}`; this instance names patient `{received}`"
     )]
@@ -165,18 +169,40 @@ enum Work {
     },
     /// Repair-queue bookkeeping and other small writes.
     Apply(Maintenance),
-    /// An index record from the HA primary, applied at exactly its change-log seq.
+    /// A change of the accounts, with its change-log row.
+    Account(Box<account::AccountChange>),
+    /// A change-log row from the HA primary, applied at exactly its seq.
     Replicated {
         epoch: u64,
         seq: i64,
-        record: Box<InstanceRecord>,
+        change: Box<replica::Change>,
         missed: Vec<(String, String)>,
     },
 }
 
+/// What a writer job did.
+#[derive(Debug)]
+enum Done {
+    /// Repair-queue bookkeeping and other small writes.
+    Applied,
+    Instance(InsertOutcome),
+    Account(account::AccountOutcome),
+}
+
+impl Done {
+    /// The change-log row this job added, if any (what the HA replicator ships next).
+    fn seq(&self) -> Option<i64> {
+        match self {
+            Done::Instance(InsertOutcome::Inserted { seq }) => Some(*seq),
+            Done::Account(o) => o.seq,
+            Done::Instance(InsertOutcome::AlreadyPresent { .. }) | Done::Applied => None,
+        }
+    }
+}
+
 struct InsertJob {
     work: Work,
-    reply: oneshot::Sender<Result<Option<InsertOutcome>, IndexError>>,
+    reply: oneshot::Sender<Result<Done, IndexError>>,
 }
 
 /// Handle to the index. Cloning is cheap; the writer thread ends when the last handle drops.
@@ -339,7 +365,21 @@ impl Index {
             missed,
         })
         .await
-        .map(|o| o.expect("an insert job answers with its outcome"))
+        .map(|done| match done {
+            Done::Instance(o) => o,
+            other => unreachable_job(other),
+        })
+    }
+
+    /// `change_account`'s trip through the writer.
+    async fn submit_account(
+        &self,
+        change: account::AccountChange,
+    ) -> Result<account::AccountOutcome, IndexError> {
+        match self.submit(Work::Account(Box::new(change))).await? {
+            Done::Account(o) => Ok(o),
+            other => Ok(unreachable_job(other)),
+        }
     }
 
     /// Run a small write (repair-queue bookkeeping) on the single writer, in its group commit.
@@ -369,7 +409,7 @@ impl Index {
     }
 
     /// Hand a job to the single writer and wait for its durable outcome.
-    async fn submit(&self, work: Work) -> Result<Option<InsertOutcome>, IndexError> {
+    async fn submit(&self, work: Work) -> Result<Done, IndexError> {
         let (reply, rx) = oneshot::channel();
         {
             let guard = self.inner.writer.lock().expect("writer lock");
@@ -762,10 +802,7 @@ fn writer_loop(
                 debug!(group = jobs.len(), "index group committed");
                 let last = results
                     .iter()
-                    .filter_map(|r| match r {
-                        Ok(Some(InsertOutcome::Inserted { seq })) => Some(*seq),
-                        _ => None,
-                    })
+                    .filter_map(|r| r.as_ref().ok().and_then(Done::seq))
                     .max();
                 if let Some(seq) = last {
                     commits.send_replace(Commit {
@@ -809,23 +846,22 @@ fn clone_err(e: &rusqlite::Error) -> rusqlite::Error {
 
 /// Run one job inside a savepoint of the group transaction, so that its failure rolls back
 /// only its own rows.
-fn apply_job(
-    tx: &mut Transaction<'_>,
-    work: &mut Work,
-    epoch: u64,
-) -> Result<Option<InsertOutcome>, IndexError> {
+fn apply_job(tx: &mut Transaction<'_>, work: &mut Work, epoch: u64) -> Result<Done, IndexError> {
     let sp = tx.savepoint().map_err(IndexError::Commit)?;
     let res = match work {
-        Work::Insert { record, missed } => insert_rows(&sp, record, missed, epoch).map(Some),
+        Work::Insert { record, missed } => {
+            insert_rows(&sp, record, missed, epoch).map(Done::Instance)
+        }
+        Work::Account(change) => account_rows(&sp, change, epoch, false).map(Done::Account),
         Work::Replicated {
             epoch,
             seq,
-            record,
+            change,
             missed,
-        } => replica::apply_rows(&sp, *epoch, *seq, record, missed).map(Some),
+        } => replica::apply_rows(&sp, *epoch, *seq, change, missed),
         Work::Apply(f) => {
             let f = std::mem::replace(f, Box::new(|_| Ok(())));
-            f(&sp).map(|()| None)
+            f(&sp).map(|()| Done::Applied)
         }
     };
     match res {
@@ -839,6 +875,34 @@ fn apply_job(
             Err(e)
         }
     }
+}
+
+/// The writer answers every job with its own kind of outcome (`apply_job`).
+fn unreachable_job<T>(done: Done) -> T {
+    unreachable!("the index writer answered {done:?}")
+}
+
+/// An account change and, when it changed something, its change-log row. `replicated`: a row
+/// of the primary's change log, written here at the same seq whatever it changed.
+fn account_rows(
+    c: &Connection,
+    change: &account::AccountChange,
+    epoch: u64,
+    replicated: bool,
+) -> Result<account::AccountOutcome, IndexError> {
+    let rows = change.apply(c, replicated)?;
+    if rows == 0 && !replicated {
+        return Ok(account::AccountOutcome { rows, seq: None });
+    }
+    c.execute(
+        "INSERT INTO changelog (at, kind, sop_instance_uid, record, epoch)
+         VALUES (strftime('%Y-%m-%dT%H:%M:%fZ', 'now'), 'account', '', ?1, ?2)",
+        params![serde_json::to_string(change)?, epoch as i64],
+    )?;
+    Ok(account::AccountOutcome {
+        rows,
+        seq: Some(c.last_insert_rowid()),
+    })
 }
 
 fn insert_rows(

@@ -8,14 +8,27 @@ use std::sync::atomic::Ordering;
 
 use rusqlite::{Connection, OptionalExtension, params};
 
-use super::{Index, IndexError, InsertOutcome, InstanceRecord, Work, insert_rows};
+use super::account::AccountChange;
+use super::{Done, Index, IndexError, InsertOutcome, InstanceRecord, Work, insert_rows};
+
+/// What one change-log row changed (its `kind` column: `instance` or `account`).
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub enum Change {
+    /// An instance was indexed. Shipped as `"record"`, the field's name from before accounts
+    /// were replicated, so an instance row reads the same on the wire as it did.
+    #[serde(rename = "record")]
+    Instance(Box<InstanceRecord>),
+    #[serde(rename = "account")]
+    Account(AccountChange),
+}
 
 /// One change-log row as shipped to the standby.
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct ChangeRecord {
     pub epoch: u64,
     pub seq: i64,
-    pub record: InstanceRecord,
+    #[serde(flatten)]
+    pub change: Change,
 }
 
 impl Index {
@@ -51,22 +64,29 @@ impl Index {
     ) -> Result<Vec<ChangeRecord>, IndexError> {
         self.read(move |c| {
             let mut stmt = c.prepare_cached(
-                "SELECT epoch, seq, record FROM changelog WHERE seq > ?1 ORDER BY seq LIMIT ?2",
+                "SELECT epoch, seq, kind, record FROM changelog WHERE seq > ?1 ORDER BY seq
+                 LIMIT ?2",
             )?;
             let rows = stmt.query_map(params![after, limit as i64], |r| {
                 Ok((
                     r.get::<_, i64>(0)?,
                     r.get::<_, i64>(1)?,
                     r.get::<_, String>(2)?,
+                    r.get::<_, String>(3)?,
                 ))
             })?;
             let mut out = Vec::new();
             for row in rows {
-                let (epoch, seq, json) = row?;
+                let (epoch, seq, kind, json) = row?;
+                let change = match kind.as_str() {
+                    "instance" => Change::Instance(serde_json::from_str(&json)?),
+                    "account" => Change::Account(serde_json::from_str(&json)?),
+                    _ => return Err(IndexError::UnknownChange { seq, kind }),
+                };
                 out.push(ChangeRecord {
                     epoch: epoch as u64,
                     seq,
-                    record: serde_json::from_str(&json)?,
+                    change,
                 });
             }
             Ok(out)
@@ -83,7 +103,7 @@ impl Index {
         self.submit(Work::Replicated {
             epoch: change.epoch,
             seq: change.seq,
-            record: Box::new(change.record),
+            change: Box::new(change.change),
             missed,
         })
         .await
@@ -116,9 +136,9 @@ pub(super) fn apply_rows(
     c: &Connection,
     epoch: u64,
     seq: i64,
-    record: &InstanceRecord,
+    change: &Change,
     missed: &[(String, String)],
-) -> Result<InsertOutcome, IndexError> {
+) -> Result<Done, IndexError> {
     let (last, _) = last_change(c)?;
     if seq != last + 1 {
         return Err(IndexError::OutOfOrder {
@@ -126,18 +146,74 @@ pub(super) fn apply_rows(
             got: seq,
         });
     }
-    match insert_rows(c, record, missed, epoch)? {
-        InsertOutcome::Inserted { seq: got } if got == seq => Ok(InsertOutcome::Inserted { seq }),
-        InsertOutcome::Inserted { seq: got } => Err(IndexError::Diverged {
-            seq,
-            reason: format!("it became change-log row {got}"),
-        }),
-        InsertOutcome::AlreadyPresent { .. } => Err(IndexError::Diverged {
-            seq,
-            reason: format!(
-                "SOP Instance {} is already indexed",
-                record.sop_instance_uid
-            ),
-        }),
+    let became = |got: i64| {
+        if got == seq {
+            Ok(())
+        } else {
+            Err(IndexError::Diverged {
+                seq,
+                reason: format!("it became change-log row {got}"),
+            })
+        }
+    };
+    match change {
+        Change::Instance(record) => match insert_rows(c, record, missed, epoch)? {
+            InsertOutcome::Inserted { seq: got } => {
+                became(got)?;
+                Ok(Done::Instance(InsertOutcome::Inserted { seq }))
+            }
+            InsertOutcome::AlreadyPresent { .. } => Err(IndexError::Diverged {
+                seq,
+                reason: format!(
+                    "SOP Instance {} is already indexed",
+                    record.sop_instance_uid
+                ),
+            }),
+        },
+        Change::Account(account) => {
+            let outcome = super::account_rows(c, account, epoch, true)?;
+            became(outcome.seq.unwrap_or_default())?;
+            Ok(Done::Account(outcome))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn rows_ship_with_their_kind_and_an_instance_row_as_before_accounts_were_replicated() {
+        // An instance row as a primary without account replication shipped it.
+        let before = json!({"epoch": 3, "seq": 7, "record": {
+            "patient_id": "P1", "issuer_of_patient_id": "",
+            "study_instance_uid": "1.2.3", "series_instance_uid": "1.2.3.4",
+            "sop_instance_uid": "1.2.3.4.5", "sop_class_uid": "1.2.840.10008.5.1.4.1.1.2",
+            "transfer_syntax_uid": "1.2.840.10008.1.2.1", "storage_key": "k",
+            "size": 10, "sha256": "00"}});
+        let row: ChangeRecord = serde_json::from_value(before.clone()).unwrap();
+        let Change::Instance(record) = &row.change else {
+            panic!("{row:?}")
+        };
+        assert_eq!(record.sop_instance_uid, "1.2.3.4.5");
+        assert_eq!(
+            serde_json::to_value(&row).unwrap()["record"]["sop_instance_uid"],
+            before["record"]["sop_instance_uid"]
+        );
+        let account = ChangeRecord {
+            epoch: 3,
+            seq: 8,
+            change: Change::Account(AccountChange::Remove { name: "x".into() }),
+        };
+        let shipped = serde_json::to_value(&account).unwrap();
+        assert_eq!(
+            shipped,
+            json!({"epoch": 3, "seq": 8, "account": {"op": "remove", "name": "x"}})
+        );
+        assert_eq!(
+            serde_json::from_value::<ChangeRecord>(shipped).unwrap(),
+            account
+        );
     }
 }
