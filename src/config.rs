@@ -785,7 +785,7 @@ impl Config {
             ));
         }
         for h in &self.access.unknown_ae_hosts {
-            HostPattern::parse(h).map_err(|e| invalid("access.unknown_ae_hosts", e))?;
+            HostPattern::parse(h).map_err(|e| invalid("access.unknown_ae_hosts", e.to_string()))?;
         }
         let mut seen = BTreeSet::new();
         for (i, p) in self.peers.iter().enumerate() {
@@ -800,7 +800,8 @@ impl Config {
                 return Err(invalid(&format!("peer[{i}].host"), "empty host"));
             }
             for h in p.hosts.iter().chain(p.hosts.is_empty().then_some(&p.host)) {
-                HostPattern::parse(h).map_err(|e| invalid(&format!("peer[{i}].hosts"), e))?;
+                HostPattern::parse(h)
+                    .map_err(|e| invalid(&format!("peer[{i}].hosts"), e.to_string()))?;
             }
         }
         Ok(())
@@ -856,8 +857,17 @@ pub enum HostPattern {
     Name(String),
 }
 
+/// An address-list entry that is neither an address, a network nor a host name.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum BadHostPattern {
+    #[error("`{text}`: prefix is not 0..={max}")]
+    Prefix { text: String, max: u8 },
+    #[error("`{0}` is not an IP address, a CIDR network or a host name")]
+    Neither(String),
+}
+
 impl HostPattern {
-    pub fn parse(text: &str) -> Result<HostPattern, String> {
+    pub fn parse(text: &str) -> Result<HostPattern, BadHostPattern> {
         let text = text.trim();
         let (addr, prefix) = match text.split_once('/') {
             Some((a, p)) => (a, Some(p)),
@@ -867,11 +877,12 @@ impl HostPattern {
             let max = if addr.is_ipv4() { 32 } else { 128 };
             let prefix = match prefix {
                 None => max,
-                Some(p) => p
-                    .parse::<u8>()
-                    .ok()
-                    .filter(|p| *p <= max)
-                    .ok_or_else(|| format!("`{text}`: prefix is not 0..={max}"))?,
+                Some(p) => p.parse::<u8>().ok().filter(|p| *p <= max).ok_or_else(|| {
+                    BadHostPattern::Prefix {
+                        text: text.to_string(),
+                        max,
+                    }
+                })?,
             };
             return Ok(HostPattern::Net {
                 addr: addr.to_canonical(),
@@ -887,9 +898,7 @@ impl HostPattern {
         if name_ok {
             Ok(HostPattern::Name(text.to_ascii_lowercase()))
         } else {
-            Err(format!(
-                "`{text}` is not an IP address, a CIDR network or a host name"
-            ))
+            Err(BadHostPattern::Neither(text.to_string()))
         }
     }
 

@@ -104,9 +104,9 @@ fn numbers(vr: VR, p: &dicom_core::PrimitiveValue) -> Json {
 /// BulkDataURI when the object has an image, and its Available Transfer Syntax UID. Computed
 /// once per instance (by the preview worker after ingest, or on the first request) and kept
 /// in the index.
-pub fn instance_metadata(file: &[u8]) -> Result<String, String> {
+pub fn instance_metadata(file: &[u8]) -> Result<String, MetadataError> {
     use dicom_dictionary_std::tags;
-    let (meta, offset) = crate::part10::split(file).map_err(|e| e.to_string())?;
+    let (meta, offset) = crate::part10::split(file)?;
     let ts = meta
         .transfer_syntax()
         .trim_end_matches(['\0', ' '])
@@ -115,8 +115,7 @@ pub fn instance_metadata(file: &[u8]) -> Result<String, String> {
         &file[offset..],
         &ts,
         crate::config::DEFAULT_MAX_OBJECT_SIZE,
-    )
-    .map_err(|e| e.to_string())?;
+    )?;
     let uid = |tag| {
         header
             .get(tag)
@@ -148,7 +147,18 @@ pub fn instance_metadata(file: &[u8]) -> Result<String, String> {
             serde_json::json!({"vr": "UI", "Value": [ts]}),
         );
     }
-    serde_json::to_string(&json).map_err(|e| e.to_string())
+    Ok(serde_json::to_string(&json)?)
+}
+
+/// Why a stored object's metadata cannot be made.
+#[derive(Debug, thiserror::Error)]
+pub enum MetadataError {
+    #[error("{0}")]
+    Part10(#[from] crate::part10::Part10Error),
+    #[error("{0}")]
+    Header(#[from] crate::index::RecordError),
+    #[error("encoding DICOM JSON: {0}")]
+    Json(#[from] serde_json::Error),
 }
 
 /// `GGGGEEEE` in upper-case hex, the key of an attribute in DICOM JSON.

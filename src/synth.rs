@@ -144,24 +144,46 @@ impl Spec {
     }
 
     /// Write the instance as a Part 10 file.
-    pub fn write(&self, path: &Path) -> Result<(), String> {
+    pub fn write(&self, path: &Path) -> Result<(), SynthError> {
         let meta = FileMetaTableBuilder::new()
             .media_storage_sop_class_uid(self.sop_class.as_str())
             .media_storage_sop_instance_uid(self.sop_uid.as_str())
             .transfer_syntax(self.transfer_syntax.as_str())
-            .build()
-            .map_err(|e| e.to_string())?;
+            .build()?;
         let file = FileDicomObject::new_empty_with_meta(meta);
         let mut file = file;
         for e in self.dataset() {
             file.put(e);
         }
         if let Some(dir) = path.parent() {
-            std::fs::create_dir_all(dir).map_err(|e| e.to_string())?;
+            std::fs::create_dir_all(dir).map_err(|source| SynthError::Dir {
+                path: dir.to_path_buf(),
+                source,
+            })?;
         }
         file.write_to_file(path)
-            .map_err(|e| format!("writing {}: {e}", path.display()))
+            .map_err(|source| SynthError::Write {
+                path: path.to_path_buf(),
+                source: Box::new(source),
+            })
     }
+}
+
+/// Why a synthetic instance could not be written.
+#[derive(Debug, thiserror::Error)]
+pub enum SynthError {
+    #[error("file meta: {0}")]
+    Meta(#[from] dicom_object::meta::Error),
+    #[error("creating {}: {source}", path.display())]
+    Dir {
+        path: std::path::PathBuf,
+        source: std::io::Error,
+    },
+    #[error("writing {}: {source}", path.display())]
+    Write {
+        path: std::path::PathBuf,
+        source: Box<dicom_object::WriteError>,
+    },
 }
 
 /// A study date that spreads studies over about 20 years (one day per study number), so that
@@ -227,7 +249,7 @@ pub fn write_corpus(
     series: u32,
     per_series: u32,
     size: u16,
-) -> Result<usize, String> {
+) -> Result<usize, SynthError> {
     let mut n = 0;
     for st in first_study..first_study + studies {
         for se in 1..=series {

@@ -28,6 +28,17 @@ pub enum ToolError {
     NotDicom { path: PathBuf, reason: String },
     #[error("no DICOM files found")]
     NothingToSend,
+    #[error("query key: {0}")]
+    Key(#[from] KeyError),
+}
+
+/// A `-k name=value` query key that names no attribute.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum KeyError {
+    #[error("bad tag `{0}`")]
+    BadTag(String),
+    #[error("unknown attribute `{0}`")]
+    Unknown(String),
 }
 
 /// C-ECHO once; returns the status code and the round-trip time.
@@ -322,20 +333,19 @@ pub struct FindResult {
     pub status: crate::dimse::Status,
 }
 
-fn parse_key(key: &str) -> Result<(dicom_core::Tag, dicom_core::VR, String, String), String> {
+fn parse_key(key: &str) -> Result<(dicom_core::Tag, dicom_core::VR, String, String), KeyError> {
     use dicom_core::dictionary::{DataDictionary, DataDictionaryEntry, VirtualVr};
     let (name, value) = key.split_once('=').unwrap_or((key, ""));
     let dict = dicom_dictionary_std::StandardDataDictionary;
     let entry = if let Some((g, e)) = name.split_once(',') {
-        let g = u16::from_str_radix(g.trim_start_matches('('), 16)
-            .map_err(|_| format!("bad tag `{name}`"))?;
-        let e = u16::from_str_radix(e.trim_end_matches(')'), 16)
-            .map_err(|_| format!("bad tag `{name}`"))?;
+        let bad = |_| KeyError::BadTag(name.to_string());
+        let g = u16::from_str_radix(g.trim_start_matches('('), 16).map_err(bad)?;
+        let e = u16::from_str_radix(e.trim_end_matches(')'), 16).map_err(bad)?;
         dict.by_tag(dicom_core::Tag(g, e))
     } else {
         dict.by_name(name)
     }
-    .ok_or_else(|| format!("unknown attribute `{name}`"))?;
+    .ok_or_else(|| KeyError::Unknown(name.to_string()))?;
     let vr = match entry.vr() {
         VirtualVr::Exact(vr) => vr,
         _ => dicom_core::VR::LO,
@@ -367,7 +377,7 @@ pub fn find_identifier(spec: &FindSpec) -> Result<(Vec<u8>, FindColumns), ToolEr
     }
     let mut columns = Vec::new();
     for k in &spec.keys {
-        let (tag, vr, name, value) = parse_key(k).map_err(bad_query)?;
+        let (tag, vr, name, value) = parse_key(k)?;
         let v = if value.is_empty() {
             PrimitiveValue::Empty
         } else {

@@ -161,8 +161,7 @@ pub fn synth(
     size: u16,
     first_study: u32,
 ) -> anyhow::Result<ExitCode> {
-    let n = pacsd::synth::write_corpus(&out, first_study, studies, series, per_study, size)
-        .map_err(anyhow::Error::msg)?;
+    let n = pacsd::synth::write_corpus(&out, first_study, studies, series, per_study, size)?;
     println!("wrote {n} instances under {}", out.display());
     Ok(ExitCode::SUCCESS)
 }

@@ -503,6 +503,7 @@ pub async fn run_witness(
             let (request, request_mac, signer) = match gate.admit(&line) {
                 Ok(x) => x,
                 Err(why) => {
+                    let why = why.to_string();
                     gate.log_refusal(peer, &why);
                     let body = serde_json::to_string(&Reply::<()>::Error(why)).unwrap_or_default();
                     let answer = serde_json::to_string(&SignedReply {
@@ -575,14 +576,30 @@ struct WitnessGate {
     logged: std::sync::Mutex<std::collections::HashMap<std::net::IpAddr, std::time::Instant>>,
 }
 
+/// Why the witness refuses a request (said to the caller and logged, rate-limited).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+enum Refused {
+    #[error("not a signed request")]
+    NotSigned,
+    #[error("node `{0}` is not configured")]
+    UnknownNode(String),
+    #[error("the request is not signed with the pair key")]
+    BadMac,
+    #[error(
+        "the request's time is {off_ms} ms from the witness's clock (at most {max_ms} allowed)"
+    )]
+    Skewed { off_ms: u64, max_ms: u128 },
+    #[error("a replayed or out-of-order request")]
+    Replayed,
+}
+
 impl WitnessGate {
-    /// The request's JSON and its MAC, if it comes from a configured node holding the pair
-    /// key and is not a replay.
-    fn admit(&self, line: &str) -> Result<(String, String, String), String> {
-        let signed: Signed =
-            serde_json::from_str(line).map_err(|_| "not a signed request".to_string())?;
+    /// The request's JSON, its MAC and its node, if it comes from a configured node holding
+    /// the pair key and is not a replay.
+    fn admit(&self, line: &str) -> Result<(String, String, String), Refused> {
+        let signed: Signed = serde_json::from_str(line).map_err(|_| Refused::NotSigned)?;
         if !self.nodes.contains(&signed.node) {
-            return Err(format!("node `{}` is not configured", signed.node));
+            return Err(Refused::UnknownNode(signed.node));
         }
         let genuine = hex::decode(&signed.mac).is_ok_and(|tag| {
             self.key.verify(
@@ -596,20 +613,19 @@ impl WitnessGate {
             )
         });
         if !genuine {
-            return Err("the request is not signed with the pair key".into());
+            return Err(Refused::BadMac);
         }
         let now = now_ms();
         if now.abs_diff(signed.time) > MAX_SKEW.as_millis() as u64 {
-            return Err(format!(
-                "the request's time is {} ms from the witness's clock (at most {} allowed)",
-                now.abs_diff(signed.time),
-                MAX_SKEW.as_millis()
-            ));
+            return Err(Refused::Skewed {
+                off_ms: now.abs_diff(signed.time),
+                max_ms: MAX_SKEW.as_millis(),
+            });
         }
         let mut last = self.last.lock().expect("witness table");
         let seen = last.entry(signed.node.clone()).or_default();
         if signed.time <= *seen {
-            return Err("a replayed or out-of-order request".into());
+            return Err(Refused::Replayed);
         }
         *seen = signed.time;
         Ok((signed.req, signed.mac, signed.node))

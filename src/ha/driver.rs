@@ -88,7 +88,7 @@ pub fn read_key(path: &std::path::Path) -> Result<BeatKey, HaError> {
     {
         warn!(path = %path.display(), "the HA key is readable by other users: chmod 600 it");
     }
-    BeatKey::new(&bytes[start..end]).map_err(err)
+    BeatKey::new(&bytes[start..end]).map_err(|e| err(e.to_string()))
 }
 
 /// What the driver, the C-STORE gate and `pacsd ha status` share.
@@ -263,6 +263,19 @@ pub fn set_maintenance(path: &std::path::Path, on: bool) -> std::io::Result<()> 
             _ => Ok(()),
         }
     }
+}
+
+/// Why a planned switchover or stop cannot hand the primary role over.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum NoHandOver {
+    #[error("this node is not the primary")]
+    NotPrimary,
+    #[error("the standby has not caught up (solo)")]
+    Solo,
+    #[error("the standby {0} is in maintenance and will not take over")]
+    PeerInMaintenance(String),
+    #[error("the service is not running")]
+    NotServing,
 }
 
 /// Why a running node's control socket could not be asked.
@@ -1003,7 +1016,7 @@ impl<S: Service> Driver<S> {
     /// that no request in flight fails. Step 2 is `drained`; step 3 is the role machine's
     /// `HandOver` (the standby confirms it has every record and claims the next epoch).
     /// Err: why there is no hand-over.
-    fn plan(&mut self, what: Planned) -> Result<(), String> {
+    fn plan(&mut self, what: Planned) -> Result<(), NoHandOver> {
         if let Some((planned, _)) = &mut self.planned {
             if what == Planned::Stop {
                 *planned = Planned::Stop;
@@ -1015,18 +1028,16 @@ impl<S: Service> Driver<S> {
             (st.is_primary(), st.is_solo())
         };
         if !primary {
-            return Err("this node is not the primary".into());
+            return Err(NoHandOver::NotPrimary);
         }
         if solo {
-            return Err("the standby has not caught up (solo)".into());
+            return Err(NoHandOver::Solo);
         }
         if let Some(peer) = self.peer_in_maintenance() {
-            return Err(format!(
-                "the standby {peer} is in maintenance and will not take over"
-            ));
+            return Err(NoHandOver::PeerInMaintenance(peer));
         }
         let Some(serving) = self.serving.as_mut() else {
-            return Err("the service is not running".into());
+            return Err(NoHandOver::NotServing);
         };
         serving.draining = true;
         serving.node_trigger.trigger();

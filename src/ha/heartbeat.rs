@@ -43,13 +43,15 @@ impl std::fmt::Debug for BeatKey {
     }
 }
 
+/// A pair key too short to authenticate anything.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("the key has {0} bytes; at least {MIN_KEY_LEN} are needed")]
+pub struct ShortKey(pub usize);
+
 impl BeatKey {
-    pub fn new(bytes: &[u8]) -> Result<BeatKey, String> {
+    pub fn new(bytes: &[u8]) -> Result<BeatKey, ShortKey> {
         if bytes.len() < MIN_KEY_LEN {
-            return Err(format!(
-                "the key has {} bytes; at least {MIN_KEY_LEN} are needed",
-                bytes.len()
-            ));
+            return Err(ShortKey(bytes.len()));
         }
         Ok(BeatKey(bytes.into()))
     }
@@ -372,7 +374,7 @@ mod tests {
 
     #[test]
     fn a_short_key_is_refused() {
-        assert!(BeatKey::new(&[1u8; 31]).is_err());
+        assert_eq!(BeatKey::new(&[1u8; 31]).err(), Some(ShortKey(31)));
         assert!(BeatKey::new(&[1u8; 32]).is_ok());
     }
 

@@ -310,7 +310,7 @@ async fn instance_metadata_json(state: &WebState, s: &StoredInstance) -> Result<
     let json = tokio::task::spawn_blocking(move || crate::dicomjson::instance_metadata(&file))
         .await
         .map_err(|e| WebError::Internal(e.to_string()))?
-        .map_err(WebError::Internal)?;
+        .map_err(|e| WebError::Internal(e.to_string()))?;
     if let Err(e) = state
         .index
         .set_instance_metadata(&s.sop_instance_uid, json.clone())

@@ -16,6 +16,24 @@ use crate::net::transport::CertIdentity;
 /// Longest wait for a DNS answer while an association is being negotiated.
 const RESOLVE_TIMEOUT: Duration = Duration::from_secs(2);
 
+/// Why a calling AE title is not accepted over a connection (the association is rejected
+/// with "calling AE title not recognized" and this is logged and audited).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum NotAccepted {
+    #[error("calling AE title `{ae}` is accepted only over TLS")]
+    NeedsTls { ae: String },
+    #[error("calling AE title `{ae}` presented certificate `{presented}`, not `{wanted}`")]
+    WrongCertificate {
+        ae: String,
+        presented: String,
+        wanted: String,
+    },
+    #[error("calling AE title `{ae}` needs a client certificate naming `{wanted}`")]
+    NoCertificate { ae: String, wanted: String },
+    #[error("calling AE title `{ae}` is not accepted from {ip}")]
+    WrongHost { ae: String, ip: IpAddr },
+}
+
 /// Whether `calling_ae` may associate from `ip` over this connection; `Err` says why not.
 pub async fn credential(
     config: &Config,
@@ -23,34 +41,31 @@ pub async fn credential(
     ip: IpAddr,
     tls: bool,
     identity: Option<&CertIdentity>,
-) -> Result<(), String> {
+) -> Result<(), NotAccepted> {
+    let ae = calling_ae.to_string();
     let peer = config.peer(calling_ae);
     if let Some(p) = peer
         && p.needs_tls()
         && !tls
     {
-        return Err(format!(
-            "calling AE title `{calling_ae}` is accepted only over TLS"
-        ));
+        return Err(NotAccepted::NeedsTls { ae });
     }
     if let Some(wanted) = peer.and_then(|p| p.tls_subject.as_deref()) {
+        let wanted = wanted.to_string();
         return match identity {
-            Some(id) if id.names(wanted) => Ok(()),
-            Some(id) => Err(format!(
-                "calling AE title `{calling_ae}` presented certificate `{}`, not `{wanted}`",
-                id.subject
-            )),
-            None => Err(format!(
-                "calling AE title `{calling_ae}` needs a client certificate naming `{wanted}`"
-            )),
+            Some(id) if id.names(&wanted) => Ok(()),
+            Some(id) => Err(NotAccepted::WrongCertificate {
+                ae,
+                presented: id.subject.clone(),
+                wanted,
+            }),
+            None => Err(NotAccepted::NoCertificate { ae, wanted }),
         };
     }
     if admitted(ip, &config.hosts_for(calling_ae)).await {
         Ok(())
     } else {
-        Err(format!(
-            "calling AE title `{calling_ae}` is not accepted from {ip}"
-        ))
+        Err(NotAccepted::WrongHost { ae, ip })
     }
 }
 

@@ -504,6 +504,7 @@ impl Association {
             )
             .await
             .err()
+            .map(|e| e.to_string())
         };
         if let Some(why) = refusal {
             return assoc

@@ -473,7 +473,7 @@ impl StripedRead<'_> {
                     if abandoned.is_some() {
                         debug!(replica = %self.names[replica], error = %e, "range failed, tail requeued");
                     }
-                    self.mark_failed(replica, &e);
+                    self.mark_failed(replica, &e.to_string());
                     wake.notify_waiters();
                     return;
                 }
@@ -494,24 +494,21 @@ impl StripedRead<'_> {
         range: Range<u64>,
         sh: &Shared,
         replica: usize,
-    ) -> Result<(u64, Duration), String> {
+    ) -> Result<(u64, Duration), RangeError> {
         let state = &sh.state;
         let opts = GetOptions {
             range: Some(GetRange::Bounded(range.clone())),
             ..Default::default()
         };
         let t0 = Instant::now();
-        let res = store
-            .get_opts(self.path, opts)
-            .await
-            .map_err(|e| e.to_string())?;
+        let res = store.get_opts(self.path, opts).await?;
         self.health.lock().expect("health")[replica].observe_latency(t0.elapsed());
         let t1 = Instant::now();
         let mut stream = res.into_stream();
         let mut at = range.start;
         let mut got = 0;
         while let Some(chunk) = stream.next().await {
-            let chunk = chunk.map_err(|e| e.to_string())?;
+            let chunk = chunk?;
             let (new, more) = state.lock().expect("stripe state").deliver(id, at, &chunk);
             if new > 0 {
                 sh.front.notify_one();
@@ -529,10 +526,19 @@ impl StripedRead<'_> {
             .flights
             .contains_key(&id)
         {
-            return Err(format!("short read: range ended at {at} of {}", range.end));
+            return Err(RangeError::Short { at, end: range.end });
         }
         Ok((got, t1.elapsed()))
     }
+}
+
+/// Why one range from one replica failed (its tail goes to the other replicas).
+#[derive(Debug, thiserror::Error)]
+enum RangeError {
+    #[error("{0}")]
+    Store(#[from] object_store::Error),
+    #[error("short read: range ended at {at} of {end}")]
+    Short { at: u64, end: u64 },
 }
 
 #[cfg(test)]

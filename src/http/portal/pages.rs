@@ -705,13 +705,26 @@ fn report_lines(lines: &[super::report::Line]) -> Markup {
     }
 }
 
+/// Why a structured report is not shown (said on the study page in its place).
+#[derive(Debug, thiserror::Error)]
+pub enum ReportError {
+    #[error("not in the index")]
+    NotIndexed,
+    #[error("larger than {MAX_REPORT_BYTES} bytes")]
+    TooLarge,
+    #[error("{0}")]
+    Read(#[from] WebError),
+    #[error("{0}")]
+    Decode(#[from] crate::dataset::DataSetError),
+}
+
 /// The structured reports among a study's instances (at most `MAX_REPORTS`), read through the
 /// verified path and turned into text.
 async fn reports(
     state: &WebState,
     study: &str,
     instances: &[InMemDicomObject],
-) -> Vec<(String, Result<super::report::Report, String>)> {
+) -> Vec<(String, Result<super::report::Report, ReportError>)> {
     let mut out = Vec::new();
     for i in instances
         .iter()
@@ -721,17 +734,13 @@ async fn reports(
         let sop = text(i, tags::SOP_INSTANCE_UID);
         let series = text(i, tags::SERIES_INSTANCE_UID);
         let read = async {
-            let s = stored(state, study, Some(&series), Some(&sop))
-                .await
-                .map_err(|e| e.to_string())?;
-            let s = s.first().ok_or("not in the index")?;
+            let s = stored(state, study, Some(&series), Some(&sop)).await?;
+            let s = s.first().ok_or(ReportError::NotIndexed)?;
             if s.size > MAX_REPORT_BYTES {
-                return Err(format!("larger than {MAX_REPORT_BYTES} bytes"));
+                return Err(ReportError::TooLarge);
             }
-            let bytes = crate::http::wado::read(state, s)
-                .await
-                .map_err(|e| e.to_string())?;
-            let doc = crate::part10::open(&bytes, MAX_REPORT_BYTES).map_err(|e| e.to_string())?;
+            let bytes = crate::http::wado::read(state, s).await?;
+            let doc = crate::part10::open(&bytes, MAX_REPORT_BYTES)?;
             Ok(super::report::report(&doc))
         };
         let r = read.await;
