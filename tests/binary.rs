@@ -9,7 +9,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use common::{dcmtk, peak_rss_of, small_corpus, text};
+use common::{dcmtk, http_status, peak_rss_of, small_corpus, text};
 
 const BIN: &str = env!("CARGO_BIN_EXE_pacsd");
 
@@ -433,23 +433,8 @@ fn serve_under_a_flood_and_a_slowloris_answers_echo_with_bounded_memory() {
 
 /// One HTTP/1.1 GET over a plain socket; returns the status code.
 fn http_get(port: u16, path: &str, authorization: Option<&str>) -> u16 {
-    use std::io::{Read, Write};
-    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    let auth = authorization
-        .map(|a| format!("Authorization: {a}\r\n"))
-        .unwrap_or_default();
-    write!(
-        s,
-        "GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n{auth}Connection: close\r\n\r\n"
-    )
-    .unwrap();
-    let mut rsp = String::new();
-    let _ = s.read_to_string(&mut rsp);
-    rsp.split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(0)
+    let s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    http_status(s, &format!("127.0.0.1:{port}"), path, authorization)
 }
 
 fn basic(user: &str, password: &str) -> String {

@@ -93,15 +93,7 @@ async fn node_with_corpus(tweak: impl FnOnce(&mut pacsd::config::Config)) -> Tes
     })
     .await;
     let dir = n.dir.path().join("corpus");
-    let files: Vec<_> = corpus()
-        .iter()
-        .enumerate()
-        .map(|(i, s)| {
-            let p = dir.join(format!("{i}.dcm"));
-            s.write(&p).unwrap();
-            p
-        })
-        .collect();
+    let files = write_specs(&dir, &corpus());
     let summary = pacsd::tools::store(&n.scu("LOADER"), files, 2, false)
         .await
         .unwrap();

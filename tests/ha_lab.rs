@@ -609,22 +609,11 @@ fn crash_failover_with_a_replica_on_hdfs() {
 /// (0: no answer).
 fn http_via_service_ip(lab: &Lab, path: &'static str) -> u16 {
     in_netns(&format!("{}-c", lab.name), move || {
-        use std::io::{Read, Write};
         let addr: std::net::SocketAddr = "10.77.0.100:8104".parse().unwrap();
-        let Ok(mut s) = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(2)) else {
-            return 0;
-        };
-        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-        let _ = write!(
-            s,
-            "GET {path} HTTP/1.1\r\nHost: 10.77.0.100\r\nConnection: close\r\n\r\n"
-        );
-        let mut rsp = String::new();
-        let _ = s.read_to_string(&mut rsp);
-        rsp.split_whitespace()
-            .nth(1)
-            .and_then(|c| c.parse().ok())
-            .unwrap_or(0)
+        match std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(2)) {
+            Ok(s) => http_status(s, "10.77.0.100", path, None),
+            Err(_) => 0,
+        }
     })
     .join()
     .unwrap()

@@ -6,23 +6,17 @@ mod common;
 use std::process::Command;
 
 use common::*;
-use pacsd::config::{Peer, Service};
+use pacsd::config::Service;
 use pacsd::synth::Spec;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pynetdicom_gets_a_study_and_agrees_a_relational_find() {
     let n = TestNode::start_with(|c| {
-        c.peers = vec![Peer {
-            ae_title: "PYNET".into(),
-            host: "127.0.0.1".into(),
-            port: 104,
-            services: [Service::Echo, Service::Find, Service::Get]
-                .into_iter()
-                .collect(),
-            hosts: Vec::new(),
-            on_conflict: None,
-            ..Peer::default()
-        }];
+        c.peers = vec![loopback_peer(
+            "PYNET",
+            104,
+            &[Service::Echo, Service::Find, Service::Get],
+        )];
     })
     .await;
     let specs: Vec<Spec> = (1..=3).map(|i| Spec::ct(950, 1, i, 16)).collect();

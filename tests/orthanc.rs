@@ -9,7 +9,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::*;
-use pacsd::config::{Peer, Service};
+use pacsd::config::Service;
 use pacsd::synth::Spec;
 
 /// An Orthanc process with its own storage, killed on drop.
@@ -143,17 +143,11 @@ async fn orthanc_queries_and_moves_a_study_from_pacsd() {
     let dir = tempfile::tempdir().unwrap();
     let (orthanc_http, orthanc_dicom) = (unused_port(), unused_port());
     let n = TestNode::start_with(|c| {
-        c.peers = vec![Peer {
-            ae_title: "ORTHANC".into(),
-            host: "127.0.0.1".into(),
-            port: orthanc_dicom,
-            services: [Service::Echo, Service::Find, Service::Move]
-                .into_iter()
-                .collect(),
-            hosts: Vec::new(),
-            on_conflict: None,
-            ..Peer::default()
-        }];
+        c.peers = vec![loopback_peer(
+            "ORTHANC",
+            orthanc_dicom,
+            &[Service::Echo, Service::Find, Service::Move],
+        )];
     })
     .await;
     // Two studies in pacsd; Orthanc retrieves the second.

@@ -3,13 +3,13 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
 use common::*;
 use dicom_dictionary_std::{tags, uids};
-use pacsd::config::{Peer, Service};
+use pacsd::config::Service;
 use pacsd::synth::Spec;
 use pacsd::tools::{FindSpec, Model};
 
@@ -18,27 +18,11 @@ async fn node_with(dest_port: u16, specs: &[Spec]) -> TestNode {
         c.access
             .unknown_ae_services
             .extend([Service::Find, Service::Move, Service::Get]);
-        c.peers = vec![Peer {
-            ae_title: "DEST".into(),
-            host: "127.0.0.1".into(),
-            port: dest_port,
-            services: Default::default(),
-            hosts: Vec::new(),
-            on_conflict: None,
-            ..Peer::default()
-        }];
+        c.peers = vec![loopback_peer("DEST", dest_port, &[])];
     })
     .await;
     let dir = n.dir.path().join("src");
-    let files: Vec<PathBuf> = specs
-        .iter()
-        .enumerate()
-        .map(|(i, s)| {
-            let p = dir.join(format!("{i}.dcm"));
-            s.write(&p).unwrap();
-            p
-        })
-        .collect();
+    let files = write_specs(&dir, specs);
     if files.is_empty() {
         return n;
     }

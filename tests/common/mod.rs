@@ -972,3 +972,62 @@ pub fn movescu(port: u16, args: &[&str]) -> String {
     a.extend_from_slice(&["127.0.0.1", &p]);
     text(&dcmtk("movescu", &a))
 }
+
+/// Send `GET path` with `Connection: close` (and an Authorization header) on a connected
+/// socket and read the answer's status code (0: no answer or no status line).
+pub fn http_status(
+    mut s: std::net::TcpStream,
+    host: &str,
+    path: &str,
+    authorization: Option<&str>,
+) -> u16 {
+    use std::io::{Read, Write};
+    let _ = s.set_read_timeout(Some(Duration::from_secs(10)));
+    let auth = authorization
+        .map(|a| format!("Authorization: {a}\r\n"))
+        .unwrap_or_default();
+    if write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: {host}\r\n{auth}Connection: close\r\n\r\n"
+    )
+    .is_err()
+    {
+        return 0;
+    }
+    let mut rsp = String::new();
+    let _ = s.read_to_string(&mut rsp);
+    rsp.split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0)
+}
+
+/// A peer on loopback allowed `services` (the other fields as configured by default).
+pub fn loopback_peer(
+    ae_title: &str,
+    port: u16,
+    services: &[pacsd::config::Service],
+) -> pacsd::config::Peer {
+    pacsd::config::Peer {
+        ae_title: ae_title.into(),
+        host: "127.0.0.1".into(),
+        port,
+        services: services.iter().copied().collect(),
+        hosts: Vec::new(),
+        on_conflict: None,
+        ..pacsd::config::Peer::default()
+    }
+}
+
+/// Write `specs` as Part 10 files `0.dcm`, `1.dcm`, ... under `dir`; their paths in order.
+pub fn write_specs(dir: &Path, specs: &[pacsd::synth::Spec]) -> Vec<PathBuf> {
+    specs
+        .iter()
+        .enumerate()
+        .map(|(i, s)| {
+            let p = dir.join(format!("{i}.dcm"));
+            s.write(&p).unwrap();
+            p
+        })
+        .collect()
+}
