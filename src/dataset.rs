@@ -605,50 +605,15 @@ pub fn install_panic_hook() {
 mod tests {
     use super::*;
 
-    /// Explicit VR LE element with a 16-bit length.
-    fn short(tag: (u16, u16), vr: &[u8; 2], value: &[u8]) -> Vec<u8> {
-        let mut v = Vec::new();
-        v.extend_from_slice(&tag.0.to_le_bytes());
-        v.extend_from_slice(&tag.1.to_le_bytes());
-        v.extend_from_slice(vr);
-        v.extend_from_slice(&(value.len() as u16).to_le_bytes());
-        v.extend_from_slice(value);
-        v
-    }
-
-    /// Explicit VR LE element with a 32-bit length field holding `len`.
-    fn long(tag: (u16, u16), vr: &[u8; 2], len: u32, value: &[u8]) -> Vec<u8> {
-        let mut v = Vec::new();
-        v.extend_from_slice(&tag.0.to_le_bytes());
-        v.extend_from_slice(&tag.1.to_le_bytes());
-        v.extend_from_slice(vr);
-        v.extend_from_slice(&[0, 0]);
-        v.extend_from_slice(&len.to_le_bytes());
-        v.extend_from_slice(value);
-        v
-    }
+    use crate::synth::raw::{long, short};
 
     fn marker(tag: Tag, len: u32) -> Vec<u8> {
-        let mut v = Vec::new();
-        v.extend_from_slice(&tag.0.to_le_bytes());
-        v.extend_from_slice(&tag.1.to_le_bytes());
-        v.extend_from_slice(&len.to_le_bytes());
-        v
+        crate::synth::raw::marker(tag.1, len)
     }
 
     /// `levels` sequences nested inside each other, all of undefined length.
     fn nested(levels: usize) -> Vec<u8> {
-        let mut v = Vec::new();
-        for _ in 0..levels {
-            v.extend(long((0x0040, 0xA730), b"SQ", UNDEFINED, &[]));
-            v.extend(marker(ITEM, UNDEFINED));
-        }
-        v.extend(short((0x0040, 0xA010), b"CS", b"CONTAINS"));
-        for _ in 0..levels {
-            v.extend(marker(ITEM_END, 0));
-            v.extend(marker(SEQUENCE_END, 0));
-        }
-        v
+        crate::synth::raw::nested(levels, &short((0x0040, 0xA010), b"CS", b"CONTAINS"))
     }
 
     fn ex(bytes: &[u8], depth: usize) -> Result<Scanned, ScanError> {

@@ -262,6 +262,63 @@ pub fn write_corpus(
     Ok(n)
 }
 
+/// Raw Explicit VR Little Endian encodings, to build malformed or extreme data sets byte by
+/// byte (the parser's own tests and tests/hostile.rs): what a hostile peer could send, which
+/// no encoder would write.
+pub mod raw {
+    /// Undefined length.
+    pub const UNDEFINED: u32 = 0xFFFF_FFFF;
+
+    /// An element with a 16-bit length.
+    pub fn short(tag: (u16, u16), vr: &[u8; 2], value: &[u8]) -> Vec<u8> {
+        let mut v = tag_bytes(tag);
+        v.extend_from_slice(vr);
+        v.extend_from_slice(&(value.len() as u16).to_le_bytes());
+        v.extend_from_slice(value);
+        v
+    }
+
+    /// An element with a 32-bit length field holding `len` (whatever `value`'s length).
+    pub fn long(tag: (u16, u16), vr: &[u8; 2], len: u32, value: &[u8]) -> Vec<u8> {
+        let mut v = tag_bytes(tag);
+        v.extend_from_slice(vr);
+        v.extend_from_slice(&[0, 0]);
+        v.extend_from_slice(&len.to_le_bytes());
+        v.extend_from_slice(value);
+        v
+    }
+
+    /// An item, item delimitation or sequence delimitation tag (FFFE,`element`) and length.
+    pub fn marker(element: u16, len: u32) -> Vec<u8> {
+        let mut v = tag_bytes((0xFFFE, element));
+        v.extend_from_slice(&len.to_le_bytes());
+        v
+    }
+
+    /// `levels` sequences nested inside each other, all of undefined length, with `inner` in
+    /// the innermost item.
+    pub fn nested(levels: usize, inner: &[u8]) -> Vec<u8> {
+        let mut v = Vec::new();
+        for _ in 0..levels {
+            v.extend(long((0x0040, 0xA730), b"SQ", UNDEFINED, &[]));
+            v.extend(marker(0xE000, UNDEFINED));
+        }
+        v.extend_from_slice(inner);
+        for _ in 0..levels {
+            v.extend(marker(0xE00D, 0));
+            v.extend(marker(0xE0DD, 0));
+        }
+        v
+    }
+
+    fn tag_bytes(tag: (u16, u16)) -> Vec<u8> {
+        let mut v = Vec::with_capacity(12);
+        v.extend_from_slice(&tag.0.to_le_bytes());
+        v.extend_from_slice(&tag.1.to_le_bytes());
+        v
+    }
+}
+
 #[cfg(test)]
 mod tests {
     #[test]

@@ -15,10 +15,9 @@ use pacsd::config::{OnConflict, Peer, Service};
 use pacsd::dimse::{Command, status};
 use pacsd::net::scu::{ProposedContext, ScuAssociation};
 use pacsd::synth::Spec;
+use pacsd::synth::raw::{self, UNDEFINED};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream};
-
-const UNDEFINED: u32 = 0xFFFF_FFFF;
 
 /// Peak resident memory of this test process (the node runs in it), in bytes.
 fn peak_rss() -> u64 {
@@ -29,37 +28,9 @@ fn peak_rss() -> u64 {
 /// held at once would pass it; the node's normal work here stays far below.
 const RSS_BOUND: u64 = 768 * 1024 * 1024;
 
-fn explicit_long(tag: (u16, u16), vr: &[u8; 2], len: u32, value: &[u8]) -> Vec<u8> {
-    let mut v = Vec::new();
-    v.extend_from_slice(&tag.0.to_le_bytes());
-    v.extend_from_slice(&tag.1.to_le_bytes());
-    v.extend_from_slice(vr);
-    v.extend_from_slice(&[0, 0]);
-    v.extend_from_slice(&len.to_le_bytes());
-    v.extend_from_slice(value);
-    v
-}
-
-fn item_marker(element: u16, len: u32) -> Vec<u8> {
-    let mut v = Vec::new();
-    v.extend_from_slice(&0xFFFEu16.to_le_bytes());
-    v.extend_from_slice(&element.to_le_bytes());
-    v.extend_from_slice(&len.to_le_bytes());
-    v
-}
-
 /// `levels` nested sequences of undefined length, in Explicit VR LE.
 fn nested_explicit(levels: usize) -> Vec<u8> {
-    let mut v = Vec::new();
-    for _ in 0..levels {
-        v.extend(explicit_long((0x0040, 0xA730), b"SQ", UNDEFINED, &[]));
-        v.extend(item_marker(0xE000, UNDEFINED));
-    }
-    for _ in 0..levels {
-        v.extend(item_marker(0xE00D, 0));
-        v.extend(item_marker(0xE0DD, 0));
-    }
-    v
+    raw::nested(levels, &[])
 }
 
 /// One P-DATA-TF PDU with one PDV (PS3.8 9.3.5).
@@ -167,7 +138,7 @@ async fn a_deeply_nested_command_set_is_aborted_and_the_node_keeps_serving() {
         cmd.extend_from_slice(&0x0000u16.to_le_bytes());
         cmd.extend_from_slice(&0x0902u16.to_le_bytes());
         cmd.extend_from_slice(&UNDEFINED.to_le_bytes());
-        cmd.extend(item_marker(0xE000, UNDEFINED));
+        cmd.extend(raw::marker(0xE000, UNDEFINED));
     }
     let mut a = echo_association(&n, "NESTER").await;
     let ctx = a.contexts()[0].id;
@@ -231,7 +202,7 @@ async fn declared_lengths_beyond_the_bytes_cost_no_memory() {
     // A C-STORE data set of about 300 bytes declaring 2 GiB.
     let spec = Spec::ct(901, 1, 1, 0);
     let mut data = encode(&spec);
-    data.extend(explicit_long((0x7FE1, 0x1010), b"OB", 0x8000_0000, &[0; 4]));
+    data.extend(raw::long((0x7FE1, 0x1010), b"OB", 0x8000_0000, &[0; 4]));
     let st = store_raw(&n, &spec, &data).await;
     refused_and_unharmed(
         &n,
@@ -274,7 +245,7 @@ async fn a_deflate_bomb_is_refused() {
         flate2::write::DeflateEncoder::new(Vec::new(), flate2::Compression::default());
     deflate.write_all(&encode(&spec)).unwrap();
     deflate
-        .write_all(&explicit_long((0x0009, 0x1010), b"OB", 256 << 20, &[]))
+        .write_all(&raw::long((0x0009, 0x1010), b"OB", 256 << 20, &[]))
         .unwrap();
     let zeros = vec![0u8; 1 << 20];
     for _ in 0..256 {
