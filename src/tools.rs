@@ -44,17 +44,8 @@ pub enum KeyError {
 /// C-ECHO once; returns the status code and the round-trip time.
 pub async fn echo(opts: &ScuOptions) -> Result<(u16, Duration), ToolError> {
     let start = Instant::now();
-    let mut assoc = ScuAssociation::connect(
-        opts,
-        &[ProposedContext {
-            abstract_syntax: uids::VERIFICATION.to_string(),
-            transfer_syntaxes: vec![
-                uids::EXPLICIT_VR_LITTLE_ENDIAN.to_string(),
-                uids::IMPLICIT_VR_LITTLE_ENDIAN.to_string(),
-            ],
-        }],
-    )
-    .await?;
+    let mut assoc =
+        ScuAssociation::connect(opts, &[uncompressed_context(uids::VERIFICATION)]).await?;
     let status = assoc.echo().await?;
     assoc.release().await?;
     Ok((status.code, start.elapsed()))
@@ -651,13 +642,48 @@ fn accepted_context(assoc: &ScuAssociation, sop: &str, service: &str) -> Result<
 }
 
 /// Advance a retrieve progress bar from a Pending response's counters.
-fn show_progress(bar: &ProgressBar, rsp: &crate::dimse::Command) {
-    let done = u64::from(rsp.completed.unwrap_or(0))
-        + u64::from(rsp.failed.unwrap_or(0))
-        + u64::from(rsp.warning.unwrap_or(0));
-    bar.set_length(done + u64::from(rsp.remaining.unwrap_or(0)));
-    bar.set_position(done);
-    bar.set_message(format!("{} failed", rsp.failed.unwrap_or(0)));
+/// The pending responses of a C-MOVE or C-GET as they come: counted, and shown on a bar.
+struct SubOperationProgress {
+    bar: ProgressBar,
+    pending: usize,
+}
+
+impl SubOperationProgress {
+    fn new(show: bool) -> SubOperationProgress {
+        SubOperationProgress {
+            bar: progress_bar(show, 0),
+            pending: 0,
+        }
+    }
+
+    fn pending(&mut self, rsp: &crate::dimse::Command) {
+        self.pending += 1;
+        let done = u64::from(rsp.completed.unwrap_or(0))
+            + u64::from(rsp.failed.unwrap_or(0))
+            + u64::from(rsp.warning.unwrap_or(0));
+        self.bar
+            .set_length(done + u64::from(rsp.remaining.unwrap_or(0)));
+        self.bar.set_position(done);
+        self.bar
+            .set_message(format!("{} failed", rsp.failed.unwrap_or(0)));
+    }
+
+    /// The outcome, with the final response.
+    fn finish(self, last: crate::dimse::Command) -> MoveResult {
+        self.bar.finish_and_clear();
+        MoveResult::from_final(last, self.pending)
+    }
+}
+
+/// A query/retrieve context proposed with the uncompressed little-endian syntaxes.
+fn uncompressed_context(sop: &str) -> ProposedContext {
+    ProposedContext {
+        abstract_syntax: sop.to_string(),
+        transfer_syntaxes: vec![
+            uids::EXPLICIT_VR_LITTLE_ENDIAN.to_string(),
+            uids::IMPLICIT_VR_LITTLE_ENDIAN.to_string(),
+        ],
+    }
 }
 
 impl std::fmt::Display for MoveResult {
@@ -695,13 +721,7 @@ pub async fn move_to(
 ) -> Result<MoveResult, ToolError> {
     let (bytes, _) = find_identifier(spec)?;
     let sop = spec.model.move_sop_class();
-    let context = ProposedContext {
-        abstract_syntax: sop.to_string(),
-        transfer_syntaxes: vec![
-            uids::EXPLICIT_VR_LITTLE_ENDIAN.to_string(),
-            uids::IMPLICIT_VR_LITTLE_ENDIAN.to_string(),
-        ],
-    };
+    let context = uncompressed_context(sop);
     let extended = if spec.relational {
         vec![(sop.to_string(), vec![1])]
     } else {
@@ -713,17 +733,14 @@ pub async fn move_to(
     };
     let mut assoc = ScuAssociation::connect_with(opts, &[context], &negotiation).await?;
     let ctx = accepted_context(&assoc, sop, "move")?;
-    let bar = progress_bar(progress, 0);
-    let mut pending = 0usize;
+    let mut seen = SubOperationProgress::new(progress);
     let last = assoc
         .move_to(ctx, sop, destination, &bytes, spec.cancel_after, |rsp| {
-            pending += 1;
-            show_progress(&bar, rsp);
+            seen.pending(rsp)
         })
         .await?;
-    bar.finish_and_clear();
     assoc.release().await?;
-    Ok(MoveResult::from_final(last, pending))
+    Ok(seen.finish(last))
 }
 
 /// Storage SOP classes `pacsd get` can receive (an association has at most 128 contexts, so
@@ -801,13 +818,7 @@ pub async fn get_into(
     })?;
     let (bytes, _) = find_identifier(spec)?;
     let sop = spec.model.get_sop_class();
-    let mut proposed = vec![ProposedContext {
-        abstract_syntax: sop.to_string(),
-        transfer_syntaxes: vec![
-            uids::EXPLICIT_VR_LITTLE_ENDIAN.to_string(),
-            uids::IMPLICIT_VR_LITTLE_ENDIAN.to_string(),
-        ],
-    }];
+    let mut proposed = vec![uncompressed_context(sop)];
     proposed.extend(GET_STORAGE_CLASSES.iter().map(|c| {
         ProposedContext {
             abstract_syntax: c.to_string(),
@@ -823,8 +834,7 @@ pub async fn get_into(
     };
     let mut assoc = ScuAssociation::connect_with(opts, &proposed, &negotiation).await?;
     let ctx = accepted_context(&assoc, sop, "get")?;
-    let bar = progress_bar(progress, 0);
-    let mut pending = 0usize;
+    let mut seen = SubOperationProgress::new(progress);
     let store = |class: &str, inst: &str, ts: &str, data: Vec<u8>| -> crate::dimse::Status {
         use crate::dimse::{Status, status};
         let Ok(uid) = crate::storage::Uid::parse(inst) else {
@@ -842,11 +852,9 @@ pub async fn get_into(
     };
     let last = assoc
         .get(ctx, sop, &bytes, spec.cancel_after, store, |rsp| {
-            pending += 1;
-            show_progress(&bar, rsp);
+            seen.pending(rsp)
         })
         .await?;
-    bar.finish_and_clear();
     assoc.release().await?;
-    Ok(MoveResult::from_final(last, pending))
+    Ok(seen.finish(last))
 }

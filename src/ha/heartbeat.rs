@@ -322,15 +322,7 @@ mod tests {
         let b = Links::bind(&[(pb, pa)], key()).await.unwrap();
         let (tx, mut rx) = mpsc::channel(8);
         b.receive("b".into(), tx, Audit::off());
-        let beat = Beat {
-            node: "a".into(),
-            primary: true,
-            epoch: 3,
-            seq: 7,
-            token: 42,
-            echo: Some(9),
-            maintenance: false,
-        };
+        let beat = beat("a");
         a.send(&Beat {
             node: "b".into(),
             ..beat.clone()
