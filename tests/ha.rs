@@ -76,15 +76,7 @@ impl Member {
     }
 
     fn status(&self) -> Option<Status> {
-        let out = Command::new(BIN)
-            .args(["ha", "status", "--json", "--config"])
-            .arg(&self.config)
-            .output()
-            .unwrap();
-        out.status
-            .success()
-            .then(|| serde_json::from_slice(&out.stdout).ok())
-            .flatten()
+        ha_status(&self.config)
     }
 
     fn scu(&self) -> ScuOptions {
@@ -238,10 +230,7 @@ impl Pair {
 
     fn start_witness(&mut self) {
         let child = Command::new(BIN)
-            .args(["witness", "--listen", &self.witness_addr, "--dir"])
-            .arg(self.dir.path().join("witness"))
-            .args(["--node", "a", "--node", "b", "--key-file"])
-            .arg(self.dir.path().join("ha.key"))
+            .args(witness_args(&self.witness_addr, self.dir.path()))
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()

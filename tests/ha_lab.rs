@@ -129,10 +129,7 @@ impl Lab {
     fn start_witness(&mut self) {
         let child = Command::new("ip")
             .args(["netns", "exec", &format!("{}-w", self.name), BIN])
-            .args(["witness", "--listen", "10.77.0.4:7402", "--dir"])
-            .arg(self.dir.path().join("witness"))
-            .args(["--node", "a", "--node", "b", "--key-file"])
-            .arg(self.dir.path().join("ha.key"))
+            .args(witness_args("10.77.0.4:7402", self.dir.path()))
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -207,15 +204,7 @@ impl Lab {
     }
 
     fn status(&self, node: &str) -> Option<Status> {
-        let out = Command::new(BIN)
-            .args(["ha", "status", "--json", "--config"])
-            .arg(self.config(node))
-            .output()
-            .unwrap();
-        out.status
-            .success()
-            .then(|| serde_json::from_slice(&out.stdout).ok())
-            .flatten()
+        ha_status(&self.config(node))
     }
 
     fn primary(&self) -> Option<String> {

@@ -1031,3 +1031,33 @@ pub fn write_specs(dir: &Path, specs: &[pacsd::synth::Spec]) -> Vec<PathBuf> {
         })
         .collect()
 }
+
+/// `pacsd witness` arguments for a pair `a`/`b` whose directory `dir` holds `ha.key`: it
+/// listens on `listen` and keeps its state in `dir/witness`.
+pub fn witness_args(listen: &str, dir: &Path) -> Vec<std::ffi::OsString> {
+    let mut args: Vec<std::ffi::OsString> = ["witness", "--listen", listen, "--dir"]
+        .iter()
+        .map(Into::into)
+        .collect();
+    args.push(dir.join("witness").into());
+    args.extend(
+        ["--node", "a", "--node", "b", "--key-file"]
+            .iter()
+            .map(Into::into),
+    );
+    args.push(dir.join("ha.key").into());
+    args
+}
+
+/// `pacsd ha status --json` of the node configured by `config` (None: it did not answer).
+pub fn ha_status(config: &Path) -> Option<pacsd::ha::driver::Status> {
+    let out = Command::new(env!("CARGO_BIN_EXE_pacsd"))
+        .args(["ha", "status", "--json", "--config"])
+        .arg(config)
+        .output()
+        .unwrap();
+    out.status
+        .success()
+        .then(|| serde_json::from_slice(&out.stdout).ok())
+        .flatten()
+}
