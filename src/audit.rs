@@ -17,6 +17,7 @@
 //! | C-STORE received | 110104 DICOM Instances Transferred | | C (R when already stored) |
 //! | C-FIND | 110112 Query | | E |
 //! | C-MOVE / C-GET sent instances | 110106 Export | | R |
+//! | a study, series or instance deleted | 110105 DICOM Study Deleted | | D |
 //! | HA role change | 110100 Application Activity | PACSD HA-ROLE "HA role change" | E |
 //! | forged or unauthenticated HA message refused | 110113 Security Alert | 110126 Node Authentication | E |
 
@@ -53,6 +54,7 @@ pub const LOGIN: Code = Code("110122", "DCM", "Login");
 pub const INSTANCES_TRANSFERRED: Code = Code("110104", "DCM", "DICOM Instances Transferred");
 pub const QUERY: Code = Code("110112", "DCM", "Query");
 pub const EXPORT: Code = Code("110106", "DCM", "Export");
+pub const STUDY_DELETED: Code = Code("110105", "DCM", "DICOM Study Deleted");
 pub const SECURITY_ALERT: Code = Code("110113", "DCM", "Security Alert");
 pub const NODE_AUTHENTICATION: Code = Code("110126", "DCM", "Node Authentication");
 pub const HA_ROLE: Code = Code("HA-ROLE", "99PACSD", "HA role change");

@@ -267,12 +267,6 @@ impl Node {
         // listener does not wait for the probe.
         let probe = self.storage.clone();
         tokio::spawn(async move { probe.probe().await });
-        let worker = tokio::spawn(crate::archive::maintenance::repair_worker(
-            self.index.clone(),
-            self.storage.clone(),
-            Duration::from_secs_f64(self.config.storage.repair_interval_secs),
-            shutdown.clone(),
-        ));
         let renderer = self.config.preview.enabled.then(|| {
             tokio::spawn(crate::render::worker::run(
                 self.index.clone(),
@@ -290,6 +284,11 @@ impl Node {
                 let config = self.config.clone();
                 Box::new(move |ae: &str| config.on_conflict(ae))
             },
+        ));
+        let worker = tokio::spawn(crate::archive::maintenance::repair_worker(
+            store.clone(),
+            Duration::from_secs_f64(self.config.storage.repair_interval_secs),
+            shutdown.clone(),
         ));
         let metrics = Arc::new(crate::metrics::Metrics::default());
         let services = Arc::new(Services {

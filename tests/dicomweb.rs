@@ -9,7 +9,6 @@ use std::process::Command;
 use std::time::Duration;
 
 use common::*;
-use pacsd::index::account::Rights;
 use pacsd::synth::Spec;
 
 const PASSWORD: &str = "a long test password";
@@ -21,20 +20,12 @@ async fn web_node(tweak: impl FnOnce(&mut pacsd::config::Config)) -> (TestNode, 
         tweak(c)
     })
     .await;
-    n.node
-        .index
-        .add_account("pacs-admin", PASSWORD, Rights::ALL)
-        .await
-        .unwrap();
-    n.node
-        .index
-        .add_account("viewer", PASSWORD, Rights::parse("read").unwrap())
-        .await
-        .unwrap();
-    let base = format!(
-        "http://127.0.0.1:{}/dicom-web",
-        n.node.http_addr.expect("http listener").port()
-    );
+    n.add_accounts(&[
+        ("pacs-admin", PASSWORD, "admin"),
+        ("viewer", PASSWORD, "read"),
+    ])
+    .await;
+    let base = n.dicomweb();
     (n, base)
 }
 

@@ -1036,7 +1036,7 @@ async fn an_admin_switches_over_from_the_portal() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn accounts_changed_on_the_primary_are_the_standbys_after_a_takeover() {
+async fn accounts_and_deletions_on_the_primary_are_the_standbys_after_a_takeover() {
     let _serial = serial();
     let mut p = Pair::started(55, false);
     const PW: &str = "a nurse's long password";
@@ -1056,6 +1056,29 @@ async fn accounts_changed_on_the_primary_are_the_standbys_after_a_takeover() {
     // The standby takes no change of its own: it would be missing on the primary.
     let (ok, said) = p.b.user(&["add", "intern", "--role", "viewer"], PW);
     assert!(!ok && said.contains("not the serving primary"), "{said}");
+
+    // An instance deleted on the primary (answered once the standby has the deletion).
+    let (ok, said) = p.a.user(&["add", "chief", "--role", "admin"], PW);
+    assert!(ok, "{said}");
+    let mut client = Client::new(5501);
+    for _ in 0..3 {
+        client.store_one(&[p.a.scu()]).await;
+    }
+    assert_eq!(client.acked.len(), 3, "{}", p.logs());
+    let gone = client.acked[0].clone();
+    let web = reqwest::Client::builder().no_proxy().build().unwrap();
+    let instance = format!(
+        "/dicom-web/studies/{}/series/{}/instances/{}",
+        gone.study_uid, gone.series_uid, gone.sop_uid
+    );
+    let url = |m: &Member, path: &str| format!("http://{}:{}{path}", m.ip, m.http_port);
+    let rsp = web
+        .delete(url(&p.a, &instance))
+        .basic_auth("chief", Some(PW))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(rsp.status().as_u16(), 200, "{}", p.logs());
 
     // Take-over by failure: the primary dies, b serves.
     p.a.kill();
@@ -1081,6 +1104,22 @@ async fn accounts_changed_on_the_primary_are_the_standbys_after_a_takeover() {
         p.b.qido_status(|r| r.basic_auth("intern", Some(PW))).await,
         401
     );
+    let listed = web
+        .get(url(
+            &p.b,
+            &format!("/dicom-web/studies/{}/instances", gone.study_uid),
+        ))
+        .basic_auth("chief", Some(PW))
+        .send()
+        .await
+        .unwrap();
+    let listed: serde_json::Value = serde_json::from_str(&listed.text().await.unwrap()).unwrap();
+    assert_eq!(
+        listed.as_array().map(Vec::len),
+        Some(2),
+        "deleted on a, gone on b: {listed}"
+    );
+    assert_all_kept(&p.b, &client.acked[1..], &p.logs()).await;
     // And b, now primary, changes accounts itself.
     let (ok, said) = p.b.user(&["password", "nurse"], "a new long password");
     assert!(ok, "{said}");

@@ -11,7 +11,6 @@ use std::io::Read;
 use std::process::Command;
 
 use common::*;
-use pacsd::index::account::Rights;
 use pacsd::synth::Spec;
 use serde_json::json;
 
@@ -120,16 +119,11 @@ async fn the_portal_in_a_browser() {
     let admin_pw = "an admin's long password";
     let viewer_pw = "a viewer's long password";
     // Beside the first-start account (`admin`, random password): known ones.
-    n.node
-        .index
-        .add_account("chief", admin_pw, Rights::ALL)
-        .await
-        .unwrap();
-    n.node
-        .index
-        .add_account("viewer", viewer_pw, Rights::parse("viewer").unwrap())
-        .await
-        .unwrap();
+    n.add_accounts(&[
+        ("chief", admin_pw, "admin"),
+        ("viewer", viewer_pw, "viewer"),
+    ])
+    .await;
     let specs = corpus();
     store_specs(&n.scu("MODALITY"), &specs).await;
     let study = specs[0].study_uid.clone();
@@ -410,6 +404,41 @@ async fn the_portal_in_a_browser() {
         "{audit:#?}"
     );
 
+    // The admin deleted the study of the special name: gone from the index and the replicas,
+    // in the audit trail with who did it.
+    let deleted_study = &specs[specs.len() - 1].study_uid;
+    assert_eq!(
+        seen["deleteUnconfirmedStaysOn"],
+        format!("/portal/studies/{deleted_study}")
+    );
+    assert_eq!(seen["afterDelete"], "/portal/studies?deleted=1");
+    assert!(
+        seen["deleteMessage"]
+            .as_str()
+            .unwrap()
+            .contains("1 image removed")
+    );
+    assert_eq!(seen["deletedStudyPage"], 404);
+    assert_eq!(
+        n.node.index.study_counts(deleted_study).await.unwrap(),
+        None
+    );
+    for r in 0..3 {
+        assert!(
+            !n.files_in_replica(r)
+                .iter()
+                .any(|f| f.to_string_lossy().contains(&format!("/{deleted_study}/"))),
+            "replica {r} still holds the deleted study"
+        );
+    }
+    let trail = std::fs::read_to_string(n.dir.path().join("audit.log")).unwrap();
+    assert!(
+        trail.lines().any(|l| l.contains("110105")
+            && l.contains("chief")
+            && l.contains(deleted_study.as_str())),
+        "no DICOM Study Deleted record"
+    );
+
     // Signed out means signed out.
     assert_eq!(seen["afterLogout"], "/portal/login");
     assert_eq!(seen["afterLogoutStudies"], "/portal/login");
@@ -422,6 +451,9 @@ async fn the_portal_in_a_browser() {
     assert_eq!(seen["viewerSeesOperations"], false);
     assert_eq!(seen["viewerOperationsPage"], 403);
     assert_eq!(seen["viewerVerify"], 403);
+    assert_eq!(seen["viewerSeesDelete"], false);
+    assert_eq!(seen["viewerDelete"], 403);
+    assert!(n.node.index.study_counts(&study).await.unwrap().is_some());
     assert_eq!(seen["forgedCsrf"], 403);
 
     n.node.stop().await;
@@ -436,11 +468,7 @@ async fn open_in_viewer_draws_the_study_in_ohif_served_by_the_node() {
     })
     .await;
     let password = "a radiologist's long password";
-    n.node
-        .index
-        .add_account("reader", password, Rights::parse("viewer").unwrap())
-        .await
-        .unwrap();
+    n.add_accounts(&[("reader", password, "viewer")]).await;
     let specs: Vec<_> = (1..=6).map(|i| Spec::ct(7, 1, i, 256)).collect();
     store_specs(&n.scu("MODALITY"), &specs).await;
     let study = specs[0].study_uid.clone();

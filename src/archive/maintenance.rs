@@ -79,11 +79,15 @@ pub async fn rebuild_index(
     let _ = std::fs::remove_file(&fresh);
     remove_sqlite_sidecars(&fresh);
     let index = Index::open(&fresh)?;
+    let tombstones = tombstones_of(&target).await;
+    let deleted: std::collections::HashSet<&str> =
+        tombstones.iter().map(|(k, _)| k.as_str()).collect();
     let keys: Vec<String> = storage
         .list_keys()
         .await?
         .into_iter()
         .filter(|k| parse_object_key(storage.prefix(), k).is_some())
+        .filter(|k| !deleted.contains(k.as_str()))
         .collect();
     let bar = crate::tools::progress_bar(progress, keys.len() as u64);
     let mut summary = RebuildSummary::default();
@@ -105,6 +109,8 @@ pub async fn rebuild_index(
         }
     }
     bar.finish_and_clear();
+    drop(deleted);
+    index.add_tombstones(tombstones).await?;
     drop(index);
     if target.exists() {
         let backup = target.with_extension("sqlite.bak");
@@ -120,6 +126,26 @@ pub async fn rebuild_index(
     })?;
     remove_sqlite_sidecars(&fresh);
     Ok(summary)
+}
+
+/// The tombstones of the index at `path`, which a rebuild keeps (their objects are deleted
+/// instances not yet gone from every replica); none when it is missing or unreadable.
+async fn tombstones_of(path: &std::path::Path) -> Vec<(String, String)> {
+    if !path.exists() {
+        return Vec::new();
+    }
+    let read = async {
+        let old = Index::open(path)?;
+        old.tombstones("", usize::MAX >> 1).await
+    };
+    match read.await {
+        Ok(t) => t,
+        Err(e) => {
+            tracing::warn!(index = %path.display(), error = %e,
+                "the old index's deletions could not be read; deleted objects still in storage are indexed again");
+            Vec::new()
+        }
+    }
 }
 
 /// The index record of a stored object, read back from storage: its header parsed, its
@@ -163,7 +189,8 @@ pub async fn record_from_storage(
 
 /// Index every object in storage that the index does not have (HA: a node taking over from
 /// a primary that went on alone, whose last records it never received; the objects are on
-/// the shared storage because data is written before metadata). Returns how many were added.
+/// the shared storage because data is written before metadata), except deleted ones whose
+/// removal is still pending (tombstoned). Returns how many were added.
 pub async fn recover_from_storage(
     index: &Index,
     storage: &Storage,
@@ -174,7 +201,7 @@ pub async fn recover_from_storage(
         let Some((_, _, sop)) = parse_object_key(storage.prefix(), &key) else {
             continue;
         };
-        if index.instance(sop.as_str()).await?.is_some() {
+        if index.instance(sop.as_str()).await?.is_some() || index.has_tombstone(&key).await? {
             continue;
         }
         match record_from_storage(storage, &key).await {
@@ -249,11 +276,11 @@ pub const ABANDONED_UPLOAD_AGE: Duration = Duration::from_secs(600);
 /// How often the repair worker looks for them (a listing of every replica).
 const ABANDONED_UPLOAD_SWEEP: Duration = Duration::from_secs(3600);
 
-/// The background repair worker: one pass per interval until shutdown, and a sweep of
-/// abandoned uploads on the first pass and then hourly.
+/// The background repair worker: one pass per interval until shutdown (repairs, then the
+/// deleted objects still to remove), and a sweep of abandoned uploads on the first pass and
+/// then hourly.
 pub(crate) async fn repair_worker(
-    index: Index,
-    storage: Arc<Storage>,
+    store: Arc<super::store::Store>,
     interval: Duration,
     mut shutdown: Shutdown,
 ) {
@@ -263,11 +290,17 @@ pub(crate) async fn repair_worker(
             _ = tokio::time::sleep(interval) => {}
             _ = shutdown.wait() => return,
         }
-        if let Err(e) = repair_pass(&index, &storage).await {
+        if let Err(e) = repair_pass(&store.index, &store.storage).await {
             tracing::warn!(error = %e, "repair pass failed");
         }
+        if let Err(e) = store.remove_deleted().await {
+            tracing::warn!(error = %e, "removing deleted objects failed");
+        }
         if last_sweep.is_none_or(|t| t.elapsed() >= ABANDONED_UPLOAD_SWEEP) {
-            storage.remove_abandoned_uploads(ABANDONED_UPLOAD_AGE).await;
+            store
+                .storage
+                .remove_abandoned_uploads(ABANDONED_UPLOAD_AGE)
+                .await;
             last_sweep = Some(std::time::Instant::now());
         }
     }

@@ -9,12 +9,16 @@
 //! - storing an object (`store`): validate, quorum write, index row, HA commit gate, undo on
 //!   failure, one version per instance; C-STORE (`service::store`), STOW-RS and the portal's
 //!   upload call it;
+//! - deleting a study, a series or an instance (`delete`): index rows and tombstones first
+//!   (confirmed by the standby), then the objects on every replica; a tombstone stays until
+//!   every replica has lost its object, so nothing deleted comes back;
 //! - the maintenance passes (repair, verify, rebuild and recovery from storage) are in
 //!   `maintenance`.
 //!
 //! Previews (`render`), C-MOVE/C-GET, WADO and the portal's downloads and verify, and HA
 //! recovery use it too.
 
+pub mod delete;
 pub mod maintenance;
 pub mod store;
 

@@ -137,7 +137,7 @@ impl Store {
     }
 
     /// In HA mode, wait until rows up to `seq` may be acknowledged.
-    async fn confirm(&self, seq: i64) -> Result<(), StoreError> {
+    pub(super) async fn confirm(&self, seq: i64) -> Result<(), StoreError> {
         match &self.gate {
             Some(g) => g.confirm(seq).await.map_err(StoreError::NotConfirmed),
             None => Ok(()),
@@ -188,13 +188,8 @@ impl Store {
         study: Option<&Uid>,
         subject: &mut Subject,
     ) -> Result<record::InstanceRecord, StoreError> {
-        let sop = object.sop_instance.to_string();
-        let lock = self.lock_for(&sop);
-        let guard = lock.lock().await;
-        let result = self.store_locked(object, study, subject).await;
-        drop(guard);
-        self.release_lock(&sop, lock);
-        result
+        let _held = self.hold(object.sop_instance.as_str()).await;
+        self.store_locked(object, study, subject).await
     }
 
     async fn store_locked(
@@ -352,20 +347,40 @@ impl Store {
         Ok(())
     }
 
-    fn lock_for(&self, uid: &str) -> Arc<tokio::sync::Mutex<()>> {
-        self.in_flight
+    /// Hold the per-instance lock of `uid` (storing and removing one instance's object
+    /// exclude each other) until the guard drops.
+    pub(super) async fn hold(&self, uid: &str) -> Held<'_> {
+        let lock = self
+            .in_flight
             .lock()
             .expect("in-flight map")
             .entry(uid.to_string())
             .or_default()
-            .clone()
+            .clone();
+        let guard = lock.clone().lock_owned().await;
+        Held {
+            store: self,
+            uid: uid.to_string(),
+            lock,
+            _guard: guard,
+        }
     }
+}
 
-    fn release_lock(&self, uid: &str, lock: Arc<tokio::sync::Mutex<()>>) {
-        let mut map = self.in_flight.lock().expect("in-flight map");
-        // Two references: the map's and ours. Nobody else waits: remove the entry.
-        if Arc::strong_count(&lock) == 2 {
-            map.remove(uid);
+/// A held per-instance lock; the map entry goes with the last holder or waiter.
+pub(super) struct Held<'s> {
+    store: &'s Store,
+    uid: String,
+    lock: Arc<tokio::sync::Mutex<()>>,
+    _guard: tokio::sync::OwnedMutexGuard<()>,
+}
+
+impl Drop for Held<'_> {
+    fn drop(&mut self) {
+        let mut map = self.store.in_flight.lock().expect("in-flight map");
+        // Three references: the map's, ours and the guard's. Nobody else waits: remove it.
+        if Arc::strong_count(&self.lock) == 3 {
+            map.remove(&self.uid);
         }
     }
 }

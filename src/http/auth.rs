@@ -146,7 +146,9 @@ fn needed(method: &Method, path: &str) -> Option<fn(&Rights) -> bool> {
     if path == "/metrics" {
         return Some(|r| r.admin);
     }
-    if method == Method::POST {
+    if method == Method::DELETE {
+        Some(|r| r.admin)
+    } else if method == Method::POST {
         Some(|r| r.upload)
     } else {
         Some(|r| r.read)
@@ -210,6 +212,19 @@ mod tests {
         );
         assert_eq!(check(Method::GET, "/metrics", &read), Some(false));
         assert_eq!(check(Method::GET, "/metrics", &Rights::ALL), Some(true));
+        let upload = Rights {
+            read: true,
+            upload: true,
+            ..Rights::default()
+        };
+        assert_eq!(
+            check(Method::DELETE, "/dicom-web/studies/1.2", &upload),
+            Some(false)
+        );
+        assert_eq!(
+            check(Method::DELETE, "/dicom-web/studies/1.2", &Rights::ALL),
+            Some(true)
+        );
         // The portal checks its own sessions.
         assert_eq!(check(Method::GET, "/portal/studies", &read), None);
         assert_eq!(check(Method::POST, "/portal/login", &read), None);

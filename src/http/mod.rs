@@ -6,6 +6,7 @@
 //! the one place an error becomes an HTTP status.
 
 pub mod auth;
+pub mod delete;
 pub mod multipart;
 pub mod ops;
 pub mod portal;
@@ -313,14 +314,19 @@ fn dicomweb_routes() -> Router<Arc<WebState>> {
         .route("/instances", get(qido::all_instances))
         .route(
             "/studies/{study}",
-            get(wado::study).post(stow::store_in_study),
+            get(wado::study)
+                .post(stow::store_in_study)
+                .delete(delete::study),
         )
         .route("/studies/{study}/metadata", get(wado::study_metadata))
         .route("/studies/{study}/series", get(qido::series_of_study))
         .route("/studies/{study}/instances", get(qido::instances_of_study))
         .route("/studies/{study}/rendered", get(wado::study_rendered))
         .route("/studies/{study}/thumbnail", get(wado::study_thumbnail))
-        .route("/studies/{study}/series/{series}", get(wado::series))
+        .route(
+            "/studies/{study}/series/{series}",
+            get(wado::series).delete(delete::series),
+        )
         .route(
             "/studies/{study}/series/{series}/metadata",
             get(wado::series_metadata),
@@ -339,7 +345,7 @@ fn dicomweb_routes() -> Router<Arc<WebState>> {
         )
         .route(
             "/studies/{study}/series/{series}/instances/{instance}",
-            get(wado::instance),
+            get(wado::instance).delete(delete::instance),
         )
         .route(
             "/studies/{study}/series/{series}/instances/{instance}/metadata",

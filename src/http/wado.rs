@@ -20,7 +20,6 @@ use super::{WebError, WebState, clip, origin_of, path_uid};
 use crate::archive::read_verified;
 use crate::dicomjson::BASE_PLACEHOLDER;
 use crate::index::StoredInstance;
-use crate::index::query::{Column, Condition, Level, Matcher, Query};
 use crate::metrics::Metrics;
 use crate::service::retrieve::transcode;
 
@@ -40,26 +39,7 @@ pub(crate) async fn stored(
     series: Option<&str>,
     sop: Option<&str>,
 ) -> Result<Vec<StoredInstance>, WebError> {
-    let single = |column, v: &str| Condition {
-        column,
-        matcher: Matcher::Single(v.to_string()),
-    };
-    let mut conditions = vec![single(Column::StudyInstanceUid, study)];
-    if let Some(se) = series {
-        conditions.push(single(Column::SeriesInstanceUid, se));
-    }
-    if let Some(i) = sop {
-        conditions.push(single(Column::SopInstanceUid, i));
-    }
-    let q = Query {
-        level: Level::Image,
-        conditions,
-        select: Vec::new(),
-        pn_case_insensitive: false,
-        combined_study_datetime: false,
-        order: Default::default(),
-    };
-    let mut out = state.index.stored_instances(q).await?;
+    let mut out = state.index.instances_under(study, series, sop).await?;
     if out.is_empty() {
         let what = match (series, sop) {
             (_, Some(i)) => format!("instance {i}"),

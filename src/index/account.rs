@@ -411,6 +411,7 @@ fn invalid(reason: String) -> IndexError {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::index::fixtures::replay;
 
     #[test]
     fn rights_parse_and_print() {
@@ -480,13 +481,6 @@ mod tests {
     }
 
     /// What a standby does with the primary's change log: each row applied at its seq.
-    async fn replay(from: &Index, to: &Index) {
-        let after = to.last_change().await.unwrap().0;
-        for change in from.changes_after(after, 100).await.unwrap() {
-            to.apply_replicated(change, Vec::new()).await.unwrap();
-        }
-    }
-
     #[tokio::test]
     async fn account_changes_are_logged_and_replay_on_a_standby() {
         let dir = tempfile::tempdir().unwrap();

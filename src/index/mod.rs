@@ -2,6 +2,7 @@
 //! in numbered .sql migrations, a change log with a monotonically increasing seq.
 
 pub mod account;
+pub mod deletion;
 pub mod preview;
 pub mod query;
 pub mod record;
@@ -49,6 +50,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("migrations/0003_changelog_epoch.sql"),
     include_str!("migrations/0004_accounts.sql"),
     include_str!("migrations/0005_metadata.sql"),
+    include_str!("migrations/0006_deletions.sql"),
 ];
 
 /// Most write jobs folded into one transaction (one fsync) by the group commit.
@@ -171,6 +173,8 @@ enum Work {
     Apply(Maintenance),
     /// A change of the accounts, with its change-log row.
     Account(Box<account::AccountChange>),
+    /// Instances deleted, with their tombstones and change-log row.
+    Delete(Box<deletion::Deletion>),
     /// A change-log row from the HA primary, applied at exactly its seq.
     Replicated {
         epoch: u64,
@@ -187,6 +191,7 @@ enum Done {
     Applied,
     Instance(InsertOutcome),
     Account(account::AccountOutcome),
+    Deleted(deletion::Deleted),
 }
 
 impl Done {
@@ -195,6 +200,7 @@ impl Done {
         match self {
             Done::Instance(InsertOutcome::Inserted { seq }) => Some(*seq),
             Done::Account(o) => o.seq,
+            Done::Deleted(d) => d.seq,
             Done::Instance(InsertOutcome::AlreadyPresent { .. }) | Done::Applied => None,
         }
     }
@@ -433,16 +439,8 @@ impl Index {
             replica.to_string(),
             reason.to_string(),
         );
-        self.apply(Box::new(move |c| {
-            c.execute(
-                "INSERT INTO repair_queue (storage_key, replica, reason, queued_at)
-                 VALUES (?1, ?2, ?3, strftime('%Y-%m-%dT%H:%M:%fZ', 'now'))
-                 ON CONFLICT (storage_key, replica) DO UPDATE SET reason = excluded.reason",
-                params![k, r, why],
-            )?;
-            Ok(())
-        }))
-        .await
+        self.apply(Box::new(move |c| queue_repair_row(c, &k, &r, &why)))
+            .await
     }
 
     /// Remove a repair-queue entry (the replica was healed, or is no longer configured).
@@ -551,19 +549,44 @@ impl Index {
         &self,
         sop_instance_uid: &str,
     ) -> Result<Option<StoredInstance>, IndexError> {
-        use query::{Column, Condition, Matcher};
+        let only = [(query::Column::SopInstanceUid, sop_instance_uid)];
+        Ok(self.instances_where(&only).await?.into_iter().next())
+    }
+
+    /// The instances of a study, of one of its series, or one instance of it.
+    pub async fn instances_under(
+        &self,
+        study: &str,
+        series: Option<&str>,
+        sop: Option<&str>,
+    ) -> Result<Vec<StoredInstance>, IndexError> {
+        use query::Column;
+        let mut only = vec![(Column::StudyInstanceUid, study)];
+        only.extend(series.map(|s| (Column::SeriesInstanceUid, s)));
+        only.extend(sop.map(|s| (Column::SopInstanceUid, s)));
+        self.instances_where(&only).await
+    }
+
+    /// The stored instances whose UIDs are exactly these (column, UID).
+    async fn instances_where(
+        &self,
+        only: &[(query::Column, &str)],
+    ) -> Result<Vec<StoredInstance>, IndexError> {
         let q = query::Query {
             level: query::Level::Image,
-            conditions: vec![Condition {
-                column: Column::SopInstanceUid,
-                matcher: Matcher::Single(sop_instance_uid.to_string()),
-            }],
+            conditions: only
+                .iter()
+                .map(|(column, uid)| query::Condition {
+                    column: *column,
+                    matcher: query::Matcher::Single(uid.to_string()),
+                })
+                .collect(),
             select: Vec::new(),
             pn_case_insensitive: false,
             combined_study_datetime: false,
             order: Default::default(),
         };
-        Ok(self.stored_instances(q).await?.into_iter().next())
+        self.stored_instances(q).await
     }
 
     pub async fn counts(&self) -> Result<Counts, IndexError> {
@@ -853,6 +876,9 @@ fn apply_job(tx: &mut Transaction<'_>, work: &mut Work, epoch: u64) -> Result<Do
             insert_rows(&sp, record, missed, epoch).map(Done::Instance)
         }
         Work::Account(change) => account_rows(&sp, change, epoch, false).map(Done::Account),
+        Work::Delete(deletion) => {
+            deletion::delete_rows(&sp, deletion, epoch, false).map(Done::Deleted)
+        }
         Work::Replicated {
             epoch,
             seq,
@@ -1076,24 +1102,12 @@ fn insert_rows(
         ],
     )?;
     if new_series {
-        c.execute(
-            "UPDATE study SET modalities_in_study = coalesce((
-                 SELECT group_concat(m, '\\') FROM (
-                     SELECT DISTINCT modality AS m FROM series
-                     WHERE study_fk = ?1 AND modality IS NOT NULL AND modality <> ''
-                     ORDER BY modality)), '')
-             WHERE id = ?1",
-            params![study_fk],
-        )?;
+        update_modalities_in_study(c, study_fk)?;
     }
+    deletion::clear_tombstones(c, &rec.storage_key)?;
 
     for (replica, reason) in missed {
-        c.execute(
-            "INSERT INTO repair_queue (storage_key, replica, reason, queued_at)
-             VALUES (?1, ?2, ?3, strftime('%Y-%m-%dT%H:%M:%fZ', 'now'))
-             ON CONFLICT (storage_key, replica) DO UPDATE SET reason = excluded.reason",
-            params![rec.storage_key, replica, reason],
-        )?;
+        queue_repair_row(c, &rec.storage_key, replica, reason)?;
     }
 
     c.execute(
@@ -1110,11 +1124,43 @@ fn insert_rows(
     })
 }
 
+/// ModalitiesInStudy (0008,0061) recomputed from the study's series: sorted, distinct.
+fn update_modalities_in_study(c: &Connection, study_fk: i64) -> Result<(), IndexError> {
+    c.execute(
+        "UPDATE study SET modalities_in_study = coalesce((
+             SELECT group_concat(m, '\\') FROM (
+                 SELECT DISTINCT modality AS m FROM series
+                 WHERE study_fk = ?1 AND modality IS NOT NULL AND modality <> ''
+                 ORDER BY modality)), '')
+         WHERE id = ?1",
+        params![study_fk],
+    )?;
+    Ok(())
+}
+
+/// Queue (or re-queue with a new reason) the repair of `key` on `replica`.
+fn queue_repair_row(
+    c: &Connection,
+    key: &str,
+    replica: &str,
+    reason: &str,
+) -> Result<(), IndexError> {
+    c.execute(
+        "INSERT INTO repair_queue (storage_key, replica, reason, queued_at)
+         VALUES (?1, ?2, ?3, strftime('%Y-%m-%dT%H:%M:%fZ', 'now'))
+         ON CONFLICT (storage_key, replica) DO UPDATE SET reason = excluded.reason",
+        params![key, replica, reason],
+    )?;
+    Ok(())
+}
+
+/// Index rows for the tests of this module and its children.
 #[cfg(test)]
-mod tests {
+pub(crate) mod fixtures {
     use super::*;
 
-    fn rec(study: &str, series: &str, sop: &str, modality: &str) -> InstanceRecord {
+    /// An instance record of a CT (or `modality`) image of patient P1.
+    pub fn rec(study: &str, series: &str, sop: &str, modality: &str) -> InstanceRecord {
         InstanceRecord {
             patient_id: "P1".into(),
             issuer_of_patient_id: String::new(),
@@ -1149,6 +1195,20 @@ mod tests {
             calling_ae_title: None,
         }
     }
+
+    /// Apply every change-log row of `from` that `to` lacks, as a standby does.
+    pub async fn replay(from: &Index, to: &Index) {
+        let after = to.last_change().await.unwrap().0;
+        for change in from.changes_after(after, 100).await.unwrap() {
+            to.apply_replicated(change, Vec::new()).await.unwrap();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::fixtures::rec;
+    use super::*;
 
     #[tokio::test]
     async fn insert_is_idempotent_and_counts_follow() {

@@ -134,21 +134,20 @@ impl Index {
     ) -> Result<(), IndexError> {
         self.apply(Box::new(move |c| {
             let (s, key, size, sha, reason) = state.columns();
-            c.execute(
+            let updated = c.execute(
                 "UPDATE preview SET state = ?2, storage_key = ?3, size = ?4, sha256 = ?5,
                         reason = ?6, updated_at = strftime('%Y-%m-%dT%H:%M:%fZ', 'now')
                  WHERE instance_fk = ?1",
                 params![instance_id, s, key, size, sha, reason],
             )?;
-            if let Some(key) = key {
-                for (replica, why) in &missed {
-                    c.execute(
-                        "INSERT INTO repair_queue (storage_key, replica, reason, queued_at)
-                         VALUES (?1, ?2, ?3, strftime('%Y-%m-%dT%H:%M:%fZ', 'now'))
-                         ON CONFLICT (storage_key, replica) DO UPDATE SET reason = excluded.reason",
-                        params![key, replica, why],
-                    )?;
-                }
+            let Some(key) = key else { return Ok(()) };
+            if updated == 0 {
+                // The instance was deleted while its preview was rendered: the preview's
+                // object goes the way of the instance's (index::deletion).
+                return super::deletion::tombstone(c, key, "");
+            }
+            for (replica, why) in &missed {
+                super::queue_repair_row(c, key, replica, why)?;
             }
             Ok(())
         }))

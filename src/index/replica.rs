@@ -9,9 +9,10 @@ use std::sync::atomic::Ordering;
 use rusqlite::{Connection, OptionalExtension, params};
 
 use super::account::AccountChange;
+use super::deletion::Deletion;
 use super::{Done, Index, IndexError, InsertOutcome, InstanceRecord, Work, insert_rows};
 
-/// What one change-log row changed (its `kind` column: `instance` or `account`).
+/// What one change-log row changed (its `kind` column: `instance`, `account` or `delete`).
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub enum Change {
     /// An instance was indexed. Shipped as `"record"`, the field's name from before accounts
@@ -20,6 +21,8 @@ pub enum Change {
     Instance(Box<InstanceRecord>),
     #[serde(rename = "account")]
     Account(AccountChange),
+    #[serde(rename = "delete")]
+    Delete(Deletion),
 }
 
 /// One change-log row as shipped to the standby.
@@ -81,6 +84,7 @@ impl Index {
                 let change = match kind.as_str() {
                     "instance" => Change::Instance(serde_json::from_str(&json)?),
                     "account" => Change::Account(serde_json::from_str(&json)?),
+                    "delete" => Change::Delete(serde_json::from_str(&json)?),
                     _ => return Err(IndexError::UnknownChange { seq, kind }),
                 };
                 out.push(ChangeRecord {
@@ -174,6 +178,11 @@ pub(super) fn apply_rows(
             let outcome = super::account_rows(c, account, epoch, true)?;
             became(outcome.seq.unwrap_or_default())?;
             Ok(Done::Account(outcome))
+        }
+        Change::Delete(deletion) => {
+            let deleted = super::deletion::delete_rows(c, deletion, epoch, true)?;
+            became(deleted.seq.unwrap_or_default())?;
+            Ok(Done::Deleted(deleted))
         }
     }
 }

@@ -393,19 +393,47 @@ impl Storage {
     /// Remove `key` from the given replicas (undo of a write whose index commit failed).
     /// Failures are logged: the repair scan finds unindexed objects later.
     pub async fn delete_from(&self, key: &str, replicas: &[usize]) {
-        let Ok(path) = store_path(key) else { return };
+        for (i, e) in self.remove_from(key, replicas).await {
+            warn!(replica = %self.replicas[i].location, key, error = %e, "undo delete failed");
+        }
+    }
+
+    /// Remove `key` from every replica (a deleted instance); the replicas (location, error)
+    /// that could not be reached or refused. A replica that does not hold it has lost it.
+    pub async fn remove(&self, key: &str) -> Vec<(String, String)> {
+        let all: Vec<usize> = (0..self.replicas.len()).collect();
+        self.remove_from(key, &all)
+            .await
+            .into_iter()
+            .map(|(i, e)| (self.replicas[i].location.clone(), e))
+            .collect()
+    }
+
+    /// Remove `key` from the given replicas, each within `REPLICA_OP_TIMEOUT`; the ones that
+    /// failed (index, error). Not found counts as removed.
+    async fn remove_from(&self, key: &str, replicas: &[usize]) -> Vec<(usize, String)> {
+        let path = match store_path(key) {
+            Ok(p) => p,
+            Err(e) => return replicas.iter().map(|&i| (i, e.to_string())).collect(),
+        };
         let deletes = replicas
             .iter()
-            .filter_map(|&i| self.replicas.get(i))
-            .map(|r| {
+            .filter_map(|&i| self.replicas.get(i).map(|r| (i, r)))
+            .map(|(i, r)| {
                 let path = path.clone();
                 async move {
-                    if let Err(e) = async { r.store()?.delete(&path).await }.await {
-                        warn!(replica = %r.location, key = %path, error = %e, "undo delete failed");
+                    let removed = tokio::time::timeout(REPLICA_OP_TIMEOUT, async {
+                        r.store()?.delete(&path).await
+                    })
+                    .await;
+                    match removed {
+                        Ok(Ok(())) | Ok(Err(object_store::Error::NotFound { .. })) => None,
+                        Ok(Err(e)) => Some((i, e.to_string())),
+                        Err(_) => Some((i, format!("no answer within {REPLICA_OP_TIMEOUT:?}"))),
                     }
                 }
             });
-        join_all(deletes).await;
+        join_all(deletes).await.into_iter().flatten().collect()
     }
 
     /// Read a whole object, trying replicas in order until one answers (no checksum: used

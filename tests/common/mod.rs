@@ -114,6 +114,24 @@ impl TestNode {
             .unwrap_or_else(|| panic!("{sop_uid} is not indexed"))
     }
 
+    /// Add HTTP accounts (name, password, rights as `pacsd account` takes them).
+    pub async fn add_accounts(&self, accounts: &[(&str, &str, &str)]) {
+        for (name, password, rights) in accounts {
+            let rights = pacsd::index::account::Rights::parse(rights).unwrap();
+            self.node
+                .index
+                .add_account(name, password, rights)
+                .await
+                .unwrap();
+        }
+    }
+
+    /// The node's DICOMweb base URL.
+    pub fn dicomweb(&self) -> String {
+        let http = self.node.http_addr.expect("http listener");
+        format!("http://127.0.0.1:{}/dicom-web", http.port())
+    }
+
     /// Whether the repair queue is empty within `limit` (the repair worker healed it).
     pub async fn repairs_drain(&self, limit: Duration) -> bool {
         eventually(limit, async || {

@@ -1,8 +1,8 @@
 // Walk through pacsd's web portal in headless Chromium (Debian's package, driven by
 // playwright-core) as its people would: an anonymous visitor, a wrong then a right password,
 // each search filter, a study page with its thumbnails, the image status with a replica's
-// copies removed, an admin's verify and the repaired state, a ZIP download, a viewer refused
-// an admin action, sign-out; every control of every page reached with the Tab key, a
+// copies removed, an admin's verify and the repaired state, a ZIP download, an admin's
+// deletion of a study, a viewer refused admin actions, sign-out; every control of every page reached with the Tab key, a
 // sign-in with the keyboard alone, a folder uploaded through "Choose a folder". Screenshots of every page go to OUT_DIR. Prints one JSON object;
 // tests/portal.rs asserts on it.
 //
@@ -207,6 +207,18 @@ try {
   step('keyboardMisses', keyboard);
   await shot(ap, '10-operations');
 
+  // 8b. An admin deletes a study: unticked, the browser keeps the form; ticked, the study is
+  // gone and the list says how many images went.
+  await ap.goto(`${base}/portal/studies/${nameStudy}`);
+  await ap.click('#delete-study');
+  step('deleteUnconfirmedStaysOn', new URL(ap.url()).pathname);
+  await ap.check('form.delete input[name=confirm]');
+  await Promise.all([ap.waitForNavigation(), ap.click('#delete-study')]);
+  step('afterDelete', new URL(ap.url()).pathname + new URL(ap.url()).search);
+  step('deleteMessage', await ap.textContent('#delete-result'));
+  await shot(ap, '11-study-deleted');
+  step('deletedStudyPage', (await ap.goto(`${base}/portal/studies/${nameStudy}`)).status());
+
   // 9. Sign out: the session is over.
   await Promise.all([ap.waitForNavigation(), ap.click('.signout button')]);
   step('afterLogout', new URL(ap.url()).pathname);
@@ -232,6 +244,12 @@ try {
   step('viewerVerify', await vp.evaluate(async ([s, c]) => {
     const r = await fetch(`/portal/studies/${s}/verify`, {
       method: 'POST', body: new URLSearchParams({ csrf: c }) });
+    return r.status;
+  }, [study, csrf]));
+  step('viewerSeesDelete', (await vp.$('#delete-study')) !== null);
+  step('viewerDelete', await vp.evaluate(async ([s, c]) => {
+    const r = await fetch(`/portal/studies/${s}/delete`, {
+      method: 'POST', body: new URLSearchParams({ csrf: c, confirm: 'yes' }) });
     return r.status;
   }, [study, csrf]));
   step('forgedCsrf', await vp.evaluate(async (s) => {

@@ -42,6 +42,7 @@ pub fn routes() -> Router<Arc<WebState>> {
         .route("/studies", get(pages::studies))
         .route("/studies/{study}", get(pages::study))
         .route("/studies/{study}/verify", post(pages::verify))
+        .route("/studies/{study}/delete", post(pages::delete))
         .route("/studies/{study}/download", get(download::study))
         .route(
             "/studies/{study}/series/{series}/download",
@@ -75,6 +76,23 @@ pub struct Signed {
 impl Signed {
     pub fn rights(&self) -> Rights {
         self.session.account.rights
+    }
+
+    /// Refuse a form that did not come from this session (its CSRF token differs).
+    pub fn check_form(&self, csrf: &str) -> Result<(), WebError> {
+        if session::same_token(csrf, &self.session.csrf) {
+            Ok(())
+        } else {
+            Err(WebError::Forbidden(
+                "the form did not come from this session".into(),
+            ))
+        }
+    }
+
+    /// An administrator's form: from this session, by an admin (`what` says what it does).
+    pub fn admin_form(&self, csrf: &str, what: &str) -> Result<(), WebError> {
+        self.check_form(csrf)?;
+        self.require(self.rights().admin, what)
     }
 
     /// Refuse unless the account has the right `what` names.

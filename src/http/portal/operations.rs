@@ -11,7 +11,6 @@ use maud::{Markup, html};
 use serde::Deserialize;
 
 use super::pages::shown_location;
-use super::session::same_token;
 use super::{Signed, error_page, page};
 use crate::ha::driver::{ControlReply, ControlRequest, Status, control, control_path};
 use crate::http::{WebError, WebState};
@@ -132,12 +131,7 @@ pub async fn switchover(
     Form(f): Form<SwitchoverForm>,
 ) -> Response {
     let run = async {
-        if !same_token(&f.csrf, &signed.session.csrf) {
-            return Err(WebError::Forbidden(
-                "the form did not come from this session".into(),
-            ));
-        }
-        signed.require(signed.rights().admin, "switch over (admin only)")?;
+        signed.admin_form(&f.csrf, "switch over (admin only)")?;
         if f.confirm != "yes" {
             return Err(WebError::BadRequest(
                 "the switchover was not confirmed".into(),

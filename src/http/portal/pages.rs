@@ -193,11 +193,8 @@ pub async fn logout(
     headers: HeaderMap,
     Form(f): Form<CsrfForm>,
 ) -> Response {
-    if !same_token(&f.csrf, &signed.session.csrf) {
-        return error_page(
-            WebError::Forbidden("the form did not come from this session".into()),
-            Some(&signed),
-        );
+    if let Err(e) = signed.check_form(&f.csrf) {
+        return error_page(e, Some(&signed));
     }
     state.sessions.end(&signed.token);
     let mut rsp = Redirect::to("/portal/login").into_response();
@@ -226,6 +223,8 @@ pub struct Filters {
     #[serde(default)]
     sort: String,
     page: Option<u64>,
+    /// Set after a study was deleted: how many images went.
+    deleted: Option<u64>,
 }
 
 /// `YYYY-MM-DD` (an HTML date field) as a DICOM date.
@@ -374,6 +373,11 @@ async fn studies_page(state: &WebState, signed: &Signed, f: &Filters) -> Result<
     let page_no = f.page.unwrap_or(1).max(1);
     let body = html! {
         h1 { "Studies" }
+        @if let Some(n) = f.deleted {
+            p.notice role="status" #delete-result {
+                "Study deleted: " (n) @if n == 1 { " image" } @else { " images" } " removed."
+            }
+        }
         form.filters method="get" action="/portal/studies" role="search" {
             label { "Patient ID" input type="text" name="patient_id" value=(f.patient_id) maxlength="64"; }
             label { "Patient name" input type="text" name="name" value=(f.name) maxlength="64" placeholder="Doe^J (* and ?)"; }
@@ -446,12 +450,7 @@ pub async fn verify(
     Form(f): Form<CsrfForm>,
 ) -> Response {
     let run = async {
-        if !same_token(&f.csrf, &signed.session.csrf) {
-            return Err(WebError::Forbidden(
-                "the form did not come from this session".into(),
-            ));
-        }
-        signed.require(signed.rights().admin, "verify studies (admin only)")?;
+        signed.admin_form(&f.csrf, "verify studies (admin only)")?;
         let study = path_uid("Study Instance UID", &study)?.to_string();
         let mut bad = 0u64;
         for s in stored(&state, &study, None, None).await? {
@@ -462,6 +461,43 @@ pub async fn verify(
             "/portal/studies/{study}?verified={bad}#image-status"
         ))
         .into_response())
+    };
+    match run.await {
+        Ok(r) => r,
+        Err(e) => error_page(e, Some(&signed)),
+    }
+}
+
+#[derive(Deserialize)]
+pub struct DeleteForm {
+    csrf: String,
+    /// The "I understand" box; unticked, nothing is deleted.
+    #[serde(default)]
+    confirm: Option<String>,
+}
+
+/// POST /portal/studies/{study}/delete (admin): delete the whole study from the archive
+/// (`archive::delete`), audited; then back to the study list, which says how many images went.
+pub async fn delete(
+    State(state): State<Arc<WebState>>,
+    signed: Signed,
+    super::Peer(peer): super::Peer,
+    Path(study): Path<String>,
+    Form(f): Form<DeleteForm>,
+) -> Response {
+    let run = async {
+        signed.admin_form(&f.csrf, "delete studies (admin only)")?;
+        let study = path_uid("Study Instance UID", &study)?;
+        if f.confirm.as_deref() != Some("yes") {
+            return Err(WebError::BadRequest(
+                "tick “I understand” to delete the study".into(),
+            ));
+        }
+        let name = &signed.session.account.name;
+        let peer = peer.map(|ip| ip.to_string());
+        let r =
+            crate::http::delete::delete_recorded(&state, name, peer, &study, None, None).await?;
+        Ok(Redirect::to(&format!("/portal/studies?deleted={}", r.instances)).into_response())
     };
     match run.await {
         Ok(r) => r,
@@ -675,6 +711,16 @@ async fn study_page(
                         }
                     }
                 }
+            }
+        }
+        @if signed.rights().admin {
+            h2 #delete { "Delete" }
+            form.delete method="post" action={ "/portal/studies/" (study) "/delete" } {
+                input type="hidden" name="csrf" value=(signed.session.csrf);
+                p.muted { "Deleting removes every image of this study from the index and from "
+                    "every replica. It cannot be undone." }
+                label { input type="checkbox" name="confirm" value="yes" required; " I understand" }
+                button type="submit" #delete-study { "Delete this study" }
             }
         }
     };
