@@ -298,3 +298,38 @@ fn files_of_dir(dir: &str, study: &str) -> usize {
         .filter(|p| p.to_string_lossy().contains(&format!("/{study}/")))
         .count()
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn series_metadata_follows_a_deletion() {
+    let (n, base) = node().await;
+    let specs = corpus();
+    store_specs(&n.scu("MODALITY"), &specs).await;
+    let a = format!("{}.961", pacsd::synth::SYNTH_ROOT);
+    let series = format!("/studies/{a}/series/{a}.1");
+    let sops = async || {
+        let rsp = reqwest::Client::builder()
+            .no_proxy()
+            .build()
+            .unwrap()
+            .get(format!("{base}{series}/metadata"))
+            .basic_auth("pacs-admin", Some(PASSWORD))
+            .send()
+            .await
+            .unwrap();
+        let v: serde_json::Value = serde_json::from_str(&rsp.text().await.unwrap()).unwrap();
+        let mut sops: Vec<String> = v
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|i| i["00080018"]["Value"][0].as_str().unwrap().to_string())
+            .collect();
+        sops.sort();
+        sops
+    };
+    assert_eq!(sops().await, [format!("{a}.1.1"), format!("{a}.1.2")]);
+    // One instance deleted and another stored: as many as before, not the same ones.
+    let (status, _) = delete(&base, &format!("{series}/instances/{a}.1.1"), "pacs-admin").await;
+    assert_eq!(status, 200);
+    store_specs(&n.scu("MODALITY"), &[Spec::ct(961, 1, 3, 16)]).await;
+    assert_eq!(sops().await, [format!("{a}.1.2"), format!("{a}.1.3")]);
+}

@@ -226,8 +226,10 @@ pub async fn instance(
 
 // ---- metadata ----
 
-/// Series metadata built from the stored objects, kept by series: (instance count it was
-/// built from, each instance's JSON with `BASE_PLACEHOLDER` where the base URL goes).
+/// Series metadata built from the stored objects, kept by series: each instance's JSON with
+/// `BASE_PLACEHOLDER` where the base URL goes. A hit counts only when the series holds exactly
+/// the instances it was built from, in the same order (an instance added, or deleted and
+/// another added, builds it again).
 pub struct MetadataCache {
     inner: Mutex<CacheInner>,
     capacity: usize,
@@ -238,7 +240,7 @@ type SeriesMetadata = Arc<Vec<(String, String)>>;
 
 #[derive(Default)]
 struct CacheInner {
-    map: HashMap<String, (usize, SeriesMetadata)>,
+    map: HashMap<String, SeriesMetadata>,
     order: VecDeque<String>,
     bytes: usize,
 }
@@ -251,12 +253,17 @@ impl MetadataCache {
         }
     }
 
-    fn get(&self, series: &str, count: usize) -> Option<SeriesMetadata> {
+    fn get(&self, series: &str, instances: &[StoredInstance]) -> Option<SeriesMetadata> {
         let c = self.inner.lock().expect("metadata cache");
         c.map
             .get(series)
-            .filter(|(n, _)| *n == count)
-            .map(|(_, v)| v.clone())
+            .filter(|v| {
+                v.len() == instances.len()
+                    && v.iter()
+                        .zip(instances)
+                        .all(|((sop, _), i)| *sop == i.sop_instance_uid)
+            })
+            .cloned()
     }
 
     fn put(&self, series: &str, value: SeriesMetadata) {
@@ -265,7 +272,7 @@ impl MetadataCache {
             return;
         }
         let mut c = self.inner.lock().expect("metadata cache");
-        if let Some((_, old)) = c.map.remove(series) {
+        if let Some(old) = c.map.remove(series) {
             c.bytes -= old.iter().map(|(a, b)| a.len() + b.len()).sum::<usize>();
             c.order.retain(|s| s != series);
         }
@@ -273,13 +280,13 @@ impl MetadataCache {
             let Some(oldest) = c.order.pop_front() else {
                 break;
             };
-            if let Some((_, old)) = c.map.remove(&oldest) {
+            if let Some(old) = c.map.remove(&oldest) {
                 c.bytes -= old.iter().map(|(a, b)| a.len() + b.len()).sum::<usize>();
             }
         }
         c.bytes += size;
         c.order.push_back(series.to_string());
-        c.map.insert(series.to_string(), (value.len(), value));
+        c.map.insert(series.to_string(), value);
     }
 }
 
@@ -308,7 +315,7 @@ async fn series_metadata_json(
     series: &str,
     objects: Vec<StoredInstance>,
 ) -> Result<SeriesMetadata, WebError> {
-    if let Some(hit) = state.metadata.get(series, objects.len()) {
+    if let Some(hit) = state.metadata.get(series, &objects) {
         return Ok(hit);
     }
     let kept = state
@@ -1116,14 +1123,33 @@ mod tests {
     fn the_cache_evicts_the_oldest_series_to_stay_under_its_size() {
         let c = MetadataCache::new(100);
         let v = |n: usize| Arc::new(vec![("1.2".to_string(), "x".repeat(n))]);
+        let inst = |sop: &str| StoredInstance {
+            study_instance_uid: "1".into(),
+            series_instance_uid: "1.1".into(),
+            sop_instance_uid: sop.into(),
+            sop_class_uid: String::new(),
+            transfer_syntax_uid: String::new(),
+            storage_key: String::new(),
+            size: 0,
+            sha256: String::new(),
+            has_pixels: true,
+        };
+        let one = [inst("1.2")];
         c.put("a", v(40));
         c.put("b", v(40));
-        assert!(c.get("a", 1).is_some());
+        assert!(c.get("a", &one).is_some());
         c.put("c", v(40));
-        assert!(c.get("a", 1).is_none(), "oldest evicted");
-        assert!(c.get("b", 1).is_some() && c.get("c", 1).is_some());
-        assert!(c.get("b", 2).is_none(), "a series that grew is built again");
+        assert!(c.get("a", &one).is_none(), "oldest evicted");
+        assert!(c.get("b", &one).is_some() && c.get("c", &one).is_some());
+        assert!(
+            c.get("b", &[inst("1.2"), inst("1.3")]).is_none(),
+            "a series that grew is built again"
+        );
+        assert!(
+            c.get("b", &[inst("1.3")]).is_none(),
+            "one deleted and another stored: built again"
+        );
         c.put("huge", v(1000));
-        assert!(c.get("huge", 1).is_none());
+        assert!(c.get("huge", &one).is_none());
     }
 }
