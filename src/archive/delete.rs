@@ -2,8 +2,8 @@
 //! their objects leave every replica. In steps:
 //! 1. Find the instances in the index.
 //! 2. Remove their rows and tombstone their objects and previews in one index transaction
-//!    (`index::deletion`); in an HA pair, wait until the standby has that change too. From
-//!    here on no query, retrieve or read names them.
+//!    (`index::deletion`) per `INSTANCES_PER_STEP` instances; in an HA pair, wait until the
+//!    standby has that change too. From here on no query, retrieve or read names them.
 //! 3. Remove each object and preview from every replica, under the instance's lock (so that
 //!    a store of the same instance cannot interleave) and only while its tombstone stands and
 //!    no row names its key again; a key gone from every replica loses its tombstone.
@@ -24,6 +24,11 @@ use crate::storage::Uid;
 
 /// Tombstones read at a time by `remove_deleted`.
 const PAGE: usize = 500;
+/// Instances per deletion transaction and change-log row. The row names them (up to 67 bytes
+/// each) and travels to the standby in one replication frame, which may not exceed 1 MiB
+/// (`ha::replication`): 1000 make about 67 KiB. A larger study is deleted in several steps,
+/// each whole; one cut short by a crash leaves the rest of the study indexed, to delete again.
+const INSTANCES_PER_STEP: usize = 1000;
 
 /// What a deletion did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -71,26 +76,27 @@ impl Store {
             };
             return Err(DeleteError::NotFound(what));
         }
-        // 2. Index rows and tombstones, confirmed by the standby.
-        let deleted = self
-            .index
-            .delete_instances(Deletion {
-                instances: instances.into_iter().map(|i| i.sop_instance_uid).collect(),
-            })
-            .await?;
-        if let Some(seq) = deleted.seq {
-            self.confirm(seq).await?;
-        }
-        // 3. The objects.
-        let mut report = DeleteReport {
-            instances: deleted.instances,
-            ..DeleteReport::default()
-        };
-        for (key, sop) in &deleted.tombstones {
-            if self.remove_object(key, sop).await? {
-                report.removed += 1;
-            } else {
-                report.pending += 1;
+        let sops: Vec<String> = instances.into_iter().map(|i| i.sop_instance_uid).collect();
+        let mut report = DeleteReport::default();
+        for step in sops.chunks(INSTANCES_PER_STEP) {
+            // 2. Index rows and tombstones, confirmed by the standby.
+            let deleted = self
+                .index
+                .delete_instances(Deletion {
+                    instances: step.to_vec(),
+                })
+                .await?;
+            if let Some(seq) = deleted.seq {
+                self.confirm(seq).await?;
+            }
+            report.instances += deleted.instances;
+            // 3. The objects.
+            for (key, sop) in &deleted.tombstones {
+                if self.remove_object(key, sop).await? {
+                    report.removed += 1;
+                } else {
+                    report.pending += 1;
+                }
             }
         }
         info!(%study, series = ?series.map(Uid::as_str), sop = ?sop.map(Uid::as_str),
@@ -146,5 +152,76 @@ impl Store {
             );
         }
         Ok(false)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::config::OnConflict;
+    use crate::index::fixtures::rec;
+    use crate::index::replica::Change;
+    use crate::index::{Index, bulk_load};
+    use crate::storage::Storage;
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_large_study_goes_in_steps_whose_rows_fit_a_replication_frame() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("i.sqlite");
+        // 2500 instances with UIDs of 64 characters, indexed without objects (a replica
+        // that does not hold an object has lost it: its removal counts as done).
+        let uid = |i: u32| format!("1.2.3.{}.{i:05}", "9".repeat(52));
+        let (study, series) = ("1.2.3", "1.2.3.1");
+        bulk_load(
+            &path,
+            (1..=2500).map(|i| rec(study, series, &uid(i), "CT")),
+            500,
+            |_| {},
+        )
+        .unwrap();
+        let index = Index::open(&path).unwrap();
+        let replicas: Vec<String> = (1..=2)
+            .map(|r| dir.path().join(format!("r{r}")).display().to_string())
+            .collect();
+        let storage = Arc::new(Storage::open(&replicas, None, "dicom").unwrap());
+        let store = Store::new(
+            index.clone(),
+            storage,
+            1 << 20,
+            None,
+            Box::new(|_| OnConflict::Reject),
+        );
+
+        let report = store
+            .delete(&Uid::parse(study).unwrap(), None, None)
+            .await
+            .unwrap();
+        assert_eq!(
+            report,
+            DeleteReport {
+                instances: 2500,
+                removed: 5000,
+                pending: 0
+            }
+        );
+        let rows: Vec<_> = index
+            .changes_after(0, 10_000)
+            .await
+            .unwrap()
+            .into_iter()
+            .filter_map(|r| match &r.change {
+                Change::Delete(d) => Some((d.instances.len(), serde_json::to_vec(&r).unwrap())),
+                _ => None,
+            })
+            .collect();
+        let sizes: Vec<usize> = rows.iter().map(|(n, _)| *n).collect();
+        assert_eq!(sizes, [1000, 1000, 500]);
+        for (_, json) in &rows {
+            assert!(json.len() < 100 * 1024, "a row of {} bytes", json.len());
+        }
+        assert_eq!(index.counts().await.unwrap().instances, 0);
+        assert!(index.tombstones("", 10).await.unwrap().is_empty());
     }
 }
