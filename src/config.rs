@@ -328,6 +328,10 @@ pub struct HttpConfig {
     /// `/viewer` on this server, so the portal's "Open in viewer" works with the portal's
     /// sign-in. None: the portal offers no viewer.
     pub viewer_dir: Option<PathBuf>,
+    /// Serve HTTPS (HTTP/2 or HTTP/1.1 by ALPN) instead of plain HTTP on `port`, with the
+    /// certificate and key of `[tls]` (which must be configured). Web clients are not asked
+    /// for a certificate: they sign in with an account.
+    pub tls: bool,
 }
 
 impl Default for HttpConfig {
@@ -342,6 +346,7 @@ impl Default for HttpConfig {
             max_upload_size: 4 * DEFAULT_MAX_OBJECT_SIZE,
             max_results: 1000,
             viewer_dir: None,
+            tls: false,
         }
     }
 }
@@ -714,6 +719,12 @@ impl Config {
                 "syslog over TLS uses the node's [tls] certificate and CA: configure [tls]",
             ));
         }
+        if self.http.enabled && self.http.tls && self.tls.is_none() {
+            return Err(invalid(
+                "http.tls",
+                "HTTPS uses the node's [tls] certificate and key: configure [tls]",
+            ));
+        }
         if let Some(tls) = &self.tls {
             if tls.port != 0 && tls.port == self.node.port && !tls.only {
                 return Err(invalid(
@@ -1063,6 +1074,7 @@ mod tests {
                 "storage.write_quorum",
             ),
             ("[timeouts]\nidle_secs = -1.0", "timeouts.idle_secs"),
+            ("[http]\ntls = true", "http.tls"),
         ];
         for (text, key) in cases {
             let err = parse(text).unwrap_err().to_string();

@@ -325,7 +325,10 @@ impl Node {
                 metrics,
                 self.audit.clone(),
             ));
-            serving.spawn(crate::http::serve(l, state, shutdown.clone()));
+            let https = (self.config.http.tls)
+                .then(|| self.tls.as_ref().map(|t| t.web.clone()))
+                .flatten();
+            serving.spawn(crate::http::serve(l, https, state, shutdown.clone()));
         }
         if let Some(l) = listeners.plain {
             serving.spawn(crate::net::run(

@@ -535,3 +535,152 @@ impl SyslogCollector {
         self.got.lock().unwrap().clone()
     }
 }
+
+/// curl (Debian's, with nghttp2) against the node: `-w` prints the HTTP version and status
+/// after the body, on a line of their own.
+fn curl(args: &[&str]) -> (String, String, String) {
+    let out = Command::new("curl")
+        .args([
+            "-sS",
+            "--max-time",
+            "30",
+            "-w",
+            "\n%{http_version} %{http_code}",
+        ])
+        .args(args)
+        .output()
+        .expect("curl installed");
+    let all = String::from_utf8_lossy(&out.stdout).to_string();
+    let (body, tail) = all.rsplit_once('\n').unwrap_or(("", &all));
+    let (version, code) = tail.split_once(' ').unwrap_or(("", ""));
+    (body.to_string(), version.to_string(), code.to_string())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dicomweb_over_https_speaks_http2_and_http1_with_https_urls_and_secure_cookies() {
+    let pki = tempfile::tempdir().unwrap();
+    make_pki(pki.path(), &["PACSD"]);
+    let n = TestNode::start_with(|c| {
+        c.tls = Some(TlsConfig {
+            port: 0,
+            certificate: pki.path().join("PACSD.crt"),
+            private_key: pki.path().join("PACSD.key"),
+            ca: pki.path().join("ca.crt"),
+            require_client_certificate: true,
+            only: false,
+        });
+        c.http.tls = true;
+    })
+    .await;
+    n.add_accounts(&[("clerk", "https-test-password", "read,upload")])
+        .await;
+    let port = n.node.http_addr.expect("http listener").port();
+    let base = format!("https://127.0.0.1:{port}/dicom-web");
+    let ca = pki.path().join("ca.crt").display().to_string();
+    let tls = ["--cacert", &ca, "-u", "clerk:https-test-password"];
+
+    // 1. STOW-RS over HTTP/2 (ALPN h2): stored.
+    let spec = pacsd::synth::Spec::ct(881, 1, 1, 64);
+    let part_file = n.dir.path().join("part.dcm");
+    part10_file(&spec, &part_file);
+    let part = std::fs::read(&part_file).unwrap();
+    let mut body = b"--b\r\nContent-Type: application/dicom\r\n\r\n".to_vec();
+    body.extend_from_slice(&part);
+    body.extend_from_slice(b"\r\n--b--\r\n");
+    let body_file = n.dir.path().join("stow.body");
+    std::fs::write(&body_file, &body).unwrap();
+    let data = format!("@{}", body_file.display());
+    let url = format!("{base}/studies");
+    let mut args = tls.to_vec();
+    args.extend([
+        "--http2",
+        "-X",
+        "POST",
+        "-H",
+        "Content-Type: multipart/related; type=\"application/dicom\"; boundary=b",
+        "--data-binary",
+        &data,
+        &url,
+    ]);
+    let (rsp, version, code) = curl(&args);
+    assert_eq!((version.as_str(), code.as_str()), ("2", "200"), "{rsp}");
+    assert_eq!(n.instances().await, 1);
+
+    // 2. QIDO-RS over HTTP/1.1 on the same port: the study.
+    let url = format!("{base}/studies?StudyInstanceUID={}", spec.study_uid);
+    let mut args = tls.to_vec();
+    args.extend(["--http1.1", &url]);
+    let (rsp, version, code) = curl(&args);
+    assert_eq!((version.as_str(), code.as_str()), ("1.1", "200"), "{rsp}");
+    assert!(rsp.contains(&spec.study_uid), "{rsp}");
+
+    // 3. Metadata over HTTP/2 (no Host header, the authority is in the request): its
+    //    BulkDataURIs are https URLs of this port, whatever X-Forwarded-Proto a client
+    //    claims on a TLS connection.
+    let url = format!(
+        "{base}/studies/{}/series/{}/metadata",
+        spec.study_uid, spec.series_uid
+    );
+    let mut args = tls.to_vec();
+    args.extend(["--http2", "-H", "X-Forwarded-Proto: http", &url]);
+    let (rsp, version, code) = curl(&args);
+    assert_eq!((version.as_str(), code.as_str()), ("2", "200"), "{rsp}");
+    let https = format!("\"BulkDataURI\":\"https://127.0.0.1:{port}/dicom-web/");
+    assert!(rsp.contains(&https), "{rsp}");
+    assert!(!rsp.contains("\"BulkDataURI\":\"http:"), "{rsp}");
+
+    // 4. dicomweb-client (requests, HTTP/1.1) checking the certificate against the CA.
+    let script = format!(
+        "import requests, sys\n\
+         from dicomweb_client.api import DICOMwebClient\n\
+         s = requests.Session(); s.auth = ('clerk', 'https-test-password'); s.verify = {ca:?}\n\
+         c = DICOMwebClient(url={base:?}, session=s)\n\
+         ds = c.retrieve_instance({:?}, {:?}, {:?})\n\
+         print(ds.SOPInstanceUID)\n",
+        spec.study_uid, spec.series_uid, spec.sop_uid
+    );
+    // requests lets REQUESTS_CA_BUNDLE (set on some machines) win over a session's own CA.
+    let out = Command::new("python3")
+        .args(["-c", &script])
+        .env_remove("REQUESTS_CA_BUNDLE")
+        .env_remove("CURL_CA_BUNDLE")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), spec.sop_uid);
+
+    // 5. The portal's cookies are Secure over HTTPS.
+    let url = format!("https://127.0.0.1:{port}/portal/login");
+    let (rsp, _, code) = curl(&["--cacert", &ca, "-i", &url]);
+    assert_eq!(code, "200", "{rsp}");
+    let cookie = rsp
+        .lines()
+        .find(|l| l.to_ascii_lowercase().starts_with("set-cookie:"))
+        .unwrap_or_default()
+        .to_string();
+    assert!(cookie.contains("; Secure"), "{rsp}");
+
+    // 6. Plain HTTP on the HTTPS port gets no answer, a client that trusts another CA
+    //    refuses the node, a client that never finishes its handshake holds nothing; the
+    //    node goes on serving.
+    let (_, _, code) = curl(&[&format!("http://127.0.0.1:{port}/healthz")]);
+    assert_eq!(code, "000");
+    let rogue = pki.path().join("rogue-ca.crt").display().to_string();
+    let (_, _, code) = curl(&["--cacert", &rogue, &format!("{base}/studies")]);
+    assert_eq!(code, "000");
+    let idle = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    let healthz = format!("https://127.0.0.1:{port}/healthz");
+    let (_, version, code) = curl(&["--cacert", &ca, "--max-time", "5", &healthz]);
+    assert_eq!((version.as_str(), code.as_str()), ("2", "200"));
+    drop(idle);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn plain_http_port_also_speaks_http2_with_prior_knowledge() {
+    let n = TestNode::start_with(|c| c.http.require_auth = false).await;
+    let url = format!("{}/studies", n.dicomweb());
+    let (_, version, code) = curl(&["--http2-prior-knowledge", &url]);
+    assert_eq!((version.as_str(), code.as_str()), ("2", "204"));
+    let (_, version, code) = curl(&[&url]);
+    assert_eq!((version.as_str(), code.as_str()), ("1.1", "204"));
+}

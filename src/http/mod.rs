@@ -187,6 +187,8 @@ pub fn origin_of(headers: &HeaderMap) -> String {
 pub struct Conn {
     pub peer: SocketAddr,
     pub local: SocketAddr,
+    /// Reached over HTTPS on this node's own TLS.
+    pub tls: bool,
 }
 
 /// Middleware: an upload refused (4xx/5xx) may leave its body unread on the connection, which
@@ -195,7 +197,8 @@ async fn close_after_refused_upload(
     req: axum::extract::Request,
     next: axum::middleware::Next,
 ) -> Response {
-    let upload = req.method() == Method::POST;
+    // HTTP/2 has no Connection header: a stream's body is reset on its own.
+    let upload = req.method() == Method::POST && req.version() < axum::http::Version::HTTP_2;
     let mut rsp = next.run(req).await;
     if upload && (rsp.status().is_client_error() || rsp.status().is_server_error()) {
         rsp.headers_mut()
@@ -204,25 +207,41 @@ async fn close_after_refused_upload(
     rsp
 }
 
-/// Middleware: a Host header that names this node's own IP address without a port (some
-/// clients, dicomweb-client among them, leave the port out) gets the port the request
-/// arrived on, so that the absolute URLs built from it (BulkDataURI, RetrieveURL) reach this
-/// node. A name without a port is left alone: it is what a reverse proxy in front sends.
-async fn fill_host_port(mut req: axum::extract::Request, next: axum::middleware::Next) -> Response {
+/// Middleware: what a request says about where it was sent, made complete for the absolute
+/// URLs built from it (BulkDataURI, RetrieveURL) and for cookies:
+/// - an HTTP/2 request names its authority in the URI, not in Host: it becomes Host;
+/// - a Host that names this node's own IP address without a port (some clients,
+///   dicomweb-client among them, leave the port out) gets the port the request arrived on; a
+///   name without a port is left alone: it is what a reverse proxy in front sends;
+/// - a request that came over this node's own TLS is `https` whatever X-Forwarded-Proto it
+///   carries (a proxy's header is believed only on a plain connection, where a proxy sits).
+async fn fill_origin(mut req: axum::extract::Request, next: axum::middleware::Next) -> Response {
+    if !req.headers().contains_key(header::HOST)
+        && let Some(authority) = req.uri().authority()
+        && let Ok(v) = HeaderValue::from_str(authority.as_str())
+    {
+        req.headers_mut().insert(header::HOST, v);
+    }
     let conn = req
         .extensions()
         .get::<axum::extract::ConnectInfo<Conn>>()
         .map(|c| c.0);
-    if let Some(conn) = conn
-        && let Some(host) = req
+    if let Some(conn) = conn {
+        let default_port = if conn.tls { 443 } else { 80 };
+        if let Some(host) = req
             .headers()
             .get(header::HOST)
             .and_then(|v| v.to_str().ok())
-        && host.parse::<std::net::IpAddr>().ok() == Some(conn.local.ip())
-        && conn.local.port() != 80
-        && let Ok(v) = HeaderValue::from_str(&conn.local.to_string())
-    {
-        req.headers_mut().insert(header::HOST, v);
+            && host.parse::<std::net::IpAddr>().ok() == Some(conn.local.ip())
+            && conn.local.port() != default_port
+            && let Ok(v) = HeaderValue::from_str(&conn.local.to_string())
+        {
+            req.headers_mut().insert(header::HOST, v);
+        }
+        if conn.tls {
+            req.headers_mut()
+                .insert("x-forwarded-proto", HeaderValue::from_static("https"));
+        }
     }
     next.run(req).await
 }
@@ -416,7 +435,7 @@ pub fn router(state: Arc<WebState>) -> Router {
             state.clone(),
             ops::count_request,
         ))
-        .layer(axum::middleware::from_fn(fill_host_port))
+        .layer(axum::middleware::from_fn(fill_origin))
         .layer(axum::middleware::from_fn(close_after_refused_upload))
         .layer(DefaultBodyLimit::disable());
     let app = match cors(&state.config) {
@@ -471,11 +490,30 @@ const MAX_CONNECTIONS_PER_ADDRESS: usize = 128;
 /// hold them.
 const HEADER_READ_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
 
+/// A TLS handshake must finish within this time (a client that connects and says nothing
+/// cannot hold a connection slot).
+const TLS_HANDSHAKE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+/// HTTP/2 streams (requests) at once on one connection; a browser opens about a hundred.
+const MAX_STREAMS_PER_CONNECTION: u32 = 128;
+/// Largest HTTP/2 request header block (hyper's default is 16 MiB; HTTP/1.1 heads are held
+/// to about 400 KB by hyper's read buffer).
+const MAX_HEADER_LIST_SIZE: u32 = 64 * 1024;
+/// An idle HTTP/2 connection is pinged this often and closed when a ping goes unanswered
+/// for `HEADER_READ_TIMEOUT`.
+const H2_KEEP_ALIVE: std::time::Duration = std::time::Duration::from_secs(60);
+
 /// Serve HTTP on `listener` until `shutdown`; requests in progress are given
-/// `timeouts.shutdown_secs` to finish. Connections are bounded in number (overall and per
-/// address) and in the time their request heads may take.
-pub async fn serve(listener: TcpListener, state: Arc<WebState>, mut shutdown: Shutdown) {
-    use hyper_util::rt::{TokioIo, TokioTimer};
+/// `timeouts.shutdown_secs` to finish. With `tls`, HTTPS: HTTP/2 or HTTP/1.1 as ALPN
+/// agrees; without it HTTP/1.1 or HTTP/2 with prior knowledge (h2c). Connections are
+/// bounded in number (overall and per address), in the time their TLS handshake and request
+/// heads may take, and in streams and header sizes.
+pub async fn serve(
+    listener: TcpListener,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+    state: Arc<WebState>,
+    mut shutdown: Shutdown,
+) {
+    use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
     use std::collections::HashMap;
     use tower::ServiceExt;
     let addr = listener.local_addr().ok();
@@ -484,7 +522,20 @@ pub async fn serve(listener: TcpListener, state: Arc<WebState>, mut shutdown: Sh
     let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
     let per_address: Arc<std::sync::Mutex<HashMap<std::net::IpAddr, usize>>> = Arc::default();
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
-    info!(addr = ?addr, "HTTP (DICOMweb) listening");
+    let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(HEADER_READ_TIMEOUT);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_concurrent_streams(MAX_STREAMS_PER_CONNECTION)
+        .max_header_list_size(MAX_HEADER_LIST_SIZE)
+        .keep_alive_interval(H2_KEEP_ALIVE)
+        .keep_alive_timeout(HEADER_READ_TIMEOUT);
+    let builder = Arc::new(builder);
+    info!(addr = ?addr, https = tls.is_some(), "HTTP (DICOMweb) listening");
     loop {
         let slot = tokio::select! {
             s = slots.clone().acquire_owned() => s.expect("never closed"),
@@ -515,6 +566,7 @@ pub async fn serve(listener: TcpListener, state: Arc<WebState>, mut shutdown: Sh
         let conn = Conn {
             peer,
             local: stream.local_addr().unwrap_or(peer),
+            tls: tls.is_some(),
         };
         let service =
             app.clone()
@@ -523,17 +575,32 @@ pub async fn serve(listener: TcpListener, state: Arc<WebState>, mut shutdown: Sh
                         .insert(axum::extract::ConnectInfo(conn));
                     req
                 });
-        let connection = hyper::server::conn::http1::Builder::new()
-            .timer(TokioTimer::new())
-            .header_read_timeout(HEADER_READ_TIMEOUT)
-            .serve_connection(
-                TokioIo::new(stream),
-                hyper_util::service::TowerToHyperService::new(service),
-            );
-        let connection = graceful.watch(connection);
-        let per_address = per_address.clone();
+        let service = hyper_util::service::TowerToHyperService::new(service);
+        let (per_address, builder, graceful, tls) = (
+            per_address.clone(),
+            builder.clone(),
+            graceful.watcher(),
+            tls.clone(),
+        );
         tokio::spawn(async move {
-            if let Err(e) = connection.await {
+            let served = match tls {
+                None => {
+                    let c = builder.serve_connection(TokioIo::new(stream), service);
+                    graceful.watch(c.into_owned()).await
+                }
+                Some(acceptor) => {
+                    match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await
+                    {
+                        Ok(Ok(stream)) => {
+                            let c = builder.serve_connection(TokioIo::new(stream), service);
+                            graceful.watch(c.into_owned()).await
+                        }
+                        Ok(Err(e)) => Err(format!("TLS handshake failed: {e}").into()),
+                        Err(_) => Err("TLS handshake timed out".into()),
+                    }
+                }
+            };
+            if let Err(e) = served {
                 tracing::debug!(%peer, error = %e, "HTTP connection ended with an error");
             }
             drop(slot);

@@ -34,6 +34,9 @@ pub struct TlsContext {
     pub connector: tokio_rustls::TlsConnector,
     /// The requestor configuration itself (the audit trail's syslog-over-TLS forwarder).
     pub client: Arc<ClientConfig>,
+    /// HTTPS on the HTTP port (`http.tls`): the same certificate, no client certificate
+    /// asked for (web clients sign in with an account), HTTP/2 or HTTP/1.1 by ALPN.
+    pub web: tokio_rustls::TlsAcceptor,
 }
 
 impl std::fmt::Debug for TlsContext {
@@ -103,6 +106,13 @@ impl TlsContext {
             .with_client_cert_verifier(verifier)
             .with_single_cert(chain.clone(), key.clone_key())
             .map_err(|e| bad(&e))?;
+        let mut web = ServerConfig::builder_with_provider(provider())
+            .with_protocol_versions(VERSIONS)
+            .map_err(|e| bad(&e))?
+            .with_no_client_auth()
+            .with_single_cert(chain.clone(), key.clone_key())
+            .map_err(|e| bad(&e))?;
+        web.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
         let client = ClientConfig::builder_with_provider(provider())
             .with_protocol_versions(VERSIONS)
             .map_err(|e| bad(&e))?
@@ -114,6 +124,7 @@ impl TlsContext {
             acceptor: tokio_rustls::TlsAcceptor::from(Arc::new(server)),
             connector: tokio_rustls::TlsConnector::from(client.clone()),
             client,
+            web: tokio_rustls::TlsAcceptor::from(Arc::new(web)),
         })
     }
 }
