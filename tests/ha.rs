@@ -1079,6 +1079,27 @@ async fn accounts_and_deletions_on_the_primary_are_the_standbys_after_a_takeover
         .await
         .unwrap();
     assert_eq!(rsp.status().as_u16(), 200, "{}", p.logs());
+    // /metrics says what the HA driver says: a primary with a standby in step.
+    let metrics = |m: &Member| {
+        let (web, url) = (web.clone(), url(m, "/metrics"));
+        async move {
+            let rsp = web.get(url).basic_auth("chief", Some(PW)).send().await;
+            let text = rsp.unwrap().text().await.unwrap();
+            move |name: &str| {
+                text.lines()
+                    .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse::<f64>().ok())
+            }
+        }
+    };
+    let on_a = metrics(&p.a).await;
+    assert_eq!(on_a("pacsd_ha_driver_up"), Some(1.0));
+    assert_eq!(on_a("pacsd_ha_primary"), Some(1.0));
+    assert_eq!(on_a("pacsd_ha_solo"), Some(0.0));
+    assert_eq!(on_a("pacsd_ha_standby_ready"), Some(1.0));
+    assert_eq!(on_a("pacsd_ha_replication_lag_rows"), Some(0.0));
+    assert!(on_a("pacsd_ha_change_log_seq").is_some_and(|s| s >= 6.0));
+    assert!(on_a("pacsd_ha_peer_heard_seconds").is_some_and(|s| s < 5.0));
+    let epoch_a = on_a("pacsd_ha_epoch").expect("epoch");
 
     // Take-over by failure: the primary dies, b serves.
     p.a.kill();
@@ -1100,6 +1121,10 @@ async fn accounts_and_deletions_on_the_primary_are_the_standbys_after_a_takeover
         "the account removed on a is gone on b"
     );
     assert_eq!(p.b.qido_status(|r| r.bearer_auth(&locum_token)).await, 401);
+    let on_b = metrics(&p.b).await;
+    assert_eq!(on_b("pacsd_ha_primary"), Some(1.0));
+    assert_eq!(on_b("pacsd_ha_solo"), Some(1.0), "b serves alone");
+    assert!(on_b("pacsd_ha_epoch").is_some_and(|e| e > epoch_a));
     assert_eq!(
         p.b.qido_status(|r| r.basic_auth("intern", Some(PW))).await,
         401

@@ -68,6 +68,17 @@ impl WebState {
             sessions: portal::session::Sessions::default(),
         }
     }
+
+    /// Ask this node's HA driver over its control socket (as `pacsd ha` does); `None` for a
+    /// single node.
+    pub async fn ha(
+        &self,
+        req: &crate::ha::driver::ControlRequest,
+    ) -> Option<Result<crate::ha::driver::ControlReply, crate::ha::driver::ControlError>> {
+        let ha = self.config.ha.as_ref()?;
+        let path = crate::ha::driver::control_path(&self.config, ha);
+        Some(crate::ha::driver::control(&path, req).await)
+    }
 }
 
 /// Why a request failed; `into_response` is the single mapping to a status and body.

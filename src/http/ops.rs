@@ -79,6 +79,7 @@ pub async fn metrics(State(state): State<Arc<WebState>>) -> Result<Response, Web
         previews.pending as f64,
     );
     replica_metrics(&state, &mut out);
+    ha_metrics(&state, &mut out).await;
     Ok((
         StatusCode::OK,
         [(
@@ -88,6 +89,75 @@ pub async fn metrics(State(state): State<Arc<WebState>>) -> Result<Response, Web
         out,
     )
         .into_response())
+}
+
+/// A pair member's HA state, as its driver reports it (`pacsd ha status`): whether the
+/// driver answered, the role, epoch, change-log position, replication lag and the peer.
+async fn ha_metrics(state: &WebState, out: &mut String) {
+    use crate::ha::driver::{ControlReply, ControlRequest};
+    let Some(reply) = state.ha(&ControlRequest::Status).await else {
+        return;
+    };
+    let st = match reply {
+        Ok(ControlReply::Status(st)) => Some(st),
+        _ => None,
+    };
+    let up = "HA driver answered its control socket (1) or not (0).";
+    gauge(
+        out,
+        "pacsd_ha_driver_up",
+        up,
+        f64::from(u8::from(st.is_some())),
+    );
+    let Some(st) = st else { return };
+    let flag = |b: bool| f64::from(u8::from(b));
+    let mut gauges = vec![
+        (
+            "pacsd_ha_primary",
+            "This node is the primary (1) or not (0).",
+            flag(st.role.starts_with("primary")),
+        ),
+        (
+            "pacsd_ha_epoch",
+            "HA epoch (term) this node is in.",
+            st.epoch as f64,
+        ),
+        (
+            "pacsd_ha_solo",
+            "Primary serving without a standby in step (1).",
+            flag(st.solo),
+        ),
+        (
+            "pacsd_ha_maintenance",
+            "This node is in maintenance (1).",
+            flag(st.maintenance),
+        ),
+        (
+            "pacsd_ha_change_log_seq",
+            "Last change-log row of this node's index.",
+            st.seq as f64,
+        ),
+    ];
+    if let Some(lag) = st.replication_lag {
+        let help = "Index change-log rows not yet acknowledged by the standby (primary) \
+                    or not yet applied here (standby).";
+        gauges.push(("pacsd_ha_replication_lag_rows", help, lag as f64));
+    }
+    if let Some(ready) = st.standby_ready {
+        let help = "A standby is in step and would take over (1).";
+        gauges.push(("pacsd_ha_standby_ready", help, flag(ready)));
+    }
+    if let Some(peer) = &st.peer {
+        let help = "Seconds since the peer was last heard on a heartbeat link.";
+        gauges.push((
+            "pacsd_ha_peer_heard_seconds",
+            help,
+            peer.heard_ms_ago as f64 / 1000.0,
+        ));
+    }
+    for (name, help, v) in gauges {
+        gauge(out, name, help, v);
+    }
 }
 
 type ReplicaGauge<'a> = dyn Fn(&crate::storage::health::ReplicaHealth) -> f64 + 'a;

@@ -12,7 +12,7 @@ use serde::Deserialize;
 
 use super::pages::shown_location;
 use super::{Signed, error_page, page};
-use crate::ha::driver::{ControlReply, ControlRequest, Status, control, control_path};
+use crate::ha::driver::{ControlReply, ControlRequest, Status};
 use crate::http::{WebError, WebState};
 
 /// Audit records listed (the newest).
@@ -30,15 +30,6 @@ pub async fn operations(State(state): State<Arc<WebState>>, signed: Signed) -> R
         Ok(m) => m.into_response(),
         Err(e) => error_page(e, Some(&signed)),
     }
-}
-
-/// Ask this node's HA driver (the `pacsd ha` control socket); `None` for a single node.
-async fn ha(
-    state: &WebState,
-    req: &ControlRequest,
-) -> Option<Result<ControlReply, crate::ha::driver::ControlError>> {
-    let ha = state.config.ha.as_ref()?;
-    Some(control(&control_path(&state.config, ha), req).await)
 }
 
 fn ha_section(
@@ -96,7 +87,7 @@ pub async fn switchover_form(State(state): State<Arc<WebState>>, signed: Signed)
     if let Err(e) = signed.require(signed.rights().admin, "switch over (admin only)") {
         return error_page(e, Some(&signed));
     }
-    let status = ha(&state, &ControlRequest::Status).await;
+    let status = state.ha(&ControlRequest::Status).await;
     let body = html! {
         h1 { "Switch over" }
         (ha_section(&status, false))
@@ -137,7 +128,7 @@ pub async fn switchover(
                 "the switchover was not confirmed".into(),
             ));
         }
-        let (ok, text) = match ha(&state, &ControlRequest::Switchover).await {
+        let (ok, text) = match state.ha(&ControlRequest::Switchover).await {
             None => (false, "this node is not part of an HA pair".to_string()),
             Some(Err(e)) => (false, format!("the HA driver did not answer: {e}")),
             Some(Ok(ControlReply::Ok(t))) => (true, t),
@@ -177,7 +168,7 @@ async fn operations_page(state: &WebState, signed: &Signed) -> Result<Markup, We
     let now = Instant::now();
     let health = state.storage.health();
     let c = &state.config;
-    let ha_status = ha(state, &ControlRequest::Status).await;
+    let ha_status = state.ha(&ControlRequest::Status).await;
     let audit_file = c.audit.file(&c.index);
     let audit = {
         let path = audit_file.clone();
