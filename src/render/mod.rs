@@ -138,13 +138,23 @@ pub fn encode_jpeg(image: &DynamicImage) -> Result<Vec<u8>, RenderError> {
     encode_jpeg_with(image, JPEG_QUALITY)
 }
 
-/// JPEG at `quality` (1-100).
+/// JPEG at `quality` (1-100): 8-bit grey stays grey, anything else is sent as RGB.
 pub fn encode_jpeg_with(image: &DynamicImage, quality: u8) -> Result<Vec<u8>, RenderError> {
-    let mut out = Vec::new();
-    let encoder =
-        image::codecs::jpeg::JpegEncoder::new_with_quality(&mut out, quality.clamp(1, 100));
-    image
-        .write_with_encoder(encoder)
+    let too_large = |_| RenderError::Encode("an image side over 65535 pixels".into());
+    let width = u16::try_from(image.width()).map_err(too_large)?;
+    let height = u16::try_from(image.height()).map_err(too_large)?;
+    let rgb;
+    let (pixels, kind) = match image {
+        DynamicImage::ImageLuma8(grey) => (grey.as_raw(), jpeg_encoder::ColorType::Luma),
+        DynamicImage::ImageRgb8(colour) => (colour.as_raw(), jpeg_encoder::ColorType::Rgb),
+        other => {
+            rgb = other.to_rgb8();
+            (rgb.as_raw(), jpeg_encoder::ColorType::Rgb)
+        }
+    };
+    let mut out = Vec::with_capacity(pixels.len() / 8);
+    jpeg_encoder::Encoder::new(&mut out, quality.clamp(1, 100))
+        .encode(pixels, width, height, kind)
         .map_err(|e| RenderError::Encode(e.to_string()))?;
     Ok(out)
 }
