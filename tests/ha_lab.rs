@@ -14,7 +14,7 @@ use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use dicom_dictionary_std::uids;
@@ -325,14 +325,10 @@ struct Seen {
     store_failed: Vec<Instant>,
 }
 
-/// Store one instance per association to the service IP until `until`.
-async fn store_until(study: u32, until: Instant, first: u32) -> Seen {
-    store_while(study, first, move || Instant::now() < until).await
-}
-
-/// Store one instance per association to the service IP while `go()` says so; an
-/// association that cannot be had is tried again after 10 ms (as a modality retries).
-async fn store_while(study: u32, first: u32, go: impl Fn() -> bool) -> Seen {
+/// Store one instance per association to the service IP while `go()` says so, counting
+/// acknowledgements in `acked`; an association that cannot be had is tried again after
+/// 10 ms (as a modality retries).
+async fn store_while(study: u32, first: u32, go: impl Fn() -> bool, acked: &AtomicUsize) -> Seen {
     enum Outcome {
         Acked,
         NoAssociation,
@@ -364,7 +360,10 @@ async fn store_while(study: u32, first: u32, go: impl Fn() -> bool) -> Seen {
             }
         };
         match outcome {
-            Outcome::Acked => seen.acked.push((spec, Instant::now())),
+            Outcome::Acked => {
+                seen.acked.push((spec, Instant::now()));
+                acked.fetch_add(1, Ordering::SeqCst);
+            }
             failure => {
                 seen.failed.push(Instant::now());
                 if matches!(failure, Outcome::NotAcked) {
@@ -377,38 +376,75 @@ async fn store_while(study: u32, first: u32, go: impl Fn() -> bool) -> Seen {
     seen
 }
 
-fn client(lab: &Lab, study: u32, d: Duration) -> std::thread::JoinHandle<Seen> {
-    client_from(lab, study, d, 1)
-}
-
-/// A client whose first instance number is `first` (to go on with a series).
-fn client_from(lab: &Lab, study: u32, d: Duration, first: u32) -> std::thread::JoinHandle<Seen> {
-    let until = Instant::now() + d;
-    in_netns(&format!("{}-c", lab.name), move || {
-        tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap()
-            .block_on(store_until(study, until, first))
-    })
-}
-
-/// A client storing from `first` until `stop` is set.
-fn client_until_stopped(
-    lab: &Lab,
-    study: u32,
-    first: u32,
+/// A client in the lab's client namespace storing one instance per association through the
+/// service IP until stopped. Tests wait for its progress (acknowledgements), never for a
+/// fixed time: "the client is storing" is at least N acknowledged, "service is back" is N
+/// more after the fault.
+struct Client {
+    handle: Option<std::thread::JoinHandle<Seen>>,
+    acked: Arc<AtomicUsize>,
     stop: Arc<AtomicBool>,
-) -> std::thread::JoinHandle<Seen> {
-    in_netns(&format!("{}-c", lab.name), move || {
-        tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap()
-            .block_on(store_while(study, first, move || {
-                !stop.load(Ordering::SeqCst)
-            }))
-    })
+}
+
+impl Client {
+    /// Instances acknowledged before a test injects its fault, and after it to show that
+    /// service is back: enough to be sure stores flow (about a second in the lab).
+    const FLOWING: usize = 20;
+
+    /// Start storing study `study` from instance number `first`.
+    fn start(lab: &Lab, study: u32, first: u32) -> Client {
+        let acked = Arc::new(AtomicUsize::new(0));
+        let stop = Arc::new(AtomicBool::new(false));
+        let (count, stopped) = (acked.clone(), stop.clone());
+        let handle = in_netns(&format!("{}-c", lab.name), move || {
+            tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap()
+                .block_on(store_while(
+                    study,
+                    first,
+                    move || !stopped.load(Ordering::SeqCst),
+                    &count,
+                ))
+        });
+        Client {
+            handle: Some(handle),
+            acked,
+            stop,
+        }
+    }
+
+    fn acked(&self) -> usize {
+        self.acked.load(Ordering::SeqCst)
+    }
+
+    /// Wait until `more` instances beyond those acknowledged so far are acknowledged.
+    fn wait_more(&self, lab: &Lab, more: usize, limit: Duration) {
+        let target = self.acked() + more;
+        lab.wait_until(&format!("{target} instances acknowledged"), limit, |_| {
+            self.acked() >= target
+        });
+    }
+
+    /// Wait for `FLOWING` more acknowledgements (service is up), then stop; what it saw.
+    fn finish(mut self, lab: &Lab) -> Seen {
+        self.wait_more(lab, Self::FLOWING, Duration::from_secs(30));
+        self.stop()
+    }
+
+    /// Stop now; what it saw.
+    fn stop(&mut self) -> Seen {
+        self.stop.store(true, Ordering::SeqCst);
+        self.handle.take().expect("stopped once").join().unwrap()
+    }
+}
+
+impl Drop for Client {
+    fn drop(&mut self) {
+        // A test that fails mid-way does not leave a client storing into the next one.
+        self.stop.store(true, Ordering::SeqCst);
+    }
 }
 
 /// Every acknowledged instance is found and retrieved through the service IP.
@@ -494,11 +530,11 @@ fn crash_failover_moves_the_service_ip_and_keeps_every_acknowledged_instance() {
     let _serial = serial();
     let Some(mut lab) = lab("hcr") else { return };
     let first = lab.settle();
-    let c = client(&lab, 501, Duration::from_secs(5));
-    std::thread::sleep(Duration::from_millis(1500));
+    let c = Client::start(&lab, 501, 1);
+    c.wait_more(&lab, Client::FLOWING, Duration::from_secs(30));
     let fault = Instant::now();
     lab.signal(&first, "-KILL");
-    let seen = c.join().unwrap();
+    let seen = c.finish(&lab);
     let g = gap(&seen, fault);
     eprintln!(
         "crash failover: service gap {g:?}, {} acknowledged, {} failed client operations",
@@ -528,11 +564,11 @@ fn crash_failover_with_a_replica_on_hdfs() {
         lab.write_config(me, peer, host, &setup);
     }
     let first = lab.settle();
-    let c = client(&lab, 521, Duration::from_secs(5));
-    std::thread::sleep(Duration::from_millis(1500));
+    let c = Client::start(&lab, 521, 1);
+    c.wait_more(&lab, Client::FLOWING, Duration::from_secs(30));
     let fault = Instant::now();
     lab.signal(&first, "-KILL");
-    let seen = c.join().unwrap();
+    let seen = c.finish(&lab);
     let g = gap(&seen, fault);
     eprintln!(
         "crash failover with an HDFS replica: service gap {g:?}, {} acknowledged, {} failed \
@@ -615,8 +651,8 @@ fn planned_switchover_moves_the_service_ip() {
     let first = lab.settle();
     // DICOMweb follows the primary role: on the service IP, served by the primary.
     assert_eq!(http_via_service_ip(&lab, "/readyz"), 200);
-    let c = client(&lab, 502, Duration::from_secs(3));
-    std::thread::sleep(Duration::from_millis(1000));
+    let c = Client::start(&lab, 502, 1);
+    c.wait_more(&lab, Client::FLOWING, Duration::from_secs(30));
     let fault = Instant::now();
     let out = Command::new(BIN)
         .args(["ha", "switchover", "--config"])
@@ -624,7 +660,7 @@ fn planned_switchover_moves_the_service_ip() {
         .output()
         .unwrap();
     assert!(out.status.success(), "{}", text(&out));
-    let seen = c.join().unwrap();
+    let seen = c.finish(&lab);
     let g = gap(&seen, fault);
     eprintln!(
         "switchover: service gap {g:?}, {} acknowledged, {} failed client operations",
@@ -644,8 +680,8 @@ fn a_cut_link_between_the_nodes_makes_no_second_primary() {
     let _serial = serial();
     let Some(mut lab) = lab("hsp") else { return };
     let first = lab.settle();
-    let c = client(&lab, 503, Duration::from_secs(6));
-    std::thread::sleep(Duration::from_millis(800));
+    let c = Client::start(&lab, 503, 1);
+    c.wait_more(&lab, Client::FLOWING, Duration::from_secs(30));
     lab.isolate(true);
     // While cut: sample both nodes; never two serving primaries in one epoch, and the
     // service IP held by at most one node at a time... except for the moment a superseded
@@ -672,7 +708,7 @@ fn a_cut_link_between_the_nodes_makes_no_second_primary() {
         "an epoch with two primaries: {primaries:?}"
     );
     lab.isolate(false);
-    let seen = c.join().unwrap();
+    let seen = c.finish(&lab);
     eprintln!(
         "link cut: primaries seen {primaries:?}, {} acknowledged, {} failed client operations",
         seen.acked.len(),
@@ -786,12 +822,8 @@ fn failover_benchmark() {
     let mut next_study = 600;
     let mut run = |lab: &mut Lab, primary: &mut String, fault: Fault| -> (Duration, usize, usize) {
         next_study += 1;
-        let c = client(
-            lab,
-            next_study,
-            Duration::from_millis(if fault == Fault::Crash { 2500 } else { 1200 }),
-        );
-        std::thread::sleep(Duration::from_millis(500));
+        let c = Client::start(lab, next_study, 1);
+        c.wait_more(lab, Client::FLOWING, Duration::from_secs(30));
         let at = Instant::now();
         let other = if primary == "a" { "b" } else { "a" };
         match fault {
@@ -807,7 +839,7 @@ fn failover_benchmark() {
                 assert!(out.status.success(), "{}", text(&out));
             }
         }
-        let seen = c.join().unwrap();
+        let seen = c.finish(lab);
         let g = gap(&seen, at);
         let failed = seen.failed.len();
         let store_failed = seen.store_failed.len();
@@ -1037,14 +1069,15 @@ fn a_primary_paused_past_its_lease_does_not_serve_when_it_resumes() {
     let Some(mut lab) = lab("hstop") else { return };
     let first = lab.settle();
     let second = Lab::other(&first);
-    let c = client(&lab, 504, Duration::from_secs(5));
-    std::thread::sleep(Duration::from_millis(800));
+    let c = Client::start(&lab, 504, 1);
+    c.wait_more(&lab, Client::FLOWING, Duration::from_secs(30));
     lab.signal(&first, "-STOP");
     lab.wait_until("the standby takes over", Duration::from_secs(10), |l| {
         l.status(second)
             .is_some_and(|s| s.role.starts_with("primary") && s.holds_service_ip)
     });
-    std::thread::sleep(Duration::from_millis(500));
+    // The new primary serves while the old one is still paused.
+    c.wait_more(&lab, Client::FLOWING, Duration::from_secs(30));
     lab.signal(&first, "-CONT");
     lab.wait_until(
         "the resumed node steps down",
@@ -1054,7 +1087,7 @@ fn a_primary_paused_past_its_lease_does_not_serve_when_it_resumes() {
                 .is_some_and(|s| s.role == "standby" && !s.holds_service_ip)
         },
     );
-    let seen = c.join().unwrap();
+    let seen = c.finish(&lab);
     assert!(lab.status(second).unwrap().holds_service_ip);
     assert!(double_primary_epochs(&lab).is_empty());
     assert_all_kept(&lab, seen.acked.into_iter().map(|(s, _)| s).collect());
@@ -1066,19 +1099,20 @@ fn a_crashed_standby_catches_up_while_the_primary_serves_on() {
     let Some(mut lab) = lab("hsby") else { return };
     let first = lab.settle();
     let second = Lab::other(&first);
-    let c = client(&lab, 505, Duration::from_secs(5));
-    std::thread::sleep(Duration::from_millis(800));
+    let c = Client::start(&lab, 505, 1);
+    c.wait_more(&lab, Client::FLOWING, Duration::from_secs(30));
     lab.signal(second, "-KILL");
     lab.wait_until("the primary goes on alone", Duration::from_secs(10), |l| {
         l.status(&first).is_some_and(|s| s.role == "primary (solo)")
     });
-    std::thread::sleep(Duration::from_millis(1000));
+    // The primary serves alone for a while: the standby has something to catch up on.
+    c.wait_more(&lab, Client::FLOWING, Duration::from_secs(30));
     lab.start(second);
     lab.wait_until("the standby catches up", Duration::from_secs(20), |l| {
         l.primary().as_deref() == Some(first.as_str())
             && l.status(second).is_some_and(|s| s.role == "standby")
     });
-    let seen = c.join().unwrap();
+    let seen = c.finish(&lab);
     assert!(
         seen.failed.len() < 5,
         "the primary served on: {} failed",
@@ -1102,18 +1136,23 @@ fn with_the_witness_down_the_pair_serves_on_and_fails_over_once_it_returns() {
     let first = lab.settle();
     let second = Lab::other(&first);
     lab.kill_witness();
-    let c = client(&lab, 506, Duration::from_secs(1));
-    let seen = c.join().unwrap();
+    let mut c = Client::start(&lab, 506, 1);
+    c.wait_more(&lab, Client::FLOWING, Duration::from_secs(30));
+    let seen = c.stop();
     assert!(
         seen.failed.is_empty() && !seen.acked.is_empty(),
         "paired: no arbiter needed"
     );
     let mut acked: Vec<Spec> = seen.acked.into_iter().map(|(s, _)| s).collect();
     lab.signal(&first, "-KILL");
-    std::thread::sleep(Duration::from_millis(1500));
+    // Longer than the lease: a takeover would have happened by the end of it.
     assert!(
-        !lab.status(second).unwrap().role.starts_with("primary"),
-        "no takeover without the arbiter"
+        holds_for_blocking(Duration::from_millis(1500), || {
+            lab.status(second)
+                .is_some_and(|s| !s.role.starts_with("primary"))
+        }),
+        "no takeover without the arbiter\n{}",
+        lab.logs()
     );
     lab.start_witness();
     lab.wait_until(
@@ -1121,9 +1160,7 @@ fn with_the_witness_down_the_pair_serves_on_and_fails_over_once_it_returns() {
         Duration::from_secs(10),
         |l| l.status(second).is_some_and(|s| s.holds_service_ip),
     );
-    let seen = client_from(&lab, 506, Duration::from_millis(500), 10_000)
-        .join()
-        .unwrap();
+    let seen = Client::start(&lab, 506, 10_000).finish(&lab);
     acked.extend(seen.acked.into_iter().map(|(s, _)| s));
     assert_all_kept(&lab, acked);
 }
@@ -1181,9 +1218,8 @@ fn a_rolling_restart_under_load_fails_no_c_store_and_loses_nothing() {
     let Some(mut lab) = lab("hroll") else { return };
     let first = lab.settle();
     let second = Lab::other(&first);
-    let stop = Arc::new(AtomicBool::new(false));
-    let c = client_until_stopped(&lab, 507, 1, stop.clone());
-    std::thread::sleep(Duration::from_millis(800));
+    let c = Client::start(&lab, 507, 1);
+    c.wait_more(&lab, Client::FLOWING, Duration::from_secs(30));
     // The README's procedure: the standby first, then a switchover, then the old primary.
     let mut steps = Vec::new();
     let at = Instant::now();
@@ -1198,9 +1234,7 @@ fn a_rolling_restart_under_load_fails_no_c_store_and_loses_nothing() {
     let at = Instant::now();
     lab.planned_restart(&first, second);
     steps.push(("restart of the old primary", at, Instant::now()));
-    std::thread::sleep(Duration::from_millis(800));
-    stop.store(true, Ordering::SeqCst);
-    let seen = c.join().unwrap();
+    let seen = c.finish(&lab);
     for (step, from, to) in &steps {
         eprintln!(
             "rolling restart, {step} ({:?}): longest time without a stored instance {:?}",

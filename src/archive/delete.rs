@@ -18,8 +18,8 @@
 use tracing::{info, warn};
 
 use super::store::{Store, StoreError};
-use crate::index::IndexError;
 use crate::index::deletion::Deletion;
+use crate::index::{Index, IndexError};
 use crate::storage::Uid;
 
 /// Tombstones read at a time by `remove_deleted`.
@@ -69,11 +69,11 @@ impl Store {
             )
             .await?;
         if instances.is_empty() {
-            let what = match (series, sop) {
-                (_, Some(i)) => format!("instance {i}"),
-                (Some(se), None) => format!("series {se}"),
-                _ => format!("study {study}"),
-            };
+            let what = Index::named_under(
+                study.as_str(),
+                series.map(Uid::as_str),
+                sop.map(Uid::as_str),
+            );
             return Err(DeleteError::NotFound(what));
         }
         let sops: Vec<String> = instances.into_iter().map(|i| i.sop_instance_uid).collect();

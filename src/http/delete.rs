@@ -86,11 +86,11 @@ pub(crate) async fn delete_recorded(
 ) -> Result<DeleteReport, WebError> {
     let subject = subject_of(state, study).await;
     let result = state.store.delete(study, series, sop).await;
-    let what = match (series, sop) {
-        (_, Some(i)) => format!("instance {i}"),
-        (Some(se), None) => format!("series {se}"),
-        _ => format!("study {study}"),
-    };
+    let what = crate::index::Index::named_under(
+        study.as_str(),
+        series.map(Uid::as_str),
+        sop.map(Uid::as_str),
+    );
     let (outcome, description) = match &result {
         Ok(r) => (
             Outcome::Success,

@@ -41,11 +41,7 @@ pub(crate) async fn stored(
 ) -> Result<Vec<StoredInstance>, WebError> {
     let mut out = state.index.instances_under(study, series, sop).await?;
     if out.is_empty() {
-        let what = match (series, sop) {
-            (_, Some(i)) => format!("instance {i}"),
-            (Some(se), None) => format!("series {se}"),
-            _ => format!("study {study}"),
-        };
+        let what = crate::index::Index::named_under(study, series, sop);
         return Err(WebError::NotFound(format!("no {what} in this archive")));
     }
     out.sort_by(|a, b| a.series_instance_uid.cmp(&b.series_instance_uid));

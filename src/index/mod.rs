@@ -567,6 +567,16 @@ impl Index {
         self.instances_where(&only).await
     }
 
+    /// What `instances_under` was asked for, in words for messages and the audit trail:
+    /// `instance X`, `series Y` or `study Z`.
+    pub fn named_under(study: &str, series: Option<&str>, sop: Option<&str>) -> String {
+        match (series, sop) {
+            (_, Some(i)) => format!("instance {i}"),
+            (Some(se), None) => format!("series {se}"),
+            _ => format!("study {study}"),
+        }
+    }
+
     /// The stored instances whose UIDs are exactly these (column, UID).
     async fn instances_where(
         &self,
