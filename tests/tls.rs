@@ -97,6 +97,19 @@ fn make_pki(dir: &Path, names: &[&str]) {
     sign("ROGUE", "rogue-ca", "CT1");
 }
 
+/// The node's `[tls]`: PACSD's certificate from `pki`, a client certificate required, beside
+/// the plain port.
+fn node_tls(pki: &Path) -> TlsConfig {
+    TlsConfig {
+        port: 0,
+        certificate: pki.join("PACSD.crt"),
+        private_key: pki.join("PACSD.key"),
+        ca: pki.join("ca.crt"),
+        require_client_certificate: true,
+        only: false,
+    }
+}
+
 /// DCMTK's TLS options for the certificate `name` in `pki`.
 fn tls_args(pki: &Path, name: &str) -> Vec<String> {
     let p = |f: String| pki.join(f).display().to_string();
@@ -137,14 +150,7 @@ async fn dcmtk_and_pynetdicom_over_tls_with_certificates_checked_and_audited() {
     let syslog = format!("tls://127.0.0.1:{}", collector.port);
     let n = TestNode::start_with(|c| {
         c.audit.syslog = Some(syslog.clone());
-        c.tls = Some(TlsConfig {
-            port: 0,
-            certificate: pki.path().join("PACSD.crt"),
-            private_key: pki.path().join("PACSD.key"),
-            ca: pki.path().join("ca.crt"),
-            require_client_certificate: true,
-            only: false,
-        });
+        c.tls = Some(node_tls(pki.path()));
         c.peers = vec![
             // Known by its certificate: its hosts (a documentation address) would never
             // admit loopback, the certificate does.
@@ -561,14 +567,7 @@ async fn dicomweb_over_https_speaks_http2_and_http1_with_https_urls_and_secure_c
     let pki = tempfile::tempdir().unwrap();
     make_pki(pki.path(), &["PACSD"]);
     let n = TestNode::start_with(|c| {
-        c.tls = Some(TlsConfig {
-            port: 0,
-            certificate: pki.path().join("PACSD.crt"),
-            private_key: pki.path().join("PACSD.key"),
-            ca: pki.path().join("ca.crt"),
-            require_client_certificate: true,
-            only: false,
-        });
+        c.tls = Some(node_tls(pki.path()));
         c.http.tls = true;
     })
     .await;
