@@ -8,6 +8,7 @@ pub mod charset;
 pub mod config;
 pub mod dataset;
 pub mod dicomjson;
+pub mod dicomxml;
 pub mod dimse;
 #[doc(hidden)]
 pub mod fuzzing;

@@ -171,6 +171,79 @@ async fn dicomweb_client_drives_stow_qido_and_wado() {
 }
 
 /// The SOP/Study/Series UIDs findscu reports for a query (hierarchical Study Root).
+/// QIDO-RS and WADO-RS metadata as PS3.19 XML: checked by tests/py/xml_check.py against
+/// DCMTK's `dcm2xml --native-format` of the stored file, attribute by attribute.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metadata_and_qido_as_native_dicom_xml_agree_with_dcmtk_dcm2xml() {
+    let (n, base) = web_node(|_| {}).await;
+    let mut spec = Spec::ct(961, 1, 1, 32);
+    spec.study_description = "Chest & abdomen <contrast>".into();
+    spec.referring_physician = "Smith^Anna^Maria^Dr^PhD".into();
+    let file = n.dir.path().join("xml.dcm");
+    part10_file(&spec, &file);
+    let sent = storescu_paths(n.port(), &[], &[&file]).await;
+    assert!(sent.status.success(), "{}", text(&sent));
+    let metadata = format!(
+        "{base}/studies/{}/series/{}/instances/{}/metadata",
+        spec.study_uid, spec.series_uid, spec.sop_uid
+    );
+    let qido = format!("{base}/studies?StudyInstanceUID={}", spec.study_uid);
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/py/xml_check.py");
+    let mut cmd = Command::new("python3");
+    cmd.arg(script)
+        .args([&metadata, &qido])
+        .arg(&file)
+        .args(["viewer", PASSWORD]);
+    let seen = json_of(cmd).await;
+    let s = |k: &str| seen[k].clone();
+    use serde_json::json as j;
+    assert_eq!(s("metadata_status"), j!(200), "{seen}");
+    assert!(
+        s("metadata_type")
+            .as_str()
+            .unwrap()
+            .starts_with("multipart/related; type=\"application/dicom+xml\"; boundary="),
+        "{seen}"
+    );
+    assert_eq!(s("metadata_parts"), j!(1), "{seen}");
+    assert_eq!(
+        s("metadata_part_types"),
+        j!(["application/dicom+xml"]),
+        "{seen}"
+    );
+    assert_eq!(
+        s("diffs"),
+        j!([]),
+        "every attribute as dcm2xml writes it: {seen}"
+    );
+    assert!(s("attributes_ours").as_u64().unwrap() >= 20, "{seen}");
+    assert!(
+        s("pixel_data_bulk_uri")
+            .as_str()
+            .unwrap()
+            .starts_with(&metadata.replace("/metadata", "/bulkdata/")),
+        "{seen}"
+    );
+    assert_eq!(s("qido_status"), j!(200), "{seen}");
+    assert_eq!(s("qido_parts"), j!(1), "{seen}");
+    assert_eq!(s("qido_study_uid"), j!(spec.study_uid), "{seen}");
+    assert_eq!(s("qido_patient_name"), j!(spec.patient_name), "{seen}");
+    assert_eq!(s("qido_instances"), j!(1.0), "{seen}");
+    let xml_type = |k: &str| {
+        s(k).as_str()
+            .unwrap()
+            .starts_with("multipart/related; type=\"application/dicom+xml\"")
+    };
+    assert!(xml_type("qido_bare_xml_type"), "{seen}");
+    assert!(xml_type("qido_xml_preferred_type"), "{seen}");
+    assert_eq!(
+        s("qido_json_preferred_type"),
+        j!("application/dicom+json"),
+        "{seen}"
+    );
+    assert_eq!(s("qido_html_status"), j!(406), "{seen}");
+}
+
 fn findscu_uids(port: u16, level: &str, keys: &[(&str, &str)], unique: &str) -> BTreeSet<String> {
     let mut args: Vec<String> = vec![
         "-v".into(),
@@ -530,7 +603,7 @@ async fn bad_requests_get_their_status_and_store_nothing() {
         .unwrap();
     assert_eq!(r.status().as_u16(), 406);
     let r = admin(http.get(format!("{base}/studies")))
-        .header("Accept", "application/dicom+xml")
+        .header("Accept", "text/csv")
         .send()
         .await
         .unwrap();

@@ -159,6 +159,67 @@ pub fn related_content_type(boundary: &str, part_type: &str) -> String {
     format!("multipart/related; type=\"{part_type}\"; boundary={boundary}")
 }
 
+/// How data sets (QIDO-RS matches, WADO-RS metadata) are sent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DatasetsAs {
+    /// `application/dicom+json`: one JSON array (PS3.18 F.2).
+    Json,
+    /// `multipart/related; type="application/dicom+xml"`: one Native DICOM Model document
+    /// per part (PS3.19 A.1).
+    Xml,
+}
+
+/// The first of the two the Accept ranges allow, in their order of quality (JSON for `*/*`
+/// and without Accept); `None`: neither (406).
+pub fn datasets_as(accept: &[MediaType]) -> Option<DatasetsAs> {
+    accept.iter().find_map(|r| {
+        if r.covers("application/dicom+json") || r.covers("application/json") {
+            Some(DatasetsAs::Json)
+        } else if r.essence == "application/dicom+xml"
+            || (r.covers("multipart/related")
+                && r.param("type")
+                    .is_some_and(|t| t.eq_ignore_ascii_case("application/dicom+xml")))
+        {
+            Some(DatasetsAs::Xml)
+        } else {
+            None
+        }
+    })
+}
+
+/// A 200 answer carrying `datasets` (DICOM JSON objects) as `how` says.
+pub fn datasets_response(
+    datasets: &[serde_json::Value],
+    how: DatasetsAs,
+) -> Result<axum::response::Response, WebError> {
+    use axum::response::IntoResponse;
+    let (content_type, body) = match how {
+        DatasetsAs::Json => (
+            "application/dicom+json".to_string(),
+            serde_json::to_vec(datasets).map_err(|e| WebError::Internal(e.to_string()))?,
+        ),
+        DatasetsAs::Xml => {
+            let boundary = new_boundary();
+            let mut body = Vec::new();
+            for ds in datasets {
+                body.extend_from_slice(&part_header(&boundary, "application/dicom+xml", None));
+                body.extend_from_slice(crate::dicomxml::native_xml(ds).as_bytes());
+            }
+            body.extend_from_slice(&closing(&boundary));
+            (
+                related_content_type(&boundary, "application/dicom+xml"),
+                body,
+            )
+        }
+    };
+    Ok((
+        axum::http::StatusCode::OK,
+        [(axum::http::header::CONTENT_TYPE, content_type)],
+        body,
+    )
+        .into_response())
+}
+
 /// Longest boundary accepted in a request.
 const MAX_BOUNDARY: usize = 200;
 

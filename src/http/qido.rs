@@ -12,7 +12,7 @@ use dicom_core::{DataElement, PrimitiveValue, Tag, VR};
 use dicom_dictionary_std::{StandardDataDictionary, tags};
 use dicom_object::InMemDicomObject;
 
-use super::multipart::accept_ranges;
+use super::multipart::{accept_ranges, datasets_as, datasets_response};
 use super::{WebError, WebState, clip, origin_of, path_uid};
 use crate::dicomjson::metadata_object;
 use crate::index::query::{Level, Order};
@@ -408,14 +408,13 @@ async fn search(
     headers: &HeaderMap,
 ) -> Result<Response, WebError> {
     let accept = headers.get(header::ACCEPT).and_then(|v| v.to_str().ok());
-    if !accept_ranges(accept)
-        .iter()
-        .any(|r| r.covers("application/dicom+json") || r.covers("application/json"))
-    {
-        return Err(WebError::NotAcceptable(
-            "QIDO-RS answers application/dicom+json only".into(),
-        ));
-    }
+    let how = datasets_as(&accept_ranges(accept)).ok_or_else(|| {
+        WebError::NotAcceptable(
+            "QIDO-RS answers application/dicom+json or multipart/related; \
+             type=\"application/dicom+xml\""
+                .into(),
+        )
+    })?;
     let p = parse_params(raw.as_deref())?;
     let base = format!(
         "{}{}",
@@ -431,13 +430,7 @@ async fn search(
         return Ok(StatusCode::NO_CONTENT.into_response());
     }
     let json: Vec<serde_json::Value> = matches.iter().map(|m| metadata_object(m, None)).collect();
-    let body = serde_json::to_vec(&json).map_err(|e| WebError::Internal(e.to_string()))?;
-    let mut rsp = (
-        StatusCode::OK,
-        [(header::CONTENT_TYPE, "application/dicom+json")],
-        body,
-    )
-        .into_response();
+    let mut rsp = datasets_response(&json, how)?;
     let mut warn = |text: &str| {
         if let Ok(v) = header::HeaderValue::from_str(text) {
             rsp.headers_mut().append(header::WARNING, v);

@@ -14,7 +14,8 @@ use dicom_dictionary_std::{tags, uids};
 use futures::StreamExt;
 
 use super::multipart::{
-    MediaType, accept_ranges, closing, new_boundary, part_header, related_content_type,
+    DatasetsAs, MediaType, accept_ranges, closing, datasets_as, datasets_response, new_boundary,
+    part_header, related_content_type,
 };
 use super::{WebError, WebState, clip, origin_of, path_uid};
 use crate::archive::read_verified;
@@ -345,14 +346,13 @@ async fn metadata(
     only: Option<&str>,
     headers: &HeaderMap,
 ) -> Result<Response, WebError> {
-    if !accept_of(headers)
-        .iter()
-        .any(|r| r.covers("application/dicom+json") || r.covers("application/json"))
-    {
-        return Err(WebError::NotAcceptable(
-            "metadata is sent as application/dicom+json".into(),
-        ));
-    }
+    let how = datasets_as(&accept_of(headers)).ok_or_else(|| {
+        WebError::NotAcceptable(
+            "metadata is sent as application/dicom+json or multipart/related; \
+             type=\"application/dicom+xml\""
+                .into(),
+        )
+    })?;
     let base = format!(
         "{}{}",
         origin_of(headers),
@@ -388,6 +388,12 @@ async fn metadata(
     }
     body.push(']');
     let body = body.replace(BASE_PLACEHOLDER, &base);
+    if how == DatasetsAs::Xml {
+        // XML is spelled from the same (cached) JSON.
+        let datasets: Vec<serde_json::Value> =
+            serde_json::from_str(&body).map_err(|e| WebError::Internal(e.to_string()))?;
+        return datasets_response(&datasets, how);
+    }
     Ok((
         StatusCode::OK,
         [(header::CONTENT_TYPE, "application/dicom+json")],
