@@ -393,24 +393,15 @@ async fn planned_switchover_moves_the_primary_without_losing_writes() {
     let targets = both(&p);
     let mut client = Client::new(302);
     client.run_for(Duration::from_millis(500), &targets).await;
-    let out = Command::new(BIN)
-        .args(["ha", "switchover", "--config"])
-        .arg(&p.a.config)
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{}", text(&out));
+    let (ok, said) = p.a.ha(&["switchover"]);
+    assert!(ok, "{said}");
     client.run_for(Duration::from_millis(1500), &targets).await;
     let (primary, standby) = p.settled(Duration::from_secs(10)).expect("settled");
     assert_eq!((primary.name, standby.name), ("b", "a"));
     assert_all_kept(&p.b, &client.acked, &p.logs()).await;
     // Switching over from the standby is refused.
-    let out = Command::new(BIN)
-        .args(["ha", "switchover", "--config"])
-        .arg(&p.a.config)
-        .output()
-        .unwrap();
-    assert!(!out.status.success());
-    assert!(text(&out).contains("not the primary"), "{}", text(&out));
+    let (ok, said) = p.a.ha(&["switchover"]);
+    assert!(!ok && said.contains("not the primary"), "{said}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -533,13 +524,8 @@ fn a_store_that_cannot_grant_epochs_once_is_refused_at_start_up() {
     // cannot hold claims at all: both refusals must be clear errors, not a running node.
     let p = pair(46, false);
     std::fs::write(p.dir.path().join("arbiter"), b"not a directory").unwrap();
-    let out = Command::new(BIN)
-        .args(["serve", "--config"])
-        .arg(&p.a.config)
-        .output()
-        .unwrap();
-    assert!(!out.status.success());
-    assert!(text(&out).contains("arbiter"), "{}", text(&out));
+    let (ok, said) = p.a.pacsd(&["serve"]);
+    assert!(!ok && said.contains("arbiter"), "{said}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -586,16 +572,10 @@ fn garage_is_refused_as_arbiter_because_it_ignores_create_if_absent() {
         config.replace(&arbiter_line, &format!("arbiter = \"{url}\"")),
     )
     .unwrap();
-    let out = Command::new(BIN)
-        .args(["serve", "--config"])
-        .arg(&p.a.config)
-        .output()
-        .unwrap();
-    assert!(!out.status.success());
+    let (ok, said) = p.a.pacsd(&["serve"]);
     assert!(
-        text(&out).contains("does not refuse a second create"),
-        "{}",
-        text(&out)
+        !ok && said.contains("does not refuse a second create"),
+        "{said}"
     );
 }
 
@@ -912,8 +892,12 @@ impl Member {
 
     /// `pacsd ha <args>` on this member: (succeeded, stdout and stderr).
     fn ha(&self, args: &[&str]) -> (bool, String) {
+        self.pacsd(&[&["ha"], args].concat())
+    }
+
+    /// `pacsd <args> --config <this member's>` run to its end: (succeeded, its output).
+    fn pacsd(&self, args: &[&str]) -> (bool, String) {
         let out = Command::new(BIN)
-            .arg("ha")
             .args(args)
             .arg("--config")
             .arg(&self.config)

@@ -68,14 +68,10 @@ fn two_studies() -> Vec<Spec> {
     v
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn movescu_every_level_arrives_byte_identical() {
-    let dest = Destination::start(&[]);
-    let specs = two_studies();
-    let n = node_with(dest.port, &specs).await;
-    let port = n.port();
-    let study1 = specs[0].study_uid.clone();
-
+/// DCMTK movescu of study `study` (study root) to the destination the node knows, off the
+/// runtime; the final response must be Success.
+async fn move_study(port: u16, study: &str) {
+    let study = study.to_string();
     let out = tokio::task::spawn_blocking(move || {
         movescu(
             port,
@@ -84,7 +80,7 @@ async fn movescu_every_level_arrives_byte_identical() {
                 "-k",
                 "QueryRetrieveLevel=STUDY",
                 "-k",
-                &format!("StudyInstanceUID={study1}"),
+                &format!("StudyInstanceUID={study}"),
             ],
         )
     })
@@ -94,6 +90,17 @@ async fn movescu_every_level_arrives_byte_identical() {
         out.contains("Received Final Move Response (Success)"),
         "{out}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn movescu_every_level_arrives_byte_identical() {
+    let dest = Destination::start(&[]);
+    let specs = two_studies();
+    let n = node_with(dest.port, &specs).await;
+    let port = n.port();
+    let study1 = specs[0].study_uid.clone();
+
+    move_study(port, &study1).await;
     assert_eq!(dest.files().len(), 3);
     // Byte-identical data sets (stored in Explicit VR LE, destination accepts it; storescp +B).
     for f in dest.files() {
@@ -256,24 +263,7 @@ async fn implicit_only_destination_gets_re_encoded_and_decompressed_images() {
     let n = node_with(dest.port, &specs).await;
     let port = n.port();
     let study = specs[0].study_uid.clone();
-    let out = tokio::task::spawn_blocking(move || {
-        movescu(
-            port,
-            &[
-                "-S",
-                "-k",
-                "QueryRetrieveLevel=STUDY",
-                "-k",
-                &format!("StudyInstanceUID={study}"),
-            ],
-        )
-    })
-    .await
-    .unwrap();
-    assert!(
-        out.contains("Received Final Move Response (Success)"),
-        "{out}"
-    );
+    move_study(port, &study).await;
     let files = dest.files();
     assert_eq!(files.len(), 3);
     for f in &files {
@@ -598,24 +588,7 @@ async fn jpeg_2000_is_decompressed_for_an_implicit_only_destination() {
     let inst = n.stored(&spec.sop_uid).await;
     assert_eq!(inst.transfer_syntax_uid, uids::JPEG2000_LOSSLESS);
     let (port, study) = (n.port(), spec.study_uid.clone());
-    let out = tokio::task::spawn_blocking(move || {
-        movescu(
-            port,
-            &[
-                "-S",
-                "-k",
-                "QueryRetrieveLevel=STUDY",
-                "-k",
-                &format!("StudyInstanceUID={study}"),
-            ],
-        )
-    })
-    .await
-    .unwrap();
-    assert!(
-        out.contains("Received Final Move Response (Success)"),
-        "{out}"
-    );
+    move_study(port, &study).await;
     let received = dest.files().into_iter().next().expect("one file");
     assert_eq!(
         dicom_object::open_file(&received)
