@@ -170,21 +170,30 @@ pub enum DatasetsAs {
 }
 
 /// The first of the two the Accept ranges allow, in their order of quality (JSON for `*/*`
-/// and without Accept); `None`: neither (406).
-pub fn datasets_as(accept: &[MediaType]) -> Option<DatasetsAs> {
-    accept.iter().find_map(|r| {
-        if r.covers("application/dicom+json") || r.covers("application/json") {
-            Some(DatasetsAs::Json)
-        } else if r.essence == "application/dicom+xml"
-            || (r.covers("multipart/related")
-                && r.param("type")
-                    .is_some_and(|t| t.eq_ignore_ascii_case("application/dicom+xml")))
-        {
-            Some(DatasetsAs::Xml)
-        } else {
-            None
-        }
-    })
+/// and without Accept); 406 when they allow neither.
+pub fn datasets_as(accept: &[MediaType]) -> Result<DatasetsAs, WebError> {
+    accept
+        .iter()
+        .find_map(|r| {
+            if r.covers("application/dicom+json") || r.covers("application/json") {
+                Some(DatasetsAs::Json)
+            } else if r.essence == "application/dicom+xml"
+                || (r.covers("multipart/related")
+                    && r.param("type")
+                        .is_some_and(|t| t.eq_ignore_ascii_case("application/dicom+xml")))
+            {
+                Some(DatasetsAs::Xml)
+            } else {
+                None
+            }
+        })
+        .ok_or_else(|| {
+            WebError::NotAcceptable(
+                "data sets are sent as application/dicom+json or multipart/related; \
+                 type=\"application/dicom+xml\""
+                    .into(),
+            )
+        })
 }
 
 /// A 200 answer carrying `datasets` (DICOM JSON objects) as `how` says.

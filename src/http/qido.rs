@@ -408,13 +408,7 @@ async fn search(
     headers: &HeaderMap,
 ) -> Result<Response, WebError> {
     let accept = headers.get(header::ACCEPT).and_then(|v| v.to_str().ok());
-    let how = datasets_as(&accept_ranges(accept)).ok_or_else(|| {
-        WebError::NotAcceptable(
-            "QIDO-RS answers application/dicom+json or multipart/related; \
-             type=\"application/dicom+xml\""
-                .into(),
-        )
-    })?;
+    let how = datasets_as(&accept_ranges(accept))?;
     let p = parse_params(raw.as_deref())?;
     let base = format!(
         "{}{}",

@@ -346,13 +346,7 @@ async fn metadata(
     only: Option<&str>,
     headers: &HeaderMap,
 ) -> Result<Response, WebError> {
-    let how = datasets_as(&accept_of(headers)).ok_or_else(|| {
-        WebError::NotAcceptable(
-            "metadata is sent as application/dicom+json or multipart/related; \
-             type=\"application/dicom+xml\""
-                .into(),
-        )
-    })?;
+    let how = datasets_as(&accept_of(headers))?;
     let base = format!(
         "{}{}",
         origin_of(headers),
