@@ -87,3 +87,36 @@ start_minidfs() {
         return 1
     fi
 }
+
+# One pass of a workload ("$@") while perf samples process PID: prints units per second, the
+# process's CPU time per unit (utime + stime) and its hottest symbols ($WORK/perf.txt).
+# Usage: perf_pass PID UNITS command...
+perf_pass() {
+    local pid=$1 units=$2; shift 2
+    local c0 c1 t0 t1 perf
+    cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
+    c0=$(cpu_ticks "$pid"); t0=$(date +%s.%N)
+    perf record -q -F 999 -g -p "$pid" -o "$WORK/perf.data" -- sleep 600 & perf=$!
+    sleep 0.5
+    "$@"
+    t1=$(date +%s.%N); c1=$(cpu_ticks "$pid")
+    kill -INT "$perf"; wait "$perf" 2>/dev/null || true
+    python3 -c "import sys; n,c,t=int(sys.argv[1]),(int(sys.argv[3])-int(sys.argv[2]))/100,float(sys.argv[5])-float(sys.argv[4]); print(f'{n/t:.0f} per s; CPU {c:.2f} s = {c/n*1000:.2f} ms per unit')" \
+        "$units" "$c0" "$c1" "$t0" "$t1"
+    perf report -i "$WORK/perf.data" --no-children --sort symbol --stdio >"$WORK/perf.txt" 2>/dev/null
+    grep -E '^ +[0-9.]+%' "$WORK/perf.txt" | awk 'NR <= 25'   # awk reads all: no SIGPIPE
+}
+
+# One pass of a workload ("$@") while strace -c counts the system calls of process PID:
+# prints the table ($WORK/strace.txt) with the calls per unit.
+# Usage: strace_pass PID UNITS command...
+strace_pass() {
+    local pid=$1 units=$2; shift 2
+    local st
+    strace -c -f -p "$pid" -o "$WORK/strace.txt" & st=$!
+    sleep 0.5
+    "$@"
+    kill -INT "$st"; wait "$st" 2>/dev/null || true
+    awk -v n="$units" 'NR <= 2 { print; next } $4 ~ /^[0-9]+$/ && NF >= 5 {
+        printf "%s  (%.1f per unit)\n", $0, $4 / n; next } { print }' "$WORK/strace.txt" | head -24
+}

@@ -34,24 +34,8 @@ move_all() {
             127.0.0.1 "$PP" >>"$WORK/move.log" 2>&1
     done
 }
-cpu() { awk '{print $14 + $15}' "/proc/$PID/stat"; }   # utime + stime, in clock ticks
-
 move_all   # warm the page cache
-echo "== perf: $N instances moved"
-c0=$(cpu); t0=$(date +%s.%N)
-perf record -q -F 999 -g -p "$PID" -o "$WORK/perf.data" -- sleep 600 & PERF=$!
-sleep 0.5
-move_all
-t1=$(date +%s.%N); c1=$(cpu)
-kill -INT "$PERF"; wait "$PERF" 2>/dev/null || true
-python3 -c "import sys; n,c,t=int(sys.argv[1]),(int(sys.argv[3])-int(sys.argv[2]))/100,float(sys.argv[5])-float(sys.argv[4]); print(f'{n/t:.0f} inst/s; pacsd CPU {c:.2f} s = {c/n*1000:.2f} ms per instance')" \
-    "$N" "$c0" "$c1" "$t0" "$t1"
-perf report -i "$WORK/perf.data" --no-children --sort symbol --stdio >"$WORK/perf.txt" 2>/dev/null
-grep -E '^ +[0-9.]+%' "$WORK/perf.txt" | awk 'NR <= 25'   # awk reads all: no SIGPIPE
-
+echo "== perf: $N instances moved (units: instances)"
+perf_pass "$PID" "$N" move_all
 echo "== strace -c: system calls of pacsd during one more pass"
-strace -c -f -p "$PID" -o "$WORK/strace.txt" & ST=$!
-sleep 0.5
-move_all
-kill -INT "$ST"; wait "$ST" 2>/dev/null || true
-head -20 "$WORK/strace.txt"
+strace_pass "$PID" "$N" move_all
