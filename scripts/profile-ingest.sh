@@ -5,20 +5,22 @@
 # of the durability contract among them). Prints the hottest symbols, the syscall table with
 # calls per C-STORE, and pacsd's CPU time per instance.
 #
-# Usage: scripts/profile-ingest.sh [INSTANCES]   (default 500 CT-like 512x512 images)
+# Usage: scripts/profile-ingest.sh [INSTANCES] [SIZE]   (default 500 CT-like 512x512 images;
+#        SIZE 64 gives the benchmark's small objects)
 # Needs: dcmtk, perf, strace.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/lib.sh
 N=${1:-500}
+SIZE=${2:-512}
 need storescu:dcmtk perf:linux-perf strace:strace
 cargo build --release --quiet
 PACSD=$PWD/target/release/pacsd
 workdir profile-ingest
 export TCP_NODELAY=1
 
-$PACSD synth -o "$WORK/perf-corpus" --studies 1 --per-study "$N" --size 512 --first-study 4000 | tail -1
-$PACSD synth -o "$WORK/strace-corpus" --studies 1 --per-study "$N" --size 512 --first-study 4001 | tail -1
+$PACSD synth -o "$WORK/perf-corpus" --studies 1 --per-study "$N" --size "$SIZE" --first-study 4000 | tail -1
+$PACSD synth -o "$WORK/strace-corpus" --studies 1 --per-study "$N" --size "$SIZE" --first-study 4001 | tail -1
 PP=$(free_port)
 pacsd_retrieve_config "$PP" "$(free_port)" "$(printf '[http]\nenabled = false')"
 RUST_LOG=pacsd=warn $PACSD serve -c "$WORK/pacsd.toml" >"$WORK/pacsd.log" 2>&1 & PIDS+=($!)

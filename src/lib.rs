@@ -6,6 +6,7 @@ pub mod audit;
 pub mod calendar;
 pub mod charset;
 pub mod config;
+pub mod crashpoint;
 pub mod dataset;
 pub mod dicomjson;
 pub mod dicomxml;

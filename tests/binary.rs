@@ -9,7 +9,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use common::{dcmtk, http_status, peak_rss_of, small_corpus, text};
+use common::{dcmtk, http_status, peak_rss_of, small_corpus, text, wait_for};
 
 const BIN: &str = env!("CARGO_BIN_EXE_pacsd");
 
@@ -43,9 +43,18 @@ fn serve(config: &Path) -> (Child, u16, mpsc::Receiver<String>) {
 
 /// `serve`, also returning the log lines written before "listening".
 fn serve_with_start_up_lines(config: &Path) -> (Child, u16, mpsc::Receiver<String>, Vec<String>) {
+    serve_with_env(config, &[])
+}
+
+/// `serve_with_start_up_lines` with more environment variables for the node.
+fn serve_with_env(
+    config: &Path,
+    env: &[(&str, &str)],
+) -> (Child, u16, mpsc::Receiver<String>, Vec<String>) {
     let mut child = Command::new(BIN)
         .args(["serve", "--config"])
         .arg(config)
+        .envs(env.iter().copied())
         .env("RUST_LOG", "pacsd=info")
         .stderr(Stdio::piped())
         .stdout(Stdio::null())
@@ -202,6 +211,107 @@ fn serve_store_sigterm_then_rebuild_the_index() {
     assert!(wait_exit(&mut child, Duration::from_secs(15)).is_some());
     let stats = pacsd(&["index", "stats", "--config", config.to_str().unwrap()]);
     assert!(String::from_utf8_lossy(&stats.stdout).contains("instances 7"));
+}
+
+/// The numbers `pacsd index stats` prints, by name.
+fn index_stats(config: &Path) -> std::collections::HashMap<String, u64> {
+    let out = pacsd(&["index", "stats", "--config", config.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", text(&out));
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| l.split_once(' '))
+        .map(|(k, v)| (k.to_string(), v.trim().parse().unwrap()))
+        .collect()
+}
+
+/// storescu of every file under `dir` to the node on `port`.
+fn storescu(port: u16, dir: &Path) -> std::process::Output {
+    dcmtk(
+        "storescu",
+        &[
+            "-aec",
+            "PACSD",
+            "+sd",
+            "127.0.0.1",
+            &port.to_string(),
+            dir.to_str().unwrap(),
+        ],
+    )
+}
+
+/// The node is killed (SIGKILL from inside, at a named step: src/crashpoint.rs) while it
+/// stores one instance, at every step of the C-STORE write path and once while the preview
+/// worker records that instance's preview, then started again. What a restart must find:
+/// the instances acknowledged before are all there and whole; the interrupted one is indexed
+/// exactly when its row was committed (after the objects were on a quorum), never half; every
+/// indexed copy on every replica matches its recorded size and SHA-256; a re-send of the
+/// interrupted instance is answered Success and stores it; its preview is made.
+#[cfg(feature = "crashpoints")]
+#[test]
+fn a_crash_at_any_step_of_a_c_store_leaves_the_instance_whole_or_absent() {
+    use std::os::unix::process::ExitStatusExt;
+    let steps = [
+        ("store-prepared", false),
+        ("put-first-replica", false),
+        ("put-quorum", false),
+        ("index-before-commit", false),
+        ("index-committed", true),
+        ("preview-placed", true),
+    ];
+    for (point, committed) in steps {
+        let dir = tempfile::tempdir().unwrap();
+        let config = write_config(dir.path(), "");
+        let (before, crashed) = (dir.path().join("before"), dir.path().join("crashed"));
+        small_corpus(&before, 93, 2);
+        small_corpus(&crashed, 94, 1);
+        let previews_settled = |done: u64| {
+            wait_for(Duration::from_secs(30), || {
+                let s = index_stats(&config);
+                s["previews_pending"] == 0 && s["previews_done"] == done
+            })
+        };
+
+        // Two instances acknowledged, their previews made; then `kill -9`.
+        let (mut child, port, _logs) = serve(&config);
+        let stored = storescu(port, &before);
+        assert!(stored.status.success(), "{}", text(&stored));
+        assert!(previews_settled(2), "{point}: {:?}", index_stats(&config));
+        child.kill().unwrap();
+        child.wait().unwrap();
+
+        // The crash, while one more is stored.
+        let (mut child, port, _logs, _) = serve_with_env(&config, &[("PACSD_CRASH_AT", point)]);
+        let interrupted = storescu(port, &crashed);
+        let st = wait_exit(&mut child, Duration::from_secs(30))
+            .unwrap_or_else(|| panic!("{point}: the crash point was not reached"));
+        assert_eq!(st.signal(), Some(9), "{point}: {st:?}");
+        // Answered Success only when the crash came after the answer (the preview's step).
+        assert_eq!(
+            interrupted.status.success() && !text(&interrupted).contains("E:"),
+            point == "preview-placed",
+            "{point}: {}",
+            text(&interrupted)
+        );
+
+        // The restart: the index opens, holds the committed rows and only those.
+        let s = index_stats(&config);
+        assert_eq!(s["instances"], 2 + u64::from(committed), "{point}: {s:?}");
+        let (mut child, port, _logs) = serve(&config);
+        let resent = storescu(port, &crashed);
+        assert!(resent.status.success(), "{point}: {}", text(&resent));
+        assert!(previews_settled(3), "{point}: {:?}", index_stats(&config));
+        assert_eq!(index_stats(&config)["instances"], 3, "{point}");
+        child.kill().unwrap();
+        child.wait().unwrap();
+        let verify = pacsd(&["storage", "verify", "--config", config.to_str().unwrap()]);
+        assert!(verify.status.success(), "{point}: {}", text(&verify));
+        assert!(
+            String::from_utf8_lossy(&verify.stdout)
+                .contains("3 objects and 3 previews checked on 3 replicas: 0 bad copies"),
+            "{point}: {}",
+            text(&verify)
+        );
+    }
 }
 
 #[test]

@@ -269,6 +269,7 @@ impl Store {
         rec.size = file.len() as u64;
         rec.calling_ae_title = source_ae;
 
+        crate::crashpoint::hit("store-prepared");
         // 1. Data: W of N replicas (the checksum is computed while the replicas write).
         //    A write below quorum is undone where it landed.
         let started = Instant::now();
@@ -277,6 +278,7 @@ impl Store {
             sha256_hex(file)
         );
         let crate::archive::Placed { outcome, missed } = placed?;
+        crate::crashpoint::hit("put-quorum");
         rec.sha256 = sha256;
         let put_time = started.elapsed();
 

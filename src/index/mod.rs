@@ -830,8 +830,15 @@ fn writer_loop(
         for job in jobs.iter_mut() {
             results.push(apply_job(&mut tx, &mut job.work, epoch));
         }
+        let inserts = jobs.iter().any(|j| matches!(j.work, Work::Insert { .. }));
+        if inserts {
+            crate::crashpoint::hit("index-before-commit");
+        }
         match tx.commit() {
             Ok(()) => {
+                if inserts {
+                    crate::crashpoint::hit("index-committed");
+                }
                 debug!(group = jobs.len(), "index group committed");
                 let last = results
                     .iter()

@@ -174,6 +174,7 @@ pub async fn render_one(index: &Index, storage: &Storage, task: &PreviewTask) ->
             }
         }
     };
+    crate::crashpoint::hit("preview-placed");
     if let Err(e) = index.set_preview(task.instance_id, state, missed).await {
         warn!(sop = %task.sop_instance_uid, error = %e, "preview outcome not recorded; will redo");
         return Outcome::Deferred(e.to_string());

@@ -351,6 +351,9 @@ impl Storage {
                 Ok(()) => {
                     self.note_success(i);
                     outcome.written.push(i);
+                    if !self.quorum.is_met(outcome.written.len()) {
+                        crate::crashpoint::hit("put-first-replica");
+                    }
                 }
                 Err(e) => {
                     warn!(replica = %self.replicas[i].location, key, error = %e, "replica write failed");

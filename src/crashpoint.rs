@@ -1,0 +1,37 @@
+//! Crash points: named places on the write path where a test build kills its own process
+//! (SIGKILL, as a crash or `kill -9` would), to check that what a restarted node finds is
+//! consistent whichever step a crash interrupts.
+//!
+//! Only with the cargo feature `crashpoints` (the test suite's build): the environment
+//! variable `PACSD_CRASH_AT` names the one point that kills the process the first time it is
+//! reached. Without the feature `hit` is empty and the variable means nothing.
+//!
+//! The points of a C-STORE, in order (what a restart must find is tested in tests/binary.rs,
+//! `a_crash_at_every_step_of_a_c_store_...`):
+//! 1. `store-prepared`: parsed and validated, nothing written;
+//! 2. `put-first-replica`: one replica holds the object, the quorum (2 of 3) is not met;
+//! 3. `put-quorum`: a quorum holds it, no index row;
+//! 4. `index-before-commit`: the row is written into the open transaction, not committed;
+//! 5. `index-committed`: the row is committed, the C-STORE not yet answered;
+//!
+//! and of the preview worker afterwards: `preview-placed`, the preview is on a quorum of
+//! replicas and its index row still says pending.
+
+/// Kill this process here if `PACSD_CRASH_AT` names `point` (feature `crashpoints` only).
+#[cfg(feature = "crashpoints")]
+pub fn hit(point: &str) {
+    static AT: std::sync::OnceLock<Option<String>> = std::sync::OnceLock::new();
+    let at = AT.get_or_init(|| std::env::var("PACSD_CRASH_AT").ok());
+    if at.as_deref() == Some(point) {
+        eprintln!("crash point {point}: killing this process");
+        // SAFETY: kill(2) on our own pid with a signal that cannot be caught.
+        unsafe {
+            libc::kill(libc::getpid(), libc::SIGKILL);
+        }
+    }
+}
+
+/// Without the feature `crashpoints`: nothing.
+#[cfg(not(feature = "crashpoints"))]
+#[inline(always)]
+pub fn hit(_point: &str) {}
