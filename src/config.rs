@@ -144,6 +144,10 @@ pub struct StorageConfig {
     pub prefix: String,
     /// Seconds between passes of the background repair worker (repair queue).
     pub repair_interval_secs: f64,
+    /// Once the write quorum holds an object, how long a C-STORE still waits for the other
+    /// replicas before it is answered; a replica still writing then finishes in the
+    /// background and stays in the repair queue until it has (`storage::STRAGGLER_PATIENCE`).
+    pub straggler_patience_secs: f64,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -550,6 +554,7 @@ impl Default for StorageConfig {
             write_quorum: None,
             prefix: "dicom".to_string(),
             repair_interval_secs: 60.0,
+            straggler_patience_secs: crate::storage::STRAGGLER_PATIENCE.as_secs_f64(),
         }
     }
 }
@@ -751,6 +756,14 @@ impl Config {
             return Err(invalid(
                 "node.receive_budget",
                 "must be at least node.max_object_size",
+            ));
+        }
+        let patience = self.storage.straggler_patience_secs;
+        let grace = crate::storage::STRAGGLER_GRACE.as_secs_f64();
+        if !(patience.is_finite() && (0.0..=grace).contains(&patience)) {
+            return Err(invalid(
+                "storage.straggler_patience_secs",
+                format!("{patience} is not a number of seconds in [0, {grace}]"),
             ));
         }
         for (key, v) in [

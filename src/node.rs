@@ -227,11 +227,15 @@ pub struct RunningNode {
 
 impl Node {
     pub fn open(config: Config) -> Result<Node, NodeError> {
-        let storage = Arc::new(Storage::open(
+        let mut storage = Storage::open(
             &config.storage.replicas,
             config.storage.write_quorum,
             &config.storage.prefix,
-        )?);
+        )?;
+        storage.set_straggler_patience(Duration::from_secs_f64(
+            config.storage.straggler_patience_secs,
+        ));
+        let storage = Arc::new(storage);
         for group in storage.shared_devices() {
             warn!(
                 replicas = %group.join(", "),

@@ -214,6 +214,60 @@ async fn dicom_end_to_end_with_hdfs_replicas() {
     n.node.stop().await;
 }
 
+/// Two local replicas and one on HDFS, with the default straggler patience: a C-STORE is
+/// answered once the two local copies are durable (an HDFS write takes 0.5 s or more), the
+/// HDFS write goes on in the background, the replica stays in the repair queue until it is
+/// done and is then cleared without the repair worker (which does not run here): every object
+/// ends up on HDFS.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_c_store_is_answered_at_the_local_quorum_and_hdfs_finishes_in_the_background() {
+    let _serial = serial();
+    let dfs = MiniDfs::start(1, false);
+    let n = TestNode::start_with(|c| {
+        let dir = c.index.path.parent().unwrap().to_path_buf();
+        c.storage.replicas = vec![
+            dir.join("r1").display().to_string(),
+            dir.join("r2").display().to_string(),
+            dfs.replica("pacs/background"),
+        ];
+        c.storage.straggler_patience_secs = pacsd::storage::STRAGGLER_PATIENCE.as_secs_f64();
+        c.storage.repair_interval_secs = 3600.0;
+    })
+    .await;
+    let src = tempfile::tempdir().unwrap();
+    let specs = series(6200, 20, 64);
+    for (i, s) in specs.iter().enumerate() {
+        part10_file(s, &src.path().join(format!("{i}.dcm")));
+    }
+    let t0 = Instant::now();
+    let out = storescu_dir(n.port(), src.path()).await;
+    let took = t0.elapsed();
+    assert!(out.status.success(), "storescu: {}", text(&out));
+    let queued = n.node.index.repair_queue().await.unwrap();
+    eprintln!(
+        "20 C-STOREs in {took:?}; HDFS still writing for {} of them when storescu was done",
+        queued.len()
+    );
+    for e in &queued {
+        assert_eq!(e.reason, pacsd::archive::STILL_WRITING, "{e:?}");
+        assert!(e.replica.starts_with("hdfs://"), "{e:?}");
+    }
+    assert!(
+        eventually(Duration::from_secs(60), async || {
+            n.node.index.repair_queue().await.unwrap().is_empty()
+                && n.node.storage.writes_in_background() == 0
+        })
+        .await,
+        "{:?}",
+        n.node.index.repair_queue().await
+    );
+    for s in &specs {
+        let key = n.stored(&s.sop_uid).await.storage_key;
+        assert!(n.node.storage.exists_on(2, &key).await, "{key} on HDFS");
+    }
+    n.node.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_datanode_lost_while_storing_and_reading() {
     let _serial = serial();
@@ -469,7 +523,10 @@ async fn a_striped_read_survives_a_datanode_stopped_mid_read() {
         .unwrap()
         .put(key, data.clone())
         .await
-        .unwrap();
+        .unwrap()
+        .stragglers
+        .finish()
+        .await;
     // Each replica slowed to ~40 MB/s so that the read lasts about a second.
     let slowed = slowed_reads(stores, Duration::from_nanos(25));
     let storage = Arc::new(pacsd::storage::Storage::from_stores(slowed, None, "dicom").unwrap());

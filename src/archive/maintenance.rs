@@ -285,6 +285,14 @@ pub(crate) async fn repair_worker(
     mut shutdown: Shutdown,
 ) {
     let mut last_sweep: Option<std::time::Instant> = None;
+    match queue_missing_latest(&store.index, &store.storage).await {
+        Ok(0) => {}
+        Ok(n) => info!(
+            queued = n,
+            "copies of the latest objects missing: queued for repair"
+        ),
+        Err(e) => tracing::warn!(error = %e, "checking the latest objects' copies failed"),
+    }
     loop {
         tokio::select! {
             _ = tokio::time::sleep(interval) => {}
@@ -304,6 +312,30 @@ pub(crate) async fn repair_worker(
             last_sweep = Some(std::time::Instant::now());
         }
     }
+}
+
+/// At the start of serving: look (HEAD, no reading) for the copies of the objects and
+/// previews stored last that a replica does not hold, as many as can have had writes still
+/// running in the background when the node that stored them stopped
+/// (`storage::BACKGROUND_WRITES`), and queue them for repair. After a crash of this node their
+/// entries are in this index already; after an HA takeover they were in the old primary's,
+/// which a standby does not receive. Returns how many copies were queued.
+pub async fn queue_missing_latest(index: &Index, storage: &Storage) -> Result<u64, IndexError> {
+    use crate::storage::BACKGROUND_WRITES;
+    let objects = index.latest_objects(BACKGROUND_WRITES).await?;
+    let previews = index.latest_previews(BACKGROUND_WRITES).await?;
+    let mut queued = 0;
+    for (_, key, size, sha256) in objects.into_iter().chain(previews) {
+        let expected = crate::storage::Expected { key, size, sha256 };
+        for (replica, problem) in storage.missing_copies(&expected).await {
+            tracing::warn!(replica, key = %expected.key, %problem, "copy of a recent object missing");
+            index
+                .queue_repair(&expected.key, &replica, &problem)
+                .await?;
+            queued += 1;
+        }
+    }
+    Ok(queued)
 }
 
 /// Outcome of `verify_all`.

@@ -22,6 +22,8 @@ pub mod delete;
 pub mod maintenance;
 pub mod store;
 
+use std::sync::Arc;
+
 use bytes::Bytes;
 
 use crate::index::{Index, IndexError};
@@ -43,9 +45,14 @@ impl crate::index::StoredInstance {
 #[derive(Debug)]
 pub struct Placed {
     pub outcome: PutOutcome,
-    /// The replicas that missed it (location, error), for the repair queue with its row.
+    /// The replicas that missed it (location, error), for the repair queue with its row, and
+    /// those still writing (`outcome.stragglers`): they are queued too, and `settle` clears
+    /// the entry of each that succeeds, so that a crash before they end leaves them queued.
     pub missed: Vec<(String, String)>,
 }
+
+/// Why a replica still writing is in the repair queue until its write succeeds.
+pub const STILL_WRITING: &str = "still writing when the write quorum answered";
 
 /// Write `bytes` under `key` on a quorum of replicas. Below quorum the copies that landed are
 /// removed again and the error returned: an object is never left where no index row will
@@ -53,10 +60,18 @@ pub struct Placed {
 pub async fn place(storage: &Storage, key: &str, bytes: Bytes) -> Result<Placed, StorageError> {
     match storage.put(key, bytes).await {
         Ok(outcome) => {
+            let location = |i: usize| storage.replicas()[i].location.clone();
             let missed = outcome
                 .missed
                 .iter()
-                .map(|(i, e)| (storage.replicas()[*i].location.clone(), e.clone()))
+                .map(|(i, e)| (location(*i), e.clone()))
+                .chain(
+                    outcome
+                        .stragglers
+                        .replicas()
+                        .iter()
+                        .map(|i| (location(*i), STILL_WRITING.to_string())),
+                )
                 .collect();
             Ok(Placed { outcome, missed })
         }
@@ -67,6 +82,56 @@ pub async fn place(storage: &Storage, key: &str, bytes: Bytes) -> Result<Placed,
             Err(e)
         }
     }
+}
+
+/// What became of a placed object's index row, which decides what `settle` does with the
+/// replicas still writing.
+pub enum Settle<'a> {
+    /// Committed with its repair entries: the entry of each straggler that succeeds is
+    /// cleared (one that fails stays queued and the repair worker copies the object there).
+    Committed(&'a Index),
+    /// Not committed: what the stragglers wrote is removed again.
+    Undo(&'a Arc<Storage>),
+    /// Someone else's row stands for the key: they only finish.
+    Leave,
+}
+
+/// Let the replicas still writing a placed object finish in the background, then act on how
+/// each ended as `how` says.
+pub fn settle(placed: &mut Placed, storage: &Storage, key: &str, how: Settle) {
+    let stragglers = std::mem::take(&mut placed.outcome.stragglers);
+    if stragglers.replicas().is_empty() {
+        return;
+    }
+    let locations: Vec<String> = storage
+        .replicas()
+        .iter()
+        .map(|r| r.location.clone())
+        .collect();
+    let key = key.to_string();
+    let (index, undo) = match how {
+        Settle::Committed(index) => (Some(index.clone()), None),
+        Settle::Undo(storage) => (None, Some(storage.clone())),
+        Settle::Leave => (None, None),
+    };
+    tokio::spawn(async move {
+        let written: Vec<usize> = stragglers
+            .finish()
+            .await
+            .into_iter()
+            .filter_map(|(i, r)| r.is_ok().then_some(i))
+            .collect();
+        if let Some(storage) = undo {
+            storage.delete_from(&key, &written).await;
+        }
+        if let Some(index) = index {
+            for i in written {
+                if let Err(e) = index.clear_repair(&key, &locations[i]).await {
+                    tracing::warn!(key, replica = %locations[i], error = %e, "a finished write stays in the repair queue");
+                }
+            }
+        }
+    });
 }
 
 /// Read a stored object through the checked read path (striped for large objects); replicas

@@ -12,6 +12,7 @@ use bytes::Bytes;
 use sha2::{Digest, Sha256};
 use tracing::{debug, info, warn};
 
+use crate::archive::{Settle, settle};
 use crate::config::OnConflict;
 use crate::index::record::{self, RecordError};
 use crate::index::{CommitGate, Index, IndexError, InsertOutcome};
@@ -277,7 +278,8 @@ impl Store {
             crate::archive::place(&self.storage, &key, file.clone()),
             sha256_hex(file)
         );
-        let crate::archive::Placed { outcome, missed } = placed?;
+        let mut placed = placed?;
+        let missed = placed.missed.clone();
         crate::crashpoint::hit("put-quorum");
         rec.sha256 = sha256;
         let put_time = started.elapsed();
@@ -290,11 +292,17 @@ impl Store {
                     sop = %uids.sop_instance,
                     study = %uids.study,
                     bytes = rec.size,
-                    replicas = outcome.written.len(),
+                    replicas = placed.outcome.written.len(),
                     seq,
                     put_us = put_time.as_micros() as u64,
                     index_us = started.elapsed().as_micros() as u64,
                     "stored"
+                );
+                settle(
+                    &mut placed,
+                    &self.storage,
+                    &key,
+                    Settle::Committed(&self.index),
                 );
                 // 3. In HA mode: the standby has the row (or we hold a solo epoch).
                 self.confirm(seq).await?;
@@ -304,13 +312,22 @@ impl Store {
                 // Indexed meanwhile (the per-instance lock makes this rare). Nothing is
                 // deleted here: under the same key that would remove the acknowledged
                 // version's object, not only ours.
+                settle(&mut placed, &self.storage, &key, Settle::Leave);
                 self.already_stored(calling_ae, &uids.sop_instance, &sha256, rec.sha256.clone())
                     .await?;
                 Ok(rec)
             }
             Err(e) => {
                 // Undo: the object must not stay visible without its index row.
-                self.storage.delete_from(&key, &outcome.written).await;
+                self.storage
+                    .delete_from(&key, &placed.outcome.written)
+                    .await;
+                settle(
+                    &mut placed,
+                    &self.storage,
+                    &key,
+                    Settle::Undo(&self.storage),
+                );
                 Err(e.into())
             }
         }
@@ -384,5 +401,78 @@ impl Drop for Held<'_> {
         if Arc::strong_count(&self.lock) == 3 {
             map.remove(&self.uid);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use object_store::ObjectStore;
+    use object_store::memory::InMemory;
+    use object_store::throttle::{ThrottleConfig, ThrottledStore};
+
+    use super::*;
+    use crate::archive::STILL_WRITING;
+
+    /// A replica still writing when the quorum answered is in the repair queue from the
+    /// moment the row is committed until its write succeeds: a crash in between leaves it
+    /// queued, never silently short of a copy.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_straggler_is_queued_with_the_row_and_cleared_once_written() {
+        let dir = tempfile::tempdir().unwrap();
+        let index = Index::open(&dir.path().join("i.sqlite")).unwrap();
+        let slow = ThrottledStore::new(
+            InMemory::new(),
+            ThrottleConfig {
+                wait_put_per_call: Duration::from_secs(3),
+                ..ThrottleConfig::default()
+            },
+        );
+        let stores: Vec<(String, Arc<dyn ObjectStore>)> = vec![
+            ("r1".into(), Arc::new(InMemory::new())),
+            ("r2".into(), Arc::new(InMemory::new())),
+            ("r3".into(), Arc::new(slow)),
+        ];
+        let storage = Arc::new(Storage::from_stores(stores, None, "dicom").unwrap());
+        let store = Store::new(
+            index.clone(),
+            storage.clone(),
+            1 << 20,
+            None,
+            Box::new(|_| OnConflict::Reject),
+        );
+        let file = dir.path().join("ct.dcm");
+        crate::synth::Spec::ct(7, 1, 1, 64).write(&file).unwrap();
+        let started = Instant::now();
+        let rec = store
+            .store_part10(
+                &std::fs::read(&file).unwrap(),
+                None,
+                &mut Subject::default(),
+            )
+            .await
+            .unwrap();
+        assert!(
+            started.elapsed() < Duration::from_secs(3),
+            "answered at the quorum"
+        );
+        let queue = index.repair_queue().await.unwrap();
+        assert_eq!(queue.len(), 1, "{queue:?}");
+        assert_eq!(
+            (queue[0].replica.as_str(), queue[0].reason.as_str()),
+            ("r3", STILL_WRITING)
+        );
+        assert_eq!(queue[0].storage_key, rec.storage_key);
+        let cleared = async {
+            while !index.repair_queue().await.unwrap().is_empty() {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        };
+        tokio::time::timeout(Duration::from_secs(20), cleared)
+            .await
+            .expect("the entry is cleared once the slow replica has the object");
+        assert!(storage.exists_on(2, &rec.storage_key).await);
+        assert_eq!(storage.writes_in_background(), 0);
     }
 }

@@ -474,6 +474,23 @@ impl Index {
         .await
     }
 
+    /// The `limit` objects indexed last (row id, key, size, sha256), newest first.
+    pub async fn latest_objects(
+        &self,
+        limit: usize,
+    ) -> Result<Vec<(i64, String, u64, String)>, IndexError> {
+        self.read(move |c| {
+            stored_objects_page(
+                c,
+                "SELECT id, storage_key, size, sha256 FROM instance WHERE id > ?1
+                 ORDER BY id DESC LIMIT ?2",
+                0,
+                limit,
+            )
+        })
+        .await
+    }
+
     /// Repair-queue entries with what their object must be: (key, replica, size, sha256).
     pub async fn repair_tasks(&self) -> Result<Vec<(String, String, u64, String)>, IndexError> {
         self.read(|c| {

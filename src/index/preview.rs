@@ -193,6 +193,24 @@ impl Index {
         .await
     }
 
+    /// The stored previews of the `limit` instances indexed last (instance row id, key, size,
+    /// sha256), newest first.
+    pub async fn latest_previews(
+        &self,
+        limit: usize,
+    ) -> Result<Vec<(i64, String, u64, String)>, IndexError> {
+        self.read(move |c| {
+            super::stored_objects_page(
+                c,
+                "SELECT instance_fk, storage_key, size, sha256 FROM preview
+                 WHERE state = 'done' AND instance_fk > ?1 ORDER BY instance_fk DESC LIMIT ?2",
+                0,
+                limit,
+            )
+        })
+        .await
+    }
+
     pub async fn preview_counts(&self) -> Result<PreviewCounts, IndexError> {
         self.read(|c| {
             let mut out = PreviewCounts::default();

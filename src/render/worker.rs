@@ -11,6 +11,7 @@ use futures::StreamExt;
 use sha2::{Digest, Sha256};
 use tracing::{debug, info, warn};
 
+use crate::archive::{Settle, settle};
 use crate::index::{Index, PreviewState, PreviewTask, preview_key};
 use crate::net::Shutdown;
 use crate::storage::{Expected, Storage};
@@ -140,6 +141,7 @@ pub async fn render_one(index: &Index, storage: &Storage, task: &PreviewTask) ->
     {
         debug!(sop = %task.sop_instance_uid, error = %e, "metadata not kept");
     }
+    let mut placed = None;
     let (state, missed, outcome) = match rendered {
         Ok(None) => (PreviewState::NoPixelData, Vec::new(), Outcome::NoPixelData),
         Err(e) => {
@@ -158,15 +160,19 @@ pub async fn render_one(index: &Index, storage: &Storage, task: &PreviewTask) ->
             let size = jpeg.len() as u64;
             let sha256 = hex::encode(Sha256::digest(&jpeg));
             match crate::archive::place(storage, &key, jpeg.into()).await {
-                Ok(placed) => (
-                    PreviewState::Done {
-                        storage_key: key,
-                        size,
-                        sha256,
-                    },
-                    placed.missed,
-                    Outcome::Stored,
-                ),
+                Ok(p) => {
+                    let missed = p.missed.clone();
+                    placed = Some((p, key.clone()));
+                    (
+                        PreviewState::Done {
+                            storage_key: key,
+                            size,
+                            sha256,
+                        },
+                        missed,
+                        Outcome::Stored,
+                    )
+                }
                 Err(e) => {
                     debug!(sop = %task.sop_instance_uid, error = %e, "preview deferred: not stored");
                     return Outcome::Deferred(e.to_string());
@@ -175,7 +181,16 @@ pub async fn render_one(index: &Index, storage: &Storage, task: &PreviewTask) ->
         }
     };
     crate::crashpoint::hit("preview-placed");
-    if let Err(e) = index.set_preview(task.instance_id, state, missed).await {
+    let recorded = index.set_preview(task.instance_id, state, missed).await;
+    if let Some((mut placed, key)) = placed {
+        // Not recorded: the preview is made again, so a straggler's copy is simply replaced.
+        let how = match recorded {
+            Ok(()) => Settle::Committed(index),
+            Err(_) => Settle::Leave,
+        };
+        settle(&mut placed, storage, &key, how);
+    }
+    if let Err(e) = recorded {
         warn!(sop = %task.sop_instance_uid, error = %e, "preview outcome not recorded; will redo");
         return Outcome::Deferred(e.to_string());
     }

@@ -30,6 +30,11 @@ pub fn config_in(dir: &Path) -> Config {
     // Previews add a .jpg beside each image and their own repair entries; the tests that
     // count files or queue entries are about objects, so only tests/preview.rs turns them on.
     c.preview.enabled = false;
+    // Tests look at every replica right after an answer: a put waits for all three (up to
+    // the grace) as it did before replicas could finish in the background, so that a slow
+    // fsync on a loaded machine cannot fail them. Answering at the quorum is tested on its
+    // own (src/storage, src/archive/store.rs, tests/hdfs.rs, tests/binary.rs).
+    c.storage.straggler_patience_secs = pacsd::storage::STRAGGLER_GRACE.as_secs_f64();
     c
 }
 
