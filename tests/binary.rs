@@ -125,17 +125,7 @@ fn serve_store_sigterm_then_rebuild_the_index() {
     let src = dir.path().join("src");
     small_corpus(&src, 90, 4);
     small_corpus(&src, 91, 3);
-    let store = dcmtk(
-        "storescu",
-        &[
-            "-aec",
-            "PACSD",
-            "+sd",
-            "127.0.0.1",
-            &port_s,
-            src.to_str().unwrap(),
-        ],
-    );
+    let store = storescu(port, &src);
     assert!(store.status.success(), "{}", text(&store));
     // pacsd's own SCU tools against the binary.
     let own_echo = pacsd(&["echo", "--port", &port_s]);
@@ -193,17 +183,7 @@ fn serve_store_sigterm_then_rebuild_the_index() {
 
     // The rebuilt index serves: a duplicate is recognised, not re-added.
     let (mut child, port, _logs) = serve(&config);
-    let again = dcmtk(
-        "storescu",
-        &[
-            "-aec",
-            "PACSD",
-            "+sd",
-            "127.0.0.1",
-            &port.to_string(),
-            src.to_str().unwrap(),
-        ],
-    );
+    let again = storescu(port, &src);
     assert!(again.status.success(), "{}", text(&again));
     let _ = Command::new("kill")
         .args(["-TERM", &child.id().to_string()])

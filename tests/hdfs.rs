@@ -521,12 +521,9 @@ async fn a_striped_read_survives_a_datanode_stopped_mid_read() {
     let key = "dicom/1.2/1.3/1.7.dcm";
     pacsd::storage::Storage::from_stores(stores.clone(), None, "dicom")
         .unwrap()
-        .put(key, data.clone())
+        .put_and_finish(key, data.clone())
         .await
-        .unwrap()
-        .stragglers
-        .finish()
-        .await;
+        .unwrap();
     // Each replica slowed to ~40 MB/s so that the read lasts about a second.
     let slowed = slowed_reads(stores, Duration::from_nanos(25));
     let storage = Arc::new(pacsd::storage::Storage::from_stores(slowed, None, "dicom").unwrap());

@@ -90,8 +90,10 @@ async fn suite(stores: Vec<(String, Arc<dyn ObjectStore>)>) {
     // A large object: striped over the three replicas, byte-exact.
     let large = body(3 * STRIPE_THRESHOLD as usize + 12345, 2);
     let large_key = "dicom/1.2.3/1.2.3.4/1.2.3.4.6.dcm";
-    let out = storage.put(large_key, large.clone()).await.unwrap();
-    out.stragglers.finish().await;
+    storage
+        .put_and_finish(large_key, large.clone())
+        .await
+        .unwrap();
     let large_expected = expected(large_key, &large);
     let v = storage.read(&large_expected).await.unwrap();
     assert!(v.bytes == large, "striped read reassembled wrong bytes");
@@ -237,13 +239,7 @@ async fn a_slow_replica_gets_less_work_and_a_frozen_one_is_routed_around() {
             "dicom",
         )
         .unwrap();
-        plain
-            .put(key, data.clone())
-            .await
-            .unwrap()
-            .stragglers
-            .finish()
-            .await;
+        plain.put_and_finish(key, data.clone()).await.unwrap();
     }
 
     // Replica 2 streams at a tenth of the speed of the others (20 against 200 MB/s).
@@ -356,13 +352,7 @@ async fn striping_is_used_only_where_the_measured_speeds_say_it_pays() {
         .unwrap()
     };
     let slow_start = open(Duration::from_millis(300));
-    slow_start
-        .put(key, data.clone())
-        .await
-        .unwrap()
-        .stragglers
-        .finish()
-        .await;
+    slow_start.put_and_finish(key, data.clone()).await.unwrap();
     // Never measured: striping is tried (and measures them).
     let v = slow_start.read(&exp).await.unwrap();
     assert!(v.bytes == data);
@@ -404,12 +394,9 @@ async fn striped_read_survives(action: &str, base_port: u16) {
     let stores = open_all(&urls);
     Storage::from_stores(stores.clone(), None, "dicom")
         .unwrap()
-        .put(key, data.clone())
+        .put_and_finish(key, data.clone())
         .await
-        .unwrap()
-        .stragglers
-        .finish()
-        .await;
+        .unwrap();
     let slowed = slowed_reads(stores, Duration::from_nanos(25));
     let storage = Arc::new(Storage::from_stores(slowed, None, "dicom").unwrap());
     let reader = {

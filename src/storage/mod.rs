@@ -41,6 +41,9 @@ pub const STRAGGLER_PATIENCE: Duration = Duration::from_millis(20);
 /// in memory). With this many running, a put waits for its remaining replicas up to
 /// `STRAGGLER_GRACE` instead: a hung replica fills the slots and is then abandoned as below.
 pub const BACKGROUND_WRITES: usize = 64;
+/// Bytes of objects held by background writes at most (an object counted once however many
+/// replicas still write it): 64 objects of the largest size allowed must not pin 64 GiB.
+pub const BACKGROUND_BYTES: u64 = 512 << 20;
 /// With no background slot free, how long the remaining replicas may still take after the
 /// quorum before they are counted as missed (and queued for repair), so that a hung replica
 /// never holds a C-STORE.
@@ -165,31 +168,33 @@ impl Stragglers {
     }
 }
 
-/// Writes running in the background: how many, and of which keys.
+/// Writes running in the background: how many, the bytes they hold, and of which keys.
 #[derive(Debug, Default)]
 struct Background {
-    count: std::sync::atomic::AtomicUsize,
-    keys: Mutex<std::collections::HashMap<String, usize>>,
+    writes: usize,
+    bytes: u64,
+    keys: std::collections::HashMap<String, usize>,
 }
 
-/// A background write slot of one key, given back when its write ends.
+/// A background write slot of one key, given back when its write ends (with the object's
+/// bytes when it is the key's last).
 struct Slot {
-    background: Arc<Background>,
+    background: Arc<Mutex<Background>>,
     key: String,
+    bytes: u64,
 }
 
 impl Drop for Slot {
     fn drop(&mut self) {
-        let mut keys = self.background.keys.lock().expect("background keys");
-        if let Some(n) = keys.get_mut(&self.key) {
+        let mut b = self.background.lock().expect("background writes");
+        b.writes -= 1;
+        if let Some(n) = b.keys.get_mut(&self.key) {
             *n -= 1;
             if *n == 0 {
-                keys.remove(&self.key);
+                b.keys.remove(&self.key);
+                b.bytes = b.bytes.saturating_sub(self.bytes);
             }
         }
-        self.background
-            .count
-            .fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
     }
 }
 
@@ -203,7 +208,7 @@ pub struct Storage {
     /// How long a put waits for the other replicas once its quorum is met.
     patience: Duration,
     /// Replica writes running in the background (`Stragglers`), against `BACKGROUND_WRITES`.
-    background: Arc<Background>,
+    background: Arc<Mutex<Background>>,
     /// What striped and single reads of large objects achieved, to choose between them.
     outcomes: Mutex<health::ReadOutcomes>,
     read_budget: tokio::sync::Semaphore,
@@ -300,9 +305,7 @@ impl Storage {
 
     /// Replica writes running in the background now.
     pub fn writes_in_background(&self) -> usize {
-        self.background
-            .count
-            .load(std::sync::atomic::Ordering::SeqCst)
+        self.background.lock().expect("background writes").writes
     }
 
     /// Wait until no write of `key` runs in the background (at most `REPLICA_OP_TIMEOUT`,
@@ -311,9 +314,9 @@ impl Storage {
         let deadline = tokio::time::Instant::now() + REPLICA_OP_TIMEOUT;
         while self
             .background
-            .keys
             .lock()
-            .expect("background keys")
+            .expect("background writes")
+            .keys
             .contains_key(key)
             && tokio::time::Instant::now() < deadline
         {
@@ -437,7 +440,7 @@ impl Storage {
                         in_grace = true;
                         let running: Vec<usize> =
                             (0..answered.len()).filter(|i| !answered[*i]).collect();
-                        match self.to_background(&mut writes, running, key) {
+                        match self.to_background(&mut writes, running, key, bytes.len() as u64) {
                             Some(stragglers) => {
                                 outcome.stragglers = stragglers;
                                 break;
@@ -499,6 +502,27 @@ impl Storage {
         }
     }
 
+    /// `put`, then wait for the replicas still writing too (tests and tools that look at
+    /// every copy right after writing); which replicas took it in the end.
+    pub async fn put_and_finish(
+        &self,
+        key: &str,
+        bytes: Bytes,
+    ) -> Result<Vec<usize>, StorageError> {
+        let outcome = self.put(key, bytes).await?;
+        let mut written = outcome.written;
+        written.extend(
+            outcome
+                .stragglers
+                .finish()
+                .await
+                .into_iter()
+                .filter_map(|(i, r)| r.is_ok().then_some(i)),
+        );
+        written.sort_unstable();
+        Ok(written)
+    }
+
     /// One replica's part of a put: the write (retried as its location allows) within
     /// `REPLICA_OP_TIMEOUT`, its health noted. Owns what it needs, so that it can go on in
     /// the background after the put returned.
@@ -549,28 +573,27 @@ impl Storage {
         })
     }
 
-    /// Hand the writes still running to tasks of their own, if background slots are free
-    /// for all of them.
+    /// Hand the writes still running (of an object of `size` bytes) to tasks of their own,
+    /// if the background has room for all of them (`BACKGROUND_WRITES`, `BACKGROUND_BYTES`).
     fn to_background(
         &self,
         writes: &mut futures::stream::FuturesUnordered<ReplicaWrite>,
         replicas: Vec<usize>,
         key: &str,
+        size: u64,
     ) -> Option<Stragglers> {
-        use std::sync::atomic::Ordering;
         let n = writes.len();
-        let taken = self.background.count.fetch_add(n, Ordering::SeqCst);
-        if taken + n > BACKGROUND_WRITES {
-            self.background.count.fetch_sub(n, Ordering::SeqCst);
-            return None;
+        {
+            let mut b = self.background.lock().expect("background writes");
+            let new_key = !b.keys.contains_key(key);
+            let added = if new_key { size } else { 0 };
+            if b.writes + n > BACKGROUND_WRITES || b.bytes + added > BACKGROUND_BYTES {
+                return None;
+            }
+            b.writes += n;
+            b.bytes += added;
+            *b.keys.entry(key.to_string()).or_default() += n;
         }
-        *self
-            .background
-            .keys
-            .lock()
-            .expect("background keys")
-            .entry(key.to_string())
-            .or_default() += n;
         let mut stragglers = Stragglers {
             writes: Vec::with_capacity(n),
             replicas,
@@ -579,6 +602,7 @@ impl Storage {
             let slot = Slot {
                 background: self.background.clone(),
                 key: key.to_string(),
+                bytes: size,
             };
             stragglers.writes.push(tokio::spawn(async move {
                 let _slot = slot;
@@ -1127,6 +1151,27 @@ mod tests {
         let read = storage.replicas()[2].store().unwrap();
         let got = read.get(&store_path(KEY).unwrap()).await.unwrap();
         assert_eq!(got.bytes().await.unwrap(), Bytes::from_static(b"x"));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_background_holds_at_most_its_bytes_of_objects() {
+        let storage = with_slow_third(Duration::from_secs(30), None);
+        let big = Bytes::from(vec![7u8; (BACKGROUND_BYTES / 2 + 1) as usize]);
+        let first = storage.put(KEY, big.clone()).await.unwrap();
+        assert_eq!(first.stragglers.replicas(), [2]);
+        // A second object of that size would pass the budget: its put waits (the grace)
+        // and counts the slow replica as missed.
+        let t0 = tokio::time::Instant::now();
+        let second = storage
+            .put("1.2.3/1.2.3.4/1.2.3.4.9.dcm", big)
+            .await
+            .unwrap();
+        assert_eq!(t0.elapsed(), STRAGGLER_GRACE);
+        assert!(second.stragglers.replicas().is_empty());
+        assert_eq!(second.missed.len(), 1);
+        first.stragglers.finish().await;
+        assert_eq!(storage.writes_in_background(), 0);
+        assert_eq!(storage.background.lock().unwrap().bytes, 0);
     }
 
     #[tokio::test(start_paused = true)]
