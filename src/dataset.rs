@@ -131,6 +131,23 @@ struct Header {
     size: usize,
 }
 
+impl Header {
+    /// The value's length, when the value (after this header, read at `pos`) ends by `end`.
+    fn value_len(&self, pos: usize, end: usize) -> Result<usize, ScanError> {
+        let body = pos + self.size;
+        let len = self.len as usize;
+        if len > end - body {
+            return Err(ScanError::LengthBeyondEnd {
+                tag: self.tag,
+                offset: pos,
+                declared: self.len,
+                remaining: end - body,
+            });
+        }
+        Ok(len)
+    }
+}
+
 struct Scanner<'a> {
     bytes: &'a [u8],
     encoding: Encoding,
@@ -267,15 +284,7 @@ impl Scanner<'_> {
                 };
                 continue;
             }
-            let len = h.len as usize;
-            if len > end - body {
-                return Err(ScanError::LengthBeyondEnd {
-                    tag: h.tag,
-                    offset: pos,
-                    declared: h.len,
-                    remaining: end - body,
-                });
-            }
+            let len = h.value_len(pos, end)?;
             match self.vr_of(&h) {
                 VR::SQ => {
                     self.sequence(body, end, Some(len), depth + 1)?;
@@ -333,15 +342,7 @@ impl Scanner<'_> {
                 SEQUENCE_END if len.is_none() => return Ok(body),
                 ITEM if h.len == UNDEFINED => pos = self.elements(body, limit, true, depth)?,
                 ITEM => {
-                    let item_len = h.len as usize;
-                    if item_len > limit - body {
-                        return Err(ScanError::LengthBeyondEnd {
-                            tag: h.tag,
-                            offset: pos,
-                            declared: h.len,
-                            remaining: limit - body,
-                        });
-                    }
+                    let item_len = h.value_len(pos, limit)?;
                     pos = self.elements(body, body + item_len, false, depth)?;
                 }
                 other => {

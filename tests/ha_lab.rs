@@ -391,6 +391,13 @@ impl Client {
     /// service is back: enough to be sure stores flow (about a second in the lab).
     const FLOWING: usize = 20;
 
+    /// Start storing study `study` from instance 1 and wait until stores flow.
+    fn flowing(lab: &Lab, study: u32) -> Client {
+        let c = Client::start(lab, study, 1);
+        c.wait_more(lab, Client::FLOWING, Duration::from_secs(30));
+        c
+    }
+
     /// Start storing study `study` from instance number `first`.
     fn start(lab: &Lab, study: u32, first: u32) -> Client {
         let acked = Arc::new(AtomicUsize::new(0));
@@ -525,17 +532,23 @@ fn gap(seen: &Seen, fault: Instant) -> Duration {
     after - before
 }
 
+/// Settle the pair, store until stores flow, kill the primary and store on until they flow
+/// again: the first primary's name, what the client saw, and the service gap.
+fn crash_under_load(lab: &mut Lab, study: u32) -> (String, Seen, Duration) {
+    let first = lab.settle();
+    let c = Client::flowing(lab, study);
+    let fault = Instant::now();
+    lab.signal(&first, "-KILL");
+    let seen = c.finish(lab);
+    let g = gap(&seen, fault);
+    (first, seen, g)
+}
+
 #[test]
 fn crash_failover_moves_the_service_ip_and_keeps_every_acknowledged_instance() {
     let _serial = serial();
     let Some(mut lab) = lab("hcr") else { return };
-    let first = lab.settle();
-    let c = Client::start(&lab, 501, 1);
-    c.wait_more(&lab, Client::FLOWING, Duration::from_secs(30));
-    let fault = Instant::now();
-    lab.signal(&first, "-KILL");
-    let seen = c.finish(&lab);
-    let g = gap(&seen, fault);
+    let (first, seen, g) = crash_under_load(&mut lab, 501);
     eprintln!(
         "crash failover: service gap {g:?}, {} acknowledged, {} failed client operations",
         seen.acked.len(),
@@ -563,13 +576,7 @@ fn crash_failover_with_a_replica_on_hdfs() {
     for (me, peer, host) in [("a", "b", 2), ("b", "a", 3)] {
         lab.write_config(me, peer, host, &setup);
     }
-    let first = lab.settle();
-    let c = Client::start(&lab, 521, 1);
-    c.wait_more(&lab, Client::FLOWING, Duration::from_secs(30));
-    let fault = Instant::now();
-    lab.signal(&first, "-KILL");
-    let seen = c.finish(&lab);
-    let g = gap(&seen, fault);
+    let (_, seen, g) = crash_under_load(&mut lab, 521);
     eprintln!(
         "crash failover with an HDFS replica: service gap {g:?}, {} acknowledged, {} failed \
          ({} C-STOREs not acknowledged)",
@@ -662,8 +669,7 @@ fn planned_switchover_moves_the_service_ip() {
     let first = lab.settle();
     // DICOMweb follows the primary role: on the service IP, served by the primary.
     assert_eq!(http_via_service_ip(&lab, "/readyz"), 200);
-    let c = Client::start(&lab, 502, 1);
-    c.wait_more(&lab, Client::FLOWING, Duration::from_secs(30));
+    let c = Client::flowing(&lab, 502);
     let fault = Instant::now();
     let out = Command::new(BIN)
         .args(["ha", "switchover", "--config"])
@@ -691,8 +697,7 @@ fn a_cut_link_between_the_nodes_makes_no_second_primary() {
     let _serial = serial();
     let Some(mut lab) = lab("hsp") else { return };
     let first = lab.settle();
-    let c = Client::start(&lab, 503, 1);
-    c.wait_more(&lab, Client::FLOWING, Duration::from_secs(30));
+    let c = Client::flowing(&lab, 503);
     lab.isolate(true);
     // While cut: sample both nodes; never two serving primaries in one epoch, and the
     // service IP held by at most one node at a time... except for the moment a superseded
@@ -1080,8 +1085,7 @@ fn a_primary_paused_past_its_lease_does_not_serve_when_it_resumes() {
     let Some(mut lab) = lab("hstop") else { return };
     let first = lab.settle();
     let second = Lab::other(&first);
-    let c = Client::start(&lab, 504, 1);
-    c.wait_more(&lab, Client::FLOWING, Duration::from_secs(30));
+    let c = Client::flowing(&lab, 504);
     lab.signal(&first, "-STOP");
     lab.wait_until("the standby takes over", Duration::from_secs(10), |l| {
         l.status(second)
@@ -1110,8 +1114,7 @@ fn a_crashed_standby_catches_up_while_the_primary_serves_on() {
     let Some(mut lab) = lab("hsby") else { return };
     let first = lab.settle();
     let second = Lab::other(&first);
-    let c = Client::start(&lab, 505, 1);
-    c.wait_more(&lab, Client::FLOWING, Duration::from_secs(30));
+    let c = Client::flowing(&lab, 505);
     lab.signal(second, "-KILL");
     lab.wait_until("the primary goes on alone", Duration::from_secs(10), |l| {
         l.status(&first).is_some_and(|s| s.role == "primary (solo)")
@@ -1147,8 +1150,7 @@ fn with_the_witness_down_the_pair_serves_on_and_fails_over_once_it_returns() {
     let first = lab.settle();
     let second = Lab::other(&first);
     lab.kill_witness();
-    let mut c = Client::start(&lab, 506, 1);
-    c.wait_more(&lab, Client::FLOWING, Duration::from_secs(30));
+    let mut c = Client::flowing(&lab, 506);
     let seen = c.stop();
     assert!(
         seen.failed.is_empty() && !seen.acked.is_empty(),
@@ -1229,8 +1231,7 @@ fn a_rolling_restart_under_load_fails_no_c_store_and_loses_nothing() {
     let Some(mut lab) = lab("hroll") else { return };
     let first = lab.settle();
     let second = Lab::other(&first);
-    let c = Client::start(&lab, 507, 1);
-    c.wait_more(&lab, Client::FLOWING, Duration::from_secs(30));
+    let c = Client::flowing(&lab, 507);
     // The README's procedure: the standby first, then a switchover, then the old primary.
     let mut steps = Vec::new();
     let at = Instant::now();

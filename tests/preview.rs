@@ -28,6 +28,14 @@ async fn node_with_previews() -> TestNode {
     TestNode::start_with(|c| c.preview.enabled = true).await
 }
 
+/// A node with previews on and a folder `name` in its directory for the test's files.
+async fn node_with_previews_and(name: &str) -> (TestNode, PathBuf) {
+    let n = node_with_previews().await;
+    let dir = n.dir.path().join(name);
+    std::fs::create_dir_all(&dir).unwrap();
+    (n, dir)
+}
+
 /// Write `ds` (with its SOP Class/Instance UIDs) as a Part 10 file in Explicit VR LE.
 fn write_dataset(ds: InMemDicomObject, path: &Path) {
     let text = |t| {
@@ -288,9 +296,7 @@ fn mad(preview: &DynamicImage, reference: &DynamicImage) -> f64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn grey_previews_match_dcmtk_in_every_transfer_syntax() {
-    let n = node_with_previews().await;
-    let dir = n.dir.path().join("grey");
-    std::fs::create_dir_all(&dir).unwrap();
+    let (n, dir) = node_with_previews_and("grey").await;
     // (tool, flags, lossy): each variant is made from its own uncompressed source.
     #[allow(unused_mut)]
     let mut variants: Vec<(&str, Vec<&str>, bool)> = vec![
@@ -387,9 +393,7 @@ async fn grey_previews_match_dcmtk_in_every_transfer_syntax() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn colour_previews_match_the_source_image() {
-    let n = node_with_previews().await;
-    let dir = n.dir.path().join("colour");
-    std::fs::create_dir_all(&dir).unwrap();
+    let (n, dir) = node_with_previews_and("colour").await;
     let mut cases = Vec::new();
     #[allow(unused_mut)]
     let mut variants: Vec<(&str, Vec<&str>, f64)> = vec![
@@ -573,9 +577,7 @@ fn column(img: &DynamicImage, x: u32) -> f64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn window_level_and_monochrome1_on_gradients() {
-    let n = node_with_previews().await;
-    let dir = n.dir.path().join("gradients");
-    std::fs::create_dir_all(&dir).unwrap();
+    let (n, dir) = node_with_previews_and("gradients").await;
     // Window 2048/1024 covers stored values 1536..2560, i.e. columns 96..160.
     let cases = [
         ("MONOCHROME2", Some(("2048", "1024"))),
@@ -647,9 +649,7 @@ async fn window_level_and_monochrome1_on_gradients() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn objects_without_pixels_or_with_broken_pixels_get_no_preview_and_the_node_serves_on() {
-    let n = node_with_previews().await;
-    let dir = n.dir.path().join("odd");
-    std::fs::create_dir_all(&dir).unwrap();
+    let (n, dir) = node_with_previews_and("odd").await;
     // No pixel data at all.
     let bare = Spec::ct(43, 1, 1, 0);
     let bare_file = dir.join("bare.dcm");
@@ -775,9 +775,7 @@ async fn pending_previews_survive_a_restart_and_stored_previews_are_verified_and
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pacsd_preview_writes_a_preview_and_a_contact_sheet() {
-    let n = node_with_previews().await;
-    let dir = n.dir.path().join("cli");
-    std::fs::create_dir_all(&dir).unwrap();
+    let (n, dir) = node_with_previews_and("cli").await;
     // Two series of one study; series 2's first image (lowest Instance Number) is number 1.
     // Every image has its own window, so that each tile can only match its own image.
     let mut files = Vec::new();

@@ -177,26 +177,12 @@ async fn unknown_destination_is_a801() {
     let dest = Destination::start(&[]);
     let specs = two_studies();
     let n = node_with(dest.port, &specs).await;
-    let port = n.port().to_string();
-    let study = specs[0].study_uid.clone();
+    let port = n.port();
+    let keys = study_retrieve_keys(&specs[0].study_uid);
     let out = tokio::task::spawn_blocking(move || {
-        text(&dcmtk(
-            "movescu",
-            &[
-                "-v",
-                "-S",
-                "-aec",
-                "PACSD",
-                "-aem",
-                "NOBODY",
-                "-k",
-                "QueryRetrieveLevel=STUDY",
-                "-k",
-                &format!("StudyInstanceUID={study}"),
-                "127.0.0.1",
-                &port,
-            ],
-        ))
+        let mut args = vec!["-aem", "NOBODY"];
+        args.extend(keys.iter().map(String::as_str));
+        scu("movescu", port, &args)
     })
     .await
     .unwrap();
@@ -209,29 +195,15 @@ async fn getscu_receives_every_instance_on_the_same_association() {
     let specs = two_studies();
     let n = node_with(1, &specs).await;
     let out_dir = tempfile::tempdir().unwrap();
-    let (port, study, od) = (
-        n.port().to_string(),
-        specs[0].study_uid.clone(),
+    let (port, keys, od) = (
+        n.port(),
+        study_retrieve_keys(&specs[0].study_uid),
         out_dir.path().display().to_string(),
     );
     let out = tokio::task::spawn_blocking(move || {
-        text(&dcmtk(
-            "getscu",
-            &[
-                "-v",
-                "-S",
-                "-aec",
-                "PACSD",
-                "-od",
-                &od,
-                "-k",
-                "QueryRetrieveLevel=STUDY",
-                "-k",
-                &format!("StudyInstanceUID={study}"),
-                "127.0.0.1",
-                &port,
-            ],
-        ))
+        let mut args = vec!["-od", &od];
+        args.extend(keys.iter().map(String::as_str));
+        scu("getscu", port, &args)
     })
     .await
     .unwrap();

@@ -285,18 +285,33 @@ pub(crate) async fn repair_worker(
     mut shutdown: Shutdown,
 ) {
     let mut last_sweep: Option<std::time::Instant> = None;
-    match queue_missing_latest(&store.index, &store.storage).await {
-        Ok(0) => {}
-        Ok(n) => info!(
-            queued = n,
-            "copies of the latest objects missing: queued for repair"
-        ),
-        Err(e) => tracing::warn!(error = %e, "checking the latest objects' copies failed"),
-    }
+    // Its own task: a replica that stopped answering would hold each HEAD for its timeout,
+    // and the repair passes must not wait for that.
+    let latest = {
+        let store = store.clone();
+        let mut shutdown = shutdown.clone();
+        async move {
+            tokio::select! {
+                done = queue_missing_latest(&store.index, &store.storage) => match done {
+                    Ok(0) => {}
+                    Ok(n) => info!(
+                        queued = n,
+                        "copies of the latest objects missing: queued for repair"
+                    ),
+                    Err(e) => tracing::warn!(error = %e, "checking the latest objects' copies failed"),
+                },
+                _ = shutdown.wait() => {}
+            }
+        }
+    };
+    let latest = tokio::spawn(latest);
     loop {
         tokio::select! {
             _ = tokio::time::sleep(interval) => {}
-            _ = shutdown.wait() => return,
+            _ = shutdown.wait() => {
+                let _ = latest.await;
+                return;
+            }
         }
         if let Err(e) = repair_pass(&store.index, &store.storage).await {
             tracing::warn!(error = %e, "repair pass failed");

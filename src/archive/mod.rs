@@ -22,8 +22,6 @@ pub mod delete;
 pub mod maintenance;
 pub mod store;
 
-use std::sync::Arc;
-
 use bytes::Bytes;
 
 use crate::index::{Index, IndexError};
@@ -90,8 +88,6 @@ pub enum Settle<'a> {
     /// Committed with its repair entries: the entry of each straggler that succeeds is
     /// cleared (one that fails stays queued and the repair worker copies the object there).
     Committed(&'a Index),
-    /// Not committed: what the stragglers wrote is removed again.
-    Undo(&'a Arc<Storage>),
     /// Someone else's row stands for the key: they only finish.
     Leave,
 }
@@ -109,10 +105,9 @@ pub fn settle(placed: &mut Placed, storage: &Storage, key: &str, how: Settle) {
         .map(|r| r.location.clone())
         .collect();
     let key = key.to_string();
-    let (index, undo) = match how {
-        Settle::Committed(index) => (Some(index.clone()), None),
-        Settle::Undo(storage) => (None, Some(storage.clone())),
-        Settle::Leave => (None, None),
+    let index = match how {
+        Settle::Committed(index) => Some(index.clone()),
+        Settle::Leave => None,
     };
     tokio::spawn(async move {
         let written: Vec<usize> = stragglers
@@ -121,9 +116,6 @@ pub fn settle(placed: &mut Placed, storage: &Storage, key: &str, how: Settle) {
             .into_iter()
             .filter_map(|(i, r)| r.is_ok().then_some(i))
             .collect();
-        if let Some(storage) = undo {
-            storage.delete_from(&key, &written).await;
-        }
         if let Some(index) = index {
             for i in written {
                 if let Err(e) = index.clear_repair(&key, &locations[i]).await {
@@ -132,6 +124,22 @@ pub fn settle(placed: &mut Placed, storage: &Storage, key: &str, how: Settle) {
             }
         }
     });
+}
+
+/// A placed object whose index row was not committed: remove every copy, those still being
+/// written included once they land. Done before the failure is answered, so that a re-send
+/// of the same instance cannot be overtaken by this removal.
+pub async fn undo(placed: &mut Placed, storage: &Storage, key: &str) {
+    let stragglers = std::mem::take(&mut placed.outcome.stragglers);
+    let mut written = placed.outcome.written.clone();
+    written.extend(
+        stragglers
+            .finish()
+            .await
+            .into_iter()
+            .filter_map(|(i, r)| r.is_ok().then_some(i)),
+    );
+    storage.delete_from(key, &written).await;
 }
 
 /// Read a stored object through the checked read path (striped for large objects); replicas

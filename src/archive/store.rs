@@ -12,7 +12,7 @@ use bytes::Bytes;
 use sha2::{Digest, Sha256};
 use tracing::{debug, info, warn};
 
-use crate::archive::{Settle, settle};
+use crate::archive::{Settle, settle, undo};
 use crate::config::OnConflict;
 use crate::index::record::{self, RecordError};
 use crate::index::{CommitGate, Index, IndexError, InsertOutcome};
@@ -319,15 +319,7 @@ impl Store {
             }
             Err(e) => {
                 // Undo: the object must not stay visible without its index row.
-                self.storage
-                    .delete_from(&key, &placed.outcome.written)
-                    .await;
-                settle(
-                    &mut placed,
-                    &self.storage,
-                    &key,
-                    Settle::Undo(&self.storage),
-                );
+                undo(&mut placed, &self.storage, &key).await;
                 Err(e.into())
             }
         }
@@ -418,21 +410,24 @@ mod tests {
     /// A replica still writing when the quorum answered is in the repair queue from the
     /// moment the row is committed until its write succeeds: a crash in between leaves it
     /// queued, never silently short of a copy.
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn a_straggler_is_queued_with_the_row_and_cleared_once_written() {
-        let dir = tempfile::tempdir().unwrap();
-        let index = Index::open(&dir.path().join("i.sqlite")).unwrap();
-        let slow = ThrottledStore::new(
+    /// A store on three in-memory replicas, the third taking `slow` for each write, and the
+    /// bytes of a small synthetic CT instance.
+    fn with_slow_third(
+        index: &Index,
+        slow: Duration,
+        study: u32,
+    ) -> (Arc<Storage>, Store, Vec<u8>) {
+        let slowed = ThrottledStore::new(
             InMemory::new(),
             ThrottleConfig {
-                wait_put_per_call: Duration::from_secs(3),
+                wait_put_per_call: slow,
                 ..ThrottleConfig::default()
             },
         );
         let stores: Vec<(String, Arc<dyn ObjectStore>)> = vec![
             ("r1".into(), Arc::new(InMemory::new())),
             ("r2".into(), Arc::new(InMemory::new())),
-            ("r3".into(), Arc::new(slow)),
+            ("r3".into(), Arc::new(slowed)),
         ];
         let storage = Arc::new(Storage::from_stores(stores, None, "dicom").unwrap());
         let store = Store::new(
@@ -442,15 +437,22 @@ mod tests {
             None,
             Box::new(|_| OnConflict::Reject),
         );
+        let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("ct.dcm");
-        crate::synth::Spec::ct(7, 1, 1, 64).write(&file).unwrap();
+        crate::synth::Spec::ct(study, 1, 1, 64)
+            .write(&file)
+            .unwrap();
+        (storage, store, std::fs::read(&file).unwrap())
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_straggler_is_queued_with_the_row_and_cleared_once_written() {
+        let dir = tempfile::tempdir().unwrap();
+        let index = Index::open(&dir.path().join("i.sqlite")).unwrap();
+        let (storage, store, bytes) = with_slow_third(&index, Duration::from_secs(3), 7);
         let started = Instant::now();
         let rec = store
-            .store_part10(
-                &std::fs::read(&file).unwrap(),
-                None,
-                &mut Subject::default(),
-            )
+            .store_part10(&bytes, None, &mut Subject::default())
             .await
             .unwrap();
         assert!(
@@ -474,5 +476,42 @@ mod tests {
             .expect("the entry is cleared once the slow replica has the object");
         assert!(storage.exists_on(2, &rec.storage_key).await);
         assert_eq!(storage.writes_in_background(), 0);
+    }
+
+    /// An index row that cannot be committed fails the C-STORE, and not before every copy
+    /// is gone, the one still being written included: a re-send then starts from nothing
+    /// and no removal can overtake it.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_row_that_is_not_committed_leaves_no_copy_behind_when_answered() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("i.sqlite");
+        let index = Index::open(&path).unwrap();
+        // A real SQLite failure at insert time, from a second connection to the same file.
+        rusqlite::Connection::open(&path)
+            .unwrap()
+            .execute_batch(
+                "CREATE TRIGGER refuse BEFORE INSERT ON instance \
+                 BEGIN SELECT RAISE(ABORT, 'refused by the test'); END;",
+            )
+            .unwrap();
+        let (storage, store, bytes) = with_slow_third(&index, Duration::from_secs(2), 8);
+        let refused = store
+            .store_part10(&bytes, None, &mut Subject::default())
+            .await;
+        assert!(refused.is_err(), "{refused:?}");
+        let spec = crate::synth::Spec::ct(8, 1, 1, 64);
+        let uid = |u: &str| Uid::parse(u).unwrap();
+        let key = object_key(
+            "dicom",
+            &uid(&spec.study_uid),
+            &uid(&spec.series_uid),
+            &uid(&spec.sop_uid),
+        );
+        for i in 0..3 {
+            assert!(!storage.exists_on(i, &key).await, "replica {i} holds {key}");
+        }
+        assert_eq!(storage.writes_in_background(), 0);
+        assert_eq!(index.counts().await.unwrap().instances, 0);
+        assert!(index.repair_queue().await.unwrap().is_empty());
     }
 }

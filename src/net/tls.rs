@@ -100,15 +100,18 @@ impl TlsContext {
         }
         .build()
         .map_err(|e| bad(&e))?;
-        let server = ServerConfig::builder_with_provider(provider())
-            .with_protocol_versions(VERSIONS)
-            .map_err(|e| bad(&e))?
+        // The DICOM side checks client certificates; the web side does not (its clients log
+        // in). Both present the node's certificate.
+        let server_side = || {
+            ServerConfig::builder_with_provider(provider())
+                .with_protocol_versions(VERSIONS)
+                .map_err(|e| bad(&e))
+        };
+        let server = server_side()?
             .with_client_cert_verifier(verifier)
             .with_single_cert(chain.clone(), key.clone_key())
             .map_err(|e| bad(&e))?;
-        let mut web = ServerConfig::builder_with_provider(provider())
-            .with_protocol_versions(VERSIONS)
-            .map_err(|e| bad(&e))?
+        let mut web = server_side()?
             .with_no_client_auth()
             .with_single_cert(chain.clone(), key.clone_key())
             .map_err(|e| bad(&e))?;

@@ -13,9 +13,10 @@ use dicom_object::InMemDicomObject;
 use dicom_transfer_syntax_registry::TransferSyntaxRegistry;
 use tracing::{debug, warn};
 
+use super::Request;
 use super::respond::{Matches, Responder};
 
-use crate::dimse::{Command, CommandField, status};
+use crate::dimse::{CommandField, status};
 use crate::index::{FindOutcome, Index, IndexError, record};
 use crate::net::{AcceptedContext, Association, NetError};
 use crate::service::query::{
@@ -83,13 +84,12 @@ fn query_event(context: &AcceptedContext, req: &FindRequest, matches: usize) -> 
 
 impl FindService {
     /// Answer one C-FIND-RQ on `assoc`: the matches go to `respond`, which streams them.
-    pub async fn find(
-        &self,
-        assoc: &mut Association,
-        context: &AcceptedContext,
-        request: &Command,
-        data: Option<Vec<u8>>,
-    ) -> Result<(), NetError> {
+    pub async fn find(&self, assoc: &mut Association, req: Request<'_>) -> Result<(), NetError> {
+        let Request {
+            context,
+            command: request,
+            data,
+        } = req;
         let started = std::time::Instant::now();
         let responder = Responder::new(context.id, request, CommandField::CFindRsp);
         let (rows, req) = match self.run(context, data).await {

@@ -22,6 +22,14 @@ pub use find::FindService;
 pub use retrieve::RetrieveService;
 pub use store::StoreService;
 
+/// One DIMSE request as a service receives it: the presentation context it came on, its
+/// command and its data set.
+pub struct Request<'a> {
+    pub context: &'a crate::net::AcceptedContext,
+    pub command: &'a Command,
+    pub data: Option<Vec<u8>>,
+}
+
 /// Every service this node provides, behind one dispatcher.
 pub struct Services {
     /// DIMSE requests by command, status and latency (`/metrics`).
@@ -80,6 +88,11 @@ impl Services {
             context = context_id,
             "DIMSE request"
         );
+        let req = Request {
+            context: &context,
+            command: &command,
+            data,
+        };
         let response = match (command.field(), context.service) {
             // A storage context accepted only for C-GET sub-operations (SCP/SCU role
             // selection) does not let a requestor without `store` store through it.
@@ -99,14 +112,7 @@ impl Services {
                 let mut subject = Subject::default();
                 let status = self
                     .store
-                    .store(
-                        &context,
-                        assoc.calling_ae(),
-                        &command,
-                        data,
-                        dropped,
-                        &mut subject,
-                    )
+                    .store(req, assoc.calling_ae(), dropped, &mut subject)
                     .await;
                 let outcome = if status.code == status::SUCCESS {
                     Outcome::Success
@@ -124,26 +130,15 @@ impl Services {
                 assoc.audit(event, AuditRole::Source);
                 Command::response_to(&command, CommandField::CStoreRsp, status)
             }
+            // These stream their responses themselves.
             (Some(CommandField::CFindRq), Service::Find) => {
-                return self
-                    .find
-                    .find(assoc, &context, &command, data)
-                    .await
-                    .map(|()| None);
+                return self.find.find(assoc, req).await.map(|()| None);
             }
             (Some(CommandField::CMoveRq), Service::Move) => {
-                return self
-                    .retrieve
-                    .move_(assoc, &context, &command, data)
-                    .await
-                    .map(|()| None);
+                return self.retrieve.move_(assoc, req).await.map(|()| None);
             }
             (Some(CommandField::CGetRq), Service::Get) => {
-                return self
-                    .retrieve
-                    .get(assoc, &context, &command, data)
-                    .await
-                    .map(|()| None);
+                return self.retrieve.get(assoc, req).await.map(|()| None);
             }
             (Some(CommandField::CCancelRq), _) => {
                 // PS3.7 9.3.2.3: a C-CANCEL for an operation that is not (or no longer)

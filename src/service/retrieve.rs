@@ -18,6 +18,7 @@ use crate::dimse::{Command, CommandField, Status};
 use crate::index::{Index, IndexError, StoredInstance};
 use crate::net::scu::{ProposedContext, ScuAssociation, ScuOptions, ScuTls};
 use crate::net::{AcceptedContext, Association, Incoming, NetError};
+use crate::service::Request;
 use crate::service::query::{IdentifierError, MatchOptions, Model, read_identifier};
 use crate::service::respond::{Responder, SubOperation, SubOperations};
 use crate::storage::Storage;
@@ -124,13 +125,12 @@ impl RetrieveService {
 
     /// C-MOVE: send the selected instances to the destination AE named in the request, on a
     /// sub-association; `respond` sends the responses.
-    pub async fn move_(
-        &self,
-        assoc: &mut Association,
-        context: &AcceptedContext,
-        request: &Command,
-        data: Option<Vec<u8>>,
-    ) -> Result<(), NetError> {
+    pub async fn move_(&self, assoc: &mut Association, req: Request<'_>) -> Result<(), NetError> {
+        let Request {
+            context,
+            command: request,
+            data,
+        } = req;
         let responder = Responder::new(context.id, request, CommandField::CMoveRsp);
         let prepared = async {
             let dest = request
@@ -250,13 +250,12 @@ impl RetrieveService {
 
     /// C-GET: send the selected instances back on this association; `respond` sends the
     /// responses between the sub-operations.
-    pub async fn get(
-        &self,
-        assoc: &mut Association,
-        context: &AcceptedContext,
-        request: &Command,
-        data: Option<Vec<u8>>,
-    ) -> Result<(), NetError> {
+    pub async fn get(&self, assoc: &mut Association, req: Request<'_>) -> Result<(), NetError> {
+        let Request {
+            context,
+            command: request,
+            data,
+        } = req;
         let responder = Responder::new(context.id, request, CommandField::CGetRsp);
         let items = match self.items(context, data).await {
             Ok(i) => i,

@@ -7,9 +7,10 @@ use std::sync::Arc;
 
 use tracing::warn;
 
+use super::Request;
 use crate::archive::store::{Received, Store, StoreError};
-use crate::dimse::{Command, Status};
-use crate::net::{AcceptedContext, Dropped};
+use crate::dimse::Status;
+use crate::net::Dropped;
 use crate::storage::Uid;
 
 /// The C-STORE service: the archive's store behind the DIMSE checks.
@@ -21,17 +22,13 @@ impl StoreService {
     /// Handle one C-STORE-RQ; the returned status is what the SCU is told.
     pub async fn store(
         &self,
-        context: &AcceptedContext,
+        req: Request<'_>,
         calling_ae: &str,
-        command: &Command,
-        data: Option<Vec<u8>>,
         dropped: Option<Dropped>,
         subject: &mut Subject,
     ) -> Status {
-        match self
-            .try_store(context, calling_ae, command, data, dropped, subject)
-            .await
-        {
+        let command = req.command;
+        match self.try_store(req, calling_ae, dropped, subject).await {
             Ok(()) => Status::success(),
             Err(e) => {
                 warn!(
@@ -46,13 +43,16 @@ impl StoreService {
 
     async fn try_store(
         &self,
-        context: &AcceptedContext,
+        req: Request<'_>,
         calling_ae: &str,
-        command: &Command,
-        data: Option<Vec<u8>>,
         dropped: Option<Dropped>,
         subject: &mut Subject,
     ) -> Result<(), StoreError> {
+        let Request {
+            context,
+            command,
+            data,
+        } = req;
         match dropped {
             Some(Dropped::TooLarge { size, limit }) => {
                 return Err(StoreError::TooLarge { size, limit });

@@ -913,21 +913,36 @@ impl Storage {
     /// another size, by one HEAD request each (within `SMALL_READ_TIMEOUT`); an unreachable
     /// replica is not named (it is in a backoff and its writes are queued anyway). A write is
     /// published whole (rename), so this finds every copy a lost write left out without
-    /// reading the objects.
+    /// reading the objects. A replica in a backoff is not asked, and one whose HEAD times out
+    /// is put in a backoff: a replica that stopped answering costs one timeout, not one per
+    /// object.
     pub async fn missing_copies(&self, expected: &Expected) -> Vec<(String, String)> {
         let Ok(path) = store_path(&expected.key) else {
             return Vec::new();
         };
-        let heads = self.replicas.iter().map(|r| {
+        let up: Vec<bool> = {
+            let now = Instant::now();
+            let h = self.health.lock().expect("health");
+            h.iter().map(|r| r.is_up(now)).collect()
+        };
+        let heads = self.replicas.iter().enumerate().map(|(i, r)| {
             let path = path.clone();
+            let up = up[i];
             async move {
+                if !up {
+                    return None;
+                }
                 let store = r.store().ok()?;
                 let head = tokio::time::timeout(SMALL_READ_TIMEOUT, store.head(&path)).await;
                 let problem = match head {
                     Ok(Ok(meta)) if meta.size == expected.size => return None,
                     Ok(Ok(meta)) => format!("{} bytes, not {}", meta.size, expected.size),
                     Ok(Err(object_store::Error::NotFound { .. })) => "missing".to_string(),
-                    _ => return None,
+                    Ok(Err(_)) => return None,
+                    Err(_) => {
+                        self.note_failure(i, "no answer to a HEAD request in time");
+                        return None;
+                    }
                 };
                 Some((r.location.clone(), problem))
             }
@@ -1172,6 +1187,50 @@ mod tests {
         first.stragglers.finish().await;
         assert_eq!(storage.writes_in_background(), 0);
         assert_eq!(storage.background.lock().unwrap().bytes, 0);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_replica_that_does_not_answer_costs_the_search_for_missing_copies_one_timeout() {
+        use object_store::memory::InMemory;
+        use object_store::throttle::{ThrottleConfig, ThrottledStore};
+        let silent = ThrottledStore::new(
+            InMemory::new(),
+            ThrottleConfig {
+                wait_get_per_call: Duration::from_secs(3600),
+                ..ThrottleConfig::default()
+            },
+        );
+        let stores = vec![
+            (
+                "r1".to_string(),
+                Arc::new(InMemory::new()) as Arc<dyn ObjectStore>,
+            ),
+            (
+                "r2".to_string(),
+                Arc::new(InMemory::new()) as Arc<dyn ObjectStore>,
+            ),
+            ("r3".to_string(), Arc::new(silent) as Arc<dyn ObjectStore>),
+        ];
+        let storage = Storage::from_stores(stores, None, "").unwrap();
+        let expected = |n: u32| Expected {
+            key: format!("1.2.3/1.2.3.4/1.2.3.4.{n}.dcm"),
+            size: 1,
+            sha256: String::new(),
+        };
+        // Nothing is stored: the replicas that answer say so; the silent one is not named
+        // (its writes are queued anyway) and is put in a backoff after one timeout.
+        let t0 = tokio::time::Instant::now();
+        let missing = storage.missing_copies(&expected(1)).await;
+        assert_eq!(t0.elapsed(), SMALL_READ_TIMEOUT);
+        let names: Vec<&str> = missing.iter().map(|(r, _)| r.as_str()).collect();
+        assert_eq!(names, ["r1", "r2"]);
+        assert!(!storage.health()[2].is_up(Instant::now()));
+        // The next objects do not wait for it again.
+        let t1 = tokio::time::Instant::now();
+        for n in 2..10 {
+            assert_eq!(storage.missing_copies(&expected(n)).await.len(), 2);
+        }
+        assert_eq!(t1.elapsed(), Duration::ZERO);
     }
 
     #[tokio::test(start_paused = true)]

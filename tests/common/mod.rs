@@ -958,11 +958,28 @@ pub fn slowed_reads(
 /// DCMTK findscu against the node (called AE PACSD) with `args` (keys, `-S`/`-P`); its
 /// verbose output, which lists every response's identifier.
 pub fn findscu(port: u16, args: &[&str]) -> String {
+    scu("findscu", port, args)
+}
+
+/// A DCMTK SCU tool (verbose) against the node on `port` (called AE PACSD) with `args`; its
+/// output.
+pub fn scu(tool: &str, port: u16, args: &[&str]) -> String {
     let mut a = vec!["-v", "-aec", "PACSD"];
     a.extend_from_slice(args);
     let p = port.to_string();
     a.extend_from_slice(&["127.0.0.1", &p]);
-    text(&dcmtk("findscu", &a))
+    text(&dcmtk(tool, &a))
+}
+
+/// The keys of a Study Root retrieve of one study, for movescu and getscu.
+pub fn study_retrieve_keys(study_uid: &str) -> [String; 5] {
+    [
+        "-S".into(),
+        "-k".into(),
+        "QueryRetrieveLevel=STUDY".into(),
+        "-k".into(),
+        format!("StudyInstanceUID={study_uid}"),
+    ]
 }
 
 /// DCMTK findscu for the SOP Instance UIDs of one series (Study Root, IMAGE level, which
@@ -989,11 +1006,9 @@ pub fn findscu_instances(port: u16, study_uid: &str, series_uid: &str) -> String
 /// DCMTK movescu (verbose) to the node on `port`, moving to the AE DEST, with `args` (query
 /// model and keys); its output.
 pub fn movescu(port: u16, args: &[&str]) -> String {
-    let mut a = vec!["-v", "-aec", "PACSD", "-aem", "DEST"];
+    let mut a = vec!["-aem", "DEST"];
     a.extend_from_slice(args);
-    let p = port.to_string();
-    a.extend_from_slice(&["127.0.0.1", &p]);
-    text(&dcmtk("movescu", &a))
+    scu("movescu", port, &a)
 }
 
 /// Send `GET path` with `Connection: close` (and an Authorization header) on a connected
