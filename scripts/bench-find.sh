@@ -17,19 +17,7 @@ cargo build --release --quiet
 PACSD=$PWD/target/release/pacsd
 workdir bench-find
 pacsd_config() { # dir port
-    cat >"$1.toml" <<EOF
-[node]
-bind = "127.0.0.1"
-port = $2
-[index]
-path = "$1/index.sqlite"
-[storage]
-replicas = ["$1/r1"]
-[access]
-unknown_ae_services = ["echo", "store", "find"]
-[query]
-max_results = 0
-EOF
+    pacsd_config_file "$1.toml" "$1" "$2" 1 "$FIND_NODE"
 }
 
 R=2.25.61171899517253458302   # synthetic UID root (src/synth.rs)

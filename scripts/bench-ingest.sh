@@ -63,21 +63,9 @@ done
 
 # start_<target> <data dir> <port> ; sets PID, AET
 start_pacsd() { # replicas dir port [previews: true|false] [one more replica URL]
-    local replicas=$1 dir=$2 port=$3 previews=${4:-true} extra=${5:-}
-    local list=""
-    for i in $(seq 1 "$replicas"); do list="$list\"$dir/r$i\","; done
-    if [ -n "$extra" ]; then list="$list\"$extra\","; fi
-    cat >"$dir.toml" <<EOF
-[node]
-bind = "127.0.0.1"
-port = $port
-[index]
-path = "$dir/index.sqlite"
-[storage]
-replicas = [${list%,}]
-[preview]
-enabled = $previews
-EOF
+    local replicas=$1 dir=$2 port=$3 previews=${4:-true}
+    EXTRA_REPLICA=${5:-} pacsd_config_file "$dir.toml" "$dir" "$port" "$replicas" "[preview]
+enabled = $previews"
     RUST_LOG=pacsd=warn $PACSD serve --config "$dir.toml" >"$dir.log" 2>&1 &
     PID=$!; AET=PACSD
 }

@@ -17,17 +17,8 @@ cargo build --release --quiet
 PACSD=$PWD/target/release/pacsd
 workdir bench-portal
 D=$WORK/pacsd; P=$(free_port); H=$(free_port)
-cat >"$D.toml" <<EOF
-[node]
-bind = "127.0.0.1"
-port = $P
-[index]
-path = "$D/index.sqlite"
-[storage]
-replicas = ["$D/r1", "$D/r2", "$D/r3"]
-[http]
-port = $H
-EOF
+pacsd_config_file "$D.toml" "$D" "$P" 3 "[http]
+port = $H"
 time $PACSD index fill-synthetic -c "$D.toml" --studies 1999 --series 5 --instances 10 --first-study 1 | tail -1
 $PACSD synth -o "$WORK/real" --studies 1 --series 5 --per-study 10 --size 256 --first-study 2000 | tail -1
 echo "a long benchmark password" | $PACSD user add bench --role admin -c "$D.toml"

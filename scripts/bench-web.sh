@@ -39,17 +39,8 @@ R=2.25.61171899517253458302
 BIG_ST=$R.500; BIG_SE=$R.500.1; MID_ST=$R.501; MID_SE=$R.501.1
 
 PP=$(free_port); PH=$(free_port); PO=$(free_port); OH=$(free_port)
-cat >"$WORK/pacsd.toml" <<EOF
-[node]
-bind = "127.0.0.1"
-port = $PP
-[index]
-path = "$WORK/p/index.sqlite"
-[storage]
-replicas = ["$WORK/p/r1", "$WORK/p/r2", "$WORK/p/r3"]
-[http]
-port = $PH
-EOF
+pacsd_config_file "$WORK/pacsd.toml" "$WORK/p" "$PP" 3 "[http]
+port = $PH"
 cat >"$WORK/orthanc.json" <<EOF
 { "Name": "bench", "StorageDirectory": "$WORK/o/storage", "IndexDirectory": "$WORK/o/index",
   "DicomAet": "ORTHANC", "DicomPort": $PO, "HttpPort": $OH, "RemoteAccessAllowed": false,

@@ -19,19 +19,7 @@ dcmodify -nb -i "(0008,0005)=ISO_IR 100" -i "(0010,0010)=$(printf 'M\xfcller^J\x
 dcmodify -nb -i "(0008,0005)=ISO_IR 192" -i "(0010,0010)=Dvořák^Antonín" -i "(0010,0020)=PUTF8" "$WORK"/corpus/101/*.dcm
 
 PP=$(free_port); PO=$(free_port)
-cat >"$WORK/pacsd.toml" <<EOF
-[node]
-bind = "127.0.0.1"
-port = $PP
-[index]
-path = "$WORK/p/index.sqlite"
-[storage]
-replicas = ["$WORK/p/r1"]
-[access]
-unknown_ae_services = ["echo", "store", "find"]
-[query]
-max_results = 0
-EOF
+pacsd_config_file "$WORK/pacsd.toml" "$WORK/p" "$PP" 1 "$FIND_NODE"
 cat >"$WORK/orthanc.json" <<EOF
 { "Name": "compare", "StorageDirectory": "$WORK/o/storage", "IndexDirectory": "$WORK/o/index",
   "DicomAet": "ORTHANC", "DicomPort": $PO, "HttpServerEnabled": false, "HttpPort": $(free_port),

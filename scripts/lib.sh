@@ -40,18 +40,35 @@ ae_title = "SINK"
 host = "127.0.0.1"
 port = $2
 EOF
-    cat >"$WORK/pacsd.toml" <<EOF
+    pacsd_config_file "$WORK/pacsd.toml" "$WORK/pacsd" "$1" 3 "[access]
+peers_file = \"peers.toml\"
+unknown_ae_services = [\"echo\", \"store\", \"move\", \"get\"]
+${3:-}"
+}
+
+# A node that answers C-FIND with every match (the C-FIND comparisons).
+FIND_NODE='[access]
+unknown_ae_services = ["echo", "store", "find"]
+[query]
+max_results = 0'
+
+# Write a node's configuration to FILE: DICOM on 127.0.0.1:PORT, its index and REPLICAS
+# local replica directories (r1, r2, ...) under DIR, then EXTRA (more TOML, and a replica URL
+# after the directories with EXTRA_REPLICA set).
+# Usage: pacsd_config_file FILE DIR PORT REPLICAS [EXTRA]
+pacsd_config_file() {
+    local list="" i
+    for i in $(seq 1 "$4"); do list="$list\"$2/r$i\", "; done
+    if [ -n "${EXTRA_REPLICA:-}" ]; then list="$list\"$EXTRA_REPLICA\", "; fi
+    cat >"$1" <<EOF
 [node]
 bind = "127.0.0.1"
-port = $1
+port = $3
 [index]
-path = "$WORK/pacsd/index.sqlite"
+path = "$2/index.sqlite"
 [storage]
-replicas = ["$WORK/pacsd/r1", "$WORK/pacsd/r2", "$WORK/pacsd/r3"]
-[access]
-peers_file = "peers.toml"
-unknown_ae_services = ["echo", "store", "move", "get"]
-${3:-}
+replicas = [${list%, }]
+${5:-}
 EOF
 }
 

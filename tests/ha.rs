@@ -79,6 +79,11 @@ impl Member {
         ha_status(&self.config)
     }
 
+    /// Whether this member serves as primary now (paired or solo).
+    fn is_primary(&self) -> bool {
+        self.status().is_some_and(|s| s.role.starts_with("primary"))
+    }
+
     fn scu(&self) -> ScuOptions {
         ScuOptions {
             addr: format!("{}:{}", self.ip, self.port),
@@ -385,20 +390,22 @@ fn both(p: &Pair) -> Vec<ScuOptions> {
     vec![p.a.scu(), p.b.scu()]
 }
 
+/// A settled pair (`Pair::started`), both its members as targets, and a client storing
+/// study `study`.
+fn started_with_client(n: u8, witness: bool, study: u32) -> (Pair, Vec<ScuOptions>, Client) {
+    let p = Pair::started(n, witness);
+    let targets = both(&p);
+    (p, targets, Client::new(study))
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn killing_the_primary_mid_stream_loses_nothing_acknowledged() {
     let _serial = serial();
-    let mut p = Pair::started(41, false);
-    let targets = both(&p);
-    let mut client = Client::new(301);
+    let (mut p, targets, mut client) = started_with_client(41, false, 301);
     client.store_acked(6, &targets).await;
     p.a.signal("-KILL");
     // Stores go on through the failover and after it.
-    client
-        .store_until(&targets, || {
-            p.b.status().is_some_and(|s| s.role.starts_with("primary"))
-        })
-        .await;
+    client.store_until(&targets, || p.b.is_primary()).await;
     let sb = p.b.status().unwrap();
     assert!(sb.role.starts_with("primary") && sb.epoch == 2, "{sb:?}");
     assert_all_kept(&p.b, &client.acked, &p.logs()).await;
@@ -413,17 +420,11 @@ async fn killing_the_primary_mid_stream_loses_nothing_acknowledged() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn planned_switchover_moves_the_primary_without_losing_writes() {
     let _serial = serial();
-    let p = Pair::started(42, false);
-    let targets = both(&p);
-    let mut client = Client::new(302);
+    let (p, targets, mut client) = started_with_client(42, false, 302);
     client.store_acked(3, &targets).await;
     let (ok, said) = p.a.ha(&["switchover"]);
     assert!(ok, "{said}");
-    client
-        .store_until(&targets, || {
-            p.b.status().is_some_and(|s| s.role.starts_with("primary"))
-        })
-        .await;
+    client.store_until(&targets, || p.b.is_primary()).await;
     let (primary, standby) = p.settled(Duration::from_secs(10)).expect("settled");
     assert_eq!((primary.name, standby.name), ("b", "a"));
     assert_all_kept(&p.b, &client.acked, &p.logs()).await;
@@ -435,9 +436,7 @@ async fn planned_switchover_moves_the_primary_without_losing_writes() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_crashed_standby_catches_up_and_the_primary_goes_on_alone_meanwhile() {
     let _serial = serial();
-    let mut p = Pair::started(43, false);
-    let targets = both(&p);
-    let mut client = Client::new(303);
+    let (mut p, targets, mut client) = started_with_client(43, false, 303);
     client.store_acked(3, &targets).await;
     p.b.signal("-KILL");
     client
@@ -455,27 +454,18 @@ async fn a_crashed_standby_catches_up_and_the_primary_goes_on_alone_meanwhile() 
     // The caught-up standby has everything: fail over to it and look there.
     client.store_acked(3, &targets).await;
     p.a.signal("-KILL");
-    assert!(wait_for(Duration::from_secs(10), || p
-        .b
-        .status()
-        .is_some_and(|s| s.role.starts_with("primary"))));
+    assert!(wait_for(Duration::from_secs(10), || p.b.is_primary()));
     assert_all_kept(&p.b, &client.acked, &p.logs()).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_paused_primary_does_not_serve_after_it_resumes() {
     let _serial = serial();
-    let p = Pair::started(44, false);
-    let targets = both(&p);
-    let mut client = Client::new(304);
+    let (p, targets, mut client) = started_with_client(44, false, 304);
     client.store_acked(3, &targets).await;
     // Paused for well over the lease: the standby takes over.
     p.a.signal("-STOP");
-    client
-        .store_until(&targets, || {
-            p.b.status().is_some_and(|s| s.role.starts_with("primary"))
-        })
-        .await;
+    client.store_until(&targets, || p.b.is_primary()).await;
     p.a.signal("-CONT");
     // On resuming, a sees the higher epoch and steps down; it never acknowledges again.
     assert!(
@@ -499,9 +489,7 @@ async fn a_paused_primary_does_not_serve_after_it_resumes() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn with_the_witness_down_the_pair_serves_on_and_fails_over_once_it_returns() {
     let _serial = serial();
-    let mut p = Pair::started(45, true);
-    let targets = both(&p);
-    let mut client = Client::new(305);
+    let (mut p, targets, mut client) = started_with_client(45, true, 305);
     // Forged claims at the witness (the epoch that once locked both nodes out, unsigned and
     // signed with another key, in a configured node's name): refused, nothing granted.
     for line in [
@@ -566,9 +554,7 @@ async fn writes_a_solo_primary_acknowledged_survive_its_death_and_the_standbys_r
     let _serial = serial();
     // The double fault: the standby dies, the primary goes on alone (acknowledging writes
     // the standby never saw), then the primary dies and the old standby comes back.
-    let mut p = Pair::started(47, false);
-    let targets = both(&p);
-    let mut client = Client::new(307);
+    let (mut p, targets, mut client) = started_with_client(47, false, 307);
     client.store_acked(3, &targets).await;
     p.b.signal("-KILL");
     client
@@ -738,7 +724,14 @@ async fn forged_replication_and_an_impostor_standby_change_nothing() {
             );
         }
     }
-    std::thread::sleep(Duration::from_millis(500));
+    // Nothing changes: no role, epoch or sequence moves for a while.
+    let unchanged = |m: &Member, was: &Status| {
+        m.status()
+            .is_some_and(|s| s.role == was.role && s.epoch == was.epoch && s.seq == was.seq)
+    };
+    assert!(holds_for_blocking(Duration::from_millis(500), || {
+        unchanged(&p.a, &before.0) && unchanged(&p.b, &before.1)
+    }));
     let (sa, sb) = (p.a.status().unwrap(), p.b.status().unwrap());
     assert!(
         sa.role == "primary" && sa.epoch == before.0.epoch && sa.seq == before.0.seq,
@@ -813,9 +806,7 @@ async fn forged_replication_and_an_impostor_standby_change_nothing() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_on_a_paired_primary_hands_over_before_it_stops() {
     let _serial = serial();
-    let mut p = Pair::started(51, false);
-    let targets = both(&p);
-    let mut client = Client::new(5151);
+    let (mut p, targets, mut client) = started_with_client(51, false, 5151);
     client.store_acked(3, &targets).await;
     let epoch = p.a.status().unwrap().epoch;
     // A planned stop (what systemctl stop sends): the standby takes over at once, not after
@@ -851,9 +842,7 @@ async fn sigterm_on_a_paired_primary_hands_over_before_it_stops() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_on_the_standby_tells_the_primary_which_goes_on_alone_at_once() {
     let _serial = serial();
-    let mut p = Pair::started(52, false);
-    let targets = both(&p);
-    let mut client = Client::new(5252);
+    let (mut p, targets, mut client) = started_with_client(52, false, 5252);
     client.store_acked(3, &targets).await;
     p.b.signal("-TERM");
     assert!(
@@ -945,9 +934,7 @@ impl Member {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_standby_in_maintenance_never_takes_over_and_stays_so_across_a_restart() {
     let _serial = serial();
-    let mut p = Pair::started(53, false);
-    let targets = both(&p);
-    let mut client = Client::new(5353);
+    let (mut p, targets, mut client) = started_with_client(53, false, 5353);
     client.store_acked(3, &targets).await;
 
     let (ok, said) = p.b.ha(&["maintenance", "on"]);

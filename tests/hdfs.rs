@@ -342,7 +342,8 @@ async fn namenode_failover_during_a_store_burst_and_a_move() {
     let study = specs[0].study_uid.clone();
     let p = n.port();
     let mover = tokio::task::spawn_blocking(move || move_study(p, &study));
-    tokio::time::sleep(Duration::from_millis(150)).await;
+    // Under way: the first sub-operation delivered.
+    assert!(eventually(Duration::from_secs(30), async || !dest.files().is_empty()).await);
     let t0 = Instant::now();
     dfs.command("kill-namenode 1");
     dfs.command("activate 0");

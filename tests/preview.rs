@@ -167,6 +167,20 @@ fn run(tool: &str, args: &[&str]) {
     assert!(out.status.success(), "{tool} {args:?}: {}", text(&out));
 }
 
+/// `src` as sent: itself when `tool` is empty, else converted by the DCMTK `tool` with
+/// `flags` into `out`.
+fn variant(tool: &str, flags: &[&str], src: &Path, out: &Path) -> PathBuf {
+    if tool.is_empty() {
+        return src.to_path_buf();
+    }
+    let mut a = flags.to_vec();
+    let (i, o) = (s(src), s(out));
+    a.push(&i);
+    a.push(&o);
+    run(tool, &a);
+    out.to_path_buf()
+}
+
 fn s(p: &Path) -> String {
     p.display().to_string()
 }
@@ -337,17 +351,7 @@ async fn grey_previews_match_dcmtk_in_every_transfer_syntax() {
         let windowed = ds.element(tags::WINDOW_CENTER).is_ok();
         let src = dir.join(format!("src{k}.dcm"));
         write_dataset(ds, &src);
-        let sent = if tool.is_empty() {
-            src.clone()
-        } else {
-            let out = dir.join(format!("v{k}.dcm"));
-            let mut a = flags.clone();
-            let (i, o) = (s(&src), s(&out));
-            a.push(&i);
-            a.push(&o);
-            run(tool, &a);
-            out
-        };
+        let sent = variant(tool, flags, &src, &dir.join(format!("v{k}.dcm")));
         cases.push((
             spec.sop_uid.clone(),
             src,
@@ -409,17 +413,7 @@ async fn colour_previews_match_the_source_image() {
         let spec = Spec::ct(41, 1, k as u32 + 1, 0);
         let src = dir.join(format!("src{k}.dcm"));
         write_dataset(rgb_image(&spec, 300, 300), &src);
-        let sent = if tool.is_empty() {
-            src.clone()
-        } else {
-            let out = dir.join(format!("v{k}.dcm"));
-            let mut a = flags.clone();
-            let (i, o) = (s(&src), s(&out));
-            a.push(&i);
-            a.push(&o);
-            run(tool, &a);
-            out
-        };
+        let sent = variant(tool, flags, &src, &dir.join(format!("v{k}.dcm")));
         let reference = dcmtk_reference(&src, &[]);
         cases.push((
             spec.sop_uid.clone(),

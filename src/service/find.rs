@@ -85,11 +85,7 @@ fn query_event(context: &AcceptedContext, req: &FindRequest, matches: usize) -> 
 impl FindService {
     /// Answer one C-FIND-RQ on `assoc`: the matches go to `respond`, which streams them.
     pub async fn find(&self, assoc: &mut Association, req: Request<'_>) -> Result<(), NetError> {
-        let Request {
-            context,
-            command: request,
-            data,
-        } = req;
+        let (context, request, data) = (req.context, req.command, req.data);
         let started = std::time::Instant::now();
         let responder = Responder::new(context.id, request, CommandField::CFindRsp);
         let (rows, req) = match self.run(context, data).await {

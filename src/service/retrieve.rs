@@ -126,11 +126,7 @@ impl RetrieveService {
     /// C-MOVE: send the selected instances to the destination AE named in the request, on a
     /// sub-association; `respond` sends the responses.
     pub async fn move_(&self, assoc: &mut Association, req: Request<'_>) -> Result<(), NetError> {
-        let Request {
-            context,
-            command: request,
-            data,
-        } = req;
+        let (context, request, data) = (req.context, req.command, req.data);
         let responder = Responder::new(context.id, request, CommandField::CMoveRsp);
         let prepared = async {
             let dest = request
@@ -251,11 +247,7 @@ impl RetrieveService {
     /// C-GET: send the selected instances back on this association; `respond` sends the
     /// responses between the sub-operations.
     pub async fn get(&self, assoc: &mut Association, req: Request<'_>) -> Result<(), NetError> {
-        let Request {
-            context,
-            command: request,
-            data,
-        } = req;
+        let (context, request, data) = (req.context, req.command, req.data);
         let responder = Responder::new(context.id, request, CommandField::CGetRsp);
         let items = match self.items(context, data).await {
             Ok(i) => i,

@@ -48,11 +48,7 @@ impl StoreService {
         dropped: Option<Dropped>,
         subject: &mut Subject,
     ) -> Result<(), StoreError> {
-        let Request {
-            context,
-            command,
-            data,
-        } = req;
+        let (context, command, data) = (req.context, req.command, req.data);
         match dropped {
             Some(Dropped::TooLarge { size, limit }) => {
                 return Err(StoreError::TooLarge { size, limit });
