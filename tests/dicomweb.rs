@@ -488,6 +488,11 @@ async fn bad_requests_get_their_status_and_store_nothing() {
     assert!(m.contains("pacsd_associations_accepted_total 1"), "{m}");
     assert!(m.contains("pacsd_associations_open 0"), "{m}");
     assert!(m.contains("pacsd_replica_up{replica="), "{m}");
+    assert!(m.contains("pacsd_replica_writes_in_background 0"), "{m}");
+    assert!(
+        m.contains("# TYPE pacsd_replica_writes_backgrounded_total counter"),
+        "{m}"
+    );
     assert_eq!(
         status(
             http.get(format!("http://127.0.0.1:{port}/healthz"))

@@ -11,7 +11,7 @@ use axum::response::{IntoResponse, Response};
 
 use super::{WebError, WebState};
 pub use crate::metrics::Metrics;
-use crate::metrics::gauge;
+use crate::metrics::{counter, gauge};
 
 /// Middleware: count every request by route and status, with its latency.
 pub async fn count_request(
@@ -79,6 +79,25 @@ pub async fn metrics(State(state): State<Arc<WebState>>) -> Result<Response, Web
         previews.pending as f64,
     );
     replica_metrics(&state, &mut out);
+    let background = state.storage.background_stats();
+    gauge(
+        &mut out,
+        "pacsd_replica_writes_in_background",
+        "Replica writes still running after their put was answered at the write quorum.",
+        background.running as f64,
+    );
+    counter(
+        &mut out,
+        "pacsd_replica_writes_backgrounded_total",
+        "Replica writes that outlasted the straggler patience and finished in the background.",
+        background.handed as f64,
+    );
+    counter(
+        &mut out,
+        "pacsd_replica_background_full_total",
+        "Puts that found the background bounds taken and waited the straggler grace.",
+        background.full as f64,
+    );
     ha_metrics(&state, &mut out).await;
     Ok((
         StatusCode::OK,

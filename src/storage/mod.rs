@@ -174,6 +174,22 @@ struct Background {
     writes: usize,
     bytes: u64,
     keys: std::collections::HashMap<String, usize>,
+    /// Writes handed to the background since start (`/metrics`).
+    handed: u64,
+    /// Puts that found the background full and waited the grace instead.
+    full: u64,
+}
+
+/// What the background writes have done since start (`/metrics`): how often a replica took
+/// longer than the patience, and how often the bounds made a put wait.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct BackgroundStats {
+    /// Running now.
+    pub running: usize,
+    /// Handed to the background since start.
+    pub handed: u64,
+    /// Puts that found every slot (or the byte budget) taken.
+    pub full: u64,
 }
 
 /// A background write slot of one key, given back when its write ends (with the object's
@@ -306,6 +322,16 @@ impl Storage {
     /// Replica writes running in the background now.
     pub fn writes_in_background(&self) -> usize {
         self.background.lock().expect("background writes").writes
+    }
+
+    /// Counts of the background writes since start.
+    pub fn background_stats(&self) -> BackgroundStats {
+        let b = self.background.lock().expect("background writes");
+        BackgroundStats {
+            running: b.writes,
+            handed: b.handed,
+            full: b.full,
+        }
     }
 
     /// Wait until no write of `key` runs in the background (at most `REPLICA_OP_TIMEOUT`,
@@ -588,8 +614,10 @@ impl Storage {
             let new_key = !b.keys.contains_key(key);
             let added = if new_key { size } else { 0 };
             if b.writes + n > BACKGROUND_WRITES || b.bytes + added > BACKGROUND_BYTES {
+                b.full += 1;
                 return None;
             }
+            b.handed += n as u64;
             b.writes += n;
             b.bytes += added;
             *b.keys.entry(key.to_string()).or_default() += n;
@@ -1159,6 +1187,12 @@ mod tests {
         assert_eq!(put.written, vec![0, 1]);
         assert!(put.missed.is_empty(), "{:?}", put.missed);
         assert_eq!(put.stragglers.replicas(), [2]);
+        let counted = BackgroundStats {
+            running: 1,
+            handed: 1,
+            full: 0,
+        };
+        assert_eq!(storage.background_stats(), counted);
         // It goes on without anyone waiting, and succeeds; it was never counted as failing.
         assert_eq!(put.stragglers.finish().await, vec![(2, Ok(()))]);
         assert_eq!(t0.elapsed(), Duration::from_secs(30));
@@ -1261,6 +1295,7 @@ mod tests {
         let t0 = tokio::time::Instant::now();
         let put = storage.put(KEY, Bytes::from_static(b"x")).await.unwrap();
         assert_eq!(t0.elapsed(), STRAGGLER_GRACE);
+        assert_eq!(storage.background_stats().full, 1);
         assert_eq!(put.written, vec![0, 1]);
         assert!(put.stragglers.replicas().is_empty());
         assert_eq!(put.missed.len(), 1);
