@@ -381,6 +381,13 @@ impl Storage {
         self.health.lock().expect("health").clone()
     }
 
+    /// Which replicas are usable now (not inside a failure backoff), by index.
+    fn up_now(&self) -> Vec<bool> {
+        let now = Instant::now();
+        let h = self.health.lock().expect("health");
+        h.iter().map(|r| r.is_up(now)).collect()
+    }
+
     fn note_failure(&self, i: usize, error: &str) {
         self.health.lock().expect("health")[i].fail(Instant::now(), error);
     }
@@ -431,12 +438,7 @@ impl Storage {
     /// straggler grace (measured: 2.0 s per C-STORE with an HDFS NameNode down).
     pub async fn put(&self, key: &str, bytes: Bytes) -> Result<PutOutcome, StorageError> {
         let path = store_path(key)?;
-        let left_out = {
-            let now = Instant::now();
-            let h = self.health.lock().expect("health");
-            let up: Vec<bool> = h.iter().map(|r| r.is_up(now)).collect();
-            self.quorum.left_out(&up)
-        };
+        let left_out = self.quorum.left_out(&self.up_now());
         let mut outcome = PutOutcome::default();
         let mut answered = vec![false; self.replicas.len()];
         for (i, _) in left_out.iter().enumerate().filter(|(_, l)| **l) {
@@ -948,11 +950,7 @@ impl Storage {
         let Ok(path) = store_path(&expected.key) else {
             return Vec::new();
         };
-        let up: Vec<bool> = {
-            let now = Instant::now();
-            let h = self.health.lock().expect("health");
-            h.iter().map(|r| r.is_up(now)).collect()
-        };
+        let up = self.up_now();
         let heads = self.replicas.iter().enumerate().map(|(i, r)| {
             let path = path.clone();
             let up = up[i];
