@@ -407,9 +407,6 @@ mod tests {
     use super::*;
     use crate::archive::STILL_WRITING;
 
-    /// A replica still writing when the quorum answered is in the repair queue from the
-    /// moment the row is committed until its write succeeds: a crash in between leaves it
-    /// queued, never silently short of a copy.
     /// A store on three in-memory replicas, the third taking `slow` for each write, and the
     /// bytes of a small synthetic CT instance.
     fn with_slow_third(
@@ -445,6 +442,9 @@ mod tests {
         (storage, store, std::fs::read(&file).unwrap())
     }
 
+    /// A replica still writing when the quorum answered is in the repair queue from the
+    /// moment the row is committed until its write succeeds: a crash in between leaves it
+    /// queued, never silently short of a copy.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_straggler_is_queued_with_the_row_and_cleared_once_written() {
         let dir = tempfile::tempdir().unwrap();
