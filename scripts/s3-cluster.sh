@@ -56,8 +56,15 @@ wait_for() { # wait_for SECONDS CMD...
     done
 }
 
-s3_up() { # the S3 port answers HTTP
-    (exec 3<>"/dev/tcp/127.0.0.1/$(port s3 "$1")") 2>/dev/null
+s3_up() { # s3_up N [FROM_LINE]: node N's log, after line FROM_LINE, says its S3 API listens
+    # (the log, not a connect: whoever else holds the port would answer a connect too)
+    tail -n +"$((${2:-0} + 1))" "$DIR/node$1.log" | grep -q "S3 API server listening"
+}
+
+ports_taken() { # ports_taken N [FROM_LINE]: die if node N could not bind one of its ports
+    if tail -n +"$((${2:-0} + 1))" "$DIR/node$1.log" | grep -q "Address already in use"; then
+        die "node $1: a port of it is taken by another process (see $DIR/node$1.log)"
+    fi
 }
 
 cmd=${1:-}; shift || true
@@ -121,7 +128,8 @@ EOF
         done
     fi
     for n in 1 2 3; do
-        wait_for 60 s3_up $n || die "S3 API of node $n not listening"
+        wait_for 60 s3_up $n || { ports_taken $n; die "S3 API of node $n not listening"; }
+        ports_taken $n
     done
     replicas=""
     for n in 1 2 3; do
@@ -161,8 +169,10 @@ cont-node)
     ;;
 restart)
     n=${1:?usage: restart N DIR}; DIR=${2:?usage: restart N DIR}
+    from=$(wc -l <"$DIR/node$n.log")
     start_node "$n"
-    wait_for 60 s3_up "$n" || die "node $n did not come back (see $DIR/node$n.log)"
+    wait_for 60 s3_up "$n" "$from" || die "node $n did not come back (see $DIR/node$n.log)"
+    ports_taken "$n" "$from"
     ;;
 *)
     sed -n '2,24p' "$0" >&2

@@ -577,7 +577,7 @@ async fn writes_a_solo_primary_acknowledged_survive_its_death_and_the_standbys_r
 #[test]
 fn garage_is_refused_as_arbiter_because_it_ignores_create_if_absent() {
     let _serial = serial();
-    let Some(cluster) = S3Cluster::start_independent(29800) else {
+    let Some(cluster) = S3Cluster::start_independent() else {
         return;
     };
     let p = pair(48, false);

@@ -165,7 +165,7 @@ async fn suite_on_garage_s3_and_on_a_mixed_set() {
     // One Garage cluster at a time: several starting at once on 2 cores made a healthy
     // node's put outlast the straggler grace (a replica counted as missed) in one run.
     let _serial = serial();
-    let Some(cluster) = S3Cluster::start(29100) else {
+    let Some(cluster) = S3Cluster::start() else {
         return;
     };
     let s3 = cluster.replicas();
@@ -192,7 +192,7 @@ async fn suite_on_hdfs_and_on_local_s3_hdfs() {
     let hdfs: Vec<String> = (0..3).map(|i| dfs.replica(&format!("pacs/r{i}"))).collect();
     suite(open_all(&hdfs)).await;
 
-    let Some(cluster) = S3Cluster::start(29300) else {
+    let Some(cluster) = S3Cluster::start() else {
         return;
     };
     let dir = tempfile::tempdir().unwrap();
@@ -380,11 +380,11 @@ async fn striping_is_used_only_where_the_measured_speeds_say_it_pays() {
 /// Garage S3 replicas at three independent sites, each slowed to ~40 MB/s so that the read
 /// lasts about a second; the node of replica 2 is killed (or frozen) while the read is in
 /// progress.
-async fn striped_read_survives(action: &str, base_port: u16) {
+async fn striped_read_survives(action: &str) {
     // One Garage cluster at a time: several starting at once on 2 cores made a healthy
     // node's put outlast the straggler grace (a replica counted as missed) in one run.
     let _serial = serial();
-    let Some(cluster) = S3Cluster::start_independent(base_port) else {
+    let Some(cluster) = S3Cluster::start_independent() else {
         return;
     };
     let urls = cluster.replicas();
@@ -432,12 +432,12 @@ async fn striped_read_survives(action: &str, base_port: u16) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn striped_read_survives_a_garage_node_killed_mid_read() {
-    striped_read_survives("kill", 29200).await;
+    striped_read_survives("kill").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn striped_read_survives_a_garage_node_frozen_mid_read() {
-    striped_read_survives("stop-node", 29300).await;
+    striped_read_survives("stop-node").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -445,7 +445,7 @@ async fn garage_node_killed_during_bulk_store_is_healed_when_it_returns() {
     // One Garage cluster at a time: several starting at once on 2 cores made a healthy
     // node's put outlast the straggler grace (a replica counted as missed) in one run.
     let _serial = serial();
-    let Some(cluster) = S3Cluster::start(29400) else {
+    let Some(cluster) = S3Cluster::start() else {
         return;
     };
     let urls = cluster.replicas();

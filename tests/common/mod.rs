@@ -335,18 +335,26 @@ pub async fn holds_for(window: Duration, mut f: impl AsyncFnMut() -> bool) -> bo
 /// bind(0) of this very test (the node's own listeners) before the child binds it, and the
 /// child then fails to start (Orthanc did, once, in a clean run). Random, and checked free.
 pub fn unused_port() -> u16 {
+    unused_ports(&[0])
+}
+
+/// A random base port below the kernel's ephemeral range such that `base + o` is free on
+/// loopback for every offset `o` (a child that listens on several ports, as `unused_port`).
+pub fn unused_ports(offsets: &[u16]) -> u16 {
     use std::hash::{BuildHasher, Hasher};
     let low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
         .ok()
         .and_then(|r| r.split_whitespace().next()?.parse::<u16>().ok())
         .unwrap_or(32768);
-    let (from, to) = (10_000u16, low.max(10_001));
+    let span = offsets.iter().copied().max().unwrap_or(0);
+    let (from, to) = (10_000u16, low.saturating_sub(span).max(10_001));
     loop {
         let mut h = std::collections::hash_map::RandomState::new().build_hasher();
         h.write_u64(std::process::id() as u64);
-        let port = from + (h.finish() % u64::from(to - from)) as u16;
-        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
-            return port;
+        let base = from + (h.finish() % u64::from(to - from)) as u16;
+        let free = |o: &u16| std::net::TcpListener::bind(("127.0.0.1", base + o)).is_ok();
+        if offsets.iter().all(free) {
+            return base;
         }
     }
 }
@@ -386,16 +394,20 @@ pub struct S3Cluster {
 }
 
 impl S3Cluster {
-    pub fn start(base_port: u16) -> Option<S3Cluster> {
-        Self::start_mode(base_port, "cluster")
+    pub fn start() -> Option<S3Cluster> {
+        Self::start_mode("cluster")
     }
 
     /// Three independent single-node Garage servers, one per site (see the script).
-    pub fn start_independent(base_port: u16) -> Option<S3Cluster> {
-        Self::start_mode(base_port, "--independent")
+    pub fn start_independent() -> Option<S3Cluster> {
+        Self::start_mode("--independent")
     }
 
-    fn start_mode(base_port: u16, mode: &str) -> Option<S3Cluster> {
+    /// The ports the script gives node N (1..3) of a cluster on BASE: BASE+10N (S3), +1 (RPC),
+    /// +3 (admin).
+    const PORT_OFFSETS: [u16; 9] = [10, 11, 13, 20, 21, 23, 30, 31, 33];
+
+    fn start_mode(mode: &str) -> Option<S3Cluster> {
         if std::env::var("PACSD_SKIP_S3").as_deref() == Ok("1") {
             eprintln!("SKIPPED: S3 test (PACSD_SKIP_S3=1)");
             return None;
@@ -411,26 +423,44 @@ impl S3Cluster {
             "the S3 tests need `garage` on PATH (cargo install garage --locked); \
              set PACSD_SKIP_S3=1 to skip them"
         );
-        let dir = std::env::temp_dir().join(format!("pacsd-s3-{base_port}-{}", std::process::id()));
-        let out = Command::new("bash")
-            .arg(script("s3-cluster.sh"))
-            .args([
-                "start",
-                &dir.display().to_string(),
-                &base_port.to_string(),
-                mode,
-            ])
-            .output()
-            .expect("run s3-cluster.sh");
-        assert!(out.status.success(), "s3-cluster.sh start: {}", text(&out));
-        let env = std::fs::read_to_string(dir.join("env")).expect("cluster env file");
-        let vars = env
-            .lines()
-            .filter_map(|l| l.strip_prefix("export "))
-            .filter_map(|l| l.split_once('='))
-            .map(|(k, v)| (k.to_string(), v.trim_matches('"').to_string()))
-            .collect();
-        Some(S3Cluster { dir, vars })
+        // The nine ports are free when chosen, but another process may bind one before a
+        // Garage node does: that node then fails to start, and the cluster is started again
+        // on other ports (only for that cause; any other failure fails the test).
+        let mut failures = Vec::new();
+        for _ in 0..3 {
+            let base = unused_ports(&Self::PORT_OFFSETS);
+            let dir = std::env::temp_dir().join(format!("pacsd-s3-{base}-{}", std::process::id()));
+            let out = Command::new("bash")
+                .arg(script("s3-cluster.sh"))
+                .args(["start", &dir.display().to_string(), &base.to_string(), mode])
+                .output()
+                .expect("run s3-cluster.sh");
+            let Ok(env) = std::fs::read_to_string(dir.join("env")) else {
+                let logs: String = (1..=3)
+                    .filter_map(|n| std::fs::read_to_string(dir.join(format!("node{n}.log"))).ok())
+                    .collect();
+                let _ = Command::new("bash")
+                    .arg(script("s3-cluster.sh"))
+                    .args(["stop", &dir.display().to_string()])
+                    .output();
+                let report = format!("base {base}: {}", text(&out));
+                assert!(
+                    logs.contains("Address already in use") || logs.contains("AddrInUse"),
+                    "s3-cluster.sh start: {report}\n{logs}"
+                );
+                failures.push(report);
+                continue;
+            };
+            assert!(out.status.success(), "s3-cluster.sh start: {}", text(&out));
+            let vars = env
+                .lines()
+                .filter_map(|l| l.strip_prefix("export "))
+                .filter_map(|l| l.split_once('='))
+                .map(|(k, v)| (k.to_string(), v.trim_matches('"').to_string()))
+                .collect();
+            return Some(S3Cluster { dir, vars });
+        }
+        panic!("no Garage cluster started, a port was taken each time: {failures:#?}");
     }
 
     pub fn var(&self, k: &str) -> &str {
