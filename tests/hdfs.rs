@@ -255,7 +255,7 @@ async fn a_c_store_is_answered_at_the_local_quorum_and_hdfs_finishes_in_the_back
     assert!(
         eventually(Duration::from_secs(60), async || {
             n.node.index.repair_queue().await.unwrap().is_empty()
-                && n.node.storage.writes_in_background() == 0
+                && n.node.storage.background_stats().running == 0
         })
         .await,
         "{:?}",

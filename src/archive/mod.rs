@@ -110,12 +110,7 @@ pub fn settle(placed: &mut Placed, storage: &Storage, key: &str, how: Settle) {
         Settle::Leave => None,
     };
     tokio::spawn(async move {
-        let written: Vec<usize> = stragglers
-            .finish()
-            .await
-            .into_iter()
-            .filter_map(|(i, r)| r.is_ok().then_some(i))
-            .collect();
+        let written = stragglers.succeeded().await;
         if let Some(index) = index {
             for i in written {
                 if let Err(e) = index.clear_repair(&key, &locations[i]).await {
@@ -132,13 +127,7 @@ pub fn settle(placed: &mut Placed, storage: &Storage, key: &str, how: Settle) {
 pub async fn undo(placed: &mut Placed, storage: &Storage, key: &str) {
     let stragglers = std::mem::take(&mut placed.outcome.stragglers);
     let mut written = placed.outcome.written.clone();
-    written.extend(
-        stragglers
-            .finish()
-            .await
-            .into_iter()
-            .filter_map(|(i, r)| r.is_ok().then_some(i)),
-    );
+    written.extend(stragglers.succeeded().await);
     storage.delete_from(key, &written).await;
 }
 

@@ -475,7 +475,7 @@ mod tests {
             .await
             .expect("the entry is cleared once the slow replica has the object");
         assert!(storage.exists_on(2, &rec.storage_key).await);
-        assert_eq!(storage.writes_in_background(), 0);
+        assert_eq!(storage.background_stats().running, 0);
     }
 
     /// An index row that cannot be committed fails the C-STORE, and not before every copy
@@ -510,7 +510,7 @@ mod tests {
         for i in 0..3 {
             assert!(!storage.exists_on(i, &key).await, "replica {i} holds {key}");
         }
-        assert_eq!(storage.writes_in_background(), 0);
+        assert_eq!(storage.background_stats().running, 0);
         assert_eq!(index.counts().await.unwrap().instances, 0);
         assert!(index.repair_queue().await.unwrap().is_empty());
     }

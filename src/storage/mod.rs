@@ -166,6 +166,15 @@ impl Stragglers {
             .filter_map(Result::ok)
             .collect()
     }
+
+    /// Wait for every one; the replicas whose write succeeded.
+    pub async fn succeeded(self) -> Vec<usize> {
+        let ended = self.finish().await;
+        ended
+            .into_iter()
+            .filter_map(|(i, r)| r.is_ok().then_some(i))
+            .collect()
+    }
 }
 
 /// Writes running in the background: how many, the bytes they hold, and of which keys.
@@ -317,11 +326,6 @@ impl Storage {
     /// `STRAGGLER_GRACE`); `STRAGGLER_PATIENCE` unless the configuration says otherwise.
     pub fn set_straggler_patience(&mut self, patience: Duration) {
         self.patience = patience.min(STRAGGLER_GRACE);
-    }
-
-    /// Replica writes running in the background now.
-    pub fn writes_in_background(&self) -> usize {
-        self.background.lock().expect("background writes").writes
     }
 
     /// Counts of the background writes since start.
@@ -539,14 +543,7 @@ impl Storage {
     ) -> Result<Vec<usize>, StorageError> {
         let outcome = self.put(key, bytes).await?;
         let mut written = outcome.written;
-        written.extend(
-            outcome
-                .stragglers
-                .finish()
-                .await
-                .into_iter()
-                .filter_map(|(i, r)| r.is_ok().then_some(i)),
-        );
+        written.extend(outcome.stragglers.succeeded().await);
         written.sort_unstable();
         Ok(written)
     }
@@ -1217,7 +1214,7 @@ mod tests {
         assert!(second.stragglers.replicas().is_empty());
         assert_eq!(second.missed.len(), 1);
         first.stragglers.finish().await;
-        assert_eq!(storage.writes_in_background(), 0);
+        assert_eq!(storage.background_stats().running, 0);
         assert_eq!(storage.background.lock().unwrap().bytes, 0);
     }
 
@@ -1317,7 +1314,7 @@ mod tests {
         for s in running {
             s.finish().await;
         }
-        assert_eq!(storage.writes_in_background(), 0);
+        assert_eq!(storage.background_stats().running, 0);
     }
 
     #[tokio::test(start_paused = true)]
