@@ -674,6 +674,68 @@ async fn dicomweb_over_https_speaks_http2_and_http1_with_https_urls_and_secure_c
     drop(idle);
 }
 
+/// The base64 SHA-256 of a certificate's public key (what Chromium's
+/// `--ignore-certificate-errors-spki-list` names).
+fn spki_sha256(cert: &Path) -> String {
+    let out = Command::new("bash")
+        .arg("-c")
+        .arg(format!(
+            "openssl x509 -in '{}' -pubkey -noout | openssl pkey -pubin -outform der \
+             | openssl dgst -sha256 -binary | base64",
+            cert.display()
+        ))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    String::from_utf8(out.stdout).unwrap().trim().to_string()
+}
+
+/// The portal's "Open in viewer" over the node's HTTPS port, in headless Chromium: OHIF,
+/// served by the node, draws the study through DICOMweb over HTTP/2 with a Secure session
+/// cookie and no request refused (an `http:` URL in the viewer's configuration or in a
+/// BulkDataURI would be blocked as mixed content and fail it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn open_in_viewer_over_https_draws_the_study_over_http2_with_a_secure_session() {
+    let kit = browser_kit();
+    let pki = tempfile::tempdir().unwrap();
+    make_pki(pki.path(), &["PACSD"]);
+    let dist = Path::new(&kit).join("package/dist");
+    let n = TestNode::start_with(|c| {
+        c.tls = Some(node_tls(pki.path()));
+        c.http.tls = true;
+        c.http.viewer_dir = Some(dist.clone());
+    })
+    .await;
+    let password = "a radiologist's long password";
+    n.add_accounts(&[("reader", password, "viewer")]).await;
+    let specs: Vec<_> = (1..=4)
+        .map(|i| pacsd::synth::Spec::ct(8, 1, i, 256))
+        .collect();
+    store_specs(&n.scu("MODALITY"), &specs).await;
+
+    let base = format!("https://127.0.0.1:{}", n.node.http_addr.unwrap().port());
+    // Chromium accepts the node's key and no other; Node's fetch trusts the test CA.
+    let env = [
+        (
+            "PACSD_TRUST_SPKI",
+            spki_sha256(&pki.path().join("PACSD.crt")),
+        ),
+        (
+            "NODE_EXTRA_CA_CERTS",
+            pki.path().join("ca.crt").display().to_string(),
+        ),
+    ];
+    let credentials = ("reader", password);
+    let seen = open_in_viewer(&kit, &base, credentials, &specs[0].study_uid, &env).await;
+    assert_eq!(
+        seen["dicomwebProtocols"],
+        serde_json::json!(["h2"]),
+        "{seen}"
+    );
+    assert_eq!(seen["sessionCookie"]["secure"], true, "{seen}");
+    n.node.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn plain_http_port_also_speaks_http2_with_prior_knowledge() {
     let n = TestNode::start_with(|c| c.http.require_auth = false).await;

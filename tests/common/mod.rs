@@ -786,6 +786,51 @@ pub fn browser_kit() -> String {
         .to_string()
 }
 
+/// tests/js/portal_viewer.mjs against the node at `base` (its environment extended by `env`):
+/// an anonymous visitor of the viewer is sent to the login page and back, and the signed-in
+/// account's "Open in viewer" draws `study` in OHIF with every DICOMweb request answered.
+/// The script's JSON, for the caller's own checks.
+pub async fn open_in_viewer(
+    kit: &str,
+    base: &str,
+    (name, password): (&str, &str),
+    study: &str,
+    env: &[(&str, String)],
+) -> serde_json::Value {
+    let mut cmd = Command::new("node");
+    cmd.arg(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/js/portal_viewer.mjs"
+    ))
+    .args([kit, base, name, password, study])
+    .arg(screenshot_dir())
+    .arg("90000")
+    .envs(env.iter().map(|(k, v)| (k, v)));
+    let seen = json_of(cmd).await;
+    eprintln!("{seen:#}");
+
+    // Anonymous: the login page, which leads back to the viewer; the viewer's files need it.
+    assert_eq!(seen["anonymousLandsOn"], "/portal/login");
+    assert_eq!(
+        seen["anonymousNext"],
+        format!("/viewer?StudyInstanceUIDs={study}")
+    );
+    assert_eq!(seen["anonymousConfig"], 401);
+    assert_eq!(seen["afterLogin"], "/viewer");
+    // The study page links to the viewer on that study, and the viewer draws it with the
+    // portal's session: every DICOMweb request it made succeeded.
+    assert_eq!(seen["link"], format!("/viewer?StudyInstanceUIDs={study}"));
+    assert_eq!(seen["viewerPath"], "/viewer");
+    assert!(seen["firstImageMs"].is_u64(), "no image drawn: {seen}");
+    assert!(seen["greyLevels"].as_u64().unwrap() > 16, "{seen}");
+    assert_eq!(seen["failures"], serde_json::json!([]), "{seen}");
+    assert!(seen["requests"].as_u64().unwrap() >= 3, "{seen}");
+    // The session it used is out of scripts' reach and never sent by another site.
+    assert_eq!(seen["sessionCookie"]["httpOnly"], true, "{seen}");
+    assert_eq!(seen["sessionCookie"]["sameSite"], "Strict", "{seen}");
+    seen
+}
+
 /// Where the browser tests leave their screenshots (target/portal-screenshots).
 pub fn screenshot_dir() -> PathBuf {
     let out = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/portal-screenshots");

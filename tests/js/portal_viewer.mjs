@@ -2,9 +2,13 @@
 // playwright-core): the viewer refuses an anonymous visitor (login page, then back to the
 // viewer), then a signed-in person opens a study's page, clicks "Open in viewer", and the
 // OHIF viewer served by pacsd itself draws the study, reading DICOMweb with the portal's
-// session cookie. Prints one JSON object; tests/portal.rs asserts on it.
+// session cookie. Prints one JSON object; tests/portal.rs (over HTTP) and tests/tls.rs (over
+// HTTPS) assert on it.
 //
 // usage: node portal_viewer.mjs PLAYWRIGHT_DIR BASE_URL NAME PASSWORD STUDY_UID OUT_DIR [TIMEOUT_MS]
+// With PACSD_TRUST_SPKI (the base64 SHA-256 of the node certificate's public key) Chromium
+// accepts that one key for an https BASE_URL, and no other; Node's own fetch trusts the CA in
+// NODE_EXTRA_CA_CERTS.
 import path from 'node:path';
 import { createRequire } from 'node:module';
 import { chromiumArgs, waitForImage, watchRequests } from './viewer.mjs';
@@ -17,7 +21,9 @@ const { chromium } = require('playwright-core');
 const result = { failures: [], requests: 0 };
 const browser = await chromium.launch({
   executablePath: '/usr/bin/chromium',
-  args: chromiumArgs,
+  args: process.env.PACSD_TRUST_SPKI
+    ? [...chromiumArgs, `--ignore-certificate-errors-spki-list=${process.env.PACSD_TRUST_SPKI}`]
+    : chromiumArgs,
 });
 try {
   // 1. Anonymous: the viewer's page leads to the login page, its files want credentials.
@@ -47,6 +53,13 @@ try {
   result.viewerPath = new URL(viewer.url()).pathname;
   result.firstImageMs = ms;
   result.greyLevels = levels;
+  // How the viewer reached DICOMweb (h2, http/1.1) and whether its session cookie is Secure.
+  result.dicomwebProtocols = await viewer.evaluate(prefix => [...new Set(
+    performance.getEntriesByType('resource')
+      .filter(e => e.name.startsWith(prefix)).map(e => e.nextHopProtocol))].sort(), dicomweb);
+  result.sessionCookie = (await context.cookies())
+    .filter(c => c.name === 'pacsd_session')
+    .map(c => ({ secure: c.secure, httpOnly: c.httpOnly, sameSite: c.sameSite }))[0] ?? null;
   await viewer.screenshot({ path: path.join(out, '12-viewer.png') }).catch(() => {});
 } finally {
   await browser.close();
