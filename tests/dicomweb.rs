@@ -188,12 +188,19 @@ async fn metadata_and_qido_as_native_dicom_xml_agree_with_dcmtk_dcm2xml() {
         spec.study_uid, spec.series_uid, spec.sop_uid
     );
     let qido = format!("{base}/studies?StudyInstanceUID={}", spec.study_uid);
+    let stowed = Spec::ct(962, 1, 1, 32);
+    let stow_file = n.dir.path().join("stow-xml.dcm");
+    part10_file(&stowed, &stow_file);
+    let stow = format!("{base}/studies");
+    let other_study = format!("{base}/studies/{}", spec.study_uid);
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/py/xml_check.py");
     let mut cmd = Command::new("python3");
     cmd.arg(script)
         .args([&metadata, &qido])
         .arg(&file)
-        .args(["viewer", PASSWORD]);
+        .args(["viewer", PASSWORD, &stow, &other_study])
+        .arg(&stow_file)
+        .arg("pacs-admin");
     let seen = json_of(cmd).await;
     let s = |k: &str| seen[k].clone();
     use serde_json::json as j;
@@ -242,6 +249,32 @@ async fn metadata_and_qido_as_native_dicom_xml_agree_with_dcmtk_dcm2xml() {
         "{seen}"
     );
     assert_eq!(s("qido_html_status"), j!(406), "{seen}");
+
+    // STOW-RS answers in DICOM XML when asked: the stored instance with its RetrieveURL,
+    // then the same instance sent to another study refused with A900 (43264).
+    let retrieve = format!(
+        "{base}/studies/{}/series/{}/instances/{}",
+        stowed.study_uid, stowed.series_uid, stowed.sop_uid
+    );
+    assert_eq!(
+        s("stow_stored"),
+        j!({"status": 200, "type": "application/dicom+xml", "root": "NativeDicomModel",
+            "referenced": [{"ReferencedSOPClassUID": "1.2.840.10008.5.1.4.1.1.2",
+                            "ReferencedSOPInstanceUID": stowed.sop_uid,
+                            "RetrieveURL": retrieve}],
+            "failed": []}),
+        "{seen}"
+    );
+    let refused = &seen["stow_refused"];
+    assert_eq!(refused["status"], 409, "{seen}");
+    assert_eq!(refused["referenced"], j!([]), "{seen}");
+    assert_eq!(refused["failed"][0]["FailureReason"], "43264", "{seen}");
+    assert_eq!(
+        refused["failed"][0]["ReferencedSOPInstanceUID"],
+        j!(stowed.sop_uid),
+        "{seen}"
+    );
+    assert_eq!(n.instances().await, 2);
 }
 
 fn findscu_uids(port: u16, level: &str, keys: &[(&str, &str)], unique: &str) -> BTreeSet<String> {

@@ -1,7 +1,8 @@
 //! STOW-RS (PS3.18 10.5): `multipart/related; type="application/dicom"` bodies, read part
 //! by part (a part is held in memory up to `node.max_object_size`, the body up to
 //! `http.max_upload_size`), each part stored through the C-STORE path: Success only once it
-//! is on the write quorum, indexed, and (in an HA pair) confirmed by the standby.
+//! is on the write quorum, indexed, and (in an HA pair) confirmed by the standby. The
+//! answer is DICOM JSON, or DICOM XML when the request's Accept prefers it.
 
 use std::sync::Arc;
 
@@ -16,7 +17,7 @@ use dicom_dictionary_std::tags;
 use dicom_object::InMemDicomObject;
 use tracing::{info, warn};
 
-use super::multipart::request_boundary;
+use super::multipart::{DatasetsAs, accept_ranges, datasets_as, request_boundary};
 use super::{WebError, WebState, clip, origin_of, path_uid};
 use crate::audit::{Event, INSTANCES_TRANSFERRED, Outcome, Role, Subject};
 use crate::index::account::Account;
@@ -133,6 +134,11 @@ async fn stow(
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok());
     let (boundary, part_type) = request_boundary(content_type)?;
+    // The answer's form, chosen before anything is stored: DICOM XML when the Accept header
+    // prefers it (PS3.18 10.5.3), else DICOM JSON, also when Accept allows neither (a store
+    // is not refused for the form of its receipt).
+    let accept = headers.get(header::ACCEPT).and_then(|v| v.to_str().ok());
+    let answer_as = datasets_as(&accept_ranges(accept)).unwrap_or(DatasetsAs::Json);
     if let Some(t) = &part_type
         && t != "application/dicom"
     {
@@ -358,14 +364,18 @@ async fn stow(
         (0, _) => StatusCode::CONFLICT,
         _ => StatusCode::ACCEPTED,
     };
-    let body = serde_json::to_vec(&crate::dicomjson::metadata_object(&response, None))
-        .map_err(|e| WebError::Internal(e.to_string()))?;
-    Ok((
-        status,
-        [(header::CONTENT_TYPE, "application/dicom+json")],
-        body,
-    )
-        .into_response())
+    let json = crate::dicomjson::metadata_object(&response, None);
+    let (content_type, body) = match answer_as {
+        DatasetsAs::Json => (
+            "application/dicom+json",
+            serde_json::to_vec(&json).map_err(|e| WebError::Internal(e.to_string()))?,
+        ),
+        DatasetsAs::Xml => (
+            "application/dicom+xml",
+            crate::dicomxml::native_xml(&json).into_bytes(),
+        ),
+    };
+    Ok((status, [(header::CONTENT_TYPE, content_type)], body).into_response())
 }
 
 fn multipart_error(e: multer::Error) -> WebError {

@@ -2,10 +2,14 @@
 instance metadata and a QIDO-RS search asked for as multipart/related;
 type="application/dicom+xml" are split into their parts with Python's email parser, each
 part parsed with xml.etree, and the instance's attributes compared one by one with what
-`dcm2xml --native-format` writes for the very file that was stored. Prints one JSON object;
-tests/dicomweb.rs asserts on it. Any exception fails the run.
+`dcm2xml --native-format` writes for the very file that was stored. Then STOW-RS answers in
+XML when asked to: STOW_FILE is sent to STOW_URL (stored) and again to OTHER_STUDY_URL (a
+study it is not part of: refused), each with Accept: application/dicom+xml, by STOW_USER
+(same password), and the receipts are parsed. Prints one JSON object; tests/dicomweb.rs
+asserts on it. Any exception fails the run.
 
-usage: xml_check.py METADATA_URL QIDO_URL FILE USER PASSWORD
+usage: xml_check.py METADATA_URL QIDO_URL FILE USER PASSWORD STOW_URL OTHER_STUDY_URL
+                    STOW_FILE STOW_USER
 """
 
 import json
@@ -17,6 +21,7 @@ from email.parser import BytesParser
 import requests
 
 metadata_url, qido_url, path, user, password = sys.argv[1:6]
+stow_url, other_study_url, stow_file, stow_user = sys.argv[6:10]
 NS = "{http://dicom.nema.org/PS3.19/models/NativeDICOM}"
 XML = 'multipart/related; type="application/dicom+xml"'
 seen = {}
@@ -109,4 +114,27 @@ seen["qido_bare_xml_type"] = answer_type("application/dicom+xml")
 seen["qido_json_preferred_type"] = answer_type(f"{XML}; q=0.5, application/dicom+json")
 seen["qido_xml_preferred_type"] = answer_type(f"application/dicom+json; q=0.5, {XML}")
 seen["qido_html_status"] = session.get(qido_url, headers={"Accept": "text/html"}).status_code
+
+
+# STOW-RS receipts in XML: one Native DICOM Model document (not multipart).
+def stow(url):
+    with open(stow_file, "rb") as f:
+        part = f.read()
+    body = b"--xb\r\nContent-Type: application/dicom\r\n\r\n" + part + b"\r\n--xb--\r\n"
+    rsp = requests.post(url, data=body, auth=(stow_user, password), headers={
+        "Content-Type": 'multipart/related; type="application/dicom"; boundary=xb',
+        "Accept": "application/dicom+xml"})
+    root = ET.fromstring(rsp.content)
+    def item_values(seq):
+        items = root.findall(f"{NS}DicomAttribute[@keyword='{seq}']/{NS}Item")
+        return [{a.get("keyword"): a.findtext(f"{NS}Value") for a in i.findall(f"{NS}DicomAttribute")}
+                for i in items]
+    return {"status": rsp.status_code, "type": rsp.headers.get("Content-Type", ""),
+            "root": root.tag.replace(NS, ""),
+            "referenced": item_values("ReferencedSOPSequence"),
+            "failed": item_values("FailedSOPSequence")}
+
+
+seen["stow_stored"] = stow(stow_url)
+seen["stow_refused"] = stow(other_study_url)
 print(json.dumps(seen))
