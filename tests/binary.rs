@@ -735,8 +735,8 @@ impl Drop for WritebackOff {
 /// caught up. Two control files show that the method loses what was not synced: one
 /// written and fsynced before (kept), one written without a sync just before the cut (lost).
 /// (Checked the other way: with the replicas' fsync or SQLite's synchronous=FULL turned off,
-/// every acknowledged instance was lost and the test failed.) Small objects cut after 30
-/// answers, then 512x512 CT cut after 10. Needs root and loop devices
+/// every acknowledged instance was lost and the test failed.) Small objects cut after 1, 7
+/// and 30 answers, 512x512 CT after 3 and 10. Needs root and loop devices
 /// (PACSD_SKIP_POWER_LOSS=1 skips it and says so).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_power_loss_while_storing_keeps_every_acknowledged_instance() {
@@ -744,8 +744,15 @@ async fn a_power_loss_while_storing_keeps_every_acknowledged_instance() {
         eprintln!("SKIPPED: power-loss test (PACSD_SKIP_POWER_LOSS=1)");
         return;
     }
-    power_loss_while_storing(64, 80, 30).await;
-    power_loss_while_storing(512, 40, 10).await;
+    for (size, total, cut_after) in [
+        (64, 80, 1),
+        (64, 80, 7),
+        (64, 80, 30),
+        (512, 40, 3),
+        (512, 40, 10),
+    ] {
+        power_loss_while_storing(size, total, cut_after).await;
+    }
 }
 
 /// One power loss while `total` instances of `size`x`size` pixels are stored over one
