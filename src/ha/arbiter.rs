@@ -86,6 +86,10 @@ pub struct WitnessAuth {
     pub node: String,
     /// The last timestamp sent (each request's is later).
     last: Arc<AtomicU64>,
+    /// Held for a whole request: the witness refuses a request older than the last it took
+    /// from a node, so two sent at once (a lease renewal beside a claim) must not overtake
+    /// each other on the way.
+    turn: Arc<tokio::sync::Mutex<()>>,
 }
 
 impl WitnessAuth {
@@ -94,6 +98,7 @@ impl WitnessAuth {
             key,
             node: node.to_string(),
             last: Arc::new(AtomicU64::new(0)),
+            turn: Arc::new(tokio::sync::Mutex::new(())),
         }
     }
 
@@ -394,6 +399,7 @@ async fn ask<T: for<'de> Deserialize<'de>>(
         reason,
     };
     let exchange = async {
+        let _turn = auth.turn.lock().await;
         let mut stream = TcpStream::connect(addr)
             .await
             .map_err(|e| err(format!("connecting: {e}")))?;
@@ -432,7 +438,16 @@ async fn ask<T: for<'de> Deserialize<'de>>(
             )
         });
         if !genuine {
-            return Err(err("the answer is not signed with the pair key".into()));
+            // A refusal comes unsigned; what it says is shown, not trusted.
+            let said = match serde_json::from_str::<Reply<serde_json::Value>>(&signed.body) {
+                Ok(Reply::Error(e)) => {
+                    format!(" (it says: {})", e.chars().take(200).collect::<String>())
+                }
+                _ => String::new(),
+            };
+            return Err(err(format!(
+                "the answer is not signed with the pair key{said}"
+            )));
         }
         let reply: Reply<T> =
             serde_json::from_str(&signed.body).map_err(|e| err(format!("bad answer: {e}")))?;
@@ -742,6 +757,30 @@ mod tests {
         task.await.unwrap().unwrap();
         let err = w.latest().await.unwrap_err().to_string();
         assert!(err.contains(&addr.to_string()), "{err}");
+    }
+
+    /// A node's requests sent at once (a lease renewal beside a claim or a "paired" mark) are
+    /// all answered: none reaches the witness after a later one and is refused as a replay.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn requests_a_node_sends_at_once_are_all_answered() {
+        let (_dir, addr, trigger, task) = witness(&["a", "b"]).await;
+        let w = node_client(addr, "a", key());
+        assert!(w.claim(1, "a").await.unwrap().granted);
+        let at_once = (0..32).map(|i| {
+            let w = w.clone();
+            async move {
+                if i % 2 == 0 {
+                    w.renew(1).await.map(|_| ())
+                } else {
+                    w.latest().await.map(|_| ())
+                }
+            }
+        });
+        for r in futures::future::join_all(at_once).await {
+            r.unwrap();
+        }
+        trigger.trigger();
+        task.await.unwrap().unwrap();
     }
 
     #[tokio::test]
