@@ -758,7 +758,7 @@ async fn a_power_loss_while_storing_keeps_every_acknowledged_instance() {
 /// One power loss while `total` instances of `size`x`size` pixels are stored over one
 /// association, once `cut_after` were answered Success.
 async fn power_loss_while_storing(size: u16, total: u32, cut_after: usize) {
-    use pacsd::net::scu::{ProposedContext, ScuAssociation, ScuOptions};
+    use pacsd::net::scu::ScuOptions;
     let dir = tempfile::tempdir().unwrap();
     let (image, mnt) = (dir.path().join("disk.img"), dir.path().join("mnt"));
     let disk = LoopDisk::create(&image, &mnt, "512M");
@@ -796,13 +796,7 @@ async fn power_loss_while_storing(size: u16, total: u32, cut_after: usize) {
     let store = {
         let (opts, specs, acked) = (opts.clone(), specs.clone(), acked.clone());
         tokio::spawn(async move {
-            let ctx = ProposedContext {
-                abstract_syntax: dicom_dictionary_std::uids::CT_IMAGE_STORAGE.into(),
-                transfer_syntaxes: vec![
-                    dicom_dictionary_std::uids::EXPLICIT_VR_LITTLE_ENDIAN.into(),
-                ],
-            };
-            let mut assoc = ScuAssociation::connect(&opts, &[ctx]).await.unwrap();
+            let mut assoc = common::ct_association(&opts).await;
             let id = assoc.contexts()[0].id;
             for spec in specs {
                 let data = common::encode(&spec);
