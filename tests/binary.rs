@@ -477,13 +477,11 @@ fn serve_under_a_flood_and_a_slowloris_answers_echo_with_bounded_memory() {
                     .build()
                     .unwrap();
                 rt.block_on(async move {
-                    let opts = pacsd::net::scu::ScuOptions {
-                        addr: format!("127.0.0.1:{port}"),
-                        calling_ae: format!("HOG{i}"),
-                        called_ae: "PACSD".into(),
-                        timeout: Duration::from_secs(20),
-                        tls: None,
-                    };
+                    let opts = common::scu_to(
+                        format!("127.0.0.1:{port}"),
+                        &format!("HOG{i}"),
+                        Duration::from_secs(20),
+                    );
                     let mut a = common::ct_association(&opts).await;
                     let ctx = a.contexts()[0].id;
                     let spec = pacsd::synth::Spec::ct(990, 1, i, 0);
@@ -782,13 +780,11 @@ async fn power_loss_while_storing(size: u16, total: u32, cut_after: usize) {
     let writeback = WritebackOff::hold();
     let (child, port, _logs) = serve(&config);
     let node = KillOnDrop(child);
-    let opts = ScuOptions {
-        addr: format!("127.0.0.1:{port}"),
-        calling_ae: "MODALITY".into(),
-        called_ae: "PACSD".into(),
-        timeout: Duration::from_secs(10),
-        tls: None,
-    };
+    let opts = common::scu_to(
+        format!("127.0.0.1:{port}"),
+        "MODALITY",
+        Duration::from_secs(10),
+    );
     let specs: Vec<_> = (1..=total)
         .map(|i| pacsd::synth::Spec::ct(97, 1, i, size))
         .collect();

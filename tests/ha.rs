@@ -85,13 +85,11 @@ impl Member {
     }
 
     fn scu(&self) -> ScuOptions {
-        ScuOptions {
-            addr: format!("{}:{}", self.ip, self.port),
-            calling_ae: "HACLIENT".into(),
-            called_ae: "PACSD".into(),
-            timeout: Duration::from_secs(3),
-            tls: None,
-        }
+        scu_to(
+            format!("{}:{}", self.ip, self.port),
+            "HACLIENT",
+            Duration::from_secs(3),
+        )
     }
 }
 

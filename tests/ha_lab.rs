@@ -305,13 +305,7 @@ fn in_netns<T: Send + 'static>(
 }
 
 fn opts(timeout: Duration) -> ScuOptions {
-    ScuOptions {
-        addr: SERVICE.into(),
-        calling_ae: "LABCLIENT".into(),
-        called_ae: "PACSD".into(),
-        timeout,
-        tls: None,
-    }
+    scu_to(SERVICE, "LABCLIENT", timeout)
 }
 
 /// What the client saw: each instance it was told was stored, with when, and failures.

@@ -58,13 +58,7 @@ fn verify_finds_bad_copies_and_repair_heals_them() {
             .unwrap();
         let src = dir.path().join("src");
         let files = small_corpus(&src, 61, 3);
-        let opts = pacsd::net::scu::ScuOptions {
-            addr: node.addr.to_string(),
-            calling_ae: "LOADER".into(),
-            called_ae: "PACSD".into(),
-            timeout: Duration::from_secs(20),
-            tls: None,
-        };
+        let opts = scu_to(node.addr.to_string(), "LOADER", Duration::from_secs(20));
         let s = pacsd::tools::store(&opts, files, 1, false).await.unwrap();
         assert_eq!(s.succeeded, 3);
         node.stop().await;

@@ -23,7 +23,6 @@ use tracing::{debug, info, warn};
 
 use super::heartbeat::BeatKey;
 use crate::storage::Location;
-use std::sync::atomic::{AtomicU64, Ordering};
 
 /// One request to a witness, and one answer, each must fit in this time.
 pub const WITNESS_TIMEOUT: Duration = Duration::from_millis(500);
@@ -84,12 +83,10 @@ pub enum Arbiter {
 pub struct WitnessAuth {
     pub key: BeatKey,
     pub node: String,
-    /// The last timestamp sent (each request's is later).
-    last: Arc<AtomicU64>,
-    /// Held for a whole request: the witness refuses a request older than the last it took
-    /// from a node, so two sent at once (a lease renewal beside a claim) must not overtake
-    /// each other on the way.
-    turn: Arc<tokio::sync::Mutex<()>>,
+    /// Held for a whole request, with the last timestamp sent (each request's is later): the
+    /// witness refuses a request older than the last it took from a node, so two sent at
+    /// once (a lease renewal beside a claim) must not overtake each other on the way.
+    turn: Arc<tokio::sync::Mutex<u64>>,
 }
 
 impl WitnessAuth {
@@ -97,27 +94,16 @@ impl WitnessAuth {
         WitnessAuth {
             key,
             node: node.to_string(),
-            last: Arc::new(AtomicU64::new(0)),
-            turn: Arc::new(tokio::sync::Mutex::new(())),
+            turn: Arc::new(tokio::sync::Mutex::new(0)),
         }
     }
+}
 
-    /// A rising timestamp: the wall clock in ms, or one more than the last if the clock has
-    /// not moved on (or went back).
-    fn next_time(&self) -> u64 {
-        let now = now_ms();
-        let mut last = self.last.load(Ordering::SeqCst);
-        loop {
-            let t = now.max(last.saturating_add(1));
-            match self
-                .last
-                .compare_exchange(last, t, Ordering::SeqCst, Ordering::SeqCst)
-            {
-                Ok(_) => return t,
-                Err(seen) => last = seen,
-            }
-        }
-    }
+/// A rising timestamp: the wall clock in ms, or one more than the last if the clock has not
+/// moved on (or went back).
+fn next_time(last: &mut u64, now: u64) -> u64 {
+    *last = now.max(last.saturating_add(1));
+    *last
 }
 
 fn now_ms() -> u64 {
@@ -399,13 +385,13 @@ async fn ask<T: for<'de> Deserialize<'de>>(
         reason,
     };
     let exchange = async {
-        let _turn = auth.turn.lock().await;
+        let mut last_time = auth.turn.lock().await;
         let mut stream = TcpStream::connect(addr)
             .await
             .map_err(|e| err(format!("connecting: {e}")))?;
         let _ = stream.set_nodelay(true);
         let req = serde_json::to_string(req).map_err(|e| err(e.to_string()))?;
-        let time = auth.next_time();
+        let time = next_time(&mut last_time, now_ms());
         let mac = hex::encode(request_tag(&auth.key, &auth.node, time, &req));
         let signed = Signed {
             req,
@@ -702,6 +688,15 @@ fn reply<T: Serialize>(r: Result<T, ArbiterError>) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn request_times_rise_even_when_the_clock_stands_still_or_goes_back() {
+        let mut last = 0;
+        assert_eq!(next_time(&mut last, 1_000), 1_000);
+        assert_eq!(next_time(&mut last, 1_000), 1_001, "same millisecond");
+        assert_eq!(next_time(&mut last, 900), 1_002, "clock set back");
+        assert_eq!(next_time(&mut last, 5_000), 5_000, "clock moved on");
+    }
 
     #[tokio::test]
     async fn a_directory_grants_each_epoch_once_and_tracks_paired_terms() {

@@ -61,13 +61,7 @@ impl TestNode {
     }
 
     pub fn scu(&self, calling: &str) -> ScuOptions {
-        ScuOptions {
-            addr: format!("127.0.0.1:{}", self.port()),
-            calling_ae: calling.into(),
-            called_ae: "PACSD".into(),
-            timeout: Duration::from_secs(20),
-            tls: None,
-        }
+        scu_to(format!("127.0.0.1:{}", self.port()), calling, Duration::from_secs(20))
     }
 
     pub fn replica_dir(&self, i: usize) -> PathBuf {
@@ -336,6 +330,17 @@ pub async fn holds_for(window: Duration, mut f: impl AsyncFnMut() -> bool) -> bo
 /// child then fails to start (Orthanc did, once, in a clean run). Random, and checked free.
 pub fn unused_port() -> u16 {
     unused_ports(&[0])
+}
+
+/// A plain-TCP association to the node "PACSD" at `addr` (host:port), from `calling`.
+pub fn scu_to(addr: impl Into<String>, calling: &str, timeout: Duration) -> ScuOptions {
+    ScuOptions {
+        addr: addr.into(),
+        calling_ae: calling.into(),
+        called_ae: "PACSD".into(),
+        timeout,
+        tls: None,
+    }
 }
 
 /// A random base port below the kernel's ephemeral range such that `base + o` is free on
