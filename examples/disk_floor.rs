@@ -36,7 +36,9 @@ fn durable(dir: &Path, name: &str, data: &[u8]) {
     f.sync_all().expect("fsync");
     drop(f);
     fs::rename(&tmp, dir.join(name)).expect("rename");
-    File::open(dir).and_then(|d| d.sync_all()).expect("fsync dir");
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .expect("fsync dir");
 }
 
 fn commit(log: &File, row: &[u8]) {
@@ -80,7 +82,9 @@ fn unit(root: &Path, size: usize) {
 
 fn floor(root: &Path, size: usize, replicas: usize, streams: usize) -> f64 {
     let base = root.join(format!("r{replicas}-s{streams}-{size}"));
-    let dirs: Vec<PathBuf> = (0..replicas).map(|r| base.join(format!("replica{r}"))).collect();
+    let dirs: Vec<PathBuf> = (0..replicas)
+        .map(|r| base.join(format!("replica{r}")))
+        .collect();
     for d in &dirs {
         fs::create_dir_all(d).expect("mkdir");
     }

@@ -22,9 +22,18 @@ fn is_binary(vr: VR) -> bool {
     )
 }
 
-/// The DICOM JSON object of `obj`. Top-level bulk data gets `{instance_url}/bulkdata/{tag}`;
-/// bulk data inside sequences is left out (its VR stays, with no value).
+/// The DICOM JSON object of `obj`. With `instance_url`, bulk data gets a BulkDataURI:
+/// `{instance_url}/bulkdata/{tag}` at the top level, and inside item i (1-based, as PS3.10
+/// numbers items) of a sequence the sequence's path, the item and the tag:
+/// `{instance_url}/bulkdata/00880200/1/7FE00010` (an icon image). Without it bulk data keeps
+/// only its VR.
 pub fn metadata_object(obj: &InMemDicomObject, instance_url: Option<&str>) -> Json {
+    let bulk = instance_url.map(|u| format!("{u}/bulkdata/"));
+    object_json(obj, bulk.as_deref())
+}
+
+/// `metadata_object` of one data set whose attributes' BulkDataURIs start with `uri_prefix`.
+fn object_json(obj: &InMemDicomObject, uri_prefix: Option<&str>) -> Json {
     let mut map = Map::new();
     for e in obj.iter() {
         let tag = e.header().tag;
@@ -38,18 +47,19 @@ pub fn metadata_object(obj: &InMemDicomObject, instance_url: Option<&str>) -> Js
         let json = if bulk {
             let mut m = Map::new();
             m.insert("vr".into(), Json::String(vr.to_string().into()));
-            if let Some(url) = instance_url {
-                m.insert(
-                    "BulkDataURI".into(),
-                    Json::String(format!("{url}/bulkdata/{}", tag_key(tag))),
-                );
+            if let Some(prefix) = uri_prefix {
+                m.insert("BulkDataURI".into(), Json::String(format!("{prefix}{key}")));
             }
             Json::Object(m)
         } else if let Value::Sequence(seq) = e.value() {
             let items: Vec<Json> = seq
                 .items()
                 .iter()
-                .map(|item| metadata_object(item, None))
+                .enumerate()
+                .map(|(i, item)| {
+                    let inner = uri_prefix.map(|prefix| format!("{prefix}{key}/{}/", i + 1));
+                    object_json(item, inner.as_deref())
+                })
                 .collect();
             let mut m = Map::new();
             m.insert("vr".into(), Json::String("SQ".into()));
@@ -190,10 +200,16 @@ mod tests {
             VR::OW,
             PrimitiveValue::U8(vec![0u8; 4096].into()),
         ));
+        let mut icon = InMemDicomObject::new_empty();
+        icon.put(DataElement::new(
+            tags::PIXEL_DATA,
+            VR::OB,
+            PrimitiveValue::U8(vec![7u8; 4096].into()),
+        ));
         o.put(DataElement::new(
             tags::ICON_IMAGE_SEQUENCE,
             VR::SQ,
-            dicom_core::value::DataSetSequence::from(vec![InMemDicomObject::new_empty()]),
+            dicom_core::value::DataSetSequence::from(vec![InMemDicomObject::new_empty(), icon]),
         ));
         let j = metadata_object(
             &o,
@@ -207,6 +223,20 @@ mod tests {
         );
         assert!(j["7FE00010"].get("InlineBinary").is_none());
         assert_eq!(j["00880200"]["vr"], "SQ");
+        assert_eq!(
+            j["00880200"]["Value"][1]["7FE00010"],
+            serde_json::json!({
+                "vr": "OB",
+                "BulkDataURI": "http://h/dicom-web/studies/1/series/2/instances/3/bulkdata/00880200/2/7FE00010"
+            }),
+            "bulk data inside the second item"
+        );
+        let bare = metadata_object(&o, None);
+        assert_eq!(
+            bare["00880200"]["Value"][1]["7FE00010"],
+            serde_json::json!({"vr": "OB"}),
+            "no instance URL: the VR only"
+        );
         let mut n = InMemDicomObject::new_empty();
         n.put(DataElement::new(
             tags::INSTANCE_NUMBER,

@@ -146,6 +146,16 @@ async fn dicomweb_client_drives_stow_qido_and_wado() {
     assert_eq!(s("stow_failed"), j!(0));
     assert_eq!(s("stowed_found"), j!(1));
     assert_eq!(s("stowed_pixels_equal"), j!(true));
+    // Bulk data inside a sequence: the icon image's pixels, by their own BulkDataURI.
+    let icon_uri = s("icon_bulk_uri");
+    assert!(
+        icon_uri
+            .as_str()
+            .unwrap()
+            .ends_with("/bulkdata/00880200/1/7FE00010"),
+        "{seen}"
+    );
+    assert_eq!(s("icon_bulk_equal"), j!(true), "{seen}");
     // The audit trail names the account for searches, reads and the STOW.
     let audit = std::fs::read_to_string(n.dir.path().join("audit.log")).unwrap();
     let by_admin = |code: &str, action: &str| {
@@ -159,7 +169,11 @@ async fn dicomweb_client_drives_stow_qido_and_wado() {
     assert!(by_admin("110104", "R"), "WADO-RS read recorded");
     assert!(by_admin("110104", "C"), "STOW-RS recorded");
     // STOW-RS stored under the C-STORE contract: indexed, on every replica.
-    assert_eq!(n.instances().await, 12 + 1 + 1);
+    assert_eq!(
+        n.instances().await,
+        12 + 1 + 1 + 1,
+        "with the one with an icon"
+    );
     let stored = n.stored(&new.sop_uid).await;
     for i in 0..3 {
         assert!(
@@ -598,6 +612,27 @@ async fn bad_requests_get_their_status_and_store_nothing() {
         (
             format!(
                 "/studies/{st}/series/{}/instances/{}/frames/2",
+                specs[0].series_uid, specs[0].sop_uid
+            ),
+            404,
+        ),
+        (
+            format!(
+                "/studies/{st}/series/{}/instances/{}/bulkdata/..%2F..%2Fx",
+                specs[0].series_uid, specs[0].sop_uid
+            ),
+            400,
+        ),
+        (
+            format!(
+                "/studies/{st}/series/{}/instances/{}/bulkdata/00880200/0/7FE00010",
+                specs[0].series_uid, specs[0].sop_uid
+            ),
+            400,
+        ),
+        (
+            format!(
+                "/studies/{st}/series/{}/instances/{}/bulkdata/00880200/1/7FE00010",
                 specs[0].series_uid, specs[0].sop_uid
             ),
             404,

@@ -402,7 +402,7 @@ fn dicomweb_routes() -> Router<Arc<WebState>> {
             get(wado::frame_rendered),
         )
         .route(
-            "/studies/{study}/series/{series}/instances/{instance}/bulkdata/{tag}",
+            "/studies/{study}/series/{series}/instances/{instance}/bulkdata/{*path}",
             get(wado::bulkdata),
         )
         .route("/wado", get(wado::wado_uri))

@@ -635,18 +635,83 @@ pub async fn frames(
         .into_response())
 }
 
+/// Where a BulkDataURI points inside an instance: an attribute, reached through `items`
+/// (sequence tag, 1-based item number) when it sits inside sequences. The path below
+/// `/bulkdata/` is what `dicomjson::metadata_object` writes: `GGGGEEEE`, or
+/// `GGGGEEEE/n/GGGGEEEE[/n/GGGGEEEE…]`.
+#[derive(Debug, PartialEq, Eq)]
+struct BulkPath {
+    items: Vec<(dicom_core::Tag, usize)>,
+    attribute: dicom_core::Tag,
+}
+
+fn bulk_path(raw: &str) -> Result<BulkPath, WebError> {
+    let bad = || {
+        WebError::BadRequest(format!(
+            "`{}` is not a bulk data path (GGGGEEEE, or GGGGEEEE/item/GGGGEEEE… into sequences)",
+            clip(raw)
+        ))
+    };
+    let tag = |t: &str| {
+        (t.len() == 8 && t.bytes().all(|b| b.is_ascii_hexdigit()))
+            .then(|| u32::from_str_radix(t, 16).ok())
+            .flatten()
+            .map(|v| dicom_core::Tag((v >> 16) as u16, v as u16))
+    };
+    let parts: Vec<&str> = raw.split('/').collect();
+    if parts.len().is_multiple_of(2) || parts.len() > 2 * crate::dataset::MAX_DEPTH + 1 {
+        return Err(bad());
+    }
+    let mut items = Vec::new();
+    for pair in parts[..parts.len() - 1].chunks(2) {
+        let number = pair[1]
+            .parse::<usize>()
+            .ok()
+            .filter(|n| *n >= 1 && pair[1].bytes().all(|b| b.is_ascii_digit()))
+            .ok_or_else(bad)?;
+        items.push((tag(pair[0]).ok_or_else(bad)?, number));
+    }
+    let attribute = tag(parts[parts.len() - 1]).ok_or_else(bad)?;
+    Ok(BulkPath { items, attribute })
+}
+
+/// The bytes of the attribute `path` names in `obj`.
+fn bulk_value(obj: &dicom_object::InMemDicomObject, path: &BulkPath) -> Result<Vec<u8>, WebError> {
+    let missing = |what: String| WebError::NotFound(format!("{what} in this instance"));
+    let mut here = obj;
+    for (sequence, number) in &path.items {
+        let key = crate::dicomjson::tag_key(*sequence);
+        let e = here
+            .element_opt(*sequence)
+            .ok()
+            .flatten()
+            .ok_or_else(|| missing(format!("no attribute {key}")))?;
+        here = e
+            .items()
+            .ok_or_else(|| missing(format!("{key} is not a sequence")))?
+            .get(number - 1)
+            .ok_or_else(|| missing(format!("no item {number} of {key}")))?;
+    }
+    let key = crate::dicomjson::tag_key(path.attribute);
+    let e = here
+        .element_opt(path.attribute)
+        .ok()
+        .flatten()
+        .ok_or_else(|| missing(format!("no attribute {key}")))?;
+    e.value()
+        .primitive()
+        .map(|p| p.to_bytes().into_owned())
+        .ok_or_else(|| WebError::NotFound(format!("{key} is not a bulk data attribute")))
+}
+
 pub async fn bulkdata(
     State(s): State<Arc<WebState>>,
-    Path((study, series, sop, tag)): Path<(String, String, String, String)>,
+    Path((study, series, sop, path)): Path<(String, String, String, String)>,
     h: HeaderMap,
 ) -> Result<Response, WebError> {
     let (st, se, i) = uids3(&study, &series, &sop)?;
-    let t = (tag.len() == 8)
-        .then(|| u32::from_str_radix(&tag, 16).ok())
-        .flatten()
-        .map(|v| dicom_core::Tag((v >> 16) as u16, v as u16))
-        .ok_or_else(|| WebError::BadRequest(format!("`{}` is not a tag (GGGGEEEE)", clip(&tag))))?;
-    if t == tags::PIXEL_DATA {
+    let path = bulk_path(&path)?;
+    if path.items.is_empty() && path.attribute == tags::PIXEL_DATA {
         // The pixel data of every frame, as /frames would send them.
         let obj = stored(&s, &st, Some(&se), Some(&i)).await?.remove(0);
         let file = read(&s, &obj).await?;
@@ -674,16 +739,7 @@ pub async fn bulkdata(
     let value = tokio::task::spawn_blocking(move || {
         let o = crate::part10::open(&file, crate::config::DEFAULT_MAX_OBJECT_SIZE)
             .map_err(|e| WebError::Internal(e.to_string()))?;
-        let e = o.element_opt(t).ok().flatten().ok_or_else(|| {
-            WebError::NotFound(format!(
-                "no attribute {} in this instance",
-                crate::dicomjson::tag_key(t)
-            ))
-        })?;
-        e.value()
-            .primitive()
-            .map(|p| p.to_bytes().into_owned())
-            .ok_or_else(|| WebError::NotFound("not a bulk data attribute".into()))
+        bulk_value(&o, &path)
     })
     .await
     .map_err(|e| WebError::Internal(e.to_string()))??;
@@ -1059,6 +1115,80 @@ pub async fn wado_uri(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn bulk_data_paths_name_an_attribute_through_numbered_items() {
+        let t = |g, e| dicom_core::Tag(g, e);
+        assert_eq!(
+            bulk_path("7FE00010").unwrap(),
+            BulkPath {
+                items: vec![],
+                attribute: t(0x7FE0, 0x0010)
+            }
+        );
+        assert_eq!(
+            bulk_path("00880200/2/7fe00010").unwrap(),
+            BulkPath {
+                items: vec![(t(0x0088, 0x0200), 2)],
+                attribute: t(0x7FE0, 0x0010)
+            }
+        );
+        for bad in [
+            "",
+            "7FE0001",
+            "7FE000100",
+            "7FE0001G",
+            "00880200/1",
+            "00880200/0/7FE00010",
+            "00880200/+1/7FE00010",
+            "00880200/x/7FE00010",
+            "../etc/passwd",
+            "00880200//7FE00010",
+        ] {
+            assert!(bulk_path(bad).is_err(), "{bad:?} accepted");
+        }
+        let deep = vec!["00880200/1"; crate::dataset::MAX_DEPTH + 1].join("/") + "/7FE00010";
+        assert!(
+            bulk_path(&deep).is_err(),
+            "deeper than any stored object may nest"
+        );
+    }
+
+    #[test]
+    fn bulk_values_are_found_inside_sequence_items() {
+        use dicom_core::{DataElement, PrimitiveValue, VR};
+        use dicom_object::InMemDicomObject;
+        let mut icon = InMemDicomObject::new_empty();
+        icon.put(DataElement::new(
+            tags::PIXEL_DATA,
+            VR::OB,
+            PrimitiveValue::U8(vec![9u8; 2048].into()),
+        ));
+        let mut o = InMemDicomObject::new_empty();
+        o.put(DataElement::new(
+            tags::ICON_IMAGE_SEQUENCE,
+            VR::SQ,
+            dicom_core::value::DataSetSequence::from(vec![icon]),
+        ));
+        o.put(DataElement::new(
+            tags::PATIENT_NAME,
+            VR::PN,
+            PrimitiveValue::from("Doe^J"),
+        ));
+        let at = |p: &str| bulk_value(&o, &bulk_path(p).unwrap());
+        assert_eq!(at("00880200/1/7FE00010").unwrap(), vec![9u8; 2048]);
+        for (path, why) in [
+            ("00880200/2/7FE00010", "no item 2 of 00880200"),
+            ("00100010/1/7FE00010", "00100010 is not a sequence"),
+            ("00880200/1/00100010", "no attribute 00100010"),
+            ("00880200", "00880200 is not a bulk data attribute"),
+        ] {
+            match at(path) {
+                Err(WebError::NotFound(m)) => assert!(m.starts_with(why), "{path}: {m}"),
+                other => panic!("{path}: {other:?}"),
+            }
+        }
+    }
 
     fn accept(s: &str) -> Vec<MediaType> {
         accept_ranges(Some(s))

@@ -61,7 +61,11 @@ impl TestNode {
     }
 
     pub fn scu(&self, calling: &str) -> ScuOptions {
-        scu_to(format!("127.0.0.1:{}", self.port()), calling, Duration::from_secs(20))
+        scu_to(
+            format!("127.0.0.1:{}", self.port()),
+            calling,
+            Duration::from_secs(20),
+        )
     }
 
     pub fn replica_dir(&self, i: usize) -> PathBuf {

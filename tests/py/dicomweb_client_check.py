@@ -114,4 +114,26 @@ back = by_token.retrieve_instance(
     media_types=(("application/dicom", "*"),))
 seen["stowed_pixels_equal"] = back.PixelData == new.PixelData
 
+# Bulk data inside a sequence: an instance with an icon image (64x64, 8 bits) stored, then
+# its icon's pixels fetched by the BulkDataURI that the instance's metadata gives.
+with_icon = pydicom.dcmread(new_file)
+with_icon.SOPInstanceUID = pydicom.uid.generate_uid()
+with_icon.file_meta.MediaStorageSOPInstanceUID = with_icon.SOPInstanceUID
+icon = pydicom.Dataset()
+icon.SamplesPerPixel = 1
+icon.PhotometricInterpretation = "MONOCHROME2"
+icon.Rows = icon.Columns = 64
+icon.BitsAllocated = icon.BitsStored = 8
+icon.HighBit = 7
+icon.PixelRepresentation = 0
+icon_pixels = bytes((x * 7 + y * 3) % 256 for y in range(64) for x in range(64))
+icon.add_new(0x7FE00010, "OB", icon_pixels)
+with_icon.IconImageSequence = pydicom.Sequence([icon])
+by_token.store_instances([with_icon])
+icon_metadata = client.retrieve_instance_metadata(
+    with_icon.StudyInstanceUID, with_icon.SeriesInstanceUID, with_icon.SOPInstanceUID)
+icon_uri = icon_metadata["00880200"]["Value"][0]["7FE00010"]["BulkDataURI"]
+seen["icon_bulk_uri"] = icon_uri
+seen["icon_bulk_equal"] = client.retrieve_bulkdata(icon_uri)[0] == icon_pixels
+
 print(json.dumps(seen))
