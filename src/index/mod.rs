@@ -51,6 +51,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("migrations/0004_accounts.sql"),
     include_str!("migrations/0005_metadata.sql"),
     include_str!("migrations/0006_deletions.sql"),
+    include_str!("migrations/0007_metadata_nested_bulk.sql"),
 ];
 
 /// Most write jobs folded into one transaction (one fsync) by the group commit.
@@ -1364,5 +1365,34 @@ mod tests {
             .query_row("PRAGMA user_version", [], |r| r.get(0))
             .unwrap();
         assert_eq!(v as usize, MIGRATIONS.len());
+    }
+
+    #[test]
+    fn metadata_kept_by_an_older_version_is_forgotten_on_upgrade() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("i.sqlite");
+        {
+            // An index as schema 6 left it, with kept metadata (no nested BulkDataURIs).
+            let mut c = Connection::open(&p).unwrap();
+            // The metadata row alone (its instance is beside the point here).
+            c.execute_batch("PRAGMA foreign_keys=OFF").unwrap();
+            let tx = c.transaction().unwrap();
+            for sql in &MIGRATIONS[..6] {
+                tx.execute_batch(sql).unwrap();
+            }
+            tx.pragma_update(None, "user_version", 6).unwrap();
+            tx.execute(
+                "INSERT INTO instance_metadata (instance_fk, json) VALUES (1, '{}')",
+                [],
+            )
+            .unwrap();
+            tx.commit().unwrap();
+        }
+        drop(Index::open(&p).unwrap());
+        let c = Connection::open(&p).unwrap();
+        let kept: i64 = c
+            .query_row("SELECT count(*) FROM instance_metadata", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(kept, 0, "made again on first request, with the nested URIs");
     }
 }
