@@ -586,6 +586,10 @@ async fn bad_requests_get_their_status_and_store_nothing() {
     );
 
     // Paths and parameters.
+    let instance = format!(
+        "/studies/{st}/series/{}/instances/{}",
+        specs[0].series_uid, specs[0].sop_uid
+    );
     for (path, want) in [
         ("/studies/..%2F..%2Fetc%2Fpasswd".to_string(), 400),
         ("/studies/1.2.3.x/metadata".to_string(), 400),
@@ -602,41 +606,11 @@ async fn bad_requests_get_their_status_and_store_nothing() {
         ("/studies?NotAKeyword=1".to_string(), 400),
         ("/studies?limit=x".to_string(), 400),
         ("/studies?Modality=CT".to_string(), 400),
-        (
-            format!(
-                "/studies/{st}/series/{}/instances/{}/frames/0",
-                specs[0].series_uid, specs[0].sop_uid
-            ),
-            400,
-        ),
-        (
-            format!(
-                "/studies/{st}/series/{}/instances/{}/frames/2",
-                specs[0].series_uid, specs[0].sop_uid
-            ),
-            404,
-        ),
-        (
-            format!(
-                "/studies/{st}/series/{}/instances/{}/bulkdata/..%2F..%2Fx",
-                specs[0].series_uid, specs[0].sop_uid
-            ),
-            400,
-        ),
-        (
-            format!(
-                "/studies/{st}/series/{}/instances/{}/bulkdata/00880200/0/7FE00010",
-                specs[0].series_uid, specs[0].sop_uid
-            ),
-            400,
-        ),
-        (
-            format!(
-                "/studies/{st}/series/{}/instances/{}/bulkdata/00880200/1/7FE00010",
-                specs[0].series_uid, specs[0].sop_uid
-            ),
-            404,
-        ),
+        (format!("{instance}/frames/0"), 400),
+        (format!("{instance}/frames/2"), 404),
+        (format!("{instance}/bulkdata/..%2F..%2Fx"), 400),
+        (format!("{instance}/bulkdata/00880200/0/7FE00010"), 400),
+        (format!("{instance}/bulkdata/00880200/1/7FE00010"), 404),
     ] {
         let r = admin(http.get(format!("{base}{path}")))
             .send()
