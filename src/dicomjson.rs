@@ -176,6 +176,33 @@ pub fn tag_key(tag: Tag) -> String {
     format!("{:04X}{:04X}", tag.group(), tag.element())
 }
 
+/// Test data: `obj` with an Icon Image Sequence of one item per entry of `icons`, each item
+/// holding those bytes as its Pixel Data (OB); an empty entry makes an empty item.
+#[cfg(test)]
+pub(crate) fn put_icons(obj: &mut InMemDicomObject, icons: &[Vec<u8>]) {
+    use dicom_core::{DataElement, PrimitiveValue};
+    use dicom_dictionary_std::tags;
+    let items: Vec<InMemDicomObject> = icons
+        .iter()
+        .map(|pixels| {
+            let mut item = InMemDicomObject::new_empty();
+            if !pixels.is_empty() {
+                item.put(DataElement::new(
+                    tags::PIXEL_DATA,
+                    VR::OB,
+                    PrimitiveValue::U8(pixels.clone().into()),
+                ));
+            }
+            item
+        })
+        .collect();
+    obj.put(DataElement::new(
+        tags::ICON_IMAGE_SEQUENCE,
+        VR::SQ,
+        dicom_core::value::DataSetSequence::from(items),
+    ));
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -200,17 +227,7 @@ mod tests {
             VR::OW,
             PrimitiveValue::U8(vec![0u8; 4096].into()),
         ));
-        let mut icon = InMemDicomObject::new_empty();
-        icon.put(DataElement::new(
-            tags::PIXEL_DATA,
-            VR::OB,
-            PrimitiveValue::U8(vec![7u8; 4096].into()),
-        ));
-        o.put(DataElement::new(
-            tags::ICON_IMAGE_SEQUENCE,
-            VR::SQ,
-            dicom_core::value::DataSetSequence::from(vec![InMemDicomObject::new_empty(), icon]),
-        ));
+        put_icons(&mut o, &[vec![], vec![7u8; 4096]]);
         let j = metadata_object(
             &o,
             Some("http://h/dicom-web/studies/1/series/2/instances/3"),

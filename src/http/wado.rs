@@ -1158,18 +1158,8 @@ mod tests {
     fn bulk_values_are_found_inside_sequence_items() {
         use dicom_core::{DataElement, PrimitiveValue, VR};
         use dicom_object::InMemDicomObject;
-        let mut icon = InMemDicomObject::new_empty();
-        icon.put(DataElement::new(
-            tags::PIXEL_DATA,
-            VR::OB,
-            PrimitiveValue::U8(vec![9u8; 2048].into()),
-        ));
         let mut o = InMemDicomObject::new_empty();
-        o.put(DataElement::new(
-            tags::ICON_IMAGE_SEQUENCE,
-            VR::SQ,
-            dicom_core::value::DataSetSequence::from(vec![icon]),
-        ));
+        crate::dicomjson::put_icons(&mut o, &[vec![9u8; 2048]]);
         o.put(DataElement::new(
             tags::PATIENT_NAME,
             VR::PN,
