@@ -5,9 +5,12 @@
 # round). Prints, per operation and server, the median instances/s and MB/s with the spread
 # over the rounds, and the median ratios to Orthanc and to dcmqrscp.
 #
-# Usage: [ROUNDS=3] [SINK_PDU=bytes] scripts/bench-retrieve.sh [INSTANCES]   (default 2000
-# CT-like 512x512 images; the sink storescp and getscu receive PDUs of SINK_PDU bytes, default
-# 131072)
+# Usage: [ROUNDS=3] [SINK_PDU=bytes] [DISCARD=1] scripts/bench-retrieve.sh [INSTANCES]
+# (default 2000 CT-like 512x512 images; the sink storescp and getscu receive PDUs of SINK_PDU
+# bytes, default 131072). By default the sink and getscu write every file they receive (and
+# the files are counted); with DISCARD=1 they receive and discard (`--ignore`; the objects
+# are counted in their logs), so that their own disk writes do not share the two cores with
+# the server measured.
 # Needs: dcmtk and orthanc from Debian's packages (installed if missing, as root).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -69,9 +72,11 @@ done
 RESULTS="$WORK/results.txt"; : >"$RESULTS"
 PDU=${SINK_PDU:-131072}
 # One timed retrieve of the whole corpus, study by study: record "op server inst/s MB/s secs got".
+# WHERE is the directory the files arrive in, or with DISCARD=1 the log that names each.
 timed() {
-    local op=$1 name=$2 dir=$3; shift 3
+    local op=$1 name=$2 where=$3; shift 3
     local t0 t1 s got
+    : >"$WORK/$op-$name.log"
     # No case pays for writing back what the one before it left dirty (the sink's files).
     sync
     t0=$(date +%s.%N)
@@ -79,7 +84,11 @@ timed() {
         "$@" -k QueryRetrieveLevel=STUDY -k "StudyInstanceUID=$R.$s" >>"$WORK/$op-$name.log" 2>&1
     done
     t1=$(date +%s.%N)
-    got=$(find "$dir" -type f | wc -l)
+    if [ -n "${DISCARD:-}" ]; then
+        got=$(grep -c -E "Received (Store|C-STORE) Request" "$where" || true)
+    else
+        got=$(find "$where" -type f | wc -l)
+    fi
     python3 -c "import sys; n,b,t0,t1,got=int(sys.argv[1]),int(sys.argv[2]),float(sys.argv[3]),float(sys.argv[4]),int(sys.argv[5]); dt=t1-t0; print(f'$op $name {n/dt:.1f} {b/1e6/dt:.1f} {dt:.2f} {got}')" "$N" "$BYTES" "$t0" "$t1" "$got" >>"$RESULTS"
 }
 for round in $(seq "${ROUNDS:-3}"); do
@@ -88,12 +97,18 @@ for round in $(seq "${ROUNDS:-3}"); do
         set -- $t
         name=$1 aet=$2 port=$3
         rm -rf "$WORK/sink"; mkdir -p "$WORK/sink"
-        storescp -aet SINK --max-pdu "$PDU" -od "$WORK/sink" "$SINK_PORT" >"$WORK/sink-$name.log" 2>&1 & SINK=$!
+        if [ -n "${DISCARD:-}" ]; then
+            keep=(-v --ignore); sink_where="$WORK/sink-$name.log"; get_where="$WORK/get-$name.log"
+        else
+            keep=(-od "$WORK/sink"); sink_where="$WORK/sink"; get_where="$WORK/got"
+        fi
+        storescp -aet SINK --max-pdu "$PDU" "${keep[@]}" "$SINK_PORT" >"$WORK/sink-$name.log" 2>&1 & SINK=$!
         wait_echo SINK "$SINK_PORT"
-        timed move "$name" "$WORK/sink" movescu -S -aec "$aet" -aem SINK 127.0.0.1 "$port"
+        timed move "$name" "$sink_where" movescu -S -aec "$aet" -aem SINK 127.0.0.1 "$port"
         kill "$SINK"; wait "$SINK" 2>/dev/null || true
         rm -rf "$WORK/got"; mkdir -p "$WORK/got"
-        timed get "$name" "$WORK/got" getscu -S -aec "$aet" --max-pdu "$PDU" -od "$WORK/got" 127.0.0.1 "$port"
+        [ -n "${DISCARD:-}" ] || keep=(-od "$WORK/got")
+        timed get "$name" "$get_where" getscu -S -aec "$aet" --max-pdu "$PDU" "${keep[@]}" 127.0.0.1 "$port"
     done
 done
 rm -rf "$WORK/sink" "$WORK/got"
