@@ -98,17 +98,18 @@ for round in $(seq "${ROUNDS:-3}"); do
         name=$1 aet=$2 port=$3
         rm -rf "$WORK/sink"; mkdir -p "$WORK/sink"
         if [ -n "${DISCARD:-}" ]; then
-            keep=(-v --ignore); sink_where="$WORK/sink-$name.log"; get_where="$WORK/get-$name.log"
+            sink_keep=(-v --ignore); sink_where="$WORK/sink-$name.log"
+            get_keep=(-v --ignore); get_where="$WORK/get-$name.log"
         else
-            keep=(-od "$WORK/sink"); sink_where="$WORK/sink"; get_where="$WORK/got"
+            sink_keep=(-od "$WORK/sink"); sink_where="$WORK/sink"
+            get_keep=(-od "$WORK/got"); get_where="$WORK/got"
         fi
-        storescp -aet SINK --max-pdu "$PDU" "${keep[@]}" "$SINK_PORT" >"$WORK/sink-$name.log" 2>&1 & SINK=$!
+        storescp -aet SINK --max-pdu "$PDU" "${sink_keep[@]}" "$SINK_PORT" >"$WORK/sink-$name.log" 2>&1 & SINK=$!
         wait_echo SINK "$SINK_PORT"
         timed move "$name" "$sink_where" movescu -S -aec "$aet" -aem SINK 127.0.0.1 "$port"
         kill "$SINK"; wait "$SINK" 2>/dev/null || true
         rm -rf "$WORK/got"; mkdir -p "$WORK/got"
-        [ -n "${DISCARD:-}" ] || keep=(-od "$WORK/got")
-        timed get "$name" "$get_where" getscu -S -aec "$aet" --max-pdu "$PDU" "${keep[@]}" 127.0.0.1 "$port"
+        timed get "$name" "$get_where" getscu -S -aec "$aet" --max-pdu "$PDU" "${get_keep[@]}" 127.0.0.1 "$port"
     done
 done
 rm -rf "$WORK/sink" "$WORK/got"
