@@ -767,6 +767,76 @@ async fn pending_previews_survive_a_restart_and_stored_previews_are_verified_and
     n.node.stop().await;
 }
 
+/// A preview with no good copy left on any replica (removed, emptied, cut short) is still
+/// served (rendered on the spot), and the repair pass, finding no good copy to heal from,
+/// sends it back to be rendered again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_preview_lost_on_every_replica_is_served_and_rendered_again() {
+    let n = node_with_previews().await;
+    let src = tempfile::tempdir().unwrap();
+    small_corpus(src.path(), 45, 3);
+    store(&n, &[src.path().to_path_buf()]).await;
+    previews_settle(&n).await;
+    let jpg = n
+        .files_in_replica(0)
+        .into_iter()
+        .find(|f| f.extension().is_some_and(|e| e == "jpg"))
+        .unwrap();
+    let relative = jpg.strip_prefix(n.replica_dir(0)).unwrap().to_path_buf();
+    let sop = jpg.file_stem().unwrap().to_str().unwrap().to_string();
+    assert!(matches!(
+        preview_state(&n, &sop).await,
+        PreviewState::Done { .. }
+    ));
+    // Every copy bad: one emptied, one removed, one cut short.
+    let copies: Vec<_> = (0..3).map(|i| n.replica_dir(i).join(&relative)).collect();
+    std::fs::write(&copies[0], b"").unwrap();
+    std::fs::remove_file(&copies[1]).unwrap();
+    let whole = std::fs::read(&copies[2]).unwrap();
+    std::fs::write(&copies[2], &whole[..whole.len() / 2]).unwrap();
+
+    let served = pacsd::render::fetch::preview_of(&n.node.index, &n.node.storage, &sop)
+        .await
+        .unwrap();
+    let img = image::load_from_memory(&served).unwrap();
+    assert!(img.width() > 0 && img.height() > 0);
+
+    let v = pacsd::archive::maintenance::verify_all(&n.node.index, &n.node.storage, false)
+        .await
+        .unwrap();
+    assert_eq!((v.objects, v.previews, v.bad_copies), (3, 3, 3));
+    let r = pacsd::archive::maintenance::repair_pass(&n.node.index, &n.node.storage)
+        .await
+        .unwrap();
+    assert_eq!((r.repaired, r.rerender, r.failed), (0, 1, 0));
+    assert!(n.node.index.repair_queue().await.unwrap().is_empty());
+    // The render worker finds it pending again once idle, and stores it on every replica.
+    previews_settle(&n).await;
+    let PreviewState::Done { size, .. } = preview_state(&n, &sop).await else {
+        panic!("{sop}: preview not rendered again");
+    };
+    for copy in &copies {
+        assert_eq!(
+            std::fs::metadata(copy).unwrap().len(),
+            size,
+            "{}",
+            copy.display()
+        );
+    }
+    let v = pacsd::archive::maintenance::verify_all(&n.node.index, &n.node.storage, false)
+        .await
+        .unwrap();
+    assert_eq!((v.previews, v.bad_copies), (3, 0));
+    // An object is never given up on: with no good copy its entries stay queued.
+    let object_key = relative.with_extension("dcm");
+    let forgotten = n
+        .node
+        .index
+        .forget_lost_preview(object_key.to_str().unwrap());
+    assert!(!forgotten.await.unwrap());
+    n.node.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pacsd_preview_writes_a_preview_and_a_contact_sheet() {
     let (n, dir) = node_with_previews_and("cli").await;

@@ -226,6 +226,8 @@ pub struct RepairSummary {
     pub failed: u64,
     /// Entries for replicas no longer configured, dropped.
     pub dropped: u64,
+    /// Previews with no good copy left, set to be rendered again.
+    pub rerender: u64,
 }
 
 /// Work through the repair queue once: heal every listed replica from a good copy (checked
@@ -233,7 +235,11 @@ pub struct RepairSummary {
 pub async fn repair_pass(index: &Index, storage: &Storage) -> Result<RepairSummary, IndexError> {
     use crate::storage::repair::{Expected, RepairError};
     let mut s = RepairSummary::default();
+    let mut forgotten = std::collections::HashSet::new();
     for (key, replica, size, sha256) in index.repair_tasks().await? {
+        if forgotten.contains(&key) {
+            continue;
+        }
         let expected = Expected {
             key: key.clone(),
             size,
@@ -253,6 +259,11 @@ pub async fn repair_pass(index: &Index, storage: &Storage) -> Result<RepairSumma
                 index.clear_repair(&key, &replica).await?;
                 s.dropped += 1;
             }
+            Err(RepairError::NoGoodCopy(_)) if index.forget_lost_preview(&key).await? => {
+                tracing::warn!(key, "no good copy of a preview left; it is rendered again");
+                forgotten.insert(key);
+                s.rerender += 1;
+            }
             Err(e) => {
                 tracing::debug!(error = %e, "repair failed; will retry");
                 s.failed += 1;
@@ -264,6 +275,7 @@ pub async fn repair_pass(index: &Index, storage: &Storage) -> Result<RepairSumma
             repaired = s.repaired,
             failed = s.failed,
             dropped = s.dropped,
+            rerender = s.rerender,
             "repair pass"
         );
     }

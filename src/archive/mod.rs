@@ -26,7 +26,7 @@ use bytes::Bytes;
 
 use crate::index::{Index, IndexError};
 use crate::storage::repair::Expected;
-use crate::storage::{PutOutcome, Storage, StorageError};
+use crate::storage::{Durability, PutOutcome, Storage, StorageError};
 
 impl crate::index::StoredInstance {
     /// What a read of this instance's object is checked against.
@@ -54,9 +54,14 @@ pub const STILL_WRITING: &str = "still writing when the write quorum answered";
 
 /// Write `bytes` under `key` on a quorum of replicas. Below quorum the copies that landed are
 /// removed again and the error returned: an object is never left where no index row will
-/// point to it.
-pub async fn place(storage: &Storage, key: &str, bytes: Bytes) -> Result<Placed, StorageError> {
-    match storage.put(key, bytes).await {
+/// point to it. `durability` is `Flushed` for every object a status acknowledges.
+pub async fn place(
+    storage: &Storage,
+    key: &str,
+    bytes: Bytes,
+    durability: Durability,
+) -> Result<Placed, StorageError> {
+    match storage.put_as(key, bytes, durability).await {
         Ok(outcome) => {
             let location = |i: usize| storage.replicas()[i].location.clone();
             let missed = outcome

@@ -17,7 +17,7 @@ use crate::config::OnConflict;
 use crate::index::record::{self, RecordError};
 use crate::index::{CommitGate, Index, IndexError, InsertOutcome};
 use crate::part10;
-use crate::storage::{Storage, StorageError, Uid, object_key};
+use crate::storage::{Durability, Storage, StorageError, Uid, object_key};
 
 /// Why an object was not stored; `service::failure::of_store` is the one place these become
 /// DIMSE statuses (and STOW-RS reasons).
@@ -275,7 +275,7 @@ impl Store {
         //    A write below quorum is undone where it landed.
         let started = Instant::now();
         let (placed, sha256) = tokio::join!(
-            crate::archive::place(&self.storage, &key, file.clone()),
+            crate::archive::place(&self.storage, &key, file.clone(), Durability::Flushed),
             sha256_hex(file)
         );
         let mut placed = placed?;

@@ -162,6 +162,13 @@ pub struct RepairEntry {
 
 /// A maintenance write run by the writer thread inside its group transaction.
 type Maintenance = Box<dyn FnOnce(&Connection) -> Result<(), IndexError> + Send>;
+/// A write of derived data; answers whether it wrote something that must survive a power loss
+/// after all (`Work::Derived`).
+type DerivedWrite = Box<dyn FnOnce(&Connection) -> Result<MustFlush, IndexError> + Send>;
+
+/// Whether a derived write touched rows that are not derived (e.g. a tombstone).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct MustFlush(pub bool);
 
 /// What the single writer does for one job.
 enum Work {
@@ -172,6 +179,12 @@ enum Work {
     },
     /// Repair-queue bookkeeping and other small writes.
     Apply(Maintenance),
+    /// Derived data that can be made again from the archive (WADO-RS metadata, preview
+    /// outcomes), with no change-log row. A group of only such writes is committed without a
+    /// flush (`synchronous=NORMAL`): a power loss may take its last commits back, never
+    /// leaving the index inconsistent, and the next flushed commit flushes them too (the WAL
+    /// is written in order). One that answers `MustFlush(true)` is flushed at once.
+    Derived(DerivedWrite),
     /// A change of the accounts, with its change-log row.
     Account(Box<account::AccountChange>),
     /// Instances deleted, with their tombstones and change-log row.
@@ -193,6 +206,7 @@ enum Done {
     Instance(InsertOutcome),
     Account(account::AccountOutcome),
     Deleted(deletion::Deleted),
+    Derived(MustFlush),
 }
 
 impl Done {
@@ -202,7 +216,9 @@ impl Done {
             Done::Instance(InsertOutcome::Inserted { seq }) => Some(*seq),
             Done::Account(o) => o.seq,
             Done::Deleted(d) => d.seq,
-            Done::Instance(InsertOutcome::AlreadyPresent { .. }) | Done::Applied => None,
+            Done::Instance(InsertOutcome::AlreadyPresent { .. })
+            | Done::Applied
+            | Done::Derived(_) => None,
         }
     }
 }
@@ -390,29 +406,16 @@ impl Index {
     }
 
     /// Run a small write (repair-queue bookkeeping) on the single writer, in its group commit.
+    /// Every write of this process goes through the writer: a second writing connection would
+    /// make the writer wait on SQLite's lock (C-STORE failed with "database is locked" while
+    /// the preview worker wrote metadata on a reader connection).
     async fn apply(&self, f: Maintenance) -> Result<(), IndexError> {
         self.submit(Work::Apply(f)).await.map(|_| ())
     }
 
-    /// Run a write that answers with a value on the single writer, in its group commit. Every
-    /// write of this process goes through the writer: a second writing connection would make
-    /// the writer wait on SQLite's lock (C-STORE failed with "database is locked" while the
-    /// preview worker wrote metadata on a reader connection).
-    pub(crate) async fn write<T, F>(&self, f: F) -> Result<T, IndexError>
-    where
-        T: Send + 'static,
-        F: FnOnce(&Connection) -> Result<T, IndexError> + Send + 'static,
-    {
-        let slot = Arc::new(Mutex::new(None));
-        let out = slot.clone();
-        self.apply(Box::new(move |c| {
-            let value = f(c)?;
-            *out.lock().expect("write slot") = Some(value);
-            Ok(())
-        }))
-        .await?;
-        let value = slot.lock().expect("write slot").take();
-        Ok(value.expect("a committed write left its value"))
+    /// Run a write of derived data (`Work::Derived`) on the single writer.
+    async fn apply_derived(&self, f: DerivedWrite) -> Result<(), IndexError> {
+        self.submit(Work::Derived(f)).await.map(|_| ())
     }
 
     /// Hand a job to the single writer and wait for its durable outcome.
@@ -706,14 +709,14 @@ impl Index {
     /// Keep the WADO-RS metadata of an instance (derived data: not in the change log).
     pub async fn set_instance_metadata(&self, sop: &str, json: String) -> Result<(), IndexError> {
         let sop = sop.to_string();
-        self.write(move |c| {
+        self.apply_derived(Box::new(move |c| {
             c.execute(
                 "INSERT OR REPLACE INTO instance_metadata (instance_fk, json)
                  SELECT id, ?2 FROM instance WHERE sop_instance_uid = ?1",
                 params![sop, json],
             )?;
-            Ok(())
-        })
+            Ok(MustFlush(false))
+        }))
         .await
     }
 
@@ -821,6 +824,8 @@ fn writer_loop(
     commits: &tokio::sync::watch::Sender<Commit>,
     epoch: &std::sync::atomic::AtomicU64,
 ) {
+    // `open_connection` set synchronous=FULL.
+    let mut flushing = true;
     while let Ok(first) = rx.recv() {
         let mut jobs = vec![first];
         while jobs.len() < MAX_GROUP {
@@ -832,6 +837,18 @@ fn writer_loop(
         // IMMEDIATE: the write lock is taken at BEGIN, where SQLite's busy handler waits for
         // another process's writer (`pacsd account` on the same file); a deferred transaction
         // that meets a write on its way from read to write fails at once instead.
+        let derived_only = jobs.iter().all(|j| matches!(j.work, Work::Derived(_)));
+        if flushing == derived_only {
+            // A group that must be flushed never commits unless FULL is set.
+            if let Err(e) = conn.pragma_update(None, "synchronous", flush_level(!derived_only)) {
+                error!(error = %e, "index: cannot set the flush level");
+                for j in jobs {
+                    let _ = j.reply.send(Err(IndexError::Commit(clone_err(&e))));
+                }
+                continue;
+            }
+            flushing = !derived_only;
+        }
         let tx = match conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate) {
             Ok(tx) => tx,
             Err(e) => {
@@ -858,6 +875,12 @@ fn writer_loop(
                     crate::crashpoint::hit("index-committed");
                 }
                 debug!(group = jobs.len(), "index group committed");
+                let must_flush = results
+                    .iter()
+                    .any(|r| matches!(r, Ok(Done::Derived(MustFlush(true)))));
+                if derived_only && must_flush {
+                    flush_wal(&conn);
+                }
                 let last = results
                     .iter()
                     .filter_map(|r| r.as_ref().ok().and_then(Done::seq))
@@ -879,6 +902,20 @@ fn writer_loop(
                 }
             }
         }
+    }
+}
+
+/// `synchronous` for a commit with a flush of the WAL (every write but derived data) or
+/// without one. Set between transactions: SQLite refuses it inside one.
+fn flush_level(flush: bool) -> &'static str {
+    if flush { "FULL" } else { "NORMAL" }
+}
+
+/// Flush what a commit without a flush wrote: a checkpoint flushes the WAL before it copies
+/// pages into the database file.
+fn flush_wal(conn: &Connection) {
+    if let Err(e) = conn.execute_batch("PRAGMA wal_checkpoint(PASSIVE)") {
+        error!(error = %e, "index: flushing a derived write that must be durable failed");
     }
 }
 
@@ -923,6 +960,10 @@ fn apply_job(tx: &mut Transaction<'_>, work: &mut Work, epoch: u64) -> Result<Do
         Work::Apply(f) => {
             let f = std::mem::replace(f, Box::new(|_| Ok(())));
             f(&sp).map(|()| Done::Applied)
+        }
+        Work::Derived(f) => {
+            let f = std::mem::replace(f, Box::new(|_| Ok(MustFlush(false))));
+            f(&sp).map(Done::Derived)
         }
     };
     match res {
@@ -1244,6 +1285,46 @@ pub(crate) mod fixtures {
 mod tests {
     use super::fixtures::rec;
     use super::*;
+
+    /// Derived data alone is committed without a flush; anything else is flushed.
+    #[tokio::test]
+    async fn only_derived_writes_commit_without_a_flush() {
+        let dir = tempfile::tempdir().unwrap();
+        let idx = Index::open(&dir.path().join("i.sqlite")).unwrap();
+        let level = |c: &Connection| -> Result<i64, IndexError> {
+            Ok(c.query_row("PRAGMA synchronous", [], |r| r.get(0))?)
+        };
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        for derived in [true, false, true, true, false] {
+            let seen = seen.clone();
+            if derived {
+                idx.apply_derived(Box::new(move |c| {
+                    seen.lock().unwrap().push(("derived", level(c)?));
+                    Ok(MustFlush(false))
+                }))
+                .await
+                .unwrap();
+            } else {
+                idx.apply(Box::new(move |c| {
+                    seen.lock().unwrap().push(("flushed", level(c)?));
+                    Ok(())
+                }))
+                .await
+                .unwrap();
+            }
+        }
+        // 1 = NORMAL (the WAL is flushed at checkpoints only), 2 = FULL (at every commit).
+        assert_eq!(
+            *seen.lock().unwrap(),
+            [
+                ("derived", 1),
+                ("flushed", 2),
+                ("derived", 1),
+                ("derived", 1),
+                ("flushed", 2)
+            ]
+        );
+    }
 
     #[tokio::test]
     async fn insert_is_idempotent_and_counts_follow() {

@@ -3,7 +3,7 @@
 
 use rusqlite::{OptionalExtension, params};
 
-use super::{Index, IndexError};
+use super::{Index, IndexError, MustFlush};
 
 /// An instance whose preview is still to be rendered.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -132,7 +132,8 @@ impl Index {
         state: PreviewState,
         missed: Vec<(String, String)>,
     ) -> Result<(), IndexError> {
-        self.apply(Box::new(move |c| {
+        // Derived data: a preview outcome lost to a power failure is rendered again.
+        self.apply_derived(Box::new(move |c| {
             let (s, key, size, sha, reason) = state.columns();
             let updated = c.execute(
                 "UPDATE preview SET state = ?2, storage_key = ?3, size = ?4, sha256 = ?5,
@@ -140,18 +141,51 @@ impl Index {
                  WHERE instance_fk = ?1",
                 params![instance_id, s, key, size, sha, reason],
             )?;
-            let Some(key) = key else { return Ok(()) };
+            let Some(key) = key else {
+                return Ok(MustFlush(false));
+            };
             if updated == 0 {
                 // The instance was deleted while its preview was rendered: the preview's
-                // object goes the way of the instance's (index::deletion).
-                return super::deletion::tombstone(c, key, "");
+                // object goes the way of the instance's (index::deletion), and the deletion
+                // must not be undone by a power loss.
+                super::deletion::tombstone(c, key, "")?;
+                return Ok(MustFlush(true));
             }
             for (replica, why) in &missed {
                 super::queue_repair_row(c, key, replica, why)?;
             }
-            Ok(())
+            Ok(MustFlush(false))
         }))
         .await
+    }
+
+    /// A stored preview that no replica holds a good copy of any more (every copy removed or
+    /// damaged): back to pending, so that the render worker makes it again, and its repair
+    /// entries dropped. Returns whether `key` was
+    /// such a preview (false for an object's key: objects are never given up on).
+    pub async fn forget_lost_preview(&self, key: &str) -> Result<bool, IndexError> {
+        let key = key.to_string();
+        let found = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let seen = found.clone();
+        self.apply(Box::new(move |c| {
+            let reset = c.execute(
+                "UPDATE preview SET state = 'pending', storage_key = NULL, size = NULL,
+                        sha256 = NULL, reason = NULL,
+                        updated_at = strftime('%Y-%m-%dT%H:%M:%fZ', 'now')
+                 WHERE storage_key = ?1 AND state = 'done'",
+                params![key],
+            )?;
+            if reset > 0 {
+                c.execute(
+                    "DELETE FROM repair_queue WHERE storage_key = ?1",
+                    params![key],
+                )?;
+                seen.store(true, std::sync::atomic::Ordering::SeqCst);
+            }
+            Ok(())
+        }))
+        .await?;
+        Ok(found.load(std::sync::atomic::Ordering::SeqCst))
     }
 
     /// The preview state of the instance with this SOP Instance UID (None: not indexed).

@@ -2,7 +2,8 @@
 //! The queue is the index itself (a row per instance, created with the instance), so nothing
 //! is held in memory beyond one batch and nothing is lost by a restart. Each preview is read
 //! through the checked storage path, rendered on the blocking pool and written to the same
-//! replicas as the object, under the same quorum rules.
+//! replicas as the object, under the same quorum rules, without a flush each: a batch's
+//! previews are flushed together (one `syncfs` per file system) before they are recorded.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -14,7 +15,7 @@ use tracing::{debug, info, warn};
 use crate::archive::{Settle, settle};
 use crate::index::{Index, PreviewState, PreviewTask, preview_key};
 use crate::net::Shutdown;
-use crate::storage::{Expected, Storage};
+use crate::storage::{Durability, Expected, Storage};
 
 /// Pending previews fetched from the index at a time.
 const BATCH: usize = 32;
@@ -80,30 +81,50 @@ pub async fn run(index: Index, storage: Arc<Storage>, workers: usize, mut shutdo
             }
             tokio::select! {
                 _ = commits.changed() => {}
-                _ = tokio::time::sleep(wait) => {}
+                // Idle: sweep again from the start, where a preview whose copies were all lost
+                // is pending again (`Index::forget_lost_preview`).
+                _ = tokio::time::sleep(wait) => after = 0,
                 _ = shutdown.wait() => return,
             }
             continue;
         };
         after = last.instance_id;
-        let mut outcomes = futures::stream::iter(batch)
-            .map(|task| {
-                let (index, storage) = (&index, &storage);
-                async move { render_one(index, storage, &task).await }
-            })
+        let mut rendering = futures::stream::iter(batch)
+            .map(|task| render(&index, &storage, task))
             .buffer_unordered(workers);
-        while let Some(outcome) = outcomes.next().await {
-            deferred |= matches!(outcome, Outcome::Deferred(_));
+        let mut rendered = Vec::new();
+        while let Some(r) = rendering.next().await {
             if shutdown.is_triggered() {
-                // What was in flight stays pending (a preview re-put is harmless).
+                // What was rendered stays pending (a preview re-put is harmless).
                 return;
             }
+            rendered.push(r);
+        }
+        for outcome in record(&index, &storage, rendered).await {
+            deferred |= matches!(outcome, Outcome::Deferred(_));
         }
     }
 }
 
-/// Render, store and record one preview.
-pub async fn render_one(index: &Index, storage: &Storage, task: &PreviewTask) -> Outcome {
+/// A preview rendered and, if there is one, placed on its replicas (not flushed yet), with
+/// what is to be recorded of it.
+pub struct Rendered {
+    task: PreviewTask,
+    /// None: nothing to record yet (the object could not be read or the preview not stored:
+    /// it stays pending), with the outcome.
+    record: Option<(PreviewState, Vec<(String, String)>)>,
+    placed: Option<(crate::archive::Placed, String)>,
+    outcome: Outcome,
+}
+
+/// Read the object, render its preview and place it (`Durability::Derived`: not flushed).
+pub async fn render(index: &Index, storage: &Storage, task: PreviewTask) -> Rendered {
+    let deferred = |task, why: String| Rendered {
+        task,
+        record: None,
+        placed: None,
+        outcome: Outcome::Deferred(why),
+    };
     let expected = Expected {
         key: task.storage_key.clone(),
         size: task.size,
@@ -113,7 +134,7 @@ pub async fn render_one(index: &Index, storage: &Storage, task: &PreviewTask) ->
         Ok(b) => b,
         Err(e) => {
             debug!(sop = %task.sop_instance_uid, error = %e, "preview deferred: object unreadable");
-            return Outcome::Deferred(e.to_string());
+            return deferred(task, e.to_string());
         }
     };
     // The object is in memory: its WADO-RS metadata is computed now too, so that a viewer's
@@ -141,63 +162,100 @@ pub async fn render_one(index: &Index, storage: &Storage, task: &PreviewTask) ->
     {
         debug!(sop = %task.sop_instance_uid, error = %e, "metadata not kept");
     }
-    let mut placed = None;
-    let (state, missed, outcome) = match rendered {
-        Ok(None) => (PreviewState::NoPixelData, Vec::new(), Outcome::NoPixelData),
+    match rendered {
+        Ok(None) => Rendered {
+            task,
+            record: Some((PreviewState::NoPixelData, Vec::new())),
+            placed: None,
+            outcome: Outcome::NoPixelData,
+        },
         Err(e) => {
             let reason = e.to_string();
             warn!(sop = %task.sop_instance_uid, %reason, "no preview: the image cannot be rendered");
-            (
-                PreviewState::Failed {
-                    reason: reason.clone(),
-                },
-                Vec::new(),
-                Outcome::Undecodable(reason),
-            )
+            Rendered {
+                task,
+                record: Some((
+                    PreviewState::Failed {
+                        reason: reason.clone(),
+                    },
+                    Vec::new(),
+                )),
+                placed: None,
+                outcome: Outcome::Undecodable(reason),
+            }
         }
         Ok(Some(jpeg)) => {
             let key = preview_key(&task.storage_key);
             let size = jpeg.len() as u64;
             let sha256 = hex::encode(Sha256::digest(&jpeg));
-            match crate::archive::place(storage, &key, jpeg.into()).await {
-                Ok(p) => {
-                    let missed = p.missed.clone();
-                    placed = Some((p, key.clone()));
-                    (
+            match crate::archive::place(storage, &key, jpeg.into(), Durability::Derived).await {
+                Ok(p) => Rendered {
+                    task,
+                    record: Some((
                         PreviewState::Done {
-                            storage_key: key,
+                            storage_key: key.clone(),
                             size,
                             sha256,
                         },
-                        missed,
-                        Outcome::Stored,
-                    )
-                }
+                        p.missed.clone(),
+                    )),
+                    placed: Some((p, key)),
+                    outcome: Outcome::Stored,
+                },
                 Err(e) => {
                     debug!(sop = %task.sop_instance_uid, error = %e, "preview deferred: not stored");
-                    return Outcome::Deferred(e.to_string());
+                    deferred(task, e.to_string())
                 }
             }
         }
+    }
+}
+
+/// Record a batch of rendered previews: first one flush of the replicas' file systems for
+/// every preview placed (`Storage::flush_derived`), so that a preview recorded as stored is
+/// durable like an object; then each outcome. A failed flush leaves the batch's stored
+/// previews pending (made again later).
+pub async fn record(index: &Index, storage: &Storage, batch: Vec<Rendered>) -> Vec<Outcome> {
+    let flushed = if batch.iter().any(|r| r.placed.is_some()) {
+        storage.flush_derived().await
+    } else {
+        Ok(())
     };
     crate::crashpoint::hit("preview-placed");
-    let recorded = index.set_preview(task.instance_id, state, missed).await;
-    if let Some((mut placed, key)) = placed {
-        // Not recorded: the preview is made again, so a straggler's copy is simply replaced.
-        let how = match recorded {
-            Ok(()) => Settle::Committed(index),
-            Err(_) => Settle::Leave,
+    let mut outcomes = Vec::with_capacity(batch.len());
+    for mut r in batch {
+        let sop = &r.task.sop_instance_uid;
+        if let (Some((placed, key)), Err(e)) = (&mut r.placed, &flushed) {
+            warn!(sop = %sop, error = %e, "preview deferred: not flushed");
+            settle(placed, storage, key, Settle::Leave);
+            outcomes.push(Outcome::Deferred(e.clone()));
+            continue;
+        }
+        let Some((state, missed)) = r.record else {
+            outcomes.push(r.outcome);
+            continue;
         };
-        settle(&mut placed, storage, &key, how);
+        let recorded = index.set_preview(r.task.instance_id, state, missed).await;
+        if let Some((placed, key)) = &mut r.placed {
+            // Not recorded: the preview is made again, so a straggler's copy is simply
+            // replaced.
+            let how = match recorded {
+                Ok(()) => Settle::Committed(index),
+                Err(_) => Settle::Leave,
+            };
+            settle(placed, storage, key, how);
+        }
+        if let Err(e) = recorded {
+            warn!(sop = %sop, error = %e, "preview outcome not recorded; will redo");
+            outcomes.push(Outcome::Deferred(e.to_string()));
+            continue;
+        }
+        if r.outcome == Outcome::Stored {
+            debug!(sop = %sop, "preview stored");
+        }
+        outcomes.push(r.outcome);
     }
-    if let Err(e) = recorded {
-        warn!(sop = %task.sop_instance_uid, error = %e, "preview outcome not recorded; will redo");
-        return Outcome::Deferred(e.to_string());
-    }
-    if outcome == Outcome::Stored {
-        debug!(sop = %task.sop_instance_uid, "preview stored");
-    }
-    outcome
+    outcomes
 }
 
 /// Render every pending preview now, in the foreground (tests and tools): returns how many
@@ -212,9 +270,11 @@ pub async fn drain(
         let batch = index.pending_previews(after, BATCH).await?;
         let Some(last) = batch.last() else { break };
         after = last.instance_id;
-        for task in &batch {
-            all.push(render_one(index, storage, task).await);
+        let mut rendered = Vec::with_capacity(batch.len());
+        for task in batch {
+            rendered.push(render(index, storage, task).await);
         }
+        all.extend(record(index, storage, rendered).await);
     }
     if !all.is_empty() {
         info!(previews = all.len(), "pending previews rendered");

@@ -176,7 +176,7 @@ impl Location {
     /// contacting the server (reachability is probed separately, see `Storage::probe`).
     pub fn open(&self) -> Result<Arc<dyn ObjectStore>, LocationError> {
         match self {
-            Location::Local(dir) => open_local(dir),
+            Location::Local(dir) => open_local(dir, true),
             Location::Memory => Ok(Arc::new(InMemory::new())),
             Location::S3 {
                 bucket,
@@ -198,7 +198,13 @@ fn s3_key(key: &str) -> Result<AmazonS3ConfigKey, LocationError> {
         .map_err(|_| LocationError::UnknownS3Option(key.to_string()))
 }
 
-fn open_local(dir: &Path) -> Result<Arc<dyn ObjectStore>, LocationError> {
+/// A local directory as a store that does not flush each write: for derived data only
+/// (previews), flushed in batches by `Storage::flush_derived`.
+pub fn open_local_unflushed(dir: &Path) -> Result<Arc<dyn ObjectStore>, LocationError> {
+    open_local(dir, false)
+}
+
+fn open_local(dir: &Path, fsync: bool) -> Result<Arc<dyn ObjectStore>, LocationError> {
     let failed = |what| {
         move |source| LocationError::Directory {
             what,
@@ -208,7 +214,7 @@ fn open_local(dir: &Path) -> Result<Arc<dyn ObjectStore>, LocationError> {
     };
     std::fs::create_dir_all(dir).map_err(failed("creating"))?;
     let dir = dir.canonicalize().map_err(failed("resolving"))?;
-    let fs = LocalFileSystem::new_with_prefix(&dir)?.with_fsync(true);
+    let fs = LocalFileSystem::new_with_prefix(&dir)?.with_fsync(fsync);
     Ok(Arc::new(fs))
 }
 

@@ -60,6 +60,18 @@ const PERMIT_BYTES: u64 = 64 << 10;
 /// (beyond it the buffer grows as bytes come: a wrong announcement cannot claim memory).
 const MAX_PREALLOCATION: u64 = 1 << 30;
 
+/// How far a write must be on its replicas before it counts as written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Durability {
+    /// On stable storage (a local replica flushes the file and its directory): every
+    /// acknowledged object (the durability contract).
+    Flushed,
+    /// Handed to the replica, not flushed one by one: derived data that can be made again
+    /// from a flushed object (previews). The writer flushes a batch of them at once
+    /// (`Storage::flush_derived`) before it records them.
+    Derived,
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum StorageError {
     #[error("opening replica `{location}`: {reason}")]
@@ -99,9 +111,36 @@ pub struct Replica {
     /// The open store; `None` while the replica could not be opened (e.g. its directory could
     /// not be created at start-up): it is then treated as down and opening is retried on use.
     store: Mutex<Option<Arc<dyn ObjectStore>>>,
+    /// A local directory's store that does not flush, for derived data (`Durability::Derived`);
+    /// opened on first use. Other locations use `store`.
+    unflushed: Mutex<Option<Arc<dyn ObjectStore>>>,
 }
 
 impl Replica {
+    /// The store a write of this durability goes to.
+    fn store_for(
+        &self,
+        durability: Durability,
+    ) -> Result<Arc<dyn ObjectStore>, object_store::Error> {
+        let Location::Local(dir) = &self.parsed else {
+            return self.store();
+        };
+        if durability == Durability::Flushed {
+            return self.store();
+        }
+        let mut guard = self.unflushed.lock().expect("replica lock");
+        if let Some(s) = guard.as_ref() {
+            return Ok(s.clone());
+        }
+        let store =
+            backend::open_local_unflushed(dir).map_err(|reason| object_store::Error::Generic {
+                store: "replica",
+                source: format!("replica unavailable: {reason}").into(),
+            })?;
+        *guard = Some(store.clone());
+        Ok(store)
+    }
+
     /// The replica's store, opening it first if it was unavailable so far.
     fn store(&self) -> Result<Arc<dyn ObjectStore>, object_store::Error> {
         let mut guard = self.store.lock().expect("replica lock");
@@ -295,6 +334,7 @@ impl Storage {
                 location,
                 parsed: Location::Memory,
                 store: Mutex::new(Some(store)),
+                unflushed: Mutex::new(None),
             })
             .collect();
         Self::with_replicas(replicas, quorum, prefix)
@@ -364,6 +404,39 @@ impl Storage {
 
     pub fn replicas(&self) -> &[Replica] {
         &self.replicas
+    }
+
+    /// Make every `Durability::Derived` write so far durable: one `syncfs` per file system
+    /// that holds a local replica (remote replicas answer a put once it is durable). One call
+    /// covers a whole batch of previews where a flush of each would cost two fsyncs per
+    /// replica per preview. Fails if any local replica's file system cannot be flushed.
+    pub async fn flush_derived(&self) -> Result<(), String> {
+        use std::os::unix::fs::MetadataExt;
+        let dirs: Vec<std::path::PathBuf> = self
+            .replicas
+            .iter()
+            .filter_map(|r| match &r.parsed {
+                Location::Local(path) => Some(path.clone()),
+                _ => None,
+            })
+            .collect();
+        tokio::task::spawn_blocking(move || {
+            let mut done = Vec::new();
+            for dir in dirs {
+                let flushed = std::fs::File::open(&dir).and_then(|d| {
+                    let dev = d.metadata()?.dev();
+                    if !done.contains(&dev) {
+                        syncfs(&d)?;
+                        done.push(dev);
+                    }
+                    Ok(())
+                });
+                flushed.map_err(|e| format!("flushing {}: {e}", dir.display()))?;
+            }
+            Ok(())
+        })
+        .await
+        .map_err(|e| format!("flushing thread: {e}"))?
     }
 
     /// Groups of two or more local replicas that live on one device (the same `st_dev`): they
@@ -441,6 +514,16 @@ impl Storage {
     /// others can make the quorum: a dead replica would otherwise hold every C-STORE for the
     /// straggler grace (measured: 2.0 s per C-STORE with an HDFS NameNode down).
     pub async fn put(&self, key: &str, bytes: Bytes) -> Result<PutOutcome, StorageError> {
+        self.put_as(key, bytes, Durability::Flushed).await
+    }
+
+    /// `put`, flushed or not (`Durability`).
+    pub async fn put_as(
+        &self,
+        key: &str,
+        bytes: Bytes,
+        durability: Durability,
+    ) -> Result<PutOutcome, StorageError> {
         let path = store_path(key)?;
         let left_out = self.quorum.left_out(&self.up_now());
         let mut outcome = PutOutcome::default();
@@ -456,7 +539,7 @@ impl Storage {
             .iter()
             .enumerate()
             .filter(|(i, _)| !left_out[*i])
-            .map(|(i, r)| self.write_one(i, r, &path, key, &bytes))
+            .map(|(i, r)| self.write_one(i, r, &path, key, &bytes, durability))
             .collect();
         // Waiting for the quorum (None), then for the patience, then (no background slot)
         // for the grace.
@@ -558,8 +641,9 @@ impl Storage {
         path: &StorePath,
         key: &str,
         bytes: &Bytes,
+        durability: Durability,
     ) -> ReplicaWrite {
-        let store = r.store();
+        let store = r.store_for(durability);
         let pauses = r.parsed.put_retry_pauses();
         let (location, key) = (r.location.clone(), key.to_string());
         let (path, payload) = (path.clone(), PutPayload::from_bytes(bytes.clone()));
@@ -1107,6 +1191,7 @@ fn open_replica(location: &str) -> Result<Replica, StorageError> {
         location: location.to_string(),
         parsed,
         store: Mutex::new(store),
+        unflushed: Mutex::new(None),
     })
 }
 
@@ -1128,6 +1213,17 @@ fn read_local(
     file.read_exact(&mut buf)?;
     let digest = hash.then(|| Sha256::digest(&buf).into());
     Ok((Bytes::from(buf), digest))
+}
+
+/// Flush the file system that holds `file` (syncfs(2)).
+fn syncfs(file: &std::fs::File) -> std::io::Result<()> {
+    use std::os::fd::AsRawFd;
+    // SAFETY: syncfs only reads the descriptor, which `file` keeps open for the call.
+    if unsafe { libc::syncfs(file.as_raw_fd()) } == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
 }
 
 /// The names that share a device, in their first-seen order; groups of one are left out.
