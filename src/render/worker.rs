@@ -27,7 +27,8 @@ const IDLE_POLL: Duration = Duration::from_secs(5);
 const RETRY_AFTER: Duration = Duration::from_secs(10);
 /// Rendering waits until no instance has been committed for this long: a burst of C-STOREs
 /// has the disk and the cores to itself (measured: rendering beside a single-association CT
-/// burst cost it a third of its rate on 2 cores, mostly the previews' own fsyncs).
+/// burst cost it a third of its rate on 2 cores, mostly the previews' own fsyncs, when each
+/// preview was still flushed on its own).
 const QUIET: Duration = Duration::from_millis(300);
 /// ... but under ingest that never pauses, a batch is still rendered this often.
 const MAX_DEFER: Duration = Duration::from_secs(10);
