@@ -834,9 +834,6 @@ fn writer_loop(
                 Err(_) => break,
             }
         }
-        // IMMEDIATE: the write lock is taken at BEGIN, where SQLite's busy handler waits for
-        // another process's writer (`pacsd account` on the same file); a deferred transaction
-        // that meets a write on its way from read to write fails at once instead.
         let derived_only = jobs.iter().all(|j| matches!(j.work, Work::Derived(_)));
         if flushing == derived_only {
             // A group that must be flushed never commits unless FULL is set.
@@ -849,6 +846,9 @@ fn writer_loop(
             }
             flushing = !derived_only;
         }
+        // IMMEDIATE: the write lock is taken at BEGIN, where SQLite's busy handler waits for
+        // another process's writer (`pacsd account` on the same file); a deferred transaction
+        // that meets a write on its way from read to write fails at once instead.
         let tx = match conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate) {
             Ok(tx) => tx,
             Err(e) => {
