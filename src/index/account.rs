@@ -490,14 +490,14 @@ mod tests {
         // replicated (no change-log row): the primary's version replaces it instead of
         // stopping replication.
         standby
-            .apply(Box::new(|c| {
+            .write(|c| {
                 c.execute(
                     "INSERT INTO account (name, password_hash, rights, created)
                      VALUES ('nurse', ?1, 'admin', 'then')",
                     params![hash_password("the standby's own pw").unwrap()],
                 )?;
                 Ok(())
-            }))
+            })
             .await
             .unwrap();
         primary

@@ -413,6 +413,24 @@ impl Index {
         self.submit(Work::Apply(f)).await.map(|_| ())
     }
 
+    /// Run a write that answers with a value on the single writer, in its group commit.
+    pub(crate) async fn write<T, F>(&self, f: F) -> Result<T, IndexError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection) -> Result<T, IndexError> + Send + 'static,
+    {
+        let slot = Arc::new(Mutex::new(None));
+        let out = slot.clone();
+        self.apply(Box::new(move |c| {
+            let value = f(c)?;
+            *out.lock().expect("write slot") = Some(value);
+            Ok(())
+        }))
+        .await?;
+        let value = slot.lock().expect("write slot").take();
+        Ok(value.expect("a committed write left its value"))
+    }
+
     /// Run a write of derived data (`Work::Derived`) on the single writer.
     async fn apply_derived(&self, f: DerivedWrite) -> Result<(), IndexError> {
         self.submit(Work::Derived(f)).await.map(|_| ())

@@ -161,13 +161,11 @@ impl Index {
 
     /// A stored preview that no replica holds a good copy of any more (every copy removed or
     /// damaged): back to pending, so that the render worker makes it again, and its repair
-    /// entries dropped. Returns whether `key` was
-    /// such a preview (false for an object's key: objects are never given up on).
+    /// entries dropped. Returns whether `key` was such a preview (false for an object's key:
+    /// objects are never given up on).
     pub async fn forget_lost_preview(&self, key: &str) -> Result<bool, IndexError> {
         let key = key.to_string();
-        let found = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let seen = found.clone();
-        self.apply(Box::new(move |c| {
+        self.write(move |c| {
             let reset = c.execute(
                 "UPDATE preview SET state = 'pending', storage_key = NULL, size = NULL,
                         sha256 = NULL, reason = NULL,
@@ -180,12 +178,10 @@ impl Index {
                     "DELETE FROM repair_queue WHERE storage_key = ?1",
                     params![key],
                 )?;
-                seen.store(true, std::sync::atomic::Ordering::SeqCst);
             }
-            Ok(())
-        }))
-        .await?;
-        Ok(found.load(std::sync::atomic::Ordering::SeqCst))
+            Ok(reset > 0)
+        })
+        .await
     }
 
     /// The preview state of the instance with this SOP Instance UID (None: not indexed).

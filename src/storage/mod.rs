@@ -117,51 +117,49 @@ pub struct Replica {
 }
 
 impl Replica {
-    /// The store a write of this durability goes to.
+    /// The store a write of this durability goes to: a local replica's derived data goes to
+    /// its store that does not flush; everything else to `store`.
     fn store_for(
         &self,
         durability: Durability,
     ) -> Result<Arc<dyn ObjectStore>, object_store::Error> {
-        let Location::Local(dir) = &self.parsed else {
-            return self.store();
-        };
-        if durability == Durability::Flushed {
-            return self.store();
+        match (&self.parsed, durability) {
+            (Location::Local(dir), Durability::Derived) => {
+                opened(&self.unflushed, || backend::open_local_unflushed(dir))
+            }
+            _ => self.store(),
         }
-        let mut guard = self.unflushed.lock().expect("replica lock");
-        if let Some(s) = guard.as_ref() {
-            return Ok(s.clone());
-        }
-        let store =
-            backend::open_local_unflushed(dir).map_err(|reason| object_store::Error::Generic {
-                store: "replica",
-                source: format!("replica unavailable: {reason}").into(),
-            })?;
-        *guard = Some(store.clone());
-        Ok(store)
     }
 
     /// The replica's store, opening it first if it was unavailable so far.
     fn store(&self) -> Result<Arc<dyn ObjectStore>, object_store::Error> {
-        let mut guard = self.store.lock().expect("replica lock");
-        if let Some(s) = guard.as_ref() {
-            return Ok(s.clone());
-        }
-        let store = self
-            .parsed
-            .open()
-            .map_err(|reason| object_store::Error::Generic {
-                store: "replica",
-                source: format!("replica unavailable: {reason}").into(),
-            })?;
-        info!(replica = %self.location, "replica available again");
-        *guard = Some(store.clone());
-        Ok(store)
+        opened(&self.store, || {
+            let store = self.parsed.open()?;
+            info!(replica = %self.location, "replica available again");
+            Ok(store)
+        })
     }
 
     pub fn is_remote(&self) -> bool {
         self.parsed.is_remote()
     }
+}
+
+/// The store kept in `slot`, or one opened now with `open` and kept there.
+fn opened(
+    slot: &Mutex<Option<Arc<dyn ObjectStore>>>,
+    open: impl FnOnce() -> Result<Arc<dyn ObjectStore>, backend::LocationError>,
+) -> Result<Arc<dyn ObjectStore>, object_store::Error> {
+    let mut guard = slot.lock().expect("replica lock");
+    if let Some(s) = guard.as_ref() {
+        return Ok(s.clone());
+    }
+    let store = open().map_err(|reason| object_store::Error::Generic {
+        store: "replica",
+        source: format!("replica unavailable: {reason}").into(),
+    })?;
+    *guard = Some(store.clone());
+    Ok(store)
 }
 
 /// Which replicas took a write, which missed it (the latter go to the repair queue) and which
