@@ -4,8 +4,8 @@
 
 use std::collections::BTreeMap;
 use std::fmt::Write;
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 /// Upper bounds of the latency buckets, in seconds: 1 ms to 60 s, roughly x2.5 apart
@@ -45,6 +45,9 @@ pub struct Metrics {
     pub associations_refused: AtomicU64,
     pub bytes_in: AtomicU64,
     pub bytes_out: AtomicU64,
+    /// The node's receive budget (one permit per byte of data set being received) and its
+    /// size, read at scrape time; shared by the DICOM acceptor (`watch_receive_budget`).
+    receive_budget: Mutex<Option<(Arc<tokio::sync::Semaphore>, usize)>>,
 }
 
 /// Distinct operation names kept; beyond it requests count under `other` (the names come
@@ -73,6 +76,11 @@ impl Metrics {
 
     pub fn sub(counter: &AtomicU64, n: u64) {
         counter.fetch_sub(n, Ordering::Relaxed);
+    }
+
+    /// Report the receive budget `budget` of `total` bytes (the acceptor's, from now on).
+    pub fn watch_receive_budget(&self, budget: Arc<tokio::sync::Semaphore>, total: usize) {
+        *self.receive_budget.lock().expect("metrics") = Some((budget, total));
     }
 
     /// The request metrics in the Prometheus text format.
@@ -147,6 +155,20 @@ impl Metrics {
             "DICOM associations established and not yet ended.",
             self.associations_open.load(Ordering::Relaxed) as f64,
         );
+        if let Some((budget, total)) = &*self.receive_budget.lock().expect("metrics") {
+            gauge(
+                out,
+                "pacsd_receive_budget_bytes",
+                "Memory DICOM data sets being received may hold together (node.receive_budget).",
+                *total as f64,
+            );
+            gauge(
+                out,
+                "pacsd_receive_budget_held_bytes",
+                "Memory held now by DICOM data sets being received.",
+                total.saturating_sub(budget.available_permits()) as f64,
+            );
+        }
     }
 }
 

@@ -534,6 +534,7 @@ async fn bad_requests_get_their_status_and_store_nothing() {
     );
     assert!(m.contains("pacsd_associations_accepted_total 1"), "{m}");
     assert!(m.contains("pacsd_associations_open 0"), "{m}");
+    assert!(m.contains("pacsd_receive_budget_held_bytes 0"), "{m}");
     assert!(m.contains("pacsd_replica_up{replica="), "{m}");
     assert!(m.contains("pacsd_replica_writes_in_background 0"), "{m}");
     assert!(

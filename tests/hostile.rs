@@ -103,6 +103,27 @@ async fn store_raw(n: &TestNode, spec: &Spec, data: &[u8]) -> pacsd::dimse::Stat
 
 /// PS3.8 9.3.5 lets one P-DATA-TF PDU carry PDVs of more than one message: every message in
 /// it is answered, none is lost behind the first.
+const HTTP_PASSWORD: &str = "a long test password";
+
+/// Bytes of the receive budget held now, as `/metrics` says (account `ops`).
+async fn received_budget_held(n: &TestNode) -> u64 {
+    let port = n.node.http_addr.expect("http listener").port();
+    let text = reqwest::Client::new()
+        .get(format!("http://127.0.0.1:{port}/metrics"))
+        .basic_auth("ops", Some(HTTP_PASSWORD))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let line = text
+        .lines()
+        .find_map(|l| l.strip_prefix("pacsd_receive_budget_held_bytes "))
+        .unwrap_or_else(|| panic!("no receive budget gauge in {text}"));
+    line.parse::<f64>().unwrap() as u64
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_messages_in_one_pdu_are_both_answered() {
     let n = TestNode::start().await;
@@ -299,31 +320,25 @@ async fn data_sets_that_never_end_are_bounded_by_the_receive_budget() {
         }
         hogs.push(a);
     }
-    // Once the node holds both (1 MB of its budget left), a 2 MiB data set is refused with
-    // A700; until their bytes have arrived it may still be stored.
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    let mut i = 0;
-    let refused = loop {
-        i += 1;
-        let big = Spec::ct(904, 2, i, 1024); // 2 MiB of pixels
-        let st = store_raw(&n, &big, &encode(&big)).await;
-        if st.code == status::OUT_OF_RESOURCES {
-            break st;
-        }
-        assert!(st.is_success(), "{st:?}");
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the hogs never took the budget"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    };
+    // Wait until the node holds both data sets (/metrics says how much of the budget is held;
+    // a probe sent earlier could take budget a hog's next PDU needs and get the hog dropped).
+    // Then at most 1.4 MB of the 8 MiB is free, and a 2 MiB data set is refused with A700.
+    n.add_accounts(&[("ops", HTTP_PASSWORD, "admin")]).await;
+    let held = async || received_budget_held(&n).await >= 2 * chunk.len() as u64;
+    assert!(
+        eventually(Duration::from_secs(60), held).await,
+        "the hogs' bytes never arrived: {} held",
+        received_budget_held(&n).await
+    );
+    let big = Spec::ct(904, 2, 1, 1024); // 2 MiB of pixels
+    let refused = store_raw(&n, &big, &encode(&big)).await;
+    assert_eq!(refused.code, status::OUT_OF_RESOURCES, "{refused:?}");
     assert!(refused.comment.unwrap().contains("retry later"));
     // The hogs go away: their share comes back and the same object is stored.
     for a in hogs {
         a.abort().await;
     }
-    let big = Spec::ct(904, 1, 3, 1024);
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
     loop {
         let st = store_raw(&n, &big, &encode(&big)).await;
         if st.is_success() {

@@ -302,9 +302,11 @@ impl AcceptorPolicy {
         let budget = usize::try_from(config.node.receive_budget)
             .unwrap_or(usize::MAX)
             .min(Semaphore::MAX_PERMITS);
+        let receive_budget = Arc::new(Semaphore::new(budget));
+        metrics.watch_receive_budget(receive_budget.clone(), budget);
         AcceptorPolicy {
             associations: Arc::new(Semaphore::new(config.node.max_associations)),
-            receive_budget: Arc::new(Semaphore::new(budget)),
+            receive_budget,
             config,
             audit,
             metrics,
