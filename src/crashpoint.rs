@@ -10,9 +10,11 @@
 //! `a_crash_at_every_step_of_a_c_store_...`):
 //! 1. `store-prepared`: parsed and validated, nothing written;
 //! 2. `put-first-replica`: one replica holds the object, the quorum (2 of 3) is not met;
-//! 3. `put-quorum`: a quorum holds it, no index row;
-//! 4. `index-before-commit`: the row is written into the open transaction, not committed;
-//! 5. `index-committed`: the row is committed, the C-STORE not yet answered;
+//! 3. `put-unflushed` (an object flushed with others, `storage::DEFER_FLUSH_UP_TO`): a
+//!    quorum holds it, not flushed yet;
+//! 4. `put-quorum`: a quorum holds it durably, no index row;
+//! 5. `index-before-commit`: the row is written into the open transaction, not committed;
+//! 6. `index-committed`: the row is committed, the C-STORE not yet answered;
 //!
 //! and of the preview worker afterwards: `preview-placed`, the preview is on a quorum of
 //! replicas and its index row still says pending.

@@ -233,6 +233,7 @@ fn a_crash_at_any_step_of_a_c_store_leaves_the_instance_whole_or_absent() {
     let steps = [
         ("store-prepared", false),
         ("put-first-replica", false),
+        ("put-unflushed", false),
         ("put-quorum", false),
         ("index-before-commit", false),
         ("index-committed", true),

@@ -54,7 +54,7 @@ pub const STILL_WRITING: &str = "still writing when the write quorum answered";
 
 /// Write `bytes` under `key` on a quorum of replicas. Below quorum the copies that landed are
 /// removed again and the error returned: an object is never left where no index row will
-/// point to it. `durability` is `Flushed` for every object a status acknowledges.
+/// point to it. A `Deferred` placement is not durable yet: see `place_durably`.
 pub async fn place(
     storage: &Storage,
     key: &str,
@@ -85,6 +85,26 @@ pub async fn place(
             Err(e)
         }
     }
+}
+
+/// `place`, durable when it returns (an object a status will acknowledge): a placement of
+/// `durability` `Deferred` is flushed (one flush per file system its copies landed on) and,
+/// if that fails, undone.
+pub async fn place_durably(
+    storage: &Storage,
+    key: &str,
+    bytes: Bytes,
+    durability: Durability,
+) -> Result<Placed, StorageError> {
+    let mut placed = place(storage, key, bytes, durability).await?;
+    if durability == Durability::Deferred {
+        crate::crashpoint::hit("put-unflushed");
+        if let Err(e) = storage.flush(&placed.outcome.written).await {
+            undo(&mut placed, storage, key).await;
+            return Err(e);
+        }
+    }
+    Ok(placed)
 }
 
 /// What became of a placed object's index row, which decides what `settle` does with the

@@ -271,11 +271,13 @@ impl Store {
         rec.calling_ae_title = source_ae;
 
         crate::crashpoint::hit("store-prepared");
-        // 1. Data: W of N replicas (the checksum is computed while the replicas write).
-        //    A write below quorum is undone where it landed.
+        // 1. Data: durable on W of N replicas (the checksum is computed while the replicas
+        //    write; a small object's copies are flushed together, `Durability::of_object`).
+        //    A write below quorum, or not flushed, is undone where it landed.
         let started = Instant::now();
+        let durability = Durability::of_object(file.len());
         let (placed, sha256) = tokio::join!(
-            crate::archive::place(&self.storage, &key, file.clone(), Durability::Flushed),
+            crate::archive::place_durably(&self.storage, &key, file.clone(), durability),
             sha256_hex(file)
         );
         let mut placed = placed?;

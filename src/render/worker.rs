@@ -118,7 +118,7 @@ pub struct Rendered {
     outcome: Outcome,
 }
 
-/// Read the object, render its preview and place it (`Durability::Derived`: not flushed).
+/// Read the object, render its preview and place it (`Durability::Deferred`: not flushed).
 pub async fn render(index: &Index, storage: &Storage, task: PreviewTask) -> Rendered {
     let deferred = |task, why: String| Rendered {
         task,
@@ -189,7 +189,7 @@ pub async fn render(index: &Index, storage: &Storage, task: PreviewTask) -> Rend
             let key = preview_key(&task.storage_key);
             let size = jpeg.len() as u64;
             let sha256 = hex::encode(Sha256::digest(&jpeg));
-            match crate::archive::place(storage, &key, jpeg.into(), Durability::Derived).await {
+            match crate::archive::place(storage, &key, jpeg.into(), Durability::Deferred).await {
                 Ok(p) => Rendered {
                     task,
                     record: Some((
@@ -213,15 +213,18 @@ pub async fn render(index: &Index, storage: &Storage, task: PreviewTask) -> Rend
 }
 
 /// Record a batch of rendered previews: first one flush of the replicas' file systems for
-/// every preview placed (`Storage::flush_derived`), so that a preview recorded as stored is
-/// durable like an object; then each outcome. A failed flush leaves the batch's stored
-/// previews pending (made again later).
+/// every preview placed (`Storage::flush`), so that a preview recorded as stored is durable
+/// like an object; then each outcome. A failed flush leaves the batch's stored previews
+/// pending (made again later).
 pub async fn record(index: &Index, storage: &Storage, batch: Vec<Rendered>) -> Vec<Outcome> {
-    let flushed = if batch.iter().any(|r| r.placed.is_some()) {
-        storage.flush_derived().await
-    } else {
-        Ok(())
-    };
+    let mut written: Vec<usize> = batch
+        .iter()
+        .filter_map(|r| r.placed.as_ref())
+        .flat_map(|(p, _)| p.outcome.written.iter().copied())
+        .collect();
+    written.sort_unstable();
+    written.dedup();
+    let flushed = storage.flush(&written).await.map_err(|e| e.to_string());
     crate::crashpoint::hit("preview-placed");
     let mut outcomes = Vec::with_capacity(batch.len());
     for mut r in batch {

@@ -140,6 +140,14 @@ impl Location {
         matches!(self, Location::S3 { .. } | Location::Hdfs { .. })
     }
 
+    /// The directory of a local replica.
+    pub fn local_dir(&self) -> Option<PathBuf> {
+        match self {
+            Location::Local(dir) => Some(dir.clone()),
+            _ => None,
+        }
+    }
+
     /// Pauses between attempts of one put that failed, before the failure counts.
     ///
     /// HDFS only: hdfs-native does not retry a block whose write pipeline could not be set up
@@ -198,8 +206,8 @@ fn s3_key(key: &str) -> Result<AmazonS3ConfigKey, LocationError> {
         .map_err(|_| LocationError::UnknownS3Option(key.to_string()))
 }
 
-/// A local directory as a store that does not flush each write: for derived data only
-/// (previews), flushed in batches by `Storage::flush_derived`.
+/// A local directory as a store that does not flush each write (`Durability::Deferred`): its
+/// writes are made durable by `Storage::flush`.
 pub fn open_local_unflushed(dir: &Path) -> Result<Arc<dyn ObjectStore>, LocationError> {
     open_local(dir, false)
 }

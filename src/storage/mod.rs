@@ -11,6 +11,7 @@ pub mod quorum;
 pub mod repair;
 pub mod striped;
 
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -63,13 +64,34 @@ const MAX_PREALLOCATION: u64 = 1 << 30;
 /// How far a write must be on its replicas before it counts as written.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Durability {
-    /// On stable storage (a local replica flushes the file and its directory): every
-    /// acknowledged object (the durability contract).
+    /// On stable storage when the put returns (a local replica flushes the file and its
+    /// directory).
     Flushed,
-    /// Handed to the replica, not flushed one by one: derived data that can be made again
-    /// from a flushed object (previews). The writer flushes a batch of them at once
-    /// (`Storage::flush_derived`) before it records them.
-    Derived,
+    /// Handed to the replica without a flush of its own: the caller makes it durable with
+    /// `Storage::flush`, one flush per file system for any number of writes, before it counts
+    /// on it (small objects, `Durability::of_object`; previews, a batch at a time). A write
+    /// still running when its put returned flushes its file system itself before it counts
+    /// as written. Remote replicas answer a put once it is durable either way.
+    Deferred,
+}
+
+/// Objects up to this size are written as `Durability::Deferred` and flushed by one `syncfs`
+/// per file system; larger ones as `Flushed`. One syncfs writes back every dirty page of the
+/// file system, which for a small object costs less than two fsyncs per replica and for a
+/// large one more. Measured on this project's 2-core machine (a loop of durable writes to
+/// three directories on one disk plus a WAL commit, 1 stream): 8 KB objects 1015 -> 2094 per
+/// s; 512 KB objects 240 -> 180 per s.
+pub const DEFER_FLUSH_UP_TO: usize = 64 << 10;
+
+impl Durability {
+    /// How an acknowledged object of `size` bytes is made durable (`DEFER_FLUSH_UP_TO`).
+    pub fn of_object(size: usize) -> Durability {
+        if size <= DEFER_FLUSH_UP_TO {
+            Durability::Deferred
+        } else {
+            Durability::Flushed
+        }
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -100,6 +122,8 @@ pub enum StorageError {
     },
     #[error("invalid object key `{0}`")]
     BadKey(String),
+    #[error("flushing replicas: {0}")]
+    Flush(String),
 }
 
 /// One replica: a name for logs and the repair queue, and its object store.
@@ -111,20 +135,20 @@ pub struct Replica {
     /// The open store; `None` while the replica could not be opened (e.g. its directory could
     /// not be created at start-up): it is then treated as down and opening is retried on use.
     store: Mutex<Option<Arc<dyn ObjectStore>>>,
-    /// A local directory's store that does not flush, for derived data (`Durability::Derived`);
-    /// opened on first use. Other locations use `store`.
+    /// A local directory's store that does not flush (`Durability::Deferred`); opened on
+    /// first use. Other locations use `store`.
     unflushed: Mutex<Option<Arc<dyn ObjectStore>>>,
 }
 
 impl Replica {
-    /// The store a write of this durability goes to: a local replica's derived data goes to
+    /// The store a write of this durability goes to: a local replica's deferred writes go to
     /// its store that does not flush; everything else to `store`.
     fn store_for(
         &self,
         durability: Durability,
     ) -> Result<Arc<dyn ObjectStore>, object_store::Error> {
         match (&self.parsed, durability) {
-            (Location::Local(dir), Durability::Derived) => {
+            (Location::Local(dir), Durability::Deferred) => {
                 opened(&self.unflushed, || backend::open_local_unflushed(dir))
             }
             _ => self.store(),
@@ -404,37 +428,15 @@ impl Storage {
         &self.replicas
     }
 
-    /// Make every `Durability::Derived` write so far durable: one `syncfs` per file system
-    /// that holds a local replica (remote replicas answer a put once it is durable). One call
-    /// covers a whole batch of previews where a flush of each would cost two fsyncs per
-    /// replica per preview. Fails if any local replica's file system cannot be flushed.
-    pub async fn flush_derived(&self) -> Result<(), String> {
-        use std::os::unix::fs::MetadataExt;
-        let dirs: Vec<std::path::PathBuf> = self
-            .replicas
+    /// Make every `Durability::Deferred` write so far on `replicas` durable: one `syncfs` per
+    /// file system among their local directories (remote replicas answer a put once it is
+    /// durable). Fails if one of them cannot be flushed.
+    pub async fn flush(&self, replicas: &[usize]) -> Result<(), StorageError> {
+        let dirs = replicas
             .iter()
-            .filter_map(|r| match &r.parsed {
-                Location::Local(path) => Some(path.clone()),
-                _ => None,
-            })
+            .filter_map(|i| self.replicas[*i].parsed.local_dir())
             .collect();
-        tokio::task::spawn_blocking(move || {
-            let mut done = Vec::new();
-            for dir in dirs {
-                let flushed = std::fs::File::open(&dir).and_then(|d| {
-                    let dev = d.metadata()?.dev();
-                    if !done.contains(&dev) {
-                        syncfs(&d)?;
-                        done.push(dev);
-                    }
-                    Ok(())
-                });
-                flushed.map_err(|e| format!("flushing {}: {e}", dir.display()))?;
-            }
-            Ok(())
-        })
-        .await
-        .map_err(|e| format!("flushing thread: {e}"))?
+        flush_dirs(dirs).await
     }
 
     /// Groups of two or more local replicas that live on one device (the same `st_dev`): they
@@ -442,11 +444,9 @@ impl Storage {
     /// cannot be read yet, and remote ones, are not grouped.
     pub fn shared_devices(&self) -> Vec<Vec<String>> {
         use std::os::unix::fs::MetadataExt;
-        let local = self.replicas.iter().filter_map(|r| match &r.parsed {
-            Location::Local(path) => std::fs::metadata(path)
-                .ok()
-                .map(|m| (r.location.clone(), m.dev())),
-            _ => None,
+        let local = self.replicas.iter().filter_map(|r| {
+            let dev = std::fs::metadata(r.parsed.local_dir()?).ok()?.dev();
+            Some((r.location.clone(), dev))
         });
         same_device(local)
     }
@@ -553,7 +553,8 @@ impl Storage {
                         in_grace = true;
                         let running: Vec<usize> =
                             (0..answered.len()).filter(|i| !answered[*i]).collect();
-                        match self.to_background(&mut writes, running, key, bytes.len() as u64) {
+                        let size = bytes.len() as u64;
+                        match self.to_background(&mut writes, running, key, size, durability) {
                             Some(stragglers) => {
                                 outcome.stragglers = stragglers;
                                 break;
@@ -682,12 +683,14 @@ impl Storage {
 
     /// Hand the writes still running (of an object of `size` bytes) to tasks of their own,
     /// if the background has room for all of them (`BACKGROUND_WRITES`, `BACKGROUND_BYTES`).
+    /// A `Deferred` one flushes its file system when it lands: its put's flush came before.
     fn to_background(
         &self,
         writes: &mut futures::stream::FuturesUnordered<ReplicaWrite>,
         replicas: Vec<usize>,
         key: &str,
         size: u64,
+        durability: Durability,
     ) -> Option<Stragglers> {
         let n = writes.len();
         {
@@ -707,15 +710,27 @@ impl Storage {
             writes: Vec::with_capacity(n),
             replicas,
         };
+        let dirs: Vec<Option<PathBuf>> = match durability {
+            Durability::Deferred => self.replicas.iter().map(|r| r.parsed.local_dir()).collect(),
+            Durability::Flushed => vec![None; self.replicas.len()],
+        };
         for write in std::mem::take(writes) {
             let slot = Slot {
                 background: self.background.clone(),
                 key: key.to_string(),
                 bytes: size,
             };
+            let dirs = dirs.clone();
             stragglers.writes.push(tokio::spawn(async move {
                 let _slot = slot;
-                write.await
+                let (i, written) = write.await;
+                match (written, &dirs[i]) {
+                    (Ok(()), Some(dir)) => {
+                        let flushed = flush_dirs(vec![dir.clone()]).await;
+                        (i, flushed.map_err(|e| e.to_string()))
+                    }
+                    (written, _) => (i, written),
+                }
             }));
         }
         Some(stragglers)
@@ -1213,6 +1228,34 @@ fn read_local(
     Ok((Bytes::from(buf), digest))
 }
 
+/// Flush each file system that holds one of `dirs` once (syncfs(2)), on the blocking pool.
+async fn flush_dirs(dirs: Vec<PathBuf>) -> Result<(), StorageError> {
+    use std::os::unix::fs::MetadataExt;
+    if dirs.is_empty() {
+        return Ok(());
+    }
+    let flush = move || {
+        let mut done = Vec::new();
+        for dir in dirs {
+            let flushed = std::fs::File::open(&dir).and_then(|d| {
+                let dev = d.metadata()?.dev();
+                if !done.contains(&dev) {
+                    syncfs(&d)?;
+                    done.push(dev);
+                }
+                Ok(())
+            });
+            flushed.map_err(|e| format!("{}: {e}", dir.display()))?;
+        }
+        Ok(())
+    };
+    tokio::task::spawn_blocking(flush)
+        .await
+        .map_err(|e| format!("flushing thread: {e}"))
+        .and_then(|r| r)
+        .map_err(StorageError::Flush)
+}
+
 /// Flush the file system that holds `file` (syncfs(2)).
 fn syncfs(file: &std::fs::File) -> std::io::Result<()> {
     use std::os::fd::AsRawFd;
@@ -1476,6 +1519,27 @@ mod tests {
             .collect();
         let storage = Storage::open(&replicas, None, "").unwrap();
         assert_eq!(storage.shared_devices(), vec![replicas]);
+    }
+
+    #[tokio::test]
+    async fn deferred_writes_are_flushed_per_replica_named_and_a_lost_directory_fails_it() {
+        assert_eq!(Durability::of_object(8 << 10), Durability::Deferred);
+        assert_eq!(Durability::of_object(512 << 10), Durability::Flushed);
+        let dir = tempfile::tempdir().unwrap();
+        let replicas: Vec<String> = (1..=3)
+            .map(|i| dir.path().join(format!("r{i}")).display().to_string())
+            .collect();
+        let storage = Storage::open(&replicas, None, "").unwrap();
+        let put = storage.put_as("s/e/i.dcm", Bytes::from_static(b"x"), Durability::Deferred);
+        assert_eq!(put.await.unwrap().written, [0, 1, 2]);
+        storage.flush(&[0, 1, 2]).await.unwrap();
+        std::fs::remove_dir_all(&replicas[2]).unwrap();
+        storage.flush(&[0, 1]).await.unwrap();
+        let lost = storage.flush(&[1, 2]).await;
+        assert!(
+            matches!(&lost, Err(StorageError::Flush(e)) if e.contains("r3")),
+            "{lost:?}"
+        );
     }
 
     #[tokio::test]
