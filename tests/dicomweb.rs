@@ -516,13 +516,7 @@ async fn bad_requests_get_their_status_and_store_nothing() {
         ),
         403
     );
-    let m = admin(http.get(&metrics))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let m = n.metrics("pacs-admin", PASSWORD).await;
     assert!(m.contains("pacsd_instances 2"), "{m}");
     assert!(m.contains("pacsd_requests_total{protocol=\"http\""), "{m}");
     // The two C-STOREs that loaded the node, over one association.

@@ -101,22 +101,11 @@ async fn store_raw(n: &TestNode, spec: &Spec, data: &[u8]) -> pacsd::dimse::Stat
     st
 }
 
-/// PS3.8 9.3.5 lets one P-DATA-TF PDU carry PDVs of more than one message: every message in
-/// it is answered, none is lost behind the first.
 const HTTP_PASSWORD: &str = "a long test password";
 
 /// Bytes of the receive budget held now, as `/metrics` says (account `ops`).
 async fn received_budget_held(n: &TestNode) -> u64 {
-    let port = n.node.http_addr.expect("http listener").port();
-    let text = reqwest::Client::new()
-        .get(format!("http://127.0.0.1:{port}/metrics"))
-        .basic_auth("ops", Some(HTTP_PASSWORD))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = n.metrics("ops", HTTP_PASSWORD).await;
     let line = text
         .lines()
         .find_map(|l| l.strip_prefix("pacsd_receive_budget_held_bytes "))
@@ -124,6 +113,8 @@ async fn received_budget_held(n: &TestNode) -> u64 {
     line.parse::<f64>().unwrap() as u64
 }
 
+/// PS3.8 9.3.5 lets one P-DATA-TF PDU carry PDVs of more than one message: every message in
+/// it is answered, none is lost behind the first.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_messages_in_one_pdu_are_both_answered() {
     let n = TestNode::start().await;

@@ -135,6 +135,20 @@ impl TestNode {
         format!("http://127.0.0.1:{}/dicom-web", http.port())
     }
 
+    /// The node's `/metrics` text, asked as `user` (an account with the admin right).
+    pub async fn metrics(&self, user: &str, password: &str) -> String {
+        let http = self.node.http_addr.expect("http listener");
+        reqwest::Client::new()
+            .get(format!("http://127.0.0.1:{}/metrics", http.port()))
+            .basic_auth(user, Some(password))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    }
+
     /// Whether the repair queue is empty within `limit` (the repair worker healed it).
     pub async fn repairs_drain(&self, limit: Duration) -> bool {
         eventually(limit, async || {
