@@ -732,7 +732,7 @@ impl Drop for WritebackOff {
 /// instance that was answered Success is found by C-FIND and retrieved whole by C-GET, and
 /// every copy on every replica matches its recorded checksum once the repair worker has
 /// caught up. Two control files show that the method loses what was not synced: one
-/// written and fsynced before (kept), one written without a sync just before the cut (lost).
+/// written and fsynced before (kept), one written without a sync at the cut (lost).
 /// (Checked the other way: with the replicas' fsync or SQLite's synchronous=FULL turned off,
 /// every acknowledged instance was lost and the test failed.) Small objects cut after 1, 7
 /// and 30 answers, 512x512 CT after 3 and 10. Needs root and loop devices
@@ -805,8 +805,10 @@ async fn power_loss_while_storing(size: u16, total: u32, cut_after: usize) {
             }
         })
     };
-    // The cut, once `cut_after` instances are acknowledged: a file written without a sync,
-    // the node killed, the disk's image copied.
+    // The cut, once `cut_after` instances are acknowledged: the node killed, a file written
+    // without a sync, the disk's image copied. (The file comes after the kill: the node's
+    // `syncfs` of a small object flushes every file of the disk, so a file written while it
+    // runs could be flushed with it; once the node is reaped nothing syncs.)
     assert!(
         common::eventually(Duration::from_secs(60), async || acked
             .lock()
@@ -816,8 +818,8 @@ async fn power_loss_while_storing(size: u16, total: u32, cut_after: usize) {
         .await,
         "{cut_after} instances stored"
     );
-    std::fs::write(mnt.join("unsynced-control"), b"lost").unwrap();
     node.kill();
+    std::fs::write(mnt.join("unsynced-control"), b"lost").unwrap();
     let after = dir.path().join("after-power-loss.img");
     system(
         "dd",
