@@ -14,8 +14,8 @@
 #      in `curl` timings of 1 MiB ranges: 2-5 ms or 42-45 ms). Acknowledging at once removes
 #      that server-side artifact and shows what the read paths do against a server without it.
 # For objects of 0.5, 8 and 64 MB it prints (a) one GET from the fastest replica (and that GET
-# followed by a SHA-256 of its bytes, the check pacsd does on every read), (b) an equal
-# split across the replicas, (c) pacsd's adaptive striped read (SHA-256 check included), the
+# followed by the digest of its bytes, the check pacsd does on every read), (b) an equal
+# split across the replicas, (c) pacsd's adaptive striped read (digest check included), the
 # ratio of (c) to the sum of the replicas' bandwidths measured alone, and (c)/(a).
 #
 # Usage: scripts/bench-storage.sh [ROUNDS]    (default 5; needs `garage` on PATH for 2 to 6,

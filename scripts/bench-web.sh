@@ -10,7 +10,7 @@
 # of figures and pacsd/Orthanc ratios.
 #
 # pacsd runs with its defaults that cost it time: three replicas (on the same disk), every
-# read checked against its SHA-256, HTTP Basic authentication. Orthanc runs with
+# read checked against its recorded checksum, HTTP Basic authentication. Orthanc runs with
 # authentication off and one copy of each file.
 #
 # Usage: scripts/bench-web.sh        (BIG=600 MID=200 SMALL_STUDIES=200 SIZE=512 to change)

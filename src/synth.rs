@@ -227,7 +227,7 @@ pub fn record(spec: &Spec) -> crate::index::InstanceRecord {
         transfer_syntax_uid: spec.transfer_syntax.clone(),
         storage_key: format!("synthetic/{}", spec.sop_uid),
         size: 0,
-        sha256: String::new(),
+        digest: String::new(),
         calling_ae_title: None,
     }
 }

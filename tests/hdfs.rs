@@ -531,7 +531,7 @@ async fn a_striped_read_survives_a_datanode_stopped_mid_read() {
     let expected = pacsd::storage::Expected {
         key: key.into(),
         size: data.len() as u64,
-        sha256: hex::encode(<sha2::Sha256 as sha2::Digest>::digest(&data)),
+        digest: pacsd::storage::digest::record(&data),
     };
     let reader = {
         let (storage, expected) = (storage.clone(), expected.clone());

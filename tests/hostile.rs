@@ -481,7 +481,7 @@ async fn a_conflicting_resend_is_refused_and_the_first_version_kept() {
     assert!(st.is_success(), "{st:?}");
     a.release().await.unwrap();
     let after = n.stored(&first.sop_uid).await;
-    assert_eq!(after.sha256, stored.sha256);
+    assert_eq!(after.digest, stored.digest);
     assert_eq!(n.instances().await, 1);
 }
 

@@ -253,7 +253,7 @@ async fn stored_preview(n: &TestNode, sop: &str) -> DynamicImage {
     let PreviewState::Done {
         storage_key,
         size,
-        sha256,
+        digest,
     } = preview_state(n, sop).await
     else {
         panic!(
@@ -271,7 +271,7 @@ async fn stored_preview(n: &TestNode, sop: &str) -> DynamicImage {
         .read(&Expected {
             key: storage_key,
             size,
-            sha256,
+            digest,
         })
         .await
         .unwrap();

@@ -140,3 +140,154 @@ async fn a_replica_unavailable_at_start_up_is_treated_as_down_then_healed() {
     assert!(n.repairs_drain(Duration::from_secs(10)).await);
     assert_eq!(pacsd::tools::collect_files(&[r3]).unwrap().len(), 2);
 }
+
+/// An archive whose objects an older version recorded with SHA-256 keeps them checked with it
+/// after the upgrade to BLAKE3: the index migrates (the column is renamed, no row rewritten),
+/// getscu receives every object with the good bytes although two of the three copies of one
+/// are corrupted, and `storage verify` finds those two copies and `storage repair` heals them.
+#[test]
+fn objects_recorded_with_sha256_by_an_older_version_are_still_checked_and_served() {
+    use sha2::{Digest, Sha256};
+    let dir = tempfile::tempdir().unwrap();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let mut config = config_in(dir.path());
+    config
+        .access
+        .unknown_ae_services
+        .insert(pacsd::config::Service::Get);
+    let src = dir.path().join("src");
+    let files = small_corpus(&src, 62, 3);
+    rt.block_on(async {
+        let node = pacsd::node::Node::open(config.clone())
+            .unwrap()
+            .spawn()
+            .await
+            .unwrap();
+        let opts = scu_to(node.addr.to_string(), "LOADER", Duration::from_secs(20));
+        let s = pacsd::tools::store(&opts, files.clone(), 1, false)
+            .await
+            .unwrap();
+        assert_eq!(s.succeeded, 3);
+        node.stop().await;
+    });
+
+    // The index as schema 7 had it: each object's SHA-256 in a `sha256` column.
+    let replica = |i: usize| std::path::PathBuf::from(&config.storage.replicas[i]);
+    let keys: Vec<String> = {
+        let c = rusqlite::Connection::open(&config.index.path).unwrap();
+        let rows: Vec<(i64, String)> = c
+            .prepare("SELECT id, storage_key FROM instance ORDER BY id")
+            .unwrap()
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        for (id, key) in &rows {
+            let bytes = std::fs::read(replica(0).join(key)).unwrap();
+            let sha = hex::encode(Sha256::digest(&bytes));
+            c.execute(
+                "UPDATE instance SET digest = ?1 WHERE id = ?2",
+                rusqlite::params![sha, id],
+            )
+            .unwrap();
+        }
+        c.execute_batch(
+            "ALTER TABLE instance RENAME COLUMN digest TO sha256;
+             ALTER TABLE preview RENAME COLUMN digest TO sha256;
+             PRAGMA user_version = 7;",
+        )
+        .unwrap();
+        rows.into_iter().map(|(_, key)| key).collect()
+    };
+    // Two of the three copies of the first object corrupted in their last byte.
+    for i in [0, 1] {
+        let path = replica(i).join(&keys[0]);
+        let mut bytes = std::fs::read(&path).unwrap();
+        *bytes.last_mut().unwrap() ^= 0xFF;
+        std::fs::write(&path, bytes).unwrap();
+    }
+
+    let received = tempfile::tempdir().unwrap();
+    rt.block_on(async {
+        let node = pacsd::node::Node::open(config.clone())
+            .unwrap()
+            .spawn()
+            .await
+            .unwrap();
+        let study = pacsd::synth::Spec::ct(62, 1, 1, 64).study_uid;
+        let (port, od) = (node.addr.port(), received.path().display().to_string());
+        let said = tokio::task::spawn_blocking(move || {
+            let mut args = vec!["-od", &od];
+            let keys = study_retrieve_keys(&study);
+            args.extend(keys.iter().map(String::as_str));
+            scu("getscu", port, &args)
+        })
+        .await
+        .unwrap();
+        node.stop().await;
+        assert!(
+            said.contains("Number of Completed Suboperations : 3"),
+            "{said}"
+        );
+        assert!(
+            said.contains("Number of Failed Suboperations    : 0"),
+            "{said}"
+        );
+    });
+    // The corrupted byte was the last of the pixel data: every object came back with the
+    // last bytes it was sent with.
+    let got = pacsd::tools::collect_files(&[received.path().to_path_buf()]).unwrap();
+    assert_eq!(got.len(), 3);
+    for original in &files {
+        let sent = std::fs::read(original).unwrap();
+        let tail = &sent[sent.len() - 16..];
+        assert!(
+            got.iter()
+                .any(|f| std::fs::read(f).unwrap().ends_with(tail)),
+            "{} not received intact",
+            original.display()
+        );
+    }
+    let c = rusqlite::Connection::open(&config.index.path).unwrap();
+    let digests: Vec<String> = c
+        .prepare("SELECT digest FROM instance")
+        .unwrap()
+        .query_map([], |r| r.get(0))
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap();
+    assert!(
+        digests.iter().all(|d| d.len() == 64 && !d.contains(':')),
+        "rows keep the SHA-256 they were recorded with: {digests:?}"
+    );
+
+    let toml = dir.path().join("pacsd.toml");
+    write_cli_config(&config, &toml);
+    let bin = env!("CARGO_BIN_EXE_pacsd");
+    let storage = |command: &str| {
+        Command::new(bin)
+            .args(["storage", command, "--config"])
+            .arg(&toml)
+            .output()
+            .unwrap()
+    };
+    let verify = storage("verify");
+    assert_eq!(verify.status.code(), Some(1), "{}", text(&verify));
+    assert!(
+        text(&verify).contains("3 objects and 0 previews checked on 3 replicas: 2 bad copies"),
+        "{}",
+        text(&verify)
+    );
+    let repair = storage("repair");
+    assert!(
+        text(&repair).contains("2 repaired, 0 failed"),
+        "{}",
+        text(&repair)
+    );
+    let verify = storage("verify");
+    assert!(
+        verify.status.success() && text(&verify).contains(": 0 bad copies"),
+        "{}",
+        text(&verify)
+    );
+}

@@ -20,7 +20,6 @@ use pacsd::storage::bench::body;
 use pacsd::storage::health::read_order;
 use pacsd::storage::paced::PacedStore;
 use pacsd::storage::{Expected, Location, Problem, STRIPE_THRESHOLD, Storage};
-use sha2::{Digest, Sha256};
 
 use common::*;
 
@@ -28,7 +27,7 @@ fn expected(key: &str, b: &[u8]) -> Expected {
     Expected {
         key: key.into(),
         size: b.len() as u64,
-        sha256: hex::encode(Sha256::digest(b)),
+        digest: pacsd::storage::digest::record(b),
     }
 }
 

@@ -156,7 +156,6 @@ pub async fn record_from_storage(
 ) -> Result<crate::index::InstanceRecord, UnreadableObject> {
     use crate::index::record;
     use crate::storage::parse_object_key;
-    use sha2::{Digest, Sha256};
 
     let bytes = storage.get(key).await?;
     let (meta, offset) = crate::part10::split(&bytes)?;
@@ -180,7 +179,7 @@ pub async fn record_from_storage(
     rec.transfer_syntax_uid = ts;
     rec.storage_key = key.to_string();
     rec.size = bytes.len() as u64;
-    rec.sha256 = hex::encode(Sha256::digest(&bytes));
+    rec.digest = crate::storage::digest::record(&bytes);
     rec.calling_ae_title = meta
         .source_application_entity_title()
         .map(|s| s.trim().to_string());
@@ -236,14 +235,14 @@ pub async fn repair_pass(index: &Index, storage: &Storage) -> Result<RepairSumma
     use crate::storage::repair::{Expected, RepairError};
     let mut s = RepairSummary::default();
     let mut forgotten = std::collections::HashSet::new();
-    for (key, replica, size, sha256) in index.repair_tasks().await? {
+    for (key, replica, size, digest) in index.repair_tasks().await? {
         if forgotten.contains(&key) {
             continue;
         }
         let expected = Expected {
             key: key.clone(),
             size,
-            sha256,
+            digest,
         };
         match storage.repair(&replica, &expected).await {
             Ok(()) => {
@@ -352,8 +351,8 @@ pub async fn queue_missing_latest(index: &Index, storage: &Storage) -> Result<u6
     let objects = index.latest_objects(BACKGROUND_WRITES).await?;
     let previews = index.latest_previews(BACKGROUND_WRITES).await?;
     let mut queued = 0;
-    for (_, key, size, sha256) in objects.into_iter().chain(previews) {
-        let expected = crate::storage::Expected { key, size, sha256 };
+    for (_, key, size, digest) in objects.into_iter().chain(previews) {
+        let expected = crate::storage::Expected { key, size, digest };
         for (replica, problem) in storage.missing_copies(&expected).await {
             tracing::warn!(replica, key = %expected.key, %problem, "copy of a recent object missing");
             index
@@ -376,7 +375,7 @@ pub struct VerifySummary {
 }
 
 /// Check every indexed object and every stored preview on every replica (exists, size,
-/// SHA-256) and queue a repair for every bad copy.
+/// checksum) and queue a repair for every bad copy.
 pub async fn verify_all(
     index: &Index,
     storage: &Storage,
@@ -397,7 +396,7 @@ pub async fn verify_all(
     Ok(s)
 }
 
-/// Verify every (row id, key, size, sha256) that `next(after)` pages through, counting bad
+/// Verify every (row id, key, size, digest) that `next(after)` pages through, counting bad
 /// copies into `bad_copies`; returns how many were checked.
 async fn verify_batches<F, Fut>(
     index: &Index,
@@ -417,8 +416,8 @@ where
         let batch = next(after).await?;
         let Some(last) = batch.last() else { break };
         after = last.0;
-        for (_, key, size, sha256) in batch {
-            let expected = Expected { key, size, sha256 };
+        for (_, key, size, digest) in batch {
+            let expected = Expected { key, size, digest };
             *bad_copies += super::verify(storage, index, &expected).await?;
             checked += 1;
             bar.inc(1);

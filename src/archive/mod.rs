@@ -34,7 +34,7 @@ impl crate::index::StoredInstance {
         Expected {
             key: self.storage_key.clone(),
             size: self.size,
-            sha256: self.sha256.clone(),
+            digest: self.digest.clone(),
         }
     }
 }

@@ -8,8 +8,8 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
+use crate::storage::digest::Algorithm;
 use bytes::Bytes;
-use sha2::{Digest, Sha256};
 use tracing::{debug, info, warn};
 
 use crate::archive::{Settle, settle, undo};
@@ -100,9 +100,9 @@ fn prepare(data: &[u8], transfer_syntax: &str, max_inflated: u64) -> Result<Prep
     })
 }
 
-/// Hex SHA-256 of a stored object, on the blocking pool.
-async fn sha256_hex(bytes: Bytes) -> String {
-    tokio::task::spawn_blocking(move || hex::encode(Sha256::digest(&bytes)))
+/// The digest of `bytes` made with `algorithm` (`storage::digest`), on the blocking pool.
+async fn digest_of(algorithm: Algorithm, bytes: Bytes) -> String {
+    tokio::task::spawn_blocking(move || algorithm.digest(&bytes))
         .await
         .expect("hashing panicked")
 }
@@ -254,8 +254,8 @@ impl Store {
         // conformance statement); different content is never swapped in, and the sender is
         // told so unless its policy says otherwise.
         if let Some(existing) = existing? {
-            let received = sha256_hex(file).await;
-            self.already_stored(calling_ae, &uids.sop_instance, &existing.sha256, received)
+            let received = digest_of(Algorithm::of(&existing.digest), file).await;
+            self.already_stored(calling_ae, &uids.sop_instance, &existing.digest, received)
                 .await?;
             return Ok(rec);
         }
@@ -276,14 +276,14 @@ impl Store {
         //    A write below quorum, or not flushed, is undone where it landed.
         let started = Instant::now();
         let durability = Durability::of_object(file.len());
-        let (placed, sha256) = tokio::join!(
+        let (placed, digest) = tokio::join!(
             crate::archive::place_durably(&self.storage, &key, file.clone(), durability),
-            sha256_hex(file)
+            digest_of(Algorithm::RECORDED, file.clone())
         );
         let mut placed = placed?;
         let missed = placed.missed.clone();
         crate::crashpoint::hit("put-quorum");
-        rec.sha256 = sha256;
+        rec.digest = digest;
         let put_time = started.elapsed();
 
         // 2. Metadata: the index row (and repair entries for replicas that missed it).
@@ -310,12 +310,16 @@ impl Store {
                 self.confirm(seq).await?;
                 Ok(rec)
             }
-            Ok(InsertOutcome::AlreadyPresent { sha256 }) => {
+            Ok(InsertOutcome::AlreadyPresent { digest }) => {
                 // Indexed meanwhile (the per-instance lock makes this rare). Nothing is
                 // deleted here: under the same key that would remove the acknowledged
                 // version's object, not only ours.
                 settle(&mut placed, &self.storage, &key, Settle::Leave);
-                self.already_stored(calling_ae, &uids.sop_instance, &sha256, rec.sha256.clone())
+                let received = match Algorithm::of(&digest) {
+                    Algorithm::RECORDED => rec.digest.clone(),
+                    older => digest_of(older, file).await,
+                };
+                self.already_stored(calling_ae, &uids.sop_instance, &digest, received)
                     .await?;
                 Ok(rec)
             }

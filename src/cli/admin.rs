@@ -126,12 +126,12 @@ pub async fn storage_bench(
         "size MB",
         "alone MB/s",
         "(a) single",
-        "(a)+sha256",
+        "(a)+digest",
         "(b) equal",
         "(c) adaptive",
         "c/sum",
         "c/a",
-        "c/(a+sha)"
+        "c/(a+dig)"
     );
     for r in &rows {
         let solo: Vec<String> = r.solo.iter().map(|b| format!("{:.1}", b / 1e6)).collect();

@@ -284,7 +284,7 @@ pub(crate) enum OnOff {
 
 #[derive(Subcommand)]
 pub(crate) enum StorageCommand {
-    /// Check every indexed object on every replica (exists, size, SHA-256); bad copies are
+    /// Check every indexed object on every replica (exists, size, checksum); bad copies are
     /// queued for repair. Exit status 1 when any was found.
     Verify {
         #[arg(long, short)]

@@ -1,6 +1,6 @@
 //! WADO-RS (PS3.18 10.4) and WADO-URI (PS3.18 9): instances, metadata, frames, bulk data,
 //! rendered images and thumbnails, all read through the verified read path (striped for
-//! large objects, checked against the SHA-256 recorded at ingest).
+//! large objects, checked against the checksum recorded at ingest).
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
@@ -1247,7 +1247,7 @@ mod tests {
             transfer_syntax_uid: String::new(),
             storage_key: String::new(),
             size: 0,
-            sha256: String::new(),
+            digest: String::new(),
             has_pixels: true,
         };
         let one = [inst("1.2")];

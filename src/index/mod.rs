@@ -52,6 +52,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("migrations/0005_metadata.sql"),
     include_str!("migrations/0006_deletions.sql"),
     include_str!("migrations/0007_metadata_nested_bulk.sql"),
+    include_str!("migrations/0008_digest.sql"),
 ];
 
 /// Most write jobs folded into one transaction (one fsync) by the group commit.
@@ -111,11 +112,11 @@ pub enum InsertOutcome {
     /// A new row; `seq` is its change-log position.
     Inserted { seq: i64 },
     /// The SOP Instance UID was already indexed; nothing changed.
-    AlreadyPresent { sha256: String },
+    AlreadyPresent { digest: String },
 }
 
 /// What the index knows of a stored instance: who it is, how it is stored, and what every
-/// read of it is checked against (`storage_key`, `size`, `sha256`; `archive` makes the
+/// read of it is checked against (`storage_key`, `size`, `digest`; `archive` makes the
 /// storage's `Expected` of it). The one shape of a stored instance: C-MOVE/C-GET, WADO, the
 /// portal and previews all read through it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -127,7 +128,7 @@ pub struct StoredInstance {
     pub transfer_syntax_uid: String,
     pub storage_key: String,
     pub size: u64,
-    pub sha256: String,
+    pub digest: String,
     /// It has image rows (Rows is recorded): an image, not a report or a waveform.
     pub has_pixels: bool,
 }
@@ -479,7 +480,7 @@ impl Index {
     }
 
     /// Every indexed object with its recorded size and checksum, in index order, from `after`
-    /// (an instance row id) on, at most `limit` of them: (row id, key, size, sha256).
+    /// (an instance row id) on, at most `limit` of them: (row id, key, size, digest).
     pub async fn objects(
         &self,
         after: i64,
@@ -488,7 +489,7 @@ impl Index {
         self.read(move |c| {
             stored_objects_page(
                 c,
-                "SELECT id, storage_key, size, sha256 FROM instance WHERE id > ?1 ORDER BY id LIMIT ?2",
+                "SELECT id, storage_key, size, digest FROM instance WHERE id > ?1 ORDER BY id LIMIT ?2",
                 after,
                 limit,
             )
@@ -496,7 +497,7 @@ impl Index {
         .await
     }
 
-    /// The `limit` objects indexed last (row id, key, size, sha256), newest first.
+    /// The `limit` objects indexed last (row id, key, size, digest), newest first.
     pub async fn latest_objects(
         &self,
         limit: usize,
@@ -504,7 +505,7 @@ impl Index {
         self.read(move |c| {
             stored_objects_page(
                 c,
-                "SELECT id, storage_key, size, sha256 FROM instance WHERE id > ?1
+                "SELECT id, storage_key, size, digest FROM instance WHERE id > ?1
                  ORDER BY id DESC LIMIT ?2",
                 0,
                 limit,
@@ -513,12 +514,12 @@ impl Index {
         .await
     }
 
-    /// Repair-queue entries with what their object must be: (key, replica, size, sha256).
+    /// Repair-queue entries with what their object must be: (key, replica, size, digest).
     pub async fn repair_tasks(&self) -> Result<Vec<(String, String, u64, String)>, IndexError> {
         self.read(|c| {
             let mut stmt = c.prepare(
                 "SELECT q.storage_key, q.replica, coalesce(i.size, p.size),
-                        coalesce(i.sha256, p.sha256)
+                        coalesce(i.digest, p.digest)
                  FROM repair_queue q
                  LEFT JOIN instance i ON i.storage_key = q.storage_key
                  LEFT JOIN preview p ON p.storage_key = q.storage_key AND p.state = 'done'
@@ -937,7 +938,7 @@ fn flush_wal(conn: &Connection) {
     }
 }
 
-/// One page of stored objects (row id, key, size, sha256) from `sql`, which takes the row id
+/// One page of stored objects (row id, key, size, digest) from `sql`, which takes the row id
 /// to start after (?1) and the page size (?2): instances for `Index::objects`, previews for
 /// `Index::stored_previews`.
 fn stored_objects_page(
@@ -1031,15 +1032,15 @@ fn insert_rows(
     missed: &[(String, String)],
     epoch: u64,
 ) -> Result<InsertOutcome, IndexError> {
-    if let Some(sha256) = c
+    if let Some(digest) = c
         .query_row(
-            "SELECT sha256 FROM instance WHERE sop_instance_uid = ?1",
+            "SELECT digest FROM instance WHERE sop_instance_uid = ?1",
             params![rec.sop_instance_uid],
             |r| r.get::<_, String>(0),
         )
         .optional()?
     {
-        return Ok(InsertOutcome::AlreadyPresent { sha256 });
+        return Ok(InsertOutcome::AlreadyPresent { digest });
     }
 
     // Patient, identified by (PatientID, IssuerOfPatientID).
@@ -1153,7 +1154,7 @@ fn insert_rows(
     c.execute(
         "INSERT INTO instance (series_fk, sop_instance_uid, sop_class_uid, instance_number,
                                number_of_frames, rows, columns, specific_character_set,
-                               transfer_syntax_uid, storage_key, size, sha256,
+                               transfer_syntax_uid, storage_key, size, digest,
                                calling_ae_title, received_at)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13,
                  strftime('%Y-%m-%dT%H:%M:%fZ', 'now'))",
@@ -1169,7 +1170,7 @@ fn insert_rows(
             rec.transfer_syntax_uid,
             rec.storage_key,
             rec.size as i64,
-            rec.sha256,
+            rec.digest,
             rec.calling_ae_title
         ],
     )?;
@@ -1285,7 +1286,7 @@ pub(crate) mod fixtures {
             transfer_syntax_uid: "1.2.840.10008.1.2.1".into(),
             storage_key: format!("dicom/{study}/{series}/{sop}.dcm"),
             size: 10,
-            sha256: "00".into(),
+            digest: "00".into(),
             calling_ae_title: None,
         }
     }

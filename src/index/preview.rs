@@ -13,7 +13,7 @@ pub struct PreviewTask {
     /// The object's key, size and SHA-256 (what the render worker reads).
     pub storage_key: String,
     pub size: u64,
-    pub sha256: String,
+    pub digest: String,
 }
 
 /// What became of an instance's preview.
@@ -23,7 +23,7 @@ pub enum PreviewState {
     Done {
         storage_key: String,
         size: u64,
-        sha256: String,
+        digest: String,
     },
     /// The object has no pixel data (SR, RT plan, waveform, ...).
     NoPixelData,
@@ -48,12 +48,12 @@ impl PreviewState {
             PreviewState::Done {
                 storage_key,
                 size,
-                sha256,
+                digest,
             } => (
                 "done",
                 Some(storage_key),
                 Some(*size as i64),
-                Some(sha256),
+                Some(digest),
                 None,
             ),
             PreviewState::NoPixelData => ("none", None, None, None, None),
@@ -67,7 +67,7 @@ impl PreviewState {
             "done" => PreviewState::Done {
                 storage_key: r.get(at + 1)?,
                 size: r.get::<_, i64>(at + 2)? as u64,
-                sha256: r.get(at + 3)?,
+                digest: r.get(at + 3)?,
             },
             "none" => PreviewState::NoPixelData,
             "failed" => PreviewState::Failed {
@@ -105,7 +105,7 @@ impl Index {
     ) -> Result<Vec<PreviewTask>, IndexError> {
         self.read(move |c| {
             let mut stmt = c.prepare_cached(
-                "SELECT i.id, i.sop_instance_uid, i.storage_key, i.size, i.sha256
+                "SELECT i.id, i.sop_instance_uid, i.storage_key, i.size, i.digest
                  FROM preview p JOIN instance i ON i.id = p.instance_fk
                  WHERE p.state = 'pending' AND p.instance_fk > ?1
                  ORDER BY p.instance_fk LIMIT ?2",
@@ -116,7 +116,7 @@ impl Index {
                     sop_instance_uid: r.get(1)?,
                     storage_key: r.get(2)?,
                     size: r.get::<_, i64>(3)? as u64,
-                    sha256: r.get(4)?,
+                    digest: r.get(4)?,
                 })
             })?;
             Ok(rows.collect::<Result<Vec<_>, _>>()?)
@@ -136,7 +136,7 @@ impl Index {
         self.apply_derived(Box::new(move |c| {
             let (s, key, size, sha, reason) = state.columns();
             let updated = c.execute(
-                "UPDATE preview SET state = ?2, storage_key = ?3, size = ?4, sha256 = ?5,
+                "UPDATE preview SET state = ?2, storage_key = ?3, size = ?4, digest = ?5,
                         reason = ?6, updated_at = strftime('%Y-%m-%dT%H:%M:%fZ', 'now')
                  WHERE instance_fk = ?1",
                 params![instance_id, s, key, size, sha, reason],
@@ -168,7 +168,7 @@ impl Index {
         self.write(move |c| {
             let reset = c.execute(
                 "UPDATE preview SET state = 'pending', storage_key = NULL, size = NULL,
-                        sha256 = NULL, reason = NULL,
+                        digest = NULL, reason = NULL,
                         updated_at = strftime('%Y-%m-%dT%H:%M:%fZ', 'now')
                  WHERE storage_key = ?1 AND state = 'done'",
                 params![key],
@@ -192,7 +192,7 @@ impl Index {
         let uid = sop_instance_uid.to_string();
         self.read(move |c| {
             c.query_row(
-                "SELECT p.state, p.storage_key, p.size, p.sha256, p.reason
+                "SELECT p.state, p.storage_key, p.size, p.digest, p.reason
                  FROM preview p JOIN instance i ON i.id = p.instance_fk
                  WHERE i.sop_instance_uid = ?1",
                 params![uid],
@@ -205,7 +205,7 @@ impl Index {
     }
 
     /// Stored previews from preview row `after` on, at most `limit`: (row id, key, size,
-    /// sha256), for verification.
+    /// digest), for verification.
     pub async fn stored_previews(
         &self,
         after: i64,
@@ -214,7 +214,7 @@ impl Index {
         self.read(move |c| {
             super::stored_objects_page(
                 c,
-                "SELECT instance_fk, storage_key, size, sha256 FROM preview
+                "SELECT instance_fk, storage_key, size, digest FROM preview
                  WHERE state = 'done' AND instance_fk > ?1 ORDER BY instance_fk LIMIT ?2",
                 after,
                 limit,
@@ -224,7 +224,7 @@ impl Index {
     }
 
     /// The stored previews of the `limit` instances indexed last (instance row id, key, size,
-    /// sha256), newest first.
+    /// digest), newest first.
     pub async fn latest_previews(
         &self,
         limit: usize,
@@ -232,7 +232,7 @@ impl Index {
         self.read(move |c| {
             super::stored_objects_page(
                 c,
-                "SELECT instance_fk, storage_key, size, sha256 FROM preview
+                "SELECT instance_fk, storage_key, size, digest FROM preview
                  WHERE state = 'done' AND instance_fk > ?1 ORDER BY instance_fk DESC LIMIT ?2",
                 0,
                 limit,

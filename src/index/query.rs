@@ -98,7 +98,7 @@ pub enum Column {
     /// Not a DICOM attribute: bytes of the stored object (checked on every read).
     StoredSize,
     /// Not a DICOM attribute: hex SHA-256 of the stored object (checked on every read).
-    StoredSha256,
+    StoredDigest,
 }
 
 impl Column {
@@ -133,7 +133,7 @@ impl Column {
             | SeriesTime
             | NumberOfSeriesRelatedInstances => Level::Series,
             SopInstanceUid | SopClassUid | InstanceNumber | NumberOfFrames | Rows | Columns
-            | StorageKey | StoredTransferSyntax | StoredSize | StoredSha256 => Level::Image,
+            | StorageKey | StoredTransferSyntax | StoredSize | StoredDigest => Level::Image,
         }
     }
 
@@ -156,7 +156,7 @@ impl Column {
             | StorageKey
             | StoredTransferSyntax
             | StoredSize
-            | StoredSha256 => Kind::Computed,
+            | StoredDigest => Kind::Computed,
             PatientId | IssuerOfPatientId | PatientSex | AccessionNumber | StudyId
             | StudyDescription | Modality | SeriesDescription | BodyPartExamined => Kind::Text,
         }
@@ -206,7 +206,7 @@ impl Column {
             StorageKey => "i.storage_key",
             StoredTransferSyntax => "i.transfer_syntax_uid",
             StoredSize => "i.size",
-            StoredSha256 => "i.sha256",
+            StoredDigest => "i.digest",
         }
     }
 }
@@ -579,7 +579,7 @@ pub fn stored(conn: &Connection, q: &Query) -> rusqlite::Result<Vec<super::Store
             StoredTransferSyntax,
             StorageKey,
             StoredSize,
-            StoredSha256,
+            StoredDigest,
             Rows,
         ],
         ..q.clone()
@@ -595,7 +595,7 @@ pub fn stored(conn: &Connection, q: &Query) -> rusqlite::Result<Vec<super::Store
             transfer_syntax_uid: r.get(4)?,
             storage_key: r.get(5)?,
             size: r.get::<_, i64>(6)? as u64,
-            sha256: r.get(7)?,
+            digest: r.get(7)?,
             has_pixels: r.get::<_, Option<i64>>(8)?.is_some(),
         })
     })?;

@@ -57,7 +57,10 @@ pub struct InstanceRecord {
     pub transfer_syntax_uid: String,
     pub storage_key: String,
     pub size: u64,
-    pub sha256: String,
+    /// The stored object's checksum as recorded (`storage::digest`); `sha256` in change-log
+    /// rows written before BLAKE3 was adopted.
+    #[serde(alias = "sha256")]
+    pub digest: String,
     pub calling_ae_title: Option<String>,
 }
 
@@ -141,7 +144,7 @@ pub fn extract(obj: &InMemDicomObject) -> Result<InstanceRecord, RecordError> {
         transfer_syntax_uid: String::new(),
         storage_key: String::new(),
         size: 0,
-        sha256: String::new(),
+        digest: String::new(),
         calling_ae_title: None,
     };
     let uids = record.uids()?;

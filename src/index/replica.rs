@@ -207,6 +207,10 @@ mod tests {
         };
         assert_eq!(record.sop_instance_uid, "1.2.3.4.5");
         assert_eq!(
+            record.digest, "00",
+            "a row's checksum as it was named before BLAKE3"
+        );
+        assert_eq!(
             serde_json::to_value(&row).unwrap()["record"]["sop_instance_uid"],
             before["record"]["sop_instance_uid"]
         );

@@ -44,13 +44,13 @@ pub async fn preview_of(
     if let PreviewState::Done {
         storage_key,
         size,
-        sha256,
+        digest,
     } = state
     {
         let expected = Expected {
             key: storage_key,
             size,
-            sha256,
+            digest,
         };
         match read_verified(storage, index, &expected).await {
             Ok(b) => return Ok(b.to_vec()),

@@ -9,7 +9,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures::StreamExt;
-use sha2::{Digest, Sha256};
 use tracing::{debug, info, warn};
 
 use crate::archive::{Settle, settle};
@@ -129,7 +128,7 @@ pub async fn render(index: &Index, storage: &Storage, task: PreviewTask) -> Rend
     let expected = Expected {
         key: task.storage_key.clone(),
         size: task.size,
-        sha256: task.sha256.clone(),
+        digest: task.digest.clone(),
     };
     let object = match crate::archive::read_verified(storage, index, &expected).await {
         Ok(b) => b,
@@ -188,7 +187,7 @@ pub async fn render(index: &Index, storage: &Storage, task: PreviewTask) -> Rend
         Ok(Some(jpeg)) => {
             let key = preview_key(&task.storage_key);
             let size = jpeg.len() as u64;
-            let sha256 = hex::encode(Sha256::digest(&jpeg));
+            let digest = crate::storage::digest::record(&jpeg);
             match crate::archive::place(storage, &key, jpeg.into(), Durability::Deferred).await {
                 Ok(p) => Rendered {
                     task,
@@ -196,7 +195,7 @@ pub async fn render(index: &Index, storage: &Storage, task: PreviewTask) -> Rend
                         PreviewState::Done {
                             storage_key: key.clone(),
                             size,
-                            sha256,
+                            digest,
                         },
                         p.missed.clone(),
                     )),

@@ -1,5 +1,5 @@
 //! Read benchmark of a replica set (`pacsd storage bench`): for each object size, the time of
-//! (a) one GET from the fastest replica (and the same GET with a SHA-256 of its bytes after
+//! (a) one GET from the fastest replica (and the same GET with the digest of its bytes after
 //! it), (b) a naive split into equal parts, one per replica,
 //! fetched concurrently, and (c) pacsd's adaptive striped read (`Storage::read`, checksum
 //! included), against the sum of the replicas' bandwidths measured alone.
@@ -11,7 +11,6 @@ use bytes::Bytes;
 use futures::future::try_join_all;
 use object_store::path::Path as StorePath;
 use object_store::{ObjectStore, ObjectStoreExt};
-use sha2::{Digest, Sha256};
 
 use super::{Expected, Storage, StorageError};
 
@@ -125,7 +124,7 @@ pub async fn run(
         let expected = Expected {
             key: key.clone(),
             size,
-            sha256: hex::encode(Sha256::digest(&data)),
+            digest: super::digest::record(&data),
         };
         let check = |b: &[u8], what: &str| {
             if b == &data[..] {
@@ -161,10 +160,10 @@ pub async fn run(
 
             let (secs, digest) = timed(async {
                 let b = whole_get(name, store, &path).await?;
-                Ok(hex::encode(Sha256::digest(&b)))
+                Ok(super::digest::record(&b))
             })
             .await?;
-            if digest != expected.sha256 {
+            if digest != expected.digest {
                 return Err(BenchError::Wrong("checked single GET: wrong digest".into()));
             }
             checked.push(secs);

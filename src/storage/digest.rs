@@ -1,42 +1,117 @@
-//! SHA-256 computed on another thread while a read is still receiving: the read's task keeps
-//! polling its streams (and copying bytes) while a blocking-pool thread hashes what already
-//! arrived, so checking a copy adds almost nothing after its last byte.
+//! The checksum recorded for every stored object, and its computation on another thread while
+//! a read is still receiving.
+//!
+//! A recorded digest names its algorithm in its text: `blake3:` and 64 hex digits for objects
+//! stored now, 64 bare hex digits (SHA-256) for objects recorded before BLAKE3 was adopted.
+//! Every check computes the digest with the algorithm of the record it is checked against, so
+//! both kinds stay verifiable side by side and nothing has to be rewritten. BLAKE3 because a
+//! checked read hashes every byte it serves: on this project's 2-core machine (AVX-512, SHA-NI)
+//! it hashes 512 KB in 67 us against SHA-256's 290 us (7.8 against 1.8 GB/s), and SHA-256 was
+//! 35% of pacsd's CPU time in a C-MOVE of 1000 such objects (perf, 2026-12-05). Both are
+//! cryptographic: a copy that matches its record is the one acknowledged.
 
-use sha2::{Digest, Sha256};
 use std::sync::mpsc;
 use tokio::task::JoinHandle;
+
+/// How a recorded digest was computed, read from its text.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Algorithm {
+    Sha256,
+    Blake3,
+}
+
+/// What a BLAKE3 digest's text starts with (a SHA-256 one is bare hex).
+const BLAKE3_PREFIX: &str = "blake3:";
+
+impl Algorithm {
+    /// The algorithm of objects recorded now.
+    pub const RECORDED: Algorithm = Algorithm::Blake3;
+
+    /// The algorithm `recorded` was made with.
+    pub fn of(recorded: &str) -> Algorithm {
+        if recorded.starts_with(BLAKE3_PREFIX) {
+            Algorithm::Blake3
+        } else {
+            Algorithm::Sha256
+        }
+    }
+
+    pub fn hasher(self) -> Hasher {
+        match self {
+            Algorithm::Sha256 => Hasher::Sha256(<sha2::Sha256 as sha2::Digest>::new()),
+            Algorithm::Blake3 => Hasher::Blake3(Box::new(blake3::Hasher::new())),
+        }
+    }
+
+    /// The digest text of `bytes`.
+    pub fn digest(self, bytes: &[u8]) -> String {
+        let mut h = self.hasher();
+        h.update(bytes);
+        h.finish()
+    }
+}
+
+/// The digest text recorded for a new object of these bytes.
+pub fn record(bytes: &[u8]) -> String {
+    Algorithm::RECORDED.digest(bytes)
+}
+
+/// A digest being computed piece by piece.
+pub enum Hasher {
+    Sha256(sha2::Sha256),
+    Blake3(Box<blake3::Hasher>),
+}
+
+impl Hasher {
+    pub fn update(&mut self, piece: &[u8]) {
+        match self {
+            Hasher::Sha256(h) => sha2::Digest::update(h, piece),
+            Hasher::Blake3(h) => {
+                h.update(piece);
+            }
+        }
+    }
+
+    /// The digest text, as it is recorded.
+    pub fn finish(self) -> String {
+        match self {
+            Hasher::Sha256(h) => hex::encode(sha2::Digest::finalize(h)),
+            Hasher::Blake3(h) => format!("{BLAKE3_PREFIX}{}", h.finalize().to_hex()),
+        }
+    }
+}
 
 /// Takes pieces in order and hashes them as they come; gives them back with the digest when
 /// made with `keeping`, or drops each once hashed when made with `discarding` (the caller has
 /// its own copy: holding the pieces too would double the memory of the read).
-pub struct BackgroundSha256<T> {
+pub struct BackgroundDigest<T> {
     tx: mpsc::Sender<T>,
-    worker: JoinHandle<([u8; 32], Vec<T>)>,
+    worker: JoinHandle<(String, Vec<T>)>,
 }
 
-impl<T: AsRef<[u8]> + Send + 'static> BackgroundSha256<T> {
-    pub fn keeping() -> Self {
-        Self::start(true)
+impl<T: AsRef<[u8]> + Send + 'static> BackgroundDigest<T> {
+    pub fn keeping(algorithm: Algorithm) -> Self {
+        Self::start(algorithm, true)
     }
 
-    pub fn discarding() -> Self {
-        Self::start(false)
+    pub fn discarding(algorithm: Algorithm) -> Self {
+        Self::start(algorithm, false)
     }
 
-    fn start(keep: bool) -> Self {
+    fn start(algorithm: Algorithm, keep: bool) -> Self {
         let (tx, rx) = mpsc::channel::<T>();
         let worker = tokio::task::spawn_blocking(move || {
-            let mut sha = Sha256::new();
+            let mut hasher = algorithm.hasher();
             let mut pieces = Vec::new();
             for piece in rx {
-                sha.update(piece.as_ref());
+                hasher.update(piece.as_ref());
                 if keep {
                     pieces.push(piece);
                 }
             }
-            (sha.finalize().into(), pieces)
+            (hasher.finish(), pieces)
         });
-        BackgroundSha256 { tx, worker }
+        BackgroundDigest { tx, worker }
     }
 
     /// The next piece of the object (pieces must come in the object's order).
@@ -45,8 +120,8 @@ impl<T: AsRef<[u8]> + Send + 'static> BackgroundSha256<T> {
         let _ = self.tx.send(piece);
     }
 
-    /// The digest of everything pushed, and (`keeping`) the pieces in the order they came.
-    pub async fn finish(self) -> ([u8; 32], Vec<T>) {
+    /// The digest text of everything pushed, and (`keeping`) the pieces in the order they came.
+    pub async fn finish(self) -> (String, Vec<T>) {
         drop(self.tx);
         self.worker.await.expect("hashing thread panicked")
     }
@@ -57,19 +132,39 @@ mod tests {
     use super::*;
     use bytes::Bytes;
 
+    #[test]
+    fn a_digest_names_its_algorithm_and_bare_hex_is_sha256() {
+        // Known answers for "abc" (FIPS 180-2; the BLAKE3 reference implementation).
+        let sha = "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad";
+        let b3 = "blake3:6437b3ac38465133ffb63b75273a8db548c558465d79db03fd359c6cd5bd9d85";
+        assert_eq!(Algorithm::Sha256.digest(b"abc"), sha);
+        assert_eq!(Algorithm::Blake3.digest(b"abc"), b3);
+        assert_eq!(record(b"abc"), b3, "new objects are recorded with BLAKE3");
+        assert_eq!(Algorithm::of(sha), Algorithm::Sha256);
+        assert_eq!(Algorithm::of(b3), Algorithm::Blake3);
+        // A record checked with its own algorithm matches; the other never does.
+        for recorded in [sha, b3] {
+            assert_eq!(Algorithm::of(recorded).digest(b"abc"), recorded);
+            assert_ne!(Algorithm::of(recorded).digest(b"abd"), recorded);
+        }
+    }
+
     #[tokio::test]
     async fn pieces_hash_like_the_whole_and_come_back_in_order() {
         let whole: Vec<u8> = (0..300_000u32).map(|i| (i * 7) as u8).collect();
-        let (kept, dropped) = (BackgroundSha256::keeping(), BackgroundSha256::discarding());
-        for piece in whole.chunks(65_536) {
-            kept.push(Bytes::copy_from_slice(piece));
-            dropped.push(Bytes::copy_from_slice(piece));
+        for algorithm in [Algorithm::Sha256, Algorithm::Blake3] {
+            let kept = BackgroundDigest::keeping(algorithm);
+            let dropped = BackgroundDigest::discarding(algorithm);
+            for piece in whole.chunks(65_536) {
+                kept.push(Bytes::copy_from_slice(piece));
+                dropped.push(Bytes::copy_from_slice(piece));
+            }
+            let (digest, pieces) = kept.finish().await;
+            assert_eq!(digest, algorithm.digest(&whole));
+            assert_eq!(pieces.concat(), whole);
+            let (digest, pieces) = dropped.finish().await;
+            assert_eq!(digest, algorithm.digest(&whole));
+            assert!(pieces.is_empty());
         }
-        let (digest, pieces) = kept.finish().await;
-        assert_eq!(digest, <[u8; 32]>::from(Sha256::digest(&whole)));
-        assert_eq!(pieces.concat(), whole);
-        let (digest, pieces) = dropped.finish().await;
-        assert_eq!(digest, <[u8; 32]>::from(Sha256::digest(&whole)));
-        assert!(pieces.is_empty());
     }
 }

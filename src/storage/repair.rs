@@ -1,9 +1,8 @@
-//! Replica verification and repair: check one object on every replica (exists, size, SHA-256)
+//! Replica verification and repair: check one object on every replica (exists, size, digest)
 //! and heal a replica from a copy that matches the recorded checksum. No DICOM, no index: the
 //! caller supplies the key and what the object must be.
 
 use bytes::Bytes;
-use sha2::{Digest, Sha256};
 use tracing::{debug, info};
 
 use super::{Storage, store_path};
@@ -14,7 +13,15 @@ use object_store::ObjectStoreExt;
 pub struct Expected {
     pub key: String,
     pub size: u64,
-    pub sha256: String,
+    /// As recorded (`super::digest`).
+    pub digest: String,
+}
+
+impl Expected {
+    /// The algorithm a copy's digest must be computed with to compare with `digest`.
+    pub fn algorithm(&self) -> super::digest::Algorithm {
+        super::digest::Algorithm::of(&self.digest)
+    }
 }
 
 /// A replica's copy that is not what it must be.
@@ -60,15 +67,19 @@ pub enum RepairError {
 }
 
 pub(crate) fn check(bytes: &[u8], expected: &Expected) -> Option<Problem> {
-    check_digest(bytes.len() as u64, &Sha256::digest(bytes), expected)
+    check_digest(
+        bytes.len() as u64,
+        &expected.algorithm().digest(bytes),
+        expected,
+    )
 }
 
-/// `check` of a copy whose length and SHA-256 are already known.
-pub(crate) fn check_digest(len: u64, sha256: &[u8], expected: &Expected) -> Option<Problem> {
+/// `check` of a copy whose length and digest (made with `expected.algorithm()`) are known.
+pub(crate) fn check_digest(len: u64, digest: &str, expected: &Expected) -> Option<Problem> {
     if len != expected.size {
         return Some(Problem::WrongSize { found: len });
     }
-    (hex::encode(sha256) != expected.sha256).then_some(Problem::WrongChecksum)
+    (digest != expected.digest).then_some(Problem::WrongChecksum)
 }
 
 impl Storage {
@@ -159,9 +170,17 @@ impl Storage {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::storage::digest::Algorithm;
 
     #[tokio::test]
     async fn verify_finds_missing_and_corrupt_copies_and_repair_heals_them() {
+        // Objects recorded with BLAKE3 (now) and with SHA-256 (before it) alike.
+        for algorithm in [Algorithm::Blake3, Algorithm::Sha256] {
+            verify_and_repair(algorithm).await;
+        }
+    }
+
+    async fn verify_and_repair(algorithm: Algorithm) {
         let dirs: Vec<tempfile::TempDir> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
         let locs: Vec<String> = dirs
             .iter()
@@ -174,7 +193,7 @@ mod tests {
         let expected = Expected {
             key: key.into(),
             size: body.len() as u64,
-            sha256: hex::encode(Sha256::digest(&body)),
+            digest: algorithm.digest(&body),
         };
         assert!(s.verify(&expected).await.is_empty());
 

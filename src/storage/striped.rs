@@ -30,7 +30,7 @@ use object_store::{GetOptions, GetRange, ObjectStore};
 use tokio::sync::Notify;
 use tracing::{debug, warn};
 
-use super::digest::BackgroundSha256;
+use super::digest::{Algorithm, BackgroundDigest};
 use super::health::ReplicaHealth;
 
 pub const MIN_CHUNK: u64 = 1 << 20;
@@ -274,8 +274,8 @@ impl State {
 
 /// Hands the object's front to a hashing thread as it becomes complete; when every byte is
 /// hashed, leaves the digest and the object's parts (in order) in `out`.
-async fn hash_as_completed(sh: &Shared) {
-    let sha = BackgroundSha256::keeping();
+async fn hash_as_completed(sh: &Shared, algorithm: Algorithm) {
+    let hasher = BackgroundDigest::keeping(algorithm);
     loop {
         let (part, all_taken) = {
             let mut s = sh.state.lock().expect("stripe state");
@@ -283,14 +283,14 @@ async fn hash_as_completed(sh: &Shared) {
             (part, s.base == s.size())
         };
         match part {
-            Some(part) => sha.push(part),
+            Some(part) => hasher.push(part),
             None if all_taken => break,
             None => {
                 let _ = tokio::time::timeout(WATCH_INTERVAL, sh.front.notified()).await;
             }
         }
     }
-    *sh.hashed.lock().expect("hashed") = Some(sha.finish().await);
+    *sh.hashed.lock().expect("hashed") = Some(hasher.finish().await);
 }
 
 /// What the futures of one striped read share.
@@ -303,7 +303,7 @@ struct Shared {
     /// Bytes delivered by each replica.
     delivered: Mutex<Vec<u64>>,
     /// The digest and the object's parts, once every byte is hashed.
-    hashed: Mutex<Option<([u8; 32], Vec<BytesMut>)>>,
+    hashed: Mutex<Option<(String, Vec<BytesMut>)>>,
     speed: Vec<Speed>,
     /// The replicas taking part.
     active: Vec<usize>,
@@ -314,6 +314,8 @@ pub struct StripedRead<'a> {
     pub stores: Vec<(usize, Arc<dyn ObjectStore>)>,
     pub path: &'a StorePath,
     pub size: u64,
+    /// How the digest that comes with the bytes is computed (the record's algorithm).
+    pub algorithm: Algorithm,
     pub health: &'a Mutex<Vec<ReplicaHealth>>,
     pub names: Vec<String>,
 }
@@ -330,9 +332,9 @@ pub struct StripeReport {
 impl StripedRead<'_> {
     /// All bytes of the object, or every replica's error when they could not all be read.
     ///
-    /// The SHA-256 of the bytes comes with them: the complete front of the object is hashed
+    /// The digest of the bytes comes with them: the complete front of the object is hashed
     /// while the rest is still arriving.
-    pub async fn run(self) -> Result<(Bytes, [u8; 32], StripeReport), Vec<String>> {
+    pub async fn run(self) -> Result<(Bytes, String, StripeReport), Vec<String>> {
         let active: Vec<usize> = self.stores.iter().map(|(i, _)| *i).collect();
         let speed = self.speeds(&active);
         let sh = Shared {
@@ -350,7 +352,7 @@ impl StripedRead<'_> {
             tasks.push(Box::pin(self.worker(*i, store.clone(), &sh)));
         }
         tasks.push(Box::pin(self.watch(&sh)));
-        tasks.push(Box::pin(hash_as_completed(&sh)));
+        tasks.push(Box::pin(hash_as_completed(&sh, self.algorithm)));
         while tasks.next().await.is_some() {
             let s = sh.state.lock().expect("stripe state");
             let all_dropped = sh.active.iter().all(|i| s.dropped.contains(i));
@@ -361,7 +363,7 @@ impl StripedRead<'_> {
         }
         drop(tasks);
         let s = sh.state.into_inner().expect("stripe state");
-        let Some((sha256, parts)) = sh.hashed.into_inner().expect("hashed") else {
+        let Some((digest, parts)) = sh.hashed.into_inner().expect("hashed") else {
             return Err(s.errors);
         };
         let mut bytes = BytesMut::new();
@@ -373,7 +375,7 @@ impl StripedRead<'_> {
             bytes_from: sh.delivered.into_inner().expect("delivered"),
             dropped: s.dropped.into_iter().collect(),
         };
-        Ok((bytes.freeze(), sha256, report))
+        Ok((bytes.freeze(), digest, report))
     }
 
     /// Each replica's expected range speed and latency now, and its smallest worthwhile range.

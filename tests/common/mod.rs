@@ -97,7 +97,7 @@ impl TestNode {
             .read(&pacsd::storage::Expected {
                 key: inst.storage_key.clone(),
                 size: inst.size,
-                sha256: inst.sha256.clone(),
+                digest: inst.digest.clone(),
             })
             .await
             .unwrap()

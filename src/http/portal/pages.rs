@@ -441,7 +441,7 @@ pub struct StudyQuery {
 }
 
 /// POST /portal/studies/{study}/verify (admin): read every copy of the study on every
-/// replica, compare it with its recorded size and SHA-256, and queue a repair for each bad
+/// replica, compare it with its recorded size and checksum, and queue a repair for each bad
 /// or missing one; then back to the study's page, which says how many.
 pub async fn verify(
     State(state): State<Arc<WebState>>,
@@ -656,7 +656,7 @@ async fn study_page(
         p.muted {
             "Each copy is looked for on each replica now; “queued” copies are in the repair "
             "queue and will be written by the repair worker. A verify also reads every copy and "
-            "compares it with its recorded size and SHA-256."
+            "compares it with its recorded size and checksum."
         }
         @if let Some(bad) = verified {
             p.notice role="status" #verify-result {
