@@ -44,25 +44,31 @@ async fn replica_down_during_ingest_is_healed_when_it_returns() {
     assert_eq!((v.objects, v.bad_copies), (4, 0));
 }
 
+/// Store `files` with a node of `config` (one association), then stop it: the maintenance
+/// commands run offline from the CLI.
+async fn load_then_stop(config: &pacsd::config::Config, files: Vec<std::path::PathBuf>) {
+    let node = pacsd::node::Node::open(config.clone())
+        .unwrap()
+        .spawn()
+        .await
+        .unwrap();
+    let n = files.len() as u64;
+    let opts = scu_to(node.addr.to_string(), "LOADER", Duration::from_secs(20));
+    let s = pacsd::tools::store(&opts, files, 1, false).await.unwrap();
+    assert_eq!(s.succeeded, n);
+    node.stop().await;
+}
+
 #[test]
 fn verify_finds_bad_copies_and_repair_heals_them() {
     let dir = tempfile::tempdir().unwrap();
     let rt = tokio::runtime::Runtime::new().unwrap();
     // Load 3 objects with a node, then stop it: verify and repair run offline from the CLI.
     let config = config_in(dir.path());
-    rt.block_on(async {
-        let node = pacsd::node::Node::open(config.clone())
-            .unwrap()
-            .spawn()
-            .await
-            .unwrap();
-        let src = dir.path().join("src");
-        let files = small_corpus(&src, 61, 3);
-        let opts = scu_to(node.addr.to_string(), "LOADER", Duration::from_secs(20));
-        let s = pacsd::tools::store(&opts, files, 1, false).await.unwrap();
-        assert_eq!(s.succeeded, 3);
-        node.stop().await;
-    });
+    rt.block_on(load_then_stop(
+        &config,
+        small_corpus(&dir.path().join("src"), 61, 3),
+    ));
     let toml = dir.path().join("pacsd.toml");
     write_cli_config(&config, &toml);
 
@@ -155,21 +161,8 @@ fn objects_recorded_with_sha256_by_an_older_version_are_still_checked_and_served
         .access
         .unknown_ae_services
         .insert(pacsd::config::Service::Get);
-    let src = dir.path().join("src");
-    let files = small_corpus(&src, 62, 3);
-    rt.block_on(async {
-        let node = pacsd::node::Node::open(config.clone())
-            .unwrap()
-            .spawn()
-            .await
-            .unwrap();
-        let opts = scu_to(node.addr.to_string(), "LOADER", Duration::from_secs(20));
-        let s = pacsd::tools::store(&opts, files.clone(), 1, false)
-            .await
-            .unwrap();
-        assert_eq!(s.succeeded, 3);
-        node.stop().await;
-    });
+    let files = small_corpus(&dir.path().join("src"), 62, 3);
+    rt.block_on(load_then_stop(&config, files.clone()));
 
     // The index as schema 7 had it: each object's SHA-256 in a `sha256` column.
     let replica = |i: usize| std::path::PathBuf::from(&config.storage.replicas[i]);
@@ -215,24 +208,8 @@ fn objects_recorded_with_sha256_by_an_older_version_are_still_checked_and_served
             .await
             .unwrap();
         let study = pacsd::synth::Spec::ct(62, 1, 1, 64).study_uid;
-        let (port, od) = (node.addr.port(), received.path().display().to_string());
-        let said = tokio::task::spawn_blocking(move || {
-            let mut args = vec!["-od", &od];
-            let keys = study_retrieve_keys(&study);
-            args.extend(keys.iter().map(String::as_str));
-            scu("getscu", port, &args)
-        })
-        .await
-        .unwrap();
+        getscu_study(node.addr.port(), &study, received.path(), 3).await;
         node.stop().await;
-        assert!(
-            said.contains("Number of Completed Suboperations : 3"),
-            "{said}"
-        );
-        assert!(
-            said.contains("Number of Failed Suboperations    : 0"),
-            "{said}"
-        );
     });
     // The corrupted byte was the last of the pixel data: every object came back with the
     // last bytes it was sent with.

@@ -195,26 +195,7 @@ async fn getscu_receives_every_instance_on_the_same_association() {
     let specs = two_studies();
     let n = node_with(1, &specs).await;
     let out_dir = tempfile::tempdir().unwrap();
-    let (port, keys, od) = (
-        n.port(),
-        study_retrieve_keys(&specs[0].study_uid),
-        out_dir.path().display().to_string(),
-    );
-    let out = tokio::task::spawn_blocking(move || {
-        let mut args = vec!["-od", &od];
-        args.extend(keys.iter().map(String::as_str));
-        scu("getscu", port, &args)
-    })
-    .await
-    .unwrap();
-    assert!(
-        out.contains("Number of Completed Suboperations : 3"),
-        "{out}"
-    );
-    assert!(
-        out.contains("Number of Failed Suboperations    : 0"),
-        "{out}"
-    );
+    getscu_study(n.port(), &specs[0].study_uid, out_dir.path(), 3).await;
     let files = pacsd::tools::collect_files(&[out_dir.path().to_path_buf()]).unwrap();
     assert_eq!(files.len(), 3);
     for f in files {

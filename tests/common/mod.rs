@@ -1069,6 +1069,26 @@ pub fn scu(tool: &str, port: u16, args: &[&str]) -> String {
     text(&dcmtk(tool, &a))
 }
 
+/// DCMTK `getscu` of one study (Study Root) from the node on `port` into `dir`: its verbose
+/// output, once checked that `completed` sub-operations completed and none failed.
+pub async fn getscu_study(port: u16, study_uid: &str, dir: &Path, completed: usize) -> String {
+    let (keys, od) = (study_retrieve_keys(study_uid), dir.display().to_string());
+    let out = tokio::task::spawn_blocking(move || {
+        let mut args = vec!["-od", &od];
+        args.extend(keys.iter().map(String::as_str));
+        scu("getscu", port, &args)
+    })
+    .await
+    .unwrap();
+    let done = format!("Number of Completed Suboperations : {completed}");
+    assert!(out.contains(&done), "{out}");
+    assert!(
+        out.contains("Number of Failed Suboperations    : 0"),
+        "{out}"
+    );
+    out
+}
+
 /// The keys of a Study Root retrieve of one study, for movescu and getscu.
 pub fn study_retrieve_keys(study_uid: &str) -> [String; 5] {
     [
