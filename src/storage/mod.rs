@@ -1641,14 +1641,20 @@ mod tests {
         let storage = Storage::open(&replicas, None, "").unwrap();
         let key = "s/e/i.dcm";
         let object = Bytes::from(vec![7u8; 512 << 10]);
-        assert_eq!(storage.put_and_finish(key, object).await.unwrap(), [0, 1, 2]);
+        assert_eq!(
+            storage.put_and_finish(key, object).await.unwrap(),
+            [0, 1, 2]
+        );
         let file = |i: usize| std::path::Path::new(&replicas[i]).join(key);
         let deadline = Instant::now() + Duration::from_secs(10);
         while (cached_pages(&file(1)), cached_pages(&file(2))) != (0, 0) {
             assert!(Instant::now() < deadline, "copies 2 and 3 still cached");
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
-        assert!(cached_pages(&file(0)) > 0, "the first replica's copy was dropped too");
+        assert!(
+            cached_pages(&file(0)) > 0,
+            "the first replica's copy was dropped too"
+        );
         // A deferred (small) object is left alone: it is dirty until its syncfs.
         assert_eq!(storage.uncache(1, key, Durability::Deferred), None);
         assert_eq!(storage.uncache(0, key, Durability::Flushed), None);
