@@ -8,7 +8,6 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
-use crate::storage::digest::Algorithm;
 use bytes::Bytes;
 use tracing::{debug, info, warn};
 
@@ -17,6 +16,7 @@ use crate::config::OnConflict;
 use crate::index::record::{self, RecordError};
 use crate::index::{CommitGate, Index, IndexError, InsertOutcome};
 use crate::part10;
+use crate::storage::digest::Algorithm;
 use crate::storage::{Durability, Storage, StorageError, Uid, object_key};
 
 /// Why an object was not stored; `service::failure::of_store` is the one place these become
