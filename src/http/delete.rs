@@ -8,64 +8,35 @@
 use std::sync::Arc;
 
 use axum::Json;
-use axum::extract::{ConnectInfo, Extension, Path, State};
+use axum::extract::{ConnectInfo, Extension, State};
 use serde_json::json;
 
-use super::{Conn, WebError, WebState, path_uid};
+use super::{Conn, Target, WebError, WebState};
 use crate::archive::delete::{DeleteError, DeleteReport};
 use crate::archive::store::StoreError;
 use crate::audit::{Event, Outcome, Role, STUDY_DELETED, Subject};
 use crate::index::account::Account;
 use crate::storage::Uid;
 
-pub async fn study(
+/// DELETE of what the path names: a study, a series or one instance.
+pub async fn delete(
     State(s): State<Arc<WebState>>,
     Extension(account): Extension<Account>,
     ConnectInfo(conn): ConnectInfo<Conn>,
-    Path(study): Path<String>,
+    t: Target,
 ) -> Result<Json<serde_json::Value>, WebError> {
-    delete(&s, &account, &conn, &study, None, None).await
-}
-
-pub async fn series(
-    State(s): State<Arc<WebState>>,
-    Extension(account): Extension<Account>,
-    ConnectInfo(conn): ConnectInfo<Conn>,
-    Path((study, series)): Path<(String, String)>,
-) -> Result<Json<serde_json::Value>, WebError> {
-    delete(&s, &account, &conn, &study, Some(&series), None).await
-}
-
-pub async fn instance(
-    State(s): State<Arc<WebState>>,
-    Extension(account): Extension<Account>,
-    ConnectInfo(conn): ConnectInfo<Conn>,
-    Path((study, series, sop)): Path<(String, String, String)>,
-) -> Result<Json<serde_json::Value>, WebError> {
-    delete(&s, &account, &conn, &study, Some(&series), Some(&sop)).await
-}
-
-async fn delete(
-    state: &WebState,
-    account: &Account,
-    conn: &Conn,
-    study: &str,
-    series: Option<&str>,
-    sop: Option<&str>,
-) -> Result<Json<serde_json::Value>, WebError> {
-    let study = path_uid("Study Instance UID", study)?;
-    let series = series
-        .map(|s| path_uid("Series Instance UID", s))
-        .transpose()?;
-    let sop = sop.map(|s| path_uid("SOP Instance UID", s)).transpose()?;
+    let study = t
+        .study
+        .as_ref()
+        .ok_or_else(|| WebError::BadRequest("the path names no study".into()))?;
     let peer = Some(conn.peer.ip().to_string());
     let r = delete_recorded(
-        state,
+        &s,
         &account.name,
         peer,
-        &study,
-        series.as_ref(),
-        sop.as_ref(),
+        study,
+        t.series.as_ref(),
+        t.instance.as_ref(),
     )
     .await?;
     Ok(Json(json!({

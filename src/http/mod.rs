@@ -159,6 +159,67 @@ pub fn path_uid(what: &str, raw: &str) -> Result<Uid, WebError> {
     Uid::parse(raw).map_err(|e| WebError::BadRequest(format!("{what} `{}`: {e}", clip(raw))))
 }
 
+/// What a DICOMweb path names (PS3.18 8.2 and 10.6): a study, a series in it, an instance in
+/// that; each UID checked (`path_uid`) before it goes further. All three are absent in the
+/// searches at the root (`/studies`, `/series`, `/instances`).
+#[derive(Debug, Default, Clone)]
+pub struct Target {
+    pub study: Option<Uid>,
+    pub series: Option<Uid>,
+    pub instance: Option<Uid>,
+}
+
+impl Target {
+    pub fn parse(
+        study: Option<&str>,
+        series: Option<&str>,
+        instance: Option<&str>,
+    ) -> Result<Target, WebError> {
+        let check = |what, raw: Option<&str>| raw.map(|r| path_uid(what, r)).transpose();
+        Ok(Target {
+            study: check("Study Instance UID", study)?,
+            series: check("Series Instance UID", series)?,
+            instance: check("SOP Instance UID", instance)?,
+        })
+    }
+
+    /// The study UID, which every path below `/studies/{study}` names.
+    pub fn study(&self) -> Result<&str, WebError> {
+        self.study
+            .as_ref()
+            .map(Uid::as_str)
+            .ok_or_else(|| WebError::BadRequest("the path names no study".into()))
+    }
+
+    pub fn series(&self) -> Option<&str> {
+        self.series.as_ref().map(Uid::as_str)
+    }
+
+    pub fn instance(&self) -> Option<&str> {
+        self.instance.as_ref().map(Uid::as_str)
+    }
+}
+
+/// The path parameters `{study}`, `{series}` and `{instance}` of a route, checked.
+impl<S: Send + Sync> axum::extract::FromRequestParts<S> for Target {
+    type Rejection = WebError;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        state: &S,
+    ) -> Result<Self, Self::Rejection> {
+        use axum::extract::{OptionalFromRequestParts, Path};
+        let params: std::collections::HashMap<String, String> =
+            <Path<_> as OptionalFromRequestParts<S>>::from_request_parts(parts, state)
+                .await
+                .map_err(|e| WebError::BadRequest(e.body_text()))?
+                .map(|Path(p)| p)
+                .unwrap_or_default();
+        let get = |k: &str| params.get(k).map(String::as_str);
+        Target::parse(get("study"), get("series"), get("instance"))
+    }
+}
+
 /// At most 64 characters of an untrusted value, for messages.
 pub fn clip(s: &str) -> String {
     let mut out: String = s.chars().take(64).collect();
@@ -337,57 +398,67 @@ fn clip_long(s: &str) -> String {
 
 /// The DICOMweb routes, relative to `http.base_path`.
 fn dicomweb_routes() -> Router<Arc<WebState>> {
+    use crate::index::query::Level;
     use axum::routing::post;
     Router::new()
-        .route("/studies", get(qido::studies).post(stow::store))
-        .route("/series", get(qido::all_series))
-        .route("/instances", get(qido::all_instances))
+        .route(
+            "/studies",
+            get(|q: qido::Search| q.at(Level::Study)).post(stow::store),
+        )
+        .route("/series", get(|q: qido::Search| q.at(Level::Series)))
+        .route("/instances", get(|q: qido::Search| q.at(Level::Image)))
         .route(
             "/studies/{study}",
-            get(wado::study)
+            get(wado::get_objects)
                 .post(stow::store_in_study)
-                .delete(delete::study),
+                .delete(delete::delete),
         )
-        .route("/studies/{study}/metadata", get(wado::study_metadata))
-        .route("/studies/{study}/series", get(qido::series_of_study))
-        .route("/studies/{study}/instances", get(qido::instances_of_study))
-        .route("/studies/{study}/rendered", get(wado::study_rendered))
-        .route("/studies/{study}/thumbnail", get(wado::study_thumbnail))
+        .route("/studies/{study}/metadata", get(wado::get_metadata))
+        .route(
+            "/studies/{study}/series",
+            get(|q: qido::Search| q.at(Level::Series)),
+        )
+        .route(
+            "/studies/{study}/instances",
+            get(|q: qido::Search| q.at(Level::Image)),
+        )
+        .route("/studies/{study}/rendered", get(wado::get_rendered))
+        .route("/studies/{study}/thumbnail", get(wado::get_thumbnail))
         .route(
             "/studies/{study}/series/{series}",
-            get(wado::series).delete(delete::series),
+            get(wado::get_objects).delete(delete::delete),
         )
         .route(
             "/studies/{study}/series/{series}/metadata",
-            get(wado::series_metadata),
+            get(wado::get_metadata),
         )
         .route(
             "/studies/{study}/series/{series}/instances",
-            get(qido::instances_of_series),
+            get(|q: qido::Search| q.at(Level::Image)),
         )
         .route(
             "/studies/{study}/series/{series}/rendered",
-            get(wado::series_rendered),
+            get(wado::get_rendered),
         )
         .route(
             "/studies/{study}/series/{series}/thumbnail",
-            get(wado::series_thumbnail),
+            get(wado::get_thumbnail),
         )
         .route(
             "/studies/{study}/series/{series}/instances/{instance}",
-            get(wado::instance).delete(delete::instance),
+            get(wado::get_objects).delete(delete::delete),
         )
         .route(
             "/studies/{study}/series/{series}/instances/{instance}/metadata",
-            get(wado::instance_metadata),
+            get(wado::get_metadata),
         )
         .route(
             "/studies/{study}/series/{series}/instances/{instance}/rendered",
-            get(wado::instance_rendered),
+            get(wado::get_rendered),
         )
         .route(
             "/studies/{study}/series/{series}/instances/{instance}/thumbnail",
-            get(wado::instance_thumbnail),
+            get(wado::get_thumbnail),
         )
         .route(
             "/studies/{study}/series/{series}/instances/{instance}/frames/{frames}",

@@ -4,7 +4,8 @@
 
 use std::sync::Arc;
 
-use axum::extract::{Path, RawQuery, State};
+use axum::extract::FromRequestParts;
+use axum::http::request::Parts;
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use dicom_core::dictionary::{DataDictionary, DataDictionaryEntry, VirtualVr};
@@ -13,7 +14,7 @@ use dicom_dictionary_std::{StandardDataDictionary, tags};
 use dicom_object::InMemDicomObject;
 
 use super::multipart::{accept_ranges, datasets_as, datasets_response};
-use super::{WebError, WebState, clip, origin_of, path_uid};
+use super::{Target, WebError, WebState, clip, origin_of};
 use crate::dicomjson::metadata_object;
 use crate::index::query::{Level, Order};
 use crate::service::find::match_object;
@@ -24,79 +25,41 @@ const MAX_PARAMS: usize = 128;
 /// Longest parameter value (a UID list of a few hundred UIDs).
 const MAX_VALUE: usize = 64 * 1024;
 
-/// What the path fixes before the parameters are read.
-#[derive(Default)]
-struct Scope {
-    study: Option<String>,
-    series: Option<String>,
+/// One QIDO-RS request: the archive, what its path fixes (`/studies/{study}/series` fixes
+/// the study), its query string and its headers. The router says the level:
+/// `get(|q: Search| q.at(Level::Series))`.
+pub struct Search {
+    state: Arc<WebState>,
+    scope: Target,
+    query: Option<String>,
+    headers: HeaderMap,
 }
 
-pub async fn studies(
-    State(s): State<Arc<WebState>>,
-    RawQuery(q): RawQuery,
-    h: HeaderMap,
-) -> Result<Response, WebError> {
-    search(&s, Level::Study, Scope::default(), q, &h).await
+impl FromRequestParts<Arc<WebState>> for Search {
+    type Rejection = WebError;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &Arc<WebState>,
+    ) -> Result<Self, Self::Rejection> {
+        Ok(Search {
+            state: state.clone(),
+            scope: Target::from_request_parts(parts, state).await?,
+            query: parts.uri.query().map(str::to_string),
+            headers: parts.headers.clone(),
+        })
+    }
 }
 
-pub async fn all_series(
-    State(s): State<Arc<WebState>>,
-    RawQuery(q): RawQuery,
-    h: HeaderMap,
-) -> Result<Response, WebError> {
-    search(&s, Level::Series, Scope::default(), q, &h).await
-}
-
-pub async fn all_instances(
-    State(s): State<Arc<WebState>>,
-    RawQuery(q): RawQuery,
-    h: HeaderMap,
-) -> Result<Response, WebError> {
-    search(&s, Level::Image, Scope::default(), q, &h).await
-}
-
-pub async fn series_of_study(
-    State(s): State<Arc<WebState>>,
-    Path(study): Path<String>,
-    RawQuery(q): RawQuery,
-    h: HeaderMap,
-) -> Result<Response, WebError> {
-    let scope = Scope {
-        study: Some(path_uid("Study Instance UID", &study)?.to_string()),
-        series: None,
-    };
-    search(&s, Level::Series, scope, q, &h).await
-}
-
-pub async fn instances_of_study(
-    State(s): State<Arc<WebState>>,
-    Path(study): Path<String>,
-    RawQuery(q): RawQuery,
-    h: HeaderMap,
-) -> Result<Response, WebError> {
-    let scope = Scope {
-        study: Some(path_uid("Study Instance UID", &study)?.to_string()),
-        series: None,
-    };
-    search(&s, Level::Image, scope, q, &h).await
-}
-
-pub async fn instances_of_series(
-    State(s): State<Arc<WebState>>,
-    Path((study, series)): Path<(String, String)>,
-    RawQuery(q): RawQuery,
-    h: HeaderMap,
-) -> Result<Response, WebError> {
-    let scope = Scope {
-        study: Some(path_uid("Study Instance UID", &study)?.to_string()),
-        series: Some(path_uid("Series Instance UID", &series)?.to_string()),
-    };
-    search(&s, Level::Image, scope, q, &h).await
+impl Search {
+    pub async fn at(self, level: Level) -> Result<Response, WebError> {
+        search(&self.state, level, self.scope, self.query, &self.headers).await
+    }
 }
 
 /// The attributes every match of a level carries (PS3.18 Tables 6.7.1-2, -2a, -2b); a search
 /// above the study or series adds that level's too.
-fn default_keys(level: Level, scope: &Scope) -> Vec<Tag> {
+fn default_keys(level: Level, scope: &Target) -> Vec<Tag> {
     let study = [
         tags::STUDY_DATE,
         tags::STUDY_TIME,
@@ -255,7 +218,7 @@ fn parse_params(raw: Option<&str>) -> Result<Params, WebError> {
 }
 
 /// The C-FIND identifier equivalent to a search.
-fn identifier(level: Level, scope: &Scope, p: &Params) -> InMemDicomObject {
+fn identifier(level: Level, scope: &Target, p: &Params) -> InMemDicomObject {
     let mut obj = InMemDicomObject::new_empty();
     obj.put(DataElement::new(
         tags::QUERY_RETRIEVE_LEVEL,
@@ -295,10 +258,10 @@ fn identifier(level: Level, scope: &Scope, p: &Params) -> InMemDicomObject {
         );
     }
     if let Some(st) = &scope.study {
-        put(&mut obj, tags::STUDY_INSTANCE_UID, VR::UI, st);
+        put(&mut obj, tags::STUDY_INSTANCE_UID, VR::UI, st.as_str());
     }
     if let Some(se) = &scope.series {
-        put(&mut obj, tags::SERIES_INSTANCE_UID, VR::UI, se);
+        put(&mut obj, tags::SERIES_INSTANCE_UID, VR::UI, se.as_str());
     }
     obj
 }
@@ -324,7 +287,7 @@ pub(crate) struct Found {
 async fn find(
     state: &WebState,
     level: Level,
-    scope: &Scope,
+    scope: &Target,
     p: &Params,
     order: Order,
     base: Option<&str>,
@@ -392,10 +355,7 @@ pub(crate) async fn find_by_params(
     order: Order,
 ) -> Result<Found, WebError> {
     let p = parse_params(Some(params))?;
-    let scope = Scope {
-        study: study.map(str::to_string),
-        series: None,
-    };
+    let scope = Target::parse(study, None, None)?;
     find(state, level, &scope, &p, order, None).await
 }
 
@@ -403,7 +363,7 @@ pub(crate) async fn find_by_params(
 async fn search(
     state: &WebState,
     level: Level,
-    scope: Scope,
+    scope: Target,
     raw: Option<String>,
     headers: &HeaderMap,
 ) -> Result<Response, WebError> {
@@ -491,7 +451,7 @@ mod tests {
     #[test]
     fn a_search_becomes_the_same_query_as_its_c_find_identifier() {
         let p = parse_params(Some("PatientID=P1&StudyDate=20200101-")).unwrap();
-        let ident = identifier(Level::Study, &Scope::default(), &p);
+        let ident = identifier(Level::Study, &Target::default(), &p);
         let opts = MatchOptions {
             relational: true,
             combined_datetime: true,
@@ -508,7 +468,7 @@ mod tests {
         );
         // A series-level key in a study search is refused, as C-FIND refuses it.
         let low = parse_params(Some("Modality=CT")).unwrap();
-        let ident = identifier(Level::Study, &Scope::default(), &low);
+        let ident = identifier(Level::Study, &Target::default(), &low);
         assert!(parse_identifier(&ident, Model::StudyRoot, opts).is_err());
     }
 }

@@ -87,6 +87,9 @@ async fn app_config(State(state): State<Arc<WebState>>, headers: HeaderMap) -> R
     rsp
 }
 
+/// OHIF's configuration, with `__DICOMWEB_ROOT__` where the DICOMweb root URL goes.
+const OHIF_CONFIG: &str = include_str!("ohif-app-config.js");
+
 /// The `window.config` script for a DICOMweb root URL (`origin_of` allows no quote or
 /// backslash in it, so it is safe inside the string literal; checked again here).
 fn config_script(root: &str) -> String {
@@ -94,41 +97,7 @@ fn config_script(root: &str) -> String {
         !root.contains(['\'', '\\', '\n', '<']),
         "origin_of keeps quotes out of URLs"
     );
-    format!(
-        r#"window.config = {{
-  routerBasename: '/',
-  extensions: [],
-  modes: [],
-  showStudyList: false,
-  maxNumberOfWebWorkers: 2,
-  showWarningMessageForCrossOrigin: false,
-  showCPUFallbackMessage: false,
-  showLoadingIndicator: true,
-  strictZSpacingForVolumeViewport: false,
-  investigationalUseDialog: {{ option: 'never' }},
-  defaultDataSourceName: 'pacsd',
-  dataSources: [{{
-    namespace: '@ohif/extension-default.dataSourcesModule.dicomweb',
-    sourceName: 'pacsd',
-    configuration: {{
-      friendlyName: 'pacsd',
-      name: 'pacsd',
-      wadoUriRoot: '{root}/wado',
-      qidoRoot: '{root}',
-      wadoRoot: '{root}',
-      qidoSupportsIncludeField: true,
-      imageRendering: 'wadors',
-      thumbnailRendering: 'wadors',
-      enableStudyLazyLoad: true,
-      supportsFuzzyMatching: false,
-      supportsWildcard: true,
-      omitQuotationForMultipartRequest: true,
-      bulkDataURI: {{ enabled: true }},
-    }},
-  }}],
-}};
-"#
-    )
+    OHIF_CONFIG.replace("__DICOMWEB_ROOT__", root)
 }
 
 #[cfg(test)]
@@ -141,7 +110,8 @@ mod tests {
         assert!(s.contains("qidoRoot: 'http://pacs.example:8104/dicom-web',"));
         assert!(s.contains("wadoRoot: 'http://pacs.example:8104/dicom-web',"));
         assert!(s.contains("wadoUriRoot: 'http://pacs.example:8104/dicom-web/wado',"));
-        assert!(s.starts_with("window.config = {"));
+        assert!(s.contains("\nwindow.config = {"));
+        assert!(!s.contains("__DICOMWEB_ROOT__"));
     }
 
     #[test]

@@ -17,7 +17,7 @@ use super::multipart::{
     DatasetsAs, MediaType, accept_ranges, closing, datasets_as, datasets_response, new_boundary,
     part_header, related_content_type,
 };
-use super::{WebError, WebState, clip, origin_of, path_uid};
+use super::{Target, WebError, WebState, clip, origin_of, path_uid};
 use crate::archive::read_verified;
 use crate::dicomjson::BASE_PLACEHOLDER;
 use crate::index::StoredInstance;
@@ -47,6 +47,23 @@ pub(crate) async fn stored(
     }
     out.sort_by(|a, b| a.series_instance_uid.cmp(&b.series_instance_uid));
     Ok(out)
+}
+
+/// What a path names, as `stored` finds it.
+async fn stored_at(state: &WebState, t: &Target) -> Result<Vec<StoredInstance>, WebError> {
+    stored(state, t.study()?, t.series(), t.instance()).await
+}
+
+/// The `{frames}` of a frames path (a list, checked by `frame_list`).
+#[derive(serde::Deserialize)]
+pub struct FramesParam {
+    frames: String,
+}
+
+/// The `{*path}` of a bulk data path (checked by `bulk_path`).
+#[derive(serde::Deserialize)]
+pub struct BulkParam {
+    path: String,
 }
 
 /// Read one object through the verified path.
@@ -179,45 +196,13 @@ async fn retrieve(
         .expect("valid response"))
 }
 
-fn uids2(study: &str, series: &str) -> Result<(String, String), WebError> {
-    Ok((
-        path_uid("Study Instance UID", study)?.to_string(),
-        path_uid("Series Instance UID", series)?.to_string(),
-    ))
-}
-
-fn uids3(study: &str, series: &str, sop: &str) -> Result<(String, String, String), WebError> {
-    let (st, se) = uids2(study, series)?;
-    Ok((st, se, path_uid("SOP Instance UID", sop)?.to_string()))
-}
-
-pub async fn study(
+/// Study, series or instance retrieval (PS3.18 10.4.1): every object the path names.
+pub async fn get_objects(
     State(s): State<Arc<WebState>>,
-    Path(study): Path<String>,
+    t: Target,
     h: HeaderMap,
 ) -> Result<Response, WebError> {
-    let study = path_uid("Study Instance UID", &study)?.to_string();
-    let objects = stored(&s, &study, None, None).await?;
-    retrieve(s, objects, &h).await
-}
-
-pub async fn series(
-    State(s): State<Arc<WebState>>,
-    Path((study, series)): Path<(String, String)>,
-    h: HeaderMap,
-) -> Result<Response, WebError> {
-    let (st, se) = uids2(&study, &series)?;
-    let objects = stored(&s, &st, Some(&se), None).await?;
-    retrieve(s, objects, &h).await
-}
-
-pub async fn instance(
-    State(s): State<Arc<WebState>>,
-    Path((study, series, sop)): Path<(String, String, String)>,
-    h: HeaderMap,
-) -> Result<Response, WebError> {
-    let (st, se, i) = uids3(&study, &series, &sop)?;
-    let objects = stored(&s, &st, Some(&se), Some(&i)).await?;
+    let objects = stored_at(&s, &t).await?;
     retrieve(s, objects, &h).await
 }
 
@@ -396,34 +381,14 @@ async fn metadata(
         .into_response())
 }
 
-pub async fn study_metadata(
+/// Study, series or instance metadata (PS3.18 10.4.1.1.2).
+pub async fn get_metadata(
     State(s): State<Arc<WebState>>,
-    Path(study): Path<String>,
+    t: Target,
     h: HeaderMap,
 ) -> Result<Response, WebError> {
-    let study = path_uid("Study Instance UID", &study)?.to_string();
-    let objects = stored(&s, &study, None, None).await?;
-    metadata(s, objects, None, &h).await
-}
-
-pub async fn series_metadata(
-    State(s): State<Arc<WebState>>,
-    Path((study, series)): Path<(String, String)>,
-    h: HeaderMap,
-) -> Result<Response, WebError> {
-    let (st, se) = uids2(&study, &series)?;
-    let objects = stored(&s, &st, Some(&se), None).await?;
-    metadata(s, objects, None, &h).await
-}
-
-pub async fn instance_metadata(
-    State(s): State<Arc<WebState>>,
-    Path((study, series, sop)): Path<(String, String, String)>,
-    h: HeaderMap,
-) -> Result<Response, WebError> {
-    let (st, se, i) = uids3(&study, &series, &sop)?;
-    let objects = stored(&s, &st, Some(&se), Some(&i)).await?;
-    metadata(s, objects, Some(&i), &h).await
+    let objects = stored_at(&s, &t).await?;
+    metadata(s, objects, t.instance(), &h).await
 }
 
 // ---- frames and bulk data ----
@@ -549,12 +514,12 @@ fn extract_frames(file: &[u8], wanted: &[u32]) -> Result<Vec<Vec<u8>>, WebError>
 
 pub async fn frames(
     State(s): State<Arc<WebState>>,
-    Path((study, series, sop, list)): Path<(String, String, String, String)>,
+    t: Target,
+    Path(FramesParam { frames }): Path<FramesParam>,
     h: HeaderMap,
 ) -> Result<Response, WebError> {
-    let (st, se, i) = uids3(&study, &series, &sop)?;
-    let wanted = frame_list(&list)?;
-    let obj = stored(&s, &st, Some(&se), Some(&i)).await?.remove(0);
+    let wanted = frame_list(&frames)?;
+    let obj = stored_at(&s, &t).await?.remove(0);
     let compressed = frame_media_type(&obj.transfer_syntax_uid);
     // As stored when the client takes that media type (or any, with transfer-syntax=*);
     // else decoded to native pixel data (application/octet-stream).
@@ -706,14 +671,14 @@ fn bulk_value(obj: &dicom_object::InMemDicomObject, path: &BulkPath) -> Result<V
 
 pub async fn bulkdata(
     State(s): State<Arc<WebState>>,
-    Path((study, series, sop, path)): Path<(String, String, String, String)>,
+    t: Target,
+    Path(BulkParam { path }): Path<BulkParam>,
     h: HeaderMap,
 ) -> Result<Response, WebError> {
-    let (st, se, i) = uids3(&study, &series, &sop)?;
     let path = bulk_path(&path)?;
     if path.items.is_empty() && path.attribute == tags::PIXEL_DATA {
         // The pixel data of every frame, as /frames would send them.
-        let obj = stored(&s, &st, Some(&se), Some(&i)).await?.remove(0);
+        let obj = stored_at(&s, &t).await?.remove(0);
         let file = read(&s, &obj).await?;
         let n = tokio::task::spawn_blocking(move || {
             crate::part10::open(&file, crate::config::DEFAULT_MAX_OBJECT_SIZE)
@@ -732,9 +697,9 @@ pub async fn bulkdata(
             .map(|f| f.to_string())
             .collect::<Vec<_>>()
             .join(",");
-        return frames(State(s), Path((study, series, sop, list)), h).await;
+        return frames(State(s), t, Path(FramesParam { frames: list }), h).await;
     }
-    let obj = stored(&s, &st, Some(&se), Some(&i)).await?.remove(0);
+    let obj = stored_at(&s, &t).await?.remove(0);
     let file = read(&s, &obj).await?;
     let value = tokio::task::spawn_blocking(move || {
         let o = crate::part10::open(&file, crate::config::DEFAULT_MAX_OBJECT_SIZE)
@@ -887,12 +852,13 @@ async fn render(
     encoded_image(image, r)
 }
 
-/// The first instance with pixel data of a study or series (by instance number).
-async fn representative(
-    state: &WebState,
-    study: &str,
-    series: Option<&str>,
-) -> Result<StoredInstance, WebError> {
+/// What stands for the target in a picture: the instance it names, else the first instance
+/// with pixel data of its study or series (by instance number).
+async fn representative(state: &WebState, t: &Target) -> Result<StoredInstance, WebError> {
+    let (study, series) = (t.study()?, t.series());
+    if t.instance.is_some() {
+        return Ok(stored_at(state, t).await?.remove(0));
+    }
     let firsts = state.index.first_instance_of_each_series(study).await?;
     let all = stored(state, study, series, None).await?;
     let pick = firsts
@@ -907,58 +873,35 @@ async fn representative(
         .ok_or_else(|| WebError::NotFound("nothing with pixel data to render here".into()))
 }
 
-pub async fn instance_rendered(
+/// A study, series or instance rendered (PS3.18 10.4.1.1.3): an instance's first frame, or
+/// that of the study's or series' representative instance.
+pub async fn get_rendered(
     State(s): State<Arc<WebState>>,
-    Path((study, series, sop)): Path<(String, String, String)>,
+    t: Target,
     RawQuery(q): RawQuery,
     h: HeaderMap,
 ) -> Result<Response, WebError> {
-    let (st, se, i) = uids3(&study, &series, &sop)?;
     let r = rendering(q.as_deref(), &h)?;
-    let obj = stored(&s, &st, Some(&se), Some(&i)).await?.remove(0);
+    let obj = representative(&s, &t).await?;
     render(&s, &obj, 1, &r).await
 }
 
 pub async fn frame_rendered(
     State(s): State<Arc<WebState>>,
-    Path((study, series, sop, list)): Path<(String, String, String, String)>,
+    t: Target,
+    Path(FramesParam { frames }): Path<FramesParam>,
     RawQuery(q): RawQuery,
     h: HeaderMap,
 ) -> Result<Response, WebError> {
-    let (st, se, i) = uids3(&study, &series, &sop)?;
-    let frames = frame_list(&list)?;
+    let frames = frame_list(&frames)?;
     if frames.len() != 1 {
         return Err(WebError::BadRequest(
             "a rendered frame request names one frame".into(),
         ));
     }
     let r = rendering(q.as_deref(), &h)?;
-    let obj = stored(&s, &st, Some(&se), Some(&i)).await?.remove(0);
+    let obj = stored_at(&s, &t).await?.remove(0);
     render(&s, &obj, frames[0], &r).await
-}
-
-pub async fn series_rendered(
-    State(s): State<Arc<WebState>>,
-    Path((study, series)): Path<(String, String)>,
-    RawQuery(q): RawQuery,
-    h: HeaderMap,
-) -> Result<Response, WebError> {
-    let (st, se) = uids2(&study, &series)?;
-    let r = rendering(q.as_deref(), &h)?;
-    let obj = representative(&s, &st, Some(&se)).await?;
-    render(&s, &obj, 1, &r).await
-}
-
-pub async fn study_rendered(
-    State(s): State<Arc<WebState>>,
-    Path(study): Path<String>,
-    RawQuery(q): RawQuery,
-    h: HeaderMap,
-) -> Result<Response, WebError> {
-    let st = path_uid("Study Instance UID", &study)?.to_string();
-    let r = rendering(q.as_deref(), &h)?;
-    let obj = representative(&s, &st, None).await?;
-    render(&s, &obj, 1, &r).await
 }
 
 /// The stored preview (JPEG) of an instance, resized to a viewport if asked.
@@ -987,36 +930,14 @@ async fn thumbnail(
     encoded_image(image, &r)
 }
 
-pub async fn instance_thumbnail(
+/// The thumbnail of a study, series or instance (PS3.18 10.4.1.1.4), from the stored preview.
+pub async fn get_thumbnail(
     State(s): State<Arc<WebState>>,
-    Path((study, series, sop)): Path<(String, String, String)>,
+    t: Target,
     RawQuery(q): RawQuery,
     h: HeaderMap,
 ) -> Result<Response, WebError> {
-    let (st, se, i) = uids3(&study, &series, &sop)?;
-    let obj = stored(&s, &st, Some(&se), Some(&i)).await?.remove(0);
-    thumbnail(&s, &obj, q.as_deref(), &h).await
-}
-
-pub async fn series_thumbnail(
-    State(s): State<Arc<WebState>>,
-    Path((study, series)): Path<(String, String)>,
-    RawQuery(q): RawQuery,
-    h: HeaderMap,
-) -> Result<Response, WebError> {
-    let (st, se) = uids2(&study, &series)?;
-    let obj = representative(&s, &st, Some(&se)).await?;
-    thumbnail(&s, &obj, q.as_deref(), &h).await
-}
-
-pub async fn study_thumbnail(
-    State(s): State<Arc<WebState>>,
-    Path(study): Path<String>,
-    RawQuery(q): RawQuery,
-    h: HeaderMap,
-) -> Result<Response, WebError> {
-    let st = path_uid("Study Instance UID", &study)?.to_string();
-    let obj = representative(&s, &st, None).await?;
+    let obj = representative(&s, &t).await?;
     thumbnail(&s, &obj, q.as_deref(), &h).await
 }
 
@@ -1038,8 +959,12 @@ pub async fn wado_uri(
         return Err(WebError::BadRequest("requestType=WADO is required".into()));
     }
     let need = |k: &str| get(k).ok_or_else(|| WebError::BadRequest(format!("{k} is required")));
-    let (st, se, i) = uids3(need("studyUID")?, need("seriesUID")?, need("objectUID")?)?;
-    let obj = stored(&s, &st, Some(&se), Some(&i)).await?.remove(0);
+    let t = Target::parse(
+        Some(need("studyUID")?),
+        Some(need("seriesUID")?),
+        Some(need("objectUID")?),
+    )?;
+    let obj = stored_at(&s, &t).await?.remove(0);
     let content_type = get("contentType").unwrap_or("application/dicom");
     let first = content_type.split(',').next().unwrap_or("").trim();
     match first {

@@ -23,37 +23,10 @@ const target = new URL(base);
 const root = proxy ? `http://127.0.0.1:${portText}/dicom-web` : base;
 const { chromium } = require('playwright-core');
 
-const appConfig = `window.config = {
-  routerBasename: '/',
-  extensions: [],
-  modes: [],
-  showStudyList: true,
-  maxNumberOfWebWorkers: 2,
-  showWarningMessageForCrossOrigin: false,
-  showCPUFallbackMessage: false,
-  showLoadingIndicator: false,
-  strictZSpacingForVolumeViewport: false,
-  defaultDataSourceName: 'pacsd',
-  dataSources: [{
-    namespace: '@ohif/extension-default.dataSourcesModule.dicomweb',
-    sourceName: 'pacsd',
-    configuration: {
-      friendlyName: 'pacsd',
-      name: 'pacsd',
-      wadoUriRoot: '${root}/wado',
-      qidoRoot: '${root}',
-      wadoRoot: '${root}',
-      qidoSupportsIncludeField: true,
-      imageRendering: 'wadors',
-      thumbnailRendering: 'wadors',
-      enableStudyLazyLoad: true,
-      supportsFuzzyMatching: false,
-      supportsWildcard: true,
-      omitQuotationForMultipartRequest: true,
-      bulkDataURI: { enabled: true },
-    },
-  }],
-};`;
+// The configuration pacsd serves with its own viewer (src/http/viewer.rs), pointed at `root`.
+const appConfig = fs
+  .readFileSync(new URL('../../src/http/ohif-app-config.js', import.meta.url), 'utf8')
+  .replaceAll('__DICOMWEB_ROOT__', root);
 
 const types = {
   '.html': 'text/html', '.js': 'text/javascript', '.mjs': 'text/javascript', '.css': 'text/css',
