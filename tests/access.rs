@@ -116,10 +116,7 @@ async fn a_peer_without_store_cannot_store_through_a_c_get_role_context() {
         .expect("storage context accepted for C-GET sub-operations")
         .id;
     let spec = Spec::ct(971, 1, 1, 8);
-    let st = a
-        .store(ctx, &spec.sop_class, &spec.sop_uid, &encode(&spec))
-        .await
-        .unwrap();
+    let st = store_spec(&mut a, ctx, &spec).await;
     assert_eq!(st.code, status::NOT_AUTHORIZED, "{st:?}");
     a.release().await.unwrap();
     assert_eq!(n.instances().await, 0);

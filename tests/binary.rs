@@ -9,7 +9,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use common::{dcmtk, http_status, peak_rss_of, small_corpus, text, wait_for};
+use common::{assert_printed, dcmtk, http_status, peak_rss_of, small_corpus, text, wait_for};
 
 const BIN: &str = env!("CARGO_BIN_EXE_pacsd");
 
@@ -129,8 +129,7 @@ fn serve_store_sigterm_then_rebuild_the_index() {
     assert!(store.status.success(), "{}", text(&store));
     // pacsd's own SCU tools against the binary.
     let own_echo = pacsd(&["echo", "--port", &port_s]);
-    assert!(own_echo.status.success(), "{}", text(&own_echo));
-    assert!(String::from_utf8_lossy(&own_echo.stdout).contains("status 0000"));
+    assert_printed(&own_echo, "status 0000");
     let own_store = pacsd(&[
         "store",
         "--port",
@@ -140,12 +139,7 @@ fn serve_store_sigterm_then_rebuild_the_index() {
         "--no-progress",
         src.to_str().unwrap(),
     ]);
-    assert!(own_store.status.success(), "{}", text(&own_store));
-    assert!(
-        String::from_utf8_lossy(&own_store.stdout).contains("7 stored"),
-        "{}",
-        text(&own_store)
-    );
+    assert_printed(&own_store, "7 stored");
 
     // SIGTERM: clean exit within the shutdown deadline.
     let kill = Command::new("kill")
@@ -168,12 +162,7 @@ fn serve_store_sigterm_then_rebuild_the_index() {
     // Lose the index; rebuild it from storage.
     std::fs::remove_file(dir.path().join("index.sqlite")).unwrap();
     let rebuild = pacsd(&["index", "rebuild", "--config", config.to_str().unwrap()]);
-    assert!(rebuild.status.success(), "{}", text(&rebuild));
-    assert!(
-        String::from_utf8_lossy(&rebuild.stdout).contains("7 indexed, 0 skipped"),
-        "{}",
-        text(&rebuild)
-    );
+    assert_printed(&rebuild, "7 indexed, 0 skipped");
     let stats = pacsd(&["index", "stats", "--config", config.to_str().unwrap()]);
     let out = String::from_utf8_lossy(&stats.stdout).to_string();
     assert!(
@@ -487,7 +476,7 @@ fn serve_under_a_flood_and_a_slowloris_answers_echo_with_bounded_memory() {
                     let ctx = a.contexts()[0].id;
                     let spec = pacsd::synth::Spec::ct(990, 1, i, 0);
                     let cmd = pacsd::dimse::Command::store_rq(1, &spec.sop_class, &spec.sop_uid);
-                    a.send_command(ctx, &cmd).await.unwrap();
+                    a.send_message(ctx, &cmd, None).await.unwrap();
                     let piece = data_pdu(ctx, &vec![0u8; 200_000]);
                     for _ in 0..1500 {
                         if a.send_raw(&piece).await.is_err() {
@@ -864,13 +853,9 @@ async fn power_loss_while_storing(size: u16, total: u32, cut_after: usize) {
     assert!(indexed >= acked.len() as u64, "{indexed} indexed");
     node.kill();
     let verify = pacsd(&["storage", "verify", "--config", config.to_str().unwrap()]);
-    assert!(verify.status.success(), "{}", text(&verify));
-    assert!(
-        String::from_utf8_lossy(&verify.stdout).contains(&format!(
-            "{indexed} objects and {indexed} previews checked on 3 replicas: 0 bad copies"
-        )),
-        "{}",
-        text(&verify)
+    assert_printed(
+        &verify,
+        &format!("{indexed} objects and {indexed} previews checked on 3 replicas: 0 bad copies"),
     );
     eprintln!(
         "power loss after {} acknowledged C-STOREs of {size}x{size}: {indexed} instances indexed after boot",

@@ -93,10 +93,7 @@ async fn still_serves(n: &TestNode) {
 async fn store_raw(n: &TestNode, spec: &Spec, data: &[u8]) -> pacsd::dimse::Status {
     let mut a = ct_association(&n.scu("HOSTILE")).await;
     let ctx = a.contexts()[0].id;
-    let st = a
-        .store(ctx, &spec.sop_class, &spec.sop_uid, data)
-        .await
-        .unwrap();
+    let st = store_data(&mut a, ctx, &spec, data).await;
     let _ = a.release().await;
     st
 }
@@ -275,10 +272,7 @@ async fn a_deflate_bomb_is_refused() {
     .await
     .unwrap();
     let ctx = a.contexts()[0].id;
-    let st = a
-        .store(ctx, &spec.sop_class, &spec.sop_uid, &bomb)
-        .await
-        .unwrap();
+    let st = store_data(&mut a, ctx, &spec, &bomb).await;
     refused_and_unharmed(
         &n,
         st,
@@ -302,9 +296,13 @@ async fn data_sets_that_never_end_are_bounded_by_the_receive_budget() {
         let mut a = ct_association(&n.scu(&format!("HOG{i}"))).await;
         let ctx = a.contexts()[0].id;
         let spec = Spec::ct(904, 1, 10 + i, 0);
-        a.send_command(ctx, &Command::store_rq(1, &spec.sop_class, &spec.sop_uid))
-            .await
-            .unwrap();
+        a.send_message(
+            ctx,
+            &Command::store_rq(1, &spec.sop_class, &spec.sop_uid),
+            None,
+        )
+        .await
+        .unwrap();
         // In PDUs within the node's receive size (256 KiB), none of them the last.
         for piece in chunk.chunks(200_000) {
             a.send_raw(&pdata(ctx, false, false, piece)).await.unwrap();
@@ -474,10 +472,7 @@ async fn a_conflicting_resend_is_refused_and_the_first_version_kept() {
     // A peer whose policy is `keep` gets Success; the stored version still does not change.
     let mut a = ct_association(&n.scu("ROUTER")).await;
     let ctx = a.contexts()[0].id;
-    let st = a
-        .store(ctx, &second.sop_class, &second.sop_uid, &encode(&second))
-        .await
-        .unwrap();
+    let st = store_spec(&mut a, ctx, &second).await;
     assert!(st.is_success(), "{st:?}");
     a.release().await.unwrap();
     let after = n.stored(&first.sop_uid).await;

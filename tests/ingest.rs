@@ -120,7 +120,7 @@ async fn calling_ae_policy_from_peers() {
     // A peer allowed only C-ECHO gets its storage contexts refused and stores nothing.
     let files = small_corpus(n.dir.path(), 5, 1);
     let store = storescu_paths(n.port(), &["-aet", "ECHOONLY"], &[&files[0]]).await;
-    assert!(!store.status.success(), "{}", text(&store));
+    assert_failed(&store, "a C-STORE from an echo-only peer was accepted");
     assert_eq!(n.instances().await, 0);
 }
 
@@ -228,10 +228,7 @@ async fn invalid_or_mismatched_uids_fail_clearly_and_write_nothing() {
         ),
     ];
     for (what, spec, code, needle) in cases {
-        let st = assoc
-            .store(ctx, &spec.sop_class, &spec.sop_uid, &encode(&spec))
-            .await
-            .unwrap();
+        let st = store_spec(&mut assoc, ctx, &spec).await;
         assert_eq!(st.code, code, "{what}: {st:?}");
         let comment = st.comment.unwrap_or_default();
         assert!(
@@ -273,7 +270,7 @@ async fn invalid_or_mismatched_uids_fail_clearly_and_write_nothing() {
         data_set_type: pacsd::dimse::NO_DATA_SET,
         ..Command::default()
     };
-    assoc.send_command(ctx, &weird).await.unwrap();
+    assoc.send_message(ctx, &weird, None).await.unwrap();
     let rsp = assoc.read_command().await.unwrap();
     assert_eq!(
         (
@@ -290,10 +287,7 @@ async fn invalid_or_mismatched_uids_fail_clearly_and_write_nothing() {
     }
     // Still able to store a good one on the same association.
     let good = Spec::ct(22, 1, 1, 8);
-    let st = assoc
-        .store(ctx, &good.sop_class, &good.sop_uid, &encode(&good))
-        .await
-        .unwrap();
+    let st = store_spec(&mut assoc, ctx, &good).await;
     assert!(st.is_success(), "{st:?}");
     assert_eq!(n.instances().await, 1);
 }
@@ -328,10 +322,7 @@ async fn quorum_lost_fails_with_a700_and_indexes_nothing() {
     let mut assoc = ct_association(&n.scu("TESTSCU")).await;
     let ctx = assoc.contexts()[0].id;
     let spec = Spec::ct(31, 1, 1, 16);
-    let st = assoc
-        .store(ctx, &spec.sop_class, &spec.sop_uid, &encode(&spec))
-        .await
-        .unwrap();
+    let st = store_spec(&mut assoc, ctx, &spec).await;
     assert_eq!(st.code, status::OUT_OF_RESOURCES, "{st:?}");
     assert!(st.comment.unwrap().contains("1 of 3 replicas, 2 needed"));
     assert_eq!(n.instances().await, 0);
@@ -357,25 +348,29 @@ async fn quorum_lost_fails_with_a700_and_indexes_nothing() {
     assert_eq!(code, 0);
 }
 
+/// Begin a C-STORE of `spec`: its command, then the first half of its data set in one
+/// P-DATA-TF whose PDV is not flagged last (PS3.8 E.2). Returns the association, the
+/// presentation context and the half not sent.
+async fn half_a_store(n: &TestNode, spec: &Spec) -> (pacsd::net::scu::ScuAssociation, u8, Vec<u8>) {
+    let mut assoc = ct_association(&n.scu("TESTSCU")).await;
+    let ctx = assoc.contexts()[0].id;
+    let data = encode(spec);
+    let rq = Command::store_rq(1, &spec.sop_class, &spec.sop_uid);
+    assoc.send_message(ctx, &rq, None).await.unwrap();
+    let (first, rest) = data.split_at(data.len() / 2);
+    let mut pdu = vec![0x04, 0x00];
+    pdu.extend_from_slice(&((first.len() + 6) as u32).to_be_bytes());
+    pdu.extend_from_slice(&((first.len() + 2) as u32).to_be_bytes());
+    pdu.extend_from_slice(&[ctx, 0x00]);
+    pdu.extend_from_slice(first);
+    assoc.send_raw(&pdu).await.unwrap();
+    (assoc, ctx, rest.to_vec())
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn abrupt_disconnect_mid_object_leaves_nothing_visible() {
     let n = TestNode::start().await;
-    let mut assoc = ct_association(&n.scu("TESTSCU")).await;
-    let ctx = assoc.contexts()[0].id;
-    let spec = Spec::ct(40, 1, 1, 64);
-    let data = encode(&spec);
-    assoc
-        .send_command(ctx, &Command::store_rq(1, &spec.sop_class, &spec.sop_uid))
-        .await
-        .unwrap();
-    // Half of the data set in one P-DATA-TF whose PDV is not flagged last (PS3.8 E.2).
-    let half = &data[..data.len() / 2];
-    let mut pdu = vec![0x04, 0x00];
-    pdu.extend_from_slice(&((half.len() + 6) as u32).to_be_bytes());
-    pdu.extend_from_slice(&((half.len() + 2) as u32).to_be_bytes());
-    pdu.extend_from_slice(&[ctx, 0x00]);
-    pdu.extend_from_slice(half);
-    assoc.send_raw(&pdu).await.unwrap();
+    let (assoc, _, _) = half_a_store(&n, &Spec::ct(40, 1, 1, 64)).await;
     drop(assoc); // TCP close, no A-ABORT
 
     assert!(
@@ -394,18 +389,12 @@ async fn oversize_data_set_is_refused_and_drained() {
     let mut assoc = ct_association(&n.scu("TESTSCU")).await;
     let ctx = assoc.contexts()[0].id;
     let big = Spec::ct(50, 1, 1, 64); // 8 KiB of pixels
-    let st = assoc
-        .store(ctx, &big.sop_class, &big.sop_uid, &encode(&big))
-        .await
-        .unwrap();
+    let st = store_spec(&mut assoc, ctx, &big).await;
     assert_eq!(st.code, status::OUT_OF_RESOURCES);
     assert!(st.comment.unwrap().contains("exceeds"));
     // Same association, small object: still works.
     let small = Spec::ct(50, 1, 2, 0);
-    let st = assoc
-        .store(ctx, &small.sop_class, &small.sop_uid, &encode(&small))
-        .await
-        .unwrap();
+    let st = store_spec(&mut assoc, ctx, &small).await;
     assert!(st.is_success(), "{st:?}");
     assert_eq!(n.instances().await, 1);
 }
@@ -449,21 +438,8 @@ async fn concurrent_associations_all_land() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shutdown_finishes_the_message_in_flight() {
     let n = TestNode::start().await;
-    let mut assoc = ct_association(&n.scu("TESTSCU")).await;
-    let ctx = assoc.contexts()[0].id;
     let spec = Spec::ct(80, 1, 1, 64);
-    let data = encode(&spec);
-    assoc
-        .send_command(ctx, &Command::store_rq(1, &spec.sop_class, &spec.sop_uid))
-        .await
-        .unwrap();
-    let (first, rest) = data.split_at(data.len() / 2);
-    let mut pdu = vec![0x04, 0x00];
-    pdu.extend_from_slice(&((first.len() + 6) as u32).to_be_bytes());
-    pdu.extend_from_slice(&((first.len() + 2) as u32).to_be_bytes());
-    pdu.extend_from_slice(&[ctx, 0x00]);
-    pdu.extend_from_slice(first);
-    assoc.send_raw(&pdu).await.unwrap();
+    let (mut assoc, ctx, rest) = half_a_store(&n, &spec).await;
     tokio::time::sleep(Duration::from_millis(100)).await;
 
     // Shutdown arrives while the object is half received.
@@ -472,7 +448,7 @@ async fn shutdown_finishes_the_message_in_flight() {
     tokio::time::sleep(Duration::from_millis(100)).await;
 
     // The rest of the object still gets stored and acknowledged...
-    assoc.send_data(ctx, rest).await.unwrap();
+    assoc.send_data(ctx, &rest).await.unwrap();
     let st = assoc
         .read_response(pacsd::dimse::CommandField::CStoreRsp)
         .await

@@ -477,12 +477,7 @@ fn pacsd_move_cli() {
         ])
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", text(&out));
-    assert!(
-        String::from_utf8_lossy(&out.stdout).contains("2 completed, 0 failed"),
-        "{}",
-        text(&out)
-    );
+    assert_printed(&out, "2 completed, 0 failed");
     assert_eq!(dest.files().len(), 2);
     drop(rt);
 }
@@ -505,12 +500,7 @@ fn pacsd_get_cli_writes_every_instance() {
         .args(["-k", &format!("StudyInstanceUID={}", specs[0].study_uid)])
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", text(&out));
-    assert!(
-        String::from_utf8_lossy(&out.stdout).contains("3 completed, 0 failed"),
-        "{}",
-        text(&out)
-    );
+    assert_printed(&out, "3 completed, 0 failed");
     for s in &specs[..3] {
         let got = out_dir.path().join(format!("{}.dcm", s.sop_uid));
         let inst = rt

@@ -298,7 +298,7 @@ impl ScuAssociation {
             .map(|c| c.id)
             .ok_or_else(|| NetError::Rejected("Verification context not accepted".into()))?;
         let id = self.message_id();
-        self.send_command(ctx, &Command::echo_rq(id)).await?;
+        self.send_message(ctx, &Command::echo_rq(id), None).await?;
         self.read_response(CommandField::CEchoRsp).await
     }
 
@@ -381,7 +381,7 @@ impl ScuAssociation {
                     let inst = msg.affected_sop_instance_uid.clone().unwrap_or_default();
                     let status = on_store(&class, &inst, &ts, data.unwrap_or_default());
                     let rsp = Command::response_to(&msg, CommandField::CStoreRsp, status);
-                    self.send_command(ctx, &rsp).await?;
+                    self.send_message(ctx, &rsp, None).await?;
                 }
                 Some(CommandField::CGetRsp) if msg.status == Some(0xFF00) => on_pending(&msg),
                 Some(CommandField::CGetRsp) => return Ok(msg),
@@ -413,8 +413,7 @@ impl ScuAssociation {
         let mut rq = Command::store_rq(id, sop_class, sop_instance);
         rq.move_originator_ae_title = Some(originator_ae.to_string());
         rq.move_originator_message_id = Some(originator_id);
-        self.send_command(context_id, &rq).await?;
-        self.send_data(context_id, data).await?;
+        self.send_message(context_id, &rq, Some(data)).await?;
         self.read_response(CommandField::CStoreRsp).await
     }
 
@@ -437,8 +436,7 @@ impl ScuAssociation {
             data_set_type: crate::dimse::DATA_SET_PRESENT,
             ..Command::default()
         };
-        self.send_command(context_id, &rq).await?;
-        self.send_data(context_id, identifier).await?;
+        self.send_message(context_id, &rq, Some(identifier)).await?;
         Ok(id)
     }
 
@@ -450,7 +448,7 @@ impl ScuAssociation {
             data_set_type: crate::dimse::NO_DATA_SET,
             ..Command::default()
         };
-        self.send_command(context_id, &cancel).await
+        self.send_message(context_id, &cancel, None).await
     }
 
     /// C-FIND (PS3.7 9.1.2): send the identifier, collect every Pending identifier and the
@@ -498,20 +496,30 @@ impl ScuAssociation {
         data: &[u8],
     ) -> Result<Status, NetError> {
         let id = self.message_id();
-        self.send_command(context_id, &Command::store_rq(id, sop_class, sop_instance))
-            .await?;
-        self.send_data(context_id, data).await?;
+        self.send_message(
+            context_id,
+            &Command::store_rq(id, sop_class, sop_instance),
+            Some(data),
+        )
+        .await?;
         self.read_response(CommandField::CStoreRsp).await
     }
 
-    pub async fn send_command(
+    /// Send a command set and, when the command announces one, its data set.
+    pub async fn send_message(
         &mut self,
         context_id: u8,
         command: &Command,
+        data: Option<&[u8]>,
     ) -> Result<(), NetError> {
-        self.link.send_command(context_id, command).await
+        self.link.send_command(context_id, command).await?;
+        match data {
+            Some(data) => self.link.send_data(context_id, data).await,
+            None => Ok(()),
+        }
     }
 
+    /// Send a data set alone (tests use it to finish a message begun by hand).
     pub async fn send_data(&mut self, context_id: u8, data: &[u8]) -> Result<(), NetError> {
         self.link.send_data(context_id, data).await
     }

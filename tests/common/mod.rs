@@ -278,6 +278,22 @@ pub fn text(o: &Output) -> String {
     )
 }
 
+/// Assert that a command succeeded and printed `expected` on its standard output.
+#[track_caller]
+pub fn assert_printed(out: &Output, expected: &str) {
+    assert!(
+        out.status.success() && String::from_utf8_lossy(&out.stdout).contains(expected),
+        "expected success and `{expected}`: {}",
+        text(out)
+    );
+}
+
+/// Assert that a command failed; `what` names what must not have been accepted.
+#[track_caller]
+pub fn assert_failed(out: &Output, what: &str) {
+    assert!(!out.status.success(), "{what}: {}", text(out));
+}
+
 /// Write `n` small synthetic CT files (64x64) of one study under `dir`.
 pub fn small_corpus(dir: &Path, study: u32, n: u32) -> Vec<PathBuf> {
     (1..=n)
@@ -300,6 +316,28 @@ pub async fn ct_association(opts: &ScuOptions) -> ScuAssociation {
     )
     .await
     .expect("association")
+}
+
+/// C-STORE a synthetic instance, encoded in Explicit VR LE, and return the SCP's status (a
+/// transport error fails the test).
+pub async fn store_spec(
+    a: &mut ScuAssociation,
+    ctx: u8,
+    spec: &pacsd::synth::Spec,
+) -> pacsd::dimse::Status {
+    store_data(a, ctx, spec, &encode(spec)).await
+}
+
+/// C-STORE `data` under a synthetic instance's SOP Class and Instance UIDs.
+pub async fn store_data(
+    a: &mut ScuAssociation,
+    ctx: u8,
+    spec: &pacsd::synth::Spec,
+    data: &[u8],
+) -> pacsd::dimse::Status {
+    a.store(ctx, &spec.sop_class, &spec.sop_uid, data)
+        .await
+        .expect("a C-STORE response")
 }
 
 /// Encode a synthetic instance's data set in Explicit VR LE.
