@@ -398,15 +398,11 @@ fn clip_long(s: &str) -> String {
 
 /// The DICOMweb routes, relative to `http.base_path`.
 fn dicomweb_routes() -> Router<Arc<WebState>> {
-    use crate::index::query::Level;
     use axum::routing::post;
     Router::new()
-        .route(
-            "/studies",
-            get(|q: qido::Search| q.at(Level::Study)).post(stow::store),
-        )
-        .route("/series", get(|q: qido::Search| q.at(Level::Series)))
-        .route("/instances", get(|q: qido::Search| q.at(Level::Image)))
+        .route("/studies", get(qido::search_resource).post(stow::store))
+        .route("/series", get(qido::search_resource))
+        .route("/instances", get(qido::search_resource))
         .route(
             "/studies/{study}",
             get(wado::get_objects)
@@ -414,14 +410,8 @@ fn dicomweb_routes() -> Router<Arc<WebState>> {
                 .delete(delete::delete),
         )
         .route("/studies/{study}/metadata", get(wado::get_metadata))
-        .route(
-            "/studies/{study}/series",
-            get(|q: qido::Search| q.at(Level::Series)),
-        )
-        .route(
-            "/studies/{study}/instances",
-            get(|q: qido::Search| q.at(Level::Image)),
-        )
+        .route("/studies/{study}/series", get(qido::search_resource))
+        .route("/studies/{study}/instances", get(qido::search_resource))
         .route("/studies/{study}/rendered", get(wado::get_rendered))
         .route("/studies/{study}/thumbnail", get(wado::get_thumbnail))
         .route(
@@ -434,7 +424,7 @@ fn dicomweb_routes() -> Router<Arc<WebState>> {
         )
         .route(
             "/studies/{study}/series/{series}/instances",
-            get(|q: qido::Search| q.at(Level::Image)),
+            get(qido::search_resource),
         )
         .route(
             "/studies/{study}/series/{series}/rendered",

@@ -4,9 +4,8 @@
 
 use std::sync::Arc;
 
-use axum::extract::FromRequestParts;
-use axum::http::request::Parts;
-use axum::http::{HeaderMap, StatusCode, header};
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
 use dicom_core::dictionary::{DataDictionary, DataDictionaryEntry, VirtualVr};
 use dicom_core::{DataElement, PrimitiveValue, Tag, VR};
@@ -25,36 +24,22 @@ const MAX_PARAMS: usize = 128;
 /// Longest parameter value (a UID list of a few hundred UIDs).
 const MAX_VALUE: usize = 64 * 1024;
 
-/// One QIDO-RS request: the archive, what its path fixes (`/studies/{study}/series` fixes
-/// the study), its query string and its headers. The router says the level:
-/// `get(|q: Search| q.at(Level::Series))`.
-pub struct Search {
-    state: Arc<WebState>,
+/// A QIDO-RS search (PS3.18 10.6.1): the last segment of the path names the level
+/// (`studies`, `series`, `instances`), the segments before it what the path fixes
+/// (`/studies/{study}/series` searches the series of one study).
+pub async fn search_resource(
+    State(s): State<Arc<WebState>>,
     scope: Target,
-    query: Option<String>,
-    headers: HeaderMap,
-}
-
-impl FromRequestParts<Arc<WebState>> for Search {
-    type Rejection = WebError;
-
-    async fn from_request_parts(
-        parts: &mut Parts,
-        state: &Arc<WebState>,
-    ) -> Result<Self, Self::Rejection> {
-        Ok(Search {
-            state: state.clone(),
-            scope: Target::from_request_parts(parts, state).await?,
-            query: parts.uri.query().map(str::to_string),
-            headers: parts.headers.clone(),
-        })
-    }
-}
-
-impl Search {
-    pub async fn at(self, level: Level) -> Result<Response, WebError> {
-        search(&self.state, level, self.scope, self.query, &self.headers).await
-    }
+    uri: Uri,
+    h: HeaderMap,
+) -> Result<Response, WebError> {
+    let level = match uri.path().rsplit('/').next() {
+        Some("studies") => Level::Study,
+        Some("series") => Level::Series,
+        _ => Level::Image,
+    };
+    let query = uri.query().map(str::to_string);
+    search(&s, level, scope, query, &h).await
 }
 
 /// The attributes every match of a level carries (PS3.18 Tables 6.7.1-2, -2a, -2b); a search
