@@ -198,9 +198,7 @@ async fn dicom_end_to_end_with_hdfs_replicas() {
     }
     // Verify finds the missing local copies (those a read already found missing may have been
     // repaired by now) and queues them; the repair worker copies them back from HDFS.
-    let v = pacsd::archive::maintenance::verify_all(&n.node.index, &n.node.storage, false)
-        .await
-        .unwrap();
+    let v = n.verify().await;
     assert_eq!(v.objects, 22);
     assert!(v.bad_copies >= 1, "{v:?}");
     assert!(
@@ -404,9 +402,7 @@ async fn the_whole_hdfs_down_while_storing_is_healed_when_it_returns() {
         n.repairs_drain(Duration::from_secs(90)).await,
         "the repair worker healed HDFS when it returned"
     );
-    let v = pacsd::archive::maintenance::verify_all(&n.node.index, &n.node.storage, false)
-        .await
-        .unwrap();
+    let v = n.verify().await;
     assert_eq!((v.objects, v.bad_copies), (30, 0));
     n.node.stop().await;
 }
@@ -454,9 +450,7 @@ async fn an_interrupted_hdfs_put_leaves_nothing_taken_for_an_object() {
             .unwrap(),
         0
     );
-    let v = pacsd::archive::maintenance::verify_all(&n.node.index, &n.node.storage, false)
-        .await
-        .unwrap();
+    let v = n.verify().await;
     assert_eq!((v.objects, v.bad_copies), (3, 0));
     assert_eq!(n.instances().await, 3);
 

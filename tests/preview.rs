@@ -114,23 +114,27 @@ fn ct_image(spec: &Spec, cols: u16, rows: u16, window: Option<(&str, &str)>) -> 
             ((x * 5 + y * 3 + seed * 11 + disc) % 4096) as u16
         })
         .collect();
-    image(
-        spec,
-        cols,
-        rows,
-        "MONOCHROME2",
-        1,
-        12,
-        PrimitiveValue::U16(px.into()),
-        |ds| {
-            put(ds, tags::RESCALE_INTERCEPT, VR::DS, "-1024".into());
-            put(ds, tags::RESCALE_SLOPE, VR::DS, "1".into());
-            if let Some((c, w)) = window {
-                put(ds, tags::WINDOW_CENTER, VR::DS, c.into());
-                put(ds, tags::WINDOW_WIDTH, VR::DS, w.into());
-            }
-        },
-    )
+    grey12(spec, (cols, rows), "MONOCHROME2", px, "-1024", window)
+}
+
+/// A 12-bit greyscale image with a rescale intercept (slope 1) and, if given, a window.
+fn grey12(
+    spec: &Spec,
+    (cols, rows): (u16, u16),
+    photometric: &str,
+    px: Vec<u16>,
+    intercept: &str,
+    window: Option<(&str, &str)>,
+) -> InMemDicomObject {
+    let pixels = PrimitiveValue::U16(px.into());
+    image(spec, cols, rows, photometric, 1, 12, pixels, |ds| {
+        put(ds, tags::RESCALE_INTERCEPT, VR::DS, intercept.into());
+        put(ds, tags::RESCALE_SLOPE, VR::DS, "1".into());
+        if let Some((c, w)) = window {
+            put(ds, tags::WINDOW_CENTER, VR::DS, c.into());
+            put(ds, tags::WINDOW_WIDTH, VR::DS, w.into());
+        }
+    })
 }
 
 /// An 8-bit RGB image: red along x, green along y, a blue square.
@@ -541,23 +545,7 @@ async fn colour_previews_match_the_source_image() {
 /// A 256x8 horizontal gradient of stored values 0..4095 (rescale identity).
 fn gradient(spec: &Spec, photometric: &str, window: Option<(&str, &str)>) -> InMemDicomObject {
     let px: Vec<u16> = (0..256u32 * 8).map(|i| ((i % 256) * 16) as u16).collect();
-    image(
-        spec,
-        256,
-        8,
-        photometric,
-        1,
-        12,
-        PrimitiveValue::U16(px.into()),
-        |ds| {
-            put(ds, tags::RESCALE_INTERCEPT, VR::DS, "0".into());
-            put(ds, tags::RESCALE_SLOPE, VR::DS, "1".into());
-            if let Some((c, w)) = window {
-                put(ds, tags::WINDOW_CENTER, VR::DS, c.into());
-                put(ds, tags::WINDOW_WIDTH, VR::DS, w.into());
-            }
-        },
-    )
+    grey12(spec, (256, 8), photometric, px, "0", window)
 }
 
 /// Mean grey of column `x` of a preview.
@@ -738,9 +726,7 @@ async fn pending_previews_survive_a_restart_and_stored_previews_are_verified_and
     assert_eq!(n.node.index.preview_counts().await.unwrap().done, 5);
 
     // `storage verify` knows previews: one deleted from replica 3 is found and healed.
-    let v = pacsd::archive::maintenance::verify_all(&n.node.index, &n.node.storage, false)
-        .await
-        .unwrap();
+    let v = n.verify().await;
     assert_eq!((v.objects, v.previews, v.bad_copies), (5, 5, 0));
     let jpg = n
         .files_in_replica(2)
@@ -748,9 +734,7 @@ async fn pending_previews_survive_a_restart_and_stored_previews_are_verified_and
         .find(|f| f.extension().is_some_and(|e| e == "jpg"))
         .unwrap();
     std::fs::remove_file(&jpg).unwrap();
-    let v = pacsd::archive::maintenance::verify_all(&n.node.index, &n.node.storage, false)
-        .await
-        .unwrap();
+    let v = n.verify().await;
     assert_eq!(v.bad_copies, 1);
     let queue = n.node.index.repair_queue().await.unwrap();
     assert_eq!(queue.len(), 1);
@@ -760,9 +744,7 @@ async fn pending_previews_survive_a_restart_and_stored_previews_are_verified_and
         .unwrap();
     assert_eq!(r.repaired, 1);
     assert!(jpg.exists(), "preview copy restored");
-    let v = pacsd::archive::maintenance::verify_all(&n.node.index, &n.node.storage, false)
-        .await
-        .unwrap();
+    let v = n.verify().await;
     assert_eq!((v.previews, v.bad_copies), (5, 0));
     n.node.stop().await;
 }
@@ -801,9 +783,7 @@ async fn a_preview_lost_on_every_replica_is_served_and_rendered_again() {
     let img = image::load_from_memory(&served).unwrap();
     assert!(img.width() > 0 && img.height() > 0);
 
-    let v = pacsd::archive::maintenance::verify_all(&n.node.index, &n.node.storage, false)
-        .await
-        .unwrap();
+    let v = n.verify().await;
     assert_eq!((v.objects, v.previews, v.bad_copies), (3, 3, 3));
     let r = pacsd::archive::maintenance::repair_pass(&n.node.index, &n.node.storage)
         .await
@@ -823,9 +803,7 @@ async fn a_preview_lost_on_every_replica_is_served_and_rendered_again() {
             copy.display()
         );
     }
-    let v = pacsd::archive::maintenance::verify_all(&n.node.index, &n.node.storage, false)
-        .await
-        .unwrap();
+    let v = n.verify().await;
     assert_eq!((v.previews, v.bad_copies), (3, 0));
     // An object is never given up on: with no good copy its entries stay queued.
     let object_key = relative.with_extension("dcm");

@@ -38,9 +38,7 @@ async fn replica_down_during_ingest_is_healed_when_it_returns() {
     std::fs::create_dir(&r3).unwrap();
     assert!(n.repairs_drain(Duration::from_secs(10)).await);
     assert_eq!(n.files_in_replica(2).len(), 4);
-    let v = pacsd::archive::maintenance::verify_all(&n.node.index, &n.node.storage, false)
-        .await
-        .unwrap();
+    let v = n.verify().await;
     assert_eq!((v.objects, v.bad_copies), (4, 0));
 }
 

@@ -486,9 +486,7 @@ async fn garage_node_killed_during_bulk_store_is_healed_when_it_returns() {
         n.repairs_drain(Duration::from_secs(60)).await,
         "repair queue drained after the node returned"
     );
-    let v = pacsd::archive::maintenance::verify_all(&n.node.index, &n.node.storage, false)
-        .await
-        .unwrap();
+    let v = n.verify().await;
     assert_eq!((v.objects, v.bad_copies), (40, 0));
     n.node.stop().await;
 }

@@ -396,78 +396,48 @@ fn clip_long(s: &str) -> String {
     s.chars().take(1024).collect()
 }
 
-/// The DICOMweb routes, relative to `http.base_path`.
+/// The DICOMweb routes, relative to `http.base_path`. A study, a series and an instance
+/// each answer retrieval, metadata, rendered, thumbnail and DELETE (one handler each for
+/// the three levels, `Target` tells them apart); the QIDO searches end in the level's name.
 fn dicomweb_routes() -> Router<Arc<WebState>> {
     use axum::routing::post;
-    Router::new()
+    const STUDY: &str = "/studies/{study}";
+    const SERIES: &str = "/studies/{study}/series/{series}";
+    const INSTANCE: &str = "/studies/{study}/series/{series}/instances/{instance}";
+    let mut r = Router::new()
+        .route("/", post(stow::store))
         .route("/studies", get(qido::search_resource).post(stow::store))
-        .route("/series", get(qido::search_resource))
-        .route("/instances", get(qido::search_resource))
+        .route(STUDY, post(stow::store_in_study));
+    for search in [
+        "/series",
+        "/instances",
+        "/studies/{study}/series",
+        "/studies/{study}/instances",
+        "/studies/{study}/series/{series}/instances",
+    ] {
+        r = r.route(search, get(qido::search_resource));
+    }
+    for level in [STUDY, SERIES, INSTANCE] {
+        r = r
+            .route(level, get(wado::get_objects).delete(delete::delete))
+            .route(&format!("{level}/metadata"), get(wado::get_metadata))
+            .route(&format!("{level}/rendered"), get(wado::get_rendered))
+            .route(&format!("{level}/thumbnail"), get(wado::get_thumbnail));
+    }
+    r.route(&format!("{INSTANCE}/frames/{{frames}}"), get(wado::frames))
         .route(
-            "/studies/{study}",
-            get(wado::get_objects)
-                .post(stow::store_in_study)
-                .delete(delete::delete),
-        )
-        .route("/studies/{study}/metadata", get(wado::get_metadata))
-        .route("/studies/{study}/series", get(qido::search_resource))
-        .route("/studies/{study}/instances", get(qido::search_resource))
-        .route("/studies/{study}/rendered", get(wado::get_rendered))
-        .route("/studies/{study}/thumbnail", get(wado::get_thumbnail))
-        .route(
-            "/studies/{study}/series/{series}",
-            get(wado::get_objects).delete(delete::delete),
-        )
-        .route(
-            "/studies/{study}/series/{series}/metadata",
-            get(wado::get_metadata),
-        )
-        .route(
-            "/studies/{study}/series/{series}/instances",
-            get(qido::search_resource),
-        )
-        .route(
-            "/studies/{study}/series/{series}/rendered",
-            get(wado::get_rendered),
-        )
-        .route(
-            "/studies/{study}/series/{series}/thumbnail",
-            get(wado::get_thumbnail),
-        )
-        .route(
-            "/studies/{study}/series/{series}/instances/{instance}",
-            get(wado::get_objects).delete(delete::delete),
-        )
-        .route(
-            "/studies/{study}/series/{series}/instances/{instance}/metadata",
-            get(wado::get_metadata),
-        )
-        .route(
-            "/studies/{study}/series/{series}/instances/{instance}/rendered",
-            get(wado::get_rendered),
-        )
-        .route(
-            "/studies/{study}/series/{series}/instances/{instance}/thumbnail",
-            get(wado::get_thumbnail),
-        )
-        .route(
-            "/studies/{study}/series/{series}/instances/{instance}/frames/{frames}",
-            get(wado::frames),
-        )
-        .route(
-            "/studies/{study}/series/{series}/instances/{instance}/frames/{frames}/rendered",
+            &format!("{INSTANCE}/frames/{{frames}}/rendered"),
             get(wado::frame_rendered),
         )
         .route(
-            "/studies/{study}/series/{series}/instances/{instance}/frames/{frames}/thumbnail",
+            &format!("{INSTANCE}/frames/{{frames}}/thumbnail"),
             get(wado::frame_rendered),
         )
         .route(
-            "/studies/{study}/series/{series}/instances/{instance}/bulkdata/{*path}",
+            &format!("{INSTANCE}/bulkdata/{{*path}}"),
             get(wado::bulkdata),
         )
         .route("/wado", get(wado::wado_uri))
-        .route("/", post(stow::store))
 }
 
 /// The whole application: DICOMweb under the base path, operations at the root.

@@ -150,6 +150,13 @@ impl TestNode {
     }
 
     /// Whether the repair queue is empty within `limit` (the repair worker healed it).
+    /// `storage verify` of everything the node holds (bad copies are queued for repair).
+    pub async fn verify(&self) -> pacsd::archive::maintenance::VerifySummary {
+        pacsd::archive::maintenance::verify_all(&self.node.index, &self.node.storage, false)
+            .await
+            .expect("verify")
+    }
+
     pub async fn repairs_drain(&self, limit: Duration) -> bool {
         eventually(limit, async || {
             self.node.index.repair_queue().await.unwrap().is_empty()
