@@ -495,6 +495,18 @@ pub struct Peer {
 }
 
 impl Peer {
+    /// A peer known by AE title and address, allowed `services`; everything else as an
+    /// `[[peer]]` entry that names only these leaves it.
+    pub fn new(ae_title: &str, host: &str, port: u16, services: &[Service]) -> Peer {
+        Peer {
+            ae_title: ae_title.into(),
+            host: host.into(),
+            port,
+            services: services.iter().copied().collect(),
+            ..Peer::default()
+        }
+    }
+
     /// Whether associations with this AE must run over TLS.
     pub fn needs_tls(&self) -> bool {
         self.tls || self.tls_subject.is_some()
@@ -1134,15 +1146,12 @@ mod tests {
     #[test]
     fn services_follow_peers_then_policy() {
         let mut c = parse("[access]\nunknown_ae_services = [\"echo\"]").unwrap();
-        c.peers = vec![Peer {
-            ae_title: "WS1".into(),
-            host: "127.0.0.1".into(),
-            port: 104,
-            services: [Service::Find, Service::Move].into_iter().collect(),
-            hosts: Vec::new(),
-            on_conflict: None,
-            ..Peer::default()
-        }];
+        c.peers = vec![Peer::new(
+            "WS1",
+            "127.0.0.1",
+            104,
+            &[Service::Find, Service::Move],
+        )];
         assert!(c.services_for("WS1 ").contains(&Service::Move));
         assert!(!c.services_for("WS1").contains(&Service::Store));
         assert_eq!(

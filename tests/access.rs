@@ -16,13 +16,8 @@ const RJ: Option<u8> = Some(0x03);
 
 fn peer(ae: &str, host: &str, hosts: &[&str], services: &[Service]) -> Peer {
     Peer {
-        ae_title: ae.into(),
-        host: host.into(),
-        port: 104,
         hosts: hosts.iter().map(|h| h.to_string()).collect(),
-        services: services.iter().copied().collect(),
-        on_conflict: None,
-        ..Peer::default()
+        ..Peer::new(ae, host, 104, services)
     }
 }
 

@@ -12,7 +12,7 @@ use dicom_core::dictionary::UidDictionary;
 use dicom_dictionary_std::{StandardSopClassDictionary, uids};
 use dicom_encoding::transfer_syntax::TransferSyntaxIndex;
 use dicom_transfer_syntax_registry::TransferSyntaxRegistry;
-use pacsd::net::scu::{ProposedContext, ScuAssociation};
+use pacsd::net::scu::{ProposedContext, ScuAssociation, ScuOptions};
 use pacsd::net::syntax::{is_storage_sop_class, storage_transfer_syntaxes};
 
 const STATEMENT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/conformance/statement.md");
@@ -228,6 +228,28 @@ fn tables_match_the_code() {
 }
 
 /// What the running node accepts on the wire equals the tables.
+/// Associate proposing one presentation context per (abstract syntax, transfer syntax) pair;
+/// returns the contexts accepted, as such pairs, and releases.
+async fn negotiate(
+    opts: &ScuOptions,
+    pairs: impl Iterator<Item = (String, String)>,
+) -> Vec<(String, String)> {
+    let proposed: Vec<ProposedContext> = pairs
+        .map(|(abstract_syntax, ts)| ProposedContext {
+            abstract_syntax,
+            transfer_syntaxes: vec![ts],
+        })
+        .collect();
+    let assoc = ScuAssociation::connect(opts, &proposed).await.unwrap();
+    let accepted = assoc
+        .contexts()
+        .iter()
+        .map(|c| (c.abstract_syntax.clone(), c.transfer_syntax.clone()))
+        .collect();
+    assoc.release().await.unwrap();
+    accepted
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_node_accepts_exactly_what_the_statement_lists() {
     let doc = std::fs::read_to_string(STATEMENT).unwrap();
@@ -239,47 +261,27 @@ async fn the_node_accepts_exactly_what_the_statement_lists() {
     // Every listed SOP class, 120 contexts per association, Explicit VR LE.
     let classes: Vec<&String> = doc_sop.keys().collect();
     for chunk in classes.chunks(120) {
-        let proposed: Vec<ProposedContext> = chunk
-            .iter()
-            .map(|uid| ProposedContext {
-                abstract_syntax: uid.to_string(),
-                transfer_syntaxes: vec![uids::EXPLICIT_VR_LITTLE_ENDIAN.into()],
-            })
-            .collect();
-        let assoc = ScuAssociation::connect(&opts, &proposed).await.unwrap();
-        let accepted: Vec<&str> = assoc
-            .contexts()
-            .iter()
-            .map(|c| c.abstract_syntax.as_str())
-            .collect();
+        let explicit = || uids::EXPLICIT_VR_LITTLE_ENDIAN.to_string();
+        let accepted =
+            negotiate(&opts, chunk.iter().map(|uid| (uid.to_string(), explicit()))).await;
         for uid in chunk {
             assert!(
-                accepted.contains(&uid.as_str()),
+                accepted.iter().any(|(a, _)| a == *uid),
                 "{uid} ({}) listed but refused",
                 doc_sop[*uid]
             );
         }
-        assoc.release().await.unwrap();
     }
 
     // Every listed transfer syntax, one context each, for CT Image Storage.
-    let proposed: Vec<ProposedContext> = doc_ts
-        .keys()
-        .map(|ts| ProposedContext {
-            abstract_syntax: uids::CT_IMAGE_STORAGE.into(),
-            transfer_syntaxes: vec![ts.clone()],
-        })
-        .collect();
-    let assoc = ScuAssociation::connect(&opts, &proposed).await.unwrap();
-    let accepted: Vec<&str> = assoc
-        .contexts()
-        .iter()
-        .map(|c| c.transfer_syntax.as_str())
-        .collect();
+    let ct = || uids::CT_IMAGE_STORAGE.to_string();
+    let accepted = negotiate(&opts, doc_ts.keys().map(|ts| (ct(), ts.clone()))).await;
     for ts in doc_ts.keys() {
-        assert!(accepted.contains(&ts.as_str()), "{ts} listed but refused");
+        assert!(
+            accepted.iter().any(|(_, t)| t == ts),
+            "{ts} listed but refused"
+        );
     }
-    assoc.release().await.unwrap();
 
     // Things not listed are refused.
     let refused = [
@@ -295,29 +297,21 @@ async fn the_node_accepts_exactly_what_the_statement_lists() {
         (uids::CT_IMAGE_STORAGE, uids::JPIP_REFERENCED),
         (uids::CT_IMAGE_STORAGE, "1.2.3.4.5.6"),
     ];
-    let mut proposed: Vec<ProposedContext> = refused
-        .iter()
-        .map(|(a, t)| ProposedContext {
-            abstract_syntax: a.to_string(),
-            transfer_syntaxes: vec![t.to_string()],
-        })
-        .collect();
-    proposed.push(ProposedContext {
-        abstract_syntax: uids::VERIFICATION.into(),
-        transfer_syntaxes: vec![uids::IMPLICIT_VR_LITTLE_ENDIAN.into()],
-    });
-    let assoc = ScuAssociation::connect(&opts, &proposed).await.unwrap();
+    let verification = (uids::VERIFICATION, uids::IMPLICIT_VR_LITTLE_ENDIAN);
+    let proposed = refused.iter().chain([&verification]);
+    let accepted = negotiate(&opts, proposed.map(|(a, t)| (a.to_string(), t.to_string()))).await;
     assert_eq!(
-        assoc.contexts().len(),
-        1,
-        "only Verification should be accepted: {:?}",
-        assoc.contexts()
+        accepted,
+        vec![(
+            uids::VERIFICATION.into(),
+            uids::IMPLICIT_VR_LITTLE_ENDIAN.into()
+        )],
+        "only Verification should be accepted"
     );
     assert!(
         doc.contains("`1.2.840.10008.1.1`"),
         "Verification must be in the statement"
     );
-    assoc.release().await.unwrap();
 }
 
 #[test]

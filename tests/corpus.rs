@@ -22,7 +22,7 @@ fn pydicom_files() -> Vec<PathBuf> {
         ])
         .output()
         .expect("python3");
-    assert!(out.status.success(), "pydicom is needed: {}", text(&out));
+    assert_succeeded(&out, "pydicom is needed");
     let root = PathBuf::from(String::from_utf8(out.stdout).unwrap().trim()).join("data");
     let mut files =
         pacsd::tools::collect_files(&[root.join("test_files"), root.join("charset_files")])

@@ -30,20 +30,16 @@ fn corpus() -> Vec<Spec> {
 }
 
 async fn node() -> (TestNode, String) {
-    let n = TestNode::start_with(|c| {
-        c.storage.repair_interval_secs = 0.3;
-        c.access
-            .unknown_ae_services
-            .insert(pacsd::config::Service::Find);
-    })
-    .await;
-    n.add_accounts(&[
+    let accounts = [
         ("pacs-admin", PASSWORD, "admin"),
         ("uploader", PASSWORD, "uploader"),
-    ])
-    .await;
-    let base = n.dicomweb();
-    (n, base)
+    ];
+    let tweak = |c: &mut pacsd::config::Config| {
+        c.storage.repair_interval_secs = 0.3;
+        let find = pacsd::config::Service::Find;
+        c.access.unknown_ae_services.insert(find);
+    };
+    TestNode::start_web(tweak, &accounts).await
 }
 
 async fn delete(base: &str, path: &str, account: &str) -> (u16, String) {

@@ -15,18 +15,15 @@ const PASSWORD: &str = "a long test password";
 
 /// A node with HTTP on, and accounts `admin` (all rights) and `viewer` (read).
 async fn web_node(tweak: impl FnOnce(&mut pacsd::config::Config)) -> (TestNode, String) {
-    let n = TestNode::start_with(|c| {
-        c.preview.enabled = true;
-        tweak(c)
-    })
-    .await;
-    n.add_accounts(&[
+    let accounts = [
         ("pacs-admin", PASSWORD, "admin"),
         ("viewer", PASSWORD, "read"),
-    ])
-    .await;
-    let base = n.dicomweb();
-    (n, base)
+    ];
+    let with_previews = |c: &mut pacsd::config::Config| {
+        c.preview.enabled = true;
+        tweak(c)
+    };
+    TestNode::start_web(with_previews, &accounts).await
 }
 
 fn client() -> reqwest::Client {
@@ -337,13 +334,8 @@ fn findscu_uids(port: u16, level: &str, keys: &[(&str, &str)], unique: &str) -> 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn qido_rs_and_c_find_give_the_same_answers() {
     let (n, base) = web_node(|c| {
-        c.peers = vec![pacsd::config::Peer {
-            ae_title: "FINDSCU".into(),
-            host: "127.0.0.1".into(),
-            port: 104,
-            services: [pacsd::config::Service::Find].into_iter().collect(),
-            ..pacsd::config::Peer::default()
-        }];
+        use pacsd::config::{Peer, Service};
+        c.peers = vec![Peer::new("FINDSCU", "127.0.0.1", 104, &[Service::Find])];
     })
     .await;
     let mut specs = Vec::new();

@@ -65,10 +65,9 @@ fn lab_with(name: &str, setup: Setup) -> Option<Lab> {
         .args(["up", name])
         .output()
         .unwrap();
-    assert!(
-        out.status.success(),
-        "the HA lab needs root and iproute2 (PACSD_SKIP_NETNS=1 skips): {}",
-        text(&out)
+    assert_succeeded(
+        &out,
+        "the HA lab needs root and iproute2 (PACSD_SKIP_NETNS=1 skips)",
     );
     let dir = tempfile::tempdir().unwrap();
     let mut l = Lab {

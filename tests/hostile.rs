@@ -447,13 +447,8 @@ async fn a_flood_and_a_slowloris_do_not_keep_a_legitimate_echo_out() {
 async fn a_conflicting_resend_is_refused_and_the_first_version_kept() {
     let n = TestNode::start_with(|c| {
         c.peers = vec![Peer {
-            ae_title: "ROUTER".into(),
-            host: "127.0.0.1".into(),
-            port: 104,
-            services: [Service::Echo, Service::Store].into_iter().collect(),
-            hosts: Vec::new(),
             on_conflict: Some(OnConflict::Keep),
-            ..Peer::default()
+            ..Peer::new("ROUTER", "127.0.0.1", 104, &[Service::Echo, Service::Store])
         }];
     })
     .await;

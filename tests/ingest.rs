@@ -62,24 +62,13 @@ async fn calling_ae_policy_from_peers() {
     let n = TestNode::start_with(|c| {
         c.access.unknown_ae_services.clear();
         c.peers = vec![
-            Peer {
-                ae_title: "MODALITY1".into(),
-                host: "127.0.0.1".into(),
-                port: 104,
-                services: [Service::Echo, Service::Store].into_iter().collect(),
-                hosts: Vec::new(),
-                on_conflict: None,
-                ..Peer::default()
-            },
-            Peer {
-                ae_title: "ECHOONLY".into(),
-                host: "127.0.0.1".into(),
-                port: 104,
-                services: [Service::Echo].into_iter().collect(),
-                hosts: Vec::new(),
-                on_conflict: None,
-                ..Peer::default()
-            },
+            Peer::new(
+                "MODALITY1",
+                "127.0.0.1",
+                104,
+                &[Service::Echo, Service::Store],
+            ),
+            Peer::new("ECHOONLY", "127.0.0.1", 104, &[Service::Echo]),
         ];
     })
     .await;
@@ -503,19 +492,12 @@ async fn every_transfer_syntax_family_is_stored_as_received() {
         let plain = src.path().join(format!("plain{k}.dcm"));
         spec.write(&plain).unwrap();
         let out_path = src.path().join(format!("v{k}.dcm"));
-        let mut args: Vec<&str> = flags.clone();
-        let (p, o) = (
-            plain.to_str().unwrap().to_string(),
-            out_path.to_str().unwrap().to_string(),
-        );
-        args.push(&p);
-        args.push(&o);
-        let conv = dcmtk(tool, &args);
+        let conv = dcmtk_convert(tool, flags, &plain, &out_path);
         assert!(conv.status.success(), "{tool}: {}", text(&conv));
         let meta = pacsd::tools::inspect(&out_path).unwrap();
         assert_eq!(&meta.transfer_syntax, ts, "{tool} {flags:?}");
         // storescu proposes that syntax (and must not convert: -v shows any conversion).
-        let out = storescu_paths(n.port(), &["-v", propose], &[std::path::Path::new(&o)]).await;
+        let out = storescu_paths(n.port(), &["-v", propose], &[&out_path]).await;
         assert!(out.status.success(), "{ts}: {}", text(&out));
         assert!(
             text(&out).contains("Received Store Response (Success)"),

@@ -698,7 +698,7 @@ async fn objects_without_pixels_or_with_broken_pixels_get_no_preview_and_the_nod
         );
     }
     let echo = echo_node(n.port()).await;
-    assert!(echo.status.success(), "node still serving: {}", text(&echo));
+    assert_succeeded(&echo, "node still serving");
     n.node.stop().await;
 }
 

@@ -84,11 +84,11 @@ fn verify_finds_bad_copies_and_repair_heals_them() {
     std::fs::write(&files2[1], bytes).unwrap();
 
     let bin = env!("CARGO_BIN_EXE_pacsd");
-    let verify = Command::new(bin)
-        .args(["storage", "verify", "--config"])
-        .arg(&toml)
-        .output()
-        .unwrap();
+    let storage = |what: &str| {
+        let args = ["storage", what, "--config"];
+        Command::new(bin).args(args).arg(&toml).output().unwrap()
+    };
+    let verify = storage("verify");
     assert_eq!(verify.status.code(), Some(1), "{}", text(&verify));
     assert!(
         String::from_utf8_lossy(&verify.stdout)
@@ -96,18 +96,8 @@ fn verify_finds_bad_copies_and_repair_heals_them() {
         "{}",
         text(&verify)
     );
-    let repair = Command::new(bin)
-        .args(["storage", "repair", "--config"])
-        .arg(&toml)
-        .output()
-        .unwrap();
-    assert_printed(&repair, "2 repaired, 0 failed");
-    let verify = Command::new(bin)
-        .args(["storage", "verify", "--config"])
-        .arg(&toml)
-        .output()
-        .unwrap();
-    assert_printed(&verify, "0 bad copies");
+    assert_printed(&storage("repair"), "2 repaired, 0 failed");
+    assert_printed(&storage("verify"), "0 bad copies");
     drop(rt);
 }
 
@@ -126,11 +116,7 @@ async fn a_replica_unavailable_at_start_up_is_treated_as_down_then_healed() {
     let src = tempfile::tempdir().unwrap();
     small_corpus(src.path(), 62, 2);
     let out = storescu_dir(n.port(), src.path()).await;
-    assert!(
-        out.status.success(),
-        "node with 2 of 3 replicas meets quorum: {}",
-        text(&out)
-    );
+    assert_succeeded(&out, "node with 2 of 3 replicas meets quorum");
     assert_eq!(n.node.index.repair_queue().await.unwrap().len(), 2);
 
     // The "mount" appears: the replica opens on next use and the worker fills it.

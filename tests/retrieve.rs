@@ -266,17 +266,12 @@ async fn implicit_only_destination_gets_re_encoded_and_decompressed_images() {
         let plain = n.dir.path().join(format!("plain{k}.dcm"));
         let compressed = n.dir.path().join(format!("c{k}.dcm"));
         s.write(&plain).unwrap();
-        let mut a: Vec<&str> = flags.clone();
-        let (p, c) = (
-            plain.to_str().unwrap().to_string(),
-            compressed.to_str().unwrap().to_string(),
-        );
-        a.push(&p);
-        a.push(&c);
-        assert!(dcmtk(tool, &a).status.success(), "{tool}");
+        let c = compressed.to_str().unwrap();
+        let conv = dcmtk_convert(tool, flags, &plain, &compressed);
+        assert!(conv.status.success(), "{tool}: {}", text(&conv));
         let stored = dcmtk(
             "storescu",
-            &["-v", propose, "-aec", "PACSD", "127.0.0.1", &port_s, &c],
+            &["-v", propose, "-aec", "PACSD", "127.0.0.1", &port_s, c],
         );
         assert!(stored.status.success(), "{}", text(&stored));
         let inst = n
@@ -343,13 +338,7 @@ async fn implicit_only_destination_gets_re_encoded_and_decompressed_images() {
 fn undecodable_pixel_data_is_an_error_not_a_wrong_syntax() {
     // An encapsulated object whose fragments are garbage: transcoding reports why.
     let s = Spec::ct(3, 1, 1, 0);
-    let mut ds = Vec::new();
-    s.dataset()
-        .write_dataset_with_ts(
-            &mut ds,
-            &dicom_transfer_syntax_registry::entries::EXPLICIT_VR_LITTLE_ENDIAN.erased(),
-        )
-        .unwrap();
+    let ds = encode(&s);
     let file =
         pacsd::part10::build(&s.sop_class, &s.sop_uid, uids::JPEG_LOSSLESS_SV1, &ds).unwrap();
     let err = pacsd::service::retrieve::transcode(

@@ -166,28 +166,15 @@ async fn dcmtk_and_pynetdicom_over_tls_with_certificates_checked_and_audited() {
             },
             // A C-MOVE destination reached over TLS, its server certificate checked.
             Peer {
-                ae_title: "DEST".into(),
-                host: "127.0.0.1".into(),
-                port: dest_port,
                 tls: true,
-                ..Peer::default()
+                ..Peer::new("DEST", "127.0.0.1", dest_port, &[])
             },
             // A workstation in clear, known by address.
-            Peer {
-                ae_title: "WS1".into(),
-                host: "127.0.0.1".into(),
-                port: 104,
-                services: [Service::Echo, Service::Move].into_iter().collect(),
-                ..Peer::default()
-            },
+            Peer::new("WS1", "127.0.0.1", 104, &[Service::Echo, Service::Move]),
             // pynetdicom: TLS required, known by address.
             Peer {
-                ae_title: "PYNET".into(),
-                host: "127.0.0.1".into(),
-                port: 104,
-                services: [Service::Echo, Service::Store].into_iter().collect(),
                 tls: true,
-                ..Peer::default()
+                ..Peer::new("PYNET", "127.0.0.1", 104, &[Service::Echo, Service::Store])
             },
         ];
     })
@@ -206,7 +193,7 @@ async fn dcmtk_and_pynetdicom_over_tls_with_certificates_checked_and_audited() {
     let mut args = to_node(&["127.0.0.1", &tls_port]);
     args.extend(files.iter().map(|f| f.display().to_string()));
     let out = dcmtk_tls("storescu", pki.path(), "CT1", &args).await;
-    assert!(out.status.success(), "storescu +tls: {}", text(&out));
+    assert_succeeded(&out, "storescu +tls");
     assert_eq!(n.instances().await, 3);
 
     // 2. findscu +tls: the study is found.
@@ -227,7 +214,7 @@ async fn dcmtk_and_pynetdicom_over_tls_with_certificates_checked_and_audited() {
         ]),
     )
     .await;
-    assert!(out.status.success(), "findscu +tls: {}", text(&out));
+    assert_succeeded(&out, "findscu +tls");
     assert!(text(&out).contains("StudyInstanceUID"), "{}", text(&out));
 
     // 3. C-MOVE to a storescp +tls destination: the node connects to it over TLS and checks
@@ -257,7 +244,7 @@ async fn dcmtk_and_pynetdicom_over_tls_with_certificates_checked_and_audited() {
         .collect(),
     )
     .await;
-    assert!(out.status.success(), "movescu: {}", text(&out));
+    assert_succeeded(&out, "movescu");
     assert_eq!(dest.files().len(), 3, "{}", text(&out));
 
     // 4. Refusals. CT1 in clear, on the plain port: refused (it must use TLS).
@@ -326,7 +313,7 @@ assoc.release()
     })
     .await
     .unwrap();
-    assert!(out.status.success(), "pynetdicom over TLS: {}", text(&out));
+    assert_succeeded(&out, "pynetdicom over TLS");
     assert!(
         String::from_utf8_lossy(&out.stdout).contains("store 0x0"),
         "{}",
@@ -367,11 +354,7 @@ print(json.dumps(out))
                 .arg(&log)
                 .output()
                 .unwrap();
-            assert!(
-                out.status.success(),
-                "audit trail does not parse: {}",
-                text(&out)
-            );
+            assert_succeeded(&out, "audit trail does not parse");
             last = serde_json::from_slice(&out.stdout).unwrap();
             last.as_array()
                 .unwrap()

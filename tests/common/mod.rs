@@ -56,6 +56,18 @@ impl TestNode {
         TestNode { node, config, dir }
     }
 
+    /// A node started with `tweak`, with `accounts` (name, password, role) added; returns it
+    /// and its DICOMweb base URL.
+    pub async fn start_web(
+        tweak: impl FnOnce(&mut Config),
+        accounts: &[(&str, &str, &str)],
+    ) -> (TestNode, String) {
+        let n = TestNode::start_with(tweak).await;
+        n.add_accounts(accounts).await;
+        let base = n.dicomweb();
+        (n, base)
+    }
+
     pub fn port(&self) -> u16 {
         self.node.addr.port()
     }
@@ -155,6 +167,18 @@ impl TestNode {
         pacsd::archive::maintenance::verify_all(&self.node.index, &self.node.storage, false)
             .await
             .expect("verify")
+    }
+
+    /// Wait (up to `limit`) until the repair queue is empty, then verify everything.
+    pub async fn verify_once_repaired(
+        &self,
+        limit: Duration,
+    ) -> pacsd::archive::maintenance::VerifySummary {
+        assert!(
+            self.repairs_drain(limit).await,
+            "the repair queue did not drain within {limit:?}"
+        );
+        self.verify().await
     }
 
     pub async fn repairs_drain(&self, limit: Duration) -> bool {
@@ -277,6 +301,14 @@ pub fn write_cli_config(config: &Config, path: &Path) {
     .unwrap();
 }
 
+/// Run a DCMTK converter (dcmcjpeg, dcmcrle, dcmcjpls, ...) as `tool flags... from to`.
+pub fn dcmtk_convert(tool: &str, flags: &[&str], from: &Path, to: &Path) -> Output {
+    let (from, to) = (from.display().to_string(), to.display().to_string());
+    let mut args = flags.to_vec();
+    args.extend([from.as_str(), to.as_str()]);
+    dcmtk(tool, &args)
+}
+
 pub fn text(o: &Output) -> String {
     format!(
         "{}{}",
@@ -293,6 +325,12 @@ pub fn assert_printed(out: &Output, expected: &str) {
         "expected success and `{expected}`: {}",
         text(out)
     );
+}
+
+/// Assert that a command succeeded; `what` says what its failure means.
+#[track_caller]
+pub fn assert_succeeded(out: &Output, what: &str) {
+    assert!(out.status.success(), "{what}: {}", text(out));
 }
 
 /// Assert that a command failed; `what` names what must not have been accepted.
