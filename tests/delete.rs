@@ -29,7 +29,8 @@ fn corpus() -> Vec<Spec> {
     specs
 }
 
-async fn node() -> (TestNode, String) {
+/// A node holding `corpus()` (stored over one association), with an admin and an uploader.
+async fn loaded_node() -> (TestNode, String, Vec<pacsd::synth::Spec>) {
     let accounts = [
         ("pacs-admin", PASSWORD, "admin"),
         ("uploader", PASSWORD, "uploader"),
@@ -39,7 +40,10 @@ async fn node() -> (TestNode, String) {
         let find = pacsd::config::Service::Find;
         c.access.unknown_ae_services.insert(find);
     };
-    TestNode::start_web(tweak, &accounts).await
+    let (n, base) = TestNode::start_web(tweak, &accounts).await;
+    let specs = corpus();
+    store_specs(&n.scu("MODALITY"), &specs).await;
+    (n, base, specs)
 }
 
 async fn delete(base: &str, path: &str, account: &str) -> (u16, String) {
@@ -72,17 +76,12 @@ fn patient_961(port: u16, keys: &[&str]) -> String {
 
 /// The object files of a study on replica `i`.
 fn files_of(n: &TestNode, i: usize, study: &str) -> usize {
-    n.files_in_replica(i)
-        .iter()
-        .filter(|p| p.to_string_lossy().contains(&format!("/{study}/")))
-        .count()
+    files_of_dir(&n.replica_dir(i).display().to_string(), study)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_admin_deletes_an_instance_a_series_and_a_study_and_nothing_else() {
-    let (n, base) = node().await;
-    let specs = corpus();
-    store_specs(&n.scu("MODALITY"), &specs).await;
+    let (n, base, specs) = loaded_node().await;
     let [a, b, c] = ["961", "1961", "962"].map(|s| format!("{}.{s}", pacsd::synth::SYNTH_ROOT));
     assert_eq!(n.instances().await, 8);
 
@@ -198,9 +197,7 @@ async fn an_admin_deletes_an_instance_a_series_and_a_study_and_nothing_else() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_copy_that_could_not_be_removed_goes_later() {
-    let (n, base) = node().await;
-    let specs = corpus();
-    store_specs(&n.scu("MODALITY"), &specs).await;
+    let (n, base, _) = loaded_node().await;
     let c = format!("{}.962", pacsd::synth::SYNTH_ROOT);
 
     // Replica 3 is out while study C is deleted: its copies stay there, tombstoned.
@@ -291,6 +288,7 @@ async fn recovery_and_a_rebuild_pass_over_a_deletion_whose_copies_are_still_in_s
     );
 }
 
+/// The object files of a study under a replica's directory.
 fn files_of_dir(dir: &str, study: &str) -> usize {
     pacsd::tools::collect_files(&[std::path::PathBuf::from(dir)])
         .unwrap_or_default()
@@ -301,9 +299,7 @@ fn files_of_dir(dir: &str, study: &str) -> usize {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn series_metadata_follows_a_deletion() {
-    let (n, base) = node().await;
-    let specs = corpus();
-    store_specs(&n.scu("MODALITY"), &specs).await;
+    let (n, base, _) = loaded_node().await;
     let a = format!("{}.961", pacsd::synth::SYNTH_ROOT);
     let series = format!("/studies/{a}/series/{a}.1");
     let sops = async || {

@@ -869,10 +869,7 @@ pub async fn store_specs(opts: &ScuOptions, specs: &[pacsd::synth::Spec]) {
     let mut a = ct_association(opts).await;
     let ctx = a.contexts()[0].id;
     for s in specs {
-        let st = a
-            .store(ctx, &s.sop_class, &s.sop_uid, &encode(s))
-            .await
-            .unwrap();
+        let st = store_spec(&mut a, ctx, s).await;
         assert!(st.is_success(), "{st:?}");
     }
     a.release().await.unwrap();
