@@ -195,14 +195,27 @@ pub struct PutOutcome {
     pub stragglers: Stragglers,
 }
 
+/// Why a copy was not written to one replica.
+#[derive(Debug, thiserror::Error)]
+pub enum ReplicaWriteError {
+    /// The store failed, after the retries the replica allows.
+    #[error("{0}")]
+    Store(#[from] object_store::Error),
+    #[error("timed out after {0:?}")]
+    TimedOut(Duration),
+    /// A straggler's copy landed, but its file system could not be flushed.
+    #[error("flushing the copy: {0}")]
+    Flush(#[source] StorageError),
+}
+
 /// One replica's write: its index and how it ended.
-type ReplicaWrite = futures::future::BoxFuture<'static, (usize, Result<(), String>)>;
+type ReplicaWrite = futures::future::BoxFuture<'static, (usize, Result<(), ReplicaWriteError>)>;
 
 /// Replica writes still running when a put returned at its quorum. They go on whether or not
 /// `finish` is awaited (each within `REPLICA_OP_TIMEOUT`); `finish` tells how they ended.
 #[derive(Default)]
 pub struct Stragglers {
-    writes: Vec<tokio::task::JoinHandle<(usize, Result<(), String>)>>,
+    writes: Vec<tokio::task::JoinHandle<(usize, Result<(), ReplicaWriteError>)>>,
     replicas: Vec<usize>,
 }
 
@@ -220,7 +233,7 @@ impl Stragglers {
 
     /// Wait for every one; how each ended. (A write task cannot panic without ending the
     /// process; one cancelled by the runtime's shutdown is left out.)
-    pub async fn finish(self) -> Vec<(usize, Result<(), String>)> {
+    pub async fn finish(self) -> Vec<(usize, Result<(), ReplicaWriteError>)> {
         join_all(self.writes)
             .await
             .into_iter()
@@ -577,7 +590,7 @@ impl Storage {
                         crate::crashpoint::hit("put-first-replica");
                     }
                 }
-                Err(e) => outcome.missed.push((i, e)),
+                Err(e) => outcome.missed.push((i, e.to_string())),
             }
             if quorum_at.is_none() && self.quorum.is_met(outcome.written.len()) {
                 let now = tokio::time::Instant::now();
@@ -673,15 +686,15 @@ impl Storage {
             };
             let result = match tokio::time::timeout(REPLICA_OP_TIMEOUT, write).await {
                 Ok(Ok(_)) => Ok(()),
-                Ok(Err(e)) => Err(e.to_string()),
-                Err(_) => Err(format!("timed out after {REPLICA_OP_TIMEOUT:?}")),
+                Ok(Err(e)) => Err(ReplicaWriteError::Store(e)),
+                Err(_) => Err(ReplicaWriteError::TimedOut(REPLICA_OP_TIMEOUT)),
             };
             let mut h = health.lock().expect("health");
             match &result {
                 Ok(()) => h[i].succeed(),
                 Err(e) => {
                     warn!(replica = %location, key, error = %e, "replica write failed");
-                    h[i].fail(Instant::now(), e.as_str());
+                    h[i].fail(Instant::now(), e.to_string());
                 }
             }
             (i, result)
@@ -755,7 +768,7 @@ impl Storage {
                 match (written, &dirs[i]) {
                     (Ok(()), Some(dir)) => {
                         let flushed = flush_dirs(vec![dir.clone()]).await;
-                        (i, flushed.map_err(|e| e.to_string()))
+                        (i, flushed.map_err(ReplicaWriteError::Flush))
                     }
                     (written, _) => (i, written),
                 }
@@ -1391,7 +1404,8 @@ mod tests {
         };
         assert_eq!(storage.background_stats(), counted);
         // It goes on without anyone waiting, and succeeds; it was never counted as failing.
-        assert_eq!(put.stragglers.finish().await, vec![(2, Ok(()))]);
+        let ended = put.stragglers.finish().await;
+        assert!(matches!(ended.as_slice(), [(2, Ok(()))]), "{ended:?}");
         assert_eq!(t0.elapsed(), Duration::from_secs(30));
         assert!(storage.health()[2].is_up(Instant::now()));
         let read = storage.replicas()[2].store().unwrap();
