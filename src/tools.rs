@@ -601,7 +601,7 @@ impl MoveResult {
     fn from_final(last: crate::dimse::Command, pending_responses: usize) -> MoveResult {
         MoveResult {
             status: crate::dimse::Status {
-                code: last.status.unwrap_or(0xFFFF),
+                code: last.status.unwrap_or(crate::dimse::status::NO_STATUS),
                 comment: last.error_comment,
             },
             completed: last.completed.unwrap_or(0),

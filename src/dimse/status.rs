@@ -40,6 +40,8 @@ pub const NOT_AUTHORIZED: u16 = 0x0124;
 pub const UNRECOGNIZED_OPERATION: u16 = 0x0211;
 /// PS3.7 C.5.11: Mistyped argument.
 pub const MISTYPED_ARGUMENT: u16 = 0x0212;
+/// Not a DICOM status: what an SCU records when a response carried no Status (0000,0900).
+pub const NO_STATUS: u16 = 0xFFFF;
 
 /// A status with its optional ErrorComment (0000,0902).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -65,6 +67,11 @@ impl Status {
 
     pub fn is_success(&self) -> bool {
         self.code == SUCCESS
+    }
+
+    /// PS3.7 C.4: Pending, with or without optional keys unsupported.
+    pub fn is_pending(&self) -> bool {
+        matches!(self.code, PENDING | PENDING_WARNING)
     }
 
     /// PS3.7 C: warnings are 0001, Bxxx and 0107/0116.

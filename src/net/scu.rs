@@ -15,7 +15,7 @@ use super::association::{APPLICATION_CONTEXT, NetError};
 use super::link::Link;
 use super::reassembly::Reassembler;
 use super::transport::{CertIdentity, Transport};
-use crate::dimse::{Command, CommandField, Status};
+use crate::dimse::{Command, CommandField, Status, status};
 use std::collections::VecDeque;
 use std::sync::Arc;
 use tokio::sync::Semaphore;
@@ -329,7 +329,7 @@ impl ScuAssociation {
                 self.send_cancel(context_id, id).await?;
             }
             let (rsp, _) = self.read_message().await?;
-            if rsp.status == Some(0xFF00) {
+            if rsp.status == Some(status::PENDING) {
                 pending += 1;
                 on_pending(&rsp);
             } else {
@@ -383,7 +383,9 @@ impl ScuAssociation {
                     let rsp = Command::response_to(&msg, CommandField::CStoreRsp, status);
                     self.send_message(ctx, &rsp, None).await?;
                 }
-                Some(CommandField::CGetRsp) if msg.status == Some(0xFF00) => on_pending(&msg),
+                Some(CommandField::CGetRsp) if msg.status == Some(status::PENDING) => {
+                    on_pending(&msg)
+                }
                 Some(CommandField::CGetRsp) => return Ok(msg),
                 _ => {
                     return Err(NetError::Protocol {
@@ -476,10 +478,10 @@ impl ScuAssociation {
             }
             let (rsp, data) = self.read_message().await?;
             let status = Status {
-                code: rsp.status.unwrap_or(0xFFFF),
+                code: rsp.status.unwrap_or(status::NO_STATUS),
                 comment: rsp.error_comment,
             };
-            if matches!(status.code, 0xFF00 | 0xFF01) {
+            if status.is_pending() {
                 matches.push(data.unwrap_or_default());
             } else {
                 return Ok((matches, status));
@@ -547,7 +549,7 @@ impl ScuAssociation {
             });
         }
         Ok(Status {
-            code: rsp.status.unwrap_or(0xFFFF),
+            code: rsp.status.unwrap_or(status::NO_STATUS),
             comment: rsp.error_comment,
         })
     }
