@@ -25,10 +25,7 @@ pub async fn delete(
     ConnectInfo(conn): ConnectInfo<Conn>,
     t: Target,
 ) -> Result<Json<serde_json::Value>, WebError> {
-    let study = t
-        .study
-        .as_ref()
-        .ok_or_else(|| WebError::BadRequest("the path names no study".into()))?;
+    let study = t.study_uid()?;
     let peer = Some(conn.peer.ip().to_string());
     let r = delete_recorded(
         &s,

@@ -184,11 +184,14 @@ impl Target {
     }
 
     /// The study UID, which every path below `/studies/{study}` names.
-    pub fn study(&self) -> Result<&str, WebError> {
+    pub fn study_uid(&self) -> Result<&Uid, WebError> {
         self.study
             .as_ref()
-            .map(Uid::as_str)
             .ok_or_else(|| WebError::BadRequest("the path names no study".into()))
+    }
+
+    pub fn study(&self) -> Result<&str, WebError> {
+        self.study_uid().map(Uid::as_str)
     }
 
     pub fn series(&self) -> Option<&str> {
