@@ -807,10 +807,8 @@ fn rendering(raw: Option<&str>, headers: &HeaderMap) -> Result<Rendering, WebErr
 
 fn encoded_image(image: image::DynamicImage, r: &Rendering) -> Result<Response, WebError> {
     let image = match r.viewport {
-        Some((w, h)) if image.width() > w || image.height() > h => {
-            image.resize(w, h, image::imageops::FilterType::Triangle)
-        }
-        _ => image,
+        Some((w, h)) => crate::render::fit_within(image, w, h),
+        None => image,
     };
     let (bytes, ct) = if r.png {
         let mut out = std::io::Cursor::new(Vec::new());

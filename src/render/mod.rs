@@ -128,10 +128,30 @@ fn image_of(
 
 /// Scale to fit in `side` x `side`, aspect ratio kept, never enlarged.
 pub fn fit(image: DynamicImage, side: u32) -> DynamicImage {
-    if image.width() <= side && image.height() <= side {
+    fit_within(image, side, side)
+}
+
+/// Scale to fit in `width` x `height`, aspect ratio kept (each side at least 1), never
+/// enlarged; a bilinear filter widened to the scale, as the image crate's Triangle resize.
+pub fn fit_within(image: DynamicImage, width: u32, height: u32) -> DynamicImage {
+    let (w, h) = (image.width(), image.height());
+    if w <= width && h <= height {
         return image;
     }
-    image.resize(side, side, FilterType::Triangle)
+    let ratio = f64::min(
+        f64::from(width) / f64::from(w),
+        f64::from(height) / f64::from(h),
+    );
+    let scaled = |n: u32| ((f64::from(n) * ratio).round() as u32).max(1);
+    let mut out = DynamicImage::new(scaled(w), scaled(h), image.color());
+    let options = fast_image_resize::ResizeOptions::new().resize_alg(
+        fast_image_resize::ResizeAlg::Convolution(fast_image_resize::FilterType::Bilinear),
+    );
+    match fast_image_resize::Resizer::new().resize(&image, &mut out, &options) {
+        Ok(()) => out,
+        // A pixel layout it does not take (none that `image_of` makes): the slower resize.
+        Err(_) => image.resize(width, height, FilterType::Triangle),
+    }
 }
 
 pub fn encode_jpeg(image: &DynamicImage) -> Result<Vec<u8>, RenderError> {
@@ -264,6 +284,24 @@ mod tests {
         let small = DynamicImage::ImageLuma8(image::GrayImage::new(64, 32));
         let f = fit(small, 256);
         assert_eq!((f.width(), f.height()), (64, 32));
+        let thin = DynamicImage::ImageRgb8(image::RgbImage::new(2000, 3));
+        let f = fit_within(thin, 100, 100);
+        assert_eq!((f.width(), f.height()), (100, 1));
+    }
+
+    #[test]
+    fn fit_averages_what_it_shrinks() {
+        // Columns alternating 0 and 200, halved: every pixel off the clipped edge columns is
+        // their mean (a filter that sampled instead of averaging would give 0 or 200).
+        let stripes = image::GrayImage::from_fn(64, 64, |x, _| image::Luma([(x % 2 * 200) as u8]));
+        let f = fit(DynamicImage::ImageLuma8(stripes), 32).to_luma8();
+        assert_eq!(f.dimensions(), (32, 32));
+        let inner = f.enumerate_pixels().filter(|(x, _, _)| (1..31).contains(x));
+        assert!(
+            inner.all(|(_, _, p)| (95..=105).contains(&p.0[0])),
+            "{:?}",
+            &f.as_raw()[..32]
+        );
     }
 
     #[test]
