@@ -725,8 +725,9 @@ pub async fn bulkdata(
 
 // ---- rendered and thumbnails ----
 
-/// Rendering options (PS3.18 8.3.5): viewport and quality; window is not applied (the
-/// object's own VOI is used) and is said so in a Warning.
+/// Rendering options (PS3.18 8.3.5): the media type, viewport, quality and window (linear;
+/// without it, the object's own VOI).
+#[derive(Clone)]
 struct Rendering {
     png: bool,
     viewport: Option<(u32, u32)>,
@@ -840,14 +841,15 @@ async fn render(
         )));
     }
     let file = read(state, obj).await?;
-    let window = r.window;
-    let image =
-        tokio::task::spawn_blocking(move || crate::render::render_frame(&file, frame - 1, window))
-            .await
-            .map_err(|e| WebError::Internal(e.to_string()))?
+    let r = r.clone();
+    tokio::task::spawn_blocking(move || {
+        let image = crate::render::render_frame(&file, frame - 1, r.window)
             .map_err(|e| WebError::Internal(e.to_string()))?
             .ok_or_else(|| WebError::NotFound("no pixel data".into()))?;
-    encoded_image(image, r)
+        encoded_image(image, &r)
+    })
+    .await
+    .map_err(|e| WebError::Internal(e.to_string()))?
 }
 
 /// What stands for the target in a picture: the instance it names, else the first instance

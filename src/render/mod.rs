@@ -296,7 +296,7 @@ mod tests {
         let stripes = image::GrayImage::from_fn(64, 64, |x, _| image::Luma([(x % 2 * 200) as u8]));
         let f = fit(DynamicImage::ImageLuma8(stripes), 32).to_luma8();
         assert_eq!(f.dimensions(), (32, 32));
-        let inner = f.enumerate_pixels().filter(|(x, _, _)| (1..31).contains(x));
+        let mut inner = f.enumerate_pixels().filter(|(x, _, _)| (1..31).contains(x));
         assert!(
             inner.all(|(_, _, p)| (95..=105).contains(&p.0[0])),
             "{:?}",
