@@ -167,6 +167,19 @@ impl Replica {
     pub fn is_remote(&self) -> bool {
         self.parsed.is_remote()
     }
+
+    /// The file that holds `path` in a local replica, named as object_store's
+    /// `LocalFileSystem` names it (the directory as a URL, the path's parts appended); None
+    /// for other replicas.
+    fn local_file(&self, path: &StorePath) -> Option<PathBuf> {
+        let dir = std::path::absolute(self.parsed.local_dir()?).ok()?;
+        let mut url = url::Url::from_directory_path(dir).ok()?;
+        url.path_segments_mut()
+            .ok()?
+            .pop_if_empty()
+            .extend(path.parts());
+        url.to_file_path().ok()
+    }
 }
 
 /// The store kept in `slot`, or one opened now with `open` and kept there.
@@ -856,7 +869,23 @@ impl Storage {
     ) -> Result<(Bytes, Option<String>), CopyError> {
         let t0 = Instant::now();
         let read = async {
-            let res = self.replicas[i].store()?.get(path).await?;
+            // (A replica that could not be opened is down, for local files too.)
+            let store = self.replicas[i].store()?;
+            // A local file is opened, read and hashed in one trip to the blocking pool
+            // (object_store's `get` takes one to open it, and reading it takes another).
+            if let Some(file) = self.replicas[i].local_file(path) {
+                let (whole, digest, opened, streaming) =
+                    tokio::task::spawn_blocking(move || read_local_file(&file, hash))
+                        .await
+                        .map_err(|e| object_store::Error::Generic {
+                            store: "replica",
+                            source: Box::new(e),
+                        })?
+                        .map_err(|(file, source)| local_read_error(path, &file, source))?;
+                self.health.lock().expect("health")[i].observe_latency(opened);
+                return Ok((whole, digest, streaming));
+            }
+            let res = store.get(path).await?;
             self.health.lock().expect("health")[i].observe_latency(t0.elapsed());
             let t1 = Instant::now();
             // A local file is read and hashed in one trip to the blocking pool: its stream
@@ -1251,6 +1280,37 @@ fn open_replica(location: &str) -> Result<Replica, StorageError> {
         store: Mutex::new(store),
         unflushed: Mutex::new(None),
     })
+}
+
+/// A local replica's whole file and with `hash` its digest, read on the calling (blocking)
+/// thread, with the time it took to open and the time it took to read.
+#[allow(clippy::type_complexity)]
+fn read_local_file(
+    file: &Path,
+    hash: Option<digest::Algorithm>,
+) -> Result<(Bytes, Option<String>, Duration, Duration), (PathBuf, std::io::Error)> {
+    let failed = |e| (file.to_path_buf(), e);
+    let t0 = Instant::now();
+    let f = std::fs::File::open(file).map_err(failed)?;
+    let len = f.metadata().map_err(failed)?.len();
+    let opened = t0.elapsed();
+    let (whole, digest) = read_local(f, 0..len, hash).map_err(failed)?;
+    Ok((whole, digest, opened, t0.elapsed() - opened))
+}
+
+/// A local read's failure as object_store reports it: a missing file is `NotFound` (a
+/// missing copy, to repair), anything else a failure of the replica.
+fn local_read_error(path: &StorePath, file: &Path, source: std::io::Error) -> object_store::Error {
+    if source.kind() == std::io::ErrorKind::NotFound {
+        return object_store::Error::NotFound {
+            path: path.to_string(),
+            source: Box::new(source),
+        };
+    }
+    object_store::Error::Generic {
+        store: "replica",
+        source: format!("reading {}: {source}", file.display()).into(),
+    }
 }
 
 /// Read `range` of a local file that object_store's `get` opened, and with `hash` its digest,
