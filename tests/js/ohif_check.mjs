@@ -70,8 +70,15 @@ try {
   const started = Date.now();
   const auth = proxy || token === '-' ? '' : `&token=${token}`;
   await page.goto(`http://127.0.0.1:${portText}/viewer?StudyInstanceUIDs=${study}${auth}`);
-  const { ms, levels } = await waitForImage(page, started, timeout);
+  // OHIF_POLL_MS (the benchmark: 50) looks for the image more often than the tests do.
+  const { ms, levels } = await waitForImage(page, started, timeout, Number(process.env.OHIF_POLL_MS || 200));
   seen.firstImageMs = ms;
+  // The part of it that follows the first DICOMweb request: what the archive's answers (and
+  // OHIF's handling of them) take, without loading and starting OHIF itself.
+  if (ms !== null && seen.firstRequestAt !== undefined) {
+    seen.fromFirstRequestMs = started + ms - seen.firstRequestAt;
+  }
+  delete seen.firstRequestAt;
   seen.greyLevels = levels;
   seen.title = await page.title();
   const shot = process.env.OHIF_SCREENSHOT || (levels ? '' : '/tmp/ohif-failed.png');

@@ -7,9 +7,13 @@ export const chromiumArgs = ['--no-sandbox', '--disable-gpu', '--disable-quic', 
   '--disable-background-networking', '--disable-component-update', '--disable-sync',
   '--use-gl=swiftshader', '--enable-unsafe-swiftshader'];
 
-// Count `page`'s requests to URLs under `prefix` into `into.requests`, and list the failed
-// ones (HTTP 4xx/5xx or no answer) in `into.failures`.
+// Count `page`'s requests to URLs under `prefix` into `into.requests`, list the failed
+// ones (HTTP 4xx/5xx or no answer) in `into.failures`, and note when the first was sent
+// (`into.firstRequestAt`, ms since the epoch).
 export const watchRequests = (page, prefix, into) => {
+  page.on('request', r => {
+    if (r.url().startsWith(prefix) && into.firstRequestAt === undefined) into.firstRequestAt = Date.now();
+  });
   page.on('response', r => {
     if (r.url().startsWith(prefix)) {
       into.requests += 1;
@@ -42,13 +46,14 @@ export const greyLevels = async page => page.evaluate(() => {
   return best;
 }).catch(() => 0);
 
-// Poll `greyLevels` until an image shows or `timeout` ms pass: { ms, levels } (ms null if none).
-export const waitForImage = async (page, started, timeout) => {
+// Poll `greyLevels` every `every` ms until an image shows or `timeout` ms pass:
+// { ms, levels } (ms null if none).
+export const waitForImage = async (page, started, timeout, every = 200) => {
   let levels = 0;
   while (Date.now() - started < timeout) {
     levels = await greyLevels(page);
     if (levels > 0) break;
-    await page.waitForTimeout(200);
+    await page.waitForTimeout(every);
   }
   return { ms: levels > 0 ? Date.now() - started : null, levels };
 };
