@@ -74,13 +74,23 @@ ohif() {  # $1 base URL, $2 token or -: prints "first-image-ms from-first-reques
     OHIF_PROXY=1 OHIF_POLL_MS=50 node tests/js/ohif_check.mjs "$OHIF_DIR" "$(free_port)" "$1" "$BIG_ST" "$2" 120000 \
         | python3 -c 'import json,sys; d=json.load(sys.stdin); print("%s %s" % (d["firstImageMs"], d.get("fromFirstRequestMs")) if not d["failures"] else "failed: %s" % d["failures"][:3])'
 }
+# pacsd's own time answering DICOMweb requests so far (seconds, from its /metrics).
+served() {
+    curl -sf -u "admin:$PW" "http://127.0.0.1:$PH/metrics" | python3 -c '
+import re, sys
+print(sum(float(m) for m in re.findall(r"^pacsd_request_duration_seconds_sum\{protocol=\"http\",operation=\"\w+ /dicom-web[^\n]*\} (\S+)$", sys.stdin.read(), re.M)))'
+}
+# One run each first, not counted: the first browser start reads OHIF's files from disk.
+ohif "http://127.0.0.1:$PH/dicom-web" "$TOKEN" >/dev/null; ohif "http://127.0.0.1:$OH/dicom-web" - >/dev/null
 OP=(); OO=(); OPD=(); OOD=()
+S0=$(served)
 for _ in 1 2 3; do
     read -r a b <<<"$(ohif "http://127.0.0.1:$PH/dicom-web" "$TOKEN")"; OP+=("$a"); OPD+=("$b")
     read -r a b <<<"$(ohif "http://127.0.0.1:$OH/dicom-web" -)"; OO+=("$a"); OOD+=("$b")
 done
 echo "OHIF first image (ms): pacsd ${OP[*]}; Orthanc ${OO[*]}"
 echo "OHIF first DICOMweb request to first image (ms): pacsd ${OPD[*]}; Orthanc ${OOD[*]}"
+echo "pacsd's own time answering OHIF's DICOMweb requests, per run (ms, all of them, not only those before the first image): $(python3 -c "print(round(($(served) - $S0) * 1000 / 3, 1))")"
 
 python3 - "$P" "$O" "${OP[*]}" "${OO[*]}" "${OPD[*]}" "${OOD[*]}" <<'EOF'
 import json, statistics, sys
