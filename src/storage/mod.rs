@@ -1661,6 +1661,37 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_local_copy_is_read_from_the_file_object_store_wrote() {
+        // Names that object_store encodes on disk (a space, a percent sign, a '#') as well as
+        // the plain UIDs pacsd writes: the file read directly is the one the store wrote.
+        let dir = tempfile::tempdir().unwrap();
+        let location = dir.path().join("r1").display().to_string();
+        let storage = Storage::open(std::slice::from_ref(&location), None, "").unwrap();
+        let store = storage.replicas[0].store().unwrap();
+        for key in ["1.2.3/1.2.3.4/1.2.3.4.5.dcm", "a b/c%d/e#f.dcm"] {
+            let path = store_path(key).unwrap();
+            store
+                .put(&path, Bytes::from(key.to_string()).into())
+                .await
+                .unwrap();
+            let file = storage.replicas[0].local_file(&path).unwrap();
+            assert_eq!(std::fs::read(&file).unwrap(), key.as_bytes(), "{key}");
+            let (bytes, _) = storage
+                .get_whole(0, &path, SMALL_READ_TIMEOUT, None)
+                .await
+                .unwrap();
+            assert_eq!(bytes, key.as_bytes());
+        }
+        let missing = store_path("1.2.3/1.2.3.4/gone.dcm").unwrap();
+        assert!(matches!(
+            storage
+                .get_whole(0, &missing, SMALL_READ_TIMEOUT, None)
+                .await,
+            Err(CopyError::Missing(_))
+        ));
+    }
+
+    #[tokio::test]
     async fn deferred_writes_are_flushed_per_replica_named_and_a_lost_directory_fails_it() {
         assert_eq!(Durability::of_object(8 << 10), Durability::Deferred);
         assert_eq!(Durability::of_object(512 << 10), Durability::Flushed);
