@@ -875,36 +875,24 @@ impl Storage {
             // (object_store's `get` takes one to open it, and reading it takes another).
             if let Some(file) = self.replicas[i].local_file(path) {
                 let (whole, digest, opened, streaming) =
-                    tokio::task::spawn_blocking(move || read_local_file(&file, hash))
-                        .await
-                        .map_err(|e| object_store::Error::Generic {
-                            store: "replica",
-                            source: Box::new(e),
-                        })?
-                        .map_err(|(file, source)| local_read_error(path, &file, source))?;
+                    on_blocking_pool(path, move || read_local_file(&file, hash)).await?;
                 self.health.lock().expect("health")[i].observe_latency(opened);
                 return Ok((whole, digest, streaming));
             }
             let res = store.get(path).await?;
             self.health.lock().expect("health")[i].observe_latency(t0.elapsed());
             let t1 = Instant::now();
-            // A local file is read and hashed in one trip to the blocking pool: its stream
-            // would take one trip per 8 KiB (measured: 300 MB/s for a series of 512 KB
-            // objects), and hashing on another thread cost two more hand-offs per object
-            // (C-MOVE of 2000 objects of 0.5 MB: 19 futex calls per object).
+            // A local file from a store the caller built (`from_stores`) is read and hashed in
+            // one trip to the blocking pool too: its stream would take one trip per 8 KiB
+            // (measured: 300 MB/s for a series of 512 KB objects), and hashing on another
+            // thread cost two more hand-offs per object (C-MOVE of 2000 objects of 0.5 MB: 19
+            // futex calls per object).
             if let object_store::GetResultPayload::File(file, local) = res.payload {
                 let range = res.range.clone();
-                let (whole, digest) =
-                    tokio::task::spawn_blocking(move || read_local(file, range, hash))
-                        .await
-                        .map_err(|e| object_store::Error::Generic {
-                            store: "replica",
-                            source: Box::new(e),
-                        })?
-                        .map_err(|source| object_store::Error::Generic {
-                            store: "replica",
-                            source: format!("reading {}: {source}", local.display()).into(),
-                        })?;
+                let (whole, digest) = on_blocking_pool(path, move || {
+                    read_local(file, range, hash).map_err(|e| (local, e))
+                })
+                .await?;
                 return Ok::<_, object_store::Error>((whole, digest, t1.elapsed()));
             }
             // Hashed as it arrives, so that checking a copy costs (almost) no time after its
@@ -1296,6 +1284,20 @@ fn read_local_file(
     let opened = t0.elapsed();
     let (whole, digest) = read_local(f, 0..len, hash).map_err(failed)?;
     Ok((whole, digest, opened, t0.elapsed() - opened))
+}
+
+/// Run a read of a local file on the blocking pool; a failure as object_store reports it.
+async fn on_blocking_pool<T: Send + 'static>(
+    path: &StorePath,
+    read: impl FnOnce() -> Result<T, (PathBuf, std::io::Error)> + Send + 'static,
+) -> Result<T, object_store::Error> {
+    tokio::task::spawn_blocking(read)
+        .await
+        .map_err(|e| object_store::Error::Generic {
+            store: "replica",
+            source: Box::new(e),
+        })?
+        .map_err(|(file, source)| local_read_error(path, &file, source))
 }
 
 /// A local read's failure as object_store reports it: a missing file is `NotFound` (a
