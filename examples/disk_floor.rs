@@ -1,7 +1,8 @@
 //! What this disk allows for the flushes of pacsd's durability contract, with nothing else in
 //! the way (used by scripts/bench-ingest.sh as the floor under its pacsd figures).
 //!
-//! Usage: disk_floor DIR OUT      (DIR must not exist; it is removed at the end)
+//! Usage: disk_floor DIR OUT      (DIR must not exist; it is left for the caller to remove:
+//!        removing its files at once would slow what the disk does next, see bench-ingest.sh)
 //!
 //! 1. The unit: one durable file, as a local replica writes an object (create, write, fsync,
 //!    rename, fsync the directory), 300 times per size; median, p10 and p90 printed.
@@ -149,5 +150,4 @@ fn main() {
         }
     }
     fs::write(out, lines).expect("write OUT");
-    fs::remove_dir_all(root).expect("clean up");
 }

@@ -5,10 +5,10 @@
 //! Usage: render_steps FILE [ROUNDS]      (FILE: a Part 10 image, e.g. from `pacsd synth`)
 //!
 //! Each step is timed alone over ROUNDS rounds (default 200) and printed as ms per round:
-//! 1. parsing the Part 10 bytes; 2. decoding the first frame; 3. the grey pipeline to 8 bits
-//! (rescale, VOI, as dicom-pixeldata does it); 4. JPEG encoding at full size; 5. scaling to
-//! the preview side (the image crate's Triangle resize, then `render::fit`); then the two
-//! whole paths, `render_frame` (what /rendered decodes) and `render_preview`.
+//! (1) parsing the Part 10 bytes; (2) decoding the first frame; (3) the grey pipeline to 8
+//! bits (rescale, VOI, as dicom-pixeldata does it); (4) JPEG encoding at full size; (5)
+//! scaling to the preview side (the image crate's Triangle resize, then `render::fit`); then
+//! the two whole paths, `render_frame` (what /rendered decodes) and `render_preview`.
 
 use std::time::Instant;
 
@@ -57,7 +57,7 @@ fn main() {
     });
     let side = render::PREVIEW_SIDE;
     per_round("5a. scale (image, Triangle)", rounds, || {
-        image.resize(side, side, image::imageops::FilterType::Triangle);
+        let _ = image.resize(side, side, image::imageops::FilterType::Triangle);
     });
     per_round("5b. scale (render::fit)", rounds, || {
         render::fit(image.clone(), side);

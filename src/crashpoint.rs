@@ -12,9 +12,13 @@
 //! 2. `put-first-replica`: one replica holds the object, the quorum (2 of 3) is not met;
 //! 3. `put-unflushed` (an object flushed with others, `storage::DEFER_FLUSH_UP_TO`): a
 //!    quorum holds it, not flushed yet;
-//! 4. `put-quorum`: a quorum holds it durably, no index row;
+//! 4. `put-quorum`: a quorum holds it (durably, unless it is flushed with its row), no index
+//!    row;
 //! 5. `index-before-commit`: the row is written into the open transaction, not committed;
 //! 6. `index-committed`: the row is committed, the C-STORE not yet answered;
+//! 7. `index-committed-unflushed` (a small object on a node that runs alone: its copies and
+//!    its row are flushed together after the commit, `archive::reconcile`): the row is
+//!    committed, neither it nor the copies flushed;
 //!
 //! and of the preview worker afterwards: `preview-placed`, the preview is on a quorum of
 //! replicas and its index row still says pending.

@@ -93,7 +93,7 @@ async fn still_serves(n: &TestNode) {
 async fn store_raw(n: &TestNode, spec: &Spec, data: &[u8]) -> pacsd::dimse::Status {
     let mut a = ct_association(&n.scu("HOSTILE")).await;
     let ctx = a.contexts()[0].id;
-    let st = store_data(&mut a, ctx, &spec, data).await;
+    let st = store_data(&mut a, ctx, spec, data).await;
     let _ = a.release().await;
     st
 }

@@ -133,7 +133,7 @@ impl Store {
     }
 
     /// Step 3 for one key: whether it is gone (or no longer to be removed).
-    async fn remove_object(&self, key: &str, sop: &str) -> Result<bool, IndexError> {
+    pub(super) async fn remove_object(&self, key: &str, sop: &str) -> Result<bool, IndexError> {
         let _held = self.hold(sop).await;
         if !self.index.removable(key).await? {
             // Indexed again meanwhile (or already handled): not ours to remove.

@@ -13,13 +13,16 @@
 //!   (confirmed by the standby), then the objects on every replica; a tombstone stays until
 //!   every replica has lost its object, so nothing deleted comes back;
 //! - the maintenance passes (repair, verify, rebuild and recovery from storage) are in
-//!   `maintenance`.
+//!   `maintenance`; the start-up check of the rows committed just before an unclean stop
+//!   (a small object's row and copies are flushed together on a node that runs alone) is in
+//!   `reconcile`.
 //!
 //! Previews (`render`), C-MOVE/C-GET, WADO and the portal's downloads and verify, and HA
 //! recovery use it too.
 
 pub mod delete;
 pub mod maintenance;
+pub mod reconcile;
 pub mod store;
 
 use bytes::Bytes;

@@ -271,24 +271,42 @@ impl Store {
         rec.calling_ae_title = source_ae;
 
         crate::crashpoint::hit("store-prepared");
-        // 1. Data: durable on W of N replicas (the checksum is computed while the replicas
-        //    write; a small object's copies are flushed together, `Durability::of_object`).
-        //    A write below quorum, or not flushed, is undone where it landed.
+        // 1. Data: on W of N replicas (the checksum is computed while the replicas write).
+        //    A large object's copies are each flushed before the put returns. A small one's
+        //    are flushed together (`Durability::of_object`): before the index row, or, on a
+        //    node that runs alone, with it in step 2. A write below quorum, or not flushed,
+        //    is undone where it landed.
         let started = Instant::now();
         let durability = Durability::of_object(file.len());
-        let (placed, digest) = tokio::join!(
-            crate::archive::place_durably(&self.storage, &key, file.clone(), durability),
-            digest_of(Algorithm::RECORDED, file.clone())
-        );
+        let with_row = durability == Durability::Deferred && self.gate.is_none();
+        let place = async {
+            if with_row {
+                crate::archive::place(&self.storage, &key, file.clone(), durability).await
+            } else {
+                crate::archive::place_durably(&self.storage, &key, file.clone(), durability).await
+            }
+        };
+        let (placed, digest) = tokio::join!(place, digest_of(Algorithm::RECORDED, file.clone()));
         let mut placed = placed?;
         let missed = placed.missed.clone();
+        if with_row {
+            crate::crashpoint::hit("put-unflushed");
+        }
         crate::crashpoint::hit("put-quorum");
         rec.digest = digest;
         let put_time = started.elapsed();
 
-        // 2. Metadata: the index row (and repair entries for replicas that missed it).
+        // 2. Metadata: the index row (and repair entries for replicas that missed it),
+        //    flushed on its own, or with the copies in one round (`flush_with_row`).
         let started = Instant::now();
-        match self.index.insert(rec.clone(), missed).await {
+        let inserted = if with_row {
+            let inserted = self.index.insert_unflushed(rec.clone(), missed).await;
+            self.flush_with_row(inserted, &mut placed, &key, &uids.sop_instance)
+                .await?
+        } else {
+            self.index.insert(rec.clone(), missed).await
+        };
+        match inserted {
             Ok(InsertOutcome::Inserted { seq }) => {
                 info!(
                     sop = %uids.sop_instance,
@@ -326,6 +344,53 @@ impl Store {
             Err(e) => {
                 // Undo: the object must not stay visible without its index row.
                 undo(&mut placed, &self.storage, &key).await;
+                Err(e.into())
+            }
+        }
+    }
+
+    /// Step 2 on a node that runs alone, for a small object: its copies were placed without
+    /// a flush and `inserted` committed its row without one; one `syncfs` of their file
+    /// systems (and the index's) makes both durable, and only then does the row count as
+    /// settled. Once the copies are written, the kernel may write back the row before them;
+    /// a power loss before this flush can then leave a row whose copies are missing, which
+    /// was never acknowledged: start-up finds it after the last settled row and removes it
+    /// (`archive::reconcile`). If the flush fails, the row is deleted again and the copies
+    /// removed before the failure is answered.
+    async fn flush_with_row(
+        &self,
+        inserted: Result<InsertOutcome, IndexError>,
+        placed: &mut crate::archive::Placed,
+        key: &str,
+        sop: &Uid,
+    ) -> Result<Result<InsertOutcome, IndexError>, StoreError> {
+        let seq = match &inserted {
+            Err(_) => return Ok(inserted),
+            Ok(InsertOutcome::Inserted { seq }) => Some(*seq),
+            Ok(InsertOutcome::AlreadyPresent { .. }) => None,
+        };
+        crate::crashpoint::hit("index-committed-unflushed");
+        let flushed = self
+            .storage
+            .flush_with(&placed.outcome.written, Some(self.index.path()))
+            .await;
+        match (seq, flushed) {
+            (Some(seq), Ok(())) => {
+                self.index.settled(seq);
+                Ok(inserted)
+            }
+            // Someone else's row stands: the copies this request wrote over theirs are
+            // flushed; nothing is removed (it would be their object).
+            (None, flushed) => flushed.map(|()| inserted).map_err(StoreError::from),
+            (Some(seq), Err(e)) => {
+                warn!(%sop, error = %e, "flushing a new instance failed; its row is removed again");
+                let deletion = crate::index::deletion::Deletion {
+                    instances: vec![sop.to_string()],
+                };
+                let removed = self.index.delete_instances(deletion).await;
+                undo(placed, &self.storage, key).await;
+                self.index.settled(seq);
+                removed?;
                 Err(e.into())
             }
         }

@@ -7,6 +7,7 @@ pub mod preview;
 pub mod query;
 pub mod record;
 pub mod replica;
+pub mod settled;
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -53,6 +54,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("migrations/0006_deletions.sql"),
     include_str!("migrations/0007_metadata_nested_bulk.sql"),
     include_str!("migrations/0008_digest.sql"),
+    include_str!("migrations/0009_settled.sql"),
 ];
 
 /// Most write jobs folded into one transaction (one fsync) by the group commit.
@@ -177,6 +179,9 @@ enum Work {
         record: Box<InstanceRecord>,
         /// Replicas (location, error) that missed the object's write.
         missed: Vec<(String, String)>,
+        /// Committed with a flush of the WAL; without one, the caller flushes it with its
+        /// object (`Index::insert_unflushed`).
+        flush: bool,
     },
     /// Repair-queue bookkeeping and other small writes.
     Apply(Maintenance),
@@ -197,6 +202,17 @@ enum Work {
         change: Box<replica::Change>,
         missed: Vec<(String, String)>,
     },
+}
+
+impl Work {
+    /// Whether a group holding this job commits with a flush of the WAL.
+    fn flushed(&self) -> bool {
+        match self {
+            Work::Derived(_) => false,
+            Work::Insert { flush, .. } => *flush,
+            Work::Apply(_) | Work::Account(_) | Work::Delete(_) | Work::Replicated { .. } => true,
+        }
+    }
 }
 
 /// What a writer job did.
@@ -245,6 +261,8 @@ struct Inner {
     commits: tokio::sync::watch::Sender<Commit>,
     /// HA epoch stamped on new change-log rows (0 when the node runs alone).
     epoch: Arc<std::sync::atomic::AtomicU64>,
+    /// Rows committed before their copies were flushed (`settled`).
+    settling: Arc<Mutex<settled::Settling>>,
 }
 
 impl Drop for Inner {
@@ -340,9 +358,17 @@ impl Index {
         let signal = commits.clone();
         let epoch = Arc::new(std::sync::atomic::AtomicU64::new(0));
         let writer_epoch = epoch.clone();
+        let written: i64 = writer_conn
+            .query_row("SELECT seq FROM settled WHERE id = 0", [], |r| r.get(0))
+            .map_err(|source| IndexError::Open {
+                path: path.to_path_buf(),
+                source,
+            })?;
+        let settling = Arc::new(Mutex::new(settled::Settling::new(written, last_seq)));
+        let writer_settling = settling.clone();
         let handle = thread::Builder::new()
             .name("index-writer".into())
-            .spawn(move || writer_loop(writer_conn, rx, &signal, &writer_epoch))
+            .spawn(move || writer_loop(writer_conn, rx, &signal, &writer_epoch, &writer_settling))
             .expect("spawning the index writer thread");
         Ok(Index {
             inner: Arc::new(Inner {
@@ -352,6 +378,7 @@ impl Index {
                 writer_thread: Mutex::new(Some(handle)),
                 commits,
                 epoch,
+                settling,
             }),
         })
     }
@@ -387,6 +414,30 @@ impl Index {
         self.submit(Work::Insert {
             record: Box::new(record),
             missed,
+            flush: true,
+        })
+        .await
+        .map(|done| match done {
+            Done::Instance(o) => o,
+            other => unreachable_job(other),
+        })
+    }
+
+    /// `insert`, committed without a flush of its own: the caller makes the row durable
+    /// together with its object's copies (one `syncfs` of their file systems and the
+    /// index's, `Storage::flush_with`) and then calls `settled` with its seq. Until then a
+    /// power loss may keep the row and lose the copies (the kernel writes back in any order,
+    /// and a checkpoint flushes the WAL): start-up checks every row after the last settled
+    /// one against storage (`archive::reconcile`).
+    pub async fn insert_unflushed(
+        &self,
+        record: InstanceRecord,
+        missed: Vec<(String, String)>,
+    ) -> Result<InsertOutcome, IndexError> {
+        self.submit(Work::Insert {
+            record: Box::new(record),
+            missed,
+            flush: false,
         })
         .await
         .map(|done| match done {
@@ -842,9 +893,12 @@ fn writer_loop(
     rx: std::sync::mpsc::Receiver<InsertJob>,
     commits: &tokio::sync::watch::Sender<Commit>,
     epoch: &std::sync::atomic::AtomicU64,
+    settling: &Mutex<settled::Settling>,
 ) {
     // `open_connection` set synchronous=FULL.
     let mut flushing = true;
+    // The settled position as last written, and when (`settled`, rule 3).
+    let mut position_written: Option<(i64, std::time::Instant)> = None;
     while let Ok(first) = rx.recv() {
         let mut jobs = vec![first];
         while jobs.len() < MAX_GROUP {
@@ -853,17 +907,17 @@ fn writer_loop(
                 Err(_) => break,
             }
         }
-        let derived_only = jobs.iter().all(|j| matches!(j.work, Work::Derived(_)));
-        if flushing == derived_only {
+        let flush = jobs.iter().any(|j| j.work.flushed());
+        if flushing != flush {
             // A group that must be flushed never commits unless FULL is set.
-            if let Err(e) = conn.pragma_update(None, "synchronous", flush_level(!derived_only)) {
+            if let Err(e) = conn.pragma_update(None, "synchronous", flush_level(flush)) {
                 error!(error = %e, "index: cannot set the flush level");
                 for j in jobs {
                     let _ = j.reply.send(Err(IndexError::Commit(clone_err(&e))));
                 }
                 continue;
             }
-            flushing = !derived_only;
+            flushing = flush;
         }
         // IMMEDIATE: the write lock is taken at BEGIN, where SQLite's busy handler waits for
         // another process's writer (`pacsd account` on the same file); a deferred transaction
@@ -880,6 +934,14 @@ fn writer_loop(
         };
         let mut results = Vec::with_capacity(jobs.len());
         let mut tx = tx;
+        let position = settling.lock().expect("settling").through();
+        let write_position = match position_written {
+            Some((written, at)) => position > written && at.elapsed() >= settled::WRITE_EVERY,
+            None => true,
+        };
+        if write_position && let Err(e) = settled::write_position(&tx, position) {
+            warn!(error = %e, "index: the settled position was not written");
+        }
         let epoch = epoch.load(std::sync::atomic::Ordering::SeqCst);
         for job in jobs.iter_mut() {
             results.push(apply_job(&mut tx, &mut job.work, epoch));
@@ -897,13 +959,27 @@ fn writer_loop(
                 let must_flush = results
                     .iter()
                     .any(|r| matches!(r, Ok(Done::Derived(MustFlush(true)))));
-                if derived_only && must_flush {
+                if !flush && must_flush {
                     flush_wal(&conn);
                 }
                 let last = results
                     .iter()
                     .filter_map(|r| r.as_ref().ok().and_then(Done::seq))
                     .max();
+                let open = jobs
+                    .iter()
+                    .zip(&results)
+                    .filter_map(|(j, r)| match (&j.work, r) {
+                        (
+                            Work::Insert { flush: false, .. },
+                            Ok(Done::Instance(InsertOutcome::Inserted { seq })),
+                        ) => Some(*seq),
+                        _ => None,
+                    });
+                settling.lock().expect("settling").committed(last, open);
+                if write_position {
+                    position_written = Some((position, std::time::Instant::now()));
+                }
                 if let Some(seq) = last {
                     commits.send_replace(Commit {
                         seq,
@@ -921,6 +997,12 @@ fn writer_loop(
                 }
             }
         }
+    }
+    // The index is closing: the position once more, so that a clean stop leaves no row to
+    // check at the next start.
+    let position = settling.lock().expect("settling").through();
+    if let Err(e) = settled::write_position(&conn, position) {
+        warn!(error = %e, "index: the settled position was not written at close");
     }
 }
 
@@ -963,7 +1045,7 @@ fn clone_err(e: &rusqlite::Error) -> rusqlite::Error {
 fn apply_job(tx: &mut Transaction<'_>, work: &mut Work, epoch: u64) -> Result<Done, IndexError> {
     let sp = tx.savepoint().map_err(IndexError::Commit)?;
     let res = match work {
-        Work::Insert { record, missed } => {
+        Work::Insert { record, missed, .. } => {
             insert_rows(&sp, record, missed, epoch).map(Done::Instance)
         }
         Work::Account(change) => account_rows(&sp, change, epoch, false).map(Done::Account),

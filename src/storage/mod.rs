@@ -458,9 +458,20 @@ impl Storage {
     /// file system among their local directories (remote replicas answer a put once it is
     /// durable). Fails if one of them cannot be flushed.
     pub async fn flush(&self, replicas: &[usize]) -> Result<(), StorageError> {
+        self.flush_with(replicas, None).await
+    }
+
+    /// `flush`, and the file system that holds `also` (a file or directory) in the same
+    /// round: one `syncfs` when it shares one with the replicas.
+    pub async fn flush_with(
+        &self,
+        replicas: &[usize],
+        also: Option<&Path>,
+    ) -> Result<(), StorageError> {
         let dirs = replicas
             .iter()
             .filter_map(|i| self.replicas[*i].parsed.local_dir())
+            .chain(also.map(Path::to_path_buf))
             .collect();
         flush_dirs(dirs).await
     }
