@@ -875,12 +875,17 @@ pub fn bulk_load(
         tx.commit().map_err(IndexError::Commit)?;
         progress(inserted);
     }
-    // Synthetic rows have no object to render.
+    // Synthetic rows have no object to render, and none for a start-up check to look for:
+    // they count as settled (`settled`; without this the next start would delete them all).
     conn.execute(
         "UPDATE preview SET state = 'none', reason = 'bulk-loaded index entry without an object'
          WHERE state = 'pending'",
         [],
     )?;
+    let last: i64 = conn.query_row("SELECT coalesce(max(seq), 0) FROM changelog", [], |r| {
+        r.get(0)
+    })?;
+    settled::write_position(&conn, last)?;
     conn.execute_batch("PRAGMA wal_checkpoint(TRUNCATE); ANALYZE;")?;
     Ok(inserted)
 }

@@ -174,6 +174,71 @@ impl Index {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::index::fixtures::rec;
+    use crate::index::{InsertOutcome, bulk_load};
+
+    /// The SOP Instance UIDs start-up would check in the index at `path`, opened anew.
+    async fn unchecked_at_open(path: &std::path::Path) -> Vec<String> {
+        let index = Index::open(path).unwrap();
+        let rows = index.unsettled_instances().await.unwrap();
+        assert!(index.close().is_ok());
+        rows.into_iter().map(|r| r.sop_instance_uid).collect()
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_row_is_checked_at_the_next_open_until_its_flush_settled_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("i.sqlite");
+        let index = Index::open(&path).unwrap();
+        index
+            .insert(rec("1.2", "1.2.1", "1.2.1.1", "CT"), vec![])
+            .await
+            .unwrap();
+        let open = index
+            .insert_unflushed(rec("1.2", "1.2.1", "1.2.1.2", "CT"), vec![])
+            .await
+            .unwrap();
+        let InsertOutcome::Inserted { seq } = open else {
+            panic!("{open:?}")
+        };
+        // A crash now: the index closes (as another process opening it later would) with
+        // row 2 not settled.
+        assert!(index.close().is_ok());
+        assert_eq!(unchecked_at_open(&path).await, ["1.2.1.2"]);
+        assert_eq!(
+            unchecked_at_open(&path).await,
+            ["1.2.1.2"],
+            "opening and closing it again does not settle it"
+        );
+
+        let index = Index::open(&path).unwrap();
+        index.mark_settled().await.unwrap();
+        let again = index
+            .insert_unflushed(rec("1.2", "1.2.1", "1.2.1.3", "CT"), vec![])
+            .await
+            .unwrap();
+        let InsertOutcome::Inserted { seq: third } = again else {
+            panic!()
+        };
+        assert!(third > seq);
+        index.settled(third);
+        assert!(index.close().is_ok());
+        assert!(unchecked_at_open(&path).await.is_empty());
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn bulk_loaded_rows_without_objects_are_never_checked_at_start_up() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("i.sqlite");
+        let records = (1..=3).map(|i| rec("1.3", "1.3.1", &format!("1.3.1.{i}"), "CT"));
+        let path2 = path.clone();
+        let loaded = tokio::task::spawn_blocking(move || bulk_load(&path2, records, 2, |_| {}))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(loaded, 3);
+        assert!(unchecked_at_open(&path).await.is_empty());
+    }
 
     #[test]
     fn every_row_below_the_first_open_one_is_settled() {
