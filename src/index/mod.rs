@@ -411,16 +411,7 @@ impl Index {
         record: InstanceRecord,
         missed: Vec<(String, String)>,
     ) -> Result<InsertOutcome, IndexError> {
-        self.submit(Work::Insert {
-            record: Box::new(record),
-            missed,
-            flush: true,
-        })
-        .await
-        .map(|done| match done {
-            Done::Instance(o) => o,
-            other => unreachable_job(other),
-        })
+        self.insert_flushed_or_not(record, missed, true).await
     }
 
     /// `insert`, committed without a flush of its own: the caller makes the row durable
@@ -434,10 +425,19 @@ impl Index {
         record: InstanceRecord,
         missed: Vec<(String, String)>,
     ) -> Result<InsertOutcome, IndexError> {
+        self.insert_flushed_or_not(record, missed, false).await
+    }
+
+    async fn insert_flushed_or_not(
+        &self,
+        record: InstanceRecord,
+        missed: Vec<(String, String)>,
+        flush: bool,
+    ) -> Result<InsertOutcome, IndexError> {
         self.submit(Work::Insert {
             record: Box::new(record),
             missed,
-            flush: false,
+            flush,
         })
         .await
         .map(|done| match done {
