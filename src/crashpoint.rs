@@ -7,7 +7,7 @@
 //! reached. Without the feature `hit` is empty and the variable means nothing.
 //!
 //! The points of a C-STORE, in order (what a restart must find is tested in tests/binary.rs,
-//! `a_crash_at_every_step_of_a_c_store_...`):
+//! `a_crash_at_any_step_of_..._c_store_...`):
 //! 1. `store-prepared`: parsed and validated, nothing written;
 //! 2. `put-first-replica`: one replica holds the object, the quorum (2 of 3) is not met;
 //! 3. `put-unflushed` (an object flushed with others, `storage::DEFER_FLUSH_UP_TO`): a
@@ -19,6 +19,10 @@
 //! 7. `index-committed-unflushed` (a small object on a node that runs alone: its copies and
 //!    its row are flushed together after the commit, `archive::reconcile`): the row is
 //!    committed, neither it nor the copies flushed;
+//!
+//! A large object on a node that runs alone has its row committed while its copies are
+//! written (`archive::store`, `Index::insert_ahead`): 2 runs beside 5 and 6, and 4 is reached
+//! once both are done, so the row is committed there.
 //!
 //! and of the preview worker afterwards: `preview-placed`, the preview is on a quorum of
 //! replicas and its index row still says pending.

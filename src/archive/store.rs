@@ -11,10 +11,11 @@ use std::time::Instant;
 use bytes::Bytes;
 use tracing::{debug, info, warn};
 
+use crate::archive::Placed;
 use crate::archive::{Settle, settle, undo};
 use crate::config::OnConflict;
 use crate::index::record::{self, RecordError};
-use crate::index::{CommitGate, Index, IndexError, InsertOutcome};
+use crate::index::{CommitGate, Index, IndexError, InsertOutcome, RowOrder};
 use crate::part10;
 use crate::storage::digest::Algorithm;
 use crate::storage::{Durability, Storage, StorageError, Uid, object_key};
@@ -98,6 +99,15 @@ fn prepare(data: &[u8], transfer_syntax: &str, max_inflated: u64) -> Result<Prep
         uids,
         file: Bytes::from(file),
     })
+}
+
+/// What committing an instance row came to.
+type Inserted = Result<InsertOutcome, IndexError>;
+
+/// How long a store's steps 1 and 2 took (they may overlap), for the log.
+struct Timing {
+    put: std::time::Duration,
+    index: std::time::Duration,
 }
 
 /// The digest of `bytes` made with `algorithm` (`storage::digest`), on the blocking pool.
@@ -271,40 +281,28 @@ impl Store {
         rec.calling_ae_title = source_ae;
 
         crate::crashpoint::hit("store-prepared");
-        // 1. Data: on W of N replicas (the checksum is computed while the replicas write).
-        //    A large object's copies are each flushed before the put returns. A small one's
-        //    are flushed together (`Durability::of_object`): before the index row, or, on a
-        //    node that runs alone, with it in step 2. A write below quorum, or not flushed,
-        //    is undone where it landed.
-        let started = Instant::now();
-        let durability = Durability::of_object(file.len());
-        let with_row = durability == Durability::Deferred && self.gate.is_none();
-        let place = async {
-            if with_row {
-                crate::archive::place(&self.storage, &key, file.clone(), durability).await
-            } else {
-                crate::archive::place_durably(&self.storage, &key, file.clone(), durability).await
-            }
+        // 1. Data: on W of N replicas, with the checksum computed while the replicas write.
+        //    A write below quorum, or not flushed, is undone where it landed.
+        // 2. Metadata: the index row (and repair entries for the replicas that missed it).
+        // In an HA pair the copies are durable before the row is committed (its standby
+        // applies a row as soon as it is committed). On a node that runs alone the row is
+        // committed first, and is open until both are durable (`index::settled`): a large
+        // object's row while its copies are written and flushed (`row_ahead`), a small
+        // object's with its copies in one flush (`copies_first`, `flush_with_row`).
+        let order = match (Durability::of_object(file.len()), &self.gate) {
+            (_, Some(_)) => RowOrder::AfterCopies,
+            (Durability::Deferred, None) => RowOrder::WithCopies,
+            (Durability::Flushed, None) => RowOrder::BeforeCopies,
         };
-        let (placed, digest) = tokio::join!(place, digest_of(Algorithm::RECORDED, file.clone()));
-        let mut placed = placed?;
-        let missed = placed.missed.clone();
-        if with_row {
-            crate::crashpoint::hit("put-unflushed");
-        }
-        crate::crashpoint::hit("put-quorum");
-        rec.digest = digest;
-        let put_time = started.elapsed();
-
-        // 2. Metadata: the index row (and repair entries for replicas that missed it),
-        //    flushed on its own, or with the copies in one round (`flush_with_row`).
-        let started = Instant::now();
-        let inserted = if with_row {
-            let inserted = self.index.insert_unflushed(rec.clone(), missed).await;
-            self.flush_with_row(inserted, &mut placed, &key, &uids.sop_instance)
-                .await?
-        } else {
-            self.index.insert(rec.clone(), missed).await
+        let (mut placed, inserted, timing) = match order {
+            RowOrder::BeforeCopies => {
+                self.row_ahead(&mut rec, &key, &file, &uids.sop_instance)
+                    .await?
+            }
+            _ => {
+                self.copies_first(&mut rec, &key, &file, &uids.sop_instance, order)
+                    .await?
+            }
         };
         match inserted {
             Ok(InsertOutcome::Inserted { seq }) => {
@@ -314,8 +312,8 @@ impl Store {
                     bytes = rec.size,
                     replicas = placed.outcome.written.len(),
                     seq,
-                    put_us = put_time.as_micros() as u64,
-                    index_us = started.elapsed().as_micros() as u64,
+                    put_us = timing.put.as_micros() as u64,
+                    index_us = timing.index.as_micros() as u64,
                     "stored"
                 );
                 settle(
@@ -349,6 +347,128 @@ impl Store {
         }
     }
 
+    /// Steps 1 and 2 with the copies placed first: durably, then the row committed with its
+    /// flush (`RowOrder::AfterCopies`); or, for a small object on a node that runs alone,
+    /// without a flush, then the row committed without one and both flushed together
+    /// (`RowOrder::WithCopies`, `flush_with_row`).
+    async fn copies_first(
+        &self,
+        rec: &mut record::InstanceRecord,
+        key: &str,
+        file: &Bytes,
+        sop: &Uid,
+        order: RowOrder,
+    ) -> Result<(Placed, Inserted, Timing), StoreError> {
+        let started = Instant::now();
+        let durability = Durability::of_object(file.len());
+        let place = async {
+            if order == RowOrder::WithCopies {
+                crate::archive::place(&self.storage, key, file.clone(), durability).await
+            } else {
+                crate::archive::place_durably(&self.storage, key, file.clone(), durability).await
+            }
+        };
+        let (placed, digest) = tokio::join!(place, digest_of(Algorithm::RECORDED, file.clone()));
+        let mut placed = placed?;
+        if order == RowOrder::WithCopies {
+            crate::crashpoint::hit("put-unflushed");
+        }
+        crate::crashpoint::hit("put-quorum");
+        rec.digest = digest;
+        let put = started.elapsed();
+
+        let started = Instant::now();
+        let missed = placed.missed.clone();
+        let inserted = if order == RowOrder::WithCopies {
+            let inserted = self.index.insert_unflushed(rec.clone(), missed).await;
+            self.flush_with_row(inserted, &mut placed, key, sop).await?
+        } else {
+            self.index.insert(rec.clone(), missed).await
+        };
+        let index = started.elapsed();
+        Ok((placed, inserted, Timing { put, index }))
+    }
+
+    /// Steps 1 and 2 at once, for a large object on a node that runs alone: its row is
+    /// committed, with its flush, while its copies are written and flushed, which takes the
+    /// commit off the C-STORE's path. The row is open until the copies are durable too
+    /// (`index::settled`); a power loss before that can leave it without its copies, and
+    /// start-up then removes it (`archive::reconcile`). If the write fails the row is removed
+    /// again before the failure is answered; the replicas the write missed are queued for
+    /// repair once it is known which. Until its copies are written, a query can see a row
+    /// whose object cannot be read yet; it has not been acknowledged.
+    async fn row_ahead(
+        &self,
+        rec: &mut record::InstanceRecord,
+        key: &str,
+        file: &Bytes,
+        sop: &Uid,
+    ) -> Result<(Placed, Inserted, Timing), StoreError> {
+        let started = Instant::now();
+        let place = async {
+            let placed = crate::archive::place_durably(
+                &self.storage,
+                key,
+                file.clone(),
+                Durability::Flushed,
+            )
+            .await;
+            (placed, started.elapsed())
+        };
+        let insert = async {
+            rec.digest = digest_of(Algorithm::RECORDED, file.clone()).await;
+            let started = Instant::now();
+            let inserted = self.index.insert_ahead(rec.clone()).await;
+            (inserted, started.elapsed())
+        };
+        let ((placed, put), (inserted, index)) = tokio::join!(place, insert);
+        let seq = match &inserted {
+            Ok(InsertOutcome::Inserted { seq }) => Some(*seq),
+            _ => None,
+        };
+        let queued = match (&placed, seq) {
+            (Ok(placed), Some(_)) => self.queue_missed(key, &placed.missed).await,
+            _ => Ok(()),
+        };
+        let failed = match (placed, queued) {
+            (Ok(placed), Ok(())) => {
+                crate::crashpoint::hit("put-quorum");
+                if let Some(seq) = seq {
+                    self.index.settled(seq);
+                }
+                return Ok((placed, inserted, Timing { put, index }));
+            }
+            (Err(e), _) => StoreError::from(e),
+            (Ok(mut placed), Err(e)) => {
+                undo(&mut placed, &self.storage, key).await;
+                StoreError::from(e)
+            }
+        };
+        if let Some(seq) = seq {
+            warn!(%sop, error = %failed, "storing a new instance failed; its row is removed again");
+            self.remove_row(sop, seq).await?;
+        }
+        Err(failed)
+    }
+
+    /// Queue a repair for each replica a write `missed` (or that was still writing).
+    async fn queue_missed(&self, key: &str, missed: &[(String, String)]) -> Result<(), IndexError> {
+        for (replica, reason) in missed {
+            self.index.queue_repair(key, replica, reason).await?;
+        }
+        Ok(())
+    }
+
+    /// Remove the row committed as `seq` for `sop` again, whose object was not stored.
+    async fn remove_row(&self, sop: &Uid, seq: i64) -> Result<(), IndexError> {
+        let deletion = crate::index::deletion::Deletion {
+            instances: vec![sop.to_string()],
+        };
+        let removed = self.index.delete_instances(deletion).await;
+        self.index.settled(seq);
+        removed.map(|_| ())
+    }
+
     /// Step 2 on a node that runs alone, for a small object: its copies were placed without
     /// a flush and `inserted` committed its row without one; one `syncfs` of their file
     /// systems (and the index's) makes both durable, and only then does the row count as
@@ -359,11 +479,11 @@ impl Store {
     /// removed before the failure is answered.
     async fn flush_with_row(
         &self,
-        inserted: Result<InsertOutcome, IndexError>,
-        placed: &mut crate::archive::Placed,
+        inserted: Inserted,
+        placed: &mut Placed,
         key: &str,
         sop: &Uid,
-    ) -> Result<Result<InsertOutcome, IndexError>, StoreError> {
+    ) -> Result<Inserted, StoreError> {
         let seq = match &inserted {
             Err(_) => return Ok(inserted),
             Ok(InsertOutcome::Inserted { seq }) => Some(*seq),
@@ -384,13 +504,8 @@ impl Store {
             (None, flushed) => flushed.map(|()| inserted).map_err(StoreError::from),
             (Some(seq), Err(e)) => {
                 warn!(%sop, error = %e, "flushing a new instance failed; its row is removed again");
-                let deletion = crate::index::deletion::Deletion {
-                    instances: vec![sop.to_string()],
-                };
-                let removed = self.index.delete_instances(deletion).await;
                 undo(placed, &self.storage, key).await;
-                self.index.settled(seq);
-                removed?;
+                self.remove_row(sop, seq).await?;
                 Err(e.into())
             }
         }

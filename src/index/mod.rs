@@ -173,15 +173,42 @@ type DerivedWrite = Box<dyn FnOnce(&Connection) -> Result<MustFlush, IndexError>
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct MustFlush(pub bool);
 
+/// When an instance row is committed relative to its object's copies becoming durable
+/// (`settled`, rule 1).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RowOrder {
+    /// The copies are durable before the commit, which flushes the WAL: the row is never
+    /// open (`Index::insert`).
+    AfterCopies,
+    /// The commit flushes the WAL while the copies are still being written; the row is open
+    /// until the caller says both are durable (`Index::insert_ahead`).
+    BeforeCopies,
+    /// The commit does not flush: the caller makes the row durable together with the copies
+    /// (one `syncfs` of their file systems and the index's); open until then
+    /// (`Index::insert_unflushed`).
+    WithCopies,
+}
+
+impl RowOrder {
+    /// Whether the commit flushes the WAL.
+    fn flushes(self) -> bool {
+        self != RowOrder::WithCopies
+    }
+
+    /// Whether the row is open from its commit until `Index::settled`.
+    fn opens(self) -> bool {
+        self != RowOrder::AfterCopies
+    }
+}
+
 /// What the single writer does for one job.
 enum Work {
     Insert {
         record: Box<InstanceRecord>,
         /// Replicas (location, error) that missed the object's write.
         missed: Vec<(String, String)>,
-        /// Committed with a flush of the WAL; without one, the caller flushes it with its
-        /// object (`Index::insert_unflushed`).
-        flush: bool,
+        /// Before, after or with its object's copies (`RowOrder`).
+        order: RowOrder,
     },
     /// Repair-queue bookkeeping and other small writes.
     Apply(Maintenance),
@@ -209,7 +236,7 @@ impl Work {
     fn flushed(&self) -> bool {
         match self {
             Work::Derived(_) => false,
-            Work::Insert { flush, .. } => *flush,
+            Work::Insert { order, .. } => order.flushes(),
             Work::Apply(_) | Work::Account(_) | Work::Delete(_) | Work::Replicated { .. } => true,
         }
     }
@@ -411,7 +438,7 @@ impl Index {
         record: InstanceRecord,
         missed: Vec<(String, String)>,
     ) -> Result<InsertOutcome, IndexError> {
-        self.insert_flushed_or_not(record, missed, true).await
+        self.insert_as(record, missed, RowOrder::AfterCopies).await
     }
 
     /// `insert`, committed without a flush of its own: the caller makes the row durable
@@ -425,19 +452,29 @@ impl Index {
         record: InstanceRecord,
         missed: Vec<(String, String)>,
     ) -> Result<InsertOutcome, IndexError> {
-        self.insert_flushed_or_not(record, missed, false).await
+        self.insert_as(record, missed, RowOrder::WithCopies).await
     }
 
-    async fn insert_flushed_or_not(
+    /// `insert`, committed (and flushed) while the object's copies are still being written:
+    /// the caller queues a repair for each replica the write missed once it knows them,
+    /// removes the row again if the write fails, and calls `settled` with its seq once the
+    /// copies are durable. Until then a power loss may keep the row without its copies, as
+    /// for `insert_unflushed`, and start-up checks it.
+    pub async fn insert_ahead(&self, record: InstanceRecord) -> Result<InsertOutcome, IndexError> {
+        self.insert_as(record, Vec::new(), RowOrder::BeforeCopies)
+            .await
+    }
+
+    async fn insert_as(
         &self,
         record: InstanceRecord,
         missed: Vec<(String, String)>,
-        flush: bool,
+        order: RowOrder,
     ) -> Result<InsertOutcome, IndexError> {
         self.submit(Work::Insert {
             record: Box::new(record),
             missed,
-            flush,
+            order,
         })
         .await
         .map(|done| match done {
@@ -976,9 +1013,9 @@ fn writer_loop(
                     .zip(&results)
                     .filter_map(|(j, r)| match (&j.work, r) {
                         (
-                            Work::Insert { flush: false, .. },
+                            Work::Insert { order, .. },
                             Ok(Done::Instance(InsertOutcome::Inserted { seq })),
-                        ) => Some(*seq),
+                        ) if order.opens() => Some(*seq),
                         _ => None,
                     });
                 settling.lock().expect("settling").committed(last, open);

@@ -1,17 +1,20 @@
 //! Which instance rows are known to be durable together with their objects' copies.
 //!
-//! A small object stored on a node that runs alone has its copies written and its index row
-//! committed without a flush, then one `syncfs` makes both durable (`Index::insert_unflushed`,
-//! `archive::store`). Until that flush returns, the kernel may write back the row before the
-//! copies, so a power loss can leave a row whose object is not on disk: that row was never
-//! acknowledged. The rules, once:
-//! 1. A row is *open* from its unflushed commit until its flush returned (`Index::settled`),
-//!    or until it was removed again after a failed flush. A flushed commit is never open: its
-//!    object was durable before it.
+//! On a node that runs alone, an instance row is committed before its object's copies are
+//! durable: a small object's copies are written and its row committed without a flush, then
+//! one `syncfs` makes both durable (`Index::insert_unflushed`); a large object's row is
+//! committed, with its flush, while its copies are written and flushed
+//! (`Index::insert_ahead`). Until both are durable, a power loss can leave a row whose object
+//! is not on disk (the kernel writes back in any order; a large object's copies may not even
+//! be written yet): that row was never acknowledged. The rules, once:
+//! 1. A row is *open* from its commit until it and its copies are durable (`Index::settled`),
+//!    or until it was removed again after a failed write or flush. A row committed after its
+//!    copies were durable (`Index::insert`) is never open.
 //! 2. Every row up to `Settling::through` is settled: rows are committed in seq order and a
-//!    row's copies are written before its commit, so everything below the first open row is
-//!    durable with its copies (a flush that settles row n also covers every row before it,
-//!    but an older open row may still be waiting for its own flush: it stays open).
+//!    row that is not open had its copies durable before its commit, so everything below the
+//!    first open row is durable with its copies (a flush that settles row n also covers every
+//!    row before it, but an older open row may still be waiting for its own copies: it stays
+//!    open).
 //! 3. That position is written into the index (table `settled`) in a later group commit, at
 //!    most once per `WRITE_EVERY`: lagging is safe (start-up checks a few more rows), getting
 //!    ahead is not, and it never goes back.
@@ -106,8 +109,8 @@ pub struct Unsettled {
 }
 
 impl Index {
-    /// Row `seq`, committed by `insert_unflushed`, is now durable with its object's copies
-    /// (or was removed again).
+    /// Row `seq`, committed by `insert_unflushed` or `insert_ahead`, is now durable with its
+    /// object's copies (or was removed again).
     pub fn settled(&self, seq: i64) {
         self.inner.settling.lock().expect("settling").settled(seq);
     }

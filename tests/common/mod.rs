@@ -341,10 +341,15 @@ pub fn assert_failed(out: &Output, what: &str) {
 
 /// Write `n` small synthetic CT files (64x64) of one study under `dir`.
 pub fn small_corpus(dir: &Path, study: u32, n: u32) -> Vec<PathBuf> {
+    corpus_of_size(dir, study, n, 64)
+}
+
+/// Write `n` synthetic CT files of `size` x `size` pixels of one study under `dir`.
+pub fn corpus_of_size(dir: &Path, study: u32, n: u32, size: u16) -> Vec<PathBuf> {
     (1..=n)
         .map(|i| {
             let p = dir.join(format!("{study}-{i}.dcm"));
-            pacsd::synth::Spec::ct(study, 1, i, 64).write(&p).unwrap();
+            pacsd::synth::Spec::ct(study, 1, i, size).write(&p).unwrap();
             p
         })
         .collect()
