@@ -16,12 +16,14 @@ need() {
     fi
 }
 
-# A work directory removed on exit, with every PID in PIDS killed first.
+# A work directory removed on exit, with every PID in PIDS killed first. KEEP_WORK=1 leaves it
+# (for runs back to back: on this project's VM, whose ext4 has no journal, creating files is
+# slow for minutes after many were deleted, as ext4 skips recently deleted inodes).
 # Usage: workdir NAME  (sets WORK)
 workdir() {
     WORK=$(mktemp -d "/tmp/pacsd-$1.XXXXXX")
     PIDS=()
-    trap 'for p in "${PIDS[@]:-}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$WORK"' EXIT
+    trap 'for p in "${PIDS[@]:-}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; [ -n "${KEEP_WORK:-}" ] || rm -rf "$WORK"' EXIT
 }
 
 # A free TCP port on loopback.
