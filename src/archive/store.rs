@@ -83,10 +83,12 @@ struct Prepared {
 }
 
 /// CPU work of a C-STORE (runs on the blocking pool): parse up to Pixel Data, extract and
-/// validate the record, wrap the data set into a Part 10 file.
+/// validate the record, wrap the data set into a Part 10 file and make its checksum (here
+/// rather than in a task of its own beside the replica writes: one trip to the blocking pool
+/// fewer, and BLAKE3 takes about 0.1 ms for a 525 KB CT image).
 fn prepare(data: &[u8], transfer_syntax: &str, max_inflated: u64) -> Result<Prepared, StoreError> {
     let header = record::parse_header(data, transfer_syntax, max_inflated)?;
-    let rec = record::extract(&header)?;
+    let mut rec = record::extract(&header)?;
     let uids = rec.uids()?;
     let file = part10::build(
         uids.sop_class.as_str(),
@@ -94,6 +96,7 @@ fn prepare(data: &[u8], transfer_syntax: &str, max_inflated: u64) -> Result<Prep
         transfer_syntax,
         data,
     )?;
+    rec.digest = Algorithm::RECORDED.digest(&file);
     Ok(Prepared {
         rec,
         uids,
@@ -368,13 +371,11 @@ impl Store {
                 crate::archive::place_durably(&self.storage, key, file.clone(), durability).await
             }
         };
-        let (placed, digest) = tokio::join!(place, digest_of(Algorithm::RECORDED, file.clone()));
-        let mut placed = placed?;
+        let mut placed = place.await?;
         if order == RowOrder::WithCopies {
             crate::crashpoint::hit("put-unflushed");
         }
         crate::crashpoint::hit("put-quorum");
-        rec.digest = digest;
         let put = started.elapsed();
 
         let started = Instant::now();
@@ -416,7 +417,6 @@ impl Store {
             (placed, started.elapsed())
         };
         let insert = async {
-            rec.digest = digest_of(Algorithm::RECORDED, file.clone()).await;
             let started = Instant::now();
             let inserted = self.index.insert_ahead(rec.clone()).await;
             (inserted, started.elapsed())
