@@ -3,7 +3,10 @@
 # dcmqrscp, each asked with DCMTK movescu to C-MOVE it to a DCMTK storescp sink and with DCMTK
 # getscu to C-GET it, in one run on loopback, ROUNDS times over (the servers take turns in each
 # round). Prints, per operation and server, the median instances/s and MB/s with the spread
-# over the rounds, and the median ratios to Orthanc and to dcmqrscp.
+# over the rounds, and the median ratios to Orthanc and to dcmqrscp; then the sink's pace: the
+# same files sent straight to the same sink (`pacsd store`, no archive behind it). A C-MOVE
+# goes over one association and the sink answers each C-STORE before the next is sent, so a
+# server near that pace is waiting on the sink, not on itself.
 #
 # Usage: [ROUNDS=3] [SINK_PDU=bytes] [DISCARD=1] scripts/bench-retrieve.sh [INSTANCES]
 # (default 2000 CT-like 512x512 images; the sink storescp and getscu receive PDUs of SINK_PDU
@@ -111,6 +114,18 @@ for round in $(seq "${ROUNDS:-3}"); do
         rm -rf "$WORK/got"; mkdir -p "$WORK/got"
         timed get "$name" "$get_where" getscu -S -aec "$aet" --max-pdu "$PDU" "${get_keep[@]}" 127.0.0.1 "$port"
     done
+    # The sink's pace: the corpus (files the page cache holds) sent straight to the same sink
+    # over one association, C-STOREs in turn as a C-MOVE's are, by `pacsd store` (the SCU code
+    # C-MOVE uses; DCMTK storescu re-encodes each file and is slower than any server here).
+    rm -rf "$WORK/sink"; mkdir -p "$WORK/sink"
+    storescp -aet SINK --max-pdu "$PDU" "${sink_keep[@]}" "$SINK_PORT" >"$WORK/sink-floor.log" 2>&1 & SINK=$!
+    wait_echo SINK "$SINK_PORT"
+    sync
+    t0=$(date +%s.%N)
+    $PACSD store --no-progress --called SINK -p "$SINK_PORT" "$WORK/corpus" >"$WORK/floor.log" 2>&1
+    t1=$(date +%s.%N)
+    kill "$SINK"; wait "$SINK" 2>/dev/null || true
+    python3 -c "import sys; n,b,t0,t1=int(sys.argv[1]),int(sys.argv[2]),float(sys.argv[3]),float(sys.argv[4]); dt=t1-t0; print(f'floor direct {n/dt:.1f} {b/1e6/dt:.1f} {dt:.2f} {n}')" "$N" "$BYTES" "$t0" "$t1" >>"$RESULTS"
 done
 rm -rf "$WORK/sink" "$WORK/got"
 echo
@@ -132,6 +147,15 @@ for op in ("move", "get"):
         print(f"{op:5} {name:9} {med[name]:>8.1f} {min(ips):>7.1f}-{max(ips):<7.1f} "
               f"{statistics.median(r[1] for r in rs):>7.1f} {got:>5}/{sys.argv[2]:<4} "
               f"{med[name] / med['orthanc']:>9.2f} {med[name] / med['dcmqrscp']:>10.2f}")
+floor = runs.get(("floor", "direct"), [])
+if floor:
+    ips = [r[0] for r in floor]
+    f = statistics.median(ips)
+    move = {name: statistics.median(r[0] for r in rs) for (o, name), rs in runs.items() if o == "move"}
+    print(f"sink's pace: the files sent straight to the same sink over one association, {f:.1f} inst/s "
+          f"({min(ips):.1f}-{max(ips):.1f}); C-MOVE as a share of it: "
+          + ", ".join(f"{n} {move[n] / f:.0%}" for n in ("orthanc", "dcmqrscp", "pacsd") if n in move)
+          + f"; 1.5x Orthanc would be {1.5 * move['orthanc'] / f:.0%} of it")
 print(f"({len(next(iter(runs.values())))} rounds; min-max is the spread of instances/s; "
       "received is the fewest files any round delivered)")
 PY
