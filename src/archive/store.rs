@@ -113,11 +113,16 @@ struct Timing {
     index: std::time::Duration,
 }
 
-/// The digest of `bytes` made with `algorithm` (`storage::digest`), on the blocking pool.
-async fn digest_of(algorithm: Algorithm, bytes: Bytes) -> String {
-    tokio::task::spawn_blocking(move || algorithm.digest(&bytes))
-        .await
-        .expect("hashing panicked")
+/// The digest of a received `file` to compare with `stored`, the digest recorded for the
+/// acknowledged version: the one `prepare` made when the algorithms are the same, else one
+/// made now with the older algorithm, on the blocking pool.
+async fn received_digest(rec: &record::InstanceRecord, stored: &str, file: Bytes) -> String {
+    match Algorithm::of(stored) {
+        Algorithm::RECORDED => rec.digest.clone(),
+        older => tokio::task::spawn_blocking(move || older.digest(&file))
+            .await
+            .expect("hashing panicked"),
+    }
 }
 
 /// The store side of the archive: storage, index, the HA commit gate, and a per-SOP-Instance
@@ -267,7 +272,7 @@ impl Store {
         // conformance statement); different content is never swapped in, and the sender is
         // told so unless its policy says otherwise.
         if let Some(existing) = existing? {
-            let received = digest_of(Algorithm::of(&existing.digest), file).await;
+            let received = received_digest(&rec, &existing.digest, file).await;
             self.already_stored(calling_ae, &uids.sop_instance, &existing.digest, received)
                 .await?;
             return Ok(rec);
@@ -334,10 +339,7 @@ impl Store {
                 // deleted here: under the same key that would remove the acknowledged
                 // version's object, not only ours.
                 settle(&mut placed, &self.storage, &key, Settle::Leave);
-                let received = match Algorithm::of(&digest) {
-                    Algorithm::RECORDED => rec.digest.clone(),
-                    older => digest_of(older, file).await,
-                };
+                let received = received_digest(&rec, &digest, file).await;
                 self.already_stored(calling_ae, &uids.sop_instance, &digest, received)
                     .await?;
                 Ok(rec)
