@@ -289,8 +289,8 @@ impl Store {
         rec.calling_ae_title = source_ae;
 
         crate::crashpoint::hit("store-prepared");
-        // 1. Data: on W of N replicas, with the checksum computed while the replicas write.
-        //    A write below quorum, or not flushed, is undone where it landed.
+        // 1. Data: on W of N replicas (the checksum was made by `prepare`). A write below
+        //    quorum, or not flushed, is undone where it landed.
         // 2. Metadata: the index row (and repair entries for the replicas that missed it).
         // In an HA pair the copies are durable before the row is committed (its standby
         // applies a row as soon as it is committed). On a node that runs alone the row is
@@ -304,11 +304,11 @@ impl Store {
         };
         let (mut placed, inserted, timing) = match order {
             RowOrder::BeforeCopies => {
-                self.row_ahead(&mut rec, &key, &file, &uids.sop_instance)
+                self.row_ahead(&rec, &key, &file, &uids.sop_instance)
                     .await?
             }
             _ => {
-                self.copies_first(&mut rec, &key, &file, &uids.sop_instance, order)
+                self.copies_first(&rec, &key, &file, &uids.sop_instance, order)
                     .await?
             }
         };
@@ -358,7 +358,7 @@ impl Store {
     /// (`RowOrder::WithCopies`, `flush_with_row`).
     async fn copies_first(
         &self,
-        rec: &mut record::InstanceRecord,
+        rec: &record::InstanceRecord,
         key: &str,
         file: &Bytes,
         sop: &Uid,
@@ -366,14 +366,11 @@ impl Store {
     ) -> Result<(Placed, Inserted, Timing), StoreError> {
         let started = Instant::now();
         let durability = Durability::of_object(file.len());
-        let place = async {
-            if order == RowOrder::WithCopies {
-                crate::archive::place(&self.storage, key, file.clone(), durability).await
-            } else {
-                crate::archive::place_durably(&self.storage, key, file.clone(), durability).await
-            }
+        let mut placed = if order == RowOrder::WithCopies {
+            crate::archive::place(&self.storage, key, file.clone(), durability).await?
+        } else {
+            crate::archive::place_durably(&self.storage, key, file.clone(), durability).await?
         };
-        let mut placed = place.await?;
         if order == RowOrder::WithCopies {
             crate::crashpoint::hit("put-unflushed");
         }
@@ -402,7 +399,7 @@ impl Store {
     /// whose object cannot be read yet; it has not been acknowledged.
     async fn row_ahead(
         &self,
-        rec: &mut record::InstanceRecord,
+        rec: &record::InstanceRecord,
         key: &str,
         file: &Bytes,
         sop: &Uid,
