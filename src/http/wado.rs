@@ -117,23 +117,25 @@ fn dicom_syntax(accept: &[MediaType], stored: &[&str]) -> Result<Option<String>,
     ))
 }
 
-/// The Part 10 file of `s` in `ts` (None: as stored).
-fn in_syntax(s: &StoredInstance, file: Bytes, ts: Option<&str>) -> Result<Bytes, WebError> {
-    match ts {
-        None => Ok(file),
-        Some(t) if t == s.transfer_syntax_uid => Ok(file),
-        Some(t) => {
-            let data = transcode(&file, &s.transfer_syntax_uid, t).map_err(|e| {
-                WebError::NotAcceptable(format!(
-                    "{} cannot be sent in {t}: {e}",
-                    s.sop_instance_uid
-                ))
-            })?;
-            crate::part10::build(&s.sop_class_uid, &s.sop_instance_uid, t, &data)
-                .map(Bytes::from)
-                .map_err(|e| WebError::Internal(e.to_string()))
-        }
-    }
+/// The Part 10 file of `s` in `ts` (None: as stored). Sent as stored, it is the bytes read;
+/// a transcode runs on the blocking pool (sending as stored took a trip there too, one
+/// hand-off per object of a series for nothing).
+async fn in_syntax(s: &StoredInstance, file: Bytes, ts: Option<&str>) -> Result<Bytes, WebError> {
+    let t = match ts {
+        Some(t) if t != s.transfer_syntax_uid => t.to_string(),
+        _ => return Ok(file),
+    };
+    let s = s.clone();
+    tokio::task::spawn_blocking(move || {
+        let data = transcode(&file, &s.transfer_syntax_uid, &t).map_err(|e| {
+            WebError::NotAcceptable(format!("{} cannot be sent in {t}: {e}", s.sop_instance_uid))
+        })?;
+        crate::part10::build(&s.sop_class_uid, &s.sop_instance_uid, &t, &data)
+            .map(Bytes::from)
+            .map_err(|e| WebError::Internal(e.to_string()))
+    })
+    .await
+    .map_err(|e| WebError::Internal(e.to_string()))?
 }
 
 /// Stream `objects` as multipart/related application/dicom parts.
@@ -161,12 +163,7 @@ async fn retrieve(
             let (state, ts, b) = (state.clone(), ts.clone(), b.clone());
             async move {
                 let file = read(&state, &s).await?;
-                let ts2 = ts.clone();
-                let s2 = s.clone();
-                let file =
-                    tokio::task::spawn_blocking(move || in_syntax(&s2, file, ts2.as_deref()))
-                        .await
-                        .map_err(|e| WebError::Internal(e.to_string()))??;
+                let file = in_syntax(&s, file, ts.as_deref()).await?;
                 let part_type = match ts.as_deref() {
                     Some(t) => format!("application/dicom; transfer-syntax={t}"),
                     None => format!(
@@ -982,10 +979,7 @@ pub async fn wado_uri(
                 )));
             }
             let file = read(&s, &obj).await?;
-            let o = obj.clone();
-            let file = tokio::task::spawn_blocking(move || in_syntax(&o, file, ts.as_deref()))
-                .await
-                .map_err(|e| WebError::Internal(e.to_string()))??;
+            let file = in_syntax(&obj, file, ts.as_deref()).await?;
             Ok((
                 StatusCode::OK,
                 [
