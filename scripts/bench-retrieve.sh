@@ -8,7 +8,11 @@
 # goes over one association and the sink answers each C-STORE before the next is sent, so a
 # server near that pace is waiting on the sink, not on itself.
 #
-# Usage: [ROUNDS=3] [SINK_PDU=bytes] [DISCARD=1] scripts/bench-retrieve.sh [INSTANCES]
+# pacsd runs with its defaults: a Pending response after the first sub-operation, then at most
+# one per 100 ms ([retrieve].pending_interval_ms); Orthanc and dcmqrscp send one after every
+# sub-operation. PENDING_MS=0 gives pacsd one after every sub-operation too.
+#
+# Usage: [ROUNDS=3] [SINK_PDU=bytes] [DISCARD=1] [PENDING_MS=ms] scripts/bench-retrieve.sh [INSTANCES]
 # (default 2000 CT-like 512x512 images; the sink storescp and getscu receive PDUs of SINK_PDU
 # bytes, default 131072). By default the sink and getscu write every file they receive (and
 # the files are counted); with DISCARD=1 they receive and discard (`--ignore`; the objects
@@ -34,7 +38,7 @@ SINK_PORT=$(free_port)
 PP=$(free_port); PO=$(free_port); PQ=$(free_port)
 
 # pacsd
-pacsd_retrieve_config "$PP" "$SINK_PORT"
+pacsd_retrieve_config "$PP" "$SINK_PORT" "${PENDING_MS:+$(printf '[retrieve]\npending_interval_ms = %s' "$PENDING_MS")}"
 RUST_LOG=pacsd=warn $PACSD serve -c "$WORK/pacsd.toml" >"$WORK/pacsd.log" 2>&1 & PIDS+=($!)
 
 # Orthanc

@@ -4,7 +4,8 @@
 # (call graphs) and, in a second pass, `strace -c -f` counts its system calls. Prints the
 # hottest symbols, the syscall table and the per-instance CPU time of pacsd during the moves.
 #
-# Usage: scripts/profile-retrieve.sh [INSTANCES]   (default 1000 CT-like 512x512 images)
+# Usage: [DISCARD=1] scripts/profile-retrieve.sh [INSTANCES]   (default 1000 CT-like 512x512
+# images; with DISCARD=1 the sink receives and discards, `--ignore`, as in bench-retrieve.sh)
 # Needs: dcmtk, perf, strace.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -24,7 +25,8 @@ RUST_LOG=pacsd=warn $PACSD serve -c "$WORK/pacsd.toml" >"$WORK/pacsd.log" 2>&1 &
 PID=$!
 wait_echo PACSD "$PP"
 storescu -aec PACSD +sd +r 127.0.0.1 "$PP" "$WORK/corpus" >"$WORK/load.log" 2>&1
-storescp -aet SINK --max-pdu 131072 -od "$WORK/sink" "$SINK_PORT" >"$WORK/sink.log" 2>&1 & PIDS+=($!)
+SINK_OPTS=(); [ "${DISCARD:-0}" = 1 ] && SINK_OPTS=(--ignore)
+storescp -aet SINK --max-pdu 131072 "${SINK_OPTS[@]}" -od "$WORK/sink" "$SINK_PORT" >"$WORK/sink.log" 2>&1 & PIDS+=($!)
 mkdir -p "$WORK/sink"
 wait_echo SINK "$SINK_PORT"
 

@@ -66,6 +66,7 @@ pub struct Config {
     pub storage: StorageConfig,
     pub access: AccessConfig,
     pub query: QueryConfig,
+    pub retrieve: RetrieveConfig,
     pub preview: PreviewConfig,
     /// DICOMweb, metrics and health over HTTP (`http`).
     pub http: HttpConfig,
@@ -189,6 +190,34 @@ pub struct QueryConfig {
     /// PersonName matching ignores case, as workstations expect (PS3.4 C.2.2.2.1 leaves it
     /// to the SCP).
     pub pn_case_insensitive: bool,
+}
+
+/// `[retrieve]`: C-MOVE and C-GET.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RetrieveConfig {
+    /// The least time between two Pending responses of one C-MOVE or C-GET (PS3.4 C.4.2.3.1
+    /// and C.4.3.3.1 make them optional). The first sub-operation is always followed by one,
+    /// then at most one per interval; a sub-operation slower than the interval is followed by
+    /// its own. 0 = one after every sub-operation but the last.
+    pub pending_interval_ms: u64,
+}
+
+impl Default for RetrieveConfig {
+    fn default() -> Self {
+        // Ten progress reports a second are more than any progress bar shows; a Pending per
+        // sub-operation cost 16% of pacsd's CPU per C-MOVE sub-operation (2000 CT to a
+        // discarding sink on loopback, 0.49 -> 0.41 ms), most of it the loopback delivery.
+        RetrieveConfig {
+            pending_interval_ms: 100,
+        }
+    }
+}
+
+impl RetrieveConfig {
+    pub fn pending_interval(&self) -> Duration {
+        Duration::from_millis(self.pending_interval_ms)
+    }
 }
 
 /// `[ha]`: this node's half of a primary/standby pair (DESIGN.md, High availability).

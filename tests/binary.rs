@@ -518,6 +518,10 @@ fn shipped_example_config_loads() {
         )
     );
     assert_eq!(c.http.max_results, d.http.max_results);
+    assert_eq!(
+        c.retrieve.pending_interval_ms,
+        d.retrieve.pending_interval_ms
+    );
     assert_eq!(c.peers.len(), 2);
     assert!(c.ha.is_none(), "the default node runs alone");
     // The HA pair examples: the same service IP and arbiter, each pointing at the other.

@@ -14,11 +14,21 @@ use pacsd::synth::Spec;
 use pacsd::tools::{FindSpec, Model};
 
 async fn node_with(dest_port: u16, specs: &[Spec]) -> TestNode {
+    node_configured(dest_port, specs, |_| {}).await
+}
+
+/// `node_with`, its configuration changed by `tweak` first.
+async fn node_configured(
+    dest_port: u16,
+    specs: &[Spec],
+    tweak: impl FnOnce(&mut pacsd::config::Config),
+) -> TestNode {
     let n = TestNode::start_with(|c| {
         c.access
             .unknown_ae_services
             .extend([Service::Find, Service::Move, Service::Get]);
         c.peers = vec![loopback_peer("DEST", dest_port, &[])];
+        tweak(c);
     })
     .await;
     let dir = n.dir.path().join("src");
@@ -372,11 +382,49 @@ fn whole_study(study_uid: &str, cancel_after: Option<usize>) -> FindSpec {
     }
 }
 
+/// A Pending response after every sub-operation (the tests below cancel after N of them).
+fn every_sub_operation(c: &mut pacsd::config::Config) {
+    c.retrieve.pending_interval_ms = 0;
+}
+
+/// `[retrieve].pending_interval_ms`: 0 gives a Pending after every sub-operation but the last;
+/// an interval longer than the whole retrieve gives one, after the first; the counters of the
+/// final response are whole either way, for C-MOVE and C-GET.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pending_responses_follow_the_configured_interval() {
+    let dest = Destination::start(&[]);
+    let specs: Vec<Spec> = (1..=40).map(|i| Spec::ct(42, 1, i, 32)).collect();
+    let spec = whole_study(&specs[0].study_uid, None);
+    for (interval_ms, pendings) in [(0, 39), (600_000, 1)] {
+        let n = node_configured(dest.port, &specs, |c| {
+            c.retrieve.pending_interval_ms = interval_ms
+        })
+        .await;
+        let r = pacsd::tools::move_to(&n.scu("MOVER"), &spec, "DEST", false)
+            .await
+            .unwrap();
+        assert_eq!((r.status.code, r.completed), (0, 40), "{r:?}");
+        assert_eq!(
+            r.pending_responses, pendings,
+            "C-MOVE, {interval_ms} ms: {r:?}"
+        );
+        let out = tempfile::tempdir().unwrap();
+        let r = pacsd::tools::get_into(&n.scu("GETTER"), &spec, out.path(), false)
+            .await
+            .unwrap();
+        assert_eq!((r.status.code, r.completed), (0, 40), "{r:?}");
+        assert_eq!(
+            r.pending_responses, pendings,
+            "C-GET, {interval_ms} ms: {r:?}"
+        );
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cancel_and_destination_killed_mid_move() {
     let mut dest = Destination::start(&[]);
     let specs: Vec<Spec> = (1..=600).map(|i| Spec::ct(40, 1, i, 32)).collect();
-    let n = node_with(dest.port, &specs).await;
+    let n = node_configured(dest.port, &specs, every_sub_operation).await;
     let spec = whole_study(&specs[0].study_uid, Some(5));
 
     // C-CANCEL after 5 Pending responses.
@@ -419,7 +467,7 @@ async fn cancel_and_destination_killed_mid_move() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn c_get_cancelled_between_sub_operations() {
     let specs: Vec<Spec> = (1..=200).map(|i| Spec::ct(41, 1, i, 32)).collect();
-    let n = node_with(1, &specs).await;
+    let n = node_configured(1, &specs, every_sub_operation).await;
     let out = tempfile::tempdir().unwrap();
     let spec = whole_study(&specs[0].study_uid, Some(3));
     let r = pacsd::tools::get_into(&n.scu("GETTER"), &spec, out.path(), false)

@@ -9,10 +9,14 @@
 //! 2. C-FIND: one Pending (FF00, or FF01 when some optional keys were not supported) per
 //!    match, holding its identifier; a match that cannot be encoded ends the stream with
 //!    Unable to process (C000); after the last, Success.
-//! 3. C-MOVE / C-GET: one Pending with Remaining, Completed, Failed and Warning after each
-//!    sub-operation except the last (the final response carries the last counts); the final
+//! 3. C-MOVE / C-GET: a Pending with Remaining, Completed, Failed and Warning after the first
+//!    sub-operation, then after a sub-operation only once `pending_interval` has passed since
+//!    the last Pending (after every one when it is zero), never after the last (the final
+//!    response carries the last counts; PS3.4 C.4.2.3.1 makes Pendings optional); the final
 //!    status follows PS3.4 C.4.2.1.5 (`final_status`), failed instances are listed in
 //!    FailedSOPInstanceUIDList, and the final response has no Remaining.
+
+use std::time::{Duration, Instant};
 
 use dicom_core::{DataElement, PrimitiveValue, VR};
 use dicom_dictionary_std::{tags, uids};
@@ -63,6 +67,8 @@ pub struct Responder<'r> {
     pub context: u8,
     pub request: &'r Command,
     pub field: CommandField,
+    /// Rule 3: the least time between two Pending responses of a retrieve.
+    pub pending_interval: Duration,
 }
 
 impl<'r> Responder<'r> {
@@ -71,6 +77,15 @@ impl<'r> Responder<'r> {
             context,
             request,
             field,
+            pending_interval: Duration::ZERO,
+        }
+    }
+
+    /// Rule 3's interval (`[retrieve].pending_interval_ms`).
+    pub fn pending_every(self, pending_interval: Duration) -> Responder<'r> {
+        Responder {
+            pending_interval,
+            ..self
         }
     }
 }
@@ -147,6 +162,7 @@ impl Responder<'_> {
         ops: &mut S,
     ) -> Result<(), NetError> {
         let mut counters = Counters::new(ops.total());
+        let mut last_pending: Option<Instant> = None;
         loop {
             // Rule 1.
             if assoc.cancel_requested()? {
@@ -173,9 +189,13 @@ impl Responder<'_> {
                 Ok(_) => {}
             }
             counters.record(done.sop_instance_uid, done.outcome.as_ref().ok());
-            if counters.remaining > 0 {
+            // Rule 3.
+            if counters.remaining > 0
+                && last_pending.is_none_or(|t| t.elapsed() >= self.pending_interval)
+            {
                 let rsp = self.counts(status::PENDING, &counters, true);
                 self.send(assoc, &rsp).await?;
+                last_pending = Some(Instant::now());
             }
         }
         let mut rsp = self.counts(counters.final_status(), &counters, false);

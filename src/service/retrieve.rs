@@ -127,7 +127,8 @@ impl RetrieveService {
     /// sub-association; `respond` sends the responses.
     pub async fn move_(&self, assoc: &mut Association, req: Request<'_>) -> Result<(), NetError> {
         let (context, request, data) = (req.context, req.command, req.data);
-        let responder = Responder::new(context.id, request, CommandField::CMoveRsp);
+        let responder = Responder::new(context.id, request, CommandField::CMoveRsp)
+            .pending_every(self.config.retrieve.pending_interval());
         let prepared = async {
             let dest = request
                 .move_destination
@@ -248,7 +249,8 @@ impl RetrieveService {
     /// responses between the sub-operations.
     pub async fn get(&self, assoc: &mut Association, req: Request<'_>) -> Result<(), NetError> {
         let (context, request, data) = (req.context, req.command, req.data);
-        let responder = Responder::new(context.id, request, CommandField::CGetRsp);
+        let responder = Responder::new(context.id, request, CommandField::CGetRsp)
+            .pending_every(self.config.retrieve.pending_interval());
         let items = match self.items(context, data).await {
             Ok(i) => i,
             Err(e) => {
