@@ -796,6 +796,16 @@ impl Association {
         self.link.send_data(context_id, data).await
     }
 
+    /// Send a command set and its data set (one write for both when they fit in a batch).
+    pub async fn send_message(
+        &mut self,
+        context_id: u8,
+        command: &Command,
+        data: &[u8],
+    ) -> Result<(), NetError> {
+        self.link.send_message(context_id, command, data).await
+    }
+
     async fn send_pdu(&mut self, pdu: &Pdu) -> Result<(), NetError> {
         self.link.send_pdu(pdu).await
     }

@@ -114,20 +114,39 @@ impl Link {
         command: &Command,
     ) -> Result<(), NetError> {
         let bytes = command.encode()?;
-        self.send_pdvs(context_id, PDataValueType::Command, &bytes)
+        self.send_parts(context_id, &[(PDataValueType::Command, &bytes)])
             .await
     }
 
     /// Send a data set on a presentation context, fragmented to the peer's PDU size.
     pub async fn send_data(&mut self, context_id: u8, data: &[u8]) -> Result<(), NetError> {
-        self.send_pdvs(context_id, PDataValueType::Data, data).await
+        self.send_parts(context_id, &[(PDataValueType::Data, data)])
+            .await
     }
 
-    async fn send_pdvs(
+    /// Send a command set and its data set, the command's PDU in the same write as the data
+    /// set's first PDUs.
+    pub async fn send_message(
         &mut self,
         context_id: u8,
-        value_type: PDataValueType,
-        bytes: &[u8],
+        command: &Command,
+        data: &[u8],
+    ) -> Result<(), NetError> {
+        let bytes = command.encode()?;
+        self.send_parts(
+            context_id,
+            &[
+                (PDataValueType::Command, &bytes),
+                (PDataValueType::Data, data),
+            ],
+        )
+        .await
+    }
+
+    async fn send_parts(
+        &mut self,
+        context_id: u8,
+        parts: &[(PDataValueType, &[u8])],
     ) -> Result<(), NetError> {
         send_fragments(
             &mut self.socket,
@@ -136,8 +155,7 @@ impl Link {
             self.peer_max_pdu,
             self.write_timeout,
             context_id,
-            value_type,
-            bytes,
+            parts,
         )
         .await
     }
@@ -207,8 +225,8 @@ async fn write_all(
     write_all_vectored(socket, peer, &mut [std::io::IoSlice::new(bytes)], timeout).await
 }
 
-/// Write `bytes` as P-DATA-TF PDUs of at most `peer_max_pdu`, one PDV each, the last flagged.
-#[allow(clippy::too_many_arguments)]
+/// Write `parts` (a command, or a command and its data set, or a data set) in order as
+/// P-DATA-TF PDUs of at most `peer_max_pdu`, one PDV each, the last of each part flagged.
 async fn send_fragments(
     socket: &mut Transport,
     peer: SocketAddr,
@@ -216,46 +234,30 @@ async fn send_fragments(
     peer_max_pdu: u32,
     timeout: Duration,
     context_id: u8,
-    value_type: PDataValueType,
-    bytes: &[u8],
+    parts: &[(PDataValueType, &[u8])],
 ) -> Result<(), NetError> {
     // PDU length counts the PDV item: 4-byte item length + context id + control header.
     let max_chunk = (peer_max_pdu as usize).saturating_sub(PDV_HEADER).max(1);
-    let control = |last: bool| -> u8 {
-        let mut c = 0u8;
-        if value_type == PDataValueType::Command {
-            c |= 1;
-        }
-        if last {
-            c |= 2;
-        }
-        c
-    };
-    if bytes.is_empty() {
-        // An empty data set is still one (empty, last) fragment.
-        write_buf.clear();
-        push_pdata_header(write_buf, context_id, control(true), 0);
-        return write_all(socket, peer, write_buf, timeout).await;
+    let mut fragments = Fragments {
+        parts,
+        part: 0,
+        next: 0,
+        max_chunk,
     }
+    .peekable();
     // Each fragment goes out with its PDU header in one vectored write of up to WRITE_BATCH
-    // bytes: the data set is not copied into a buffer first (a copy of every byte sent), and a
-    // peer with a small receive PDU (16 KiB is common) does not cost a system call per 16 KiB.
-    // `write_buf` holds the headers of one batch.
-    let fragments = bytes.len().div_ceil(max_chunk);
-    let mut chunks = bytes.chunks(max_chunk).enumerate().peekable();
-    while chunks.peek().is_some() {
+    // bytes: the data set is not copied into a buffer first (a copy of every byte sent), a
+    // peer with a small receive PDU (16 KiB is common) does not cost a system call per 16 KiB,
+    // and a command goes out in the same write as its data set (one system call, and one
+    // wake-up of the peer, fewer per message). `write_buf` holds the headers of one batch.
+    while fragments.peek().is_some() {
         write_buf.clear();
         let mut batch: Vec<&[u8]> = Vec::new();
         let mut batch_bytes = 0;
-        while let Some((i, chunk)) =
-            chunks.next_if(|_| batch_bytes < WRITE_BATCH && batch.len() < MAX_BATCH_FRAGMENTS)
+        while let Some((control, chunk)) =
+            fragments.next_if(|_| batch_bytes < WRITE_BATCH && batch.len() < MAX_BATCH_FRAGMENTS)
         {
-            push_pdata_header(
-                write_buf,
-                context_id,
-                control(i + 1 == fragments),
-                chunk.len(),
-            );
+            push_pdata_header(write_buf, context_id, control, chunk.len());
             batch.push(chunk);
             batch_bytes += chunk.len();
         }
@@ -294,6 +296,37 @@ async fn write_all_vectored(
             what: "the peer to read",
             after: timeout,
         }),
+    }
+}
+
+/// The PDVs of a message's parts in order: (message control header, bytes) each, at most
+/// `max_chunk` bytes; an empty part is still one (empty, last) fragment (PS3.8 E.2).
+struct Fragments<'p> {
+    parts: &'p [(PDataValueType, &'p [u8])],
+    /// The part being cut, and where its next fragment starts.
+    part: usize,
+    next: usize,
+    max_chunk: usize,
+}
+
+impl<'p> Iterator for Fragments<'p> {
+    type Item = (u8, &'p [u8]);
+
+    fn next(&mut self) -> Option<(u8, &'p [u8])> {
+        let (value_type, bytes) = self.parts.get(self.part)?;
+        let end = (self.next + self.max_chunk).min(bytes.len());
+        let fragment = &bytes[self.next..end];
+        let last = end == bytes.len();
+        let mut control = if last { 2 } else { 0 };
+        if *value_type == PDataValueType::Command {
+            control |= 1;
+        }
+        if last {
+            (self.part, self.next) = (self.part + 1, 0);
+        } else {
+            self.next = end;
+        }
+        Some((control, fragment))
     }
 }
 
@@ -365,6 +398,60 @@ mod tests {
             }
             assert_eq!(got.len(), expected.len());
             assert!(got == expected, "framing differs for max PDU {max_pdu}");
+        }
+    }
+
+    /// dicom-ul's framing of `bytes` as PDVs of at most `chunk` bytes, one per PDU.
+    fn framed(out: &mut Vec<u8>, bytes: &[u8], chunk: usize, value_type: PDataValueType) {
+        let n = bytes.len().div_ceil(chunk).max(1);
+        let pieces: Vec<&[u8]> = if bytes.is_empty() {
+            vec![&[]]
+        } else {
+            bytes.chunks(chunk).collect()
+        };
+        for (i, piece) in pieces.into_iter().enumerate() {
+            let pdv = PDataValue {
+                presentation_context_id: 3,
+                value_type: value_type.clone(),
+                is_last: i + 1 == n,
+                data: piece.to_vec(),
+            };
+            write_pdu(out, &Pdu::PData { data: vec![pdv] }).unwrap();
+        }
+    }
+
+    #[tokio::test]
+    async fn a_message_goes_out_as_its_command_then_its_data_set() {
+        // A command in one PDU and in several (a peer's PDU of 64 bytes), with a data set,
+        // and with an empty one: the bytes are dicom-ul's framing of the two in turn.
+        let command = Command::store_rq(7, "1.2.840.10008.5.1.4.1.1.2", "1.2.3.4");
+        let encoded = command.encode().unwrap();
+        for (max_pdu, len) in [(16_384u32, 600_000usize), (64, 1000), (16_384, 0)] {
+            let data: Vec<u8> = (0..len).map(|i| (i % 251) as u8).collect();
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let addr = listener.local_addr().unwrap();
+            let reader = tokio::spawn(async move {
+                let (mut s, _) = listener.accept().await.unwrap();
+                let mut got = Vec::new();
+                tokio::io::AsyncReadExt::read_to_end(&mut s, &mut got)
+                    .await
+                    .unwrap();
+                got
+            });
+            let socket = Transport::Tcp(tokio::net::TcpStream::connect(addr).await.unwrap());
+            let mut link = Link::new(socket, addr, Duration::from_secs(5));
+            link.peer_max_pdu = max_pdu;
+            link.send_message(3, &command, &data).await.unwrap();
+            drop(link);
+            let got = reader.await.unwrap();
+            let chunk = max_pdu as usize - PDV_HEADER;
+            let mut expected = Vec::new();
+            framed(&mut expected, &encoded, chunk, PDataValueType::Command);
+            framed(&mut expected, &data, chunk, PDataValueType::Data);
+            assert!(
+                got == expected,
+                "framing differs: max PDU {max_pdu}, {len} bytes"
+            );
         }
     }
 

@@ -514,10 +514,9 @@ impl ScuAssociation {
         command: &Command,
         data: Option<&[u8]>,
     ) -> Result<(), NetError> {
-        self.link.send_command(context_id, command).await?;
         match data {
-            Some(data) => self.link.send_data(context_id, data).await,
-            None => Ok(()),
+            Some(data) => self.link.send_message(context_id, command, data).await,
+            None => self.link.send_command(context_id, command).await,
         }
     }
 

@@ -147,8 +147,7 @@ impl Responder<'_> {
                 },
             );
             rsp.data_set_type = DATA_SET_PRESENT;
-            self.send(assoc, &rsp).await?;
-            assoc.send_data(self.context, &identifier).await?;
+            assoc.send_message(self.context, &rsp, &identifier).await?;
             sent += 1;
         }
         let rsp = Command::response_to(self.request, self.field, Status::success());
@@ -211,8 +210,7 @@ impl Responder<'_> {
             return self.send(assoc, &rsp).await;
         };
         rsp.data_set_type = DATA_SET_PRESENT;
-        self.send(assoc, &rsp).await?;
-        assoc.send_data(self.context, &list).await
+        assoc.send_message(self.context, &rsp, &list).await
     }
 
     /// A response carrying the counters (PS3.7 C.4.2.1.x); Remaining only while pending or

@@ -494,12 +494,12 @@ async fn get_suboperation(
     };
     let id = assoc.next_message_id();
     assoc
-        .send_command(
+        .send_message(
             ctx,
             &Command::store_rq(id, &item.sop_class_uid, &item.sop_instance_uid),
+            &payload,
         )
         .await?;
-    assoc.send_data(ctx, &payload).await?;
     loop {
         match assoc.next().await? {
             Incoming::Message(msg) if msg.command.field() == Some(CommandField::CCancelRq) => {
