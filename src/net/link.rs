@@ -357,48 +357,28 @@ mod tests {
     use super::*;
     use dicom_ul::pdu::PDataValue;
 
-    #[tokio::test]
-    async fn fragments_sent_in_vectored_batches_are_what_dicom_ul_would_frame() {
-        // 100 PDUs of at most 1000 bytes (so batches end on MAX_BATCH_FRAGMENTS) and one
-        // data set larger than WRITE_BATCH: the bytes on the wire are dicom-ul's framing.
-        for (max_pdu, len) in [(1000u32, 99_000usize), (16_384, 600_000)] {
-            let data: Vec<u8> = (0..len).map(|i| (i % 251) as u8).collect();
-            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-            let addr = listener.local_addr().unwrap();
-            let reader = tokio::spawn(async move {
-                let (mut s, _) = listener.accept().await.unwrap();
-                let mut got = Vec::new();
-                tokio::io::AsyncReadExt::read_to_end(&mut s, &mut got)
-                    .await
-                    .unwrap();
-                got
-            });
-            let socket = Transport::Tcp(tokio::net::TcpStream::connect(addr).await.unwrap());
-            let mut link = Link::new(socket, addr, Duration::from_secs(5));
-            link.peer_max_pdu = max_pdu;
-            link.send_data(3, &data).await.unwrap();
-            drop(link);
-            let got = reader.await.unwrap();
-            let chunk = max_pdu as usize - PDV_HEADER;
-            let mut expected = Vec::new();
-            let n = data.len().div_ceil(chunk);
-            for (i, piece) in data.chunks(chunk).enumerate() {
-                write_pdu(
-                    &mut expected,
-                    &Pdu::PData {
-                        data: vec![PDataValue {
-                            presentation_context_id: 3,
-                            value_type: PDataValueType::Data,
-                            is_last: i + 1 == n,
-                            data: piece.to_vec(),
-                        }],
-                    },
-                )
+    /// The bytes a link with the peer's PDU size `max_pdu` puts on a socket for `data` on
+    /// context 3, after `command` when there is one (`send_message`, else `send_data`).
+    async fn on_the_wire(max_pdu: u32, command: Option<&Command>, data: &[u8]) -> Vec<u8> {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let reader = tokio::spawn(async move {
+            let (mut s, _) = listener.accept().await.unwrap();
+            let mut got = Vec::new();
+            tokio::io::AsyncReadExt::read_to_end(&mut s, &mut got)
+                .await
                 .unwrap();
-            }
-            assert_eq!(got.len(), expected.len());
-            assert!(got == expected, "framing differs for max PDU {max_pdu}");
+            got
+        });
+        let socket = Transport::Tcp(tokio::net::TcpStream::connect(addr).await.unwrap());
+        let mut link = Link::new(socket, addr, Duration::from_secs(5));
+        link.peer_max_pdu = max_pdu;
+        match command {
+            Some(c) => link.send_message(3, c, data).await.unwrap(),
+            None => link.send_data(3, data).await.unwrap(),
         }
+        drop(link);
+        reader.await.unwrap()
     }
 
     /// dicom-ul's framing of `bytes` as PDVs of at most `chunk` bytes, one per PDU.
@@ -421,6 +401,25 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn fragments_sent_in_vectored_batches_are_what_dicom_ul_would_frame() {
+        // 100 PDUs of at most 1000 bytes (so batches end on MAX_BATCH_FRAGMENTS) and one
+        // data set larger than WRITE_BATCH: the bytes on the wire are dicom-ul's framing.
+        for (max_pdu, len) in [(1000u32, 99_000usize), (16_384, 600_000)] {
+            let data: Vec<u8> = (0..len).map(|i| (i % 251) as u8).collect();
+            let got = on_the_wire(max_pdu, None, &data).await;
+            let mut expected = Vec::new();
+            framed(
+                &mut expected,
+                &data,
+                max_pdu as usize - PDV_HEADER,
+                PDataValueType::Data,
+            );
+            assert_eq!(got.len(), expected.len());
+            assert!(got == expected, "framing differs for max PDU {max_pdu}");
+        }
+    }
+
+    #[tokio::test]
     async fn a_message_goes_out_as_its_command_then_its_data_set() {
         // A command in one PDU and in several (a peer's PDU of 64 bytes), with a data set,
         // and with an empty one: the bytes are dicom-ul's framing of the two in turn.
@@ -428,22 +427,7 @@ mod tests {
         let encoded = command.encode().unwrap();
         for (max_pdu, len) in [(16_384u32, 600_000usize), (64, 1000), (16_384, 0)] {
             let data: Vec<u8> = (0..len).map(|i| (i % 251) as u8).collect();
-            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-            let addr = listener.local_addr().unwrap();
-            let reader = tokio::spawn(async move {
-                let (mut s, _) = listener.accept().await.unwrap();
-                let mut got = Vec::new();
-                tokio::io::AsyncReadExt::read_to_end(&mut s, &mut got)
-                    .await
-                    .unwrap();
-                got
-            });
-            let socket = Transport::Tcp(tokio::net::TcpStream::connect(addr).await.unwrap());
-            let mut link = Link::new(socket, addr, Duration::from_secs(5));
-            link.peer_max_pdu = max_pdu;
-            link.send_message(3, &command, &data).await.unwrap();
-            drop(link);
-            let got = reader.await.unwrap();
+            let got = on_the_wire(max_pdu, Some(&command), &data).await;
             let chunk = max_pdu as usize - PDV_HEADER;
             let mut expected = Vec::new();
             framed(&mut expected, &encoded, chunk, PDataValueType::Command);
