@@ -383,12 +383,12 @@ mod tests {
 
     /// dicom-ul's framing of `bytes` as PDVs of at most `chunk` bytes, one per PDU.
     fn framed(out: &mut Vec<u8>, bytes: &[u8], chunk: usize, value_type: PDataValueType) {
-        let n = bytes.len().div_ceil(chunk).max(1);
         let pieces: Vec<&[u8]> = if bytes.is_empty() {
             vec![&[]]
         } else {
             bytes.chunks(chunk).collect()
         };
+        let n = pieces.len();
         for (i, piece) in pieces.into_iter().enumerate() {
             let pdv = PDataValue {
                 presentation_context_id: 3,
