@@ -20,9 +20,10 @@
 //!    its row are flushed together after the commit, `archive::reconcile`): the row is
 //!    committed, neither it nor the copies flushed;
 //!
-//! A large object on a node that runs alone has its row committed while its copies are
-//! written (`archive::store`, `Index::insert_ahead`): 2 runs beside 5 and 6, and 4 is reached
-//! once both are done, so the row is committed there.
+//! On a node that runs alone an object's row is committed while its copies are written
+//! (`archive::store`, `row_ahead`): 2 runs beside 5 and 6, and 3 and 4 are reached once both
+//! are done, so the row is committed there; a small object's row and copies are then flushed
+//! together (7). In an HA pair the points come in the order above, without 7.
 //!
 //! and of the preview worker afterwards: `preview-placed`, the preview is on a quorum of
 //! replicas and its index row still says pending.

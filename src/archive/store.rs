@@ -226,19 +226,23 @@ impl Store {
         } = object;
         let calling_ae = source_ae.clone().unwrap_or_default();
         let calling_ae = calling_ae.as_str();
-        // Parse and wrap the data set off the async threads while the index is asked whether
-        // the instance is already stored.
+        // Parse and wrap the data set, then ask the index whether the instance is already
+        // stored, in one trip to the blocking pool (the two side by side, each in a task of
+        // its own, took one more hand-off in each direction for a lookup of some 20 us).
         let ts = transfer_syntax.clone();
         let max_inflated = self.max_object_size;
-        let (prepared, existing) = tokio::join!(
-            tokio::task::spawn_blocking(move || prepare(&data, &ts, max_inflated)),
-            self.index.instance(sop_instance.as_str())
-        );
+        let (index, sop) = (self.index.clone(), sop_instance.to_string());
+        let (prepared, existing) = tokio::task::spawn_blocking(move || {
+            let prepared = prepare(&data, &ts, max_inflated)?;
+            Ok::<_, StoreError>((prepared, index.instance_here(&sop)))
+        })
+        .await
+        .expect("record extraction panicked")?;
         let Prepared {
             mut rec,
             uids,
             file,
-        } = prepared.expect("record extraction panicked")?;
+        } = prepared;
         *subject = Subject {
             patient_id: Some(rec.patient_id.clone()),
             patient_name: rec.patient_name.clone(),
@@ -293,22 +297,19 @@ impl Store {
         //    quorum, or not flushed, is undone where it landed.
         // 2. Metadata: the index row (and repair entries for the replicas that missed it).
         // In an HA pair the copies are durable before the row is committed (its standby
-        // applies a row as soon as it is committed). On a node that runs alone the row is
-        // committed first, and is open until both are durable (`index::settled`): a large
-        // object's row while its copies are written and flushed (`row_ahead`), a small
-        // object's with its copies in one flush (`copies_first`, `flush_with_row`).
+        // applies a row as soon as it is committed: `copies_first`). On a node that runs alone
+        // the row is committed while the copies are written, and is open until both are
+        // durable (`index::settled`, `row_ahead`): a large object's row and copies each with
+        // their own flush, a small object's without, then one flush for both.
         let order = match (Durability::of_object(file.len()), &self.gate) {
             (_, Some(_)) => RowOrder::AfterCopies,
             (Durability::Deferred, None) => RowOrder::WithCopies,
             (Durability::Flushed, None) => RowOrder::BeforeCopies,
         };
         let (mut placed, inserted, timing) = match order {
-            RowOrder::BeforeCopies => {
-                self.row_ahead(&rec, &key, &file, &uids.sop_instance)
-                    .await?
-            }
+            RowOrder::AfterCopies => self.copies_first(&rec, &key, &file).await?,
             _ => {
-                self.copies_first(&rec, &key, &file, &uids.sop_instance, order)
+                self.row_ahead(&rec, &key, &file, &uids.sop_instance, order)
                     .await?
             }
         };
@@ -352,11 +353,37 @@ impl Store {
         }
     }
 
-    /// Steps 1 and 2 with the copies placed first: durably, then the row committed with its
-    /// flush (`RowOrder::AfterCopies`); or, for a small object on a node that runs alone,
-    /// without a flush, then the row committed without one and both flushed together
-    /// (`RowOrder::WithCopies`, `flush_with_row`).
+    /// Steps 1 and 2 in an HA pair: the copies placed durably, then the row committed (with
+    /// its flush) together with the repair entries of the replicas the write missed.
     async fn copies_first(
+        &self,
+        rec: &record::InstanceRecord,
+        key: &str,
+        file: &Bytes,
+    ) -> Result<(Placed, Inserted, Timing), StoreError> {
+        let started = Instant::now();
+        let durability = Durability::of_object(file.len());
+        let placed =
+            crate::archive::place_durably(&self.storage, key, file.clone(), durability).await?;
+        crate::crashpoint::hit("put-quorum");
+        let put = started.elapsed();
+        let started = Instant::now();
+        let inserted = self.index.insert(rec.clone(), placed.missed.clone()).await;
+        let index = started.elapsed();
+        Ok((placed, inserted, Timing { put, index }))
+    }
+
+    /// Steps 1 and 2 at once, on a node that runs alone: the row is committed while the
+    /// copies are written, which takes the commit off the C-STORE's path. A large object's
+    /// row and copies are each flushed on their own (`RowOrder::BeforeCopies`); a small
+    /// object's copies and row are written without a flush, then one `syncfs` makes both
+    /// durable (`RowOrder::WithCopies`, `flush_with_row`). The row is open until both are
+    /// durable (`index::settled`); a crash or a power loss before that can leave it without
+    /// its copies, and start-up then removes it (`archive::reconcile`). If the write fails the
+    /// row is removed again before the failure is answered; the replicas the write missed are
+    /// queued for repair once it is known which. Until its copies are written, a query can
+    /// see a row whose object cannot be read yet; it has not been acknowledged.
+    async fn row_ahead(
         &self,
         rec: &record::InstanceRecord,
         key: &str,
@@ -365,62 +392,26 @@ impl Store {
         order: RowOrder,
     ) -> Result<(Placed, Inserted, Timing), StoreError> {
         let started = Instant::now();
-        let durability = Durability::of_object(file.len());
-        let mut placed = if order == RowOrder::WithCopies {
-            crate::archive::place(&self.storage, key, file.clone(), durability).await?
-        } else {
-            crate::archive::place_durably(&self.storage, key, file.clone(), durability).await?
-        };
-        if order == RowOrder::WithCopies {
-            crate::crashpoint::hit("put-unflushed");
-        }
-        crate::crashpoint::hit("put-quorum");
-        let put = started.elapsed();
-
-        let started = Instant::now();
-        let missed = placed.missed.clone();
-        let inserted = if order == RowOrder::WithCopies {
-            let inserted = self.index.insert_unflushed(rec.clone(), missed).await;
-            self.flush_with_row(inserted, &mut placed, key, sop).await?
-        } else {
-            self.index.insert(rec.clone(), missed).await
-        };
-        let index = started.elapsed();
-        Ok((placed, inserted, Timing { put, index }))
-    }
-
-    /// Steps 1 and 2 at once, for a large object on a node that runs alone: its row is
-    /// committed, with its flush, while its copies are written and flushed, which takes the
-    /// commit off the C-STORE's path. The row is open until the copies are durable too
-    /// (`index::settled`); a power loss before that can leave it without its copies, and
-    /// start-up then removes it (`archive::reconcile`). If the write fails the row is removed
-    /// again before the failure is answered; the replicas the write missed are queued for
-    /// repair once it is known which. Until its copies are written, a query can see a row
-    /// whose object cannot be read yet; it has not been acknowledged.
-    async fn row_ahead(
-        &self,
-        rec: &record::InstanceRecord,
-        key: &str,
-        file: &Bytes,
-        sop: &Uid,
-    ) -> Result<(Placed, Inserted, Timing), StoreError> {
-        let started = Instant::now();
+        let together = order == RowOrder::WithCopies;
         let place = async {
-            let placed = crate::archive::place_durably(
-                &self.storage,
-                key,
-                file.clone(),
-                Durability::Flushed,
-            )
-            .await;
+            let file = file.clone();
+            let placed = if together {
+                crate::archive::place(&self.storage, key, file, Durability::Deferred).await
+            } else {
+                crate::archive::place_durably(&self.storage, key, file, Durability::Flushed).await
+            };
             (placed, started.elapsed())
         };
         let insert = async {
             let started = Instant::now();
-            let inserted = self.index.insert_ahead(rec.clone()).await;
+            let inserted = if together {
+                self.index.insert_unflushed(rec.clone(), Vec::new()).await
+            } else {
+                self.index.insert_ahead(rec.clone()).await
+            };
             (inserted, started.elapsed())
         };
-        let ((placed, put), (inserted, index)) = tokio::join!(place, insert);
+        let ((placed, put), (inserted, mut index)) = tokio::join!(place, insert);
         let seq = match &inserted {
             Ok(InsertOutcome::Inserted { seq }) => Some(*seq),
             _ => None,
@@ -430,11 +421,21 @@ impl Store {
             _ => Ok(()),
         };
         let failed = match (placed, queued) {
-            (Ok(placed), Ok(())) => {
-                crate::crashpoint::hit("put-quorum");
-                if let Some(seq) = seq {
-                    self.index.settled(seq);
+            (Ok(mut placed), Ok(())) => {
+                if together {
+                    crate::crashpoint::hit("put-unflushed");
                 }
+                crate::crashpoint::hit("put-quorum");
+                let flushing = Instant::now();
+                let inserted = if together {
+                    self.flush_with_row(inserted, &mut placed, key, sop).await?
+                } else {
+                    if let Some(seq) = seq {
+                        self.index.settled(seq);
+                    }
+                    inserted
+                };
+                index += flushing.elapsed();
                 return Ok((placed, inserted, Timing { put, index }));
             }
             (Err(e), _) => StoreError::from(e),
@@ -468,12 +469,13 @@ impl Store {
         removed.map(|_| ())
     }
 
-    /// Step 2 on a node that runs alone, for a small object: its copies were placed without
-    /// a flush and `inserted` committed its row without one; one `syncfs` of their file
-    /// systems (and the index's) makes both durable, and only then does the row count as
-    /// settled. Once the copies are written, the kernel may write back the row before them;
-    /// a power loss before this flush can then leave a row whose copies are missing, which
-    /// was never acknowledged: start-up finds it after the last settled row and removes it
+    /// The end of steps 1 and 2 on a node that runs alone, for a small object: its copies
+    /// were placed without a flush and `inserted` committed its row without one, side by
+    /// side; one `syncfs` of their file systems (and the index's) makes both durable, and
+    /// only then does the row count as settled. The row may be committed before the copies
+    /// are written, and the kernel may write it back before them; a crash or a power loss
+    /// before this flush can then leave a row whose copies are missing, which was never
+    /// acknowledged: start-up finds it after the last settled row and removes it
     /// (`archive::reconcile`). If the flush fails, the row is deleted again and the copies
     /// removed before the failure is answered.
     async fn flush_with_row(

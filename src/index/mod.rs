@@ -628,22 +628,29 @@ impl Index {
         T: Send + 'static,
         F: FnOnce(&Connection) -> Result<T, IndexError> + Send + 'static,
     {
-        let inner = self.inner.clone();
-        tokio::task::spawn_blocking(move || {
-            let conn = inner.readers.lock().expect("reader pool").pop();
-            let conn = match conn {
-                Some(c) => c,
-                None => open_connection(&inner.path)?,
-            };
-            let result = f(&conn);
-            let mut pool = inner.readers.lock().expect("reader pool");
-            if pool.len() < READER_POOL {
-                pool.push(conn);
-            }
-            result
-        })
-        .await
-        .expect("index reader task panicked")
+        let index = self.clone();
+        tokio::task::spawn_blocking(move || index.read_here(f))
+            .await
+            .expect("index reader task panicked")
+    }
+
+    /// Run `f` on a reader connection on the calling thread: for work that is already on the
+    /// blocking pool (never call it from an async task; it waits for SQLite).
+    pub fn read_here<T>(
+        &self,
+        f: impl FnOnce(&Connection) -> Result<T, IndexError>,
+    ) -> Result<T, IndexError> {
+        let conn = self.inner.readers.lock().expect("reader pool").pop();
+        let conn = match conn {
+            Some(c) => c,
+            None => open_connection(&self.inner.path)?,
+        };
+        let result = f(&conn);
+        let mut pool = self.inner.readers.lock().expect("reader pool");
+        if pool.len() < READER_POOL {
+            pool.push(conn);
+        }
+        result
     }
 
     /// The patients (ID, name) of these studies, each once (for audit records).
@@ -681,6 +688,16 @@ impl Index {
         Ok(self.instances_where(&only).await?.into_iter().next())
     }
 
+    /// `instance`, on the calling thread (`read_here`).
+    pub fn instance_here(
+        &self,
+        sop_instance_uid: &str,
+    ) -> Result<Option<StoredInstance>, IndexError> {
+        let q = Self::instances_query(&[(query::Column::SopInstanceUid, sop_instance_uid)]);
+        let found = self.read_here(move |c| Ok(query::stored(c, &q)?))?;
+        Ok(found.into_iter().next())
+    }
+
     /// The instances of a study, of one of its series, or one instance of it.
     pub async fn instances_under(
         &self,
@@ -710,7 +727,12 @@ impl Index {
         &self,
         only: &[(query::Column, &str)],
     ) -> Result<Vec<StoredInstance>, IndexError> {
-        let q = query::Query {
+        self.stored_instances(Self::instances_query(only)).await
+    }
+
+    /// The instances whose UIDs are `only` (single value matching on each).
+    fn instances_query(only: &[(query::Column, &str)]) -> query::Query {
+        query::Query {
             level: query::Level::Image,
             conditions: only
                 .iter()
@@ -723,8 +745,7 @@ impl Index {
             pn_case_insensitive: false,
             combined_study_datetime: false,
             order: Default::default(),
-        };
-        self.stored_instances(q).await
+        }
     }
 
     pub async fn counts(&self) -> Result<Counts, IndexError> {
