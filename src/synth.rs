@@ -228,6 +228,7 @@ pub fn record(spec: &Spec) -> crate::index::InstanceRecord {
         storage_key: format!("synthetic/{}", spec.sop_uid),
         size: 0,
         digest: String::new(),
+        read_check: None,
         calling_ae_title: None,
     }
 }

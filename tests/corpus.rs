@@ -159,6 +159,8 @@ async fn pydicom_test_data_and_mangled_variants_get_a_status_and_stored_ones_are
         let stored = std::fs::read(n.replica_dir(0).join(&row.storage_key))
             .unwrap_or_else(|e| panic!("{sop}: {e}"));
         assert_eq!(pacsd::storage::digest::record(&stored), row.digest, "{sop}");
+        let check = pacsd::storage::digest::read_check(&stored);
+        assert_eq!(row.read_check, Some(check), "{sop}");
         let (_, offset) = pacsd::part10::split(&stored).unwrap();
         let kept = &stored[offset..];
         assert!(

@@ -518,6 +518,7 @@ async fn a_striped_read_survives_a_datanode_stopped_mid_read() {
         key: key.into(),
         size: data.len() as u64,
         digest: pacsd::storage::digest::record(&data),
+        read_check: Some(pacsd::storage::digest::read_check(&data)),
     };
     let reader = {
         let (storage, expected) = (storage.clone(), expected.clone());

@@ -272,11 +272,7 @@ async fn stored_preview(n: &TestNode, sop: &str) -> DynamicImage {
     let v = n
         .node
         .storage
-        .read(&Expected {
-            key: storage_key,
-            size,
-            digest,
-        })
+        .read(&Expected::new(storage_key, size, digest))
         .await
         .unwrap();
     image::load_from_memory_with_format(&v.bytes, image::ImageFormat::Jpeg).expect("a JPEG")

@@ -142,8 +142,8 @@ fn objects_recorded_with_sha256_by_an_older_version_are_still_checked_and_served
     let files = small_corpus(&dir.path().join("src"), 62, 3);
     rt.block_on(load_then_stop(&config, files.clone()));
 
-    // The index as schema 7 had it: each object's SHA-256 in a `sha256` column (and no
-    // table of the later migration 9).
+    // The index as schema 7 had it: each object's SHA-256 in a `sha256` column (and neither
+    // the table of the later migration 9 nor the read check column of migration 10).
     let replica = |i: usize| std::path::PathBuf::from(&config.storage.replicas[i]);
     let keys: Vec<String> = {
         let c = rusqlite::Connection::open(&config.index.path).unwrap();
@@ -164,7 +164,8 @@ fn objects_recorded_with_sha256_by_an_older_version_are_still_checked_and_served
             .unwrap();
         }
         c.execute_batch(
-            "ALTER TABLE instance RENAME COLUMN digest TO sha256;
+            "ALTER TABLE instance DROP COLUMN read_check;
+             ALTER TABLE instance RENAME COLUMN digest TO sha256;
              ALTER TABLE preview RENAME COLUMN digest TO sha256;
              DROP TABLE settled;
              PRAGMA user_version = 7;",

@@ -23,11 +23,14 @@ use pacsd::storage::{Expected, Location, Problem, STRIPE_THRESHOLD, Storage};
 
 use common::*;
 
+/// What the archive records for `b`: its digest and its read check (reads compare with the
+/// read check, verification and repair with the digest).
 fn expected(key: &str, b: &[u8]) -> Expected {
     Expected {
         key: key.into(),
         size: b.len() as u64,
         digest: pacsd::storage::digest::record(b),
+        read_check: Some(pacsd::storage::digest::read_check(b)),
     }
 }
 
@@ -142,6 +145,31 @@ async fn suite(stores: Vec<(String, Arc<dyn ObjectStore>)>) {
         .await
         .unwrap();
     assert!(storage.verify(&small_expected).await.is_empty());
+
+    // A read that serves the object compares each copy with the read check; verification and
+    // repair compare with the digest. A read check no copy matches fails the read, every copy
+    // named bad, while verification finds nothing wrong; a digest no copy matches fails
+    // verification on every replica, not the read.
+    let other = b"another object";
+    let wrong_check = Expected {
+        read_check: Some(pacsd::storage::digest::read_check(other)),
+        ..small_expected.clone()
+    };
+    assert!(storage.read(&wrong_check).await.is_err());
+    assert!(storage.verify(&wrong_check).await.is_empty());
+    let wrong_digest = Expected {
+        digest: pacsd::storage::digest::record(other),
+        ..small_expected.clone()
+    };
+    assert_eq!(storage.read(&wrong_digest).await.unwrap().bytes, small);
+    let problems = storage.verify(&wrong_digest).await;
+    assert_eq!(problems.len(), 3, "{problems:?}");
+    assert!(problems.iter().all(|(_, p)| *p == Problem::WrongChecksum));
+    // A row recorded before read checks is read against its digest.
+    let digest_only = Expected::new(small_key.into(), small.len() as u64, small_expected.digest);
+    assert_eq!(storage.read(&digest_only).await.unwrap().bytes, small);
+    let wrong = Expected::new(small_key.into(), small.len() as u64, wrong_digest.digest);
+    assert!(storage.read(&wrong).await.is_err());
 }
 
 #[tokio::test]

@@ -180,6 +180,7 @@ pub async fn record_from_storage(
     rec.storage_key = key.to_string();
     rec.size = bytes.len() as u64;
     rec.digest = crate::storage::digest::record(&bytes);
+    rec.read_check = Some(crate::storage::digest::read_check(&bytes));
     rec.calling_ae_title = meta
         .source_application_entity_title()
         .map(|s| s.trim().to_string());
@@ -239,11 +240,7 @@ pub async fn repair_pass(index: &Index, storage: &Storage) -> Result<RepairSumma
         if forgotten.contains(&key) {
             continue;
         }
-        let expected = Expected {
-            key: key.clone(),
-            size,
-            digest,
-        };
+        let expected = Expected::new(key.clone(), size, digest);
         match storage.repair(&replica, &expected).await {
             Ok(()) => {
                 index.clear_repair(&key, &replica).await?;
@@ -352,7 +349,7 @@ pub async fn queue_missing_latest(index: &Index, storage: &Storage) -> Result<u6
     let previews = index.latest_previews(BACKGROUND_WRITES).await?;
     let mut queued = 0;
     for (_, key, size, digest) in objects.into_iter().chain(previews) {
-        let expected = crate::storage::Expected { key, size, digest };
+        let expected = crate::storage::Expected::new(key, size, digest);
         for (replica, problem) in storage.missing_copies(&expected).await {
             tracing::warn!(replica, key = %expected.key, %problem, "copy of a recent object missing");
             index
@@ -417,7 +414,7 @@ where
         let Some(last) = batch.last() else { break };
         after = last.0;
         for (_, key, size, digest) in batch {
-            let expected = Expected { key, size, digest };
+            let expected = Expected::new(key, size, digest);
             *bad_copies += super::verify(storage, index, &expected).await?;
             checked += 1;
             bar.inc(1);

@@ -38,6 +38,7 @@ impl crate::index::StoredInstance {
             key: self.storage_key.clone(),
             size: self.size,
             digest: self.digest.clone(),
+            read_check: self.read_check.clone(),
         }
     }
 }

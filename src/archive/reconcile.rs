@@ -48,11 +48,7 @@ impl Store {
         let mut done = Reconciled::default();
         for row in rows {
             done.checked += 1;
-            let expected = Expected {
-                key: row.storage_key.clone(),
-                size: row.size,
-                digest: row.digest.clone(),
-            };
+            let expected = Expected::new(row.storage_key.clone(), row.size, row.digest.clone());
             let bad: Vec<(String, Problem)> = self.storage.verify(&expected).await;
             let replicas = self.storage.replicas().len();
             let definite = |p: &Problem| !matches!(p, Problem::Unreadable(_));

@@ -97,6 +97,7 @@ fn prepare(data: &[u8], transfer_syntax: &str, max_inflated: u64) -> Result<Prep
         data,
     )?;
     rec.digest = Algorithm::RECORDED.digest(&file);
+    rec.read_check = Some(Algorithm::READ_CHECK.digest(&file));
     Ok(Prepared {
         rec,
         uids,

@@ -1167,6 +1167,7 @@ mod tests {
             storage_key: String::new(),
             size: 0,
             digest: String::new(),
+            read_check: None,
             has_pixels: true,
         };
         let one = [inst("1.2")];

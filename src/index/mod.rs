@@ -55,6 +55,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("migrations/0007_metadata_nested_bulk.sql"),
     include_str!("migrations/0008_digest.sql"),
     include_str!("migrations/0009_settled.sql"),
+    include_str!("migrations/0010_read_check.sql"),
 ];
 
 /// Most write jobs folded into one transaction (one fsync) by the group commit.
@@ -131,6 +132,8 @@ pub struct StoredInstance {
     pub storage_key: String,
     pub size: u64,
     pub digest: String,
+    /// The read check recorded beside the digest, if any (`storage::digest`).
+    pub read_check: Option<String>,
     /// It has image rows (Rows is recorded): an image, not a report or a waveform.
     pub has_pixels: bool,
 }
@@ -1300,9 +1303,9 @@ fn insert_rows(
         "INSERT INTO instance (series_fk, sop_instance_uid, sop_class_uid, instance_number,
                                number_of_frames, rows, columns, specific_character_set,
                                transfer_syntax_uid, storage_key, size, digest,
-                               calling_ae_title, received_at)
+                               calling_ae_title, received_at, read_check)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13,
-                 strftime('%Y-%m-%dT%H:%M:%fZ', 'now'))",
+                 strftime('%Y-%m-%dT%H:%M:%fZ', 'now'), ?14)",
         params![
             series_fk,
             rec.sop_instance_uid,
@@ -1316,7 +1319,8 @@ fn insert_rows(
             rec.storage_key,
             rec.size as i64,
             rec.digest,
-            rec.calling_ae_title
+            rec.calling_ae_title,
+            rec.read_check
         ],
     )?;
 
@@ -1432,6 +1436,7 @@ pub(crate) mod fixtures {
             storage_key: format!("dicom/{study}/{series}/{sop}.dcm"),
             size: 10,
             digest: "00".into(),
+            read_check: None,
             calling_ae_title: None,
         }
     }

@@ -10,10 +10,11 @@ use super::{Index, IndexError, MustFlush};
 pub struct PreviewTask {
     pub instance_id: i64,
     pub sop_instance_uid: String,
-    /// The object's key, size and SHA-256 (what the render worker reads).
+    /// The object's key, size, digest and read check (what the render worker reads).
     pub storage_key: String,
     pub size: u64,
     pub digest: String,
+    pub read_check: Option<String>,
 }
 
 /// What became of an instance's preview.
@@ -105,7 +106,7 @@ impl Index {
     ) -> Result<Vec<PreviewTask>, IndexError> {
         self.read(move |c| {
             let mut stmt = c.prepare_cached(
-                "SELECT i.id, i.sop_instance_uid, i.storage_key, i.size, i.digest
+                "SELECT i.id, i.sop_instance_uid, i.storage_key, i.size, i.digest, i.read_check
                  FROM preview p JOIN instance i ON i.id = p.instance_fk
                  WHERE p.state = 'pending' AND p.instance_fk > ?1
                  ORDER BY p.instance_fk LIMIT ?2",
@@ -117,6 +118,7 @@ impl Index {
                     storage_key: r.get(2)?,
                     size: r.get::<_, i64>(3)? as u64,
                     digest: r.get(4)?,
+                    read_check: r.get(5)?,
                 })
             })?;
             Ok(rows.collect::<Result<Vec<_>, _>>()?)

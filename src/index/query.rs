@@ -97,8 +97,10 @@ pub enum Column {
     StoredTransferSyntax,
     /// Not a DICOM attribute: bytes of the stored object (checked on every read).
     StoredSize,
-    /// Not a DICOM attribute: hex SHA-256 of the stored object (checked on every read).
+    /// Not a DICOM attribute: the recorded digest of the stored object (`storage::digest`).
     StoredDigest,
+    /// Not a DICOM attribute: the read check recorded beside it, or NULL.
+    StoredReadCheck,
 }
 
 impl Column {
@@ -133,7 +135,9 @@ impl Column {
             | SeriesTime
             | NumberOfSeriesRelatedInstances => Level::Series,
             SopInstanceUid | SopClassUid | InstanceNumber | NumberOfFrames | Rows | Columns
-            | StorageKey | StoredTransferSyntax | StoredSize | StoredDigest => Level::Image,
+            | StorageKey | StoredTransferSyntax | StoredSize | StoredDigest | StoredReadCheck => {
+                Level::Image
+            }
         }
     }
 
@@ -156,7 +160,8 @@ impl Column {
             | StorageKey
             | StoredTransferSyntax
             | StoredSize
-            | StoredDigest => Kind::Computed,
+            | StoredDigest
+            | StoredReadCheck => Kind::Computed,
             PatientId | IssuerOfPatientId | PatientSex | AccessionNumber | StudyId
             | StudyDescription | Modality | SeriesDescription | BodyPartExamined => Kind::Text,
         }
@@ -207,6 +212,7 @@ impl Column {
             StoredTransferSyntax => "i.transfer_syntax_uid",
             StoredSize => "i.size",
             StoredDigest => "i.digest",
+            StoredReadCheck => "i.read_check",
         }
     }
 }
@@ -581,6 +587,7 @@ pub fn stored(conn: &Connection, q: &Query) -> rusqlite::Result<Vec<super::Store
             StoredSize,
             StoredDigest,
             Rows,
+            StoredReadCheck,
         ],
         ..q.clone()
     };
@@ -597,6 +604,7 @@ pub fn stored(conn: &Connection, q: &Query) -> rusqlite::Result<Vec<super::Store
             size: r.get::<_, i64>(6)? as u64,
             digest: r.get(7)?,
             has_pixels: r.get::<_, Option<i64>>(8)?.is_some(),
+            read_check: r.get(9)?,
         })
     })?;
     rows.collect()

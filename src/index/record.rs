@@ -61,6 +61,10 @@ pub struct InstanceRecord {
     /// rows written before BLAKE3 was adopted.
     #[serde(alias = "sha256")]
     pub digest: String,
+    /// The read check recorded beside it (`storage::digest`); absent in change-log rows
+    /// written before read checks.
+    #[serde(default)]
+    pub read_check: Option<String>,
     pub calling_ae_title: Option<String>,
 }
 
@@ -145,6 +149,7 @@ pub fn extract(obj: &InMemDicomObject) -> Result<InstanceRecord, RecordError> {
         storage_key: String::new(),
         size: 0,
         digest: String::new(),
+        read_check: None,
         calling_ae_title: None,
     };
     let uids = record.uids()?;
@@ -211,5 +216,26 @@ mod tests {
                 extract(&parse_header(&bytes, "1.2.840.10008.1.2.1", 1 << 20).unwrap()).unwrap();
             assert_eq!(rec.patient_name.as_deref(), Some(name), "{charset}");
         }
+    }
+
+    /// The change-log record a standby applies carries the read check; one written before
+    /// read checks (and before BLAKE3: `sha256`) is read as having none.
+    #[test]
+    fn change_log_records_carry_the_read_check_and_older_ones_have_none() {
+        let mut rec = crate::synth::record(&crate::synth::Spec::ct(1, 1, 1, 8));
+        rec.digest = "blake3:00".into();
+        rec.read_check = Some("xxh3-128:01".into());
+        let json = serde_json::to_value(&rec).unwrap();
+        assert_eq!(json["read_check"], "xxh3-128:01");
+        let back: InstanceRecord = serde_json::from_value(json.clone()).unwrap();
+        assert_eq!(back, rec);
+        let mut older = json;
+        let o = older.as_object_mut().unwrap();
+        o.remove("read_check");
+        let digest = o.remove("digest").unwrap();
+        o.insert("sha256".into(), digest);
+        let back: InstanceRecord = serde_json::from_value(older).unwrap();
+        assert_eq!(back.read_check, None);
+        assert_eq!(back.digest, "blake3:00");
     }
 }

@@ -47,11 +47,7 @@ pub async fn preview_of(
         digest,
     } = state
     {
-        let expected = Expected {
-            key: storage_key,
-            size,
-            digest,
-        };
+        let expected = Expected::new(storage_key, size, digest);
         match read_verified(storage, index, &expected).await {
             Ok(b) => return Ok(b.to_vec()),
             Err(reason) => {

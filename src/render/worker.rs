@@ -129,6 +129,7 @@ pub async fn render(index: &Index, storage: &Storage, task: PreviewTask) -> Rend
         key: task.storage_key.clone(),
         size: task.size,
         digest: task.digest.clone(),
+        read_check: task.read_check.clone(),
     };
     let object = match crate::archive::read_verified(storage, index, &expected).await {
         Ok(b) => b,

@@ -121,10 +121,12 @@ pub async fn run(
         let key = format!("{}/1.2.3/1.2.3.4/1.2.3.4.{}.dcm", storage.prefix(), n + 1);
         storage.put(&key, data.clone()).await?;
         let path = StorePath::from(key.as_str());
+        // As the archive's reads check it (against the read check).
         let expected = Expected {
             key: key.clone(),
             size,
             digest: super::digest::record(&data),
+            read_check: Some(super::digest::read_check(&data)),
         };
         let check = |b: &[u8], what: &str| {
             if b == &data[..] {

@@ -1,14 +1,24 @@
-//! The checksum recorded for every stored object, and its computation on another thread while
-//! a read is still receiving.
+//! The checksums recorded for every stored object, and their computation on another thread
+//! while a read is still receiving.
 //!
 //! A recorded digest names its algorithm in its text: `blake3:` and 64 hex digits for objects
 //! stored now, 64 bare hex digits (SHA-256) for objects recorded before BLAKE3 was adopted.
 //! Every check computes the digest with the algorithm of the record it is checked against, so
-//! both kinds stay verifiable side by side and nothing has to be rewritten. BLAKE3 because a
-//! checked read hashes every byte it serves: on this project's 2-core machine (AVX-512, SHA-NI)
-//! it hashes 512 KB in 67 us against SHA-256's 290 us (7.8 against 1.8 GB/s), and SHA-256 was
-//! 35% of pacsd's CPU time in a C-MOVE of 1000 such objects (perf, 2026-12-05). Both are
-//! cryptographic: a copy that matches its record is the one acknowledged.
+//! both kinds stay verifiable side by side and nothing has to be rewritten. BLAKE3 because it
+//! is cryptographic (a copy that matches its record is the one acknowledged, whoever could
+//! write the replicas) and fast: on this project's 2-core machine (AVX-512, SHA-NI) it hashes
+//! 512 KB in 67 us against SHA-256's 290 us (7.8 against 1.8 GB/s), and SHA-256 was 35% of
+//! pacsd's CPU time in a C-MOVE of 1000 such objects (perf, 2026-12-05).
+//!
+//! Beside it, objects stored since 2026-12-06 have a read check: `xxh3-128:` and 32 hex digits
+//! (XXH3, 128 bits). Every read that serves an object (C-MOVE, C-GET, WADO, previews) is
+//! checked against it when the row has one: it catches what a disk, a network or a replica
+//! does to a copy (a changed bit, a short or swapped copy) as surely as BLAKE3 for any
+//! practical purpose, and costs a ninth of it (9.7 against 81 us for 525 KB, 2026-12-06; BLAKE3
+//! was 22% of pacsd's CPU in a WADO-RS series retrieval). It is not cryptographic: a copy
+//! forged by someone able to write a replica could match it. That is what `pacsd storage
+//! verify`, the repair worker and the start-up check are for: they compare every copy with the
+//! BLAKE3 digest.
 
 use std::sync::mpsc;
 use tokio::task::JoinHandle;
@@ -18,19 +28,27 @@ use tokio::task::JoinHandle;
 pub enum Algorithm {
     Sha256,
     Blake3,
+    /// XXH3-128: read checks only, never the recorded digest (see the module doc).
+    Xxh3,
 }
 
 /// What a BLAKE3 digest's text starts with (a SHA-256 one is bare hex).
 const BLAKE3_PREFIX: &str = "blake3:";
+/// What a read check's text starts with.
+const XXH3_PREFIX: &str = "xxh3-128:";
 
 impl Algorithm {
     /// The algorithm of objects recorded now.
     pub const RECORDED: Algorithm = Algorithm::Blake3;
+    /// The algorithm of the read checks recorded now.
+    pub const READ_CHECK: Algorithm = Algorithm::Xxh3;
 
     /// The algorithm `recorded` was made with.
     pub fn of(recorded: &str) -> Algorithm {
         if recorded.starts_with(BLAKE3_PREFIX) {
             Algorithm::Blake3
+        } else if recorded.starts_with(XXH3_PREFIX) {
+            Algorithm::Xxh3
         } else {
             Algorithm::Sha256
         }
@@ -40,15 +58,23 @@ impl Algorithm {
         match self {
             Algorithm::Sha256 => Hasher::Sha256(<sha2::Sha256 as sha2::Digest>::new()),
             Algorithm::Blake3 => Hasher::Blake3(Box::new(blake3::Hasher::new())),
+            Algorithm::Xxh3 => Hasher::Xxh3(Box::new(twox_hash::XxHash3_128::new())),
         }
     }
 
     /// The digest text of `bytes`.
     pub fn digest(self, bytes: &[u8]) -> String {
+        if self == Algorithm::Xxh3 {
+            return xxh3_text(twox_hash::XxHash3_128::oneshot(bytes));
+        }
         let mut h = self.hasher();
         h.update(bytes);
         h.finish()
     }
+}
+
+fn xxh3_text(hash: u128) -> String {
+    format!("{XXH3_PREFIX}{hash:032x}")
 }
 
 /// The digest text recorded for a new object of these bytes.
@@ -56,10 +82,16 @@ pub fn record(bytes: &[u8]) -> String {
     Algorithm::RECORDED.digest(bytes)
 }
 
+/// The read check recorded for a new object of these bytes.
+pub fn read_check(bytes: &[u8]) -> String {
+    Algorithm::READ_CHECK.digest(bytes)
+}
+
 /// A digest being computed piece by piece.
 pub enum Hasher {
     Sha256(sha2::Sha256),
     Blake3(Box<blake3::Hasher>),
+    Xxh3(Box<twox_hash::XxHash3_128>),
 }
 
 impl Hasher {
@@ -69,6 +101,7 @@ impl Hasher {
             Hasher::Blake3(h) => {
                 h.update(piece);
             }
+            Hasher::Xxh3(h) => h.write(piece),
         }
     }
 
@@ -77,6 +110,7 @@ impl Hasher {
         match self {
             Hasher::Sha256(h) => hex::encode(sha2::Digest::finalize(h)),
             Hasher::Blake3(h) => format!("{BLAKE3_PREFIX}{}", h.finalize().to_hex()),
+            Hasher::Xxh3(h) => xxh3_text(h.finish_128()),
         }
     }
 }
@@ -142,8 +176,12 @@ mod tests {
         assert_eq!(record(b"abc"), b3, "new objects are recorded with BLAKE3");
         assert_eq!(Algorithm::of(sha), Algorithm::Sha256);
         assert_eq!(Algorithm::of(b3), Algorithm::Blake3);
-        // A record checked with its own algorithm matches; the other never does.
-        for recorded in [sha, b3] {
+        // XXH3-128 of "abc" (the xxHash reference implementation, XXH3_128bits).
+        let x3 = "xxh3-128:06b05ab6733a618578af5f94892f3950";
+        assert_eq!(read_check(b"abc"), x3);
+        assert_eq!(Algorithm::of(x3), Algorithm::Xxh3);
+        // A record checked with its own algorithm matches; the others never do.
+        for recorded in [sha, b3, x3] {
             assert_eq!(Algorithm::of(recorded).digest(b"abc"), recorded);
             assert_ne!(Algorithm::of(recorded).digest(b"abd"), recorded);
         }
@@ -152,7 +190,7 @@ mod tests {
     #[tokio::test]
     async fn pieces_hash_like_the_whole_and_come_back_in_order() {
         let whole: Vec<u8> = (0..300_000u32).map(|i| (i * 7) as u8).collect();
-        for algorithm in [Algorithm::Sha256, Algorithm::Blake3] {
+        for algorithm in [Algorithm::Sha256, Algorithm::Blake3, Algorithm::Xxh3] {
             let kept = BackgroundDigest::keeping(algorithm);
             let dropped = BackgroundDigest::discarding(algorithm);
             for piece in whole.chunks(65_536) {
@@ -166,5 +204,11 @@ mod tests {
             assert_eq!(digest, algorithm.digest(&whole));
             assert!(pieces.is_empty());
         }
+        // A long input takes XXH3's vector path (AVX2 or SSE2 here): the reference
+        // implementation's answer (python-xxhash 4.1.0, xxHash 0.8.4).
+        assert_eq!(
+            read_check(&whole),
+            "xxh3-128:4af1e63c1a6a3df12c9f5a6f6e250a6b"
+        );
     }
 }

@@ -1012,14 +1012,14 @@ impl Storage {
                 stores,
                 path,
                 size: expected.size,
-                algorithm: expected.algorithm(),
+                algorithm: expected.read_algorithm(),
                 health: &self.health,
                 names: self.replicas.iter().map(|r| r.location.clone()).collect(),
             };
             match striped.run().await {
                 Ok((bytes, digest, report)) => {
                     debug!(key = %expected.key, bytes_from = ?report.bytes_from, dropped = ?report.dropped, "striped read");
-                    if repair::check_digest(bytes.len() as u64, &digest, expected).is_none() {
+                    if repair::check_read(bytes.len() as u64, &digest, expected).is_none() {
                         return Ok(Verified {
                             bytes,
                             bad_copies: Vec::new(),
@@ -1066,12 +1066,12 @@ impl Storage {
         for i in health::read_order(&self.health(), Instant::now(), expected.size) {
             let location = &self.replicas[i].location;
             match self
-                .get_whole(i, path, timeout, Some(expected.algorithm()))
+                .get_whole(i, path, timeout, Some(expected.read_algorithm()))
                 .await
             {
                 Ok((b, digest)) => {
                     let digest = digest.expect("a hashed read gives its digest");
-                    match repair::check_digest(b.len() as u64, &digest, expected) {
+                    match repair::check_read(b.len() as u64, &digest, expected) {
                         None => {
                             good.get_or_insert(b);
                             if !check_all {
@@ -1530,11 +1530,8 @@ mod tests {
             ("r3".to_string(), Arc::new(silent) as Arc<dyn ObjectStore>),
         ];
         let storage = Storage::from_stores(stores, None, "").unwrap();
-        let expected = |n: u32| Expected {
-            key: format!("1.2.3/1.2.3.4/1.2.3.4.{n}.dcm"),
-            size: 1,
-            digest: String::new(),
-        };
+        let expected =
+            |n: u32| Expected::new(format!("1.2.3/1.2.3.4/1.2.3.4.{n}.dcm"), 1, String::new());
         // Nothing is stored: the replicas that answer say so; the silent one is not named
         // (its writes are queued anyway) and is put in a backoff after one timeout.
         let t0 = tokio::time::Instant::now();

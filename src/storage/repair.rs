@@ -13,14 +13,39 @@ use object_store::ObjectStoreExt;
 pub struct Expected {
     pub key: String,
     pub size: u64,
-    /// As recorded (`super::digest`).
+    /// As recorded (`super::digest`): what verification, repair and the start-up check
+    /// compare every copy with.
     pub digest: String,
+    /// The read check recorded beside it (`super::digest`, XXH3-128), if the row has one:
+    /// what a read that serves the object compares its copy with (`Storage::read`).
+    pub read_check: Option<String>,
 }
 
 impl Expected {
+    /// An object checked against its digest alone (verification, repair, rows without a
+    /// read check).
+    pub fn new(key: String, size: u64, digest: String) -> Expected {
+        Expected {
+            key,
+            size,
+            digest,
+            read_check: None,
+        }
+    }
+
     /// The algorithm a copy's digest must be computed with to compare with `digest`.
     pub fn algorithm(&self) -> super::digest::Algorithm {
         super::digest::Algorithm::of(&self.digest)
+    }
+
+    /// The algorithm a read that serves the object hashes its copy with: the read check's
+    /// when there is one, else the digest's.
+    pub fn read_algorithm(&self) -> super::digest::Algorithm {
+        super::digest::Algorithm::of(self.read_text())
+    }
+
+    fn read_text(&self) -> &str {
+        self.read_check.as_deref().unwrap_or(&self.digest)
     }
 }
 
@@ -76,10 +101,20 @@ pub(crate) fn check(bytes: &[u8], expected: &Expected) -> Option<Problem> {
 
 /// `check` of a copy whose length and digest (made with `expected.algorithm()`) are known.
 pub(crate) fn check_digest(len: u64, digest: &str, expected: &Expected) -> Option<Problem> {
-    if len != expected.size {
+    compare(len, digest, expected.size, &expected.digest)
+}
+
+/// The check of a read that serves the object: its length, and its digest made with
+/// `expected.read_algorithm()`.
+pub(crate) fn check_read(len: u64, digest: &str, expected: &Expected) -> Option<Problem> {
+    compare(len, digest, expected.size, expected.read_text())
+}
+
+fn compare(len: u64, digest: &str, size: u64, recorded: &str) -> Option<Problem> {
+    if len != size {
         return Some(Problem::WrongSize { found: len });
     }
-    (digest != expected.digest).then_some(Problem::WrongChecksum)
+    (digest != recorded).then_some(Problem::WrongChecksum)
 }
 
 impl Storage {
@@ -190,11 +225,7 @@ mod tests {
         let body = Bytes::from_static(b"the object");
         let key = "p/1.2/1.3/1.4.dcm";
         s.put(key, body.clone()).await.unwrap();
-        let expected = Expected {
-            key: key.into(),
-            size: body.len() as u64,
-            digest: algorithm.digest(&body),
-        };
+        let expected = Expected::new(key.into(), body.len() as u64, algorithm.digest(&body));
         assert!(s.verify(&expected).await.is_empty());
 
         std::fs::remove_file(dirs[1].path().join(key)).unwrap();

@@ -104,15 +104,7 @@ impl TestNode {
     /// The stored object of an indexed instance, read back through the verified read path.
     pub async fn read_back(&self, sop_uid: &str) -> pacsd::storage::Verified {
         let inst = self.node.index.instance(sop_uid).await.unwrap().unwrap();
-        self.node
-            .storage
-            .read(&pacsd::storage::Expected {
-                key: inst.storage_key.clone(),
-                size: inst.size,
-                digest: inst.digest.clone(),
-            })
-            .await
-            .unwrap()
+        self.node.storage.read(&inst.expected()).await.unwrap()
     }
 
     pub async fn instances(&self) -> u64 {
