@@ -6,7 +6,8 @@
 //!
 //! Each step is timed alone over ROUNDS rounds (default 200) and printed as ms per round:
 //! (1) parsing the Part 10 bytes; (2) decoding the first frame; (3) the grey pipeline to 8
-//! bits (rescale, VOI, as dicom-pixeldata does it); (4) JPEG encoding at full size; (5)
+//! bits (rescale, VOI) as dicom-pixeldata does it and as `render::grey` does it for 16-bit grey;
+//! (4) JPEG encoding at full size, with pacsd's encoder (grey) and with jpeg-encoder; (5)
 //! scaling to the preview side (the image crate's Triangle resize, then `render::fit`); then
 //! the two whole paths, `render_frame` (what /rendered decodes) and `render_preview`.
 
@@ -49,11 +50,26 @@ fn main() {
     per_round("2. decode frame", rounds, || {
         obj.decode_pixel_data_frame(0).unwrap();
     });
-    per_round("3. to 8 bits", rounds, || {
+    per_round("3a. to 8 bits (pixeldata)", rounds, || {
         frame.to_dynamic_image_with_options(0, &options).unwrap();
     });
-    per_round("4. JPEG, full size", rounds, || {
+    per_round("3b. to 8 bits (render::grey)", rounds, || {
+        let _ = render::grey::grey16(&frame, None);
+    });
+    per_round("4a. JPEG, full size", rounds, || {
         render::encode_jpeg(&image).unwrap();
+    });
+    let grey = image.to_luma8();
+    per_round("4b. JPEG (jpeg-encoder)", rounds, || {
+        let mut out = Vec::new();
+        jpeg_encoder::Encoder::new(&mut out, render::JPEG_QUALITY)
+            .encode(
+                grey.as_raw(),
+                grey.width() as u16,
+                grey.height() as u16,
+                jpeg_encoder::ColorType::Luma,
+            )
+            .unwrap();
     });
     let side = render::PREVIEW_SIDE;
     per_round("5a. scale (image, Triangle)", rounds, || {

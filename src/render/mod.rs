@@ -4,7 +4,7 @@
 //! worker that feeds it from storage is in `worker`.
 
 pub mod fetch;
-mod grey;
+pub mod grey;
 mod jpeg;
 pub mod worker;
 
