@@ -190,7 +190,11 @@ mod tests {
             "MONOCHROME2"
         };
         o.put(DataElement::new(tags::SAMPLES_PER_PIXEL, VR::US, us(1)));
-        o.put(DataElement::new(tags::PHOTOMETRIC_INTERPRETATION, VR::CS, s(pi)));
+        o.put(DataElement::new(
+            tags::PHOTOMETRIC_INTERPRETATION,
+            VR::CS,
+            s(pi),
+        ));
         o.put(DataElement::new(tags::ROWS, VR::US, us(h)));
         o.put(DataElement::new(tags::COLUMNS, VR::US, us(w)));
         o.put(DataElement::new(tags::BITS_ALLOCATED, VR::US, us(16)));
@@ -261,9 +265,10 @@ mod tests {
         let decoded = obj.decode_pixel_data_frame(frame).unwrap();
         let mut options = ConvertOptions::new().force_8bit();
         if let Some((center, width)) = window {
-            options = options.with_voi_lut(VoiLutOption::Custom(
-                dicom_pixeldata::WindowLevel { center, width },
-            ));
+            options = options.with_voi_lut(VoiLutOption::Custom(dicom_pixeldata::WindowLevel {
+                center,
+                width,
+            }));
         }
         let theirs = decoded
             .to_dynamic_image_with_options(0, &options)
@@ -281,8 +286,7 @@ mod tests {
         let mut cases = Vec::new();
         for bits in [9u16, 12, 16] {
             for signed in [false, true] {
-                for (slope, intercept) in [(1.0, -1024.0), (2.5, 7.0), (-1.0, 100.0), (0.25, 0.0)]
-                {
+                for (slope, intercept) in [(1.0, -1024.0), (2.5, 7.0), (-1.0, 100.0), (0.25, 0.0)] {
                     for window in [None, Some((40.0, 400.0)), Some((300.0, 0.5))] {
                         for function in [None, Some("LINEAR_EXACT"), Some("SIGMOID")] {
                             for monochrome1 in [false, true] {
@@ -370,8 +374,16 @@ mod tests {
         assert!(grey16(&decoded, Some((40.0, 400.0))).is_some());
 
         let mut eight = object(PLAIN);
-        eight.put(DataElement::new(tags::BITS_ALLOCATED, VR::US, PrimitiveValue::from(8u16)));
-        eight.put(DataElement::new(tags::BITS_STORED, VR::US, PrimitiveValue::from(8u16)));
+        eight.put(DataElement::new(
+            tags::BITS_ALLOCATED,
+            VR::US,
+            PrimitiveValue::from(8u16),
+        ));
+        eight.put(DataElement::new(
+            tags::BITS_STORED,
+            VR::US,
+            PrimitiveValue::from(8u16),
+        ));
         eight.put(DataElement::new(
             tags::PIXEL_DATA,
             VR::OB,
@@ -380,8 +392,16 @@ mod tests {
         assert!(grey16(&eight.decode_pixel_data_frame(0).unwrap(), None).is_none());
 
         let mut rgb = object(PLAIN);
-        rgb.put(DataElement::new(tags::SAMPLES_PER_PIXEL, VR::US, PrimitiveValue::from(3u16)));
-        rgb.put(DataElement::new(tags::PHOTOMETRIC_INTERPRETATION, VR::CS, PrimitiveValue::from("RGB")));
+        rgb.put(DataElement::new(
+            tags::SAMPLES_PER_PIXEL,
+            VR::US,
+            PrimitiveValue::from(3u16),
+        ));
+        rgb.put(DataElement::new(
+            tags::PHOTOMETRIC_INTERPRETATION,
+            VR::CS,
+            PrimitiveValue::from("RGB"),
+        ));
         rgb.put(DataElement::new(
             tags::PIXEL_DATA,
             VR::OW,
