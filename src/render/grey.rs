@@ -17,8 +17,9 @@
 //! 3. A table covers only the values of step 1 (a CT frame uses a few thousand), each entry
 //!    computed with dicom-pixeldata's own `Rescale` and `WindowLevelTransform`, converted to
 //!    16 bits as its table does, narrowed to 8 bits with its `>> 8` and, for MONOCHROME1,
-//!    inverted as `DynamicImage::invert` would.
-//! 4. A second pass maps each sample through the table into the 8-bit image.
+//!    inverted as `DynamicImage::invert` would; its entries are then copied to where each raw
+//!    sample of the frame's range indexes a 64 K table.
+//! 4. A second pass maps each sample through that table into the 8-bit image.
 //!
 //! Anything else (a VOI LUT Sequence, 8-bit or 1-bit samples, colour, a value the crate would
 //! refuse) is left to dicom-pixeldata: `grey16` answers None. The tests compare both paths

@@ -376,11 +376,17 @@ impl BitWriter {
             self.bytes.extend_from_slice(&b);
         } else {
             for x in b {
-                self.bytes.push(x);
-                if x == 0xff {
-                    self.bytes.push(0);
-                }
+                self.stuffed(x);
             }
+        }
+    }
+
+    /// One byte of the scan; a 0xFF is followed by 0x00 so that it reads as no marker.
+    #[inline]
+    fn stuffed(&mut self, x: u8) {
+        self.bytes.push(x);
+        if x == 0xff {
+            self.bytes.push(0);
         }
     }
 
@@ -391,11 +397,7 @@ impl BitWriter {
         self.count += pad;
         while self.count >= 8 {
             self.count -= 8;
-            let x = (self.acc >> self.count) as u8;
-            self.bytes.push(x);
-            if x == 0xff {
-                self.bytes.push(0);
-            }
+            self.stuffed((self.acc >> self.count) as u8);
         }
         self.bytes
     }
