@@ -19,9 +19,11 @@ need() {
 # A work directory removed on exit, with every PID in PIDS killed first. KEEP_WORK=1 leaves it
 # (for runs back to back: on this project's VM, whose ext4 has no journal, creating files is
 # slow for minutes after many were deleted, as ext4 skips recently deleted inodes).
+# WORK_ROOT (default /tmp) chooses the file system, e.g. a fresh one for an A/B comparison
+# that earlier deletions must not slow down.
 # Usage: workdir NAME  (sets WORK)
 workdir() {
-    WORK=$(mktemp -d "/tmp/pacsd-$1.XXXXXX")
+    WORK=$(mktemp -d "${WORK_ROOT:-/tmp}/pacsd-$1.XXXXXX")
     PIDS=()
     trap 'for p in "${PIDS[@]:-}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; [ -n "${KEEP_WORK:-}" ] || rm -rf "$WORK"' EXIT
 }

@@ -133,7 +133,8 @@ pub(super) fn tombstone(c: &Connection, key: &str, sop: &str) -> Result<(), Inde
 
 /// Rule 3: an object key indexed again is no longer deleted, nor is its preview's.
 pub(super) fn clear_tombstones(c: &Connection, object_key: &str) -> Result<(), IndexError> {
-    c.execute(
+    super::exec(
+        c,
         "DELETE FROM deleted_object WHERE storage_key IN (?1, ?2)",
         params![object_key, preview_key(object_key)],
     )?;

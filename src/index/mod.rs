@@ -304,6 +304,9 @@ impl Drop for Inner {
     }
 }
 
+/// Prepared statements kept per connection (`open_connection`).
+const STATEMENT_CACHE: usize = 64;
+
 fn open_connection(path: &Path) -> Result<Connection, IndexError> {
     let conn = Connection::open(path).map_err(|source| IndexError::Open {
         path: path.to_path_buf(),
@@ -323,6 +326,9 @@ fn open_connection(path: &Path) -> Result<Connection, IndexError> {
         path: path.to_path_buf(),
         source,
     })?;
+    // Room for the writer's per-instance statements (`exec`) beside the rest it runs
+    // (previews, metadata, repairs), which would evict them from the default 16.
+    conn.set_prepared_statement_cache_capacity(STATEMENT_CACHE);
     Ok(conn)
 }
 
@@ -1174,35 +1180,53 @@ fn account_rows(
     })
 }
 
+/// `Connection::execute` through the connection's statement cache: the writer runs the same
+/// dozen statements for every stored instance, and preparing them anew each time (parsing and
+/// planning the SQL) took a fifth of its CPU per small C-STORE.
+fn exec(c: &Connection, sql: &str, params: impl rusqlite::Params) -> rusqlite::Result<usize> {
+    c.prepare_cached(sql)?.execute(params)
+}
+
+/// `Connection::query_row` through the statement cache (`exec`).
+fn row<T>(
+    c: &Connection,
+    sql: &str,
+    params: impl rusqlite::Params,
+    f: impl FnOnce(&rusqlite::Row<'_>) -> rusqlite::Result<T>,
+) -> rusqlite::Result<T> {
+    c.prepare_cached(sql)?.query_row(params, f)
+}
+
 fn insert_rows(
     c: &Connection,
     rec: &InstanceRecord,
     missed: &[(String, String)],
     epoch: u64,
 ) -> Result<InsertOutcome, IndexError> {
-    if let Some(digest) = c
-        .query_row(
-            "SELECT digest FROM instance WHERE sop_instance_uid = ?1",
-            params![rec.sop_instance_uid],
-            |r| r.get::<_, String>(0),
-        )
-        .optional()?
+    if let Some(digest) = row(
+        c,
+        "SELECT digest FROM instance WHERE sop_instance_uid = ?1",
+        params![rec.sop_instance_uid],
+        |r| r.get::<_, String>(0),
+    )
+    .optional()?
     {
         return Ok(InsertOutcome::AlreadyPresent { digest });
     }
 
     // Patient, identified by (PatientID, IssuerOfPatientID).
-    let patient_fk: i64 = match c
-        .query_row(
-            "SELECT id FROM patient WHERE patient_id = ?1 AND issuer_of_patient_id = ?2",
-            params![rec.patient_id, rec.issuer_of_patient_id],
-            |r| r.get(0),
-        )
-        .optional()?
+    let patient_fk: i64 = match row(
+        c,
+        "SELECT id FROM patient WHERE patient_id = ?1 AND issuer_of_patient_id = ?2",
+        params![rec.patient_id, rec.issuer_of_patient_id],
+        |r| r.get(0),
+    )
+    .optional()?
     {
         Some(id) => id,
         None => {
-            c.execute(
+            exec(
+                c,
                 "INSERT INTO patient (patient_id, issuer_of_patient_id, patient_name,
                                       patient_birth_date, patient_sex)
                  VALUES (?1, ?2, ?3, ?4, ?5)",
@@ -1220,17 +1244,18 @@ fn insert_rows(
 
     // Study: the first instance's patient owns it; a later instance naming another patient
     // for the same study is refused (rolled back with the savepoint), never merged into it.
-    let (study_fk, study_patient_fk, new_study) = match c
-        .query_row(
-            "SELECT id, patient_fk FROM study WHERE study_instance_uid = ?1",
-            params![rec.study_instance_uid],
-            |r| Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)?)),
-        )
-        .optional()?
+    let (study_fk, study_patient_fk, new_study) = match row(
+        c,
+        "SELECT id, patient_fk FROM study WHERE study_instance_uid = ?1",
+        params![rec.study_instance_uid],
+        |r| Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)?)),
+    )
+    .optional()?
     {
         Some((id, p)) => (id, p, false),
         None => {
-            c.execute(
+            exec(
+                c,
                 "INSERT INTO study (patient_fk, study_instance_uid, study_date, study_time,
                                     accession_number, study_id, study_description,
                                     referring_physician_name)
@@ -1250,7 +1275,8 @@ fn insert_rows(
         }
     };
     if study_patient_fk != patient_fk {
-        let stored: (String, String) = c.query_row(
+        let stored: (String, String) = row(
+            c,
             "SELECT patient_id, issuer_of_patient_id FROM patient WHERE id = ?1",
             params![study_patient_fk],
             |r| Ok((r.get(0)?, r.get(1)?)),
@@ -1269,17 +1295,18 @@ fn insert_rows(
         });
     }
 
-    let (series_fk, new_series) = match c
-        .query_row(
-            "SELECT id FROM series WHERE series_instance_uid = ?1",
-            params![rec.series_instance_uid],
-            |r| r.get::<_, i64>(0),
-        )
-        .optional()?
+    let (series_fk, new_series) = match row(
+        c,
+        "SELECT id FROM series WHERE series_instance_uid = ?1",
+        params![rec.series_instance_uid],
+        |r| r.get::<_, i64>(0),
+    )
+    .optional()?
     {
         Some(id) => (id, false),
         None => {
-            c.execute(
+            exec(
+                c,
                 "INSERT INTO series (study_fk, series_instance_uid, modality, series_number,
                                      series_description, body_part_examined, series_date,
                                      series_time)
@@ -1299,7 +1326,8 @@ fn insert_rows(
         }
     };
 
-    c.execute(
+    exec(
+        c,
         "INSERT INTO instance (series_fk, sop_instance_uid, sop_class_uid, instance_number,
                                number_of_frames, rows, columns, specific_character_set,
                                transfer_syntax_uid, storage_key, size, digest,
@@ -1326,16 +1354,19 @@ fn insert_rows(
 
     // Precomputed counts (PS3.4 C.3.4 Number of ... Related ...).
     let patient_of_study = study_patient_fk;
-    c.execute(
+    exec(
+        c,
         "UPDATE series SET num_instances = num_instances + 1 WHERE id = ?1",
         params![series_fk],
     )?;
-    c.execute(
+    exec(
+        c,
         "UPDATE study SET num_instances = num_instances + 1, num_series = num_series + ?2
          WHERE id = ?1",
         params![study_fk, i64::from(new_series)],
     )?;
-    c.execute(
+    exec(
+        c,
         "UPDATE patient SET num_instances = num_instances + 1, num_series = num_series + ?2,
                             num_studies = num_studies + ?3
          WHERE id = ?1",
@@ -1354,7 +1385,8 @@ fn insert_rows(
         queue_repair_row(c, &rec.storage_key, replica, reason)?;
     }
 
-    c.execute(
+    exec(
+        c,
         "INSERT INTO changelog (at, kind, sop_instance_uid, record, epoch)
          VALUES (strftime('%Y-%m-%dT%H:%M:%fZ', 'now'), 'instance', ?1, ?2, ?3)",
         params![
@@ -1370,7 +1402,8 @@ fn insert_rows(
 
 /// ModalitiesInStudy (0008,0061) recomputed from the study's series: sorted, distinct.
 fn update_modalities_in_study(c: &Connection, study_fk: i64) -> Result<(), IndexError> {
-    c.execute(
+    exec(
+        c,
         "UPDATE study SET modalities_in_study = coalesce((
              SELECT group_concat(m, '\\') FROM (
                  SELECT DISTINCT modality AS m FROM series
@@ -1389,7 +1422,8 @@ fn queue_repair_row(
     replica: &str,
     reason: &str,
 ) -> Result<(), IndexError> {
-    c.execute(
+    exec(
+        c,
         "INSERT INTO repair_queue (storage_key, replica, reason, queued_at)
          VALUES (?1, ?2, ?3, strftime('%Y-%m-%dT%H:%M:%fZ', 'now'))
          ON CONFLICT (storage_key, replica) DO UPDATE SET reason = excluded.reason",

@@ -88,7 +88,8 @@ impl Settling {
 
 /// Move the written position up to `seq` (never back).
 pub(super) fn write_position(c: &Connection, seq: i64) -> Result<(), IndexError> {
-    c.execute(
+    super::exec(
+        c,
         "UPDATE settled SET seq = max(seq, ?1) WHERE id = 0",
         params![seq],
     )?;
