@@ -3,17 +3,24 @@
 //!
 //! Usage: disk_floor DIR OUT      (DIR must not exist; it is left for the caller to remove:
 //!        removing its files at once would slow what the disk does next, see bench-ingest.sh)
+//!        disk_floor --compare DIR SIZE...   (the two ways below side by side, for
+//!        `storage::DEFER_FLUSH_UP_TO`; SIZE in bytes; prints only)
 //!
 //! 1. The unit: one durable file, as a local replica writes an object (create, write, fsync,
 //!    rename, fsync the directory), 300 times per size; median, p10 and p90 printed.
 //! 2. The contract's floor for one C-STORE: the copies on every replica (one or three) and the
-//!    index commit (an append of 1.5 KB to a log file and its fsync, what SQLite's WAL does for
-//!    a row) started together and all waited for; objects one after another on each stream,
-//!    the copies after the first dropped from the page cache once durable when pacsd does so
-//!    (objects over `DEFER_FLUSH_UP_TO`: `Storage::uncache`),
-//!    one or four streams (associations) at once; each commit is its own (not grouped). No
-//!    parsing, hashing or network: no way of keeping the contract can beat this rate on this
-//!    disk. Printed, and written to OUT as `corpus replicas streams objects/s` lines.
+//!    index commit (an append of 1.5 KB to a log file, what SQLite's WAL does for a row), each
+//!    object made durable in one of two ways, and the faster counts:
+//!    - `per-file`: each copy fsynced with its directory and the log fsynced, all started
+//!      together and all waited for;
+//!    - `syncfs`: the copies and the log written without a flush, then one syncfs of the file
+//!      system (`Storage::flush_object`).
+//!
+//!    Every copy's cached pages are dropped once durable, as pacsd does (`Storage::uncache`);
+//!    objects one after another on each stream, one or four streams (associations) at once;
+//!    no commit shared between streams. No parsing, hashing or network: no way of keeping the
+//!    contract with one flush per object can beat this rate on this disk. Printed, and written
+//!    to OUT as `corpus replicas streams objects/s` lines.
 //!
 //! Threads, not Python: a first version in Python measured less than pacsd itself reaches
 //! with three replicas (its threads wait for the interpreter lock between syscalls).
@@ -49,9 +56,57 @@ fn durable(dir: &Path, name: &str, data: &[u8], uncache: bool) {
         .expect("fsync dir");
 }
 
-fn commit(log: &File, row: &[u8]) {
+fn commit(log: &File, row: &[u8], flush: bool) {
     (&*log).write_all(row).expect("append");
-    log.sync_all().expect("fsync log");
+    if flush {
+        log.sync_all().expect("fsync log");
+    }
+}
+
+/// A copy written as a `Deferred` put writes it: create, write, rename; no flush.
+fn unflushed(dir: &Path, name: &str, data: &[u8]) -> PathBuf {
+    let tmp = dir.join(format!("{name}.tmp"));
+    let mut f = OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(&tmp)
+        .expect("create");
+    f.write_all(data).expect("write");
+    drop(f);
+    let to = dir.join(name);
+    fs::rename(&tmp, &to).expect("rename");
+    to
+}
+
+fn syncfs(dir: &Path) {
+    use std::os::fd::AsRawFd;
+    let d = File::open(dir).expect("open");
+    // SAFETY: an open descriptor for the whole call.
+    assert_eq!(unsafe { libc::syncfs(d.as_raw_fd()) }, 0, "syncfs");
+}
+
+fn forget(file: &Path) {
+    use std::os::fd::AsRawFd;
+    let f = File::open(file).expect("open");
+    // SAFETY: an open descriptor; the call only advises the kernel.
+    unsafe { libc::posix_fadvise(f.as_raw_fd(), 0, 0, libc::POSIX_FADV_DONTNEED) };
+}
+
+/// CPU time of this process so far, in seconds.
+fn cpu_seconds() -> f64 {
+    let stat = fs::read_to_string("/proc/self/stat").expect("stat");
+    let fields: Vec<&str> = stat[stat.rfind(')').expect("stat") + 2..]
+        .split_whitespace()
+        .collect();
+    let ticks = |i: usize| fields[i].parse::<f64>().expect("ticks");
+    (ticks(11) + ticks(12)) / 100.0
+}
+
+/// How an object's copies and its row are made durable (see the module's step 2).
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Way {
+    PerFile,
+    Syncfs,
 }
 
 fn pseudo_random(len: usize, seed: u64) -> Vec<u8> {
@@ -88,8 +143,17 @@ fn unit(root: &Path, size: usize) {
     );
 }
 
-fn floor(root: &Path, size: usize, replicas: usize, streams: usize) -> f64 {
-    let base = root.join(format!("r{replicas}-s{streams}-{size}"));
+/// Objects per second and CPU milliseconds per object for `objects` objects of `size` bytes
+/// on `replicas` replicas over `streams` streams, made durable the `way` given.
+fn floor(
+    root: &Path,
+    size: usize,
+    replicas: usize,
+    streams: usize,
+    way: Way,
+    objects: usize,
+) -> (f64, f64) {
+    let base = root.join(format!("r{replicas}-s{streams}-{size}-{way:?}"));
     let dirs: Vec<PathBuf> = (0..replicas)
         .map(|r| base.join(format!("replica{r}")))
         .collect();
@@ -103,33 +167,77 @@ fn floor(root: &Path, size: usize, replicas: usize, streams: usize) -> f64 {
         .expect("log");
     let data = pseudo_random(size, 7);
     let row = pseudo_random(ROW, 11);
-    let per_stream = OBJECTS / streams;
-    let t = Instant::now();
+    let per_stream = objects / streams;
+    let (t, cpu) = (Instant::now(), cpu_seconds());
     std::thread::scope(|s| {
         for stream in 0..streams {
-            let (dirs, data, row, log) = (&dirs, &data, &row, &log);
+            let (dirs, data, row, log, base) = (&dirs, &data, &row, &log, &base);
             s.spawn(move || {
                 for i in 0..per_stream {
                     let name = format!("{stream}-{i}");
-                    std::thread::scope(|one| {
-                        for (r, d) in dirs.iter().enumerate() {
-                            let name = &name;
-                            let uncache = r > 0 && data.len() > pacsd::storage::DEFER_FLUSH_UP_TO;
-                            one.spawn(move || durable(d, name, data, uncache));
+                    let name = &name;
+                    match way {
+                        Way::PerFile => std::thread::scope(|one| {
+                            for d in dirs {
+                                one.spawn(move || durable(d, name, data, true));
+                            }
+                            commit(log, row, true);
+                        }),
+                        Way::Syncfs => {
+                            let copies = std::thread::scope(|one| {
+                                let copies: Vec<_> = dirs
+                                    .iter()
+                                    .map(|d| one.spawn(move || unflushed(d, name, data)))
+                                    .collect();
+                                commit(log, row, false);
+                                copies
+                                    .into_iter()
+                                    .map(|c| c.join().expect("copy"))
+                                    .collect::<Vec<_>>()
+                            });
+                            syncfs(base);
+                            copies.iter().for_each(|c| forget(c));
                         }
-                        commit(log, row);
-                    });
+                    }
                 }
             });
         }
     });
-    (per_stream * streams) as f64 / t.elapsed().as_secs_f64()
+    let n = (per_stream * streams) as f64;
+    (
+        n / t.elapsed().as_secs_f64(),
+        (cpu_seconds() - cpu) * 1e3 / n,
+    )
+}
+
+/// `--compare`: both ways for each size, 3 replicas, 1 and 4 streams.
+fn compare(root: &Path, sizes: &[usize]) {
+    for &size in sizes {
+        let objects = (200_000_000 / size).clamp(40, 400);
+        for streams in [1, 4] {
+            for way in [Way::PerFile, Way::Syncfs] {
+                let (rate, cpu) = floor(root, size, 3, streams, way, objects);
+                println!(
+                    "{size} bytes, 3 replicas, {streams} stream(s), {way:?}: {rate:.0} objects/s, CPU {cpu:.2} ms per object"
+                );
+            }
+        }
+    }
 }
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();
+    if args.get(1).map(String::as_str) == Some("--compare") && args.len() > 3 {
+        let root = Path::new(&args[2]);
+        assert!(!root.exists(), "{} exists", root.display());
+        let sizes: Vec<usize> = args[3..]
+            .iter()
+            .map(|s| s.parse().expect("SIZE in bytes"))
+            .collect();
+        return compare(root, &sizes);
+    }
     let [_, root, out] = &args[..] else {
-        eprintln!("usage: disk_floor DIR OUT");
+        eprintln!("usage: disk_floor DIR OUT | disk_floor --compare DIR SIZE...");
         std::process::exit(2);
     };
     let root = Path::new(root);
@@ -140,10 +248,14 @@ fn main() {
     for (corpus, size) in [("ct", 525_000), ("small", 9_000)] {
         for replicas in [1, 3] {
             for streams in [1, 4] {
-                let rate = floor(root, size, replicas, streams);
+                let ways = [Way::PerFile, Way::Syncfs]
+                    .map(|w| floor(root, size, replicas, streams, w, OBJECTS).0);
+                let rate = ways[0].max(ways[1]);
                 println!(
-                    "contract floor, {corpus} ({} KB), {replicas} replica(s), {streams} stream(s): {rate:.0} objects/s",
-                    size / 1000
+                    "contract floor, {corpus} ({} KB), {replicas} replica(s), {streams} stream(s): {rate:.0} objects/s (per-file {:.0}, syncfs {:.0})",
+                    size / 1000,
+                    ways[0],
+                    ways[1]
                 );
                 lines.push_str(&format!("{corpus} {replicas} {streams} {rate:.1}\n"));
             }
