@@ -14,10 +14,11 @@
 //!    - `per-file`: each copy fsynced with its directory and the log fsynced, all started
 //!      together and all waited for;
 //!    - `syncfs`: the copies and the log written without a flush, then one syncfs of the file
-//!      system (`Storage::flush_object`).
+//!      system (`Storage::flush_with`, what pacsd does for objects up to
+//!      `DEFER_FLUSH_UP_TO`).
 //!
-//!    Every copy's cached pages are dropped once durable, as pacsd does (`Storage::uncache`);
-//!    objects one after another on each stream, one or four streams (associations) at once;
+//!    Every copy's cached pages are dropped once durable (`Storage::uncache`; pacsd itself
+//!    leaves a small object's, which costs it less than dropping them); objects one after another on each stream, one or four streams (associations) at once;
 //!    no commit shared between streams. No parsing, hashing or network: no way of keeping the
 //!    contract with one flush per object can beat this rate on this disk. Printed, and written
 //!    to OUT as `corpus replicas streams objects/s` lines.
@@ -35,7 +36,10 @@ const OBJECTS: usize = 400;
 /// An index row as the WAL appends it (a page and a half).
 const ROW: usize = 1_500;
 
-fn durable(dir: &Path, name: &str, data: &[u8], uncache: bool) {
+/// One copy as a local replica writes it: create a temporary file, write, rename. `PerFile`:
+/// the file fsynced before the rename (its cached pages then dropped if `uncache`) and the
+/// directory after it, as a `Flushed` put; `Syncfs`: no flush, as a `Deferred` one.
+fn copy(dir: &Path, name: &str, data: &[u8], way: Way, uncache: bool) -> PathBuf {
     let tmp = dir.join(format!("{name}.tmp"));
     let mut f = OpenOptions::new()
         .write(true)
@@ -43,17 +47,21 @@ fn durable(dir: &Path, name: &str, data: &[u8], uncache: bool) {
         .open(&tmp)
         .expect("create");
     f.write_all(data).expect("write");
-    f.sync_all().expect("fsync");
-    if uncache {
-        use std::os::fd::AsRawFd;
-        // SAFETY: an open descriptor; the call only advises the kernel.
-        unsafe { libc::posix_fadvise(f.as_raw_fd(), 0, 0, libc::POSIX_FADV_DONTNEED) };
+    if way == Way::PerFile {
+        f.sync_all().expect("fsync");
+        if uncache {
+            forget(&f);
+        }
     }
     drop(f);
-    fs::rename(&tmp, dir.join(name)).expect("rename");
-    File::open(dir)
-        .and_then(|d| d.sync_all())
-        .expect("fsync dir");
+    let to = dir.join(name);
+    fs::rename(&tmp, &to).expect("rename");
+    if way == Way::PerFile {
+        File::open(dir)
+            .and_then(|d| d.sync_all())
+            .expect("fsync dir");
+    }
+    to
 }
 
 fn commit(log: &File, row: &[u8], flush: bool) {
@@ -63,21 +71,6 @@ fn commit(log: &File, row: &[u8], flush: bool) {
     }
 }
 
-/// A copy written as a `Deferred` put writes it: create, write, rename; no flush.
-fn unflushed(dir: &Path, name: &str, data: &[u8]) -> PathBuf {
-    let tmp = dir.join(format!("{name}.tmp"));
-    let mut f = OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .open(&tmp)
-        .expect("create");
-    f.write_all(data).expect("write");
-    drop(f);
-    let to = dir.join(name);
-    fs::rename(&tmp, &to).expect("rename");
-    to
-}
-
 fn syncfs(dir: &Path) {
     use std::os::fd::AsRawFd;
     let d = File::open(dir).expect("open");
@@ -85,9 +78,9 @@ fn syncfs(dir: &Path) {
     assert_eq!(unsafe { libc::syncfs(d.as_raw_fd()) }, 0, "syncfs");
 }
 
-fn forget(file: &Path) {
+/// Drop a durable file's cached pages (`Storage::uncache`).
+fn forget(f: &File) {
     use std::os::fd::AsRawFd;
-    let f = File::open(file).expect("open");
     // SAFETY: an open descriptor; the call only advises the kernel.
     unsafe { libc::posix_fadvise(f.as_raw_fd(), 0, 0, libc::POSIX_FADV_DONTNEED) };
 }
@@ -128,7 +121,7 @@ fn unit(root: &Path, size: usize) {
     let mut ms: Vec<f64> = (0..300)
         .map(|i| {
             let t = Instant::now();
-            durable(&dir, &i.to_string(), &data, false);
+            copy(&dir, &i.to_string(), &data, Way::PerFile, false);
             t.elapsed().as_secs_f64() * 1e3
         })
         .collect();
@@ -179,7 +172,7 @@ fn floor(
                     match way {
                         Way::PerFile => std::thread::scope(|one| {
                             for d in dirs {
-                                one.spawn(move || durable(d, name, data, true));
+                                one.spawn(move || copy(d, name, data, Way::PerFile, true));
                             }
                             commit(log, row, true);
                         }),
@@ -187,7 +180,7 @@ fn floor(
                             let copies = std::thread::scope(|one| {
                                 let copies: Vec<_> = dirs
                                     .iter()
-                                    .map(|d| one.spawn(move || unflushed(d, name, data)))
+                                    .map(|d| one.spawn(move || copy(d, name, data, way, false)))
                                     .collect();
                                 commit(log, row, false);
                                 copies
@@ -196,7 +189,9 @@ fn floor(
                                     .collect::<Vec<_>>()
                             });
                             syncfs(base);
-                            copies.iter().for_each(|c| forget(c));
+                            for c in &copies {
+                                forget(&File::open(c).expect("open"));
+                            }
                         }
                     }
                 }

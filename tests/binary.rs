@@ -235,10 +235,6 @@ fn a_crash_at_any_step_of_a_c_store_leaves_the_instance_whole_or_absent() {
     );
 }
 
-/// Images of this side (16-bit) are over `storage::DEFER_FLUSH_UP_TO`: each copy is flushed
-/// on its own (1.3 MB).
-const LARGE_SIDE: u16 = 800;
-
 /// The same for a large instance (over `storage::DEFER_FLUSH_UP_TO`) on a node that runs
 /// alone, whose row is committed while its copies are written: a crash while both run may
 /// find the row committed or not (None), and a row committed without a good copy is removed
@@ -248,7 +244,7 @@ const LARGE_SIDE: u16 = 800;
 #[test]
 fn a_crash_at_any_step_of_a_large_c_store_leaves_the_instance_whole_or_absent() {
     crash_at_every_step(
-        LARGE_SIDE,
+        256,
         &[
             ("store-prepared", Some(false)),
             ("put-first-replica", None),
@@ -373,10 +369,7 @@ fn object_files(replica: &Path) -> std::collections::BTreeSet<std::path::PathBuf
 fn a_row_whose_copies_a_power_loss_took_is_removed_at_start_up_and_one_left_whole_is_healed() {
     // A small object's row committed before the flush of it and its copies; a large one's
     // committed (and flushed) while its copies were written, not settled yet.
-    let cases = [
-        (64, "index-committed-unflushed"),
-        (LARGE_SIDE, "put-quorum"),
-    ];
+    let cases = [(64, "index-committed-unflushed"), (256, "put-quorum")];
     for ((size, point), copies_left) in cases.into_iter().flat_map(|c| [0usize, 1].map(|n| (c, n)))
     {
         let dir = tempfile::tempdir().unwrap();
@@ -908,8 +901,7 @@ impl Drop for WritebackOff {
 /// written and fsynced before (kept), one written without a sync at the cut (lost).
 /// (Checked the other way: with the replicas' fsync or SQLite's synchronous=FULL turned off,
 /// every acknowledged instance was lost and the test failed.) Small objects cut after 1, 7
-/// and 30 answers, 512x512 CT after 3 and 10 (both flushed by one syncfs each), images over
-/// `storage::DEFER_FLUSH_UP_TO` (each copy fsynced on its own) after 3. Needs root and loop devices
+/// and 30 answers, 512x512 CT after 3 and 10. Needs root and loop devices
 /// (PACSD_SKIP_POWER_LOSS=1 skips it and says so).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_power_loss_while_storing_keeps_every_acknowledged_instance() {
@@ -923,7 +915,6 @@ async fn a_power_loss_while_storing_keeps_every_acknowledged_instance() {
         (64, 80, 30),
         (512, 40, 3),
         (512, 40, 10),
-        (LARGE_SIDE, 12, 3),
     ] {
         power_loss_while_storing(size, total, cut_after).await;
     }

@@ -103,10 +103,7 @@ pub async fn place_durably(
     let mut placed = place(storage, key, bytes, durability).await?;
     if durability == Durability::Deferred {
         crate::crashpoint::hit("put-unflushed");
-        if let Err(e) = storage
-            .flush_object(key, &placed.outcome.written, None)
-            .await
-        {
+        if let Err(e) = storage.flush(&placed.outcome.written).await {
             undo(&mut placed, storage, key).await;
             return Err(e);
         }

@@ -494,7 +494,7 @@ impl Store {
         crate::crashpoint::hit("index-committed-unflushed");
         let flushed = self
             .storage
-            .flush_object(key, &placed.outcome.written, Some(self.index.path()))
+            .flush_with(&placed.outcome.written, Some(self.index.path()))
             .await;
         match (seq, flushed) {
             (Some(seq), Ok(())) => {

@@ -452,7 +452,7 @@ impl Index {
 
     /// `insert`, committed without a flush of its own: the caller makes the row durable
     /// together with its object's copies (one `syncfs` of their file systems and the
-    /// index's, `Storage::flush_object`) and then calls `settled` with its seq. Until then a
+    /// index's, `Storage::flush_with`) and then calls `settled` with its seq. Until then a
     /// power loss may keep the row and lose the copies (the kernel writes back in any order,
     /// and a checkpoint flushes the WAL): start-up checks every row after the last settled
     /// one against storage (`archive::reconcile`).

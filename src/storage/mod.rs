@@ -76,22 +76,20 @@ pub enum Durability {
 }
 
 /// Objects up to this size are written as `Durability::Deferred` and flushed by one `syncfs`
-/// per file system (with the index, `Storage::flush_object`); larger ones as `Flushed` (each
-/// copy fsynced with its directory). One syncfs writes back every dirty page of the file
-/// system in one pass and waits once, where an fsync per copy and per directory waits for
-/// each. Measured on this project's 2-core VM with `examples/disk_floor --compare` (three
-/// replica directories on one disk and a log commit per object, every copy's cached pages
-/// dropped once durable; per-file fsyncs -> one syncfs, objects per s and CPU per object,
-/// 2026-12-06): 9 KB, 1 stream 989 -> 1235 (1.00 -> 0.68 ms), 4 streams 1702 -> 2602
-/// (0.88 -> 0.45 ms); 525 KB, 1 stream 648 -> 613 (1.00 -> 0.82 ms), 4 streams 829 -> 887
-/// (1.00 -> 0.74 ms); 2 MB, 1 stream 239 -> 202, 4 streams 243 -> 247. Up to about 1 MB the
-/// syncfs costs a quarter less CPU at about the same rate (pacsd, 800 CT of 525 KB, 3
-/// replicas, A/B: 1 association 315-349 against 338-362 per s with 1.68-1.87 against
-/// 2.08-2.20 ms of CPU and half the context switches; 4 associations 416-495 against 393-522
-/// per s); beyond it one stream's rate falls behind. An earlier measurement that kept the
-/// flushed pages cached found 512 KB objects slower with syncfs (240 -> 180 per s): the copies
-/// into fresh page-cache pages dominated it.
-pub const DEFER_FLUSH_UP_TO: usize = 1 << 20;
+/// per file system; larger ones as `Flushed`. One syncfs writes back every dirty page of the
+/// file system, which for a small object costs less than two fsyncs per replica and for a
+/// large one more. Measured on this project's 2-core machine (a loop of durable writes to
+/// three directories on one disk plus a WAL commit, 1 stream): 8 KB objects 1015 -> 2094 per
+/// s; 512 KB objects 240 -> 180 per s.
+///
+/// Tried and undone (2026-12-06): the line at 1 MiB, a 525 KB copy's cached pages dropped
+/// after its syncfs. On the disk alone it looked even (`examples/disk_floor --compare`, 3
+/// replicas, per-file -> syncfs: 525 KB 1 stream 648 -> 613 per s, 4 streams 829 -> 887, a
+/// quarter less CPU), and pacsd spent a quarter less CPU per CT C-STORE at the same rate in an
+/// A/B of 800 CT; but in three runs of scripts/bench-ingest.sh 3 replicas over 4 associations
+/// made 436-492 CT per s against 491-547 with the line here, and dropping a small object's
+/// pages after its syncfs cost more (3 opens more per C-STORE) than it saved.
+pub const DEFER_FLUSH_UP_TO: usize = 64 << 10;
 
 impl Durability {
     /// How an acknowledged object of `size` bytes is made durable (`DEFER_FLUSH_UP_TO`).
@@ -468,41 +466,22 @@ impl Storage {
     /// file system among their local directories (remote replicas answer a put once it is
     /// durable). Fails if one of them cannot be flushed.
     pub async fn flush(&self, replicas: &[usize]) -> Result<(), StorageError> {
-        self.flush_dirs_of(replicas, None, None).await
+        self.flush_with(replicas, None).await
     }
 
-    /// `flush` for the copies of the object `key` on `replicas`, and the file system that
-    /// holds `also` (a file or directory, the index) in the same round: one `syncfs` when it
-    /// shares one with the replicas. Once durable, the copies' cached pages are dropped in
-    /// the same trip to the blocking pool (`Storage::uncache` says why).
-    pub async fn flush_object(
-        &self,
-        key: &str,
-        replicas: &[usize],
-        also: Option<&Path>,
-    ) -> Result<(), StorageError> {
-        self.flush_dirs_of(replicas, also, Some(key)).await
-    }
-
-    async fn flush_dirs_of(
+    /// `flush`, and the file system that holds `also` (a file or directory) in the same
+    /// round: one `syncfs` when it shares one with the replicas.
+    pub async fn flush_with(
         &self,
         replicas: &[usize],
         also: Option<&Path>,
-        forget: Option<&str>,
     ) -> Result<(), StorageError> {
         let dirs = replicas
             .iter()
             .filter_map(|i| self.replicas[*i].parsed.local_dir())
             .chain(also.map(Path::to_path_buf))
             .collect();
-        let files = match forget {
-            Some(key) => replicas
-                .iter()
-                .filter_map(|i| self.local_copy(*i, key))
-                .collect(),
-            None => Vec::new(),
-        };
-        flush_dirs(dirs, files).await
+        flush_dirs(dirs).await
     }
 
     /// Groups of two or more local replicas that live on one device (the same `st_dev`): they
@@ -755,30 +734,24 @@ impl Storage {
     }
 
     /// The file of a copy of `key` on replica `i` whose cached pages are to be dropped once it
-    /// is durable: every copy on a local replica, a `Flushed` one by its own write right after
-    /// its fsync, a `Deferred` one by `flush_object` after the syncfs that made it durable
-    /// (before that it is dirty, and dropping it would only start its writeback early). An
-    /// archive's objects are written once and most are not read again soon; the page cache
-    /// keeps the index and what is being read instead. On this project's VM memory that the
-    /// page cache takes fresh costs the host's page faults: a loop of 525 KB durable writes
-    /// took 3.65 ms of system CPU per file (236 files per s) against 0.15 ms (1674 per s) with
-    /// each file's pages dropped after its fsync, as the next files then reuse them
-    /// (2026-12-05). Keeping the first local copy cached (for previews and a study viewed on
-    /// arrival) cost a CT C-STORE about 1 ms of CPU in the copy into fresh page-cache pages:
-    /// storescu, 800 CT of 525 KB, 1 association, A/B of the same build, 1 replica 310 -> 437
-    /// per s (pacsd CPU 2.46 -> 1.45 ms per C-STORE), 3 replicas 266 -> 317-341 per s
-    /// (2026-12-06). The render worker reads the object back after the burst
-    /// (`render::worker::QUIET`), from disk.
+    /// is durable: every flushed copy on a local replica. An archive's objects are written
+    /// once and most are not read again soon; the page cache keeps the index and what is being
+    /// read instead. On this project's VM memory that the page cache takes fresh costs the
+    /// host's page faults: a loop of 525 KB durable writes took 3.65 ms of system CPU per file
+    /// (236 files per s) against 0.15 ms (1674 per s) with each file's pages dropped after its
+    /// fsync, as the next files then reuse them (2026-12-05). Keeping the first local copy
+    /// cached (for previews and a study viewed on arrival) cost a CT C-STORE about 1 ms of
+    /// CPU in the copy into fresh page-cache pages: storescu, 800 CT of 525 KB, 1 association,
+    /// A/B of the same build, 1 replica 310 -> 437 per s (pacsd CPU 2.46 -> 1.45 ms per
+    /// C-STORE), 3 replicas 266 -> 317-341 per s (2026-12-06). The render worker reads the
+    /// object back after the burst (`render::worker::QUIET`), from disk. Deferred copies are
+    /// still dirty until their syncfs, and dropping them would only start their writeback
+    /// early: left alone.
     fn uncache(&self, i: usize, key: &str, durability: Durability) -> Option<PathBuf> {
-        match durability {
-            Durability::Flushed => self.local_copy(i, key),
-            Durability::Deferred => None,
+        match (durability, self.replicas[i].parsed.local_dir()) {
+            (Durability::Flushed, Some(dir)) => Some(dir.join(key)),
+            _ => None,
         }
-    }
-
-    /// The file that holds the copy of `key` on replica `i`, if it is a local directory.
-    fn local_copy(&self, i: usize, key: &str) -> Option<PathBuf> {
-        self.replicas[i].parsed.local_dir().map(|dir| dir.join(key))
     }
 
     /// Hand the writes still running (of an object of `size` bytes) to tasks of their own,
@@ -826,7 +799,7 @@ impl Storage {
                 let (i, written) = write.await;
                 match (written, &dirs[i]) {
                     (Ok(()), Some(dir)) => {
-                        let flushed = flush_dirs(vec![dir.clone()], Vec::new()).await;
+                        let flushed = flush_dirs(vec![dir.clone()]).await;
                         (i, flushed.map_err(ReplicaWriteError::Flush))
                     }
                     (written, _) => (i, written),
@@ -1414,9 +1387,8 @@ fn forget_cached(file: &Path) {
     }
 }
 
-/// Flush each file system that holds one of `dirs` once (syncfs(2)), on the blocking pool;
-/// then drop the cached pages of `forget` (durable copies, `Storage::uncache`).
-async fn flush_dirs(dirs: Vec<PathBuf>, forget: Vec<PathBuf>) -> Result<(), StorageError> {
+/// Flush each file system that holds one of `dirs` once (syncfs(2)), on the blocking pool.
+async fn flush_dirs(dirs: Vec<PathBuf>) -> Result<(), StorageError> {
     use std::os::unix::fs::MetadataExt;
     if dirs.is_empty() {
         return Ok(());
@@ -1433,9 +1405,6 @@ async fn flush_dirs(dirs: Vec<PathBuf>, forget: Vec<PathBuf>) -> Result<(), Stor
                 Ok(())
             });
             flushed.map_err(|e| format!("{}: {e}", dir.display()))?;
-        }
-        for file in forget {
-            forget_cached(&file);
         }
         Ok(())
     };
@@ -1743,11 +1712,7 @@ mod tests {
     #[tokio::test]
     async fn deferred_writes_are_flushed_per_replica_named_and_a_lost_directory_fails_it() {
         assert_eq!(Durability::of_object(8 << 10), Durability::Deferred);
-        assert_eq!(Durability::of_object(525 << 10), Durability::Deferred);
-        assert_eq!(
-            Durability::of_object(DEFER_FLUSH_UP_TO + 1),
-            Durability::Flushed
-        );
+        assert_eq!(Durability::of_object(512 << 10), Durability::Flushed);
         let dir = tempfile::tempdir().unwrap();
         let replicas: Vec<String> = (1..=3)
             .map(|i| dir.path().join(format!("r{i}")).display().to_string())
@@ -1817,33 +1782,6 @@ mod tests {
         assert_eq!(storage.uncache(1, key, Durability::Deferred), None);
         assert_eq!(storage.uncache(3, key, Durability::Flushed), None);
         assert_eq!(storage.uncache(0, key, Durability::Flushed), Some(file(0)));
-    }
-
-    #[tokio::test]
-    async fn a_deferred_object_leaves_the_page_cache_once_its_flush_made_it_durable() {
-        let dir = tempfile::tempdir().unwrap();
-        let replicas: Vec<String> = (1..=3)
-            .map(|i| dir.path().join(format!("r{i}")).display().to_string())
-            .collect();
-        let storage = Storage::open(&replicas, None, "").unwrap();
-        let key = "s/e/d.dcm";
-        let object = Bytes::from(vec![9u8; 525 << 10]);
-        let mut placed = storage
-            .put_as(key, object.clone(), Durability::Deferred)
-            .await
-            .unwrap();
-        let stragglers = std::mem::take(&mut placed.stragglers);
-        placed.written.extend(stragglers.succeeded().await);
-        let file = |i: usize| std::path::Path::new(&replicas[i]).join(key);
-        // Written, not flushed: dirty pages in the cache.
-        assert!((0..3).all(|i| cached_pages(&file(i)) > 0));
-        storage
-            .flush_object(key, &placed.written, None)
-            .await
-            .unwrap();
-        // Durable, then dropped in the same trip: none left when the flush returns.
-        assert_eq!((0..3).map(|i| cached_pages(&file(i))).sum::<usize>(), 0);
-        assert_eq!(storage.get(key).await.unwrap(), object);
     }
 
     #[tokio::test]
