@@ -1182,7 +1182,7 @@ fn account_rows(
 
 /// `Connection::execute` through the connection's statement cache: the writer runs the same
 /// dozen statements for every stored instance, and preparing them anew each time (parsing and
-/// planning the SQL) took a fifth of its CPU per small C-STORE.
+/// planning the SQL) took a quarter to a third of its CPU per small C-STORE.
 fn exec(c: &Connection, sql: &str, params: impl rusqlite::Params) -> rusqlite::Result<usize> {
     c.prepare_cached(sql)?.execute(params)
 }
