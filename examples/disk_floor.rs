@@ -18,8 +18,9 @@
 //!      `DEFER_FLUSH_UP_TO`).
 //!
 //!    Every copy's cached pages are dropped once durable (`Storage::uncache`; pacsd itself
-//!    leaves a small object's, which costs it less than dropping them); objects one after another on each stream, one or four streams (associations) at once;
-//!    no commit shared between streams. No parsing, hashing or network: no way of keeping the
+//!    leaves a small object's, which costs it less than dropping them); objects one after
+//!    another on each stream, one or four streams (associations) at once; no commit shared
+//!    between streams. No parsing, hashing or network: no way of keeping the
 //!    contract with one flush per object can beat this rate on this disk. Printed, and written
 //!    to OUT as `corpus replicas streams objects/s` lines.
 //!
