@@ -187,22 +187,26 @@ async fn read_pdu_from(
     buf: &mut BytesMut,
     max_pdu: u32,
 ) -> Result<Pdu, NetError> {
+    let bad = |e: dicom_ul::pdu::ReadError| NetError::BadPdu {
+        peer,
+        reason: e.to_string(),
+    };
     loop {
-        let mut cursor = std::io::Cursor::new(&buf[..]);
-        match read_pdu(&mut cursor, max_pdu, true) {
-            Ok(Some(pdu)) => {
-                let used = cursor.position() as usize;
-                let _ = buf.split_to(used);
-                return Ok(pdu);
-            }
-            Ok(None) => {}
-            Err(e) => {
-                return Err(NetError::BadPdu {
+        if let Some(len) = complete_pdu(buf) {
+            // The PDU handed over as shared bytes: dicom-ul then slices it instead of copying
+            // it (from a `Cursor` it copied every PDU whole before copying out its PDVs).
+            return match read_pdu(buf.split_to(len).freeze(), max_pdu, true) {
+                Ok(Some(pdu)) => Ok(pdu),
+                Ok(None) => Err(NetError::BadPdu {
                     peer,
-                    reason: e.to_string(),
-                });
-            }
+                    reason: "PDU shorter than its length".to_string(),
+                }),
+                Err(e) => Err(bad(e)),
+            };
         }
+        // Incomplete: dicom-ul still reads the header, so that a PDU longer than `max_pdu`
+        // is refused before its body is waited for.
+        read_pdu(std::io::Cursor::new(&buf[..]), max_pdu, true).map_err(bad)?;
         if buf.capacity() - buf.len() < 64 * 1024 {
             buf.reserve(256 * 1024);
         }
@@ -214,6 +218,13 @@ async fn read_pdu_from(
             return Err(NetError::Closed { peer });
         }
     }
+}
+
+/// The length of the first PDU in `buf` (its 6-byte header included) when all of it is there.
+fn complete_pdu(buf: &[u8]) -> Option<usize> {
+    let header: [u8; 6] = buf.get(..6)?.try_into().ok()?;
+    let len = 6 + u32::from_be_bytes([header[2], header[3], header[4], header[5]]) as usize;
+    (buf.len() >= len).then_some(len)
 }
 
 async fn write_all(
@@ -398,6 +409,67 @@ mod tests {
             };
             write_pdu(out, &Pdu::PData { data: vec![pdv] }).unwrap();
         }
+    }
+
+    #[tokio::test]
+    async fn pdus_read_whole_however_the_bytes_arrive_and_too_long_ones_before_their_body() {
+        // Two P-DATA PDUs and an A-RELEASE-RQ back to back, written in pieces that cut
+        // headers and PDVs anywhere: each comes back as dicom-ul reads it from one buffer.
+        let data: Vec<u8> = (0..70_000u32).map(|i| (i % 251) as u8).collect();
+        let mut wire = Vec::new();
+        framed(&mut wire, &data, 40_000, PDataValueType::Data);
+        write_pdu(&mut wire, &Pdu::ReleaseRQ).unwrap();
+        let mut expected = Vec::new();
+        let mut rest = &wire[..];
+        while let Some(pdu) = read_pdu(&mut rest, 65_536, true).unwrap() {
+            expected.push(pdu);
+        }
+        assert_eq!(expected.len(), 3);
+        for piece in [1, 5, 7, 4096, 65_536] {
+            let (mut near, far) = pair().await;
+            let bytes = wire.clone();
+            let writer = tokio::spawn(async move {
+                let mut far = far;
+                for chunk in bytes.chunks(piece) {
+                    far.write_all(chunk).await.unwrap();
+                    far.flush().await.unwrap();
+                }
+                far
+            });
+            for want in &expected {
+                assert_eq!(
+                    &near.read_pdu(65_536).await.unwrap(),
+                    want,
+                    "pieces of {piece}"
+                );
+            }
+            drop(writer.await.unwrap());
+            assert!(matches!(
+                near.read_pdu(65_536).await,
+                Err(NetError::Closed { .. })
+            ));
+        }
+        // Only the 6-byte header of a PDU longer than the limit: refused without its body.
+        let (mut near, mut far) = pair().await;
+        far.write_all(&[0x04, 0, 0, 1, 0, 1]).await.unwrap();
+        let refused = tokio::time::timeout(Duration::from_secs(5), near.read_pdu(65_536)).await;
+        assert!(
+            matches!(refused, Ok(Err(NetError::BadPdu { .. }))),
+            "{refused:?}"
+        );
+        assert_eq!(complete_pdu(&[0x04, 0, 0, 0, 0]), None);
+        assert_eq!(complete_pdu(&[0x04, 0, 0, 0, 0, 2, 9]), None);
+        assert_eq!(complete_pdu(&[0x04, 0, 0, 0, 0, 2, 9, 9, 1]), Some(8));
+    }
+
+    /// A link and the raw socket at its other end, over loopback.
+    async fn pair() -> (Link, tokio::net::TcpStream) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let far = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let (near, peer) = listener.accept().await.unwrap();
+        let link = Link::new(Transport::Tcp(near), peer, Duration::from_secs(5));
+        (link, far)
     }
 
     #[tokio::test]
