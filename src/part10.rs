@@ -33,6 +33,25 @@ pub fn build(
     transfer_syntax_uid: &str,
     dataset: &[u8],
 ) -> Result<Vec<u8>, Part10Error> {
+    let mut out = header(
+        sop_class_uid,
+        sop_instance_uid,
+        transfer_syntax_uid,
+        dataset.len(),
+    )?;
+    out.extend_from_slice(dataset);
+    Ok(out)
+}
+
+/// What `build` puts before the data set: preamble, `DICM` and the file meta group, in a
+/// buffer with room for `dataset_len` more bytes. A writer that can send the two in turn
+/// (a `PutPayload` of two chunks) stores the file without copying the data set.
+pub fn header(
+    sop_class_uid: &str,
+    sop_instance_uid: &str,
+    transfer_syntax_uid: &str,
+    dataset_len: usize,
+) -> Result<Vec<u8>, Part10Error> {
     let meta = FileMetaTableBuilder::new()
         .media_storage_sop_class_uid(sop_class_uid)
         .media_storage_sop_instance_uid(sop_instance_uid)
@@ -41,12 +60,11 @@ pub fn build(
         .implementation_version_name(IMPLEMENTATION_VERSION_NAME)
         .build()
         .map_err(|e| Part10Error::Build(e.to_string()))?;
-    let mut out = Vec::with_capacity(PREAMBLE_LEN + 4 + 256 + dataset.len());
+    let mut out = Vec::with_capacity(PREAMBLE_LEN + 4 + 256 + dataset_len);
     out.resize(PREAMBLE_LEN, 0);
     out.extend_from_slice(MAGIC);
     meta.write(&mut out)
         .map_err(|e| Part10Error::Build(e.to_string()))?;
-    out.extend_from_slice(dataset);
     Ok(out)
 }
 

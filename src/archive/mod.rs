@@ -26,6 +26,7 @@ pub mod reconcile;
 pub mod store;
 
 use bytes::Bytes;
+use object_store::PutPayload;
 
 use crate::index::{Index, IndexError};
 use crate::storage::repair::Expected;
@@ -62,7 +63,7 @@ pub const STILL_WRITING: &str = "still writing when the write quorum answered";
 pub async fn place(
     storage: &Storage,
     key: &str,
-    bytes: Bytes,
+    bytes: impl Into<PutPayload>,
     durability: Durability,
 ) -> Result<Placed, StorageError> {
     match storage.put_as(key, bytes, durability).await {
@@ -97,7 +98,7 @@ pub async fn place(
 pub async fn place_durably(
     storage: &Storage,
     key: &str,
-    bytes: Bytes,
+    bytes: impl Into<PutPayload>,
     durability: Durability,
 ) -> Result<Placed, StorageError> {
     let mut placed = place(storage, key, bytes, durability).await?;

@@ -189,7 +189,14 @@ pub async fn render(index: &Index, storage: &Storage, task: PreviewTask) -> Rend
             let key = preview_key(&task.storage_key);
             let size = jpeg.len() as u64;
             let digest = crate::storage::digest::record(&jpeg);
-            match crate::archive::place(storage, &key, jpeg.into(), Durability::Deferred).await {
+            match crate::archive::place(
+                storage,
+                &key,
+                bytes::Bytes::from(jpeg),
+                Durability::Deferred,
+            )
+            .await
+            {
                 Ok(p) => Rendered {
                     task,
                     record: Some((

@@ -60,6 +60,10 @@ const PERMIT_BYTES: u64 = 64 << 10;
 /// A whole-object read reserves memory for the size the replica announces up to this much
 /// (beyond it the buffer grows as bytes come: a wrong announcement cannot claim memory).
 const MAX_PREALLOCATION: u64 = 1 << 30;
+/// Durable local copies whose cached pages are dropped by one trip to the blocking pool
+/// (`Uncacher`). One trip per copy was three of a CT C-STORE's hand-offs with three replicas;
+/// a batch of six keeps at most five copies' pages (2.6 MB of CT) cached a little longer.
+const UNCACHE_BATCH: usize = 6;
 
 /// How far a write must be on its replicas before it counts as written.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -332,6 +336,7 @@ pub struct Storage {
     /// What striped and single reads of large objects achieved, to choose between them.
     outcomes: Mutex<health::ReadOutcomes>,
     read_budget: tokio::sync::Semaphore,
+    uncacher: Arc<Uncacher>,
 }
 
 /// Why one replica could not give its copy.
@@ -415,6 +420,7 @@ impl Storage {
             background: Arc::default(),
             outcomes: Mutex::default(),
             read_budget: tokio::sync::Semaphore::new((READ_BUDGET / PERMIT_BYTES) as usize),
+            uncacher: Arc::default(),
         })
     }
 
@@ -556,17 +562,23 @@ impl Storage {
     /// A replica in a failure backoff is left out (counted as missed at once) while the
     /// others can make the quorum: a dead replica would otherwise hold every C-STORE for the
     /// straggler grace (measured: 2.0 s per C-STORE with an HDFS NameNode down).
-    pub async fn put(&self, key: &str, bytes: Bytes) -> Result<PutOutcome, StorageError> {
+    pub async fn put(
+        &self,
+        key: &str,
+        bytes: impl Into<PutPayload>,
+    ) -> Result<PutOutcome, StorageError> {
         self.put_as(key, bytes, Durability::Flushed).await
     }
 
-    /// `put`, flushed or not (`Durability`).
+    /// `put`, flushed or not (`Durability`). The object may come in pieces (a Part 10
+    /// file's header and its data set): they are written in turn, never joined in memory.
     pub async fn put_as(
         &self,
         key: &str,
-        bytes: Bytes,
+        bytes: impl Into<PutPayload>,
         durability: Durability,
     ) -> Result<PutOutcome, StorageError> {
+        let bytes: PutPayload = bytes.into();
         let path = store_path(key)?;
         let left_out = self.quorum.left_out(&self.up_now());
         let mut outcome = PutOutcome::default();
@@ -598,7 +610,7 @@ impl Storage {
                         in_grace = true;
                         let running: Vec<usize> =
                             (0..answered.len()).filter(|i| !answered[*i]).collect();
-                        let size = bytes.len() as u64;
+                        let size = bytes.content_length() as u64;
                         match self.to_background(&mut writes, running, key, size, durability) {
                             Some(stragglers) => {
                                 outcome.stragglers = stragglers;
@@ -666,7 +678,7 @@ impl Storage {
     pub async fn put_and_finish(
         &self,
         key: &str,
-        bytes: Bytes,
+        bytes: impl Into<PutPayload>,
     ) -> Result<Vec<usize>, StorageError> {
         let outcome = self.put(key, bytes).await?;
         let mut written = outcome.written;
@@ -684,15 +696,16 @@ impl Storage {
         r: &Replica,
         path: &StorePath,
         key: &str,
-        bytes: &Bytes,
+        payload: &PutPayload,
         durability: Durability,
     ) -> ReplicaWrite {
         let store = r.store_for(durability);
         let uncache = self.uncache(i, key, durability);
         let pauses = r.parsed.put_retry_pauses();
         let (location, key) = (r.location.clone(), key.to_string());
-        let (path, payload) = (path.clone(), PutPayload::from_bytes(bytes.clone()));
+        let (path, payload) = (path.clone(), payload.clone());
         let health = self.health.clone();
+        let uncacher = self.uncacher.clone();
         Box::pin(async move {
             let write = async {
                 let store = store?;
@@ -701,8 +714,7 @@ impl Storage {
                     match store.put(&path, payload.clone()).await {
                         Ok(_) => {
                             if let Some(file) = uncache {
-                                // Not awaited: a hint, not part of the write.
-                                tokio::task::spawn_blocking(move || forget_cached(&file));
+                                uncacher.forget(file);
                             }
                             return Ok(());
                         }
@@ -1376,6 +1388,28 @@ fn read_local(
     Ok((Bytes::from(buf), digest))
 }
 
+/// Durable local copies waiting for their cached pages to be dropped, `UNCACHE_BATCH` at a
+/// time on the blocking pool (not awaited: a hint, not part of any write). Fewer than a batch
+/// stay cached until more copies come; the kernel reclaims clean pages anyway.
+#[derive(Debug, Default)]
+struct Uncacher {
+    pending: Mutex<Vec<PathBuf>>,
+}
+
+impl Uncacher {
+    fn forget(&self, file: PathBuf) {
+        let batch = {
+            let mut pending = self.pending.lock().expect("uncache list");
+            pending.push(file);
+            if pending.len() < UNCACHE_BATCH {
+                return;
+            }
+            std::mem::take(&mut *pending)
+        };
+        tokio::task::spawn_blocking(move || batch.iter().for_each(|f| forget_cached(f)));
+    }
+}
+
 /// Drop the cached pages of a durable local copy (posix_fadvise DONTNEED; they are clean after
 /// its fsync, so nothing is written). A hint: if the file is gone or the call fails, nothing
 /// changes but the cache.
@@ -1763,20 +1797,31 @@ mod tests {
             .chain(["memory://m".to_string()])
             .collect();
         let storage = Storage::open(&replicas, None, "").unwrap();
-        let key = "s/e/i.dcm";
+        // Two objects: their six local copies make one batch (`UNCACHE_BATCH`).
+        let keys = ["s/e/i.dcm", "s/e/j.dcm"];
         let object = Bytes::from(vec![7u8; 512 << 10]);
-        assert_eq!(
-            storage.put_and_finish(key, object.clone()).await.unwrap(),
-            [0, 1, 2, 3]
-        );
-        let file = |i: usize| std::path::Path::new(&replicas[i]).join(key);
+        for key in keys {
+            assert_eq!(
+                storage.put_and_finish(key, object.clone()).await.unwrap(),
+                [0, 1, 2, 3]
+            );
+        }
+        let file = |i: usize, key: &str| std::path::Path::new(&replicas[i]).join(key);
+        let cached = || {
+            keys.iter()
+                .flat_map(|k| (0..3).map(move |i| cached_pages(&file(i, k))))
+                .sum::<usize>()
+        };
         let deadline = Instant::now() + Duration::from_secs(10);
-        while (0..3).map(|i| cached_pages(&file(i))).sum::<usize>() != 0 {
+        while cached() != 0 {
             assert!(Instant::now() < deadline, "copies still cached");
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         // Dropped from the cache, not lost.
-        assert_eq!(storage.get(key).await.unwrap(), object);
+        for key in keys {
+            assert_eq!(storage.get(key).await.unwrap(), object);
+        }
+        let (key, file) = (keys[0], |i| file(i, keys[0]));
         // A deferred (small) object is left alone: it is dirty until its syncfs; a replica
         // that is not a local directory has no page cache of ours.
         assert_eq!(storage.uncache(1, key, Durability::Deferred), None);
