@@ -44,7 +44,8 @@ pub const STRAGGLER_PATIENCE: Duration = Duration::from_millis(20);
 /// `STRAGGLER_GRACE` instead: a hung replica fills the slots and is then abandoned as below.
 pub const BACKGROUND_WRITES: usize = 64;
 /// Bytes of objects held by background writes at most (an object counted once however many
-/// replicas still write it): 64 objects of the largest size allowed must not pin 64 GiB.
+/// replicas still write it, twice with the aligned copy of a direct write): 64 objects of the
+/// largest size allowed must not pin 64 GiB.
 pub const BACKGROUND_BYTES: u64 = 512 << 20;
 /// With no background slot free, how long the remaining replicas may still take after the
 /// quorum before they are counted as missed (and queued for repair), so that a hung replica
@@ -612,7 +613,9 @@ impl Storage {
                         in_grace = true;
                         let running: Vec<usize> =
                             (0..answered.len()).filter(|i| !answered[*i]).collect();
-                        let size = bytes.content_length() as u64;
+                        // The object's aligned copy, if it has one, is held too.
+                        let copies = 1 + u64::from(direct.is_some());
+                        let size = bytes.content_length() as u64 * copies;
                         match self.to_background(&mut writes, running, key, size, durability) {
                             Some(stragglers) => {
                                 outcome.stragglers = stragglers;
@@ -821,7 +824,7 @@ impl Storage {
         }
     }
 
-    /// Hand the writes still running (of an object of `size` bytes) to tasks of their own,
+    /// Hand the writes still running (of an object holding `size` bytes) to tasks of their own,
     /// if the background has room for all of them (`BACKGROUND_WRITES`, `BACKGROUND_BYTES`).
     /// A `Deferred` one flushes its file system when it lands: its put's flush came before.
     fn to_background(
