@@ -121,10 +121,16 @@ fn write(mut f: File, bytes: &[u8]) -> io::Result<()> {
         f.write_all(&bytes[direct..])?;
     }
     f.sync_all()?;
-    // SAFETY: `f` is open for the whole call, which only advises the kernel: the tail's page
-    // (or the whole object after a fallback) is clean after the fsync.
-    unsafe { libc::posix_fadvise(f.as_raw_fd(), 0, 0, libc::POSIX_FADV_DONTNEED) };
+    // The tail's page (or the whole object after a fallback) is clean after the fsync.
+    drop_cached(&f);
     close(f)
+}
+
+/// Drop `f`'s pages from the page cache (posix_fadvise DONTNEED): a hint; clean pages are
+/// dropped, dirty ones only start their writeback.
+pub fn drop_cached(f: &File) {
+    // SAFETY: `f` is open for the whole call, which only advises the kernel.
+    unsafe { libc::posix_fadvise(f.as_raw_fd(), 0, 0, libc::POSIX_FADV_DONTNEED) };
 }
 
 /// A new staging file `{file}#{n}`, open for writing (direct when the file system allows it);

@@ -62,10 +62,6 @@ const PERMIT_BYTES: u64 = 64 << 10;
 /// A whole-object read reserves memory for the size the replica announces up to this much
 /// (beyond it the buffer grows as bytes come: a wrong announcement cannot claim memory).
 const MAX_PREALLOCATION: u64 = 1 << 30;
-/// Durable local copies whose cached pages are dropped by one trip to the blocking pool
-/// (`Uncacher`). One trip per copy was three of a CT C-STORE's hand-offs with three replicas;
-/// a batch of six keeps at most five copies' pages (2.6 MB of CT) cached a little longer.
-const UNCACHE_BATCH: usize = 6;
 
 /// How far a write must be on its replicas before it counts as written.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -338,7 +334,6 @@ pub struct Storage {
     /// What striped and single reads of large objects achieved, to choose between them.
     outcomes: Mutex<health::ReadOutcomes>,
     read_budget: tokio::sync::Semaphore,
-    uncacher: Arc<Uncacher>,
 }
 
 /// Why one replica could not give its copy.
@@ -422,7 +417,6 @@ impl Storage {
             background: Arc::default(),
             outcomes: Mutex::default(),
             read_budget: tokio::sync::Semaphore::new((READ_BUDGET / PERMIT_BYTES) as usize),
-            uncacher: Arc::default(),
         })
     }
 
@@ -745,7 +739,6 @@ impl Storage {
         let (location, key) = (r.location.clone(), key.to_string());
         let (path, payload) = (path.clone(), payload.clone());
         let health = self.health.clone();
-        let uncacher = self.uncacher.clone();
         Box::pin(async move {
             let write = async {
                 let store = store?;
@@ -770,7 +763,8 @@ impl Storage {
                     match written {
                         Ok(()) => {
                             if let Some(file) = uncache {
-                                uncacher.forget(file);
+                                // Not awaited: a hint, not part of the write.
+                                tokio::task::spawn_blocking(move || forget_cached(&file));
                             }
                             return Ok(());
                         }
@@ -1446,36 +1440,12 @@ fn read_local(
     Ok((Bytes::from(buf), digest))
 }
 
-/// Durable local copies waiting for their cached pages to be dropped, `UNCACHE_BATCH` at a
-/// time on the blocking pool (not awaited: a hint, not part of any write). Fewer than a batch
-/// stay cached until more copies come; the kernel reclaims clean pages anyway.
-#[derive(Debug, Default)]
-struct Uncacher {
-    pending: Mutex<Vec<PathBuf>>,
-}
-
-impl Uncacher {
-    fn forget(&self, file: PathBuf) {
-        let batch = {
-            let mut pending = self.pending.lock().expect("uncache list");
-            pending.push(file);
-            if pending.len() < UNCACHE_BATCH {
-                return;
-            }
-            std::mem::take(&mut *pending)
-        };
-        tokio::task::spawn_blocking(move || batch.iter().for_each(|f| forget_cached(f)));
-    }
-}
-
 /// Drop the cached pages of a durable local copy (posix_fadvise DONTNEED; they are clean after
 /// its fsync, so nothing is written). A hint: if the file is gone or the call fails, nothing
 /// changes but the cache.
 fn forget_cached(file: &Path) {
-    use std::os::fd::AsRawFd;
     if let Ok(f) = std::fs::File::open(file) {
-        // SAFETY: `f` is an open descriptor for the whole call, which only advises the kernel.
-        unsafe { libc::posix_fadvise(f.as_raw_fd(), 0, 0, libc::POSIX_FADV_DONTNEED) };
+        direct::drop_cached(&f);
     }
 }
 
@@ -1855,7 +1825,6 @@ mod tests {
             .chain(["memory://m".to_string()])
             .collect();
         let storage = Storage::open(&replicas, None, "").unwrap();
-        // Two objects: their six local copies make one batch (`UNCACHE_BATCH`).
         let keys = ["s/e/i.dcm", "s/e/j.dcm"];
         let object = Bytes::from(vec![7u8; 512 << 10]);
         for key in keys {
