@@ -1825,9 +1825,14 @@ mod tests {
             .chain(["memory://m".to_string()])
             .collect();
         let storage = Storage::open(&replicas, None, "").unwrap();
+        // One object written around the page cache (`direct`), one too large for that
+        // (`forget_cached` after object_store's write).
         let keys = ["s/e/i.dcm", "s/e/j.dcm"];
-        let object = Bytes::from(vec![7u8; 512 << 10]);
-        for key in keys {
+        let objects = [
+            Bytes::from(vec![7u8; 512 << 10]),
+            Bytes::from(vec![8u8; direct::DIRECT_UP_TO as usize + 4096]),
+        ];
+        for (key, object) in keys.iter().zip(&objects) {
             assert_eq!(
                 storage.put_and_finish(key, object.clone()).await.unwrap(),
                 [0, 1, 2, 3]
@@ -1845,8 +1850,8 @@ mod tests {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         // Dropped from the cache, not lost.
-        for key in keys {
-            assert_eq!(storage.get(key).await.unwrap(), object);
+        for (key, object) in keys.iter().zip(&objects) {
+            assert_eq!(&storage.get(key).await.unwrap(), object);
         }
         let (key, file) = (keys[0], |i| file(i, keys[0]));
         // A deferred (small) object is left alone: it is dirty until its syncfs; a replica
