@@ -16,14 +16,14 @@
 //!    row;
 //! 5. `index-before-commit`: the row is written into the open transaction, not committed;
 //! 6. `index-committed`: the row is committed, the C-STORE not yet answered;
-//! 7. `index-committed-unflushed` (a small object on a node that runs alone: its copies and
-//!    its row are flushed together after the commit, `archive::reconcile`): the row is
-//!    committed, neither it nor the copies flushed;
+//! 7. `index-committed-unflushed` (an object up to `storage::DEFER_FLUSH_UP_TO` on a node
+//!    that runs alone: its copies and its row are flushed together after the commit,
+//!    `archive::reconcile`): the row is committed, neither it nor the copies flushed;
 //!
 //! On a node that runs alone an object's row is committed while its copies are written
 //! (`archive::store`, `row_ahead`): 2 runs beside 5 and 6, and 3 and 4 are reached once both
-//! are done, so the row is committed there; a small object's row and copies are then flushed
-//! together (7). In an HA pair the points come in the order above, without 7.
+//! are done, so the row is committed there; the row and copies of an object up to
+//! `storage::DEFER_FLUSH_UP_TO` are then flushed together (7). In an HA pair the points come in the order above, without 7.
 //!
 //! and of the preview worker afterwards: `preview-placed`, the preview is on a quorum of
 //! replicas and its index row still says pending.

@@ -235,16 +235,38 @@ fn a_crash_at_any_step_of_a_c_store_leaves_the_instance_whole_or_absent() {
     );
 }
 
-/// The same for a large instance (over `storage::DEFER_FLUSH_UP_TO`) on a node that runs
-/// alone, whose row is committed while its copies are written: a crash while both run may
-/// find the row committed or not (None), and a row committed without a good copy is removed
-/// at start-up (src/archive/reconcile.rs); whatever it finds, the instance is whole or
-/// absent and a re-send stores it.
+/// The same for a CT image (512x512, 525 KB): its copies are written around the page cache
+/// (`storage::direct`) without a flush each and flushed together with its row, as a small
+/// instance's are.
+#[cfg(feature = "crashpoints")]
+#[test]
+fn a_crash_at_any_step_of_a_ct_c_store_leaves_the_instance_whole_or_absent() {
+    crash_at_every_step(
+        512,
+        &[
+            ("store-prepared", Some(false)),
+            ("put-first-replica", None),
+            ("index-before-commit", Some(false)),
+            ("index-committed", Some(true)),
+            ("put-unflushed", Some(true)),
+            ("put-quorum", Some(true)),
+            ("index-committed-unflushed", Some(true)),
+            ("preview-placed", Some(true)),
+        ],
+    );
+}
+
+/// The same for a large instance (over `storage::DEFER_FLUSH_UP_TO`: 2900x2900 pixels,
+/// 16.8 MB) on a node that runs alone, whose row is committed while its copies are written,
+/// each with a flush of its own: a crash while both run may find the row committed or not
+/// (None), and a row committed without a good copy is removed at start-up
+/// (src/archive/reconcile.rs); whatever it finds, the instance is whole or absent and a
+/// re-send stores it.
 #[cfg(feature = "crashpoints")]
 #[test]
 fn a_crash_at_any_step_of_a_large_c_store_leaves_the_instance_whole_or_absent() {
     crash_at_every_step(
-        256,
+        2900,
         &[
             ("store-prepared", Some(false)),
             ("put-first-replica", None),

@@ -310,8 +310,9 @@ impl Store {
         // In an HA pair the copies are durable before the row is committed (its standby
         // applies a row as soon as it is committed: `copies_first`). On a node that runs alone
         // the row is committed while the copies are written, and is open until both are
-        // durable (`index::settled`, `row_ahead`): a large object's row and copies each with
-        // their own flush, a small object's without, then one flush for both.
+        // durable (`index::settled`, `row_ahead`): the row and copies of an object over
+        // `storage::DEFER_FLUSH_UP_TO` (16 MiB) each with their own flush, a smaller one's
+        // without, then one flush for both.
         let order = match (Durability::of_object(file.content_length()), &self.gate) {
             (_, Some(_)) => RowOrder::AfterCopies,
             (Durability::Deferred, None) => RowOrder::WithCopies,
@@ -385,10 +386,11 @@ impl Store {
     }
 
     /// Steps 1 and 2 at once, on a node that runs alone: the row is committed while the
-    /// copies are written, which takes the commit off the C-STORE's path. A large object's
-    /// row and copies are each flushed on their own (`RowOrder::BeforeCopies`); a small
-    /// object's copies and row are written without a flush, then one `syncfs` makes both
-    /// durable (`RowOrder::WithCopies`, `flush_with_row`). The row is open until both are
+    /// copies are written, which takes the commit off the C-STORE's path. The row and copies
+    /// of an object over `storage::DEFER_FLUSH_UP_TO` are each flushed on their own
+    /// (`RowOrder::BeforeCopies`); a smaller object's copies and row are written without a
+    /// flush, then one `syncfs` makes both durable (`RowOrder::WithCopies`,
+    /// `flush_with_row`). The row is open until both are
     /// durable (`index::settled`); a crash or a power loss before that can leave it without
     /// its copies, and start-up then removes it (`archive::reconcile`). If the write fails the
     /// row is removed again before the failure is answered; the replicas the write missed are
@@ -480,9 +482,9 @@ impl Store {
         removed.map(|_| ())
     }
 
-    /// The end of steps 1 and 2 on a node that runs alone, for a small object: its copies
-    /// were placed without a flush and `inserted` committed its row without one, side by
-    /// side; one `syncfs` of their file systems (and the index's) makes both durable, and
+    /// The end of steps 1 and 2 on a node that runs alone, for an object up to
+    /// `storage::DEFER_FLUSH_UP_TO`: its copies were placed without a flush and `inserted`
+    /// committed its row without one, side by side; one `syncfs` of their file systems (and the index's) makes both durable, and
     /// only then does the row count as settled. The row may be committed before the copies
     /// are written, and the kernel may write it back before them; a crash or a power loss
     /// before this flush can then leave a row whose copies are missing, which was never

@@ -14,12 +14,18 @@
 //!    listing shows): a staging file `{file}#{n}` is created (missing parent directories
 //!    created and each flushed, up to the first that existed); the aligned part of the object
 //!    is written with O_DIRECT and the tail (less than `ALIGN` bytes) through the page cache;
-//!    fsync; close (its error checked).
-//! 3. The staging file is renamed to the object's name and the directory flushed.
+//!    fsync (a flushed write); close (its error checked).
+//! 3. The staging file is renamed to the object's name and the directory flushed (a flushed
+//!    write).
+//!
+//! A deferred write (`Durability::Deferred`, objects over `DIRECT_FROM`) skips the two
+//! flushes: its data is on the device when the write returns, and the caller's one syncfs
+//! writes the tail page and the metadata (the file's size and extents, the directory entry)
+//! and flushes the device's cache for every copy and the index row together.
 //!
 //! A file system that refuses O_DIRECT (or a write it refuses for alignment) gets the whole
-//! object through the page cache instead, with its pages dropped after the fsync: the same
-//! durability either way.
+//! object through the page cache instead (a flushed write's pages dropped after the fsync):
+//! the same durability either way.
 
 use std::fs::{File, OpenOptions};
 use std::io::{self, ErrorKind, Seek, Write};
@@ -30,6 +36,8 @@ use std::ptr::NonNull;
 
 use object_store::PutPayload;
 
+use super::Durability;
+
 /// Alignment of the buffer, of the direct part's length and of its offset: 4 KiB covers the
 /// logical block size of every disk (512 or 4096 bytes).
 pub const ALIGN: usize = 4096;
@@ -37,6 +45,12 @@ pub const ALIGN: usize = 4096;
 /// Objects up to this size are written directly; larger ones through object_store (the
 /// aligned copy would double a large object's memory while it is written).
 pub const DIRECT_UP_TO: u64 = 16 << 20;
+
+/// A deferred write (`Durability::Deferred`: made durable by one syncfs with others) goes
+/// direct only above this size. Below it, the page cache takes the object at the cost of a
+/// copy and the syncfs writes it back with everything else; a direct write of a few
+/// kilobytes would wait for the device on its own.
+pub const DIRECT_FROM: u64 = 64 << 10;
 
 /// Objects up to this size are copied into their aligned buffer on the task that puts them;
 /// larger ones on the blocking pool (a copy of several megabytes would hold a runtime thread).
@@ -90,13 +104,18 @@ impl Drop for Aligned {
     }
 }
 
-/// Write `object` durably as `file` (steps 2 and 3 of the module doc).
-pub fn put(file: &Path, object: &Aligned) -> io::Result<()> {
+/// Write `object` as `file`, durably when it returns if `durability` is `Flushed` (steps 2
+/// and 3 of the module doc).
+pub fn put(file: &Path, object: &Aligned, durability: Durability) -> io::Result<()> {
+    let flushed = durability == Durability::Flushed;
     let (f, staging) = staged(file)?;
-    let written = write(f, object.as_slice());
+    let written = write(f, object.as_slice(), flushed);
     let published = written.and_then(|()| {
         std::fs::rename(&staging, file)?;
-        sync_dir(file.parent().unwrap_or(Path::new("/")))
+        match flushed {
+            true => sync_dir(file.parent().unwrap_or(Path::new("/"))),
+            false => Ok(()),
+        }
     });
     if published.is_err() {
         let _ = std::fs::remove_file(&staging);
@@ -104,8 +123,9 @@ pub fn put(file: &Path, object: &Aligned) -> io::Result<()> {
     published
 }
 
-/// The aligned part direct, the tail through the cache; fsync; pages dropped; close.
-fn write(mut f: File, bytes: &[u8]) -> io::Result<()> {
+/// The aligned part direct, the tail through the cache; if `flushed`, fsync and the pages
+/// dropped; close.
+fn write(mut f: File, bytes: &[u8], flushed: bool) -> io::Result<()> {
     let direct = bytes.len() / ALIGN * ALIGN;
     let fell_back = match f.write_all(&bytes[..direct]) {
         Ok(()) => false,
@@ -120,9 +140,11 @@ fn write(mut f: File, bytes: &[u8]) -> io::Result<()> {
     } else {
         f.write_all(&bytes[direct..])?;
     }
-    f.sync_all()?;
-    // The tail's page (or the whole object after a fallback) is clean after the fsync.
-    drop_cached(&f);
+    if flushed {
+        f.sync_all()?;
+        // The tail's page (or the whole object after a fallback) is clean after the fsync.
+        drop_cached(&f);
+    }
     close(f)
 }
 
@@ -235,18 +257,20 @@ mod tests {
                 PutPayload::from_iter([Bytes::copy_from_slice(head), Bytes::copy_from_slice(tail)]);
             let object = Aligned::copy_of(&payload);
             assert_eq!(object.as_ptr_aligned(), 0);
-            let file = dir.path().join(format!("new/series-{len}/i.dcm"));
-            put(&file, &object).unwrap();
-            assert_eq!(std::fs::read(&file).unwrap(), data, "{len} bytes");
-            // Written again (a repair over a copy): replaced whole.
-            let other = PutPayload::from(Bytes::from(vec![9u8; len / 2]));
-            put(&file, &Aligned::copy_of(&other)).unwrap();
-            assert_eq!(std::fs::read(&file).unwrap(), vec![9u8; len / 2]);
-            let names: Vec<_> = std::fs::read_dir(file.parent().unwrap())
-                .unwrap()
-                .map(|e| e.unwrap().file_name())
-                .collect();
-            assert_eq!(names, ["i.dcm"]);
+            for way in [Durability::Flushed, Durability::Deferred] {
+                let file = dir.path().join(format!("new/{way:?}-{len}/i.dcm"));
+                put(&file, &object, way).unwrap();
+                assert_eq!(std::fs::read(&file).unwrap(), data, "{len} bytes, {way:?}");
+                // Written again (a repair over a copy): replaced whole.
+                let other = PutPayload::from(Bytes::from(vec![9u8; len / 2]));
+                put(&file, &Aligned::copy_of(&other), way).unwrap();
+                assert_eq!(std::fs::read(&file).unwrap(), vec![9u8; len / 2]);
+                let names: Vec<_> = std::fs::read_dir(file.parent().unwrap())
+                    .unwrap()
+                    .map(|e| e.unwrap().file_name())
+                    .collect();
+                assert_eq!(names, ["i.dcm"]);
+            }
         }
     }
 
@@ -256,7 +280,7 @@ mod tests {
         let file = dir.path().join("i.dcm");
         std::fs::write(dir.path().join("i.dcm#1"), b"someone else's").unwrap();
         let object = Aligned::copy_of(&PutPayload::from(Bytes::from_static(b"abc")));
-        put(&file, &object).unwrap();
+        put(&file, &object, Durability::Flushed).unwrap();
         assert_eq!(std::fs::read(&file).unwrap(), b"abc");
         assert_eq!(
             std::fs::read(dir.path().join("i.dcm#1")).unwrap(),

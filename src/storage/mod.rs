@@ -78,20 +78,25 @@ pub enum Durability {
 }
 
 /// Objects up to this size are written as `Durability::Deferred` and flushed by one `syncfs`
-/// per file system; larger ones as `Flushed`. One syncfs writes back every dirty page of the
-/// file system, which for a small object costs less than two fsyncs per replica and for a
-/// large one more. Measured on this project's 2-core machine (a loop of durable writes to
-/// three directories on one disk plus a WAL commit, 1 stream): 8 KB objects 1015 -> 2094 per
-/// s; 512 KB objects 240 -> 180 per s.
+/// per file system together with their index row; larger ones as `Flushed`. Deferred copies
+/// up to `direct::DIRECT_FROM` go through the page cache and the syncfs writes them back;
+/// larger ones are written to the device directly (`direct`) before the syncfs, which then
+/// only has their metadata and the tail page to write and one device flush to make for all
+/// of it. Measured on this project's 2-core machine, 3 local replicas, 525 KB CT images,
+/// storescu, A/B of one build (2026-12-06, the line at 64 KiB -> here): over 4 associations
+/// 404-450 -> 469-492 per s on the root disk (4 rounds each, CPU per C-STORE 1.95-2.43 ->
+/// 1.51-1.77 ms, device flushes per C-STORE 4.6 -> 0.9, write requests 25 -> 17), 375-401 ->
+/// 403-433 on a fresh file system; over 1 association 185-220 -> 226-248 (fresh file
+/// system). Objects over `direct::DIRECT_UP_TO` are not copied into an aligned buffer (it
+/// would double their memory) and keep a flush of their own.
 ///
-/// Tried and undone (2026-12-06): the line at 1 MiB, a 525 KB copy's cached pages dropped
-/// after its syncfs. On the disk alone it looked even (`examples/disk_floor --compare`, 3
-/// replicas, per-file -> syncfs: 525 KB 1 stream 648 -> 613 per s, 4 streams 829 -> 887, a
-/// quarter less CPU), and pacsd spent a quarter less CPU per CT C-STORE at the same rate in an
-/// A/B of 800 CT; but in three runs of scripts/bench-ingest.sh 3 replicas over 4 associations
-/// made 436-492 CT per s against 491-547 with the line here, and dropping a small object's
-/// pages after its syncfs cost more (3 opens more per C-STORE) than it saved.
-pub const DEFER_FLUSH_UP_TO: usize = 64 << 10;
+/// Tried and undone (2026-12-06): the line at 1 MiB with those copies written through the
+/// page cache. On the disk alone it looked even (`examples/disk_floor --compare`, 3 replicas,
+/// per-file -> syncfs: 525 KB 1 stream 648 -> 613 per s, 4 streams 829 -> 887), but in three
+/// runs of scripts/bench-ingest.sh 3 replicas over 4 associations made 436-492 CT per s
+/// against 491-547: the syncfs then wrote back 1.6 MB of cached pages per CT C-STORE and
+/// dropping them after it took 3 more opens.
+pub const DEFER_FLUSH_UP_TO: usize = direct::DIRECT_UP_TO as usize;
 
 impl Durability {
     /// How an acknowledged object of `size` bytes is made durable (`DEFER_FLUSH_UP_TO`).
@@ -687,9 +692,10 @@ impl Storage {
     }
 
     /// The object in an aligned buffer for the local replicas that write it directly
-    /// (`direct`): a flushed write of an object up to `direct::DIRECT_UP_TO` with a local
-    /// replica among the writers. Copied here up to `direct::COPY_INLINE_UP_TO` (a 525 KB
-    /// CT image takes some 50 us), on the blocking pool above.
+    /// (`direct`): an object up to `direct::DIRECT_UP_TO` with a local replica among the
+    /// writers, flushed, or deferred and over `direct::DIRECT_FROM`. Copied here up to
+    /// `direct::COPY_INLINE_UP_TO` (a 525 KB CT image takes some 50 us), on the blocking pool
+    /// above.
     async fn direct_copy(
         &self,
         payload: &PutPayload,
@@ -702,7 +708,11 @@ impl Storage {
             .zip(left_out)
             .any(|(r, out)| !out && r.parsed.local_dir().is_some());
         let size = payload.content_length() as u64;
-        if durability != Durability::Flushed || !local || size > direct::DIRECT_UP_TO {
+        let direct = match durability {
+            Durability::Flushed => true,
+            Durability::Deferred => size > direct::DIRECT_FROM,
+        };
+        if !direct || !local || size > direct::DIRECT_UP_TO {
             return None;
         }
         if size <= direct::COPY_INLINE_UP_TO {
@@ -751,8 +761,10 @@ impl Storage {
                                 store: "LocalFileSystem",
                                 source,
                             };
-                            match tokio::task::spawn_blocking(move || direct::put(&file, &object))
-                                .await
+                            match tokio::task::spawn_blocking(move || {
+                                direct::put(&file, &object, durability)
+                            })
+                            .await
                             {
                                 Ok(put) => put.map_err(|e| generic(Box::new(e))),
                                 Err(panicked) => Err(generic(Box::new(panicked))),
@@ -808,9 +820,9 @@ impl Storage {
     /// C-STORE), 3 replicas 266 -> 317-341 per s (2026-12-06). The render worker reads the
     /// object back after the burst (`render::worker::QUIET`), from disk. Deferred copies are
     /// still dirty until their syncfs, and dropping them would only start their writeback
-    /// early: left alone. Since 2026-12-06 a flushed local copy up to `direct::DIRECT_UP_TO`
-    /// is written around the page cache (`direct`) and drops its own tail page: this is for
-    /// larger objects only.
+    /// early: left alone. Since 2026-12-06 a local copy up to `direct::DIRECT_UP_TO` is
+    /// written around the page cache (`direct`; a deferred one only over
+    /// `direct::DIRECT_FROM`): this is for larger objects only.
     fn uncache(&self, i: usize, key: &str, durability: Durability) -> Option<PathBuf> {
         match (durability, self.replicas[i].parsed.local_dir()) {
             (Durability::Flushed, Some(dir)) => Some(dir.join(key)),
@@ -1774,7 +1786,11 @@ mod tests {
     #[tokio::test]
     async fn deferred_writes_are_flushed_per_replica_named_and_a_lost_directory_fails_it() {
         assert_eq!(Durability::of_object(8 << 10), Durability::Deferred);
-        assert_eq!(Durability::of_object(512 << 10), Durability::Flushed);
+        assert_eq!(Durability::of_object(512 << 10), Durability::Deferred);
+        assert_eq!(
+            Durability::of_object(direct::DIRECT_UP_TO as usize + 1),
+            Durability::Flushed
+        );
         let dir = tempfile::tempdir().unwrap();
         let replicas: Vec<String> = (1..=3)
             .map(|i| dir.path().join(format!("r{i}")).display().to_string())
@@ -1859,6 +1875,34 @@ mod tests {
         assert_eq!(storage.uncache(1, key, Durability::Deferred), None);
         assert_eq!(storage.uncache(3, key, Durability::Flushed), None);
         assert_eq!(storage.uncache(0, key, Durability::Flushed), Some(file(0)));
+    }
+
+    #[tokio::test]
+    async fn a_deferred_object_over_the_direct_line_bypasses_the_page_cache_but_its_tail() {
+        let dir = tempfile::tempdir_in(env!("CARGO_MANIFEST_DIR")).unwrap();
+        let replicas: Vec<String> = (1..=3)
+            .map(|i| dir.path().join(format!("r{i}")).display().to_string())
+            .collect();
+        let storage = Storage::open(&replicas, None, "").unwrap();
+        let file = |i: usize, key: &str| std::path::Path::new(&replicas[i]).join(key);
+        // A CT image's size (written directly, its last partial page through the cache) and a
+        // small object's (through the cache, written back by the syncfs).
+        let sized = [("s/e/ct.dcm", 525_332usize), ("s/e/small.dcm", 9_000)];
+        for (key, len) in sized {
+            let object = Bytes::from(vec![5u8; len]);
+            let put = storage.put_as(key, object.clone(), Durability::Deferred);
+            let written = put.await.unwrap().written;
+            assert_eq!(written, [0, 1, 2]);
+            storage.flush(&written).await.unwrap();
+            for i in 0..3 {
+                let pages = cached_pages(&file(i, key));
+                match len as u64 > direct::DIRECT_FROM {
+                    true => assert!(pages <= 1, "{key} on r{i}: {pages} pages cached"),
+                    false => assert_eq!(pages, len.div_ceil(4096), "{key} on r{i}"),
+                }
+            }
+            assert_eq!(storage.get(key).await.unwrap(), object);
+        }
     }
 
     #[tokio::test]
