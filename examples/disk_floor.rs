@@ -3,19 +3,21 @@
 //!
 //! Usage: disk_floor DIR OUT      (DIR must not exist; it is left for the caller to remove:
 //!        removing its files at once would slow what the disk does next, see bench-ingest.sh)
-//!        disk_floor --compare DIR SIZE...   (the two ways below side by side, for
+//!        disk_floor --compare DIR SIZE...   (the three ways below side by side, for
 //!        `storage::DEFER_FLUSH_UP_TO`; SIZE in bytes; prints only)
 //!
 //! 1. The unit: one durable file, as a local replica writes an object (create, write, fsync,
 //!    rename, fsync the directory), 300 times per size; median, p10 and p90 printed.
 //! 2. The contract's floor for one C-STORE: the copies on every replica (one or three) and the
 //!    index commit (an append of 1.5 KB to a log file, what SQLite's WAL does for a row), each
-//!    object made durable in one of two ways, and the faster counts:
+//!    object made durable in one of three ways, and the fastest counts:
 //!    - `per-file`: each copy fsynced with its directory and the log fsynced, all started
 //!      together and all waited for;
 //!    - `syncfs`: the copies and the log written without a flush, then one syncfs of the file
 //!      system (`Storage::flush_with`, what pacsd does for objects up to
-//!      `DEFER_FLUSH_UP_TO`).
+//!      `DEFER_FLUSH_UP_TO`);
+//!    - `direct`: the same, with the copies written around the page cache
+//!      (`storage::direct::put`, what pacsd does for such objects over `direct::DIRECT_FROM`).
 //!
 //!    Every copy's cached pages are dropped once durable (`Storage::uncache`; pacsd itself
 //!    leaves a small object's, which costs it less than dropping them); objects one after
@@ -31,6 +33,10 @@ use std::fs::{self, File, OpenOptions};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
+
+use object_store::PutPayload;
+use pacsd::storage::Durability;
+use pacsd::storage::direct::{self, Aligned};
 
 /// Objects per measurement, over all streams.
 const OBJECTS: usize = 400;
@@ -101,6 +107,7 @@ fn cpu_seconds() -> f64 {
 enum Way {
     PerFile,
     Syncfs,
+    Direct,
 }
 
 fn pseudo_random(len: usize, seed: u64) -> Vec<u8> {
@@ -160,12 +167,14 @@ fn floor(
         .open(base.join("index-wal"))
         .expect("log");
     let data = pseudo_random(size, 7);
+    let aligned = Aligned::copy_of(&PutPayload::from(data.clone()));
     let row = pseudo_random(ROW, 11);
     let per_stream = objects / streams;
     let (t, cpu) = (Instant::now(), cpu_seconds());
     std::thread::scope(|s| {
         for stream in 0..streams {
             let (dirs, data, row, log, base) = (&dirs, &data, &row, &log, &base);
+            let aligned = &aligned;
             s.spawn(move || {
                 for i in 0..per_stream {
                     let name = format!("{stream}-{i}");
@@ -194,6 +203,18 @@ fn floor(
                                 forget(&File::open(c).expect("open"));
                             }
                         }
+                        Way::Direct => {
+                            std::thread::scope(|one| {
+                                for d in dirs {
+                                    one.spawn(move || {
+                                        direct::put(&d.join(name), aligned, Durability::Deferred)
+                                            .expect("direct write")
+                                    });
+                                }
+                                commit(log, row, false);
+                            });
+                            syncfs(base);
+                        }
                     }
                 }
             });
@@ -206,12 +227,12 @@ fn floor(
     )
 }
 
-/// `--compare`: both ways for each size, 3 replicas, 1 and 4 streams.
+/// `--compare`: the three ways for each size, 3 replicas, 1 and 4 streams.
 fn compare(root: &Path, sizes: &[usize]) {
     for &size in sizes {
         let objects = (200_000_000 / size).clamp(40, 400);
         for streams in [1, 4] {
-            for way in [Way::PerFile, Way::Syncfs] {
+            for way in [Way::PerFile, Way::Syncfs, Way::Direct] {
                 let (rate, cpu) = floor(root, size, 3, streams, way, objects);
                 println!(
                     "{size} bytes, 3 replicas, {streams} stream(s), {way:?}: {rate:.0} objects/s, CPU {cpu:.2} ms per object"
@@ -244,14 +265,15 @@ fn main() {
     for (corpus, size) in [("ct", 525_000), ("small", 9_000)] {
         for replicas in [1, 3] {
             for streams in [1, 4] {
-                let ways = [Way::PerFile, Way::Syncfs]
+                let ways = [Way::PerFile, Way::Syncfs, Way::Direct]
                     .map(|w| floor(root, size, replicas, streams, w, OBJECTS).0);
-                let rate = ways[0].max(ways[1]);
+                let rate = ways.iter().copied().fold(0.0, f64::max);
                 println!(
-                    "contract floor, {corpus} ({} KB), {replicas} replica(s), {streams} stream(s): {rate:.0} objects/s (per-file {:.0}, syncfs {:.0})",
+                    "contract floor, {corpus} ({} KB), {replicas} replica(s), {streams} stream(s): {rate:.0} objects/s (per-file {:.0}, syncfs {:.0}, direct {:.0})",
                     size / 1000,
                     ways[0],
-                    ways[1]
+                    ways[1],
+                    ways[2]
                 );
                 lines.push_str(&format!("{corpus} {replicas} {streams} {rate:.1}\n"));
             }

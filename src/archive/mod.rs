@@ -14,8 +14,8 @@
 //!   every replica has lost its object, so nothing deleted comes back;
 //! - the maintenance passes (repair, verify, rebuild and recovery from storage) are in
 //!   `maintenance`; the start-up check of the rows committed just before an unclean stop
-//!   (a small object's row and copies are flushed together on a node that runs alone) is in
-//!   `reconcile`.
+//!   (the row and copies of an object up to 16 MiB are flushed together on a node that runs
+//!   alone) is in `reconcile`.
 //!
 //! Previews (`render`), C-MOVE/C-GET, WADO and the portal's downloads and verify, and HA
 //! recovery use it too.

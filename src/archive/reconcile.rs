@@ -1,10 +1,11 @@
 //! Start-up: the instance rows a power loss may have kept without their objects.
 //!
-//! On a node that runs alone, a small object's index row is committed before the one flush
-//! that makes it durable together with its copies (`index::settled`); if the power goes
-//! before that flush returns, the row can survive while the copies do not. Such a row was
-//! never acknowledged (a Success waits for the flush). Every row committed after the settled
-//! position is checked against storage before the node serves, and for each:
+//! On a node that runs alone, the index row of an object up to `storage::DEFER_FLUSH_UP_TO`
+//! (16 MiB) is committed before the one flush that makes it durable together with its copies
+//! (`index::settled`); if the power goes before that flush returns, the row can survive while
+//! the copies do not. Such a row was never acknowledged (a Success waits for the flush). Every
+//! row committed after the settled position is checked against storage before the node
+//! serves, and for each:
 //! 1. Some replica holds a good copy: the row stays (acknowledged or not, the object is
 //!    whole), and every other replica it was written to (not queued for repair for it) that
 //!    holds no good copy is healed from it now, queued for repair if that fails: the node

@@ -1,10 +1,10 @@
 //! Which instance rows are known to be durable together with their objects' copies.
 //!
 //! On a node that runs alone, an instance row is committed before its object's copies are
-//! durable: a small object's copies are written and its row committed without a flush, then
-//! one `syncfs` makes both durable (`Index::insert_unflushed`); a large object's row is
-//! committed, with its flush, while its copies are written and flushed
-//! (`Index::insert_ahead`). Until both are durable, a power loss can leave a row whose object
+//! durable: the copies of an object up to `storage::DEFER_FLUSH_UP_TO` (16 MiB) are written
+//! and its row committed without a flush, then one `syncfs` makes both durable
+//! (`Index::insert_unflushed`); a larger object's row is committed, with its flush, while its
+//! copies are written and flushed (`Index::insert_ahead`). Until both are durable, a power loss can leave a row whose object
 //! is not on disk (the kernel writes back in any order; a large object's copies may not even
 //! be written yet): that row was never acknowledged. The rules, once:
 //! 1. A row is *open* from its commit until it and its copies are durable (`Index::settled`),

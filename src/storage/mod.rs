@@ -4,7 +4,7 @@
 pub mod backend;
 pub mod bench;
 pub mod digest;
-mod direct;
+pub mod direct;
 pub mod health;
 pub mod keys;
 pub mod paced;
@@ -71,7 +71,7 @@ pub enum Durability {
     Flushed,
     /// Handed to the replica without a flush of its own: the caller makes it durable with
     /// `Storage::flush`, one flush per file system for any number of writes, before it counts
-    /// on it (small objects, `Durability::of_object`; previews, a batch at a time). A write
+    /// on it (objects up to 16 MiB, `Durability::of_object`; previews, a batch at a time). A write
     /// still running when its put returned flushes its file system itself before it counts
     /// as written. Remote replicas answer a put once it is durable either way.
     Deferred,
