@@ -210,6 +210,21 @@ fn storescu(port: u16, dir: &Path) -> std::process::Output {
     )
 }
 
+/// The crash points of a C-STORE whose copies and row are flushed together (an object up to
+/// `storage::DEFER_FLUSH_UP_TO` on a node that runs alone), in order, with whether the
+/// interrupted instance's row is committed when the node has died (None: either).
+#[cfg(feature = "crashpoints")]
+const FLUSHED_WITH_THE_ROW: &[(&str, Option<bool>)] = &[
+    ("store-prepared", Some(false)),
+    ("put-first-replica", None),
+    ("index-before-commit", Some(false)),
+    ("index-committed", Some(true)),
+    ("put-unflushed", Some(true)),
+    ("put-quorum", Some(true)),
+    ("index-committed-unflushed", Some(true)),
+    ("preview-placed", Some(true)),
+];
+
 /// The node is killed (SIGKILL from inside, at a named step: src/crashpoint.rs) while it
 /// stores one small instance, at every step of the C-STORE write path and once while the
 /// preview worker records that instance's preview, then started again. What a restart must
@@ -220,19 +235,7 @@ fn storescu(port: u16, dir: &Path) -> std::process::Output {
 #[cfg(feature = "crashpoints")]
 #[test]
 fn a_crash_at_any_step_of_a_c_store_leaves_the_instance_whole_or_absent() {
-    crash_at_every_step(
-        64,
-        &[
-            ("store-prepared", Some(false)),
-            ("put-first-replica", None),
-            ("index-before-commit", Some(false)),
-            ("index-committed", Some(true)),
-            ("put-unflushed", Some(true)),
-            ("put-quorum", Some(true)),
-            ("index-committed-unflushed", Some(true)),
-            ("preview-placed", Some(true)),
-        ],
-    );
+    crash_at_every_step(64, FLUSHED_WITH_THE_ROW);
 }
 
 /// The same for a CT image (512x512, 525 KB): its copies are written around the page cache
@@ -241,19 +244,7 @@ fn a_crash_at_any_step_of_a_c_store_leaves_the_instance_whole_or_absent() {
 #[cfg(feature = "crashpoints")]
 #[test]
 fn a_crash_at_any_step_of_a_ct_c_store_leaves_the_instance_whole_or_absent() {
-    crash_at_every_step(
-        512,
-        &[
-            ("store-prepared", Some(false)),
-            ("put-first-replica", None),
-            ("index-before-commit", Some(false)),
-            ("index-committed", Some(true)),
-            ("put-unflushed", Some(true)),
-            ("put-quorum", Some(true)),
-            ("index-committed-unflushed", Some(true)),
-            ("preview-placed", Some(true)),
-        ],
-    );
+    crash_at_every_step(512, FLUSHED_WITH_THE_ROW);
 }
 
 /// The same for a large instance (over `storage::DEFER_FLUSH_UP_TO`: 2900x2900 pixels,
