@@ -112,9 +112,10 @@ pub fn put(file: &Path, object: &Aligned, durability: Durability) -> io::Result<
     let written = write(f, object.as_slice(), flushed);
     let published = written.and_then(|()| {
         std::fs::rename(&staging, file)?;
-        match flushed {
-            true => sync_dir(file.parent().unwrap_or(Path::new("/"))),
-            false => Ok(()),
+        if flushed {
+            sync_dir(file.parent().unwrap_or(Path::new("/")))
+        } else {
+            Ok(())
         }
     });
     if published.is_err() {
