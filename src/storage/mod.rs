@@ -708,11 +708,11 @@ impl Storage {
             .zip(left_out)
             .any(|(r, out)| !out && r.parsed.local_dir().is_some());
         let size = payload.content_length() as u64;
-        let direct = match durability {
+        let written_direct = match durability {
             Durability::Flushed => true,
             Durability::Deferred => size > direct::DIRECT_FROM,
         };
-        if !direct || !local || size > direct::DIRECT_UP_TO {
+        if !written_direct || !local || size > direct::DIRECT_UP_TO {
             return None;
         }
         if size <= direct::COPY_INLINE_UP_TO {
